@@ -1,0 +1,313 @@
+//! The validated configuration model: what the proxy builds its runtime from.
+//!
+//! Every value here has been checked; defaults are filled in. Names follow Envoy:
+//! listener, route, cluster, endpoint.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: Server,
+    pub access_log: AccessLog,
+    pub listeners: Vec<Listener>,
+    /// In file order: the first matching route wins.
+    pub routes: Vec<Route>,
+    pub clusters: Vec<Cluster>,
+}
+
+impl Config {
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Routes that apply to the named listener, in file order.
+    pub fn routes_for<'a>(&'a self, listener: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        self.routes
+            .iter()
+            .filter(move |r| r.listeners.is_empty() || r.listeners.iter().any(|l| l == listener))
+    }
+
+    /// One line for `pylon check`.
+    pub fn summary(&self) -> String {
+        let binds: usize = self.listeners.iter().map(|l| l.binds.len()).sum();
+        let endpoints: usize = self.clusters.iter().map(|c| c.endpoints.len()).sum();
+        format!(
+            "{} listener(s) on {} address(es), {} route(s), {} cluster(s) with {} endpoint(s)",
+            self.listeners.len(),
+            binds,
+            self.routes.len(),
+            self.clusters.len(),
+            endpoints
+        )
+    }
+}
+
+/// Process-wide settings (`[server]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Worker threads; 0 means one per CPU.
+    pub worker_threads: usize,
+    /// How long a graceful stop waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            worker_threads: 0,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where access-log lines go (`[access_log]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    File(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub target: AccessLogTarget,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            target: AccessLogTarget::Stdout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 cleartext (prior knowledge), detected per connection.
+    Http,
+}
+
+impl ListenerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+        }
+    }
+}
+
+/// A listener: addresses to bind and how to serve them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub binds: Vec<SocketAddr>,
+    pub protocol: ListenerProtocol,
+    pub limits: Limits,
+    pub headers: ForwardingHeaders,
+}
+
+/// Limits on what a client controls, with safe defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Time allowed to receive a request's whole header (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// Request line plus headers, in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Number of request headers (431 beyond).
+    pub max_headers: usize,
+    /// Request target length in bytes (414 beyond).
+    pub max_uri_bytes: usize,
+    /// Request body in bytes (413 beyond).
+    pub max_request_body: u64,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_request_body: 1 << 30,
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Which proxy headers a listener adds to requests it forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardingHeaders {
+    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded` (appended).
+    pub forwarded: bool,
+    /// `Via` (appended), and on responses.
+    pub via: bool,
+    /// Header carrying the request id; generated when absent and returned to the client.
+    pub request_id: Option<String>,
+}
+
+impl Default for ForwardingHeaders {
+    fn default() -> Self {
+        ForwardingHeaders {
+            x_forwarded: true,
+            forwarded: false,
+            via: true,
+            request_id: Some("x-request-id".into()),
+        }
+    }
+}
+
+/// Host match: exact (case-insensitive) or a `*.suffix` wildcard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches any name ending in it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathMatch::Any, PathMatch::Any) => true,
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => a == b,
+            (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    /// Exact value; `None` means the header only has to be present.
+    pub value: Option<String>,
+}
+
+/// What a request must look like for a route to apply. Empty parts match anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteMatch {
+    pub hosts: Vec<HostMatch>,
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Proxy(ProxyAction),
+    Respond(RespondAction),
+    Redirect(RedirectAction),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAction {
+    pub cluster: String,
+    /// Replaces the matched `path_prefix` with this.
+    pub prefix_rewrite: Option<String>,
+    /// Sets the upstream `Host` (and `:authority`).
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespondAction {
+    pub status: u16,
+    /// Lower-case names, in file order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectAction {
+    pub status: u16,
+    /// May contain `{scheme}`, `{host}`, `{path}`, `{query}` and `{request_uri}`.
+    pub location: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Listener names this route is attached to; empty means every HTTP listener.
+    pub listeners: Vec<String>,
+    pub matcher: RouteMatch,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// Forward the client's `Host`.
+    Preserve,
+    /// Use the endpoint's `ip:port`.
+    Endpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Round robin, honouring endpoint weights (smooth weighted, as NGINX).
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// An idle upstream connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_endpoint: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub protocol: UpstreamProtocol,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    pub response_timeout: Duration,
+    pub host_header: HostHeader,
+    pub pool: Pool,
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);

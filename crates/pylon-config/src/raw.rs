@@ -1,0 +1,230 @@
+//! The TOML schema as written by users: serde structs with `deny_unknown_fields`, and
+//! spans kept on every value that validation may complain about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub worker_threads: Option<Spanned<usize>>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    /// `"stdout"`, `"stderr"` or a file path.
+    pub path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<StrList>,
+    pub protocol: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<Size>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_uri_bytes: Option<Spanned<Size>>,
+    pub max_request_body: Option<Spanned<Size>>,
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+    pub x_forwarded: Option<bool>,
+    pub forwarded: Option<bool>,
+    pub via: Option<bool>,
+    /// Header name, or `false` to turn request ids off.
+    pub request_id: Option<Spanned<StrOrBool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: Spanned<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub headers: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub status: Option<Spanned<u16>>,
+    pub location: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<Spanned<String>>,
+    pub listeners: Option<Spanned<StrList>>,
+    pub host: Option<Spanned<StrList>>,
+    pub path: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub path_regex: Option<Spanned<String>>,
+    pub methods: Option<Spanned<StrList>>,
+    pub headers: Option<Vec<RawHeaderMatch>>,
+    pub cluster: Option<Spanned<String>>,
+    pub prefix_rewrite: Option<Spanned<String>>,
+    pub host_rewrite: Option<Spanned<String>>,
+    pub respond: Option<Spanned<RawRespond>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle_per_endpoint: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Spanned<String>,
+    pub endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub lb: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub host_header: Option<Spanned<String>>,
+    pub pool: Option<RawPool>,
+}
+
+/// An endpoint: `"127.0.0.1:8081"` or `{ address = "127.0.0.1:8081", weight = 2 }`.
+#[derive(Debug)]
+pub struct RawEndpoint {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEndpoint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address string or a table { address = \"ip:port\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
+                Ok(RawEndpoint {
+                    address: v.to_owned(),
+                    weight: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEndpoint, A::Error> {
+                let mut address = None;
+                let mut weight = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "address" => address = Some(map.next_value::<String>()?),
+                        "weight" => weight = Some(map.next_value::<u32>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["address", "weight"]));
+                        }
+                    }
+                }
+                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
+                Ok(RawEndpoint { address, weight })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One string or an array of strings.
+#[derive(Debug, Clone)]
+pub struct StrList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrList, E> {
+                Ok(StrList(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(StrList(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A byte size: an integer, or a string with a unit (`"64KiB"`).
+#[derive(Debug, Clone)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: a non-negative integer or a string such as \"64KiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size::Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string, or a boolean (`false` turns a feature off).
+#[derive(Debug, Clone)]
+pub enum StrOrBool {
+    Str(String),
+    Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for StrOrBool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrOrBool;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<StrOrBool, E> {
+                Ok(StrOrBool::Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrBool, E> {
+                Ok(StrOrBool::Str(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,205 @@
+//! Every configuration mistake is reported with file:line:column, key path and reason,
+//! and all of them at once.
+
+use pylon_config::model::*;
+use pylon_config::{QUICKSTART, parse};
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, "test.toml") {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn quickstart_is_valid() {
+    let c = parse(QUICKSTART, "quickstart.toml").expect("quickstart parses");
+    assert_eq!(c.listeners.len(), 3);
+    assert_eq!(c.clusters[0].endpoints.len(), 2);
+    assert_eq!(c.routes_for("front").count(), 2);
+    assert_eq!(c.routes_for("backend-a").count(), 1);
+}
+
+#[test]
+fn three_mistakes_three_errors_with_lines() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:99999"
+
+[[routes]]
+path_prefix = "/"
+cluster = "missing"
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+connect_timeout = "soon"
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("test.toml:4:8: listeners[0].bind: invalid address"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("test.toml:8:11: routes[0].cluster: unknown cluster \"missing\""),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with("test.toml:13:19: clusters[0].connect_timeout: invalid duration"),
+        "{}",
+        e[2]
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_per_element() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+colour = "blue"
+
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:0"
+prot = "http"
+
+[bogus]
+x = 1
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].contains(":5:1: listeners[0].colour: unknown field `colour`"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].contains(":10:1: listeners[1].prot: unknown field `prot`"),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].contains(":12:2: bogus: unknown section `bogus`"),
+        "{}",
+        e[2]
+    );
+}
+
+#[test]
+fn duplicate_names_regex_and_types() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = ["127.0.0.1:8080"]
+
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:8080"
+
+[[listeners]]
+name = "typed"
+bind = "127.0.0.1:0"
+max_headers = "many"
+
+[[routes]]
+path_regex = "(unclosed"
+respond = { status = 200 }
+
+[[routes]]
+path = "/x"
+
+[[clusters]]
+name = "c"
+endpoints = ["localhost:80", { address = "127.0.0.1:1", weight = 0 }]
+protocol = "h3"
+"#;
+    let e = errors(text).join("\n");
+    for want in [
+        "listeners[2].max_headers: invalid type",
+        "routes[0].path_regex: invalid regex: unclosed group",
+        "listeners[1].name: duplicate listener name \"a\"",
+        "listeners[1].bind: address 127.0.0.1:8080 is already bound by listener \"a\"",
+        "routes[0].path_regex: invalid regex",
+        "routes[1]: route has no action",
+        "clusters[0].endpoints[0]: invalid address \"localhost:80\"",
+        "clusters[0].endpoints[1]: endpoint weight must be between 1 and 10000",
+        "clusters[0].protocol: unknown upstream protocol \"h3\"",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let e = errors("[[listeners]]\nname = \"a\nbind = 1\n");
+    assert!(e[0].starts_with("test.toml:2:"), "{e:?}");
+}
+
+#[test]
+fn no_listeners_is_an_error() {
+    let e = errors("[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n");
+    assert!(e.iter().any(|e| e.contains("no listeners")), "{e:?}");
+}
+
+#[test]
+fn defaults_and_values() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+max_request_body = "10MiB"
+header_read_timeout = "2s"
+request_id = false
+forwarded = true
+
+[[routes]]
+host = ["Example.com", "*.example.org"]
+methods = ["get", "post"]
+headers = [{ name = "X-Env", value = "canary" }, { name = "x-debug" }]
+path_prefix = "/api/"
+cluster = "c"
+prefix_rewrite = "/"
+
+[[routes]]
+redirect = { location = "https://{host}{request_uri}" }
+
+[[clusters]]
+name = "c"
+protocol = "h2c"
+host_header = "endpoint"
+endpoints = [{ address = "[::1]:9000", weight = 3 }]
+pool = { idle_timeout = "5s", max_idle_per_endpoint = 4 }
+"#;
+    let c = parse(text, "t.toml").expect("valid");
+    let l = &c.listeners[0];
+    assert_eq!(l.limits.max_request_body, 10 << 20);
+    assert_eq!(l.limits.header_read_timeout.as_secs(), 2);
+    assert_eq!(l.limits.max_headers, 100);
+    assert_eq!(l.headers.request_id, None);
+    assert!(l.headers.forwarded && l.headers.x_forwarded && l.headers.via);
+    let r = &c.routes[0];
+    assert_eq!(
+        r.matcher.hosts,
+        vec![
+            HostMatch::Exact("example.com".into()),
+            HostMatch::Suffix(".example.org".into())
+        ]
+    );
+    assert_eq!(r.matcher.methods, vec!["GET", "POST"]);
+    assert_eq!(r.matcher.headers[0].name, "x-env");
+    assert_eq!(r.name, "routes[0]");
+    match &c.routes[1].action {
+        Action::Redirect(rd) => assert_eq!(rd.status, 302),
+        a => panic!("{a:?}"),
+    }
+    let cl = &c.clusters[0];
+    assert_eq!(cl.protocol, UpstreamProtocol::H2c);
+    assert_eq!(cl.host_header, HostHeader::Endpoint);
+    assert_eq!(cl.endpoints[0].weight, 3);
+    assert_eq!(cl.pool.max_idle_per_endpoint, 4);
+}

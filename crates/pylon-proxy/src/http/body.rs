@@ -1,0 +1,210 @@
+//! Bodies on the request path, streamed frame by frame, never collected:
+//! [`RequestBody`] goes to the upstream (metered against the body limit),
+//! [`ResponseBody`] goes to the client and, when it ends, returns the upstream
+//! connection to its pool and writes the access-log line.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a request body has done so far; shared with the pipeline for the access log
+/// and to tell a body-limit abort from an upstream failure.
+#[derive(Debug, Default)]
+pub struct RequestMeter {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+    pub client_error: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// A request body on its way to an upstream.
+pub enum RequestBody {
+    Empty,
+    Stream {
+        inner: Incoming,
+        limit: u64,
+        meter: Arc<RequestMeter>,
+    },
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream {
+                inner,
+                limit,
+                meter,
+            } => match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let total = meter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed)
+                            + data.len() as u64;
+                        if total > *limit {
+                            meter.too_large.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    meter.client_error.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Runs once when a response body is finished (fully sent, or dropped).
+pub trait Completion: Send + Sync {
+    /// `complete` is true when the whole body went out; `bytes` is what was sent.
+    fn finish(self: Box<Self>, complete: bool, bytes: u64);
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    sent: u64,
+    ended: bool,
+    completion: Option<Box<dyn Completion>>,
+}
+
+impl ResponseBody {
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn full(b: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
+            sent: 0,
+            ended: false,
+            completion: None,
+        }
+    }
+
+    pub fn stream(inner: Incoming) -> Self {
+        ResponseBody {
+            kind: Kind::Stream(inner),
+            sent: 0,
+            ended: false,
+            completion: None,
+        }
+    }
+
+    /// Sets what runs when this body is finished.
+    pub fn set_completion(&mut self, c: Box<dyn Completion>) {
+        self.completion = Some(c);
+    }
+
+    fn done(&mut self, complete: bool) {
+        self.ended = true;
+        if let Some(c) = self.completion.take() {
+            c.finish(complete, self.sent);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
+            Kind::Stream(inner) => ready!(Pin::new(inner).poll_frame(cx))
+                .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
+        };
+        match polled {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+                if this.is_end_stream_inner() {
+                    this.done(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.done(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.done(true);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.is_end_stream_inner()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Stream(inner) => inner.size_hint(),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn is_end_stream_inner(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(inner) => inner.is_end_stream(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.completion.is_some() {
+            // Unpolled but already finished (HEAD, 204, empty body) counts as complete.
+            let complete = self.is_end_stream_inner();
+            self.done(complete);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Proxy-made errors: each kind has one status and one `x-pylon-error` reason, and
+//! becomes a short plain-text answer.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+
+macro_rules! error_kinds {
+    ($($variant:ident => ($status:expr, $reason:literal),)*) => {
+        /// Why the proxy answered by itself.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorKind { $($variant,)* }
+
+        impl ErrorKind {
+            pub const ALL: [ErrorKind; [$(ErrorKind::$variant,)*].len()] = [$(ErrorKind::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorKind::$variant => $status,)* }
+            }
+
+            /// The `x-pylon-error` value and access-log reason.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorKind::$variant => $reason,)* }
+            }
+        }
+    };
+}
+
+error_kinds! {
+    MalformedRequest => (StatusCode::BAD_REQUEST, "malformed_request"),
+    MissingHost => (StatusCode::BAD_REQUEST, "missing_host"),
+    HeaderTimeout => (StatusCode::REQUEST_TIMEOUT, "header_read_timeout"),
+    UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+    HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
+    TooManyHeaders => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers"),
+    BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+    ClientAborted => (StatusCode::BAD_REQUEST, "client_aborted"),
+    NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+    NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
+    ConnectFailed => (StatusCode::BAD_GATEWAY, "upstream_connect_failed"),
+    ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
+    ResponseTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_response_timeout"),
+    UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
+    UpstreamInvalid => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
+}
+
+/// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.
+pub fn error_response(kind: ErrorKind) -> Response<ResponseBody> {
+    let status = kind.status();
+    let body = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        kind.as_str()
+    );
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("x-pylon-error", HeaderValue::from_static(kind.as_str()));
+    if matches!(
+        kind,
+        ErrorKind::MalformedRequest
+            | ErrorKind::MissingHost
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::TooManyHeaders
+            | ErrorKind::UriTooLong
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::ClientAborted
+    ) {
+        // The rest of the connection cannot be trusted to be in sync.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,191 @@
+//! The headers of a correct proxy (RFC 9110 §7.6): hop-by-hop headers removed in both
+//! directions, and `X-Forwarded-*`, `Forwarded`, `Via` added on the way up.
+
+use std::net::IpAddr;
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use pylon_config::model::ForwardingHeaders;
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`. `TE` is kept only
+/// as `TE: trailers` (what gRPC needs end to end).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if n != header::TE {
+                h.remove(&n);
+            }
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    if let Some(te) = h.get(header::TE) {
+        let trailers = te
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        if trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            h.remove(header::TE);
+        }
+    }
+}
+
+/// Appends `Via: <version> pylon`.
+pub fn append_via(h: &mut HeaderMap, received: Version) {
+    let via = match received {
+        Version::HTTP_2 => HeaderValue::from_static("2 pylon"),
+        Version::HTTP_10 => HeaderValue::from_static("1.0 pylon"),
+        Version::HTTP_3 => HeaderValue::from_static("3 pylon"),
+        _ => HeaderValue::from_static("1.1 pylon"),
+    };
+    h.append(header::VIA, via);
+}
+
+/// Appends `value` to a comma-separated list header, merging earlier lines into one.
+fn append_list(h: &mut HeaderMap, name: &'static str, value: &str) {
+    let mut joined = String::new();
+    for v in h.get_all(name).iter() {
+        if let Ok(s) = v.to_str() {
+            joined.push_str(s);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(value);
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        h.insert(name, v);
+    }
+}
+
+/// Adds the forwarding headers a listener is configured for.
+pub fn add_forwarding(
+    h: &mut HeaderMap,
+    cfg: &ForwardingHeaders,
+    client: IpAddr,
+    scheme: &'static str,
+    host: Option<&str>,
+    received: Version,
+) {
+    if cfg.x_forwarded {
+        append_list(h, "x-forwarded-for", &client.to_string());
+        h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        match host.and_then(|v| HeaderValue::from_str(v).ok()) {
+            Some(v) => {
+                h.insert("x-forwarded-host", v);
+            }
+            None => {
+                h.remove("x-forwarded-host");
+            }
+        }
+    }
+    if cfg.forwarded {
+        let node = match client {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("\"[{a}]\""),
+        };
+        let mut element = format!("for={node};proto={scheme}");
+        if let Some(host) = host {
+            if host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                element.push_str(&format!(";host=\"{host}\""));
+            }
+        }
+        append_list(h, "forwarded", &element);
+    }
+    if cfg.via {
+        append_via(h, received);
+    }
+}
+
+pub fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret, te".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("te", "trailers, deflate".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarding_headers_append() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        h.insert("forwarded", "for=1.1.1.1".parse().unwrap());
+        let cfg = ForwardingHeaders {
+            x_forwarded: true,
+            forwarded: true,
+            via: true,
+            request_id: None,
+        };
+        add_forwarding(
+            &mut h,
+            &cfg,
+            "::1".parse().unwrap(),
+            "http",
+            Some("a.com"),
+            Version::HTTP_2,
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=1.1.1.1, for=\"[::1]\";proto=http;host=\"a.com\""
+        );
+        assert_eq!(h["via"], "2 pylon");
+    }
+}

@@ -1,0 +1,9 @@
+//! Layer 7: the HTTP servers, the one request path, routing and upstreams.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+pub mod router;
+pub mod server_h1h2;
+pub mod upstream;

@@ -1,0 +1,520 @@
+//! THE request path. Every protocol's server hands its `http::Request` to [`handle`]:
+//!
+//! 0. runtime snapshot (ArcSwap load), fixed for this request
+//! 1. request limits (URI, header count and bytes, declared body size, Host)
+//! 2. router → action (proxy, respond, redirect)
+//! 3. (cache lookup: milestone 2)
+//! 4. balancer picks an endpoint → pool → send, body streamed
+//! 5. response headers (hop-by-hop stripped, `Via`, request id)
+//! 6. on body end: upstream connection back to its pool, access log, metrics
+//!
+//! `docs/LIFECYCLE.md` lists these phases with file paths.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use pylon_config::model::{Action, HostHeader, RedirectAction, RespondAction, UpstreamProtocol};
+
+use super::body::{Completion, RequestBody, RequestMeter, ResponseBody};
+use super::error::{ErrorKind, error_response};
+use super::headers::{add_forwarding, append_via, protocol_name, strip_hop_by_hop};
+use super::router::{RouteRuntime, normalize_host};
+use super::upstream::{ClusterRuntime, Pooled, UpstreamError};
+use crate::conn::{ConnState, InFlight};
+use crate::observe::access_log::millis;
+use crate::observe::{AccessLogger, AccessRecord, Metrics};
+use crate::runtime::{ListenerRuntime, Runtime};
+
+/// Process-wide services the request path reports to.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub logger: AccessLogger,
+    pub request_ids: RequestIds,
+}
+
+/// What a connection's requests share.
+pub struct ConnCtx {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub scheme: &'static str,
+    pub state: Arc<ConnState>,
+    pub shared: Arc<Shared>,
+}
+
+/// Generates request ids: a random per-process prefix and a counter, 32 hex digits.
+pub struct RequestIds {
+    prefix: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        RequestIds {
+            prefix: h.finish(),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Mix the counter so consecutive ids do not look sequential.
+        let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.prefix.rotate_left(17);
+        format!("{:016x}{:016x}", self.prefix, mixed)
+    }
+}
+
+/// What the access log needs to know about one exchange, gathered along the path.
+struct Exchange {
+    start: Instant,
+    time: SystemTime,
+    method: String,
+    authority: String,
+    path: String,
+    version: Version,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    upstream_ms: Option<f64>,
+    request_id: Option<String>,
+    error: Option<ErrorKind>,
+    meter: Option<Arc<RequestMeter>>,
+    pooled: Option<Pooled>,
+}
+
+/// Serves one request. Never fails: every problem becomes a proxy-made answer.
+pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
+    let inflight = ctx.state.request_started(req.version() == Version::HTTP_2);
+    let rt = ctx.runtime.load_full();
+    let mut ex = Exchange {
+        start: Instant::now(),
+        time: SystemTime::now(),
+        method: String::new(),
+        authority: String::new(),
+        path: String::new(),
+        version: req.version(),
+        route: None,
+        cluster: None,
+        upstream: None,
+        upstream_ms: None,
+        request_id: None,
+        error: None,
+        meter: None,
+        pooled: None,
+    };
+    let Some(listener) = rt.listener(&ctx.listener) else {
+        ex.error = Some(ErrorKind::NoRoute);
+        return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
+    };
+    let logging = ctx.shared.logger.enabled();
+    if logging {
+        ex.method = req.method().as_str().to_owned();
+        ex.authority = authority_of(&req).unwrap_or_default().to_owned();
+        ex.path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+    }
+    let resp = match serve(req, &listener, &ctx, &mut ex).await {
+        Ok(resp) => resp,
+        Err(kind) => {
+            ex.error = Some(kind);
+            error_response(kind)
+        }
+    };
+    finish(resp, ex, &ctx, Some(&listener), inflight)
+}
+
+/// The request's authority: `:authority` / absolute-form, else `Host`.
+fn authority_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+/// Phase 1: limits on what the client sent.
+fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKind> {
+    let limits = &l.config.limits;
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 3)
+        + uri.scheme_str().map_or(0, str::len);
+    if uri_len > limits.max_uri_bytes {
+        return Err(ErrorKind::UriTooLong);
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_headers {
+        return Err(ErrorKind::TooManyHeaders);
+    }
+    let mut bytes = req.method().as_str().len() + uri_len + 12;
+    for (name, value) in headers {
+        bytes += name.as_str().len() + value.len() + 4;
+    }
+    if bytes > limits.max_header_bytes {
+        return Err(ErrorKind::HeadersTooLarge);
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(ErrorKind::MalformedRequest),
+        (None, None) if req.version() == Version::HTTP_11 && uri.authority().is_none() => {
+            return Err(ErrorKind::MissingHost);
+        }
+        _ => {}
+    }
+    if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
+        let declared = cl
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(ErrorKind::MalformedRequest)?;
+        if declared > limits.max_request_body {
+            return Err(ErrorKind::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    listener: &ListenerRuntime,
+    ctx: &ConnCtx,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    if let Some(name) = &listener.request_id {
+        ex.request_id = Some(
+            match req.headers().get(name).and_then(|v| v.to_str().ok()) {
+                Some(id) if !id.is_empty() => id.to_owned(),
+                _ => ctx.shared.request_ids.next(),
+            },
+        );
+    }
+    check_limits(&req, listener)?;
+    let host = normalize_host(authority_of(&req).unwrap_or(""));
+    let route = listener
+        .router
+        .find(&host, req.uri().path(), req.method(), req.headers())
+        .ok_or(ErrorKind::NoRoute)?;
+    ex.route = Some(Arc::clone(&route.name));
+    match route.action() {
+        Action::Respond(r) => Ok(respond(r)),
+        Action::Redirect(r) => Ok(redirect(r, &req, ctx.scheme)),
+        Action::Proxy(_) => {
+            let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
+            ex.cluster = Some(Arc::clone(&cluster.name));
+            proxy(req, route, cluster, listener, ctx, ex).await
+        }
+    }
+}
+
+fn respond(r: &RespondAction) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(r.body.clone())));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    for (k, v) in &r.headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+fn redirect<B>(r: &RedirectAction, req: &Request<B>, scheme: &str) -> Response<ResponseBody> {
+    let uri = req.uri();
+    let location = r
+        .location
+        .replace("{scheme}", scheme)
+        .replace("{host}", authority_of(req).unwrap_or(""))
+        .replace(
+            "{request_uri}",
+            uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
+        .replace("{path}", uri.path())
+        .replace("{query}", uri.query().unwrap_or(""));
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(format!(
+        "Redirecting to {location}\n"
+    ))));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Rewrites the matched `path_prefix` with `prefix_rewrite`, keeping the query.
+fn rewrite_path(uri: &Uri, route: &RouteRuntime, rewrite: Option<&str>) -> PathAndQuery {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let (Some(new_prefix), pylon_config::model::PathMatch::Prefix(old_prefix)) =
+        (rewrite, &route.route.matcher.path)
+    else {
+        return original;
+    };
+    let rest = original
+        .path()
+        .strip_prefix(old_prefix.as_str())
+        .unwrap_or(original.path());
+    let mut p = String::with_capacity(new_prefix.len() + rest.len() + 16);
+    p.push_str(new_prefix);
+    if p.ends_with('/') && rest.starts_with('/') {
+        p.pop();
+    }
+    p.push_str(rest);
+    if p.is_empty() {
+        p.push('/');
+    }
+    if let Some(q) = original.query() {
+        p.push('?');
+        p.push_str(q);
+    }
+    PathAndQuery::try_from(p).unwrap_or(original)
+}
+
+/// Phase 4: send upstream and stream the answer back.
+async fn proxy(
+    req: Request<Incoming>,
+    route: &RouteRuntime,
+    cluster: &Arc<ClusterRuntime>,
+    listener: &ListenerRuntime,
+    ctx: &ConnCtx,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    let Action::Proxy(action) = route.action() else {
+        return Err(ErrorKind::NoRoute);
+    };
+    let endpoint = cluster.pick().ok_or(ErrorKind::NoEndpoint)?;
+    let downstream_version = req.version();
+    let authority = authority_of(&req).map(str::to_owned);
+    let (mut parts, body) = req.into_parts();
+
+    let body = if http_body::Body::is_end_stream(&body) {
+        RequestBody::Empty
+    } else {
+        let meter = Arc::new(RequestMeter::default());
+        ex.meter = Some(Arc::clone(&meter));
+        RequestBody::Stream {
+            inner: body,
+            limit: listener.config.limits.max_request_body,
+            meter,
+        }
+    };
+
+    let path = rewrite_path(&parts.uri, route, action.prefix_rewrite.as_deref());
+    let upstream_host = match (&action.host_rewrite, cluster.host_header) {
+        (Some(h), _) => Some(h.clone()),
+        (None, HostHeader::Endpoint) => Some(endpoint.address.to_string()),
+        (None, HostHeader::Preserve) => authority.clone(),
+    };
+
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    h.remove(header::EXPECT);
+    add_forwarding(
+        h,
+        &listener.config.headers,
+        ctx.client.ip(),
+        ctx.scheme,
+        authority.as_deref(),
+        downstream_version,
+    );
+    if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id) {
+        if let Ok(v) = HeaderValue::from_str(id) {
+            h.insert(name.clone(), v);
+        }
+    }
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = Uri::from(path);
+            match upstream_host.as_deref().map(HeaderValue::from_str) {
+                Some(Ok(v)) => {
+                    h.insert(header::HOST, v);
+                }
+                _ => {
+                    h.remove(header::HOST);
+                }
+            }
+        }
+        UpstreamProtocol::H2c => {
+            parts.version = Version::HTTP_2;
+            let host = upstream_host.unwrap_or_else(|| endpoint.address.to_string());
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(host.as_str())
+                .path_and_query(path)
+                .build()
+                .map_err(|_| ErrorKind::MalformedRequest)?;
+            h.remove(header::HOST);
+        }
+    }
+
+    let sent_at = Instant::now();
+    let result = endpoint
+        .send(Request::from_parts(parts, body), cluster.response_timeout)
+        .await;
+    ex.upstream = Some(endpoint.address);
+    ex.upstream_ms = Some(millis(sent_at.elapsed()));
+    match result {
+        Ok((resp, pooled)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if listener.config.headers.via {
+                append_via(&mut parts.headers, parts.version);
+            }
+            parts.version = downstream_version;
+            ex.pooled = pooled;
+            Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+        }
+        Err(e) => Err(classify(&e, ex.meter.as_deref(), cluster, ctx)),
+    }
+}
+
+/// Maps an upstream failure to the answer the client gets.
+fn classify(
+    e: &UpstreamError,
+    meter: Option<&RequestMeter>,
+    cluster: &ClusterRuntime,
+    ctx: &ConnCtx,
+) -> ErrorKind {
+    if let Some(m) = meter {
+        if m.too_large.load(Ordering::Relaxed) {
+            return ErrorKind::BodyTooLarge;
+        }
+        if m.client_error.load(Ordering::Relaxed) {
+            return ErrorKind::ClientAborted;
+        }
+    }
+    let kind = match e {
+        UpstreamError::Connect(..) => ErrorKind::ConnectFailed,
+        UpstreamError::ConnectTimeout(_) => ErrorKind::ConnectTimeout,
+        UpstreamError::Handshake(..) => ErrorKind::UpstreamInvalid,
+        UpstreamError::ResponseTimeout(_) => ErrorKind::ResponseTimeout,
+        UpstreamError::Send(_, err) if err.is_parse() || err.is_parse_status() => {
+            ErrorKind::UpstreamInvalid
+        }
+        UpstreamError::Send(_, err) if err.is_timeout() => ErrorKind::ResponseTimeout,
+        UpstreamError::Send(..) => ErrorKind::UpstreamReset,
+    };
+    tracing::warn!(
+        cluster = %cluster.name,
+        client = %ctx.client,
+        error = %e,
+        reason = kind.as_str(),
+        "upstream request failed"
+    );
+    kind
+}
+
+/// Phase 5 and 6: response headers, metrics, and what runs at the body's end.
+fn finish(
+    mut resp: Response<ResponseBody>,
+    mut ex: Exchange,
+    ctx: &ConnCtx,
+    listener: Option<&ListenerRuntime>,
+    inflight: InFlight,
+) -> Response<ResponseBody> {
+    let status = resp.status().as_u16();
+    let metrics = &ctx.shared.metrics;
+    metrics.response(status);
+    if let Some(kind) = ex.error {
+        metrics.error(kind);
+    }
+    if let Some(l) = listener {
+        let h = resp.headers_mut();
+        if let (Some(name), Some(id)) = (&l.request_id, &ex.request_id) {
+            if let Ok(v) = HeaderValue::from_str(id) {
+                h.insert(name.clone(), v);
+            }
+        }
+    }
+    let log = ctx.shared.logger.enabled().then(|| {
+        let record = AccessRecord {
+            time: ex.time,
+            listener: Arc::clone(&ctx.listener),
+            client: ctx.client,
+            method: std::mem::take(&mut ex.method),
+            authority: std::mem::take(&mut ex.authority),
+            path: std::mem::take(&mut ex.path),
+            protocol: protocol_name(ex.version),
+            status,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            route: ex.route.take(),
+            cluster: ex.cluster.take(),
+            upstream: ex.upstream,
+            upstream_ms: ex.upstream_ms,
+            request_id: ex.request_id.take(),
+            error: ex.error.map(ErrorKind::as_str),
+        };
+        (ctx.shared.logger.clone(), Box::new(record))
+    });
+    resp.body_mut().set_completion(Box::new(ExchangeEnd {
+        start: ex.start,
+        pooled: ex.pooled.take(),
+        meter: ex.meter.take(),
+        log,
+        _inflight: inflight,
+    }));
+    resp
+}
+
+/// Runs when the response body is done: pool return, access-log line, in-flight count.
+struct ExchangeEnd {
+    start: Instant,
+    pooled: Option<Pooled>,
+    meter: Option<Arc<RequestMeter>>,
+    log: Option<(AccessLogger, Box<AccessRecord>)>,
+    _inflight: InFlight,
+}
+
+impl Completion for ExchangeEnd {
+    fn finish(self: Box<Self>, complete: bool, bytes: u64) {
+        let this = *self;
+        if let Some(p) = this.pooled {
+            if complete {
+                p.release();
+            }
+        }
+        if let Some((logger, mut record)) = this.log {
+            record.bytes_out = bytes;
+            record.bytes_in = this.meter.map_or(0, |m| m.bytes.load(Ordering::Relaxed));
+            record.duration_ms = millis(this.start.elapsed());
+            if !complete && record.error.is_none() {
+                record.error = Some("response_incomplete");
+            }
+            logger.log(*record);
+        }
+    }
+}

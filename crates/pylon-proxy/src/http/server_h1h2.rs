@@ -1,0 +1,135 @@
+//! HTTP/1.1 and HTTP/2 cleartext on one listener, detected per connection by
+//! hyper-util's auto builder. Owns the connection's life: idle and header-read
+//! timeouts, graceful shutdown, and the log line for requests hyper itself rejected.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use pylon_config::model::Limits;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::error::ErrorKind;
+use super::pipeline::{self, ConnCtx};
+use crate::conn::{TrackedIo, Verdict};
+use crate::observe::AccessRecord;
+
+/// A connection builder configured from a listener's limits.
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limits are a backstop at twice ours, so that the request path can
+    // give the precise answer (with x-pylon-error) for anything in between.
+    let backstop_bytes = (limits.max_header_bytes.saturating_mul(2)).max(8192);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(backstop_bytes)
+        .max_headers(limits.max_headers.saturating_mul(2));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Serves one accepted connection until it closes, times out or is drained.
+pub async fn serve_connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let state = Arc::clone(&ctx.state);
+    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)));
+    let svc_ctx = Arc::clone(&ctx);
+    let svc = service_fn(move |req| {
+        let ctx = Arc::clone(&svc_ctx);
+        async move { Ok::<_, Infallible>(pipeline::handle(req, ctx).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut draining = false;
+    let mut hard_stop: Option<Instant> = None;
+    loop {
+        let wake = match state.verdict(limits.idle_timeout, limits.header_read_timeout) {
+            _ if draining => hard_stop.unwrap_or_else(|| Instant::now() + limits.idle_timeout),
+            Verdict::Wait(at) => at,
+            Verdict::Idle => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+                hard_stop = Some(Instant::now() + limits.header_read_timeout);
+                continue;
+            }
+            Verdict::HeaderTimeout => {
+                log_rejected(&ctx, ErrorKind::HeaderTimeout);
+                tracing::debug!(client = %ctx.client, "request header not received in time; closing");
+                return;
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    connection_error(&ctx, e.as_ref());
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !draining => {
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if hard_stop.is_some_and(|t| Instant::now() >= t) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connection-level errors: hyper answered a malformed request itself (400/431/414),
+/// or the socket failed. Counted, and logged like a request.
+fn connection_error(ctx: &ConnCtx, e: &(dyn std::error::Error + 'static)) {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        tracing::debug!(client = %ctx.client, error = %e, "connection error");
+        return;
+    };
+    if h.is_parse_too_large() {
+        log_rejected(ctx, ErrorKind::HeadersTooLarge);
+    } else if h.is_parse() {
+        log_rejected(ctx, ErrorKind::MalformedRequest);
+    } else {
+        tracing::debug!(client = %ctx.client, error = %e, "connection error");
+    }
+}
+
+fn log_rejected(ctx: &ConnCtx, kind: ErrorKind) {
+    ctx.shared.metrics.error(kind);
+    ctx.shared.metrics.response(kind.status().as_u16());
+    ctx.shared.logger.log(AccessRecord {
+        time: SystemTime::now(),
+        listener: Arc::clone(&ctx.listener),
+        client: ctx.client,
+        method: String::new(),
+        authority: String::new(),
+        path: String::new(),
+        protocol: "HTTP/1.1",
+        status: kind.status().as_u16(),
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0.0,
+        route: None,
+        cluster: None,
+        upstream: None,
+        upstream_ms: None,
+        request_id: None,
+        error: Some(kind.as_str()),
+    });
+}

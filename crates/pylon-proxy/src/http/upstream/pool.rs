@@ -1,0 +1,258 @@
+//! Connection pool for one endpoint, over `hyper::client::conn`.
+//!
+//! HTTP/1.1: idle connections kept LIFO up to `max_idle_per_endpoint`, each returned
+//! only once its response has been read to the end. h2c: one multiplexed connection,
+//! shared by every request, reopened when it closes. A request that a pooled connection
+//! could not even start sending (it was closed under us) goes once more on a fresh
+//! connection: it never reached the upstream, so this is not a retry.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pylon_config::model::{self, UpstreamProtocol};
+use tokio::net::TcpStream;
+
+use crate::http::body::RequestBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+    #[error("no response head from {0} within the response timeout")]
+    ResponseTimeout(SocketAddr),
+    #[error("request to {0} failed: {1}")]
+    Send(SocketAddr, hyper::Error),
+}
+
+struct Idle {
+    since: Instant,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    last_used: Instant,
+}
+
+pub struct EndpointPool {
+    pub address: SocketAddr,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<H2Conn>>,
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+/// An HTTP/1.1 connection lent to one exchange; back to the pool via [`Pooled::release`].
+pub struct Pooled {
+    pool: Arc<EndpointPool>,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl Pooled {
+    /// Returns the connection once it is ready for the next request.
+    pub fn release(self) {
+        let Pooled { pool, mut sender } = self;
+        if sender.is_ready() {
+            pool.put_idle(sender);
+        } else if !sender.is_closed() {
+            // The connection task is still finishing the exchange; wait for it briefly.
+            tokio::spawn(async move {
+                let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
+                if matches!(ready, Ok(Ok(()))) {
+                    pool.put_idle(sender);
+                }
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EndpointPool {
+    pub fn new(address: SocketAddr, c: &model::Cluster) -> Self {
+        EndpointPool {
+            address,
+            protocol: c.protocol,
+            connect_timeout: c.connect_timeout,
+            idle_timeout: c.pool.idle_timeout,
+            max_idle: c.pool.max_idle_per_endpoint,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Idle HTTP/1.1 connections now held.
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<RequestBody>) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                since: Instant::now(),
+                sender,
+            });
+        }
+    }
+
+    /// Drops connections idle for longer than the idle timeout.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        lock(&self.idle)
+            .retain(|i| now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed());
+        let mut h2 = lock(&self.h2);
+        if h2.as_ref().is_some_and(|c| {
+            c.sender.is_closed() || now.duration_since(c.last_used) >= self.idle_timeout
+        }) {
+            *h2 = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(self.address))?
+            .map_err(|e| UpstreamError::Connect(self.address, e))?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    /// Sends `req` and waits (up to `response_timeout`) for the response head.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        response_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => self.send_h1(req, response_timeout).await,
+            UpstreamProtocol::H2c => self.send_h2(req, response_timeout).await.map(|r| (r, None)),
+        }
+    }
+
+    fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        while let Some(i) = idle.pop() {
+            if now.duration_since(i.since) < self.idle_timeout && i.sender.is_ready() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Handshake(self.address, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        response_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
+        let mut req = req;
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.checkout_h1() {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    self.connect_h1().await?
+                }
+            };
+            let sent = tokio::time::timeout(response_timeout, sender.try_send_request(req)).await;
+            match sent {
+                Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
+                Ok(Ok(resp)) => {
+                    let pooled = Pooled {
+                        pool: Arc::clone(self),
+                        sender,
+                    };
+                    return Ok((resp, Some(pooled)));
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never started on a reused connection: send it on a fresh one.
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(UpstreamError::Send(self.address, e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        {
+            let mut h2 = lock(&self.h2);
+            if let Some(c) = h2.as_mut() {
+                if !c.sender.is_closed() {
+                    c.last_used = Instant::now();
+                    return Ok(c.sender.clone());
+                }
+            }
+        }
+        let _one_connect = self.h2_connecting.lock().await;
+        if let Some(c) = lock(&self.h2).as_ref() {
+            if !c.sender.is_closed() {
+                return Ok(c.sender.clone());
+            }
+        }
+        let io = self.connect().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Handshake(self.address, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        *lock(&self.h2) = Some(H2Conn {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        req: Request<RequestBody>,
+        response_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.h2_sender().await?;
+        let sent = tokio::time::timeout(response_timeout, async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        })
+        .await;
+        match sent {
+            Err(_) => Err(UpstreamError::ResponseTimeout(self.address)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(UpstreamError::Send(self.address, e)),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Pylon's engine: listeners, the one request path, upstream pools, observation.
+//!
+//! [`Proxy::start`] turns a validated config into running listeners;
+//! [`Proxy::shutdown`] stops accepting and drains.
+
+mod conn;
+pub mod http;
+pub mod listener;
+pub mod observe;
+pub mod runtime;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pylon_config::Config;
+use tokio::sync::watch;
+
+use crate::http::pipeline::{RequestIds, Shared};
+use crate::listener::{AcceptLoop, ConnTracker};
+use crate::observe::{AccessLogger, Metrics};
+use crate::runtime::Runtime;
+
+/// Sockets already bound by the caller, used instead of binding these addresses
+/// (for tests, and later for taking over sockets from a running Pylon).
+pub type Prebound = HashMap<SocketAddr, std::net::TcpListener>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener \"{listener}\": cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// An address a listener is serving on.
+#[derive(Debug, Clone)]
+pub struct BoundAddr {
+    pub listener: String,
+    pub addr: SocketAddr,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tracker: Arc<ConnTracker>,
+    bound: Vec<BoundAddr>,
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Proxy {
+    /// Binds every listener and starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: &Config) -> Result<Proxy, StartError> {
+        Self::start_with(config, Prebound::new()).await
+    }
+
+    pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Proxy, StartError> {
+        // aws-lc-rs is the only crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let metrics = Arc::new(Metrics::default());
+        let logger = AccessLogger::start(&config.access_log.target, Arc::clone(&metrics))
+            .map_err(StartError::AccessLog)?;
+        let shared = Arc::new(Shared {
+            metrics,
+            logger,
+            request_ids: RequestIds::default(),
+        });
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(config)));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tracker = Arc::new(ConnTracker::default());
+
+        let mut sockets = Vec::new();
+        for l in &config.listeners {
+            for &addr in &l.binds {
+                let std_listener = match prebound.remove(&addr) {
+                    Some(s) => s,
+                    None => listener::bind(addr).map_err(|source| StartError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        source,
+                    })?,
+                };
+                sockets.push((l.name.clone(), addr, std_listener));
+            }
+        }
+        let mut bound = Vec::new();
+        for (name, addr, std_listener) in sockets {
+            let bind_err = |source| StartError::Bind {
+                listener: name.clone(),
+                addr,
+                source,
+            };
+            std_listener.set_nonblocking(true).map_err(bind_err)?;
+            let tl = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+            let local = tl.local_addr().map_err(bind_err)?;
+            bound.push(BoundAddr {
+                listener: name.clone(),
+                addr: local,
+            });
+            tokio::spawn(
+                AcceptLoop {
+                    listener: tl,
+                    name: Arc::from(name.as_str()),
+                    runtime: Arc::clone(&runtime),
+                    shared: Arc::clone(&shared),
+                    tracker: Arc::clone(&tracker),
+                    shutdown: shutdown_rx.clone(),
+                }
+                .run(),
+            );
+        }
+        Ok(Proxy {
+            shared,
+            shutdown,
+            tracker,
+            bound,
+            runtime,
+        })
+    }
+
+    /// Every address being served, in config order.
+    pub fn bound(&self) -> &[BoundAddr] {
+        &self.bound
+    }
+
+    /// The first address of the named listener.
+    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|b| b.listener == listener)
+            .map(|b| b.addr)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Idle HTTP/1.1 upstream connections held for a cluster, summed over endpoints.
+    pub fn idle_upstream_connections(&self, cluster: &str) -> usize {
+        self.runtime
+            .load()
+            .clusters
+            .get(cluster)
+            .map_or(0, |c| c.endpoints.iter().map(|e| e.idle_count()).sum())
+    }
+
+    /// Client connections now open.
+    pub fn live_connections(&self) -> usize {
+        self.tracker.live()
+    }
+
+    /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close
+    /// after the current response) and waits up to `drain`. True if all finished.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        self.tracker.wait_idle(drain).await
+    }
+}

@@ -1,0 +1,136 @@
+//! Listening sockets: bind (socket2), accept, and hand each connection to its protocol's
+//! server. Also tracks live connections so a graceful stop can wait for them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::conn::ConnState;
+use crate::http::pipeline::{ConnCtx, Shared};
+use crate::http::server_h1h2;
+use crate::runtime::Runtime;
+
+/// Binds a TCP listening socket with the options a proxy wants.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Live connections, so that shutdown can wait for them to finish.
+#[derive(Default)]
+pub struct ConnTracker {
+    live: AtomicUsize,
+    changed: Notify,
+}
+
+pub struct ConnGuard(Arc<ConnTracker>, Arc<Shared>);
+
+impl ConnTracker {
+    fn enter(self: &Arc<Self>, shared: &Arc<Shared>) -> ConnGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        shared
+            .metrics
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .connections_active
+            .fetch_add(1, Ordering::Relaxed);
+        ConnGuard(Arc::clone(self), Arc::clone(shared))
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection is left, or `limit` passes; true if none is left.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.live() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.live() == 0;
+            }
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.1
+            .metrics
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Everything an accept loop needs.
+pub struct AcceptLoop {
+    pub listener: TcpListener,
+    pub name: Arc<str>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub shared: Arc<Shared>,
+    pub tracker: Arc<ConnTracker>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AcceptLoop {
+    pub async fn run(mut self) {
+        let Some(lr) = self.runtime.load().listener(&self.name) else {
+            return;
+        };
+        let limits = lr.config.limits.clone();
+        let builder = Arc::new(server_h1h2::builder(&limits));
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = self.shutdown.changed() => return,
+            };
+            let (stream, client) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let guard = self.tracker.enter(&self.shared);
+            let ctx = Arc::new(ConnCtx {
+                runtime: Arc::clone(&self.runtime),
+                listener: Arc::clone(&self.name),
+                client,
+                scheme: "http",
+                state: Arc::new(ConnState::default()),
+                shared: Arc::clone(&self.shared),
+            });
+            let builder = Arc::clone(&builder);
+            let limits = limits.clone();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                server_h1h2::serve_connection(builder, stream, ctx, limits, shutdown).await;
+                drop(guard);
+            });
+        }
+    }
+}

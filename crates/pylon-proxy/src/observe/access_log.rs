@@ -1,0 +1,112 @@
+//! The access log: one JSON line per request, written by a dedicated thread so the
+//! request path only hands over a record (never blocks on I/O).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+use pylon_config::model::AccessLogTarget;
+use serde::Serialize;
+
+use super::Metrics;
+
+/// Records waiting for the writer; beyond this they are dropped and counted.
+const QUEUE: usize = 65_536;
+
+/// Everything one access-log line says.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub route: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_ms: Option<f64>,
+    pub request_id: Option<String>,
+    pub error: Option<&'static str>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+pub fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+/// Hands records to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessLogger {
+    tx: Option<SyncSender<AccessRecord>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLogger {
+    /// Starts the writer thread for `target` (none for `Off`).
+    pub fn start(target: &AccessLogTarget, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Off => return Ok(AccessLogger { tx: None, metrics }),
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::Stderr => Box::new(std::io::stderr()),
+            AccessLogTarget::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("pylon-access-log".into())
+            .spawn(move || write_loop(rx, out))?;
+        Ok(AccessLogger {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn log(&self, record: AccessRecord) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(record) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.metrics
+                        .access_log_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(r) = next {
+            if serde_json::to_writer(&mut out, &r).is_ok() {
+                let _ = out.write_all(b"\n");
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}

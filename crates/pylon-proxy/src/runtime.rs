@@ -1,0 +1,70 @@
+//! The runtime snapshot built from a validated config: listeners with their routers,
+//! clusters with their pools. Swapped atomically on reload; every request reads one
+//! snapshot for its whole life.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pylon_config::Config;
+use pylon_config::model::{self, Action};
+
+use crate::http::router::{RouteRuntime, Router};
+use crate::http::upstream::ClusterRuntime;
+
+pub struct ListenerRuntime {
+    pub config: model::Listener,
+    pub router: Router,
+    /// The request-id header, when request ids are on.
+    pub request_id: Option<http::HeaderName>,
+}
+
+pub struct Runtime {
+    listeners: HashMap<String, Arc<ListenerRuntime>>,
+    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+}
+
+impl Runtime {
+    /// Builds the runtime; needs a tokio runtime (cluster sweepers are spawned).
+    pub fn build(config: &Config) -> Runtime {
+        let clusters: HashMap<String, Arc<ClusterRuntime>> = config
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), ClusterRuntime::new(c)))
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let routes = config
+                    .routes_for(&l.name)
+                    .map(|r| RouteRuntime {
+                        name: Arc::from(r.name.as_str()),
+                        cluster: match &r.action {
+                            Action::Proxy(p) => clusters.get(&p.cluster).cloned(),
+                            _ => None,
+                        },
+                        route: r.clone(),
+                    })
+                    .collect();
+                let lr = ListenerRuntime {
+                    config: l.clone(),
+                    router: Router::new(routes),
+                    request_id: l
+                        .headers
+                        .request_id
+                        .as_deref()
+                        .and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok()),
+                };
+                (l.name.clone(), Arc::new(lr))
+            })
+            .collect();
+        Runtime {
+            listeners,
+            clusters,
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<Arc<ListenerRuntime>> {
+        self.listeners.get(name).cloned()
+    }
+}
