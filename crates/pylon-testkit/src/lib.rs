@@ -1,1 +1,110 @@
-//! placeholder
+//! Test kit: origins, clients and a Pylon started from inline TOML, all on
+//! `127.0.0.1:0`, so an end-to-end test reads like the feature's spec.
+//!
+//! Waiting is always on a condition with a deadline ([`eventually`]), never a sleep.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod origin;
+
+pub use client::*;
+pub use origin::*;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pylon_proxy::{Prebound, Proxy};
+
+/// The default deadline for anything a test waits on.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `cond` until it holds or the deadline passes; panics with `what` then.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A Pylon running in this process.
+pub struct TestProxy {
+    pub proxy: Proxy,
+}
+
+impl TestProxy {
+    /// Starts Pylon from TOML text; panics listing every config error.
+    pub async fn start(toml: &str) -> TestProxy {
+        Self::start_prebound(toml, Prebound::new()).await
+    }
+
+    /// Starts Pylon with some of its addresses already bound by the test.
+    pub async fn start_prebound(toml: &str, prebound: Prebound) -> TestProxy {
+        let config = match pylon_config::parse(toml, "test.toml") {
+            Ok(c) => c,
+            Err(e) => panic!("invalid test config:\n{e}\n---\n{toml}"),
+        };
+        let proxy = Proxy::start_with(&config, prebound)
+            .await
+            .expect("proxy starts");
+        TestProxy { proxy }
+    }
+
+    /// The address of the named listener.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.proxy
+            .addr(listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+}
+
+/// Binds `n` sockets on 127.0.0.1:0 for a config that needs its ports known up front
+/// (listeners that proxy to each other). Returns the addresses and the sockets.
+pub fn prebind(n: usize) -> (Vec<SocketAddr>, Prebound) {
+    let mut addrs = Vec::new();
+    let mut map = HashMap::new();
+    for _ in 0..n {
+        let l = pylon_proxy::listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = l.local_addr().unwrap();
+        addrs.push(a);
+        map.insert(a, l);
+    }
+    (addrs, map)
+}
+
+/// A config with one `front` listener on 127.0.0.1:0 proxying everything to a cluster
+/// `c` of the given endpoints. `listener_extra` and `cluster_extra` are extra TOML lines.
+pub fn simple_config(
+    endpoints: &[SocketAddr],
+    listener_extra: &str,
+    cluster_extra: &str,
+) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+{listener_extra}
+
+[[routes]]
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = [{}]
+{cluster_extra}
+"#,
+        eps.join(", ")
+    )
+}
