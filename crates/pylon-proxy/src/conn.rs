@@ -20,7 +20,9 @@ pub struct ConnState {
     /// connection; 0 when none is being read.
     head_started: AtomicU64,
     in_flight: AtomicU64,
+    /// HTTP/2: no header-read timeout between requests (only the idle one).
     h2: AtomicBool,
+    first_read: AtomicBool,
 }
 
 /// What the connection timer should do now.
@@ -42,6 +44,7 @@ impl Default for ConnState {
             head_started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            first_read: AtomicBool::new(true),
         }
     }
 }
@@ -51,7 +54,10 @@ impl ConnState {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    fn read_activity(&self) {
+    fn read_activity(&self, data: &[u8]) {
+        if self.first_read.swap(false, Ordering::Relaxed) && data.starts_with(b"PRI * HTTP/2.0") {
+            self.h2.store(true, Ordering::Relaxed);
+        }
         let now = self.now();
         self.last_activity.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
@@ -137,7 +143,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.read_activity();
+            this.state.read_activity(&buf.filled()[before..]);
         }
         r
     }
@@ -190,7 +196,7 @@ mod tests {
         let header = Duration::from_secs(10);
         assert!(matches!(s.verdict(idle, header), Verdict::Wait(_)));
         // A head started arriving: the header deadline applies, not the idle one.
-        s.read_activity();
+        s.read_activity(b"GET / HTTP/1.1\r\n");
         match s.verdict(idle, header) {
             Verdict::Wait(at) => assert!(at <= Instant::now() + header),
             v => panic!("{v:?}"),

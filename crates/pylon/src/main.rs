@@ -59,6 +59,7 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -103,8 +104,8 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
                 tracing::info!(config = %p.display(), "configuration loaded");
             }),
         None => {
-            eprintln!(
-                "pylon: no -c FILE and no ./pylon.toml: running the embedded quickstart config \
+            tracing::warn!(
+                "no -c FILE and no ./pylon.toml: running the embedded quickstart config \
                  (examples/quickstart.toml)"
             );
             pylon_config::parse(QUICKSTART, "<embedded quickstart.toml>").map_err(|e| e.to_string())
