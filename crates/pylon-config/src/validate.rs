@@ -375,13 +375,13 @@ fn listener(
     for b in &r.bind.get_ref().0 {
         match socket_addr(b) {
             Ok(a) => {
-                if a.port() != 0 {
-                    if let Some(other) = bound.insert(a, name.clone()) {
-                        p.at(
-                            &r.bind,
-                            format!("address {a} is already bound by listener \"{other}\""),
-                        );
-                    }
+                if a.port() != 0
+                    && let Some(other) = bound.insert(a, name.clone())
+                {
+                    p.at(
+                        &r.bind,
+                        format!("address {a} is already bound by listener \"{other}\""),
+                    );
                 }
                 binds.push(a);
             }
@@ -688,10 +688,10 @@ fn route(
                 p.at(pr, "prefix_rewrite must start with '/'");
             }
         }
-        if let Some(hr) = &r.host_rewrite {
-            if hr.get_ref().is_empty() || !header_value_ok(hr.get_ref()) {
-                p.at(hr, "invalid host_rewrite");
-            }
+        if let Some(hr) = &r.host_rewrite
+            && (hr.get_ref().is_empty() || !header_value_ok(hr.get_ref()))
+        {
+            p.at(hr, "invalid host_rewrite");
         }
         Action::Proxy(ProxyAction {
             cluster: c.into_inner(),

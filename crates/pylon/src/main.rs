@@ -145,13 +145,10 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = Proxy::start(&config).await?;
     for b in proxy.bound() {
-        eprintln!(
-            "pylon: listening on http://{} (listener {})",
-            b.addr, b.listener
-        );
+        tracing::info!("listening on http://{} (listener {})", b.addr, b.listener);
     }
     if let Some(first) = proxy.bound().first() {
-        eprintln!("pylon: try: curl -i http://{}/", first.addr);
+        tracing::info!("try: curl -i http://{}/", first.addr);
     }
     wait_for_signal().await?;
     tracing::info!(

@@ -21,7 +21,11 @@ async fn still_serves(p: &TestProxy) {
 fn assert_error(a: &Answer, status: u16, reason: &str) {
     assert_eq!(a.status.as_u16(), status, "{a:?}");
     assert_eq!(a.header("x-pylon-error"), Some(reason), "{a:?}");
-    assert!(a.text().contains(reason), "short body names the reason: {}", a.text());
+    assert!(
+        a.text().contains(reason),
+        "short body names the reason: {}",
+        a.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +46,11 @@ async fn request_limits_answer_414_431_413() {
     for i in 0..25 {
         b = b.header(format!("x-h{i}"), "v");
     }
-    assert_error(&send_h1(addr, b.body(empty()).unwrap()).await, 431, "too_many_headers");
+    assert_error(
+        &send_h1(addr, b.body(empty()).unwrap()).await,
+        431,
+        "too_many_headers",
+    );
 
     let req = Request::get("/")
         .header("host", "x")
@@ -52,24 +60,36 @@ async fn request_limits_answer_414_431_413() {
     assert_error(&send_h1(addr, req).await, 431, "headers_too_large");
 
     // Declared too large: refused before any byte of the body is read.
-    let req = Request::post("/").header("host", "x").body(body(vec![b'x'; 1001])).unwrap();
+    let req = Request::post("/")
+        .header("host", "x")
+        .body(body(vec![b'x'; 1001]))
+        .unwrap();
     assert_error(&send_h1(addr, req).await, 413, "body_too_large");
 
     // Chunked, no length declared: cut off when the limit is crossed.
     let chunks: Vec<Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
-        (0..20).map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'y'; 100])))).collect();
+        (0..20)
+            .map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'y'; 100]))))
+            .collect();
     let req = Request::post("/")
         .header("host", "x")
-        .body(BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(chunks))))
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(chunks),
+        )))
         .unwrap();
     assert_error(&send_h1(addr, req).await, 413, "body_too_large");
 
     // Same limits over h2c.
-    let req = Request::get(format!("http://x/{}", "a".repeat(200))).body(empty()).unwrap();
+    let req = Request::get(format!("http://x/{}", "a".repeat(200)))
+        .body(empty())
+        .unwrap();
     assert_error(&send_h2(addr, req).await, 414, "uri_too_long");
 
     // Within the limits everything passes.
-    let req = Request::post("/").header("host", "x").body(body(vec![b'x'; 1000])).unwrap();
+    let req = Request::post("/")
+        .header("host", "x")
+        .body(body(vec![b'x'; 1000]))
+        .unwrap();
     let a = send_h1(addr, req).await;
     assert_eq!(a.json()["body_len"], 1000);
 
@@ -78,7 +98,10 @@ async fn request_limits_answer_414_431_413() {
     assert_eq!(m.errors(ErrorKind::TooManyHeaders), 1);
     assert_eq!(m.errors(ErrorKind::HeadersTooLarge), 1);
     assert_eq!(m.errors(ErrorKind::BodyTooLarge), 2);
-    assert!(m.render().contains("pylon_proxy_errors_total{reason=\"body_too_large\"} 2"));
+    assert!(
+        m.render()
+            .contains("pylon_proxy_errors_total{reason=\"body_too_large\"} 2")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +118,11 @@ async fn malformed_requests_get_400_and_never_reach_the_origin() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("x-pylon-error: malformed_request"), "{out}");
 
-    let out = raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n").await;
+    let out = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 
     let out = raw(addr, b"GE T / HTTP/1.1\r\nHost: a\r\n\r\n").await;
@@ -136,7 +163,11 @@ endpoints = ["{}"]
         origin.addr
     );
     let p = TestProxy::start(&cfg).await;
-    assert_error(&get(p.addr("front"), "/dead").await, 502, "upstream_connect_failed");
+    assert_error(
+        &get(p.addr("front"), "/dead").await,
+        502,
+        "upstream_connect_failed",
+    );
     still_serves(&p).await;
     assert_eq!(p.proxy.metrics().errors(ErrorKind::ConnectFailed), 1);
 }
@@ -154,8 +185,17 @@ async fn upstream_that_never_answers_is_504() {
         }
     })
     .await;
-    let p = TestProxy::start(&simple_config(&[silent.addr], "", "response_timeout = \"300ms\"")).await;
-    assert_error(&get(p.addr("front"), "/").await, 504, "upstream_response_timeout");
+    let p = TestProxy::start(&simple_config(
+        &[silent.addr],
+        "",
+        "response_timeout = \"300ms\"",
+    ))
+    .await;
+    assert_error(
+        &get(p.addr("front"), "/").await,
+        504,
+        "upstream_response_timeout",
+    );
     assert_eq!(p.proxy.metrics().errors(ErrorKind::ResponseTimeout), 1);
 }
 
@@ -163,7 +203,13 @@ async fn upstream_that_never_answers_is_504() {
 async fn connect_timeout_is_504() {
     // A listener with a full accept backlog that never accepts: new connects hang.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     sock.listen(0).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -174,7 +220,11 @@ async fn connect_timeout_is_504() {
         fillers.push(s);
     }
     let p = TestProxy::start(&simple_config(&[addr], "", "connect_timeout = \"200ms\"")).await;
-    assert_error(&get(p.addr("front"), "/").await, 504, "upstream_connect_timeout");
+    assert_error(
+        &get(p.addr("front"), "/").await,
+        504,
+        "upstream_connect_timeout",
+    );
     drop(fillers);
 }
 
@@ -222,7 +272,11 @@ endpoints = ["{}"]
     );
     let p = TestProxy::start(&cfg).await;
     assert_error(&get(p.addr("front"), "/reset").await, 502, "upstream_reset");
-    assert_error(&get(p.addr("front"), "/garbage").await, 502, "upstream_invalid_response");
+    assert_error(
+        &get(p.addr("front"), "/garbage").await,
+        502,
+        "upstream_invalid_response",
+    );
     // Over h2c too.
     let req = Request::get("http://x/reset").body(empty()).unwrap();
     assert_error(&send_h2(p.addr("front"), req).await, 502, "upstream_reset");
@@ -242,19 +296,28 @@ async fn slow_header_is_cut_off_and_idle_connections_close() {
 
     // Slowloris: half a request head, then nothing. Pylon closes the connection.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     let out = read_to_close(&mut s).await;
-    assert!(out.is_empty(), "no answer to a request never finished: {out}");
+    assert!(
+        out.is_empty(),
+        "no answer to a request never finished: {out}"
+    );
 
     // An idle keep-alive connection is closed after the idle timeout.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let out = read_to_close(&mut s).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 
     // An h2c connection that goes idle is closed too (GOAWAY, then EOF).
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
     let _ = read_to_close(&mut s).await;
 
     still_serves(&p).await;
@@ -269,10 +332,15 @@ async fn client_going_away_mid_upload_does_not_hurt_others() {
     let addr = p.addr("front");
     for _ in 0..5 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial").await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
+            .await
+            .unwrap();
         drop(s);
     }
     still_serves(&p).await;
-    eventually("aborted connections cleaned up", || p.proxy.live_connections() == 0).await;
+    eventually("aborted connections cleaned up", || {
+        p.proxy.live_connections() == 0
+    })
+    .await;
     let _ = Duration::ZERO;
 }

@@ -106,13 +106,12 @@ pub fn add_forwarding(
             IpAddr::V6(a) => format!("\"[{a}]\""),
         };
         let mut element = format!("for={node};proto={scheme}");
-        if let Some(host) = host {
-            if host
+        if let Some(host) = host
+            && host
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                element.push_str(&format!(";host=\"{host}\""));
-            }
+        {
+            element.push_str(&format!(";host=\"{host}\""));
         }
         append_list(h, "forwarded", &element);
     }

@@ -348,10 +348,10 @@ async fn proxy(
         authority.as_deref(),
         downstream_version,
     );
-    if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id) {
-        if let Ok(v) = HeaderValue::from_str(id) {
-            h.insert(name.clone(), v);
-        }
+    if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id)
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        h.insert(name.clone(), v);
     }
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
@@ -452,10 +452,10 @@ fn finish(
     }
     if let Some(l) = listener {
         let h = resp.headers_mut();
-        if let (Some(name), Some(id)) = (&l.request_id, &ex.request_id) {
-            if let Ok(v) = HeaderValue::from_str(id) {
-                h.insert(name.clone(), v);
-            }
+        if let (Some(name), Some(id)) = (&l.request_id, &ex.request_id)
+            && let Ok(v) = HeaderValue::from_str(id)
+        {
+            h.insert(name.clone(), v);
         }
     }
     let log = ctx.shared.logger.enabled().then(|| {
@@ -502,10 +502,10 @@ struct ExchangeEnd {
 impl Completion for ExchangeEnd {
     fn finish(self: Box<Self>, complete: bool, bytes: u64) {
         let this = *self;
-        if let Some(p) = this.pooled {
-            if complete {
-                p.release();
-            }
+        if let Some(p) = this.pooled
+            && complete
+        {
+            p.release();
         }
         if let Some((logger, mut record)) = this.log {
             record.bytes_out = bytes;

@@ -207,18 +207,18 @@ impl EndpointPool {
     async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         {
             let mut h2 = lock(&self.h2);
-            if let Some(c) = h2.as_mut() {
-                if !c.sender.is_closed() {
-                    c.last_used = Instant::now();
-                    return Ok(c.sender.clone());
-                }
+            if let Some(c) = h2.as_mut()
+                && !c.sender.is_closed()
+            {
+                c.last_used = Instant::now();
+                return Ok(c.sender.clone());
             }
         }
         let _one_connect = self.h2_connecting.lock().await;
-        if let Some(c) = lock(&self.h2).as_ref() {
-            if !c.sender.is_closed() {
-                return Ok(c.sender.clone());
-            }
+        if let Some(c) = lock(&self.h2).as_ref()
+            && !c.sender.is_closed()
+        {
+            return Ok(c.sender.clone());
         }
         let io = self.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())

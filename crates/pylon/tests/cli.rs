@@ -1,0 +1,406 @@
+//! The `pylon` binary: check, version, help, logging formats, graceful stop, access
+//! log, and 100 MiB streamed both ways with bounded memory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use pylon_testkit::*;
+
+const PYLON: &str = env!("CARGO_BIN_EXE_pylon");
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pylon-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+/// A Pylon process; stderr is collected in the background.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Running {
+    fn start(args: &[&str], cwd: Option<&std::path::Path>) -> Running {
+        let mut cmd = Command::new(PYLON);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let lines = stderr.lock().unwrap().clone();
+            if lines.iter().any(|l| l.contains("try: curl")) {
+                let addrs = lines
+                    .iter()
+                    .filter_map(|l| {
+                        let rest = l.split("listening on http://").nth(1)?;
+                        let (addr, name) = rest.split_once(" (listener ")?;
+                        let name = name.split(')').next()?;
+                        Some((name.to_string(), addr.parse().ok()?))
+                    })
+                    .collect();
+                return Running {
+                    child,
+                    stderr,
+                    addrs,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pylon exited early ({status}): {lines:#?}");
+            }
+            assert!(Instant::now() < deadline, "pylon did not start: {lines:#?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    fn signal(&self, sig: i32) {
+        // Sending a signal to our own child process.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "pylon did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn check_reports_three_mistakes_with_lines() {
+    let cfg = temp_file(
+        "bad.toml",
+        r#"[[listeners]]
+name = "front"
+bind = "127.0.0.1:99999"
+
+[[routes]]
+cluster = "nope"
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+response_timeout = "fast"
+"#,
+    );
+    let out = Command::new(PYLON).arg("check").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = cfg.display().to_string();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&f) && !l.ends_with("error(s)"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("{f}:3:8: listeners[0].bind: invalid address")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{f}:6:11: routes[0].cluster: unknown cluster")),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "{f}:11:20: clusters[0].response_timeout: invalid duration"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_accepts_the_examples_with_a_summary() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
+    let out = Command::new(PYLON)
+        .arg("check")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.lines().count(), 1, "{s}");
+    assert!(
+        s.contains(
+            "OK: 3 listener(s) on 3 address(es), 4 route(s), 1 cluster(s) with 2 endpoint(s)"
+        ),
+        "{s}"
+    );
+}
+
+#[test]
+fn check_missing_file_is_an_error() {
+    let out = Command::new(PYLON)
+        .args(["check", "/nonexistent/pylon.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read file"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(PYLON).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("pylon {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(PYLON).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in ["run", "check", "--log-format", "--log-level"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+fn origin_config(origin: SocketAddr, extra_top: &str) -> String {
+    format!(
+        r#"{extra_top}
+[server]
+drain_timeout = "10s"
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{origin}"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_pylon_toml_from_the_working_directory_with_json_logs() {
+    let origin = Origin::named("o").await;
+    let cfg = temp_file(
+        "pylon.toml",
+        &origin_config(origin.addr, "access_log = { enabled = false }"),
+    );
+    let p = Running::start(&["--log-format", "json", "run"], cfg.parent());
+    assert_eq!(get(p.addr("front"), "/").await.text(), "o");
+    let lines = p.stderr.lock().unwrap().clone();
+    for l in &lines {
+        let j: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(j.get("level").is_some(), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = Arc::clone(&release);
+    let origin = Origin::start(move |_req| {
+        let r = Arc::clone(&r);
+        async move {
+            r.notified().await;
+            http::Response::new(full("finished"))
+        }
+    })
+    .await;
+    let cfg = temp_file(
+        "drain.toml",
+        &origin_config(origin.addr, "access_log = { enabled = false }"),
+    );
+    let mut p = Running::start(&["run", "-c", cfg.to_str().unwrap()], None);
+    let addr = p.addr("front");
+    let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
+    eventually("request reached the origin", || origin.request_count() == 1).await;
+
+    p.signal(libc::SIGTERM);
+    // New connections are refused once Pylon stops accepting.
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exits only after the in-flight request"
+    );
+    release.notify_one();
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.text(), "finished");
+    assert_eq!(p.wait_exit().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request() {
+    let origin = Origin::named("o").await;
+    let log = temp_file("access.log", "");
+    let top = format!("access_log = {{ path = \"{}\" }}", log.display());
+    let cfg = temp_file("log.toml", &origin_config(origin.addr, &top));
+    let p = Running::start(&["run", "-c", cfg.to_str().unwrap()], None);
+    let addr = p.addr("front");
+    let req = Request::post("/up?x=1")
+        .header("host", "site.test")
+        .header("x-request-id", "abc123")
+        .body(body("12345"))
+        .unwrap();
+    assert_eq!(send_h1(addr, req).await.text(), "o");
+    let long = get(addr, &format!("/{}", "x".repeat(9000))).await;
+    assert_eq!(long.status.as_u16(), 414);
+
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while lines.len() < 2 {
+        assert!(Instant::now() < deadline, "access log lines: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        lines = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    }
+    let ok: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["authority"], "site.test");
+    assert_eq!(ok["path"], "/up?x=1");
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["bytes_in"], 5);
+    assert_eq!(ok["bytes_out"], 1);
+    assert_eq!(ok["upstream"], origin.addr.to_string());
+    assert_eq!(ok["request_id"], "abc123");
+    assert_eq!(ok["cluster"], "c");
+    assert!(ok["duration_ms"].as_f64().unwrap() >= ok["upstream_ms"].as_f64().unwrap());
+    assert!(ok["error"].is_null());
+    assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ok["time"].as_str().unwrap().ends_with('Z'));
+    let err: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(err["status"], 414);
+    assert_eq!(err["error"], "uri_too_long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_mib_streams_both_ways_in_bounded_memory() {
+    const TOTAL: usize = 100 << 20;
+    const CHUNK: usize = 64 << 10;
+    let origin = Origin::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.method() == http::Method::POST {
+            // Count the upload frame by frame; never hold it.
+            let mut body = req.into_body();
+            let mut n = 0usize;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f.unwrap().into_data() {
+                    n += d.len();
+                }
+            }
+            http::Response::new(full(n.to_string()))
+        } else {
+            let chunk = Bytes::from(vec![7u8; CHUNK]);
+            let frames = (0..TOTAL / CHUNK).map(move |_| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                    chunk.clone(),
+                ))
+            });
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            http::Response::builder()
+                .header("content-length", TOTAL.to_string())
+                .body(BodyExt::boxed(body))
+                .unwrap()
+        }
+    })
+    .await;
+    let cfg = temp_file(
+        "big.toml",
+        &origin_config(origin.addr, "access_log = { enabled = false }").replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\nmax_request_body = \"200MiB\"",
+        ),
+    );
+    let p = Running::start(&["run", "-c", cfg.to_str().unwrap()], None);
+    let addr = p.addr("front");
+
+    let chunk = Bytes::from(vec![9u8; CHUNK]);
+    let frames = (0..TOTAL / CHUNK).map(move |_| {
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk.clone()))
+    });
+    let upload = BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )));
+    let req = Request::post("/upload")
+        .header("host", "x")
+        .body(upload)
+        .unwrap();
+    let mut c = h1_conn(addr).await;
+    let a = collect(c.send_request(req).await.unwrap()).await;
+    assert_eq!(a.text(), TOTAL.to_string(), "origin received every byte");
+
+    c.ready().await.unwrap();
+    let req = Request::get("/download")
+        .header("host", "x")
+        .body(empty())
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            n += d.len();
+        }
+    }
+    assert_eq!(n, TOTAL);
+    let rss = p.peak_rss();
+    assert!(rss < 50 << 20, "peak RSS {} MiB", rss >> 20);
+}
