@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Runs Pylon, NGINX and HAProxy in turn on the same scenarios against one fast origin
+(NGINX, `return 200`, one worker) and prints one table: requests/s, p50/p99 latency,
+proxy CPU-microseconds per request, proxy peak RSS, and Pylon's ratio to the best peer.
+Results go to bench/results/<date>.json and bench/results/latest.svg."""
+
+import argparse, asyncio, json, os, platform, re, shutil, signal, socket, subprocess
+import sys, tempfile, time
+from datetime import datetime, timezone
+
+ORIGIN = 18080
+PROXY = 18081
+HERE = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def wait_closed(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                time.sleep(0.02)
+        except OSError:
+            return
+
+
+def proc_tree(pid):
+    """pid and all its descendants (NGINX and HAProxy fork workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+        except OSError:
+            kids = []
+        todo.extend(int(k) for k in kids)
+    return out
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pids, field="VmRSS"):
+    total = 0
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# ---------------------------------------------------------------- configurations
+
+def origin_conf(d):
+    body = os.path.join(d, "www")
+    os.makedirs(body, exist_ok=True)
+    with open(os.path.join(body, "1m"), "wb") as f:
+        f.write(b"x" * (1 << 20))
+    return f"""
+worker_processes 1; daemon off; pid {d}/origin.pid; error_log {d}/origin.err;
+events {{ worker_connections 65535; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{ORIGIN} backlog=4096;
+    location = /1m {{ root {body}; }}
+    location / {{ return 200 "hello from the origin\\n"; }}
+  }}
+}}"""
+
+
+def nginx_conf(d, h2):
+    listen = f"127.0.0.1:{PROXY} backlog=4096" + (" http2" if h2 else "")
+    return f"""
+worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
+events {{ worker_connections 65535; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 128; }}
+  server {{
+    listen {listen};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering on;
+    }}
+  }}
+}}"""
+
+
+def haproxy_conf(d, h2):
+    proto = " proto h2" if h2 else ""
+    return f"""
+global
+  nbthread 1
+  maxconn 65535
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PROXY}{proto}
+  default_backend be
+backend be
+  server origin 127.0.0.1:{ORIGIN}
+"""
+
+
+def pylon_conf(d, h2):
+    return f"""
+[server]
+worker_threads = 1
+[access_log]
+enabled = false
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:{PROXY}"
+via = false
+request_id = false
+idle_timeout = "300s"
+[[routes]]
+cluster = "origin"
+[[clusters]]
+name = "origin"
+endpoints = ["127.0.0.1:{ORIGIN}"]
+pool = {{ max_idle_per_endpoint = 1024 }}
+"""
+
+
+class Server:
+    def __init__(self, name, argv, port):
+        self.name, self.argv, self.port = name, argv, port
+
+    def __enter__(self):
+        self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        wait_port(self.port)
+        return self
+
+    def pids(self):
+        return proc_tree(self.p.pid)
+
+    def __exit__(self, *a):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+        wait_closed(self.port)
+
+
+def start_proxy(name, d, h2, pylon):
+    if name == "origin":
+        return None
+    conf = os.path.join(d, f"{name}{'-h2' if h2 else ''}.conf")
+    text = {"nginx": nginx_conf, "haproxy": haproxy_conf, "pylon": pylon_conf}[name](d, h2)
+    open(conf, "w").write(text)
+    argv = {
+        "nginx": ["nginx", "-c", conf, "-e", os.path.join(d, "nginx.err")],
+        "haproxy": ["haproxy", "-db", "-f", conf],
+        "pylon": [pylon, "run", "-c", conf],
+    }[name]
+    return Server(name, argv, PROXY)
+
+
+# ---------------------------------------------------------------- load generators
+
+def parse_latency(s):
+    m = re.match(r"([\d.]+)(us|ms|s)", s)
+    v, u = float(m.group(1)), m.group(2)
+    return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+
+
+def run_wrk(port, conns, secs, path="/", new_conn=False):
+    argv = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{secs}s", "--latency", "--timeout", "10s"]
+    if new_conn:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}{path}")
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = parse_latency(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = parse_latency(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "requests": reqs, "p50_ms": p50, "p99_ms": p99,
+            "errors": int(errors.group(1)) if errors else 0}
+
+
+def run_h2load(port, secs):
+    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs), f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    # h2load gives min, max, mean; report the mean as p50 and the max as p99 bound.
+    return {"rps": rps, "requests": done, "p50_ms": parse_latency(lat.group(3)),
+            "p99_ms": parse_latency(lat.group(2)), "errors": 0}
+
+
+async def hold_idle(port, n):
+    """Opens n keep-alive connections, each completing one request, and holds them."""
+    conns = []
+    sem = asyncio.Semaphore(500)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await w.drain()
+            await r.readuntil(b"\r\n\r\n")
+            conns.append((r, w))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def idle_memory(server, port, n):
+    base = rss_kib(server.pids())
+    loop = asyncio.new_event_loop()
+    conns = loop.run_until_complete(hold_idle(port, n))
+    time.sleep(0.5)
+    held = rss_kib(server.pids())
+    for _, w in conns:
+        w.close()
+    loop.close()
+    return {"rps": 0, "requests": n, "p50_ms": 0, "p99_ms": 0, "errors": 0,
+            "rss_per_conn_kib": (held - base) / n, "rss_kib": held}
+
+
+# ---------------------------------------------------------------- scenarios
+
+SCENARIOS = [
+    ("h1_keepalive_50", "HTTP/1.1 keep-alive, 50 conns", False),
+    ("h1_new_conn", "HTTP/1.1 new connection per request", False),
+    ("h1_1000_conns", "HTTP/1.1, 1,000 conns", False),
+    ("h2c_10x10", "h2c 10 conns x 10 streams", True),
+    ("body_1mib", "1 MiB responses, 10 conns", False),
+    ("idle_10k", "10,000 idle keep-alive conns (RSS)", False),
+]
+
+
+def measure(sid, server, port, secs, idle_n):
+    pids = server.pids() if server else []
+    t0 = cpu_ticks(pids)
+    if sid == "h1_keepalive_50":
+        r = run_wrk(port, 50, secs)
+    elif sid == "h1_new_conn":
+        r = run_wrk(port, 50, secs, new_conn=True)
+    elif sid == "h1_1000_conns":
+        r = run_wrk(port, 1000, secs)
+    elif sid == "h2c_10x10":
+        r = run_h2load(port, secs)
+    elif sid == "body_1mib":
+        r = run_wrk(port, 10, secs, path="/1m")
+    else:
+        r = idle_memory(server, port, idle_n) if server else None
+    if r is None:
+        return None
+    pids = server.pids() if server else []
+    used = (cpu_ticks(pids) - t0) / TICK
+    r["cpu_us_per_req"] = used * 1e6 / r["requests"] if (server and r["requests"]) else None
+    r["peak_rss_kib"] = rss_kib(pids, "VmHWM") if server else None
+    return r
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pylon", required=True)
+    ap.add_argument("--quick", action="store_true", help="one short round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--only", help="comma-separated scenario ids")
+    args = ap.parse_args()
+    rounds, secs, idle_n = (1, 3, 2000) if args.quick else (args.rounds, args.seconds, 10000)
+    scen = [s for s in SCENARIOS if not args.only or s[0] in args.only.split(",")]
+    names = ["origin", "pylon", "nginx", "haproxy"]
+    d = tempfile.mkdtemp(prefix="pylon-bench-")
+    open(os.path.join(d, "origin.conf"), "w").write(origin_conf(d))
+    results = {s[0]: {n: [] for n in names} for s in scen}
+    started = time.time()
+    with Server("origin", ["nginx", "-c", os.path.join(d, "origin.conf")], ORIGIN):
+        for rnd in range(rounds):
+            for sid, title, h2 in scen:
+                for name in names:  # interleaved: A, B, C, A, B, C, ...
+                    if name == "origin" and sid == "idle_10k":
+                        continue
+                    if name == "origin" and h2:
+                        continue  # the origin speaks HTTP/1.1 only
+                    print(f"[{time.time() - started:6.0f}s] round {rnd + 1}/{rounds} {sid:16} {name}",
+                          file=sys.stderr, flush=True)
+                    ctx = start_proxy(name, d, h2, args.pylon)
+                    if ctx is None:
+                        results[sid][name].append(measure(sid, None, ORIGIN, secs, idle_n))
+                    else:
+                        with ctx as srv:
+                            results[sid][name].append(measure(sid, srv, PROXY, secs, idle_n))
+    shutil.rmtree(d, ignore_errors=True)
+
+    table = {}
+    for sid, title, _ in scen:
+        table[sid] = {}
+        for name in names:
+            runs = [r for r in results[sid][name] if r]
+            if not runs:
+                continue
+            keys = runs[0].keys()
+            table[sid][name] = {k: median([r.get(k) for r in runs]) for k in keys}
+    print_table(scen, table)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    meta = {"date": stamp, "machine": machine(), "rounds": rounds, "seconds": secs,
+            "quick": args.quick}
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", f"{stamp}.json"), "w") as f:
+        json.dump({"meta": meta, "results": table}, f, indent=2)
+    svg(scen, table, meta, os.path.join(HERE, "results", "latest.svg"))
+    print(f"\nwrote bench/results/{stamp}.json and bench/results/latest.svg", file=sys.stderr)
+
+
+def machine():
+    cpu = "unknown cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+
+
+def ratio(table_row, key, higher_better):
+    p = table_row.get("pylon", {}).get(key)
+    peers = [table_row.get(n, {}).get(key) for n in ("nginx", "haproxy")]
+    peers = [x for x in peers if x]
+    if not p or not peers:
+        return None
+    best = max(peers) if higher_better else min(peers)
+    return p / best if higher_better else best / p
+
+
+def print_table(scen, table):
+    hdr = f"{'scenario':34} {'proxy':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU-us/req':>10} {'peak RSS':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for sid, title, _ in scen:
+        for name, r in table[sid].items():
+            cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") else "-"
+            rss = f"{r['peak_rss_kib'] / 1024:.1f}M" if r.get("peak_rss_kib") else "-"
+            if sid == "idle_10k":
+                print(f"{title:34} {name:8} {'-':>10} {'-':>8} {'-':>8} {'-':>10} {rss:>10}  "
+                      f"{r['rss_per_conn_kib']:.2f} KiB/conn")
+            else:
+                print(f"{title:34} {name:8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu:>10} {rss:>10}")
+        row = table[sid]
+        if sid == "idle_10k":
+            parts = [("KiB/conn", ratio(row, "rss_per_conn_kib", False))]
+        else:
+            parts = [("req/s", ratio(row, "rps", True)), ("p99", ratio(row, "p99_ms", False)),
+                     ("CPU/req", ratio(row, "cpu_us_per_req", False))]
+        txt = ", ".join(f"{k} {v:.2f}x" for k, v in parts if v)
+        print(f"{'':34} pylon vs best peer: {txt}  (>1 means Pylon is better)")
+
+
+def svg(scen, table, meta, path):
+    colors = {"origin": "#999999", "pylon": "#2b7bb9", "nginx": "#3a9a3a", "haproxy": "#c0392b"}
+    rows = [(sid, title) for sid, title, _ in scen if sid != "idle_10k"]
+    w, bar, gap = 900, 14, 18
+    h = 80 + len(rows) * (4 * bar + gap)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="15">Requests/s by scenario (median) — {meta["date"]}, {meta["machine"]}</text>']
+    y = 45
+    for sid, title in rows:
+        vals = {n: r["rps"] for n, r in table[sid].items()}
+        top = max(vals.values()) if vals else 1
+        out.append(f'<text x="10" y="{y}" font-weight="bold">{title}</text>')
+        y += 6
+        for n, v in vals.items():
+            bw = int(560 * v / top) if top else 0
+            out.append(f'<rect x="200" y="{y}" width="{bw}" height="{bar - 2}" fill="{colors[n]}"/>')
+            out.append(f'<text x="195" y="{y + bar - 4}" text-anchor="end">{n}</text>')
+            out.append(f'<text x="{205 + bw}" y="{y + bar - 4}">{v:,.0f}</text>')
+            y += bar
+        y += gap
+    out.append("</svg>")
+    open(path, "w").write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

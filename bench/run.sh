@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Pylon, NGINX and HAProxy on the same machine, in one run.
+# Installs its peers from Debian's packages, builds Pylon in release mode, then runs
+# bench/bench.py (pass --quick for one short round). Never part of the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+# Debian starts services on install; the benchmark runs its own instances.
+systemctl stop nginx haproxy >/dev/null 2>&1 || true
+
+cargo build --release -p pylon
+ulimit -n 65536 || true
+exec python3 bench/bench.py --pylon target/release/pylon "$@"
