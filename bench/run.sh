@@ -19,5 +19,5 @@ fi
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 cargo build --release -p pylon
-ulimit -n 65536 || true
+ulimit -n "$(ulimit -Hn)" || true
 exec python3 bench/bench.py --pylon target/release/pylon "$@"
