@@ -120,6 +120,8 @@ impl AcceptLoop {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),
                 client,
+                client_ip: http::HeaderValue::from_str(&client.ip().to_string())
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
                 scheme: "http",
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),

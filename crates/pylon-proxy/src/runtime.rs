@@ -43,6 +43,13 @@ impl Runtime {
                             Action::Proxy(p) => clusters.get(&p.cluster).cloned(),
                             _ => None,
                         },
+                        host_rewrite: match &r.action {
+                            Action::Proxy(p) => p
+                                .host_rewrite
+                                .as_deref()
+                                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+                            _ => None,
+                        },
                         route: r.clone(),
                     })
                     .collect();

@@ -121,9 +121,14 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker thread: a current-thread runtime, without work-stealing overhead.
+    let mut rt = if config.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     rt.enable_all();
-    if config.server.worker_threads > 0 {
+    if config.server.worker_threads > 1 {
         rt.worker_threads(config.server.worker_threads);
     }
     let rt = match rt.build() {

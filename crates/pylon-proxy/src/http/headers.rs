@@ -17,9 +17,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::TE
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE` is kept only
-/// as `TE: trailers` (what gRPC needs end to end).
+/// as `TE: trailers` (what gRPC needs end to end). One pass over the names in the
+/// common case where there is nothing to remove.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -64,56 +72,72 @@ pub fn append_via(h: &mut HeaderMap, received: Version) {
     h.append(header::VIA, via);
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
 /// Appends `value` to a comma-separated list header, merging earlier lines into one.
-fn append_list(h: &mut HeaderMap, name: &'static str, value: &str) {
-    let mut joined = String::new();
-    for v in h.get_all(name).iter() {
-        if let Ok(s) = v.to_str() {
-            joined.push_str(s);
-            joined.push_str(", ");
-        }
+fn append_list(h: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let mut earlier = h.get_all(name).iter().peekable();
+    if earlier.peek().is_none() {
+        h.insert(name.clone(), value.clone());
+        return;
     }
-    joined.push_str(value);
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        h.insert(name, v);
+    let mut joined = Vec::with_capacity(64);
+    for v in earlier {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(name.clone(), v);
     }
 }
 
-/// Adds the forwarding headers a listener is configured for.
+/// The downstream peer, as the forwarding headers describe it.
+pub struct Peer<'a> {
+    pub ip: IpAddr,
+    /// `ip` as a header value, made once per connection.
+    pub ip_value: &'a HeaderValue,
+    pub scheme: &'static str,
+}
+
+/// Adds the forwarding headers a listener is configured for. `host` is the client's
+/// authority (`Host` or `:authority`).
 pub fn add_forwarding(
     h: &mut HeaderMap,
     cfg: &ForwardingHeaders,
-    client: IpAddr,
-    scheme: &'static str,
-    host: Option<&str>,
+    peer: &Peer<'_>,
+    host: Option<&HeaderValue>,
     received: Version,
 ) {
     if cfg.x_forwarded {
-        append_list(h, "x-forwarded-for", &client.to_string());
-        h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-        match host.and_then(|v| HeaderValue::from_str(v).ok()) {
+        append_list(h, &X_FORWARDED_FOR, peer.ip_value);
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.scheme));
+        match host {
             Some(v) => {
-                h.insert("x-forwarded-host", v);
+                h.insert(X_FORWARDED_HOST.clone(), v.clone());
             }
             None => {
-                h.remove("x-forwarded-host");
+                h.remove(&X_FORWARDED_HOST);
             }
         }
     }
     if cfg.forwarded {
-        let node = match client {
+        let node = match peer.ip {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("\"[{a}]\""),
         };
-        let mut element = format!("for={node};proto={scheme}");
-        if let Some(host) = host
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        let mut element = format!("for={node};proto={}", peer.scheme);
+        if let Some(host) = host.and_then(|v| v.to_str().ok())
+            && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         {
             element.push_str(&format!(";host=\"{host}\""));
         }
-        append_list(h, "forwarded", &element);
+        if let Ok(v) = HeaderValue::from_str(&element) {
+            append_list(h, &FORWARDED, &v);
+        }
     }
     if cfg.via {
         append_via(h, received);
@@ -170,14 +194,14 @@ mod tests {
             via: true,
             request_id: None,
         };
-        add_forwarding(
-            &mut h,
-            &cfg,
-            "::1".parse().unwrap(),
-            "http",
-            Some("a.com"),
-            Version::HTTP_2,
-        );
+        let ip_value = HeaderValue::from_static("::1");
+        let peer = Peer {
+            ip: "::1".parse().unwrap(),
+            ip_value: &ip_value,
+            scheme: "http",
+        };
+        let host = HeaderValue::from_static("a.com");
+        add_forwarding(&mut h, &cfg, &peer, Some(&host), Version::HTTP_2);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");

@@ -25,7 +25,7 @@ use pylon_config::model::{Action, HostHeader, RedirectAction, RespondAction, Ups
 
 use super::body::{Completion, RequestBody, RequestMeter, ResponseBody};
 use super::error::{ErrorKind, error_response};
-use super::headers::{add_forwarding, append_via, protocol_name, strip_hop_by_hop};
+use super::headers::{Peer, add_forwarding, append_via, protocol_name, strip_hop_by_hop};
 use super::router::{RouteRuntime, normalize_host};
 use super::upstream::{ClusterRuntime, Pooled, UpstreamError};
 use crate::conn::{ConnState, InFlight};
@@ -45,6 +45,8 @@ pub struct ConnCtx {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    /// The client's IP as a header value, made once per connection.
+    pub client_ip: HeaderValue,
     pub scheme: &'static str,
     pub state: Arc<ConnState>,
     pub shared: Arc<Shared>,
@@ -315,8 +317,13 @@ async fn proxy(
     };
     let endpoint = cluster.pick().ok_or(ErrorKind::NoEndpoint)?;
     let downstream_version = req.version();
-    let authority = authority_of(&req).map(str::to_owned);
     let (mut parts, body) = req.into_parts();
+    // The client's authority as a header value: `Host` as sent (a cheap clone), or
+    // `:authority` for HTTP/2.
+    let client_host: Option<HeaderValue> = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
 
     let body = if http_body::Body::is_end_stream(&body) {
         RequestBody::Empty
@@ -331,21 +338,25 @@ async fn proxy(
     };
 
     let path = rewrite_path(&parts.uri, route, action.prefix_rewrite.as_deref());
-    let upstream_host = match (&action.host_rewrite, cluster.host_header) {
+    let upstream_host: Option<HeaderValue> = match (&route.host_rewrite, cluster.host_header) {
         (Some(h), _) => Some(h.clone()),
-        (None, HostHeader::Endpoint) => Some(endpoint.address.to_string()),
-        (None, HostHeader::Preserve) => authority.clone(),
+        (None, HostHeader::Endpoint) => Some(endpoint.host_value.clone()),
+        (None, HostHeader::Preserve) => client_host.clone(),
     };
 
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
     h.remove(header::EXPECT);
+    let peer = Peer {
+        ip: ctx.client.ip(),
+        ip_value: &ctx.client_ip,
+        scheme: ctx.scheme,
+    };
     add_forwarding(
         h,
         &listener.config.headers,
-        ctx.client.ip(),
-        ctx.scheme,
-        authority.as_deref(),
+        &peer,
+        client_host.as_ref(),
         downstream_version,
     );
     if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id)
@@ -357,24 +368,28 @@ async fn proxy(
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
             parts.uri = Uri::from(path);
-            match upstream_host.as_deref().map(HeaderValue::from_str) {
-                Some(Ok(v)) => {
+            match upstream_host {
+                Some(v) => {
                     h.insert(header::HOST, v);
                 }
-                _ => {
+                None => {
                     h.remove(header::HOST);
                 }
             }
         }
         UpstreamProtocol::H2c => {
             parts.version = Version::HTTP_2;
-            let host = upstream_host.unwrap_or_else(|| endpoint.address.to_string());
-            parts.uri = Uri::builder()
-                .scheme("http")
-                .authority(host.as_str())
-                .path_and_query(path)
-                .build()
-                .map_err(|_| ErrorKind::MalformedRequest)?;
+            let host = upstream_host.unwrap_or_else(|| endpoint.host_value.clone());
+            let authority = host
+                .to_str()
+                .ok()
+                .and_then(|s| http::uri::Authority::try_from(s).ok())
+                .ok_or(ErrorKind::MalformedRequest)?;
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path);
+            parts.uri = Uri::from_parts(uri).map_err(|_| ErrorKind::MalformedRequest)?;
             h.remove(header::HOST);
         }
     }

@@ -13,6 +13,8 @@ pub struct RouteRuntime {
     pub name: Arc<str>,
     pub route: Route,
     pub cluster: Option<Arc<ClusterRuntime>>,
+    /// `host_rewrite` as a header value.
+    pub host_rewrite: Option<http::HeaderValue>,
 }
 
 /// The routes of one listener, in file order.
@@ -82,8 +84,9 @@ fn route_matches(r: &Route, host: &str, path: &str, method: &Method, headers: &H
     })
 }
 
-/// Lower-cases `authority` and strips its port (keeping IPv6 brackets).
-pub fn normalize_host(authority: &str) -> String {
+/// Lower-cases `authority` and strips its port (keeping IPv6 brackets). Borrows when
+/// there is nothing to lower-case.
+pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
         match authority.find(']') {
             Some(i) => &authority[..=i],
@@ -95,7 +98,11 @@ pub fn normalize_host(authority: &str) -> String {
             None => authority,
         }
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 impl RouteRuntime {
@@ -133,6 +140,7 @@ mod tests {
                 }),
             },
             cluster: None,
+            host_rewrite: None,
         }
     }
 

@@ -45,6 +45,8 @@ struct H2Conn {
 
 pub struct EndpointPool {
     pub address: SocketAddr,
+    /// `ip:port` as a header value (for `host_header = "endpoint"`).
+    pub host_value: http::HeaderValue,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -61,19 +63,13 @@ pub struct Pooled {
 }
 
 impl Pooled {
-    /// Returns the connection once it is ready for the next request.
+    /// Returns the connection to the pool. Its response has been read to the end, so
+    /// it becomes ready for the next request as soon as hyper has noticed; checkout
+    /// waits for that instead of a task per request here.
     pub fn release(self) {
-        let Pooled { pool, mut sender } = self;
-        if sender.is_ready() {
+        let Pooled { pool, sender } = self;
+        if !sender.is_closed() {
             pool.put_idle(sender);
-        } else if !sender.is_closed() {
-            // The connection task is still finishing the exchange; wait for it briefly.
-            tokio::spawn(async move {
-                let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
-                if matches!(ready, Ok(Ok(()))) {
-                    pool.put_idle(sender);
-                }
-            });
         }
     }
 }
@@ -86,6 +82,8 @@ impl EndpointPool {
     pub fn new(address: SocketAddr, c: &model::Cluster) -> Self {
         EndpointPool {
             address,
+            host_value: http::HeaderValue::from_str(&address.to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
             protocol: c.protocol,
             connect_timeout: c.connect_timeout,
             idle_timeout: c.pool.idle_timeout,
@@ -149,11 +147,25 @@ impl EndpointPool {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) < self.idle_timeout && i.sender.is_ready() {
+            if now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed() {
                 return Some(i.sender);
             }
         }
         None
+    }
+
+    /// An idle connection that is ready now (or within a moment), else a new one.
+    async fn ready_h1(&self) -> Result<(http1::SendRequest<RequestBody>, bool), UpstreamError> {
+        while let Some(mut s) = self.checkout_h1() {
+            if s.is_ready() {
+                return Ok((s, false));
+            }
+            // Released right at the end of its previous response: hyper is finishing it.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(100), s.ready()).await {
+                return Ok((s, false));
+            }
+        }
+        Ok((self.connect_h1().await?, true))
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
@@ -176,15 +188,8 @@ impl EndpointPool {
         response_timeout: Duration,
     ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
         let mut req = req;
-        let mut fresh = false;
         loop {
-            let mut sender = match self.checkout_h1() {
-                Some(s) => s,
-                None => {
-                    fresh = true;
-                    self.connect_h1().await?
-                }
-            };
+            let (mut sender, fresh) = self.ready_h1().await?;
             let sent = tokio::time::timeout(response_timeout, sender.try_send_request(req)).await;
             match sent {
                 Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
