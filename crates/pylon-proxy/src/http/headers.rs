@@ -7,7 +7,7 @@ use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pylon_config::model::ForwardingHeaders;
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -17,36 +17,49 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::TE
-}
-
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE` is kept only
-/// as `TE: trailers` (what gRPC needs end to end). One pass over the names in the
-/// common case where there is nothing to remove.
+/// as `TE: trailers` (what gRPC needs end to end). One pass over the names finds what
+/// is present, so a message without hop-by-hop headers costs no lookups.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    let mut present = 0u8;
+    let mut te = false;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        } else if k == header::TE {
+            te = true;
+        }
+    }
+    if present == 0 && !te {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
+        // Names listed in `Connection` (index 0) beyond the usual keep-alive/close.
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("te")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {
-            if n != header::TE {
-                h.remove(&n);
-            }
+            h.remove(&n);
         }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
-    if let Some(te) = h.get(header::TE) {
-        let trailers = te
+    if te && let Some(v) = h.get(header::TE) {
+        let trailers = v
             .to_str()
             .map(|v| {
                 v.split(',')
