@@ -127,7 +127,10 @@ pub fn add_forwarding(
 ) {
     if cfg.x_forwarded {
         append_list(h, &X_FORWARDED_FOR, peer.ip_value);
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.scheme));
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(peer.scheme),
+        );
         match host {
             Some(v) => {
                 h.insert(X_FORWARDED_HOST.clone(), v.clone());
@@ -144,7 +147,9 @@ pub fn add_forwarding(
         };
         let mut element = format!("for={node};proto={}", peer.scheme);
         if let Some(host) = host.and_then(|v| v.to_str().ok())
-            && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         {
             element.push_str(&format!(";host=\"{host}\""));
         }

@@ -1,10 +1,12 @@
 //! Routing: host → path → method → headers, first match in file order wins, giving the
 //! route's action.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 use pylon_config::model::{Action, HostMatch, PathMatch, Route};
+use regex::RegexSet;
 
 use super::upstream::ClusterRuntime;
 
@@ -17,15 +19,72 @@ pub struct RouteRuntime {
     pub host_rewrite: Option<http::HeaderValue>,
 }
 
-/// The routes of one listener, in file order.
+/// The routes of one listener, in file order, indexed so that a request only looks at
+/// the routes its host can match:
+/// - each exact host named by some route has its candidate list (routes naming it,
+///   wildcard routes matching it, and host-less routes, in file order);
+/// - any other host scans the wildcard and host-less routes;
+/// - every path regex is compiled into one `RegexSet`, run at most once per request.
 #[derive(Default)]
 pub struct Router {
     routes: Vec<RouteRuntime>,
+    by_host: HashMap<String, Vec<u32>>,
+    other_hosts: Vec<u32>,
+    regexes: Option<RegexSet>,
+    /// For each route, its pattern's index in `regexes`.
+    regex_slot: Vec<Option<usize>>,
 }
 
 impl Router {
     pub fn new(routes: Vec<RouteRuntime>) -> Self {
-        Router { routes }
+        let mut exact_hosts: Vec<&str> = Vec::new();
+        for r in &routes {
+            for h in &r.route.matcher.hosts {
+                if let HostMatch::Exact(name) = h
+                    && !exact_hosts.contains(&name.as_str())
+                {
+                    exact_hosts.push(name);
+                }
+            }
+        }
+        let by_host: HashMap<String, Vec<u32>> = exact_hosts
+            .iter()
+            .map(|&host| {
+                let candidates = (0..routes.len() as u32)
+                    .filter(|&i| hosts_match(&routes[i as usize].route, host))
+                    .collect();
+                (host.to_owned(), candidates)
+            })
+            .collect();
+        let other_hosts = (0..routes.len() as u32)
+            .filter(|&i| {
+                let hosts = &routes[i as usize].route.matcher.hosts;
+                hosts.is_empty() || hosts.iter().any(|h| !matches!(h, HostMatch::Exact(_)))
+            })
+            .collect();
+        let mut patterns = Vec::new();
+        let regex_slot = routes
+            .iter()
+            .map(|r| match &r.route.matcher.path {
+                PathMatch::Regex(re) => {
+                    patterns.push(re.as_str().to_owned());
+                    Some(patterns.len() - 1)
+                }
+                _ => None,
+            })
+            .collect();
+        // The patterns compiled one by one during validation, so the set compiles too;
+        // if it ever did not, matching falls back to each route's own regex.
+        let regexes = (!patterns.is_empty())
+            .then(|| RegexSet::new(&patterns).ok())
+            .flatten();
+        Router {
+            routes,
+            by_host,
+            other_hosts,
+            regexes,
+            regex_slot,
+        }
     }
 
     /// The first route matching the request. `host` is lower-case and has no port.
@@ -36,9 +95,28 @@ impl Router {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&RouteRuntime> {
-        self.routes
-            .iter()
-            .find(|r| route_matches(&r.route, host, path, method, headers))
+        let (candidates, host_checked) = match self.by_host.get(host) {
+            Some(c) => (c.as_slice(), true),
+            None => (self.other_hosts.as_slice(), false),
+        };
+        let mut regex_hits: Option<regex::SetMatches> = None;
+        candidates.iter().map(|&i| i as usize).find_map(|i| {
+            let r = &self.routes[i];
+            let m = &r.route.matcher;
+            if !host_checked
+                && !m.hosts.is_empty()
+                && !m.hosts.iter().any(|h| host_matches(h, host))
+            {
+                return None;
+            }
+            let path_ok = match (&m.path, self.regex_slot[i], &self.regexes) {
+                (PathMatch::Regex(_), Some(slot), Some(set)) => regex_hits
+                    .get_or_insert_with(|| set.matches(path))
+                    .matched(slot),
+                (p, _, _) => path_matches(p, path),
+            };
+            (path_ok && rest_matches(&r.route, method, headers)).then_some(r)
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -50,6 +128,11 @@ impl Router {
     }
 }
 
+fn hosts_match(r: &Route, host: &str) -> bool {
+    let hosts = &r.matcher.hosts;
+    hosts.is_empty() || hosts.iter().any(|h| host_matches(h, host))
+}
+
 fn host_matches(m: &HostMatch, host: &str) -> bool {
     match m {
         HostMatch::Any => true,
@@ -58,20 +141,18 @@ fn host_matches(m: &HostMatch, host: &str) -> bool {
     }
 }
 
-fn route_matches(r: &Route, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> bool {
-    let m = &r.matcher;
-    if !m.hosts.is_empty() && !m.hosts.iter().any(|h| host_matches(h, host)) {
-        return false;
-    }
-    let path_ok = match &m.path {
+fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match m {
         PathMatch::Any => true,
         PathMatch::Exact(p) => p == path,
         PathMatch::Prefix(p) => path.starts_with(p.as_str()),
         PathMatch::Regex(re) => re.is_match(path),
-    };
-    if !path_ok {
-        return false;
     }
+}
+
+/// Method and header conditions.
+fn rest_matches(r: &Route, method: &Method, headers: &HeaderMap) -> bool {
+    let m = &r.matcher;
     if !m.methods.is_empty() && !m.methods.iter().any(|x| x == method.as_str()) {
         return false;
     }
@@ -114,6 +195,7 @@ impl RouteRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use pylon_config::model::*;
 
     fn route(
@@ -141,6 +223,66 @@ mod tests {
             },
             cluster: None,
             host_rewrite: None,
+        }
+    }
+
+    /// The plain definition: the first route, in file order, whose every part matches.
+    fn naive<'a>(
+        r: &'a Router,
+        host: &str,
+        path: &str,
+        m: &Method,
+        h: &HeaderMap,
+    ) -> Option<&'a RouteRuntime> {
+        r.routes.iter().find(|x| {
+            hosts_match(&x.route, host)
+                && path_matches(&x.route.matcher.path, path)
+                && rest_matches(&x.route, m, h)
+        })
+    }
+
+    fn host_strategy() -> impl Strategy<Value = HostMatch> {
+        prop_oneof![
+            Just(HostMatch::Any),
+            prop::sample::select(vec!["a.com", "b.com", "x.a.com"])
+                .prop_map(|h| HostMatch::Exact(h.into())),
+            prop::sample::select(vec![".a.com", ".com"]).prop_map(|h| HostMatch::Suffix(h.into())),
+        ]
+    }
+
+    fn path_strategy() -> impl Strategy<Value = PathMatch> {
+        prop_oneof![
+            Just(PathMatch::Any),
+            prop::sample::select(vec!["/", "/x", "/x/1"]).prop_map(|p| PathMatch::Exact(p.into())),
+            prop::sample::select(vec!["/", "/x", "/y"]).prop_map(|p| PathMatch::Prefix(p.into())),
+            prop::sample::select(vec!["^/x/[0-9]$", "^/y", "1$"])
+                .prop_map(|p| PathMatch::Regex(regex::Regex::new(p).unwrap())),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn index_agrees_with_the_plain_definition(
+            specs in proptest::collection::vec(
+                (proptest::collection::vec(host_strategy(), 0..3), path_strategy(), proptest::bool::ANY),
+                0..12,
+            ),
+            host in prop::sample::select(vec!["a.com", "b.com", "x.a.com", "z.a.com", "q.org"]),
+            path in prop::sample::select(vec!["/", "/x", "/x/1", "/y/2", "/z1"]),
+            post in proptest::bool::ANY,
+        ) {
+            let routes = specs
+                .into_iter()
+                .map(|(hosts, path, post_only)| {
+                    route(hosts, path, if post_only { &["POST"] } else { &[] }, vec![])
+                })
+                .collect();
+            let r = Router::new(routes);
+            let m = if post { Method::POST } else { Method::GET };
+            let h = HeaderMap::new();
+            let got = r.find(host, path, &m, &h).map(|x| x as *const RouteRuntime);
+            let want = naive(&r, host, path, &m, &h).map(|x| x as *const RouteRuntime);
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
