@@ -201,15 +201,27 @@ def parse_latency(s):
 
 
 def run_wrk(port, conns, secs, path="/", new_conn=False):
+    for attempt in range(2):
+        r = run_wrk_once(port, conns, secs, path, new_conn)
+        if r:
+            return r
+        time.sleep(2)  # let sockets in TIME_WAIT clear before the retry
+    return None
+
+
+def run_wrk_once(port, conns, secs, path, new_conn):
     argv = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{secs}s", "--latency", "--timeout", "10s"]
     if new_conn:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(argv, capture_output=True, text=True).stdout
+    if not re.search(r"^\s+99%\s+[\d.]+(us|ms|s)$", out, re.M) or "Requests/sec" not in out:
+        print(f"wrk gave no usable figures:\n{out}", file=sys.stderr)
+        return None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
-    p50 = parse_latency(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_latency(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = parse_latency(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_latency(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "requests": reqs, "p50_ms": p50, "p99_ms": p99,
             "errors": int(errors.group(1)) if errors else 0}
