@@ -4,7 +4,10 @@
 //! listener, route, cluster, endpoint.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::error::ConfigError;
 
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,14 +91,99 @@ impl Default for AccessLog {
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 cleartext (prior knowledge), detected per connection.
     Http,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN).
+    Https,
 }
 
 impl ListenerProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
         }
     }
+}
+
+/// Where in the configuration something was written: for errors found later (reading
+/// a certificate file, say) that must still name the file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+}
+
+impl Location {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A file named in the configuration, resolved against the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    pub path: PathBuf,
+    pub at: Location,
+}
+
+/// A certificate chain and its private key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: FileRef,
+    pub key: FileRef,
+    /// Names this certificate answers for (exact or `*.example.com`); empty means the
+    /// DNS names in the certificate itself.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+/// TLS termination on a listener (`[listeners.tls]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    /// The first one is the default, for clients without SNI or with an unknown name.
+    pub certificates: Vec<CertificateFiles>,
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in preference order.
+    pub alpn: Vec<String>,
+    pub handshake_timeout: Duration,
+    pub client_auth: ClientAuth,
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: Option<FileRef>,
+    /// Forward the verified client identity to upstreams as `x-client-cert-*` headers.
+    pub forward_client_cert: bool,
+}
+
+/// TLS from Pylon to a cluster's endpoints (`[clusters.tls]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// CA bundle to verify the upstream with; `None` means the system's roots.
+    pub ca: Option<FileRef>,
+    /// Name sent as SNI and verified; default: the request's host for
+    /// `host_header = "preserve"` clusters is not used, the endpoint IP is.
+    pub server_name: Option<String>,
+    /// Lab use only: accept any upstream certificate.
+    pub insecure_skip_verify: bool,
+    /// Client certificate for mutual TLS to the upstream.
+    pub client_cert: Option<CertificateFiles>,
 }
 
 /// A listener: addresses to bind and how to serve them.
@@ -106,6 +194,8 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     pub limits: Limits,
     pub headers: ForwardingHeaders,
+    /// Present exactly when `protocol` is `https`.
+    pub tls: Option<ListenerTls>,
 }
 
 /// Limits on what a client controls, with safe defaults.
@@ -257,6 +347,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge.
     H2c,
+    /// HTTP/2 over TLS (needs `tls`).
+    H2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +399,7 @@ pub struct Cluster {
     pub response_timeout: Duration,
     pub host_header: HostHeader,
     pub pool: Pool,
+    pub tls: Option<UpstreamTls>,
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

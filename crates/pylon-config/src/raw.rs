@@ -41,6 +41,37 @@ pub struct RawListener {
     pub via: Option<bool>,
     /// Header name, or `false` to turn request ids off.
     pub request_id: Option<Spanned<StrOrBool>>,
+    pub tls: Option<Spanned<RawListenerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub server_names: Option<Spanned<StrList>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub min_version: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<StrList>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub forward_client_cert: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<bool>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +133,7 @@ pub struct RawCluster {
     pub response_timeout: Option<Spanned<String>>,
     pub host_header: Option<Spanned<String>>,
     pub pool: Option<RawPool>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 /// An endpoint: `"127.0.0.1:8081"` or `{ address = "127.0.0.1:8081", weight = 2 }`.

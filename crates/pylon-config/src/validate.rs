@@ -42,11 +42,53 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         return Err(locate(text, file, doc.get_ref(), problems));
     }
     let mut p = Problems::default();
-    let config = build(doc.get_ref(), &mut p);
+    let ctx = Ctx {
+        text,
+        file,
+        root: doc.get_ref(),
+        base: std::path::Path::new(file)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let config = build(&ctx, &mut p);
     if p.0.is_empty() {
         Ok(config)
     } else {
         Err(locate(text, file, doc.get_ref(), p))
+    }
+}
+
+/// What validation needs to record where things were written.
+struct Ctx<'a, 'i> {
+    text: &'a str,
+    file: &'a str,
+    root: &'a DeTable<'i>,
+    /// Directory of the config file: relative paths in it are resolved against this.
+    base: std::path::PathBuf,
+}
+
+impl Ctx<'_, '_> {
+    fn location(&self, span: Range<usize>) -> Location {
+        let (line, column) = line_col(self.text, span.start);
+        Location {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key_path(self.root, span.start),
+        }
+    }
+
+    fn file_ref(&self, v: &Spanned<String>) -> FileRef {
+        let path = std::path::Path::new(v.get_ref());
+        FileRef {
+            path: if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                self.base.join(path)
+            },
+            at: self.location(v.span()),
+        }
     }
 }
 
@@ -163,7 +205,8 @@ fn elements<'a, 'i>(
     }
 }
 
-fn build(root: &DeTable<'_>, p: &mut Problems) -> Config {
+fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
+    let root = ctx.root;
     for (k, _) in root.iter() {
         if !SECTIONS.contains(&k.get_ref().as_ref()) {
             p.span(
@@ -212,13 +255,13 @@ fn build(root: &DeTable<'_>, p: &mut Problems) -> Config {
     let mut bound: HashMap<SocketAddr, String> = HashMap::new();
     let listeners: Vec<Listener> = raw_listeners
         .into_iter()
-        .filter_map(|r| listener(r, &mut listener_names, &mut bound, p))
+        .filter_map(|r| listener(r, ctx, &mut listener_names, &mut bound, p))
         .collect();
 
     let mut cluster_names = HashSet::new();
     let clusters: Vec<Cluster> = raw_clusters
         .into_iter()
-        .filter_map(|r| cluster(r, &mut cluster_names, p))
+        .filter_map(|r| cluster(r, ctx, &mut cluster_names, p))
         .collect();
 
     let mut route_names = HashSet::new();
@@ -362,6 +405,7 @@ fn header_value_ok(s: &str) -> bool {
 
 fn listener(
     r: RawListener,
+    ctx: &Ctx<'_, '_>,
     names: &mut HashSet<String>,
     bound: &mut HashMap<SocketAddr, String>,
     p: &mut Problems,
@@ -390,14 +434,33 @@ fn listener(
     }
     let protocol = match r.protocol.as_ref().map(|s| s.get_ref().as_str()) {
         None | Some("http") => ListenerProtocol::Http,
+        Some("https") => ListenerProtocol::Https,
         Some(other) => {
             let s = r.protocol.as_ref().map(|s| s.span()).unwrap_or_default();
             p.span(
                 s,
-                format!("unknown listener protocol \"{other}\", expected one of: http"),
+                format!("unknown listener protocol \"{other}\", expected one of: http, https"),
             );
             ListenerProtocol::Http
         }
+    };
+    let tls = match (protocol, r.tls) {
+        (ListenerProtocol::Https, Some(t)) => listener_tls(t, ctx, p),
+        (ListenerProtocol::Https, None) => {
+            p.at(
+                &r.name,
+                "protocol \"https\" needs a [listeners.tls] table with at least one certificate",
+            );
+            None
+        }
+        (_, Some(t)) => {
+            p.at(
+                &t,
+                "`tls` applies only to listeners with protocol = \"https\"",
+            );
+            None
+        }
+        (_, None) => None,
     };
     let d = Limits::default();
     let max_headers = match &r.max_headers {
@@ -450,10 +513,152 @@ fn listener(
         protocol,
         limits,
         headers,
+        tls,
     })
 }
 
-fn cluster(r: RawCluster, names: &mut HashSet<String>, p: &mut Problems) -> Option<Cluster> {
+fn certificate(
+    r: &Spanned<RawCertificate>,
+    ctx: &Ctx<'_, '_>,
+    p: &mut Problems,
+) -> CertificateFiles {
+    let raw = r.get_ref();
+    let mut server_names = Vec::new();
+    if let Some(names) = &raw.server_names {
+        for n in &names.get_ref().0 {
+            match host_match(n) {
+                Ok(HostMatch::Exact(h)) => server_names.push(h),
+                Ok(HostMatch::Suffix(s)) => server_names.push(format!("*{s}")),
+                Ok(HostMatch::Any) | Err(_) => p.at(
+                    names,
+                    format!("invalid server name \"{n}\": expected example.com or *.example.com"),
+                ),
+            }
+        }
+    }
+    CertificateFiles {
+        cert: ctx.file_ref(&raw.cert),
+        key: ctx.file_ref(&raw.key),
+        server_names,
+    }
+}
+
+fn listener_tls(
+    t: Spanned<RawListenerTls>,
+    ctx: &Ctx<'_, '_>,
+    p: &mut Problems,
+) -> Option<ListenerTls> {
+    let span = t.span();
+    let t = t.into_inner();
+    if t.certificates.get_ref().is_empty() {
+        p.at(&t.certificates, "at least one certificate is needed");
+    }
+    let certificates = t
+        .certificates
+        .get_ref()
+        .iter()
+        .map(|c| certificate(c, ctx, p))
+        .collect();
+    let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
+        None | Some("1.2") => TlsVersion::Tls12,
+        Some("1.3") => TlsVersion::Tls13,
+        Some(other) => {
+            if let Some(v) = &t.min_version {
+                p.at(
+                    v,
+                    format!("unknown TLS version \"{other}\", expected \"1.2\" or \"1.3\""),
+                );
+            }
+            TlsVersion::Tls12
+        }
+    };
+    let alpn = match &t.alpn {
+        None => vec!["h2".to_owned(), "http/1.1".to_owned()],
+        Some(list) => {
+            for a in &list.get_ref().0 {
+                if !matches!(a.as_str(), "h2" | "http/1.1") {
+                    p.at(
+                        list,
+                        format!("unsupported ALPN protocol \"{a}\", expected h2 or http/1.1"),
+                    );
+                }
+            }
+            list.get_ref().0.clone()
+        }
+    };
+    let client_auth = match t.client_auth.as_ref().map(|v| v.get_ref().as_str()) {
+        None | Some("none") => ClientAuth::None,
+        Some("optional") => ClientAuth::Optional,
+        Some("required") => ClientAuth::Required,
+        Some(other) => {
+            if let Some(v) = &t.client_auth {
+                p.at(
+                    v,
+                    format!("unknown client_auth \"{other}\", expected none, optional or required"),
+                );
+            }
+            ClientAuth::None
+        }
+    };
+    let client_ca = t.client_ca.as_ref().map(|c| ctx.file_ref(c));
+    if client_auth != ClientAuth::None && client_ca.is_none() {
+        p.span(
+            span.clone(),
+            "client_auth needs `client_ca`, the CA bundle client certificates must chain to",
+        );
+    }
+    if client_auth == ClientAuth::None
+        && let Some(c) = &t.client_ca
+    {
+        p.at(c, "`client_ca` is set but client_auth is \"none\"");
+    }
+    Some(ListenerTls {
+        certificates,
+        min_version,
+        alpn,
+        handshake_timeout: duration(&t.handshake_timeout, Duration::from_secs(10), p),
+        client_auth,
+        client_ca,
+        forward_client_cert: t
+            .forward_client_cert
+            .unwrap_or(client_auth != ClientAuth::None),
+    })
+}
+
+fn upstream_tls(t: Spanned<RawUpstreamTls>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> UpstreamTls {
+    let span = t.span();
+    let t = t.into_inner();
+    let client_cert = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some(CertificateFiles {
+            cert: ctx.file_ref(c),
+            key: ctx.file_ref(k),
+            server_names: Vec::new(),
+        }),
+        (None, None) => None,
+        _ => {
+            p.span(span, "a client certificate needs both `cert` and `key`");
+            None
+        }
+    };
+    if let Some(n) = &t.server_name
+        && !matches!(host_match(n.get_ref()), Ok(HostMatch::Exact(_)))
+    {
+        p.at(n, format!("invalid server_name \"{}\"", n.get_ref()));
+    }
+    UpstreamTls {
+        ca: t.ca.as_ref().map(|c| ctx.file_ref(c)),
+        server_name: t.server_name.map(|s| s.into_inner()),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        client_cert,
+    }
+}
+
+fn cluster(
+    r: RawCluster,
+    ctx: &Ctx<'_, '_>,
+    names: &mut HashSet<String>,
+    p: &mut Problems,
+) -> Option<Cluster> {
     let ok = check_name(&r.name, "cluster", names, p);
     let mut endpoints = Vec::new();
     if r.endpoints.get_ref().is_empty() {
@@ -480,15 +685,36 @@ fn cluster(r: RawCluster, names: &mut HashSet<String>, p: &mut Problems) -> Opti
         Some(s) => match s.get_ref().as_str() {
             "http1" => UpstreamProtocol::Http1,
             "h2c" => UpstreamProtocol::H2c,
+            "h2" => UpstreamProtocol::H2,
             other => {
                 p.at(
                     s,
-                    format!("unknown upstream protocol \"{other}\", expected one of: http1, h2c"),
+                    format!(
+                        "unknown upstream protocol \"{other}\", expected one of: http1, h2c, h2"
+                    ),
                 );
                 UpstreamProtocol::Http1
             }
         },
     };
+    if protocol == UpstreamProtocol::H2
+        && r.tls.is_none()
+        && let Some(s) = &r.protocol
+    {
+        p.at(
+            s,
+            "protocol \"h2\" is HTTP/2 over TLS: add a [clusters.tls] table (or use h2c)",
+        );
+    }
+    if protocol == UpstreamProtocol::H2c
+        && let (Some(s), Some(_)) = (&r.protocol, &r.tls)
+    {
+        p.at(
+            s,
+            "protocol \"h2c\" is cleartext; with `tls` use protocol \"h2\" (or http1)",
+        );
+    }
+    let tls = r.tls.map(|t| upstream_tls(t, ctx, p));
     let lb = match r.lb.as_ref() {
         None => LbPolicy::RoundRobin,
         Some(s) => match s.get_ref().as_str() {
@@ -533,6 +759,7 @@ fn cluster(r: RawCluster, names: &mut HashSet<String>, p: &mut Problems) -> Opti
         response_timeout: duration(&r.response_timeout, DEFAULT_RESPONSE_TIMEOUT, p),
         host_header,
         pool,
+        tls,
     })
 }
 

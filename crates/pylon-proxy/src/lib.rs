@@ -8,6 +8,7 @@ pub mod http;
 pub mod listener;
 pub mod observe;
 pub mod runtime;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::http::pipeline::{RequestIds, Shared};
 use crate::listener::{AcceptLoop, ConnTracker};
 use crate::observe::{AccessLogger, Metrics};
 use crate::runtime::Runtime;
+use crate::tls::server::ServerTls;
 
 /// Sockets already bound by the caller, used instead of binding these addresses
 /// (for tests, and later for taking over sockets from a running Pylon).
@@ -37,6 +39,8 @@ pub enum StartError {
     },
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("{0}")]
+    Config(pylon_config::ConfigErrors),
 }
 
 /// An address a listener is serving on.
@@ -53,6 +57,7 @@ pub struct Proxy {
     tracker: Arc<ConnTracker>,
     bound: Vec<BoundAddr>,
     runtime: Arc<ArcSwap<Runtime>>,
+    tls: Vec<(String, Arc<ServerTls>)>,
 }
 
 impl Proxy {
@@ -72,7 +77,17 @@ impl Proxy {
             logger,
             request_ids: RequestIds::default(),
         });
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(config)));
+        let built = Runtime::build(config)
+            .map_err(|e| StartError::Config(pylon_config::ConfigErrors(e)))?;
+        let runtime = Arc::new(ArcSwap::from_pointee(built));
+        let mut tls = Vec::new();
+        for l in &config.listeners {
+            if let Some(t) = &l.tls {
+                let server = ServerTls::new(t.clone())
+                    .map_err(|e| StartError::Config(pylon_config::ConfigErrors(e)))?;
+                tls.push((l.name.clone(), Arc::new(server)));
+            }
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tracker = Arc::new(ConnTracker::default());
 
@@ -112,6 +127,10 @@ impl Proxy {
                     shared: Arc::clone(&shared),
                     tracker: Arc::clone(&tracker),
                     shutdown: shutdown_rx.clone(),
+                    tls: tls
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, t)| Arc::clone(t)),
                 }
                 .run(),
             );
@@ -122,6 +141,7 @@ impl Proxy {
             tracker,
             bound,
             runtime,
+            tls,
         })
     }
 
@@ -149,6 +169,25 @@ impl Proxy {
             .clusters
             .get(cluster)
             .map_or(0, |c| c.endpoints.iter().map(|e| e.idle_count()).sum())
+    }
+
+    /// Re-reads every listener's certificate files: new handshakes use the new
+    /// certificates, open connections are untouched. A listener whose files fail keeps
+    /// its old certificates; its errors are returned (and logged).
+    pub fn reload_certificates(&self) -> Vec<pylon_config::ConfigError> {
+        let mut errors = Vec::new();
+        for (name, t) in &self.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!(listener = %name, "certificates reloaded"),
+                Err(e) => {
+                    for err in &e {
+                        tracing::error!(listener = %name, "certificate reload refused, old certificates keep serving: {err}");
+                    }
+                    errors.extend(e);
+                }
+            }
+        }
+        errors
     }
 
     /// Client connections now open.

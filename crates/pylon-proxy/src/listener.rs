@@ -16,6 +16,7 @@ use crate::conn::ConnState;
 use crate::http::pipeline::{ConnCtx, Shared};
 use crate::http::server_h1h2;
 use crate::runtime::Runtime;
+use crate::tls::server::{ClientIdentity, ServerTls};
 
 /// Binds a TCP listening socket with the options a proxy wants.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -91,6 +92,8 @@ pub struct AcceptLoop {
     pub shared: Arc<Shared>,
     pub tracker: Arc<ConnTracker>,
     pub shutdown: watch::Receiver<bool>,
+    /// TLS termination, for `https` listeners.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl AcceptLoop {
@@ -116,21 +119,74 @@ impl AcceptLoop {
             };
             let _ = stream.set_nodelay(true);
             let guard = self.tracker.enter(&self.shared);
-            let ctx = Arc::new(ConnCtx {
+            let mut ctx = ConnCtx {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),
                 client,
                 client_ip: http::HeaderValue::from_str(&client.ip().to_string())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
-                scheme: "http",
+                client_cert: None,
+                scheme: if self.tls.is_some() { "https" } else { "http" },
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),
-            });
+            };
             let builder = Arc::clone(&builder);
             let limits = limits.clone();
             let shutdown = self.shutdown.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
-                server_h1h2::serve_connection(builder, stream, ctx, limits, shutdown).await;
+                match tls {
+                    None => {
+                        server_h1h2::serve_connection(
+                            builder,
+                            stream,
+                            Arc::new(ctx),
+                            limits,
+                            shutdown,
+                        )
+                        .await;
+                    }
+                    Some(tls) => {
+                        let metrics = &ctx.shared.metrics;
+                        let handshake = tokio::time::timeout(
+                            tls.settings.handshake_timeout,
+                            tls.acceptor().accept(stream),
+                        )
+                        .await;
+                        match handshake {
+                            Ok(Ok(stream)) => {
+                                metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                                ctx.client_cert = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(ClientIdentity::from_der)
+                                    .map(Arc::new);
+                                server_h1h2::serve_connection(
+                                    builder,
+                                    stream,
+                                    Arc::new(ctx),
+                                    limits,
+                                    shutdown,
+                                )
+                                .await;
+                            }
+                            Ok(Err(e)) => {
+                                metrics
+                                    .tls_handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%client, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                metrics
+                                    .tls_handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%client, "TLS handshake timed out");
+                            }
+                        }
+                    }
+                }
                 drop(guard);
             });
         }

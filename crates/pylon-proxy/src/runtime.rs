@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pylon_config::Config;
 use pylon_config::model::{self, Action};
+use pylon_config::{Config, ConfigError};
 
 use crate::http::router::{RouteRuntime, Router};
 use crate::http::upstream::ClusterRuntime;
@@ -24,13 +24,22 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime; needs a tokio runtime (cluster sweepers are spawned).
-    pub fn build(config: &Config) -> Runtime {
-        let clusters: HashMap<String, Arc<ClusterRuntime>> = config
-            .clusters
-            .iter()
-            .map(|c| (c.name.clone(), ClusterRuntime::new(c)))
-            .collect();
+    /// Builds the runtime; needs a tokio runtime (cluster sweepers are spawned). Fails
+    /// with every TLS file problem of the clusters.
+    pub fn build(config: &Config) -> Result<Runtime, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut clusters: HashMap<String, Arc<ClusterRuntime>> = HashMap::new();
+        for c in &config.clusters {
+            match ClusterRuntime::new(c) {
+                Ok(rt) => {
+                    clusters.insert(c.name.clone(), rt);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let listeners = config
             .listeners
             .iter()
@@ -65,10 +74,10 @@ impl Runtime {
                 (l.name.clone(), Arc::new(lr))
             })
             .collect();
-        Runtime {
+        Ok(Runtime {
             listeners,
             clusters,
-        }
+        })
     }
 
     pub fn listener(&self, name: &str) -> Option<Arc<ListenerRuntime>> {

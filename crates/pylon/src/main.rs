@@ -43,11 +43,28 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Validate a configuration file: exit 0 with a summary, or 1 listing every error.
+    /// Validate a configuration file: exit 0 with a summary, or 1 listing every error
+    /// (certificate and key files included).
     Check {
         /// Configuration file (TOML).
         #[arg(value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Certificate helpers.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate and its key (ECDSA P-256) for local HTTPS.
+    Selfsigned {
+        /// DNS names (or IP addresses) the certificate is for.
+        #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+        /// Directory to write cert.pem and key.pem into.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        out: PathBuf,
     },
 }
 
@@ -73,11 +90,64 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
+        Command::Cert(CertCommand::Selfsigned { names, out }) => selfsigned(&names, &out),
     }
 }
 
+fn selfsigned(names: &[String], out: &Path) -> ExitCode {
+    let cert = match rcgen::generate_simple_self_signed(names.to_vec()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pylon: cannot make a certificate for {names:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cert_path = out.join("cert.pem");
+    let key_path = out.join("key.pem");
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(&cert_path, cert.cert.pem()))
+        .and_then(|()| write_private(&key_path, &cert.signing_key.serialize_pem()));
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote {} and {} (self-signed, for {}); clients must trust cert.pem, e.g. curl --cacert {}",
+                cert_path.display(),
+                key_path.display(),
+                names.join(", "),
+                cert_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pylon: cannot write into {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
 fn check(path: &Path) -> ExitCode {
-    match pylon_config::load_file(path) {
+    let result = pylon_config::load_file(path).and_then(|c| {
+        let tls = pylon_proxy::tls::check(&c);
+        if tls.is_empty() {
+            Ok(c)
+        } else {
+            Err(pylon_config::ConfigErrors(tls))
+        }
+    });
+    match result {
         Ok(c) => {
             println!("{}: OK: {}", path.display(), c.summary());
             ExitCode::SUCCESS
@@ -155,7 +225,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(first) = proxy.bound().first() {
         tracing::info!("try: curl -i http://{}/", first.addr);
     }
-    wait_for_signal().await?;
+    wait_for_stop(&proxy).await?;
     tracing::info!(
         drain_timeout = ?config.server.drain_timeout,
         connections = proxy.live_connections(),
@@ -169,13 +239,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the certificates.
+async fn wait_for_stop(proxy: &Proxy) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()) }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading certificates");
+                proxy.reload_certificates();
+            }
+        }
     }
-    Ok(())
 }

@@ -44,6 +44,7 @@ error_kinds! {
     ResponseTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_response_timeout"),
     UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
     UpstreamInvalid => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
+    UpstreamTls => (StatusCode::BAD_GATEWAY, "upstream_tls_failed"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.

@@ -32,6 +32,13 @@ use crate::conn::{ConnState, InFlight};
 use crate::observe::access_log::millis;
 use crate::observe::{AccessLogger, AccessRecord, Metrics};
 use crate::runtime::{ListenerRuntime, Runtime};
+use crate::tls::server::ClientIdentity;
+
+static CLIENT_CERT_SUBJECT: header::HeaderName =
+    header::HeaderName::from_static("x-client-cert-subject");
+static CLIENT_CERT_DNS: header::HeaderName = header::HeaderName::from_static("x-client-cert-dns");
+static CLIENT_CERT_FINGERPRINT: header::HeaderName =
+    header::HeaderName::from_static("x-client-cert-fingerprint");
 
 /// Process-wide services the request path reports to.
 pub struct Shared {
@@ -47,6 +54,8 @@ pub struct ConnCtx {
     pub client: SocketAddr,
     /// The client's IP as a header value, made once per connection.
     pub client_ip: HeaderValue,
+    /// The verified client certificate, on TLS listeners that ask for one.
+    pub client_cert: Option<Arc<ClientIdentity>>,
     pub scheme: &'static str,
     pub state: Arc<ConnState>,
     pub shared: Arc<Shared>,
@@ -364,6 +373,14 @@ async fn proxy(
     {
         h.insert(name.clone(), v);
     }
+    if listener
+        .config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.forward_client_cert)
+    {
+        forward_client_cert(h, ctx.client_cert.as_deref());
+    }
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -377,7 +394,7 @@ async fn proxy(
                 }
             }
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             parts.version = Version::HTTP_2;
             let host = upstream_host.unwrap_or_else(|| endpoint.host_value.clone());
             let authority = host
@@ -386,7 +403,11 @@ async fn proxy(
                 .and_then(|s| http::uri::Authority::try_from(s).ok())
                 .ok_or(ErrorKind::MalformedRequest)?;
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.scheme = Some(if cluster.protocol == UpstreamProtocol::H2 {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
             uri.authority = Some(authority);
             uri.path_and_query = Some(path);
             parts.uri = Uri::from_parts(uri).map_err(|_| ErrorKind::MalformedRequest)?;
@@ -415,6 +436,30 @@ async fn proxy(
     }
 }
 
+/// Replaces any client-sent `x-client-cert-*` headers with the verified identity.
+fn forward_client_cert(h: &mut http::HeaderMap, id: Option<&ClientIdentity>) {
+    for n in [
+        &CLIENT_CERT_SUBJECT,
+        &CLIENT_CERT_DNS,
+        &CLIENT_CERT_FINGERPRINT,
+    ] {
+        h.remove(n);
+    }
+    let Some(id) = id else { return };
+    let values = [
+        (&CLIENT_CERT_SUBJECT, id.subject.clone()),
+        (&CLIENT_CERT_DNS, id.dns_names.join(",")),
+        (&CLIENT_CERT_FINGERPRINT, id.fingerprint.clone()),
+    ];
+    for (name, value) in values {
+        if !value.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&value)
+        {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
 /// Maps an upstream failure to the answer the client gets.
 fn classify(
     e: &UpstreamError,
@@ -433,6 +478,7 @@ fn classify(
     let kind = match e {
         UpstreamError::Connect(..) => ErrorKind::ConnectFailed,
         UpstreamError::ConnectTimeout(_) => ErrorKind::ConnectTimeout,
+        UpstreamError::Tls(..) => ErrorKind::UpstreamTls,
         UpstreamError::Handshake(..) => ErrorKind::UpstreamInvalid,
         UpstreamError::ResponseTimeout(_) => ErrorKind::ResponseTimeout,
         UpstreamError::Send(_, err) if err.is_parse() || err.is_parse_status() => {
@@ -491,6 +537,7 @@ fn finish(
             upstream: ex.upstream,
             upstream_ms: ex.upstream_ms,
             request_id: ex.request_id.take(),
+            client_cert: ctx.client_cert.as_ref().map(|c| c.subject.clone()),
             error: ex.error.map(ErrorKind::as_str),
         };
         (ctx.shared.logger.clone(), Box::new(record))

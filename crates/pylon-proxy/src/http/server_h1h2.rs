@@ -10,7 +10,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pylon_config::model::Limits;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
@@ -38,13 +37,15 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one accepted connection until it closes, times out or is drained.
-pub async fn serve_connection(
+pub async fn serve_connection<S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
+    stream: S,
     ctx: Arc<ConnCtx>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::clone(&ctx.state);
     let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)));
     let svc_ctx = Arc::clone(&ctx);
@@ -130,6 +131,7 @@ fn log_rejected(ctx: &ConnCtx, kind: ErrorKind) {
         upstream: None,
         upstream_ms: None,
         request_id: None,
+        client_cert: None,
         error: Some(kind.as_str()),
     });
 }

@@ -36,6 +36,8 @@ pub struct AccessRecord {
     pub upstream: Option<SocketAddr>,
     pub upstream_ms: Option<f64>,
     pub request_id: Option<String>,
+    /// Subject of the verified client certificate (mutual TLS).
+    pub client_cert: Option<String>,
     pub error: Option<&'static str>,
 }
 

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -68,6 +70,11 @@ impl Metrics {
             ),
             ("pylon_connections_active", &self.connections_active),
             ("pylon_access_log_dropped_total", &self.access_log_dropped),
+            ("pylon_tls_handshakes_total", &self.tls_handshakes),
+            (
+                "pylon_tls_handshake_failures_total",
+                &self.tls_handshake_failures,
+            ),
         ] {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }

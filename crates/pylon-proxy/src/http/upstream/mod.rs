@@ -7,7 +7,10 @@ pub use pool::{EndpointPool, Pooled, UpstreamError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use pylon_config::ConfigError;
 use pylon_config::model::{self, HostHeader, UpstreamProtocol};
+
+use crate::tls::upstream::TlsConnector;
 use pylon_lb::{Balancer, RoundRobin};
 
 /// A cluster ready to take requests.
@@ -21,12 +24,16 @@ pub struct ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    /// Builds the cluster and starts its idle-connection sweeper.
-    pub fn new(c: &model::Cluster) -> Arc<Self> {
+    /// Builds the cluster (reading its TLS files) and starts its idle-connection sweeper.
+    pub fn new(c: &model::Cluster) -> Result<Arc<Self>, ConfigError> {
+        let tls = match &c.tls {
+            Some(t) => Some(TlsConnector::new(t, c.protocol)?),
+            None => None,
+        };
         let endpoints: Vec<Arc<EndpointPool>> = c
             .endpoints
             .iter()
-            .map(|e| Arc::new(EndpointPool::new(e.address, c)))
+            .map(|e| Arc::new(EndpointPool::new(e.address, c, tls.clone())))
             .collect();
         let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
         let cluster = Arc::new(ClusterRuntime {
@@ -38,7 +45,7 @@ impl ClusterRuntime {
             balancer: Box::new(RoundRobin::new(&weights)),
         });
         spawn_sweeper(Arc::downgrade(&cluster), c.pool.idle_timeout);
-        cluster
+        Ok(cluster)
     }
 
     /// The endpoint for the next request.

@@ -18,6 +18,7 @@ use pylon_config::model::{self, UpstreamProtocol};
 use tokio::net::TcpStream;
 
 use crate::http::body::RequestBody;
+use crate::tls::upstream::{TlsConnector, UpstreamIo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -29,6 +30,8 @@ pub enum UpstreamError {
     Handshake(SocketAddr, hyper::Error),
     #[error("no response head from {0} within the response timeout")]
     ResponseTimeout(SocketAddr),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
     #[error("request to {0} failed: {1}")]
     Send(SocketAddr, hyper::Error),
 }
@@ -48,6 +51,7 @@ pub struct EndpointPool {
     /// `ip:port` as a header value (for `host_header = "endpoint"`).
     pub host_value: http::HeaderValue,
     protocol: UpstreamProtocol,
+    tls: Option<TlsConnector>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -79,8 +83,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl EndpointPool {
-    pub fn new(address: SocketAddr, c: &model::Cluster) -> Self {
+    pub fn new(address: SocketAddr, c: &model::Cluster, tls: Option<TlsConnector>) -> Self {
         EndpointPool {
+            tls,
             address,
             host_value: http::HeaderValue::from_str(&address.to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
@@ -122,13 +127,26 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
+    /// TCP connect, then the TLS handshake for TLS clusters, all within the connect
+    /// timeout.
+    async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
+        let connect = async {
+            let stream = TcpStream::connect(self.address)
+                .await
+                .map_err(|e| UpstreamError::Connect(self.address, e))?;
+            let _ = stream.set_nodelay(true);
+            match &self.tls {
+                None => Ok(UpstreamIo::Plain(stream)),
+                Some(tls) => tls
+                    .connect(self.address, stream)
+                    .await
+                    .map_err(|e| UpstreamError::Tls(self.address, e)),
+            }
+        };
+        let io = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| UpstreamError::ConnectTimeout(self.address))?
-            .map_err(|e| UpstreamError::Connect(self.address, e))?;
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+            .map_err(|_| UpstreamError::ConnectTimeout(self.address))??;
+        Ok(TokioIo::new(io))
     }
 
     /// Sends `req` and waits (up to `response_timeout`) for the response head.
@@ -139,7 +157,9 @@ impl EndpointPool {
     ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
         match self.protocol {
             UpstreamProtocol::Http1 => self.send_h1(req, response_timeout).await,
-            UpstreamProtocol::H2c => self.send_h2(req, response_timeout).await.map(|r| (r, None)),
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                self.send_h2(req, response_timeout).await.map(|r| (r, None))
+            }
         }
     }
 

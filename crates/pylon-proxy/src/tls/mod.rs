@@ -1,0 +1,150 @@
+//! TLS: certificate loading shared by both directions, termination on listeners
+//! ([`server`]) and TLS to upstreams ([`upstream`]). rustls with aws-lc-rs only.
+//!
+//! Every error names where the file was configured (file, line, key) and why it failed.
+
+pub mod server;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use pylon_config::ConfigError;
+use pylon_config::model::{CertificateFiles, FileRef};
+use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The crypto provider every TLS config in Pylon uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read(file: &FileRef) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(&file.path).map_err(|e| {
+        file.at
+            .error(format!("cannot read {}: {e}", file.path.display()))
+    })
+}
+
+/// Reads a PEM certificate chain (leaf first).
+pub fn load_chain(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read(file)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            file.at
+                .error(format!("{}: invalid PEM: {e}", file.path.display()))
+        })?;
+    if chain.is_empty() {
+        return Err(file.at.error(format!(
+            "{}: no certificate in file (expected -----BEGIN CERTIFICATE-----)",
+            file.path.display()
+        )));
+    }
+    Ok(chain)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+pub fn load_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let pem = read(file)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        file.at.error(format!(
+            "{}: no private key in file ({e}); expected PKCS#8, RSA or EC PEM",
+            file.path.display()
+        ))
+    })
+}
+
+/// What Pylon reads from a leaf certificate.
+#[derive(Debug, Clone, Default)]
+pub struct LeafInfo {
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+pub fn leaf_info(der: &CertificateDer<'_>) -> Option<LeafInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                dns_names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Some(LeafInfo {
+        subject: cert.subject().to_string(),
+        dns_names,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// A certificate chain with its key, checked to belong together.
+pub fn load_certified_key(
+    files: &CertificateFiles,
+) -> Result<(Arc<CertifiedKey>, LeafInfo), ConfigError> {
+    let chain = load_chain(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let info = leaf_info(&chain[0]).ok_or_else(|| {
+        files.cert.at.error(format!(
+            "{}: the first certificate cannot be parsed",
+            files.cert.path.display()
+        ))
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        files.key.at.error(format!(
+            "{}: does not match the certificate in {} ({e})",
+            files.key.path.display(),
+            files.cert.path.display()
+        ))
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if info.not_after < now {
+        tracing::warn!(
+            certificate = %files.cert.path.display(),
+            subject = %info.subject,
+            "certificate has expired; clients will refuse it"
+        );
+    }
+    Ok((Arc::new(certified), info))
+}
+
+/// A root store from a PEM CA bundle.
+pub fn load_roots(file: &FileRef) -> Result<RootCertStore, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_chain(file)? {
+        roots.add(c).map_err(|e| {
+            file.at.error(format!(
+                "{}: not a usable CA certificate: {e}",
+                file.path.display()
+            ))
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Every TLS problem in a config: unreadable files, missing keys, mismatched pairs.
+/// `pylon check` reports these together with the syntax errors.
+pub fn check(config: &pylon_config::Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for l in &config.listeners {
+        if let Some(t) = &l.tls
+            && let Err(e) = server::build(t)
+        {
+            errors.extend(e);
+        }
+    }
+    for c in &config.clusters {
+        if let Some(t) = &c.tls
+            && let Err(e) = upstream::build(t, c.protocol)
+        {
+            errors.push(e);
+        }
+    }
+    errors
+}

@@ -1,0 +1,221 @@
+//! TLS termination on listeners: certificates chosen by SNI (exact names and
+//! `*.example.com` wildcards, then the default), ALPN, minimum version, session
+//! resumption (tickets and a cache), client certificates, and reload from disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pylon_config::ConfigError;
+use pylon_config::model::{ClientAuth, ListenerTls, TlsVersion};
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
+
+use super::{leaf_info, load_certified_key, load_roots, provider};
+
+/// Picks a certificate by SNI.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `(".example.com", key)` for `*.example.com`, in configuration order.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return Arc::clone(&self.default);
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return Arc::clone(k);
+        }
+        // `*.example.com` covers one label, as in certificates.
+        if let Some((_, rest)) = name.split_once('.') {
+            let suffix = format!(".{rest}");
+            if let Some((_, k)) = self.wildcard.iter().find(|(s, _)| *s == suffix) {
+                return Arc::clone(k);
+            }
+        }
+        Arc::clone(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// Builds a rustls server config from the listener's TLS settings, reading every file.
+pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut exact = HashMap::new();
+    let mut wildcard = Vec::new();
+    let mut default = None;
+    for files in &t.certificates {
+        match load_certified_key(files) {
+            Ok((key, info)) => {
+                let names = if files.server_names.is_empty() {
+                    info.dns_names.clone()
+                } else {
+                    files.server_names.clone()
+                };
+                for n in names {
+                    match n.strip_prefix('*') {
+                        Some(suffix) => wildcard.push((suffix.to_owned(), Arc::clone(&key))),
+                        None => {
+                            exact.entry(n).or_insert_with(|| Arc::clone(&key));
+                        }
+                    }
+                }
+                default.get_or_insert(key);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let verifier = match (t.client_auth, &t.client_ca) {
+        (ClientAuth::None, _) | (_, None) => None,
+        (mode, Some(ca)) => match load_roots(ca) {
+            Ok(roots) => {
+                let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                let b = if mode == ClientAuth::Optional {
+                    b.allow_unauthenticated()
+                } else {
+                    b
+                };
+                match b.build() {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        errors.push(ca.at.error(format!("client CA {}: {e}", ca.path.display())));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+    };
+    let Some(default) = default else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            vec![ConfigError {
+                file: String::new(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("TLS versions: {e}"),
+            }]
+        })?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver {
+        exact,
+        wildcard,
+        default,
+    }));
+    config.alpn_protocols = t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    Ok(Arc::new(config))
+}
+
+/// A listener's TLS settings and its current server config, replaceable on reload.
+pub struct ServerTls {
+    pub settings: ListenerTls,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl ServerTls {
+    pub fn new(settings: ListenerTls) -> Result<Self, Vec<ConfigError>> {
+        let config = build(&settings)?;
+        Ok(ServerTls {
+            settings,
+            current: ArcSwap::new(config),
+        })
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Re-reads the certificate files. On any error the old config keeps serving.
+    pub fn reload(&self) -> Result<(), Vec<ConfigError>> {
+        let config = build(&self.settings)?;
+        self.current.store(config);
+        Ok(())
+    }
+}
+
+/// The verified identity of a client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    /// SHA-256 of the certificate (DER), lower-case hex.
+    pub fingerprint: String,
+}
+
+impl ClientIdentity {
+    pub fn from_der(der: &CertificateDer<'_>) -> Option<ClientIdentity> {
+        let info = leaf_info(der)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+        let fingerprint = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Some(ClientIdentity {
+            subject: info.subject,
+            dns_names: info.dns_names,
+            fingerprint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default() {
+        let key = |n: &str| {
+            let c = rcgen::generate_simple_self_signed(vec![n.to_owned()]).unwrap();
+            let der =
+                rustls_pki_types::PrivateKeyDer::try_from(c.signing_key.serialize_der()).unwrap();
+            Arc::new(CertifiedKey::from_der(vec![c.cert.der().clone()], der, &provider()).unwrap())
+        };
+        let (a, w, d) = (
+            key("a.example.com"),
+            key("*.example.org"),
+            key("default.test"),
+        );
+        let r = SniResolver {
+            exact: HashMap::from([("a.example.com".to_owned(), Arc::clone(&a))]),
+            wildcard: vec![(".example.org".to_owned(), Arc::clone(&w))],
+            default: Arc::clone(&d),
+        };
+        assert!(Arc::ptr_eq(&r.pick(Some("A.example.com")), &a));
+        assert!(Arc::ptr_eq(&r.pick(Some("x.example.org")), &w));
+        assert!(
+            Arc::ptr_eq(&r.pick(Some("x.y.example.org")), &d),
+            "one label only"
+        );
+        assert!(Arc::ptr_eq(&r.pick(Some("example.org")), &d));
+        assert!(Arc::ptr_eq(&r.pick(None), &d));
+    }
+}
