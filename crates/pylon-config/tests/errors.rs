@@ -203,3 +203,73 @@ pool = { idle_timeout = "5s", max_idle_per_endpoint = 4 }
     assert_eq!(cl.endpoints[0].weight, 3);
     assert_eq!(cl.pool.max_idle_per_endpoint, 4);
 }
+
+#[test]
+fn tls_settings_are_checked() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+protocol = "https"
+
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:0"
+tls = { certificates = [{ cert = "c.pem", key = "k.pem" }] }
+
+[[listeners]]
+name = "c"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = { certificates = [{ cert = "c.pem", key = "k.pem" }], client_auth = "required", min_version = "1.1", alpn = ["spdy"] }
+
+[[clusters]]
+name = "x"
+endpoints = ["127.0.0.1:1"]
+protocol = "h2"
+
+[[clusters]]
+name = "y"
+endpoints = ["127.0.0.1:1"]
+protocol = "h2c"
+tls = { cert = "c.pem" }
+"#;
+    let e = errors(text).join("\n");
+    for want in [
+        "listeners[0].name: protocol \"https\" needs a [listeners.tls] table",
+        "listeners[1].tls: `tls` applies only to listeners with protocol = \"https\"",
+        "listeners[2].tls: client_auth needs `client_ca`",
+        "listeners[2].tls.min_version: unknown TLS version \"1.1\"",
+        "listeners[2].tls.alpn: unsupported ALPN protocol \"spdy\"",
+        "clusters[0].protocol: protocol \"h2\" is HTTP/2 over TLS",
+        "clusters[1].protocol: protocol \"h2c\" is cleartext",
+        "clusters[1].tls: a client certificate needs both `cert` and `key`",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+}
+
+#[test]
+fn tls_paths_are_relative_to_the_config_file() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls]
+certificates = [{ cert = "certs/c.pem", key = "/abs/k.pem", server_names = ["*.Example.com"] }]
+"#;
+    let c = parse(text, "/etc/pylon/pylon.toml").expect("valid");
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    let cert = &t.certificates[0];
+    assert_eq!(
+        cert.cert.path,
+        std::path::Path::new("/etc/pylon/certs/c.pem")
+    );
+    assert_eq!(cert.key.path, std::path::Path::new("/abs/k.pem"));
+    assert_eq!(cert.server_names, vec!["*.example.com"]);
+    assert_eq!(cert.cert.at.key, "listeners[0].tls.certificates[0].cert");
+    assert_eq!(cert.cert.at.line, 7);
+    assert_eq!(t.alpn, vec!["h2", "http/1.1"]);
+    assert_eq!(t.min_version, TlsVersion::Tls12);
+}

@@ -7,9 +7,11 @@
 
 pub mod client;
 pub mod origin;
+pub mod tls;
 
 pub use client::*;
 pub use origin::*;
+pub use tls::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -49,7 +49,16 @@ impl Origin {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<OriginBody>> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
+        Self::start_inner(Arc::new(move |r| Box::pin(handler(r))), None).await
+    }
+
+    /// An HTTPS origin (HTTP/1.1 and h2 by ALPN) answering like [`Origin::echo`].
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Origin {
+        let handler: Handler = Arc::new(|r| Box::pin(echo_response(r)));
+        Self::start_inner(handler, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_inner(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -63,15 +72,28 @@ impl Origin {
                 c.fetch_add(1, Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
                 let r = Arc::clone(&r);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
                         let h = Arc::clone(&handler);
                         async move { Ok::<_, Infallible>(h(req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -97,48 +119,7 @@ impl Origin {
     /// Answers with a JSON description of the request it received: method, URI,
     /// version, headers (name → list of values) and the body length it read.
     pub async fn echo() -> Origin {
-        Origin::start(|req: Request<Incoming>| async move {
-            let (parts, body) = req.into_parts();
-            let mut headers = serde_json::Map::new();
-            for (k, v) in &parts.headers {
-                let e = headers
-                    .entry(k.as_str().to_owned())
-                    .or_insert_with(|| serde_json::Value::Array(vec![]));
-                if let serde_json::Value::Array(a) = e {
-                    a.push(serde_json::Value::String(
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    ));
-                }
-            }
-            let collected = body.collect().await;
-            let (len, trailers) = match collected {
-                Ok(c) => {
-                    let t = c.trailers().map(|t| {
-                        t.iter()
-                            .map(|(k, v)| format!("{}={}", k, v.to_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                    });
-                    (c.to_bytes().len(), t)
-                }
-                Err(_) => (usize::MAX, None),
-            };
-            let j = serde_json::json!({
-                "method": parts.method.as_str(),
-                "uri": parts.uri.to_string(),
-                "version": format!("{:?}", parts.version),
-                "headers": headers,
-                "body_len": len,
-                "trailers": trailers,
-            });
-            Response::builder()
-                .header("content-type", "application/json")
-                .header("connection", "x-hop")
-                .header("x-hop", "must-not-pass")
-                .header("keep-alive", "timeout=5")
-                .body(full(j.to_string()))
-                .unwrap()
-        })
-        .await
+        Origin::start(echo_response).await
     }
 
     pub fn connection_count(&self) -> usize {
@@ -195,4 +176,47 @@ impl RawOrigin {
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// The echo handler: a JSON description of the request (method, URI, version, headers,
+/// body length, trailers). Its response carries hop-by-hop headers a proxy must drop.
+pub async fn echo_response(req: Request<Incoming>) -> Response<OriginBody> {
+    let (parts, body) = req.into_parts();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &parts.headers {
+        let e = headers
+            .entry(k.as_str().to_owned())
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let serde_json::Value::Array(a) = e {
+            a.push(serde_json::Value::String(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    let (len, trailers) = match body.collect().await {
+        Ok(c) => {
+            let t = c.trailers().map(|t| {
+                t.iter()
+                    .map(|(k, v)| format!("{}={}", k, v.to_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+            });
+            (c.to_bytes().len(), t)
+        }
+        Err(_) => (usize::MAX, None),
+    };
+    let j = serde_json::json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": len,
+        "trailers": trailers,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("connection", "x-hop")
+        .header("x-hop", "must-not-pass")
+        .header("keep-alive", "timeout=5")
+        .body(full(j.to_string()))
+        .unwrap()
 }

@@ -404,3 +404,41 @@ async fn hundred_mib_streams_both_ways_in_bounded_memory() {
     let rss = p.peak_rss();
     assert!(rss < 50 << 20, "peak RSS {} MiB", rss >> 20);
 }
+
+#[test]
+fn cert_selfsigned_makes_a_pair_the_https_example_accepts() {
+    let dir = temp_file("x", "").parent().unwrap().to_path_buf();
+    let certs = dir.join("certs");
+    let out = Command::new(PYLON)
+        .args(["cert", "selfsigned", "--name", "localhost", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/https.toml"),
+    )
+    .unwrap();
+    let cfg = dir.join("https.toml");
+    std::fs::write(&cfg, example).unwrap();
+    let out = Command::new(PYLON).arg("check").arg(&cfg).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(certs.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the private key is readable by its owner only"
+    );
+}
