@@ -92,8 +92,10 @@ http {{
 }}"""
 
 
-def nginx_conf(d, h2):
-    listen = f"127.0.0.1:{PROXY} backlog=4096" + (" http2" if h2 else "")
+def nginx_conf(d, mode):
+    listen = f"127.0.0.1:{PROXY} backlog=4096" + {"h1": "", "h2c": " http2", "tls": " ssl http2"}[mode]
+    tls = (f"ssl_certificate {d}/certs/cert.pem; ssl_certificate_key {d}/certs/key.pem; "
+           "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;") if mode == "tls" else ""
     return f"""
 worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
 events {{ worker_connections 65535; }}
@@ -102,6 +104,7 @@ http {{
   upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 128; }}
   server {{
     listen {listen};
+    {tls}
     location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -113,8 +116,8 @@ http {{
 }}"""
 
 
-def haproxy_conf(d, h2):
-    proto = " proto h2" if h2 else ""
+def haproxy_conf(d, mode):
+    proto = {"h1": "", "h2c": " proto h2", "tls": f" ssl crt {d}/certs/combined.pem alpn h2,http/1.1"}[mode]
     return f"""
 global
   nbthread 1
@@ -135,7 +138,10 @@ backend be
 """
 
 
-def pylon_conf(d, h2):
+def pylon_conf(d, mode):
+    tls = f"""protocol = "https"
+tls = {{ certificates = [{{ cert = "{d}/certs/cert.pem", key = "{d}/certs/key.pem" }}] }}
+""" if mode == "tls" else ""
     return f"""
 [server]
 worker_threads = 1
@@ -144,7 +150,7 @@ enabled = false
 [[listeners]]
 name = "front"
 bind = "127.0.0.1:{PROXY}"
-via = false
+{tls}via = false
 request_id = false
 idle_timeout = "300s"
 [[routes]]
@@ -178,11 +184,11 @@ class Server:
         wait_closed(self.port)
 
 
-def start_proxy(name, d, h2, pylon):
+def start_proxy(name, d, mode, pylon):
     if name == "origin":
         return None
-    conf = os.path.join(d, f"{name}{'-h2' if h2 else ''}.conf")
-    text = {"nginx": nginx_conf, "haproxy": haproxy_conf, "pylon": pylon_conf}[name](d, h2)
+    conf = os.path.join(d, f"{name}-{mode}.conf")
+    text = {"nginx": nginx_conf, "haproxy": haproxy_conf, "pylon": pylon_conf}[name](d, mode)
     open(conf, "w").write(text)
     argv = {
         "nginx": ["nginx", "-c", conf, "-e", os.path.join(d, "nginx.err")],
@@ -200,20 +206,20 @@ def parse_latency(s):
     return v / 1000 if u == "us" else v if u == "ms" else v * 1000
 
 
-def run_wrk(port, conns, secs, path="/", new_conn=False):
+def run_wrk(port, conns, secs, path="/", new_conn=False, scheme="http"):
     for attempt in range(2):
-        r = run_wrk_once(port, conns, secs, path, new_conn)
+        r = run_wrk_once(port, conns, secs, path, new_conn, scheme)
         if r:
             return r
         time.sleep(2)  # let sockets in TIME_WAIT clear before the retry
     return None
 
 
-def run_wrk_once(port, conns, secs, path, new_conn):
+def run_wrk_once(port, conns, secs, path, new_conn, scheme):
     argv = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{secs}s", "--latency", "--timeout", "10s"]
     if new_conn:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://127.0.0.1:{port}{path}")
+    argv.append(f"{scheme}://127.0.0.1:{port}{path}")
     out = subprocess.run(argv, capture_output=True, text=True).stdout
     if not re.search(r"^\s+99%\s+[\d.]+(us|ms|s)$", out, re.M) or "Requests/sec" not in out:
         print(f"wrk gave no usable figures:\n{out}", file=sys.stderr)
@@ -227,8 +233,8 @@ def run_wrk_once(port, conns, secs, path, new_conn):
             "errors": int(errors.group(1)) if errors else 0}
 
 
-def run_h2load(port, secs):
-    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs), f"http://127.0.0.1:{port}/"]
+def run_h2load(port, secs, scheme="http"):
+    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs), f"{scheme}://127.0.0.1:{port}/"]
     out = subprocess.run(argv, capture_output=True, text=True).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
@@ -270,13 +276,17 @@ def idle_memory(server, port, n):
 
 # ---------------------------------------------------------------- scenarios
 
+# (id, title, downstream mode: h1 | h2c | tls)
 SCENARIOS = [
-    ("h1_keepalive_50", "HTTP/1.1 keep-alive, 50 conns", False),
-    ("h1_new_conn", "HTTP/1.1 new connection per request", False),
-    ("h1_1000_conns", "HTTP/1.1, 1,000 conns", False),
-    ("h2c_10x10", "h2c 10 conns x 10 streams", True),
-    ("body_1mib", "1 MiB responses, 10 conns", False),
-    ("idle_8k", "8,000 idle keep-alive conns (RSS)", False),
+    ("h1_keepalive_50", "HTTP/1.1 keep-alive, 50 conns", "h1"),
+    ("h1_new_conn", "HTTP/1.1 new connection per request", "h1"),
+    ("h1_1000_conns", "HTTP/1.1, 1,000 conns", "h1"),
+    ("h2c_10x10", "h2c 10 conns x 10 streams", "h2c"),
+    ("body_1mib", "1 MiB responses, 10 conns", "h1"),
+    ("tls_handshake", "TLS 1.3 handshakes (new conn/request)", "tls"),
+    ("https_h1_50", "HTTPS HTTP/1.1 keep-alive, 50 conns", "tls"),
+    ("https_h2_10x10", "HTTPS HTTP/2 10 conns x 10 streams", "tls"),
+    ("idle_8k", "8,000 idle keep-alive conns (RSS)", "h1"),
 ]
 
 
@@ -293,6 +303,12 @@ def measure(sid, server, port, secs, idle_n):
         r = run_h2load(port, secs)
     elif sid == "body_1mib":
         r = run_wrk(port, 10, secs, path="/1m")
+    elif sid == "tls_handshake":
+        r = run_wrk(port, 50, secs, new_conn=True, scheme="https")
+    elif sid == "https_h1_50":
+        r = run_wrk(port, 50, secs, scheme="https")
+    elif sid == "https_h2_10x10":
+        r = run_h2load(port, secs, scheme="https")
     else:
         r = idle_memory(server, port, idle_n) if server else None
     if r is None:
@@ -323,19 +339,25 @@ def main():
     d = tempfile.mkdtemp(prefix="pylon-bench-")
     os.chmod(d, 0o755)  # NGINX workers run unprivileged and must read the origin's files
     open(os.path.join(d, "origin.conf"), "w").write(origin_conf(d))
+    # One ECDSA P-256 certificate for every proxy's TLS scenarios.
+    subprocess.run([args.pylon, "cert", "selfsigned", "--name", "localhost", "--out",
+                    os.path.join(d, "certs")], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(d, "certs", "combined.pem"), "w") as f:
+        for part in ("cert.pem", "key.pem"):
+            f.write(open(os.path.join(d, "certs", part)).read())
     results = {s[0]: {n: [] for n in names} for s in scen}
     started = time.time()
     with Server("origin", ["nginx", "-c", os.path.join(d, "origin.conf")], ORIGIN):
         for rnd in range(rounds):
-            for sid, title, h2 in scen:
+            for sid, title, mode in scen:
                 for name in names:  # interleaved: A, B, C, A, B, C, ...
                     if name == "origin" and sid == "idle_8k":
                         continue
-                    if name == "origin" and h2:
-                        continue  # the origin speaks HTTP/1.1 only
+                    if name == "origin" and mode != "h1":
+                        continue  # the origin speaks cleartext HTTP/1.1 only
                     print(f"[{time.time() - started:6.0f}s] round {rnd + 1}/{rounds} {sid:16} {name}",
                           file=sys.stderr, flush=True)
-                    ctx = start_proxy(name, d, h2, args.pylon)
+                    ctx = start_proxy(name, d, mode, args.pylon)
                     if ctx is None:
                         results[sid][name].append(measure(sid, None, ORIGIN, secs, idle_n))
                     else:
