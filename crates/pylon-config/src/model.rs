@@ -170,6 +170,16 @@ pub struct ListenerTls {
     pub client_ca: Option<FileRef>,
     /// Forward the verified client identity to upstreams as `x-client-cert-*` headers.
     pub forward_client_cert: bool,
+    /// What a handshake for a name no certificate covers (or without SNI) gets.
+    pub unknown_sni: UnknownSni,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSni {
+    /// The first certificate.
+    Default,
+    /// The handshake is refused.
+    Reject,
 }
 
 /// TLS from Pylon to a cluster's endpoints (`[clusters.tls]`).
@@ -300,6 +310,26 @@ pub struct RouteMatch {
     /// Upper-case method names; empty means any method.
     pub methods: Vec<String>,
     pub headers: Vec<HeaderMatch>,
+    /// Conditions on the verified client certificate; a request without one does not
+    /// match a route that has any.
+    pub client_cert: ClientCertMatch,
+}
+
+/// Conditions on the verified client certificate (all given ones must hold).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientCertMatch {
+    /// Exact subject, e.g. `CN=alice`.
+    pub subject: Option<String>,
+    /// One of the certificate's DNS names, exact.
+    pub dns: Option<String>,
+    /// SHA-256 fingerprint, lower-case hex without separators.
+    pub fingerprint: Option<String>,
+}
+
+impl ClientCertMatch {
+    pub fn is_empty(&self) -> bool {
+        self.subject.is_none() && self.dns.is_none() && self.fingerprint.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -62,6 +62,7 @@ pub struct RawListenerTls {
     pub client_auth: Option<Spanned<String>>,
     pub client_ca: Option<Spanned<String>>,
     pub forward_client_cert: Option<bool>,
+    pub unknown_sni: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +109,9 @@ pub struct RawRoute {
     pub path_regex: Option<Spanned<String>>,
     pub methods: Option<Spanned<StrList>>,
     pub headers: Option<Vec<RawHeaderMatch>>,
+    pub client_cert_subject: Option<Spanned<String>>,
+    pub client_cert_dns: Option<Spanned<String>>,
+    pub client_cert_fingerprint: Option<Spanned<String>>,
     pub cluster: Option<Spanned<String>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,

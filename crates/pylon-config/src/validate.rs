@@ -612,7 +612,21 @@ fn listener_tls(
     {
         p.at(c, "`client_ca` is set but client_auth is \"none\"");
     }
+    let unknown_sni = match t.unknown_sni.as_ref().map(|v| v.get_ref().as_str()) {
+        None | Some("default") => UnknownSni::Default,
+        Some("reject") => UnknownSni::Reject,
+        Some(other) => {
+            if let Some(v) = &t.unknown_sni {
+                p.at(
+                    v,
+                    format!("unknown unknown_sni policy \"{other}\", expected default or reject"),
+                );
+            }
+            UnknownSni::Default
+        }
+    };
     Some(ListenerTls {
+        unknown_sni,
         certificates,
         min_version,
         alpn,
@@ -880,6 +894,32 @@ fn route(
         });
     }
 
+    let fingerprint = match &r.client_cert_fingerprint {
+        Some(f) => {
+            let hex: String = f
+                .get_ref()
+                .chars()
+                .filter(|c| *c != ':')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                p.at(
+                    f,
+                    "client_cert_fingerprint must be a SHA-256 in hex (64 digits, ':' allowed)",
+                );
+            }
+            Some(hex)
+        }
+        None => None,
+    };
+    let client_cert = ClientCertMatch {
+        subject: r.client_cert_subject.as_ref().map(|s| s.get_ref().clone()),
+        dns: r
+            .client_cert_dns
+            .as_ref()
+            .map(|s| s.get_ref().to_ascii_lowercase()),
+        fingerprint,
+    };
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -985,6 +1025,7 @@ fn route(
             path,
             methods,
             headers,
+            client_cert,
         },
         action,
     })

@@ -45,16 +45,16 @@ fn matching(c: &mut Criterion) {
     headers.insert("x-tenant", "t999".parse().unwrap());
     let get = Method::GET;
     c.bench_function("router/1000/first", |b| {
-        b.iter(|| black_box(router.find("svc0.example.com", "/api/v0/users", &get, &headers)))
+        b.iter(|| black_box(router.find("svc0.example.com", "/api/v0/users", &get, &headers, None)))
     });
     c.bench_function("router/1000/middle", |b| {
-        b.iter(|| black_box(router.find("any.example.com", "/exact/501", &get, &headers)))
+        b.iter(|| black_box(router.find("any.example.com", "/exact/501", &get, &headers, None)))
     });
     c.bench_function("router/1000/last", |b| {
-        b.iter(|| black_box(router.find("any.example.com", "/h999/x", &get, &headers)))
+        b.iter(|| black_box(router.find("any.example.com", "/h999/x", &get, &headers, None)))
     });
     c.bench_function("router/1000/none", |b| {
-        b.iter(|| black_box(router.find("nope.example.com", "/nothing", &get, &headers)))
+        b.iter(|| black_box(router.find("nope.example.com", "/nothing", &get, &headers, None)))
     });
 }
 

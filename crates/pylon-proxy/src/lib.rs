@@ -48,6 +48,8 @@ pub enum StartError {
 pub struct BoundAddr {
     pub listener: String,
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
 }
 
 /// A running proxy.
@@ -115,9 +117,18 @@ impl Proxy {
             std_listener.set_nonblocking(true).map_err(bind_err)?;
             let tl = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
             let local = tl.local_addr().map_err(bind_err)?;
+            let listener_tls = tls
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| Arc::clone(t));
             bound.push(BoundAddr {
                 listener: name.clone(),
                 addr: local,
+                scheme: if listener_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
             });
             tokio::spawn(
                 AcceptLoop {

@@ -7,10 +7,12 @@
 
 pub mod client;
 pub mod origin;
+pub mod process;
 pub mod tls;
 
 pub use client::*;
 pub use origin::*;
+pub use process::*;
 pub use tls::*;
 
 use std::collections::HashMap;

@@ -220,10 +220,16 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = Proxy::start(&config).await?;
     for b in proxy.bound() {
-        tracing::info!("listening on http://{} (listener {})", b.addr, b.listener);
+        tracing::info!(
+            "listening on {}://{} (listener {})",
+            b.scheme,
+            b.addr,
+            b.listener
+        );
     }
     if let Some(first) = proxy.bound().first() {
-        tracing::info!("try: curl -i http://{}/", first.addr);
+        let insecure = if first.scheme == "https" { "-k " } else { "" };
+        tracing::info!("try: curl -i {insecure}{}://{}/", first.scheme, first.addr);
     }
     wait_for_stop(&proxy).await?;
     tracing::info!(

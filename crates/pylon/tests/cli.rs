@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,94 +28,6 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
     p
-}
-
-/// A Pylon process; stderr is collected in the background.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-    addrs: Vec<(String, SocketAddr)>,
-}
-
-impl Running {
-    fn start(args: &[&str], cwd: Option<&std::path::Path>) -> Running {
-        let mut cmd = Command::new(PYLON);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-        if let Some(d) = cwd {
-            cmd.current_dir(d);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let lines = stderr.lock().unwrap().clone();
-            if lines.iter().any(|l| l.contains("try: curl")) {
-                let addrs = lines
-                    .iter()
-                    .filter_map(|l| {
-                        let rest = l.split("listening on http://").nth(1)?;
-                        let (addr, name) = rest.split_once(" (listener ")?;
-                        let name = name.split(')').next()?;
-                        Some((name.to_string(), addr.parse().ok()?))
-                    })
-                    .collect();
-                return Running {
-                    child,
-                    stderr,
-                    addrs,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("pylon exited early ({status}): {lines:#?}");
-            }
-            assert!(Instant::now() < deadline, "pylon did not start: {lines:#?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    fn signal(&self, sig: i32) {
-        // Sending a signal to our own child process.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "pylon did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Peak resident memory (VmHWM) in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kb * 1024
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -237,7 +148,7 @@ async fn runs_pylon_toml_from_the_working_directory_with_json_logs() {
         "pylon.toml",
         &origin_config(origin.addr, "access_log = { enabled = false }"),
     );
-    let p = Running::start(&["--log-format", "json", "run"], cfg.parent());
+    let p = PylonProcess::start(PYLON, &["--log-format", "json", "run"], cfg.parent());
     assert_eq!(get(p.addr("front"), "/").await.text(), "o");
     let lines = p.stderr.lock().unwrap().clone();
     for l in &lines {
@@ -262,7 +173,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         "drain.toml",
         &origin_config(origin.addr, "access_log = { enabled = false }"),
     );
-    let mut p = Running::start(&["run", "-c", cfg.to_str().unwrap()], None);
+    let mut p = PylonProcess::start(PYLON, &["run", "-c", cfg.to_str().unwrap()], None);
     let addr = p.addr("front");
     let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
     eventually("request reached the origin", || origin.request_count() == 1).await;
@@ -290,7 +201,7 @@ async fn access_log_has_one_json_line_per_request() {
     let log = temp_file("access.log", "");
     let top = format!("access_log = {{ path = \"{}\" }}", log.display());
     let cfg = temp_file("log.toml", &origin_config(origin.addr, &top));
-    let p = Running::start(&["run", "-c", cfg.to_str().unwrap()], None);
+    let p = PylonProcess::start(PYLON, &["run", "-c", cfg.to_str().unwrap()], None);
     let addr = p.addr("front");
     let req = Request::post("/up?x=1")
         .header("host", "site.test")
@@ -369,7 +280,7 @@ async fn hundred_mib_streams_both_ways_in_bounded_memory() {
             "bind = \"127.0.0.1:0\"\nmax_request_body = \"200MiB\"",
         ),
     );
-    let p = Running::start(&["run", "-c", cfg.to_str().unwrap()], None);
+    let p = PylonProcess::start(PYLON, &["run", "-c", cfg.to_str().unwrap()], None);
     let addr = p.addr("front");
 
     let chunk = Bytes::from(vec![9u8; CHUNK]);

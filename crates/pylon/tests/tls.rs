@@ -531,3 +531,126 @@ tls = {{ certificates = [{{ cert = "missing.pem", key = "{k2}" }}] }}
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_on_the_client_certificate() {
+    let ca = TestCa::new("Route CA");
+    let clients = TestCa::new("Route client CA");
+    let dir = temp_dir();
+    let (lc, lk) = ca.server(&["r.test"]).write(&dir, "leaf");
+    let client_ca = dir.join("client-ca.pem");
+    std::fs::write(&client_ca, clients.cert_pem()).unwrap();
+    let cfg = format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+client_auth = "optional"
+client_ca = "{}"
+[[routes]]
+path = "/admin"
+client_cert_dns = "alice.clients.test"
+respond = {{ body = "admin for alice" }}
+[[routes]]
+path = "/admin"
+respond = {{ status = 403, body = "forbidden" }}
+"#,
+        lc.display(),
+        lk.display(),
+        client_ca.display()
+    );
+    let p = TestProxy::start(&cfg).await;
+    let admin = || Request::get("https://r.test/admin").body(empty()).unwrap();
+    let alice = clients.client("alice", "alice.clients.test");
+    let bob = clients.client("bob", "bob.clients.test");
+    let a = https_send(
+        &tls_client(&ca, &["h2"], Some(&alice)),
+        p.addr("tls"),
+        "r.test",
+        admin(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.text(), "admin for alice");
+    let b = https_send(
+        &tls_client(&ca, &["h2"], Some(&bob)),
+        p.addr("tls"),
+        "r.test",
+        admin(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.status.as_u16(), 403);
+    let n = https_send(
+        &tls_client(&ca, &["h2"], None),
+        p.addr("tls"),
+        "r.test",
+        admin(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n.status.as_u16(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sni_can_be_rejected() {
+    let ca = TestCa::new("Reject CA");
+    let leaf = ca.server(&["known.test"]);
+    let p = TestProxy::start(&respond_https(
+        &temp_dir(),
+        &[("k", &leaf)],
+        "unknown_sni = \"reject\"",
+    ))
+    .await;
+    let addr = p.addr("tls").to_string();
+    let out = openssl(&["s_client", "-connect", &addr, "-servername", "unknown.test"]).await;
+    assert!(out.contains("no peer certificate available"), "{out}");
+    let out = openssl(&["s_client", "-connect", &addr, "-servername", "known.test"]).await;
+    assert!(out.contains("CN = known.test"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_in_the_running_binary() {
+    let ca = TestCa::new("Sighup CA");
+    let dir = temp_dir();
+    let cfg = respond_https(&dir, &[("live", &ca.server(&["one.test"]))], "");
+    let file = dir.join("pylon.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let p = PylonProcess::start(
+        env!("CARGO_BIN_EXE_pylon"),
+        &["run", "-c", file.to_str().unwrap()],
+        None,
+    );
+    let addr = p.addr("tls");
+    let client = tls_client(&ca, &["h2"], None);
+    assert!(
+        tls_connect(&client, addr, "two.test").await.is_err(),
+        "not yet valid for two.test"
+    );
+
+    ca.server(&["one.test", "two.test"]).write(&dir, "live");
+    p.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(s) = tls_connect(&client, addr, "two.test").await {
+            assert_eq!(
+                negotiated(&s).1,
+                vec!["one.test".to_string(), "two.test".to_string()]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate not served after SIGHUP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let a = https_send(&client, addr, "two.test", get_req("two.test"))
+        .await
+        .unwrap();
+    assert_eq!(a.text(), "secure");
+}

@@ -224,7 +224,13 @@ async fn serve(
     let host = normalize_host(authority_of(&req).unwrap_or(""));
     let route = listener
         .router
-        .find(&host, req.uri().path(), req.method(), req.headers())
+        .find(
+            &host,
+            req.uri().path(),
+            req.method(),
+            req.headers(),
+            ctx.client_cert.as_deref(),
+        )
         .ok_or(ErrorKind::NoRoute)?;
     ex.route = Some(Arc::clone(&route.name));
     match route.action() {

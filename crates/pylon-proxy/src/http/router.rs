@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
-use pylon_config::model::{Action, HostMatch, PathMatch, Route};
+use pylon_config::model::{Action, ClientCertMatch, HostMatch, PathMatch, Route};
 use regex::RegexSet;
 
 use super::upstream::ClusterRuntime;
+use crate::tls::server::ClientIdentity;
 
 /// A route ready for matching; proxy routes hold their cluster.
 pub struct RouteRuntime {
@@ -87,13 +88,15 @@ impl Router {
         }
     }
 
-    /// The first route matching the request. `host` is lower-case and has no port.
+    /// The first route matching the request. `host` is lower-case and has no port;
+    /// `client` is the verified client certificate, if any.
     pub fn find(
         &self,
         host: &str,
         path: &str,
         method: &Method,
         headers: &HeaderMap,
+        client: Option<&ClientIdentity>,
     ) -> Option<&RouteRuntime> {
         let (candidates, host_checked) = match self.by_host.get(host) {
             Some(c) => (c.as_slice(), true),
@@ -115,7 +118,10 @@ impl Router {
                     .matched(slot),
                 (p, _, _) => path_matches(p, path),
             };
-            (path_ok && rest_matches(&r.route, method, headers)).then_some(r)
+            (path_ok
+                && rest_matches(&r.route, method, headers)
+                && cert_matches(&m.client_cert, client))
+            .then_some(r)
         })
     }
 
@@ -148,6 +154,19 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
         PathMatch::Prefix(p) => path.starts_with(p.as_str()),
         PathMatch::Regex(re) => re.is_match(path),
     }
+}
+
+/// Client-certificate conditions.
+fn cert_matches(m: &ClientCertMatch, client: Option<&ClientIdentity>) -> bool {
+    if m.is_empty() {
+        return true;
+    }
+    let Some(c) = client else { return false };
+    m.subject.as_ref().is_none_or(|s| *s == c.subject)
+        && m.dns
+            .as_ref()
+            .is_none_or(|d| c.dns_names.iter().any(|n| n == d))
+        && m.fingerprint.as_ref().is_none_or(|f| *f == c.fingerprint)
 }
 
 /// Method and header conditions.
@@ -214,6 +233,7 @@ mod tests {
                     path,
                     methods: methods.iter().map(|s| s.to_string()).collect(),
                     headers,
+                    client_cert: ClientCertMatch::default(),
                 },
                 action: Action::Respond(RespondAction {
                     status: 200,
@@ -280,7 +300,7 @@ mod tests {
             let r = Router::new(routes);
             let m = if post { Method::POST } else { Method::GET };
             let h = HeaderMap::new();
-            let got = r.find(host, path, &m, &h).map(|x| x as *const RouteRuntime);
+            let got = r.find(host, path, &m, &h, None).map(|x| x as *const RouteRuntime);
             let want = naive(&r, host, path, &m, &h).map(|x| x as *const RouteRuntime);
             proptest::prop_assert_eq!(got, want);
         }
@@ -342,7 +362,7 @@ mod tests {
             ),
         ]);
         let idx = |host: &str, path: &str, m: Method, hm: &HeaderMap| {
-            r.find(host, path, &m, hm)
+            r.find(host, path, &m, hm, None)
                 .map(|x| r.routes.iter().position(|y| std::ptr::eq(x, y)).unwrap())
         };
         let empty = HeaderMap::new();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pylon_config::ConfigError;
-use pylon_config::model::{ClientAuth, ListenerTls, TlsVersion};
+use pylon_config::model::{ClientAuth, ListenerTls, TlsVersion, UnknownSni};
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -22,30 +22,33 @@ struct SniResolver {
     /// `(".example.com", key)` for `*.example.com`, in configuration order.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
+    /// Refuse handshakes for names no certificate covers (and without SNI).
+    reject_unknown: bool,
 }
 
 impl SniResolver {
-    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let fallback = || (!self.reject_unknown).then(|| Arc::clone(&self.default));
         let Some(name) = name.map(str::to_ascii_lowercase) else {
-            return Arc::clone(&self.default);
+            return fallback();
         };
         if let Some(k) = self.exact.get(&name) {
-            return Arc::clone(k);
+            return Some(Arc::clone(k));
         }
         // `*.example.com` covers one label, as in certificates.
         if let Some((_, rest)) = name.split_once('.') {
             let suffix = format!(".{rest}");
             if let Some((_, k)) = self.wildcard.iter().find(|(s, _)| *s == suffix) {
-                return Arc::clone(k);
+                return Some(Arc::clone(k));
             }
         }
-        Arc::clone(&self.default)
+        fallback()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        self.pick(hello.server_name())
     }
 }
 
@@ -129,6 +132,7 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
         exact,
         wildcard,
         default,
+        reject_unknown: t.unknown_sni == UnknownSni::Reject,
     }));
     config.alpn_protocols = t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
@@ -204,18 +208,24 @@ mod tests {
             key("*.example.org"),
             key("default.test"),
         );
-        let r = SniResolver {
+        let mut r = SniResolver {
             exact: HashMap::from([("a.example.com".to_owned(), Arc::clone(&a))]),
             wildcard: vec![(".example.org".to_owned(), Arc::clone(&w))],
             default: Arc::clone(&d),
+            reject_unknown: false,
         };
-        assert!(Arc::ptr_eq(&r.pick(Some("A.example.com")), &a));
-        assert!(Arc::ptr_eq(&r.pick(Some("x.example.org")), &w));
+        let pick = |r: &SniResolver, n| r.pick(n).unwrap();
+        assert!(Arc::ptr_eq(&pick(&r, Some("A.example.com")), &a));
+        assert!(Arc::ptr_eq(&pick(&r, Some("x.example.org")), &w));
         assert!(
-            Arc::ptr_eq(&r.pick(Some("x.y.example.org")), &d),
+            Arc::ptr_eq(&pick(&r, Some("x.y.example.org")), &d),
             "one label only"
         );
-        assert!(Arc::ptr_eq(&r.pick(Some("example.org")), &d));
-        assert!(Arc::ptr_eq(&r.pick(None), &d));
+        assert!(Arc::ptr_eq(&pick(&r, Some("example.org")), &d));
+        assert!(Arc::ptr_eq(&pick(&r, None), &d));
+        r.reject_unknown = true;
+        assert!(r.pick(Some("other.test")).is_none());
+        assert!(r.pick(None).is_none());
+        assert!(r.pick(Some("a.example.com")).is_some());
     }
 }
