@@ -68,9 +68,12 @@ impl TestCa {
         self.issuer.der().clone()
     }
 
-    fn issue(&self, mut params: CertificateParams, cn: &str) -> Pem {
+    fn issue(&self, params: CertificateParams, cn: &str) -> Pem {
+        self.issue_with(params, cn, KeyPair::generate().unwrap())
+    }
+
+    fn issue_with(&self, mut params: CertificateParams, cn: &str, key: KeyPair) -> Pem {
         params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Pem {
             cert: cert.pem(),
@@ -84,6 +87,16 @@ impl TestCa {
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
         self.issue(params, names.first().copied().unwrap_or("server"))
+    }
+
+    /// A server certificate with a key of the given algorithm (e.g. `rcgen::PKCS_ED25519`,
+    /// `rcgen::PKCS_RSA_SHA256`).
+    pub fn server_with(&self, names: &[&str], alg: &'static rcgen::SignatureAlgorithm) -> Pem {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate_for(alg).unwrap();
+        self.issue_with(params, names.first().copied().unwrap_or("server"), key)
     }
 
     /// A server certificate that expired in 2021.

@@ -51,6 +51,30 @@ fn get_req(host: &str) -> Request<ClientBody> {
         .unwrap()
 }
 
+/// Runs openssl with `input` on stdin (then EOF).
+async fn openssl_with_input(args: &[&str], input: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("openssl finishes")
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 async fn openssl(args: &[&str]) -> String {
     let out = tokio::process::Command::new("openssl")
         .args(args)
@@ -653,4 +677,49 @@ async fn sighup_reloads_certificates_in_the_running_binary() {
         .await
         .unwrap();
     assert_eq!(a.text(), "secure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_ecdsa_and_ed25519_keys_and_session_resumption() {
+    let ca = TestCa::new("Keys CA");
+    let dir = temp_dir();
+    let rsa = ca.server_with(&["rsa.test"], &rcgen::PKCS_RSA_SHA256);
+    let ed = ca.server_with(&["ed.test"], &rcgen::PKCS_ED25519);
+    let ec = ca.server(&["ec.test"]);
+    let p = TestProxy::start(&respond_https(
+        &dir,
+        &[("ec", &ec), ("rsa", &rsa), ("ed", &ed)],
+        "",
+    ))
+    .await;
+    let addr = p.addr("tls");
+    let client = tls_client(&ca, &["h2"], None);
+    for name in ["rsa.test", "ed.test", "ec.test"] {
+        let a = https_send(&client, addr, name, get_req(name))
+            .await
+            .unwrap();
+        assert_eq!(a.text(), "secure", "{name}");
+    }
+    // Session resumption: a second openssl handshake with the saved session is resumed.
+    let sess = dir.join("session.pem");
+    let target = addr.to_string();
+    // A whole request, so that the session ticket (sent after the handshake) is read.
+    let request = b"GET / HTTP/1.1\r\nHost: ec.test\r\nConnection: close\r\n\r\n";
+    let base = [
+        "s_client",
+        "-connect",
+        target.as_str(),
+        "-servername",
+        "ec.test",
+        "-tls1_3",
+        "-ign_eof",
+    ];
+    let mut first = base.to_vec();
+    first.extend(["-sess_out", sess.to_str().unwrap()]);
+    let out = openssl_with_input(&first, request).await;
+    assert!(out.contains("New, TLSv1.3"), "{out}");
+    let mut second = base.to_vec();
+    second.extend(["-sess_in", sess.to_str().unwrap()]);
+    let out = openssl_with_input(&second, request).await;
+    assert!(out.contains("Reused, TLSv1.3"), "{out}");
 }
