@@ -383,3 +383,25 @@ async fn expect_100_continue_with_curl() {
         "Expect is handled by Pylon, not forwarded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_expire() {
+    let origin = Origin::named("o").await;
+    let cfg = simple_config(&[origin.addr], "", "pool = { idle_timeout = \"200ms\" }");
+    let p = TestProxy::start(&cfg).await;
+    assert_eq!(get(p.addr("front"), "/").await.text(), "o");
+    eventually("connection pooled", || {
+        p.proxy.idle_upstream_connections("c") == 1
+    })
+    .await;
+    eventually("idle connection closed after the idle timeout", || {
+        p.proxy.idle_upstream_connections("c") == 0
+    })
+    .await;
+    assert_eq!(get(p.addr("front"), "/").await.text(), "o");
+    assert_eq!(
+        origin.connection_count(),
+        2,
+        "a fresh connection after expiry"
+    );
+}
