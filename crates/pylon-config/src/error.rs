@@ -14,6 +14,19 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// A problem not tied to a place in any file.
+    pub fn general(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {

@@ -84,6 +84,44 @@ impl Drop for ConnGuard {
     }
 }
 
+/// The TLS handshake, bounded by the handshake timeout; records the client's
+/// certificate in `ctx`. `None` (counted and logged) when it fails.
+async fn handshake(
+    tls: &ServerTls,
+    stream: tokio::net::TcpStream,
+    ctx: &mut ConnCtx,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let metrics = &ctx.shared.metrics;
+    let accept = tls.acceptor().accept(stream);
+    match tokio::time::timeout(tls.settings.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => {
+            metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            ctx.client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(ClientIdentity::from_der)
+                .map(Arc::new);
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %ctx.client, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %ctx.client, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Everything an accept loop needs.
 pub struct AcceptLoop {
     pub listener: TcpListener,
@@ -137,53 +175,14 @@ impl AcceptLoop {
             tokio::spawn(async move {
                 match tls {
                     None => {
-                        server_h1h2::serve_connection(
-                            builder,
-                            stream,
-                            Arc::new(ctx),
-                            limits,
-                            shutdown,
-                        )
-                        .await;
+                        let ctx = Arc::new(ctx);
+                        server_h1h2::serve_connection(builder, stream, ctx, limits, shutdown).await;
                     }
                     Some(tls) => {
-                        let metrics = &ctx.shared.metrics;
-                        let handshake = tokio::time::timeout(
-                            tls.settings.handshake_timeout,
-                            tls.acceptor().accept(stream),
-                        )
-                        .await;
-                        match handshake {
-                            Ok(Ok(stream)) => {
-                                metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-                                ctx.client_cert = stream
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .and_then(ClientIdentity::from_der)
-                                    .map(Arc::new);
-                                server_h1h2::serve_connection(
-                                    builder,
-                                    stream,
-                                    Arc::new(ctx),
-                                    limits,
-                                    shutdown,
-                                )
+                        if let Some(stream) = handshake(&tls, stream, &mut ctx).await {
+                            let ctx = Arc::new(ctx);
+                            server_h1h2::serve_connection(builder, stream, ctx, limits, shutdown)
                                 .await;
-                            }
-                            Ok(Err(e)) => {
-                                metrics
-                                    .tls_handshake_failures
-                                    .fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(%client, error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => {
-                                metrics
-                                    .tls_handshake_failures
-                                    .fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(%client, "TLS handshake timed out");
-                            }
                         }
                     }
                 }

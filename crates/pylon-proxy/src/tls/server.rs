@@ -115,15 +115,7 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
     };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| {
-            vec![ConfigError {
-                file: String::new(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message: format!("TLS versions: {e}"),
-            }]
-        })?;
+        .map_err(|e| vec![ConfigError::general(format!("TLS versions: {e}"))])?;
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),

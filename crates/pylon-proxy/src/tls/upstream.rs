@@ -85,13 +85,7 @@ pub fn build(
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError {
-            file: String::new(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: format!("TLS versions: {e}"),
-        })?;
+        .map_err(|e| ConfigError::general(format!("TLS versions: {e}")))?;
     let builder = if t.insecure_skip_verify {
         tracing::warn!("upstream TLS verification is OFF (insecure_skip_verify): lab use only");
         builder
@@ -131,13 +125,10 @@ pub struct TlsConnector {
 impl TlsConnector {
     pub fn new(t: &UpstreamTls, protocol: UpstreamProtocol) -> Result<Self, ConfigError> {
         let server_name = match &t.server_name {
-            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| ConfigError {
-                file: String::new(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message: format!("invalid server_name {n}: {e}"),
-            })?),
+            Some(n) => Some(
+                ServerName::try_from(n.clone())
+                    .map_err(|e| ConfigError::general(format!("invalid server_name {n}: {e}")))?,
+            ),
             None => None,
         };
         Ok(TlsConnector {
