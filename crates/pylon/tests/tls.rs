@@ -723,3 +723,24 @@ async fn rsa_ecdsa_and_ed25519_keys_and_session_resumption() {
     let out = openssl_with_input(&second, request).await;
     assert!(out.contains("Reused, TLSv1.3"), "{out}");
 }
+
+#[test]
+fn an_expired_certificate_loads_with_a_warning() {
+    let ca = TestCa::new("Expiry CA");
+    let dir = temp_dir();
+    let cfg = respond_https(&dir, &[("old", &ca.expired_server(&["old.test"]))], "");
+    let file = dir.join("pylon.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let p = PylonProcess::start(
+        env!("CARGO_BIN_EXE_pylon"),
+        &["run", "-c", file.to_str().unwrap()],
+        None,
+    );
+    let lines = p.stderr.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("certificate has expired") && l.contains("old.pem")),
+        "{lines:#?}"
+    );
+}
