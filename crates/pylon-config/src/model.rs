@@ -393,6 +393,54 @@ pub enum HostHeader {
 pub enum LbPolicy {
     /// Round robin, honouring endpoint weights (smooth weighted, as NGINX).
     RoundRobin,
+    /// Fewest requests in flight per unit of weight.
+    LeastConnections,
+    /// Power of two choices over peak-EWMA latency x requests in flight.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on a ring (ketama), keyed by `hash_key`.
+    RingHash,
+    /// Consistent hashing with Maglev's lookup table, keyed by `hash_key`.
+    Maglev,
+}
+
+impl LbPolicy {
+    pub const NAMES: &'static [&'static str] = &[
+        "round_robin",
+        "least_connections",
+        "least_request",
+        "random",
+        "ring_hash",
+        "maglev",
+    ];
+
+    pub fn from_name(name: &str) -> Option<LbPolicy> {
+        Some(match name {
+            "round_robin" => LbPolicy::RoundRobin,
+            "least_connections" => LbPolicy::LeastConnections,
+            "least_request" => LbPolicy::LeastRequest,
+            "random" => LbPolicy::Random,
+            "ring_hash" => LbPolicy::RingHash,
+            "maglev" => LbPolicy::Maglev,
+            _ => return None,
+        })
+    }
+
+    pub fn uses_key(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
+}
+
+/// What a hash balancer keys requests on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    Query(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,6 +472,8 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub protocol: UpstreamProtocol,
     pub lb: LbPolicy,
+    /// The key of `ring_hash` and `maglev`; a request without it is spread at random.
+    pub hash_key: HashKey,
     pub connect_timeout: Duration,
     /// Time from sending the request to receiving the response head.
     pub response_timeout: Duration,

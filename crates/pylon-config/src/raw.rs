@@ -133,6 +133,7 @@ pub struct RawCluster {
     pub endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
     pub protocol: Option<Spanned<String>>,
     pub lb: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub host_header: Option<Spanned<String>>,

@@ -731,16 +731,53 @@ fn cluster(
     let tls = r.tls.map(|t| upstream_tls(t, ctx, p));
     let lb = match r.lb.as_ref() {
         None => LbPolicy::RoundRobin,
-        Some(s) => match s.get_ref().as_str() {
-            "round_robin" => LbPolicy::RoundRobin,
-            other => {
+        Some(s) => LbPolicy::from_name(s.get_ref()).unwrap_or_else(|| {
+            p.at(
+                s,
+                format!(
+                    "unknown lb policy \"{}\", expected one of: {}",
+                    s.get_ref(),
+                    LbPolicy::NAMES.join(", ")
+                ),
+            );
+            LbPolicy::RoundRobin
+        }),
+    };
+    let hash_key = match r.hash_key.as_ref() {
+        None => HashKey::ClientIp,
+        Some(s) => {
+            if !lb.uses_key() {
                 p.at(
                     s,
-                    format!("unknown lb policy \"{other}\", expected one of: round_robin"),
+                    "`hash_key` only applies to lb = \"ring_hash\" or \"maglev\"",
                 );
-                LbPolicy::RoundRobin
             }
-        },
+            let v = s.get_ref();
+            let named = |prefix: &str| {
+                v.strip_prefix(prefix)
+                    .filter(|n| http_token(n))
+                    .map(str::to_owned)
+            };
+            if v == "client_ip" {
+                HashKey::ClientIp
+            } else if v == "path" {
+                HashKey::Path
+            } else if let Some(n) = named("header:") {
+                HashKey::Header(n.to_ascii_lowercase())
+            } else if let Some(n) = named("cookie:") {
+                HashKey::Cookie(n)
+            } else if let Some(n) = named("query:") {
+                HashKey::Query(n)
+            } else {
+                p.at(
+                    s,
+                    format!(
+                        "invalid hash_key \"{v}\", expected client_ip, path, header:NAME, cookie:NAME or query:NAME"
+                    ),
+                );
+                HashKey::ClientIp
+            }
+        }
     };
     let host_header = match r.host_header.as_ref() {
         None => HostHeader::Preserve,
@@ -769,6 +806,7 @@ fn cluster(
         endpoints,
         protocol,
         lb,
+        hash_key,
         connect_timeout: duration(&r.connect_timeout, DEFAULT_CONNECT_TIMEOUT, p),
         response_timeout: duration(&r.response_timeout, DEFAULT_RESPONSE_TIMEOUT, p),
         host_header,

@@ -273,3 +273,46 @@ certificates = [{ cert = "certs/c.pem", key = "/abs/k.pem", server_names = ["*.E
     assert_eq!(t.alpn, vec!["h2", "http/1.1"]);
     assert_eq!(t.min_version, TlsVersion::Tls12);
 }
+
+#[test]
+fn balancers_and_hash_keys() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "h"
+endpoints = ["127.0.0.1:1"]
+lb = "maglev"
+hash_key = "cookie:session"
+
+[[clusters]]
+name = "bad"
+endpoints = ["127.0.0.1:1"]
+lb = "fastest"
+
+[[clusters]]
+name = "rr"
+endpoints = ["127.0.0.1:1"]
+hash_key = "path"
+
+[[clusters]]
+name = "k"
+endpoints = ["127.0.0.1:1"]
+lb = "ring_hash"
+hash_key = "header:"
+"#;
+    let e = errors(text).join("\n");
+    for want in [
+        "clusters[1].lb: unknown lb policy \"fastest\", expected one of: round_robin, least_connections, least_request, random, ring_hash, maglev",
+        "clusters[2].hash_key: `hash_key` only applies to lb = \"ring_hash\" or \"maglev\"",
+        "clusters[3].hash_key: invalid hash_key \"header:\"",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+    let ok = text.split("[[clusters]]\nname = \"bad\"").next().unwrap();
+    let c = parse(ok, "t.toml").expect("valid");
+    assert_eq!(c.clusters[0].lb, LbPolicy::Maglev);
+    assert_eq!(c.clusters[0].hash_key, HashKey::Cookie("session".into()));
+}

@@ -3,19 +3,33 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pylon_lb::{Balancer, RoundRobin};
+use pylon_lb::{Algorithm, Endpoints, hash_key};
 
 fn picks(c: &mut Criterion) {
+    let algorithms = [
+        ("round_robin", Algorithm::RoundRobin),
+        ("least_connections", Algorithm::LeastConnections),
+        ("least_request", Algorithm::LeastRequest),
+        ("random", Algorithm::Random),
+        ("ring_hash", Algorithm::RingHash),
+        ("maglev", Algorithm::Maglev),
+    ];
     for n in [2usize, 16, 256] {
-        let equal = RoundRobin::new(&vec![1; n]);
-        c.bench_function(&format!("round_robin/equal/{n}"), |b| {
-            b.iter(|| black_box(equal.pick()))
-        });
-        let weights: Vec<u32> = (1..=n as u32).collect();
-        let weighted = RoundRobin::new(&weights);
-        c.bench_function(&format!("round_robin/weighted/{n}"), |b| {
-            b.iter(|| black_box(weighted.pick()))
-        });
+        let weights: Vec<u32> = (1..=n as u32).map(|w| w % 4 + 1).collect();
+        let ids: Vec<String> = (0..n)
+            .map(|i| format!("10.0.{}.{}:80", i / 250, i % 250))
+            .collect();
+        let eps = Endpoints::new(&weights);
+        for (name, algo) in algorithms {
+            let b = algo.build(&weights, &ids);
+            let mut k = 0u64;
+            c.bench_function(&format!("{name}/{n}"), |bench| {
+                bench.iter(|| {
+                    k = k.wrapping_add(1);
+                    black_box(b.pick(&eps, Some(hash_key(&k.to_le_bytes()))))
+                })
+            });
+        }
     }
 }
 

@@ -1,14 +1,73 @@
 //! Balancing decisions: which endpoint of a cluster takes the next request.
 //!
-//! Pure logic over endpoint indices, no sockets, so it is tested exhaustively here and
-//! shared by L7 routes and (later) L4 listeners.
+//! Pure logic over endpoint indices and their live state ([`Endpoints`]), no sockets, so
+//! it is tested exhaustively here and shared by L7 routes and (later) L4 listeners.
 
+mod hash;
+mod least;
 mod round_robin;
+mod state;
 
+pub use hash::{Maglev, RingHash, hash_key};
+pub use least::{LeastConnections, LeastRequest, Random};
 pub use round_robin::RoundRobin;
+pub use state::{EndpointState, Endpoints};
 
-/// Picks an endpoint index in `0..len` for each request.
+/// Picks an endpoint index for each request.
 pub trait Balancer: Send + Sync {
-    /// Index of the endpoint for the next request; `None` when the cluster is empty.
-    fn pick(&self) -> Option<usize>;
+    /// The endpoint for the next request among the available ones, `None` when none is.
+    /// `key` is the request's hash key (hash balancers need one; others ignore it).
+    fn pick(&self, endpoints: &Endpoints, key: Option<u64>) -> Option<usize>;
+}
+
+/// The balancing algorithms, by their configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConnections,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+impl Algorithm {
+    pub const NAMES: &'static [&'static str] = &[
+        "round_robin",
+        "least_connections",
+        "least_request",
+        "random",
+        "ring_hash",
+        "maglev",
+    ];
+
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Some(match name {
+            "round_robin" => Algorithm::RoundRobin,
+            "least_connections" => Algorithm::LeastConnections,
+            "least_request" => Algorithm::LeastRequest,
+            "random" => Algorithm::Random,
+            "ring_hash" => Algorithm::RingHash,
+            "maglev" => Algorithm::Maglev,
+            _ => return None,
+        })
+    }
+
+    /// Whether requests need a hash key.
+    pub fn uses_key(self) -> bool {
+        matches!(self, Algorithm::RingHash | Algorithm::Maglev)
+    }
+
+    /// Builds the balancer for endpoints with these weights and stable identities (for
+    /// consistent hashing: an endpoint keeps its place when others come and go).
+    pub fn build(self, weights: &[u32], ids: &[String]) -> Box<dyn Balancer> {
+        match self {
+            Algorithm::RoundRobin => Box::new(RoundRobin::new(weights)),
+            Algorithm::LeastConnections => Box::new(LeastConnections::default()),
+            Algorithm::LeastRequest => Box::new(LeastRequest),
+            Algorithm::Random => Box::new(Random::new(weights)),
+            Algorithm::RingHash => Box::new(RingHash::new(weights, ids)),
+            Algorithm::Maglev => Box::new(Maglev::new(weights, ids)),
+        }
+    }
 }

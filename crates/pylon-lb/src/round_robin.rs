@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::Balancer;
+use crate::{Balancer, Endpoints};
 
 /// Longest precomputed schedule; weights beyond this are scaled down proportionally.
 const MAX_SCHEDULE: u64 = 65_536;
@@ -52,12 +52,21 @@ fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&self) -> Option<usize> {
-        if self.schedule.is_empty() {
+    fn pick(&self, endpoints: &Endpoints, _key: Option<u64>) -> Option<usize> {
+        let len = self.schedule.len();
+        if len == 0 {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.schedule[n % self.schedule.len()] as usize)
+        // Usually the first slot's endpoint is available; otherwise take the next slots
+        // (bounded: one full cycle).
+        for _ in 0..len {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let i = self.schedule[n % len] as usize;
+            if endpoints.is_available(i) {
+                return Some(i);
+            }
+        }
+        None
     }
 }
 
@@ -66,33 +75,50 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn picks(rr: &RoundRobin, eps: &Endpoints, n: usize) -> Vec<usize> {
+        (0..n).map(|_| rr.pick(eps, None).unwrap()).collect()
+    }
+
     #[test]
     fn equal_weights_alternate() {
-        let rr = RoundRobin::new(&[1, 1]);
-        let picks: Vec<_> = (0..4).map(|_| rr.pick().unwrap()).collect();
-        assert_eq!(picks, vec![0, 1, 0, 1]);
+        let eps = Endpoints::new(&[1, 1]);
+        assert_eq!(picks(&RoundRobin::new(&[1, 1]), &eps, 4), vec![0, 1, 0, 1]);
     }
 
     #[test]
     fn smooth_order() {
-        let rr = RoundRobin::new(&[5, 1, 1]);
-        let picks: Vec<_> = (0..7).map(|_| rr.pick().unwrap()).collect();
-        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
+        let eps = Endpoints::new(&[5, 1, 1]);
+        assert_eq!(
+            picks(&RoundRobin::new(&[5, 1, 1]), &eps, 7),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
+    }
+
+    #[test]
+    fn unavailable_endpoints_are_skipped() {
+        let eps = Endpoints::new(&[1, 1, 1]);
+        let rr = RoundRobin::new(&[1, 1, 1]);
+        eps.set_available(1, false);
+        assert!(picks(&rr, &eps, 10).iter().all(|&i| i != 1));
+        eps.set_available(0, false);
+        eps.set_available(2, false);
+        assert_eq!(rr.pick(&eps, None), None);
     }
 
     #[test]
     fn empty_cluster() {
-        assert_eq!(RoundRobin::new(&[]).pick(), None);
+        assert_eq!(RoundRobin::new(&[]).pick(&Endpoints::new(&[]), None), None);
     }
 
     proptest! {
         #[test]
         fn weights_are_honoured(weights in proptest::collection::vec(1u32..50, 1..8)) {
             let rr = RoundRobin::new(&weights);
+            let eps = Endpoints::new(&weights);
             let total: u32 = weights.iter().sum();
             let mut counts = vec![0u32; weights.len()];
             for _ in 0..total * 3 {
-                counts[rr.pick().unwrap()] += 1;
+                counts[rr.pick(&eps, None).unwrap()] += 1;
             }
             for (c, w) in counts.iter().zip(&weights) {
                 prop_assert_eq!(*c, w * 3);
@@ -103,7 +129,7 @@ mod tests {
         fn huge_weights_stay_bounded(weights in proptest::collection::vec(1u32..10_000, 1..40)) {
             let rr = RoundRobin::new(&weights);
             prop_assert!(rr.schedule.len() as u64 <= MAX_SCHEDULE + weights.len() as u64);
-            prop_assert!(rr.pick().is_some());
+            prop_assert!(rr.pick(&Endpoints::new(&weights), None).is_some());
         }
     }
 }

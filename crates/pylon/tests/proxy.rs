@@ -405,3 +405,104 @@ async fn idle_upstream_connections_expire() {
         "a fresh connection after expiry"
     );
 }
+
+fn lb_config(endpoints: &[std::net::SocketAddr], lb: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = [{}]
+{lb}
+"#,
+        eps.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_balancing_keeps_keys_on_their_endpoint() {
+    let origins = [
+        Origin::named("a").await,
+        Origin::named("b").await,
+        Origin::named("c").await,
+    ];
+    let addrs: Vec<_> = origins.iter().map(|o| o.addr).collect();
+    for lb in [
+        "lb = \"ring_hash\"\nhash_key = \"header:x-user\"",
+        "lb = \"maglev\"\nhash_key = \"header:x-user\"",
+    ] {
+        let p = TestProxy::start(&lb_config(&addrs, lb)).await;
+        let mut seen = std::collections::HashSet::new();
+        for user in 0..30 {
+            let ask = || {
+                Request::get("/")
+                    .header("host", "x")
+                    .header("x-user", format!("user-{user}"))
+                    .body(empty())
+                    .unwrap()
+            };
+            let first = send_h1(p.addr("front"), ask()).await.text();
+            for _ in 0..3 {
+                assert_eq!(
+                    send_h1(p.addr("front"), ask()).await.text(),
+                    first,
+                    "{lb}: user-{user} moved"
+                );
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3, "{lb}: 30 keys spread over all endpoints");
+    }
+    // Keyed by client IP: every request from 127.0.0.1 lands on one endpoint.
+    let p = TestProxy::start(&lb_config(&addrs, "lb = \"maglev\"")).await;
+    let first = get(p.addr("front"), "/").await.text();
+    for _ in 0..10 {
+        assert_eq!(get(p.addr("front"), "/").await.text(), first);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_sends_new_requests_to_the_idle_endpoint() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let hold = |name: &'static str| {
+        let r = std::sync::Arc::clone(&release);
+        Origin::start(move |_req| {
+            let r = std::sync::Arc::clone(&r);
+            async move {
+                r.notified().await;
+                http::Response::new(full(name))
+            }
+        })
+    };
+    let (a, b) = (hold("a").await, hold("b").await);
+    let p = TestProxy::start(&lb_config(&[a.addr, b.addr], "lb = \"least_connections\"")).await;
+    let addr = p.addr("front");
+    let first = tokio::spawn(async move { get(addr, "/").await });
+    eventually("first request at an origin", || {
+        a.request_count() + b.request_count() == 1
+    })
+    .await;
+    let second = tokio::spawn(async move { get(addr, "/").await });
+    eventually("second request at an origin", || {
+        a.request_count() + b.request_count() == 2
+    })
+    .await;
+    assert_eq!(
+        (a.request_count(), b.request_count()),
+        (1, 1),
+        "the busy endpoint was avoided"
+    );
+    release.notify_waiters();
+    while !(first.is_finished() && second.is_finished()) {
+        release.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+    let (x, y) = (first.await.unwrap().text(), second.await.unwrap().text());
+    assert_ne!(x, y);
+}

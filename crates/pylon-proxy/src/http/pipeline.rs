@@ -21,13 +21,15 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use pylon_config::model::{Action, HostHeader, RedirectAction, RespondAction, UpstreamProtocol};
+use pylon_config::model::{
+    Action, HashKey, HostHeader, RedirectAction, RespondAction, UpstreamProtocol,
+};
 
 use super::body::{Completion, RequestBody, RequestMeter, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::headers::{Peer, add_forwarding, append_via, protocol_name, strip_hop_by_hop};
 use super::router::{RouteRuntime, normalize_host};
-use super::upstream::{ClusterRuntime, Pooled, UpstreamError};
+use super::upstream::{ClusterRuntime, EndpointLease, Pooled, UpstreamError, hash_key};
 use crate::conn::{ConnState, InFlight};
 use crate::observe::access_log::millis;
 use crate::observe::{AccessLogger, AccessRecord, Metrics};
@@ -109,6 +111,7 @@ struct Exchange {
     error: Option<ErrorKind>,
     meter: Option<Arc<RequestMeter>>,
     pooled: Option<Pooled>,
+    lease: Option<EndpointLease>,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
@@ -130,6 +133,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
         error: None,
         meter: None,
         pooled: None,
+        lease: None,
     };
     let Some(listener) = rt.listener(&ctx.listener) else {
         ex.error = Some(ErrorKind::NoRoute);
@@ -330,7 +334,12 @@ async fn proxy(
     let Action::Proxy(action) = route.action() else {
         return Err(ErrorKind::NoRoute);
     };
-    let endpoint = cluster.pick().ok_or(ErrorKind::NoEndpoint)?;
+    let key = cluster
+        .hash_key
+        .as_ref()
+        .and_then(|k| request_key(k, &req, ctx));
+    let mut lease = cluster.pick(key).ok_or(ErrorKind::NoEndpoint)?;
+    let endpoint = Arc::clone(lease.endpoint());
     let downstream_version = req.version();
     let (mut parts, body) = req.into_parts();
     // The client's authority as a header value: `Host` as sent (a cheap clone), or
@@ -379,13 +388,14 @@ async fn proxy(
     {
         h.insert(name.clone(), v);
     }
-    if listener
-        .config
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.forward_client_cert)
-    {
-        forward_client_cert(h, ctx.client_cert.as_deref());
+    // On TLS listeners a client never legitimately sends these: always drop its copies,
+    // and add the verified identity when forwarding is on.
+    if let Some(tls) = &listener.config.tls {
+        let id = ctx
+            .client_cert
+            .as_deref()
+            .filter(|_| tls.forward_client_cert);
+        forward_client_cert(h, id);
     }
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
@@ -425,8 +435,13 @@ async fn proxy(
     let result = endpoint
         .send(Request::from_parts(parts, body), cluster.response_timeout)
         .await;
+    let took = sent_at.elapsed();
     ex.upstream = Some(endpoint.address);
-    ex.upstream_ms = Some(millis(sent_at.elapsed()));
+    ex.upstream_ms = Some(millis(took));
+    if result.is_ok() {
+        lease.record_latency(took);
+    }
+    ex.lease = Some(lease);
     match result {
         Ok((resp, pooled)) => {
             let (mut parts, body) = resp.into_parts();
@@ -439,6 +454,35 @@ async fn proxy(
             Ok(Response::from_parts(parts, ResponseBody::stream(body)))
         }
         Err(e) => Err(classify(&e, ex.meter.as_deref(), cluster, ctx)),
+    }
+}
+
+/// The hash-balancing key of a request; `None` when the request lacks it (then the
+/// balancer spreads it at random).
+fn request_key<B>(k: &HashKey, req: &Request<B>, ctx: &ConnCtx) -> Option<u64> {
+    match k {
+        HashKey::ClientIp => Some(hash_key(ctx.client_ip.as_bytes())),
+        HashKey::Path => Some(hash_key(req.uri().path().as_bytes())),
+        HashKey::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_key(v.as_bytes())),
+        HashKey::Query(name) => req
+            .uri()
+            .query()?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_key(v.as_bytes())),
     }
 }
 
@@ -550,6 +594,7 @@ fn finish(
     });
     resp.body_mut().set_completion(Box::new(ExchangeEnd {
         start: ex.start,
+        _lease: ex.lease.take(),
         pooled: ex.pooled.take(),
         meter: ex.meter.take(),
         log,
@@ -561,6 +606,8 @@ fn finish(
 /// Runs when the response body is done: pool return, access-log line, in-flight count.
 struct ExchangeEnd {
     start: Instant,
+    /// The endpoint stays counted in flight until the response body is done.
+    _lease: Option<EndpointLease>,
     pooled: Option<Pooled>,
     meter: Option<Arc<RequestMeter>>,
     log: Option<(AccessLogger, Box<AccessRecord>)>,

@@ -3,6 +3,7 @@
 mod pool;
 
 pub use pool::{EndpointPool, Pooled, UpstreamError};
+pub use pylon_lb::hash_key;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use pylon_config::ConfigError;
 use pylon_config::model::{self, HostHeader, UpstreamProtocol};
 
 use crate::tls::upstream::TlsConnector;
-use pylon_lb::{Balancer, RoundRobin};
+use pylon_config::model::{HashKey, LbPolicy};
+use pylon_lb::{Algorithm, Balancer, Endpoints};
 
 /// A cluster ready to take requests.
 pub struct ClusterRuntime {
@@ -20,7 +22,47 @@ pub struct ClusterRuntime {
     pub host_header: HostHeader,
     pub response_timeout: Duration,
     pub endpoints: Vec<Arc<EndpointPool>>,
+    /// Live state per endpoint (availability, in flight, latency), index-aligned with
+    /// `endpoints`.
+    pub state: Endpoints,
     balancer: Box<dyn Balancer>,
+    /// The hash key, for `ring_hash` and `maglev` clusters.
+    pub hash_key: Option<HashKey>,
+}
+
+/// One request's claim on an endpoint: counted in flight until dropped, when the
+/// latency to its response head (if any) feeds the endpoint's average.
+pub struct EndpointLease {
+    cluster: Arc<ClusterRuntime>,
+    index: usize,
+    latency: Option<Duration>,
+}
+
+impl EndpointLease {
+    pub fn endpoint(&self) -> &Arc<EndpointPool> {
+        &self.cluster.endpoints[self.index]
+    }
+
+    pub fn record_latency(&mut self, d: Duration) {
+        self.latency = Some(d);
+    }
+}
+
+impl Drop for EndpointLease {
+    fn drop(&mut self) {
+        self.cluster.state.end(self.index, self.latency);
+    }
+}
+
+fn algorithm(p: LbPolicy) -> Algorithm {
+    match p {
+        LbPolicy::RoundRobin => Algorithm::RoundRobin,
+        LbPolicy::LeastConnections => Algorithm::LeastConnections,
+        LbPolicy::LeastRequest => Algorithm::LeastRequest,
+        LbPolicy::Random => Algorithm::Random,
+        LbPolicy::RingHash => Algorithm::RingHash,
+        LbPolicy::Maglev => Algorithm::Maglev,
+    }
 }
 
 impl ClusterRuntime {
@@ -36,21 +78,31 @@ impl ClusterRuntime {
             .map(|e| Arc::new(EndpointPool::new(e.address, c, tls.clone())))
             .collect();
         let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
+        let ids: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
         let cluster = Arc::new(ClusterRuntime {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
             host_header: c.host_header,
             response_timeout: c.response_timeout,
             endpoints,
-            balancer: Box::new(RoundRobin::new(&weights)),
+            state: Endpoints::new(&weights),
+            balancer: algorithm(c.lb).build(&weights, &ids),
+            hash_key: c.lb.uses_key().then(|| c.hash_key.clone()),
         });
         spawn_sweeper(Arc::downgrade(&cluster), c.pool.idle_timeout);
         Ok(cluster)
     }
 
-    /// The endpoint for the next request.
-    pub fn pick(&self) -> Option<&Arc<EndpointPool>> {
-        self.balancer.pick().and_then(|i| self.endpoints.get(i))
+    /// The endpoint for the next request, counted in flight until the lease drops.
+    pub fn pick(self: &Arc<Self>, key: Option<u64>) -> Option<EndpointLease> {
+        let index = self.balancer.pick(&self.state, key)?;
+        self.endpoints.get(index)?;
+        self.state.begin(index);
+        Some(EndpointLease {
+            cluster: Arc::clone(self),
+            index,
+            latency: None,
+        })
     }
 }
 
