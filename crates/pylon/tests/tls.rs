@@ -44,6 +44,32 @@ respond = {{ body = "secure" }}
     )
 }
 
+/// An https listener `tls` with client certificates from `clients` in `mode`, followed
+/// by `rest` (routes and clusters).
+fn mtls_config(server: &Pem, clients: &TestCa, mode: &str, rest: &str) -> String {
+    let dir = temp_dir();
+    let (cert, key) = server.write(&dir, "leaf");
+    let client_ca = dir.join("client-ca.pem");
+    std::fs::write(&client_ca, clients.cert_pem()).unwrap();
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+client_auth = "{mode}"
+client_ca = "{}"
+{rest}
+"#,
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    )
+}
+
 fn get_req(host: &str) -> Request<ClientBody> {
     Request::get(format!("https://{host}/"))
         .header("host", host)
@@ -252,36 +278,13 @@ async fn minimum_version_and_untrusted_or_expired_certificates_fail_the_handshak
 async fn client_certificates_required_and_forwarded_as_identity_headers() {
     let ca = TestCa::new("Server CA");
     let clients = TestCa::new("Client CA");
-    let dir = temp_dir();
     let leaf = ca.server(&["m.test"]);
-    let (lc, lk) = leaf.write(&dir, "leaf");
-    let client_ca = dir.join("client-ca.pem");
-    std::fs::write(&client_ca, clients.cert_pem()).unwrap();
     let origin = Origin::echo().await;
-    let cfg = |mode: &str| {
-        format!(
-            r#"
-access_log = {{ enabled = false }}
-[[listeners]]
-name = "tls"
-bind = "127.0.0.1:0"
-protocol = "https"
-[listeners.tls]
-certificates = [{{ cert = "{}", key = "{}" }}]
-client_auth = "{mode}"
-client_ca = "{}"
-[[routes]]
-cluster = "c"
-[[clusters]]
-name = "c"
-endpoints = ["{}"]
-"#,
-            lc.display(),
-            lk.display(),
-            client_ca.display(),
-            origin.addr
-        )
-    };
+    let rest = format!(
+        "[[routes]]\ncluster = \"c\"\n[[clusters]]\nname = \"c\"\nendpoints = [\"{}\"]",
+        origin.addr
+    );
+    let cfg = |mode: &str| mtls_config(&leaf, &clients, mode, &rest);
     let required = TestProxy::start(&cfg("required")).await;
     let alice = clients.client("alice", "alice.clients.test");
 
@@ -560,33 +563,16 @@ tls = {{ certificates = [{{ cert = "missing.pem", key = "{k2}" }}] }}
 async fn routes_match_on_the_client_certificate() {
     let ca = TestCa::new("Route CA");
     let clients = TestCa::new("Route client CA");
-    let dir = temp_dir();
-    let (lc, lk) = ca.server(&["r.test"]).write(&dir, "leaf");
-    let client_ca = dir.join("client-ca.pem");
-    std::fs::write(&client_ca, clients.cert_pem()).unwrap();
-    let cfg = format!(
-        r#"
-access_log = {{ enabled = false }}
-[[listeners]]
-name = "tls"
-bind = "127.0.0.1:0"
-protocol = "https"
-[listeners.tls]
-certificates = [{{ cert = "{}", key = "{}" }}]
-client_auth = "optional"
-client_ca = "{}"
+    let rest = r#"
 [[routes]]
 path = "/admin"
 client_cert_dns = "alice.clients.test"
-respond = {{ body = "admin for alice" }}
+respond = { body = "admin for alice" }
 [[routes]]
 path = "/admin"
-respond = {{ status = 403, body = "forbidden" }}
-"#,
-        lc.display(),
-        lk.display(),
-        client_ca.display()
-    );
+respond = { status = 403, body = "forbidden" }
+"#;
+    let cfg = mtls_config(&ca.server(&["r.test"]), &clients, "optional", rest);
     let p = TestProxy::start(&cfg).await;
     let admin = || Request::get("https://r.test/admin").body(empty()).unwrap();
     let alice = clients.client("alice", "alice.clients.test");
