@@ -480,6 +480,37 @@ pub struct Cluster {
     pub host_header: HostHeader,
     pub pool: Pool,
     pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checking of a cluster's endpoints (`[clusters.health_check]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Up to this much random delay is added to each interval.
+    pub jitter: Duration,
+    /// Consecutive successes that bring an unhealthy endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy endpoint out.
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// The TCP (and TLS, for TLS clusters) connection opens.
+    Tcp,
+    /// An HTTP/1.1 request gets an expected status (and body substring).
+    Http {
+        method: String,
+        path: String,
+        /// `Host` header; default: the endpoint address.
+        host: Option<String>,
+        /// Empty means any 2xx.
+        expected_statuses: Vec<u16>,
+        body_contains: Option<String>,
+    },
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -139,6 +139,24 @@ pub struct RawCluster {
     pub host_header: Option<Spanned<String>>,
     pub pool: Option<RawPool>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// `"tcp"` or `"http"`.
+    pub kind: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub jitter: Option<Spanned<String>>,
+    pub healthy_threshold: Option<Spanned<u32>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    pub method: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expected_statuses: Option<Spanned<Vec<u16>>>,
+    pub body_contains: Option<String>,
 }
 
 /// An endpoint: `"127.0.0.1:8081"` or `{ address = "127.0.0.1:8081", weight = 2 }`.

@@ -667,6 +667,97 @@ fn upstream_tls(t: Spanned<RawUpstreamTls>, ctx: &Ctx<'_, '_>, p: &mut Problems)
     }
 }
 
+fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
+    let h = h.into_inner();
+    let kind_name = h.kind.as_ref().map(|k| k.get_ref().as_str());
+    let http_keys = h.method.is_some()
+        || h.path.is_some()
+        || h.host.is_some()
+        || h.expected_statuses.is_some()
+        || h.body_contains.is_some();
+    let kind = match kind_name {
+        Some("tcp") => {
+            if http_keys && let Some(k) = &h.kind {
+                p.at(
+                    k,
+                    "method, path, host, expected_statuses and body_contains need kind = \"http\"",
+                );
+            }
+            HealthCheckKind::Tcp
+        }
+        None | Some("http") => {
+            let path = h
+                .path
+                .as_ref()
+                .map_or("/".to_owned(), |s| s.get_ref().clone());
+            if let Some(s) = &h.path
+                && !s.get_ref().starts_with('/')
+            {
+                p.at(s, "path must start with '/'");
+            }
+            let method = h
+                .method
+                .as_ref()
+                .map_or("GET".to_owned(), |m| m.get_ref().to_ascii_uppercase());
+            if let Some(m) = &h.method
+                && !http_token(m.get_ref())
+            {
+                p.at(m, format!("invalid method \"{}\"", m.get_ref()));
+            }
+            let expected_statuses = h
+                .expected_statuses
+                .as_ref()
+                .map_or(Vec::new(), |v| v.get_ref().clone());
+            if let Some(v) = &h.expected_statuses
+                && v.get_ref().iter().any(|s| !(100..=599).contains(s))
+            {
+                p.at(v, "expected statuses must be between 100 and 599");
+            }
+            HealthCheckKind::Http {
+                method,
+                path,
+                host: h.host.as_ref().map(|s| s.get_ref().clone()),
+                expected_statuses,
+                body_contains: h.body_contains.clone(),
+            }
+        }
+        Some(other) => {
+            if let Some(k) = &h.kind {
+                p.at(
+                    k,
+                    format!("unknown health check kind \"{other}\", expected tcp or http"),
+                );
+            }
+            HealthCheckKind::Tcp
+        }
+    };
+    let threshold = |v: &Option<Spanned<u32>>, default: u32, p: &mut Problems| match v {
+        Some(n) if *n.get_ref() == 0 => {
+            p.at(n, "a threshold must be at least 1");
+            default
+        }
+        Some(n) => *n.get_ref(),
+        None => default,
+    };
+    let interval = duration(&h.interval, Duration::from_secs(5), p);
+    let timeout = duration(&h.timeout, Duration::from_secs(2), p);
+    let jitter = match &h.jitter {
+        None => Duration::ZERO,
+        Some(j) => parse_duration(j.get_ref()).unwrap_or_else(|e| {
+            p.at(j, e);
+            Duration::ZERO
+        }),
+    };
+    HealthCheck {
+        kind,
+        interval,
+        timeout,
+        jitter,
+        healthy_threshold: threshold(&h.healthy_threshold, 2, p),
+        unhealthy_threshold: threshold(&h.unhealthy_threshold, 3, p),
+    }
+}
+
 fn cluster(
     r: RawCluster,
     ctx: &Ctx<'_, '_>,
@@ -729,6 +820,7 @@ fn cluster(
         );
     }
     let tls = r.tls.map(|t| upstream_tls(t, ctx, p));
+    let health_check = r.health_check.map(|h| health_check(h, p));
     let lb = match r.lb.as_ref() {
         None => LbPolicy::RoundRobin,
         Some(s) => LbPolicy::from_name(s.get_ref()).unwrap_or_else(|| {
@@ -812,6 +904,7 @@ fn cluster(
         host_header,
         pool,
         tls,
+        health_check,
     })
 }
 

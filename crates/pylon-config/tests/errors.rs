@@ -316,3 +316,52 @@ hash_key = "header:"
     assert_eq!(c.clusters[0].lb, LbPolicy::Maglev);
     assert_eq!(c.clusters[0].hash_key, HashKey::Cookie("session".into()));
 }
+
+#[test]
+fn health_checks_are_checked() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "ok"
+endpoints = ["127.0.0.1:1"]
+health_check = { path = "/healthz", expected_statuses = [200, 204], interval = "2s" }
+
+[[clusters]]
+name = "bad"
+endpoints = ["127.0.0.1:1"]
+health_check = { kind = "tcp", path = "/x", unhealthy_threshold = 0 }
+
+[[clusters]]
+name = "worse"
+endpoints = ["127.0.0.1:1"]
+health_check = { kind = "icmp", expected_statuses = [700] }
+"#;
+    let e = errors(text).join("\n");
+    for want in [
+        "clusters[1].health_check.kind: method, path, host, expected_statuses and body_contains need kind = \"http\"",
+        "clusters[1].health_check.unhealthy_threshold: a threshold must be at least 1",
+        "clusters[2].health_check.kind: unknown health check kind \"icmp\"",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+    let ok = text.split("[[clusters]]\nname = \"bad\"").next().unwrap();
+    let c = parse(ok, "t.toml").expect("valid");
+    let hc = c.clusters[0].health_check.as_ref().unwrap();
+    assert_eq!(hc.interval.as_secs(), 2);
+    assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (2, 3));
+    match &hc.kind {
+        HealthCheckKind::Http {
+            path,
+            expected_statuses,
+            method,
+            ..
+        } => {
+            assert_eq!((path.as_str(), method.as_str()), ("/healthz", "GET"));
+            assert_eq!(expected_statuses, &vec![200, 204]);
+        }
+        k => panic!("{k:?}"),
+    }
+}

@@ -10,6 +10,11 @@ mod state;
 
 pub use hash::{Maglev, RingHash, hash_key};
 pub use least::{LeastConnections, LeastRequest, Random};
+
+/// A fast per-thread pseudo-random number (not for cryptography): for jitter and sampling.
+pub fn random_u64() -> u64 {
+    least::random()
+}
 pub use round_robin::RoundRobin;
 pub use state::{EndpointState, Endpoints};
 

@@ -4,6 +4,7 @@
 //! [`Proxy::shutdown`] stops accepting and drains.
 
 mod conn;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod observe;
@@ -199,6 +200,14 @@ impl Proxy {
             }
         }
         errors
+    }
+
+    /// Whether the endpoint `addr` of `cluster` is in rotation (health checks, ejection).
+    pub fn endpoint_available(&self, cluster: &str, addr: SocketAddr) -> Option<bool> {
+        let rt = self.runtime.load();
+        let c = rt.clusters.get(cluster)?;
+        let i = c.endpoints.iter().position(|e| e.address == addr)?;
+        Some(c.state.is_available(i))
     }
 
     /// Client connections now open.

@@ -5,6 +5,7 @@ mod pool;
 pub use pool::{EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct ClusterRuntime {
     balancer: Box<dyn Balancer>,
     /// The hash key, for `ring_hash` and `maglev` clusters.
     pub hash_key: Option<HashKey>,
+    /// Endpoint health changes so far (in and out of rotation).
+    pub health_changes: AtomicU64,
 }
 
 /// One request's claim on an endpoint: counted in flight until dropped, when the
@@ -88,7 +91,11 @@ impl ClusterRuntime {
             state: Endpoints::new(&weights),
             balancer: algorithm(c.lb).build(&weights, &ids),
             hash_key: c.lb.uses_key().then(|| c.hash_key.clone()),
+            health_changes: AtomicU64::new(0),
         });
+        if let Some(hc) = &c.health_check {
+            crate::health::spawn(&cluster, hc);
+        }
         spawn_sweeper(Arc::downgrade(&cluster), c.pool.idle_timeout);
         Ok(cluster)
     }

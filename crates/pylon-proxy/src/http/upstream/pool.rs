@@ -129,7 +129,7 @@ impl EndpointPool {
 
     /// TCP connect, then the TLS handshake for TLS clusters, all within the connect
     /// timeout.
-    async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
+    pub(crate) async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
         let connect = async {
             let stream = TcpStream::connect(self.address)
                 .await

@@ -1,0 +1,163 @@
+//! Active health checks: TCP connects and HTTP requests per endpoint, on an interval with
+//! jitter, moving endpoints in and out of rotation (`pylon_lb::Endpoints`) after
+//! consecutive failures or successes. Every change is logged and counted.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pylon_config::model::{HealthCheck, HealthCheckKind, UpstreamProtocol};
+
+use crate::http::body::RequestBody;
+use crate::http::upstream::{ClusterRuntime, EndpointPool};
+
+/// Largest response body read to look for `body_contains`.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Starts one checking task per endpoint; each ends when the cluster is dropped.
+pub fn spawn(cluster: &Arc<ClusterRuntime>, hc: &HealthCheck) {
+    for index in 0..cluster.endpoints.len() {
+        tokio::spawn(run(Arc::downgrade(cluster), index, hc.clone()));
+    }
+}
+
+async fn run(cluster: Weak<ClusterRuntime>, index: usize, hc: HealthCheck) {
+    let mut successes = 0u32;
+    let mut failures = 0u32;
+    let mut first = true;
+    loop {
+        let (endpoint, protocol) = match cluster.upgrade() {
+            Some(c) => (Arc::clone(&c.endpoints[index]), c.protocol),
+            None => return,
+        };
+        let outcome = tokio::time::timeout(hc.timeout, check(&endpoint, protocol, &hc.kind)).await;
+        let result = match outcome {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", hc.timeout)),
+        };
+        let Some(c) = cluster.upgrade() else { return };
+        match &result {
+            Ok(()) => {
+                successes += 1;
+                failures = 0;
+            }
+            Err(_) => {
+                failures += 1;
+                successes = 0;
+            }
+        }
+        let available = c.state.is_available(index);
+        // The first result decides at once: a dead endpoint is not tried by traffic first.
+        let change = if available {
+            (result.is_err() && (first || failures >= hc.unhealthy_threshold)).then_some(false)
+        } else {
+            (result.is_ok() && successes >= hc.healthy_threshold).then_some(true)
+        };
+        first = false;
+        if let Some(up) = change {
+            c.state.set_available(index, up);
+            c.health_changes.fetch_add(1, Ordering::Relaxed);
+            match &result {
+                Ok(()) => tracing::info!(
+                    cluster = %c.name,
+                    endpoint = %endpoint.address,
+                    "endpoint healthy: back in rotation"
+                ),
+                Err(e) => tracing::warn!(
+                    cluster = %c.name,
+                    endpoint = %endpoint.address,
+                    reason = %e,
+                    "endpoint unhealthy: out of rotation"
+                ),
+            }
+        }
+        drop(c);
+        tokio::time::sleep(hc.interval + jitter(hc.jitter)).await;
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let nanos = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Duration::from_nanos(pylon_lb::random_u64() % nanos)
+}
+
+async fn check(
+    endpoint: &EndpointPool,
+    protocol: UpstreamProtocol,
+    kind: &HealthCheckKind,
+) -> Result<(), String> {
+    let io = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let HealthCheckKind::Http {
+        method,
+        path,
+        host,
+        expected_statuses,
+        body_contains,
+    } = kind
+    else {
+        return Ok(());
+    };
+    let host = host.clone().unwrap_or_else(|| endpoint.address.to_string());
+    let h2 = matches!(protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2);
+    let uri = if h2 {
+        let scheme = if protocol == UpstreamProtocol::H2 {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}{path}")
+    } else {
+        path.clone()
+    };
+    let mut req = Request::builder()
+        .method(method.as_str())
+        .uri(uri)
+        .header(http::header::USER_AGENT, "pylon-health-check");
+    if !h2 {
+        req = req.header(http::header::HOST, host.as_str());
+    }
+    let req = req.body(RequestBody::Empty).map_err(|e| e.to_string())?;
+    let resp = if h2 {
+        let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        tx.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut tx, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        tx.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let status_ok = if expected_statuses.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        expected_statuses.contains(&status)
+    };
+    if !status_ok {
+        return Err(format!("status {status}"));
+    }
+    if let Some(needle) = body_contains {
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        if !body
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes())
+        {
+            return Err(format!("body does not contain {needle:?}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Active health checks: endpoints leave rotation after failing checks and come back
+//! after passing ones; traffic only goes to healthy endpoints; none healthy → 503.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use http::Request;
+use pylon_testkit::*;
+
+/// An origin answering its name, and `/healthz` with a status (and body) the test sets.
+async fn switchable(name: &'static str) -> (Origin, Arc<AtomicU16>) {
+    let status = Arc::new(AtomicU16::new(200));
+    let s = Arc::clone(&status);
+    let origin = Origin::start(move |req: Request<hyper::body::Incoming>| {
+        let s = Arc::clone(&s);
+        async move {
+            if req.uri().path() == "/healthz" {
+                let code = s.load(Ordering::SeqCst);
+                let body = if code == 299 {
+                    "status: degraded"
+                } else {
+                    "status: ok"
+                };
+                let code = if code == 299 { 200 } else { code };
+                http::Response::builder()
+                    .status(code)
+                    .body(full(body))
+                    .unwrap()
+            } else {
+                http::Response::new(full(name))
+            }
+        }
+    })
+    .await;
+    (origin, status)
+}
+
+fn config(endpoints: &[SocketAddr], check: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = [{}]
+[clusters.health_check]
+interval = "50ms"
+timeout = "500ms"
+healthy_threshold = 2
+unhealthy_threshold = 2
+{check}
+"#,
+        eps.join(", ")
+    )
+}
+
+async fn all_from(p: &TestProxy, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let a = get(p.addr("front"), "/").await;
+        assert_eq!(a.status.as_u16(), 200, "{a:?}");
+        out.push(a.text());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_take_endpoints_out_and_bring_them_back() {
+    let (a, a_status) = switchable("a").await;
+    let (b, _) = switchable("b").await;
+    let p = TestProxy::start(&config(
+        &[a.addr, b.addr],
+        "kind = \"http\"\npath = \"/healthz\"",
+    ))
+    .await;
+    eventually("checks ran", || a.request_count() >= 2).await;
+    assert!(all_from(&p, 4).await.contains(&"a".to_string()));
+
+    a_status.store(503, Ordering::SeqCst);
+    eventually("a out of rotation", || {
+        p.proxy.endpoint_available("c", a.addr) == Some(false)
+    })
+    .await;
+    assert!(
+        all_from(&p, 20).await.iter().all(|n| n == "b"),
+        "no traffic to the unhealthy endpoint"
+    );
+
+    a_status.store(200, Ordering::SeqCst);
+    eventually("a back in rotation", || {
+        p.proxy.endpoint_available("c", a.addr) == Some(true)
+    })
+    .await;
+    assert!(all_from(&p, 4).await.contains(&"a".to_string()));
+
+    // A body that lacks the expected text fails the check too.
+    let p2 = TestProxy::start(&config(
+        &[a.addr, b.addr],
+        "kind = \"http\"\npath = \"/healthz\"\nbody_contains = \"status: ok\"",
+    ))
+    .await;
+    a_status.store(299, Ordering::SeqCst); // 200 with "status: degraded"
+    eventually("degraded a out", || {
+        p2.proxy.endpoint_available("c", a.addr) == Some(false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_notice_a_stopped_origin_and_none_left_is_503() {
+    let (a, _) = switchable("a").await;
+    let (b, _) = switchable("b").await;
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let p = TestProxy::start(&config(&[a_addr, b_addr], "kind = \"tcp\"")).await;
+    drop(a); // the origin stops listening
+    eventually("stopped origin out", || {
+        p.proxy.endpoint_available("c", a_addr) == Some(false)
+    })
+    .await;
+    assert!(all_from(&p, 20).await.iter().all(|n| n == "b"));
+
+    drop(b);
+    eventually("both out", || {
+        p.proxy.endpoint_available("c", b_addr) == Some(false)
+    })
+    .await;
+    let r = get(p.addr("front"), "/").await;
+    assert_eq!(r.status.as_u16(), 503);
+    assert_eq!(r.header("x-pylon-error"), Some("no_endpoint"));
+}
