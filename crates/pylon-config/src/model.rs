@@ -481,6 +481,19 @@ pub struct Cluster {
     pub pool: Pool,
     pub tls: Option<UpstreamTls>,
     pub health_check: Option<HealthCheck>,
+    /// Passive health: ejection after consecutive failed requests; off when `None`.
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Passive health checking (`[clusters.outlier_detection]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    /// Consecutive failed requests (5xx answers, connect failures, resets, timeouts).
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times as long (up to 10x).
+    pub base_ejection_time: Duration,
+    /// At most this percentage of the cluster's endpoints is ejected at once.
+    pub max_ejection_percent: u32,
 }
 
 /// Active health checking of a cluster's endpoints (`[clusters.health_check]`).

@@ -140,6 +140,15 @@ pub struct RawCluster {
     pub pool: Option<RawPool>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    pub consecutive_failures: Option<Spanned<u32>>,
+    pub base_ejection_time: Option<Spanned<String>>,
+    pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

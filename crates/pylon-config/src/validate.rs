@@ -821,6 +821,29 @@ fn cluster(
     }
     let tls = r.tls.map(|t| upstream_tls(t, ctx, p));
     let health_check = r.health_check.map(|h| health_check(h, p));
+    let outlier_detection = r.outlier_detection.map(|o| {
+        let consecutive_failures = match &o.consecutive_failures {
+            Some(n) if *n.get_ref() == 0 => {
+                p.at(n, "consecutive_failures must be at least 1");
+                5
+            }
+            Some(n) => *n.get_ref(),
+            None => 5,
+        };
+        let max_ejection_percent = match &o.max_ejection_percent {
+            Some(n) if *n.get_ref() > 100 => {
+                p.at(n, "max_ejection_percent is a percentage: 0 to 100");
+                50
+            }
+            Some(n) => *n.get_ref(),
+            None => 50,
+        };
+        OutlierDetection {
+            consecutive_failures,
+            base_ejection_time: duration(&o.base_ejection_time, Duration::from_secs(30), p),
+            max_ejection_percent,
+        }
+    });
     let lb = match r.lb.as_ref() {
         None => LbPolicy::RoundRobin,
         Some(s) => LbPolicy::from_name(s.get_ref()).unwrap_or_else(|| {
@@ -905,6 +928,7 @@ fn cluster(
         pool,
         tls,
         health_check,
+        outlier_detection,
     })
 }
 

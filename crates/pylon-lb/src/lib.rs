@@ -16,7 +16,7 @@ pub fn random_u64() -> u64 {
     least::random()
 }
 pub use round_robin::RoundRobin;
-pub use state::{EndpointState, Endpoints};
+pub use state::{EndpointState, Endpoints, OutlierPolicy};
 
 /// Picks an endpoint index for each request.
 pub trait Balancer: Send + Sync {

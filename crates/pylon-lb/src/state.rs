@@ -1,7 +1,7 @@
 //! Live endpoint state shared by balancers, health checks and the request path:
 //! availability, requests in flight and a peak-EWMA of response latency.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Decay time of the latency average.
@@ -16,6 +16,23 @@ pub struct EndpointState {
     ewma_ns: AtomicU64,
     /// When `ewma_ns` was last updated, nanoseconds since `Endpoints::epoch`.
     ewma_at: AtomicU64,
+    /// Passive health: consecutive failed requests, and the ejection in force.
+    consecutive_failures: AtomicU32,
+    /// Nanoseconds since `Endpoints::epoch` until which the endpoint is ejected; 0: not.
+    ejected_until: AtomicU64,
+    /// How many times it has been ejected (the ejection time grows with it).
+    ejections: AtomicU32,
+}
+
+/// Passive health (outlier detection) settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive failures (5xx, connect failure, reset, timeout) that eject.
+    pub consecutive_failures: u32,
+    /// Ejection time, multiplied by the number of times the endpoint was ejected.
+    pub base_ejection: Duration,
+    /// At most this percentage of the endpoints is ejected at once.
+    pub max_ejection_percent: u32,
 }
 
 /// The endpoints of one cluster, in configuration order.
@@ -37,6 +54,9 @@ impl Endpoints {
                     in_flight: AtomicU64::new(0),
                     ewma_ns: AtomicU64::new(0),
                     ewma_at: AtomicU64::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
                 })
                 .collect(),
         }
@@ -54,10 +74,52 @@ impl Endpoints {
         self.states.get(i)
     }
 
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// In rotation: healthy (active checks) and not ejected (passive).
     pub fn is_available(&self, i: usize) -> bool {
-        self.states
-            .get(i)
-            .is_some_and(|s| s.available.load(Ordering::Relaxed))
+        self.states.get(i).is_some_and(|s| {
+            s.available.load(Ordering::Relaxed) && {
+                let until = s.ejected_until.load(Ordering::Relaxed);
+                until == 0 || self.now() >= until
+            }
+        })
+    }
+
+    /// Whether the endpoint is ejected by outlier detection now.
+    pub fn is_ejected(&self, i: usize) -> bool {
+        self.states.get(i).is_some_and(|s| {
+            let until = s.ejected_until.load(Ordering::Relaxed);
+            until != 0 && self.now() < until
+        })
+    }
+
+    /// Records a request's outcome for outlier detection. Returns the ejection time when
+    /// this outcome ejected the endpoint.
+    pub fn record_outcome(&self, i: usize, ok: bool, policy: &OutlierPolicy) -> Option<Duration> {
+        let s = self.states.get(i)?;
+        if ok {
+            s.consecutive_failures.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let failures = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < policy.consecutive_failures || self.is_ejected(i) {
+            return None;
+        }
+        let ejected = (0..self.len()).filter(|&j| self.is_ejected(j)).count();
+        if (ejected + 1) * 100 > self.len() * policy.max_ejection_percent as usize {
+            return None;
+        }
+        let times = s.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = policy.base_ejection.saturating_mul(times.min(10));
+        s.ejected_until.store(
+            self.now() + duration.as_nanos().min(u128::from(u64::MAX / 2)) as u64,
+            Ordering::Relaxed,
+        );
+        s.consecutive_failures.store(0, Ordering::Relaxed);
+        Some(duration)
     }
 
     /// Marks an endpoint in or out of rotation (health checks, outlier ejection).
@@ -114,5 +176,42 @@ impl Endpoints {
         self.states
             .get(i)
             .map_or(0, |s| s.ewma_ns.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_failures_eject_for_a_growing_time_within_the_cap() {
+        let eps = Endpoints::new(&[1, 1, 1, 1]);
+        let policy = OutlierPolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        };
+        assert_eq!(eps.record_outcome(0, false, &policy), None);
+        assert_eq!(
+            eps.record_outcome(0, true, &policy),
+            None,
+            "a success resets the count"
+        );
+        assert_eq!(eps.record_outcome(0, false, &policy), None);
+        assert_eq!(eps.record_outcome(0, false, &policy), None);
+        assert_eq!(
+            eps.record_outcome(0, false, &policy),
+            Some(Duration::from_secs(30))
+        );
+        assert!(!eps.is_available(0));
+        for _ in 0..3 {
+            eps.record_outcome(1, false, &policy);
+        }
+        assert!(eps.is_ejected(1));
+        // 2 of 4 ejected is the 50% cap: a third is not ejected.
+        for _ in 0..5 {
+            assert_eq!(eps.record_outcome(2, false, &policy), None);
+        }
+        assert!(eps.is_available(2));
     }
 }

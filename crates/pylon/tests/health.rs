@@ -136,3 +136,55 @@ async fn tcp_checks_notice_a_stopped_origin_and_none_left_is_503() {
     assert_eq!(r.status.as_u16(), 503);
     assert_eq!(r.header("x-pylon-error"), Some("no_endpoint"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_answering_503_is_ejected_and_comes_back() {
+    let (a, a_status) = switchable("a").await;
+    let (b, _) = switchable("b").await;
+    // `a` answers every request with its /healthz status (here: the whole origin fails).
+    let failing = Origin::start({
+        let s = Arc::clone(&a_status);
+        move |_req: Request<hyper::body::Incoming>| {
+            let s = Arc::clone(&s);
+            async move {
+                http::Response::builder()
+                    .status(s.load(Ordering::SeqCst))
+                    .body(full("a"))
+                    .unwrap()
+            }
+        }
+    })
+    .await;
+    drop(a);
+    let eps = [failing.addr, b.addr];
+    let cfg = config(&eps, "").replace(
+        "[clusters.health_check]\ninterval = \"50ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n",
+        "[clusters.outlier_detection]\nconsecutive_failures = 3\nbase_ejection_time = \"300ms\"\n",
+    );
+    let p = TestProxy::start(&cfg).await;
+    a_status.store(503, Ordering::SeqCst);
+    // Round robin sends every other request to the failing origin until it is ejected.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(p.addr("front"), "/").await.status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        p.proxy.endpoint_available("c", failing.addr),
+        Some(false),
+        "ejected"
+    );
+    assert!(all_from(&p, 10).await.iter().all(|n| n == "b"));
+
+    // It recovers; once the ejection time is over it gets traffic again.
+    a_status.store(200, Ordering::SeqCst);
+    eventually("ejection over", || {
+        p.proxy.endpoint_available("c", failing.addr) == Some(true)
+    })
+    .await;
+    assert!(all_from(&p, 4).await.contains(&"a".to_string()));
+}

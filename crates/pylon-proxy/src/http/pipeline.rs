@@ -441,6 +441,14 @@ async fn proxy(
     if result.is_ok() {
         lease.record_latency(took);
     }
+    let client_caused = ex.meter.as_deref().is_some_and(|m| {
+        m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
+    });
+    match &result {
+        Ok((resp, _)) => lease.report(!resp.status().is_server_error()),
+        Err(_) if !client_caused => lease.report(false),
+        Err(_) => {}
+    }
     ex.lease = Some(lease);
     match result {
         Ok((resp, pooled)) => {

@@ -5,7 +5,7 @@ mod pool;
 pub use pool::{EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use pylon_config::model::{self, HostHeader, UpstreamProtocol};
 
 use crate::tls::upstream::TlsConnector;
 use pylon_config::model::{HashKey, LbPolicy};
-use pylon_lb::{Algorithm, Balancer, Endpoints};
+use pylon_lb::{Algorithm, Balancer, Endpoints, OutlierPolicy};
 
 /// A cluster ready to take requests.
 pub struct ClusterRuntime {
@@ -31,6 +31,10 @@ pub struct ClusterRuntime {
     pub hash_key: Option<HashKey>,
     /// Endpoint health changes so far (in and out of rotation).
     pub health_changes: AtomicU64,
+    /// Passive health checking, when configured.
+    outlier: Option<OutlierPolicy>,
+    /// Ejections by outlier detection so far.
+    pub ejections: AtomicU64,
 }
 
 /// One request's claim on an endpoint: counted in flight until dropped, when the
@@ -48,6 +52,22 @@ impl EndpointLease {
 
     pub fn record_latency(&mut self, d: Duration) {
         self.latency = Some(d);
+    }
+
+    /// Feeds outlier detection with this request's outcome (`ok` false for a 5xx answer
+    /// or an upstream failure).
+    pub fn report(&self, ok: bool) {
+        let c = &self.cluster;
+        let Some(policy) = &c.outlier else { return };
+        if let Some(d) = c.state.record_outcome(self.index, ok, policy) {
+            c.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                cluster = %c.name,
+                endpoint = %c.endpoints[self.index].address,
+                ejection = ?d,
+                "endpoint ejected after consecutive failures"
+            );
+        }
     }
 }
 
@@ -92,6 +112,12 @@ impl ClusterRuntime {
             balancer: algorithm(c.lb).build(&weights, &ids),
             hash_key: c.lb.uses_key().then(|| c.hash_key.clone()),
             health_changes: AtomicU64::new(0),
+            outlier: c.outlier_detection.as_ref().map(|o| OutlierPolicy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection_time,
+                max_ejection_percent: o.max_ejection_percent,
+            }),
+            ejections: AtomicU64::new(0),
         });
         if let Some(hc) = &c.health_check {
             crate::health::spawn(&cluster, hc);
