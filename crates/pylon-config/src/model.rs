@@ -483,6 +483,29 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// Passive health: ejection after consecutive failed requests; off when `None`.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Retries; off when `None`.
+    pub retry: Option<Retry>,
+}
+
+/// Retry policy (`[clusters.retry]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Retries after the first try.
+    pub max_retries: u32,
+    /// Answers that are retried (idempotent methods only).
+    pub statuses: Vec<u16>,
+    /// Retry idempotent requests whose connection was reset or closed before an answer.
+    pub on_reset: bool,
+    /// Time to the response head allowed to each try.
+    pub per_try_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Retries in flight may be at most this percentage of the requests in flight...
+    pub budget_percent: u32,
+    /// ...or this many, whichever is larger.
+    pub budget_min_concurrent: u32,
+    /// Request bodies up to this size are kept for a retry; larger ones are not retried.
+    pub max_body_bytes: u64,
 }
 
 /// Passive health checking (`[clusters.outlier_detection]`).

@@ -141,6 +141,21 @@ pub struct RawCluster {
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub outlier_detection: Option<RawOutlierDetection>,
+    pub retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_retries: Option<u32>,
+    pub statuses: Option<Spanned<Vec<u16>>>,
+    pub on_reset: Option<bool>,
+    pub per_try_timeout: Option<Spanned<String>>,
+    pub backoff_base: Option<Spanned<String>>,
+    pub backoff_max: Option<Spanned<String>>,
+    pub budget_percent: Option<Spanned<u32>>,
+    pub budget_min_concurrent: Option<u32>,
+    pub max_body_bytes: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -821,6 +821,36 @@ fn cluster(
     }
     let tls = r.tls.map(|t| upstream_tls(t, ctx, p));
     let health_check = r.health_check.map(|h| health_check(h, p));
+    let response_timeout = duration(&r.response_timeout, DEFAULT_RESPONSE_TIMEOUT, p);
+    let retry = r.retry.map(|t| {
+        if let Some(st) = &t.statuses
+            && st.get_ref().iter().any(|s| !(500..=599).contains(s))
+        {
+            p.at(st, "retried statuses must be 5xx");
+        }
+        let budget_percent = match &t.budget_percent {
+            Some(n) if *n.get_ref() > 100 => {
+                p.at(n, "budget_percent is a percentage: 0 to 100");
+                20
+            }
+            Some(n) => *n.get_ref(),
+            None => 20,
+        };
+        Retry {
+            max_retries: t.max_retries.unwrap_or(2),
+            statuses: t
+                .statuses
+                .as_ref()
+                .map_or(vec![502, 503, 504], |s| s.get_ref().clone()),
+            on_reset: t.on_reset.unwrap_or(true),
+            per_try_timeout: duration(&t.per_try_timeout, response_timeout, p),
+            backoff_base: duration(&t.backoff_base, Duration::from_millis(25), p),
+            backoff_max: duration(&t.backoff_max, Duration::from_millis(250), p),
+            budget_percent,
+            budget_min_concurrent: t.budget_min_concurrent.unwrap_or(3),
+            max_body_bytes: size(&t.max_body_bytes, 64 * 1024, p),
+        }
+    });
     let outlier_detection = r.outlier_detection.map(|o| {
         let consecutive_failures = match &o.consecutive_failures {
             Some(n) if *n.get_ref() == 0 => {
@@ -923,12 +953,13 @@ fn cluster(
         lb,
         hash_key,
         connect_timeout: duration(&r.connect_timeout, DEFAULT_CONNECT_TIMEOUT, p),
-        response_timeout: duration(&r.response_timeout, DEFAULT_RESPONSE_TIMEOUT, p),
+        response_timeout,
         host_header,
         pool,
         tls,
         health_check,
         outlier_detection,
+        retry,
     })
 }
 

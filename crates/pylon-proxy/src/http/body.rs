@@ -30,6 +30,8 @@ pub struct BodyTooLarge(pub u64);
 /// A request body on its way to an upstream.
 pub enum RequestBody {
     Empty,
+    /// A small body kept in memory (so that a retry can send it again).
+    Full(Option<Bytes>),
     Stream {
         inner: Incoming,
         limit: u64,
@@ -47,6 +49,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Stream {
                 inner,
                 limit,
@@ -75,6 +78,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Full(b) => b.is_none(),
             RequestBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -82,6 +86,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Stream { inner, .. } => inner.size_hint(),
         }
     }

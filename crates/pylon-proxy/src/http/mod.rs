@@ -4,6 +4,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod pipeline;
+pub mod proxy;
 pub mod router;
 pub mod server_h1h2;
 pub mod upstream;

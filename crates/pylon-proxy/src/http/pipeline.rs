@@ -18,29 +18,20 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use pylon_config::model::{
-    Action, HashKey, HostHeader, RedirectAction, RespondAction, UpstreamProtocol,
-};
+use pylon_config::model::{Action, RedirectAction, RespondAction};
 
-use super::body::{Completion, RequestBody, RequestMeter, ResponseBody};
+use super::body::{Completion, RequestMeter, ResponseBody};
 use super::error::{ErrorKind, error_response};
-use super::headers::{Peer, add_forwarding, append_via, protocol_name, strip_hop_by_hop};
-use super::router::{RouteRuntime, normalize_host};
-use super::upstream::{ClusterRuntime, EndpointLease, Pooled, UpstreamError, hash_key};
+use super::headers::protocol_name;
+use super::router::normalize_host;
+use super::upstream::{EndpointLease, Pooled};
 use crate::conn::{ConnState, InFlight};
 use crate::observe::access_log::millis;
 use crate::observe::{AccessLogger, AccessRecord, Metrics};
 use crate::runtime::{ListenerRuntime, Runtime};
 use crate::tls::server::ClientIdentity;
-
-static CLIENT_CERT_SUBJECT: header::HeaderName =
-    header::HeaderName::from_static("x-client-cert-subject");
-static CLIENT_CERT_DNS: header::HeaderName = header::HeaderName::from_static("x-client-cert-dns");
-static CLIENT_CERT_FINGERPRINT: header::HeaderName =
-    header::HeaderName::from_static("x-client-cert-fingerprint");
 
 /// Process-wide services the request path reports to.
 pub struct Shared {
@@ -96,22 +87,22 @@ impl RequestIds {
 }
 
 /// What the access log needs to know about one exchange, gathered along the path.
-struct Exchange {
-    start: Instant,
-    time: SystemTime,
-    method: String,
-    authority: String,
-    path: String,
-    version: Version,
-    route: Option<Arc<str>>,
-    cluster: Option<Arc<str>>,
-    upstream: Option<SocketAddr>,
-    upstream_ms: Option<f64>,
-    request_id: Option<String>,
-    error: Option<ErrorKind>,
-    meter: Option<Arc<RequestMeter>>,
-    pooled: Option<Pooled>,
-    lease: Option<EndpointLease>,
+pub(super) struct Exchange {
+    pub(super) start: Instant,
+    pub(super) time: SystemTime,
+    pub(super) method: String,
+    pub(super) authority: String,
+    pub(super) path: String,
+    pub(super) version: Version,
+    pub(super) route: Option<Arc<str>>,
+    pub(super) cluster: Option<Arc<str>>,
+    pub(super) upstream: Option<SocketAddr>,
+    pub(super) upstream_ms: Option<f64>,
+    pub(super) request_id: Option<String>,
+    pub(super) error: Option<ErrorKind>,
+    pub(super) meter: Option<Arc<RequestMeter>>,
+    pub(super) pooled: Option<Pooled>,
+    pub(super) lease: Option<EndpointLease>,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
@@ -243,7 +234,7 @@ async fn serve(
         Action::Proxy(_) => {
             let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
             ex.cluster = Some(Arc::clone(&cluster.name));
-            proxy(req, route, cluster, listener, ctx, ex).await
+            super::proxy::proxy(req, route, cluster, listener, ctx, ex).await
         }
     }
 }
@@ -289,270 +280,6 @@ fn redirect<B>(r: &RedirectAction, req: &Request<B>, scheme: &str) -> Response<R
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// Rewrites the matched `path_prefix` with `prefix_rewrite`, keeping the query.
-fn rewrite_path(uri: &Uri, route: &RouteRuntime, rewrite: Option<&str>) -> PathAndQuery {
-    let original = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let (Some(new_prefix), pylon_config::model::PathMatch::Prefix(old_prefix)) =
-        (rewrite, &route.route.matcher.path)
-    else {
-        return original;
-    };
-    let rest = original
-        .path()
-        .strip_prefix(old_prefix.as_str())
-        .unwrap_or(original.path());
-    let mut p = String::with_capacity(new_prefix.len() + rest.len() + 16);
-    p.push_str(new_prefix);
-    if p.ends_with('/') && rest.starts_with('/') {
-        p.pop();
-    }
-    p.push_str(rest);
-    if p.is_empty() {
-        p.push('/');
-    }
-    if let Some(q) = original.query() {
-        p.push('?');
-        p.push_str(q);
-    }
-    PathAndQuery::try_from(p).unwrap_or(original)
-}
-
-/// Phase 4: send upstream and stream the answer back.
-async fn proxy(
-    req: Request<Incoming>,
-    route: &RouteRuntime,
-    cluster: &Arc<ClusterRuntime>,
-    listener: &ListenerRuntime,
-    ctx: &ConnCtx,
-    ex: &mut Exchange,
-) -> Result<Response<ResponseBody>, ErrorKind> {
-    let Action::Proxy(action) = route.action() else {
-        return Err(ErrorKind::NoRoute);
-    };
-    let key = cluster
-        .hash_key
-        .as_ref()
-        .and_then(|k| request_key(k, &req, ctx));
-    let mut lease = cluster.pick(key).ok_or(ErrorKind::NoEndpoint)?;
-    let endpoint = Arc::clone(lease.endpoint());
-    let downstream_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    // The client's authority as a header value: `Host` as sent (a cheap clone), or
-    // `:authority` for HTTP/2.
-    let client_host: Option<HeaderValue> = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
-
-    let body = if http_body::Body::is_end_stream(&body) {
-        RequestBody::Empty
-    } else {
-        let meter = Arc::new(RequestMeter::default());
-        ex.meter = Some(Arc::clone(&meter));
-        RequestBody::Stream {
-            inner: body,
-            limit: listener.config.limits.max_request_body,
-            meter,
-        }
-    };
-
-    let path = rewrite_path(&parts.uri, route, action.prefix_rewrite.as_deref());
-    let upstream_host: Option<HeaderValue> = match (&route.host_rewrite, cluster.host_header) {
-        (Some(h), _) => Some(h.clone()),
-        (None, HostHeader::Endpoint) => Some(endpoint.host_value.clone()),
-        (None, HostHeader::Preserve) => client_host.clone(),
-    };
-
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    h.remove(header::EXPECT);
-    let peer = Peer {
-        ip: ctx.client.ip(),
-        ip_value: &ctx.client_ip,
-        scheme: ctx.scheme,
-    };
-    add_forwarding(
-        h,
-        &listener.config.headers,
-        &peer,
-        client_host.as_ref(),
-        downstream_version,
-    );
-    if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id)
-        && let Ok(v) = HeaderValue::from_str(id)
-    {
-        h.insert(name.clone(), v);
-    }
-    // On TLS listeners a client never legitimately sends these: always drop its copies,
-    // and add the verified identity when forwarding is on.
-    if let Some(tls) = &listener.config.tls {
-        let id = ctx
-            .client_cert
-            .as_deref()
-            .filter(|_| tls.forward_client_cert);
-        forward_client_cert(h, id);
-    }
-    match cluster.protocol {
-        UpstreamProtocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            parts.uri = Uri::from(path);
-            match upstream_host {
-                Some(v) => {
-                    h.insert(header::HOST, v);
-                }
-                None => {
-                    h.remove(header::HOST);
-                }
-            }
-        }
-        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-            parts.version = Version::HTTP_2;
-            let host = upstream_host.unwrap_or_else(|| endpoint.host_value.clone());
-            let authority = host
-                .to_str()
-                .ok()
-                .and_then(|s| http::uri::Authority::try_from(s).ok())
-                .ok_or(ErrorKind::MalformedRequest)?;
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(if cluster.protocol == UpstreamProtocol::H2 {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            });
-            uri.authority = Some(authority);
-            uri.path_and_query = Some(path);
-            parts.uri = Uri::from_parts(uri).map_err(|_| ErrorKind::MalformedRequest)?;
-            h.remove(header::HOST);
-        }
-    }
-
-    let sent_at = Instant::now();
-    let result = endpoint
-        .send(Request::from_parts(parts, body), cluster.response_timeout)
-        .await;
-    let took = sent_at.elapsed();
-    ex.upstream = Some(endpoint.address);
-    ex.upstream_ms = Some(millis(took));
-    if result.is_ok() {
-        lease.record_latency(took);
-    }
-    let client_caused = ex.meter.as_deref().is_some_and(|m| {
-        m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
-    });
-    match &result {
-        Ok((resp, _)) => lease.report(!resp.status().is_server_error()),
-        Err(_) if !client_caused => lease.report(false),
-        Err(_) => {}
-    }
-    ex.lease = Some(lease);
-    match result {
-        Ok((resp, pooled)) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            if listener.config.headers.via {
-                append_via(&mut parts.headers, parts.version);
-            }
-            parts.version = downstream_version;
-            ex.pooled = pooled;
-            Ok(Response::from_parts(parts, ResponseBody::stream(body)))
-        }
-        Err(e) => Err(classify(&e, ex.meter.as_deref(), cluster, ctx)),
-    }
-}
-
-/// The hash-balancing key of a request; `None` when the request lacks it (then the
-/// balancer spreads it at random).
-fn request_key<B>(k: &HashKey, req: &Request<B>, ctx: &ConnCtx) -> Option<u64> {
-    match k {
-        HashKey::ClientIp => Some(hash_key(ctx.client_ip.as_bytes())),
-        HashKey::Path => Some(hash_key(req.uri().path().as_bytes())),
-        HashKey::Header(name) => req
-            .headers()
-            .get(name.as_str())
-            .map(|v| hash_key(v.as_bytes())),
-        HashKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
-        HashKey::Query(name) => req
-            .uri()
-            .query()?
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
-    }
-}
-
-/// Replaces any client-sent `x-client-cert-*` headers with the verified identity.
-fn forward_client_cert(h: &mut http::HeaderMap, id: Option<&ClientIdentity>) {
-    for n in [
-        &CLIENT_CERT_SUBJECT,
-        &CLIENT_CERT_DNS,
-        &CLIENT_CERT_FINGERPRINT,
-    ] {
-        h.remove(n);
-    }
-    let Some(id) = id else { return };
-    let values = [
-        (&CLIENT_CERT_SUBJECT, id.subject.clone()),
-        (&CLIENT_CERT_DNS, id.dns_names.join(",")),
-        (&CLIENT_CERT_FINGERPRINT, id.fingerprint.clone()),
-    ];
-    for (name, value) in values {
-        if !value.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&value)
-        {
-            h.insert(name.clone(), v);
-        }
-    }
-}
-
-/// Maps an upstream failure to the answer the client gets.
-fn classify(
-    e: &UpstreamError,
-    meter: Option<&RequestMeter>,
-    cluster: &ClusterRuntime,
-    ctx: &ConnCtx,
-) -> ErrorKind {
-    if let Some(m) = meter {
-        if m.too_large.load(Ordering::Relaxed) {
-            return ErrorKind::BodyTooLarge;
-        }
-        if m.client_error.load(Ordering::Relaxed) {
-            return ErrorKind::ClientAborted;
-        }
-    }
-    let kind = match e {
-        UpstreamError::Connect(..) => ErrorKind::ConnectFailed,
-        UpstreamError::ConnectTimeout(_) => ErrorKind::ConnectTimeout,
-        UpstreamError::Tls(..) => ErrorKind::UpstreamTls,
-        UpstreamError::Handshake(..) => ErrorKind::UpstreamInvalid,
-        UpstreamError::ResponseTimeout(_) => ErrorKind::ResponseTimeout,
-        UpstreamError::Send(_, err) if err.is_parse() || err.is_parse_status() => {
-            ErrorKind::UpstreamInvalid
-        }
-        UpstreamError::Send(_, err) if err.is_timeout() => ErrorKind::ResponseTimeout,
-        UpstreamError::Send(..) => ErrorKind::UpstreamReset,
-    };
-    tracing::warn!(
-        cluster = %cluster.name,
-        client = %ctx.client,
-        error = %e,
-        reason = kind.as_str(),
-        "upstream request failed"
-    );
-    kind
 }
 
 /// Phase 5 and 6: response headers, metrics, and what runs at the body's end.

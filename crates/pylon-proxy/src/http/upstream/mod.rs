@@ -13,7 +13,7 @@ use pylon_config::ConfigError;
 use pylon_config::model::{self, HostHeader, UpstreamProtocol};
 
 use crate::tls::upstream::TlsConnector;
-use pylon_config::model::{HashKey, LbPolicy};
+use pylon_config::model::{HashKey, LbPolicy, Retry};
 use pylon_lb::{Algorithm, Balancer, Endpoints, OutlierPolicy};
 
 /// A cluster ready to take requests.
@@ -35,6 +35,22 @@ pub struct ClusterRuntime {
     outlier: Option<OutlierPolicy>,
     /// Ejections by outlier detection so far.
     pub ejections: AtomicU64,
+    pub retry: Option<Retry>,
+    /// Requests and retries in flight, for the retry budget.
+    active_requests: AtomicU64,
+    active_retries: AtomicU64,
+    /// Retries sent, and retries refused by the budget, so far.
+    pub retries: AtomicU64,
+    pub retry_budget_exhausted: AtomicU64,
+}
+
+/// A request (or a retry) in flight on a cluster; dropping it ends it.
+pub struct ActiveGuard<'a>(&'a AtomicU64);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One request's claim on an endpoint: counted in flight until dropped, when the
@@ -48,6 +64,10 @@ pub struct EndpointLease {
 impl EndpointLease {
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
         &self.cluster.endpoints[self.index]
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     pub fn record_latency(&mut self, d: Duration) {
@@ -118,6 +138,11 @@ impl ClusterRuntime {
                 max_ejection_percent: o.max_ejection_percent,
             }),
             ejections: AtomicU64::new(0),
+            retry: c.retry.clone(),
+            active_requests: AtomicU64::new(0),
+            active_retries: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            retry_budget_exhausted: AtomicU64::new(0),
         });
         if let Some(hc) = &c.health_check {
             crate::health::spawn(&cluster, hc);
@@ -128,7 +153,23 @@ impl ClusterRuntime {
 
     /// The endpoint for the next request, counted in flight until the lease drops.
     pub fn pick(self: &Arc<Self>, key: Option<u64>) -> Option<EndpointLease> {
-        let index = self.balancer.pick(&self.state, key)?;
+        self.pick_excluding(key, &[])
+    }
+
+    /// Like [`pick`](Self::pick), avoiding the endpoints in `tried` when another is
+    /// available (retries go elsewhere).
+    pub fn pick_excluding(
+        self: &Arc<Self>,
+        key: Option<u64>,
+        tried: &[usize],
+    ) -> Option<EndpointLease> {
+        let mut index = self.balancer.pick(&self.state, key)?;
+        for _ in 0..self.endpoints.len() {
+            if !tried.contains(&index) {
+                break;
+            }
+            index = self.balancer.pick(&self.state, None)?;
+        }
         self.endpoints.get(index)?;
         self.state.begin(index);
         Some(EndpointLease {
@@ -136,6 +177,31 @@ impl ClusterRuntime {
             index,
             latency: None,
         })
+    }
+}
+
+impl ClusterRuntime {
+    /// Counts a request in flight, for the retry budget.
+    pub fn request_started(&self) -> ActiveGuard<'_> {
+        self.active_requests.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(&self.active_requests)
+    }
+
+    /// A retry slot, if the budget allows one (a request holds one across all its
+    /// retries): requests retrying at once stay within
+    /// `budget_percent` of the requests in flight, or `budget_min_concurrent`.
+    pub fn try_retry(&self) -> Option<ActiveGuard<'_>> {
+        let policy = self.retry.as_ref()?;
+        let active = self.active_requests.load(Ordering::Relaxed);
+        let allowed = (active * u64::from(policy.budget_percent) / 100)
+            .max(u64::from(policy.budget_min_concurrent));
+        let retries = self.active_retries.fetch_add(1, Ordering::Relaxed);
+        if retries >= allowed {
+            self.active_retries.fetch_sub(1, Ordering::Relaxed);
+            self.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ActiveGuard(&self.active_retries))
     }
 }
 

@@ -1,0 +1,121 @@
+//! Retries: connect failures go to another endpoint for any method; configured statuses
+//! and resets only for idempotent methods; small bodies are replayed; the retry budget
+//! caps retries (counted at the origin).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use http::Request;
+use pylon_testkit::*;
+
+fn config(endpoints: &[SocketAddr], retry: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = [{}]
+{retry}
+"#,
+        eps.join(", ")
+    )
+}
+
+async fn status_origin(code: u16) -> Origin {
+    Origin::start(move |_req: Request<hyper::body::Incoming>| async move {
+        http::Response::builder()
+            .status(code)
+            .body(full(code.to_string()))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_on_another_endpoint_for_any_method() {
+    let dead = closed_port();
+    let alive = Origin::echo().await;
+    let retry = "[clusters.retry]\nmax_retries = 2\nbackoff_base = \"1ms\"";
+    let p = TestProxy::start(&config(&[dead, alive.addr], retry)).await;
+    for i in 0..20 {
+        let req = Request::post("/submit")
+            .header("host", "x")
+            .body(body(format!("payload-{i}")))
+            .unwrap();
+        let a = send_h1(p.addr("front"), req).await;
+        assert_eq!(a.status.as_u16(), 200, "request {i}: {a:?}");
+        assert_eq!(
+            a.json()["body_len"],
+            format!("payload-{i}").len(),
+            "the body was replayed"
+        );
+    }
+    // Without retries, the dead endpoint shows.
+    let p = TestProxy::start(&config(&[dead, alive.addr], "")).await;
+    let mut failed = 0;
+    for _ in 0..10 {
+        if get(p.addr("front"), "/").await.status.as_u16() == 502 {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 5,
+        "round robin sends every other request to the dead endpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_are_retried_for_idempotent_methods_only() {
+    let bad = status_origin(503).await;
+    let good = status_origin(200).await;
+    let retry = "[clusters.retry]\nmax_retries = 1\nbackoff_base = \"1ms\"";
+    let p = TestProxy::start(&config(&[bad.addr, good.addr], retry)).await;
+    for _ in 0..10 {
+        assert_eq!(get(p.addr("front"), "/").await.status.as_u16(), 200);
+    }
+    let mut unavailable = 0;
+    for _ in 0..10 {
+        let req = Request::post("/")
+            .header("host", "x")
+            .body(body("x"))
+            .unwrap();
+        if send_h1(p.addr("front"), req).await.status.as_u16() == 503 {
+            unavailable += 1;
+        }
+    }
+    assert_eq!(
+        unavailable, 5,
+        "a POST that reached the upstream is not repeated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries() {
+    let failing = status_origin(503).await;
+    // A budget of zero: retries are configured but never allowed.
+    let none = "[clusters.retry]\nmax_retries = 3\nbackoff_base = \"1ms\"\nbudget_percent = 0\nbudget_min_concurrent = 0";
+    let p = TestProxy::start(&config(&[failing.addr], none)).await;
+    for _ in 0..10 {
+        assert_eq!(get(p.addr("front"), "/").await.status.as_u16(), 503);
+    }
+    assert_eq!(failing.request_count(), 10, "no retry went out");
+
+    // A floor of one retrying request: each sequential request gets its full retries.
+    let one = "[clusters.retry]\nmax_retries = 3\nbackoff_base = \"1ms\"\nbudget_percent = 0\nbudget_min_concurrent = 1";
+    let p = TestProxy::start(&config(&[failing.addr], one)).await;
+    for _ in 0..10 {
+        assert_eq!(get(p.addr("front"), "/").await.status.as_u16(), 503);
+    }
+    assert_eq!(
+        failing.request_count(),
+        10 + 10 * 4,
+        "1 try + 3 retries each"
+    );
+}
