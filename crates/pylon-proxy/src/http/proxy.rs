@@ -187,7 +187,7 @@ pub(super) async fn proxy(
     };
 
     let idempotent = idempotent(&parts.method);
-    let _active = cluster.request_started();
+    let _active = cluster.retry.is_some().then(|| cluster.request_started());
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_slot = None;
@@ -202,7 +202,10 @@ pub(super) async fn proxy(
             .pick_excluding(pick_key, &tried)
             .ok_or(ErrorKind::NoEndpoint)?;
         let endpoint = Arc::clone(lease.endpoint());
-        tried.push(lease.index());
+        if more {
+            // Only a request that may be retried remembers where it went.
+            tried.push(lease.index());
+        }
         let mut try_parts = if more {
             clone_parts(&parts)
         } else {
