@@ -485,6 +485,21 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
     /// Retries; off when `None`.
     pub retry: Option<Retry>,
+    /// Limits beyond which requests get an immediate 503 `overloaded`.
+    pub circuit_breaker: CircuitBreaker,
+}
+
+/// Circuit breaking (`[clusters.circuit_breaker]`); `None` means no limit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CircuitBreaker {
+    /// Upstream connections open at once (all endpoints).
+    pub max_connections: Option<u64>,
+    /// Requests waiting for an upstream connection to open.
+    pub max_pending_requests: Option<u64>,
+    /// Requests in flight to the cluster.
+    pub max_requests: Option<u64>,
+    /// Requests retrying at once (on top of the retry budget).
+    pub max_retries: Option<u64>,
 }
 
 /// Retry policy (`[clusters.retry]`).

@@ -142,6 +142,16 @@ pub struct RawCluster {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retry: Option<RawRetry>,
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    pub max_connections: Option<u64>,
+    pub max_pending_requests: Option<u64>,
+    pub max_requests: Option<u64>,
+    pub max_retries: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -960,6 +960,15 @@ fn cluster(
         health_check,
         outlier_detection,
         retry,
+        circuit_breaker: r
+            .circuit_breaker
+            .map(|b| CircuitBreaker {
+                max_connections: b.max_connections,
+                max_pending_requests: b.max_pending_requests,
+                max_requests: b.max_requests,
+                max_retries: b.max_retries,
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -202,6 +202,11 @@ impl Proxy {
         errors
     }
 
+    /// The named cluster's runtime (counters, endpoint state), as in the current config.
+    pub fn cluster(&self, name: &str) -> Option<Arc<crate::http::upstream::ClusterRuntime>> {
+        self.runtime.load().clusters.get(name).cloned()
+    }
+
     /// Whether the endpoint `addr` of `cluster` is in rotation (health checks, ejection).
     pub fn endpoint_available(&self, cluster: &str, addr: SocketAddr) -> Option<bool> {
         let rt = self.runtime.load();

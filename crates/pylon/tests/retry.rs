@@ -119,3 +119,82 @@ async fn the_retry_budget_caps_retries() {
         "1 try + 3 retries each"
     );
 }
+
+/// An origin that holds every request until released.
+async fn holding(release: std::sync::Arc<tokio::sync::Notify>) -> Origin {
+    Origin::start(move |_req: Request<hyper::body::Incoming>| {
+        let r = std::sync::Arc::clone(&release);
+        async move {
+            r.notified().await;
+            http::Response::new(full("done"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_answers_503_overloaded_at_its_limits() {
+    use std::sync::atomic::Ordering;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let origin = holding(std::sync::Arc::clone(&release)).await;
+
+    // max_requests: the third concurrent request is refused at once.
+    let p = TestProxy::start(&config(
+        &[origin.addr],
+        "[clusters.circuit_breaker]\nmax_requests = 2",
+    ))
+    .await;
+    let addr = p.addr("front");
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/").await }))
+        .collect();
+    eventually("two requests held at the origin", || {
+        origin.request_count() == 2
+    })
+    .await;
+    let refused = get(addr, "/").await;
+    assert_eq!(refused.status.as_u16(), 503);
+    assert_eq!(refused.header("x-pylon-error"), Some("overloaded"));
+    assert_eq!(
+        p.proxy
+            .cluster("c")
+            .unwrap()
+            .overloaded
+            .load(Ordering::Relaxed),
+        1
+    );
+    while held.iter().any(|t| !t.is_finished()) {
+        release.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+    for t in held {
+        assert_eq!(t.await.unwrap().text(), "done");
+    }
+
+    // max_connections: one upstream connection is busy; a second one may not open.
+    let p = TestProxy::start(&config(
+        &[origin.addr],
+        "[clusters.circuit_breaker]\nmax_connections = 1",
+    ))
+    .await;
+    let addr = p.addr("front");
+    let before = origin.request_count();
+    let held = tokio::spawn(async move { get(addr, "/").await });
+    eventually("request held", || origin.request_count() == before + 1).await;
+    assert_eq!(p.proxy.cluster("c").unwrap().open_connections(), 1);
+    let refused = get(addr, "/").await;
+    assert_eq!(refused.header("x-pylon-error"), Some("overloaded"));
+    while !held.is_finished() {
+        release.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(held.await.unwrap().text(), "done");
+    // The connection went back to the pool: the next request reuses it.
+    release.notify_waiters();
+    let next = tokio::spawn(async move { get(addr, "/").await });
+    while !next.is_finished() {
+        release.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(next.await.unwrap().text(), "done");
+}

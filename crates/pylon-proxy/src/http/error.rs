@@ -39,6 +39,7 @@ error_kinds! {
     ClientAborted => (StatusCode::BAD_REQUEST, "client_aborted"),
     NoRoute => (StatusCode::NOT_FOUND, "no_route"),
     NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
+    Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
     ConnectFailed => (StatusCode::BAD_GATEWAY, "upstream_connect_failed"),
     ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
     ResponseTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_response_timeout"),

@@ -72,6 +72,7 @@ fn retryable_error(e: &UpstreamError, policy: &Retry, idempotent: bool) -> bool 
         UpstreamError::Handshake(..) => true,
         UpstreamError::ResponseTimeout(_) => idempotent,
         UpstreamError::Send(..) => policy.on_reset && idempotent,
+        UpstreamError::Overloaded(_) => false,
     }
 }
 
@@ -187,7 +188,11 @@ pub(super) async fn proxy(
     };
 
     let idempotent = idempotent(&parts.method);
-    let _active = cluster.retry.is_some().then(|| cluster.request_started());
+    let _active = if cluster.counts_requests() {
+        Some(cluster.request_started().ok_or(ErrorKind::Overloaded)?)
+    } else {
+        None
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_slot = None;
@@ -479,6 +484,7 @@ fn classify(
         UpstreamError::Connect(..) => ErrorKind::ConnectFailed,
         UpstreamError::ConnectTimeout(_) => ErrorKind::ConnectTimeout,
         UpstreamError::Tls(..) => ErrorKind::UpstreamTls,
+        UpstreamError::Overloaded(_) => ErrorKind::Overloaded,
         UpstreamError::Handshake(..) => ErrorKind::UpstreamInvalid,
         UpstreamError::ResponseTimeout(_) => ErrorKind::ResponseTimeout,
         UpstreamError::Send(_, err) if err.is_parse() || err.is_parse_status() => {

@@ -143,14 +143,37 @@ impl TlsConnector {
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let tls = self.connector.connect(name, tcp).await?;
-        Ok(UpstreamIo::Tls(Box::new(tls)))
+        Ok(UpstreamIo {
+            stream: Stream::Tls(Box::new(tls)),
+            _held: None,
+        })
     }
 }
 
-/// An upstream connection, plain or TLS.
-pub enum UpstreamIo {
+/// An upstream connection, plain or TLS, with whatever must live as long as it (a
+/// circuit-breaker slot).
+pub struct UpstreamIo {
+    stream: Stream,
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamIo {
+    pub fn plain(s: TcpStream) -> Self {
+        UpstreamIo {
+            stream: Stream::Plain(s),
+            _held: None,
+        }
+    }
+
+    /// Keeps `value` alive until the connection is dropped.
+    pub fn hold(&mut self, value: Box<dyn Send + Sync>) {
+        self._held = Some(value);
+    }
 }
 
 impl AsyncRead for UpstreamIo {
@@ -159,18 +182,18 @@ impl AsyncRead for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for UpstreamIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, b),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
         }
     }
 
@@ -179,30 +202,30 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -13,7 +13,7 @@ use pylon_config::ConfigError;
 use pylon_config::model::{self, HostHeader, UpstreamProtocol};
 
 use crate::tls::upstream::TlsConnector;
-use pylon_config::model::{HashKey, LbPolicy, Retry};
+use pylon_config::model::{CircuitBreaker, HashKey, LbPolicy, Retry};
 use pylon_lb::{Algorithm, Balancer, Endpoints, OutlierPolicy};
 
 /// A cluster ready to take requests.
@@ -42,6 +42,12 @@ pub struct ClusterRuntime {
     /// Retries sent, and retries refused by the budget, so far.
     pub retries: AtomicU64,
     pub retry_budget_exhausted: AtomicU64,
+    pub breaker: CircuitBreaker,
+    /// Upstream connections open, and requests waiting for one to open (all endpoints).
+    pub(crate) open_connections: Arc<AtomicU64>,
+    pub(crate) pending: Arc<AtomicU64>,
+    /// Requests refused by the circuit breaker so far.
+    pub overloaded: AtomicU64,
 }
 
 /// A request (or a retry) in flight on a cluster; dropping it ends it.
@@ -115,10 +121,18 @@ impl ClusterRuntime {
             Some(t) => Some(TlsConnector::new(t, c.protocol)?),
             None => None,
         };
+        let open_connections = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(AtomicU64::new(0));
+        let limits = pool::ConnectionLimits {
+            open: Arc::clone(&open_connections),
+            max_open: c.circuit_breaker.max_connections,
+            pending: Arc::clone(&pending),
+            max_pending: c.circuit_breaker.max_pending_requests,
+        };
         let endpoints: Vec<Arc<EndpointPool>> = c
             .endpoints
             .iter()
-            .map(|e| Arc::new(EndpointPool::new(e.address, c, tls.clone())))
+            .map(|e| Arc::new(EndpointPool::new(e.address, c, tls.clone(), limits.clone())))
             .collect();
         let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
@@ -143,6 +157,10 @@ impl ClusterRuntime {
             active_retries: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             retry_budget_exhausted: AtomicU64::new(0),
+            breaker: c.circuit_breaker.clone(),
+            open_connections,
+            pending,
+            overloaded: AtomicU64::new(0),
         });
         if let Some(hc) = &c.health_check {
             crate::health::spawn(&cluster, hc);
@@ -181,10 +199,31 @@ impl ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    /// Counts a request in flight, for the retry budget.
-    pub fn request_started(&self) -> ActiveGuard<'_> {
-        self.active_requests.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(&self.active_requests)
+    /// Counts a request in flight (retry budget, circuit breaker); `None` when the
+    /// cluster is at `max_requests`.
+    pub fn request_started(&self) -> Option<ActiveGuard<'_>> {
+        let before = self.active_requests.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(&self.active_requests);
+        if self.breaker.max_requests.is_some_and(|max| before >= max) {
+            self.overloaded.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(guard)
+    }
+
+    /// Upstream connections open now (all endpoints).
+    pub fn open_connections(&self) -> u64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for an upstream connection to open.
+    pub fn pending_requests(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests are counted in flight at all (retries or a request limit).
+    pub fn counts_requests(&self) -> bool {
+        self.retry.is_some() || self.breaker.max_requests.is_some()
     }
 
     /// A retry slot, if the budget allows one (a request holds one across all its
@@ -195,6 +234,10 @@ impl ClusterRuntime {
         let active = self.active_requests.load(Ordering::Relaxed);
         let allowed = (active * u64::from(policy.budget_percent) / 100)
             .max(u64::from(policy.budget_min_concurrent));
+        let allowed = self
+            .breaker
+            .max_retries
+            .map_or(allowed, |max| allowed.min(max));
         let retries = self.active_retries.fetch_add(1, Ordering::Relaxed);
         if retries >= allowed {
             self.active_retries.fetch_sub(1, Ordering::Relaxed);

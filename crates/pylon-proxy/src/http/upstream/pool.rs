@@ -7,6 +7,7 @@
 //! connection: it never reached the upstream, so this is not a retry.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ pub enum UpstreamError {
     ResponseTimeout(SocketAddr),
     #[error("TLS handshake with {0} failed: {1}")]
     Tls(SocketAddr, std::io::Error),
+    #[error("cluster limit reached: {0}")]
+    Overloaded(&'static str),
     #[error("request to {0} failed: {1}")]
     Send(SocketAddr, hyper::Error),
 }
@@ -46,12 +49,42 @@ struct H2Conn {
     last_used: Instant,
 }
 
+/// The cluster-wide connection limits an endpoint pool enforces.
+#[derive(Clone, Default)]
+pub struct ConnectionLimits {
+    pub open: Arc<AtomicU64>,
+    pub max_open: Option<u64>,
+    pub pending: Arc<AtomicU64>,
+    pub max_pending: Option<u64>,
+}
+
+/// Takes one unit of `counter` under `max`, released on drop.
+struct Slot(Arc<AtomicU64>);
+
+impl Slot {
+    fn take(counter: &Arc<AtomicU64>, max: Option<u64>) -> Option<Slot> {
+        let before = counter.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(Arc::clone(counter));
+        if max.is_some_and(|m| before >= m) {
+            return None;
+        }
+        Some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct EndpointPool {
     pub address: SocketAddr,
     /// `ip:port` as a header value (for `host_header = "endpoint"`).
     pub host_value: http::HeaderValue,
     protocol: UpstreamProtocol,
     tls: Option<TlsConnector>,
+    limits: ConnectionLimits,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -83,9 +116,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl EndpointPool {
-    pub fn new(address: SocketAddr, c: &model::Cluster, tls: Option<TlsConnector>) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        c: &model::Cluster,
+        tls: Option<TlsConnector>,
+        limits: ConnectionLimits,
+    ) -> Self {
         EndpointPool {
             tls,
+            limits,
             address,
             host_value: http::HeaderValue::from_str(&address.to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
@@ -130,22 +169,28 @@ impl EndpointPool {
     /// TCP connect, then the TLS handshake for TLS clusters, all within the connect
     /// timeout.
     pub(crate) async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
+        let connection = Slot::take(&self.limits.open, self.limits.max_open)
+            .ok_or(UpstreamError::Overloaded("max_connections"))?;
+        let _pending = Slot::take(&self.limits.pending, self.limits.max_pending)
+            .ok_or(UpstreamError::Overloaded("max_pending_requests"))?;
         let connect = async {
             let stream = TcpStream::connect(self.address)
                 .await
                 .map_err(|e| UpstreamError::Connect(self.address, e))?;
             let _ = stream.set_nodelay(true);
             match &self.tls {
-                None => Ok(UpstreamIo::Plain(stream)),
+                None => Ok(UpstreamIo::plain(stream)),
                 Some(tls) => tls
                     .connect(self.address, stream)
                     .await
                     .map_err(|e| UpstreamError::Tls(self.address, e)),
             }
         };
-        let io = tokio::time::timeout(self.connect_timeout, connect)
+        let mut io = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(self.address))??;
+        // The connection counts against max_connections for as long as it is open.
+        io.hold(Box::new(connection));
         Ok(TokioIo::new(io))
     }
 
