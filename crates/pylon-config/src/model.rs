@@ -487,6 +487,8 @@ pub struct Cluster {
     pub retry: Option<Retry>,
     /// Limits beyond which requests get an immediate 503 `overloaded`.
     pub circuit_breaker: CircuitBreaker,
+    /// An endpoint back in rotation ramps up to its full share over this window.
+    pub slow_start: Option<Duration>,
 }
 
 /// Circuit breaking (`[clusters.circuit_breaker]`); `None` means no limit.

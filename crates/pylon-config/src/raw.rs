@@ -143,6 +143,7 @@ pub struct RawCluster {
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retry: Option<RawRetry>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    pub slow_start: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -969,6 +969,10 @@ fn cluster(
                 max_retries: b.max_retries,
             })
             .unwrap_or_default(),
+        slow_start: r
+            .slow_start
+            .as_ref()
+            .map(|s| duration(&Some(s.clone()), Duration::from_secs(30), p)),
     })
 }
 

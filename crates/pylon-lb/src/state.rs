@@ -22,6 +22,9 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     /// How many times it has been ejected (the ejection time grows with it).
     ejections: AtomicU32,
+    /// Nanoseconds since `Endpoints::epoch` when it last came back into rotation; 0:
+    /// in rotation from the start (no slow start).
+    back_since: AtomicU64,
 }
 
 /// Passive health (outlier detection) settings.
@@ -57,6 +60,7 @@ impl Endpoints {
                     consecutive_failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                     ejections: AtomicU32::new(0),
+                    back_since: AtomicU64::new(0),
                 })
                 .collect(),
         }
@@ -125,8 +129,25 @@ impl Endpoints {
     /// Marks an endpoint in or out of rotation (health checks, outlier ejection).
     pub fn set_available(&self, i: usize, available: bool) {
         if let Some(s) = self.states.get(i) {
-            s.available.store(available, Ordering::Relaxed);
+            let was = s.available.swap(available, Ordering::Relaxed);
+            if available && !was {
+                s.back_since.store(self.now().max(1), Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Slow start: the share (0 to 1) of its normal traffic an endpoint should get,
+    /// ramping up linearly over `window` after it came back into rotation.
+    pub fn slow_start_factor(&self, i: usize, window: Duration) -> f64 {
+        let Some(s) = self.states.get(i) else {
+            return 1.0;
+        };
+        let since = s.back_since.load(Ordering::Relaxed);
+        if since == 0 || window.is_zero() {
+            return 1.0;
+        }
+        let elapsed = self.now().saturating_sub(since) as f64;
+        (elapsed / window.as_nanos() as f64).clamp(0.0, 1.0)
     }
 
     pub fn available_count(&self) -> usize {
@@ -213,5 +234,26 @@ mod tests {
             assert_eq!(eps.record_outcome(2, false, &policy), None);
         }
         assert!(eps.is_available(2));
+    }
+
+    #[test]
+    fn slow_start_ramps_after_recovery_only() {
+        let eps = Endpoints::new(&[1, 1]);
+        let window = Duration::from_secs(3600);
+        assert_eq!(
+            eps.slow_start_factor(0, window),
+            1.0,
+            "in rotation from the start"
+        );
+        eps.set_available(0, false);
+        eps.set_available(0, true);
+        let f = eps.slow_start_factor(0, window);
+        assert!(f < 0.01, "just back: {f}");
+        assert_eq!(
+            eps.slow_start_factor(0, Duration::ZERO),
+            1.0,
+            "no window, no ramp"
+        );
+        assert_eq!(eps.slow_start_factor(1, window), 1.0);
     }
 }

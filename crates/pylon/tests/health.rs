@@ -188,3 +188,33 @@ async fn an_origin_answering_503_is_ejected_and_comes_back() {
     .await;
     assert!(all_from(&p, 4).await.contains(&"a".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_endpoint_ramps_up_slowly() {
+    let (a, a_status) = switchable("a").await;
+    let (b, _) = switchable("b").await;
+    let cfg = config(&[a.addr, b.addr], "kind = \"http\"\npath = \"/healthz\"").replace(
+        "[clusters.health_check]",
+        "slow_start = \"60s\"\n[clusters.health_check]",
+    );
+    let p = TestProxy::start(&cfg).await;
+    // In rotation from the start: no ramp, round robin splits evenly.
+    eventually("checks ran", || a.request_count() >= 2).await;
+    let names = all_from(&p, 20).await;
+    assert_eq!(names.iter().filter(|n| *n == "a").count(), 10);
+
+    a_status.store(503, Ordering::SeqCst);
+    eventually("a out", || {
+        p.proxy.endpoint_available("c", a.addr) == Some(false)
+    })
+    .await;
+    a_status.store(200, Ordering::SeqCst);
+    eventually("a back", || {
+        p.proxy.endpoint_available("c", a.addr) == Some(true)
+    })
+    .await;
+    // Seconds into a 60 s ramp, a gets a small fraction of its usual half.
+    let names = all_from(&p, 100).await;
+    let to_a = names.iter().filter(|n| *n == "a").count();
+    assert!(to_a < 25, "a got {to_a} of 100 right after coming back");
+}

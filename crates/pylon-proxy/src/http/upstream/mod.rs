@@ -43,6 +43,7 @@ pub struct ClusterRuntime {
     pub retries: AtomicU64,
     pub retry_budget_exhausted: AtomicU64,
     pub breaker: CircuitBreaker,
+    slow_start: Option<Duration>,
     /// Upstream connections open, and requests waiting for one to open (all endpoints).
     pub(crate) open_connections: Arc<AtomicU64>,
     pub(crate) pending: Arc<AtomicU64>,
@@ -158,6 +159,7 @@ impl ClusterRuntime {
             retries: AtomicU64::new(0),
             retry_budget_exhausted: AtomicU64::new(0),
             breaker: c.circuit_breaker.clone(),
+            slow_start: c.slow_start,
             open_connections,
             pending,
             overloaded: AtomicU64::new(0),
@@ -187,6 +189,17 @@ impl ClusterRuntime {
                 break;
             }
             index = self.balancer.pick(&self.state, None)?;
+        }
+        // Slow start: an endpoint just back takes a request only with the probability
+        // of its ramp; otherwise the balancer picks again (a few times at most).
+        if let Some(window) = self.slow_start {
+            for _ in 0..4 {
+                let f = self.state.slow_start_factor(index, window);
+                if f >= 1.0 || (pylon_lb::random_u64() % 10_000) as f64 / 10_000.0 < f {
+                    break;
+                }
+                index = self.balancer.pick(&self.state, None)?;
+            }
         }
         self.endpoints.get(index)?;
         self.state.begin(index);
