@@ -489,6 +489,24 @@ pub struct Cluster {
     pub circuit_breaker: CircuitBreaker,
     /// An endpoint back in rotation ramps up to its full share over this window.
     pub slow_start: Option<Duration>,
+    /// Sticky sessions through a cookie Pylon sets; off when `None`.
+    pub sticky: Option<Sticky>,
+}
+
+/// Sticky sessions (`[clusters.sticky]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    /// `Max-Age`; `None` makes a session cookie.
+    pub ttl: Option<Duration>,
+    pub path: String,
+    pub secure: bool,
+    pub http_only: bool,
+    /// `Strict`, `Lax` or `None`.
+    pub same_site: Option<String>,
+    /// Key signing the cookie; `None`: a random key per process (cookies do not survive
+    /// a restart).
+    pub secret: Option<String>,
 }
 
 /// Circuit breaking (`[clusters.circuit_breaker]`); `None` means no limit.

@@ -144,6 +144,19 @@ pub struct RawCluster {
     pub retry: Option<RawRetry>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub slow_start: Option<Spanned<String>>,
+    pub sticky: Option<RawSticky>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<String>>,
+    pub path: Option<String>,
+    pub secure: Option<bool>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<Spanned<String>>,
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -969,6 +969,42 @@ fn cluster(
                 max_retries: b.max_retries,
             })
             .unwrap_or_default(),
+        sticky: r.sticky.map(|st| {
+            let cookie = st
+                .cookie
+                .as_ref()
+                .map_or("pylon_sticky".to_owned(), |c| c.get_ref().clone());
+            if let Some(c) = &st.cookie
+                && !http_token(c.get_ref())
+            {
+                p.at(c, format!("invalid cookie name \"{}\"", c.get_ref()));
+            }
+            let same_site = match st.same_site.as_ref().map(|v| v.get_ref().as_str()) {
+                None => Some("Lax".to_owned()),
+                Some(v @ ("Strict" | "Lax" | "None")) => Some(v.to_owned()),
+                Some(other) => {
+                    if let Some(v) = &st.same_site {
+                        p.at(
+                            v,
+                            format!("unknown same_site \"{other}\", expected Strict, Lax or None"),
+                        );
+                    }
+                    None
+                }
+            };
+            Sticky {
+                cookie,
+                ttl: st
+                    .ttl
+                    .as_ref()
+                    .map(|t| duration(&Some(t.clone()), Duration::from_secs(3600), p)),
+                path: st.path.clone().unwrap_or_else(|| "/".to_owned()),
+                secure: st.secure.unwrap_or(false),
+                http_only: st.http_only.unwrap_or(true),
+                same_site,
+                secret: st.secret.clone(),
+            }
+        }),
         slow_start: r
             .slow_start
             .as_ref()

@@ -218,3 +218,67 @@ async fn a_recovered_endpoint_ramps_up_slowly() {
     let to_a = names.iter().filter(|n| *n == "a").count();
     assert!(to_a < 25, "a got {to_a} of 100 right after coming back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_keeps_a_client_on_its_endpoint_and_falls_back_when_it_is_down() {
+    let (a, a_status) = switchable("a").await;
+    let (b, b_status) = switchable("b").await;
+    let cfg = config(&[a.addr, b.addr], "kind = \"http\"\npath = \"/healthz\"").replace(
+        "[clusters.health_check]",
+        "sticky = { cookie = \"srv\", ttl = \"1h\", secret = \"test-secret\" }\n[clusters.health_check]",
+    );
+    let p = TestProxy::start(&cfg).await;
+    eventually("checks ran", || a.request_count() >= 2).await;
+    let first = get(p.addr("front"), "/").await;
+    let set = first
+        .header("set-cookie")
+        .expect("a cookie pins the client")
+        .to_string();
+    assert!(
+        set.starts_with("srv=") && set.contains("Max-Age=3600") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let with_cookie = || {
+        Request::get("/")
+            .header("host", "x")
+            .header("cookie", cookie.clone())
+            .body(empty())
+            .unwrap()
+    };
+    for _ in 0..10 {
+        let r = send_h1(p.addr("front"), with_cookie()).await;
+        assert_eq!(r.text(), first.text(), "stays on its endpoint");
+        assert!(
+            r.header("set-cookie").is_none(),
+            "no new cookie while it holds"
+        );
+    }
+    // A forged cookie is ignored (the balancer picks, and a genuine cookie comes back).
+    let forged = Request::get("/")
+        .header("host", "x")
+        .header("cookie", "srv=0000000000000000.000000000000000000000000")
+        .body(empty())
+        .unwrap();
+    assert!(
+        send_h1(p.addr("front"), forged)
+            .await
+            .header("set-cookie")
+            .is_some()
+    );
+
+    // Its endpoint goes down: the client moves, and gets a cookie for the new one.
+    let (down, down_addr, other) = if first.text() == "a" {
+        (a_status, a.addr, "b")
+    } else {
+        (b_status, b.addr, "a")
+    };
+    down.store(503, Ordering::SeqCst);
+    eventually("pinned endpoint out", || {
+        p.proxy.endpoint_available("c", down_addr) == Some(false)
+    })
+    .await;
+    let r = send_h1(p.addr("front"), with_cookie()).await;
+    assert_eq!(r.text(), other);
+    assert!(r.header("set-cookie").is_some());
+}

@@ -145,6 +145,10 @@ pub(super) async fn proxy(
         .as_ref()
         .and_then(|k| request_key(k, &req, ctx));
     let downstream_version = req.version();
+    let sticky_to = cluster
+        .sticky
+        .as_ref()
+        .and_then(|s| s.lookup(req.headers(), &cluster.endpoint_ids));
     let (mut parts, incoming) = req.into_parts();
     // The client's authority as a header value: `Host` as sent (a cheap clone), or
     // `:authority` for HTTP/2.
@@ -203,9 +207,16 @@ pub(super) async fn proxy(
             .is_some_and(|r| attempt < r.max_retries && body.replayable());
         // Retries go to another endpoint when there is one (a hash key would pin them).
         let pick_key = if attempt == 0 { key } else { None };
-        let mut lease = cluster
-            .pick_excluding(pick_key, &tried)
-            .ok_or(ErrorKind::NoEndpoint)?;
+        // A sticky session's endpoint first (first try only), else the balancer.
+        let pinned = sticky_to
+            .filter(|_| attempt == 0)
+            .and_then(|i| cluster.lease_for(i));
+        let mut lease = match pinned {
+            Some(l) => l,
+            None => cluster
+                .pick_excluding(pick_key, &tried)
+                .ok_or(ErrorKind::NoEndpoint)?,
+        };
         let endpoint = Arc::clone(lease.endpoint());
         if more {
             // Only a request that may be retried remembers where it went.
@@ -273,6 +284,7 @@ pub(super) async fn proxy(
             }
             tracing::debug!(cluster = %cluster.name, "retry budget exhausted; answering with the last try");
         }
+        let index = lease.index();
         ex.lease = Some(lease);
         return match result {
             Ok((resp, pooled)) => {
@@ -282,6 +294,12 @@ pub(super) async fn proxy(
                     append_via(&mut rparts.headers, rparts.version);
                 }
                 rparts.version = downstream_version;
+                if let Some(sticky) = &cluster.sticky
+                    && sticky_to != Some(index)
+                    && let Some(v) = sticky.set_cookie(&cluster.endpoint_ids[index])
+                {
+                    rparts.headers.append(header::SET_COOKIE, v);
+                }
                 ex.pooled = pooled;
                 Ok(Response::from_parts(rparts, ResponseBody::stream(rbody)))
             }

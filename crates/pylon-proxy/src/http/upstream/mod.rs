@@ -1,9 +1,11 @@
 //! Upstream clusters at run time: endpoints, their connection pools and the balancer.
 
 mod pool;
+mod sticky;
 
 pub use pool::{EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
+pub use sticky::StickyCookie;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -44,6 +46,9 @@ pub struct ClusterRuntime {
     pub retry_budget_exhausted: AtomicU64,
     pub breaker: CircuitBreaker,
     slow_start: Option<Duration>,
+    /// Sticky sessions, and the endpoints' addresses as the cookie names them.
+    pub sticky: Option<StickyCookie>,
+    pub endpoint_ids: Vec<String>,
     /// Upstream connections open, and requests waiting for one to open (all endpoints).
     pub(crate) open_connections: Arc<AtomicU64>,
     pub(crate) pending: Arc<AtomicU64>,
@@ -160,6 +165,8 @@ impl ClusterRuntime {
             retry_budget_exhausted: AtomicU64::new(0),
             breaker: c.circuit_breaker.clone(),
             slow_start: c.slow_start,
+            sticky: c.sticky.as_ref().map(StickyCookie::new),
+            endpoint_ids: ids.clone(),
             open_connections,
             pending,
             overloaded: AtomicU64::new(0),
@@ -174,6 +181,20 @@ impl ClusterRuntime {
     /// The endpoint for the next request, counted in flight until the lease drops.
     pub fn pick(self: &Arc<Self>, key: Option<u64>) -> Option<EndpointLease> {
         self.pick_excluding(key, &[])
+    }
+
+    /// A lease on a given endpoint (a sticky session's), if it is in rotation.
+    pub fn lease_for(self: &Arc<Self>, index: usize) -> Option<EndpointLease> {
+        if !self.state.is_available(index) {
+            return None;
+        }
+        self.endpoints.get(index)?;
+        self.state.begin(index);
+        Some(EndpointLease {
+            cluster: Arc::clone(self),
+            index,
+            latency: None,
+        })
     }
 
     /// Like [`pick`](Self::pick), avoiding the endpoints in `tried` when another is
