@@ -491,6 +491,8 @@ pub struct Cluster {
     pub slow_start: Option<Duration>,
     /// Sticky sessions through a cookie Pylon sets; off when `None`.
     pub sticky: Option<Sticky>,
+    /// Below this percentage of healthy endpoints, all endpoints take traffic (0: off).
+    pub panic_threshold: u32,
 }
 
 /// Sticky sessions (`[clusters.sticky]`).

@@ -145,6 +145,7 @@ pub struct RawCluster {
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub slow_start: Option<Spanned<String>>,
     pub sticky: Option<RawSticky>,
+    pub panic_threshold: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

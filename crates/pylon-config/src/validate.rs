@@ -969,6 +969,14 @@ fn cluster(
                 max_retries: b.max_retries,
             })
             .unwrap_or_default(),
+        panic_threshold: match &r.panic_threshold {
+            Some(n) if *n.get_ref() > 100 => {
+                p.at(n, "panic_threshold is a percentage: 0 to 100");
+                0
+            }
+            Some(n) => *n.get_ref(),
+            None => 0,
+        },
         sticky: r.sticky.map(|st| {
             let cookie = st
                 .cookie

@@ -43,6 +43,8 @@ pub struct OutlierPolicy {
 pub struct Endpoints {
     epoch: Instant,
     states: Vec<EndpointState>,
+    /// Panic mode: too few endpoints are healthy, so every endpoint takes traffic.
+    panic: AtomicBool,
 }
 
 impl Endpoints {
@@ -63,6 +65,7 @@ impl Endpoints {
                     back_since: AtomicU64::new(0),
                 })
                 .collect(),
+            panic: AtomicBool::new(false),
         }
     }
 
@@ -82,8 +85,17 @@ impl Endpoints {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// In rotation: healthy (active checks) and not ejected (passive).
+    /// In rotation: healthy (active checks) and not ejected (passive), or any endpoint
+    /// while in panic mode.
     pub fn is_available(&self, i: usize) -> bool {
+        if self.panic.load(Ordering::Relaxed) && i < self.states.len() {
+            return true;
+        }
+        self.is_healthy(i)
+    }
+
+    /// Healthy and not ejected, whatever the panic mode.
+    pub fn is_healthy(&self, i: usize) -> bool {
         self.states.get(i).is_some_and(|s| {
             s.available.load(Ordering::Relaxed) && {
                 let until = s.ejected_until.load(Ordering::Relaxed);
@@ -152,6 +164,15 @@ impl Endpoints {
 
     pub fn available_count(&self) -> usize {
         (0..self.len()).filter(|&i| self.is_available(i)).count()
+    }
+
+    /// Enters panic mode when fewer than `threshold_percent` of the endpoints are
+    /// healthy, and leaves it when enough are again (as Envoy's panic threshold).
+    pub fn update_panic(&self, threshold_percent: u32) -> bool {
+        let healthy = (0..self.len()).filter(|&i| self.is_healthy(i)).count();
+        let panic = healthy * 100 < self.len() * threshold_percent as usize;
+        self.panic.store(panic, Ordering::Relaxed);
+        panic
     }
 
     pub fn in_flight(&self, i: usize) -> u64 {
@@ -234,6 +255,20 @@ mod tests {
             assert_eq!(eps.record_outcome(2, false, &policy), None);
         }
         assert!(eps.is_available(2));
+    }
+
+    #[test]
+    fn panic_mode_uses_every_endpoint() {
+        let eps = Endpoints::new(&[1, 1, 1]);
+        eps.set_available(0, false);
+        assert!(!eps.update_panic(50), "2 of 3 healthy");
+        eps.set_available(1, false);
+        assert!(eps.update_panic(50), "1 of 3 healthy");
+        assert!(eps.is_available(0) && eps.is_available(1));
+        assert!(!eps.is_healthy(0));
+        eps.set_available(1, true);
+        assert!(!eps.update_panic(50));
+        assert!(!eps.is_available(0));
     }
 
     #[test]

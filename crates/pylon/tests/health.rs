@@ -282,3 +282,47 @@ async fn sticky_cookie_keeps_a_client_on_its_endpoint_and_falls_back_when_it_is_
     assert_eq!(r.text(), other);
     assert!(r.header("set-cookie").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_panic_threshold_every_endpoint_takes_traffic() {
+    let (a, a_status) = switchable("a").await;
+    let (b, b_status) = switchable("b").await;
+    let (c, _) = switchable("c").await;
+    let cfg = config(
+        &[a.addr, b.addr, c.addr],
+        "kind = \"http\"\npath = \"/healthz\"",
+    )
+    .replace(
+        "[clusters.health_check]",
+        "panic_threshold = 50\n[clusters.health_check]",
+    );
+    let p = TestProxy::start(&cfg).await;
+    eventually("checks ran", || c.request_count() >= 2).await;
+    a_status.store(503, Ordering::SeqCst);
+    eventually("a out", || {
+        p.proxy.endpoint_available("c", a.addr) == Some(false)
+    })
+    .await;
+    // 2 of 3 healthy: above the threshold, a gets nothing.
+    assert!(all_from(&p, 12).await.iter().all(|n| n != "a"));
+    b_status.store(503, Ordering::SeqCst);
+    eventually("b unhealthy", || {
+        p.proxy.cluster("c").is_some_and(|cl| {
+            let i = cl
+                .endpoints
+                .iter()
+                .position(|e| e.address == b.addr)
+                .unwrap();
+            !cl.state.is_healthy(i)
+        })
+    })
+    .await;
+    // 1 of 3 healthy: panic, all three take requests again (they still answer).
+    let names = all_from(&p, 12).await;
+    for n in ["a", "b", "c"] {
+        assert!(
+            names.iter().any(|x| x == n),
+            "{n} missing in panic mode: {names:?}"
+        );
+    }
+}

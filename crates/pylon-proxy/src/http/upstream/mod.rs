@@ -46,6 +46,7 @@ pub struct ClusterRuntime {
     pub retry_budget_exhausted: AtomicU64,
     pub breaker: CircuitBreaker,
     slow_start: Option<Duration>,
+    panic_threshold: u32,
     /// Sticky sessions, and the endpoints' addresses as the cookie names them.
     pub sticky: Option<StickyCookie>,
     pub endpoint_ids: Vec<String>,
@@ -165,6 +166,7 @@ impl ClusterRuntime {
             retry_budget_exhausted: AtomicU64::new(0),
             breaker: c.circuit_breaker.clone(),
             slow_start: c.slow_start,
+            panic_threshold: c.panic_threshold,
             sticky: c.sticky.as_ref().map(StickyCookie::new),
             endpoint_ids: ids.clone(),
             open_connections,
@@ -204,6 +206,9 @@ impl ClusterRuntime {
         key: Option<u64>,
         tried: &[usize],
     ) -> Option<EndpointLease> {
+        if self.panic_threshold > 0 {
+            self.state.update_panic(self.panic_threshold);
+        }
         let mut index = self.balancer.pick(&self.state, key)?;
         for _ in 0..self.endpoints.len() {
             if !tried.contains(&index) {
