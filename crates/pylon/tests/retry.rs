@@ -198,3 +198,62 @@ async fn circuit_breaker_answers_503_overloaded_at_its_limits() {
     }
     assert_eq!(next.await.unwrap().text(), "done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_stopped_under_load_costs_no_client_errors() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let a = Origin::named("a").await;
+    let b = Origin::named("b").await;
+    let a_addr = a.addr;
+    let extra = r#"
+[clusters.retry]
+max_retries = 2
+backoff_base = "1ms"
+[clusters.outlier_detection]
+consecutive_failures = 2
+base_ejection_time = "30s"
+[clusters.health_check]
+kind = "tcp"
+interval = "100ms"
+timeout = "200ms"
+unhealthy_threshold = 2
+"#;
+    let p = TestProxy::start(&config(&[a.addr, b.addr], extra)).await;
+    let addr = p.addr("front");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let req = Request::post("/order")
+                    .header("host", "x")
+                    .body(body("item=1"))
+                    .unwrap();
+                if send_h1(addr, req).await.status.as_u16() == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    eventually("load running on both", || {
+        a.request_count() > 10 && b.request_count() > 10
+    })
+    .await;
+    drop(a); // the origin stops
+    eventually("stopped origin out of rotation", || {
+        p.proxy.endpoint_available("c", a_addr) == Some(false)
+    })
+    .await;
+    let before = ok.load(Ordering::SeqCst);
+    eventually("load continues", || ok.load(Ordering::SeqCst) > before + 50).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "no client saw an error");
+}
