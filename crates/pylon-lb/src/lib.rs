@@ -37,32 +37,6 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const NAMES: &'static [&'static str] = &[
-        "round_robin",
-        "least_connections",
-        "least_request",
-        "random",
-        "ring_hash",
-        "maglev",
-    ];
-
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Some(match name {
-            "round_robin" => Algorithm::RoundRobin,
-            "least_connections" => Algorithm::LeastConnections,
-            "least_request" => Algorithm::LeastRequest,
-            "random" => Algorithm::Random,
-            "ring_hash" => Algorithm::RingHash,
-            "maglev" => Algorithm::Maglev,
-            _ => return None,
-        })
-    }
-
-    /// Whether requests need a hash key.
-    pub fn uses_key(self) -> bool {
-        matches!(self, Algorithm::RingHash | Algorithm::Maglev)
-    }
-
     /// Builds the balancer for endpoints with these weights and stable identities (for
     /// consistent hashing: an endpoint keeps its place when others come and go).
     pub fn build(self, weights: &[u32], ids: &[String]) -> Box<dyn Balancer> {

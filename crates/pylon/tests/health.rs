@@ -39,27 +39,10 @@ async fn switchable(name: &'static str) -> (Origin, Arc<AtomicU16>) {
 }
 
 fn config(endpoints: &[SocketAddr], check: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-access_log = {{ enabled = false }}
-[[listeners]]
-name = "front"
-bind = "127.0.0.1:0"
-[[routes]]
-cluster = "c"
-[[clusters]]
-name = "c"
-endpoints = [{}]
-[clusters.health_check]
-interval = "50ms"
-timeout = "500ms"
-healthy_threshold = 2
-unhealthy_threshold = 2
-{check}
-"#,
-        eps.join(", ")
-    )
+    let checks = format!(
+        "[clusters.health_check]\ninterval = \"50ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n{check}"
+    );
+    simple_config(endpoints, "", &checks)
 }
 
 async fn all_from(p: &TestProxy, n: usize) -> Vec<String> {

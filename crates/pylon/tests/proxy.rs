@@ -407,22 +407,7 @@ async fn idle_upstream_connections_expire() {
 }
 
 fn lb_config(endpoints: &[std::net::SocketAddr], lb: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-access_log = {{ enabled = false }}
-[[listeners]]
-name = "front"
-bind = "127.0.0.1:0"
-[[routes]]
-cluster = "c"
-[[clusters]]
-name = "c"
-endpoints = [{}]
-{lb}
-"#,
-        eps.join(", ")
-    )
+    simple_config(endpoints, "", lb)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,22 +10,7 @@ use http::Request;
 use pylon_testkit::*;
 
 fn config(endpoints: &[SocketAddr], retry: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-access_log = {{ enabled = false }}
-[[listeners]]
-name = "front"
-bind = "127.0.0.1:0"
-[[routes]]
-cluster = "c"
-[[clusters]]
-name = "c"
-endpoints = [{}]
-{retry}
-"#,
-        eps.join(", ")
-    )
+    simple_config(endpoints, "", retry)
 }
 
 async fn status_origin(code: u16) -> Origin {
