@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{load_certified_key, load_roots, provider};
+use super::{load_roots, provider};
 
 /// Accepts any server certificate: `insecure_skip_verify = true`, for lab use only.
 #[derive(Debug)]
@@ -100,11 +100,15 @@ pub fn build(
     };
     let mut config = match &t.client_cert {
         Some(files) => {
-            let (key, _) = load_certified_key(files)?;
-            let key_der = super::load_key(&files.key)?;
-            builder
-                .with_client_auth_cert(key.cert.clone(), key_der)
-                .map_err(|e| files.key.at.error(format!("client certificate: {e}")))?
+            // Each file read once; rustls checks that the key matches the certificate.
+            let chain = super::load_chain(&files.cert)?;
+            let key = super::load_key(&files.key)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                files.key.at.error(format!(
+                    "{}: client certificate and key: {e}",
+                    files.key.path.display()
+                ))
+            })?
         }
         None => builder.with_no_client_auth(),
     };
