@@ -57,16 +57,13 @@ impl Balancer for RoundRobin {
         if len == 0 {
             return None;
         }
-        // Usually the first slot's endpoint is available; otherwise take the next slots
-        // (bounded: one full cycle).
-        for _ in 0..len {
-            let n = self.next.fetch_add(1, Ordering::Relaxed);
-            let i = self.schedule[n % len] as usize;
-            if endpoints.is_available(i) {
-                return Some(i);
-            }
-        }
-        None
+        // Usually the slot's endpoint is available; otherwise scan on from it (one full
+        // cycle at most). One counter step per pick: concurrent picks cannot make this
+        // one skip over every available slot.
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..len)
+            .map(|k| self.schedule[(n + k) % len] as usize)
+            .find(|&i| endpoints.is_available(i))
     }
 }
 
@@ -103,6 +100,20 @@ mod tests {
         eps.set_available(0, false);
         eps.set_available(2, false);
         assert_eq!(rr.pick(&eps, None), None);
+    }
+
+    #[test]
+    fn concurrent_picks_always_find_the_available_endpoint() {
+        let eps = std::sync::Arc::new(Endpoints::new(&[1, 1]));
+        let rr = std::sync::Arc::new(RoundRobin::new(&[1, 1]));
+        eps.set_available(0, false);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (eps, rr) = (eps.clone(), rr.clone());
+                std::thread::spawn(move || (0..20_000).all(|_| rr.pick(&eps, None) == Some(1)))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
     }
 
     #[test]
