@@ -445,8 +445,78 @@ pub enum HashKey {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: SocketAddr,
+    pub address: EndpointAddress,
+    /// The endpoint's weight (for a host name, each address it resolves to gets it; SRV
+    /// records carry their own).
     pub weight: u32,
+}
+
+/// Where an endpoint is: fixed, or found through DNS (`[clusters.dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointAddress {
+    Socket(SocketAddr),
+    /// A host name, re-resolved (A/AAAA) as its records' TTL runs out; each address it
+    /// resolves to is an endpoint.
+    Host {
+        name: String,
+        port: u16,
+    },
+    /// An SRV name (`_service._proto.name`): its records give the targets, ports and
+    /// weights (the lowest priority in the answer is used).
+    Srv {
+        name: String,
+    },
+}
+
+impl EndpointAddress {
+    pub fn is_dns(&self) -> bool {
+        !matches!(self, EndpointAddress::Socket(_))
+    }
+}
+
+impl std::fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointAddress::Socket(a) => write!(f, "{a}"),
+            EndpointAddress::Host { name, port } => write!(f, "{name}:{port}"),
+            EndpointAddress::Srv { name } => write!(f, "srv:{name}"),
+        }
+    }
+}
+
+/// Which address families a host name's endpoints use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// A and AAAA records.
+    Any,
+    V4,
+    V6,
+}
+
+/// DNS discovery settings of a cluster (`[clusters.dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers (`ip:port`); empty: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolvers: Vec<SocketAddr>,
+    pub family: IpFamily,
+    /// Names are re-resolved when their records' TTL runs out, but no more often than
+    /// `min_ttl` and at least every `max_ttl`.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// Time allowed for one resolution.
+    pub timeout: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            resolvers: Vec::new(),
+            family: IpFamily::Any,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -493,6 +563,8 @@ pub struct Cluster {
     pub sticky: Option<Sticky>,
     /// Below this percentage of healthy endpoints, all endpoints take traffic (0: off).
     pub panic_threshold: u32,
+    /// How host-name and SRV endpoints are resolved.
+    pub dns: Dns,
 }
 
 /// Sticky sessions (`[clusters.sticky]`).

@@ -146,6 +146,17 @@ pub struct RawCluster {
     pub slow_start: Option<Spanned<String>>,
     pub sticky: Option<RawSticky>,
     pub panic_threshold: Option<Spanned<u32>>,
+    pub dns: Option<Spanned<RawDns>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub resolvers: Option<Vec<Spanned<String>>>,
+    pub family: Option<Spanned<String>>,
+    pub min_ttl: Option<Spanned<String>>,
+    pub max_ttl: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,7 +222,9 @@ pub struct RawHealthCheck {
 /// An endpoint: `"127.0.0.1:8081"` or `{ address = "127.0.0.1:8081", weight = 2 }`.
 #[derive(Debug)]
 pub struct RawEndpoint {
+    /// `address` or `srv`, whichever was given.
     pub address: String,
+    pub srv: bool,
     pub weight: Option<u32>,
 }
 
@@ -221,28 +234,50 @@ impl<'de> Deserialize<'de> for RawEndpoint {
         impl<'de> Visitor<'de> for V {
             type Value = RawEndpoint;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an address string or a table { address = \"ip:port\", weight = N }")
+                f.write_str(
+                    "an address string or a table { address = \"host:port\", weight = N } or { srv = \"_service._tcp.name\" }",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
                 Ok(RawEndpoint {
                     address: v.to_owned(),
+                    srv: false,
                     weight: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEndpoint, A::Error> {
                 let mut address = None;
+                let mut srv = None;
                 let mut weight = None;
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "address" => address = Some(map.next_value::<String>()?),
+                        "srv" => srv = Some(map.next_value::<String>()?),
                         "weight" => weight = Some(map.next_value::<u32>()?),
                         other => {
-                            return Err(de::Error::unknown_field(other, &["address", "weight"]));
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["address", "srv", "weight"],
+                            ));
                         }
                     }
                 }
-                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
-                Ok(RawEndpoint { address, weight })
+                match (address, srv) {
+                    (Some(address), None) => Ok(RawEndpoint {
+                        address,
+                        srv: false,
+                        weight,
+                    }),
+                    (None, Some(name)) => Ok(RawEndpoint {
+                        address: name,
+                        srv: true,
+                        weight,
+                    }),
+                    (Some(_), Some(_)) => Err(de::Error::custom(
+                        "an endpoint has either `address` or `srv`, not both",
+                    )),
+                    (None, None) => Err(de::Error::missing_field("address")),
+                }
             }
         }
         d.deserialize_any(V)

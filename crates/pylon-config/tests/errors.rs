@@ -115,7 +115,7 @@ path = "/x"
 
 [[clusters]]
 name = "c"
-endpoints = ["localhost:80", { address = "127.0.0.1:1", weight = 0 }]
+endpoints = ["localhost:80x", { address = "127.0.0.1:1", weight = 0 }]
 protocol = "h3"
 "#;
     let e = errors(text).join("\n");
@@ -126,7 +126,7 @@ protocol = "h3"
         "listeners[1].bind: address 127.0.0.1:8080 is already bound by listener \"a\"",
         "routes[0].path_regex: invalid regex",
         "routes[1]: route has no action",
-        "clusters[0].endpoints[0]: invalid address \"localhost:80\"",
+        "clusters[0].endpoints[0]: invalid address \"localhost:80x\"",
         "clusters[0].endpoints[1]: endpoint weight must be between 1 and 10000",
         "clusters[0].protocol: unknown upstream protocol \"h3\"",
     ] {
@@ -363,5 +363,89 @@ health_check = { kind = "icmp", expected_statuses = [700] }
             assert_eq!(expected_statuses, &vec![200, 204]);
         }
         k => panic!("{k:?}"),
+    }
+}
+
+#[test]
+fn dns_endpoints_and_their_settings() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["api.internal:8080", { srv = "_http._tcp.api.internal." }, "10.0.0.1:80"]
+
+[clusters.dns]
+resolvers = ["10.0.0.2", "127.0.0.1:5353"]
+family = "ipv4"
+min_ttl = "2s"
+max_ttl = "60s"
+"#;
+    let c = parse(text, "test.toml").expect("valid");
+    let cl = &c.clusters[0];
+    assert_eq!(
+        cl.endpoints[0].address,
+        EndpointAddress::Host {
+            name: "api.internal".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(
+        cl.endpoints[1].address,
+        EndpointAddress::Srv {
+            name: "_http._tcp.api.internal.".into()
+        }
+    );
+    assert!(!cl.endpoints[2].address.is_dns());
+    assert_eq!(
+        cl.dns.resolvers,
+        vec![
+            "10.0.0.2:53".parse().unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(cl.dns.family, IpFamily::V4);
+    assert_eq!(cl.dns.min_ttl, std::time::Duration::from_secs(2));
+    assert_eq!(cl.dns.timeout, std::time::Duration::from_secs(5), "default");
+
+    let bad = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["bad_host!:80", "api.internal:0", "api.internal", "1.2.3:80", { srv = "_x._tcp.a", weight = 2 }]
+
+[clusters.dns]
+resolvers = ["nameserver"]
+family = "ipv5"
+min_ttl = "10s"
+max_ttl = "1s"
+"#;
+    let e = errors(bad);
+    assert_eq!(e.len(), 8, "{e:#?}");
+    for (i, want) in [
+        "clusters[0].endpoints[0]: invalid address \"bad_host!:80\"",
+        "clusters[0].endpoints[1]: invalid address \"api.internal:0\"",
+        "clusters[0].endpoints[2]: invalid address \"api.internal\"",
+        "clusters[0].endpoints[3]: invalid address \"1.2.3:80\"",
+        "weight",
+        "clusters[0].dns.resolvers[0]: invalid resolver \"nameserver\"",
+        "clusters[0].dns.family: unknown family \"ipv5\"",
+        "clusters[0].dns.max_ttl: max_ttl must not be shorter than min_ttl",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(e.iter().any(|x| x.contains(want)), "{i}: {want} in {e:#?}");
     }
 }

@@ -50,3 +50,39 @@ impl Algorithm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Algorithm; 6] = [
+        Algorithm::RoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::LeastRequest,
+        Algorithm::Random,
+        Algorithm::RingHash,
+        Algorithm::Maglev,
+    ];
+
+    #[test]
+    fn an_empty_set_picks_nothing() {
+        // A cluster whose DNS names have not resolved yet has no endpoints.
+        let eps = Endpoints::new(&[]);
+        for a in ALL {
+            assert_eq!(a.build(&[], &[]).pick(&eps, Some(7)), None, "{a:?}");
+            assert_eq!(a.build(&[], &[]).pick(&eps, None), None, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn shared_states_carry_health_into_a_new_set() {
+        let old = Endpoints::new(&[1, 1]);
+        old.set_available(1, false);
+        let moved = std::sync::Arc::clone(old.state(1).unwrap());
+        let new = Endpoints::from_states(vec![moved, std::sync::Arc::new(EndpointState::new(1))]);
+        assert!(!new.is_available(0), "still out of rotation");
+        assert!(new.is_available(1));
+        new.begin(0);
+        assert_eq!(old.in_flight(1), 1, "one state, seen from both sets");
+    }
+}

@@ -2,7 +2,19 @@
 //! availability, requests in flight and a peak-EWMA of response latency.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Times kept in endpoint state count nanoseconds from this process-wide instant, so a
+/// state keeps its meaning when it moves into a new endpoint set (DNS updates).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    (epoch().elapsed().as_nanos() as u64).max(1)
+}
 
 /// Decay time of the latency average.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -14,15 +26,15 @@ pub struct EndpointState {
     in_flight: AtomicU64,
     /// Peak-EWMA latency in nanoseconds (0 = no sample yet).
     ewma_ns: AtomicU64,
-    /// When `ewma_ns` was last updated, nanoseconds since `Endpoints::epoch`.
+    /// When `ewma_ns` was last updated, nanoseconds since the epoch.
     ewma_at: AtomicU64,
     /// Passive health: consecutive failed requests, and the ejection in force.
     consecutive_failures: AtomicU32,
-    /// Nanoseconds since `Endpoints::epoch` until which the endpoint is ejected; 0: not.
+    /// Nanoseconds since the epoch until which the endpoint is ejected; 0: not.
     ejected_until: AtomicU64,
     /// How many times it has been ejected (the ejection time grows with it).
     ejections: AtomicU32,
-    /// Nanoseconds since `Endpoints::epoch` when it last came back into rotation; 0:
+    /// Nanoseconds since the epoch when it last came back into rotation; 0:
     /// in rotation from the start (no slow start).
     back_since: AtomicU64,
 }
@@ -38,35 +50,75 @@ pub struct OutlierPolicy {
     pub max_ejection_percent: u32,
 }
 
-/// The endpoints of one cluster, in configuration order.
+impl EndpointState {
+    /// A new endpoint, in rotation.
+    pub fn new(weight: u32) -> EndpointState {
+        EndpointState {
+            weight: weight.max(1),
+            available: AtomicBool::new(true),
+            in_flight: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new(0),
+            ewma_at: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            back_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether active health checks have it in rotation (ejection and panic aside).
+    pub fn is_up(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Marks the endpoint in or out of rotation (active health checks); one coming
+    /// back starts its slow start.
+    pub fn set_available(&self, available: bool) {
+        let was = self.available.swap(available, Ordering::Relaxed);
+        if available && !was {
+            self.back_since.store(now_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// Requests in flight on it now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// The endpoints of one cluster, in configuration order. The states are shared, so a
+/// new set (after a DNS change) keeps the health, load and latency of the endpoints it
+/// has in common with the old one.
 #[derive(Debug)]
 pub struct Endpoints {
-    epoch: Instant,
-    states: Vec<EndpointState>,
+    states: Vec<Arc<EndpointState>>,
     /// Panic mode: too few endpoints are healthy, so every endpoint takes traffic.
     panic: AtomicBool,
 }
 
 impl Endpoints {
+    /// Fresh endpoints with these weights.
     pub fn new(weights: &[u32]) -> Endpoints {
-        Endpoints {
-            epoch: Instant::now(),
-            states: weights
+        Self::from_states(
+            weights
                 .iter()
-                .map(|&w| EndpointState {
-                    weight: w.max(1),
-                    available: AtomicBool::new(true),
-                    in_flight: AtomicU64::new(0),
-                    ewma_ns: AtomicU64::new(0),
-                    ewma_at: AtomicU64::new(0),
-                    consecutive_failures: AtomicU32::new(0),
-                    ejected_until: AtomicU64::new(0),
-                    ejections: AtomicU32::new(0),
-                    back_since: AtomicU64::new(0),
-                })
+                .map(|&w| Arc::new(EndpointState::new(w)))
                 .collect(),
+        )
+    }
+
+    /// A set over existing (possibly shared) endpoint states.
+    pub fn from_states(states: Vec<Arc<EndpointState>>) -> Endpoints {
+        epoch();
+        Endpoints {
+            states,
             panic: AtomicBool::new(false),
         }
+    }
+
+    /// The shared state of endpoint `i`.
+    pub fn state(&self, i: usize) -> Option<&Arc<EndpointState>> {
+        self.states.get(i)
     }
 
     pub fn len(&self) -> usize {
@@ -78,11 +130,11 @@ impl Endpoints {
     }
 
     pub fn get(&self, i: usize) -> Option<&EndpointState> {
-        self.states.get(i)
+        self.states.get(i).map(|s| &**s)
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        now_ns()
     }
 
     /// In rotation: healthy (active checks) and not ejected (passive), or any endpoint
@@ -141,10 +193,7 @@ impl Endpoints {
     /// Marks an endpoint in or out of rotation (health checks, outlier ejection).
     pub fn set_available(&self, i: usize, available: bool) {
         if let Some(s) = self.states.get(i) {
-            let was = s.available.swap(available, Ordering::Relaxed);
-            if available && !was {
-                s.back_since.store(self.now().max(1), Ordering::Relaxed);
-            }
+            s.set_available(available);
         }
     }
 
@@ -199,7 +248,7 @@ impl Endpoints {
 
     /// Peak EWMA: a slower sample is taken at once, faster ones decay in over time.
     fn observe(&self, s: &EndpointState, latency: Duration) {
-        let now = self.epoch.elapsed().as_nanos() as u64;
+        let now = self.now();
         let sample = latency.as_nanos().min(u128::from(u64::MAX)) as u64;
         let prev = s.ewma_ns.load(Ordering::Relaxed);
         let next = if prev == 0 || sample > prev {

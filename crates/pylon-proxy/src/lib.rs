@@ -82,6 +82,15 @@ impl Proxy {
         });
         let built = Runtime::build(config)
             .map_err(|e| StartError::Config(pylon_config::ConfigErrors(e)))?;
+        // Clusters with DNS endpoints get their first answers before traffic arrives
+        // (a name that does not resolve leaves its cluster answering 503 no_endpoint
+        // until it does).
+        for c in built.clusters.values() {
+            let limit = c.dns_timeout().saturating_mul(2) + Duration::from_secs(1);
+            if !c.wait_dns_ready(limit).await {
+                tracing::warn!(cluster = %c.name, "DNS endpoints not resolved yet; serving without them");
+            }
+        }
         let runtime = Arc::new(ArcSwap::from_pointee(built));
         let mut tls = Vec::new();
         for l in &config.listeners {
@@ -176,11 +185,9 @@ impl Proxy {
 
     /// Idle HTTP/1.1 upstream connections held for a cluster, summed over endpoints.
     pub fn idle_upstream_connections(&self, cluster: &str) -> usize {
-        self.runtime
-            .load()
-            .clusters
-            .get(cluster)
-            .map_or(0, |c| c.endpoints.iter().map(|e| e.idle_count()).sum())
+        self.runtime.load().clusters.get(cluster).map_or(0, |c| {
+            c.endpoints().pools.iter().map(|e| e.idle_count()).sum()
+        })
     }
 
     /// Re-reads every listener's certificate files: new handshakes use the new
@@ -211,8 +218,8 @@ impl Proxy {
     pub fn endpoint_available(&self, cluster: &str, addr: SocketAddr) -> Option<bool> {
         let rt = self.runtime.load();
         let c = rt.clusters.get(cluster)?;
-        let i = c.endpoints.iter().position(|e| e.address == addr)?;
-        Some(c.state.is_available(i))
+        let set = c.endpoints();
+        Some(set.state.is_available(set.position(addr)?))
     }
 
     /// Client connections now open.

@@ -6,11 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
+pub mod dns;
 pub mod origin;
 pub mod process;
 pub mod tls;
 
 pub use client::*;
+pub use dns::*;
 pub use origin::*;
 pub use process::*;
 pub use tls::*;

@@ -49,17 +49,26 @@ impl Origin {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<OriginBody>> + Send + 'static,
     {
-        Self::start_inner(Arc::new(move |r| Box::pin(handler(r))), None).await
+        Self::start_inner(Arc::new(move |r| Box::pin(handler(r))), None, "127.0.0.1:0").await
     }
 
     /// An HTTPS origin (HTTP/1.1 and h2 by ALPN) answering like [`Origin::echo`].
     pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Origin {
         let handler: Handler = Arc::new(|r| Box::pin(echo_response(r)));
-        Self::start_inner(handler, Some(tokio_rustls::TlsAcceptor::from(config))).await
+        Self::start_inner(
+            handler,
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+            "127.0.0.1:0",
+        )
+        .await
     }
 
-    async fn start_inner(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start_inner(
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        bind: impl tokio::net::ToSocketAddrs,
+    ) -> Origin {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -114,6 +123,20 @@ impl Origin {
                 .unwrap()
         })
         .await
+    }
+
+    /// Like [`Origin::named`], bound to `addr` (another loopback address, to stand
+    /// behind a DNS name on the same port as another origin).
+    pub async fn named_at(name: &'static str, addr: SocketAddr) -> Origin {
+        let handler: Handler = Arc::new(move |_req| {
+            Box::pin(async move {
+                Response::builder()
+                    .header("x-origin", name)
+                    .body(full(name))
+                    .unwrap()
+            })
+        });
+        Self::start_inner(handler, None, addr).await
     }
 
     /// Answers with a JSON description of the request it received: method, URI,

@@ -291,12 +291,8 @@ async fn below_the_panic_threshold_every_endpoint_takes_traffic() {
     b_status.store(503, Ordering::SeqCst);
     eventually("b unhealthy", || {
         p.proxy.cluster("c").is_some_and(|cl| {
-            let i = cl
-                .endpoints
-                .iter()
-                .position(|e| e.address == b.addr)
-                .unwrap();
-            !cl.state.is_healthy(i)
+            let set = cl.endpoints();
+            !set.state.is_healthy(set.position(b.addr).unwrap())
         })
     })
     .await;

@@ -14,25 +14,35 @@ use pylon_config::model::{HealthCheck, HealthCheckKind, UpstreamProtocol};
 
 use crate::http::body::RequestBody;
 use crate::http::upstream::{ClusterRuntime, EndpointPool};
+use pylon_lb::EndpointState;
 
 /// Largest response body read to look for `body_contains`.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Starts one checking task per endpoint; each ends when the cluster is dropped.
-pub fn spawn(cluster: &Arc<ClusterRuntime>, hc: &HealthCheck) {
-    for index in 0..cluster.endpoints.len() {
-        tokio::spawn(run(Arc::downgrade(cluster), index, hc.clone()));
-    }
+/// Starts the checking task of one endpoint; it ends when the cluster is dropped or the
+/// endpoint leaves it (DNS discovery).
+pub fn spawn(
+    cluster: &Arc<ClusterRuntime>,
+    endpoint: Arc<EndpointPool>,
+    state: Arc<EndpointState>,
+    hc: &HealthCheck,
+) {
+    tokio::spawn(run(Arc::downgrade(cluster), endpoint, state, hc.clone()));
 }
 
-async fn run(cluster: Weak<ClusterRuntime>, index: usize, hc: HealthCheck) {
+async fn run(
+    cluster: Weak<ClusterRuntime>,
+    endpoint: Arc<EndpointPool>,
+    state: Arc<EndpointState>,
+    hc: HealthCheck,
+) {
     let mut successes = 0u32;
     let mut failures = 0u32;
     let mut first = true;
     loop {
-        let (endpoint, protocol) = match cluster.upgrade() {
-            Some(c) => (Arc::clone(&c.endpoints[index]), c.protocol),
-            None => return,
+        let protocol = match cluster.upgrade() {
+            Some(c) if c.has_endpoint(&endpoint) => c.protocol,
+            _ => return,
         };
         let outcome = tokio::time::timeout(hc.timeout, check(&endpoint, protocol, &hc.kind)).await;
         let result = match outcome {
@@ -50,16 +60,15 @@ async fn run(cluster: Weak<ClusterRuntime>, index: usize, hc: HealthCheck) {
                 successes = 0;
             }
         }
-        let available = c.state.is_available(index);
         // The first result decides at once: a dead endpoint is not tried by traffic first.
-        let change = if available {
+        let change = if state.is_up() {
             (result.is_err() && (first || failures >= hc.unhealthy_threshold)).then_some(false)
         } else {
             (result.is_ok() && successes >= hc.healthy_threshold).then_some(true)
         };
         first = false;
         if let Some(up) = change {
-            c.state.set_available(index, up);
+            state.set_available(up);
             c.health_changes.fetch_add(1, Ordering::Relaxed);
             match &result {
                 Ok(()) => tracing::info!(
@@ -104,7 +113,13 @@ async fn check(
     else {
         return Ok(());
     };
-    let host = host.clone().unwrap_or_else(|| endpoint.address.to_string());
+    let host = match host {
+        Some(h) => h.clone(),
+        None => endpoint
+            .host_value
+            .to_str()
+            .map_or_else(|_| endpoint.address.to_string(), str::to_owned),
+    };
     let h2 = matches!(protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2);
     let uri = if h2 {
         let scheme = if protocol == UpstreamProtocol::H2 {

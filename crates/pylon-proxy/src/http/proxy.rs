@@ -3,6 +3,7 @@
 //! backoff with jitter, a different endpoint, the cluster's retry budget), and the
 //! upstream's answer streamed back.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -145,10 +146,12 @@ pub(super) async fn proxy(
         .as_ref()
         .and_then(|k| request_key(k, &req, ctx));
     let downstream_version = req.version();
+    // One endpoint set for the whole request, retries included.
+    let endpoints = cluster.endpoints();
     let sticky_to = cluster
         .sticky
         .as_ref()
-        .and_then(|s| s.lookup(req.headers(), &cluster.endpoint_ids));
+        .and_then(|s| s.lookup(req.headers(), &endpoints.ids));
     let (mut parts, incoming) = req.into_parts();
     // The client's authority as a header value: `Host` as sent (a cheap clone), or
     // `:authority` for HTTP/2.
@@ -197,7 +200,7 @@ pub(super) async fn proxy(
     } else {
         None
     };
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_slot = None;
     loop {
@@ -210,17 +213,17 @@ pub(super) async fn proxy(
         // A sticky session's endpoint first (first try only), else the balancer.
         let pinned = sticky_to
             .filter(|_| attempt == 0)
-            .and_then(|i| cluster.lease_for(i));
+            .and_then(|i| cluster.lease_for(&endpoints, i));
         let mut lease = match pinned {
             Some(l) => l,
             None => cluster
-                .pick_excluding(pick_key, &tried)
+                .pick_excluding(&endpoints, pick_key, &tried)
                 .ok_or(ErrorKind::NoEndpoint)?,
         };
         let endpoint = Arc::clone(lease.endpoint());
         if more {
             // Only a request that may be retried remembers where it went.
-            tried.push(lease.index());
+            tried.push(endpoint.address);
         }
         let mut try_parts = if more {
             clone_parts(&parts)
@@ -285,6 +288,10 @@ pub(super) async fn proxy(
             tracing::debug!(cluster = %cluster.name, "retry budget exhausted; answering with the last try");
         }
         let index = lease.index();
+        let sticky_cookie = match &cluster.sticky {
+            Some(sticky) if sticky_to != Some(index) => sticky.set_cookie(lease.id()),
+            _ => None,
+        };
         ex.lease = Some(lease);
         return match result {
             Ok((resp, pooled)) => {
@@ -294,10 +301,7 @@ pub(super) async fn proxy(
                     append_via(&mut rparts.headers, rparts.version);
                 }
                 rparts.version = downstream_version;
-                if let Some(sticky) = &cluster.sticky
-                    && sticky_to != Some(index)
-                    && let Some(v) = sticky.set_cookie(&cluster.endpoint_ids[index])
-                {
+                if let Some(v) = sticky_cookie {
                     rparts.headers.append(header::SET_COOKIE, v);
                 }
                 ex.pooled = pooled;

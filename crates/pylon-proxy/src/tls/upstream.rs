@@ -141,10 +141,18 @@ impl TlsConnector {
         })
     }
 
-    pub async fn connect(&self, addr: SocketAddr, tcp: TcpStream) -> io::Result<UpstreamIo> {
+    /// The TLS handshake over `tcp`, naming (SNI, certificate check) the cluster's
+    /// `server_name`, else the endpoint's DNS name, else its IP address.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        endpoint_name: Option<&ServerName<'static>>,
+        tcp: TcpStream,
+    ) -> io::Result<UpstreamIo> {
         let name = self
             .server_name
             .clone()
+            .or_else(|| endpoint_name.cloned())
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let tls = self.connector.connect(name, tcp).await?;
         Ok(UpstreamIo {

@@ -1,5 +1,6 @@
 //! Upstream clusters at run time: endpoints, their connection pools and the balancer.
 
+mod discovery;
 mod pool;
 mod sticky;
 
@@ -7,16 +8,64 @@ pub use pool::{EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 pub use sticky::StickyCookie;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use pylon_config::ConfigError;
 use pylon_config::model::{self, HostHeader, UpstreamProtocol};
 
 use crate::tls::upstream::TlsConnector;
-use pylon_config::model::{CircuitBreaker, HashKey, LbPolicy, Retry};
-use pylon_lb::{Algorithm, Balancer, Endpoints, OutlierPolicy};
+use pylon_config::model::{CircuitBreaker, EndpointAddress, HashKey, LbPolicy, Retry};
+use pylon_lb::{Algorithm, Balancer, EndpointState, Endpoints, OutlierPolicy};
+
+/// The endpoints a cluster balances over now, index-aligned: pools, live state, the
+/// balancer built over them and their ids. Replaced whole when DNS answers change; a
+/// request keeps the set it picked from until it ends.
+pub struct EndpointSet {
+    pub pools: Vec<Arc<EndpointPool>>,
+    pub state: Endpoints,
+    balancer: Box<dyn Balancer>,
+    /// The endpoints' addresses, as sticky cookies and hash rings name them.
+    pub ids: Vec<String>,
+}
+
+impl EndpointSet {
+    fn new(lb: LbPolicy, pools: Vec<Arc<EndpointPool>>, states: Vec<Arc<EndpointState>>) -> Self {
+        let weights: Vec<u32> = states.iter().map(|s| s.weight).collect();
+        let ids: Vec<String> = pools.iter().map(|p| p.address.to_string()).collect();
+        EndpointSet {
+            balancer: algorithm(lb).build(&weights, &ids),
+            state: Endpoints::from_states(states),
+            pools,
+            ids,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
+    /// The index of the endpoint at `addr`.
+    pub fn position(&self, addr: SocketAddr) -> Option<usize> {
+        self.pools.iter().position(|p| p.address == addr)
+    }
+}
+
+/// One endpoint of a new set: where, with which weight, and the DNS name it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub host: Option<Arc<str>>,
+}
 
 /// A cluster ready to take requests.
 pub struct ClusterRuntime {
@@ -24,11 +73,12 @@ pub struct ClusterRuntime {
     pub protocol: UpstreamProtocol,
     pub host_header: HostHeader,
     pub response_timeout: Duration,
-    pub endpoints: Vec<Arc<EndpointPool>>,
-    /// Live state per endpoint (availability, in flight, latency), index-aligned with
-    /// `endpoints`.
-    pub state: Endpoints,
-    balancer: Box<dyn Balancer>,
+    set: ArcSwap<EndpointSet>,
+    lb: LbPolicy,
+    /// What new endpoints are built from (DNS updates).
+    config: model::Cluster,
+    tls: Option<TlsConnector>,
+    limits: pool::ConnectionLimits,
     /// The hash key, for `ring_hash` and `maglev` clusters.
     pub hash_key: Option<HashKey>,
     /// Endpoint health changes so far (in and out of rotation).
@@ -47,14 +97,18 @@ pub struct ClusterRuntime {
     pub breaker: CircuitBreaker,
     slow_start: Option<Duration>,
     panic_threshold: u32,
-    /// Sticky sessions, and the endpoints' addresses as the cookie names them.
+    /// Sticky sessions.
     pub sticky: Option<StickyCookie>,
-    pub endpoint_ids: Vec<String>,
     /// Upstream connections open, and requests waiting for one to open (all endpoints).
     pub(crate) open_connections: Arc<AtomicU64>,
     pub(crate) pending: Arc<AtomicU64>,
     /// Requests refused by the circuit breaker so far.
     pub overloaded: AtomicU64,
+    /// DNS discovery: endpoint set changes applied, and failed resolutions, so far.
+    pub dns_updates: AtomicU64,
+    pub dns_failures: AtomicU64,
+    /// Set once the first DNS round is done (at once without DNS endpoints).
+    dns_ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// A request (or a retry) in flight on a cluster; dropping it ends it.
@@ -70,17 +124,23 @@ impl Drop for ActiveGuard<'_> {
 /// latency to its response head (if any) feeds the endpoint's average.
 pub struct EndpointLease {
     cluster: Arc<ClusterRuntime>,
+    set: Arc<EndpointSet>,
     index: usize,
     latency: Option<Duration>,
 }
 
 impl EndpointLease {
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
-        &self.cluster.endpoints[self.index]
+        &self.set.pools[self.index]
     }
 
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The endpoint's id (its address), as a sticky cookie names it.
+    pub fn id(&self) -> &str {
+        &self.set.ids[self.index]
     }
 
     pub fn record_latency(&mut self, d: Duration) {
@@ -92,11 +152,11 @@ impl EndpointLease {
     pub fn report(&self, ok: bool) {
         let c = &self.cluster;
         let Some(policy) = &c.outlier else { return };
-        if let Some(d) = c.state.record_outcome(self.index, ok, policy) {
+        if let Some(d) = self.set.state.record_outcome(self.index, ok, policy) {
             c.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 cluster = %c.name,
-                endpoint = %c.endpoints[self.index].address,
+                endpoint = %self.set.pools[self.index].address,
                 ejection = ?d,
                 "endpoint ejected after consecutive failures"
             );
@@ -106,7 +166,7 @@ impl EndpointLease {
 
 impl Drop for EndpointLease {
     fn drop(&mut self) {
-        self.cluster.state.end(self.index, self.latency);
+        self.set.state.end(self.index, self.latency);
     }
 }
 
@@ -122,7 +182,8 @@ fn algorithm(p: LbPolicy) -> Algorithm {
 }
 
 impl ClusterRuntime {
-    /// Builds the cluster (reading its TLS files) and starts its idle-connection sweeper.
+    /// Builds the cluster (reading its TLS files) and starts its idle-connection
+    /// sweeper, health checks and DNS discovery.
     pub fn new(c: &model::Cluster) -> Result<Arc<Self>, ConfigError> {
         let tls = match &c.tls {
             Some(t) => Some(TlsConnector::new(t, c.protocol)?),
@@ -136,21 +197,30 @@ impl ClusterRuntime {
             pending: Arc::clone(&pending),
             max_pending: c.circuit_breaker.max_pending_requests,
         };
-        let endpoints: Vec<Arc<EndpointPool>> = c
+        // Fixed addresses now; DNS names join when first resolved.
+        let specs: Vec<EndpointSpec> = c
             .endpoints
             .iter()
-            .map(|e| Arc::new(EndpointPool::new(e.address, c, tls.clone(), limits.clone())))
+            .filter_map(|e| match e.address {
+                EndpointAddress::Socket(address) => Some(EndpointSpec {
+                    address,
+                    weight: e.weight,
+                    host: None,
+                }),
+                _ => None,
+            })
             .collect();
-        let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
-        let ids: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
+        let uses_dns = c.endpoints.iter().any(|e| e.address.is_dns());
         let cluster = Arc::new(ClusterRuntime {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
             host_header: c.host_header,
             response_timeout: c.response_timeout,
-            endpoints,
-            state: Endpoints::new(&weights),
-            balancer: algorithm(c.lb).build(&weights, &ids),
+            set: ArcSwap::from_pointee(EndpointSet::new(c.lb, Vec::new(), Vec::new())),
+            lb: c.lb,
+            config: c.clone(),
+            tls,
+            limits,
             hash_key: c.lb.uses_key().then(|| c.hash_key.clone()),
             health_changes: AtomicU64::new(0),
             outlier: c.outlier_detection.as_ref().map(|o| OutlierPolicy {
@@ -168,69 +238,154 @@ impl ClusterRuntime {
             slow_start: c.slow_start,
             panic_threshold: c.panic_threshold,
             sticky: c.sticky.as_ref().map(StickyCookie::new),
-            endpoint_ids: ids.clone(),
             open_connections,
             pending,
             overloaded: AtomicU64::new(0),
+            dns_updates: AtomicU64::new(0),
+            dns_failures: AtomicU64::new(0),
+            dns_ready: tokio::sync::watch::Sender::new(!uses_dns),
         });
-        if let Some(hc) = &c.health_check {
-            crate::health::spawn(&cluster, hc);
+        cluster.replace_endpoints(&specs);
+        if uses_dns {
+            discovery::spawn(&cluster)?;
         }
         spawn_sweeper(Arc::downgrade(&cluster), c.pool.idle_timeout);
         Ok(cluster)
     }
 
-    /// The endpoint for the next request, counted in flight until the lease drops.
-    pub fn pick(self: &Arc<Self>, key: Option<u64>) -> Option<EndpointLease> {
-        self.pick_excluding(key, &[])
+    /// The endpoint set now in force.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.set.load_full()
     }
 
-    /// A lease on a given endpoint (a sticky session's), if it is in rotation.
-    pub fn lease_for(self: &Arc<Self>, index: usize) -> Option<EndpointLease> {
-        if !self.state.is_available(index) {
+    /// Swaps in a new endpoint set. Endpoints already known (same address and weight)
+    /// keep their pool and state (health, ejection, load); new ones get health checks;
+    /// requests in flight finish on the set they started with. Returns whether the set
+    /// changed.
+    pub fn replace_endpoints(self: &Arc<Self>, specs: &[EndpointSpec]) -> bool {
+        let old = self.set.load_full();
+        let same = old.len() == specs.len()
+            && specs.iter().enumerate().all(|(i, s)| {
+                old.pools[i].address == s.address
+                    && old
+                        .state
+                        .get(i)
+                        .is_some_and(|st| st.weight == s.weight.max(1))
+            });
+        if same && !old.is_empty() {
+            return false;
+        }
+        let mut pools = Vec::with_capacity(specs.len());
+        let mut states = Vec::with_capacity(specs.len());
+        let mut fresh = Vec::new();
+        for s in specs {
+            let kept = old.position(s.address).and_then(|i| {
+                let st = old.state.state(i)?;
+                (st.weight == s.weight.max(1)).then(|| (Arc::clone(&old.pools[i]), Arc::clone(st)))
+            });
+            let (pool, state) = kept.unwrap_or_else(|| {
+                let pool = Arc::new(EndpointPool::new(
+                    s.address,
+                    s.host.as_deref(),
+                    &self.config,
+                    self.tls.clone(),
+                    self.limits.clone(),
+                ));
+                let state = Arc::new(EndpointState::new(s.weight));
+                fresh.push((Arc::clone(&pool), Arc::clone(&state)));
+                (pool, state)
+            });
+            pools.push(pool);
+            states.push(state);
+        }
+        self.set
+            .store(Arc::new(EndpointSet::new(self.lb, pools, states)));
+        if let Some(hc) = &self.config.health_check {
+            for (pool, state) in fresh {
+                crate::health::spawn(self, pool, state, hc);
+            }
+        }
+        !same
+    }
+
+    /// Whether `pool` is still one of the cluster's endpoints.
+    pub(crate) fn has_endpoint(&self, pool: &Arc<EndpointPool>) -> bool {
+        self.set.load().pools.iter().any(|p| Arc::ptr_eq(p, pool))
+    }
+
+    /// The time allowed for one DNS resolution.
+    pub fn dns_timeout(&self) -> Duration {
+        self.config.dns.timeout
+    }
+
+    /// Waits until the first DNS resolution round is done (or `limit` passes).
+    pub async fn wait_dns_ready(&self, limit: Duration) -> bool {
+        let mut rx = self.dns_ready.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|ready| *ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The endpoint for the next request, counted in flight until the lease drops.
+    pub fn pick(self: &Arc<Self>, key: Option<u64>) -> Option<EndpointLease> {
+        self.pick_excluding(&self.endpoints(), key, &[])
+    }
+
+    /// A lease on a given endpoint of `set` (a sticky session's), if it is in rotation.
+    pub fn lease_for(
+        self: &Arc<Self>,
+        set: &Arc<EndpointSet>,
+        index: usize,
+    ) -> Option<EndpointLease> {
+        if !set.state.is_available(index) {
             return None;
         }
-        self.endpoints.get(index)?;
-        self.state.begin(index);
+        set.pools.get(index)?;
+        set.state.begin(index);
         Some(EndpointLease {
             cluster: Arc::clone(self),
+            set: Arc::clone(set),
             index,
             latency: None,
         })
     }
 
-    /// Like [`pick`](Self::pick), avoiding the endpoints in `tried` when another is
-    /// available (retries go elsewhere).
+    /// Like [`pick`](Self::pick), from `set`, avoiding the endpoints at the addresses in
+    /// `tried` when another is available (retries go elsewhere).
     pub fn pick_excluding(
         self: &Arc<Self>,
+        set: &Arc<EndpointSet>,
         key: Option<u64>,
-        tried: &[usize],
+        tried: &[SocketAddr],
     ) -> Option<EndpointLease> {
         if self.panic_threshold > 0 {
-            self.state.update_panic(self.panic_threshold);
+            set.state.update_panic(self.panic_threshold);
         }
-        let mut index = self.balancer.pick(&self.state, key)?;
-        for _ in 0..self.endpoints.len() {
-            if !tried.contains(&index) {
-                break;
+        let mut index = set.balancer.pick(&set.state, key)?;
+        if !tried.is_empty() {
+            for _ in 0..set.len() {
+                if !tried.contains(&set.pools.get(index)?.address) {
+                    break;
+                }
+                index = set.balancer.pick(&set.state, None)?;
             }
-            index = self.balancer.pick(&self.state, None)?;
         }
         // Slow start: an endpoint just back takes a request only with the probability
         // of its ramp; otherwise the balancer picks again (a few times at most).
         if let Some(window) = self.slow_start {
             for _ in 0..4 {
-                let f = self.state.slow_start_factor(index, window);
+                let f = set.state.slow_start_factor(index, window);
                 if f >= 1.0 || (pylon_lb::random_u64() % 10_000) as f64 / 10_000.0 < f {
                     break;
                 }
-                index = self.balancer.pick(&self.state, None)?;
+                index = set.balancer.pick(&set.state, None)?;
             }
         }
-        self.endpoints.get(index)?;
-        self.state.begin(index);
+        set.pools.get(index)?;
+        set.state.begin(index);
         Some(EndpointLease {
             cluster: Arc::clone(self),
+            set: Arc::clone(set),
             index,
             latency: None,
         })
@@ -297,7 +452,7 @@ fn spawn_sweeper(cluster: Weak<ClusterRuntime>, idle_timeout: Duration) {
         loop {
             tick.tick().await;
             let Some(c) = cluster.upgrade() else { return };
-            for e in &c.endpoints {
+            for e in &c.endpoints().pools {
                 e.sweep();
             }
         }

@@ -80,8 +80,12 @@ impl Drop for Slot {
 
 pub struct EndpointPool {
     pub address: SocketAddr,
-    /// `ip:port` as a header value (for `host_header = "endpoint"`).
+    /// `ip:port`, or `name:port` for an endpoint found through DNS, as a header value
+    /// (for `host_header = "endpoint"` and health checks).
     pub host_value: http::HeaderValue,
+    /// The DNS name the endpoint came from: the TLS server name unless the cluster
+    /// sets one.
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
     protocol: UpstreamProtocol,
     tls: Option<TlsConnector>,
     limits: ConnectionLimits,
@@ -118,16 +122,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl EndpointPool {
     pub fn new(
         address: SocketAddr,
+        host: Option<&str>,
         c: &model::Cluster,
         tls: Option<TlsConnector>,
         limits: ConnectionLimits,
     ) -> Self {
+        let authority = match host {
+            Some(h) => format!("{}:{}", h.trim_end_matches('.'), address.port()),
+            None => address.to_string(),
+        };
         EndpointPool {
             tls,
             limits,
             address,
-            host_value: http::HeaderValue::from_str(&address.to_string())
+            host_value: http::HeaderValue::from_str(&authority)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
+            server_name: host.and_then(|h| {
+                rustls_pki_types::ServerName::try_from(h.trim_end_matches('.').to_owned()).ok()
+            }),
             protocol: c.protocol,
             connect_timeout: c.connect_timeout,
             idle_timeout: c.pool.idle_timeout,
@@ -181,7 +193,7 @@ impl EndpointPool {
             match &self.tls {
                 None => Ok(UpstreamIo::plain(stream)),
                 Some(tls) => tls
-                    .connect(self.address, stream)
+                    .connect(self.address, self.server_name.as_ref(), stream)
                     .await
                     .map_err(|e| UpstreamError::Tls(self.address, e)),
             }
