@@ -30,6 +30,12 @@ impl Config {
         self.routes
             .iter()
             .filter(move |r| r.listeners.is_empty() || r.listeners.iter().any(|l| l == listener))
+            .filter(move |_| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.name == listener)
+                    .is_none_or(|l| l.protocol.is_http())
+            })
     }
 
     /// One line for `pylon check`.
@@ -93,6 +99,11 @@ pub enum ListenerProtocol {
     Http,
     /// HTTP/1.1 and HTTP/2 over TLS (ALPN).
     Https,
+    /// Layer 4: TCP connections relayed to a cluster's endpoints (TLS terminated when
+    /// the listener has `tls`; routed by SNI without terminating with `sni_routes`).
+    Tcp,
+    /// Layer 4: UDP datagrams relayed per client session.
+    Udp,
 }
 
 impl ListenerProtocol {
@@ -100,6 +111,8 @@ impl ListenerProtocol {
         match self {
             ListenerProtocol::Http => "http",
             ListenerProtocol::Https => "https",
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
         }
     }
 }
@@ -204,8 +217,121 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     pub limits: Limits,
     pub headers: ForwardingHeaders,
-    /// Present exactly when `protocol` is `https`.
+    /// Present when `protocol` is `https` (always) or `tcp` (TLS termination at L4).
     pub tls: Option<ListenerTls>,
+    /// For `tcp` and `udp` listeners.
+    pub l4: Option<L4Listener>,
+    /// PROXY protocol (v1 or v2) expected from trusted sources; others are refused.
+    pub proxy_protocol: Option<ProxyProtocolIn>,
+}
+
+impl ListenerProtocol {
+    pub fn is_http(self) -> bool {
+        matches!(self, ListenerProtocol::Http | ListenerProtocol::Https)
+    }
+}
+
+/// A Layer 4 listener's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L4Listener {
+    /// Where connections (or UDP sessions) go when no SNI route takes them; without it,
+    /// such connections are closed.
+    pub cluster: Option<String>,
+    /// TLS passthrough: the ClientHello is read (not terminated) and its server name
+    /// (and ALPN) choose the cluster; first match wins.
+    pub sni_routes: Vec<SniRoute>,
+    /// A TCP connection with no bytes either way for this long is closed; a UDP session
+    /// without datagrams either way expires.
+    pub idle_timeout: Duration,
+    /// Connections are closed after this long whatever their activity.
+    pub max_lifetime: Option<Duration>,
+    /// Concurrent connections (TCP) or sessions (UDP) of this listener; more are refused.
+    pub max_connections: u64,
+    /// Time allowed for the client's ClientHello when `sni_routes` must read it.
+    pub inspect_timeout: Duration,
+    /// Relay with splice(2) (Linux, neither side TLS); off: copy through user space.
+    pub splice: bool,
+}
+
+/// A TLS-passthrough route: server names (and ALPN) to a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Exact or `*.suffix` names; empty matches any (and no) server name.
+    pub server_names: Vec<HostMatch>,
+    /// Offered ALPN protocols, one of which must be offered; empty: any.
+    pub alpn: Vec<String>,
+    pub cluster: String,
+}
+
+/// Incoming PROXY protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocolIn {
+    /// Sources allowed (and required) to send a PROXY header.
+    pub trusted: Vec<IpNet>,
+}
+
+/// An IPv4 or IPv6 network (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (std::net::IpAddr::V6(_), std::net::IpAddr::V4(v4)) => {
+                std::net::IpAddr::V6(v4.to_ipv6_mapped())
+            }
+            (std::net::IpAddr::V4(_), std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => return false,
+            },
+            _ => ip,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => (
+                u128::from(u32::from(a)) << 96,
+                u128::from(u32::from(b)) << 96,
+                self.prefix,
+            ),
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                (u128::from(a), u128::from(b), self.prefix)
+            }
+            _ => return false,
+        };
+        if bits == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - u32::from(bits.min(128)));
+        a & mask == b & mask
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let bad =
+            || format!("invalid network \"{s}\": expected an IP or a CIDR such as 10.0.0.0/8");
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, n)) => (ip, Some(n.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+/// PROXY protocol version sent to upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
 }
 
 /// Limits on what a client controls, with safe defaults.
@@ -272,6 +398,18 @@ pub enum HostMatch {
     Exact(String),
     /// `*.example.com` stored as `.example.com`: matches any name ending in it.
     Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (lower-case, without port) matches; a wildcard needs at least one
+    /// more label.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -565,6 +703,8 @@ pub struct Cluster {
     pub panic_threshold: u32,
     /// How host-name and SRV endpoints are resolved.
     pub dns: Dns,
+    /// A PROXY protocol header opens every upstream connection; off when `None`.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 /// Sticky sessions (`[clusters.sticky]`).

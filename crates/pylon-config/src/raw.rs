@@ -42,6 +42,28 @@ pub struct RawListener {
     /// Header name, or `false` to turn request ids off.
     pub request_id: Option<Spanned<StrOrBool>>,
     pub tls: Option<Spanned<RawListenerTls>>,
+    pub proxy_protocol: Option<Spanned<RawProxyProtocolIn>>,
+    // Layer 4 (`tcp` and `udp` listeners).
+    pub cluster: Option<Spanned<String>>,
+    pub sni_routes: Option<Vec<Spanned<RawSniRoute>>>,
+    pub max_lifetime: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub inspect_timeout: Option<Spanned<String>>,
+    pub splice: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniRoute {
+    pub server_names: Option<Spanned<StrList>>,
+    pub alpn: Option<Spanned<StrList>>,
+    pub cluster: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocolIn {
+    pub trusted: Spanned<StrList>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +169,7 @@ pub struct RawCluster {
     pub sticky: Option<RawSticky>,
     pub panic_threshold: Option<Spanned<u32>>,
     pub dns: Option<Spanned<RawDns>>,
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

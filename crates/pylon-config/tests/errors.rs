@@ -449,3 +449,96 @@ max_ttl = "1s"
         assert!(e.iter().any(|x| x.contains(want)), "{i}: {want} in {e:#?}");
     }
 }
+
+#[test]
+fn layer4_listeners_and_their_mistakes() {
+    let ok = r#"
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:9000"
+protocol = "tcp"
+cluster = "c"
+max_lifetime = "1h"
+proxy_protocol = { trusted = ["10.0.0.0/8", "::1"] }
+
+[[listeners]]
+name = "pass"
+bind = "127.0.0.1:9443"
+protocol = "tcp"
+sni_routes = [{ server_names = ["*.example.com"], alpn = "h2", cluster = "c" }]
+
+[[listeners]]
+name = "udp"
+bind = "127.0.0.1:9000"
+protocol = "udp"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+proxy_protocol = "v2"
+"#;
+    let c = parse(ok, "test.toml").expect("valid");
+    let tcp = c.listeners[0].l4.as_ref().unwrap();
+    assert_eq!(tcp.cluster.as_deref(), Some("c"));
+    assert_eq!(tcp.idle_timeout, std::time::Duration::from_secs(600));
+    assert!(tcp.splice);
+    assert_eq!(
+        c.listeners[0]
+            .proxy_protocol
+            .as_ref()
+            .unwrap()
+            .trusted
+            .len(),
+        2
+    );
+    let pass = c.listeners[1].l4.as_ref().unwrap();
+    assert_eq!(pass.sni_routes[0].alpn, vec!["h2".to_string()]);
+    assert_eq!(
+        c.listeners[2].l4.as_ref().unwrap().idle_timeout,
+        std::time::Duration::from_secs(60),
+        "UDP sessions idle out sooner; the same port as a TCP listener is fine"
+    );
+    assert_eq!(c.clusters[0].proxy_protocol, Some(ProxyProtocolVersion::V2));
+
+    let bad = r#"
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:9000"
+protocol = "tcp"
+max_headers = 10
+proxy_protocol = { trusted = ["10.0.0.0/33"] }
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+cluster = "c"
+
+[[listeners]]
+name = "u"
+bind = "127.0.0.1:53"
+protocol = "udp"
+cluster = "nope"
+
+[[routes]]
+listeners = ["tcp"]
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+proxy_protocol = "v3"
+"#;
+    let e = errors(bad);
+    for want in [
+        "listeners[0].name: a tcp listener needs `cluster` (or `sni_routes`)",
+        "listeners[0].max_headers: `max_headers` applies only to http and https listeners",
+        "listeners[0].proxy_protocol.trusted: invalid network \"10.0.0.0/33\"",
+        "listeners[1].cluster: `cluster` applies only to tcp and udp listeners",
+        "listeners[2].cluster: unknown cluster \"nope\"",
+        "routes[0].listeners: listener \"tcp\" is a tcp/udp listener",
+        "clusters[0].proxy_protocol: unknown proxy_protocol \"v3\"",
+    ] {
+        assert!(e.iter().any(|x| x.contains(want)), "{want} in {e:#?}");
+    }
+}

@@ -6,6 +6,7 @@
 mod conn;
 pub mod health;
 pub mod http;
+pub mod l4;
 pub mod listener;
 pub mod observe;
 pub mod runtime;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pylon_config::Config;
+use pylon_config::model::ListenerProtocol;
 use tokio::sync::watch;
 
 use crate::http::pipeline::{RequestIds, Shared};
@@ -80,6 +82,31 @@ impl Proxy {
             logger,
             request_ids: RequestIds::default(),
         });
+        // Sockets first: health checks of endpoints this process serves itself (demo
+        // backends) find them listening.
+        enum Socket {
+            Tcp(std::net::TcpListener),
+            Udp(std::net::UdpSocket),
+        }
+        let mut sockets = Vec::new();
+        for l in &config.listeners {
+            for &addr in &l.binds {
+                let bind_err = |source| StartError::Bind {
+                    listener: l.name.clone(),
+                    addr,
+                    source,
+                };
+                let socket = if l.protocol == ListenerProtocol::Udp {
+                    Socket::Udp(listener::bind_udp(addr).map_err(bind_err)?)
+                } else {
+                    match prebound.remove(&addr) {
+                        Some(s) => Socket::Tcp(s),
+                        None => Socket::Tcp(listener::bind(addr).map_err(bind_err)?),
+                    }
+                };
+                sockets.push((l.name.clone(), l.protocol, addr, socket));
+            }
+        }
         let built = Runtime::build(config)
             .map_err(|e| StartError::Config(pylon_config::ConfigErrors(e)))?;
         // Clusters with DNS endpoints get their first answers before traffic arrives
@@ -103,43 +130,70 @@ impl Proxy {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tracker = Arc::new(ConnTracker::default());
 
-        let mut sockets = Vec::new();
-        for l in &config.listeners {
-            for &addr in &l.binds {
-                let std_listener = match prebound.remove(&addr) {
-                    Some(s) => s,
-                    None => listener::bind(addr).map_err(|source| StartError::Bind {
-                        listener: l.name.clone(),
-                        addr,
-                        source,
-                    })?,
-                };
-                sockets.push((l.name.clone(), addr, std_listener));
-            }
-        }
         let mut bound = Vec::new();
-        for (name, addr, std_listener) in sockets {
+        for (name, protocol, addr, socket) in sockets {
             let bind_err = |source| StartError::Bind {
                 listener: name.clone(),
                 addr,
                 source,
             };
-            std_listener.set_nonblocking(true).map_err(bind_err)?;
-            let tl = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-            let local = tl.local_addr().map_err(bind_err)?;
             let listener_tls = tls
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, t)| Arc::clone(t));
+            let scheme = match protocol {
+                ListenerProtocol::Http => "http",
+                ListenerProtocol::Https => "https",
+                ListenerProtocol::Tcp => "tcp",
+                ListenerProtocol::Udp => "udp",
+            };
+            let tcp = match socket {
+                Socket::Udp(u) => {
+                    u.set_nonblocking(true).map_err(bind_err)?;
+                    let socket = tokio::net::UdpSocket::from_std(u).map_err(bind_err)?;
+                    let local = socket.local_addr().map_err(bind_err)?;
+                    bound.push(BoundAddr {
+                        listener: name.clone(),
+                        addr: local,
+                        scheme,
+                    });
+                    tokio::spawn(
+                        l4::udp::UdpProxyLoop {
+                            socket: Arc::new(socket),
+                            name: Arc::from(name.as_str()),
+                            runtime: Arc::clone(&runtime),
+                            shared: Arc::clone(&shared),
+                            shutdown: shutdown_rx.clone(),
+                        }
+                        .run(),
+                    );
+                    continue;
+                }
+                Socket::Tcp(t) => t,
+            };
+            tcp.set_nonblocking(true).map_err(bind_err)?;
+            let tl = tokio::net::TcpListener::from_std(tcp).map_err(bind_err)?;
+            let local = tl.local_addr().map_err(bind_err)?;
             bound.push(BoundAddr {
                 listener: name.clone(),
                 addr: local,
-                scheme: if listener_tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                },
+                scheme,
             });
+            if protocol == ListenerProtocol::Tcp {
+                tokio::spawn(
+                    l4::tcp::TcpProxyLoop {
+                        listener: tl,
+                        name: Arc::from(name.as_str()),
+                        runtime: Arc::clone(&runtime),
+                        shared: Arc::clone(&shared),
+                        tracker: Arc::clone(&tracker),
+                        shutdown: shutdown_rx.clone(),
+                        tls: listener_tls,
+                    }
+                    .run(),
+                );
+                continue;
+            }
             tokio::spawn(
                 AcceptLoop {
                     listener: tl,
@@ -148,10 +202,7 @@ impl Proxy {
                     shared: Arc::clone(&shared),
                     tracker: Arc::clone(&tracker),
                     shutdown: shutdown_rx.clone(),
-                    tls: tls
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, t)| Arc::clone(t)),
+                    tls: listener_tls,
                 }
                 .run(),
             );

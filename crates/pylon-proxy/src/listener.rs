@@ -31,6 +31,20 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Binds a UDP socket (Layer 4 `udp` listeners).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Room for bursts of datagrams while sessions are being set up.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Live connections, so that shutdown can wait for them to finish.
 #[derive(Default)]
 pub struct ConnTracker {
@@ -41,7 +55,7 @@ pub struct ConnTracker {
 pub struct ConnGuard(Arc<ConnTracker>, Arc<Shared>);
 
 impl ConnTracker {
-    fn enter(self: &Arc<Self>, shared: &Arc<Shared>) -> ConnGuard {
+    pub fn enter(self: &Arc<Self>, shared: &Arc<Shared>) -> ConnGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
         shared
             .metrics
@@ -140,13 +154,14 @@ impl AcceptLoop {
             return;
         };
         let limits = lr.config.limits.clone();
+        let proxy_in = lr.config.proxy_protocol.clone();
         let builder = Arc::new(server_h1h2::builder(&limits));
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
                 _ = self.shutdown.changed() => return,
             };
-            let (stream, client) = match accepted {
+            let (mut stream, client) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -172,7 +187,28 @@ impl AcceptLoop {
             let limits = limits.clone();
             let shutdown = self.shutdown.clone();
             let tls = self.tls.clone();
+            let proxy_in = proxy_in.clone();
             tokio::spawn(async move {
+                if let Some(pp) = &proxy_in {
+                    let limit = limits.header_read_timeout;
+                    match crate::l4::accept_proxy_header(&mut stream, client, pp, limit).await {
+                        Ok(Some((source, _))) => {
+                            ctx.client = source;
+                            ctx.client_ip = http::HeaderValue::from_str(&source.ip().to_string())
+                                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            ctx.shared
+                                .metrics
+                                .proxy_protocol_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(client = %client, error = %e, "PROXY protocol: connection refused");
+                            drop(guard);
+                            return;
+                        }
+                    }
+                }
                 match tls {
                     None => {
                         let ctx = Arc::new(ctx);

@@ -227,7 +227,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             b.listener
         );
     }
-    if let Some(first) = proxy.bound().first() {
+    if let Some(first) = proxy
+        .bound()
+        .iter()
+        .find(|b| b.scheme == "http" || b.scheme == "https")
+    {
         let insecure = if first.scheme == "https" { "-k " } else { "" };
         tracing::info!("try: curl -i {insecure}{}://{}/", first.scheme, first.addr);
     }

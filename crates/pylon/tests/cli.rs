@@ -353,3 +353,30 @@ fn cert_selfsigned_makes_a_pair_the_https_example_accepts() {
         "the private key is readable by its owner only"
     );
 }
+
+#[test]
+fn the_l4_example_checks_once_its_certificate_exists() {
+    let dir = pylon_testkit::temp_dir();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/l4.toml");
+    std::fs::copy(&example, dir.join("l4.toml")).unwrap();
+    let cert = Command::new(PYLON)
+        .args(["cert", "selfsigned", "--out"])
+        .arg(dir.join("certs"))
+        .output()
+        .unwrap();
+    assert!(cert.status.success(), "{cert:?}");
+    let out = Command::new(PYLON)
+        .arg("check")
+        .arg(dir.join("l4.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("7 listener(s) on 7 address(es)"),
+        "{out:?}"
+    );
+}

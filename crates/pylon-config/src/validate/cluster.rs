@@ -356,6 +356,7 @@ pub(super) fn cluster(
             None => 0,
         },
         dns,
+        proxy_protocol: super::l4::proxy_protocol_out(&r.proxy_protocol, p),
         sticky: r.sticky.map(|st| {
             let cookie = st
                 .cookie

@@ -16,6 +16,7 @@ use crate::raw::*;
 use crate::units::{parse_duration, parse_size};
 
 mod cluster;
+mod l4;
 use cluster::cluster;
 
 const SECTIONS: &[&str] = &["server", "access_log", "listeners", "routes", "clusters"];
@@ -255,10 +256,30 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     }
 
     let mut listener_names = HashSet::new();
-    let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+    let mut bound = HashMap::new();
+    let mut cluster_refs = Vec::new();
     let listeners: Vec<Listener> = raw_listeners
         .into_iter()
-        .filter_map(|r| listener(r, ctx, &mut listener_names, &mut bound, p))
+        .filter_map(|r| {
+            listener(
+                r,
+                ctx,
+                &mut listener_names,
+                &mut bound,
+                &mut cluster_refs,
+                p,
+            )
+        })
+        .collect();
+    // Listener name → whether it is a Layer 4 (tcp/udp) listener, for routes.
+    let listener_kinds: HashMap<String, bool> = listener_names
+        .iter()
+        .map(|n| {
+            let l4 = listeners
+                .iter()
+                .any(|l| &l.name == n && !l.protocol.is_http());
+            (n.clone(), l4)
+        })
         .collect();
 
     let mut cluster_names = HashSet::new();
@@ -266,6 +287,11 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         .into_iter()
         .filter_map(|r| cluster(r, ctx, &mut cluster_names, p))
         .collect();
+    for (span, c) in cluster_refs {
+        if !cluster_names.contains(&c) {
+            p.span(span, format!("unknown cluster \"{c}\""));
+        }
+    }
 
     let mut route_names = HashSet::new();
     let routes: Vec<Route> = raw_routes
@@ -275,7 +301,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
                 i,
                 span,
                 r,
-                &listener_names,
+                &listener_kinds,
                 &cluster_names,
                 &mut route_names,
                 p,
@@ -283,6 +309,20 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         })
         .collect();
 
+    for c in clusters.iter().filter(|c| c.proxy_protocol.is_some()) {
+        let by_route = routes
+            .iter()
+            .any(|r| matches!(&r.action, Action::Proxy(a) if a.cluster == c.name));
+        if by_route {
+            p.0.push((
+                None,
+                format!(
+                    "clusters \"{}\": proxy_protocol is sent on tcp listener connections only; HTTP routes pool upstream connections across clients, so a route cannot use this cluster",
+                    c.name
+                ),
+            ));
+        }
+    }
     Config {
         server,
         access_log,
@@ -410,7 +450,8 @@ fn listener(
     r: RawListener,
     ctx: &Ctx<'_, '_>,
     names: &mut HashSet<String>,
-    bound: &mut HashMap<SocketAddr, String>,
+    bound: &mut HashMap<(SocketAddr, bool), String>,
+    cluster_refs: &mut Vec<(Range<usize>, String)>,
     p: &mut Problems,
 ) -> Option<Listener> {
     let ok = check_name(&r.name, "listener", names, p);
@@ -419,11 +460,16 @@ fn listener(
     if r.bind.get_ref().0.is_empty() {
         p.at(&r.bind, "no bind address: give at least one IP:port");
     }
+    let udp = r
+        .protocol
+        .as_ref()
+        .is_some_and(|s| s.get_ref().as_str() == "udp");
     for b in &r.bind.get_ref().0 {
         match socket_addr(b) {
             Ok(a) => {
+                // TCP and UDP ports are separate spaces.
                 if a.port() != 0
-                    && let Some(other) = bound.insert(a, name.clone())
+                    && let Some(other) = bound.insert((a, udp), name.clone())
                 {
                     p.at(
                         &r.bind,
@@ -438,17 +484,29 @@ fn listener(
     let protocol = match r.protocol.as_ref().map(|s| s.get_ref().as_str()) {
         None | Some("http") => ListenerProtocol::Http,
         Some("https") => ListenerProtocol::Https,
+        Some("tcp") => ListenerProtocol::Tcp,
+        Some("udp") => ListenerProtocol::Udp,
         Some(other) => {
             let s = r.protocol.as_ref().map(|s| s.span()).unwrap_or_default();
             p.span(
                 s,
-                format!("unknown listener protocol \"{other}\", expected one of: http, https"),
+                format!(
+                    "unknown listener protocol \"{other}\", expected one of: http, https, tcp, udp"
+                ),
             );
             ListenerProtocol::Http
         }
     };
+    let l4 = l4::l4_listener(&r, protocol, cluster_refs, p);
+    let proxy_protocol = l4::proxy_protocol_in(&r.proxy_protocol, protocol, p);
     let tls = match (protocol, r.tls) {
         (ListenerProtocol::Https, Some(t)) => listener_tls(t, ctx, p),
+        (ListenerProtocol::Tcp, Some(t))
+            if l4.as_ref().is_some_and(|l| l.sni_routes.is_empty()) =>
+        {
+            listener_tls(t, ctx, p)
+        }
+        (ListenerProtocol::Tcp | ListenerProtocol::Udp, Some(_)) => None,
         (ListenerProtocol::Https, None) => {
             p.at(
                 &r.name,
@@ -459,7 +517,7 @@ fn listener(
         (_, Some(t)) => {
             p.at(
                 &t,
-                "`tls` applies only to listeners with protocol = \"https\"",
+                "`tls` applies only to listeners with protocol = \"https\" or \"tcp\"",
             );
             None
         }
@@ -517,6 +575,8 @@ fn listener(
         limits,
         headers,
         tls,
+        l4,
+        proxy_protocol,
     })
 }
 
@@ -671,7 +731,7 @@ fn route(
     index: usize,
     span: Range<usize>,
     r: RawRoute,
-    listeners: &HashSet<String>,
+    listeners: &HashMap<String, bool>,
     clusters: &HashSet<String>,
     names: &mut HashSet<String>,
     p: &mut Problems,
@@ -686,8 +746,13 @@ fn route(
     let mut route_listeners = Vec::new();
     if let Some(ls) = &r.listeners {
         for l in &ls.get_ref().0 {
-            if !listeners.contains(l) {
+            if !listeners.contains_key(l) {
                 p.at(ls, format!("unknown listener \"{l}\""));
+            } else if listeners.get(l) == Some(&true) {
+                p.at(
+                    ls,
+                    format!("listener \"{l}\" is a tcp/udp listener: it takes `cluster` or `sni_routes`, not routes"),
+                );
             }
             route_listeners.push(l.clone());
         }

@@ -147,7 +147,7 @@ pub(super) async fn proxy(
         .and_then(|k| request_key(k, &req, ctx));
     let downstream_version = req.version();
     // One endpoint set for the whole request, retries included.
-    let endpoints = cluster.endpoints();
+    let endpoints = cluster.current_endpoints();
     let sticky_to = cluster
         .sticky
         .as_ref()

@@ -106,10 +106,7 @@ impl Router {
         candidates.iter().map(|&i| i as usize).find_map(|i| {
             let r = &self.routes[i];
             let m = &r.route.matcher;
-            if !host_checked
-                && !m.hosts.is_empty()
-                && !m.hosts.iter().any(|h| host_matches(h, host))
-            {
+            if !host_checked && !m.hosts.is_empty() && !m.hosts.iter().any(|h| h.matches(host)) {
                 return None;
             }
             let path_ok = match (&m.path, self.regex_slot[i], &self.regexes) {
@@ -136,15 +133,7 @@ impl Router {
 
 fn hosts_match(r: &Route, host: &str) -> bool {
     let hosts = &r.matcher.hosts;
-    hosts.is_empty() || hosts.iter().any(|h| host_matches(h, host))
-}
-
-fn host_matches(m: &HostMatch, host: &str) -> bool {
-    match m {
-        HostMatch::Any => true,
-        HostMatch::Exact(h) => h == host,
-        HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
-    }
+    hosts.is_empty() || hosts.iter().any(|h| h.matches(host))
 }
 
 fn path_matches(m: &PathMatch, path: &str) -> bool {
@@ -308,26 +297,11 @@ mod tests {
 
     #[test]
     fn host_forms() {
-        assert!(host_matches(
-            &HostMatch::Suffix(".example.com".into()),
-            "a.example.com"
-        ));
-        assert!(host_matches(
-            &HostMatch::Suffix(".example.com".into()),
-            "a.b.example.com"
-        ));
-        assert!(!host_matches(
-            &HostMatch::Suffix(".example.com".into()),
-            "example.com"
-        ));
-        assert!(!host_matches(
-            &HostMatch::Suffix(".example.com".into()),
-            "badexample.com"
-        ));
-        assert!(host_matches(
-            &HostMatch::Exact("example.com".into()),
-            "example.com"
-        ));
+        assert!(HostMatch::Suffix(".example.com".into()).matches("a.example.com"));
+        assert!(HostMatch::Suffix(".example.com".into()).matches("a.b.example.com"));
+        assert!(!HostMatch::Suffix(".example.com".into()).matches("example.com"));
+        assert!(!HostMatch::Suffix(".example.com".into()).matches("badexample.com"));
+        assert!(HostMatch::Exact("example.com".into()).matches("example.com"));
         assert_eq!(normalize_host("Example.COM:8080"), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
         assert_eq!(normalize_host("plain"), "plain");

@@ -17,6 +17,20 @@ pub struct Metrics {
     pub access_log_dropped: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Layer 4: connections accepted, refused at `max_connections`, rejected (no
+    /// cluster, bad first flight), failed to reach any endpoint; bytes from and to
+    /// clients.
+    pub l4_connections: AtomicU64,
+    pub l4_refused: AtomicU64,
+    pub l4_rejected: AtomicU64,
+    pub l4_connect_failures: AtomicU64,
+    pub l4_bytes_received: AtomicU64,
+    pub l4_bytes_sent: AtomicU64,
+    /// Connections refused for their PROXY header (untrusted source, malformed).
+    pub proxy_protocol_refused: AtomicU64,
+    /// UDP: sessions opened, datagrams dropped (session limit, no endpoint).
+    pub udp_sessions: AtomicU64,
+    pub udp_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -75,6 +89,18 @@ impl Metrics {
                 "pylon_tls_handshake_failures_total",
                 &self.tls_handshake_failures,
             ),
+            ("pylon_l4_connections_total", &self.l4_connections),
+            ("pylon_l4_connections_refused_total", &self.l4_refused),
+            ("pylon_l4_connections_rejected_total", &self.l4_rejected),
+            ("pylon_l4_connect_failures_total", &self.l4_connect_failures),
+            ("pylon_l4_received_bytes_total", &self.l4_bytes_received),
+            ("pylon_l4_sent_bytes_total", &self.l4_bytes_sent),
+            (
+                "pylon_proxy_protocol_refused_total",
+                &self.proxy_protocol_refused,
+            ),
+            ("pylon_udp_sessions_total", &self.udp_sessions),
+            ("pylon_udp_dropped_datagrams_total", &self.udp_dropped),
         ] {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }

@@ -182,6 +182,17 @@ impl UpstreamIo {
         }
     }
 
+    /// The TCP stream itself when there is no TLS (for splice), else `self`.
+    pub fn into_plain(self) -> Result<TcpStream, Self> {
+        match self.stream {
+            Stream::Plain(s) if self._held.is_none() => Ok(s),
+            stream => Err(UpstreamIo {
+                stream,
+                _held: self._held,
+            }),
+        }
+    }
+
     /// Keeps `value` alive until the connection is dropped.
     pub fn hold(&mut self, value: Box<dyn Send + Sync>) {
         self._held = Some(value);

@@ -31,17 +31,28 @@ pub struct EndpointSet {
     balancer: Box<dyn Balancer>,
     /// The endpoints' addresses, as sticky cookies and hash rings name them.
     pub ids: Vec<String>,
+    /// What outlier detection needs of the cluster, so a lease holds the set alone.
+    outlier: Option<OutlierPolicy>,
+    ejections: Arc<AtomicU64>,
+    cluster: Arc<str>,
 }
 
 impl EndpointSet {
-    fn new(lb: LbPolicy, pools: Vec<Arc<EndpointPool>>, states: Vec<Arc<EndpointState>>) -> Self {
+    fn new(
+        c: &ClusterRuntime,
+        pools: Vec<Arc<EndpointPool>>,
+        states: Vec<Arc<EndpointState>>,
+    ) -> Self {
         let weights: Vec<u32> = states.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = pools.iter().map(|p| p.address.to_string()).collect();
         EndpointSet {
-            balancer: algorithm(lb).build(&weights, &ids),
+            balancer: algorithm(c.lb).build(&weights, &ids),
             state: Endpoints::from_states(states),
             pools,
             ids,
+            outlier: c.outlier,
+            ejections: Arc::clone(&c.ejections),
+            cluster: Arc::clone(&c.name),
         }
     }
 
@@ -86,7 +97,7 @@ pub struct ClusterRuntime {
     /// Passive health checking, when configured.
     outlier: Option<OutlierPolicy>,
     /// Ejections by outlier detection so far.
-    pub ejections: AtomicU64,
+    pub ejections: Arc<AtomicU64>,
     pub retry: Option<Retry>,
     /// Requests and retries in flight, for the retry budget.
     active_requests: AtomicU64,
@@ -123,7 +134,6 @@ impl Drop for ActiveGuard<'_> {
 /// One request's claim on an endpoint: counted in flight until dropped, when the
 /// latency to its response head (if any) feeds the endpoint's average.
 pub struct EndpointLease {
-    cluster: Arc<ClusterRuntime>,
     set: Arc<EndpointSet>,
     index: usize,
     latency: Option<Duration>,
@@ -150,12 +160,12 @@ impl EndpointLease {
     /// Feeds outlier detection with this request's outcome (`ok` false for a 5xx answer
     /// or an upstream failure).
     pub fn report(&self, ok: bool) {
-        let c = &self.cluster;
-        let Some(policy) = &c.outlier else { return };
-        if let Some(d) = self.set.state.record_outcome(self.index, ok, policy) {
-            c.ejections.fetch_add(1, Ordering::Relaxed);
+        let set = &self.set;
+        let Some(policy) = &set.outlier else { return };
+        if let Some(d) = set.state.record_outcome(self.index, ok, policy) {
+            set.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                cluster = %c.name,
+                cluster = %set.cluster,
                 endpoint = %self.set.pools[self.index].address,
                 ejection = ?d,
                 "endpoint ejected after consecutive failures"
@@ -216,7 +226,15 @@ impl ClusterRuntime {
             protocol: c.protocol,
             host_header: c.host_header,
             response_timeout: c.response_timeout,
-            set: ArcSwap::from_pointee(EndpointSet::new(c.lb, Vec::new(), Vec::new())),
+            set: ArcSwap::from_pointee(EndpointSet {
+                pools: Vec::new(),
+                state: Endpoints::new(&[]),
+                balancer: algorithm(c.lb).build(&[], &[]),
+                ids: Vec::new(),
+                outlier: None,
+                ejections: Arc::new(AtomicU64::new(0)),
+                cluster: Arc::from(c.name.as_str()),
+            }),
             lb: c.lb,
             config: c.clone(),
             tls,
@@ -228,7 +246,7 @@ impl ClusterRuntime {
                 base_ejection: o.base_ejection_time,
                 max_ejection_percent: o.max_ejection_percent,
             }),
-            ejections: AtomicU64::new(0),
+            ejections: Arc::new(AtomicU64::new(0)),
             retry: c.retry.clone(),
             active_requests: AtomicU64::new(0),
             active_retries: AtomicU64::new(0),
@@ -256,6 +274,12 @@ impl ClusterRuntime {
     /// The endpoint set now in force.
     pub fn endpoints(&self) -> Arc<EndpointSet> {
         self.set.load_full()
+    }
+
+    /// The endpoint set now in force, without taking a reference count (for one
+    /// request: leases clone what they keep).
+    pub fn current_endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.set.load()
     }
 
     /// Swaps in a new endpoint set. Endpoints already known (same address and weight)
@@ -299,7 +323,7 @@ impl ClusterRuntime {
             states.push(state);
         }
         self.set
-            .store(Arc::new(EndpointSet::new(self.lb, pools, states)));
+            .store(Arc::new(EndpointSet::new(self, pools, states)));
         if let Some(hc) = &self.config.health_check {
             for (pool, state) in fresh {
                 crate::health::spawn(self, pool, state, hc);
@@ -311,6 +335,11 @@ impl ClusterRuntime {
     /// Whether `pool` is still one of the cluster's endpoints.
     pub(crate) fn has_endpoint(&self, pool: &Arc<EndpointPool>) -> bool {
         self.set.load().pools.iter().any(|p| Arc::ptr_eq(p, pool))
+    }
+
+    /// The PROXY protocol version sent to this cluster's endpoints, if any.
+    pub fn proxy_protocol(&self) -> Option<pylon_config::model::ProxyProtocolVersion> {
+        self.config.proxy_protocol
     }
 
     /// The time allowed for one DNS resolution.
@@ -327,8 +356,8 @@ impl ClusterRuntime {
     }
 
     /// The endpoint for the next request, counted in flight until the lease drops.
-    pub fn pick(self: &Arc<Self>, key: Option<u64>) -> Option<EndpointLease> {
-        self.pick_excluding(&self.endpoints(), key, &[])
+    pub fn pick(&self, key: Option<u64>) -> Option<EndpointLease> {
+        self.pick_excluding(&self.current_endpoints(), key, &[])
     }
 
     /// A lease on a given endpoint of `set` (a sticky session's), if it is in rotation.
@@ -343,7 +372,6 @@ impl ClusterRuntime {
         set.pools.get(index)?;
         set.state.begin(index);
         Some(EndpointLease {
-            cluster: Arc::clone(self),
             set: Arc::clone(set),
             index,
             latency: None,
@@ -353,7 +381,7 @@ impl ClusterRuntime {
     /// Like [`pick`](Self::pick), from `set`, avoiding the endpoints at the addresses in
     /// `tried` when another is available (retries go elsewhere).
     pub fn pick_excluding(
-        self: &Arc<Self>,
+        &self,
         set: &Arc<EndpointSet>,
         key: Option<u64>,
         tried: &[SocketAddr],
@@ -384,7 +412,6 @@ impl ClusterRuntime {
         set.pools.get(index)?;
         set.state.begin(index);
         Some(EndpointLease {
-            cluster: Arc::clone(self),
             set: Arc::clone(set),
             index,
             latency: None,

@@ -178,6 +178,29 @@ impl EndpointPool {
         }
     }
 
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Whether connections to this endpoint are TLS.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS handshake over an open TCP connection (L4 relays), within the connect
+    /// timeout; a plain stream for clusters without TLS.
+    pub async fn tls_over(&self, tcp: TcpStream) -> std::io::Result<UpstreamIo> {
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamIo::plain(tcp));
+        };
+        tokio::time::timeout(
+            self.connect_timeout,
+            tls.connect(self.address, self.server_name.as_ref(), tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
+
     /// TCP connect, then the TLS handshake for TLS clusters, all within the connect
     /// timeout.
     pub(crate) async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {

@@ -1,0 +1,222 @@
+//! Layer 4 listener validation (`tcp` and `udp`): cluster, SNI routes, relay limits;
+//! and the PROXY protocol settings of every listener. Keys that mean something only
+//! for one kind of listener are refused on the other, with the reason.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{Problems, duration, host_match};
+use crate::model::*;
+use crate::raw::*;
+
+/// Default idle timeout of a TCP relay (as NGINX `proxy_timeout`).
+const TCP_IDLE: Duration = Duration::from_secs(600);
+/// Default idle expiry of a UDP session.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+const MAX_CONNECTIONS: u64 = 10_000;
+
+/// The L4 part of a listener; `clusters` collects the cluster names it refers to (with
+/// their spans) so they can be checked once clusters are known.
+pub(super) fn l4_listener(
+    r: &RawListener,
+    protocol: ListenerProtocol,
+    clusters: &mut Vec<(Range<usize>, String)>,
+    p: &mut Problems,
+) -> Option<L4Listener> {
+    if protocol.is_http() {
+        let l4_only: [(&str, Option<Range<usize>>); 6] = [
+            ("cluster", r.cluster.as_ref().map(|s| s.span())),
+            (
+                "sni_routes",
+                r.sni_routes
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .map(|s| s.span()),
+            ),
+            ("max_lifetime", r.max_lifetime.as_ref().map(|s| s.span())),
+            (
+                "max_connections",
+                r.max_connections.as_ref().map(|s| s.span()),
+            ),
+            (
+                "inspect_timeout",
+                r.inspect_timeout.as_ref().map(|s| s.span()),
+            ),
+            ("splice", r.splice.as_ref().map(|s| s.span())),
+        ];
+        for (key, span) in l4_only {
+            if let Some(span) = span {
+                p.span(
+                    span,
+                    format!(
+                        "`{key}` applies only to tcp and udp listeners; HTTP listeners route with [[routes]]"
+                    ),
+                );
+            }
+        }
+        return None;
+    }
+    let http_only: [(&str, Option<Range<usize>>); 10] = [
+        (
+            "header_read_timeout",
+            r.header_read_timeout.as_ref().map(|s| s.span()),
+        ),
+        (
+            "max_header_bytes",
+            r.max_header_bytes.as_ref().map(|s| s.span()),
+        ),
+        ("max_headers", r.max_headers.as_ref().map(|s| s.span())),
+        ("max_uri_bytes", r.max_uri_bytes.as_ref().map(|s| s.span())),
+        (
+            "max_request_body",
+            r.max_request_body.as_ref().map(|s| s.span()),
+        ),
+        (
+            "max_concurrent_streams",
+            r.max_concurrent_streams.as_ref().map(|s| s.span()),
+        ),
+        ("request_id", r.request_id.as_ref().map(|s| s.span())),
+        ("x_forwarded", r.x_forwarded.map(|_| r.name.span())),
+        ("forwarded", r.forwarded.map(|_| r.name.span())),
+        ("via", r.via.map(|_| r.name.span())),
+    ];
+    for (key, span) in http_only {
+        if let Some(span) = span {
+            p.span(
+                span,
+                format!("`{key}` applies only to http and https listeners"),
+            );
+        }
+    }
+    let cluster = r.cluster.as_ref().map(|c| {
+        clusters.push((c.span(), c.get_ref().clone()));
+        c.get_ref().clone()
+    });
+    let mut sni_routes = Vec::new();
+    for sr in r.sni_routes.iter().flatten() {
+        if protocol == ListenerProtocol::Udp {
+            p.at(sr, "`sni_routes` applies only to tcp listeners");
+            break;
+        }
+        let raw = sr.get_ref();
+        let mut server_names = Vec::new();
+        if let Some(names) = &raw.server_names {
+            for n in &names.get_ref().0 {
+                match host_match(n) {
+                    Ok(HostMatch::Any) => {}
+                    Ok(m) => server_names.push(m),
+                    Err(e) => p.at(names, e),
+                }
+            }
+        }
+        let alpn: Vec<String> = raw
+            .alpn
+            .as_ref()
+            .map(|a| a.get_ref().0.clone())
+            .unwrap_or_default();
+        clusters.push((raw.cluster.span(), raw.cluster.get_ref().clone()));
+        sni_routes.push(SniRoute {
+            server_names,
+            alpn,
+            cluster: raw.cluster.get_ref().clone(),
+        });
+    }
+    if sni_routes.is_empty() && cluster.is_none() {
+        p.at(
+            &r.name,
+            format!(
+                "a {} listener needs `cluster` (or `sni_routes`)",
+                protocol.as_str()
+            ),
+        );
+    }
+    if !sni_routes.is_empty()
+        && let Some(t) = &r.tls
+    {
+        p.at(
+            t,
+            "`sni_routes` pass TLS through untouched; a listener with `tls` terminates it: choose one",
+        );
+    }
+    if protocol == ListenerProtocol::Udp
+        && let Some(t) = &r.tls
+    {
+        p.at(t, "`tls` does not apply to udp listeners");
+    }
+    let max_connections = match &r.max_connections {
+        Some(n) if *n.get_ref() == 0 => {
+            p.at(n, "max_connections must be at least 1");
+            MAX_CONNECTIONS
+        }
+        Some(n) => *n.get_ref(),
+        None => MAX_CONNECTIONS,
+    };
+    let idle_default = if protocol == ListenerProtocol::Udp {
+        UDP_IDLE
+    } else {
+        TCP_IDLE
+    };
+    Some(L4Listener {
+        cluster,
+        sni_routes,
+        idle_timeout: duration(&r.idle_timeout, idle_default, p),
+        max_lifetime: r
+            .max_lifetime
+            .as_ref()
+            .map(|_| duration(&r.max_lifetime, Duration::ZERO, p)),
+        max_connections,
+        inspect_timeout: duration(&r.inspect_timeout, Duration::from_secs(5), p),
+        splice: r.splice.as_ref().is_none_or(|s| *s.get_ref()),
+    })
+}
+
+pub(super) fn proxy_protocol_in(
+    r: &Option<Spanned<RawProxyProtocolIn>>,
+    protocol: ListenerProtocol,
+    p: &mut Problems,
+) -> Option<ProxyProtocolIn> {
+    let r = r.as_ref()?;
+    if protocol == ListenerProtocol::Udp {
+        p.at(
+            r,
+            "`proxy_protocol` applies to tcp, http and https listeners",
+        );
+        return None;
+    }
+    let raw = r.get_ref();
+    let mut trusted = Vec::new();
+    for t in &raw.trusted.get_ref().0 {
+        match t.parse::<IpNet>() {
+            Ok(n) => trusted.push(n),
+            Err(e) => p.at(&raw.trusted, e),
+        }
+    }
+    if raw.trusted.get_ref().0.is_empty() {
+        p.at(
+            &raw.trusted,
+            "list the sources allowed to send PROXY headers, e.g. trusted = [\"10.0.0.0/8\"]",
+        );
+    }
+    Some(ProxyProtocolIn { trusted })
+}
+
+/// A cluster's `proxy_protocol`: `"v1"` or `"v2"`.
+pub(super) fn proxy_protocol_out(
+    r: &Option<Spanned<String>>,
+    p: &mut Problems,
+) -> Option<ProxyProtocolVersion> {
+    let v = r.as_ref()?;
+    match v.get_ref().as_str() {
+        "v1" => Some(ProxyProtocolVersion::V1),
+        "v2" => Some(ProxyProtocolVersion::V2),
+        other => {
+            p.at(
+                v,
+                format!("unknown proxy_protocol \"{other}\", expected \"v1\" or \"v2\""),
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The byte relay between a client and an upstream connection, both ways, with correct
+//! half-close (a FIN one way is passed on and the other way stays open), an idle
+//! timeout, an optional maximum lifetime and byte counters. On Linux, two plain TCP
+//! sockets are relayed with splice(2) through a pipe per direction (the bytes never
+//! enter user space); anything else (TLS on either side) is copied through a buffer.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Copy buffer per direction.
+const BUF: usize = 32 * 1024;
+
+/// Bytes relayed each way, and when bytes last moved.
+pub struct Activity {
+    start: Instant,
+    /// Client to upstream.
+    pub up: AtomicU64,
+    /// Upstream to client.
+    pub down: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            start: Instant::now(),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn moved(&self, counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_ns
+            .store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(self.last_ns.load(Ordering::Relaxed)))
+    }
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both sides closed their write side.
+    Closed,
+    Idle,
+    Lifetime,
+    /// A side reset or failed.
+    Error(io::Error),
+}
+
+impl RelayEnd {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RelayEnd::Closed => "closed",
+            RelayEnd::Idle => "idle_timeout",
+            RelayEnd::Lifetime => "max_lifetime",
+            RelayEnd::Error(_) => "reset",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    pub idle: Duration,
+    pub lifetime: Option<Duration>,
+}
+
+/// Runs both directions until both are closed, one fails, or a limit is reached.
+async fn drive<U, D>(up: U, down: D, limits: RelayLimits, activity: &Activity) -> RelayEnd
+where
+    U: Future<Output = io::Result<()>>,
+    D: Future<Output = io::Result<()>>,
+{
+    let mut up = std::pin::pin!(up);
+    let mut down = std::pin::pin!(down);
+    let (mut up_done, mut down_done) = (false, false);
+    let deadline = limits.lifetime.map(|l| tokio::time::Instant::now() + l);
+    let tick = limits
+        .idle
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            r = &mut up, if !up_done => match r {
+                Ok(()) => up_done = true,
+                Err(e) => return RelayEnd::Error(e),
+            },
+            r = &mut down, if !down_done => match r {
+                Ok(()) => down_done = true,
+                Err(e) => return RelayEnd::Error(e),
+            },
+            _ = tokio::time::sleep(tick) => {
+                if activity.idle_for() >= limits.idle {
+                    return RelayEnd::Idle;
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return RelayEnd::Lifetime;
+                }
+            }
+        }
+        if up_done && down_done {
+            return RelayEnd::Closed;
+        }
+    }
+}
+
+/// Copies `from` to `to` until EOF, then shuts `to`'s write side (passing the FIN on).
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    counter: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        activity.moved(counter, n);
+    }
+}
+
+/// Relays any two byte streams (TLS on either side) through user-space buffers.
+pub async fn copy<C, U>(
+    client: C,
+    upstream: U,
+    limits: RelayLimits,
+    activity: &Activity,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    drive(
+        pump(cr, uw, &activity.up, activity),
+        pump(ur, cw, &activity.down, activity),
+        limits,
+        activity,
+    )
+    .await
+}
+
+/// Relays two plain TCP sockets: splice(2) on Linux when `zero_copy`, else copies.
+pub async fn tcp(
+    client: TcpStream,
+    upstream: TcpStream,
+    limits: RelayLimits,
+    zero_copy: bool,
+    activity: &Activity,
+) -> RelayEnd {
+    #[cfg(target_os = "linux")]
+    if zero_copy && let Some(end) = splice::relay(&client, &upstream, limits, activity).await {
+        return end;
+    }
+    let _ = zero_copy;
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    drive(
+        pump(cr, uw, &activity.up, activity),
+        pump(ur, cw, &activity.down, activity),
+        limits,
+        activity,
+    )
+    .await
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    use super::*;
+    use nix::fcntl::{OFlag, SpliceFFlags, splice};
+    use std::os::fd::OwnedFd;
+    use tokio::io::Interest;
+
+    /// Bytes moved per splice call (the pipe's default capacity is 64 KiB).
+    const CHUNK: usize = 64 * 1024;
+
+    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)
+    }
+
+    /// `None` when pipes cannot be made (out of descriptors): the caller copies instead.
+    pub(super) async fn relay(
+        client: &TcpStream,
+        upstream: &TcpStream,
+        limits: RelayLimits,
+        activity: &Activity,
+    ) -> Option<RelayEnd> {
+        let up_pipe = pipe().ok()?;
+        let down_pipe = pipe().ok()?;
+        Some(
+            drive(
+                pump(client, upstream, up_pipe, &activity.up, activity),
+                pump(upstream, client, down_pipe, &activity.down, activity),
+                limits,
+                activity,
+            )
+            .await,
+        )
+    }
+
+    /// Moves `from` → pipe → `to` until EOF, then shuts `to`'s write side.
+    async fn pump(
+        from: &TcpStream,
+        to: &TcpStream,
+        (pipe_r, pipe_w): (OwnedFd, OwnedFd),
+        counter: &AtomicU64,
+        activity: &Activity,
+    ) -> io::Result<()> {
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            let n = loop {
+                from.readable().await?;
+                match from.try_io(Interest::READABLE, || {
+                    splice(from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
+                }) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
+                return Ok(());
+            }
+            let mut left = n;
+            while left > 0 {
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_r, None, to, None, left, flags).map_err(io::Error::from)
+                }) {
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            activity.moved(counter, n);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! TCP listeners: accept, (PROXY header in), then one of plain relay, TLS passthrough
+//! routed by SNI, or TLS termination; pick an endpoint with the cluster's balancer and
+//! health state (client-address hash for hash balancers), connect with the cluster's
+//! timeout and try the next endpoint on failure, (PROXY header out), then relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pylon_config::model::L4Listener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::proxy_protocol::{self, TlsInfo};
+use super::relay::{self, Activity, RelayLimits};
+use super::sni;
+use crate::http::pipeline::Shared;
+use crate::http::upstream::{ClusterRuntime, EndpointLease};
+use crate::listener::ConnTracker;
+use crate::runtime::Runtime;
+use crate::tls::server::ServerTls;
+use crate::tls::upstream::UpstreamIo;
+
+/// Endpoints tried per connection before the client is closed.
+const MAX_CONNECT_TRIES: usize = 3;
+
+pub struct TcpProxyLoop {
+    pub listener: TcpListener,
+    pub name: Arc<str>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub shared: Arc<Shared>,
+    pub tracker: Arc<ConnTracker>,
+    pub shutdown: watch::Receiver<bool>,
+    /// TLS termination at L4.
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+/// Releases a listener connection slot on drop.
+struct Slot(Arc<AtomicU64>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl TcpProxyLoop {
+    pub async fn run(mut self) {
+        let open = Arc::new(AtomicU64::new(0));
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = self.shutdown.changed() => return,
+            };
+            let (stream, client) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Some(lr) = self.runtime.load().listener(&self.name) else {
+                continue;
+            };
+            let Some(l4) = lr.config.l4.clone() else {
+                continue;
+            };
+            let metrics = &self.shared.metrics;
+            if open.fetch_add(1, Ordering::Relaxed) >= l4.max_connections {
+                open.fetch_sub(1, Ordering::Relaxed);
+                metrics.l4_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %self.name, %client, limit = l4.max_connections, "connection refused: listener at max_connections");
+                continue;
+            }
+            let slot = Slot(Arc::clone(&open));
+            let _ = stream.set_nodelay(true);
+            let guard = self.tracker.enter(&self.shared);
+            let conn = Connection {
+                listener: Arc::clone(&self.name),
+                runtime: Arc::clone(&self.runtime),
+                shared: Arc::clone(&self.shared),
+                tls: self.tls.clone(),
+                proxy_in: lr.config.proxy_protocol.clone(),
+                l4,
+                client,
+            };
+            tokio::spawn(async move {
+                conn.serve(stream).await;
+                drop(slot);
+                drop(guard);
+            });
+        }
+    }
+}
+
+struct Connection {
+    listener: Arc<str>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    shared: Arc<Shared>,
+    tls: Option<Arc<ServerTls>>,
+    proxy_in: Option<pylon_config::model::ProxyProtocolIn>,
+    l4: L4Listener,
+    client: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(mut self, mut stream: TcpStream) {
+        let started = Instant::now();
+        let metrics = Arc::clone(&self.shared.metrics);
+        metrics.l4_connections.fetch_add(1, Ordering::Relaxed);
+        let local = stream.local_addr().unwrap_or(self.client);
+        let mut destination = local;
+        if let Some(pp) = &self.proxy_in {
+            match super::accept_proxy_header(&mut stream, self.client, pp, self.l4.inspect_timeout)
+                .await
+            {
+                Ok(Some((src, dst))) => {
+                    self.client = src;
+                    destination = dst;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    metrics
+                        .proxy_protocol_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = %self.listener, client = %self.client, error = %e, "PROXY protocol: connection refused");
+                    return;
+                }
+            }
+        }
+        // TLS passthrough: the ClientHello picks the cluster and is replayed upstream.
+        let mut first_flight = Vec::new();
+        let mut cluster_name = self.l4.cluster.clone();
+        let mut sni_name = None;
+        if !self.l4.sni_routes.is_empty() {
+            match sni::read_client_hello(&mut stream, self.l4.inspect_timeout).await {
+                Ok((hello, bytes)) => {
+                    first_flight = bytes;
+                    if let Some(r) = sni::choose(&self.l4.sni_routes, &hello) {
+                        cluster_name = Some(r.cluster.clone());
+                    }
+                    sni_name = hello.server_name;
+                }
+                Err(e) => {
+                    metrics.l4_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = %self.listener, client = %self.client, error = %e, "TLS passthrough: first flight refused");
+                    return;
+                }
+            }
+        }
+        let runtime = self.runtime.load_full();
+        let Some(cluster) = cluster_name
+            .as_deref()
+            .and_then(|c| runtime.clusters.get(c))
+        else {
+            metrics.l4_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(listener = %self.listener, client = %self.client, server_name = ?sni_name, "no cluster for this connection; closed");
+            return;
+        };
+        let cluster = Arc::clone(cluster);
+        drop(runtime);
+
+        // TLS termination at L4 happens before the upstream is chosen.
+        let mut tls_info = None;
+        let (stream, client_tls) = match &self.tls {
+            Some(tls) => {
+                match tokio::time::timeout(
+                    tls.settings.handshake_timeout,
+                    tls.acceptor().accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => {
+                        metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                        let conn = s.get_ref().1;
+                        tls_info = Some(TlsInfo {
+                            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                            server_name: conn.server_name().map(str::to_owned),
+                            version: conn
+                                .protocol_version()
+                                .and_then(|v| v.as_str())
+                                .map(str::to_owned),
+                            cipher: conn
+                                .negotiated_cipher_suite()
+                                .and_then(|c| c.suite().as_str())
+                                .map(str::to_owned),
+                        });
+                        (None, Some(s))
+                    }
+                    _ => {
+                        metrics
+                            .tls_handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = %self.listener, client = %self.client, "TLS handshake failed");
+                        return;
+                    }
+                }
+            }
+            None => (Some(stream), None),
+        };
+
+        let Some((lease, mut tcp)) = connect(&cluster, self.client).await else {
+            metrics.l4_connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %self.listener, client = %self.client, cluster = %cluster.name, "no endpoint reachable; connection closed");
+            return;
+        };
+        let endpoint = Arc::clone(lease.endpoint());
+        // The PROXY header goes first, at the TCP level; a passed-through ClientHello
+        // follows it as is.
+        let mut preface = Vec::new();
+        if let Some(v) = cluster.proxy_protocol() {
+            preface = proxy_protocol::encode(v, self.client, destination, tls_info.as_ref());
+        }
+        let passthrough = !first_flight.is_empty();
+        preface.extend_from_slice(&first_flight);
+        if let Err(e) = tcp.write_all(&preface).await {
+            lease.report(false);
+            tracing::debug!(cluster = %cluster.name, upstream = %endpoint.address, error = %e, "upstream closed at once");
+            return;
+        }
+        let activity = Activity::default();
+        activity
+            .up
+            .fetch_add(first_flight.len() as u64, Ordering::Relaxed);
+        // TLS to the upstream (not for passthrough, which is end-to-end TLS already).
+        let upstream = if endpoint.has_tls() && !passthrough {
+            match endpoint.tls_over(tcp).await {
+                Ok(io) => io,
+                Err(e) => {
+                    lease.report(false);
+                    metrics.l4_connect_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(cluster = %cluster.name, upstream = %endpoint.address, error = %e, "upstream TLS handshake failed; connection closed");
+                    return;
+                }
+            }
+        } else {
+            UpstreamIo::plain(tcp)
+        };
+        let limits = RelayLimits {
+            idle: self.l4.idle_timeout,
+            lifetime: self.l4.max_lifetime,
+        };
+        let end = match (stream, client_tls) {
+            (Some(client), None) => match upstream.into_plain() {
+                Ok(tcp) => relay::tcp(client, tcp, limits, self.l4.splice, &activity).await,
+                Err(io) => relay::copy(client, io, limits, &activity).await,
+            },
+            (_, Some(client)) => relay::copy(client, upstream, limits, &activity).await,
+            (None, None) => return,
+        };
+        let up = activity.up.load(Ordering::Relaxed);
+        let down = activity.down.load(Ordering::Relaxed);
+        metrics.l4_bytes_received.fetch_add(up, Ordering::Relaxed);
+        metrics.l4_bytes_sent.fetch_add(down, Ordering::Relaxed);
+        if matches!(end, relay::RelayEnd::Error(_)) {
+            lease.report(false);
+        }
+        tracing::debug!(
+            listener = %self.listener,
+            client = %self.client,
+            cluster = %cluster.name,
+            upstream = %endpoint.address,
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = end.as_str(),
+            "tcp connection closed"
+        );
+    }
+}
+
+/// Connects to an endpoint chosen by the balancer, trying others on failure.
+async fn connect(
+    cluster: &ClusterRuntime,
+    client: SocketAddr,
+) -> Option<(EndpointLease, TcpStream)> {
+    let set = cluster.current_endpoints();
+    let key = cluster
+        .hash_key
+        .as_ref()
+        .map(|_| crate::http::upstream::hash_key(client.ip().to_string().as_bytes()));
+    let mut tried = Vec::new();
+    for attempt in 0..MAX_CONNECT_TRIES.min(set.len().max(1)) {
+        let lease = cluster.pick_excluding(&set, if attempt == 0 { key } else { None }, &tried)?;
+        let addr = lease.endpoint().address;
+        match tokio::time::timeout(lease.endpoint().connect_timeout(), TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Some((lease, s));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "connect failed; trying another endpoint");
+            }
+            Err(_) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %addr, "connect timed out; trying another endpoint");
+            }
+        }
+        lease.report(false);
+        tried.push(addr);
+    }
+    None
+}

@@ -1,0 +1,227 @@
+//! UDP listeners: a session per client address, each with its own upstream socket
+//! connected to the endpoint the balancer chose (the client address is the hash key for
+//! hash balancers). Replies on that socket go back to that client only. A session
+//! without datagrams either way for `idle_timeout` expires; beyond `max_connections`
+//! sessions, new clients' datagrams are dropped and counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use crate::http::pipeline::Shared;
+use crate::http::upstream::EndpointLease;
+use crate::runtime::Runtime;
+
+/// Largest datagram relayed.
+const MAX_DATAGRAM: usize = 65_535;
+
+pub struct UdpProxyLoop {
+    pub socket: Arc<UdpSocket>,
+    pub name: Arc<str>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub shared: Arc<Shared>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct Session {
+    upstream: Arc<UdpSocket>,
+    /// When the client last sent, in milliseconds since `EPOCH`.
+    last_sent: Arc<AtomicU64>,
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+type Sessions = Arc<Mutex<HashMap<SocketAddr, Session>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl UdpProxyLoop {
+    pub async fn run(mut self) {
+        let sessions: Sessions = Arc::default();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let received = tokio::select! {
+                r = self.socket.recv_from(&mut buf) => r,
+                _ = self.shutdown.changed() => return,
+            };
+            let (n, client) = match received {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; nothing to do but go on.
+                    tracing::debug!(listener = %self.name, error = %e, "udp receive failed");
+                    continue;
+                }
+            };
+            let existing = lock(&sessions).get(&client).map(|s| {
+                s.last_sent.store(now_ms(), Ordering::Relaxed);
+                Arc::clone(&s.upstream)
+            });
+            let upstream = match existing {
+                Some(u) => u,
+                None => match self.open_session(client, &sessions).await {
+                    Some(u) => u,
+                    None => {
+                        self.shared
+                            .metrics
+                            .udp_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                },
+            };
+            // A new session's socket has no readiness yet: wait for it then.
+            let sent = match upstream.try_send(&buf[..n]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    upstream.send(&buf[..n]).await
+                }
+                other => other,
+            };
+            if let Err(e) = sent {
+                tracing::debug!(listener = %self.name, %client, error = %e, "udp send upstream failed");
+                self.shared
+                    .metrics
+                    .udp_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.shared
+                    .metrics
+                    .l4_bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn open_session(
+        &self,
+        client: SocketAddr,
+        sessions: &Sessions,
+    ) -> Option<Arc<UdpSocket>> {
+        let runtime = self.runtime.load_full();
+        let lr = runtime.listener(&self.name)?;
+        let l4 = lr.config.l4.clone()?;
+        if lock(sessions).len() as u64 >= l4.max_connections {
+            tracing::warn!(listener = %self.name, %client, limit = l4.max_connections, "udp session refused: listener at max_connections");
+            return None;
+        }
+        let cluster = Arc::clone(runtime.clusters.get(l4.cluster.as_deref()?)?);
+        drop(runtime);
+        let key = crate::http::upstream::hash_key(client.ip().to_string().as_bytes());
+        let lease = cluster.pick(Some(key))?;
+        let endpoint = lease.endpoint().address;
+        let bind: SocketAddr = if endpoint.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        let upstream = match UdpSocket::bind(bind).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = %self.name, error = %e, "udp session socket failed");
+                return None;
+            }
+        };
+        if let Err(e) = upstream.connect(endpoint).await {
+            tracing::warn!(listener = %self.name, %endpoint, error = %e, "udp connect failed");
+            lease.report(false);
+            return None;
+        }
+        let upstream = Arc::new(upstream);
+        let last_sent = Arc::new(AtomicU64::new(now_ms()));
+        lock(sessions).insert(
+            client,
+            Session {
+                upstream: Arc::clone(&upstream),
+                last_sent: Arc::clone(&last_sent),
+            },
+        );
+        self.shared
+            .metrics
+            .udp_sessions
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(listener = %self.name, %client, %endpoint, "udp session opened");
+        tokio::spawn(
+            SessionTask {
+                upstream: Arc::clone(&upstream),
+                listener: Arc::clone(&self.socket),
+                client,
+                last_sent,
+                sessions: Arc::clone(sessions),
+                idle: l4.idle_timeout,
+                lease,
+                shared: Arc::clone(&self.shared),
+            }
+            .replies(),
+        );
+        Some(upstream)
+    }
+}
+
+/// One session's reply side.
+struct SessionTask {
+    upstream: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    client: SocketAddr,
+    last_sent: Arc<AtomicU64>,
+    sessions: Sessions,
+    idle: Duration,
+    lease: EndpointLease,
+    shared: Arc<Shared>,
+}
+
+impl SessionTask {
+    /// Relays the endpoint's replies to the session's client until the session idles out.
+    async fn replies(self) {
+        let SessionTask {
+            upstream,
+            listener,
+            client,
+            last_sent,
+            sessions,
+            idle,
+            lease,
+            shared,
+        } = self;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut last_reply = now_ms();
+        loop {
+            // Wake when the session would expire if nothing moves either way.
+            let last = last_reply.max(last_sent.load(Ordering::Relaxed));
+            let left = (last + idle.as_millis() as u64).saturating_sub(now_ms());
+            if left == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(left), upstream.recv(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    last_reply = now_ms();
+                    if listener.send_to(&buf[..n], client).await.is_ok() {
+                        shared
+                            .metrics
+                            .l4_bytes_sent
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(Err(e)) => {
+                    // Connection refused (ICMP port unreachable): the endpoint is not there.
+                    tracing::debug!(%client, endpoint = %lease.endpoint().address, error = %e, "udp upstream error");
+                    lease.report(false);
+                    break;
+                }
+                // Re-checked at the top: the client may have sent meanwhile.
+                Err(_) => {}
+            }
+        }
+        lock(&sessions).remove(&client);
+        tracing::debug!(%client, "udp session closed");
+    }
+}

@@ -1,0 +1,469 @@
+//! Layer 4 end to end: TCP relays (curl through, half-close, endpoint failures), TLS
+//! passthrough by SNI (openssl s_client), TLS termination at L4, the PROXY protocol in
+//! both directions, and UDP sessions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pylon_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn tcp_config(listener_extra: &str, clusters: &[(&str, Vec<SocketAddr>, &str)]) -> String {
+    let mut s = format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+{listener_extra}
+"#
+    );
+    for (name, eps, extra) in clusters {
+        let eps: Vec<String> = eps.iter().map(|a| format!("\"{a}\"")).collect();
+        s.push_str(&format!(
+            "\n[[clusters]]\nname = \"{name}\"\nendpoints = [{}]\n{extra}\n",
+            eps.join(", ")
+        ));
+    }
+    s
+}
+
+async fn curl_body(addr: SocketAddr) -> String {
+    let out = curl(&["-sS", "--max-time", "10", &format!("http://{addr}/")]).await;
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_a_tcp_listener_balances_connections() {
+    let a = Origin::named("a").await;
+    let b = Origin::named("b").await;
+    for splice in ["true", "false"] {
+        let cfg = tcp_config(
+            &format!("cluster = \"web\"\nsplice = {splice}"),
+            &[("web", vec![a.addr, b.addr], "")],
+        );
+        let p = TestProxy::start(&cfg).await;
+        let l4 = p.addr("l4");
+        let seen: HashSet<String> = [curl_body(l4).await, curl_body(l4).await].into();
+        assert_eq!(
+            seen,
+            HashSet::from(["a".to_string(), "b".to_string()]),
+            "splice = {splice}"
+        );
+        let m = p.proxy.metrics();
+        eventually("bytes counted", || {
+            m.l4_bytes_sent.load(std::sync::atomic::Ordering::Relaxed) > 0
+        })
+        .await;
+    }
+}
+
+/// An origin that reads until the client's FIN, then answers with the byte count.
+async fn counting_origin() -> RawOrigin {
+    RawOrigin::start(|mut s: TcpStream| async move {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await
+            .unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_leaves_the_other_direction_open() {
+    let origin = counting_origin().await;
+    for splice in ["true", "false"] {
+        let cfg = tcp_config(
+            &format!("cluster = \"c\"\nsplice = {splice}"),
+            &[("c", vec![origin.addr], "")],
+        );
+        let p = TestProxy::start(&cfg).await;
+        let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
+        let payload = vec![7u8; 300_000];
+        s.write_all(&payload).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
+            .await
+            .expect("the answer arrives after our FIN")
+            .unwrap();
+        assert_eq!(answer, "got 300000 bytes", "splice = {splice}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_endpoints_are_skipped_and_a_dying_one_never_hangs_the_client() {
+    let alive = Origin::named("alive").await;
+    let cfg = tcp_config(
+        "cluster = \"c\"",
+        &[("c", vec![closed_port(), alive.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    for _ in 0..4 {
+        assert_eq!(curl_body(p.addr("l4")).await, "alive");
+    }
+    // An origin that takes some bytes then dies mid-stream.
+    let dying = RawOrigin::start(|mut s: TcpStream| async move {
+        let mut buf = [0u8; 5];
+        let _ = s.read_exact(&mut buf).await;
+        let _ = s.write_all(b"partial").await;
+        let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+    })
+    .await;
+    let cfg = tcp_config("cluster = \"c\"", &[("c", vec![dying.addr], "")]);
+    let p = TestProxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    s.write_all(b"hello and more").await.unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+        .await
+        .expect("the client sees the end, no hang");
+    assert!(got.starts_with(b"partial") || r.is_err(), "{got:?} {r:?}");
+}
+
+async fn openssl_get(addr: SocketAddr, sni: &str, ca: &std::path::Path) -> String {
+    let mut child = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            sni,
+            "-CAfile",
+            ca.to_str().unwrap(),
+            "-verify_return_error",
+            "-quiet",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            format!("GET /via-{sni} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("openssl finishes")
+        .unwrap();
+    drop(stdin);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_routes_by_sni() {
+    let ca = TestCa::new("passthrough CA");
+    let dir = temp_dir();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let a = Origin::echo_tls(origin_tls_config(
+        &ca.server(&["a.example"]),
+        None,
+        &["http/1.1"],
+    ))
+    .await;
+    let b = Origin::echo_tls(origin_tls_config(
+        &ca.server(&["x.b.example"]),
+        None,
+        &["http/1.1"],
+    ))
+    .await;
+    let listener = r#"sni_routes = [
+  { server_names = ["a.example"], cluster = "a" },
+  { server_names = ["*.b.example"], cluster = "b" },
+]"#;
+    let cfg = tcp_config(
+        listener,
+        &[("a", vec![a.addr], ""), ("b", vec![b.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let l4 = p.addr("l4");
+    let out = openssl_get(l4, "a.example", &ca_file).await;
+    assert!(out.contains("/via-a.example"), "{out}");
+    let out = openssl_get(l4, "x.b.example", &ca_file).await;
+    assert!(out.contains("/via-x.b.example"), "{out}");
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    // No route for this name and no default cluster: closed.
+    let out = openssl_get(l4, "c.example", &ca_file).await;
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    // Not TLS at all: closed without reaching an origin.
+    let mut s = TcpStream::connect(l4).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("closed");
+    assert!(rest.is_empty());
+    assert_eq!(a.request_count() + b.request_count(), 2);
+    let m = p.proxy.metrics();
+    assert!(m.l4_rejected.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_terminates_at_l4_to_a_plain_backend() {
+    let ca = TestCa::new("l4 termination CA");
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["l4.example"]).write(&dir, "l4");
+    let origin = counting_origin().await;
+    let listener = format!(
+        "cluster = \"c\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+        cert.display(),
+        key.display()
+    );
+    let cfg = tcp_config(&listener, &[("c", vec![origin.addr], "")]);
+    let p = TestProxy::start(&cfg).await;
+    let connector = tls_client(&ca, &[], None);
+    let mut s = tls_connect(&connector, p.addr("l4"), "l4.example")
+        .await
+        .unwrap();
+    s.write_all(b"twelve bytes").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "got 12 bytes");
+}
+
+/// An origin that answers with the first line it received (a PROXY v1 header) or a
+/// description of the PROXY v2 header, then echoes the rest.
+async fn proxy_header_origin() -> RawOrigin {
+    RawOrigin::start(|mut s: TcpStream| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let done_v1 = got.starts_with(b"PROXY ") && got.ends_with(b"END");
+            let done_v2 = got.starts_with(b"\r\n\r\n\0\r\nQUIT\n") && got.ends_with(b"END");
+            if done_v1 || done_v2 {
+                break;
+            }
+        }
+        let answer = match ppp::HeaderResult::parse(&got) {
+            ppp::HeaderResult::V1(Ok(h)) => format!("v1 {}", h.header.trim_end()),
+            ppp::HeaderResult::V2(Ok(h)) => format!("v2 {:?}", h.addresses),
+            other => format!("none {other:?}"),
+        };
+        s.write_all(answer.as_bytes()).await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_in_and_out() {
+    let origin = proxy_header_origin().await;
+    for out in ["v1", "v2"] {
+        let cfg = tcp_config(
+            "cluster = \"c\"\nproxy_protocol = { trusted = [\"127.0.0.0/8\"] }",
+            &[(
+                "c",
+                vec![origin.addr],
+                &format!("proxy_protocol = \"{out}\""),
+            )],
+        );
+        let p = TestProxy::start(&cfg).await;
+        let l4 = p.addr("l4");
+        // v1 in.
+        let mut s = TcpStream::connect(l4).await.unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.9 198.51.100.1 4444 443\r\nEND")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        match out {
+            "v1" => assert_eq!(answer, "v1 PROXY TCP4 192.0.2.9 198.51.100.1 4444 443"),
+            _ => assert!(
+                answer.contains("192.0.2.9")
+                    && answer.contains("4444")
+                    && answer.contains("198.51.100.1"),
+                "{answer}"
+            ),
+        }
+        // v2 in.
+        let header = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (
+                "[2001:db8::7]:5555".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::1]:443".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+        .build()
+        .unwrap();
+        let mut s = TcpStream::connect(l4).await.unwrap();
+        s.write_all(&header).await.unwrap();
+        s.write_all(b"END").await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        match out {
+            "v1" => assert_eq!(answer, "v1 PROXY TCP6 2001:db8::7 2001:db8::1 5555 443"),
+            _ => assert!(
+                answer.contains("2001:db8::7") && answer.contains("5555"),
+                "{answer}"
+            ),
+        }
+    }
+    // An untrusted source is refused before anything reaches the origin.
+    let cfg = tcp_config(
+        "cluster = \"c\"\nproxy_protocol = { trusted = [\"10.0.0.0/8\"] }",
+        &[("c", vec![origin.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let before = origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.9 198.51.100.1 4444 443\r\nEND")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(rest.is_empty());
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+    assert_eq!(
+        p.proxy
+            .metrics()
+            .proxy_protocol_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listener_takes_the_client_address_from_proxy_protocol() {
+    let echo = Origin::echo().await;
+    let cfg = simple_config(
+        &[echo.addr],
+        "proxy_protocol = { trusted = [\"127.0.0.1\"] }",
+        "",
+    );
+    let p = TestProxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.5 127.0.0.1 6000 80\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("203.0.113.5"),
+        "X-Forwarded-For carries the real client: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_get_only_their_own_replies() {
+    // Two echo origins that tag replies with their name.
+    let mut origins = Vec::new();
+    for name in ["u1", "u2"] {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sock.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+                let mut reply = format!("{name}:").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+        origins.push((addr, task));
+    }
+    let cfg = format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "dns"
+bind = "127.0.0.1:0"
+protocol = "udp"
+cluster = "c"
+idle_timeout = "5s"
+
+[[clusters]]
+name = "c"
+endpoints = ["{}", "{}"]
+"#,
+        origins[0].0, origins[1].0
+    );
+    let p = TestProxy::start(&cfg).await;
+    let front = p.addr("dns");
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        clients.push(tokio::spawn(async move {
+            let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            s.connect(front).await.unwrap();
+            let mut tag = None;
+            let mut buf = vec![0u8; 2048];
+            for j in 0..5 {
+                let msg = format!("client-{i}-msg-{j}");
+                // UDP may drop: resend until the reply comes.
+                let reply = loop {
+                    s.send(msg.as_bytes()).await.unwrap();
+                    match tokio::time::timeout(
+                        std::time::Duration::from_millis(500),
+                        s.recv(&mut buf),
+                    )
+                    .await
+                    {
+                        Ok(Ok(n)) => break String::from_utf8_lossy(&buf[..n]).to_string(),
+                        _ => continue,
+                    }
+                };
+                let (origin, body) = reply.split_once(':').unwrap();
+                assert_eq!(body, msg, "only its own replies");
+                // One session, one endpoint.
+                assert_eq!(*tag.get_or_insert(origin.to_string()), origin);
+            }
+            tag.unwrap()
+        }));
+    }
+    let mut per_origin = std::collections::HashMap::<String, usize>::new();
+    for c in clients {
+        *per_origin
+            .entry(
+                tokio::time::timeout(DEADLINE * 3, c)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+            .or_default() += 1;
+    }
+    assert_eq!(per_origin.len(), 2, "sessions spread: {per_origin:?}");
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.udp_sessions.load(std::sync::atomic::Ordering::Relaxed),
+        200
+    );
+    assert_eq!(
+        m.udp_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing dropped"
+    );
+}
