@@ -796,6 +796,11 @@ pub enum HealthCheckKind {
         expected_statuses: Vec<u16>,
         body_contains: Option<String>,
     },
+    /// A datagram gets a reply (holding `expect`, when set) within the timeout.
+    Udp {
+        send: Vec<u8>,
+        expect: Option<String>,
+    },
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

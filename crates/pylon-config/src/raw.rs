@@ -228,7 +228,7 @@ pub struct RawOutlierDetection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    /// `"tcp"` or `"http"`.
+    /// `"tcp"`, `"http"` or `"udp"`.
     pub kind: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
@@ -240,6 +240,10 @@ pub struct RawHealthCheck {
     pub host: Option<Spanned<String>>,
     pub expected_statuses: Option<Spanned<Vec<u16>>>,
     pub body_contains: Option<String>,
+    /// UDP checks: the datagram to send (text or hex) and a substring the reply must hold.
+    pub send: Option<Spanned<String>>,
+    pub send_hex: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
 }
 
 /// An endpoint: `"127.0.0.1:8081"` or `{ address = "127.0.0.1:8081", weight = 2 }`.

@@ -477,6 +477,7 @@ cluster = "c"
 name = "c"
 endpoints = ["127.0.0.1:1"]
 proxy_protocol = "v2"
+health_check = { kind = "udp", send_hex = "01 ff", expect = "ok" }
 "#;
     let c = parse(ok, "test.toml").expect("valid");
     let tcp = c.listeners[0].l4.as_ref().unwrap();
@@ -500,6 +501,13 @@ proxy_protocol = "v2"
         "UDP sessions idle out sooner; the same port as a TCP listener is fine"
     );
     assert_eq!(c.clusters[0].proxy_protocol, Some(ProxyProtocolVersion::V2));
+    assert_eq!(
+        c.clusters[0].health_check.as_ref().unwrap().kind,
+        HealthCheckKind::Udp {
+            send: vec![1, 0xff],
+            expect: Some("ok".into())
+        }
+    );
 
     let bad = r#"
 [[listeners]]
@@ -528,6 +536,7 @@ cluster = "c"
 name = "c"
 endpoints = ["127.0.0.1:1"]
 proxy_protocol = "v3"
+health_check = { kind = "tcp", send_hex = "abc" }
 "#;
     let e = errors(bad);
     for want in [
@@ -538,6 +547,7 @@ proxy_protocol = "v3"
         "listeners[2].cluster: unknown cluster \"nope\"",
         "routes[0].listeners: listener \"tcp\" is a tcp/udp listener",
         "clusters[0].proxy_protocol: unknown proxy_protocol \"v3\"",
+        "clusters[0].health_check.send_hex: send, send_hex and expect need kind = \"udp\"",
     ] {
         assert!(e.iter().any(|x| x.contains(want)), "{want} in {e:#?}");
     }

@@ -467,3 +467,66 @@ endpoints = ["{}", "{}"]
         "nothing dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_health_checks_take_a_silent_endpoint_out() {
+    let alive = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let alive_addr = alive.local_addr().unwrap();
+    let _task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, from) = alive.recv_from(&mut buf).await.unwrap();
+            let reply = if &buf[..n] == b"health?" {
+                b"pong".to_vec()
+            } else {
+                buf[..n].to_vec()
+            };
+            let _ = alive.send_to(&reply, from).await;
+        }
+    });
+    // Bound then closed: datagrams to it get ICMP port unreachable.
+    let dead_addr = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "u"
+bind = "127.0.0.1:0"
+protocol = "udp"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{dead_addr}", "{alive_addr}"]
+health_check = {{ kind = "udp", send = "health?", expect = "pong", interval = "100ms", timeout = "500ms" }}
+"#
+    );
+    let p = TestProxy::start(&cfg).await;
+    eventually("the dead endpoint is out", || {
+        p.proxy.endpoint_available("c", dead_addr) == Some(false)
+            && p.proxy.endpoint_available("c", alive_addr) == Some(true)
+    })
+    .await;
+    for i in 0..10 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(p.addr("u")).await.unwrap();
+        let msg = format!("m{i}");
+        s.send(msg.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(DEADLINE, s.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            msg.as_bytes(),
+            "every session reaches the live endpoint"
+        );
+    }
+}

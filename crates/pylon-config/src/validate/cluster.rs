@@ -46,7 +46,42 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
         || h.host.is_some()
         || h.expected_statuses.is_some()
         || h.body_contains.is_some();
+    let udp_keys = h.send.is_some() || h.send_hex.is_some() || h.expect.is_some();
+    if udp_keys
+        && kind_name != Some("udp")
+        && let Some(k) = h
+            .send
+            .as_ref()
+            .or(h.send_hex.as_ref())
+            .or(h.expect.as_ref())
+    {
+        p.at(k, "send, send_hex and expect need kind = \"udp\"");
+    }
     let kind = match kind_name {
+        Some("udp") => {
+            if http_keys && let Some(k) = &h.kind {
+                p.at(
+                    k,
+                    "method, path, host, expected_statuses and body_contains need kind = \"http\"",
+                );
+            }
+            let send = match (&h.send, &h.send_hex) {
+                (Some(_), Some(x)) => {
+                    p.at(x, "give `send` or `send_hex`, not both");
+                    Vec::new()
+                }
+                (Some(t), None) => t.get_ref().as_bytes().to_vec(),
+                (None, Some(x)) => hex(x.get_ref()).unwrap_or_else(|| {
+                    p.at(x, "send_hex must be an even number of hex digits");
+                    Vec::new()
+                }),
+                (None, None) => b"ping".to_vec(),
+            };
+            HealthCheckKind::Udp {
+                send,
+                expect: h.expect.as_ref().map(|e| e.get_ref().clone()),
+            }
+        }
         Some("tcp") => {
             if http_keys && let Some(k) = &h.kind {
                 p.at(
@@ -96,7 +131,7 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
             if let Some(k) = &h.kind {
                 p.at(
                     k,
-                    format!("unknown health check kind \"{other}\", expected tcp or http"),
+                    format!("unknown health check kind \"{other}\", expected tcp, http or udp"),
                 );
             }
             HealthCheckKind::Tcp
@@ -502,4 +537,16 @@ fn dns(d: Spanned<RawDns>, p: &mut Problems) -> Dns {
         max_ttl,
         timeout,
     }
+}
+
+/// `"0a1B"` → `[0x0a, 0x1b]`; `None` unless an even number of hex digits (spaces allowed).
+fn hex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
 }

@@ -102,6 +102,9 @@ async fn check(
     protocol: UpstreamProtocol,
     kind: &HealthCheckKind,
 ) -> Result<(), String> {
+    if let HealthCheckKind::Udp { send, expect } = kind {
+        return check_udp(endpoint.address, send, expect.as_deref()).await;
+    }
     let io = endpoint.connect().await.map_err(|e| e.to_string())?;
     let HealthCheckKind::Http {
         method,
@@ -175,4 +178,35 @@ async fn check(
         }
     }
     Ok(())
+}
+
+/// A datagram to the endpoint gets a reply (holding `expect`, when set). The caller
+/// bounds the wait with the check's timeout.
+async fn check_udp(
+    addr: std::net::SocketAddr,
+    send: &[u8],
+    expect: Option<&str>,
+) -> Result<(), String> {
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| e.to_string())?;
+    socket.connect(addr).await.map_err(|e| e.to_string())?;
+    socket.send(send).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65_535];
+    let n = socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
+    match expect {
+        Some(needle)
+            if !buf[..n]
+                .windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes()) =>
+        {
+            Err(format!("reply does not contain {needle:?}"))
+        }
+        _ => Ok(()),
+    }
 }
