@@ -542,7 +542,7 @@ fn dns(d: Spanned<RawDns>, p: &mut Problems) -> Dns {
 /// `"0a1B"` → `[0x0a, 0x1b]`; `None` unless an even number of hex digits (spaces allowed).
 fn hex(s: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
