@@ -663,6 +663,8 @@ pub struct Pool {
     pub idle_timeout: Duration,
     /// Idle HTTP/1.1 connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
+    /// Layer 4: TCP connections opened ahead per endpoint, each handed to a new client.
+    pub warm_connections: usize,
 }
 
 impl Default for Pool {
@@ -670,6 +672,7 @@ impl Default for Pool {
         Pool {
             idle_timeout: Duration::from_secs(90),
             max_idle_per_endpoint: 128,
+            warm_connections: 0,
         }
     }
 }

@@ -146,6 +146,7 @@ pub struct RawRoute {
 pub struct RawPool {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_endpoint: Option<usize>,
+    pub warm_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

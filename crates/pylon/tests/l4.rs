@@ -530,3 +530,49 @@ health_check = {{ kind = "udp", send = "health?", expect = "pong", interval = "1
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_connections_are_opened_ahead_handed_out_and_refilled() {
+    let origin = counting_origin().await;
+    let cfg = tcp_config(
+        "cluster = \"c\"",
+        &[("c", vec![origin.addr], "pool = { warm_connections = 2 }")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let opened = || origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+    eventually("two connections opened before any client", || opened() == 2).await;
+    for i in 1..=3 {
+        let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
+        s.write_all(b"abc").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "got 3 bytes");
+        // The client used a warm connection; one more was opened to refill.
+        eventually("refilled", || opened() == 2 + i).await;
+    }
+    let warm = p.proxy.cluster("c").unwrap().endpoints().pools[0]
+        .warm
+        .clone()
+        .unwrap();
+    assert_eq!(warm.handed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(warm.ready(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_warm_connections_expire_and_are_replaced() {
+    let origin = counting_origin().await;
+    let cfg = tcp_config(
+        "cluster = \"c\"",
+        &[(
+            "c",
+            vec![origin.addr],
+            "pool = { warm_connections = 1, idle_timeout = \"100ms\" }",
+        )],
+    );
+    let _p = TestProxy::start(&cfg).await;
+    eventually("expired ones replaced", || {
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst) >= 4
+    })
+    .await;
+}

@@ -357,6 +357,14 @@ pub(super) fn cluster(
         Some(rp) => Pool {
             idle_timeout: duration(&rp.idle_timeout, dp.idle_timeout, p),
             max_idle_per_endpoint: rp.max_idle_per_endpoint.unwrap_or(dp.max_idle_per_endpoint),
+            warm_connections: match &rp.warm_connections {
+                Some(n) if *n.get_ref() > 1024 => {
+                    p.at(n, "warm_connections is at most 1024 per endpoint");
+                    0
+                }
+                Some(n) => *n.get_ref(),
+                None => 0,
+            },
         },
     };
     ok.then(|| Cluster {

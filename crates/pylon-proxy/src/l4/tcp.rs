@@ -287,6 +287,9 @@ async fn connect(
     for attempt in 0..MAX_CONNECT_TRIES.min(set.len().max(1)) {
         let lease = cluster.pick_excluding(&set, if attempt == 0 { key } else { None }, &tried)?;
         let addr = lease.endpoint().address;
+        if let Some(s) = lease.endpoint().warm.as_ref().and_then(|w| w.take()) {
+            return Some((lease, s));
+        }
         match tokio::time::timeout(lease.endpoint().connect_timeout(), TcpStream::connect(addr))
             .await
         {

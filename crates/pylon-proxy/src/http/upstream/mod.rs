@@ -3,6 +3,7 @@
 mod discovery;
 mod pool;
 mod sticky;
+pub mod warm;
 
 pub use pool::{EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;

@@ -86,6 +86,8 @@ pub struct EndpointPool {
     /// The DNS name the endpoint came from: the TLS server name unless the cluster
     /// sets one.
     server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// Layer 4 warm connections, when the cluster asks for them.
+    pub warm: Option<Arc<super::warm::WarmConnections>>,
     protocol: UpstreamProtocol,
     tls: Option<TlsConnector>,
     limits: ConnectionLimits,
@@ -137,6 +139,14 @@ impl EndpointPool {
             address,
             host_value: http::HeaderValue::from_str(&authority)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
+            warm: (c.pool.warm_connections > 0).then(|| {
+                super::warm::WarmConnections::start(
+                    address,
+                    c.pool.warm_connections,
+                    c.pool.idle_timeout,
+                    c.connect_timeout,
+                )
+            }),
             server_name: host.and_then(|h| {
                 rustls_pki_types::ServerName::try_from(h.trim_end_matches('.').to_owned()).ok()
             }),
