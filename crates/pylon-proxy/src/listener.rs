@@ -176,6 +176,7 @@ impl AcceptLoop {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),
                 client,
+                local: stream.local_addr().unwrap_or(client),
                 client_ip: http::HeaderValue::from_str(&client.ip().to_string())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
                 client_cert: None,
@@ -192,8 +193,9 @@ impl AcceptLoop {
                 if let Some(pp) = &proxy_in {
                     let limit = limits.header_read_timeout;
                     match crate::l4::accept_proxy_header(&mut stream, client, pp, limit).await {
-                        Ok(Some((source, _))) => {
+                        Ok(Some((source, destination))) => {
                             ctx.client = source;
+                            ctx.local = destination;
                             ctx.client_ip = http::HeaderValue::from_str(&source.ip().to_string())
                                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
                         }

@@ -576,3 +576,53 @@ async fn idle_warm_connections_expire_and_are_replaced() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_send_each_request_with_its_clients_proxy_header() {
+    // Answers with the PROXY line it received before the HTTP request.
+    let origin = RawOrigin::start(|mut s: TcpStream| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        let first = text.lines().next().unwrap_or("").to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}",
+            first.len()
+        );
+        s.write_all(resp.as_bytes()).await.unwrap();
+    })
+    .await;
+    let cfg = simple_config(
+        &[origin.addr],
+        "proxy_protocol = { trusted = [\"127.0.0.1\"] }",
+        "proxy_protocol = \"v1\"",
+    );
+    let p = TestProxy::start(&cfg).await;
+    let front = p.addr("front");
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.5 192.0.2.80 6000 80\r\n")
+        .await
+        .unwrap();
+    // Two requests on one client connection: each gets its own upstream connection.
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut s).await;
+    assert_eq!(
+        text.matches("PROXY TCP4 203.0.113.5 192.0.2.80 6000 80")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}

@@ -309,20 +309,6 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         })
         .collect();
 
-    for c in clusters.iter().filter(|c| c.proxy_protocol.is_some()) {
-        let by_route = routes
-            .iter()
-            .any(|r| matches!(&r.action, Action::Proxy(a) if a.cluster == c.name));
-        if by_route {
-            p.0.push((
-                None,
-                format!(
-                    "clusters \"{}\": proxy_protocol is sent on tcp listener connections only; HTTP routes pool upstream connections across clients, so a route cannot use this cluster",
-                    c.name
-                ),
-            ));
-        }
-    }
     Config {
         server,
         access_log,

@@ -45,6 +45,8 @@ pub struct ConnCtx {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    /// The address the client reached (from a PROXY header, else the socket's).
+    pub local: SocketAddr,
     /// The client's IP as a header value, made once per connection.
     pub client_ip: HeaderValue,
     /// The verified client certificate, on TLS listeners that ask for one.

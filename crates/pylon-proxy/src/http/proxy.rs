@@ -4,6 +4,8 @@
 //! upstream's answer streamed back.
 
 use std::net::SocketAddr;
+
+use crate::http::upstream::ClientAddresses;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -244,6 +246,12 @@ pub(super) async fn proxy(
             .as_ref()
             .map_or(cluster.response_timeout, |r| r.per_try_timeout);
 
+        if cluster.proxy_protocol().is_some() {
+            try_parts.extensions.insert(ClientAddresses {
+                client: ctx.client,
+                local: ctx.local,
+            });
+        }
         let sent_at = Instant::now();
         let result = endpoint
             .send(Request::from_parts(try_parts, body.next()), timeout)

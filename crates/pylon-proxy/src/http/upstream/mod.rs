@@ -5,7 +5,7 @@ mod pool;
 mod sticky;
 pub mod warm;
 
-pub use pool::{EndpointPool, Pooled, UpstreamError};
+pub use pool::{ClientAddresses, EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 pub use sticky::StickyCookie;
 

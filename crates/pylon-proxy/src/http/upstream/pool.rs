@@ -39,6 +39,14 @@ pub enum UpstreamError {
     Send(SocketAddr, hyper::Error),
 }
 
+/// The client a request is made for, as a PROXY header to a cluster with
+/// `proxy_protocol` names it (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddresses {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
 struct Idle {
     since: Instant,
     sender: http1::SendRequest<RequestBody>,
@@ -86,6 +94,9 @@ pub struct EndpointPool {
     /// The DNS name the endpoint came from: the TLS server name unless the cluster
     /// sets one.
     server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// PROXY protocol to this endpoint: every HTTP request then gets a connection of its
+    /// own, opened with its client's header.
+    proxy_protocol: Option<model::ProxyProtocolVersion>,
     /// Layer 4 warm connections, when the cluster asks for them.
     pub warm: Option<Arc<super::warm::WarmConnections>>,
     protocol: UpstreamProtocol,
@@ -139,6 +150,7 @@ impl EndpointPool {
             address,
             host_value: http::HeaderValue::from_str(&authority)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
+            proxy_protocol: c.proxy_protocol,
             warm: (c.pool.warm_connections > 0).then(|| {
                 super::warm::WarmConnections::start(
                     address,
@@ -214,15 +226,26 @@ impl EndpointPool {
     /// TCP connect, then the TLS handshake for TLS clusters, all within the connect
     /// timeout.
     pub(crate) async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
+        self.connect_with(&[]).await
+    }
+
+    /// Like [`connect`](Self::connect), sending `preface` (a PROXY header) first, before
+    /// any TLS.
+    async fn connect_with(&self, preface: &[u8]) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
         let connection = Slot::take(&self.limits.open, self.limits.max_open)
             .ok_or(UpstreamError::Overloaded("max_connections"))?;
         let _pending = Slot::take(&self.limits.pending, self.limits.max_pending)
             .ok_or(UpstreamError::Overloaded("max_pending_requests"))?;
         let connect = async {
-            let stream = TcpStream::connect(self.address)
+            let mut stream = TcpStream::connect(self.address)
                 .await
                 .map_err(|e| UpstreamError::Connect(self.address, e))?;
             let _ = stream.set_nodelay(true);
+            if !preface.is_empty() {
+                tokio::io::AsyncWriteExt::write_all(&mut stream, preface)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(self.address, e))?;
+            }
             match &self.tls {
                 None => Ok(UpstreamIo::plain(stream)),
                 Some(tls) => tls
@@ -245,12 +268,59 @@ impl EndpointPool {
         req: Request<RequestBody>,
         response_timeout: Duration,
     ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
+        if let Some(version) = self.proxy_protocol {
+            return self
+                .send_dedicated(version, req, response_timeout)
+                .await
+                .map(|r| (r, None));
+        }
         match self.protocol {
             UpstreamProtocol::Http1 => self.send_h1(req, response_timeout).await,
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 self.send_h2(req, response_timeout).await.map(|r| (r, None))
             }
         }
+    }
+
+    /// One request on a connection of its own, opened with its client's PROXY header
+    /// (so the upstream sees who each request is for); closed after the response.
+    async fn send_dedicated(
+        &self,
+        version: model::ProxyProtocolVersion,
+        req: Request<RequestBody>,
+        response_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let preface = match req.extensions().get::<ClientAddresses>() {
+            Some(a) => crate::l4::proxy_protocol::encode(version, a.client, a.local, None),
+            None => Vec::new(),
+        };
+        let io = self.connect_with(&preface).await?;
+        let sent = async {
+            if self.protocol == UpstreamProtocol::Http1 {
+                let (mut sender, conn) = http1::handshake(io)
+                    .await
+                    .map_err(|e| UpstreamError::Handshake(self.address, e))?;
+                tokio::spawn(conn.with_upgrades());
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Send(self.address, e))
+            } else {
+                let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| UpstreamError::Handshake(self.address, e))?;
+                tokio::spawn(conn);
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Send(self.address, e))
+            }
+        };
+        tokio::time::timeout(response_timeout, sent)
+            .await
+            .map_err(|_| UpstreamError::ResponseTimeout(self.address))?
     }
 
     fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
