@@ -117,6 +117,9 @@ async fn handshake(
                 .and_then(|c| c.first())
                 .and_then(ClientIdentity::from_der)
                 .map(Arc::new);
+            ctx.tls = Some(Arc::new(
+                crate::l4::proxy_protocol::TlsInfo::from_connection(stream.get_ref().1),
+            ));
             Some(stream)
         }
         Ok(Err(e)) => {
@@ -180,6 +183,7 @@ impl AcceptLoop {
                 client_ip: http::HeaderValue::from_str(&client.ip().to_string())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
                 client_cert: None,
+                tls: None,
                 scheme: if self.tls.is_some() { "https" } else { "http" },
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),

@@ -626,3 +626,57 @@ async fn http_routes_send_each_request_with_its_clients_proxy_header() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_v2_carries_alpn_and_server_name_when_pylon_terminated_tls() {
+    // Reads the v2 header and answers with its TLVs (kind=value, ...).
+    let origin = RawOrigin::start(|mut s: TcpStream| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if let ppp::HeaderResult::V2(Ok(h)) = ppp::HeaderResult::parse(&got) {
+                let tlvs: Vec<String> = h
+                    .tlvs()
+                    .filter_map(Result::ok)
+                    .filter(|t| t.kind != ppp::v2::Type::SSL as u8)
+                    .map(|t| format!("{}={}", t.kind, String::from_utf8_lossy(&t.value)))
+                    .collect();
+                s.write_all(tlvs.join(",").as_bytes()).await.unwrap();
+                return;
+            }
+        }
+    })
+    .await;
+    let ca = TestCa::new("pp2 CA");
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["pp2.example"]).write(&dir, "pp2");
+    let listener = format!(
+        "cluster = \"c\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\nalpn = [\"h2\", \"http/1.1\"]",
+        cert.display(),
+        key.display()
+    );
+    let cfg = tcp_config(
+        &listener,
+        &[("c", vec![origin.addr], "proxy_protocol = \"v2\"")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let connector = tls_client(&ca, &["http/1.1"], None);
+    let mut s = tls_connect(&connector, p.addr("l4"), "pp2.example")
+        .await
+        .unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answer, "1=http/1.1,2=pp2.example",
+        "ALPN (1) and authority (2) TLVs"
+    );
+}

@@ -51,6 +51,8 @@ pub struct ConnCtx {
     pub client_ip: HeaderValue,
     /// The verified client certificate, on TLS listeners that ask for one.
     pub client_cert: Option<Arc<ClientIdentity>>,
+    /// What TLS negotiated, on TLS listeners with clusters that send PROXY v2 headers.
+    pub tls: Option<Arc<crate::l4::proxy_protocol::TlsInfo>>,
     pub scheme: &'static str,
     pub state: Arc<ConnState>,
     pub shared: Arc<Shared>,

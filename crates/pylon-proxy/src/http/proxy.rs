@@ -250,6 +250,7 @@ pub(super) async fn proxy(
             try_parts.extensions.insert(ClientAddresses {
                 client: ctx.client,
                 local: ctx.local,
+                tls: ctx.tls.clone(),
             });
         }
         let sent_at = Instant::now();

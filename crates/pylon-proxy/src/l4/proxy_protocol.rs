@@ -102,6 +102,24 @@ pub struct TlsInfo {
     pub cipher: Option<String>,
 }
 
+impl TlsInfo {
+    /// What a finished server-side handshake negotiated.
+    pub fn from_connection(conn: &rustls::ServerConnection) -> TlsInfo {
+        TlsInfo {
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            server_name: conn.server_name().map(str::to_owned),
+            version: conn
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .map(str::to_owned),
+        }
+    }
+}
+
 /// Both addresses in one family (an IPv4 address is mapped into IPv6 when they differ).
 fn same_family(source: SocketAddr, destination: SocketAddr) -> (SocketAddr, SocketAddr) {
     let v6 = |a: SocketAddr| match a.ip() {

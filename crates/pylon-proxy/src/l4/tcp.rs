@@ -176,19 +176,7 @@ impl Connection {
                 {
                     Ok(Ok(s)) => {
                         metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-                        let conn = s.get_ref().1;
-                        tls_info = Some(TlsInfo {
-                            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-                            server_name: conn.server_name().map(str::to_owned),
-                            version: conn
-                                .protocol_version()
-                                .and_then(|v| v.as_str())
-                                .map(str::to_owned),
-                            cipher: conn
-                                .negotiated_cipher_suite()
-                                .and_then(|c| c.suite().as_str())
-                                .map(str::to_owned),
-                        });
+                        tls_info = Some(TlsInfo::from_connection(s.get_ref().1));
                         (None, Some(s))
                     }
                     _ => {

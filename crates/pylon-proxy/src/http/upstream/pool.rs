@@ -41,10 +41,12 @@ pub enum UpstreamError {
 
 /// The client a request is made for, as a PROXY header to a cluster with
 /// `proxy_protocol` names it (a request extension).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientAddresses {
     pub client: SocketAddr,
     pub local: SocketAddr,
+    /// What the client's TLS negotiated (v2 TLVs), when Pylon terminated it.
+    pub tls: Option<Arc<crate::l4::proxy_protocol::TlsInfo>>,
 }
 
 struct Idle {
@@ -291,7 +293,9 @@ impl EndpointPool {
         response_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let preface = match req.extensions().get::<ClientAddresses>() {
-            Some(a) => crate::l4::proxy_protocol::encode(version, a.client, a.local, None),
+            Some(a) => {
+                crate::l4::proxy_protocol::encode(version, a.client, a.local, a.tls.as_deref())
+            }
             None => Vec::new(),
         };
         let io = self.connect_with(&preface).await?;
