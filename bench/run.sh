@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: Pylon, NGINX and HAProxy on the same machine, in one run.
 # Installs its peers from Debian's packages, builds Pylon in release mode, then runs
-# bench/bench.py (pass --quick for one short round). Never part of the test suite.
+# bench/bench.py (pass --quick for one short round), or with --l4 first, bench/l4.py (TCP
+# throughput with iperf3 and connections per second). Never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -20,4 +23,8 @@ systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 cargo build --release -p pylon
 ulimit -n "$(ulimit -Hn)" || true
+if [ "${1:-}" = "--l4" ]; then
+  shift
+  exec python3 bench/l4.py --pylon target/release/pylon "$@"
+fi
 exec python3 bench/bench.py --pylon target/release/pylon "$@"

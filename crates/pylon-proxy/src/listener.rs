@@ -157,7 +157,7 @@ impl AcceptLoop {
             return;
         };
         let limits = lr.config.limits.clone();
-        let proxy_in = lr.config.proxy_protocol.clone();
+        let proxy_in = lr.proxy_in.clone();
         let builder = Arc::new(server_h1h2::builder(&limits));
         loop {
             let accepted = tokio::select! {

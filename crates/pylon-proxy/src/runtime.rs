@@ -16,6 +16,10 @@ pub struct ListenerRuntime {
     pub router: Router,
     /// The request-id header, when request ids are on.
     pub request_id: Option<http::HeaderName>,
+    /// Layer 4 settings, shared by this listener's connections.
+    pub l4: Option<Arc<model::L4Listener>>,
+    /// Incoming PROXY protocol settings.
+    pub proxy_in: Option<Arc<model::ProxyProtocolIn>>,
 }
 
 pub struct Runtime {
@@ -63,6 +67,8 @@ impl Runtime {
                     })
                     .collect();
                 let lr = ListenerRuntime {
+                    l4: l.l4.clone().map(Arc::new),
+                    proxy_in: l.proxy_protocol.clone().map(Arc::new),
                     config: l.clone(),
                     router: Router::new(routes),
                     request_id: l

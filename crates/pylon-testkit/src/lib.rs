@@ -40,6 +40,24 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
     }
 }
 
+/// Like [`eventually`], for conditions that must do I/O to be checked.
+pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// A Pylon running in this process.
 pub struct TestProxy {
     pub proxy: Proxy,

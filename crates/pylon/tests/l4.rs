@@ -669,7 +669,8 @@ async fn proxy_v2_carries_alpn_and_server_name_when_pylon_terminated_tls() {
     let mut s = tls_connect(&connector, p.addr("l4"), "pp2.example")
         .await
         .unwrap();
-    s.write_all(b"x").await.unwrap();
+    // The header goes out as soon as the upstream connection opens; the origin answers
+    // and closes with nothing unread (a FIN, not a reset).
     let mut answer = String::new();
     tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
         .await
@@ -679,4 +680,206 @@ async fn proxy_v2_carries_alpn_and_server_name_when_pylon_terminated_tls() {
         answer, "1=http/1.1,2=pp2.example",
         "ALPN (1) and authority (2) TLVs"
     );
+}
+
+/// An origin that echoes whatever it reads, for as long as the client keeps it open.
+async fn echo_origin() -> RawOrigin {
+    RawOrigin::start(|mut s: TcpStream| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+async fn closed_by_pylon(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(DEADLINE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_old_ones_are_closed() {
+    let origin = echo_origin().await;
+    let cfg = tcp_config(
+        "cluster = \"c\"\nidle_timeout = \"200ms\"",
+        &[("c", vec![origin.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert!(closed_by_pylon(&mut s).await, "an idle relay is closed");
+
+    // A busy connection outlives the idle timeout but not max_lifetime.
+    let cfg = tcp_config(
+        "cluster = \"c\"\nidle_timeout = \"1h\"\nmax_lifetime = \"300ms\"",
+        &[("c", vec![origin.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        while w.write_all(b"tick").await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "closed at max_lifetime while busy");
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_connection_limit_refuses_more() {
+    let origin = echo_origin().await;
+    let cfg = tcp_config(
+        "cluster = \"c\"\nmax_connections = 2",
+        &[("c", vec![origin.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let l4 = p.addr("l4");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(l4).await.unwrap();
+        s.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(l4).await.unwrap();
+    assert!(closed_by_pylon(&mut third).await, "the third is refused");
+    let m = p.proxy.metrics();
+    assert_eq!(m.l4_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(held.pop());
+    // Once one has gone, a new connection gets through.
+    eventually_async("a slot frees up", || async {
+        let Ok(mut s) = TcpStream::connect(l4).await else {
+            return false;
+        };
+        if s.write_all(b"hi").await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 2];
+        matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                s.read_exact(&mut buf)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_expire_when_idle_and_are_limited() {
+    let echo = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let echo_addr = echo.local_addr().unwrap();
+    let e = Arc::clone(&echo);
+    let _task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, from) = e.recv_from(&mut buf).await.unwrap();
+            let _ = e.send_to(&buf[..n], from).await;
+        }
+    });
+    let cfg = format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "u"
+bind = "127.0.0.1:0"
+protocol = "udp"
+cluster = "c"
+idle_timeout = "200ms"
+max_connections = 1
+
+[[clusters]]
+name = "c"
+endpoints = ["{echo_addr}"]
+"#
+    );
+    let p = TestProxy::start(&cfg).await;
+    let m = p.proxy.metrics();
+    let front = p.addr("u");
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    a.connect(front).await.unwrap();
+    let mut buf = [0u8; 64];
+    a.send(b"one").await.unwrap();
+    let n = tokio::time::timeout(DEADLINE, a.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"one");
+    // A second client while the first session lives: over the limit, dropped.
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    b.connect(front).await.unwrap();
+    b.send(b"two").await.unwrap();
+    eventually("the datagram over the session limit is dropped", || {
+        m.udp_dropped.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    // Once the first session has idled out, the second client gets one.
+    eventually_async(
+        "the second client is served after the first session expired",
+        || async {
+            b.send(b"three").await.unwrap();
+            matches!(
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(300),
+                    b.recv(&mut [0u8; 64])
+                )
+                .await,
+                Ok(Ok(5))
+            )
+        },
+    )
+    .await;
+    assert_eq!(m.udp_sessions.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_sends_unmatched_names_to_the_default_cluster() {
+    let ca = TestCa::new("passthrough default CA");
+    let dir = temp_dir();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let a = Origin::echo_tls(origin_tls_config(
+        &ca.server(&["a.example"]),
+        None,
+        &["http/1.1"],
+    ))
+    .await;
+    let other = Origin::echo_tls(origin_tls_config(
+        &ca.server(&["other.example"]),
+        None,
+        &["http/1.1"],
+    ))
+    .await;
+    let listener = "cluster = \"fallback\"\nsni_routes = [{ server_names = [\"a.example\"], cluster = \"a\" }]";
+    let cfg = tcp_config(
+        listener,
+        &[("a", vec![a.addr], ""), ("fallback", vec![other.addr], "")],
+    );
+    let p = TestProxy::start(&cfg).await;
+    let out = openssl_get(p.addr("l4"), "other.example", &ca_file).await;
+    assert!(out.contains("/via-other.example"), "{out}");
+    assert_eq!((a.request_count(), other.request_count()), (0, 1));
 }

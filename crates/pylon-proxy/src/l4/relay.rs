@@ -22,6 +22,8 @@ pub struct Activity {
     /// Upstream to client.
     pub down: AtomicU64,
     last_ns: AtomicU64,
+    /// Directions that reached their end of stream.
+    ended: std::sync::atomic::AtomicU8,
 }
 
 impl Default for Activity {
@@ -31,6 +33,7 @@ impl Default for Activity {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
+            ended: std::sync::atomic::AtomicU8::new(0),
         }
     }
 }
@@ -194,9 +197,31 @@ mod splice {
 
     /// Bytes moved per splice call (the pipe's default capacity is 64 KiB).
     const CHUNK: usize = 64 * 1024;
+    /// Empty pipes kept for the next relays (each pipe is two descriptors).
+    const POOLED_PIPES: usize = 512;
 
-    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-        nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)
+    type Pipe = (OwnedFd, OwnedFd);
+
+    /// Pipes left empty by finished relays: making and closing a pipe per direction
+    /// costs six system calls per connection otherwise.
+    static PIPES: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
+
+    fn pipe() -> io::Result<Pipe> {
+        let pooled = PIPES.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(p) => Ok(p),
+            None => {
+                nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)
+            }
+        }
+    }
+
+    /// Keeps a pipe known to be empty for reuse.
+    fn recycle(pipe: Pipe) {
+        let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOLED_PIPES {
+            pool.push(pipe);
+        }
     }
 
     /// `None` when pipes cannot be made (out of descriptors): the caller copies instead.
@@ -219,11 +244,13 @@ mod splice {
         )
     }
 
-    /// Moves `from` → pipe → `to` until EOF, then shuts `to`'s write side.
+    /// Moves `from` → pipe → `to` until EOF, then shuts `to`'s write side. The pipe is
+    /// reused only after a clean end (it is empty then); on an error, or when the relay
+    /// drops this future mid-transfer, it is closed.
     async fn pump(
         from: &TcpStream,
         to: &TcpStream,
-        (pipe_r, pipe_w): (OwnedFd, OwnedFd),
+        (pipe_r, pipe_w): Pipe,
         counter: &AtomicU64,
         activity: &Activity,
     ) -> io::Result<()> {
@@ -231,23 +258,40 @@ mod splice {
         loop {
             let n = loop {
                 from.readable().await?;
+                // A short read drained the socket (as tokio's own reads assume with
+                // epoll): report it as WouldBlock so readiness is cleared, sparing the
+                // splice that would only say EAGAIN.
+                let mut drained = 0;
                 match from.try_io(Interest::READABLE, || {
-                    splice(from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
+                    let n = splice(from, None, &pipe_w, None, CHUNK, flags)?;
+                    if n > 0 && n < CHUNK {
+                        drained = n;
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n)
                 }) {
                     Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => {
+                        break drained;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }
             };
             if n == 0 {
-                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
+                // The first direction to end passes its FIN on now; after the second,
+                // both sockets are about to be closed, which sends the FIN anyway.
+                if activity.ended.fetch_add(1, Ordering::Relaxed) == 0 {
+                    socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
+                }
+                recycle((pipe_r, pipe_w));
                 return Ok(());
             }
             let mut left = n;
             while left > 0 {
                 to.writable().await?;
                 match to.try_io(Interest::WRITABLE, || {
-                    splice(&pipe_r, None, to, None, left, flags).map_err(io::Error::from)
+                    Ok(splice(&pipe_r, None, to, None, left, flags)?)
                 }) {
                     Ok(m) => left -= m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -66,7 +66,7 @@ impl TcpProxyLoop {
             let Some(lr) = self.runtime.load().listener(&self.name) else {
                 continue;
             };
-            let Some(l4) = lr.config.l4.clone() else {
+            let Some(l4) = lr.l4.clone() else {
                 continue;
             };
             let metrics = &self.shared.metrics;
@@ -84,7 +84,7 @@ impl TcpProxyLoop {
                 runtime: Arc::clone(&self.runtime),
                 shared: Arc::clone(&self.shared),
                 tls: self.tls.clone(),
-                proxy_in: lr.config.proxy_protocol.clone(),
+                proxy_in: lr.proxy_in.clone(),
                 l4,
                 client,
             };
@@ -102,8 +102,8 @@ struct Connection {
     runtime: Arc<ArcSwap<Runtime>>,
     shared: Arc<Shared>,
     tls: Option<Arc<ServerTls>>,
-    proxy_in: Option<pylon_config::model::ProxyProtocolIn>,
-    l4: L4Listener,
+    proxy_in: Option<Arc<pylon_config::model::ProxyProtocolIn>>,
+    l4: Arc<L4Listener>,
     client: SocketAddr,
 }
 
@@ -112,15 +112,16 @@ impl Connection {
         let started = Instant::now();
         let metrics = Arc::clone(&self.shared.metrics);
         metrics.l4_connections.fetch_add(1, Ordering::Relaxed);
-        let local = stream.local_addr().unwrap_or(self.client);
-        let mut destination = local;
+        // The address the client reached: from its PROXY header, else read from the
+        // socket when a PROXY header goes out.
+        let mut destination = None;
         if let Some(pp) = &self.proxy_in {
             match super::accept_proxy_header(&mut stream, self.client, pp, self.l4.inspect_timeout)
                 .await
             {
                 Ok(Some((src, dst))) => {
                     self.client = src;
-                    destination = dst;
+                    destination = Some(dst);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -163,6 +164,13 @@ impl Connection {
         };
         let cluster = Arc::clone(cluster);
         drop(runtime);
+        let destination = match destination {
+            Some(d) => d,
+            None if cluster.proxy_protocol().is_some() => {
+                stream.local_addr().unwrap_or(self.client)
+            }
+            None => self.client,
+        };
 
         // TLS termination at L4 happens before the upstream is chosen.
         let mut tls_info = None;
