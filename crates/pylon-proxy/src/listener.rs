@@ -159,6 +159,9 @@ impl AcceptLoop {
         let limits = lr.config.limits.clone();
         let proxy_in = lr.proxy_in.clone();
         let builder = Arc::new(server_h1h2::builder(&limits));
+        // A listener bound to one address knows every connection's local address; a
+        // wildcard one asks the socket, and only when a PROXY header will need it.
+        let bound = self.listener.local_addr().ok();
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -179,7 +182,14 @@ impl AcceptLoop {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),
                 client,
-                local: stream.local_addr().unwrap_or(client),
+                local: match bound {
+                    Some(b) if !b.ip().is_unspecified() => b,
+                    _ if self.runtime.load().sends_proxy_protocol => {
+                        stream.local_addr().unwrap_or(client)
+                    }
+                    Some(b) => b,
+                    None => client,
+                },
                 client_ip: http::HeaderValue::from_str(&client.ip().to_string())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
                 client_cert: None,

@@ -25,6 +25,9 @@ pub struct ListenerRuntime {
 pub struct Runtime {
     listeners: HashMap<String, Arc<ListenerRuntime>>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Whether any cluster sends PROXY headers (which need each connection's local
+    /// address).
+    pub sends_proxy_protocol: bool,
 }
 
 impl Runtime {
@@ -82,6 +85,7 @@ impl Runtime {
             .collect();
         Ok(Runtime {
             listeners,
+            sends_proxy_protocol: config.clusters.iter().any(|c| c.proxy_protocol.is_some()),
             clusters,
         })
     }

@@ -45,7 +45,8 @@ pub struct ConnCtx {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub listener: Arc<str>,
     pub client: SocketAddr,
-    /// The address the client reached (from a PROXY header, else the socket's).
+    /// The address the client reached (from a PROXY header, else the socket's; for a
+    /// wildcard bind, the socket's only when some cluster sends PROXY headers).
     pub local: SocketAddr,
     /// The client's IP as a header value, made once per connection.
     pub client_ip: HeaderValue,
