@@ -117,9 +117,12 @@ async fn handshake(
                 .and_then(|c| c.first())
                 .and_then(ClientIdentity::from_der)
                 .map(Arc::new);
-            ctx.tls = Some(Arc::new(
-                crate::l4::proxy_protocol::TlsInfo::from_connection(stream.get_ref().1),
-            ));
+            // Kept only for clusters that pass it on in PROXY v2 TLVs.
+            if ctx.runtime.load().sends_proxy_protocol {
+                ctx.tls = Some(Arc::new(
+                    crate::l4::proxy_protocol::TlsInfo::from_connection(stream.get_ref().1),
+                ));
+            }
             Some(stream)
         }
         Ok(Err(e)) => {
