@@ -484,7 +484,16 @@ pub struct ProxyAction {
     pub prefix_rewrite: Option<String>,
     /// Sets the upstream `Host` (and `:authority`).
     pub host_rewrite: Option<String>,
+    /// WebSocket upgrades (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT) are tunnelled.
+    pub websocket: bool,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Tunnels are closed after this long whatever their activity.
+    pub tunnel_max_lifetime: Option<Duration>,
 }
+
+/// Default idle timeout of a WebSocket tunnel.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RespondAction {

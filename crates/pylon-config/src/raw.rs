@@ -137,6 +137,9 @@ pub struct RawRoute {
     pub cluster: Option<Spanned<String>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
+    pub websocket: Option<Spanned<bool>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
+    pub tunnel_max_lifetime: Option<Spanned<String>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
 }

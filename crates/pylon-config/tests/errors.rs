@@ -552,3 +552,56 @@ health_check = { kind = "tcp", send_hex = "abc" }
         assert!(e.iter().any(|x| x.contains(want)), "{want} in {e:#?}");
     }
 }
+
+#[test]
+fn websocket_route_settings() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/ws"
+cluster = "c"
+tunnel_idle_timeout = "5m"
+tunnel_max_lifetime = "1h"
+
+[[routes]]
+path_prefix = "/api"
+cluster = "c"
+websocket = false
+
+[[routes]]
+respond = { body = "x" }
+websocket = true
+tunnel_idle_timeout = "1m"
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].contains("routes[2].tunnel_idle_timeout: `tunnel_idle_timeout` only applies to a route with `cluster`") || e[1].contains("routes[2].tunnel_idle_timeout"), "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|x| x.contains("routes[2].websocket: `websocket` only applies")),
+        "{e:#?}"
+    );
+    let ok = text.replace("websocket = true\ntunnel_idle_timeout = \"1m\"\n", "");
+    let c = parse(&ok, "test.toml").expect("valid");
+    let Action::Proxy(ws) = &c.routes[0].action else {
+        panic!()
+    };
+    assert!(ws.websocket);
+    assert_eq!(ws.tunnel_idle_timeout, std::time::Duration::from_secs(300));
+    assert_eq!(
+        ws.tunnel_max_lifetime,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    let Action::Proxy(api) = &c.routes[1].action else {
+        panic!()
+    };
+    assert!(!api.websocket);
+    assert_eq!(api.tunnel_idle_timeout, DEFAULT_TUNNEL_IDLE_TIMEOUT);
+}

@@ -10,12 +10,14 @@ pub mod dns;
 pub mod origin;
 pub mod process;
 pub mod tls;
+pub mod ws;
 
 pub use client::*;
 pub use dns::*;
 pub use origin::*;
 pub use process::*;
 pub use tls::*;
+pub use ws::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -131,4 +133,21 @@ endpoints = [{}]
 "#,
         eps.join(", ")
     )
+}
+
+/// Raises this process's open-file soft limit to at least `n` (up to the hard limit),
+/// for tests that hold many sockets.
+pub fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

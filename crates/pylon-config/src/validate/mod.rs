@@ -854,10 +854,15 @@ fn route(
         for (key, v) in [
             ("prefix_rewrite", &r.prefix_rewrite),
             ("host_rewrite", &r.host_rewrite),
+            ("tunnel_idle_timeout", &r.tunnel_idle_timeout),
+            ("tunnel_max_lifetime", &r.tunnel_max_lifetime),
         ] {
             if let Some(v) = v {
                 p.at(v, format!("`{key}` only applies to a route with `cluster`"));
             }
+        }
+        if let Some(w) = &r.websocket {
+            p.at(w, "`websocket` only applies to a route with `cluster`");
         }
     }
     let action = if let Some(c) = r.cluster {
@@ -878,6 +883,12 @@ fn route(
         }
         Action::Proxy(ProxyAction {
             cluster: c.into_inner(),
+            websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
+            tunnel_idle_timeout: duration(&r.tunnel_idle_timeout, DEFAULT_TUNNEL_IDLE_TIMEOUT, p),
+            tunnel_max_lifetime: r
+                .tunnel_max_lifetime
+                .as_ref()
+                .map(|_| duration(&r.tunnel_max_lifetime, Duration::ZERO, p)),
             prefix_rewrite: r.prefix_rewrite.map(|s| s.into_inner()),
             host_rewrite: r.host_rewrite.map(|s| s.into_inner()),
         })

@@ -38,6 +38,7 @@ error_kinds! {
     BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
     ClientAborted => (StatusCode::BAD_REQUEST, "client_aborted"),
     NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+    WebSocketDisabled => (StatusCode::FORBIDDEN, "websocket_disabled"),
     NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
     Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
     ConnectFailed => (StatusCode::BAD_GATEWAY, "upstream_connect_failed"),
@@ -46,6 +47,7 @@ error_kinds! {
     UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
     UpstreamInvalid => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
     UpstreamTls => (StatusCode::BAD_GATEWAY, "upstream_tls_failed"),
+    UpgradeRefused => (StatusCode::BAD_GATEWAY, "websocket_upgrade_refused"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.

@@ -7,4 +7,5 @@ pub mod pipeline;
 pub mod proxy;
 pub mod router;
 pub mod server_h1h2;
+pub mod tunnel;
 pub mod upstream;

@@ -143,6 +143,16 @@ pub(super) async fn proxy(
     let Action::Proxy(action) = route.action() else {
         return Err(ErrorKind::NoRoute);
     };
+    let mut req = req;
+    let mut websocket = super::tunnel::detect(&mut req);
+    if websocket.is_some() && !action.websocket {
+        // An HTTP/1.1 Upgrade goes on as a plain request (hop-by-hop headers are
+        // dropped); an extended CONNECT has no plain form.
+        if req.method() == Method::CONNECT {
+            return Err(ErrorKind::WebSocketDisabled);
+        }
+        websocket = None;
+    }
     let key = cluster
         .hash_key
         .as_ref()
@@ -241,6 +251,9 @@ pub(super) async fn proxy(
             client_host.as_ref(),
             path.clone(),
         )?;
+        if let Some(ws) = &websocket {
+            ws.upstream_request(&mut try_parts, cluster.protocol);
+        }
         let timeout = cluster
             .retry
             .as_ref()
@@ -304,6 +317,25 @@ pub(super) async fn proxy(
         ex.lease = Some(lease);
         return match result {
             Ok((resp, pooled)) => {
+                let resp = match websocket.take() {
+                    None => resp,
+                    Some(ws) => {
+                        let tunnel = super::tunnel::Tunnel {
+                            limits: super::tunnel::Tunnel::limits(action),
+                            lease: ex.lease.take(),
+                            in_flight: ctx
+                                .state
+                                .request_started(downstream_version == Version::HTTP_2),
+                            metrics: Arc::clone(&ctx.shared.metrics),
+                        };
+                        match ws.finish(resp, cluster.protocol, tunnel) {
+                            super::tunnel::Outcome::Tunnel(answer) => return Ok(answer),
+                            // Refused: relayed as an ordinary answer.
+                            super::tunnel::Outcome::Refused(resp) => resp,
+                            super::tunnel::Outcome::Failed(kind) => return Err(kind),
+                        }
+                    }
+                };
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 if listener.config.headers.via {

@@ -31,6 +31,8 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_headers(limits.max_headers.saturating_mul(2));
     b.http2()
         .timer(TokioTimer::new())
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX));
     b

@@ -31,6 +31,9 @@ pub struct Metrics {
     /// UDP: sessions opened, datagrams dropped (session limit, no endpoint).
     pub udp_sessions: AtomicU64,
     pub udp_dropped: AtomicU64,
+    /// WebSocket tunnels open now, and opened so far.
+    pub tunnels_active: AtomicU64,
+    pub tunnels_total: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +104,8 @@ impl Metrics {
             ),
             ("pylon_udp_sessions_total", &self.udp_sessions),
             ("pylon_udp_dropped_datagrams_total", &self.udp_dropped),
+            ("pylon_tunnels_active", &self.tunnels_active),
+            ("pylon_tunnels_total", &self.tunnels_total),
         ] {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }

@@ -1,0 +1,249 @@
+//! WebSocket tunnels. A client's HTTP/1.1 `Upgrade: websocket` or HTTP/2 extended
+//! CONNECT (RFC 8441, `:protocol = websocket`) is forwarded as the handshake the
+//! cluster speaks: an HTTP/1.1 Upgrade to `http1` clusters, an extended CONNECT to
+//! `h2c`/`h2` ones. Only a successful answer (101, or 2xx to a CONNECT) turns the two
+//! streams into a byte tunnel, relayed by `l4::relay` with the route's tunnel idle
+//! timeout and lifetime; any other answer goes back as an ordinary response.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use pylon_config::model::{ProxyAction, UpstreamProtocol};
+
+use super::body::ResponseBody;
+use super::error::ErrorKind;
+use super::headers::strip_hop_by_hop;
+use super::upstream::EndpointLease;
+use crate::conn::InFlight;
+use crate::l4::relay::{self, Activity, RelayLimits};
+use crate::observe::Metrics;
+
+static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+
+/// How the client asked.
+enum ClientHandshake {
+    /// HTTP/1.1 Upgrade, with its `Sec-WebSocket-Key`.
+    Upgrade(Option<HeaderValue>),
+    /// HTTP/2 extended CONNECT.
+    ExtendedConnect,
+}
+
+/// A WebSocket handshake on its way upstream.
+pub(super) struct WebSocket {
+    client: ClientHandshake,
+    client_upgrade: OnUpgrade,
+}
+
+fn has_token(req_headers: &http::HeaderMap, name: HeaderName, token: &str) -> bool {
+    req_headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A WebSocket handshake, if this request is one; takes the client connection's
+/// upgrade handle out of the request.
+pub(super) fn detect(req: &mut Request<Incoming>) -> Option<WebSocket> {
+    let client = if req.method() == Method::CONNECT {
+        let proto = req.extensions().get::<hyper::ext::Protocol>()?;
+        if !proto.as_str().eq_ignore_ascii_case("websocket") {
+            return None;
+        }
+        ClientHandshake::ExtendedConnect
+    } else if req.method() == Method::GET
+        && has_token(req.headers(), header::CONNECTION, "upgrade")
+        && has_token(req.headers(), header::UPGRADE, "websocket")
+    {
+        ClientHandshake::Upgrade(req.headers().get(&SEC_WEBSOCKET_KEY).cloned())
+    } else {
+        return None;
+    };
+    Some(WebSocket {
+        client,
+        client_upgrade: hyper::upgrade::on(req),
+    })
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> Option<HeaderValue> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    HeaderValue::from_str(&BASE64.encode(ctx.finish().as_ref())).ok()
+}
+
+fn random_key() -> HeaderValue {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&pylon_lb::random_u64().to_le_bytes());
+    raw[8..].copy_from_slice(&pylon_lb::random_u64().to_le_bytes());
+    HeaderValue::from_str(&BASE64.encode(raw))
+        .unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+impl WebSocket {
+    /// Shapes the upstream request head (already stripped of hop-by-hop headers) into
+    /// the handshake the cluster speaks.
+    pub(super) fn upstream_request(&self, parts: &mut Parts, protocol: UpstreamProtocol) {
+        let h = &mut parts.headers;
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                parts.method = Method::GET;
+                parts.extensions.remove::<hyper::ext::Protocol>();
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                if !h.contains_key(&SEC_WEBSOCKET_KEY) {
+                    h.insert(SEC_WEBSOCKET_KEY.clone(), random_key());
+                }
+            }
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                parts.method = Method::CONNECT;
+                parts
+                    .extensions
+                    .insert(hyper::ext::Protocol::from_static("websocket"));
+                h.remove(&SEC_WEBSOCKET_KEY);
+            }
+        }
+        h.entry(SEC_WEBSOCKET_VERSION.clone())
+            .or_insert(HeaderValue::from_static("13"));
+    }
+
+    /// After the upstream answered: a tunnel and the client's answer when it accepted,
+    /// else the answer back for the ordinary response path.
+    pub(super) fn finish(
+        self,
+        mut resp: Response<Incoming>,
+        protocol: UpstreamProtocol,
+        tunnel: Tunnel,
+    ) -> Outcome {
+        let accepted = match protocol {
+            UpstreamProtocol::Http1 => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => resp.status().is_success(),
+        };
+        if !accepted {
+            // A 2xx to an extended CONNECT would tell the client its tunnel is open.
+            if matches!(self.client, ClientHandshake::ExtendedConnect) && resp.status().is_success()
+            {
+                return Outcome::Failed(ErrorKind::UpgradeRefused);
+            }
+            return Outcome::Refused(resp);
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let upstream_accept = headers.remove(&SEC_WEBSOCKET_ACCEPT);
+        let mut answer = Response::new(ResponseBody::empty());
+        match &self.client {
+            ClientHandshake::Upgrade(key) => {
+                *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                // From an HTTP/1.1 upstream its own accept (it saw the client's key);
+                // from an HTTP/2 one (no key there), computed from the client's key.
+                let accept = match protocol {
+                    UpstreamProtocol::Http1 => upstream_accept,
+                    _ => key.as_ref().and_then(|k| accept_key(k.as_bytes())),
+                };
+                if let Some(a) = accept {
+                    headers.insert(SEC_WEBSOCKET_ACCEPT.clone(), a);
+                }
+            }
+            ClientHandshake::ExtendedConnect => *answer.status_mut() = StatusCode::OK,
+        }
+        *answer.headers_mut() = headers;
+        let client_upgrade = self.client_upgrade;
+        tokio::spawn(tunnel.run(client_upgrade, upstream_upgrade));
+        Outcome::Tunnel(answer)
+    }
+}
+
+/// What became of a WebSocket handshake.
+pub(super) enum Outcome {
+    /// Accepted: the answer for the client; the tunnel runs once both upgrades complete.
+    Tunnel(Response<ResponseBody>),
+    /// Refused by the upstream: its answer goes back as an ordinary response.
+    Refused(Response<Incoming>),
+    /// Refused in a way the client's protocol cannot be told as is.
+    Failed(ErrorKind),
+}
+
+/// What a tunnel keeps for its life: limits, the endpoint lease (counted in flight),
+/// the client connection's in-flight mark (an HTTP/2 connection is not idle while a
+/// tunnel stream is open), metrics.
+pub(super) struct Tunnel {
+    pub limits: RelayLimits,
+    pub lease: Option<EndpointLease>,
+    pub in_flight: InFlight,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Tunnel {
+    pub(super) fn limits(action: &ProxyAction) -> RelayLimits {
+        RelayLimits {
+            idle: action.tunnel_idle_timeout,
+            lifetime: action.tunnel_max_lifetime,
+        }
+    }
+
+    async fn run(self, client: OnUpgrade, upstream: OnUpgrade) {
+        let metrics = self.metrics;
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(
+                    client_ok = c.is_ok(),
+                    upstream_ok = u.is_ok(),
+                    "websocket upgrade did not complete"
+                );
+                return;
+            }
+        };
+        metrics.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        let activity = Activity::default();
+        let end = relay::copy(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            self.limits,
+            &activity,
+        )
+        .await;
+        metrics.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        if let (relay::RelayEnd::Error(_), Some(lease)) = (&end, &self.lease) {
+            lease.report(false);
+        }
+        tracing::debug!(
+            bytes_up = activity.up.load(Ordering::Relaxed),
+            bytes_down = activity.down.load(Ordering::Relaxed),
+            end = end.as_str(),
+            "websocket tunnel closed"
+        );
+        drop(self.in_flight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_follows_rfc6455() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ==").unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

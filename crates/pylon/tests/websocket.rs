@@ -1,0 +1,322 @@
+//! WebSocket through Pylon: HTTP/1.1 Upgrade and HTTP/2 extended CONNECT (RFC 8441)
+//! clients, tokio-tungstenite origins; messages of every kind, close codes, refusals,
+//! an origin dying mid-tunnel, idle tunnels, and 1,000 tunnels at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use pylon_testkit::tungstenite::Message;
+use pylon_testkit::tungstenite::protocol::CloseFrame;
+use pylon_testkit::tungstenite::protocol::frame::coding::CloseCode;
+use pylon_testkit::*;
+
+fn config(origin: SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "ws"
+{route_extra}
+
+[[clusters]]
+name = "ws"
+endpoints = ["{origin}"]
+"#
+    )
+}
+
+async fn next_message<S>(ws: &mut WsClient<S>) -> Option<Message>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("no hang")
+        {
+            Some(Ok(Message::Pong(_))) => continue,
+            Some(Ok(m)) => return Some(m),
+            _ => return None,
+        }
+    }
+}
+
+async fn exchange_everything<S>(ws: &mut WsClient<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_message(ws).await, Some(Message::text("hello")));
+    let binary = vec![0u8, 1, 2, 254, 255];
+    ws.send(Message::binary(binary.clone())).await.unwrap();
+    assert_eq!(next_message(ws).await, Some(Message::binary(binary)));
+    // A large message crosses many frames and reads.
+    let big = "x".repeat(1 << 20);
+    ws.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(next_message(ws).await, Some(Message::text(big)));
+    // Fragmented: three frames, one message.
+    use pylon_testkit::tungstenite::protocol::frame::Frame;
+    use pylon_testkit::tungstenite::protocol::frame::coding::{Data, OpCode};
+    ws.send(Message::Frame(Frame::message(
+        "frag".as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        "men".as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        "ted".as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(next_message(ws).await, Some(Message::text("fragmented")));
+    // Ping: the origin answers with a pong carrying the same payload.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"are you there".to_vec().into()));
+    // A close code from the client reaches the origin.
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "done here".into(),
+    })))
+    .await
+    .unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+}
+
+/// The origin closes with a code; the client sees it.
+async fn origin_closes_with_a_code<S>(ws: &mut WsClient<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text("close 4001")).await.unwrap();
+    match next_message(ws).await {
+        Some(Message::Close(Some(f))) => {
+            assert_eq!(f.code, CloseCode::Library(4001));
+            assert_eq!(f.reason.as_str(), "origin says bye");
+        }
+        other => panic!("expected the origin's close frame, got {other:?}"),
+    }
+}
+
+async fn close_codes_both_ways(origin: &WsOrigin, front: SocketAddr, h2: bool) {
+    if h2 {
+        let mut ws = ws_connect_h2(front, "/").await.unwrap();
+        exchange_everything(&mut ws).await;
+        let mut ws = ws_connect_h2(front, "/").await.unwrap();
+        origin_closes_with_a_code(&mut ws).await;
+    } else {
+        let mut ws = ws_connect(front, "/").await.unwrap();
+        exchange_everything(&mut ws).await;
+        let mut ws = ws_connect(front, "/").await.unwrap();
+        origin_closes_with_a_code(&mut ws).await;
+    }
+    eventually("the origin saw the client's close code", || {
+        origin.last_close.lock().unwrap().clone() == Some((4000, "done here".to_string()))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http1_carries_every_kind_of_message() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    close_codes_both_ways(&origin, p.addr("front"), false).await;
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.tunnels_total.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect_reaches_an_http1_origin() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    close_codes_both_ways(&origin, p.addr("front"), true).await;
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_is_relayed_as_a_normal_answer() {
+    let plain = Origin::named("not a websocket").await;
+    let p = TestProxy::start(&config(plain.addr, "")).await;
+    match ws_connect(p.addr("front"), "/").await {
+        Err(pylon_testkit::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 200);
+        }
+        other => panic!(
+            "expected the origin's plain answer, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // Over HTTP/2 a 200 would mean "tunnel open": the refusal becomes a 502.
+    assert_eq!(
+        ws_connect_h2(p.addr("front"), "/").await.err(),
+        Some(http::StatusCode::BAD_GATEWAY)
+    );
+    // Ordinary requests are unaffected.
+    assert_eq!(get(p.addr("front"), "/").await.text(), "not a websocket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_turn_websockets_off() {
+    let echo = Origin::echo().await;
+    let p = TestProxy::start(&config(echo.addr, "websocket = false")).await;
+    // HTTP/1.1: forwarded as a plain GET, without the upgrade headers.
+    match ws_connect(p.addr("front"), "/").await {
+        Err(pylon_testkit::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 200);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(!body.contains("\"upgrade\""), "{body}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // HTTP/2 extended CONNECT has no plain form: refused.
+    assert_eq!(
+        ws_connect_h2(p.addr("front"), "/").await.err(),
+        Some(http::StatusCode::FORBIDDEN)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_dying_mid_tunnel_closes_the_client_without_a_hang() {
+    let origin = WsOrigin::start(WsBehaviour::DieAfterFirst).await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    for h2 in [false, true] {
+        let next = if h2 {
+            let mut ws = ws_connect_h2(p.addr("front"), "/").await.unwrap();
+            ws.send(Message::text("one")).await.unwrap();
+            assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
+            next_message(&mut ws).await
+        } else {
+            let mut ws = ws_connect(p.addr("front"), "/").await.unwrap();
+            ws.send(Message::text("one")).await.unwrap();
+            assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
+            next_message(&mut ws).await
+        };
+        assert!(
+            matches!(next, None | Some(Message::Close(_))),
+            "h2 = {h2}: {next:?}"
+        );
+    }
+    let m = p.proxy.metrics();
+    eventually("tunnels closed", || {
+        m.tunnels_active.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_its_own_timeout() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let p = TestProxy::start(&config(origin.addr, "tunnel_idle_timeout = \"200ms\"")).await;
+    let mut ws = ws_connect(p.addr("front"), "/").await.unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
+    assert!(matches!(
+        next_message(&mut ws).await,
+        None | Some(Message::Close(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_websockets_at_once() {
+    raise_fd_limit(8192);
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+    let mut clients = Vec::new();
+    for i in 0..1000 {
+        clients.push(tokio::spawn(async move {
+            let mut ws = ws_connect(front, "/").await.unwrap();
+            for j in 0..3 {
+                let msg = format!("client {i} message {j}");
+                ws.send(Message::text(msg.clone())).await.unwrap();
+                assert_eq!(next_message(&mut ws).await, Some(Message::text(msg)));
+            }
+            ws
+        }));
+    }
+    let mut open = Vec::new();
+    for c in clients {
+        open.push(c.await.unwrap());
+    }
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.tunnels_active.load(std::sync::atomic::Ordering::Relaxed),
+        1000,
+        "all open at once"
+    );
+    drop(open);
+    eventually("all closed", || {
+        m.tunnels_active.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstreams_get_extended_connect_from_either_client() {
+    let origin = WsOrigin::start_h2(WsBehaviour::Echo).await;
+    let cfg = config(origin.addr, "").replace("endpoints = [", "protocol = \"h2c\"\nendpoints = [");
+    let p = TestProxy::start(&cfg).await;
+    // An HTTP/1.1 Upgrade becomes an extended CONNECT; the accept key is Pylon's.
+    close_codes_both_ways(&origin, p.addr("front"), false).await;
+    // An extended CONNECT stays one.
+    let mut ws = ws_connect_h2(p.addr("front"), "/").await.unwrap();
+    ws.send(Message::text("over h2 both ways")).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Some(Message::text("over h2 both ways"))
+    );
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_tunnel_ends_at_its_maximum_lifetime() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let p = TestProxy::start(&config(origin.addr, "tunnel_max_lifetime = \"300ms\"")).await;
+    let mut ws = ws_connect(p.addr("front"), "/").await.unwrap();
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if ws.send(Message::text("busy")).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(std::time::Duration::from_millis(50), ws.next()).await {
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel was closed while busy");
+}
