@@ -223,6 +223,47 @@ pub struct Listener {
     pub l4: Option<L4Listener>,
     /// PROXY protocol (v1 or v2) expected from trusted sources; others are refused.
     pub proxy_protocol: Option<ProxyProtocolIn>,
+    /// A forward proxy (absolute-form requests and CONNECT) instead of routes.
+    pub forward: Option<ForwardProxy>,
+}
+
+/// A forward proxy's settings (`[listeners.forward]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    /// Checked in order; the first rule that matches decides.
+    pub rules: Vec<AccessRule>,
+    /// Ports CONNECT may reach when no rule allows another.
+    pub connect_ports: Vec<u16>,
+    /// Loopback, private, link-local and other non-public destinations are denied
+    /// unless this is set (or a rule allows them).
+    pub allow_private: bool,
+    /// Users allowed in (`Proxy-Authorization: Basic`); empty: no authentication.
+    pub users: Vec<ProxyUser>,
+    /// Drop the client's `X-Forwarded-For`, `Forwarded` and `Via` (anonymity).
+    pub strip_client_headers: bool,
+    pub connect_timeout: Duration,
+    /// A CONNECT tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// An access rule: all the conditions it has must hold for it to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRule {
+    pub name: String,
+    pub allow: bool,
+    /// Destination host names, exact or `*.suffix`; empty: any.
+    pub hosts: Vec<HostMatch>,
+    /// Destination ports; empty: any.
+    pub ports: Vec<u16>,
+    /// Networks the destination's addresses must fall in; empty: any.
+    pub networks: Vec<IpNet>,
+}
+
+/// A forward-proxy user: a name and an argon2 password hash (PHC string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyUser {
+    pub name: String,
+    pub password_hash: String,
 }
 
 impl ListenerProtocol {

@@ -50,6 +50,36 @@ pub struct RawListener {
     pub max_connections: Option<Spanned<u64>>,
     pub inspect_timeout: Option<Spanned<String>>,
     pub splice: Option<Spanned<bool>>,
+    pub forward: Option<Spanned<RawForward>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub rules: Option<Vec<Spanned<RawAccessRule>>>,
+    pub connect_ports: Option<Vec<u16>>,
+    pub allow_private: Option<bool>,
+    pub users: Option<Vec<Spanned<RawProxyUser>>>,
+    pub strip_client_headers: Option<bool>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessRule {
+    pub name: Spanned<String>,
+    pub action: Spanned<String>,
+    pub hosts: Option<Spanned<StrList>>,
+    pub ports: Option<Vec<u16>>,
+    pub networks: Option<Spanned<StrList>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyUser {
+    pub name: String,
+    pub password_hash: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

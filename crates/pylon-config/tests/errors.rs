@@ -605,3 +605,51 @@ endpoints = ["127.0.0.1:1"]
     assert!(!api.websocket);
     assert_eq!(api.tunnel_idle_timeout, DEFAULT_TUNNEL_IDLE_TIMEOUT);
 }
+
+#[test]
+fn forward_proxy_settings() {
+    let text = r#"
+[[listeners]]
+name = "fwd"
+bind = "127.0.0.1:3128"
+
+[listeners.forward]
+connect_ports = [443, 8443]
+users = [{ name = "alice", password_hash = "plain-text" }]
+rules = [
+  { name = "a", action = "deny", hosts = ["*.ads.example"] },
+  { name = "a", action = "maybe", networks = ["10.0.0.0/40"] },
+]
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:9000"
+protocol = "tcp"
+cluster = "c"
+forward = {}
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+"#;
+    let e = errors(text);
+    for want in [
+        "listeners[0].forward.users[0].password_hash: password_hash must be an argon2 PHC string",
+        "listeners[0].forward.rules[1].name: duplicate rule name \"a\"",
+        "listeners[0].forward.rules[1].action: unknown action \"maybe\"",
+        "listeners[0].forward.rules[1].networks: invalid network \"10.0.0.0/40\"",
+        "listeners[1].forward: `forward` applies to http and https listeners",
+    ] {
+        assert!(e.iter().any(|x| x.contains(want)), "{want} in {e:#?}");
+    }
+    let ok = r#"
+[[listeners]]
+name = "fwd"
+bind = "127.0.0.1:3128"
+forward = { allow_private = true }
+"#;
+    let c = parse(ok, "test.toml").expect("valid");
+    let f = c.listeners[0].forward.as_ref().unwrap();
+    assert_eq!(f.connect_ports, vec![443]);
+    assert!(f.allow_private && f.users.is_empty() && f.rules.is_empty());
+}

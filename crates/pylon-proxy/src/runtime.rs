@@ -20,6 +20,8 @@ pub struct ListenerRuntime {
     pub l4: Option<Arc<model::L4Listener>>,
     /// Incoming PROXY protocol settings.
     pub proxy_in: Option<Arc<model::ProxyProtocolIn>>,
+    /// Forward proxy, when this listener is one.
+    pub forward: Option<crate::http::forward::ForwardRuntime>,
 }
 
 pub struct Runtime {
@@ -72,6 +74,10 @@ impl Runtime {
                 let lr = ListenerRuntime {
                     l4: l.l4.clone().map(Arc::new),
                     proxy_in: l.proxy_protocol.clone().map(Arc::new),
+                    forward: l
+                        .forward
+                        .clone()
+                        .map(crate::http::forward::ForwardRuntime::new),
                     config: l.clone(),
                     router: Router::new(routes),
                     request_id: l

@@ -53,6 +53,9 @@ enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Read a password from standard input and print its argon2id hash, for
+    /// `[listeners.forward] users`.
+    Passwd,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +94,30 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
         Command::Cert(CertCommand::Selfsigned { names, out }) => selfsigned(&names, &out),
+        Command::Passwd => passwd(),
+    }
+}
+
+fn passwd() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("error: cannot read the password from standard input");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match pylon_proxy::http::forward::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -233,7 +260,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .find(|b| b.scheme == "http" || b.scheme == "https")
     {
         let insecure = if first.scheme == "https" { "-k " } else { "" };
-        tracing::info!("try: curl -i {insecure}{}://{}/", first.scheme, first.addr);
+        let forward = config
+            .listeners
+            .iter()
+            .any(|l| l.name == first.listener && l.forward.is_some());
+        if forward {
+            tracing::info!(
+                "try: curl -x {}://{} https://example.com/",
+                first.scheme,
+                first.addr
+            );
+        } else {
+            tracing::info!("try: curl -i {insecure}{}://{}/", first.scheme, first.addr);
+        }
     }
     wait_for_stop(&proxy).await?;
     tracing::info!(

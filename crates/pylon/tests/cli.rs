@@ -380,3 +380,35 @@ fn the_l4_example_checks_once_its_certificate_exists() {
         "{out:?}"
     );
 }
+
+#[test]
+fn the_forward_example_checks() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/forward.toml");
+    let out = Command::new(PYLON)
+        .arg("check")
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn passwd_prints_an_argon2_hash() {
+    use std::io::Write as _;
+    let mut child = Command::new(PYLON)
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+}

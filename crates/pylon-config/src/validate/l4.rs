@@ -220,3 +220,87 @@ pub(super) fn proxy_protocol_out(
         }
     }
 }
+
+/// A listener's `[listeners.forward]`: access rules, users, anonymity.
+pub(super) fn forward(
+    r: &Option<Spanned<RawForward>>,
+    protocol: ListenerProtocol,
+    p: &mut Problems,
+) -> Option<ForwardProxy> {
+    let f = r.as_ref()?;
+    if !protocol.is_http() {
+        p.at(f, "`forward` applies to http and https listeners");
+        return None;
+    }
+    let raw = f.get_ref();
+    let mut rules = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for rule in raw.rules.iter().flatten() {
+        let rr = rule.get_ref();
+        if !names.insert(rr.name.get_ref().clone()) {
+            p.at(
+                &rr.name,
+                format!("duplicate rule name \"{}\"", rr.name.get_ref()),
+            );
+        }
+        let allow = match rr.action.get_ref().as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                p.at(
+                    &rr.action,
+                    format!("unknown action \"{other}\", expected allow or deny"),
+                );
+                false
+            }
+        };
+        let mut hosts = Vec::new();
+        if let Some(hs) = &rr.hosts {
+            for h in &hs.get_ref().0 {
+                match host_match(h) {
+                    Ok(m) => hosts.push(m),
+                    Err(e) => p.at(hs, e),
+                }
+            }
+        }
+        let mut networks = Vec::new();
+        if let Some(ns) = &rr.networks {
+            for n in &ns.get_ref().0 {
+                match n.parse::<IpNet>() {
+                    Ok(net) => networks.push(net),
+                    Err(e) => p.at(ns, e),
+                }
+            }
+        }
+        rules.push(AccessRule {
+            name: rr.name.get_ref().clone(),
+            allow,
+            hosts,
+            ports: rr.ports.clone().unwrap_or_default(),
+            networks,
+        });
+    }
+    let mut users = Vec::new();
+    for u in raw.users.iter().flatten() {
+        let ru = u.get_ref();
+        if !ru.password_hash.get_ref().starts_with("$argon2") {
+            p.at(
+                &ru.password_hash,
+                "password_hash must be an argon2 PHC string ($argon2id$...); make one with `pylon passwd`",
+            );
+        }
+        users.push(ProxyUser {
+            name: ru.name.clone(),
+            password_hash: ru.password_hash.get_ref().clone(),
+        });
+    }
+    Some(ForwardProxy {
+        rules,
+        connect_ports: raw.connect_ports.clone().unwrap_or_else(|| vec![443]),
+        allow_private: raw.allow_private.unwrap_or(false),
+        users,
+        strip_client_headers: raw.strip_client_headers.unwrap_or(false),
+        connect_timeout: duration(&raw.connect_timeout, Duration::from_secs(10), p),
+        tunnel_idle_timeout: duration(&raw.tunnel_idle_timeout, Duration::from_secs(600), p),
+    })
+}

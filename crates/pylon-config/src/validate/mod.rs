@@ -485,6 +485,7 @@ fn listener(
     };
     let l4 = l4::l4_listener(&r, protocol, cluster_refs, p);
     let proxy_protocol = l4::proxy_protocol_in(&r.proxy_protocol, protocol, p);
+    let forward = l4::forward(&r.forward, protocol, p);
     let tls = match (protocol, r.tls) {
         (ListenerProtocol::Https, Some(t)) => listener_tls(t, ctx, p),
         (ListenerProtocol::Tcp, Some(t))
@@ -563,6 +564,7 @@ fn listener(
         tls,
         l4,
         proxy_protocol,
+        forward,
     })
 }
 

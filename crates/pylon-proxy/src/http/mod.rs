@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod error;
+pub mod forward;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

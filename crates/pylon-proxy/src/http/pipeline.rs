@@ -108,6 +108,10 @@ pub(super) struct Exchange {
     pub(super) meter: Option<Arc<RequestMeter>>,
     pub(super) pooled: Option<Pooled>,
     pub(super) lease: Option<EndpointLease>,
+    /// The forward-proxy user.
+    pub(super) user: Option<Arc<str>>,
+    /// A CONNECT tunnel writes its own access-log line when it ends.
+    pub(super) logged_by_tunnel: bool,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
@@ -130,6 +134,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
         meter: None,
         pooled: None,
         lease: None,
+        user: None,
+        logged_by_tunnel: false,
     };
     let Some(listener) = rt.listener(&ctx.listener) else {
         ex.error = Some(ErrorKind::NoRoute);
@@ -221,6 +227,9 @@ async fn serve(
         );
     }
     check_limits(&req, listener)?;
+    if let Some(fwd) = &listener.forward {
+        return super::forward::serve(req, fwd, listener, ctx, ex).await;
+    }
     let host = normalize_host(authority_of(&req).unwrap_or(""));
     let route = listener
         .router
@@ -309,7 +318,7 @@ fn finish(
             h.insert(name.clone(), v);
         }
     }
-    let log = ctx.shared.logger.enabled().then(|| {
+    let log = (ctx.shared.logger.enabled() && !ex.logged_by_tunnel).then(|| {
         let record = AccessRecord {
             time: ex.time,
             listener: Arc::clone(&ctx.listener),
@@ -328,6 +337,7 @@ fn finish(
             upstream_ms: ex.upstream_ms,
             request_id: ex.request_id.take(),
             client_cert: ctx.client_cert.as_ref().map(|c| c.subject.clone()),
+            user: ex.user.take(),
             error: ex.error.map(ErrorKind::as_str),
         };
         (ctx.shared.logger.clone(), Box::new(record))

@@ -364,18 +364,7 @@ fn upstream_headers(
 ) {
     strip_hop_by_hop(h);
     h.remove(header::EXPECT);
-    let peer = Peer {
-        ip: ctx.client.ip(),
-        ip_value: &ctx.client_ip,
-        scheme: ctx.scheme,
-    };
-    add_forwarding(
-        h,
-        &listener.config.headers,
-        &peer,
-        client_host,
-        downstream_version,
-    );
+    add_client_forwarding(h, listener, ctx, client_host, downstream_version);
     if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id)
         && let Ok(v) = HeaderValue::from_str(id)
     {
@@ -390,6 +379,29 @@ fn upstream_headers(
             .filter(|_| tls.forward_client_cert);
         forward_client_cert(h, id);
     }
+}
+
+/// The forwarding headers (`X-Forwarded-*`, `Forwarded`) the listener asks for, naming
+/// this connection's client.
+pub(super) fn add_client_forwarding(
+    h: &mut http::HeaderMap,
+    listener: &ListenerRuntime,
+    ctx: &ConnCtx,
+    client_host: Option<&HeaderValue>,
+    downstream_version: Version,
+) {
+    let peer = Peer {
+        ip: ctx.client.ip(),
+        ip_value: &ctx.client_ip,
+        scheme: ctx.scheme,
+    };
+    add_forwarding(
+        h,
+        &listener.config.headers,
+        &peer,
+        client_host,
+        downstream_version,
+    );
 }
 
 /// The target and host for one endpoint: origin-form plus `Host` for HTTP/1.1,

@@ -134,6 +134,7 @@ fn log_rejected(ctx: &ConnCtx, kind: ErrorKind) {
         upstream_ms: None,
         request_id: None,
         client_cert: None,
+        user: None,
         error: Some(kind.as_str()),
     });
 }

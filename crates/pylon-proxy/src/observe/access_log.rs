@@ -38,6 +38,8 @@ pub struct AccessRecord {
     pub request_id: Option<String>,
     /// Subject of the verified client certificate (mutual TLS).
     pub client_cert: Option<String>,
+    /// The forward-proxy user who authenticated.
+    pub user: Option<Arc<str>>,
     pub error: Option<&'static str>,
 }
 

@@ -1,0 +1,219 @@
+//! The forward proxy end to end with curl: plain HTTP (absolute-form), HTTPS through
+//! CONNECT to a loopback TLS origin, CONNECT over HTTP/2, access rules (host, port,
+//! private addresses), Basic authentication (407), anonymity.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use pylon_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config(forward: &str, listener_extra: &str) -> String {
+    format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "fwd"
+bind = "127.0.0.1:0"
+{listener_extra}
+
+[listeners.forward]
+{forward}
+"#
+    )
+}
+
+async fn curl_via(proxy: SocketAddr, extra: &[&str], url: &str) -> (u16, String, String) {
+    let proxy = format!("http://{proxy}");
+    let mut args = vec!["-sS", "--max-time", "10", "-i", "-x", proxy.as_str()];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // The last response's status line (after any CONNECT answer).
+    let status = text
+        .lines()
+        .rfind(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_goes_through_in_origin_form() {
+    let echo = Origin::echo().await;
+    let p = TestProxy::start(&config("allow_private = true", "")).await;
+    let url = format!("http://{}/some/path?q=1", echo.addr);
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 200, "{text}{err}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["uri"], "/some/path?q=1", "origin-form upstream");
+    assert_eq!(seen["headers"]["host"][0], echo.addr.to_string());
+    assert!(seen["headers"].get("proxy-connection").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_goes_through_connect_to_a_loopback_tls_origin() {
+    let ca = TestCa::new("forward CA");
+    let dir = temp_dir();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let origin = Origin::echo_tls(origin_tls_config(
+        &ca.server(&["localhost"]),
+        None,
+        &["http/1.1"],
+    ))
+    .await;
+    let port = origin.addr.port();
+    let p = TestProxy::start(&config(
+        &format!("allow_private = true\nconnect_ports = [{port}]"),
+        "",
+    ))
+    .await;
+    let url = format!("https://localhost:{port}/secure");
+    let (status, text, err) = curl_via(
+        p.addr("fwd"),
+        &["--cacert", ca_file.to_str().unwrap()],
+        &url,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}{err}");
+    assert!(text.contains("/secure"), "{text}");
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.tunnels_total.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_over_http2_opens_a_tunnel() {
+    let origin = RawOrigin::start(|mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    })
+    .await;
+    let port = origin.addr.port();
+    let p = TestProxy::start(&config(
+        &format!("allow_private = true\nconnect_ports = [{port}]"),
+        "",
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(p.addr("fwd")).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::connect(format!("127.0.0.1:{port}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let up = hyper::upgrade::on(resp).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(up);
+    io.write_all(b"hello").await.unwrap();
+    let mut back = [0u8; 5];
+    io.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_deny_with_their_name() {
+    let echo = Origin::echo().await;
+    // Defaults: loopback is not reachable.
+    let p = TestProxy::start(&config("", "")).await;
+    let (status, text, _) = curl_via(p.addr("fwd"), &[], &format!("http://{}/", echo.addr)).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("x-pylon-error: denied: private_address"),
+        "{text}"
+    );
+    assert_eq!(echo.request_count(), 0);
+
+    let rules = r#"allow_private = true
+rules = [
+  { name = "no-blocked", action = "deny", hosts = ["*.blocked.test"] },
+  { name = "no-ssh", action = "deny", ports = [22] },
+]"#;
+    let p = TestProxy::start(&config(rules, "")).await;
+    let (status, text, _) = curl_via(p.addr("fwd"), &[], "http://www.blocked.test/").await;
+    assert_eq!(status, 403);
+    assert!(text.contains("x-pylon-error: denied: no-blocked"), "{text}");
+    // CONNECT only to 443 by default.
+    let (status, text, _) =
+        curl_via(p.addr("fwd"), &["-p"], &format!("http://{}/", echo.addr)).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("x-pylon-error: denied: connect_port"),
+        "{text}"
+    );
+    let (status, _, _) = curl_via(p.addr("fwd"), &[], "http://127.0.0.1:22/").await;
+    assert_eq!(status, 403);
+    assert_eq!(echo.request_count(), 0, "nothing denied reached the origin");
+    // Plain HTTP to the allowed origin still works.
+    let (status, _, _) = curl_via(p.addr("fwd"), &[], &format!("http://{}/", echo.addr)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authentication_answers_407_without_valid_credentials() {
+    let echo = Origin::echo().await;
+    let hash = pylon_proxy::http::forward::hash_password("s3cret").unwrap();
+    let fwd = format!(
+        "allow_private = true\nusers = [{{ name = \"alice\", password_hash = \"{hash}\" }}]"
+    );
+    let p = TestProxy::start(&config(&fwd, "")).await;
+    let url = format!("http://{}/", echo.addr);
+    let (status, text, _) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 407, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic realm=\"pylon\""),
+        "{text}"
+    );
+    let (status, _, _) = curl_via(p.addr("fwd"), &["--proxy-user", "alice:wrong"], &url).await;
+    assert_eq!(status, 407);
+    let (status, text, _) = curl_via(p.addr("fwd"), &["--proxy-user", "alice:s3cret"], &url).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        !text.contains("proxy-authorization"),
+        "credentials never reach the origin: {text}"
+    );
+    assert_eq!(echo.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_identifying_headers_can_be_stripped() {
+    let echo = Origin::echo().await;
+    let p = TestProxy::start(&config(
+        "allow_private = true\nstrip_client_headers = true",
+        "x_forwarded = false\nvia = false",
+    ))
+    .await;
+    let url = format!("http://{}/", echo.addr);
+    let (status, text, _) = curl_via(
+        p.addr("fwd"),
+        &["-H", "X-Forwarded-For: 192.0.2.7", "-H", "Via: 1.1 inner"],
+        &url,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        !lower.contains("x-forwarded-for") && !lower.contains("192.0.2.7"),
+        "{text}"
+    );
+    assert!(!lower.contains("\"via\""), "{text}");
+}
