@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: Pylon, NGINX and HAProxy on the same machine, in one run.
 # Installs its peers from Debian's packages, builds Pylon in release mode, then runs
-# bench/bench.py (pass --quick for one short round), or with --l4 first, bench/l4.py (TCP
-# throughput with iperf3 and connections per second). Never part of the test suite.
+# bench/bench.py (pass --quick for one short round); with --l4 first, bench/l4.py (TCP
+# throughput with iperf3 and connections per second); with --tunnel first, bench/tunnel.py
+# (WebSocket echo messages per second, CONNECT throughput). Never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,11 @@ systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 cargo build --release -p pylon
 ulimit -n "$(ulimit -Hn)" || true
+if [ "${1:-}" = "--tunnel" ]; then
+  shift
+  cargo build --release -p pylon-bench-load
+  exec python3 bench/tunnel.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+fi
 if [ "${1:-}" = "--l4" ]; then
   shift
   exec python3 bench/l4.py --pylon target/release/pylon "$@"

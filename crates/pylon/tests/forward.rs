@@ -217,3 +217,67 @@ async fn client_identifying_headers_can_be_stripped() {
     );
     assert!(!lower.contains("\"via\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_connect_targets_and_non_proxy_requests_get_400() {
+    let p = TestProxy::start(&config("allow_private = true", "")).await;
+    for bad in [
+        "CONNECT /not-an-authority HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "CONNECT :443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /origin-form HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET https://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw(p.addr("fwd"), bad.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{bad:?} → {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tunnel_is_one_access_log_line_with_bytes_and_user() {
+    let origin = RawOrigin::start(|mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"0123456789").await.unwrap();
+    })
+    .await;
+    let port = origin.addr.port();
+    let dir = temp_dir();
+    let log = dir.join("access.log");
+    let hash = pylon_proxy::http::forward::hash_password("pw").unwrap();
+    let cfg = config(
+        &format!(
+            "allow_private = true\nconnect_ports = [{port}]\nusers = [{{ name = \"bob\", password_hash = \"{hash}\" }}]"
+        ),
+        "",
+    )
+    .replace(
+        "[access_log]\nenabled = false",
+        &format!("[access_log]\npath = \"{}\"", log.display()),
+    );
+    let p = TestProxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr("fwd")).await.unwrap();
+    let auth = "Ym9iOnB3"; // bob:pw
+    s.write_all(
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("0123456789"), "{text}");
+    // Our side closes too: the tunnel ends and writes its line.
+    drop(s);
+    eventually("the tunnel's log line", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"method\":\"CONNECT\""))
+    })
+    .await;
+    let line = std::fs::read_to_string(&log).unwrap();
+    let record: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(record["authority"], format!("127.0.0.1:{port}"));
+    assert_eq!(record["user"], "bob");
+    assert_eq!(record["bytes_in"], 5);
+    assert_eq!(record["bytes_out"], 10);
+    assert_eq!(line.lines().count(), 1, "one line per tunnel: {line}");
+}

@@ -195,6 +195,9 @@ fn destination(req: &Request<Incoming>) -> Result<Destination, ErrorKind> {
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(ErrorKind::NotAProxyRequest);
+    }
     Ok(Destination {
         host: host.to_owned(),
         port: authority.port_u16().unwrap_or(default),
