@@ -489,6 +489,8 @@ pub struct RouteMatch {
     /// Upper-case method names; empty means any method.
     pub methods: Vec<String>,
     pub headers: Vec<HeaderMatch>,
+    /// Only gRPC requests (`content-type: application/grpc*`, gRPC-Web included).
+    pub grpc: bool,
     /// Conditions on the verified client certificate; a request without one does not
     /// match a route that has any.
     pub client_cert: ClientCertMatch,

@@ -161,6 +161,7 @@ pub struct RawRoute {
     pub path_regex: Option<Spanned<String>>,
     pub methods: Option<Spanned<StrList>>,
     pub headers: Option<Vec<RawHeaderMatch>>,
+    pub grpc: Option<bool>,
     pub client_cert_subject: Option<Spanned<String>>,
     pub client_cert_dns: Option<Spanned<String>>,
     pub client_cert_fingerprint: Option<Spanned<String>>,

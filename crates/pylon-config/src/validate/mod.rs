@@ -954,6 +954,7 @@ fn route(
             path,
             methods,
             headers,
+            grpc: r.grpc.unwrap_or(false),
             client_cert,
         },
         action,

@@ -48,6 +48,7 @@ error_kinds! {
     ConnectFailed => (StatusCode::BAD_GATEWAY, "upstream_connect_failed"),
     ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
     ResponseTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_response_timeout"),
+    DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
     UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
     UpstreamInvalid => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
     UpstreamTls => (StatusCode::BAD_GATEWAY, "upstream_tls_failed"),

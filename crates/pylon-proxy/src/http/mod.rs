@@ -3,6 +3,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

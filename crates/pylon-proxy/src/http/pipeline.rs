@@ -151,11 +151,18 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
             .map_or("/", |p| p.as_str())
             .to_owned();
     }
+    // A gRPC client gets proxy-made errors as gRPC statuses.
+    let grpc = super::grpc::is_grpc(req.headers())
+        .then(|| req.headers().get(header::CONTENT_TYPE).cloned())
+        .flatten();
     let resp = match serve(req, &listener, &ctx, &mut ex).await {
         Ok(resp) => resp,
         Err(kind) => {
             ex.error = Some(kind);
-            error_response(kind)
+            match &grpc {
+                Some(ct) => super::grpc::error_response(kind, Some(ct)),
+                None => error_response(kind),
+            }
         }
     };
     finish(resp, ex, &ctx, Some(&listener), inflight)

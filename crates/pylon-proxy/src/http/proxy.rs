@@ -158,6 +158,8 @@ pub(super) async fn proxy(
         .as_ref()
         .and_then(|k| request_key(k, &req, ctx));
     let downstream_version = req.version();
+    // A gRPC deadline bounds the whole exchange, retries included.
+    let deadline = super::grpc::timeout(req.headers()).map(|t| Instant::now() + t);
     // One endpoint set for the whole request, retries included.
     let endpoints = cluster.current_endpoints();
     let sticky_to = cluster
@@ -254,10 +256,17 @@ pub(super) async fn proxy(
         if let Some(ws) = &websocket {
             ws.upstream_request(&mut try_parts, cluster.protocol);
         }
-        let timeout = cluster
+        let mut timeout = cluster
             .retry
             .as_ref()
             .map_or(cluster.response_timeout, |r| r.per_try_timeout);
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::DeadlineExceeded);
+            }
+            timeout = timeout.min(left);
+        }
 
         if cluster.proxy_protocol().is_some() {
             try_parts.extensions.insert(ClientAddresses {
@@ -348,7 +357,14 @@ pub(super) async fn proxy(
                 ex.pooled = pooled;
                 Ok(Response::from_parts(rparts, ResponseBody::stream(rbody)))
             }
-            Err(e) => Err(classify(&e, ex.meter.as_deref(), cluster, ctx)),
+            Err(e) => Err(match classify(&e, ex.meter.as_deref(), cluster, ctx) {
+                ErrorKind::ResponseTimeout
+                    if deadline.is_some_and(|d| Instant::now() + Duration::from_millis(1) >= d) =>
+                {
+                    ErrorKind::DeadlineExceeded
+                }
+                kind => kind,
+            }),
         };
     }
 }

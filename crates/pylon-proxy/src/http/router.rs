@@ -164,6 +164,9 @@ fn rest_matches(r: &Route, method: &Method, headers: &HeaderMap) -> bool {
     if !m.methods.is_empty() && !m.methods.iter().any(|x| x == method.as_str()) {
         return false;
     }
+    if m.grpc && !super::grpc::is_grpc(headers) {
+        return false;
+    }
     m.headers.iter().all(|h| match &h.value {
         None => headers.contains_key(h.name.as_str()),
         Some(v) => headers
@@ -222,6 +225,7 @@ mod tests {
                     path,
                     methods: methods.iter().map(|s| s.to_string()).collect(),
                     headers,
+                    grpc: false,
                     client_cert: ClientCertMatch::default(),
                 },
                 action: Action::Respond(RespondAction {

@@ -1,0 +1,257 @@
+//! gRPC through Pylon, with gRPC framing over h2c (an hyper client and origin speaking
+//! the gRPC wire format): routes that match gRPC only, messages and trailers (status,
+//! custom metadata) passed through, streaming, proxy-made errors as gRPC statuses, and
+//! `grpc-timeout` deadlines.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, Request};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use pylon_testkit::*;
+
+/// One length-prefixed gRPC message.
+fn frame(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + msg.len());
+    b.put_u8(0);
+    b.put_u32(msg.len() as u32);
+    b.put_slice(msg);
+    b.freeze()
+}
+
+fn unframe(mut b: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while b.remaining() >= 5 {
+        b.advance(1);
+        let n = b.get_u32() as usize;
+        out.push(b.split_to(n));
+    }
+    out
+}
+
+/// An origin implementing `/test.Echo/Say` (unary echo, with metadata) and
+/// `/test.Echo/Count` (server streaming: N messages), `/test.Echo/Slow` (answers
+/// after two seconds).
+async fn grpc_origin() -> Origin {
+    Origin::start(|req: Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let msgs = unframe(body);
+        let mut out = Vec::new();
+        match path.as_str() {
+            "/test.Echo/Say" => out.push(frame(&msgs[0])),
+            "/test.Echo/Count" => {
+                let n: usize = String::from_utf8_lossy(&msgs[0]).parse().unwrap();
+                for i in 0..n {
+                    out.push(frame(i.to_string().as_bytes()));
+                }
+            }
+            "/test.Echo/Slow" => tokio::time::sleep(Duration::from_secs(2)).await,
+            _ => {}
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("x-trailer-meta", "from-the-trailers".parse().unwrap());
+        let frames = out
+            .into_iter()
+            .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)))
+            .chain(std::iter::once(Ok(Frame::trailers(trailers))));
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-header-meta", "from-the-headers")
+            .body(BodyExt::boxed(body))
+            .unwrap()
+    })
+    .await
+}
+
+fn config(endpoint: SocketAddr, extra_route: &str) -> String {
+    format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/test.Echo/"
+grpc = true
+cluster = "grpc"
+{extra_route}
+
+[[routes]]
+path_prefix = "/plain"
+respond = {{ body = "not grpc" }}
+
+[[clusters]]
+name = "grpc"
+protocol = "h2c"
+endpoints = ["{endpoint}"]
+"#
+    )
+}
+
+/// A gRPC call over h2c: the status, the response headers, the messages and trailers.
+struct Call {
+    headers: HeaderMap,
+    messages: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Call {
+    /// `grpc-status`, from the trailers or (trailers-only) the headers.
+    fn status(&self) -> Option<u8> {
+        self.trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| self.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    }
+}
+
+async fn call(addr: SocketAddr, method: &str, msg: &[u8], timeout: Option<&str>) -> Call {
+    let mut tx = h2_conn(addr).await;
+    let mut req = Request::post(format!("http://grpc.test{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = timeout {
+        req = req.header("grpc-timeout", t);
+    }
+    let resp = tx
+        .send_request(req.body(body(frame(msg))).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "gRPC answers are HTTP 200");
+    let (parts, mut b) = resp.into_parts();
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(f) = tokio::time::timeout(DEADLINE, b.frame()).await.unwrap() {
+        let f = f.unwrap();
+        if let Some(d) = f.data_ref() {
+            data.extend_from_slice(d);
+        } else if let Ok(t) = f.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    Call {
+        headers: parts.headers,
+        messages: unframe(data.freeze()),
+        trailers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_streaming_calls_keep_messages_metadata_and_trailers() {
+    let origin = grpc_origin().await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+    let c = call(front, "/test.Echo/Say", b"hello grpc", None).await;
+    assert_eq!(c.messages, vec![Bytes::from_static(b"hello grpc")]);
+    assert_eq!(c.status(), Some(0));
+    assert_eq!(c.headers["x-header-meta"], "from-the-headers");
+    assert_eq!(
+        c.trailers.as_ref().unwrap()["x-trailer-meta"],
+        "from-the-trailers"
+    );
+    // Server streaming: 10,000 messages, in order.
+    let c = call(front, "/test.Echo/Count", b"10000", None).await;
+    assert_eq!(c.messages.len(), 10_000);
+    assert_eq!(c.messages[9_999], Bytes::from_static(b"9999"));
+    assert_eq!(c.status(), Some(0));
+    // A 4 MiB message both ways.
+    let big = vec![b'x'; 4 << 20];
+    let c = call(front, "/test.Echo/Say", &big, None).await;
+    assert_eq!(c.messages[0].len(), 4 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_take_only_grpc_requests() {
+    let origin = grpc_origin().await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    // Not gRPC: the gRPC route does not match, nothing else does.
+    let a = get(p.addr("front"), "/test.Echo/Say").await;
+    assert_eq!(a.status.as_u16(), 404);
+    assert_eq!(origin.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_made_errors_are_grpc_statuses() {
+    // No endpoint answers: UNAVAILABLE, trailers-only, never a text page.
+    let p = TestProxy::start(&config(closed_port(), "")).await;
+    let c = call(p.addr("front"), "/test.Echo/Say", b"x", None).await;
+    assert_eq!(c.status(), Some(14), "{:?}", c.headers);
+    assert_eq!(c.headers["content-type"], "application/grpc");
+    assert!(c.messages.is_empty());
+    assert_eq!(c.headers["x-pylon-error"], "upstream_connect_failed");
+    // No route: UNIMPLEMENTED.
+    let c = call(p.addr("front"), "/other.Service/Method", b"x", None).await;
+    assert_eq!(c.status(), Some(12));
+    // The circuit breaker: RESOURCE_EXHAUSTED.
+    let origin = grpc_origin().await;
+    let cfg = config(origin.addr, "").replace(
+        "protocol = \"h2c\"",
+        "protocol = \"h2c\"\ncircuit_breaker = { max_requests = 0 }",
+    );
+    let p = TestProxy::start(&cfg).await;
+    let c = call(p.addr("front"), "/test.Echo/Say", b"x", None).await;
+    assert_eq!(c.status(), Some(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_bounds_the_call_with_deadline_exceeded() {
+    let origin = grpc_origin().await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let c = call(p.addr("front"), "/test.Echo/Slow", b"x", Some("200m")).await;
+    assert_eq!(c.status(), Some(4), "{:?}", c.headers);
+    assert_eq!(c.headers["x-pylon-error"], "deadline_exceeded");
+    // Without a deadline the same call completes.
+    let c = call(p.addr("front"), "/test.Echo/Slow", b"x", None).await;
+    assert_eq!(c.status(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancel_reaches_the_upstream() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&cancelled);
+    // Never answers; counts the calls whose stream went away.
+    let origin = Origin::start(move |_req: Request<hyper::body::Incoming>| {
+        let guard = Dropped(Arc::clone(&c));
+        async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(guard);
+            http::Response::new(full(""))
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let mut tx = h2_conn(p.addr("front")).await;
+    let req = Request::post("http://grpc.test/test.Echo/Hang")
+        .header("content-type", "application/grpc")
+        .body(body(frame(b"x")))
+        .unwrap();
+    let pending = tokio::spawn(async move { tx.send_request(req).await });
+    eventually("the call reached the origin", || {
+        origin.request_count() == 1
+    })
+    .await;
+    pending.abort();
+    eventually("the cancel reset the upstream stream", || {
+        cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
