@@ -851,6 +851,8 @@ pub enum HealthCheckKind {
         expected_statuses: Vec<u16>,
         body_contains: Option<String>,
     },
+    /// `grpc.health.v1.Health/Check` answers SERVING (over HTTP/2, TLS for TLS clusters).
+    Grpc { service: String },
     /// A datagram gets a reply (holding `expect`, when set) within the timeout.
     Udp {
         send: Vec<u8>,

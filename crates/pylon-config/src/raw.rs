@@ -278,6 +278,8 @@ pub struct RawHealthCheck {
     /// UDP checks: the datagram to send (text or hex) and a substring the reply must hold.
     pub send: Option<Spanned<String>>,
     pub send_hex: Option<Spanned<String>>,
+    /// gRPC checks: the service name asked about (empty: the server as a whole).
+    pub service: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
 }
 

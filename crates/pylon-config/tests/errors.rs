@@ -653,3 +653,39 @@ forward = { allow_private = true }
     assert_eq!(f.connect_ports, vec![443]);
     assert!(f.allow_private && f.users.is_empty() && f.rules.is_empty());
 }
+
+#[test]
+fn grpc_health_checks() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "a"
+
+[[clusters]]
+name = "a"
+protocol = "h2c"
+endpoints = ["127.0.0.1:1"]
+health_check = { kind = "grpc", service = "helloworld.Greeter" }
+
+[[clusters]]
+name = "b"
+endpoints = ["127.0.0.1:2"]
+health_check = { kind = "tcp", service = "x" }
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("clusters[1].health_check.service: service needs kind = \"grpc\""),
+        "{e:#?}"
+    );
+    let c = parse(&text.replace(", service = \"x\"", ""), "test.toml").expect("valid");
+    assert_eq!(
+        c.clusters[0].health_check.as_ref().unwrap().kind,
+        HealthCheckKind::Grpc {
+            service: "helloworld.Greeter".into()
+        }
+    );
+}

@@ -255,3 +255,56 @@ async fn a_client_cancel_reaches_the_upstream() {
     })
     .await;
 }
+
+/// An origin answering `grpc.health.v1.Health/Check` with the status in `status`
+/// (1 SERVING, 2 NOT_SERVING), for the service asked about.
+async fn health_origin(status: std::sync::Arc<std::sync::atomic::AtomicU8>) -> Origin {
+    Origin::start(move |req: Request<hyper::body::Incoming>| {
+        let status = std::sync::Arc::clone(&status);
+        async move {
+            assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+            let asked = unframe(req.into_body().collect().await.unwrap().to_bytes());
+            // HealthCheckRequest { service = "test.Echo" }.
+            assert_eq!(asked[0].as_ref(), b"\x0a\x09test.Echo");
+            let msg = [0x08, status.load(std::sync::atomic::Ordering::SeqCst)];
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(frame(&msg))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(BodyExt::boxed(body))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_follow_the_serving_status() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let status = std::sync::Arc::new(AtomicU8::new(1));
+    let origin = health_origin(std::sync::Arc::clone(&status)).await;
+    let cfg = config(origin.addr, "").replace(
+        "protocol = \"h2c\"",
+        "protocol = \"h2c\"\nhealth_check = { kind = \"grpc\", service = \"test.Echo\", interval = \"50ms\", healthy_threshold = 1, unhealthy_threshold = 1 }",
+    );
+    let p = TestProxy::start(&cfg).await;
+    eventually("checked and healthy", || {
+        origin.request_count() >= 1 && p.proxy.endpoint_available("grpc", origin.addr) == Some(true)
+    })
+    .await;
+    status.store(2, Ordering::SeqCst);
+    eventually("NOT_SERVING takes it out", || {
+        p.proxy.endpoint_available("grpc", origin.addr) == Some(false)
+    })
+    .await;
+    status.store(1, Ordering::SeqCst);
+    eventually("SERVING brings it back", || {
+        p.proxy.endpoint_available("grpc", origin.addr) == Some(true)
+    })
+    .await;
+}

@@ -57,7 +57,27 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
     {
         p.at(k, "send, send_hex and expect need kind = \"udp\"");
     }
+    if let Some(sv) = &h.service
+        && kind_name != Some("grpc")
+    {
+        p.at(sv, "service needs kind = \"grpc\"");
+    }
     let kind = match kind_name {
+        Some("grpc") => {
+            if http_keys && let Some(k) = &h.kind {
+                p.at(
+                    k,
+                    "method, path, host, expected_statuses and body_contains need kind = \"http\"",
+                );
+            }
+            HealthCheckKind::Grpc {
+                service: h
+                    .service
+                    .as_ref()
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_default(),
+            }
+        }
         Some("udp") => {
             if http_keys && let Some(k) = &h.kind {
                 p.at(
@@ -131,7 +151,9 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
             if let Some(k) = &h.kind {
                 p.at(
                     k,
-                    format!("unknown health check kind \"{other}\", expected tcp, http or udp"),
+                    format!(
+                        "unknown health check kind \"{other}\", expected tcp, http, grpc or udp"
+                    ),
                 );
             }
             HealthCheckKind::Tcp

@@ -106,6 +106,9 @@ async fn check(
         return check_udp(endpoint.address, send, expect.as_deref()).await;
     }
     let io = endpoint.connect().await.map_err(|e| e.to_string())?;
+    if let HealthCheckKind::Grpc { service } = kind {
+        return check_grpc(io, endpoint, protocol, service).await;
+    }
     let HealthCheckKind::Http {
         method,
         path,
@@ -208,5 +211,88 @@ async fn check_udp(
             Err(format!("reply does not contain {needle:?}"))
         }
         _ => Ok(()),
+    }
+}
+
+/// `grpc.health.v1.Health/Check` over HTTP/2: the answer must be grpc-status 0 with
+/// status SERVING (1). The two protobuf messages are one string and one enum field, so
+/// they are encoded and read here directly.
+async fn check_grpc<I>(
+    io: I,
+    endpoint: &EndpointPool,
+    protocol: UpstreamProtocol,
+    service: &str,
+) -> Result<(), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    // HealthCheckRequest { string service = 1; } in a gRPC length-prefixed frame.
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a);
+        let mut len = service.len();
+        while len >= 0x80 {
+            msg.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        msg.push(len as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let scheme = if protocol == UpstreamProtocol::H2 {
+        "https"
+    } else {
+        "http"
+    };
+    let authority = endpoint
+        .host_value
+        .to_str()
+        .map_or_else(|_| endpoint.address.to_string(), str::to_owned);
+    let req = Request::post(format!(
+        "{scheme}://{authority}/grpc.health.v1.Health/Check"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .header(http::header::USER_AGENT, "pylon-health-check")
+    .body(RequestBody::Full(Some(bytes::Bytes::from(frame))))
+    .map_err(|e| e.to_string())?;
+    let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("HTTP status {}", resp.status().as_u16()));
+    }
+    let header_status = resp.headers().get("grpc-status").cloned();
+    let collected = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    let grpc_status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or(header_status);
+    match grpc_status.as_ref().and_then(|v| v.to_str().ok()) {
+        Some("0") => {}
+        Some(s) => return Err(format!("grpc-status {s}")),
+        None => return Err("no grpc-status".into()),
+    }
+    let body = collected.to_bytes();
+    // HealthCheckResponse { ServingStatus status = 1; } SERVING = 1.
+    let msg = body.get(5..).unwrap_or_default();
+    // Field 1, varint (tag 0x08); proto3 leaves out the default (0, UNKNOWN).
+    let status = match msg {
+        [0x08, v, ..] => *v,
+        _ => 0,
+    };
+    if status == 1 {
+        Ok(())
+    } else {
+        Err(format!("serving status {status} (1 is SERVING)"))
     }
 }
