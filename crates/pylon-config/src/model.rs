@@ -533,6 +533,10 @@ pub struct ProxyAction {
     pub tunnel_idle_timeout: Duration,
     /// Tunnels are closed after this long whatever their activity.
     pub tunnel_max_lifetime: Option<Duration>,
+    /// gRPC-Web requests are translated to gRPC for the upstream, and back.
+    pub grpc_web: bool,
+    /// Browser origins allowed by CORS (`*` for any), for gRPC-Web.
+    pub cors_allow_origins: Vec<String>,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

@@ -169,6 +169,8 @@ pub struct RawRoute {
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
+    pub grpc_web: Option<Spanned<bool>>,
+    pub cors_allow_origins: Option<Spanned<StrList>>,
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub tunnel_max_lifetime: Option<Spanned<String>>,
     pub respond: Option<Spanned<RawRespond>>,

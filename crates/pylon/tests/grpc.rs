@@ -308,3 +308,144 @@ async fn grpc_health_checks_follow_the_serving_status() {
     })
     .await;
 }
+
+/// A gRPC-Web call over HTTP/1.1 or HTTP/2: the answer's headers, messages and the
+/// trailers from the body's trailer frame.
+async fn grpc_web_call(
+    addr: SocketAddr,
+    method: &str,
+    msg: &[u8],
+    text: bool,
+    h2: bool,
+) -> (HeaderMap, Vec<Bytes>, String) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ct = if text {
+        "application/grpc-web-text+proto"
+    } else {
+        "application/grpc-web+proto"
+    };
+    let payload = if text {
+        Bytes::from(b64.encode(frame(msg)))
+    } else {
+        frame(msg)
+    };
+    let req = Request::post(format!("http://grpc.test{method}"))
+        .header("host", "grpc.test")
+        .header("content-type", ct)
+        .header("x-grpc-web", "1")
+        .header("origin", "https://app.example")
+        .body(body(payload))
+        .unwrap();
+    let a = if h2 {
+        send_h2(addr, req).await
+    } else {
+        send_h1(addr, req).await
+    };
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("content-type"), Some(ct));
+    let raw = if text {
+        Bytes::from(b64.decode(&a.body).expect("base64 answer"))
+    } else {
+        a.body.clone()
+    };
+    let mut rest = raw;
+    let mut messages = Vec::new();
+    let mut trailers = String::new();
+    while rest.remaining() >= 5 {
+        let flag = rest.get_u8();
+        let n = rest.get_u32() as usize;
+        let chunk = rest.split_to(n);
+        if flag & 0x80 != 0 {
+            trailers = String::from_utf8(chunk.to_vec()).unwrap();
+        } else {
+            messages.push(chunk);
+        }
+    }
+    (a.headers, messages, trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_binary_and_text_reach_a_native_grpc_origin() {
+    let origin = grpc_origin().await;
+    let p = TestProxy::start(&config(
+        origin.addr,
+        "grpc_web = true\ncors_allow_origins = [\"https://app.example\"]",
+    ))
+    .await;
+    let front = p.addr("front");
+    for (text, h2) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (headers, messages, trailers) =
+            grpc_web_call(front, "/test.Echo/Say", b"from a browser", text, h2).await;
+        assert_eq!(
+            messages,
+            vec![Bytes::from_static(b"from a browser")],
+            "text={text} h2={h2}"
+        );
+        assert!(trailers.contains("grpc-status:0\r\n"), "{trailers:?}");
+        assert!(
+            trailers.contains("x-trailer-meta:from-the-trailers\r\n"),
+            "{trailers:?}"
+        );
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert!(
+            headers["access-control-expose-headers"]
+                .to_str()
+                .unwrap()
+                .contains("grpc-status")
+        );
+    }
+    // Streaming through the text encoding: 1,000 messages survive the base64 chunking.
+    let (_, messages, trailers) =
+        grpc_web_call(front, "/test.Echo/Count", b"1000", true, false).await;
+    assert_eq!(messages.len(), 1000);
+    assert_eq!(messages[999], Bytes::from_static(b"999"));
+    assert!(trailers.contains("grpc-status:0"));
+
+    // The CORS preflight: allowed origin 204, other origins 403.
+    let preflight = |origin: &'static str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/test.Echo/Say")
+            .header("host", "grpc.test")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-grpc-web")
+            .body(empty())
+            .unwrap()
+    };
+    let a = send_h1(front, preflight("https://app.example")).await;
+    assert_eq!(a.status.as_u16(), 204, "{a:?}");
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        a.header("access-control-allow-headers"),
+        Some("content-type,x-grpc-web")
+    );
+    let a = send_h1(front, preflight("https://evil.example")).await;
+    assert_eq!(a.status.as_u16(), 403);
+    assert_eq!(
+        origin.request_count(),
+        5,
+        "preflights never reach the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_clients_get_proxy_errors_as_grpc_statuses() {
+    let p = TestProxy::start(&config(closed_port(), "grpc_web = true")).await;
+    let req = Request::post("http://grpc.test/test.Echo/Say")
+        .header("host", "grpc.test")
+        .header("content-type", "application/grpc-web+proto")
+        .body(body(frame(b"x")))
+        .unwrap();
+    let a = send_h1(p.addr("front"), req).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("grpc-status"), Some("14"));
+    assert_eq!(a.header("content-type"), Some("application/grpc-web+proto"));
+}

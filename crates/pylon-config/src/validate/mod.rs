@@ -866,6 +866,9 @@ fn route(
         if let Some(w) = &r.websocket {
             p.at(w, "`websocket` only applies to a route with `cluster`");
         }
+        if let Some(w) = &r.grpc_web {
+            p.at(w, "`grpc_web` only applies to a route with `cluster`");
+        }
     }
     let action = if let Some(c) = r.cluster {
         if !clusters.contains(c.get_ref()) {
@@ -886,6 +889,12 @@ fn route(
         Action::Proxy(ProxyAction {
             cluster: c.into_inner(),
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
+            grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
+            cors_allow_origins: r
+                .cors_allow_origins
+                .as_ref()
+                .map(|o| o.get_ref().0.clone())
+                .unwrap_or_default(),
             tunnel_idle_timeout: duration(&r.tunnel_idle_timeout, DEFAULT_TUNNEL_IDLE_TIMEOUT, p),
             tunnel_max_lifetime: r
                 .tunnel_max_lifetime

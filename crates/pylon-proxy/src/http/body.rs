@@ -32,6 +32,8 @@ pub enum RequestBody {
     Empty,
     /// A small body kept in memory (so that a retry can send it again).
     Full(Option<Bytes>),
+    /// A transformed body (gRPC-Web text decoding).
+    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
     Stream {
         inner: Incoming,
         limit: u64,
@@ -50,6 +52,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
             RequestBody::Stream {
                 inner,
                 limit,
@@ -79,6 +82,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Full(b) => b.is_none(),
+            RequestBody::Boxed(inner) => inner.is_end_stream(),
             RequestBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -87,6 +91,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Boxed(inner) => inner.size_hint(),
             RequestBody::Stream { inner, .. } => inner.size_hint(),
         }
     }
@@ -101,6 +106,8 @@ pub trait Completion: Send + Sync {
 enum Kind {
     Full(Option<Bytes>),
     Stream(Incoming),
+    /// A transformed body (gRPC-Web).
+    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
 }
 
 /// A response body on its way to the client.
@@ -134,6 +141,18 @@ impl ResponseBody {
         }
     }
 
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        ResponseBody {
+            kind: Kind::Boxed(http_body_util::combinators::BoxBody::new(body)),
+            sent: 0,
+            ended: false,
+            completion: None,
+        }
+    }
+
     /// Sets what runs when this body is finished.
     pub fn set_completion(&mut self, c: Box<dyn Completion>) {
         self.completion = Some(c);
@@ -160,6 +179,7 @@ impl Body for ResponseBody {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
             Kind::Stream(inner) => ready!(Pin::new(inner).poll_frame(cx))
                 .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
+            Kind::Boxed(inner) => ready!(Pin::new(inner).poll_frame(cx)),
         };
         match polled {
             Some(Ok(frame)) => {
@@ -191,6 +211,7 @@ impl Body for ResponseBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Stream(inner) => inner.size_hint(),
+            Kind::Boxed(inner) => inner.size_hint(),
         }
     }
 }
@@ -200,6 +221,7 @@ impl ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Stream(inner) => inner.is_end_stream(),
+            Kind::Boxed(inner) => inner.is_end_stream(),
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod grpc;
+pub mod grpc_web;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

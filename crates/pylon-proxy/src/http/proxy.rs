@@ -144,6 +144,21 @@ pub(super) async fn proxy(
         return Err(ErrorKind::NoRoute);
     };
     let mut req = req;
+    // gRPC-Web: CORS preflights are answered here; requests are translated.
+    let grpc_web = if action.grpc_web {
+        if super::grpc_web::is_preflight(&req) {
+            return Ok(super::grpc_web::preflight(
+                req.headers(),
+                &action.cors_allow_origins,
+            ));
+        }
+        super::grpc_web::detect(req.headers())
+    } else {
+        None
+    };
+    let web_origin = grpc_web.and_then(|_| {
+        super::grpc_web::GrpcWeb::answer_origin(req.headers(), &action.cors_allow_origins)
+    });
     let mut websocket = super::tunnel::detect(&mut req);
     if websocket.is_some() && !action.websocket {
         // An HTTP/1.1 Upgrade goes on as a plain request (hop-by-hop headers are
@@ -183,6 +198,9 @@ pub(super) async fn proxy(
         downstream_version,
     );
 
+    if let Some(w) = &grpc_web {
+        w.upstream_headers(&mut parts.headers);
+    }
     let limit = listener.config.limits.max_request_body;
     let mut body = if http_body::Body::is_end_stream(&incoming) {
         match cluster.retry {
@@ -207,6 +225,27 @@ pub(super) async fn proxy(
             })),
         }
     };
+    // gRPC-Web text: the body arrives in base64.
+    if grpc_web.is_some_and(|w| w.text) {
+        body = match body {
+            Body::Replay(b) => Body::Replay(
+                base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    b.iter()
+                        .filter(|c| !c.is_ascii_whitespace())
+                        .copied()
+                        .collect::<Vec<u8>>(),
+                )
+                .map(Bytes::from)
+                .map_err(|_| ErrorKind::MalformedRequest)?,
+            ),
+            Body::Stream(inner) => Body::Stream(inner.map(|b| {
+                RequestBody::Boxed(http_body_util::combinators::BoxBody::new(
+                    super::grpc_web::TextRequestBody::new(b),
+                ))
+            })),
+        };
+    }
 
     let idempotent = idempotent(&parts.method);
     let _active = if cluster.counts_requests() {
@@ -326,6 +365,12 @@ pub(super) async fn proxy(
         ex.lease = Some(lease);
         return match result {
             Ok((resp, pooled)) => {
+                if let Some(w) = grpc_web {
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    rparts.version = downstream_version;
+                    return Ok(w.response(Response::from_parts(rparts, rbody), web_origin));
+                }
                 let resp = match websocket.take() {
                     None => resp,
                     Some(ws) => {

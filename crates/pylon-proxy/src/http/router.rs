@@ -165,7 +165,13 @@ fn rest_matches(r: &Route, method: &Method, headers: &HeaderMap) -> bool {
         return false;
     }
     if m.grpc && !super::grpc::is_grpc(headers) {
-        return false;
+        // A gRPC-Web route also takes the CORS preflights browsers send first.
+        let preflight = method == Method::OPTIONS
+            && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            && matches!(&r.action, Action::Proxy(a) if a.grpc_web);
+        if !preflight {
+            return false;
+        }
     }
     m.headers.iter().all(|h| match &h.value {
         None => headers.contains_key(h.name.as_str()),

@@ -1,0 +1,359 @@
+//! gRPC-Web for browsers: `application/grpc-web(+proto)` and `application/grpc-web-text`
+//! (base64) requests become native gRPC to the upstream, and the answer comes back as
+//! gRPC-Web: messages as they stream, the trailers encoded as a final frame in the body
+//! (flag 0x80), all base64 for `-text`. CORS preflights for configured origins are
+//! answered here, and answers carry the CORS headers a browser needs to read the status.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+
+use super::body::{BoxError, ResponseBody};
+
+/// How a gRPC-Web client talks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcWeb {
+    /// `application/grpc-web-text`: base64 both ways.
+    pub text: bool,
+    /// `+proto` (or another `+suffix`) was given.
+    suffix: Option<&'static str>,
+}
+
+/// A gRPC-Web request, if this is one.
+pub fn detect(headers: &HeaderMap) -> Option<GrpcWeb> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let ct = ct.split(';').next()?.trim().to_ascii_lowercase();
+    let (text, rest) = if let Some(r) = ct.strip_prefix("application/grpc-web-text") {
+        (true, r)
+    } else if let Some(r) = ct.strip_prefix("application/grpc-web") {
+        (false, r)
+    } else {
+        return None;
+    };
+    let suffix = match rest {
+        "" => None,
+        "+proto" => Some("+proto"),
+        "+json" => Some("+json"),
+        _ => return None,
+    };
+    Some(GrpcWeb { text, suffix })
+}
+
+/// Whether this is a CORS preflight (OPTIONS with `Access-Control-Request-Method`).
+pub fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && req.headers().contains_key(header::ORIGIN)
+}
+
+/// The allowed origin for this request (`*` or one of `allowed`), if any.
+fn allowed_origin(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    let o = origin.to_str().ok()?;
+    if allowed.iter().any(|a| a == "*") {
+        return Some(HeaderValue::from_static("*"));
+    }
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(o))
+        .then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight: 204 with what a gRPC-Web client needs, or 403 when
+/// the origin is not allowed.
+pub fn preflight(headers: &HeaderMap, allowed: &[String]) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    let Some(origin) = allowed_origin(headers, allowed) else {
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        resp.headers_mut().insert(
+            "x-pylon-error",
+            HeaderValue::from_static("cors_origin_denied"),
+        );
+        return resp;
+    };
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    let requested = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(
+            "content-type, x-grpc-web, x-user-agent, grpc-timeout",
+        ));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    resp
+}
+
+impl GrpcWeb {
+    /// The upstream request's headers: native gRPC.
+    pub fn upstream_headers(&self, h: &mut HeaderMap) {
+        let ct = match self.suffix {
+            Some("+proto") => "application/grpc+proto",
+            Some("+json") => "application/grpc+json",
+            _ => "application/grpc",
+        };
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        if self.text {
+            // The decoded body is shorter.
+            h.remove(header::CONTENT_LENGTH);
+        }
+        h.remove("x-grpc-web");
+    }
+
+    /// The client's answer: gRPC-Web headers (CORS included) and body.
+    pub fn response(
+        &self,
+        resp: Response<hyper::body::Incoming>,
+        request_headers_origin: Option<HeaderValue>,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = resp.into_parts();
+        let base = if self.text {
+            "application/grpc-web-text"
+        } else {
+            "application/grpc-web"
+        };
+        let ct = match self.suffix {
+            Some(s) => format!("{base}{s}"),
+            None => base.to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&ct) {
+            parts.headers.insert(header::CONTENT_TYPE, v);
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if let Some(origin) = request_headers_origin {
+            parts
+                .headers
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            parts.headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+            );
+        }
+        let body = WebResponseBody {
+            inner: body,
+            text: self.text,
+            carry: BytesMut::new(),
+            done: false,
+        };
+        Response::from_parts(parts, ResponseBody::boxed(body))
+    }
+
+    /// The allowed origin to echo in the answer, for a request from a browser.
+    pub fn answer_origin(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+        allowed_origin(headers, allowed)
+    }
+}
+
+/// Encodes trailers as a gRPC-Web trailer frame: flag 0x80, length, `name:value\r\n`.
+fn trailer_frame(trailers: &HeaderMap) -> Bytes {
+    let mut block = Vec::new();
+    for (name, value) in trailers {
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.push(b':');
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    let mut out = BytesMut::with_capacity(5 + block.len());
+    out.put_u8(0x80);
+    out.put_u32(block.len() as u32);
+    out.put_slice(&block);
+    out.freeze()
+}
+
+/// The upstream's body as gRPC-Web: data as is (or base64), trailers as a last frame.
+struct WebResponseBody {
+    inner: hyper::body::Incoming,
+    text: bool,
+    /// `-text`: bytes not yet encoded (base64 works in groups of three).
+    carry: BytesMut,
+    done: bool,
+}
+
+impl WebResponseBody {
+    fn encode(&mut self, data: &[u8], last: bool) -> Bytes {
+        if !self.text {
+            return Bytes::copy_from_slice(data);
+        }
+        self.carry.extend_from_slice(data);
+        let whole = if last {
+            self.carry.len()
+        } else {
+            self.carry.len() / 3 * 3
+        };
+        let chunk = self.carry.split_to(whole);
+        Bytes::from(BASE64.encode(&chunk))
+    }
+}
+
+impl Body for WebResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => {
+                        let out = if this.text { this.encode(&d, false) } else { d };
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    Err(frame) => {
+                        let Ok(trailers) = frame.into_trailers() else {
+                            continue;
+                        };
+                        this.done = true;
+                        let block = trailer_frame(&trailers);
+                        let out = if this.text {
+                            this.encode(&block, true)
+                        } else {
+                            block
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                None => {
+                    this.done = true;
+                    if this.text && !this.carry.is_empty() {
+                        let out = this.encode(&[], true);
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// A `-text` request body decoded from base64 on the way (in groups of four).
+pub struct TextRequestBody<B> {
+    inner: B,
+    carry: BytesMut,
+}
+
+impl<B> TextRequestBody<B> {
+    pub fn new(inner: B) -> Self {
+        TextRequestBody {
+            inner,
+            carry: BytesMut::new(),
+        }
+    }
+}
+
+impl<B> Body for TextRequestBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(d) = frame.into_data() else { continue };
+                    this.carry
+                        .extend(d.iter().filter(|b| !b.is_ascii_whitespace()));
+                    let whole = this.carry.len() / 4 * 4;
+                    if whole == 0 {
+                        continue;
+                    }
+                    let chunk = this.carry.split_to(whole);
+                    return Poll::Ready(Some(
+                        BASE64
+                            .decode(&chunk)
+                            .map(|v| Frame::data(Bytes::from(v)))
+                            .map_err(|e| Box::new(e) as BoxError),
+                    ));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None if this.carry.is_empty() => return Poll::Ready(None),
+                None => {
+                    return Poll::Ready(Some(Err("gRPC-Web text body is not whole base64".into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.carry.is_empty() && self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let d = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            detect(&h)
+        };
+        assert_eq!(
+            d("application/grpc-web"),
+            Some(GrpcWeb {
+                text: false,
+                suffix: None
+            })
+        );
+        assert_eq!(
+            d("application/grpc-web-text+proto"),
+            Some(GrpcWeb {
+                text: true,
+                suffix: Some("+proto")
+            })
+        );
+        assert_eq!(d("application/grpc"), None);
+        assert_eq!(d("application/grpc-web+thrift"), None);
+    }
+
+    #[test]
+    fn trailers_become_a_final_frame() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        let f = trailer_frame(&t);
+        assert_eq!(&f[..], b"\x80\x00\x00\x00\x0egrpc-status:0\r\n");
+    }
+}
