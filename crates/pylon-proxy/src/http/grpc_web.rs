@@ -354,6 +354,6 @@ mod tests {
         let mut t = HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("0"));
         let f = trailer_frame(&t);
-        assert_eq!(&f[..], b"\x80\x00\x00\x00\x0egrpc-status:0\r\n");
+        assert_eq!(&f[..], b"\x80\x00\x00\x00\x0fgrpc-status:0\r\n");
     }
 }
