@@ -449,3 +449,31 @@ async fn grpc_web_clients_get_proxy_errors_as_grpc_statuses() {
     assert_eq!(a.header("grpc-status"), Some("14"));
     assert_eq!(a.header("content-type"), Some("application/grpc-web+proto"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_also_ends_a_stream_in_progress() {
+    // A server stream that never ends: one message every 20 ms.
+    let origin = Origin::start(|_req: Request<hyper::body::Incoming>| async move {
+        let frames = futures_util::stream::unfold(0u64, |i| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(frame(
+                    i.to_string().as_bytes(),
+                ))),
+                i + 1,
+            ))
+        });
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+            .unwrap()
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let c = call(p.addr("front"), "/test.Echo/Forever", b"x", Some("300m")).await;
+    assert!(
+        !c.messages.is_empty(),
+        "messages flowed before the deadline"
+    );
+    assert_eq!(c.status(), Some(4), "{:?}", c.trailers);
+}

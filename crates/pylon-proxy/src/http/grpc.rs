@@ -101,6 +101,68 @@ pub fn error_response(
     resp
 }
 
+/// A gRPC answer whose call has a deadline: when it passes while messages are still
+/// streaming, the upstream stream is dropped (reset) and the client gets trailers with
+/// DEADLINE_EXCEEDED instead of a stream cut short.
+pub struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl DeadlineBody {
+    pub fn new(inner: hyper::body::Incoming, deadline: std::time::Instant) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = super::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            if frame
+                .as_ref()
+                .is_none_or(|f| f.as_ref().is_ok_and(|f| f.is_trailers()))
+            {
+                this.done = true;
+            }
+            return Poll::Ready(frame.map(|r| r.map_err(|e| Box::new(e) as Self::Error)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let mut trailers = HeaderMap::new();
+            trailers.insert(
+                GRPC_STATUS.clone(),
+                HeaderValue::from(u16::from(code::DEADLINE_EXCEEDED)),
+            );
+            trailers.insert(
+                GRPC_MESSAGE.clone(),
+                HeaderValue::from_static("deadline_exceeded"),
+            );
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,7 +174,10 @@ pub(super) async fn proxy(
         .and_then(|k| request_key(k, &req, ctx));
     let downstream_version = req.version();
     // A gRPC deadline bounds the whole exchange, retries included.
-    let deadline = super::grpc::timeout(req.headers()).map(|t| Instant::now() + t);
+    let deadline = super::grpc::is_grpc(req.headers())
+        .then(|| super::grpc::timeout(req.headers()))
+        .flatten()
+        .map(|t| Instant::now() + t);
     // One endpoint set for the whole request, retries included.
     let endpoints = cluster.current_endpoints();
     let sticky_to = cluster
@@ -400,7 +403,12 @@ pub(super) async fn proxy(
                     rparts.headers.append(header::SET_COOKIE, v);
                 }
                 ex.pooled = pooled;
-                Ok(Response::from_parts(rparts, ResponseBody::stream(rbody)))
+                let body = match deadline {
+                    // The deadline covers the streamed messages too.
+                    Some(d) => ResponseBody::boxed(super::grpc::DeadlineBody::new(rbody, d)),
+                    None => ResponseBody::stream(rbody),
+                };
+                Ok(Response::from_parts(rparts, body))
             }
             Err(e) => Err(match classify(&e, ex.meter.as_deref(), cluster, ctx) {
                 ErrorKind::ResponseTimeout
