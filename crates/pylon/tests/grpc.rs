@@ -477,3 +477,89 @@ async fn the_deadline_also_ends_a_stream_in_progress() {
     );
     assert_eq!(c.status(), Some(4), "{:?}", c.trailers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_goaway_drains_its_connection_while_new_calls_use_a_fresh_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+    // An h2c origin whose connections can be told to shut down gracefully (GOAWAY).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let goaway = Arc::new(Notify::new());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let slow_started = Arc::new(AtomicUsize::new(0));
+    let (g, c, st) = (
+        Arc::clone(&goaway),
+        Arc::clone(&connections),
+        Arc::clone(&slow_started),
+    );
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            let g = Arc::clone(&g);
+            let st = Arc::clone(&st);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let st = Arc::clone(&st);
+                    async move {
+                        // "/test.Echo/Slow" takes 300 ms, anything else answers at once.
+                        if req.uri().path() == "/test.Echo/Slow" {
+                            st.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(frame(b"ok"))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+                                    frames,
+                                )))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = g.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    let p = TestProxy::start(&config(addr, "")).await;
+    let front = p.addr("front");
+    assert_eq!(
+        call(front, "/test.Echo/Say", b"x", None).await.status(),
+        Some(0)
+    );
+    // A slow call in flight, then the origin says GOAWAY on that connection.
+    let slow = tokio::spawn(async move { call(front, "/test.Echo/Slow", b"x", None).await });
+    eventually("the slow call reached the origin", || {
+        slow_started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    goaway.notify_waiters();
+    assert_eq!(
+        slow.await.unwrap().status(),
+        Some(0),
+        "the call in flight finishes"
+    );
+    // New calls go to a fresh connection.
+    eventually_async("a new call succeeds", || async {
+        call(front, "/test.Echo/Say", b"x", None).await.status() == Some(0)
+    })
+    .await;
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    server.abort();
+}
