@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Runs Pylon's whole test suite, installing first what the tests need (curl, openssl).
+# Runs Pylon's whole test suite, installing first what the tests need: curl and openssl
+# (apt), and the Python gRPC client (grpcio from PyPI, in a virtualenv under target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# The gRPC tests drive Pylon with grpcio as an independent second client.
+venv=target/test-venv
+if ! "$venv/bin/python" -c 'import grpc' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet grpcio
+fi
+export PYLON_TEST_PYTHON="$PWD/$venv/bin/python"
 
 cargo test --workspace --locked "$@"

@@ -325,3 +325,55 @@ async fn tonic_client_over_tls_to_pylon() {
     .unwrap();
     all_four_modes(channel).await;
 }
+
+/// The Python gRPC client (grpcio, installed by scripts/test.sh) as an independent
+/// second client: unary, all streaming modes, metadata and error statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_python_client_through_pylon() {
+    let origin = tonic_origin().await;
+    let p = TestProxy::start(&config(origin, "")).await;
+    let script = r#"
+import sys, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+say = ch.unary_unary('/test.Echo/Say')
+resp, call = say.with_call(b'hello from python', metadata=[('x-client-meta', 'py')])
+assert resp == b'hello from python', resp
+assert dict(call.initial_metadata()).get('x-server-meta') == 'py', call.initial_metadata()
+got = list(ch.unary_stream('/test.Echo/Count')(b'1000'))
+assert len(got) == 1000 and got[-1] == b'999', len(got)
+assert ch.stream_unary('/test.Echo/Sum')(iter([b'ab'] * 500)) == b'500 messages, 1000 bytes'
+assert list(ch.stream_stream('/test.Echo/Chat')(iter([b'a', b'b']))) == [b'a!', b'b!']
+try:
+    say(b'fail')
+    raise SystemExit('expected INVALID_ARGUMENT')
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.code()
+    assert e.details() == 'no thanks', e.details()
+try:
+    ch.unary_unary('/other.Service/Method')(b'')
+    raise SystemExit('expected UNIMPLEMENTED')
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e.code()
+print('all calls ok')
+"#;
+    let dir = temp_dir();
+    let path = dir.join("client.py");
+    std::fs::write(&path, script).unwrap();
+    let python = std::env::var("PYLON_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::time::timeout(
+        DEADLINE * 3,
+        tokio::process::Command::new(&python)
+            .arg(&path)
+            .arg(p.addr("front").to_string())
+            .output(),
+    )
+    .await
+    .expect("the Python client finishes")
+    .expect("python runs (scripts/test.sh installs grpcio into target/test-venv)");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("all calls ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
