@@ -382,19 +382,22 @@ fn the_l4_example_checks_once_its_certificate_exists() {
 }
 
 #[test]
-fn the_forward_example_checks() {
-    let example =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/forward.toml");
-    let out = Command::new(PYLON)
-        .arg("check")
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn the_forward_and_grpc_examples_check() {
+    for name in ["forward.toml", "grpc.toml"] {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name);
+        let out = Command::new(PYLON)
+            .arg("check")
+            .arg(&example)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
