@@ -3,7 +3,8 @@
 # Installs its peers from Debian's packages, builds Pylon in release mode, then runs
 # bench/bench.py (pass --quick for one short round); with --l4 first, bench/l4.py (TCP
 # throughput with iperf3 and connections per second); with --tunnel first, bench/tunnel.py
-# (WebSocket echo messages per second, CONNECT throughput). Never part of the test suite.
+# (WebSocket echo messages per second, CONNECT throughput); with --grpc first, bench/grpc.py
+# (gRPC unary calls per second, server-stream throughput). Never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,11 @@ if [ "${1:-}" = "--tunnel" ]; then
   shift
   cargo build --release -p pylon-bench-load
   exec python3 bench/tunnel.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+fi
+if [ "${1:-}" = "--grpc" ]; then
+  shift
+  cargo build --release -p pylon-bench-load
+  exec python3 bench/grpc.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--l4" ]; then
   shift

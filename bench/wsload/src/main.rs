@@ -6,6 +6,10 @@
 //! pylon-bench-load sink-server PORT               TCP origin that discards what it reads
 //! pylon-bench-load connect PROXY TARGET SECONDS   CONNECT through PROXY to TARGET, then
 //!                                                 send as fast as possible; prints Gbit/s
+//! pylon-bench-load grpc-server PORT               gRPC origin (h2c): /bench.B/Echo (unary)
+//!                                                 and /bench.B/Stream (1 KiB messages)
+//! pylon-bench-load grpc-unary URL CONNS SECONDS   unary calls, 10 in flight per connection
+//! pylon-bench-load grpc-stream URL SECONDS        one server stream; prints MiB/s
 //! ```
 
 use std::net::SocketAddr;
@@ -17,6 +21,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+
+mod grpc;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -45,6 +51,22 @@ async fn main() -> Result<(), Error> {
                 arg(&args, 2, "PROXY")?,
                 args.get(3).ok_or("missing TARGET")?.clone(),
                 arg(&args, 4, "SECONDS")?,
+            )
+            .await
+        }
+        Some("grpc-server") => grpc::server(arg(&args, 2, "PORT")?).await,
+        Some("grpc-unary") => {
+            grpc::unary(
+                args.get(2).ok_or("missing URL")?.clone(),
+                arg(&args, 3, "CONNS")?,
+                arg(&args, 4, "SECONDS")?,
+            )
+            .await
+        }
+        Some("grpc-stream") => {
+            grpc::stream(
+                args.get(2).ok_or("missing URL")?.clone(),
+                arg(&args, 3, "SECONDS")?,
             )
             .await
         }

@@ -1,7 +1,7 @@
 //! gRPC through Pylon, with gRPC framing over h2c (an hyper client and origin speaking
 //! the gRPC wire format): routes that match gRPC only, messages and trailers (status,
-//! custom metadata) passed through, streaming, proxy-made errors as gRPC statuses, and
-//! `grpc-timeout` deadlines.
+//! custom metadata) passed through, streaming, proxy-made errors as gRPC statuses,
+//! `grpc-timeout` deadlines, and calls on one client connection balanced one by one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -118,6 +118,16 @@ impl Call {
 
 async fn call(addr: SocketAddr, method: &str, msg: &[u8], timeout: Option<&str>) -> Call {
     let mut tx = h2_conn(addr).await;
+    call_on(&mut tx, method, msg, timeout).await
+}
+
+/// A gRPC call on an HTTP/2 connection the caller keeps.
+async fn call_on(
+    tx: &mut hyper::client::conn::http2::SendRequest<ClientBody>,
+    method: &str,
+    msg: &[u8],
+    timeout: Option<&str>,
+) -> Call {
     let mut req = Request::post(format!("http://grpc.test{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
@@ -562,4 +572,25 @@ async fn an_upstream_goaway_drains_its_connection_while_new_calls_use_a_fresh_on
     .await;
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_one_client_connection_spread_across_endpoints() {
+    // The classic failure of connection-level balancing for gRPC: one client connection
+    // carries every call. Pylon balances each call.
+    let a = grpc_origin().await;
+    let b = grpc_origin().await;
+    let cfg = config(a.addr, "").replace(
+        &format!("endpoints = [\"{}\"]", a.addr),
+        &format!("endpoints = [\"{}\", \"{}\"]", a.addr, b.addr),
+    );
+    let p = TestProxy::start(&cfg).await;
+    let mut tx = h2_conn(p.addr("front")).await;
+    for _ in 0..20 {
+        let c = call_on(&mut tx, "/test.Echo/Say", b"x", None).await;
+        assert_eq!(c.status(), Some(0));
+    }
+    assert_eq!(a.request_count() + b.request_count(), 20);
+    assert_eq!(a.request_count(), 10, "round robin, call by call");
+    assert_eq!(b.request_count(), 10, "round robin, call by call");
 }
