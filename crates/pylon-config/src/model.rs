@@ -10,9 +10,11 @@ use std::time::Duration;
 use crate::error::ConfigError;
 
 /// A whole, validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
     pub server: Server,
+    /// The admin API, when enabled.
+    pub admin: Option<Admin>,
     pub access_log: AccessLog,
     pub listeners: Vec<Listener>,
     /// In file order: the first matching route wins.
@@ -42,8 +44,12 @@ impl Config {
     pub fn summary(&self) -> String {
         let binds: usize = self.listeners.iter().map(|l| l.binds.len()).sum();
         let endpoints: usize = self.clusters.iter().map(|c| c.endpoints.len()).sum();
+        let admin = self
+            .admin
+            .as_ref()
+            .map_or(String::new(), |a| format!(", admin API on {}", a.bind));
         format!(
-            "{} listener(s) on {} address(es), {} route(s), {} cluster(s) with {} endpoint(s)",
+            "{} listener(s) on {} address(es), {} route(s), {} cluster(s) with {} endpoint(s){admin}",
             self.listeners.len(),
             binds,
             self.routes.len(),
@@ -54,12 +60,22 @@ impl Config {
 }
 
 /// Process-wide settings (`[server]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Server {
     /// Worker threads; 0 means one per CPU.
     pub worker_threads: usize,
     /// How long a graceful stop waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// After a reload, how long the long-lived connections (WebSockets, tunnels, TCP
+    /// and UDP sessions) of a removed or changed route or listener may go on.
+    pub reload_grace: Duration,
+    /// Reload when the configuration file changes.
+    pub watch_config: bool,
+    /// How long the file must stay unchanged before a watched change is loaded.
+    pub watch_debounce: Duration,
+    /// Unix socket on which this process hands its listening sockets to a new one
+    /// (zero-downtime binary upgrade).
+    pub upgrade_socket: Option<String>,
 }
 
 impl Default for Server {
@@ -67,12 +83,26 @@ impl Default for Server {
         Server {
             worker_threads: 0,
             drain_timeout: Duration::from_secs(30),
+            reload_grace: Duration::from_secs(30),
+            watch_config: false,
+            watch_debounce: Duration::from_millis(500),
+            upgrade_socket: None,
         }
     }
 }
 
+/// The admin API (`[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    /// Bearer token every admin request must carry; required beyond loopback.
+    pub token: Option<String>,
+}
+
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
+
 /// Where access-log lines go (`[access_log]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum AccessLogTarget {
     Off,
     Stdout,
@@ -80,7 +110,7 @@ pub enum AccessLogTarget {
     File(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AccessLog {
     pub target: AccessLogTarget,
 }
@@ -93,7 +123,7 @@ impl Default for AccessLog {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 cleartext (prior knowledge), detected per connection.
     Http,
@@ -119,7 +149,7 @@ impl ListenerProtocol {
 
 /// Where in the configuration something was written: for errors found later (reading
 /// a certificate file, say) that must still name the file, line and key.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Location {
     pub file: String,
     pub line: usize,
@@ -140,14 +170,14 @@ impl Location {
 }
 
 /// A file named in the configuration, resolved against the config file's directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FileRef {
     pub path: PathBuf,
     pub at: Location,
 }
 
 /// A certificate chain and its private key (PEM).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CertificateFiles {
     pub cert: FileRef,
     pub key: FileRef,
@@ -156,13 +186,13 @@ pub struct CertificateFiles {
     pub server_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum TlsVersion {
     Tls12,
     Tls13,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ClientAuth {
     None,
     Optional,
@@ -170,7 +200,7 @@ pub enum ClientAuth {
 }
 
 /// TLS termination on a listener (`[listeners.tls]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ListenerTls {
     /// The first one is the default, for clients without SNI or with an unknown name.
     pub certificates: Vec<CertificateFiles>,
@@ -187,7 +217,7 @@ pub struct ListenerTls {
     pub unknown_sni: UnknownSni,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum UnknownSni {
     /// The first certificate.
     Default,
@@ -196,7 +226,7 @@ pub enum UnknownSni {
 }
 
 /// TLS from Pylon to a cluster's endpoints (`[clusters.tls]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UpstreamTls {
     /// CA bundle to verify the upstream with; `None` means the system's roots.
     pub ca: Option<FileRef>,
@@ -210,7 +240,7 @@ pub struct UpstreamTls {
 }
 
 /// A listener: addresses to bind and how to serve them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Listener {
     pub name: String,
     pub binds: Vec<SocketAddr>,
@@ -228,7 +258,7 @@ pub struct Listener {
 }
 
 /// A forward proxy's settings (`[listeners.forward]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ForwardProxy {
     /// Checked in order; the first rule that matches decides.
     pub rules: Vec<AccessRule>,
@@ -247,7 +277,7 @@ pub struct ForwardProxy {
 }
 
 /// An access rule: all the conditions it has must hold for it to match.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AccessRule {
     pub name: String,
     pub allow: bool,
@@ -260,7 +290,7 @@ pub struct AccessRule {
 }
 
 /// A forward-proxy user: a name and an argon2 password hash (PHC string).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyUser {
     pub name: String,
     pub password_hash: String,
@@ -273,7 +303,7 @@ impl ListenerProtocol {
 }
 
 /// A Layer 4 listener's settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct L4Listener {
     /// Where connections (or UDP sessions) go when no SNI route takes them; without it,
     /// such connections are closed.
@@ -295,7 +325,7 @@ pub struct L4Listener {
 }
 
 /// A TLS-passthrough route: server names (and ALPN) to a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SniRoute {
     /// Exact or `*.suffix` names; empty matches any (and no) server name.
     pub server_names: Vec<HostMatch>,
@@ -305,14 +335,14 @@ pub struct SniRoute {
 }
 
 /// Incoming PROXY protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyProtocolIn {
     /// Sources allowed (and required) to send a PROXY header.
     pub trusted: Vec<IpNet>,
 }
 
 /// An IPv4 or IPv6 network (`10.0.0.0/8`, `::1/128`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct IpNet {
     pub addr: std::net::IpAddr,
     pub prefix: u8,
@@ -369,14 +399,14 @@ impl std::str::FromStr for IpNet {
 }
 
 /// PROXY protocol version sent to upstreams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ProxyProtocolVersion {
     V1,
     V2,
 }
 
 /// Limits on what a client controls, with safe defaults.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Limits {
     /// Time allowed to receive a request's whole header (slowloris guard).
     pub header_read_timeout: Duration,
@@ -409,7 +439,7 @@ impl Default for Limits {
 }
 
 /// Which proxy headers a listener adds to requests it forwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ForwardingHeaders {
     /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`.
     pub x_forwarded: bool,
@@ -433,7 +463,7 @@ impl Default for ForwardingHeaders {
 }
 
 /// Host match: exact (case-insensitive) or a `*.suffix` wildcard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum HostMatch {
     Any,
     Exact(String),
@@ -453,12 +483,16 @@ impl HostMatch {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub enum PathMatch {
     Any,
     Exact(String),
     Prefix(String),
-    Regex(regex::Regex),
+    Regex(#[serde(serialize_with = "regex_source")] regex::Regex),
+}
+
+fn regex_source<S: serde::Serializer>(r: &regex::Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
 }
 
 impl PartialEq for PathMatch {
@@ -473,7 +507,7 @@ impl PartialEq for PathMatch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderMatch {
     /// Lower-case header name.
     pub name: String,
@@ -482,7 +516,7 @@ pub struct HeaderMatch {
 }
 
 /// What a request must look like for a route to apply. Empty parts match anything.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RouteMatch {
     pub hosts: Vec<HostMatch>,
     pub path: PathMatch,
@@ -497,7 +531,7 @@ pub struct RouteMatch {
 }
 
 /// Conditions on the verified client certificate (all given ones must hold).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct ClientCertMatch {
     /// Exact subject, e.g. `CN=alice`.
     pub subject: Option<String>,
@@ -513,14 +547,14 @@ impl ClientCertMatch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum Action {
     Proxy(ProxyAction),
     Respond(RespondAction),
     Redirect(RedirectAction),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyAction {
     pub cluster: String,
     /// Replaces the matched `path_prefix` with this.
@@ -542,7 +576,7 @@ pub struct ProxyAction {
 /// Default idle timeout of a WebSocket tunnel.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RespondAction {
     pub status: u16,
     /// Lower-case names, in file order.
@@ -550,14 +584,14 @@ pub struct RespondAction {
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RedirectAction {
     pub status: u16,
     /// May contain `{scheme}`, `{host}`, `{path}`, `{query}` and `{request_uri}`.
     pub location: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Route {
     pub name: String,
     /// Listener names this route is attached to; empty means every HTTP listener.
@@ -566,7 +600,7 @@ pub struct Route {
     pub action: Action,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge.
@@ -575,7 +609,7 @@ pub enum UpstreamProtocol {
     H2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum HostHeader {
     /// Forward the client's `Host`.
     Preserve,
@@ -583,7 +617,7 @@ pub enum HostHeader {
     Endpoint,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum LbPolicy {
     /// Round robin, honouring endpoint weights (smooth weighted, as NGINX).
     RoundRobin,
@@ -627,7 +661,7 @@ impl LbPolicy {
 }
 
 /// What a hash balancer keys requests on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum HashKey {
     ClientIp,
     Path,
@@ -637,7 +671,7 @@ pub enum HashKey {
     Query(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Endpoint {
     pub address: EndpointAddress,
     /// The endpoint's weight (for a host name, each address it resolves to gets it; SRV
@@ -646,7 +680,7 @@ pub struct Endpoint {
 }
 
 /// Where an endpoint is: fixed, or found through DNS (`[clusters.dns]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum EndpointAddress {
     Socket(SocketAddr),
     /// A host name, re-resolved (A/AAAA) as its records' TTL runs out; each address it
@@ -679,7 +713,7 @@ impl std::fmt::Display for EndpointAddress {
 }
 
 /// Which address families a host name's endpoints use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum IpFamily {
     /// A and AAAA records.
     Any,
@@ -688,7 +722,7 @@ pub enum IpFamily {
 }
 
 /// DNS discovery settings of a cluster (`[clusters.dns]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Dns {
     /// Name servers (`ip:port`); empty: the system's (`/etc/resolv.conf`, `/etc/hosts`).
     pub resolvers: Vec<SocketAddr>,
@@ -713,7 +747,7 @@ impl Default for Dns {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Pool {
     /// An idle upstream connection is closed after this long.
     pub idle_timeout: Duration,
@@ -733,7 +767,7 @@ impl Default for Pool {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
@@ -767,7 +801,7 @@ pub struct Cluster {
 }
 
 /// Sticky sessions (`[clusters.sticky]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Sticky {
     pub cookie: String,
     /// `Max-Age`; `None` makes a session cookie.
@@ -783,7 +817,7 @@ pub struct Sticky {
 }
 
 /// Circuit breaking (`[clusters.circuit_breaker]`); `None` means no limit.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct CircuitBreaker {
     /// Upstream connections open at once (all endpoints).
     pub max_connections: Option<u64>,
@@ -796,7 +830,7 @@ pub struct CircuitBreaker {
 }
 
 /// Retry policy (`[clusters.retry]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Retry {
     /// Retries after the first try.
     pub max_retries: u32,
@@ -817,7 +851,7 @@ pub struct Retry {
 }
 
 /// Passive health checking (`[clusters.outlier_detection]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OutlierDetection {
     /// Consecutive failed requests (5xx answers, connect failures, resets, timeouts).
     pub consecutive_failures: u32,
@@ -828,7 +862,7 @@ pub struct OutlierDetection {
 }
 
 /// Active health checking of a cluster's endpoints (`[clusters.health_check]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
     pub interval: Duration,
@@ -841,7 +875,7 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum HealthCheckKind {
     /// The TCP (and TLS, for TLS clusters) connection opens.
     Tcp,

@@ -13,6 +13,18 @@ use toml::Spanned;
 pub struct RawServer {
     pub worker_threads: Option<Spanned<usize>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub reload_grace: Option<Spanned<String>>,
+    pub watch_config: Option<bool>,
+    pub watch_debounce: Option<Spanned<String>>,
+    pub upgrade_socket: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub bind: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

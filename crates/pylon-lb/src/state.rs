@@ -37,6 +37,10 @@ pub struct EndpointState {
     /// Nanoseconds since the epoch when it last came back into rotation; 0:
     /// in rotation from the start (no slow start).
     back_since: AtomicU64,
+    /// Drained by an operator: no new requests, whatever its health.
+    drained: AtomicBool,
+    /// Whether an active health check has given a first result.
+    checked: AtomicBool,
 }
 
 /// Passive health (outlier detection) settings.
@@ -63,7 +67,28 @@ impl EndpointState {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             back_since: AtomicU64::new(0),
+            drained: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
         }
+    }
+
+    /// Takes the endpoint out of rotation for new requests (or puts it back); requests
+    /// in flight on it finish.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Records that an active health check has judged the endpoint once.
+    pub fn mark_checked(&self) {
+        self.checked.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
     }
 
     /// Whether active health checks have it in rotation (ejection and panic aside).
@@ -140,6 +165,9 @@ impl Endpoints {
     /// In rotation: healthy (active checks) and not ejected (passive), or any endpoint
     /// while in panic mode.
     pub fn is_available(&self, i: usize) -> bool {
+        if self.states.get(i).is_some_and(|s| s.is_drained()) {
+            return false;
+        }
         if self.panic.load(Ordering::Relaxed) && i < self.states.len() {
             return true;
         }
@@ -149,7 +177,7 @@ impl Endpoints {
     /// Healthy and not ejected, whatever the panic mode.
     pub fn is_healthy(&self, i: usize) -> bool {
         self.states.get(i).is_some_and(|s| {
-            s.available.load(Ordering::Relaxed) && {
+            s.available.load(Ordering::Relaxed) && !s.is_drained() && {
                 let until = s.ejected_until.load(Ordering::Relaxed);
                 until == 0 || self.now() >= until
             }
@@ -304,6 +332,19 @@ mod tests {
             assert_eq!(eps.record_outcome(2, false, &policy), None);
         }
         assert!(eps.is_available(2));
+    }
+
+    #[test]
+    fn drained_endpoints_take_nothing_even_in_panic_mode() {
+        let eps = Endpoints::new(&[1, 1]);
+        eps.states[0].set_drained(true);
+        assert!(!eps.is_available(0));
+        eps.set_available(1, false);
+        assert!(eps.update_panic(50));
+        assert!(!eps.is_available(0), "drained stays out in panic mode");
+        assert!(eps.is_available(1));
+        eps.states[0].set_drained(false);
+        assert!(eps.is_available(0));
     }
 
     #[test]

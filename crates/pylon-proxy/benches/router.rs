@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
@@ -29,12 +28,7 @@ fn router_with(n: usize) -> Router {
     let routes = config
         .routes
         .iter()
-        .map(|r| RouteRuntime {
-            name: Arc::from(r.name.as_str()),
-            route: r.clone(),
-            cluster: None,
-            host_rewrite: None,
-        })
+        .map(|r| RouteRuntime::detached(r.clone(), None))
         .collect();
     Router::new(routes)
 }

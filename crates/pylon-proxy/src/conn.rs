@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::observe::stats::ListenerStats;
+
 #[derive(Debug)]
 pub struct ConnState {
     epoch: Instant,
@@ -85,6 +87,18 @@ impl ConnState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last byte moved either way.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_nanos(
+            self.now()
+                .saturating_sub(self.last_activity.load(Ordering::Relaxed)),
+        )
+    }
+
     /// Decides about idle and header-read timeouts.
     pub fn verdict(&self, idle: Duration, header: Duration) -> Verdict {
         let now = self.now();
@@ -121,15 +135,21 @@ impl Drop for InFlight {
     }
 }
 
-/// A socket that reports its activity to [`ConnState`].
+/// A socket that reports its activity to [`ConnState`] and its bytes to its
+/// listener's counters.
 pub struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
+    stats: Arc<ListenerStats>,
 }
 
 impl<T> TrackedIo<T> {
-    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
-        TrackedIo { inner, state }
+    pub fn new(inner: T, state: Arc<ConnState>, stats: Arc<ListenerStats>) -> Self {
+        TrackedIo {
+            inner,
+            state,
+            stats,
+        }
     }
 }
 
@@ -144,6 +164,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.state.read_activity(&buf.filled()[before..]);
+            this.stats
+                .received_bytes
+                .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         }
         r
     }
@@ -153,8 +176,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, b);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
             this.state.write_activity();
+            this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -166,8 +192,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
             this.state.write_activity();
+            this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }

@@ -1,8 +1,10 @@
 //! Pylon's engine: listeners, the one request path, upstream pools, observation.
 //!
 //! [`Proxy::start`] turns a validated config into running listeners;
+//! [`Proxy::reload`] swaps in a new config without closing what did not change;
 //! [`Proxy::shutdown`] stops accepting and drains.
 
+pub mod admin;
 mod conn;
 pub mod health;
 pub mod http;
@@ -10,26 +12,30 @@ pub mod l4;
 pub mod listener;
 pub mod observe;
 pub mod runtime;
+pub mod sockets;
 pub mod tls;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pylon_config::Config;
 use pylon_config::model::ListenerProtocol;
-use tokio::sync::watch;
+use pylon_config::{Config, ConfigError, ConfigErrors};
 
 use crate::http::pipeline::{RequestIds, Shared};
-use crate::listener::{AcceptLoop, ConnTracker};
-use crate::observe::{AccessLogger, Metrics};
+use crate::listener::ConnTracker;
+use crate::observe::{AccessLogger, Metrics, StatsRegistry};
 use crate::runtime::Runtime;
+use crate::sockets::{LoopCtx, PreboundSocket, RunningSocket, Socket};
 use crate::tls::server::ServerTls;
 
 /// Sockets already bound by the caller, used instead of binding these addresses
-/// (for tests, and later for taking over sockets from a running Pylon).
+/// (tests that need their ports known up front).
 pub type Prebound = HashMap<SocketAddr, std::net::TcpListener>;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +49,23 @@ pub enum StartError {
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
     #[error("{0}")]
-    Config(pylon_config::ConfigErrors),
+    Config(ConfigErrors),
+}
+
+impl StartError {
+    /// The errors as config errors (a bind failure names the listener's key).
+    pub fn into_config_errors(self) -> Vec<ConfigError> {
+        match self {
+            StartError::Config(e) => e.0,
+            other => vec![ConfigError {
+                file: String::new(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: other.to_string(),
+            }],
+        }
+    }
 }
 
 /// An address a listener is serving on.
@@ -51,187 +73,434 @@ pub enum StartError {
 pub struct BoundAddr {
     pub listener: String,
     pub addr: SocketAddr,
-    /// `http` or `https`.
+    /// `http`, `https`, `tcp` or `udp`.
     pub scheme: &'static str,
 }
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    /// The hash of the config now in force.
+    pub hash: String,
+    /// One line per change: sockets bound or closed, accept loops restarted, clusters
+    /// rebuilt, routes and listeners whose long-lived connections now drain.
+    pub changes: Vec<String>,
+}
+
+/// The sockets being served and the TLS acceptors, changed only under the reload lock.
+#[derive(Default)]
+struct Sockets {
+    running: Vec<RunningSocket>,
+    tls: Vec<(String, Arc<ServerTls>)>,
+    admin: Option<admin::AdminHandle>,
+}
+
+/// Called with a log filter (`PUT /log-level`); set by the binary, which owns logging.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
     tracker: Arc<ConnTracker>,
-    bound: Vec<BoundAddr>,
     runtime: Arc<ArcSwap<Runtime>>,
-    tls: Vec<(String, Arc<ServerTls>)>,
+    sockets: tokio::sync::Mutex<Sockets>,
+    bound: ArcSwap<Vec<BoundAddr>>,
+    draining: AtomicBool,
+    /// The file reloads read, when the config came from one.
+    source: Mutex<Option<PathBuf>>,
+    log_level: Mutex<Option<LogLevelHook>>,
+    this: Weak<Proxy>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Binds one address of a listener.
+fn bind_socket(protocol: ListenerProtocol, addr: SocketAddr) -> std::io::Result<Socket> {
+    Ok(if protocol == ListenerProtocol::Udp {
+        Socket::Udp(listener::bind_udp(addr)?)
+    } else {
+        Socket::Tcp(listener::bind(addr)?)
+    })
 }
 
 impl Proxy {
     /// Binds every listener and starts serving. Must run inside a tokio runtime.
-    pub async fn start(config: &Config) -> Result<Proxy, StartError> {
-        Self::start_with(config, Prebound::new()).await
+    pub async fn start(config: &Config) -> Result<Arc<Proxy>, StartError> {
+        Self::start_inherited(config, Vec::new()).await
     }
 
-    pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Proxy, StartError> {
+    /// Starts with some addresses already bound by the caller.
+    pub async fn start_with(config: &Config, prebound: Prebound) -> Result<Arc<Proxy>, StartError> {
+        let sockets = prebound
+            .into_iter()
+            .map(|(addr, l)| PreboundSocket {
+                listener: None,
+                configured: addr,
+                socket: Socket::Tcp(l),
+            })
+            .collect();
+        Self::start_inherited(config, sockets).await
+    }
+
+    /// Starts on sockets handed over by the Pylon being upgraded (binding whatever
+    /// they do not cover).
+    pub async fn start_inherited(
+        config: &Config,
+        prebound: Vec<PreboundSocket>,
+    ) -> Result<Arc<Proxy>, StartError> {
         // aws-lc-rs is the only crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        observe::exposition::process_start_time();
         let metrics = Arc::new(Metrics::default());
         let logger = AccessLogger::start(&config.access_log.target, Arc::clone(&metrics))
             .map_err(StartError::AccessLog)?;
         let shared = Arc::new(Shared {
             metrics,
+            stats: Arc::new(StatsRegistry::default()),
             logger,
             request_ids: RequestIds::default(),
         });
-        // Sockets first: health checks of endpoints this process serves itself (demo
-        // backends) find them listening.
-        enum Socket {
-            Tcp(std::net::TcpListener),
-            Udp(std::net::UdpSocket),
+        let proxy = Arc::new_cyclic(|this| Proxy {
+            shared,
+            tracker: Arc::new(ConnTracker::default()),
+            runtime: Arc::new(ArcSwap::from_pointee(Runtime::empty())),
+            sockets: tokio::sync::Mutex::new(Sockets::default()),
+            bound: ArcSwap::from_pointee(Vec::new()),
+            draining: AtomicBool::new(false),
+            source: Mutex::new(None),
+            log_level: Mutex::new(None),
+            this: this.clone(),
+        });
+        {
+            let mut sockets = proxy.sockets.lock().await;
+            proxy.apply(&mut sockets, config, prebound, true).await?;
         }
-        let mut sockets = Vec::new();
-        for l in &config.listeners {
-            for &addr in &l.binds {
-                let bind_err = |source| StartError::Bind {
-                    listener: l.name.clone(),
-                    addr,
-                    source,
-                };
-                let socket = if l.protocol == ListenerProtocol::Udp {
-                    Socket::Udp(listener::bind_udp(addr).map_err(bind_err)?)
-                } else {
-                    match prebound.remove(&addr) {
-                        Some(s) => Socket::Tcp(s),
-                        None => Socket::Tcp(listener::bind(addr).map_err(bind_err)?),
-                    }
-                };
-                sockets.push((l.name.clone(), l.protocol, addr, socket));
+        proxy.shared.metrics.config_loaded();
+        Ok(proxy)
+    }
+
+    /// Reloads: validates nothing (the caller parsed `config`), builds the new runtime
+    /// next to the old one and swaps it in. Listeners that keep their address keep
+    /// their socket; clusters with an unchanged config keep pools and health state;
+    /// connections and requests in flight go on. On any error nothing changes.
+    pub async fn reload(&self, config: &Config) -> Result<ReloadReport, StartError> {
+        let mut sockets = self.sockets.lock().await;
+        let result = self.apply(&mut sockets, config, Vec::new(), false).await;
+        let metrics = &self.shared.metrics;
+        match &result {
+            Ok(report) => {
+                metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                metrics.config_loaded();
+                tracing::info!(hash = %report.hash, changes = report.changes.len(), "configuration reloaded");
+                for c in &report.changes {
+                    tracing::info!("reload: {c}");
+                }
+            }
+            Err(e) => {
+                metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload refused, the running configuration keeps serving: {e}");
             }
         }
-        let built = Runtime::build(config)
-            .map_err(|e| StartError::Config(pylon_config::ConfigErrors(e)))?;
-        // Clusters with DNS endpoints get their first answers before traffic arrives
-        // (a name that does not resolve leaves its cluster answering 503 no_endpoint
-        // until it does).
+        result
+    }
+
+    /// Sets the file that [`Proxy::reload_from_source`] reads.
+    pub fn set_source(&self, path: PathBuf) {
+        *lock(&self.source) = Some(path);
+    }
+
+    /// Re-reads the config file (and every certificate) and reloads.
+    pub async fn reload_from_source(&self) -> Result<ReloadReport, StartError> {
+        let path = lock(&self.source).clone();
+        let Some(path) = path else {
+            self.shared
+                .metrics
+                .reloads_failed
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(StartError::Config(ConfigErrors(vec![ConfigError {
+                file: String::new(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: "this Pylon was not started from a config file; send the config in the request body".into(),
+            }])));
+        };
+        match pylon_config::load_file(&path) {
+            Ok(c) => self.reload(&c).await,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload refused, the running configuration keeps serving:\n{e}");
+                Err(StartError::Config(e))
+            }
+        }
+    }
+
+    /// The binary's log-level setter, for the admin API.
+    pub fn set_log_level_hook(&self, hook: LogLevelHook) {
+        *lock(&self.log_level) = Some(hook);
+    }
+
+    pub(crate) fn set_log_level(&self, filter: &str) -> Result<(), String> {
+        match &*lock(&self.log_level) {
+            Some(hook) => hook(filter),
+            None => Err("this Pylon cannot change its log level".into()),
+        }
+    }
+
+    /// Puts `config` in force. `first`: at start (no previous runtime).
+    async fn apply(
+        &self,
+        sockets: &mut Sockets,
+        config: &Config,
+        mut prebound: Vec<PreboundSocket>,
+        first: bool,
+    ) -> Result<ReloadReport, StartError> {
+        let mut changes = Vec::new();
+        // 1. Sockets first (health checks of endpoints this process serves itself find
+        //    them listening): kept ones by listener and address, the others bound now.
+        enum Plan {
+            Keep(usize),
+            New(Socket),
+        }
+        let mut claimed = vec![false; sockets.running.len()];
+        let mut plan = Vec::new();
+        for l in &config.listeners {
+            for &addr in &l.binds {
+                let udp = l.protocol == ListenerProtocol::Udp;
+                let fits = |r: &RunningSocket| r.configured == addr && r.socket.is_udp() == udp;
+                let keep = (0..claimed.len())
+                    .find(|&i| {
+                        !claimed[i]
+                            && sockets.running[i].listener == l.name
+                            && fits(&sockets.running[i])
+                    })
+                    .or_else(|| {
+                        (0..claimed.len())
+                            .find(|&i| !claimed[i] && addr.port() != 0 && fits(&sockets.running[i]))
+                    });
+                if let Some(i) = keep {
+                    claimed[i] = true;
+                    plan.push((l, addr, Plan::Keep(i)));
+                    continue;
+                }
+                let inherited = prebound
+                    .iter()
+                    .position(|p| {
+                        p.socket.is_udp() == udp
+                            && p.configured == addr
+                            && p.listener.as_deref() == Some(l.name.as_str())
+                    })
+                    .or_else(|| {
+                        prebound.iter().position(|p| {
+                            p.socket.is_udp() == udp
+                                && addr.port() != 0
+                                && (p.configured == addr
+                                    || p.socket.local_addr().ok() == Some(addr))
+                        })
+                    })
+                    .map(|i| prebound.swap_remove(i).socket);
+                let socket = match inherited {
+                    Some(s) => s,
+                    None => bind_socket(l.protocol, addr).map_err(|source| StartError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        source,
+                    })?,
+                };
+                plan.push((l, addr, Plan::New(socket)));
+            }
+        }
+        let admin_socket = admin::prepare(sockets.admin.as_ref(), config, &mut prebound)?;
+
+        // 2. The runtime, over the previous one.
+        let previous = (!first).then(|| self.runtime.load_full());
+        let (built, retired) = Runtime::build(config, &self.shared.stats, previous.as_deref())
+            .map_err(|e| StartError::Config(ConfigErrors(e)))?;
         for c in built.clusters.values() {
+            let kept = previous
+                .as_ref()
+                .and_then(|p| p.clusters.get(&*c.name))
+                .is_some_and(|old| Arc::ptr_eq(old, c));
+            if kept {
+                continue;
+            }
+            if !first {
+                changes.push(format!("cluster {}: built anew", c.name));
+            }
+            // Clusters with DNS endpoints get their first answers before traffic
+            // arrives (a name that does not resolve leaves its cluster answering 503
+            // no_endpoint until it does).
             let limit = c.dns_timeout().saturating_mul(2) + Duration::from_secs(1);
             if !c.wait_dns_ready(limit).await {
                 tracing::warn!(cluster = %c.name, "DNS endpoints not resolved yet; serving without them");
             }
         }
-        let runtime = Arc::new(ArcSwap::from_pointee(built));
+
+        // 3. TLS acceptors: kept when the settings are the same (their files are
+        //    re-read), built anew otherwise.
         let mut tls = Vec::new();
+        let mut tls_errors = Vec::new();
         for l in &config.listeners {
-            if let Some(t) = &l.tls {
-                let server = ServerTls::new(t.clone())
-                    .map_err(|e| StartError::Config(pylon_config::ConfigErrors(e)))?;
-                tls.push((l.name.clone(), Arc::new(server)));
+            let Some(t) = &l.tls else { continue };
+            let old = sockets
+                .tls
+                .iter()
+                .find(|(n, s)| *n == l.name && s.settings == *t)
+                .map(|(_, s)| Arc::clone(s));
+            match old {
+                Some(s) => {
+                    if !first && let Err(e) = s.reload() {
+                        tls_errors.extend(e);
+                    }
+                    tls.push((l.name.clone(), s));
+                }
+                None => match ServerTls::new(t.clone()) {
+                    Ok(s) => tls.push((l.name.clone(), Arc::new(s))),
+                    Err(e) => tls_errors.extend(e),
+                },
             }
         }
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let tracker = Arc::new(ConnTracker::default());
+        if !tls_errors.is_empty() {
+            return Err(StartError::Config(ConfigErrors(tls_errors)));
+        }
 
-        let mut bound = Vec::new();
-        for (name, protocol, addr, socket) in sockets {
+        // 4. Commit: the new runtime, then the loops.
+        let hash = built.config_hash.clone();
+        self.runtime.store(Arc::new(built));
+        let ctx = LoopCtx {
+            runtime: Arc::clone(&self.runtime),
+            shared: Arc::clone(&self.shared),
+            tracker: Arc::clone(&self.tracker),
+        };
+        let tls_of = |name: &str| {
+            tls.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| Arc::clone(t))
+        };
+        let mut old: Vec<Option<RunningSocket>> = sockets.running.drain(..).map(Some).collect();
+        let mut running = Vec::new();
+        for (l, addr, p) in plan {
+            let t = tls_of(&l.name);
             let bind_err = |source| StartError::Bind {
-                listener: name.clone(),
+                listener: l.name.clone(),
                 addr,
                 source,
             };
-            let listener_tls = tls
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, t)| Arc::clone(t));
-            let scheme = match protocol {
-                ListenerProtocol::Http => "http",
-                ListenerProtocol::Https => "https",
-                ListenerProtocol::Tcp => "tcp",
-                ListenerProtocol::Udp => "udp",
-            };
-            let tcp = match socket {
-                Socket::Udp(u) => {
-                    u.set_nonblocking(true).map_err(bind_err)?;
-                    let socket = tokio::net::UdpSocket::from_std(u).map_err(bind_err)?;
-                    let local = socket.local_addr().map_err(bind_err)?;
-                    bound.push(BoundAddr {
-                        listener: name.clone(),
-                        addr: local,
-                        scheme,
-                    });
-                    tokio::spawn(
-                        l4::udp::UdpProxyLoop {
-                            socket: Arc::new(socket),
-                            name: Arc::from(name.as_str()),
-                            runtime: Arc::clone(&runtime),
-                            shared: Arc::clone(&shared),
-                            shutdown: shutdown_rx.clone(),
-                        }
-                        .run(),
-                    );
-                    continue;
-                }
-                Socket::Tcp(t) => t,
-            };
-            tcp.set_nonblocking(true).map_err(bind_err)?;
-            let tl = tokio::net::TcpListener::from_std(tcp).map_err(bind_err)?;
-            let local = tl.local_addr().map_err(bind_err)?;
-            bound.push(BoundAddr {
-                listener: name.clone(),
-                addr: local,
-                scheme,
-            });
-            if protocol == ListenerProtocol::Tcp {
-                tokio::spawn(
-                    l4::tcp::TcpProxyLoop {
-                        listener: tl,
-                        name: Arc::from(name.as_str()),
-                        runtime: Arc::clone(&runtime),
-                        shared: Arc::clone(&shared),
-                        tracker: Arc::clone(&tracker),
-                        shutdown: shutdown_rx.clone(),
-                        tls: listener_tls,
+            match p {
+                Plan::Keep(i) => {
+                    let Some(mut r) = old[i].take() else { continue };
+                    let same_tls = match (&r.tls, &t) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    };
+                    if r.config != *l || !same_tls {
+                        r.restart(l, t, &ctx).map_err(bind_err)?;
+                        changes.push(format!(
+                            "listener {} on {}: new settings, same socket",
+                            l.name, r.local
+                        ));
                     }
-                    .run(),
-                );
-                continue;
-            }
-            tokio::spawn(
-                AcceptLoop {
-                    listener: tl,
-                    name: Arc::from(name.as_str()),
-                    runtime: Arc::clone(&runtime),
-                    shared: Arc::clone(&shared),
-                    tracker: Arc::clone(&tracker),
-                    shutdown: shutdown_rx.clone(),
-                    tls: listener_tls,
+                    running.push(r);
                 }
-                .run(),
+                Plan::New(socket) => {
+                    let r = RunningSocket::start(l, addr, socket, t, &ctx).map_err(bind_err)?;
+                    if !first {
+                        changes.push(format!("listener {} on {}: bound", l.name, r.local));
+                    }
+                    running.push(r);
+                }
+            }
+        }
+        for r in old.into_iter().flatten() {
+            r.close();
+            changes.push(format!(
+                "listener {} on {}: closed, its connections drain",
+                r.listener, r.local
+            ));
+        }
+        sockets.running = running;
+        sockets.tls = tls;
+        if let Some(change) = admin::commit(&mut sockets.admin, admin_socket, self.this.clone()) {
+            changes.push(change);
+        }
+        let grace = config.server.reload_grace;
+        for (life, name) in retired.lives.iter().zip(&retired.names) {
+            life.retire_after(grace);
+            changes.push(format!(
+                "{name}: removed or changed; its long-lived connections close in {grace:?}"
+            ));
+        }
+        if !first {
+            let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+            let rt = self.runtime.load_full();
+            self.shared.stats.retain(
+                &|l| listeners.contains(&l),
+                &|l, r, c| {
+                    rt.listener(l).is_some_and(|lr| {
+                        (r.is_empty() && c.is_empty())
+                            || lr
+                                .router
+                                .route_named(r)
+                                .is_some_and(|x| &*x.stats.cluster == c)
+                    })
+                },
+                &|c| rt.clusters.contains_key(c),
             );
         }
-        Ok(Proxy {
-            shared,
-            shutdown,
-            tracker,
-            bound,
-            runtime,
-            tls,
-        })
+        let bound: Vec<BoundAddr> = sockets
+            .running
+            .iter()
+            .map(|r| BoundAddr {
+                listener: r.listener.clone(),
+                addr: r.local,
+                scheme: r.scheme(),
+            })
+            .collect();
+        self.bound.store(Arc::new(bound));
+        Ok(ReloadReport { hash, changes })
     }
 
     /// Every address being served, in config order.
-    pub fn bound(&self) -> &[BoundAddr] {
-        &self.bound
+    pub fn bound(&self) -> Arc<Vec<BoundAddr>> {
+        self.bound.load_full()
     }
 
     /// The first address of the named listener.
     pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
         self.bound
+            .load()
             .iter()
             .find(|b| b.listener == listener)
             .map(|b| b.addr)
     }
 
+    /// Where the admin API listens, when it is on.
+    pub async fn admin_addr(&self) -> Option<SocketAddr> {
+        self.sockets.lock().await.admin.as_ref().map(|a| a.local)
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
+    }
+
+    /// `/metrics`: everything, as OpenMetrics text.
+    pub fn render_metrics(&self) -> String {
+        observe::exposition::render(observe::exposition::Exposition {
+            metrics: Arc::clone(&self.shared.metrics),
+            stats: Arc::clone(&self.shared.stats),
+            runtime: Arc::clone(&self.runtime),
+        })
+    }
+
+    /// The runtime in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
     }
 
     /// Idle HTTP/1.1 upstream connections held for a cluster, summed over endpoints.
@@ -244,9 +513,10 @@ impl Proxy {
     /// Re-reads every listener's certificate files: new handshakes use the new
     /// certificates, open connections are untouched. A listener whose files fail keeps
     /// its old certificates; its errors are returned (and logged).
-    pub fn reload_certificates(&self) -> Vec<pylon_config::ConfigError> {
+    pub async fn reload_certificates(&self) -> Vec<ConfigError> {
+        let sockets = self.sockets.lock().await;
         let mut errors = Vec::new();
-        for (name, t) in &self.tls {
+        for (name, t) in &sockets.tls {
             match t.reload() {
                 Ok(()) => tracing::info!(listener = %name, "certificates reloaded"),
                 Err(e) => {
@@ -278,10 +548,60 @@ impl Proxy {
         self.tracker.live()
     }
 
-    /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close
-    /// after the current response) and waits up to `drain`. True if all finished.
-    pub async fn shutdown(self, drain: Duration) -> bool {
-        let _ = self.shutdown.send(true);
+    /// Ready for traffic: serving, not draining, and every health-checked endpoint
+    /// judged once.
+    pub fn is_ready(&self) -> bool {
+        if self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        let rt = self.runtime.load();
+        rt.clusters.values().all(|c| {
+            c.config().health_check.is_none() || {
+                let set = c.endpoints();
+                (0..set.len()).all(|i| set.state.get(i).is_some_and(|s| s.is_checked()))
+            }
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Every listening socket (and the admin one), duplicated, with the listener and
+    /// configured address it serves: what a binary upgrade hands over.
+    pub async fn listening_sockets(&self) -> std::io::Result<Vec<PreboundSocket>> {
+        let sockets = self.sockets.lock().await;
+        let mut out = Vec::new();
+        for r in &sockets.running {
+            out.push(PreboundSocket {
+                listener: Some(r.listener.clone()),
+                configured: r.configured,
+                socket: r.socket.try_clone()?,
+            });
+        }
+        if let Some(a) = &sockets.admin {
+            out.push(PreboundSocket {
+                listener: Some(admin::LISTENER.to_owned()),
+                configured: a.configured,
+                socket: Socket::Tcp(a.socket.try_clone()?),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops accepting (readiness turns false first), asks every connection to
+    /// finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and waits up
+    /// to `drain`. True if all finished.
+    pub async fn shutdown(&self, drain: Duration) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        {
+            let mut sockets = self.sockets.lock().await;
+            // Closing our handles too: the kernel refuses new connections from now
+            // (unless a new process holds the sockets after an upgrade).
+            for r in sockets.running.drain(..) {
+                r.close();
+            }
+        }
         self.tracker.wait_idle(drain).await
     }
 }

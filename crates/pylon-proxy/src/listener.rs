@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 use crate::conn::ConnState;
 use crate::http::pipeline::{ConnCtx, Shared};
 use crate::http::server_h1h2;
+use crate::observe::stats::ListenerStats;
 use crate::runtime::Runtime;
 use crate::tls::server::{ClientIdentity, ServerTls};
 
@@ -52,11 +53,13 @@ pub struct ConnTracker {
     changed: Notify,
 }
 
-pub struct ConnGuard(Arc<ConnTracker>, Arc<Shared>);
+pub struct ConnGuard(Arc<ConnTracker>, Arc<Shared>, Arc<ListenerStats>);
 
 impl ConnTracker {
-    pub fn enter(self: &Arc<Self>, shared: &Arc<Shared>) -> ConnGuard {
+    pub fn enter(self: &Arc<Self>, shared: &Arc<Shared>, stats: &Arc<ListenerStats>) -> ConnGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
         shared
             .metrics
             .connections_accepted
@@ -65,7 +68,7 @@ impl ConnTracker {
             .metrics
             .connections_active
             .fetch_add(1, Ordering::Relaxed);
-        ConnGuard(Arc::clone(self), Arc::clone(shared))
+        ConnGuard(Arc::clone(self), Arc::clone(shared), Arc::clone(stats))
     }
 
     pub fn live(&self) -> usize {
@@ -90,6 +93,7 @@ impl ConnTracker {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.2.connections_active.fetch_sub(1, Ordering::Relaxed);
         self.1
             .metrics
             .connections_active
@@ -149,7 +153,10 @@ pub struct AcceptLoop {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub shared: Arc<Shared>,
     pub tracker: Arc<ConnTracker>,
-    pub shutdown: watch::Receiver<bool>,
+    /// Stops accepting.
+    pub stop: watch::Receiver<bool>,
+    /// Asks this socket's connections to finish.
+    pub drain: watch::Receiver<bool>,
     /// TLS termination, for `https` listeners.
     pub tls: Option<Arc<ServerTls>>,
 }
@@ -168,7 +175,7 @@ impl AcceptLoop {
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = self.shutdown.changed() => return,
+                _ = self.stop.changed() => return,
             };
             let (mut stream, client) = match accepted {
                 Ok(a) => a,
@@ -180,7 +187,7 @@ impl AcceptLoop {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let guard = self.tracker.enter(&self.shared);
+            let guard = self.tracker.enter(&self.shared, &lr.stats);
             let mut ctx = ConnCtx {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),
@@ -200,10 +207,11 @@ impl AcceptLoop {
                 scheme: if self.tls.is_some() { "https" } else { "http" },
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),
+                stats: Arc::clone(&lr.stats),
             };
             let builder = Arc::clone(&builder);
             let limits = limits.clone();
-            let shutdown = self.shutdown.clone();
+            let shutdown = self.drain.clone();
             let tls = self.tls.clone();
             let proxy_in = proxy_in.clone();
             tokio::spawn(async move {

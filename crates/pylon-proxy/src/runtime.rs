@@ -1,15 +1,67 @@
 //! The runtime snapshot built from a validated config: listeners with their routers,
 //! clusters with their pools. Swapped atomically on reload; every request reads one
-//! snapshot for its whole life.
+//! snapshot for its whole life. A new snapshot built over the previous one keeps the
+//! clusters whose config did not change (pools, health, ejections) and the lives of
+//! the routes and Layer 4 listeners that did not change.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pylon_config::model::{self, Action};
 use pylon_config::{Config, ConfigError};
+use tokio::sync::watch;
 
 use crate::http::router::{RouteRuntime, Router};
 use crate::http::upstream::ClusterRuntime;
+use crate::observe::StatsRegistry;
+use crate::observe::stats::{ListenerStats, RouteStats};
+
+/// The life of a route or of a Layer 4 / forward-proxy listener across reloads. Its
+/// long-lived connections (WebSockets, tunnels, TCP and UDP sessions) watch it: when a
+/// reload removes or changes what they were opened through, they get the reload grace
+/// period, then close. Unchanged, it passes to the new runtime and nothing happens.
+#[derive(Clone)]
+pub struct Life(Arc<watch::Sender<bool>>);
+
+impl Default for Life {
+    fn default() -> Self {
+        Life(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Life {
+    /// Resolves once retired and the grace period is over; never otherwise.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+
+    /// Ends the life after `grace`.
+    pub fn retire_after(&self, grace: Duration) {
+        let tx = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = tx.send(true);
+        });
+    }
+
+    fn same(&self, other: &Life) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Waits until a life watched with [`Life::watch`] ends (never, without one).
+pub async fn retired(watch: &mut Option<watch::Receiver<bool>>) {
+    match watch {
+        Some(w) => {
+            if w.wait_for(|ended| *ended).await.is_err() {
+                // The life was dropped without ending: nothing to wait for.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
 
 pub struct ListenerRuntime {
     pub config: model::Listener,
@@ -22,6 +74,12 @@ pub struct ListenerRuntime {
     pub proxy_in: Option<Arc<model::ProxyProtocolIn>>,
     /// Forward proxy, when this listener is one.
     pub forward: Option<crate::http::forward::ForwardRuntime>,
+    /// Traffic counters, kept across reloads.
+    pub stats: Arc<ListenerStats>,
+    /// Where requests that no route took are counted.
+    pub unrouted: Arc<RouteStats>,
+    /// The listener's own life (Layer 4 sessions, forward-proxy tunnels).
+    pub life: Life,
 }
 
 pub struct Runtime {
@@ -30,16 +88,69 @@ pub struct Runtime {
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
+    /// The validated config this runtime was built from, and its hash.
+    pub config: Arc<Config>,
+    pub config_hash: String,
+}
+
+/// What a new runtime replaced: lives to retire once it is in force.
+#[derive(Default)]
+pub struct Retired {
+    pub lives: Vec<Life>,
+    /// Routes and listeners whose lives end, for the log.
+    pub names: Vec<String>,
+}
+
+/// The first 16 hex digits of the SHA-256 of the config's canonical JSON form.
+pub fn config_hash(config: &Config) -> String {
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Runtime {
+    /// A runtime with nothing in it (before the first config is in force).
+    pub fn empty() -> Runtime {
+        let config = Config {
+            server: model::Server::default(),
+            admin: None,
+            access_log: model::AccessLog::default(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            clusters: Vec::new(),
+        };
+        Runtime {
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            sends_proxy_protocol: false,
+            config_hash: config_hash(&config),
+            config: Arc::new(config),
+        }
+    }
+
     /// Builds the runtime; needs a tokio runtime (cluster sweepers are spawned). Fails
-    /// with every TLS file problem of the clusters.
-    pub fn build(config: &Config) -> Result<Runtime, Vec<ConfigError>> {
+    /// with every TLS file problem of the clusters. Over a `previous` runtime, clusters
+    /// with an unchanged config are kept as they are, and routes and Layer 4 listeners
+    /// with an unchanged config keep their lives; [`Retired`] lists the others.
+    pub fn build(
+        config: &Config,
+        stats: &StatsRegistry,
+        previous: Option<&Runtime>,
+    ) -> Result<(Runtime, Retired), Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut clusters: HashMap<String, Arc<ClusterRuntime>> = HashMap::new();
         for c in &config.clusters {
-            match ClusterRuntime::new(c) {
+            let kept = previous
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|old| old.config() == c);
+            if let Some(old) = kept {
+                clusters.insert(c.name.clone(), Arc::clone(old));
+                continue;
+            }
+            match ClusterRuntime::new(c, stats.cluster(&c.name)) {
                 Ok(rt) => {
                     clusters.insert(c.name.clone(), rt);
                 }
@@ -49,29 +160,51 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config
             .listeners
             .iter()
             .map(|l| {
+                let old = old_listener(&l.name);
                 let routes = config
                     .routes_for(&l.name)
-                    .map(|r| RouteRuntime {
-                        name: Arc::from(r.name.as_str()),
-                        cluster: match &r.action {
-                            Action::Proxy(p) => clusters.get(&p.cluster).cloned(),
-                            _ => None,
-                        },
-                        host_rewrite: match &r.action {
-                            Action::Proxy(p) => p
-                                .host_rewrite
-                                .as_deref()
-                                .and_then(|h| http::HeaderValue::from_str(h).ok()),
-                            _ => None,
-                        },
-                        route: r.clone(),
+                    .map(|r| {
+                        let cluster_name = match &r.action {
+                            Action::Proxy(p) => p.cluster.as_str(),
+                            _ => "",
+                        };
+                        let life = old
+                            .as_ref()
+                            .and_then(|o| o.router.route_named(&r.name))
+                            .filter(|o| o.route == *r)
+                            .map_or_else(Life::default, |o| o.life.clone());
+                        RouteRuntime {
+                            name: Arc::from(r.name.as_str()),
+                            cluster: match &r.action {
+                                Action::Proxy(p) => clusters.get(&p.cluster).cloned(),
+                                _ => None,
+                            },
+                            host_rewrite: match &r.action {
+                                Action::Proxy(p) => p
+                                    .host_rewrite
+                                    .as_deref()
+                                    .and_then(|h| http::HeaderValue::from_str(h).ok()),
+                                _ => None,
+                            },
+                            stats: stats.route(&l.name, &r.name, cluster_name),
+                            life,
+                            route: r.clone(),
+                        }
                     })
                     .collect();
+                let life = old
+                    .as_ref()
+                    .filter(|o| o.config == *l)
+                    .map_or_else(Life::default, |o| o.life.clone());
                 let lr = ListenerRuntime {
+                    stats: stats.listener(&l.name),
+                    unrouted: stats.route(&l.name, "", ""),
+                    life,
                     l4: l.l4.clone().map(Arc::new),
                     proxy_in: l.proxy_protocol.clone().map(Arc::new),
                     forward: l
@@ -89,11 +222,45 @@ impl Runtime {
                 (l.name.clone(), Arc::new(lr))
             })
             .collect();
-        Ok(Runtime {
+        let runtime = Runtime {
             listeners,
             sends_proxy_protocol: config.clusters.iter().any(|c| c.proxy_protocol.is_some()),
             clusters,
-        })
+            config: Arc::new(config.clone()),
+            config_hash: config_hash(config),
+        };
+        let retired = previous
+            .map(|p| runtime.retired_from(p))
+            .unwrap_or_default();
+        Ok((runtime, retired))
+    }
+
+    /// The lives of `previous` that this runtime did not keep.
+    fn retired_from(&self, previous: &Runtime) -> Retired {
+        let mut out = Retired::default();
+        for (name, old) in &previous.listeners {
+            let new = self.listeners.get(name);
+            if !new.is_some_and(|n| n.life.same(&old.life)) {
+                out.lives.push(old.life.clone());
+                out.names.push(format!("listener {name}"));
+            }
+            for r in old.router.routes() {
+                let kept = new
+                    .and_then(|n| n.router.route_named(&r.name))
+                    .is_some_and(|n| n.life.same(&r.life));
+                if !kept {
+                    out.lives.push(r.life.clone());
+                    out.names
+                        .push(format!("route {} (listener {name})", r.name));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every listener, by name.
+    pub fn listeners(&self) -> impl Iterator<Item = (&String, &Arc<ListenerRuntime>)> {
+        self.listeners.iter()
     }
 
     pub fn listener(&self, name: &str) -> Option<Arc<ListenerRuntime>> {

@@ -62,7 +62,7 @@ where
 
 /// A Pylon running in this process.
 pub struct TestProxy {
-    pub proxy: Proxy,
+    pub proxy: std::sync::Arc<Proxy>,
 }
 
 impl TestProxy {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pylon_config::{Config, QUICKSTART};
@@ -42,6 +43,10 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Take over the listening sockets of the Pylon running on the config's
+        /// `[server] upgrade_socket`, then let it drain and exit (zero-downtime upgrade).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file: exit 0 with a summary, or 1 listing every error
     /// (certificate and key files included).
@@ -71,28 +76,38 @@ enum CertCommand {
     },
 }
 
-fn init_logging(format: LogFormat, level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
+/// Changes the log filter while running (`PUT /log-level` on the admin API).
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(format: LogFormat, level: Option<&str>) -> LogHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
     let filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
     }
+    handle
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.log_level.as_deref());
+    let log = init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(config),
+        Command::Run { config, upgrade } => run(config, upgrade, log),
         Command::Cert(CertCommand::Selfsigned { names, out }) => selfsigned(&names, &out),
         Command::Passwd => passwd(),
     }
@@ -189,7 +204,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn load(config: Option<PathBuf>) -> Result<Config, String> {
+fn load(config: Option<PathBuf>) -> Result<(Config, Option<PathBuf>), String> {
     let path = config.or_else(|| {
         let local = PathBuf::from("pylon.toml");
         local.exists().then_some(local)
@@ -197,21 +212,24 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
     match path {
         Some(p) => pylon_config::load_file(&p)
             .map_err(|e| e.to_string())
-            .inspect(|_| {
+            .map(|c| {
                 tracing::info!(config = %p.display(), "configuration loaded");
+                (c, Some(p))
             }),
         None => {
             tracing::warn!(
                 "no -c FILE and no ./pylon.toml: running the embedded quickstart config \
                  (examples/quickstart.toml)"
             );
-            pylon_config::parse(QUICKSTART, "<embedded quickstart.toml>").map_err(|e| e.to_string())
+            pylon_config::parse(QUICKSTART, "<embedded quickstart.toml>")
+                .map_err(|e| e.to_string())
+                .map(|c| (c, None))
         }
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
-    let config = match load(config) {
+fn run(config: Option<PathBuf>, upgrade: bool, log: LogHandle) -> ExitCode {
+    let (config, path) = match load(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -235,7 +253,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(config)) {
+    match rt.block_on(serve(config, path, upgrade, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pylon: {e}");
@@ -244,9 +262,40 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let proxy = Proxy::start(&config).await?;
-    for b in proxy.bound() {
+async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    upgrade: bool,
+    log: LogHandle,
+) -> anyhow::Result<()> {
+    let upgrade_socket = config.server.upgrade_socket.clone().map(PathBuf::from);
+    let proxy = if upgrade {
+        let Some(socket) = &upgrade_socket else {
+            anyhow::bail!(
+                "--upgrade needs `upgrade_socket` in [server] (where the running Pylon listens)"
+            );
+        };
+        let (sockets, handover) = pylon_proxy::upgrade::take_over(socket)?;
+        tracing::info!(
+            from_pid = handover.from_pid,
+            sockets = sockets.len(),
+            "took over the listening sockets"
+        );
+        let proxy = Proxy::start_inherited(&config, sockets).await?;
+        handover.ready()?;
+        proxy
+    } else {
+        Proxy::start(&config).await?
+    };
+    if let Some(p) = &path {
+        proxy.set_source(p.clone());
+    }
+    proxy.set_log_level_hook(Box::new(move |filter| {
+        let f = tracing_subscriber::EnvFilter::try_new(filter)
+            .map_err(|e| format!("invalid log filter \"{filter}\": {e}"))?;
+        log.reload(f).map_err(|e| e.to_string())
+    }));
+    for b in proxy.bound().iter() {
         tracing::info!(
             "listening on {}://{} (listener {})",
             b.scheme,
@@ -274,13 +323,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("try: curl -i {insecure}{}://{}/", first.scheme, first.addr);
         }
     }
-    wait_for_stop(&proxy).await?;
+    if let Some(p) = &path {
+        tokio::spawn(watch_file(Arc::clone(&proxy), p.clone()));
+    }
+    let (handed_over_tx, handed_over) = tokio::sync::oneshot::channel();
+    if let Some(socket) = upgrade_socket {
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            match pylon_proxy::upgrade::serve(socket, proxy).await {
+                Ok(()) => {
+                    let _ = handed_over_tx.send(());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade socket failed; binary upgrades are off")
+                }
+            }
+        });
+    }
+    wait_for_stop(&proxy, handed_over).await?;
+    let drain_timeout = proxy.runtime().config.server.drain_timeout;
     tracing::info!(
-        drain_timeout = ?config.server.drain_timeout,
+        drain_timeout = ?drain_timeout,
         connections = proxy.live_connections(),
-        "stopping: no new connections, draining"
+        "stopping: not ready, no new connections, draining"
     );
-    if proxy.shutdown(config.server.drain_timeout).await {
+    if proxy.shutdown(drain_timeout).await {
         tracing::info!("drained; bye");
     } else {
         tracing::warn!("drain timeout reached; closing remaining connections");
@@ -288,8 +355,62 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the certificates.
-async fn wait_for_stop(proxy: &Proxy) -> std::io::Result<()> {
+/// Reloads when the config file changes and then stays unchanged for the debounce
+/// time, while the config in force has `watch_config` on (a reload can turn it on or off).
+async fn watch_file(proxy: Arc<Proxy>, path: PathBuf) {
+    use std::time::Duration;
+    // The contents, hashed: modification times can be too coarse to tell two quick
+    // writes apart.
+    let stamp = |bytes: Vec<u8>| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    };
+    let mut known = tokio::fs::read(&path).await.ok().map(stamp);
+    let mut watching = false;
+    loop {
+        let server = proxy.runtime().config.server.clone();
+        if server.watch_config != watching {
+            watching = server.watch_config;
+            if watching {
+                tracing::info!(config = %path.display(), "watching the config file for changes");
+            }
+        }
+        let debounce = server.watch_debounce;
+        tokio::time::sleep(debounce.clamp(Duration::from_millis(50), Duration::from_millis(500)))
+            .await;
+        let now = tokio::fs::read(&path).await.ok().map(stamp);
+        if now == known || now.is_none() {
+            continue;
+        }
+        // Asked again: a reload meanwhile may have turned the watch on.
+        if !proxy.runtime().config.server.watch_config {
+            known = now;
+            continue;
+        }
+        // Changed: wait until it has been quiet for the debounce time.
+        let mut last = now;
+        loop {
+            tokio::time::sleep(debounce).await;
+            let again = tokio::fs::read(&path).await.ok().map(stamp);
+            if again == last {
+                break;
+            }
+            last = again;
+        }
+        known = last;
+        tracing::info!(config = %path.display(), "config file changed: reloading");
+        let _ = proxy.reload_from_source().await;
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, or for a new process to have taken over the sockets;
+/// SIGHUP meanwhile reloads the config file (and every certificate).
+async fn wait_for_stop(
+    proxy: &Arc<Proxy>,
+    mut handed_over: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -298,9 +419,16 @@ async fn wait_for_stop(proxy: &Proxy) -> std::io::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()) }
             _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()) }
+            Ok(()) = &mut handed_over => {
+                tracing::info!("a new Pylon serves on our sockets");
+                return Ok(());
+            }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received: reloading certificates");
-                proxy.reload_certificates();
+                tracing::info!("SIGHUP received: reloading the configuration");
+                if proxy.reload_from_source().await.is_err() {
+                    // Without a file (embedded config), certificates are still re-read.
+                    proxy.reload_certificates().await;
+                }
             }
         }
     }

@@ -90,7 +90,7 @@ fn check_accepts_the_examples_with_a_summary() {
     assert_eq!(s.lines().count(), 1, "{s}");
     assert!(
         s.contains(
-            "OK: 3 listener(s) on 3 address(es), 4 route(s), 1 cluster(s) with 2 endpoint(s)"
+            "OK: 3 listener(s) on 3 address(es), 4 route(s), 1 cluster(s) with 2 endpoint(s), admin API on 127.0.0.1:9901"
         ),
         "{s}"
     );
@@ -187,7 +187,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     }
     assert!(
         p.child.try_wait().unwrap().is_none(),
-        "exits only after the in-flight request"
+        "exits only after the in-flight request: {:#?}",
+        p.stderr.lock().unwrap()
     );
     release.notify_one();
     let a = in_flight.await.unwrap();

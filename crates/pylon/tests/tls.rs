@@ -441,7 +441,7 @@ async fn certificate_reload_under_load_fails_no_request() {
 
     // A broken new pair is refused; the old certificate keeps serving.
     std::fs::write(dir.join("live-key.pem"), "not a key").unwrap();
-    let errors = p.proxy.reload_certificates();
+    let errors = p.proxy.reload_certificates().await;
     assert!(
         errors
             .iter()
@@ -454,7 +454,7 @@ async fn certificate_reload_under_load_fails_no_request() {
     // A good new pair: new handshakes get it.
     let second = ca.server(&["r.test", "reloaded.test"]);
     second.write(&dir, "live");
-    assert!(p.proxy.reload_certificates().is_empty());
+    assert!(p.proxy.reload_certificates().await.is_empty());
     let s = tls_connect(&client, addr, "reloaded.test").await.unwrap();
     assert_eq!(
         negotiated(&s).1,

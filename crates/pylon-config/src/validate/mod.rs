@@ -19,7 +19,14 @@ mod cluster;
 mod l4;
 use cluster::cluster;
 
-const SECTIONS: &[&str] = &["server", "access_log", "listeners", "routes", "clusters"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "admin",
+    "access_log",
+    "listeners",
+    "routes",
+    "clusters",
+];
 
 /// Problems found so far, by byte span in the source.
 #[derive(Default)]
@@ -229,6 +236,10 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         .and_then(|v| element::<RawServer>(v, p))
         .map(|r| server(r, p))
         .unwrap_or_default();
+    let admin = root
+        .get("admin")
+        .and_then(|v| element::<RawAdmin>(v, p))
+        .and_then(|r| admin(r, p));
     let access_log = root
         .get("access_log")
         .and_then(|v| element::<RawAccessLog>(v, p))
@@ -311,6 +322,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
 
     Config {
         server,
+        admin,
         access_log,
         listeners,
         routes,
@@ -401,7 +413,52 @@ fn server(r: RawServer, p: &mut Problems) -> Server {
             .worker_threads
             .map_or(d.worker_threads, |w| w.into_inner()),
         drain_timeout: duration(&r.drain_timeout, d.drain_timeout, p),
+        reload_grace: duration(&r.reload_grace, d.reload_grace, p),
+        watch_config: r.watch_config.unwrap_or(d.watch_config),
+        watch_debounce: duration(&r.watch_debounce, d.watch_debounce, p),
+        upgrade_socket: match r.upgrade_socket {
+            Some(s) if s.get_ref().is_empty() => {
+                p.at(&s, "`upgrade_socket` must be a file path");
+                None
+            }
+            s => s.map(Spanned::into_inner),
+        },
     }
+}
+
+fn admin(r: RawAdmin, p: &mut Problems) -> Option<Admin> {
+    if r.enabled == Some(false) {
+        return None;
+    }
+    let bind = match &r.bind {
+        None => DEFAULT_ADMIN_BIND.parse().ok()?,
+        Some(b) => match socket_addr(b.get_ref()) {
+            Ok(a) => a,
+            Err(e) => {
+                p.at(b, e);
+                return None;
+            }
+        },
+    };
+    let token = match r.token {
+        Some(t) if t.get_ref().len() < 16 => {
+            p.at(&t, "`token` must be at least 16 characters");
+            None
+        }
+        t => t.map(Spanned::into_inner),
+    };
+    if !bind.ip().is_loopback() && token.is_none() {
+        match &r.bind {
+            Some(b) => p.at(
+                b,
+                "the admin API beyond loopback needs a bearer `token` in [admin]",
+            ),
+            None => {
+                p.0.push((None, "admin: beyond loopback needs a `token`".into()))
+            }
+        }
+    }
+    Some(Admin { bind, token })
 }
 
 fn access_log(r: RawAccessLog, _p: &mut Problems) -> AccessLog {

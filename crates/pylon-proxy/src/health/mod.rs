@@ -84,6 +84,7 @@ async fn run(
                 ),
             }
         }
+        state.mark_checked();
         drop(c);
         tokio::time::sleep(hc.interval + jitter(hc.jitter)).await;
     }

@@ -305,8 +305,14 @@ fn tunnel(
     let limits = RelayLimits {
         idle: cfg.tunnel_idle_timeout,
         lifetime: None,
+        life: ctx
+            .runtime
+            .load()
+            .listener(&ctx.listener)
+            .map(|l| l.life.watch()),
     };
     let shared = Arc::clone(&ctx.shared);
+    let stats = Arc::clone(&ctx.stats);
     let in_flight = ctx.state.request_started(h2);
     let record = shared.logger.enabled().then(|| AccessRecord {
         time: SystemTime::now(),
@@ -340,12 +346,14 @@ fn tunnel(
             .tunnels_active
             .fetch_add(1, Ordering::Relaxed);
         shared.metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        stats.tunnels_active.fetch_add(1, Ordering::Relaxed);
         let activity = Activity::default();
         let end = relay::copy(TokioIo::new(client), upstream, limits, &activity).await;
         shared
             .metrics
             .tunnels_active
             .fetch_sub(1, Ordering::Relaxed);
+        stats.tunnels_active.fetch_sub(1, Ordering::Relaxed);
         if let Some(mut r) = record {
             r.bytes_in = activity.up.load(Ordering::Relaxed);
             r.bytes_out = activity.down.load(Ordering::Relaxed);

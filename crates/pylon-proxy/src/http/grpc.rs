@@ -101,26 +101,44 @@ pub fn error_response(
     resp
 }
 
-/// A gRPC answer whose call has a deadline: when it passes while messages are still
-/// streaming, the upstream stream is dropped (reset) and the client gets trailers with
-/// DEADLINE_EXCEEDED instead of a stream cut short.
-pub struct DeadlineBody {
+/// A gRPC answer as it streams: when the call's deadline passes while messages are
+/// still streaming, the upstream stream is dropped (reset) and the client gets trailers
+/// with DEADLINE_EXCEEDED instead of a stream cut short; when a reload removed the
+/// route and its grace period is over, the client gets UNAVAILABLE (and may retry).
+pub struct GrpcBody {
     inner: hyper::body::Incoming,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    retired: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
     done: bool,
 }
 
-impl DeadlineBody {
-    pub fn new(inner: hyper::body::Incoming, deadline: std::time::Instant) -> Self {
-        DeadlineBody {
+impl GrpcBody {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        deadline: Option<std::time::Instant>,
+        life: &crate::runtime::Life,
+    ) -> Self {
+        let mut watch = Some(life.watch());
+        GrpcBody {
             inner,
-            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+            retired: Some(Box::pin(async move {
+                crate::runtime::retired(&mut watch).await;
+            })),
             done: false,
         }
     }
+
+    fn end(&mut self, code: u8, message: &'static str) -> http_body::Frame<bytes::Bytes> {
+        self.done = true;
+        let mut trailers = HeaderMap::new();
+        trailers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code)));
+        trailers.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(message));
+        http_body::Frame::trailers(trailers)
+    }
 }
 
-impl http_body::Body for DeadlineBody {
+impl http_body::Body for GrpcBody {
     type Data = bytes::Bytes;
     type Error = super::body::BoxError;
 
@@ -142,24 +160,33 @@ impl http_body::Body for DeadlineBody {
             }
             return Poll::Ready(frame.map(|r| r.map_err(|e| Box::new(e) as Self::Error)));
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            let mut trailers = HeaderMap::new();
-            trailers.insert(
-                GRPC_STATUS.clone(),
-                HeaderValue::from(u16::from(code::DEADLINE_EXCEEDED)),
-            );
-            trailers.insert(
-                GRPC_MESSAGE.clone(),
-                HeaderValue::from_static("deadline_exceeded"),
-            );
-            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        if let Some(d) = &mut this.deadline
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Ok(
+                this.end(code::DEADLINE_EXCEEDED, "deadline_exceeded")
+            )));
+        }
+        if let Some(r) = &mut this.retired
+            && r.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Ok(this.end(code::UNAVAILABLE, "route_removed"))));
         }
         Poll::Pending
     }
 
+    /// A trailers-only answer (status in the headers, no body) ends with the headers
+    /// (HEADERS with END_STREAM), as gRPC clients expect.
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.is_end_stream() {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            http_body::SizeHint::default()
+        }
     }
 }
 

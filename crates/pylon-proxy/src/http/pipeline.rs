@@ -29,13 +29,16 @@ use super::router::normalize_host;
 use super::upstream::{EndpointLease, Pooled};
 use crate::conn::{ConnState, InFlight};
 use crate::observe::access_log::millis;
-use crate::observe::{AccessLogger, AccessRecord, Metrics};
+use crate::observe::stats::{ListenerStats, RouteStats};
+use crate::observe::{AccessLogger, AccessRecord, Metrics, StatsRegistry};
 use crate::runtime::{ListenerRuntime, Runtime};
 use crate::tls::server::ClientIdentity;
 
 /// Process-wide services the request path reports to.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
+    /// Per listener, route and cluster.
+    pub stats: Arc<StatsRegistry>,
     pub logger: AccessLogger,
     pub request_ids: RequestIds,
 }
@@ -57,6 +60,8 @@ pub struct ConnCtx {
     pub scheme: &'static str,
     pub state: Arc<ConnState>,
     pub shared: Arc<Shared>,
+    /// The listener's traffic counters.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.
@@ -112,6 +117,9 @@ pub(super) struct Exchange {
     pub(super) user: Option<Arc<str>>,
     /// A CONNECT tunnel writes its own access-log line when it ends.
     pub(super) logged_by_tunnel: bool,
+    /// The route's stats, once a route took the request.
+    pub(super) stats: Option<Arc<RouteStats>>,
+    active: Option<ActiveRequest>,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
@@ -136,11 +144,14 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
         lease: None,
         user: None,
         logged_by_tunnel: false,
+        stats: None,
+        active: None,
     };
     let Some(listener) = rt.listener(&ctx.listener) else {
         ex.error = Some(ErrorKind::NoRoute);
         return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
     };
+    ex.active = Some(ActiveRequest::new(&listener.stats));
     let logging = ctx.shared.logger.enabled();
     if logging {
         ex.method = req.method().as_str().to_owned();
@@ -249,6 +260,7 @@ async fn serve(
         )
         .ok_or(ErrorKind::NoRoute)?;
     ex.route = Some(Arc::clone(&route.name));
+    ex.stats = Some(Arc::clone(&route.stats));
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => Ok(redirect(r, &req, ctx.scheme)),
@@ -314,6 +326,13 @@ fn finish(
     let status = resp.status().as_u16();
     let metrics = &ctx.shared.metrics;
     metrics.response(status);
+    let stats = ex
+        .stats
+        .take()
+        .or_else(|| listener.map(|l| Arc::clone(&l.unrouted)));
+    if let Some(s) = &stats {
+        s.response(status);
+    }
     if let Some(kind) = ex.error {
         metrics.error(kind);
     }
@@ -355,6 +374,8 @@ fn finish(
         pooled: ex.pooled.take(),
         meter: ex.meter.take(),
         log,
+        stats,
+        _active: ex.active.take(),
         _inflight: inflight,
     }));
     resp
@@ -368,12 +389,33 @@ struct ExchangeEnd {
     pooled: Option<Pooled>,
     meter: Option<Arc<RequestMeter>>,
     log: Option<(AccessLogger, Box<AccessRecord>)>,
+    stats: Option<Arc<RouteStats>>,
+    _active: Option<ActiveRequest>,
     _inflight: InFlight,
+}
+
+/// A request counted in its listener's active requests until dropped.
+struct ActiveRequest(Arc<ListenerStats>);
+
+impl ActiveRequest {
+    fn new(stats: &Arc<ListenerStats>) -> Self {
+        stats.requests_active.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(Arc::clone(stats))
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.requests_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Completion for ExchangeEnd {
     fn finish(self: Box<Self>, complete: bool, bytes: u64) {
         let this = *self;
+        if let Some(s) = &this.stats {
+            s.latency.observe(this.start.elapsed());
+        }
         if let Some(p) = this.pooled
             && complete
         {

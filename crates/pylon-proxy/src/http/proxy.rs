@@ -174,7 +174,8 @@ pub(super) async fn proxy(
         .and_then(|k| request_key(k, &req, ctx));
     let downstream_version = req.version();
     // A gRPC deadline bounds the whole exchange, retries included.
-    let deadline = super::grpc::is_grpc(req.headers())
+    let grpc = super::grpc::is_grpc(req.headers());
+    let deadline = grpc
         .then(|| super::grpc::timeout(req.headers()))
         .flatten()
         .map(|t| Instant::now() + t);
@@ -326,6 +327,7 @@ pub(super) async fn proxy(
         ex.upstream_ms = Some(millis(took));
         if result.is_ok() {
             lease.record_latency(took);
+            cluster.stats.upstream_latency.observe(took);
         }
         let client_caused = ex.meter.as_deref().is_some_and(|m| {
             m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
@@ -378,12 +380,13 @@ pub(super) async fn proxy(
                     None => resp,
                     Some(ws) => {
                         let tunnel = super::tunnel::Tunnel {
-                            limits: super::tunnel::Tunnel::limits(action),
+                            limits: super::tunnel::Tunnel::limits(action, &route.life),
                             lease: ex.lease.take(),
                             in_flight: ctx
                                 .state
                                 .request_started(downstream_version == Version::HTTP_2),
                             metrics: Arc::clone(&ctx.shared.metrics),
+                            stats: Arc::clone(&ctx.stats),
                         };
                         match ws.finish(resp, cluster.protocol, tunnel) {
                             super::tunnel::Outcome::Tunnel(answer) => return Ok(answer),
@@ -403,10 +406,12 @@ pub(super) async fn proxy(
                     rparts.headers.append(header::SET_COOKIE, v);
                 }
                 ex.pooled = pooled;
-                let body = match deadline {
-                    // The deadline covers the streamed messages too.
-                    Some(d) => ResponseBody::boxed(super::grpc::DeadlineBody::new(rbody, d)),
-                    None => ResponseBody::stream(rbody),
+                // A gRPC call's deadline covers the streamed messages too, and a reload
+                // that removes its route ends it (after the grace period) with a status.
+                let body = if grpc {
+                    ResponseBody::boxed(super::grpc::GrpcBody::new(rbody, deadline, &route.life))
+                } else {
+                    ResponseBody::stream(rbody)
                 };
                 Ok(Response::from_parts(rparts, body))
             }

@@ -18,6 +18,10 @@ pub struct RouteRuntime {
     pub cluster: Option<Arc<ClusterRuntime>>,
     /// `host_rewrite` as a header value.
     pub host_rewrite: Option<http::HeaderValue>,
+    /// Answers by status class and latency, kept across reloads.
+    pub stats: Arc<crate::observe::stats::RouteStats>,
+    /// Ends (after the reload grace period) when a reload removes or changes the route.
+    pub life: crate::runtime::Life,
 }
 
 /// The routes of one listener, in file order, indexed so that a request only looks at
@@ -86,6 +90,16 @@ impl Router {
             regexes,
             regex_slot,
         }
+    }
+
+    /// Every route, in file order.
+    pub fn routes(&self) -> &[RouteRuntime] {
+        &self.routes
+    }
+
+    /// The route with this name.
+    pub fn route_named(&self, name: &str) -> Option<&RouteRuntime> {
+        self.routes.iter().find(|r| &*r.name == name)
     }
 
     /// The first route matching the request. `host` is lower-case and has no port;
@@ -207,6 +221,19 @@ impl RouteRuntime {
     pub fn action(&self) -> &Action {
         &self.route.action
     }
+
+    /// A route outside any runtime (benchmarks, tests): its own stats, a life that
+    /// never ends.
+    pub fn detached(route: Route, cluster: Option<Arc<ClusterRuntime>>) -> RouteRuntime {
+        RouteRuntime {
+            name: Arc::from(route.name.as_str()),
+            stats: crate::observe::StatsRegistry::default().route("", &route.name, ""),
+            life: crate::runtime::Life::default(),
+            route,
+            cluster,
+            host_rewrite: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -221,9 +248,8 @@ mod tests {
         methods: &[&str],
         headers: Vec<HeaderMatch>,
     ) -> RouteRuntime {
-        RouteRuntime {
-            name: Arc::from("r"),
-            route: Route {
+        RouteRuntime::detached(
+            Route {
                 name: "r".into(),
                 listeners: vec![],
                 matcher: RouteMatch {
@@ -240,9 +266,8 @@ mod tests {
                     body: String::new(),
                 }),
             },
-            cluster: None,
-            host_rewrite: None,
-        }
+            None,
+        )
     }
 
     /// The plain definition: the first route, in file order, whose every part matches.

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,6 +16,12 @@ use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
 use crate::conn::{TrackedIo, Verdict};
 use crate::observe::AccessRecord;
+
+/// A draining idle HTTP/1.1 connection closes once it has been idle this long (or
+/// after its next response).
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// How often a draining idle connection looks for a request.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// A connection builder configured from a listener's limits.
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -49,7 +55,11 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::clone(&ctx.state);
-    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&state)));
+    let io = TokioIo::new(TrackedIo::new(
+        stream,
+        Arc::clone(&state),
+        Arc::clone(&ctx.stats),
+    ));
     let svc_ctx = Arc::clone(&ctx);
     let svc = service_fn(move |req| {
         let ctx = Arc::clone(&svc_ctx);
@@ -58,10 +68,23 @@ pub async fn serve_connection<S>(
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
+    // Asked to drain while an HTTP/1.1 connection was idle: it closes after its next
+    // response, or once idle for DRAIN_IDLE, so that a request already on its way is
+    // answered rather than cut.
+    let mut soft_drain = false;
     let mut hard_stop: Option<Instant> = None;
     loop {
         let wake = match state.verdict(limits.idle_timeout, limits.header_read_timeout) {
             _ if draining => hard_stop.unwrap_or_else(|| Instant::now() + limits.idle_timeout),
+            _ if soft_drain => {
+                if state.in_flight() > 0 || state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout)
+                {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                    continue;
+                }
+                Instant::now() + DRAIN_POLL
+            }
             Verdict::Wait(at) => at,
             Verdict::Idle => {
                 conn.as_mut().graceful_shutdown();
@@ -82,10 +105,15 @@ pub async fn serve_connection<S>(
                 }
                 return;
             }
-            changed = shutdown.changed(), if !draining => {
+            changed = shutdown.changed(), if !draining && !soft_drain => {
                 if changed.is_err() || *shutdown.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
+                    if state.is_h2() || state.in_flight() > 0 {
+                        // HTTP/2: GOAWAY; HTTP/1.1 busy: close after this response.
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    } else {
+                        soft_drain = true;
+                    }
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {

@@ -187,13 +187,16 @@ pub(super) struct Tunnel {
     pub lease: Option<EndpointLease>,
     pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
+    /// The listener's counters (tunnels open).
+    pub stats: Arc<crate::observe::stats::ListenerStats>,
 }
 
 impl Tunnel {
-    pub(super) fn limits(action: &ProxyAction) -> RelayLimits {
+    pub(super) fn limits(action: &ProxyAction, life: &crate::runtime::Life) -> RelayLimits {
         RelayLimits {
             idle: action.tunnel_idle_timeout,
             lifetime: action.tunnel_max_lifetime,
+            life: Some(life.watch()),
         }
     }
 
@@ -212,6 +215,7 @@ impl Tunnel {
         };
         metrics.tunnels_active.fetch_add(1, Ordering::Relaxed);
         metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.tunnels_active.fetch_add(1, Ordering::Relaxed);
         let activity = Activity::default();
         let end = relay::copy(
             TokioIo::new(client),
@@ -221,6 +225,7 @@ impl Tunnel {
         )
         .await;
         metrics.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.tunnels_active.fetch_sub(1, Ordering::Relaxed);
         if let (relay::RelayEnd::Error(_), Some(lease)) = (&end, &self.lease) {
             lease.report(false);
         }

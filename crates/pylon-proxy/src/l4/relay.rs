@@ -59,6 +59,8 @@ pub enum RelayEnd {
     Closed,
     Idle,
     Lifetime,
+    /// A reload removed or changed the route or listener, and its grace period ended.
+    Retired,
     /// A side reset or failed.
     Error(io::Error),
 }
@@ -69,15 +71,18 @@ impl RelayEnd {
             RelayEnd::Closed => "closed",
             RelayEnd::Idle => "idle_timeout",
             RelayEnd::Lifetime => "max_lifetime",
+            RelayEnd::Retired => "route_removed",
             RelayEnd::Error(_) => "reset",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RelayLimits {
     pub idle: Duration,
     pub lifetime: Option<Duration>,
+    /// The life of the route or listener the relay was opened through.
+    pub life: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Runs both directions until both are closed, one fails, or a limit is reached.
@@ -88,6 +93,9 @@ where
 {
     let mut up = std::pin::pin!(up);
     let mut down = std::pin::pin!(down);
+    let mut life = limits.life.clone();
+    let retired = crate::runtime::retired(&mut life);
+    let mut retired = std::pin::pin!(retired);
     let (mut up_done, mut down_done) = (false, false);
     let deadline = limits.lifetime.map(|l| tokio::time::Instant::now() + l);
     let tick = limits
@@ -104,6 +112,7 @@ where
                 Ok(()) => down_done = true,
                 Err(e) => return RelayEnd::Error(e),
             },
+            () = &mut retired => return RelayEnd::Retired,
             _ = tokio::time::sleep(tick) => {
                 if activity.idle_for() >= limits.idle {
                     return RelayEnd::Idle;
@@ -173,7 +182,9 @@ pub async fn tcp(
     activity: &Activity,
 ) -> RelayEnd {
     #[cfg(target_os = "linux")]
-    if zero_copy && let Some(end) = splice::relay(&client, &upstream, limits, activity).await {
+    if zero_copy
+        && let Some(end) = splice::relay(&client, &upstream, limits.clone(), activity).await
+    {
         return end;
     }
     let _ = zero_copy;

@@ -78,7 +78,7 @@ impl TcpProxyLoop {
             }
             let slot = Slot(Arc::clone(&open));
             let _ = stream.set_nodelay(true);
-            let guard = self.tracker.enter(&self.shared);
+            let guard = self.tracker.enter(&self.shared, &lr.stats);
             let conn = Connection {
                 listener: Arc::clone(&self.name),
                 runtime: Arc::clone(&self.runtime),
@@ -87,6 +87,7 @@ impl TcpProxyLoop {
                 proxy_in: lr.proxy_in.clone(),
                 l4,
                 client,
+                life: lr.life.clone(),
             };
             tokio::spawn(async move {
                 conn.serve(stream).await;
@@ -105,6 +106,9 @@ struct Connection {
     proxy_in: Option<Arc<pylon_config::model::ProxyProtocolIn>>,
     l4: Arc<L4Listener>,
     client: SocketAddr,
+    /// The listener's life: a reload that removes or changes it ends the session
+    /// after the grace period.
+    life: crate::runtime::Life,
 }
 
 impl Connection {
@@ -239,6 +243,7 @@ impl Connection {
         let limits = RelayLimits {
             idle: self.l4.idle_timeout,
             lifetime: self.l4.max_lifetime,
+            life: Some(self.life.watch()),
         };
         let end = match (stream, client_tls) {
             (Some(client), None) => match upstream.into_plain() {

@@ -160,6 +160,7 @@ impl UdpProxyLoop {
                 idle: l4.idle_timeout,
                 lease,
                 shared: Arc::clone(&self.shared),
+                life: lr.life.watch(),
             }
             .replies(),
         );
@@ -177,6 +178,9 @@ struct SessionTask {
     idle: Duration,
     lease: EndpointLease,
     shared: Arc<Shared>,
+    /// The listener's life: a reload that removes or changes the listener ends the
+    /// session after the grace period.
+    life: watch::Receiver<bool>,
 }
 
 impl SessionTask {
@@ -191,7 +195,9 @@ impl SessionTask {
             idle,
             lease,
             shared,
+            life,
         } = self;
+        let mut life = Some(life);
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut last_reply = now_ms();
         loop {
@@ -201,7 +207,12 @@ impl SessionTask {
             if left == 0 {
                 break;
             }
-            match tokio::time::timeout(Duration::from_millis(left), upstream.recv(&mut buf)).await {
+            let recv = tokio::time::timeout(Duration::from_millis(left), upstream.recv(&mut buf));
+            let outcome = tokio::select! {
+                r = recv => r,
+                () = crate::runtime::retired(&mut life) => break,
+            };
+            match outcome {
                 Ok(Ok(n)) => {
                     last_reply = now_ms();
                     if listener.send_to(&buf[..n], client).await.is_ok() {

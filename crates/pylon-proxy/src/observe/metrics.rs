@@ -1,8 +1,8 @@
 //! Process-wide counters: responses by status class, proxy-made errors by reason,
-//! connections. Plain atomics on the request path; rendered as Prometheus text for the
-//! admin API.
+//! connections, reloads. Plain atomics on the request path; `exposition.rs` renders
+//! them for the admin API.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::http::error::ErrorKind;
@@ -34,6 +34,11 @@ pub struct Metrics {
     /// WebSocket tunnels open now, and opened so far.
     pub tunnels_active: AtomicU64,
     pub tunnels_total: AtomicU64,
+    /// Configuration reloads applied and refused; when the config in force was loaded
+    /// (Unix seconds).
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub config_loaded_at: AtomicU64,
 }
 
 impl Metrics {
@@ -55,60 +60,17 @@ impl Metrics {
         self.responses[usize::from(class).min(5)].load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition of every counter.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# TYPE pylon_responses_total counter\n");
-        for (i, c) in self.responses.iter().enumerate() {
-            let class = if i == 0 {
-                "other".to_string()
-            } else {
-                format!("{i}xx")
-            };
-            let _ = writeln!(
-                out,
-                "pylon_responses_total{{class=\"{class}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# TYPE pylon_proxy_errors_total counter\n");
-        for kind in ErrorKind::ALL {
-            let _ = writeln!(
-                out,
-                "pylon_proxy_errors_total{{reason=\"{}\"}} {}",
-                kind.as_str(),
-                self.errors(kind)
-            );
-        }
-        for (name, v) in [
-            (
-                "pylon_connections_accepted_total",
-                &self.connections_accepted,
-            ),
-            ("pylon_connections_active", &self.connections_active),
-            ("pylon_access_log_dropped_total", &self.access_log_dropped),
-            ("pylon_tls_handshakes_total", &self.tls_handshakes),
-            (
-                "pylon_tls_handshake_failures_total",
-                &self.tls_handshake_failures,
-            ),
-            ("pylon_l4_connections_total", &self.l4_connections),
-            ("pylon_l4_connections_refused_total", &self.l4_refused),
-            ("pylon_l4_connections_rejected_total", &self.l4_rejected),
-            ("pylon_l4_connect_failures_total", &self.l4_connect_failures),
-            ("pylon_l4_received_bytes_total", &self.l4_bytes_received),
-            ("pylon_l4_sent_bytes_total", &self.l4_bytes_sent),
-            (
-                "pylon_proxy_protocol_refused_total",
-                &self.proxy_protocol_refused,
-            ),
-            ("pylon_udp_sessions_total", &self.udp_sessions),
-            ("pylon_udp_dropped_datagrams_total", &self.udp_dropped),
-            ("pylon_tunnels_active", &self.tunnels_active),
-            ("pylon_tunnels_total", &self.tunnels_total),
-        ] {
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-        }
-        out
+    /// OpenMetrics text of these counters (the admin API's `/metrics` adds the
+    /// per-listener, per-route and per-cluster series).
+    pub fn render(self: &Arc<Self>) -> String {
+        super::exposition::render(super::exposition::Global(Arc::clone(self)))
+    }
+
+    /// Records a configuration taking effect now.
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.config_loaded_at.store(now, Ordering::Relaxed);
     }
 }

@@ -121,6 +121,8 @@ pub struct ClusterRuntime {
     pub dns_failures: AtomicU64,
     /// Set once the first DNS round is done (at once without DNS endpoints).
     dns_ready: tokio::sync::watch::Sender<bool>,
+    /// Upstream latency, kept across reloads.
+    pub stats: Arc<crate::observe::stats::ClusterStats>,
 }
 
 /// A request (or a retry) in flight on a cluster; dropping it ends it.
@@ -195,7 +197,10 @@ fn algorithm(p: LbPolicy) -> Algorithm {
 impl ClusterRuntime {
     /// Builds the cluster (reading its TLS files) and starts its idle-connection
     /// sweeper, health checks and DNS discovery.
-    pub fn new(c: &model::Cluster) -> Result<Arc<Self>, ConfigError> {
+    pub fn new(
+        c: &model::Cluster,
+        stats: Arc<crate::observe::stats::ClusterStats>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let tls = match &c.tls {
             Some(t) => Some(TlsConnector::new(t, c.protocol)?),
             None => None,
@@ -263,6 +268,7 @@ impl ClusterRuntime {
             dns_updates: AtomicU64::new(0),
             dns_failures: AtomicU64::new(0),
             dns_ready: tokio::sync::watch::Sender::new(!uses_dns),
+            stats,
         });
         cluster.replace_endpoints(&specs);
         if uses_dns {
@@ -270,6 +276,11 @@ impl ClusterRuntime {
         }
         spawn_sweeper(Arc::downgrade(&cluster), c.pool.idle_timeout);
         Ok(cluster)
+    }
+
+    /// The config the cluster was built from.
+    pub fn config(&self) -> &model::Cluster {
+        &self.config
     }
 
     /// The endpoint set now in force.

@@ -1,0 +1,435 @@
+//! The admin API: its own HTTP/1.1 listener (`[admin]`, 127.0.0.1:9901 by default),
+//! JSON answers. Health and readiness probes, Prometheus metrics, the effective config
+//! (secrets redacted), clusters and endpoints, reloads, endpoint drain and undrain,
+//! the log level. With a `token`, every path but the probes needs
+//! `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pylon_config::{Config, ConfigError};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::sockets::PreboundSocket;
+use crate::{Proxy, StartError};
+
+/// The listener name the admin socket carries in a binary upgrade.
+pub const LISTENER: &str = "<admin>";
+
+/// Largest config accepted by `POST /reload`.
+const MAX_BODY: usize = 4 << 20;
+
+/// The admin listener while it runs.
+pub(crate) struct AdminHandle {
+    pub configured: SocketAddr,
+    pub local: SocketAddr,
+    pub socket: std::net::TcpListener,
+    stop: watch::Sender<bool>,
+}
+
+/// What a config asks of the admin listener.
+pub(crate) enum AdminPlan {
+    Off,
+    Keep,
+    New(SocketAddr, std::net::TcpListener),
+}
+
+/// Binds the admin socket a config needs (before anything is committed).
+pub(crate) fn prepare(
+    current: Option<&AdminHandle>,
+    config: &Config,
+    prebound: &mut Vec<PreboundSocket>,
+) -> Result<AdminPlan, StartError> {
+    let Some(admin) = &config.admin else {
+        return Ok(AdminPlan::Off);
+    };
+    if current.is_some_and(|c| c.configured == admin.bind) {
+        return Ok(AdminPlan::Keep);
+    }
+    let inherited = prebound
+        .iter()
+        .position(|p| p.listener.as_deref() == Some(LISTENER) && p.configured == admin.bind)
+        .map(|i| prebound.swap_remove(i).socket);
+    if let Some(crate::sockets::Socket::Tcp(s)) = inherited {
+        return Ok(AdminPlan::New(admin.bind, s));
+    }
+    crate::listener::bind(admin.bind)
+        .map(|s| AdminPlan::New(admin.bind, s))
+        .map_err(|source| StartError::Bind {
+            listener: "admin".into(),
+            addr: admin.bind,
+            source,
+        })
+}
+
+/// Starts, keeps or stops the admin listener; returns what changed.
+pub(crate) fn commit(
+    current: &mut Option<AdminHandle>,
+    plan: AdminPlan,
+    proxy: Weak<Proxy>,
+) -> Option<String> {
+    match plan {
+        AdminPlan::Keep => None,
+        AdminPlan::Off => current.take().map(|old| {
+            let _ = old.stop.send(true);
+            format!("admin API on {}: closed", old.local)
+        }),
+        AdminPlan::New(configured, socket) => {
+            if let Some(old) = current.take() {
+                let _ = old.stop.send(true);
+            }
+            let local = socket.local_addr().ok()?;
+            let (stop, stop_rx) = watch::channel(false);
+            let serving = socket
+                .try_clone()
+                .and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(s)
+                })
+                .map_err(|e| tracing::error!(error = %e, "admin API cannot serve"))
+                .ok()?;
+            tokio::spawn(serve(serving, proxy, stop_rx));
+            tracing::info!("admin API on http://{local}");
+            *current = Some(AdminHandle {
+                configured,
+                local,
+                socket,
+                stop,
+            });
+            Some(format!("admin API on {local}: listening"))
+        }
+    }
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    proxy: Weak<Proxy>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(handle(req, proxy).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_string_pretty(body).unwrap_or_default();
+    text.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    reply(status, &json!({ "error": message }))
+}
+
+fn config_errors(errors: Vec<ConfigError>) -> Value {
+    let list: Vec<Value> = errors
+        .into_iter()
+        .map(|e| {
+            json!({
+                "file": e.file,
+                "line": e.line,
+                "column": e.column,
+                "key": e.key,
+                "message": e.message,
+                "text": e.to_string(),
+            })
+        })
+        .collect();
+    json!({ "status": "refused", "errors": list })
+}
+
+/// Constant-time comparison of the bearer token.
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Bytes>> {
+    let Some(proxy) = proxy.upgrade() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "stopping");
+    };
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    // Probes answer without the token (load balancers and orchestrators call them).
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, &json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => {
+            return if proxy.is_ready() {
+                reply(StatusCode::OK, &json!({ "ready": true }))
+            } else {
+                let reason = if proxy.is_draining() {
+                    "draining"
+                } else {
+                    "health checks pending"
+                };
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "ready": false, "reason": reason }),
+                )
+            };
+        }
+        _ => {}
+    }
+    let rt = proxy.runtime();
+    if let Some(token) = rt.config.admin.as_ref().and_then(|a| a.token.as_deref())
+        && !authorized(&req, token)
+    {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let mut r = Response::new(Full::new(Bytes::from(proxy.render_metrics())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(crate::observe::exposition::CONTENT_TYPE),
+            );
+            r
+        }
+        (&Method::GET, ["config"]) => {
+            let mut config = serde_json::to_value(&*rt.config).unwrap_or(Value::Null);
+            tidy(&mut config);
+            reply(
+                StatusCode::OK,
+                &json!({ "hash": rt.config_hash, "config": config }),
+            )
+        }
+        (&Method::GET, ["clusters"]) => reply(StatusCode::OK, &clusters(&rt)),
+        (&Method::POST, ["reload"]) => reload(req, &proxy).await,
+        (&Method::POST, ["clusters", cluster, "endpoints", endpoint, action])
+            if *action == "drain" || *action == "undrain" =>
+        {
+            drain(&rt, cluster, endpoint, *action == "drain")
+        }
+        (&Method::PUT, ["log-level"]) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let filter = String::from_utf8_lossy(&body).trim().to_owned();
+            match proxy.set_log_level(&filter) {
+                Ok(()) => {
+                    tracing::info!(filter = %filter, "log level changed");
+                    reply(StatusCode::OK, &json!({ "log_level": filter }))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        (_, ["healthz" | "readyz" | "metrics" | "config" | "clusters"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
+        (_, ["reload"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
+        (_, ["log-level"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT"),
+        _ => error(StatusCode::NOT_FOUND, "no such admin path"),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body too large or unreadable",
+        )),
+    }
+}
+
+/// `POST /reload`: the config file again, or the config in the body.
+async fn reload(req: Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let result = if body.iter().all(u8::is_ascii_whitespace) {
+        proxy.reload_from_source().await
+    } else {
+        let text = String::from_utf8_lossy(&body);
+        match pylon_config::parse(&text, "<POST /reload>") {
+            Ok(c) => proxy.reload(&c).await,
+            Err(e) => {
+                proxy
+                    .shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("reload refused, the running configuration keeps serving:\n{e}");
+                Err(StartError::Config(e))
+            }
+        }
+    };
+    match result {
+        Ok(report) => reply(
+            StatusCode::OK,
+            &json!({ "status": "ok", "hash": report.hash, "changes": report.changes }),
+        ),
+        Err(e) => reply(
+            StatusCode::BAD_REQUEST,
+            &config_errors(e.into_config_errors()),
+        ),
+    }
+}
+
+fn drain(
+    rt: &crate::runtime::Runtime,
+    cluster: &str,
+    endpoint: &str,
+    drained: bool,
+) -> Response<Full<Bytes>> {
+    let Some(c) = rt.clusters.get(cluster) else {
+        return error(StatusCode::NOT_FOUND, "no such cluster");
+    };
+    let set = c.endpoints();
+    let Some(i) = set.ids.iter().position(|id| id == endpoint) else {
+        return error(StatusCode::NOT_FOUND, "no such endpoint in this cluster");
+    };
+    let Some(state) = set.state.state(i) else {
+        return error(StatusCode::NOT_FOUND, "no such endpoint in this cluster");
+    };
+    state.set_drained(drained);
+    tracing::info!(cluster, endpoint, drained, "endpoint drain changed");
+    reply(
+        StatusCode::OK,
+        &json!({
+            "cluster": cluster,
+            "endpoint": endpoint,
+            "drained": drained,
+            "in_flight": set.state.in_flight(i),
+        }),
+    )
+}
+
+fn clusters(rt: &crate::runtime::Runtime) -> Value {
+    let mut names: Vec<&String> = rt.clusters.keys().collect();
+    names.sort();
+    let list: Vec<Value> = names
+        .into_iter()
+        .filter_map(|n| rt.clusters.get(n))
+        .map(|c| {
+            let set = c.endpoints();
+            let endpoints: Vec<Value> = (0..set.len())
+                .map(|i| {
+                    let st = set.state.get(i);
+                    json!({
+                        "address": set.ids[i],
+                        "available": set.state.is_available(i),
+                        "healthy": st.is_some_and(|s| s.is_up()),
+                        "ejected": set.state.is_ejected(i),
+                        "drained": st.is_some_and(|s| s.is_drained()),
+                        "weight": st.map_or(0, |s| s.weight),
+                        "in_flight": set.state.in_flight(i),
+                        "latency_ewma_ms": set.state.ewma_ns(i) as f64 / 1e6,
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*c.name,
+                "endpoints": endpoints,
+                "upstream_connections": c.open_connections(),
+            })
+        })
+        .collect();
+    json!({ "clusters": list })
+}
+
+/// Makes the serialized config readable: durations as text, secrets redacted.
+fn tidy(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.len() == 2
+                && let (Some(Value::Number(secs)), Some(Value::Number(nanos))) =
+                    (map.get("secs"), map.get("nanos"))
+            {
+                let d = Duration::new(
+                    secs.as_u64().unwrap_or(0),
+                    nanos.as_u64().unwrap_or(0) as u32,
+                );
+                *v = Value::String(humantime::format_duration(d).to_string());
+                return;
+            }
+            for (k, val) in map.iter_mut() {
+                if matches!(k.as_str(), "token" | "password_hash" | "secret") && !val.is_null() {
+                    *val = Value::String("<redacted>".into());
+                } else {
+                    tidy(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tidy_writes_durations_and_redacts_secrets() {
+        let mut v = json!({
+            "drain_timeout": { "secs": 30, "nanos": 0 },
+            "users": [{ "name": "a", "password_hash": "$argon2id$..." }],
+            "admin": { "token": "abc", "bind": "127.0.0.1:9901" },
+            "sticky": { "secret": null },
+        });
+        tidy(&mut v);
+        assert_eq!(v["drain_timeout"], "30s");
+        assert_eq!(v["users"][0]["password_hash"], "<redacted>");
+        assert_eq!(v["admin"]["token"], "<redacted>");
+        assert_eq!(v["admin"]["bind"], "127.0.0.1:9901");
+        assert!(v["sticky"]["secret"].is_null());
+    }
+}

@@ -1,0 +1,197 @@
+//! The listening sockets of a running Pylon and the loops accepting on them, across
+//! reloads: a socket whose listener keeps its address is never closed (a reload that
+//! changes the listener's settings starts a new accept loop on the same socket, and
+//! the old loop stops); a removed address stops accepting and its connections drain.
+//! Also what a binary upgrade hands over: every socket, with the listener it serves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pylon_config::model::{self, ListenerProtocol};
+use tokio::sync::watch;
+
+use crate::http::pipeline::Shared;
+use crate::listener::{AcceptLoop, ConnTracker};
+use crate::runtime::Runtime;
+use crate::tls::server::ServerTls;
+
+/// A bound socket, not yet served.
+pub enum Socket {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl Socket {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
+        }
+    }
+
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Socket::Udp(_))
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<Socket> {
+        Ok(match self {
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            Socket::Udp(s) => Socket::Udp(s.try_clone()?),
+        })
+    }
+
+    /// The file descriptor, for handing the socket to a new process.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::Udp(s) => s.as_fd(),
+        }
+    }
+}
+
+/// A socket bound before start (by a test, or handed over by the Pylon being
+/// upgraded), with the listener and configured address it served.
+pub struct PreboundSocket {
+    pub listener: Option<String>,
+    pub configured: SocketAddr,
+    pub socket: Socket,
+}
+
+/// A socket being served.
+pub(crate) struct RunningSocket {
+    pub listener: String,
+    /// The address as configured (its port may be 0).
+    pub configured: SocketAddr,
+    pub local: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// The listener's settings its accept loop was started with.
+    pub config: model::Listener,
+    pub tls: Option<Arc<ServerTls>>,
+    /// Our own handle on the socket (the loop holds another).
+    pub socket: Socket,
+    /// Stops the accept loop.
+    pub stop: watch::Sender<bool>,
+    /// Asks the socket's connections to finish (removed listener, shutdown).
+    pub drain: watch::Sender<bool>,
+}
+
+/// What every loop needs.
+pub(crate) struct LoopCtx {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub shared: Arc<Shared>,
+    pub tracker: Arc<ConnTracker>,
+}
+
+impl RunningSocket {
+    /// Starts serving `socket` for `listener`.
+    pub fn start(
+        listener: &model::Listener,
+        configured: SocketAddr,
+        socket: Socket,
+        tls: Option<Arc<ServerTls>>,
+        ctx: &LoopCtx,
+    ) -> std::io::Result<RunningSocket> {
+        let local = socket.local_addr()?;
+        let mut running = RunningSocket {
+            listener: listener.name.clone(),
+            configured,
+            local,
+            protocol: listener.protocol,
+            config: listener.clone(),
+            tls,
+            socket,
+            stop: watch::Sender::new(false),
+            drain: watch::Sender::new(false),
+        };
+        running.spawn_loop(ctx)?;
+        Ok(running)
+    }
+
+    /// Replaces the accept loop with one for `listener`'s new settings, on the same
+    /// socket; connections already accepted go on as they are.
+    pub fn restart(
+        &mut self,
+        listener: &model::Listener,
+        tls: Option<Arc<ServerTls>>,
+        ctx: &LoopCtx,
+    ) -> std::io::Result<()> {
+        let _ = self.stop.send(true);
+        self.stop = watch::Sender::new(false);
+        self.listener = listener.name.clone();
+        self.protocol = listener.protocol;
+        self.config = listener.clone();
+        self.tls = tls;
+        self.spawn_loop(ctx)
+    }
+
+    /// Stops accepting and asks the connections to finish.
+    pub fn close(&self) {
+        let _ = self.stop.send(true);
+        let _ = self.drain.send(true);
+    }
+
+    fn spawn_loop(&mut self, ctx: &LoopCtx) -> std::io::Result<()> {
+        let name: Arc<str> = Arc::from(self.listener.as_str());
+        let stop = self.stop.subscribe();
+        match self.socket.try_clone()? {
+            Socket::Udp(u) => {
+                u.set_nonblocking(true)?;
+                let socket = tokio::net::UdpSocket::from_std(u)?;
+                tokio::spawn(
+                    crate::l4::udp::UdpProxyLoop {
+                        socket: Arc::new(socket),
+                        name,
+                        runtime: Arc::clone(&ctx.runtime),
+                        shared: Arc::clone(&ctx.shared),
+                        shutdown: stop,
+                    }
+                    .run(),
+                );
+            }
+            Socket::Tcp(t) => {
+                t.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(t)?;
+                if self.protocol == ListenerProtocol::Tcp {
+                    tokio::spawn(
+                        crate::l4::tcp::TcpProxyLoop {
+                            listener,
+                            name,
+                            runtime: Arc::clone(&ctx.runtime),
+                            shared: Arc::clone(&ctx.shared),
+                            tracker: Arc::clone(&ctx.tracker),
+                            shutdown: stop,
+                            tls: self.tls.clone(),
+                        }
+                        .run(),
+                    );
+                } else {
+                    tokio::spawn(
+                        AcceptLoop {
+                            listener,
+                            name,
+                            runtime: Arc::clone(&ctx.runtime),
+                            shared: Arc::clone(&ctx.shared),
+                            tracker: Arc::clone(&ctx.tracker),
+                            stop,
+                            drain: self.drain.subscribe(),
+                            tls: self.tls.clone(),
+                        }
+                        .run(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        match self.protocol {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Udp => "udp",
+        }
+    }
+}

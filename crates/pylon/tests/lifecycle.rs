@@ -1,0 +1,383 @@
+//! The Pylon process's life, through its binary: SIGHUP and file-watch reloads, the
+//! log level changed at run time, SIGTERM (readiness off, GOAWAY, in-flight requests
+//! finish, exit 0), and a zero-downtime binary upgrade under continuous load with
+//! reloads: no failed request, no refused connection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use pylon_testkit::*;
+
+const PYLON: &str = env!("CARGO_BIN_EXE_pylon");
+
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pylon-life-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The admin API's address, from the process's log.
+fn admin_addr(p: &PylonProcess) -> SocketAddr {
+    let lines = p.stderr.lock().unwrap().clone();
+    lines
+        .iter()
+        .find_map(|l| {
+            let rest = l.split("admin API on http://").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no admin address in {lines:#?}"))
+}
+
+async fn admin(addr: SocketAddr, method: Method, path: &str, text: &str) -> Answer {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .body(body(text.to_owned()))
+        .unwrap();
+    send_h1(addr, req).await
+}
+
+fn config(origin: SocketAddr, dir: &Path, body: &str, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+drain_timeout = "10s"
+upgrade_socket = "{sock}"
+{extra_server}
+
+[admin]
+bind = "127.0.0.1:0"
+
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "version"
+path = "/version"
+respond = {{ body = "{body}" }}
+
+[[routes]]
+name = "app"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{origin}"]
+"#,
+        sock = dir.join("upgrade.sock").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_the_file_watch_reload_and_a_broken_file_is_refused() {
+    let origin = Origin::named("o").await;
+    let dir = temp_dir();
+    let file = dir.join("pylon.toml");
+    std::fs::write(&file, config(origin.addr, &dir, "v1", "")).unwrap();
+    let p = PylonProcess::start(PYLON, &["run", "-c", file.to_str().unwrap()], None);
+    let front = p.addr("front");
+    assert_eq!(get(front, "/version").await.text(), "v1");
+
+    std::fs::write(&file, config(origin.addr, &dir, "v2", "")).unwrap();
+    p.signal(libc::SIGHUP);
+    eventually_async("SIGHUP reloaded the file", || async {
+        get(front, "/version").await.text() == "v2"
+    })
+    .await;
+
+    std::fs::write(&file, "[[listeners]]\nname = 1\n").unwrap();
+    p.signal(libc::SIGHUP);
+    eventually("the broken file was refused", || {
+        p.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("reload refused"))
+    })
+    .await;
+    assert_eq!(
+        get(front, "/version").await.text(),
+        "v2",
+        "the old config serves on"
+    );
+
+    // With the file watch on, writing the file is enough.
+    std::fs::write(
+        &file,
+        config(
+            origin.addr,
+            &dir,
+            "v3",
+            "watch_config = true\nwatch_debounce = \"50ms\"",
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    eventually_async("v3 in force", || async {
+        get(front, "/version").await.text() == "v3"
+    })
+    .await;
+    std::fs::write(
+        &file,
+        config(
+            origin.addr,
+            &dir,
+            "v4",
+            "watch_config = true\nwatch_debounce = \"50ms\"",
+        ),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while get(front, "/version").await.text() != "v4" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watched file did not reload itself: {:#?}",
+            p.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // POST /reload with no body re-reads the file.
+    let a = admin_addr(&p);
+    std::fs::write(&file, config(origin.addr, &dir, "v5", "")).unwrap();
+    let r = admin(a, Method::POST, "/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(front, "/version").await.text(), "v5");
+
+    // The log level changes at run time.
+    assert_eq!(
+        admin(a, Method::PUT, "/log-level", "debug").await.status,
+        200
+    );
+    let bad = admin(a, Method::PUT, "/log-level", "pylon=[").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("invalid log filter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_off_sends_goaway_and_lets_requests_finish() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = Arc::clone(&release);
+    let origin = Origin::start(move |_req| {
+        let r = Arc::clone(&r);
+        async move {
+            r.notified().await;
+            http::Response::new(full("finished"))
+        }
+    })
+    .await;
+    let dir = temp_dir();
+    let file = dir.join("pylon.toml");
+    std::fs::write(&file, config(origin.addr, &dir, "v1", "")).unwrap();
+    let mut p = PylonProcess::start(PYLON, &["run", "-c", file.to_str().unwrap()], None);
+    let front = p.addr("front");
+    let a = admin_addr(&p);
+    assert_eq!(admin(a, Method::GET, "/readyz", "").await.status, 200);
+
+    // An HTTP/2 client with a request in flight.
+    let mut h2 = h2_conn(front).await;
+    let req = Request::get("http://t/slow").body(empty()).unwrap();
+    let in_flight = h2.send_request(req);
+    let in_flight = tokio::spawn(async move {
+        let resp = in_flight.await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    eventually("the request reached the origin", || {
+        origin.request_count() == 1
+    })
+    .await;
+
+    p.signal(libc::SIGTERM);
+    eventually_async("not ready while draining", || async {
+        let r = admin(a, Method::GET, "/readyz", "").await;
+        r.status == 503 && r.json()["reason"] == "draining"
+    })
+    .await;
+    // GOAWAY: the HTTP/2 connection takes no new stream.
+    eventually_async("GOAWAY received", || {
+        let mut h2 = h2.clone();
+        async move {
+            let req = Request::get("http://t/version").body(empty()).unwrap();
+            h2.send_request(req).await.is_err()
+        }
+    })
+    .await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exits only after the in-flight request"
+    );
+    release.notify_one();
+    assert_eq!(in_flight.await.unwrap(), "finished");
+    assert_eq!(p.wait_exit().code(), Some(0));
+}
+
+/// Load from the test: keep-alive clients (reconnecting when the server closes after a
+/// response) and clients opening a connection per request. Any error is a failure.
+struct Load {
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(front: SocketAddr) -> Load {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (ok, failed, errors, stop) = (
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(&errors),
+                Arc::clone(&stop),
+            );
+            let keep_alive = i < 4;
+            tasks.push(tokio::spawn(async move {
+                let fail = |what: String| {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors.lock().unwrap().push(what);
+                };
+                let mut conn: Option<hyper::client::conn::http1::SendRequest<ClientBody>> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let reusable = match conn.as_mut() {
+                        Some(c) => c.ready().await.is_ok(),
+                        None => false,
+                    };
+                    if !reusable {
+                        let s = match tokio::net::TcpStream::connect(front).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                fail(format!("connect: {e}"));
+                                continue;
+                            }
+                        };
+                        let (tx, c) =
+                            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                                .await
+                                .unwrap();
+                        tokio::spawn(c);
+                        conn = Some(tx);
+                    }
+                    let tx = conn.as_mut().unwrap();
+                    let req = Request::get("/").header("host", "t").body(empty()).unwrap();
+                    match tx.send_request(req).await {
+                        Ok(resp) if resp.status() == 200 => {
+                            match resp.into_body().collect().await {
+                                Ok(_) => {
+                                    ok.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(e) => fail(format!("body: {e}")),
+                            }
+                        }
+                        Ok(resp) => fail(format!("status {}", resp.status())),
+                        Err(e) => {
+                            fail(format!("request: {e}"));
+                            conn = None;
+                        }
+                    }
+                    if !keep_alive {
+                        conn = None;
+                    }
+                }
+            }));
+        }
+        Load {
+            ok,
+            failed,
+            errors,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more requests have been served.
+    async fn progress(&self, n: usize) {
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        eventually("load progressing", || {
+            self.ok.load(Ordering::SeqCst) >= target
+        })
+        .await;
+    }
+
+    async fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            errors,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_and_a_binary_upgrade_under_load_lose_nothing() {
+    let origin = Origin::named("o").await;
+    let dir = temp_dir();
+    let file = dir.join("pylon.toml");
+    std::fs::write(&file, config(origin.addr, &dir, "v0", "")).unwrap();
+    let mut old = PylonProcess::start(PYLON, &["run", "-c", file.to_str().unwrap()], None);
+    let front = old.addr("front");
+    let a = admin_addr(&old);
+    let load = Load::start(front);
+    load.progress(200).await;
+
+    for i in 1..=20 {
+        let r = admin(
+            a,
+            Method::POST,
+            "/reload",
+            &config(origin.addr, &dir, &format!("v{i}"), ""),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        load.progress(20).await;
+    }
+    assert_eq!(get(front, "/version").await.text(), "v20");
+
+    // A new process takes the sockets over; the old one drains and exits 0.
+    std::fs::write(&file, config(origin.addr, &dir, "new", "")).unwrap();
+    let new = PylonProcess::start(
+        PYLON,
+        &["run", "-c", file.to_str().unwrap(), "--upgrade"],
+        None,
+    );
+    assert_eq!(new.addr("front"), front, "same socket, same address");
+    assert_eq!(old.wait_exit().code(), Some(0));
+    eventually_async("the new process answers", || async {
+        get(front, "/version").await.text() == "new"
+    })
+    .await;
+    load.progress(200).await;
+    // The admin API moved over too.
+    assert_eq!(admin(a, Method::GET, "/healthz", "").await.status, 200);
+
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:#?}");
+    assert!(ok > 600, "{ok} requests");
+    // A second upgrade works from the new process's own socket.
+    drop(new);
+}
