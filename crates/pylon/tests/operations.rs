@@ -287,6 +287,29 @@ async fn stream_echo_origin() -> Origin {
     .await
 }
 
+/// A UDP echo server.
+async fn udp_echo() -> SocketAddr {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+async fn udp_round_trip(s: &tokio::net::UdpSocket, text: &str) {
+    s.send(text.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(DEADLINE, s.recv(&mut buf))
+        .await
+        .expect("udp echo in time")
+        .unwrap();
+    assert_eq!(&buf[..n], text.as_bytes());
+}
+
 /// A TCP echo server.
 async fn tcp_echo() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -306,6 +329,7 @@ struct Backends {
     ws: SocketAddr,
     grpc: SocketAddr,
     tcp: SocketAddr,
+    udp: SocketAddr,
     web: SocketAddr,
     spare: SocketAddr,
 }
@@ -363,6 +387,12 @@ bind = "127.0.0.1:0"
 protocol = "tcp"
 cluster = "tcp"
 
+[[listeners]]
+name = "datagrams"
+bind = "127.0.0.1:0"
+protocol = "udp"
+cluster = "udp"
+
 {long}
 [[routes]]
 name = "extra"
@@ -389,6 +419,10 @@ name = "tcp"
 endpoints = ["{tcp}"]
 
 [[clusters]]
+name = "udp"
+endpoints = ["{udp}"]
+
+[[clusters]]
 name = "web"
 endpoints = [{web}]
 "#,
@@ -396,6 +430,7 @@ endpoints = [{web}]
         ws = b.ws,
         grpc = b.grpc,
         tcp = b.tcp,
+        udp = b.udp,
     )
 }
 
@@ -483,6 +518,7 @@ async fn backends() -> (Backends, Vec<Box<dyn std::any::Any + Send>>) {
         ws: ws.addr,
         grpc: grpc.addr,
         tcp: tcp_echo().await,
+        udp: udp_echo().await,
         web: web.addr,
         spare: spare.addr,
     };
@@ -493,7 +529,7 @@ async fn backends() -> (Backends, Vec<Box<dyn std::any::Any + Send>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websockets_grpc_streams_and_tcp_tunnels_flow_across_100_reloads() {
+async fn websockets_grpc_streams_tcp_tunnels_and_udp_sessions_flow_across_100_reloads() {
     let (b, _keep) = backends().await;
     let p = TestProxy::start(&round_config(&b, 0, "30s", true)).await;
     let a = p.proxy.admin_addr().await.unwrap();
@@ -503,6 +539,8 @@ async fn websockets_grpc_streams_and_tcp_tunnels_flow_across_100_reloads() {
     let mut tcp = tokio::net::TcpStream::connect(p.addr("tunnel"))
         .await
         .unwrap();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.connect(p.addr("datagrams")).await.unwrap();
     let origin_connections_before = p.proxy.cluster("ws").map(|c| Arc::as_ptr(&c));
 
     for i in 1..=100 {
@@ -523,6 +561,7 @@ async fn websockets_grpc_streams_and_tcp_tunnels_flow_across_100_reloads() {
         ws_round_trip(&mut ws, &format!("ws {i}")).await;
         bidi.round_trip(format!("grpc {i}").as_bytes()).await;
         tcp_round_trip(&mut tcp, &format!("tcp {i}\n")).await;
+        udp_round_trip(&udp, &format!("udp {i}")).await;
     }
     // Unchanged clusters were kept as they were (pools, health), not rebuilt.
     assert_eq!(
