@@ -76,6 +76,9 @@ pub struct Server {
     /// Unix socket on which this process hands its listening sockets to a new one
     /// (zero-downtime binary upgrade).
     pub upgrade_socket: Option<String>,
+    /// Client connections open at once, all listeners together; more are closed at
+    /// once and counted.
+    pub max_connections: u64,
 }
 
 impl Default for Server {
@@ -87,6 +90,7 @@ impl Default for Server {
             watch_config: false,
             watch_debounce: Duration::from_millis(500),
             upgrade_socket: None,
+            max_connections: 100_000,
         }
     }
 }
@@ -246,6 +250,9 @@ pub struct Listener {
     pub binds: Vec<SocketAddr>,
     pub protocol: ListenerProtocol,
     pub limits: Limits,
+    /// Connections one client IP may have open at once on this listener (HTTP and
+    /// TCP listeners); more are closed at once and counted.
+    pub max_connections_per_ip: Option<u64>,
     pub headers: ForwardingHeaders,
     /// Present when `protocol` is `https` (always) or `tcp` (TLS termination at L4).
     pub tls: Option<ListenerTls>,

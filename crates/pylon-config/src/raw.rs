@@ -17,6 +17,7 @@ pub struct RawServer {
     pub watch_config: Option<bool>,
     pub watch_debounce: Option<Spanned<String>>,
     pub upgrade_socket: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +49,7 @@ pub struct RawListener {
     pub max_uri_bytes: Option<Spanned<Size>>,
     pub max_request_body: Option<Spanned<Size>>,
     pub max_concurrent_streams: Option<Spanned<u32>>,
+    pub max_connections_per_ip: Option<Spanned<u64>>,
     pub x_forwarded: Option<bool>,
     pub forwarded: Option<bool>,
     pub via: Option<bool>,

@@ -25,6 +25,8 @@ pub struct ConnState {
     /// HTTP/2: no header-read timeout between requests (only the idle one).
     h2: AtomicBool,
     first_read: AtomicBool,
+    /// The request head being read had both Content-Length and Transfer-Encoding.
+    framing_conflict: AtomicBool,
 }
 
 /// What the connection timer should do now.
@@ -47,6 +49,7 @@ impl Default for ConnState {
             in_flight: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             first_read: AtomicBool::new(true),
+            framing_conflict: AtomicBool::new(false),
         }
     }
 }
@@ -56,7 +59,8 @@ impl ConnState {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    fn read_activity(&self, data: &[u8]) {
+    /// Records bytes read; true when they begin a new request head.
+    fn read_activity(&self, data: &[u8]) -> bool {
         if self.first_read.swap(false, Ordering::Relaxed) && data.starts_with(b"PRI * HTTP/2.0") {
             self.h2.store(true, Ordering::Relaxed);
         }
@@ -66,7 +70,16 @@ impl ConnState {
             && self.head_started.load(Ordering::Relaxed) == 0
         {
             self.head_started.store(now + 1, Ordering::Relaxed);
+            return true;
         }
+        false
+    }
+
+    /// Whether the request head just read had both Content-Length and
+    /// Transfer-Encoding (cleared by asking).
+    pub fn take_framing_conflict(&self) -> bool {
+        self.framing_conflict.load(Ordering::Relaxed)
+            && self.framing_conflict.swap(false, Ordering::Relaxed)
     }
 
     fn write_activity(&self) {
@@ -119,7 +132,14 @@ impl ConnState {
         if now >= deadline {
             Verdict::Idle
         } else {
-            Verdict::Wait(at(deadline))
+            // A head may start arriving at any moment: look again within the header
+            // timeout, so a slow head is cut at its own deadline, not the idle one.
+            let recheck = if self.h2.load(Ordering::Relaxed) {
+                deadline
+            } else {
+                deadline.min(now + header.as_nanos() as u64)
+            };
+            Verdict::Wait(at(recheck))
         }
     }
 }
@@ -135,12 +155,62 @@ impl Drop for InFlight {
     }
 }
 
+/// Watches an HTTP/1.x request head as it is read for a Content-Length line and a
+/// Transfer-Encoding line together: the parser keeps one of them silently, but such a
+/// message is a smuggling attempt and is refused. Only the start of each header line
+/// is looked at, up to the blank line that ends the head.
+#[derive(Debug, Default)]
+struct HeadScan {
+    active: bool,
+    /// The first bytes of the current line, lower-cased.
+    line: [u8; 17],
+    len: usize,
+    line_bytes: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl HeadScan {
+    /// Feeds bytes of the head; `Some(conflict)` once the head ends.
+    fn feed(&mut self, data: &[u8]) -> Option<bool> {
+        for &b in data {
+            match b {
+                b'\n' => {
+                    if self.line_bytes == 0 {
+                        let conflict = self.content_length && self.transfer_encoding;
+                        *self = HeadScan::default();
+                        return Some(conflict);
+                    }
+                    let name = &self.line[..self.len];
+                    if name.starts_with(b"content-length") {
+                        self.content_length = true;
+                    } else if name.starts_with(b"transfer-encoding") {
+                        self.transfer_encoding = true;
+                    }
+                    self.len = 0;
+                    self.line_bytes = 0;
+                }
+                b'\r' => {}
+                _ => {
+                    if self.len < self.line.len() {
+                        self.line[self.len] = b.to_ascii_lowercase();
+                        self.len += 1;
+                    }
+                    self.line_bytes += 1;
+                }
+            }
+        }
+        None
+    }
+}
+
 /// A socket that reports its activity to [`ConnState`] and its bytes to its
 /// listener's counters.
 pub struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     stats: Arc<ListenerStats>,
+    scan: HeadScan,
 }
 
 impl<T> TrackedIo<T> {
@@ -149,6 +219,7 @@ impl<T> TrackedIo<T> {
             inner,
             state,
             stats,
+            scan: HeadScan::default(),
         }
     }
 }
@@ -163,7 +234,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.read_activity(&buf.filled()[before..]);
+            let data = &buf.filled()[before..];
+            if this.state.read_activity(data) && !this.state.is_h2() {
+                this.scan = HeadScan {
+                    active: true,
+                    ..HeadScan::default()
+                };
+            }
+            if this.scan.active
+                && let Some(conflict) = this.scan.feed(data)
+                && conflict
+            {
+                this.state.framing_conflict.store(true, Ordering::Relaxed);
+            }
             this.stats
                 .received_bytes
                 .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
@@ -219,11 +302,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn head_scan_finds_both_framings_across_reads() {
+        let mut s = HeadScan {
+            active: true,
+            ..HeadScan::default()
+        };
+        assert_eq!(s.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Enc"), None);
+        assert_eq!(
+            s.feed(b"oding: chunked\r\nconTENT-length: 5\r\n\r\n0\r\n"),
+            Some(true)
+        );
+        assert!(!s.active, "stops at the end of the head");
+        let mut s = HeadScan {
+            active: true,
+            ..HeadScan::default()
+        };
+        assert_eq!(
+            s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: x"),
+            Some(false)
+        );
+    }
+
+    #[test]
     fn verdicts() {
         let s = Arc::new(ConnState::default());
         let idle = Duration::from_secs(60);
         let header = Duration::from_secs(10);
-        assert!(matches!(s.verdict(idle, header), Verdict::Wait(_)));
+        match s.verdict(idle, header) {
+            Verdict::Wait(at) => assert!(
+                at <= Instant::now() + header,
+                "an idle connection is looked at again within the header timeout"
+            ),
+            v => panic!("{v:?}"),
+        }
         // A head started arriving: the header deadline applies, not the idle one.
         s.read_activity(b"GET / HTTP/1.1\r\n");
         match s.verdict(idle, header) {

@@ -53,9 +53,59 @@ pub struct ConnTracker {
     changed: Notify,
 }
 
-pub struct ConnGuard(Arc<ConnTracker>, Arc<Shared>, Arc<ListenerStats>);
+pub struct ConnGuard(
+    Arc<ConnTracker>,
+    Arc<Shared>,
+    Arc<ListenerStats>,
+    /// The client IP, when counted per IP.
+    Option<std::net::IpAddr>,
+);
 
 impl ConnTracker {
+    /// Counts a new connection in, unless a limit refuses it (counted in metrics): the
+    /// process-wide `max_connections`, the listener's `per_ip` limit for `client`.
+    pub fn try_enter(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        stats: &Arc<ListenerStats>,
+        client: std::net::IpAddr,
+        max_connections: u64,
+        per_ip: Option<u64>,
+    ) -> Option<ConnGuard> {
+        if self.live() as u64 >= max_connections {
+            shared
+                .metrics
+                .refused_max_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%client, limit = max_connections, "connection refused: max_connections");
+            return None;
+        }
+        let counted_ip = match per_ip {
+            None => None,
+            Some(limit) => {
+                let mut map = stats
+                    .per_ip
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = map.entry(client).or_insert(0);
+                if *n >= limit {
+                    drop(map);
+                    shared
+                        .metrics
+                        .refused_per_ip
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%client, limit, "connection refused: max_connections_per_ip");
+                    return None;
+                }
+                *n += 1;
+                Some(client)
+            }
+        };
+        let mut guard = self.enter(shared, stats);
+        guard.3 = counted_ip;
+        Some(guard)
+    }
+
     pub fn enter(self: &Arc<Self>, shared: &Arc<Shared>, stats: &Arc<ListenerStats>) -> ConnGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
@@ -68,7 +118,12 @@ impl ConnTracker {
             .metrics
             .connections_active
             .fetch_add(1, Ordering::Relaxed);
-        ConnGuard(Arc::clone(self), Arc::clone(shared), Arc::clone(stats))
+        ConnGuard(
+            Arc::clone(self),
+            Arc::clone(shared),
+            Arc::clone(stats),
+            None,
+        )
     }
 
     pub fn live(&self) -> usize {
@@ -94,6 +149,19 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::SeqCst);
         self.2.connections_active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.3 {
+            let mut map = self
+                .2
+                .per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
         self.1
             .metrics
             .connections_active
@@ -186,8 +254,18 @@ impl AcceptLoop {
                     continue;
                 }
             };
+            let Some(guard) = self.tracker.try_enter(
+                &self.shared,
+                &lr.stats,
+                client.ip(),
+                self.runtime.load().config.server.max_connections,
+                lr.config.max_connections_per_ip,
+            ) else {
+                // Closed at once: the client sees the connection end.
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let guard = self.tracker.enter(&self.shared, &lr.stats);
             let mut ctx = ConnCtx {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),

@@ -416,6 +416,14 @@ fn server(r: RawServer, p: &mut Problems) -> Server {
         reload_grace: duration(&r.reload_grace, d.reload_grace, p),
         watch_config: r.watch_config.unwrap_or(d.watch_config),
         watch_debounce: duration(&r.watch_debounce, d.watch_debounce, p),
+        max_connections: match &r.max_connections {
+            Some(n) if *n.get_ref() == 0 => {
+                p.at(n, "max_connections must be at least 1");
+                d.max_connections
+            }
+            Some(n) => *n.get_ref(),
+            None => d.max_connections,
+        },
         upgrade_socket: match r.upgrade_socket {
             Some(s) if s.get_ref().is_empty() => {
                 p.at(&s, "`upgrade_socket` must be a file path");
@@ -612,11 +620,26 @@ fn listener(
         via: r.via.unwrap_or(dh.via),
         request_id,
     };
+    let max_connections_per_ip = match &r.max_connections_per_ip {
+        Some(n) if *n.get_ref() == 0 => {
+            p.at(n, "max_connections_per_ip must be at least 1");
+            None
+        }
+        Some(n) if protocol == ListenerProtocol::Udp => {
+            p.at(
+                n,
+                "`max_connections_per_ip` applies to http, https and tcp listeners",
+            );
+            None
+        }
+        n => n.as_ref().map(|n| *n.get_ref()),
+    };
     ok.then_some(Listener {
         name,
         binds,
         protocol,
         limits,
+        max_connections_per_ip,
         headers,
         tls,
         l4,

@@ -105,7 +105,8 @@ pub trait Completion: Send + Sync {
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    /// An upstream body, with its first frame when it was read ahead.
+    Stream(Incoming, Option<Frame<Bytes>>),
     /// A transformed body (gRPC-Web).
     Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
 }
@@ -134,11 +135,29 @@ impl ResponseBody {
 
     pub fn stream(inner: Incoming) -> Self {
         ResponseBody {
-            kind: Kind::Stream(inner),
+            kind: Kind::Stream(inner, None),
             sent: 0,
             ended: false,
             completion: None,
         }
+    }
+
+    /// An upstream body whose first frame, if it has already arrived, is read now: a
+    /// body that is broken from its first bytes (bad chunk framing) fails here, before
+    /// the response head is sent, so the client gets a 502 instead of a cut answer.
+    pub fn stream_checked(mut inner: Incoming) -> Result<Self, BoxError> {
+        use futures_util::FutureExt;
+        let first = match http_body_util::BodyExt::frame(&mut inner).now_or_never() {
+            Some(Some(Ok(frame))) => Some(frame),
+            Some(Some(Err(e))) => return Err(Box::new(e)),
+            Some(None) | None => None,
+        };
+        Ok(ResponseBody {
+            kind: Kind::Stream(inner, first),
+            sent: 0,
+            ended: false,
+            completion: None,
+        })
     }
 
     pub fn boxed<B>(body: B) -> Self
@@ -177,7 +196,8 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
-            Kind::Stream(inner) => ready!(Pin::new(inner).poll_frame(cx))
+            Kind::Stream(_, first @ Some(_)) => first.take().map(Ok),
+            Kind::Stream(inner, None) => ready!(Pin::new(inner).poll_frame(cx))
                 .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
             Kind::Boxed(inner) => ready!(Pin::new(inner).poll_frame(cx)),
         };
@@ -210,7 +230,17 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream(inner) => inner.size_hint(),
+            Kind::Stream(inner, None) => inner.size_hint(),
+            Kind::Stream(inner, Some(first)) => {
+                let n = first.data_ref().map_or(0, |d| d.len() as u64);
+                let rest = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + n);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + n);
+                }
+                hint
+            }
             Kind::Boxed(inner) => inner.size_hint(),
         }
     }
@@ -220,7 +250,7 @@ impl ResponseBody {
     fn is_end_stream_inner(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Stream(inner) => inner.is_end_stream(),
+            Kind::Stream(inner, first) => first.is_none() && inner.is_end_stream(),
             Kind::Boxed(inner) => inner.is_end_stream(),
         }
     }

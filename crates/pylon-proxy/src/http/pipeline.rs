@@ -218,13 +218,86 @@ fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKin
         _ => {}
     }
     if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
-        let declared = cl
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or(ErrorKind::MalformedRequest)?;
+        let declared = content_length(cl.as_bytes()).ok_or(ErrorKind::MalformedRequest)?;
         if declared > limits.max_request_body {
             return Err(ErrorKind::BodyTooLarge);
+        }
+    }
+    if let Some(host) = headers.get(header::HOST) {
+        valid_host(host.as_bytes())?;
+    }
+    if req.version() <= Version::HTTP_11 {
+        check_h1_framing(req)?;
+    }
+    Ok(())
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside, no list).
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// `Host` must be a plain authority: host and optional port, no user info, nothing else.
+fn valid_host(v: &[u8]) -> Result<(), ErrorKind> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    let authority = http::uri::Authority::try_from(v).map_err(|_| ErrorKind::MalformedRequest)?;
+    if authority.as_str().contains('@')
+        || authority.host().is_empty()
+        || (authority.as_str().contains(':')
+            && !authority.host().starts_with('[')
+            && authority.port_u16().is_none())
+    {
+        return Err(ErrorKind::MalformedRequest);
+    }
+    Ok(())
+}
+
+/// HTTP/1.x framing and target: what a backend could read differently is refused
+/// (RFC 9112 §6.3, §3.2): a Transfer-Encoding other than exactly `chunked` (once, in
+/// HTTP/1.1 only), Content-Length together with it (hyper reports that on the
+/// connection), an authority-form target outside CONNECT, `*` outside OPTIONS, and an
+/// absolute-form target whose authority disagrees with `Host` or carries user info.
+fn check_h1_framing<B>(req: &Request<B>) -> Result<(), ErrorKind> {
+    let headers = req.headers();
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        let chunked = first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+        if !chunked || te.next().is_some() || req.version() != Version::HTTP_11 {
+            return Err(ErrorKind::MalformedRequest);
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(ErrorKind::MalformedRequest);
+        }
+    }
+    let uri = req.uri();
+    let method = req.method();
+    if *method != http::Method::CONNECT {
+        if uri.scheme().is_none() && uri.authority().is_some() {
+            return Err(ErrorKind::MalformedRequest);
+        }
+        if uri.path() == "*" && *method != http::Method::OPTIONS {
+            return Err(ErrorKind::MalformedRequest);
+        }
+    }
+    if uri.scheme().is_some()
+        && let Some(a) = uri.authority()
+    {
+        if a.as_str().contains('@') {
+            return Err(ErrorKind::MalformedRequest);
+        }
+        if let Some(host) = headers.get(header::HOST)
+            && !host.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+        {
+            return Err(ErrorKind::MalformedRequest);
         }
     }
     Ok(())
@@ -243,6 +316,11 @@ async fn serve(
                 _ => ctx.shared.request_ids.next(),
             },
         );
+    }
+    // Content-Length and Transfer-Encoding both in the head (seen on the socket: the
+    // parser keeps only one of them).
+    if ctx.state.take_framing_conflict() {
+        return Err(ErrorKind::MalformedRequest);
     }
     check_limits(&req, listener)?;
     if let Some(fwd) = &listener.forward {

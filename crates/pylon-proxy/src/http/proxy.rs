@@ -397,6 +397,25 @@ pub(super) async fn proxy(
                     }
                 };
                 let (mut rparts, rbody) = resp.into_parts();
+                // One framing only from an HTTP/1.x upstream: a Transfer-Encoding
+                // other than exactly `chunked`, or with a Content-Length, is refused,
+                // not guessed at.
+                if rparts.version <= Version::HTTP_11 {
+                    let mut te = rparts.headers.get_all(header::TRANSFER_ENCODING).iter();
+                    if let Some(first) = te.next()
+                        && (!first
+                            .as_bytes()
+                            .trim_ascii()
+                            .eq_ignore_ascii_case(b"chunked")
+                            || te.next().is_some()
+                            || rparts.headers.contains_key(header::CONTENT_LENGTH))
+                    {
+                        if let Some(l) = &ex.lease {
+                            l.report(false);
+                        }
+                        return Err(ErrorKind::UpstreamInvalid);
+                    }
+                }
                 strip_hop_by_hop(&mut rparts.headers);
                 if listener.config.headers.via {
                     append_via(&mut rparts.headers, rparts.version);
@@ -411,7 +430,17 @@ pub(super) async fn proxy(
                 let body = if grpc {
                     ResponseBody::boxed(super::grpc::GrpcBody::new(rbody, deadline, &route.life))
                 } else {
-                    ResponseBody::stream(rbody)
+                    match ResponseBody::stream_checked(rbody) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::debug!(cluster = %cluster.name, error = %e, "upstream body broken from its first bytes");
+                            if let Some(l) = &ex.lease {
+                                l.report(false);
+                            }
+                            ex.pooled = None;
+                            return Err(ErrorKind::UpstreamInvalid);
+                        }
+                    }
                 };
                 Ok(Response::from_parts(rparts, body))
             }

@@ -78,7 +78,16 @@ impl TcpProxyLoop {
             }
             let slot = Slot(Arc::clone(&open));
             let _ = stream.set_nodelay(true);
-            let guard = self.tracker.enter(&self.shared, &lr.stats);
+            let Some(guard) = self.tracker.try_enter(
+                &self.shared,
+                &lr.stats,
+                client.ip(),
+                self.runtime.load().config.server.max_connections,
+                lr.config.max_connections_per_ip,
+            ) else {
+                drop(stream);
+                continue;
+            };
             let conn = Connection {
                 listener: Arc::clone(&self.name),
                 runtime: Arc::clone(&self.runtime),

@@ -222,6 +222,20 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
         ] {
             f.counter(name, help, load(v))?;
         }
+        f.counters(
+            "pylon_connections_refused",
+            "Connections closed at once for a limit: max_connections (all listeners), max_connections_per_ip.",
+            [
+                (
+                    vec![("reason", "max_connections")],
+                    load(&m.refused_max_connections),
+                ),
+                (
+                    vec![("reason", "max_connections_per_ip")],
+                    load(&m.refused_per_ip),
+                ),
+            ],
+        )?;
         f.gauge(
             "pylon_connections_active",
             "Client connections open now (all listeners).",

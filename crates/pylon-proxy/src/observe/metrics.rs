@@ -14,6 +14,10 @@ pub struct Metrics {
     errors: [AtomicU64; ErrorKind::COUNT],
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Connections closed at once: over `[server] max_connections`, over a listener's
+    /// `max_connections_per_ip`.
+    pub refused_max_connections: AtomicU64,
+    pub refused_per_ip: AtomicU64,
     pub access_log_dropped: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,

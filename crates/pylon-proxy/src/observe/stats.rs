@@ -65,6 +65,9 @@ impl Histogram {
 /// One listener's traffic.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    /// Connections open per client IP, kept only for listeners with
+    /// `max_connections_per_ip`.
+    pub per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, u64>>,
     pub connections_active: AtomicU64,
     pub connections_total: AtomicU64,
     pub requests_active: AtomicU64,

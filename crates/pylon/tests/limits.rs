@@ -1,0 +1,200 @@
+//! Many and slow clients: the per-IP and process-wide connection limits close what is
+//! over them at once (counted), and 5,000 slowloris connections leave a normal client
+//! served, Pylon's memory bounded, and are all closed by the header-read timeout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use pylon_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A keep-alive connection that has completed one request and stays open.
+async fn idle_connection(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    s
+}
+
+/// Whether the server closes a fresh connection without answering.
+async fn refused(addr: std::net::SocketAddr) -> bool {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(DEADLINE, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_and_process_wide_connection_limits_close_the_excess() {
+    let origin = Origin::named("o").await;
+    let p = TestProxy::start(&format!(
+        "[server]\nmax_connections = 6\n{}",
+        simple_config(&[origin.addr], "max_connections_per_ip = 3", "")
+    ))
+    .await;
+    let front = p.addr("front");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(idle_connection(front).await);
+    }
+    assert!(refused(front).await, "a fourth connection from 127.0.0.1");
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.refused_per_ip.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // One closes: room for one more.
+    drop(held.pop());
+    eventually("the closed connection is counted out", || {
+        p.proxy.live_connections() == 2
+    })
+    .await;
+    held.push(idle_connection(front).await);
+
+    // Another client IP (127.0.0.2) has its own allowance, within the process-wide 6.
+    let other = |_: ()| async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        sock.connect(front).await.unwrap()
+    };
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut s = other(()).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        others.push(s);
+    }
+    assert_eq!(p.proxy.live_connections(), 6);
+    // From a third IP: the process-wide limit.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut s = sock.connect(front).await.unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    assert!(matches!(
+        tokio::time::timeout(DEADLINE, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    ));
+    assert_eq!(
+        m.refused_max_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(
+        m.render()
+            .contains("pylon_connections_refused_total{reason=\"max_connections_per_ip\"} 1")
+    );
+}
+
+/// Pylon's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_slow_clients_leave_a_normal_client_served_and_memory_bounded() {
+    raise_fd_limit(20_000);
+    let origin = Origin::named("o").await;
+    let dir = std::env::temp_dir().join(format!("pylon-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pylon.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nheader_read_timeout = \"3s\"\n[[routes]]\ncluster = \"c\"\n[[clusters]]\nname = \"c\"\nendpoints = [\"{}\"]\n",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let p = PylonProcess::start(
+        env!("CARGO_BIN_EXE_pylon"),
+        &["run", "-c", file.to_str().unwrap()],
+        None,
+    );
+    let front = p.addr("front");
+    let pid = p.child.id();
+    let admin: std::net::SocketAddr = p
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("admin API on http://")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let active = || async move {
+        let text = get(admin, "/metrics").await.text();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("pylon_connections_active ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap()
+    };
+    let before = rss_bytes(pid);
+
+    // 5,000 connections that start a request head and never finish it, opened in
+    // batches that Pylon has accepted before the next (the kernel's accept queue
+    // holds 4,096).
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        for _ in 0..500 {
+            let mut s = TcpStream::connect(front).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                .await
+                .unwrap();
+            slow.push(s);
+        }
+        let n = slow.len() as u64;
+        eventually_async("Pylon accepted the batch", || async { active().await >= n }).await;
+    }
+    // A normal client is served meanwhile.
+    assert_eq!(get(front, "/").await.text(), "o");
+    let during = rss_bytes(pid);
+    let per_connection = (during.saturating_sub(before)) / 5_000;
+    assert!(
+        during < before + 256 * 1024 * 1024,
+        "RSS grew from {before} to {during} ({per_connection} bytes per slow connection)"
+    );
+    // Every slow connection is closed by the header-read timeout, without an answer.
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(DEADLINE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            other => panic!("a slow connection got {other:?}"),
+        }
+    }
+    assert_eq!(closed, 5_000);
+    assert_eq!(get(front, "/").await.text(), "o");
+    eprintln!(
+        "RSS before {} KiB, with 5,000 slow connections {} KiB ({} bytes each)",
+        before / 1024,
+        during / 1024,
+        per_connection
+    );
+}
