@@ -6,6 +6,8 @@
 
 pub mod admin;
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod l4;

@@ -222,6 +222,22 @@ impl RouteRuntime {
         &self.route.action
     }
 
+    /// Whether this route alone matches the request: the plain definition that
+    /// [`Router::find`]'s index must agree with.
+    pub fn matches(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        client: Option<&ClientIdentity>,
+    ) -> bool {
+        hosts_match(&self.route, host)
+            && path_matches(&self.route.matcher.path, path)
+            && rest_matches(&self.route, method, headers)
+            && cert_matches(&self.route.matcher.client_cert, client)
+    }
+
     /// A route outside any runtime (benchmarks, tests): its own stats, a life that
     /// never ends.
     pub fn detached(route: Route, cluster: Option<Arc<ClusterRuntime>>) -> RouteRuntime {
@@ -278,11 +294,7 @@ mod tests {
         m: &Method,
         h: &HeaderMap,
     ) -> Option<&'a RouteRuntime> {
-        r.routes.iter().find(|x| {
-            hosts_match(&x.route, host)
-                && path_matches(&x.route.matcher.path, path)
-                && rest_matches(&x.route, m, h)
-        })
+        r.routes.iter().find(|x| x.matches(host, path, m, h, None))
     }
 
     fn host_strategy() -> impl Strategy<Value = HostMatch> {

@@ -28,6 +28,33 @@ pub async fn read_header(stream: &mut TcpStream, limit: Duration) -> Result<Addr
         .map_err(|_| format!("no complete PROXY header within {limit:?}"))?
 }
 
+/// What the bytes at the start of a connection say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole header yet.
+    Incomplete,
+    /// A header of this many bytes, with these addresses.
+    Complete(usize, Addresses),
+    Invalid(String),
+}
+
+/// Parses a PROXY header (v1 or v2) at the start of `buf`, without consuming anything.
+pub fn parse_header(buf: &[u8]) -> Parsed {
+    match HeaderResult::parse(buf) {
+        r if r.is_incomplete() => {
+            if buf.len() >= MAX_HEADER {
+                Parsed::Invalid("PROXY header too long".into())
+            } else {
+                Parsed::Incomplete
+            }
+        }
+        HeaderResult::V1(Ok(h)) => Parsed::Complete(h.header.len(), v1_addresses(&h.addresses)),
+        HeaderResult::V2(Ok(h)) => Parsed::Complete(h.len(), v2_addresses(&h)),
+        HeaderResult::V1(Err(e)) => Parsed::Invalid(format!("invalid PROXY v1 header: {e}")),
+        HeaderResult::V2(Err(e)) => Parsed::Invalid(format!("invalid PROXY v2 header: {e}")),
+    }
+}
+
 async fn read_header_inner(stream: &mut TcpStream) -> Result<Addresses, String> {
     let mut buf = vec![0u8; MAX_HEADER];
     let mut seen = 0;
@@ -36,11 +63,8 @@ async fn read_header_inner(stream: &mut TcpStream) -> Result<Addresses, String> 
         if n == 0 {
             return Err("connection closed before a PROXY header".into());
         }
-        let (len, addresses) = match HeaderResult::parse(&buf[..n]) {
-            r if r.is_incomplete() => {
-                if n >= MAX_HEADER {
-                    return Err("PROXY header too long".into());
-                }
+        let (len, addresses) = match parse_header(&buf[..n]) {
+            Parsed::Incomplete => {
                 // Peek returns at once while data is buffered: wait a little for more.
                 if n == seen {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -48,10 +72,8 @@ async fn read_header_inner(stream: &mut TcpStream) -> Result<Addresses, String> 
                 seen = n;
                 continue;
             }
-            HeaderResult::V1(Ok(h)) => (h.header.len(), v1_addresses(&h.addresses)),
-            HeaderResult::V2(Ok(h)) => (h.len(), v2_addresses(&h)),
-            HeaderResult::V1(Err(e)) => return Err(format!("invalid PROXY v1 header: {e}")),
-            HeaderResult::V2(Err(e)) => return Err(format!("invalid PROXY v2 header: {e}")),
+            Parsed::Complete(len, addresses) => (len, addresses),
+            Parsed::Invalid(e) => return Err(e),
         };
         let mut header = vec![0u8; len];
         stream
