@@ -429,6 +429,12 @@ pub struct Limits {
     pub max_request_body: u64,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before Pylon has taken them up
+    /// (rapid reset, CVE-2023-44487); beyond: GOAWAY ENHANCE_YOUR_CALM.
+    pub h2_max_reset_streams: usize,
+    /// HTTP/2 streams Pylon may reset for the client's protocol errors on one
+    /// connection; beyond: GOAWAY.
+    pub h2_max_error_resets: usize,
 }
 
 impl Default for Limits {
@@ -441,6 +447,8 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             max_request_body: 1 << 30,
             max_concurrent_streams: 256,
+            h2_max_reset_streams: 20,
+            h2_max_error_resets: 1024,
         }
     }
 }

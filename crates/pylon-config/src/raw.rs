@@ -49,6 +49,8 @@ pub struct RawListener {
     pub max_uri_bytes: Option<Spanned<Size>>,
     pub max_request_body: Option<Spanned<Size>>,
     pub max_concurrent_streams: Option<Spanned<u32>>,
+    pub h2_max_reset_streams: Option<Spanned<usize>>,
+    pub h2_max_error_resets: Option<Spanned<usize>>,
     pub max_connections_per_ip: Option<Spanned<u64>>,
     pub x_forwarded: Option<bool>,
     pub forwarded: Option<bool>,

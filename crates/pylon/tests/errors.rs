@@ -344,3 +344,64 @@ async fn client_going_away_mid_upload_does_not_hurt_others() {
     .await;
     let _ = Duration::ZERO;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_killed_mid_response_truncates_cleanly_and_is_counted() {
+    // Sends a head promising 100,000 bytes, then 10,000 of them, then dies (the process
+    // is gone: the socket is reset).
+    let dying = RawOrigin::start(|mut s: TcpStream| async move {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+            .await;
+        let _ = s.write_all(&[b'x'; 10_000]).await;
+        let _ = s.flush().await;
+        let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+        drop(s);
+    })
+    .await;
+    let p = TestProxy::start(&simple_config(&[dying.addr], "", "")).await;
+    let front = p.addr("front");
+
+    // HTTP/1.1: the client gets the head and part of the body, then the connection
+    // closes: a clean truncation (short of content-length), never a hang.
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_to_close(&mut s).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.len() < 100_000, "truncated: {} bytes", out.len());
+
+    // HTTP/2: the stream is reset; the connection serves the next request.
+    let mut h2 = h2_conn(front).await;
+    let resp = h2
+        .send_request(Request::get("http://a/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "the stream ends in an error, not a short success"
+    );
+    let again = h2
+        .send_request(Request::get("http://a/").body(empty()).unwrap())
+        .await;
+    assert!(
+        again.is_ok(),
+        "the client connection survived the reset stream"
+    );
+
+    eventually("both truncations are counted", || {
+        let counted: f64 = p
+            .proxy
+            .render_metrics()
+            .lines()
+            .filter(|l| l.starts_with("pylon_requests_incomplete_total{listener=\"front\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        counted >= 2.0
+    })
+    .await;
+}

@@ -58,7 +58,7 @@ pub(super) fn l4_listener(
         }
         return None;
     }
-    let http_only: [(&str, Option<Range<usize>>); 10] = [
+    let http_only: [(&str, Option<Range<usize>>); 12] = [
         (
             "header_read_timeout",
             r.header_read_timeout.as_ref().map(|s| s.span()),
@@ -76,6 +76,14 @@ pub(super) fn l4_listener(
         (
             "max_concurrent_streams",
             r.max_concurrent_streams.as_ref().map(|s| s.span()),
+        ),
+        (
+            "h2_max_reset_streams",
+            r.h2_max_reset_streams.as_ref().map(|s| s.span()),
+        ),
+        (
+            "h2_max_error_resets",
+            r.h2_max_error_resets.as_ref().map(|s| s.span()),
         ),
         ("request_id", r.request_id.as_ref().map(|s| s.span())),
         ("x_forwarded", r.x_forwarded.map(|_| r.name.span())),

@@ -330,6 +330,17 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     }
 }
 
+fn at_least_one(v: &Option<Spanned<usize>>, default: usize, p: &mut Problems) -> usize {
+    match v {
+        Some(n) if *n.get_ref() == 0 => {
+            p.at(n, "must be at least 1");
+            default
+        }
+        Some(n) => *n.get_ref(),
+        None => default,
+    }
+}
+
 fn duration(v: &Option<Spanned<String>>, default: Duration, p: &mut Problems) -> Duration {
     match v {
         None => default,
@@ -600,6 +611,8 @@ fn listener(
         max_uri_bytes: usize_size(&r.max_uri_bytes, d.max_uri_bytes, p),
         max_request_body: size(&r.max_request_body, d.max_request_body, p),
         max_concurrent_streams,
+        h2_max_reset_streams: at_least_one(&r.h2_max_reset_streams, d.h2_max_reset_streams, p),
+        h2_max_error_resets: at_least_one(&r.h2_max_error_resets, d.h2_max_error_resets, p),
     };
     let dh = ForwardingHeaders::default();
     let request_id = match r.request_id.as_ref() {

@@ -493,6 +493,9 @@ impl Completion for ExchangeEnd {
         let this = *self;
         if let Some(s) = &this.stats {
             s.latency.observe(this.start.elapsed());
+            if !complete {
+                s.incomplete.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if let Some(p) = this.pooled
             && complete

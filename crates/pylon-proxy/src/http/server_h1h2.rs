@@ -40,6 +40,8 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
         .enable_connect_protocol()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_error_resets)
         .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX));
     b
 }

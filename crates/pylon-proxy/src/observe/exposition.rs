@@ -328,6 +328,20 @@ impl Collector for Exposition {
                 })
             }),
         )?;
+        f.counters(
+            "pylon_requests_incomplete",
+            "Responses whose body did not reach the client whole (upstream died mid-body, client gone).",
+            routes.iter().map(|r| {
+                (
+                    vec![
+                        ("listener", &*r.listener),
+                        ("route", &*r.route),
+                        ("cluster", &*r.cluster),
+                    ],
+                    r.incomplete.load(Ordering::Relaxed),
+                )
+            }),
+        )?;
         f.histograms(
             "pylon_request_duration_seconds",
             "Time from a request's arrival to the end of its response body, by route.",

@@ -85,6 +85,9 @@ pub struct RouteStats {
     pub cluster: Arc<str>,
     responses: [AtomicU64; 6],
     pub latency: Histogram,
+    /// Responses whose body did not reach the client whole (upstream died mid-body,
+    /// client went away, upload cut).
+    pub incomplete: AtomicU64,
 }
 
 impl RouteStats {
@@ -136,6 +139,7 @@ impl StatsRegistry {
                 cluster: Arc::from(cluster),
                 responses: Default::default(),
                 latency: Histogram::default(),
+                incomplete: AtomicU64::new(0),
             })
         }))
     }

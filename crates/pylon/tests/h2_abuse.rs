@@ -1,0 +1,293 @@
+//! HTTP/2 abuse at the frame level, with raw frames written by the test: rapid reset
+//! (CVE-2023-44487), CONTINUATION floods, HPACK bombs, too many streams, PING and
+//! SETTINGS floods. Each is bounded (GOAWAY, stream reset or back-pressure) while a
+//! second, well-behaved client keeps being served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use pylon_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+const REFUSED_STREAM: u32 = 0x7;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// GET / with `:authority: a`, HPACK-encoded with static-table indices.
+const GET_BLOCK: &[u8] = &[0x82, 0x84, 0x86, 0x41, 0x01, b'a'];
+
+/// A connection that has sent the preface and an empty SETTINGS frame.
+async fn h2_raw(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    s
+}
+
+/// Frames the server sent until it closed (or the deadline): (type, flags, stream,
+/// payload).
+async fn read_frames(s: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i + 9 <= buf.len() {
+        let len =
+            (usize::from(buf[i]) << 16) | (usize::from(buf[i + 1]) << 8) | usize::from(buf[i + 2]);
+        if i + 9 + len > buf.len() {
+            break;
+        }
+        let stream =
+            u32::from_be_bytes([buf[i + 5], buf[i + 6], buf[i + 7], buf[i + 8]]) & 0x7fff_ffff;
+        frames.push((
+            buf[i + 3],
+            buf[i + 4],
+            stream,
+            buf[i + 9..i + 9 + len].to_vec(),
+        ));
+        i += 9 + len;
+    }
+    frames
+}
+
+fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
+    frames
+        .iter()
+        .rev()
+        .find(|f| f.0 == GOAWAY)
+        .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
+}
+
+async fn still_served(addr: SocketAddr) {
+    let mut h2 = h2_conn(addr).await;
+    let resp = h2
+        .send_request(http::Request::get("http://a/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+fn config(origin: SocketAddr, listener_extra: &str) -> String {
+    simple_config(&[origin], listener_extra, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_gets_goaway_enhance_your_calm() {
+    let origin = Origin::named("o").await;
+    let p = TestProxy::start(&config(origin.addr, "h2_max_reset_streams = 10")).await;
+    let front = p.addr("front");
+    let mut s = h2_raw(front).await;
+    let mut flood = Vec::new();
+    for i in 0..5_000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, GET_BLOCK));
+        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let (mut r, mut w) = s.split();
+    let write = async {
+        let _ = w.write_all(&flood).await;
+    };
+    let read = async {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, r.read_to_end(&mut buf)).await;
+        buf
+    };
+    let (_, out) = tokio::join!(write, read);
+    let mut reader = &out[..];
+    let mut frames = Vec::new();
+    while reader.len() >= 9 {
+        let len =
+            (usize::from(reader[0]) << 16) | (usize::from(reader[1]) << 8) | usize::from(reader[2]);
+        if reader.len() < 9 + len {
+            break;
+        }
+        frames.push((reader[3], reader[4], 0, reader[9..9 + len].to_vec()));
+        reader = &reader[9 + len..];
+    }
+    assert_eq!(
+        goaway_code(&frames),
+        Some(ENHANCE_YOUR_CALM),
+        "{} frames",
+        frames.len()
+    );
+    assert!(
+        origin.request_count() < 5_000,
+        "the flood was cut short: {} requests reached the origin",
+        origin.request_count()
+    );
+    still_served(front).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off() {
+    let origin = Origin::named("o").await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+    let mut s = h2_raw(front).await;
+    // A HEADERS frame that never ends its header block, then CONTINUATION frames of
+    // literal headers (16 KiB each) up to 64 MiB: Pylon must stop this early.
+    let mut first = GET_BLOCK.to_vec();
+    first.extend([0x40, 0x01, b'x', 0x01, b'y']);
+    let mut junk = Vec::new();
+    while junk.len() < 16_000 {
+        junk.extend([0x40, 0x02, b'x', b'z', 0x7f, 0x00]);
+        junk.extend(std::iter::repeat_n(b'v', 127));
+    }
+    let (mut r, mut w) = s.split();
+    let write = async {
+        if w.write_all(&frame(HEADERS, END_STREAM, 1, &first))
+            .await
+            .is_err()
+        {
+            return 0usize;
+        }
+        let cont = frame(CONTINUATION, 0, 1, &junk);
+        let mut sent = 0;
+        for _ in 0..4_000 {
+            if w.write_all(&cont).await.is_err() {
+                break;
+            }
+            sent += cont.len();
+        }
+        sent
+    };
+    let read = async {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, r.read_to_end(&mut buf)).await;
+        buf
+    };
+    let (sent, out) = tokio::join!(write, read);
+    assert!(
+        sent < 60 << 20,
+        "Pylon read {sent} bytes of CONTINUATION frames"
+    );
+    let _ = out;
+    assert_eq!(origin.request_count(), 0);
+    still_served(front).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpack_bomb_is_refused() {
+    let origin = Origin::named("o").await;
+    let p = TestProxy::start(&config(origin.addr, "max_header_bytes = \"16KiB\"")).await;
+    let front = p.addr("front");
+    let mut s = h2_raw(front).await;
+    // One 4 KiB header put in the dynamic table, then referenced 2,000 times: a few KB on
+    // the wire, 8 MB once decoded.
+    let mut block = GET_BLOCK.to_vec();
+    block.extend([0x40, 0x01, b'b', 0x7f, 0x81, 0x1f]); // literal, value length 4,096
+    block.extend(std::iter::repeat_n(b'x', 4096));
+    block.extend(std::iter::repeat_n(0xbe, 2_000)); // indexed: dynamic entry 62
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+        .await
+        .unwrap();
+    let frames = read_frames(&mut s).await;
+    let refused = frames.iter().any(|f| f.0 == RST_STREAM || f.0 == GOAWAY)
+        || frames.iter().any(|f| {
+            f.0 == HEADERS && f.2 == 1 // a 431 answer
+        });
+    assert!(refused, "{frames:?}");
+    assert_eq!(origin.request_count(), 0, "never forwarded");
+    still_served(front).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_limit_are_refused() {
+    // Slow until released.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let origin = Origin::start(move |_req| {
+        let mut released = released.clone();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            http::Response::new(full("slow"))
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr, "max_concurrent_streams = 2")).await;
+    let front = p.addr("front");
+    let mut s = h2_raw(front).await;
+    let mut opens = Vec::new();
+    for i in 0..6u32 {
+        opens.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            GET_BLOCK,
+        ));
+    }
+    s.write_all(&opens).await.unwrap();
+    eventually("two streams reached the origin", || {
+        origin.request_count() == 2
+    })
+    .await;
+    // The others are refused; the two in flight finish.
+    let _ = release.send(true);
+    let frames = read_frames(&mut s).await;
+    let refused = frames
+        .iter()
+        .filter(|f| {
+            f.0 == RST_STREAM
+                && u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]) == REFUSED_STREAM
+        })
+        .count();
+    let goaway = goaway_code(&frames);
+    assert!(refused >= 1 || goaway.is_some(), "{frames:?}");
+    assert_eq!(
+        origin.request_count(),
+        2,
+        "refused streams never reach the origin"
+    );
+    still_served(front).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_settings_floods_do_not_stall_others() {
+    let origin = Origin::named("o").await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+    // A client that floods PINGs and SETTINGS and never reads the answers.
+    let mut s = h2_raw(front).await;
+    let mut flood = Vec::new();
+    for i in 0..50_000u64 {
+        flood.extend(frame(PING, 0, 0, &i.to_be_bytes()));
+        flood.extend(frame(SETTINGS, 0, 0, &[]));
+    }
+    let writer = tokio::spawn(async move {
+        let _ = s.write_all(&flood).await;
+        s
+    });
+    // Others are served meanwhile.
+    for _ in 0..20 {
+        still_served(front).await;
+    }
+    writer.abort();
+    still_served(front).await;
+}
