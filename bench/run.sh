@@ -4,7 +4,9 @@
 # bench/bench.py (pass --quick for one short round); with --l4 first, bench/l4.py (TCP
 # throughput with iperf3 and connections per second); with --tunnel first, bench/tunnel.py
 # (WebSocket echo messages per second, CONNECT throughput); with --grpc first, bench/grpc.py
-# (gRPC unary calls per second, server-stream throughput). Never part of the test suite.
+# (gRPC unary calls per second, server-stream throughput); with --soak first, bench/soak.py
+# (10 minutes of mixed traffic with origin failures and reloads, then a report). Never
+# part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,11 @@ if [ "${1:-}" = "--tunnel" ]; then
   shift
   cargo build --release -p pylon-bench-load
   exec python3 bench/tunnel.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+fi
+if [ "${1:-}" = "--soak" ]; then
+  shift
+  cargo build --release -p pylon-bench-load
+  exec python3 bench/soak.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--grpc" ]; then
   shift

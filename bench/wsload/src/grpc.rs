@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::Error;
 
 #[derive(Clone, Copy, Default)]
-struct Raw;
+pub(crate) struct Raw;
 
 impl Codec for Raw {
     type Encode = Vec<u8>;

@@ -10,6 +10,8 @@
 //!                                                 and /bench.B/Stream (1 KiB messages)
 //! pylon-bench-load grpc-unary URL CONNS SECONDS   unary calls, 10 in flight per connection
 //! pylon-bench-load grpc-stream URL SECONDS        one server stream; prints MiB/s
+//! pylon-bench-load soak ADDR SECONDS              mixed HTTP/1.1, HTTP/2, WebSocket and
+//!                                                 gRPC traffic; prints outcomes by cause
 //! ```
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 mod grpc;
+mod soak;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,6 +69,13 @@ async fn main() -> Result<(), Error> {
         Some("grpc-stream") => {
             grpc::stream(
                 args.get(2).ok_or("missing URL")?.clone(),
+                arg(&args, 3, "SECONDS")?,
+            )
+            .await
+        }
+        Some("soak") => {
+            soak::run(
+                args.get(2).ok_or("missing ADDR")?.clone(),
                 arg(&args, 3, "SECONDS")?,
             )
             .await

@@ -165,42 +165,49 @@ struct HeadScan {
     /// The first bytes of the current line, lower-cased.
     line: [u8; 17],
     len: usize,
+    /// Non-zero once the current line has a byte other than CR.
     line_bytes: usize,
     content_length: bool,
     transfer_encoding: bool,
 }
 
 impl HeadScan {
-    /// Feeds bytes of the head; `Some(conflict)` once the head ends.
+    /// Feeds bytes of the head; `Some(conflict)` once the head ends. Jumps from line
+    /// end to line end (memchr), looking only at the first bytes of each line.
     fn feed(&mut self, data: &[u8]) -> Option<bool> {
-        for &b in data {
-            match b {
-                b'\n' => {
-                    if self.line_bytes == 0 {
-                        let conflict = self.content_length && self.transfer_encoding;
-                        *self = HeadScan::default();
-                        return Some(conflict);
-                    }
-                    let name = &self.line[..self.len];
-                    if name.starts_with(b"content-length") {
-                        self.content_length = true;
-                    } else if name.starts_with(b"transfer-encoding") {
-                        self.transfer_encoding = true;
-                    }
-                    self.len = 0;
-                    self.line_bytes = 0;
-                }
-                b'\r' => {}
-                _ => {
-                    if self.len < self.line.len() {
-                        self.line[self.len] = b.to_ascii_lowercase();
-                        self.len += 1;
-                    }
-                    self.line_bytes += 1;
-                }
+        let mut rest = data;
+        loop {
+            let (line, end) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], Some(i)),
+                None => (rest, None),
+            };
+            for &b in line
+                .iter()
+                .filter(|&&b| b != b'\r')
+                .take(self.line.len() - self.len)
+            {
+                self.line[self.len] = b.to_ascii_lowercase();
+                self.len += 1;
             }
+            if line.iter().any(|&b| b != b'\r') {
+                self.line_bytes += 1;
+            }
+            let i = end?;
+            if self.line_bytes == 0 {
+                let conflict = self.content_length && self.transfer_encoding;
+                *self = HeadScan::default();
+                return Some(conflict);
+            }
+            let name = &self.line[..self.len];
+            if name.starts_with(b"content-length") {
+                self.content_length = true;
+            } else if name.starts_with(b"transfer-encoding") {
+                self.transfer_encoding = true;
+            }
+            self.len = 0;
+            self.line_bytes = 0;
+            rest = &rest[i + 1..];
         }
-        None
     }
 }
 

@@ -241,21 +241,68 @@ fn content_length(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// `Host` must be a plain authority: host and optional port, no user info, nothing else.
+/// `Host` must be a plain authority: a registered name or an IP literal, and an
+/// optional port; no user info, path or spaces (RFC 9110 §7.2). Checked on the bytes,
+/// without allocating.
 fn valid_host(v: &[u8]) -> Result<(), ErrorKind> {
     if v.is_empty() {
         return Ok(());
     }
-    let authority = http::uri::Authority::try_from(v).map_err(|_| ErrorKind::MalformedRequest)?;
-    if authority.as_str().contains('@')
-        || authority.host().is_empty()
-        || (authority.as_str().contains(':')
-            && !authority.host().starts_with('[')
-            && authority.port_u16().is_none())
-    {
+    let (host, port) = if v[0] == b'[' {
+        let end = memchr::memchr(b']', v).ok_or(ErrorKind::MalformedRequest)?;
+        let inner = &v[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return Err(ErrorKind::MalformedRequest);
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match memchr::memchr(b':', v) {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let reg_name = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            )
+    };
+    if host.is_empty() || (host[0] != b'[' && !host.iter().all(reg_name)) {
         return Err(ErrorKind::MalformedRequest);
     }
-    Ok(())
+    match port {
+        [] | [b':'] => Ok(()),
+        [b':', digits @ ..]
+            if digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u16>().ok())
+                    .is_some() =>
+        {
+            Ok(())
+        }
+        _ => Err(ErrorKind::MalformedRequest),
+    }
 }
 
 /// HTTP/1.x framing and target: what a backend could read differently is refused
