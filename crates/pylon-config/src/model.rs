@@ -419,6 +419,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
     pub idle_timeout: Duration,
+    /// A client that takes nothing of what Pylon is writing to it for this long (its
+    /// socket stays full) is disconnected: the slow-reader guard.
+    pub send_timeout: Duration,
     /// Request line plus headers, in bytes (431 beyond).
     pub max_header_bytes: usize,
     /// Number of request headers (431 beyond).
@@ -442,6 +445,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,

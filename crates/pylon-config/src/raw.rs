@@ -43,6 +43,7 @@ pub struct RawListener {
     pub bind: Spanned<StrList>,
     pub protocol: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<Size>>,
     pub max_headers: Option<Spanned<usize>>,

@@ -27,6 +27,9 @@ pub struct ConnState {
     first_read: AtomicBool,
     /// The request head being read had both Content-Length and Transfer-Encoding.
     framing_conflict: AtomicBool,
+    /// Nanoseconds since `epoch` + 1 since when a write has been waiting for the
+    /// client to take data (its socket full); 0 when writes go through.
+    write_blocked: AtomicU64,
 }
 
 /// What the connection timer should do now.
@@ -38,6 +41,8 @@ pub enum Verdict {
     Idle,
     /// A request head took longer than the header-read timeout: drop the connection.
     HeaderTimeout,
+    /// The client took nothing of a response for the send timeout: drop it.
+    SendTimeout,
 }
 
 impl Default for ConnState {
@@ -50,6 +55,7 @@ impl Default for ConnState {
             h2: AtomicBool::new(false),
             first_read: AtomicBool::new(true),
             framing_conflict: AtomicBool::new(false),
+            write_blocked: AtomicU64::new(0),
         }
     }
 }
@@ -84,6 +90,15 @@ impl ConnState {
 
     fn write_activity(&self) {
         self.last_activity.store(self.now(), Ordering::Relaxed);
+        if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn write_pending(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == 0 {
+            self.write_blocked.store(self.now() + 1, Ordering::Relaxed);
+        }
     }
 
     /// Marks a request as dispatched; the guard ends it.
@@ -112,12 +127,21 @@ impl ConnState {
         )
     }
 
-    /// Decides about idle and header-read timeouts.
-    pub fn verdict(&self, idle: Duration, header: Duration) -> Verdict {
+    /// Decides about idle, header-read and send timeouts.
+    pub fn verdict(&self, idle: Duration, header: Duration, send: Duration) -> Verdict {
         let now = self.now();
         let at = |nanos: u64| self.epoch + Duration::from_nanos(nanos);
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        if blocked != 0 {
+            let deadline = blocked - 1 + send.as_nanos() as u64;
+            if now >= deadline {
+                return Verdict::SendTimeout;
+            }
+            return Verdict::Wait(at(deadline));
+        }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Verdict::Wait(at(now) + idle);
+            // A write may block at any moment: look again within the send timeout.
+            return Verdict::Wait(at(now) + idle.min(send));
         }
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 && !self.h2.load(Ordering::Relaxed) {
@@ -266,11 +290,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, b);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            this.state.write_activity();
-            this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                this.state.write_activity();
+                this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Poll::Pending => this.state.write_pending(),
+            _ => {}
         }
         r
     }
@@ -282,11 +308,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            this.state.write_activity();
-            this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                this.state.write_activity();
+                this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Poll::Pending => this.state.write_pending(),
+            _ => {}
         }
         r
     }
@@ -331,11 +359,26 @@ mod tests {
     }
 
     #[test]
+    fn a_write_blocked_past_the_send_timeout_ends_the_connection() {
+        let s = Arc::new(ConnState::default());
+        let _g = s.request_started(false);
+        let idle = Duration::from_secs(60);
+        s.write_pending();
+        assert_eq!(s.verdict(idle, idle, Duration::ZERO), Verdict::SendTimeout);
+        assert!(matches!(s.verdict(idle, idle, idle), Verdict::Wait(_)));
+        s.write_activity();
+        assert!(matches!(
+            s.verdict(idle, idle, Duration::ZERO),
+            Verdict::Wait(_)
+        ));
+    }
+
+    #[test]
     fn verdicts() {
         let s = Arc::new(ConnState::default());
         let idle = Duration::from_secs(60);
         let header = Duration::from_secs(10);
-        match s.verdict(idle, header) {
+        match s.verdict(idle, header, idle) {
             Verdict::Wait(at) => assert!(
                 at <= Instant::now() + header,
                 "an idle connection is looked at again within the header timeout"
@@ -344,19 +387,22 @@ mod tests {
         }
         // A head started arriving: the header deadline applies, not the idle one.
         s.read_activity(b"GET / HTTP/1.1\r\n");
-        match s.verdict(idle, header) {
+        match s.verdict(idle, header, idle) {
             Verdict::Wait(at) => assert!(at <= Instant::now() + header),
             v => panic!("{v:?}"),
         }
-        assert_eq!(s.verdict(idle, Duration::ZERO), Verdict::HeaderTimeout);
+        assert_eq!(
+            s.verdict(idle, Duration::ZERO, idle),
+            Verdict::HeaderTimeout
+        );
         // Dispatched: no header deadline while the request is in flight.
         let g = s.request_started(false);
         assert_eq!(s.in_flight(), 1);
         assert!(matches!(
-            s.verdict(Duration::ZERO, Duration::ZERO),
+            s.verdict(Duration::ZERO, Duration::ZERO, Duration::ZERO),
             Verdict::Wait(_)
         ));
         drop(g);
-        assert_eq!(s.verdict(Duration::ZERO, header), Verdict::Idle);
+        assert_eq!(s.verdict(Duration::ZERO, header, header), Verdict::Idle);
     }
 }

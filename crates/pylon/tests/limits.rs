@@ -198,3 +198,38 @@ async fn five_thousand_slow_clients_leave_a_normal_client_served_and_memory_boun
         per_connection
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let big = bytes::Bytes::from(vec![b'x'; 32 << 20]);
+    let origin = Origin::start(move |_req| {
+        let big = big.clone();
+        async move { http::Response::new(full(big)) }
+    })
+    .await;
+    let p = TestProxy::start(&simple_config(
+        &[origin.addr],
+        "send_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let front = p.addr("front");
+    // Asks for 32 MiB and reads none of it: Pylon's writes block once the socket
+    // buffers are full.
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the slow reader is disconnected", || {
+        p.proxy
+            .metrics()
+            .errors(pylon_proxy::http::error::ErrorKind::SendTimeout)
+            == 1
+    })
+    .await;
+    eventually("its connection is gone", || p.proxy.live_connections() == 0).await;
+    // A reading client gets the whole answer.
+    let a = get(front, "/").await;
+    assert_eq!(a.body.len(), 32 << 20);
+    drop(s);
+}

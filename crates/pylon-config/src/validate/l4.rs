@@ -58,7 +58,8 @@ pub(super) fn l4_listener(
         }
         return None;
     }
-    let http_only: [(&str, Option<Range<usize>>); 12] = [
+    let http_only: [(&str, Option<Range<usize>>); 13] = [
+        ("send_timeout", r.send_timeout.as_ref().map(|s| s.span())),
         (
             "header_read_timeout",
             r.header_read_timeout.as_ref().map(|s| s.span()),

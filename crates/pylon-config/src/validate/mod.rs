@@ -605,6 +605,7 @@ fn listener(
     };
     let limits = Limits {
         header_read_timeout: duration(&r.header_read_timeout, d.header_read_timeout, p),
+        send_timeout: duration(&r.send_timeout, d.send_timeout, p),
         idle_timeout: duration(&r.idle_timeout, d.idle_timeout, p),
         max_header_bytes: usize_size(&r.max_header_bytes, d.max_header_bytes, p),
         max_headers,

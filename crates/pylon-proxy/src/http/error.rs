@@ -32,6 +32,7 @@ error_kinds! {
     MalformedRequest => (StatusCode::BAD_REQUEST, "malformed_request"),
     MissingHost => (StatusCode::BAD_REQUEST, "missing_host"),
     HeaderTimeout => (StatusCode::REQUEST_TIMEOUT, "header_read_timeout"),
+    SendTimeout => (StatusCode::REQUEST_TIMEOUT, "send_timeout"),
     UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
     HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
     TooManyHeaders => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers"),

@@ -67,8 +67,8 @@ impl ErrorKind {
             Denied | WebSocketDisabled => code::PERMISSION_DENIED,
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
             | UpstreamTls | UpgradeRefused | ResolveFailed => code::UNAVAILABLE,
-            MalformedRequest | MissingHost | HeaderTimeout | UriTooLong | HeadersTooLarge
-            | TooManyHeaders | NotAProxyRequest => code::INTERNAL,
+            MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
+            | HeadersTooLarge | TooManyHeaders | NotAProxyRequest => code::INTERNAL,
         }
     }
 }

@@ -76,7 +76,11 @@ pub async fn serve_connection<S>(
     let mut soft_drain = false;
     let mut hard_stop: Option<Instant> = None;
     loop {
-        let wake = match state.verdict(limits.idle_timeout, limits.header_read_timeout) {
+        let wake = match state.verdict(
+            limits.idle_timeout,
+            limits.header_read_timeout,
+            limits.send_timeout,
+        ) {
             _ if draining => hard_stop.unwrap_or_else(|| Instant::now() + limits.idle_timeout),
             _ if soft_drain => {
                 if state.in_flight() > 0 || state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout)
@@ -93,6 +97,11 @@ pub async fn serve_connection<S>(
                 draining = true;
                 hard_stop = Some(Instant::now() + limits.header_read_timeout);
                 continue;
+            }
+            Verdict::SendTimeout => {
+                log_rejected(&ctx, ErrorKind::SendTimeout);
+                tracing::debug!(client = %ctx.client, "client took nothing of its response in time; closing");
+                return;
             }
             Verdict::HeaderTimeout => {
                 log_rejected(&ctx, ErrorKind::HeaderTimeout);
