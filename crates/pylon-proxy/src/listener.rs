@@ -16,7 +16,7 @@ use crate::conn::ConnState;
 use crate::http::pipeline::{ConnCtx, Shared};
 use crate::http::server_h1h2;
 use crate::observe::stats::ListenerStats;
-use crate::runtime::Runtime;
+use crate::runtime::{ListenerRuntime, Runtime};
 use crate::tls::server::{ClientIdentity, ServerTls};
 
 /// Binds a TCP listening socket with the options a proxy wants.
@@ -63,15 +63,18 @@ pub struct ConnGuard(
 
 impl ConnTracker {
     /// Counts a new connection in, unless a limit refuses it (counted in metrics): the
-    /// process-wide `max_connections`, the listener's `per_ip` limit for `client`.
-    pub fn try_enter(
+    /// process-wide `[server] max_connections` of the runtime in force, the listener's
+    /// `max_connections_per_ip` for `client`.
+    pub fn admit(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
-        stats: &Arc<ListenerStats>,
+        runtime: &Runtime,
+        listener: &ListenerRuntime,
         client: std::net::IpAddr,
-        max_connections: u64,
-        per_ip: Option<u64>,
     ) -> Option<ConnGuard> {
+        let max_connections = runtime.config.server.max_connections;
+        let per_ip = listener.config.max_connections_per_ip;
+        let stats = &listener.stats;
         if self.live() as u64 >= max_connections {
             shared
                 .metrics
@@ -83,10 +86,7 @@ impl ConnTracker {
         let counted_ip = match per_ip {
             None => None,
             Some(limit) => {
-                let mut map = stats
-                    .per_ip
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut map = crate::lock(&stats.per_ip);
                 let n = map.entry(client).or_insert(0);
                 if *n >= limit {
                     drop(map);
@@ -150,11 +150,7 @@ impl Drop for ConnGuard {
         self.0.live.fetch_sub(1, Ordering::SeqCst);
         self.2.connections_active.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.3 {
-            let mut map = self
-                .2
-                .per_ip
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map = crate::lock(&self.2.per_ip);
             if let Some(n) = map.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -254,13 +250,10 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            let Some(guard) = self.tracker.try_enter(
-                &self.shared,
-                &lr.stats,
-                client.ip(),
-                self.runtime.load().config.server.max_connections,
-                lr.config.max_connections_per_ip,
-            ) else {
+            let Some(guard) =
+                self.tracker
+                    .admit(&self.shared, &self.runtime.load(), &lr, client.ip())
+            else {
                 // Closed at once: the client sees the connection end.
                 drop(stream);
                 continue;

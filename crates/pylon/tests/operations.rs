@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -748,22 +747,16 @@ async fn draining_an_endpoint_stops_new_requests_while_its_in_flight_ones_finish
     .await;
     let a = p.proxy.admin_addr().await.unwrap();
     let front = p.addr("front");
-    // Requests until one is held by the slow endpoint.
+    // Requests until one is held by the slow endpoint (each lands on one of the two).
     let mut held = None;
     while held.is_none() {
+        let before = other.request_count();
         let t = tokio::spawn(async move { get(front, "/slow").await });
-        tokio::task::yield_now().await;
-        let landed = tokio::time::timeout(Duration::from_millis(200), async {
-            loop {
-                if slow.request_count() == 1 {
-                    return;
-                }
-                tokio::task::yield_now().await;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+        eventually("the request reached an endpoint", || {
+            slow.request_count() == 1 || other.request_count() > before
         })
         .await;
-        if landed.is_ok() {
+        if slow.request_count() == 1 {
             held = Some(t);
         } else {
             assert_eq!(t.await.unwrap().text(), "other");

@@ -118,12 +118,12 @@ async fn recording_origin() -> (RawOrigin, Arc<Mutex<Vec<u8>>>) {
 }
 
 /// Sends `bytes` and reads until Pylon closes; `closed` is false when the connection
-/// was still open a few seconds later (a failure for a refused request).
+/// was still open at the deadline (a failure for a refused request).
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(bytes).await;
     let mut out = Vec::new();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+    let closed = tokio::time::timeout(DEADLINE, async {
         let mut buf = [0u8; 8192];
         loop {
             match s.read(&mut buf).await {

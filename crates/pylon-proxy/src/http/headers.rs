@@ -74,6 +74,21 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The HTTP/1.x framing a message's `Transfer-Encoding` asks for: `None` without one,
+/// `Some(true)` for exactly one `chunked` (the only coding Pylon accepts), `Some(false)`
+/// for anything else (other codings, lists, several header lines).
+pub fn chunked_only(h: &HeaderMap) -> Option<bool> {
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+    let first = te.next()?;
+    Some(
+        first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+            && te.next().is_none(),
+    )
+}
+
 /// Appends `Via: <version> pylon`.
 pub fn append_via(h: &mut HeaderMap, received: Version) {
     let via = match received {

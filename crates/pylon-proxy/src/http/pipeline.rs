@@ -312,18 +312,12 @@ fn valid_host(v: &[u8]) -> Result<(), ErrorKind> {
 /// absolute-form target whose authority disagrees with `Host` or carries user info.
 fn check_h1_framing<B>(req: &Request<B>) -> Result<(), ErrorKind> {
     let headers = req.headers();
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
-        let chunked = first
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked");
-        if !chunked || te.next().is_some() || req.version() != Version::HTTP_11 {
-            return Err(ErrorKind::MalformedRequest);
-        }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(ErrorKind::MalformedRequest);
-        }
+    if let Some(chunked) = super::headers::chunked_only(headers)
+        && (!chunked
+            || req.version() != Version::HTTP_11
+            || headers.contains_key(header::CONTENT_LENGTH))
+    {
+        return Err(ErrorKind::MalformedRequest);
     }
     let uri = req.uri();
     let method = req.method();

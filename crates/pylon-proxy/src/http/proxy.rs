@@ -400,21 +400,14 @@ pub(super) async fn proxy(
                 // One framing only from an HTTP/1.x upstream: a Transfer-Encoding
                 // other than exactly `chunked`, or with a Content-Length, is refused,
                 // not guessed at.
-                if rparts.version <= Version::HTTP_11 {
-                    let mut te = rparts.headers.get_all(header::TRANSFER_ENCODING).iter();
-                    if let Some(first) = te.next()
-                        && (!first
-                            .as_bytes()
-                            .trim_ascii()
-                            .eq_ignore_ascii_case(b"chunked")
-                            || te.next().is_some()
-                            || rparts.headers.contains_key(header::CONTENT_LENGTH))
-                    {
-                        if let Some(l) = &ex.lease {
-                            l.report(false);
-                        }
-                        return Err(ErrorKind::UpstreamInvalid);
+                if rparts.version <= Version::HTTP_11
+                    && let Some(chunked) = super::headers::chunked_only(&rparts.headers)
+                    && (!chunked || rparts.headers.contains_key(header::CONTENT_LENGTH))
+                {
+                    if let Some(l) = &ex.lease {
+                        l.report(false);
                     }
+                    return Err(ErrorKind::UpstreamInvalid);
                 }
                 strip_hop_by_hop(&mut rparts.headers);
                 if listener.config.headers.via {

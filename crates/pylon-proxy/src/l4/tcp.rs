@@ -63,7 +63,8 @@ impl TcpProxyLoop {
                     continue;
                 }
             };
-            let Some(lr) = self.runtime.load().listener(&self.name) else {
+            let runtime = self.runtime.load();
+            let Some(lr) = runtime.listener(&self.name) else {
                 continue;
             };
             let Some(l4) = lr.l4.clone() else {
@@ -78,13 +79,7 @@ impl TcpProxyLoop {
             }
             let slot = Slot(Arc::clone(&open));
             let _ = stream.set_nodelay(true);
-            let Some(guard) = self.tracker.try_enter(
-                &self.shared,
-                &lr.stats,
-                client.ip(),
-                self.runtime.load().config.server.max_connections,
-                lr.config.max_connections_per_ip,
-            ) else {
+            let Some(guard) = self.tracker.admit(&self.shared, &runtime, &lr, client.ip()) else {
                 drop(stream);
                 continue;
             };

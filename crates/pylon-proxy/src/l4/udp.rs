@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::http::pipeline::Shared;
 use crate::http::upstream::EndpointLease;
+use crate::lock;
 use crate::runtime::Runtime;
 
 /// Largest datagram relayed.
@@ -41,10 +42,6 @@ fn now_ms() -> u64 {
 }
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Session>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl UdpProxyLoop {
     pub async fn run(mut self) {

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::lock;
+
 /// Upper bounds of the latency buckets, in seconds.
 pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -118,10 +120,6 @@ pub struct StatsRegistry {
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     routes: Mutex<BTreeMap<(String, String, String), Arc<RouteStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl StatsRegistry {
