@@ -233,8 +233,8 @@ def run_wrk_once(port, conns, secs, path, new_conn, scheme):
             "errors": int(errors.group(1)) if errors else 0}
 
 
-def run_h2load(port, secs, scheme="http"):
-    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs), f"{scheme}://127.0.0.1:{port}/"]
+def run_h2load(port, secs, scheme="http", path="/"):
+    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs), f"{scheme}://127.0.0.1:{port}{path}"]
     out = subprocess.run(argv, capture_output=True, text=True).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))

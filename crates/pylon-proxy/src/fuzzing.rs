@@ -65,7 +65,10 @@ impl H1Harness {
                 return Vec::new();
             };
             let limits = lr.config.limits.clone();
-            let builder = Arc::new(server_h1h2::builder(&limits));
+            let builder = Arc::new(server_h1h2::builder(
+                &limits,
+                Arc::clone(&self.shared.metrics),
+            ));
             let (mut client, server) = tokio::io::duplex(64 * 1024);
             let ctx = Arc::new(ConnCtx {
                 runtime: Arc::clone(&self.runtime),

@@ -232,7 +232,10 @@ impl AcceptLoop {
         };
         let limits = lr.config.limits.clone();
         let proxy_in = lr.proxy_in.clone();
-        let builder = Arc::new(server_h1h2::builder(&limits));
+        let builder = Arc::new(server_h1h2::builder(
+            &limits,
+            Arc::clone(&self.shared.metrics),
+        ));
         // A listener bound to one address knows every connection's local address; a
         // wildcard one asks the socket, and only when a PROXY header will need it.
         let bound = self.listener.local_addr().ok();

@@ -1,6 +1,6 @@
 //! HTTP/2 abuse at the frame level, with raw frames written by the test: rapid reset
 //! (CVE-2023-44487), CONTINUATION floods, HPACK bombs, too many streams, PING and
-//! SETTINGS floods. Each is bounded (GOAWAY, stream reset or back-pressure) while a
+//! SETTINGS floods, zero-window stalls. Each is bounded (GOAWAY, stream reset or back-pressure) while a
 //! second, well-behaved client keeps being served.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,16 +12,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PING: u8 = 6;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
+const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -289,5 +293,164 @@ async fn ping_and_settings_floods_do_not_stall_others() {
         still_served(front).await;
     }
     writer.abort();
+    still_served(front).await;
+}
+
+/// Reads a connection frame by frame.
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next frame (type, flags, stream, payload); None when the server closed.
+    async fn next(&mut self, s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 9 {
+                let b = &self.buf;
+                let len = (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
+                if b.len() >= 9 + len {
+                    let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+                    let f = (b[3], b[4], stream, b[9..9 + len].to_vec());
+                    self.buf.drain(..9 + len);
+                    return Some(f);
+                }
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match tokio::time::timeout(DEADLINE, s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_window_stays_shut_is_reset_after_the_send_timeout() {
+    // The stream's own window: SETTINGS_INITIAL_WINDOW_SIZE = 0.
+    window_stall(&[0, 4, 0, 0, 0, 0], 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_window_never_reopened_resets_the_stream_after_the_send_timeout() {
+    // Default windows, never a WINDOW_UPDATE: the connection's 65,535 bytes go out,
+    // then nothing.
+    window_stall(&[], 65_535).await;
+}
+
+/// A client that reads everything the server sends but, with `settings`, keeps the
+/// window shut after `window` bytes of stream 1: the stream is reset (CANCEL) after
+/// the send timeout, its upstream response abandoned, and the connection goes on.
+async fn window_stall(settings: &[u8], window: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http_body_util::BodyExt;
+
+    // `/` streams 64 MiB and says when its body is dropped; `/small` is 1 MiB.
+    let big_dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&big_dropped);
+    let origin = Origin::start(move |req| {
+        let flag = Arc::clone(&flag);
+        async move {
+            if req.uri().path() == "/small" {
+                return http::Response::new(full(vec![b's'; 1 << 20]));
+            }
+            let on_drop = SetOnDrop(flag);
+            let chunks = futures_util::stream::iter((0..1024).map(move |_| {
+                let _held = &on_drop;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                    bytes::Bytes::from(vec![b'x'; 64 * 1024]),
+                ))
+            }));
+            http::Response::new(http_body_util::StreamBody::new(chunks).boxed())
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr, "send_timeout = \"300ms\"")).await;
+    let front = p.addr("front");
+
+    let mut s = TcpStream::connect(front).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, settings));
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, GET_BLOCK));
+    s.write_all(&hello).await.unwrap();
+    let mut reader = FrameReader { buf: Vec::new() };
+    let mut status_sent = false;
+    let mut data = 0;
+    let reset = loop {
+        let Some((kind, flags, stream, payload)) = reader.next(&mut s).await else {
+            panic!("the connection closed before stream 1 was reset");
+        };
+        match (kind, stream) {
+            (SETTINGS, 0) if flags & ACK == 0 => {
+                s.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+            }
+            (HEADERS, 1) => status_sent = true,
+            (DATA, 1) => {
+                data += payload.len();
+                assert!(
+                    data <= window,
+                    "{data} bytes sent into a {window}-byte window"
+                );
+            }
+            (RST_STREAM, 1) => {
+                break u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            }
+            (GOAWAY, _) => panic!("the connection was closed, not the stream"),
+            _ => {}
+        }
+    };
+    assert!(
+        status_sent,
+        "the response head goes out; only data waits on the window"
+    );
+    assert_eq!(data, window, "what the window allowed was sent");
+    assert_eq!(reset, CANCEL);
+    assert_eq!(
+        p.proxy
+            .metrics()
+            .errors(pylon_proxy::http::error::ErrorKind::SendTimeout),
+        1
+    );
+    eventually("the upstream response is abandoned", || {
+        big_dropped.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // The same connection goes on: a new stream whose window the client opens is
+    // served in full.
+    let small_block: &[u8] = &[
+        0x82, 0x86, 0x41, 0x01, b'a', 0x04, 0x06, b'/', b's', b'm', b'a', b'l', b'l',
+    ];
+    let mut next = frame(HEADERS, END_STREAM | END_HEADERS, 3, small_block);
+    next.extend(frame(WINDOW_UPDATE, 0, 0, &(8u32 << 20).to_be_bytes()));
+    next.extend(frame(WINDOW_UPDATE, 0, 3, &(8u32 << 20).to_be_bytes()));
+    s.write_all(&next).await.unwrap();
+    let mut received = 0;
+    loop {
+        let Some((kind, flags, stream, payload)) = reader.next(&mut s).await else {
+            panic!("the connection closed after {received} bytes of stream 3");
+        };
+        match (kind, stream) {
+            (DATA, 3) => {
+                received += payload.len();
+                if flags & END_STREAM != 0 {
+                    break;
+                }
+            }
+            (RST_STREAM, 3) | (GOAWAY, _) => panic!("stream 3 was cut after {received} bytes"),
+            _ => {}
+        }
+    }
+    assert_eq!(received, 1 << 20);
     still_served(front).await;
 }

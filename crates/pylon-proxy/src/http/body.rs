@@ -197,10 +197,14 @@ impl Body for ResponseBody {
         let polled = match &mut this.kind {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
             Kind::Stream(_, first @ Some(_)) => first.take().map(Ok),
-            Kind::Stream(inner, None) => ready!(Pin::new(inner).poll_frame(cx))
-                .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
-            Kind::Boxed(inner) => ready!(Pin::new(inner).poll_frame(cx)),
+            Kind::Stream(inner, None) => {
+                ready!(stalled_on_upstream(Pin::new(inner).poll_frame(cx)))
+                    .map(|r| r.map_err(|e| Box::new(e) as BoxError))
+            }
+            Kind::Boxed(inner) => ready!(stalled_on_upstream(Pin::new(inner).poll_frame(cx))),
         };
+        // Tells the HTTP/2 send stall guard that the body moved.
+        super::stall::body_polled(matches!(polled, Some(Ok(_))));
         match polled {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
@@ -254,6 +258,14 @@ impl ResponseBody {
             Kind::Boxed(inner) => inner.is_end_stream(),
         }
     }
+}
+
+/// A body waiting for its upstream is not stalled by the client.
+fn stalled_on_upstream<T>(p: Poll<T>) -> Poll<T> {
+    if p.is_pending() {
+        super::stall::body_polled(false);
+    }
+    p
 }
 
 impl Drop for ResponseBody {

@@ -10,5 +10,6 @@ pub mod pipeline;
 pub mod proxy;
 pub mod router;
 pub mod server_h1h2;
+pub mod stall;
 pub mod tunnel;
 pub mod upstream;

@@ -548,7 +548,11 @@ impl Completion for ExchangeEnd {
             record.bytes_in = this.meter.map_or(0, |m| m.bytes.load(Ordering::Relaxed));
             record.duration_ms = millis(this.start.elapsed());
             if !complete && record.error.is_none() {
-                record.error = Some("response_incomplete");
+                record.error = Some(if super::stall::dropping_stalled() {
+                    "send_timeout"
+                } else {
+                    "response_incomplete"
+                });
             }
             logger.log(*record);
         }

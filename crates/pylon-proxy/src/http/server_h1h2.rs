@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pylon_config::model::Limits;
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
+use super::stall::{self, StallExecutor};
 use crate::conn::{TrackedIo, Verdict};
-use crate::observe::AccessRecord;
+use crate::observe::{AccessRecord, Metrics};
 
 /// A draining idle HTTP/1.1 connection closes once it has been idle this long (or
 /// after its next response).
@@ -24,8 +25,9 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// A connection builder configured from a listener's limits.
-pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+pub fn builder(limits: &Limits, metrics: Arc<Metrics>) -> auto::Builder<StallExecutor> {
+    // HTTP/2 streams run under the send stall guard (`send_timeout` per stream).
+    let mut b = auto::Builder::new(StallExecutor::new(limits.send_timeout, metrics));
     // hyper's own limits are a backstop at twice ours, so that the request path can
     // give the precise answer (with x-pylon-error) for anything in between.
     let backstop_bytes = (limits.max_header_bytes.saturating_mul(2)).max(8192);
@@ -48,7 +50,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Serves one accepted connection until it closes, times out or is drained.
 pub async fn serve_connection<S>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StallExecutor>>,
     stream: S,
     ctx: Arc<ConnCtx>,
     limits: Limits,
@@ -65,7 +67,11 @@ pub async fn serve_connection<S>(
     let svc_ctx = Arc::clone(&ctx);
     let svc = service_fn(move |req| {
         let ctx = Arc::clone(&svc_ctx);
-        async move { Ok::<_, Infallible>(pipeline::handle(req, ctx).await) }
+        async move {
+            let response = pipeline::handle(req, ctx).await;
+            stall::response_ready();
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
