@@ -81,8 +81,10 @@ impl ConnState {
         false
     }
 
-    /// Whether the request head just read had both Content-Length and
-    /// Transfer-Encoding (cleared by asking).
+    /// Whether a request head read had both Content-Length and Transfer-Encoding
+    /// (cleared by asking). Ask for requests with a Transfer-Encoding only: the parser
+    /// keeps that header of such a head, and a clean request pipelined before it has
+    /// none.
     pub fn take_framing_conflict(&self) -> bool {
         self.framing_conflict.load(Ordering::Relaxed)
             && self.framing_conflict.swap(false, Ordering::Relaxed)
@@ -182,7 +184,9 @@ impl Drop for InFlight {
 /// Watches an HTTP/1.x request head as it is read for a Content-Length line and a
 /// Transfer-Encoding line together: the parser keeps one of them silently, but such a
 /// message is a smuggling attempt and is refused. Only the start of each header line
-/// is looked at, up to the blank line that ends the head.
+/// is looked at, up to the blank line that ends the head. A head pipelined in the same
+/// read behind one without a body (which is where the next head must start) is
+/// watched too; behind a body, the scan stops.
 #[derive(Debug, Default)]
 struct HeadScan {
     active: bool,
@@ -196,8 +200,14 @@ struct HeadScan {
 }
 
 impl HeadScan {
-    /// Feeds bytes of the head; `Some(conflict)` once the head ends. Jumps from line
-    /// end to line end (memchr), looking only at the first bytes of each line.
+    /// A pipelined head has started and not ended: the next read continues it.
+    fn mid_head(&self) -> bool {
+        self.active && (self.len > 0 || self.content_length || self.transfer_encoding)
+    }
+
+    /// Feeds bytes of the head; `Some(conflict)` once the head (and any head
+    /// pipelined behind it in `data`) ends. Jumps from line end to line end (memchr),
+    /// looking only at the first bytes of each line.
     fn feed(&mut self, data: &[u8]) -> Option<bool> {
         let mut rest = data;
         loop {
@@ -217,10 +227,17 @@ impl HeadScan {
                 self.line_bytes += 1;
             }
             let i = end?;
+            rest = &rest[i + 1..];
             if self.line_bytes == 0 {
                 let conflict = self.content_length && self.transfer_encoding;
+                let bodyless = !self.content_length && !self.transfer_encoding;
                 *self = HeadScan::default();
-                return Some(conflict);
+                if conflict || !bodyless || rest.is_empty() {
+                    return Some(conflict);
+                }
+                // The next pipelined head starts right here.
+                self.active = true;
+                continue;
             }
             let name = &self.line[..self.len];
             if name.starts_with(b"content-length") {
@@ -230,7 +247,6 @@ impl HeadScan {
             }
             self.len = 0;
             self.line_bytes = 0;
-            rest = &rest[i + 1..];
         }
     }
 }
@@ -266,7 +282,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let data = &buf.filled()[before..];
-            if this.state.read_activity(data) && !this.state.is_h2() {
+            if this.state.read_activity(data) && !this.state.is_h2() && !this.scan.mid_head() {
                 this.scan = HeadScan {
                     active: true,
                     ..HeadScan::default()
@@ -356,6 +372,40 @@ mod tests {
             s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: x"),
             Some(false)
         );
+    }
+
+    #[test]
+    fn head_scan_follows_heads_pipelined_behind_a_bodyless_one() {
+        let mut s = HeadScan {
+            active: true,
+            ..HeadScan::default()
+        };
+        // In one read.
+        assert_eq!(
+            s.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\nPOST /3 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Some(true)
+        );
+        // Split across reads: the second read continues the pipelined head.
+        let mut s = HeadScan {
+            active: true,
+            ..HeadScan::default()
+        };
+        assert_eq!(
+            s.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n"),
+            None
+        );
+        assert!(s.mid_head());
+        assert_eq!(s.feed(b"Transfer-Encoding: chunked\r\n\r\n"), Some(true));
+        // Behind a body the next head cannot be found by line starts: the scan stops.
+        let mut s = HeadScan {
+            active: true,
+            ..HeadScan::default()
+        };
+        assert_eq!(
+            s.feed(b"POST /1 HTTP/1.1\r\nContent-Length: 0\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(false)
+        );
+        assert!(!s.active);
     }
 
     #[test]
