@@ -764,6 +764,23 @@ async fn the_listener_connection_limit_refuses_more() {
     assert!(closed_by_pylon(&mut third).await, "the third is refused");
     let m = p.proxy.metrics();
     assert_eq!(m.l4_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A reload that changes the listener restarts its accept loop on the same socket:
+    // the two connections still held count against the limit.
+    let changed = cfg.replace(
+        "max_connections = 2",
+        "max_connections = 2
+idle_timeout = \"90s\"",
+    );
+    p.proxy
+        .reload(&pylon_config::parse(&changed, "test.toml").unwrap())
+        .await
+        .unwrap();
+    let mut fourth = TcpStream::connect(l4).await.unwrap();
+    assert!(
+        closed_by_pylon(&mut fourth).await,
+        "still refused after the reload"
+    );
+    assert_eq!(m.l4_refused.load(std::sync::atomic::Ordering::Relaxed), 2);
     drop(held.pop());
     // Once one has gone, a new connection gets through.
     eventually_async("a slot frees up", || async {

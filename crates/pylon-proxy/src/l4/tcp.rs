@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -38,18 +38,8 @@ pub struct TcpProxyLoop {
     pub tls: Option<Arc<ServerTls>>,
 }
 
-/// Releases a listener connection slot on drop.
-struct Slot(Arc<AtomicU64>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl TcpProxyLoop {
     pub async fn run(mut self) {
-        let open = Arc::new(AtomicU64::new(0));
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -70,14 +60,16 @@ impl TcpProxyLoop {
             let Some(l4) = lr.l4.clone() else {
                 continue;
             };
-            let metrics = &self.shared.metrics;
-            if open.fetch_add(1, Ordering::Relaxed) >= l4.max_connections {
-                open.fetch_sub(1, Ordering::Relaxed);
-                metrics.l4_refused.fetch_add(1, Ordering::Relaxed);
+            // The listener's open connections, counted in its stats, which outlive this
+            // accept loop: a reload that restarts the loop keeps the count.
+            if lr.stats.connections_active.load(Ordering::Relaxed) >= l4.max_connections {
+                self.shared
+                    .metrics
+                    .l4_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(listener = %self.name, %client, limit = l4.max_connections, "connection refused: listener at max_connections");
                 continue;
             }
-            let slot = Slot(Arc::clone(&open));
             let _ = stream.set_nodelay(true);
             let Some(guard) = self.tracker.admit(&self.shared, &runtime, &lr, client.ip()) else {
                 drop(stream);
@@ -95,7 +87,6 @@ impl TcpProxyLoop {
             };
             tokio::spawn(async move {
                 conn.serve(stream).await;
-                drop(slot);
                 drop(guard);
             });
         }
