@@ -82,11 +82,12 @@ impl ConnState {
     }
 
     /// Whether a request head read had both Content-Length and Transfer-Encoding
-    /// (cleared by asking). Ask for requests with a Transfer-Encoding only: the parser
-    /// keeps that header of such a head, and a clean request pipelined before it has
-    /// none.
-    pub fn take_framing_conflict(&self) -> bool {
+    /// (cleared by taking it). Only a request that `has_transfer_encoding` takes it: the
+    /// parser keeps that header of such a head, and a clean request pipelined before
+    /// it has none. The request is looked at only when a conflict is pending.
+    pub fn take_framing_conflict(&self, has_transfer_encoding: impl FnOnce() -> bool) -> bool {
         self.framing_conflict.load(Ordering::Relaxed)
+            && has_transfer_encoding()
             && self.framing_conflict.swap(false, Ordering::Relaxed)
     }
 
@@ -200,6 +201,14 @@ struct HeadScan {
 }
 
 impl HeadScan {
+    /// A scan of a head that starts with the next bytes read.
+    fn started() -> Self {
+        HeadScan {
+            active: true,
+            ..HeadScan::default()
+        }
+    }
+
     /// A pipelined head has started and not ended: the next read continues it.
     fn mid_head(&self) -> bool {
         self.active && (self.len > 0 || self.content_length || self.transfer_encoding)
@@ -231,12 +240,12 @@ impl HeadScan {
             if self.line_bytes == 0 {
                 let conflict = self.content_length && self.transfer_encoding;
                 let bodyless = !self.content_length && !self.transfer_encoding;
-                *self = HeadScan::default();
                 if conflict || !bodyless || rest.is_empty() {
+                    *self = HeadScan::default();
                     return Some(conflict);
                 }
                 // The next pipelined head starts right here.
-                self.active = true;
+                *self = HeadScan::started();
                 continue;
             }
             let name = &self.line[..self.len];
@@ -283,10 +292,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             let data = &buf.filled()[before..];
             if this.state.read_activity(data) && !this.state.is_h2() && !this.scan.mid_head() {
-                this.scan = HeadScan {
-                    active: true,
-                    ..HeadScan::default()
-                };
+                this.scan = HeadScan::started();
             }
             if this.scan.active
                 && let Some(conflict) = this.scan.feed(data)
@@ -354,20 +360,14 @@ mod tests {
 
     #[test]
     fn head_scan_finds_both_framings_across_reads() {
-        let mut s = HeadScan {
-            active: true,
-            ..HeadScan::default()
-        };
+        let mut s = HeadScan::started();
         assert_eq!(s.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Enc"), None);
         assert_eq!(
             s.feed(b"oding: chunked\r\nconTENT-length: 5\r\n\r\n0\r\n"),
             Some(true)
         );
         assert!(!s.active, "stops at the end of the head");
-        let mut s = HeadScan {
-            active: true,
-            ..HeadScan::default()
-        };
+        let mut s = HeadScan::started();
         assert_eq!(
             s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: x"),
             Some(false)
@@ -376,20 +376,14 @@ mod tests {
 
     #[test]
     fn head_scan_follows_heads_pipelined_behind_a_bodyless_one() {
-        let mut s = HeadScan {
-            active: true,
-            ..HeadScan::default()
-        };
+        let mut s = HeadScan::started();
         // In one read.
         assert_eq!(
             s.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\nPOST /3 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
             Some(true)
         );
         // Split across reads: the second read continues the pipelined head.
-        let mut s = HeadScan {
-            active: true,
-            ..HeadScan::default()
-        };
+        let mut s = HeadScan::started();
         assert_eq!(
             s.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n"),
             None
@@ -397,10 +391,7 @@ mod tests {
         assert!(s.mid_head());
         assert_eq!(s.feed(b"Transfer-Encoding: chunked\r\n\r\n"), Some(true));
         // Behind a body the next head cannot be found by line starts: the scan stops.
-        let mut s = HeadScan {
-            active: true,
-            ..HeadScan::default()
-        };
+        let mut s = HeadScan::started();
         assert_eq!(
             s.feed(b"POST /1 HTTP/1.1\r\nContent-Length: 0\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Some(false)

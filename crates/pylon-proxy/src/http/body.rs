@@ -198,10 +198,10 @@ impl Body for ResponseBody {
             Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
             Kind::Stream(_, first @ Some(_)) => first.take().map(Ok),
             Kind::Stream(inner, None) => {
-                ready!(stalled_on_upstream(Pin::new(inner).poll_frame(cx)))
+                ready!(waiting_on_upstream(Pin::new(inner).poll_frame(cx)))
                     .map(|r| r.map_err(|e| Box::new(e) as BoxError))
             }
-            Kind::Boxed(inner) => ready!(stalled_on_upstream(Pin::new(inner).poll_frame(cx))),
+            Kind::Boxed(inner) => ready!(waiting_on_upstream(Pin::new(inner).poll_frame(cx))),
         };
         // Tells the HTTP/2 send stall guard that the body moved.
         super::stall::body_polled(matches!(polled, Some(Ok(_))));
@@ -261,7 +261,7 @@ impl ResponseBody {
 }
 
 /// A body waiting for its upstream is not stalled by the client.
-fn stalled_on_upstream<T>(p: Poll<T>) -> Poll<T> {
+fn waiting_on_upstream<T>(p: Poll<T>) -> Poll<T> {
     if p.is_pending() {
         super::stall::body_polled(false);
     }

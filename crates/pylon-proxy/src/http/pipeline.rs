@@ -360,8 +360,9 @@ async fn serve(
     }
     // Content-Length and Transfer-Encoding both in the head (seen on the socket: the
     // parser keeps only one of them).
-    if req.headers().contains_key(http::header::TRANSFER_ENCODING)
-        && ctx.state.take_framing_conflict()
+    if ctx
+        .state
+        .take_framing_conflict(|| req.headers().contains_key(http::header::TRANSFER_ENCODING))
     {
         return Err(ErrorKind::MalformedRequest);
     }
