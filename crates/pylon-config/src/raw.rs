@@ -1,5 +1,6 @@
 //! The TOML schema as written by users: serde structs with `deny_unknown_fields`, and
-//! spans kept on every value that validation may complain about.
+//! spans kept on every value that validation may complain about. The `expecting` texts
+//! of the hand-written visitors are shown to users, so they are in plain words.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,8 +40,10 @@ pub struct RawAccessLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
-    pub name: Spanned<String>,
-    pub bind: Spanned<StrList>,
+    /// Required; optional here so that a listener without it still has its other keys
+    /// checked (validation reports the missing key).
+    pub name: Option<Spanned<String>>,
+    pub bind: Option<Spanned<StrList>>,
     pub protocol: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub send_timeout: Option<Spanned<String>>,
@@ -205,8 +208,9 @@ pub struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    pub name: Spanned<String>,
-    pub endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
+    /// Required; optional here as for [`RawListener::name`].
+    pub name: Option<Spanned<String>>,
+    pub endpoints: Option<Spanned<Vec<Spanned<RawEndpoint>>>>,
     pub protocol: Option<Spanned<String>>,
     pub lb: Option<Spanned<String>>,
     pub hash_key: Option<Spanned<String>>,
@@ -318,7 +322,7 @@ impl<'de> Deserialize<'de> for RawEndpoint {
             type Value = RawEndpoint;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "an address string or a table { address = \"host:port\", weight = N } or { srv = \"_service._tcp.name\" }",
+                    "an address such as \"127.0.0.1:8080\", or a table such as { address = \"127.0.0.1:8080\", weight = 2 } or { srv = \"_http._tcp.example.internal\" }",
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
@@ -332,17 +336,11 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                 let mut address = None;
                 let mut srv = None;
                 let mut weight = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "address" => address = Some(map.next_value::<String>()?),
-                        "srv" => srv = Some(map.next_value::<String>()?),
-                        "weight" => weight = Some(map.next_value::<u32>()?),
-                        other => {
-                            return Err(de::Error::unknown_field(
-                                other,
-                                &["address", "srv", "weight"],
-                            ));
-                        }
+                while let Some(key) = map.next_key::<EndpointKey>()? {
+                    match key {
+                        EndpointKey::Address => address = Some(map.next_value::<String>()?),
+                        EndpointKey::Srv => srv = Some(map.next_value::<String>()?),
+                        EndpointKey::Weight => weight = Some(map.next_value::<u32>()?),
                     }
                 }
                 match (address, srv) {
@@ -367,6 +365,35 @@ impl<'de> Deserialize<'de> for RawEndpoint {
     }
 }
 
+/// A key of an endpoint table; an unknown one is refused as the key itself, so the error
+/// points at it.
+enum EndpointKey {
+    Address,
+    Srv,
+    Weight,
+}
+
+impl<'de> Deserialize<'de> for EndpointKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EndpointKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`address`, `srv` or `weight`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointKey, E> {
+                match v {
+                    "address" => Ok(EndpointKey::Address),
+                    "srv" => Ok(EndpointKey::Srv),
+                    "weight" => Ok(EndpointKey::Weight),
+                    other => Err(E::unknown_field(other, &["address", "srv", "weight"])),
+                }
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
 /// One string or an array of strings.
 #[derive(Debug, Clone)]
 pub struct StrList(pub Vec<String>);
@@ -377,7 +404,7 @@ impl<'de> Deserialize<'de> for StrList {
         impl<'de> Visitor<'de> for V {
             type Value = StrList;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of strings")
+                f.write_str("text or a list of text")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StrList, E> {
                 Ok(StrList(vec![v.to_owned()]))
@@ -407,7 +434,7 @@ impl<'de> Deserialize<'de> for Size {
         impl<'de> Visitor<'de> for V {
             type Value = Size;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size: a non-negative integer or a string such as \"64KiB\"")
+                f.write_str("a size: a whole number of bytes or text such as \"64KiB\"")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
                 Ok(Size::Bytes(v))
@@ -415,7 +442,11 @@ impl<'de> Deserialize<'de> for Size {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
                 u64::try_from(v)
                     .map(Size::Bytes)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                    .map_err(|_| {
+                        E::custom(
+                            "a size cannot be negative; expected a whole number of bytes or text such as \"64KiB\"",
+                        )
+                    })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
                 Ok(Size::Text(v.to_owned()))
@@ -438,7 +469,7 @@ impl<'de> Deserialize<'de> for StrOrBool {
         impl<'de> Visitor<'de> for V {
             type Value = StrOrBool;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or a boolean")
+                f.write_str("a header name such as \"x-request-id\", or false")
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<StrOrBool, E> {
                 Ok(StrOrBool::Bool(v))

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// What every duration error ends with.
+const DURATION_FORM: &str = "expected a number and a unit such as 500ms, 5s, 2m";
+
 /// Parses a duration such as `"10s"`, `"1m30s"` or `"250ms"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -13,7 +16,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "duration \"{t}\" has no unit; write for example \"{t}s\" or \"{t}ms\""
         ));
     }
-    humantime::parse_duration(t).map_err(|e| format!("invalid duration \"{t}\": {e}"))
+    if t.starts_with('-') {
+        return Err(format!(
+            "invalid duration \"{t}\": durations cannot be negative; {DURATION_FORM}"
+        ));
+    }
+    if t.starts_with('+') {
+        return Err(format!(
+            "invalid duration \"{t}\": write it without a sign; {DURATION_FORM}"
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        let why = match e {
+            humantime::DurationError::UnknownUnit { unit, .. } if !unit.is_empty() => {
+                format!("unknown unit \"{unit}\"; use ms, s, m, h or d ({DURATION_FORM})")
+            }
+            humantime::DurationError::NumberOverflow => "the number is too large".to_owned(),
+            _ => DURATION_FORM.to_owned(),
+        };
+        format!("invalid duration \"{t}\": {why}")
+    })
 }
 
 /// Parses a byte size: a plain integer, or a number with `B`, `KB`, `KiB`, `MB`, `MiB`,
@@ -55,6 +77,24 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("ten seconds").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(
+            parse_duration("-5s").unwrap_err(),
+            "invalid duration \"-5s\": durations cannot be negative; expected a number and a unit such as 500ms, 5s, 2m"
+        );
+        assert!(
+            parse_duration("+5s")
+                .unwrap_err()
+                .contains("without a sign")
+        );
+        assert_eq!(
+            parse_duration("fast").unwrap_err(),
+            "invalid duration \"fast\": expected a number and a unit such as 500ms, 5s, 2m"
+        );
+        assert!(
+            parse_duration("5x")
+                .unwrap_err()
+                .contains("unknown unit \"x\"")
+        );
     }
 
     #[test]

@@ -236,7 +236,7 @@ tls = { cert = "c.pem" }
 "#;
     let e = errors(text).join("\n");
     for want in [
-        "listeners[0].name: protocol \"https\" needs a [listeners.tls] table",
+        "listeners[0].protocol: protocol \"https\" needs a [listeners.tls] table",
         "listeners[1].tls: `tls` applies only to listeners with protocol = \"https\"",
         "listeners[2].tls: client_auth needs `client_ca`",
         "listeners[2].tls.min_version: unknown TLS version \"1.1\"",
@@ -687,5 +687,287 @@ health_check = { kind = "tcp", service = "x" }
         HealthCheckKind::Grpc {
             service: "helloworld.Greeter".into()
         }
+    );
+}
+
+/// Messages that mention this key path.
+fn at<'a>(e: &'a [String], key: &str) -> Vec<&'a String> {
+    let key = format!(": {key}: ");
+    e.iter().filter(|x| x.contains(&key)).collect()
+}
+
+#[test]
+fn cluster_entry_with_several_mistakes_reports_each_and_stays_known() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/"
+cluster = "web"
+
+[[clusters]]
+name = "web"
+endpoints = ["127.0.0.1:1"]
+colour = "blue"
+panic_threshold = "high"
+connect_timeout = "soon"
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("test.toml:13:1: clusters[0].colour: unknown field `colour`"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e[1],
+        "test.toml:14:19: clusters[0].panic_threshold: invalid type: expected a percentage from 0 to 100, found text \"high\""
+    );
+    assert_eq!(
+        e[2],
+        "test.toml:15:19: clusters[0].connect_timeout: invalid duration \"soon\": expected a number and a unit such as 500ms, 5s, 2m"
+    );
+}
+
+#[test]
+fn listener_entry_with_several_mistakes_reports_each_and_stays_known() {
+    let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+colour = "blue"
+max_headers = "many"
+idle_timeout = "-5s"
+
+[[routes]]
+listeners = ["web"]
+respond = { status = 200 }
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        at(&e, "listeners[0].colour")[0].contains("unknown field `colour`"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        at(&e, "listeners[0].max_headers"),
+        [
+            "test.toml:6:15: listeners[0].max_headers: invalid type: expected a whole number (0 or more), found text \"many\""
+        ]
+    );
+    assert!(
+        at(&e, "listeners[0].idle_timeout")[0].contains("durations cannot be negative"),
+        "{e:#?}"
+    );
+    assert!(!e.iter().any(|x| x.contains("unknown listener")), "{e:#?}");
+}
+
+#[test]
+fn route_entry_with_several_mistakes_reports_each_and_no_knock_on() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "api"
+colour = "x"
+grpc = "yes"
+path = "api"
+tunnel_idle_timeout = "soon"
+cluster = "web"
+
+[[routes]]
+cluster = 5
+prefix_rewrite = "/"
+
+[[clusters]]
+name = "web"
+endpoints = "127.0.0.1:1"
+"#;
+    let e = errors(text);
+    let want = [
+        "test.toml:8:1: routes[0].colour: unknown field `colour`",
+        "test.toml:9:8: routes[0].grpc: invalid type: expected true or false, found text \"yes\"",
+        "test.toml:10:8: routes[0].path: path must start with '/'",
+        "test.toml:11:23: routes[0].tunnel_idle_timeout: invalid duration \"soon\"",
+        "test.toml:15:11: routes[1].cluster: invalid type: expected text, found 5",
+        "test.toml:20:13: clusters[0].endpoints: invalid type: expected a list of endpoints such as [\"127.0.0.1:8080\"], found text \"127.0.0.1:1\"",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(want) {
+        assert!(got.starts_with(want), "{got}\nwanted {want}");
+    }
+}
+
+#[test]
+fn keys_left_out_are_not_reported_again_as_missing() {
+    let text = r#"
+[[listeners]]
+name = 7
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = { certificates = "c.pem" }
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:9000"
+protocol = "tcp"
+cluster = ["c"]
+
+[[clusters]]
+name = "c"
+endpoints = [{ address = 1 }]
+lb = 3
+hash_key = "path"
+tls = { cert = 5, key = "k.pem" }
+health_check = { kind = 1, send = "ping" }
+
+[[clusters]]
+lb = "random"
+endpoints = ["127.0.0.1:1"]
+"#;
+    let e = errors(text);
+    let want = [
+        "listeners[0].name: invalid type: expected text, found 7",
+        "listeners[0].tls.certificates: invalid type: expected a list of tables",
+        "listeners[1].cluster: invalid type: expected text, found a list",
+        "clusters[0].endpoints[0].address: invalid type: expected text, found 1",
+        "clusters[0].lb: invalid type: expected text, found 3",
+        "clusters[0].tls.cert: invalid type: expected text, found 5",
+        "clusters[0].health_check.kind: invalid type: expected text, found 1",
+        "clusters[1]: missing field `name`: every cluster needs a name",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for w in want {
+        assert!(e.iter().any(|x| x.contains(w)), "missing {w:?} in {e:#?}");
+    }
+}
+
+#[test]
+fn messages_name_no_rust_types() {
+    let text = r#"
+[server]
+worker_threads = -1
+drain_timeout = 5
+watch_config = "yes"
+max_connections = 1.5
+upgrade_socket = 1
+
+[admin]
+bind = ["x"]
+token = 5
+
+[[listeners]]
+name = 5
+bind = 7
+max_headers = "many"
+max_uri_bytes = -3
+max_concurrent_streams = 99999999999
+h2_max_reset_streams = -1
+max_connections_per_ip = "x"
+x_forwarded = 1
+request_id = 3
+tls = "x"
+sni_routes = "x"
+proxy_protocol = { trusted = 1 }
+forward = { connect_ports = [70000, "x", -1], rules = [{ name = 1, action = [] }], users = "u" }
+
+[[routes]]
+listeners = 1
+host = { a = 1 }
+headers = { name = "x" }
+respond = { status = "ok", headers = [1], body = 3 }
+redirect = { status = 70000, location = 1 }
+grpc = "t"
+methods = [1]
+websocket = "yes"
+
+[[clusters]]
+name = ["web"]
+endpoints = [5, { address = "a", colour = 1 }, { weight = -1, address = "x" }]
+pool = "big"
+retry = { statuses = "x", max_retries = -2, budget_percent = "all" }
+panic_threshold = 2026-01-01
+health_check = { expected_statuses = [1.5], healthy_threshold = -1, interval = 2 }
+circuit_breaker = { max_connections = true }
+outlier_detection = { consecutive_failures = [] }
+dns = { resolvers = "x", min_ttl = 1 }
+sticky = { secure = "yes" }
+tls = { insecure_skip_verify = "no" }
+"#;
+    let e = errors(text);
+    assert!(e.len() >= 40, "{e:#?}");
+    for word in [
+        "usize", "u16", "u32", "u64", "i64", "String", "Vec", "Option", "struct", "sequence",
+        " map",
+    ] {
+        let bad: Vec<&String> = e.iter().filter(|x| x.contains(word)).collect();
+        assert!(bad.is_empty(), "{word:?} in {bad:#?}");
+    }
+    for want in [
+        "server.worker_threads: out of range: expected a whole number (0 or more), found -1",
+        "server.drain_timeout: invalid type: expected a duration in quotes such as \"5s\" or \"500ms\", found 5",
+        "server.watch_config: invalid type: expected true or false, found text \"yes\"",
+        "listeners[0].forward.connect_ports[0]: out of range: expected a port 1-65535, found 70000",
+        "routes[0].redirect.status: out of range: expected an HTTP status code such as 200, found 70000",
+        "listeners[0].bind: invalid type: expected text or a list of text, found 7",
+        "clusters[0].pool: invalid type: expected a table, found text \"big\"",
+    ] {
+        assert!(
+            e.iter().any(|x| x.contains(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+}
+
+#[test]
+fn negative_duration_says_so() {
+    let e = errors("[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nidle_timeout = \"-5s\"\n");
+    assert_eq!(
+        e,
+        [
+            "test.toml:4:16: listeners[0].idle_timeout: invalid duration \"-5s\": durations cannot be negative; expected a number and a unit such as 500ms, 5s, 2m"
+        ]
+    );
+}
+
+#[test]
+fn invalid_utf8_has_a_line_and_column() {
+    let path = std::env::temp_dir().join(format!("pylon-utf8-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        b"[[listeners]]\nname = \"caf\xe9\"\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let e = pylon_config::load_file(&path).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(
+        e.0[0].to_string(),
+        format!(
+            "{}:2:12: invalid UTF-8 (byte 0xe9): the configuration must be UTF-8 text",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn https_without_tls_is_reported_at_protocol() {
+    let e = errors("[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n");
+    assert_eq!(
+        e,
+        [
+            "test.toml:4:12: listeners[0].protocol: protocol \"https\" needs a [listeners.tls] table with at least one certificate"
+        ]
+    );
+    // A `tls` that is there but not a table is reported once, as itself.
+    let e = errors(
+        "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\ntls = \"c.pem\"\n",
+    );
+    assert_eq!(
+        e,
+        ["test.toml:5:7: listeners[0].tls: invalid type: expected a table, found text \"c.pem\""]
     );
 }

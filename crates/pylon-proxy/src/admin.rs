@@ -1,8 +1,9 @@
 //! The admin API: its own HTTP/1.1 listener (`[admin]`, 127.0.0.1:9901 by default),
 //! JSON answers. Health and readiness probes, Prometheus metrics, the effective config
-//! (secrets redacted), clusters and endpoints, reloads, endpoint drain and undrain,
-//! the log level. With a `token`, every path but the probes needs
-//! `Authorization: Bearer <token>`.
+//! (as TOML in the file's own keys, or JSON with the same keys; secrets redacted),
+//! clusters and endpoints, reloads, endpoint drain and undrain, the log level. With a
+//! `token`, every path but the probes needs `Authorization: Bearer <token>`. A wrong
+//! method gets `405` with `Allow`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,9 @@ pub const LISTENER: &str = "<admin>";
 
 /// Largest config accepted by `POST /reload`.
 const MAX_BODY: usize = 4 << 20;
+
+/// The hash of the configuration in force, on `GET /config` answers.
+pub const CONFIG_HASH_HEADER: &str = "x-pylon-config-hash";
 
 /// The admin listener while it runs.
 pub(crate) struct AdminHandle {
@@ -240,14 +244,7 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
             );
             r
         }
-        (&Method::GET, ["config"]) => {
-            let mut config = serde_json::to_value(&*rt.config).unwrap_or(Value::Null);
-            tidy(&mut config);
-            reply(
-                StatusCode::OK,
-                &json!({ "hash": rt.config_hash, "config": config }),
-            )
-        }
+        (&Method::GET, ["config"]) => effective_config(&rt, wants_json(&req)),
         (&Method::GET, ["clusters"]) => reply(StatusCode::OK, &clusters(&rt)),
         (&Method::POST, ["reload"]) => reload(req, &proxy).await,
         (&Method::POST, ["clusters", cluster, "endpoints", endpoint, action])
@@ -269,13 +266,73 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
                 Err(e) => error(StatusCode::BAD_REQUEST, &e),
             }
         }
-        (_, ["healthz" | "readyz" | "metrics" | "config" | "clusters"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
-        }
-        (_, ["reload"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
-        (_, ["log-level"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT"),
-        _ => error(StatusCode::NOT_FOUND, "no such admin path"),
+        (_, segments) => match allowed(segments) {
+            Some(allow) => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allow}"));
+                r.headers_mut()
+                    .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, "no such admin path"),
+        },
     }
+}
+
+/// The methods an admin path takes (the `Allow` of its `405`); `None`: no such path.
+fn allowed(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["healthz" | "readyz" | "metrics" | "config" | "clusters"] => Some("GET"),
+        ["reload"] | ["clusters", _, "endpoints", _, "drain" | "undrain"] => Some("POST"),
+        ["log-level"] => Some("PUT"),
+        _ => None,
+    }
+}
+
+/// Whether the client asks for JSON (`Accept: application/json`) rather than TOML.
+fn wants_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|m| m.split(';').next())
+        .any(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `GET /config`: the configuration in force in the file's own keys, secrets redacted;
+/// TOML that `pylon check` accepts (opening with `# hash: ...`), or the same document
+/// as JSON. Both carry the hash in `x-pylon-config-hash`.
+fn effective_config(rt: &crate::runtime::Runtime, json: bool) -> Response<Full<Bytes>> {
+    let rendered = if json {
+        serde_json::to_string_pretty(&pylon_config::effective::document(&rt.config))
+            .map(|t| (t + "\n", "application/json"))
+            .map_err(|e| e.to_string())
+    } else {
+        pylon_config::effective::to_toml(&rt.config, Some(&rt.config_hash))
+            .map(|t| (t, "application/toml"))
+            .map_err(|e| e.to_string())
+    };
+    let (text, content_type) = match rendered {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the effective config");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the effective config",
+            );
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(header::VARY, http::HeaderValue::from_static("accept"));
+    if let Ok(v) = http::HeaderValue::from_str(&rt.config_hash) {
+        headers.insert(CONFIG_HASH_HEADER, v);
+    }
+    r
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
@@ -385,51 +442,24 @@ fn clusters(rt: &crate::runtime::Runtime) -> Value {
     json!({ "clusters": list })
 }
 
-/// Makes the serialized config readable: durations as text, secrets redacted.
-fn tidy(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            if map.len() == 2
-                && let (Some(Value::Number(secs)), Some(Value::Number(nanos))) =
-                    (map.get("secs"), map.get("nanos"))
-            {
-                let d = Duration::new(
-                    secs.as_u64().unwrap_or(0),
-                    nanos.as_u64().unwrap_or(0) as u32,
-                );
-                *v = Value::String(humantime::format_duration(d).to_string());
-                return;
-            }
-            for (k, val) in map.iter_mut() {
-                if matches!(k.as_str(), "token" | "password_hash" | "secret") && !val.is_null() {
-                    *val = Value::String("<redacted>".into());
-                } else {
-                    tidy(val);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(tidy),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn tidy_writes_durations_and_redacts_secrets() {
-        let mut v = json!({
-            "drain_timeout": { "secs": 30, "nanos": 0 },
-            "users": [{ "name": "a", "password_hash": "$argon2id$..." }],
-            "admin": { "token": "abc", "bind": "127.0.0.1:9901" },
-            "sticky": { "secret": null },
-        });
-        tidy(&mut v);
-        assert_eq!(v["drain_timeout"], "30s");
-        assert_eq!(v["users"][0]["password_hash"], "<redacted>");
-        assert_eq!(v["admin"]["token"], "<redacted>");
-        assert_eq!(v["admin"]["bind"], "127.0.0.1:9901");
-        assert!(v["sticky"]["secret"].is_null());
+    fn every_admin_path_knows_its_methods() {
+        assert_eq!(allowed(&["config"]), Some("GET"));
+        assert_eq!(allowed(&["healthz"]), Some("GET"));
+        assert_eq!(allowed(&["reload"]), Some("POST"));
+        assert_eq!(
+            allowed(&["clusters", "c", "endpoints", "127.0.0.1:1", "drain"]),
+            Some("POST")
+        );
+        assert_eq!(allowed(&["log-level"]), Some("PUT"));
+        assert_eq!(allowed(&["nope"]), None);
+        assert_eq!(
+            allowed(&["clusters", "c", "endpoints", "x", "remove"]),
+            None
+        );
     }
 }

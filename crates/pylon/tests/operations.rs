@@ -165,10 +165,9 @@ health_check = {{ interval = "100ms", path = "/" }}
     assert_eq!(refused.status, 401);
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
     assert_eq!(admin(a, Method::GET, "/nope", true, "").await.status, 404);
-    assert_eq!(
-        admin(a, Method::DELETE, "/reload", true, "").await.status,
-        405
-    );
+    let wrong = admin(a, Method::DELETE, "/reload", true, "").await;
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("POST"));
 
     // The counters move as the traffic says.
     for _ in 0..7 {
@@ -221,16 +220,24 @@ health_check = {{ interval = "100ms", path = "/" }}
     assert!(sample(&text, "process_open_fds").unwrap() > 3.0);
     assert!(text.contains("pylon_config_info{hash=\""));
 
-    // The effective config, with defaults and the token redacted.
-    let config = admin(a, Method::GET, "/config", true, "").await.json();
-    assert_eq!(config["config"]["admin"]["token"], "<redacted>");
-    assert_eq!(config["config"]["server"]["drain_timeout"], "30s");
-    assert_eq!(config["config"]["clusters"][0]["name"], "c");
-    assert_eq!(config["hash"].as_str().unwrap().len(), 16);
-    assert!(text.contains(&format!(
-        "pylon_config_info{{hash=\"{}\"}} 1",
-        config["hash"].as_str().unwrap()
-    )));
+    // The effective config: TOML in the file's keys, defaults in, the token redacted.
+    let config = config_answer(a, None).await;
+    assert_eq!(config.status, 200);
+    assert_eq!(config.header("content-type"), Some("application/toml"));
+    let hash = config.header("x-pylon-config-hash").unwrap().to_owned();
+    assert_eq!(hash.len(), 16);
+    let toml = config.text();
+    assert!(toml.starts_with(&format!("# hash: {hash}\n")), "{toml}");
+    assert!(!toml.contains(TOKEN), "{toml}");
+    for line in [
+        "token = \"<redacted-admin-token>\"",
+        "drain_timeout = \"30s\"",
+        "name = \"c\"",
+        "lb = \"round_robin\"",
+    ] {
+        assert!(toml.contains(line), "{line} in\n{toml}");
+    }
+    assert!(text.contains(&format!("pylon_config_info{{hash=\"{hash}\"}} 1")));
 
     let clusters = admin(a, Method::GET, "/clusters", true, "").await.json();
     let ep = &clusters["clusters"][0]["endpoints"][0];
@@ -242,6 +249,188 @@ health_check = {{ interval = "100ms", path = "/" }}
     // In-process there is no logger to change: a clear refusal.
     let level = admin(a, Method::PUT, "/log-level", true, "debug").await;
     assert_eq!(level.status, 400);
+}
+
+/// Words of the model's Rust shapes that the file's form never has.
+const RUST_SHAPES: &str = "Stdout Stderr RoundRobin Socket binds matcher action secs";
+
+/// `GET /config`, as TOML or with `Accept`.
+async fn config_answer(addr: SocketAddr, accept: Option<&str>) -> Answer {
+    let mut req = Request::builder()
+        .uri("/config")
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {TOKEN}"));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    send_h1(addr, req.body(body("")).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_effective_config_is_a_file_pylon_check_accepts() {
+    let origin = Origin::named("o").await;
+    let ca = TestCa::new("Config CA");
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "site");
+    let hash = pylon_proxy::http::forward::hash_password("pw").unwrap();
+    let text = format!(
+        r#"
+[server]
+drain_timeout = "10s"
+
+[admin]
+bind = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[access_log]
+path = "stderr"
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+max_request_body = "10MiB"
+request_id = false
+
+[[listeners]]
+name = "secure"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = {{ certificates = [{{ cert = "{cert}", key = "{key}" }}], min_version = "1.3" }}
+
+[[listeners]]
+name = "fwd"
+bind = "127.0.0.1:0"
+forward = {{ allow_private = true, users = [{{ name = "alice", password_hash = "{hash}" }}] }}
+
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+
+[[routes]]
+name = "app"
+listeners = ["front", "secure"]
+host = ["localhost", "*.example.com"]
+path_prefix = "/app"
+methods = ["get"]
+cluster = "c"
+
+[[routes]]
+listeners = ["front"]
+path = "/down"
+respond = {{ status = 503, body = "down\n", headers = {{ "retry-after" = "60" }} }}
+
+[[routes]]
+listeners = ["front"]
+redirect = {{ location = "https://{{host}}{{request_uri}}" }}
+
+[[clusters]]
+name = "c"
+endpoints = ["{origin}", {{ address = "127.0.0.1:1", weight = 2 }}]
+lb = "ring_hash"
+hash_key = "cookie:session"
+health_check = {{ interval = "1s", path = "/" }}
+retry = {{ max_retries = 1 }}
+sticky = {{ cookie = "srv", secret = "sticky-secret-value" }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        origin = origin.addr,
+    );
+    let p = TestProxy::start(&text).await;
+    let a = p.proxy.admin_addr().await.unwrap();
+
+    // The TOML answer, saved to a file, passes the real binary's `pylon check`.
+    let answer = config_answer(a, None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/toml"));
+    let hash_header = answer.header("x-pylon-config-hash").unwrap().to_owned();
+    let toml = answer.text();
+    for secret in [TOKEN, hash.as_str(), "sticky-secret-value"] {
+        assert!(!toml.contains(secret), "{secret} shown:\n{toml}");
+    }
+    let saved = temp_dir().join("effective.toml");
+    std::fs::write(&saved, &toml).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_pylon"))
+        .arg("check")
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "pylon check refused the effective config:\n{}\n---\n{toml}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("4 listener(s)"),
+        "{check:?}"
+    );
+
+    // It means what the original file means, secrets aside.
+    let original = pylon_config::parse(&text, "original.toml").unwrap();
+    let back = pylon_config::load_file(&saved).unwrap();
+    let doc = |c: &pylon_config::Config| {
+        serde_json::to_value(pylon_config::effective::document(c)).unwrap()
+    };
+    assert_eq!(doc(&back), doc(&original));
+
+    // JSON on request: the same keys and values as the TOML, no Rust shapes.
+    let answer = config_answer(a, Some("text/html, application/json;q=0.9")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(
+        answer.header("x-pylon-config-hash"),
+        Some(hash_header.as_str())
+    );
+    let json_text = answer.text();
+    for shape in RUST_SHAPES.split(' ') {
+        assert!(!json_text.contains(shape), "{shape} in {json_text}");
+        assert!(!toml.contains(shape), "{shape} in {toml}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(json, doc(&back), "JSON and TOML hold the same document");
+    assert_eq!(json["access_log"]["path"], "stderr");
+    assert_eq!(json["listeners"][0]["bind"], "127.0.0.1:0");
+    assert_eq!(json["listeners"][0]["max_request_body"], "10MiB");
+    assert_eq!(json["listeners"][0]["request_id"], false);
+    assert_eq!(
+        json["listeners"][1]["tls"]["certificates"][0]["cert"],
+        cert.display().to_string()
+    );
+    assert_eq!(json["routes"][0]["methods"][0], "GET");
+    assert_eq!(json["routes"][1]["respond"]["status"], 503);
+    assert_eq!(json["routes"][2]["redirect"]["status"], 302);
+    assert_eq!(json["clusters"][0]["lb"], "ring_hash");
+    assert_eq!(json["clusters"][0]["endpoints"][1]["weight"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_405_answers_name_the_methods_the_path_takes() {
+    let p = TestProxy::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[access_log]\nenabled = false\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let a = p.proxy.admin_addr().await.unwrap();
+    for (method, path, allow) in [
+        (Method::POST, "/config", "GET"),
+        (Method::PUT, "/metrics", "GET"),
+        (Method::DELETE, "/clusters", "GET"),
+        (Method::POST, "/healthz", "GET"),
+        (Method::POST, "/readyz", "GET"),
+        (Method::GET, "/reload", "POST"),
+        (Method::GET, "/clusters/c/endpoints/e/drain", "POST"),
+        (Method::DELETE, "/clusters/c/endpoints/e/undrain", "POST"),
+        (Method::POST, "/log-level", "PUT"),
+    ] {
+        let r = admin(a, method.clone(), path, true, "").await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    // Unknown paths are 404 without `Allow`.
+    let r = admin(a, Method::POST, "/clusters/c/endpoints/x/remove", true, "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("allow"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,24 @@
 //! Cluster validation: endpoints, balancing, upstream TLS, health checks and resilience.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::entry::Dropped;
 use super::{Ctx, Problems, check_name, duration, host_match, http_token, size, socket_addr};
 use crate::model::*;
 use crate::raw::*;
 use crate::units::parse_duration;
 
-fn upstream_tls(t: Spanned<RawUpstreamTls>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> UpstreamTls {
+/// A cluster's `tls` table; `dropped` is the cluster's (paths start with `tls.`).
+fn upstream_tls(
+    t: Spanned<RawUpstreamTls>,
+    dropped: &Dropped,
+    ctx: &Ctx<'_, '_>,
+    p: &mut Problems,
+) -> UpstreamTls {
     let span = t.span();
     let t = t.into_inner();
     let client_cert = match (&t.cert, &t.key) {
@@ -20,6 +28,7 @@ fn upstream_tls(t: Spanned<RawUpstreamTls>, ctx: &Ctx<'_, '_>, p: &mut Problems)
             server_names: Vec::new(),
         }),
         (None, None) => None,
+        _ if dropped.has("tls.cert") || dropped.has("tls.key") => None,
         _ => {
             p.span(span, "a client certificate needs both `cert` and `key`");
             None
@@ -38,7 +47,9 @@ fn upstream_tls(t: Spanned<RawUpstreamTls>, ctx: &Ctx<'_, '_>, p: &mut Problems)
     }
 }
 
-fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
+/// A cluster's health check; when `kind_dropped`, its `kind` was written but left out
+/// (already reported), so keys are not judged against the default kind.
+fn health_check(h: Spanned<RawHealthCheck>, kind_dropped: bool, p: &mut Problems) -> HealthCheck {
     let h = h.into_inner();
     let kind_name = h.kind.as_ref().map(|k| k.get_ref().as_str());
     let http_keys = h.method.is_some()
@@ -48,6 +59,7 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
         || h.body_contains.is_some();
     let udp_keys = h.send.is_some() || h.send_hex.is_some() || h.expect.is_some();
     if udp_keys
+        && !kind_dropped
         && kind_name != Some("udp")
         && let Some(k) = h
             .send
@@ -58,6 +70,7 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
         p.at(k, "send, send_hex and expect need kind = \"udp\"");
     }
     if let Some(sv) = &h.service
+        && !kind_dropped
         && kind_name != Some("grpc")
     {
         p.at(sv, "service needs kind = \"grpc\"");
@@ -186,18 +199,40 @@ fn health_check(h: Spanned<RawHealthCheck>, p: &mut Problems) -> HealthCheck {
     }
 }
 
+/// The cluster written at `span`; `dropped` lists its keys left out because of errors
+/// already reported.
 pub(super) fn cluster(
     r: RawCluster,
+    span: Range<usize>,
+    dropped: &Dropped,
     ctx: &Ctx<'_, '_>,
     names: &mut HashSet<String>,
     p: &mut Problems,
 ) -> Option<Cluster> {
-    let ok = check_name(&r.name, "cluster", names, p);
+    let ok = match &r.name {
+        Some(n) => check_name(n, "cluster", names, p),
+        None => {
+            if !dropped.has("name") {
+                p.span(
+                    span.clone(),
+                    "missing field `name`: every cluster needs a name",
+                );
+            }
+            false
+        }
+    };
     let mut endpoints = Vec::new();
-    if r.endpoints.get_ref().is_empty() {
-        p.at(&r.endpoints, "a cluster needs at least one endpoint");
+    match &r.endpoints {
+        Some(e) if e.get_ref().is_empty() && !dropped.has("endpoints") => {
+            p.at(e, "a cluster needs at least one endpoint");
+        }
+        None if !dropped.has("endpoints") => p.span(
+            span,
+            "missing field `endpoints`: a cluster needs at least one endpoint, such as endpoints = [\"127.0.0.1:8080\"]",
+        ),
+        _ => {}
     }
-    for e in r.endpoints.get_ref() {
+    for e in r.endpoints.iter().flat_map(|e| e.get_ref()) {
         let raw = e.get_ref();
         let weight = raw.weight.unwrap_or(1);
         if weight == 0 || weight > 10_000 {
@@ -239,6 +274,7 @@ pub(super) fn cluster(
     };
     if protocol == UpstreamProtocol::H2
         && r.tls.is_none()
+        && !dropped.has("tls")
         && let Some(s) = &r.protocol
     {
         p.at(
@@ -254,8 +290,9 @@ pub(super) fn cluster(
             "protocol \"h2c\" is cleartext; with `tls` use protocol \"h2\" (or http1)",
         );
     }
-    let tls = r.tls.map(|t| upstream_tls(t, ctx, p));
-    let health_check = r.health_check.map(|h| health_check(h, p));
+    let tls = r.tls.map(|t| upstream_tls(t, dropped, ctx, p));
+    let kind_dropped = dropped.has("health_check.kind");
+    let health_check = r.health_check.map(|h| health_check(h, kind_dropped, p));
     let response_timeout = duration(&r.response_timeout, DEFAULT_RESPONSE_TIMEOUT, p);
     let retry = r.retry.map(|t| {
         if let Some(st) = &t.statuses
@@ -326,7 +363,7 @@ pub(super) fn cluster(
     let hash_key = match r.hash_key.as_ref() {
         None => HashKey::ClientIp,
         Some(s) => {
-            if !lb.uses_key() {
+            if !lb.uses_key() && !dropped.has("lb") {
                 p.at(
                     s,
                     "`hash_key` only applies to lb = \"ring_hash\" or \"maglev\"",
@@ -390,7 +427,7 @@ pub(super) fn cluster(
         },
     };
     ok.then(|| Cluster {
-        name: r.name.into_inner(),
+        name: r.name.map(Spanned::into_inner).unwrap_or_default(),
         endpoints,
         protocol,
         lb,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::entry::Dropped;
 use super::{Problems, duration, host_match};
 use crate::model::*;
 use crate::raw::*;
@@ -18,10 +19,14 @@ const UDP_IDLE: Duration = Duration::from_secs(60);
 const MAX_CONNECTIONS: u64 = 10_000;
 
 /// The L4 part of a listener; `clusters` collects the cluster names it refers to (with
-/// their spans) so they can be checked once clusters are known.
+/// their spans) so they can be checked once clusters are known. Problems of the
+/// listener as a whole are reported at `name_span`; `dropped` lists its keys left out
+/// because of errors already reported.
 pub(super) fn l4_listener(
     r: &RawListener,
     protocol: ListenerProtocol,
+    name_span: &Range<usize>,
+    dropped: &Dropped,
     clusters: &mut Vec<(Range<usize>, String)>,
     p: &mut Problems,
 ) -> Option<L4Listener> {
@@ -87,9 +92,9 @@ pub(super) fn l4_listener(
             r.h2_max_error_resets.as_ref().map(|s| s.span()),
         ),
         ("request_id", r.request_id.as_ref().map(|s| s.span())),
-        ("x_forwarded", r.x_forwarded.map(|_| r.name.span())),
-        ("forwarded", r.forwarded.map(|_| r.name.span())),
-        ("via", r.via.map(|_| r.name.span())),
+        ("x_forwarded", r.x_forwarded.map(|_| name_span.clone())),
+        ("forwarded", r.forwarded.map(|_| name_span.clone())),
+        ("via", r.via.map(|_| name_span.clone())),
     ];
     for (key, span) in http_only {
         if let Some(span) = span {
@@ -132,9 +137,13 @@ pub(super) fn l4_listener(
             cluster: raw.cluster.get_ref().clone(),
         });
     }
-    if sni_routes.is_empty() && cluster.is_none() {
-        p.at(
-            &r.name,
+    if sni_routes.is_empty()
+        && cluster.is_none()
+        && !dropped.has("cluster")
+        && !dropped.has("sni_routes")
+    {
+        p.span(
+            name_span.clone(),
             format!(
                 "a {} listener needs `cluster` (or `sni_routes`)",
                 protocol.as_str()

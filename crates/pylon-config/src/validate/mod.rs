@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeTable, DeValue};
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::*;
@@ -16,8 +15,11 @@ use crate::raw::*;
 use crate::units::{parse_duration, parse_size};
 
 mod cluster;
+mod entry;
 mod l4;
+mod route;
 use cluster::cluster;
+use entry::{Dropped, declared_names, entry};
 
 const SECTIONS: &[&str] = &[
     "server",
@@ -184,17 +186,6 @@ fn key_path(root: &DeTable<'_>, pos: usize) -> String {
     path
 }
 
-/// Deserializes one element of a section, recording its error (if any).
-fn element<T: for<'de> Deserialize<'de>>(v: &Spanned<DeValue<'_>>, p: &mut Problems) -> Option<T> {
-    match T::deserialize(ValueDeserializer::from(v.clone())) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            p.0.push((e.span().or(Some(v.span())), e.message().to_owned()));
-            None
-        }
-    }
-}
-
 /// The elements of an array-of-tables section, or one error if it is not an array.
 fn elements<'a, 'i>(
     root: &'a DeTable<'i>,
@@ -233,31 +224,36 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
 
     let server = root
         .get("server")
-        .and_then(|v| element::<RawServer>(v, p))
-        .map(|r| server(r, p))
+        .and_then(|v| entry::<RawServer>(v, p))
+        .map(|(r, _)| server(r, p))
         .unwrap_or_default();
     let admin = root
         .get("admin")
-        .and_then(|v| element::<RawAdmin>(v, p))
-        .and_then(|r| admin(r, p));
+        .and_then(|v| entry::<RawAdmin>(v, p))
+        .and_then(|(r, dropped)| admin(r, &dropped, p));
     let access_log = root
         .get("access_log")
-        .and_then(|v| element::<RawAccessLog>(v, p))
-        .map(|r| access_log(r, p))
+        .and_then(|v| entry::<RawAccessLog>(v, p))
+        .map(|(r, _)| access_log(r, p))
         .unwrap_or_default();
 
-    let raw_listeners: Vec<RawListener> = elements(root, "listeners", p)
+    // Every entry is read, whatever is wrong with the others or with some of its keys;
+    // references are checked against the names written in the file, so an entry with
+    // an error is not also reported as unknown where it is used.
+    let raw_listeners: Vec<(Range<usize>, RawListener, Dropped)> = elements(root, "listeners", p)
         .into_iter()
-        .filter_map(|(_, v)| element(v, p))
+        .filter_map(|(_, v)| entry(v, p).map(|(r, d)| (v.span(), r, d)))
         .collect();
-    let raw_clusters: Vec<RawCluster> = elements(root, "clusters", p)
+    let raw_clusters: Vec<(Range<usize>, RawCluster, Dropped)> = elements(root, "clusters", p)
         .into_iter()
-        .filter_map(|(_, v)| element(v, p))
+        .filter_map(|(_, v)| entry(v, p).map(|(r, d)| (v.span(), r, d)))
         .collect();
-    let raw_routes: Vec<(usize, Range<usize>, RawRoute)> = elements(root, "routes", p)
+    let raw_routes: Vec<(usize, Range<usize>, RawRoute, Dropped)> = elements(root, "routes", p)
         .into_iter()
-        .filter_map(|(i, v)| element(v, p).map(|r| (i, v.span(), r)))
+        .filter_map(|(i, v)| entry(v, p).map(|(r, d)| (i, v.span(), r, d)))
         .collect();
+    let declared_listeners = declared_names(root, "listeners");
+    let declared_clusters = declared_names(root, "clusters");
 
     if root.get("listeners").is_none() {
         p.0.push((
@@ -269,54 +265,53 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     let mut listener_names = HashSet::new();
     let mut bound = HashMap::new();
     let mut cluster_refs = Vec::new();
-    let listeners: Vec<Listener> = raw_listeners
-        .into_iter()
-        .filter_map(|r| {
-            listener(
-                r,
-                ctx,
-                &mut listener_names,
-                &mut bound,
-                &mut cluster_refs,
-                p,
-            )
-        })
-        .collect();
-    // Listener name → whether it is a Layer 4 (tcp/udp) listener, for routes.
-    let listener_kinds: HashMap<String, bool> = listener_names
-        .iter()
-        .map(|n| {
-            let l4 = listeners
-                .iter()
-                .any(|l| &l.name == n && !l.protocol.is_http());
-            (n.clone(), l4)
-        })
-        .collect();
+    // Listeners known to be tcp or udp, for routes.
+    let mut l4_listeners = HashSet::new();
+    let mut listeners = Vec::new();
+    for (span, r, dropped) in raw_listeners {
+        let protocol_known = !dropped.has("protocol");
+        let at = ListenerAt {
+            span,
+            dropped: &dropped,
+        };
+        let built = listener(
+            r,
+            &at,
+            ctx,
+            &mut listener_names,
+            &mut bound,
+            &mut cluster_refs,
+            p,
+        );
+        if let Some(l) = built {
+            if protocol_known && !l.protocol.is_http() {
+                l4_listeners.insert(l.name.clone());
+            }
+            listeners.push(l);
+        }
+    }
 
     let mut cluster_names = HashSet::new();
     let clusters: Vec<Cluster> = raw_clusters
         .into_iter()
-        .filter_map(|r| cluster(r, ctx, &mut cluster_names, p))
+        .filter_map(|(span, r, dropped)| cluster(r, span, &dropped, ctx, &mut cluster_names, p))
         .collect();
     for (span, c) in cluster_refs {
-        if !cluster_names.contains(&c) {
+        if !declared_clusters.contains(&c) {
             p.span(span, format!("unknown cluster \"{c}\""));
         }
     }
 
     let mut route_names = HashSet::new();
+    let refs = route::Refs {
+        listeners: &declared_listeners,
+        l4_listeners: &l4_listeners,
+        clusters: &declared_clusters,
+    };
     let routes: Vec<Route> = raw_routes
         .into_iter()
-        .filter_map(|(i, span, r)| {
-            route(
-                i,
-                span,
-                r,
-                &listener_kinds,
-                &cluster_names,
-                &mut route_names,
-                p,
-            )
+        .filter_map(|(i, span, r, dropped)| {
+            route::route(i, span, r, &dropped, &refs, &mut route_names, p)
         })
         .collect();
 
@@ -445,7 +440,7 @@ fn server(r: RawServer, p: &mut Problems) -> Server {
     }
 }
 
-fn admin(r: RawAdmin, p: &mut Problems) -> Option<Admin> {
+fn admin(r: RawAdmin, dropped: &Dropped, p: &mut Problems) -> Option<Admin> {
     if r.enabled == Some(false) {
         return None;
     }
@@ -459,6 +454,8 @@ fn admin(r: RawAdmin, p: &mut Problems) -> Option<Admin> {
             }
         },
     };
+    // A token that was written but refused is reported once, as itself.
+    let token_written = r.token.is_some() || dropped.has("token");
     let token = match r.token {
         Some(t) if t.get_ref().len() < 16 => {
             p.at(&t, "`token` must be at least 16 characters");
@@ -466,7 +463,7 @@ fn admin(r: RawAdmin, p: &mut Problems) -> Option<Admin> {
         }
         t => t.map(Spanned::into_inner),
     };
-    if !bind.ip().is_loopback() && token.is_none() {
+    if !bind.ip().is_loopback() && !token_written {
         match &r.bind {
             Some(b) => p.at(
                 b,
@@ -508,42 +505,88 @@ fn header_value_ok(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// Where a listener entry is written, and which of its keys were left out because of
+/// errors already reported.
+struct ListenerAt<'a> {
+    span: Range<usize>,
+    dropped: &'a Dropped,
+}
+
 fn listener(
     r: RawListener,
+    at: &ListenerAt<'_>,
     ctx: &Ctx<'_, '_>,
     names: &mut HashSet<String>,
     bound: &mut HashMap<(SocketAddr, bool), String>,
     cluster_refs: &mut Vec<(Range<usize>, String)>,
     p: &mut Problems,
 ) -> Option<Listener> {
-    let ok = check_name(&r.name, "listener", names, p);
-    let name = r.name.get_ref().clone();
+    let dropped = at.dropped;
+    // Problems of the listener as a whole are reported at its name.
+    let name_span = r.name.as_ref().map_or(at.span.clone(), Spanned::span);
+    let ok = match &r.name {
+        Some(n) => check_name(n, "listener", names, p),
+        None => {
+            if !dropped.has("name") {
+                p.span(
+                    at.span.clone(),
+                    "missing field `name`: every listener needs a name",
+                );
+            }
+            false
+        }
+    };
+    let name = r
+        .name
+        .as_ref()
+        .map(|n| n.get_ref().clone())
+        .unwrap_or_default();
     let mut binds = Vec::new();
-    if r.bind.get_ref().0.is_empty() {
-        p.at(&r.bind, "no bind address: give at least one IP:port");
+    match &r.bind {
+        Some(b) if b.get_ref().0.is_empty() => {
+            p.at(b, "no bind address: give at least one IP:port");
+        }
+        None if !dropped.has("bind") => p.span(
+            at.span.clone(),
+            "missing field `bind`: give at least one IP:port, such as bind = \"0.0.0.0:8080\"",
+        ),
+        _ => {}
     }
     let udp = r
         .protocol
         .as_ref()
         .is_some_and(|s| s.get_ref().as_str() == "udp");
-    for b in &r.bind.get_ref().0 {
-        match socket_addr(b) {
-            Ok(a) => {
-                // TCP and UDP ports are separate spaces.
-                if a.port() != 0
-                    && let Some(other) = bound.insert((a, udp), name.clone())
-                {
-                    p.at(
-                        &r.bind,
-                        format!("address {a} is already bound by listener \"{other}\""),
-                    );
+    if let Some(bind) = &r.bind {
+        for b in &bind.get_ref().0 {
+            match socket_addr(b) {
+                Ok(a) => {
+                    // TCP and UDP ports are separate spaces.
+                    if a.port() != 0
+                        && let Some(other) = bound.insert((a, udp), name.clone())
+                    {
+                        p.at(
+                            bind,
+                            format!("address {a} is already bound by listener \"{other}\""),
+                        );
+                    }
+                    binds.push(a);
                 }
-                binds.push(a);
+                Err(e) => p.at(bind, e),
             }
-            Err(e) => p.at(&r.bind, e),
         }
     }
     let protocol = match r.protocol.as_ref().map(|s| s.get_ref().as_str()) {
+        // `protocol` was written but not as text (already reported): judge the other keys
+        // by the protocol they suggest, so they are not reported as misplaced.
+        None if dropped.has("protocol") => {
+            if r.cluster.is_some() || r.sni_routes.is_some() || dropped.has("sni_routes") {
+                ListenerProtocol::Tcp
+            } else if r.tls.is_some() || dropped.has("tls") {
+                ListenerProtocol::Https
+            } else {
+                ListenerProtocol::Http
+            }
+        }
         None | Some("http") => ListenerProtocol::Http,
         Some("https") => ListenerProtocol::Https,
         Some("tcp") => ListenerProtocol::Tcp,
@@ -559,22 +602,25 @@ fn listener(
             ListenerProtocol::Http
         }
     };
-    let l4 = l4::l4_listener(&r, protocol, cluster_refs, p);
+    let l4 = l4::l4_listener(&r, protocol, &name_span, dropped, cluster_refs, p);
     let proxy_protocol = l4::proxy_protocol_in(&r.proxy_protocol, protocol, p);
     let forward = l4::forward(&r.forward, protocol, p);
     let tls = match (protocol, r.tls) {
-        (ListenerProtocol::Https, Some(t)) => listener_tls(t, ctx, p),
+        (ListenerProtocol::Https, Some(t)) => listener_tls(t, dropped, ctx, p),
         (ListenerProtocol::Tcp, Some(t))
             if l4.as_ref().is_some_and(|l| l.sni_routes.is_empty()) =>
         {
-            listener_tls(t, ctx, p)
+            listener_tls(t, dropped, ctx, p)
         }
         (ListenerProtocol::Tcp | ListenerProtocol::Udp, Some(_)) => None,
         (ListenerProtocol::Https, None) => {
-            p.at(
-                &r.name,
-                "protocol \"https\" needs a [listeners.tls] table with at least one certificate",
-            );
+            if !dropped.has("tls") {
+                // Reported where https was asked for.
+                p.span(
+                    r.protocol.as_ref().map_or(name_span, Spanned::span),
+                    "protocol \"https\" needs a [listeners.tls] table with at least one certificate",
+                );
+            }
             None
         }
         (_, Some(t)) => {
@@ -688,14 +734,16 @@ fn certificate(
     }
 }
 
+/// A listener's `tls` table; `dropped` is the listener's (paths start with `tls.`).
 fn listener_tls(
     t: Spanned<RawListenerTls>,
+    dropped: &Dropped,
     ctx: &Ctx<'_, '_>,
     p: &mut Problems,
 ) -> Option<ListenerTls> {
     let span = t.span();
     let t = t.into_inner();
-    if t.certificates.get_ref().is_empty() {
+    if t.certificates.get_ref().is_empty() && !dropped.has("tls.certificates") {
         p.at(&t.certificates, "at least one certificate is needed");
     }
     let certificates = t
@@ -746,13 +794,14 @@ fn listener_tls(
         }
     };
     let client_ca = t.client_ca.as_ref().map(|c| ctx.file_ref(c));
-    if client_auth != ClientAuth::None && client_ca.is_none() {
+    if client_auth != ClientAuth::None && client_ca.is_none() && !dropped.has("tls.client_ca") {
         p.span(
             span.clone(),
             "client_auth needs `client_ca`, the CA bundle client certificates must chain to",
         );
     }
     if client_auth == ClientAuth::None
+        && !dropped.has("tls.client_auth")
         && let Some(c) = &t.client_ca
     {
         p.at(c, "`client_ca` is set but client_auth is \"none\"");
@@ -806,260 +855,5 @@ fn host_match(h: &str) -> Result<HostMatch, String> {
         HostMatch::Suffix(format!(".{name}"))
     } else {
         HostMatch::Exact(name.to_owned())
-    })
-}
-
-fn route(
-    index: usize,
-    span: Range<usize>,
-    r: RawRoute,
-    listeners: &HashMap<String, bool>,
-    clusters: &HashSet<String>,
-    names: &mut HashSet<String>,
-    p: &mut Problems,
-) -> Option<Route> {
-    let name = match &r.name {
-        Some(n) => {
-            check_name(n, "route", names, p);
-            n.get_ref().clone()
-        }
-        None => format!("routes[{index}]"),
-    };
-    let mut route_listeners = Vec::new();
-    if let Some(ls) = &r.listeners {
-        for l in &ls.get_ref().0 {
-            if !listeners.contains_key(l) {
-                p.at(ls, format!("unknown listener \"{l}\""));
-            } else if listeners.get(l) == Some(&true) {
-                p.at(
-                    ls,
-                    format!("listener \"{l}\" is a tcp/udp listener: it takes `cluster` or `sni_routes`, not routes"),
-                );
-            }
-            route_listeners.push(l.clone());
-        }
-    }
-    let mut hosts = Vec::new();
-    if let Some(hs) = &r.host {
-        for h in &hs.get_ref().0 {
-            match host_match(h) {
-                Ok(m) => hosts.push(m),
-                Err(e) => p.at(hs, e),
-            }
-        }
-    }
-    let path_keys = [&r.path, &r.path_prefix, &r.path_regex]
-        .iter()
-        .filter(|x| x.is_some())
-        .count();
-    let mut path = PathMatch::Any;
-    if path_keys > 1 {
-        let s = [&r.path_prefix, &r.path_regex]
-            .iter()
-            .find_map(|x| x.as_ref().map(|s| s.span()))
-            .unwrap_or_default();
-        p.span(s, "give only one of `path`, `path_prefix` and `path_regex`");
-    } else if let Some(s) = &r.path {
-        if !s.get_ref().starts_with('/') {
-            p.at(s, "path must start with '/'");
-        }
-        path = PathMatch::Exact(s.get_ref().clone());
-    } else if let Some(s) = &r.path_prefix {
-        if !s.get_ref().starts_with('/') {
-            p.at(s, "path_prefix must start with '/'");
-        }
-        path = PathMatch::Prefix(s.get_ref().clone());
-    } else if let Some(s) = &r.path_regex {
-        match regex::Regex::new(s.get_ref()) {
-            Ok(re) => path = PathMatch::Regex(re),
-            Err(e) => {
-                let detail = e.to_string();
-                let last = detail
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .trim_start_matches("error: ");
-                p.at(s, format!("invalid regex: {last}"));
-            }
-        }
-    }
-    let mut methods = Vec::new();
-    if let Some(ms) = &r.methods {
-        for m in &ms.get_ref().0 {
-            if !http_token(m) {
-                p.at(ms, format!("invalid method \"{m}\""));
-            }
-            methods.push(m.to_ascii_uppercase());
-        }
-    }
-    let mut headers = Vec::new();
-    for h in r.headers.iter().flatten() {
-        if !header_name_ok(h.name.get_ref()) {
-            p.at(
-                &h.name,
-                format!("invalid header name \"{}\"", h.name.get_ref()),
-            );
-        }
-        headers.push(HeaderMatch {
-            name: h.name.get_ref().to_ascii_lowercase(),
-            value: h.value.clone(),
-        });
-    }
-
-    let fingerprint = match &r.client_cert_fingerprint {
-        Some(f) => {
-            let hex: String = f
-                .get_ref()
-                .chars()
-                .filter(|c| *c != ':')
-                .collect::<String>()
-                .to_ascii_lowercase();
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                p.at(
-                    f,
-                    "client_cert_fingerprint must be a SHA-256 in hex (64 digits, ':' allowed)",
-                );
-            }
-            Some(hex)
-        }
-        None => None,
-    };
-    let client_cert = ClientCertMatch {
-        subject: r.client_cert_subject.as_ref().map(|s| s.get_ref().clone()),
-        dns: r
-            .client_cert_dns
-            .as_ref()
-            .map(|s| s.get_ref().to_ascii_lowercase()),
-        fingerprint,
-    };
-    let actions = [
-        r.cluster.as_ref().map(|s| s.span()),
-        r.respond.as_ref().map(|s| s.span()),
-        r.redirect.as_ref().map(|s| s.span()),
-    ];
-    let count = actions.iter().filter(|a| a.is_some()).count();
-    if count > 1 {
-        let s = actions.iter().flatten().nth(1).cloned().unwrap_or_default();
-        p.span(
-            s,
-            "a route has exactly one action: `cluster`, `respond` or `redirect`",
-        );
-        return None;
-    }
-    if r.cluster.is_none() {
-        for (key, v) in [
-            ("prefix_rewrite", &r.prefix_rewrite),
-            ("host_rewrite", &r.host_rewrite),
-            ("tunnel_idle_timeout", &r.tunnel_idle_timeout),
-            ("tunnel_max_lifetime", &r.tunnel_max_lifetime),
-        ] {
-            if let Some(v) = v {
-                p.at(v, format!("`{key}` only applies to a route with `cluster`"));
-            }
-        }
-        if let Some(w) = &r.websocket {
-            p.at(w, "`websocket` only applies to a route with `cluster`");
-        }
-        if let Some(w) = &r.grpc_web {
-            p.at(w, "`grpc_web` only applies to a route with `cluster`");
-        }
-    }
-    let action = if let Some(c) = r.cluster {
-        if !clusters.contains(c.get_ref()) {
-            p.at(&c, format!("unknown cluster \"{}\"", c.get_ref()));
-        }
-        if let Some(pr) = &r.prefix_rewrite {
-            if r.path_prefix.is_none() {
-                p.at(pr, "`prefix_rewrite` needs `path_prefix` on the same route");
-            } else if !pr.get_ref().starts_with('/') {
-                p.at(pr, "prefix_rewrite must start with '/'");
-            }
-        }
-        if let Some(hr) = &r.host_rewrite
-            && (hr.get_ref().is_empty() || !header_value_ok(hr.get_ref()))
-        {
-            p.at(hr, "invalid host_rewrite");
-        }
-        Action::Proxy(ProxyAction {
-            cluster: c.into_inner(),
-            websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
-            grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
-            cors_allow_origins: r
-                .cors_allow_origins
-                .as_ref()
-                .map(|o| o.get_ref().0.clone())
-                .unwrap_or_default(),
-            tunnel_idle_timeout: duration(&r.tunnel_idle_timeout, DEFAULT_TUNNEL_IDLE_TIMEOUT, p),
-            tunnel_max_lifetime: r
-                .tunnel_max_lifetime
-                .as_ref()
-                .map(|_| duration(&r.tunnel_max_lifetime, Duration::ZERO, p)),
-            prefix_rewrite: r.prefix_rewrite.map(|s| s.into_inner()),
-            host_rewrite: r.host_rewrite.map(|s| s.into_inner()),
-        })
-    } else if let Some(resp) = r.respond {
-        let resp = resp.into_inner();
-        let status = match &resp.status {
-            Some(s) if !(100..=599).contains(s.get_ref()) || *s.get_ref() == 101 => {
-                p.at(s, "status must be between 100 and 599 (and not 101)");
-                200
-            }
-            Some(s) => *s.get_ref(),
-            None => 200,
-        };
-        let mut headers = Vec::new();
-        for (k, v) in &resp.headers {
-            if !header_name_ok(k.get_ref()) {
-                p.at(k, format!("invalid header name \"{}\"", k.get_ref()));
-            }
-            if !header_value_ok(v.get_ref()) {
-                p.at(
-                    v,
-                    "invalid header value: control characters are not allowed",
-                );
-            }
-            headers.push((k.get_ref().to_ascii_lowercase(), v.get_ref().clone()));
-        }
-        Action::Respond(RespondAction {
-            status,
-            headers,
-            body: resp.body.unwrap_or_default(),
-        })
-    } else if let Some(red) = r.redirect {
-        let red = red.into_inner();
-        let status = match &red.status {
-            Some(s) if ![301, 302, 303, 307, 308].contains(s.get_ref()) => {
-                p.at(s, "redirect status must be one of 301, 302, 303, 307, 308");
-                302
-            }
-            Some(s) => *s.get_ref(),
-            None => 302,
-        };
-        if red.location.get_ref().is_empty() || !header_value_ok(red.location.get_ref()) {
-            p.at(&red.location, "invalid redirect location");
-        }
-        Action::Redirect(RedirectAction {
-            status,
-            location: red.location.into_inner(),
-        })
-    } else {
-        p.span(
-            span,
-            "route has no action: set one of `cluster`, `respond` or `redirect`",
-        );
-        return None;
-    };
-    Some(Route {
-        name,
-        listeners: route_listeners,
-        matcher: RouteMatch {
-            hosts,
-            path,
-            methods,
-            headers,
-            grpc: r.grpc.unwrap_or(false),
-            client_cert,
-        },
-        action,
     })
 }

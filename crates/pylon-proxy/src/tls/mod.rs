@@ -82,24 +82,34 @@ pub fn leaf_info(der: &CertificateDer<'_>) -> Option<LeafInfo> {
     })
 }
 
+/// A certificate chain and its key, both read before either error is returned: when
+/// both files are missing, both are named.
+pub fn load_pair(
+    files: &CertificateFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Vec<ConfigError>> {
+    match (load_chain(&files.cert), load_key(&files.key)) {
+        (Ok(chain), Ok(key)) => Ok((chain, key)),
+        (chain, key) => Err(chain.err().into_iter().chain(key.err()).collect()),
+    }
+}
+
 /// A certificate chain with its key, checked to belong together.
 pub fn load_certified_key(
     files: &CertificateFiles,
-) -> Result<(Arc<CertifiedKey>, LeafInfo), ConfigError> {
-    let chain = load_chain(&files.cert)?;
-    let key = load_key(&files.key)?;
-    let info = leaf_info(&chain[0]).ok_or_else(|| {
-        files.cert.at.error(format!(
+) -> Result<(Arc<CertifiedKey>, LeafInfo), Vec<ConfigError>> {
+    let (chain, key) = load_pair(files)?;
+    let info = chain.first().and_then(leaf_info).ok_or_else(|| {
+        vec![files.cert.at.error(format!(
             "{}: the first certificate cannot be parsed",
             files.cert.path.display()
-        ))
+        ))]
     })?;
     let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
-        files.key.at.error(format!(
+        vec![files.key.at.error(format!(
             "{}: does not match the certificate in {} ({e})",
             files.key.path.display(),
             files.cert.path.display()
-        ))
+        ))]
     })?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -140,11 +150,65 @@ pub fn check(config: &pylon_config::Config) -> Vec<ConfigError> {
         }
     }
     for c in &config.clusters {
-        if let Some(t) = &c.tls
-            && let Err(e) = upstream::build(t, c.protocol)
+        let Some(t) = &c.tls else { continue };
+        // The client certificate and key are named together when both are missing;
+        // building stops at the first.
+        if let Some(files) = &t.client_cert
+            && let Err(e) = load_pair(files)
+        {
+            errors.extend(e);
+        }
+        if let Err(e) = upstream::build(t, c.protocol)
+            && !errors.contains(&e)
         {
             errors.push(e);
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_certificate_and_key_are_both_named() {
+        let dir = std::env::temp_dir().join(format!("pylon-tls-check-{}", std::process::id()));
+        let text = format!(
+            r#"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = {{ certificates = [{{ cert = "{0}/site.pem", key = "{0}/site-key.pem" }}] }}
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+tls = {{ insecure_skip_verify = true, cert = "{0}/client.pem", key = "{0}/client-key.pem" }}
+"#,
+            dir.display()
+        );
+        let config = pylon_config::parse(&text, "test.toml").expect("valid");
+        let errors: Vec<String> = check(&config).iter().map(|e| e.to_string()).collect();
+        let want = [
+            (
+                "test.toml:6:34: listeners[0].tls.certificates[0].cert: cannot read",
+                "site.pem",
+            ),
+            (
+                "listeners[0].tls.certificates[0].key: cannot read",
+                "site-key.pem",
+            ),
+            ("clusters[0].tls.cert: cannot read", "client.pem"),
+            ("clusters[0].tls.key: cannot read", "client-key.pem"),
+        ];
+        assert_eq!(errors.len(), want.len(), "{errors:#?}");
+        for ((start, file), got) in want.iter().zip(&errors) {
+            assert!(
+                got.contains(start) && got.contains(&format!("/{file}: ")),
+                "{got}"
+            );
+        }
+    }
 }

@@ -76,7 +76,7 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
                 }
                 default.get_or_insert(key);
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
     let verifier = match (t.client_auth, &t.client_ca) {

@@ -1,0 +1,715 @@
+//! The effective configuration in the file's own terms: a validated [`Config`] written
+//! back as a TOML document with the keys and values `docs/config.md` lists (what
+//! `GET /config` answers). Every key that has a default is written with the value in
+//! force; options that are off or empty unless set (`tls`, `retry`, a route's `host`)
+//! appear only when set. Durations are written in their largest exact unit (`"30s"`,
+//! `"10m"`), sizes in KiB/MiB/GiB when exact, file paths absolute.
+//!
+//! Secrets (`admin.token`, forward-proxy users' `password_hash`, `sticky.secret`) are
+//! replaced by placeholders that still pass validation, and the rendered TOML opens with
+//! a comment naming each redacted key: the document passes `pylon check` and parses back
+//! to the same model as [`redact`] of the original.
+//!
+//! One quirk of the model is kept faithful rather than complete: a `tcp` listener's
+//! `idle_timeout` is written only when it was set in the file, since its default differs
+//! from the HTTP one the model also records.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::model::*;
+
+/// Placeholder for `admin.token` (long enough to be accepted).
+pub const REDACTED_TOKEN: &str = "<redacted-admin-token>";
+/// Placeholder for a forward-proxy user's `password_hash` (no password matches it).
+pub const REDACTED_PASSWORD_HASH: &str = "$argon2id$<redacted>";
+/// Placeholder for `clusters.sticky.secret`.
+pub const REDACTED_SECRET: &str = "<redacted>";
+
+/// The configuration as a document in the file's keys (secrets as placeholders). It
+/// serializes with any serde serializer: TOML through [`to_toml`], JSON with the same
+/// keys through `serde_json`.
+pub fn document(config: &Config) -> Table {
+    let mut doc = Table::new();
+    doc.insert("server".into(), server(&config.server).into());
+    doc.insert("admin".into(), admin(config.admin.as_ref()).into());
+    doc.insert("access_log".into(), access_log(&config.access_log).into());
+    let listeners: Vec<Value> = config.listeners.iter().map(listener).collect();
+    doc.insert("listeners".into(), listeners.into());
+    if !config.routes.is_empty() {
+        let routes: Vec<Value> = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route(i, r))
+            .collect();
+        doc.insert("routes".into(), routes.into());
+    }
+    if !config.clusters.is_empty() {
+        let clusters: Vec<Value> = config.clusters.iter().map(cluster).collect();
+        doc.insert("clusters".into(), clusters.into());
+    }
+    doc
+}
+
+/// The TOML text of [`document`], opening with `# hash: HASH` (when given) and a
+/// comment naming the redacted keys.
+pub fn to_toml(config: &Config, hash: Option<&str>) -> Result<String, toml::ser::Error> {
+    let body = toml::to_string(&document(config))?;
+    let mut out = String::new();
+    if let Some(h) = hash {
+        out.push_str(&format!("# hash: {h}\n"));
+    }
+    out.push_str(
+        "# The effective configuration: every key with the value in force, defaults included.\n",
+    );
+    let redacted = redacted_keys(config);
+    if !redacted.is_empty() {
+        out.push_str(
+            "# Redacted: these keys hold placeholders, not the real values; put the real\n\
+             # ones back before serving with this file.\n",
+        );
+        for k in redacted {
+            out.push_str(&format!("#   {k}\n"));
+        }
+    }
+    out.push('\n');
+    out.push_str(&body);
+    Ok(out)
+}
+
+/// Key paths (`listeners[2].forward.users[0].password_hash`) of the secrets that
+/// [`document`] replaces with placeholders.
+pub fn redacted_keys(config: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    if config.admin.as_ref().is_some_and(|a| a.token.is_some()) {
+        keys.push("admin.token".to_owned());
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
+        for (j, _) in l.forward.iter().flat_map(|f| f.users.iter()).enumerate() {
+            keys.push(format!("listeners[{i}].forward.users[{j}].password_hash"));
+        }
+    }
+    for (i, c) in config.clusters.iter().enumerate() {
+        if c.sticky.as_ref().is_some_and(|s| s.secret.is_some()) {
+            keys.push(format!("clusters[{i}].sticky.secret"));
+        }
+    }
+    keys
+}
+
+/// The configuration with its secrets replaced by the placeholders [`document`] writes:
+/// what the document parses back to.
+pub fn redact(config: &Config) -> Config {
+    let mut c = config.clone();
+    if let Some(token) = c.admin.as_mut().and_then(|a| a.token.as_mut()) {
+        *token = REDACTED_TOKEN.to_owned();
+    }
+    for f in c.listeners.iter_mut().filter_map(|l| l.forward.as_mut()) {
+        for u in &mut f.users {
+            u.password_hash = REDACTED_PASSWORD_HASH.to_owned();
+        }
+    }
+    for s in c.clusters.iter_mut().filter_map(|c| c.sticky.as_mut()) {
+        if let Some(secret) = s.secret.as_mut() {
+            *secret = REDACTED_SECRET.to_owned();
+        }
+    }
+    c
+}
+
+// ---- values -------------------------------------------------------------------------
+
+/// A duration in its largest exact unit: `"30s"`, `"10m"`, `"1h"`, `"250ms"` (a single
+/// minute is written `"60s"`, as the defaults are documented).
+pub fn duration_text(d: Duration) -> String {
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".to_owned();
+    }
+    UNITS
+        .iter()
+        .find(|(n, u)| ns.is_multiple_of(*n) && !(*u == "m" && ns / n == 1))
+        .map_or_else(|| format!("{ns}ns"), |(n, u)| format!("{}{u}", ns / n))
+}
+
+fn dur(d: Duration) -> Value {
+    Value::String(duration_text(d))
+}
+
+/// A size: `"64KiB"`, `"1GiB"` when exact, else the number of bytes.
+fn size(n: u64) -> Value {
+    for (m, unit) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= m && n.is_multiple_of(m) {
+            return Value::String(format!("{}{unit}", n / m));
+        }
+    }
+    // Beyond a TOML integer, the file takes the digits as a size string.
+    i64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::Integer)
+}
+
+fn int(n: impl TryInto<i64>) -> Value {
+    Value::Integer(n.try_into().unwrap_or(i64::MAX))
+}
+
+fn text(s: impl Into<String>) -> Value {
+    Value::String(s.into())
+}
+
+fn texts<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Value {
+    Value::Array(items.into_iter().map(|s| text(s.as_ref())).collect())
+}
+
+fn ints(items: &[u16]) -> Value {
+    Value::Array(items.iter().map(|n| int(*n)).collect())
+}
+
+fn path(p: &Path) -> Value {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    text(abs.to_string_lossy())
+}
+
+fn host(h: &HostMatch) -> String {
+    match h {
+        HostMatch::Any => "*".to_owned(),
+        HostMatch::Exact(name) => name.clone(),
+        HostMatch::Suffix(suffix) => format!("*{suffix}"),
+    }
+}
+
+fn network(n: &IpNet) -> String {
+    format!("{}/{}", n.addr, n.prefix)
+}
+
+/// A table built in the order keys are written.
+#[derive(Default)]
+struct T(Table);
+
+impl T {
+    fn put(&mut self, key: &str, v: impl Into<Value>) -> &mut Self {
+        self.0.insert(key.to_owned(), v.into());
+        self
+    }
+    fn opt(&mut self, key: &str, v: Option<impl Into<Value>>) -> &mut Self {
+        if let Some(v) = v {
+            self.put(key, v);
+        }
+        self
+    }
+    /// A list, left out when empty.
+    fn list(&mut self, key: &str, v: Value) -> &mut Self {
+        if matches!(&v, Value::Array(a) if !a.is_empty()) {
+            self.put(key, v);
+        }
+        self
+    }
+    fn done(&mut self) -> Table {
+        std::mem::take(&mut self.0)
+    }
+}
+
+// ---- sections -----------------------------------------------------------------------
+
+fn server(s: &Server) -> Table {
+    T::default()
+        .put("worker_threads", int(s.worker_threads))
+        .put("drain_timeout", dur(s.drain_timeout))
+        .put("reload_grace", dur(s.reload_grace))
+        .put("watch_config", s.watch_config)
+        .put("watch_debounce", dur(s.watch_debounce))
+        .opt("upgrade_socket", s.upgrade_socket.as_deref())
+        .put("max_connections", int(s.max_connections))
+        .done()
+}
+
+fn admin(a: Option<&Admin>) -> Table {
+    let mut t = T::default();
+    match a {
+        None => t.put("enabled", false),
+        Some(a) => t
+            .put("enabled", true)
+            .put("bind", a.bind.to_string())
+            .opt("token", a.token.as_ref().map(|_| REDACTED_TOKEN)),
+    };
+    t.done()
+}
+
+fn access_log(a: &AccessLog) -> Table {
+    let mut t = T::default();
+    match &a.target {
+        AccessLogTarget::Off => t.put("enabled", false),
+        AccessLogTarget::Stdout => t.put("enabled", true).put("path", "stdout"),
+        AccessLogTarget::Stderr => t.put("enabled", true).put("path", "stderr"),
+        AccessLogTarget::File(p) => t.put("enabled", true).put("path", p.as_str()),
+    };
+    t.done()
+}
+
+fn listener(l: &Listener) -> Value {
+    let mut t = T::default();
+    t.put("name", l.name.as_str());
+    match l.binds.as_slice() {
+        [one] => t.put("bind", one.to_string()),
+        many => t.put("bind", texts(many.iter().map(ToString::to_string))),
+    };
+    t.put("protocol", l.protocol.as_str());
+    if let Some(l4) = &l.l4 {
+        t.opt("cluster", l4.cluster.as_deref());
+        // Written when set in the file (the model then holds it twice, see above).
+        if l.limits.idle_timeout == l4.idle_timeout {
+            t.put("idle_timeout", dur(l4.idle_timeout));
+        }
+        t.opt("max_lifetime", l4.max_lifetime.map(dur))
+            .put("max_connections", int(l4.max_connections))
+            .put("inspect_timeout", dur(l4.inspect_timeout))
+            .put("splice", l4.splice)
+            .opt("max_connections_per_ip", l.max_connections_per_ip.map(int));
+        let routes: Vec<Value> = l4.sni_routes.iter().map(sni_route).collect();
+        t.list("sni_routes", routes.into());
+    } else {
+        let lim = &l.limits;
+        let h = &l.headers;
+        t.put("header_read_timeout", dur(lim.header_read_timeout))
+            .put("idle_timeout", dur(lim.idle_timeout))
+            .put("send_timeout", dur(lim.send_timeout))
+            .put("max_header_bytes", size(lim.max_header_bytes as u64))
+            .put("max_headers", int(lim.max_headers))
+            .put("max_uri_bytes", size(lim.max_uri_bytes as u64))
+            .put("max_request_body", size(lim.max_request_body))
+            .put("max_concurrent_streams", int(lim.max_concurrent_streams))
+            .put("h2_max_reset_streams", int(lim.h2_max_reset_streams))
+            .put("h2_max_error_resets", int(lim.h2_max_error_resets))
+            .opt("max_connections_per_ip", l.max_connections_per_ip.map(int))
+            .put("x_forwarded", h.x_forwarded)
+            .put("forwarded", h.forwarded)
+            .put("via", h.via)
+            .put(
+                "request_id",
+                h.request_id.as_deref().map_or(Value::Boolean(false), text),
+            );
+    }
+    if let Some(pp) = &l.proxy_protocol {
+        let trusted = texts(pp.trusted.iter().map(network));
+        t.put(
+            "proxy_protocol",
+            T::default().put("trusted", trusted).done(),
+        );
+    }
+    t.opt("tls", l.tls.as_ref().map(listener_tls));
+    t.opt("forward", l.forward.as_ref().map(forward));
+    Value::Table(t.done())
+}
+
+fn sni_route(r: &SniRoute) -> Value {
+    let mut t = T::default();
+    t.list("server_names", texts(r.server_names.iter().map(host)))
+        .list("alpn", texts(&r.alpn))
+        .put("cluster", r.cluster.as_str());
+    Value::Table(t.done())
+}
+
+fn listener_tls(tls: &ListenerTls) -> Table {
+    let certificates: Vec<Value> = tls
+        .certificates
+        .iter()
+        .map(|c| {
+            let mut t = T::default();
+            t.put("cert", path(&c.cert.path))
+                .put("key", path(&c.key.path))
+                .list("server_names", texts(&c.server_names));
+            Value::Table(t.done())
+        })
+        .collect();
+    let min_version = match tls.min_version {
+        TlsVersion::Tls12 => "1.2",
+        TlsVersion::Tls13 => "1.3",
+    };
+    let client_auth = match tls.client_auth {
+        ClientAuth::None => "none",
+        ClientAuth::Optional => "optional",
+        ClientAuth::Required => "required",
+    };
+    let unknown_sni = match tls.unknown_sni {
+        UnknownSni::Default => "default",
+        UnknownSni::Reject => "reject",
+    };
+    T::default()
+        .put("min_version", min_version)
+        .put("alpn", texts(&tls.alpn))
+        .put("handshake_timeout", dur(tls.handshake_timeout))
+        .put("unknown_sni", unknown_sni)
+        .put("client_auth", client_auth)
+        .opt("client_ca", tls.client_ca.as_ref().map(|f| path(&f.path)))
+        .put("forward_client_cert", tls.forward_client_cert)
+        .put("certificates", certificates)
+        .done()
+}
+
+fn forward(f: &ForwardProxy) -> Table {
+    let rules: Vec<Value> = f
+        .rules
+        .iter()
+        .map(|r| {
+            let mut t = T::default();
+            t.put("name", r.name.as_str())
+                .put("action", if r.allow { "allow" } else { "deny" })
+                .list("hosts", texts(r.hosts.iter().map(host)))
+                .list("ports", ints(&r.ports))
+                .list("networks", texts(r.networks.iter().map(network)));
+            Value::Table(t.done())
+        })
+        .collect();
+    let users: Vec<Value> = f
+        .users
+        .iter()
+        .map(|u| {
+            let t = T::default()
+                .put("name", u.name.as_str())
+                .put("password_hash", REDACTED_PASSWORD_HASH)
+                .done();
+            Value::Table(t)
+        })
+        .collect();
+    let mut t = T::default();
+    t.put("connect_ports", ints(&f.connect_ports))
+        .put("allow_private", f.allow_private)
+        .put("strip_client_headers", f.strip_client_headers)
+        .put("connect_timeout", dur(f.connect_timeout))
+        .put("tunnel_idle_timeout", dur(f.tunnel_idle_timeout))
+        .list("rules", rules.into())
+        .list("users", users.into());
+    t.done()
+}
+
+fn route(index: usize, r: &Route) -> Value {
+    let mut t = T::default();
+    // A route without a name is called `routes[N]` in the model: not a valid name.
+    if r.name != format!("routes[{index}]") {
+        t.put("name", r.name.as_str());
+    }
+    t.list("listeners", texts(&r.listeners));
+    let m = &r.matcher;
+    t.list("host", texts(m.hosts.iter().map(host)));
+    match &m.path {
+        PathMatch::Any => {}
+        PathMatch::Exact(p) => {
+            t.put("path", p.as_str());
+        }
+        PathMatch::Prefix(p) => {
+            t.put("path_prefix", p.as_str());
+        }
+        PathMatch::Regex(re) => {
+            t.put("path_regex", re.as_str());
+        }
+    }
+    t.list("methods", texts(&m.methods));
+    if m.grpc {
+        t.put("grpc", true);
+    }
+    t.opt("client_cert_subject", m.client_cert.subject.as_deref())
+        .opt("client_cert_dns", m.client_cert.dns.as_deref())
+        .opt(
+            "client_cert_fingerprint",
+            m.client_cert.fingerprint.as_deref(),
+        );
+    let headers: Vec<Value> = m
+        .headers
+        .iter()
+        .map(|h| {
+            let mut ht = T::default();
+            ht.put("name", h.name.as_str())
+                .opt("value", h.value.as_deref());
+            Value::Table(ht.done())
+        })
+        .collect();
+    t.list("headers", headers.into());
+    match &r.action {
+        Action::Proxy(p) => {
+            t.put("cluster", p.cluster.as_str())
+                .opt("prefix_rewrite", p.prefix_rewrite.as_deref())
+                .opt("host_rewrite", p.host_rewrite.as_deref())
+                .put("websocket", p.websocket)
+                .put("tunnel_idle_timeout", dur(p.tunnel_idle_timeout))
+                .opt("tunnel_max_lifetime", p.tunnel_max_lifetime.map(dur))
+                .put("grpc_web", p.grpc_web)
+                .list("cors_allow_origins", texts(&p.cors_allow_origins));
+        }
+        Action::Respond(a) => {
+            let mut headers = T::default();
+            for (k, v) in &a.headers {
+                headers.put(k, v.as_str());
+            }
+            let respond = T::default()
+                .put("status", int(a.status))
+                .put("body", a.body.as_str())
+                .opt("headers", (!a.headers.is_empty()).then(|| headers.done()))
+                .done();
+            t.put("respond", respond);
+        }
+        Action::Redirect(a) => {
+            let redirect = T::default()
+                .put("status", int(a.status))
+                .put("location", a.location.as_str())
+                .done();
+            t.put("redirect", redirect);
+        }
+    }
+    Value::Table(t.done())
+}
+
+fn cluster(c: &Cluster) -> Value {
+    let endpoints: Vec<Value> = c.endpoints.iter().map(endpoint).collect();
+    let mut t = T::default();
+    t.put("name", c.name.as_str())
+        .put("endpoints", endpoints)
+        .put("protocol", upstream_protocol(c.protocol))
+        .put("lb", lb_name(c.lb));
+    if c.lb.uses_key() {
+        t.put("hash_key", hash_key(&c.hash_key));
+    }
+    t.put("connect_timeout", dur(c.connect_timeout))
+        .put("response_timeout", dur(c.response_timeout))
+        .put(
+            "host_header",
+            match c.host_header {
+                HostHeader::Preserve => "preserve",
+                HostHeader::Endpoint => "endpoint",
+            },
+        )
+        .put("panic_threshold", int(c.panic_threshold))
+        .opt("slow_start", c.slow_start.map(dur))
+        .opt(
+            "proxy_protocol",
+            c.proxy_protocol.map(|v| match v {
+                ProxyProtocolVersion::V1 => "v1",
+                ProxyProtocolVersion::V2 => "v2",
+            }),
+        )
+        .put(
+            "pool",
+            T::default()
+                .put("idle_timeout", dur(c.pool.idle_timeout))
+                .put("max_idle_per_endpoint", int(c.pool.max_idle_per_endpoint))
+                .put("warm_connections", int(c.pool.warm_connections))
+                .done(),
+        )
+        .opt("tls", c.tls.as_ref().map(upstream_tls))
+        .opt("health_check", c.health_check.as_ref().map(health_check))
+        .opt(
+            "outlier_detection",
+            c.outlier_detection.as_ref().map(|o| {
+                T::default()
+                    .put("consecutive_failures", int(o.consecutive_failures))
+                    .put("base_ejection_time", dur(o.base_ejection_time))
+                    .put("max_ejection_percent", int(o.max_ejection_percent))
+                    .done()
+            }),
+        )
+        .opt("retry", c.retry.as_ref().map(retry));
+    let b = &c.circuit_breaker;
+    if *b != CircuitBreaker::default() {
+        let breaker = T::default()
+            .opt("max_connections", b.max_connections.map(int))
+            .opt("max_pending_requests", b.max_pending_requests.map(int))
+            .opt("max_requests", b.max_requests.map(int))
+            .opt("max_retries", b.max_retries.map(int))
+            .done();
+        t.put("circuit_breaker", breaker);
+    }
+    t.opt("sticky", c.sticky.as_ref().map(sticky));
+    if c.dns != Dns::default() || c.endpoints.iter().any(|e| e.address.is_dns()) {
+        t.put("dns", dns(&c.dns));
+    }
+    Value::Table(t.done())
+}
+
+fn endpoint(e: &Endpoint) -> Value {
+    match &e.address {
+        EndpointAddress::Srv { name } => {
+            Value::Table(T::default().put("srv", name.as_str()).done())
+        }
+        address if e.weight == 1 => text(address.to_string()),
+        address => Value::Table(
+            T::default()
+                .put("address", address.to_string())
+                .put("weight", int(e.weight))
+                .done(),
+        ),
+    }
+}
+
+fn upstream_protocol(p: UpstreamProtocol) -> &'static str {
+    match p {
+        UpstreamProtocol::Http1 => "http1",
+        UpstreamProtocol::H2c => "h2c",
+        UpstreamProtocol::H2 => "h2",
+    }
+}
+
+fn lb_name(lb: LbPolicy) -> &'static str {
+    match lb {
+        LbPolicy::RoundRobin => "round_robin",
+        LbPolicy::LeastConnections => "least_connections",
+        LbPolicy::LeastRequest => "least_request",
+        LbPolicy::Random => "random",
+        LbPolicy::RingHash => "ring_hash",
+        LbPolicy::Maglev => "maglev",
+    }
+}
+
+fn hash_key(k: &HashKey) -> String {
+    match k {
+        HashKey::ClientIp => "client_ip".to_owned(),
+        HashKey::Path => "path".to_owned(),
+        HashKey::Header(n) => format!("header:{n}"),
+        HashKey::Cookie(n) => format!("cookie:{n}"),
+        HashKey::Query(n) => format!("query:{n}"),
+    }
+}
+
+fn upstream_tls(tls: &UpstreamTls) -> Table {
+    let mut t = T::default();
+    t.opt("ca", tls.ca.as_ref().map(|f| path(&f.path)))
+        .opt("server_name", tls.server_name.as_deref())
+        .put("insecure_skip_verify", tls.insecure_skip_verify);
+    if let Some(c) = &tls.client_cert {
+        t.put("cert", path(&c.cert.path))
+            .put("key", path(&c.key.path));
+    }
+    t.done()
+}
+
+fn health_check(h: &HealthCheck) -> Table {
+    let mut t = T::default();
+    let kind = match &h.kind {
+        HealthCheckKind::Tcp => "tcp",
+        HealthCheckKind::Http { .. } => "http",
+        HealthCheckKind::Grpc { .. } => "grpc",
+        HealthCheckKind::Udp { .. } => "udp",
+    };
+    t.put("kind", kind)
+        .put("interval", dur(h.interval))
+        .put("timeout", dur(h.timeout))
+        .put("jitter", dur(h.jitter))
+        .put("healthy_threshold", int(h.healthy_threshold))
+        .put("unhealthy_threshold", int(h.unhealthy_threshold));
+    match &h.kind {
+        HealthCheckKind::Tcp => {}
+        HealthCheckKind::Http {
+            method,
+            path,
+            host,
+            expected_statuses,
+            body_contains,
+        } => {
+            t.put("method", method.as_str())
+                .put("path", path.as_str())
+                .opt("host", host.as_deref())
+                .list("expected_statuses", ints(expected_statuses))
+                .opt("body_contains", body_contains.as_deref());
+        }
+        HealthCheckKind::Grpc { service } => {
+            t.put("service", service.as_str());
+        }
+        HealthCheckKind::Udp { send, expect } => {
+            match std::str::from_utf8(send) {
+                Ok(s) => t.put("send", s),
+                Err(_) => t.put(
+                    "send_hex",
+                    send.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                ),
+            };
+            t.opt("expect", expect.as_deref());
+        }
+    }
+    t.done()
+}
+
+fn retry(r: &Retry) -> Table {
+    T::default()
+        .put("max_retries", int(r.max_retries))
+        .put("statuses", ints(&r.statuses))
+        .put("on_reset", r.on_reset)
+        .put("per_try_timeout", dur(r.per_try_timeout))
+        .put("backoff_base", dur(r.backoff_base))
+        .put("backoff_max", dur(r.backoff_max))
+        .put("budget_percent", int(r.budget_percent))
+        .put("budget_min_concurrent", int(r.budget_min_concurrent))
+        .put("max_body_bytes", size(r.max_body_bytes))
+        .done()
+}
+
+fn sticky(s: &Sticky) -> Table {
+    T::default()
+        .put("cookie", s.cookie.as_str())
+        .opt("ttl", s.ttl.map(dur))
+        .put("path", s.path.as_str())
+        .put("secure", s.secure)
+        .put("http_only", s.http_only)
+        .opt("same_site", s.same_site.as_deref())
+        .opt("secret", s.secret.as_ref().map(|_| REDACTED_SECRET))
+        .done()
+}
+
+fn dns(d: &Dns) -> Table {
+    let family = match d.family {
+        IpFamily::Any => "any",
+        IpFamily::V4 => "ipv4",
+        IpFamily::V6 => "ipv6",
+    };
+    let mut t = T::default();
+    t.list(
+        "resolvers",
+        texts(d.resolvers.iter().map(ToString::to_string)),
+    )
+    .put("family", family)
+    .put("min_ttl", dur(d.min_ttl))
+    .put("max_ttl", dur(d.max_ttl))
+    .put("timeout", dur(d.timeout));
+    t.done()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_their_largest_exact_unit() {
+        let cases = [
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_micros(1500), "1500us"),
+            (Duration::from_nanos(7), "7ns"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(duration_text(d), want);
+            assert_eq!(crate::parse_duration(want), Ok(d), "{want}");
+        }
+    }
+
+    #[test]
+    fn sizes_in_binary_units_when_exact() {
+        assert_eq!(size(64 * 1024), Value::String("64KiB".into()));
+        assert_eq!(size(1 << 30), Value::String("1GiB".into()));
+        assert_eq!(size(3 << 20), Value::String("3MiB".into()));
+        assert_eq!(size(1000), Value::Integer(1000));
+        assert_eq!(size(u64::MAX), Value::String(u64::MAX.to_string()));
+        assert_eq!(crate::parse_size(&u64::MAX.to_string()), Ok(u64::MAX));
+    }
+}

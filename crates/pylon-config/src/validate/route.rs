@@ -1,0 +1,288 @@
+//! Route validation: what a route matches (listeners, hosts, paths, methods, headers,
+//! client certificates) and its one action (`cluster`, `respond` or `redirect`).
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::time::Duration;
+
+use super::entry::Dropped;
+use super::{
+    Problems, check_name, duration, header_name_ok, header_value_ok, host_match, http_token,
+};
+use crate::model::*;
+use crate::raw::*;
+
+/// What routes may refer to.
+pub(super) struct Refs<'a> {
+    /// Listener names written in the file, valid or not.
+    pub listeners: &'a HashSet<String>,
+    /// Listeners known to be tcp or udp: they take no routes.
+    pub l4_listeners: &'a HashSet<String>,
+    /// Cluster names written in the file, valid or not.
+    pub clusters: &'a HashSet<String>,
+}
+
+/// The route at `routes[index]`, written at `span`; `dropped` lists its keys left out
+/// because of errors already reported.
+pub(super) fn route(
+    index: usize,
+    span: Range<usize>,
+    r: RawRoute,
+    dropped: &Dropped,
+    refs: &Refs<'_>,
+    names: &mut HashSet<String>,
+    p: &mut Problems,
+) -> Option<Route> {
+    let name = match &r.name {
+        Some(n) => {
+            check_name(n, "route", names, p);
+            n.get_ref().clone()
+        }
+        None => format!("routes[{index}]"),
+    };
+    let mut route_listeners = Vec::new();
+    if let Some(ls) = &r.listeners {
+        for l in &ls.get_ref().0 {
+            if !refs.listeners.contains(l) {
+                p.at(ls, format!("unknown listener \"{l}\""));
+            } else if refs.l4_listeners.contains(l) {
+                p.at(
+                    ls,
+                    format!("listener \"{l}\" is a tcp/udp listener: it takes `cluster` or `sni_routes`, not routes"),
+                );
+            }
+            route_listeners.push(l.clone());
+        }
+    }
+    let mut hosts = Vec::new();
+    if let Some(hs) = &r.host {
+        for h in &hs.get_ref().0 {
+            match host_match(h) {
+                Ok(m) => hosts.push(m),
+                Err(e) => p.at(hs, e),
+            }
+        }
+    }
+    let path_keys = [&r.path, &r.path_prefix, &r.path_regex]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    let mut path = PathMatch::Any;
+    if path_keys > 1 {
+        let s = [&r.path_prefix, &r.path_regex]
+            .iter()
+            .find_map(|x| x.as_ref().map(|s| s.span()))
+            .unwrap_or_default();
+        p.span(s, "give only one of `path`, `path_prefix` and `path_regex`");
+    } else if let Some(s) = &r.path {
+        if !s.get_ref().starts_with('/') {
+            p.at(s, "path must start with '/'");
+        }
+        path = PathMatch::Exact(s.get_ref().clone());
+    } else if let Some(s) = &r.path_prefix {
+        if !s.get_ref().starts_with('/') {
+            p.at(s, "path_prefix must start with '/'");
+        }
+        path = PathMatch::Prefix(s.get_ref().clone());
+    } else if let Some(s) = &r.path_regex {
+        match regex::Regex::new(s.get_ref()) {
+            Ok(re) => path = PathMatch::Regex(re),
+            Err(e) => {
+                let detail = e.to_string();
+                let last = detail
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                p.at(s, format!("invalid regex: {last}"));
+            }
+        }
+    }
+    let mut methods = Vec::new();
+    if let Some(ms) = &r.methods {
+        for m in &ms.get_ref().0 {
+            if !http_token(m) {
+                p.at(ms, format!("invalid method \"{m}\""));
+            }
+            methods.push(m.to_ascii_uppercase());
+        }
+    }
+    let mut headers = Vec::new();
+    for h in r.headers.iter().flatten() {
+        if !header_name_ok(h.name.get_ref()) {
+            p.at(
+                &h.name,
+                format!("invalid header name \"{}\"", h.name.get_ref()),
+            );
+        }
+        headers.push(HeaderMatch {
+            name: h.name.get_ref().to_ascii_lowercase(),
+            value: h.value.clone(),
+        });
+    }
+
+    let fingerprint = match &r.client_cert_fingerprint {
+        Some(f) => {
+            let hex: String = f
+                .get_ref()
+                .chars()
+                .filter(|c| *c != ':')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                p.at(
+                    f,
+                    "client_cert_fingerprint must be a SHA-256 in hex (64 digits, ':' allowed)",
+                );
+            }
+            Some(hex)
+        }
+        None => None,
+    };
+    let client_cert = ClientCertMatch {
+        subject: r.client_cert_subject.as_ref().map(|s| s.get_ref().clone()),
+        dns: r
+            .client_cert_dns
+            .as_ref()
+            .map(|s| s.get_ref().to_ascii_lowercase()),
+        fingerprint,
+    };
+    let actions = [
+        r.cluster.as_ref().map(|s| s.span()),
+        r.respond.as_ref().map(|s| s.span()),
+        r.redirect.as_ref().map(|s| s.span()),
+    ];
+    let count = actions.iter().filter(|a| a.is_some()).count();
+    if count > 1 {
+        let s = actions.iter().flatten().nth(1).cloned().unwrap_or_default();
+        p.span(
+            s,
+            "a route has exactly one action: `cluster`, `respond` or `redirect`",
+        );
+        return None;
+    }
+    // A key left out because of an error may have been the action.
+    let action_dropped = ["cluster", "respond", "redirect"]
+        .iter()
+        .any(|k| dropped.has(k));
+    if r.cluster.is_none() && !action_dropped {
+        for (key, v) in [
+            ("prefix_rewrite", &r.prefix_rewrite),
+            ("host_rewrite", &r.host_rewrite),
+            ("tunnel_idle_timeout", &r.tunnel_idle_timeout),
+            ("tunnel_max_lifetime", &r.tunnel_max_lifetime),
+        ] {
+            if let Some(v) = v {
+                p.at(v, format!("`{key}` only applies to a route with `cluster`"));
+            }
+        }
+        if let Some(w) = &r.websocket {
+            p.at(w, "`websocket` only applies to a route with `cluster`");
+        }
+        if let Some(w) = &r.grpc_web {
+            p.at(w, "`grpc_web` only applies to a route with `cluster`");
+        }
+    }
+    let action = if let Some(c) = r.cluster {
+        if !refs.clusters.contains(c.get_ref()) {
+            p.at(&c, format!("unknown cluster \"{}\"", c.get_ref()));
+        }
+        if let Some(pr) = &r.prefix_rewrite {
+            if r.path_prefix.is_none() {
+                if !dropped.has("path_prefix") {
+                    p.at(pr, "`prefix_rewrite` needs `path_prefix` on the same route");
+                }
+            } else if !pr.get_ref().starts_with('/') {
+                p.at(pr, "prefix_rewrite must start with '/'");
+            }
+        }
+        if let Some(hr) = &r.host_rewrite
+            && (hr.get_ref().is_empty() || !header_value_ok(hr.get_ref()))
+        {
+            p.at(hr, "invalid host_rewrite");
+        }
+        Action::Proxy(ProxyAction {
+            cluster: c.into_inner(),
+            websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
+            grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
+            cors_allow_origins: r
+                .cors_allow_origins
+                .as_ref()
+                .map(|o| o.get_ref().0.clone())
+                .unwrap_or_default(),
+            tunnel_idle_timeout: duration(&r.tunnel_idle_timeout, DEFAULT_TUNNEL_IDLE_TIMEOUT, p),
+            tunnel_max_lifetime: r
+                .tunnel_max_lifetime
+                .as_ref()
+                .map(|_| duration(&r.tunnel_max_lifetime, Duration::ZERO, p)),
+            prefix_rewrite: r.prefix_rewrite.map(|s| s.into_inner()),
+            host_rewrite: r.host_rewrite.map(|s| s.into_inner()),
+        })
+    } else if let Some(resp) = r.respond {
+        let resp = resp.into_inner();
+        let status = match &resp.status {
+            Some(s) if !(100..=599).contains(s.get_ref()) || *s.get_ref() == 101 => {
+                p.at(s, "status must be between 100 and 599 (and not 101)");
+                200
+            }
+            Some(s) => *s.get_ref(),
+            None => 200,
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &resp.headers {
+            if !header_name_ok(k.get_ref()) {
+                p.at(k, format!("invalid header name \"{}\"", k.get_ref()));
+            }
+            if !header_value_ok(v.get_ref()) {
+                p.at(
+                    v,
+                    "invalid header value: control characters are not allowed",
+                );
+            }
+            headers.push((k.get_ref().to_ascii_lowercase(), v.get_ref().clone()));
+        }
+        Action::Respond(RespondAction {
+            status,
+            headers,
+            body: resp.body.unwrap_or_default(),
+        })
+    } else if let Some(red) = r.redirect {
+        let red = red.into_inner();
+        let status = match &red.status {
+            Some(s) if ![301, 302, 303, 307, 308].contains(s.get_ref()) => {
+                p.at(s, "redirect status must be one of 301, 302, 303, 307, 308");
+                302
+            }
+            Some(s) => *s.get_ref(),
+            None => 302,
+        };
+        if red.location.get_ref().is_empty() || !header_value_ok(red.location.get_ref()) {
+            p.at(&red.location, "invalid redirect location");
+        }
+        Action::Redirect(RedirectAction {
+            status,
+            location: red.location.into_inner(),
+        })
+    } else {
+        if !action_dropped {
+            p.span(
+                span,
+                "route has no action: set one of `cluster`, `respond` or `redirect`",
+            );
+        }
+        return None;
+    };
+    Some(Route {
+        name,
+        listeners: route_listeners,
+        matcher: RouteMatch {
+            hosts,
+            path,
+            methods,
+            headers,
+            grpc: r.grpc.unwrap_or(false),
+            client_cert,
+        },
+        action,
+    })
+}
