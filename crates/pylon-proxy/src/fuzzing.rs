@@ -46,6 +46,7 @@ impl H1Harness {
                 stats,
                 logger,
                 request_ids: RequestIds::default(),
+                stop: crate::runtime::Stop::default(),
             });
             (Arc::new(ArcSwap::from_pointee(built)), shared)
         });
@@ -82,6 +83,7 @@ impl H1Harness {
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&lr.stats),
+                guard: None,
             });
             let (_drain, drain_rx) = tokio::sync::watch::channel(false);
             let server = tokio::spawn(server_h1h2::serve_connection(

@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod memory;
 pub mod observe;
 pub mod runtime;
 pub mod sockets;
@@ -164,6 +165,7 @@ impl Proxy {
             stats: Arc::new(StatsRegistry::default()),
             logger,
             request_ids: RequestIds::default(),
+            stop: runtime::Stop::default(),
         });
         let proxy = Arc::new_cyclic(|this| Proxy {
             shared,
@@ -212,6 +214,11 @@ impl Proxy {
     /// Sets the file that [`Proxy::reload_from_source`] reads.
     pub fn set_source(&self, path: PathBuf) {
         *lock(&self.source) = Some(path);
+    }
+
+    /// Whether the config came from a file that reloads read again.
+    pub fn has_source(&self) -> bool {
+        lock(&self.source).is_some()
     }
 
     /// Re-reads the config file (and every certificate) and reloads.
@@ -435,9 +442,12 @@ impl Proxy {
         let grace = config.server.reload_grace;
         for (life, name) in retired.lives.iter().zip(&retired.names) {
             life.retire_after(grace);
-            changes.push(format!(
-                "{name}: removed or changed; its long-lived connections close in {grace:?}"
-            ));
+            changes.push(match life.connections() {
+                0 => format!("{name}: removed or changed"),
+                n => format!(
+                    "{name}: removed or changed; its {n} long-lived connection(s) close in {grace:?}"
+                ),
+            });
         }
         if !first {
             let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
@@ -546,6 +556,11 @@ impl Proxy {
         Some(set.state.is_available(set.position(addr)?))
     }
 
+    /// The count of open client connections (for [`memory::give_back_after_floods`]).
+    pub fn connections(&self) -> Arc<ConnTracker> {
+        Arc::clone(&self.tracker)
+    }
+
     /// Client connections now open.
     pub fn live_connections(&self) -> usize {
         self.tracker.live()
@@ -594,7 +609,10 @@ impl Proxy {
 
     /// Stops accepting (readiness turns false first), asks every connection to
     /// finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and waits up
-    /// to `drain`. True if all finished.
+    /// to `drain` for all of them, long-lived ones included (WebSockets, CONNECT and
+    /// Layer 4 tunnels, gRPC streams). What is still open then is closed by Pylon, each
+    /// with its protocol's goodbye (WebSocket Close 1001 both ways, gRPC UNAVAILABLE)
+    /// and a log line. True if all finished within `drain`.
     pub async fn shutdown(&self, drain: Duration) -> bool {
         self.draining.store(true, Ordering::Relaxed);
         {
@@ -605,6 +623,18 @@ impl Proxy {
                 r.close();
             }
         }
-        self.tracker.wait_idle(drain).await
+        if self.tracker.wait_idle(drain).await {
+            return true;
+        }
+        tracing::warn!(
+            connections = self.tracker.live(),
+            "drain timeout reached; closing what is still open"
+        );
+        self.shared.stop.fire();
+        let _ = self
+            .tracker
+            .wait_idle(l4::relay::CLOSE_LINGER + Duration::from_secs(1))
+            .await;
+        false
     }
 }

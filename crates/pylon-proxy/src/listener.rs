@@ -282,6 +282,7 @@ impl AcceptLoop {
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&lr.stats),
+                guard: Some(Arc::new(guard)),
             };
             let builder = Arc::clone(&builder);
             let limits = limits.clone();
@@ -305,7 +306,6 @@ impl AcceptLoop {
                                 .proxy_protocol_refused
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(client = %client, error = %e, "PROXY protocol: connection refused");
-                            drop(guard);
                             return;
                         }
                     }
@@ -323,7 +323,6 @@ impl AcceptLoop {
                         }
                     }
                 }
-                drop(guard);
             });
         }
     }

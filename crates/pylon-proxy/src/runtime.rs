@@ -45,8 +45,85 @@ impl Life {
         });
     }
 
+    /// Long-lived connections open through this route or listener now (each watches
+    /// the life while it lives).
+    pub fn connections(&self) -> usize {
+        self.0.receiver_count()
+    }
+
     fn same(&self, other: &Life) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The process's stop: set when a graceful stop (SIGTERM, or the old process of a
+/// binary upgrade) reaches `drain_timeout` with long-lived connections still open.
+/// Those watch it through [`Ending`] and close with a reason (WebSockets with 1001,
+/// gRPC streams with UNAVAILABLE) instead of being cut when the process exits.
+pub struct Stop(watch::Sender<bool>);
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop(watch::Sender::new(false))
+    }
+}
+
+impl Stop {
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+
+    /// The drain deadline passed: everything still open closes now.
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn fired(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Why a long-lived connection was told to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// A reload removed or changed its route or listener, and the grace period passed.
+    RouteRemoved,
+    /// The process stopped and its drain timeout passed.
+    Shutdown,
+}
+
+impl EndCause {
+    /// The reason as logs and gRPC messages name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndCause::RouteRemoved => "route_removed",
+            EndCause::Shutdown => "drain_timeout",
+        }
+    }
+}
+
+/// What a long-lived connection (tunnel, Layer 4 session, gRPC stream) watches: the
+/// life of the route or listener it was opened through, and the process's stop.
+#[derive(Clone, Default)]
+pub struct Ending {
+    life: Option<watch::Receiver<bool>>,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+impl Ending {
+    pub fn new(life: Option<&Life>, stop: &Stop) -> Ending {
+        Ending {
+            life: life.map(Life::watch),
+            stop: Some(stop.watch()),
+        }
+    }
+
+    /// Resolves when either ends; never when neither does.
+    pub async fn ended(&mut self) -> EndCause {
+        tokio::select! {
+            () = retired(&mut self.life) => EndCause::RouteRemoved,
+            () = retired(&mut self.stop) => EndCause::Shutdown,
+        }
     }
 }
 

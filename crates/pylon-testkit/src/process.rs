@@ -36,14 +36,13 @@ impl PylonProcess {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let lines = stderr.lock().unwrap().clone();
-            if lines.iter().any(|l| l.contains("try: curl")) {
+            // The start-up hint comes once every listener is bound.
+            if lines.iter().any(|l| l.contains("try: ")) {
                 let addrs = lines
                     .iter()
                     .filter_map(|l| {
-                        let rest = l.split("listening on http").nth(1)?;
-                        let rest = rest
-                            .strip_prefix("s://")
-                            .or_else(|| rest.strip_prefix("://"))?;
+                        let rest = l.split("listening on ").nth(1)?;
+                        let (_scheme, rest) = rest.split_once("://")?;
                         let (addr, name) = rest.split_once(" (listener ")?;
                         let name = name.split(')').next()?;
                         Some((name.to_string(), addr.parse().ok()?))

@@ -65,7 +65,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertCommand {
-    /// Write a self-signed certificate and its key (ECDSA P-256) for local HTTPS.
+    /// Write a self-signed certificate and its key (ECDSA P-256) for local HTTPS, for
+    /// the names given (the first is the common name), valid for a year.
     Selfsigned {
         /// DNS names (or IP addresses) the certificate is for.
         #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
@@ -136,8 +137,35 @@ fn passwd() -> ExitCode {
     }
 }
 
+/// How long `pylon cert selfsigned` certificates are valid.
+const SELFSIGNED_DAYS: u64 = 365;
+
+/// A self-signed certificate for `names` (subject alternative names; the first is also
+/// the common name), valid from an hour ago for [`SELFSIGNED_DAYS`], and its key.
+fn make_selfsigned(
+    names: &[String],
+) -> Result<(rcgen::Certificate, rcgen::KeyPair, rcgen::CertificateParams), rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    let mut dn = rcgen::DistinguishedName::new();
+    if let Some(first) = names.first() {
+        dn.push(rcgen::DnType::CommonName, first.as_str());
+    }
+    dn.push(rcgen::DnType::OrganizationName, "Pylon self-signed");
+    params.distinguished_name = dn;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(std::time::Duration::from_secs(3600));
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    params.not_after =
+        params.not_before + std::time::Duration::from_secs(SELFSIGNED_DAYS * 24 * 3600);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert, key, params))
+}
+
 fn selfsigned(names: &[String], out: &Path) -> ExitCode {
-    let cert = match rcgen::generate_simple_self_signed(names.to_vec()) {
+    let (cert, key, params) = match make_selfsigned(names) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pylon: cannot make a certificate for {names:?}: {e}");
@@ -147,15 +175,17 @@ fn selfsigned(names: &[String], out: &Path) -> ExitCode {
     let cert_path = out.join("cert.pem");
     let key_path = out.join("key.pem");
     let written = std::fs::create_dir_all(out)
-        .and_then(|()| std::fs::write(&cert_path, cert.cert.pem()))
-        .and_then(|()| write_private(&key_path, &cert.signing_key.serialize_pem()));
+        .and_then(|()| std::fs::write(&cert_path, cert.pem()))
+        .and_then(|()| write_private(&key_path, &key.serialize_pem()));
     match written {
         Ok(()) => {
             println!(
-                "wrote {} and {} (self-signed, for {}); clients must trust cert.pem, e.g. curl --cacert {}",
+                "wrote {} and {} (self-signed, for {}, valid {} to {}: {SELFSIGNED_DAYS} days); clients must trust cert.pem, e.g. curl --cacert {}",
                 cert_path.display(),
                 key_path.display(),
                 names.join(", "),
+                params.not_before.date(),
+                params.not_after.date(),
                 cert_path.display()
             );
             ExitCode::SUCCESS
@@ -313,10 +343,29 @@ async fn serve(
             .listeners
             .iter()
             .any(|l| l.name == first.listener && l.forward.is_some());
+        // A listener whose proxied routes all take gRPC only answers curl with the
+        // catch-all, so the hint is a gRPC call (the demo client in crates/pylon/examples).
+        let grpc = {
+            let mut proxied = config
+                .routes_for(&first.listener)
+                .filter(|r| matches!(r.action, pylon_config::model::Action::Proxy(_)))
+                .peekable();
+            proxied.peek().is_some() && proxied.all(|r| r.matcher.grpc)
+        };
         if forward {
             tracing::info!(
                 "try: curl -x {}://{} https://example.com/",
                 first.scheme,
+                first.addr
+            );
+        } else if grpc && first.scheme == "http" {
+            tracing::info!(
+                "try: cargo run --release --example grpc-demo -- call {}",
+                first.addr
+            );
+        } else if grpc {
+            tracing::info!(
+                "try: a gRPC client over TLS to {} (this listener serves gRPC)",
                 first.addr
             );
         } else {
@@ -326,6 +375,9 @@ async fn serve(
     if let Some(p) = &path {
         tokio::spawn(watch_file(Arc::clone(&proxy), p.clone()));
     }
+    tokio::spawn(pylon_proxy::memory::give_back_after_floods(
+        proxy.connections(),
+    ));
     let (handed_over_tx, handed_over) = tokio::sync::oneshot::channel();
     if let Some(socket) = upgrade_socket {
         let proxy = Arc::clone(&proxy);
@@ -425,7 +477,11 @@ async fn wait_for_stop(
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                if proxy.reload_from_source().await.is_err() {
+                if proxy.has_source() {
+                    // Certificates are re-read as part of the reload (a refused one is
+                    // logged there, once).
+                    let _ = proxy.reload_from_source().await;
+                } else {
                     // Without a file (embedded config), certificates are still re-read.
                     proxy.reload_certificates().await;
                 }

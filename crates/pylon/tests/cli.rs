@@ -331,6 +331,7 @@ fn cert_selfsigned_makes_a_pair_the_https_example_accepts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let made = out;
     let example = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/https.toml"),
     )
@@ -343,6 +344,32 @@ fn cert_selfsigned_makes_a_pair_the_https_example_accepts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Made for the names given (the first is the common name), valid for a year.
+    let pem = certs.join("cert.pem");
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(["x509", "-noout", "-in"])
+            .arg(&pem)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let subject = String::from_utf8_lossy(&openssl(&["-subject"]).stdout).to_string();
+    assert!(
+        subject.contains("CN = localhost") || subject.contains("CN=localhost"),
+        "{subject}"
+    );
+    let days = |d: u64| (d * 24 * 3600).to_string();
+    assert!(
+        openssl(&["-checkend", &days(364)]).status.success(),
+        "still valid in 364 days"
+    );
+    assert!(
+        !openssl(&["-checkend", &days(366)]).status.success(),
+        "expired within 366 days, not in 4096"
+    );
+    let printed = String::from_utf8_lossy(&made.stdout).to_string();
+    assert!(printed.contains("365 days"), "{printed}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(certs.join("key.pem"))
         .unwrap()

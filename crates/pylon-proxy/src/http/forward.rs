@@ -305,15 +305,22 @@ fn tunnel(
     let limits = RelayLimits {
         idle: cfg.tunnel_idle_timeout,
         lifetime: None,
-        life: ctx
-            .runtime
-            .load()
-            .listener(&ctx.listener)
-            .map(|l| l.life.watch()),
+        end: crate::runtime::Ending::new(
+            ctx.runtime
+                .load()
+                .listener(&ctx.listener)
+                .map(|l| l.life.clone())
+                .as_ref(),
+            &ctx.shared.stop,
+        ),
     };
     let shared = Arc::clone(&ctx.shared);
     let stats = Arc::clone(&ctx.stats);
     let in_flight = ctx.state.request_started(h2);
+    // The client connection counts as open while the tunnel lives.
+    let conn = ctx.guard.clone();
+    let listener_name = Arc::clone(&ctx.listener);
+    let client_addr = ctx.client;
     let record = shared.logger.enabled().then(|| AccessRecord {
         time: SystemTime::now(),
         listener: Arc::clone(&ctx.listener),
@@ -354,6 +361,14 @@ fn tunnel(
             .tunnels_active
             .fetch_sub(1, Ordering::Relaxed);
         stats.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        if end.by_proxy() {
+            tracing::info!(
+                listener = %listener_name,
+                client = %client_addr,
+                reason = end.as_str(),
+                "CONNECT tunnel closed by the proxy"
+            );
+        }
         if let Some(mut r) = record {
             r.bytes_in = activity.up.load(Ordering::Relaxed);
             r.bytes_out = activity.down.load(Ordering::Relaxed);
@@ -364,6 +379,7 @@ fn tunnel(
             shared.logger.log(r);
         }
         drop(in_flight);
+        drop(conn);
     });
     Response::new(ResponseBody::empty())
 }

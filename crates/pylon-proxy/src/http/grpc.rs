@@ -108,7 +108,8 @@ pub fn error_response(
 pub struct GrpcBody {
     inner: hyper::body::Incoming,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    retired: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    retired:
+        Option<std::pin::Pin<Box<dyn Future<Output = crate::runtime::EndCause> + Send + Sync>>>,
     done: bool,
 }
 
@@ -116,15 +117,12 @@ impl GrpcBody {
     pub fn new(
         inner: hyper::body::Incoming,
         deadline: Option<std::time::Instant>,
-        life: &crate::runtime::Life,
+        mut end: crate::runtime::Ending,
     ) -> Self {
-        let mut watch = Some(life.watch());
         GrpcBody {
             inner,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            retired: Some(Box::pin(async move {
-                crate::runtime::retired(&mut watch).await;
-            })),
+            retired: Some(Box::pin(async move { end.ended().await })),
             done: false,
         }
     }
@@ -168,9 +166,13 @@ impl http_body::Body for GrpcBody {
             )));
         }
         if let Some(r) = &mut this.retired
-            && r.as_mut().poll(cx).is_ready()
+            && let Poll::Ready(cause) = r.as_mut().poll(cx)
         {
-            return Poll::Ready(Some(Ok(this.end(code::UNAVAILABLE, "route_removed"))));
+            tracing::info!(
+                reason = cause.as_str(),
+                "grpc stream ended by the proxy: UNAVAILABLE"
+            );
+            return Poll::Ready(Some(Ok(this.end(code::UNAVAILABLE, cause.as_str()))));
         }
         Poll::Pending
     }

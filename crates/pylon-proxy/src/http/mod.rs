@@ -13,3 +13,4 @@ pub mod server_h1h2;
 pub mod stall;
 pub mod tunnel;
 pub mod upstream;
+pub mod ws_relay;

@@ -41,6 +41,8 @@ pub struct Shared {
     pub stats: Arc<StatsRegistry>,
     pub logger: AccessLogger,
     pub request_ids: RequestIds,
+    /// Set once a graceful stop reaches its drain timeout.
+    pub stop: crate::runtime::Stop,
 }
 
 /// What a connection's requests share.
@@ -62,6 +64,10 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     /// The listener's traffic counters.
     pub stats: Arc<ListenerStats>,
+    /// Counts the client connection as open (graceful stop waits for it, the
+    /// connection limits count it) for as long as anything holds it: the connection's
+    /// task, and a tunnel that outlives the HTTP/1.1 connection it was upgraded from.
+    pub guard: Option<Arc<crate::listener::ConnGuard>>,
 }
 
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.

@@ -380,7 +380,14 @@ pub(super) async fn proxy(
                     None => resp,
                     Some(ws) => {
                         let tunnel = super::tunnel::Tunnel {
-                            limits: super::tunnel::Tunnel::limits(action, &route.life),
+                            limits: super::tunnel::Tunnel::limits(
+                                action,
+                                &route.life,
+                                &ctx.shared.stop,
+                            ),
+                            conn: ctx.guard.clone(),
+                            route: Arc::clone(&route.name),
+                            client: ctx.client,
                             lease: ex.lease.take(),
                             in_flight: ctx
                                 .state
@@ -421,7 +428,11 @@ pub(super) async fn proxy(
                 // A gRPC call's deadline covers the streamed messages too, and a reload
                 // that removes its route ends it (after the grace period) with a status.
                 let body = if grpc {
-                    ResponseBody::boxed(super::grpc::GrpcBody::new(rbody, deadline, &route.life))
+                    ResponseBody::boxed(super::grpc::GrpcBody::new(
+                        rbody,
+                        deadline,
+                        crate::runtime::Ending::new(Some(&route.life), &ctx.shared.stop),
+                    ))
                 } else {
                     match ResponseBody::stream_checked(rbody) {
                         Ok(b) => b,

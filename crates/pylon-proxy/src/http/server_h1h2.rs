@@ -16,6 +16,7 @@ use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
 use super::stall::{self, StallExecutor};
 use crate::conn::{TrackedIo, Verdict};
+use crate::l4::relay::CLOSE_LINGER;
 use crate::observe::{AccessRecord, Metrics};
 
 /// A draining idle HTTP/1.1 connection closes once it has been idle this long (or
@@ -81,6 +82,10 @@ pub async fn serve_connection<S>(
     // answered rather than cut.
     let mut soft_drain = false;
     let mut hard_stop: Option<Instant> = None;
+    // The process's stop: once the drain timeout has passed, what is still open closes
+    // (streams and tunnels get [`CLOSE_LINGER`] to say goodbye in their protocol).
+    let mut stop = Some(ctx.shared.stop.watch());
+    let mut stopping = false;
     loop {
         let wake = match state.verdict(
             limits.idle_timeout,
@@ -133,8 +138,26 @@ pub async fn serve_connection<S>(
                     }
                 }
             }
+            () = crate::runtime::retired(&mut stop), if !stopping => {
+                stopping = true;
+                if !draining {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                hard_stop = Some(Instant::now() + CLOSE_LINGER + Duration::from_millis(500));
+            }
             _ = tokio::time::sleep_until(wake.into()) => {
                 if hard_stop.is_some_and(|t| Instant::now() >= t) {
+                    if stopping {
+                        tracing::info!(
+                            listener = %ctx.listener,
+                            client = %ctx.client,
+                            http2 = state.is_h2(),
+                            in_flight = state.in_flight(),
+                            reason = "drain_timeout",
+                            "connection closed by the proxy"
+                        );
+                    }
                     return;
                 }
             }

@@ -2,8 +2,9 @@
 //! CONNECT (RFC 8441, `:protocol = websocket`) is forwarded as the handshake the
 //! cluster speaks: an HTTP/1.1 Upgrade to `http1` clusters, an extended CONNECT to
 //! `h2c`/`h2` ones. Only a successful answer (101, or 2xx to a CONNECT) turns the two
-//! streams into a byte tunnel, relayed by `l4::relay` with the route's tunnel idle
-//! timeout and lifetime; any other answer goes back as an ordinary response.
+//! streams into a byte tunnel, relayed by `ws_relay` (frame-aware, so that Pylon can
+//! close it with 1001 "going away") with the route's tunnel idle timeout and lifetime;
+//! any other answer goes back as an ordinary response.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use super::headers::strip_hop_by_hop;
 use super::upstream::EndpointLease;
 use crate::conn::InFlight;
 use crate::l4::relay::{self, Activity, RelayLimits};
+use crate::listener::ConnGuard;
 use crate::observe::Metrics;
 
 static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -189,14 +191,24 @@ pub(super) struct Tunnel {
     pub metrics: Arc<Metrics>,
     /// The listener's counters (tunnels open).
     pub stats: Arc<crate::observe::stats::ListenerStats>,
+    /// The client connection, counted open while the tunnel lives (an HTTP/1.1
+    /// connection's own task ends when it is upgraded).
+    pub conn: Option<Arc<ConnGuard>>,
+    /// For the log line when Pylon closes the tunnel.
+    pub route: Arc<str>,
+    pub client: std::net::SocketAddr,
 }
 
 impl Tunnel {
-    pub(super) fn limits(action: &ProxyAction, life: &crate::runtime::Life) -> RelayLimits {
+    pub(super) fn limits(
+        action: &ProxyAction,
+        life: &crate::runtime::Life,
+        stop: &crate::runtime::Stop,
+    ) -> RelayLimits {
         RelayLimits {
             idle: action.tunnel_idle_timeout,
             lifetime: action.tunnel_max_lifetime,
-            life: Some(life.watch()),
+            end: crate::runtime::Ending::new(Some(life), stop),
         }
     }
 
@@ -217,7 +229,7 @@ impl Tunnel {
         metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
         self.stats.tunnels_active.fetch_add(1, Ordering::Relaxed);
         let activity = Activity::default();
-        let end = relay::copy(
+        let end = super::ws_relay::relay(
             TokioIo::new(client),
             TokioIo::new(upstream),
             self.limits,
@@ -229,13 +241,29 @@ impl Tunnel {
         if let (relay::RelayEnd::Error(_), Some(lease)) = (&end, &self.lease) {
             lease.report(false);
         }
-        tracing::debug!(
-            bytes_up = activity.up.load(Ordering::Relaxed),
-            bytes_down = activity.down.load(Ordering::Relaxed),
-            end = end.as_str(),
-            "websocket tunnel closed"
+        let (up, down) = (
+            activity.up.load(Ordering::Relaxed),
+            activity.down.load(Ordering::Relaxed),
         );
+        if end.by_proxy() {
+            tracing::info!(
+                route = %self.route,
+                client = %self.client,
+                bytes_up = up,
+                bytes_down = down,
+                reason = end.as_str(),
+                "websocket closed by the proxy (1001 going away sent both ways)"
+            );
+        } else {
+            tracing::debug!(
+                bytes_up = up,
+                bytes_down = down,
+                end = end.as_str(),
+                "websocket tunnel closed"
+            );
+        }
         drop(self.in_flight);
+        drop(self.conn);
     }
 }
 

@@ -39,7 +39,7 @@ impl Default for Activity {
 }
 
 impl Activity {
-    fn moved(&self, counter: &AtomicU64, n: usize) {
+    pub(crate) fn moved(&self, counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
         self.last_ns
             .store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -61,6 +61,8 @@ pub enum RelayEnd {
     Lifetime,
     /// A reload removed or changed the route or listener, and its grace period ended.
     Retired,
+    /// The process stopped and its drain timeout passed.
+    Shutdown,
     /// A side reset or failed.
     Error(io::Error),
 }
@@ -72,60 +74,109 @@ impl RelayEnd {
             RelayEnd::Idle => "idle_timeout",
             RelayEnd::Lifetime => "max_lifetime",
             RelayEnd::Retired => "route_removed",
+            RelayEnd::Shutdown => "drain_timeout",
             RelayEnd::Error(_) => "reset",
         }
     }
 }
 
-#[derive(Debug, Clone)]
+impl RelayEnd {
+    /// Whether Pylon ended the relay (a limit, a reload, a stop), not its peers.
+    pub fn by_proxy(&self) -> bool {
+        matches!(
+            self,
+            RelayEnd::Idle | RelayEnd::Lifetime | RelayEnd::Retired | RelayEnd::Shutdown
+        )
+    }
+}
+
+#[derive(Clone)]
 pub struct RelayLimits {
     pub idle: Duration,
     pub lifetime: Option<Duration>,
-    /// The life of the route or listener the relay was opened through.
-    pub life: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The life of the route or listener the relay was opened through, and the
+    /// process's stop.
+    pub end: crate::runtime::Ending,
 }
 
+/// How long a relay that Pylon ends keeps going for its protocol's goodbye (WebSocket
+/// Close frames both ways and their answers) before both sockets are closed.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Tells a relay's pumps that Pylon is ending it, with the reason
+/// ([`RelayEnd::as_str`]).
+pub type Closer = tokio::sync::watch::Sender<Option<&'static str>>;
+
 /// Runs both directions until both are closed, one fails, or a limit is reached.
-async fn drive<U, D>(up: U, down: D, limits: RelayLimits, activity: &Activity) -> RelayEnd
+/// With a `closer`, an end that Pylon decides is announced through it and the pumps
+/// get up to [`CLOSE_LINGER`] to say goodbye in their protocol and finish.
+pub(crate) async fn drive<U, D>(
+    up: U,
+    down: D,
+    limits: RelayLimits,
+    activity: &Activity,
+    closer: Option<&Closer>,
+) -> RelayEnd
 where
     U: Future<Output = io::Result<()>>,
     D: Future<Output = io::Result<()>>,
 {
     let mut up = std::pin::pin!(up);
     let mut down = std::pin::pin!(down);
-    let mut life = limits.life.clone();
-    let retired = crate::runtime::retired(&mut life);
-    let mut retired = std::pin::pin!(retired);
+    let mut end = limits.end.clone();
+    let ended = end.ended();
+    let mut ended = std::pin::pin!(ended);
     let (mut up_done, mut down_done) = (false, false);
     let deadline = limits.lifetime.map(|l| tokio::time::Instant::now() + l);
     let tick = limits
         .idle
         .min(Duration::from_secs(1))
         .max(Duration::from_millis(10));
-    loop {
+    let end = loop {
         tokio::select! {
             r = &mut up, if !up_done => match r {
                 Ok(()) => up_done = true,
-                Err(e) => return RelayEnd::Error(e),
+                Err(e) => break RelayEnd::Error(e),
             },
             r = &mut down, if !down_done => match r {
                 Ok(()) => down_done = true,
-                Err(e) => return RelayEnd::Error(e),
+                Err(e) => break RelayEnd::Error(e),
             },
-            () = &mut retired => return RelayEnd::Retired,
+            cause = &mut ended => break match cause {
+                crate::runtime::EndCause::RouteRemoved => RelayEnd::Retired,
+                crate::runtime::EndCause::Shutdown => RelayEnd::Shutdown,
+            },
             _ = tokio::time::sleep(tick) => {
                 if activity.idle_for() >= limits.idle {
-                    return RelayEnd::Idle;
+                    break RelayEnd::Idle;
                 }
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    return RelayEnd::Lifetime;
+                    break RelayEnd::Lifetime;
                 }
             }
         }
         if up_done && down_done {
             return RelayEnd::Closed;
         }
+    };
+    if let Some(closer) = closer
+        && end.by_proxy()
+    {
+        closer.send_replace(Some(end.as_str()));
+        let up_rest = async {
+            if !up_done {
+                let _ = up.as_mut().await;
+            }
+        };
+        let down_rest = async {
+            if !down_done {
+                let _ = down.as_mut().await;
+            }
+        };
+        let _ =
+            tokio::time::timeout(CLOSE_LINGER, async { tokio::join!(up_rest, down_rest) }).await;
     }
+    end
 }
 
 /// Copies `from` to `to` until EOF, then shuts `to`'s write side (passing the FIN on).
@@ -169,6 +220,7 @@ where
         pump(ur, cw, &activity.down, activity),
         limits,
         activity,
+        None,
     )
     .await
 }
@@ -195,6 +247,7 @@ pub async fn tcp(
         pump(ur, cw, &activity.down, activity),
         limits,
         activity,
+        None,
     )
     .await
 }
@@ -250,6 +303,7 @@ mod splice {
                 pump(upstream, client, down_pipe, &activity.down, activity),
                 limits,
                 activity,
+                None,
             )
             .await,
         )

@@ -238,7 +238,7 @@ impl Connection {
         let limits = RelayLimits {
             idle: self.l4.idle_timeout,
             lifetime: self.l4.max_lifetime,
-            life: Some(self.life.watch()),
+            end: crate::runtime::Ending::new(Some(&self.life), &self.shared.stop),
         };
         let end = match (stream, client_tls) {
             (Some(client), None) => match upstream.into_plain() {
@@ -254,6 +254,21 @@ impl Connection {
         metrics.l4_bytes_sent.fetch_add(down, Ordering::Relaxed);
         if matches!(end, relay::RelayEnd::Error(_)) {
             lease.report(false);
+        }
+        if end.by_proxy() {
+            // Closed by Pylon: a limit, a reload that removed the listener, or a stop.
+            tracing::info!(
+                listener = %self.listener,
+                client = %self.client,
+                cluster = %cluster.name,
+                upstream = %endpoint.address,
+                bytes_up = up,
+                bytes_down = down,
+                duration_ms = started.elapsed().as_millis() as u64,
+                reason = end.as_str(),
+                "tcp connection closed by the proxy"
+            );
+            return;
         }
         tracing::debug!(
             listener = %self.listener,

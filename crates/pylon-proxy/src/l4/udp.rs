@@ -157,7 +157,7 @@ impl UdpProxyLoop {
                 idle: l4.idle_timeout,
                 lease,
                 shared: Arc::clone(&self.shared),
-                life: lr.life.watch(),
+                end: crate::runtime::Ending::new(Some(&lr.life), &self.shared.stop),
             }
             .replies(),
         );
@@ -177,7 +177,7 @@ struct SessionTask {
     shared: Arc<Shared>,
     /// The listener's life: a reload that removes or changes the listener ends the
     /// session after the grace period.
-    life: watch::Receiver<bool>,
+    end: crate::runtime::Ending,
 }
 
 impl SessionTask {
@@ -192,9 +192,8 @@ impl SessionTask {
             idle,
             lease,
             shared,
-            life,
+            mut end,
         } = self;
-        let mut life = Some(life);
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut last_reply = now_ms();
         loop {
@@ -207,7 +206,10 @@ impl SessionTask {
             let recv = tokio::time::timeout(Duration::from_millis(left), upstream.recv(&mut buf));
             let outcome = tokio::select! {
                 r = recv => r,
-                () = crate::runtime::retired(&mut life) => break,
+                cause = end.ended() => {
+                    tracing::info!(%client, endpoint = %lease.endpoint().address, reason = cause.as_str(), "udp session closed by the proxy");
+                    break;
+                }
             };
             match outcome {
                 Ok(Ok(n)) => {
