@@ -213,6 +213,11 @@ impl T {
         }
         self
     }
+    /// Lets `f` add keys in the middle of a chain.
+    fn and(&mut self, f: impl FnOnce(&mut Self)) -> &mut Self {
+        f(self);
+        self
+    }
     fn done(&mut self) -> Table {
         std::mem::take(&mut self.0)
     }
@@ -258,9 +263,10 @@ fn access_log(a: &AccessLog) -> Table {
 fn listener(l: &Listener) -> Value {
     let mut t = T::default();
     t.put("name", l.name.as_str());
-    match l.binds.as_slice() {
-        [one] => t.put("bind", one.to_string()),
-        many => t.put("bind", texts(many.iter().map(ToString::to_string))),
+    // As written: a host name stays a name (it is resolved again when loaded).
+    match l.bind_as_written.as_slice() {
+        [one] => t.put("bind", one.as_str()),
+        many => t.put("bind", texts(many.iter().cloned())),
     };
     t.put("protocol", l.protocol.as_str());
     if let Some(l4) = &l.l4 {
@@ -298,6 +304,9 @@ fn listener(l: &Listener) -> Value {
                 h.request_id.as_deref().map_or(Value::Boolean(false), text),
             );
     }
+    if l.protocol != ListenerProtocol::Udp {
+        tcp_options(&mut t, &l.tcp);
+    }
     if let Some(pp) = &l.proxy_protocol {
         let trusted = texts(pp.trusted.iter().map(network));
         t.put(
@@ -308,6 +317,23 @@ fn listener(l: &Listener) -> Value {
     t.opt("tls", l.tls.as_ref().map(listener_tls));
     t.opt("forward", l.forward.as_ref().map(forward));
     Value::Table(t.done())
+}
+
+/// `tcp_keepalive` as a table (or `false`), `tcp_user_timeout` (or `false`).
+fn tcp_options(t: &mut T, o: &TcpOptions) {
+    let keepalive = o.keepalive.map_or(Value::Boolean(false), |k| {
+        Value::Table(
+            T::default()
+                .put("idle", dur(k.idle))
+                .put("interval", dur(k.interval))
+                .put("probes", int(k.probes))
+                .done(),
+        )
+    });
+    t.put("tcp_keepalive", keepalive).put(
+        "tcp_user_timeout",
+        o.user_timeout.map_or(Value::Boolean(false), dur),
+    );
 }
 
 fn sni_route(r: &SniRoute) -> Value {
@@ -386,6 +412,11 @@ fn forward(f: &ForwardProxy) -> Table {
         .put("strip_client_headers", f.strip_client_headers)
         .put("connect_timeout", dur(f.connect_timeout))
         .put("tunnel_idle_timeout", dur(f.tunnel_idle_timeout))
+        .list(
+            "resolvers",
+            texts(f.resolvers.iter().map(ToString::to_string)),
+        )
+        .put("resolve_timeout", dur(f.resolve_timeout))
         .list("rules", rules.into())
         .list("users", users.into());
     t.done()
@@ -442,7 +473,8 @@ fn route(index: usize, r: &Route) -> Value {
                 .put("tunnel_idle_timeout", dur(p.tunnel_idle_timeout))
                 .opt("tunnel_max_lifetime", p.tunnel_max_lifetime.map(dur))
                 .put("grpc_web", p.grpc_web)
-                .list("cors_allow_origins", texts(&p.cors_allow_origins));
+                .list("cors_allow_origins", texts(&p.cors_allow_origins))
+                .put("abort_on_client_close", p.abort_on_client_close);
         }
         Action::Respond(a) => {
             let mut headers = T::default();
@@ -501,6 +533,15 @@ fn cluster(c: &Cluster) -> Value {
                 .put("idle_timeout", dur(c.pool.idle_timeout))
                 .put("max_idle_per_endpoint", int(c.pool.max_idle_per_endpoint))
                 .put("warm_connections", int(c.pool.warm_connections))
+                .put("max_h2_connections", int(c.pool.max_h2_connections))
+                .put(
+                    "h2_keepalive_interval",
+                    c.pool
+                        .h2_keepalive_interval
+                        .map_or(Value::Boolean(false), dur),
+                )
+                .put("h2_keepalive_timeout", dur(c.pool.h2_keepalive_timeout))
+                .and(|t| tcp_options(t, &c.pool.tcp))
                 .done(),
         )
         .opt("tls", c.tls.as_ref().map(upstream_tls))

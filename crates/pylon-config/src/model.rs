@@ -247,12 +247,18 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Listener {
     pub name: String,
+    /// Every address to bind: the `bind` entries, host names resolved.
     pub binds: Vec<SocketAddr>,
+    /// The `bind` entries as written (`127.0.0.1:8080`, `localhost:8080`).
+    pub bind_as_written: Vec<String>,
     pub protocol: ListenerProtocol,
     pub limits: Limits,
     /// Connections one client IP may have open at once on this listener (HTTP and
     /// TCP listeners); more are closed at once and counted.
     pub max_connections_per_ip: Option<u64>,
+    /// Dead-peer detection on accepted connections (`tcp_keepalive`,
+    /// `tcp_user_timeout`); not for `udp` listeners.
+    pub tcp: TcpOptions,
     pub headers: ForwardingHeaders,
     /// Present when `protocol` is `https` (always) or `tcp` (TLS termination at L4).
     pub tls: Option<ListenerTls>,
@@ -281,6 +287,11 @@ pub struct ForwardProxy {
     pub connect_timeout: Duration,
     /// A CONNECT tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// Name servers (`ip:port`) for destination names; empty: the system's
+    /// (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolvers: Vec<SocketAddr>,
+    /// Time allowed to resolve a destination name.
+    pub resolve_timeout: Duration,
 }
 
 /// An access rule: all the conditions it has must hold for it to match.
@@ -590,6 +601,9 @@ pub struct ProxyAction {
     pub grpc_web: bool,
     /// Browser origins allowed by CORS (`*` for any), for gRPC-Web.
     pub cors_allow_origins: Vec<String>,
+    /// A client that ends its sending side (HTTP/1.1 half-close) before the upstream's
+    /// answer arrives aborts the upstream exchange (else it gets the answer).
+    pub abort_on_client_close: bool,
 }
 
 /// Default idle timeout of a WebSocket tunnel.
@@ -772,8 +786,20 @@ pub struct Pool {
     pub idle_timeout: Duration,
     /// Idle HTTP/1.1 connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
-    /// Layer 4: TCP connections opened ahead per endpoint, each handed to a new client.
+    /// Connections kept open ahead per endpoint: handed to new Layer 4 clients, and
+    /// to HTTP/1.1 requests (idle pooled connections count); one ready connection for
+    /// HTTP/2 clusters.
     pub warm_connections: usize,
+    /// Dead-peer detection on upstream connections.
+    pub tcp: TcpOptions,
+    /// HTTP/2: connections per endpoint at most; another opens when every open one
+    /// carries as many streams as its peer allows.
+    pub max_h2_connections: usize,
+    /// HTTP/2: PING sent after this long without frames from the endpoint (idle
+    /// connections included); `None`: no PING.
+    pub h2_keepalive_interval: Option<Duration>,
+    /// HTTP/2: a PING unanswered for this long closes the connection.
+    pub h2_keepalive_timeout: Duration,
 }
 
 impl Default for Pool {
@@ -782,6 +808,50 @@ impl Default for Pool {
             idle_timeout: Duration::from_secs(90),
             max_idle_per_endpoint: 128,
             warm_connections: 0,
+            tcp: TcpOptions::default(),
+            max_h2_connections: 4,
+            h2_keepalive_interval: Some(Duration::from_secs(30)),
+            h2_keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// TCP keepalive probes: after `idle` without traffic, one probe every `interval`;
+/// `probes` unanswered ones drop the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TcpKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub probes: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6,
+        }
+    }
+}
+
+/// How a TCP connection notices a peer that vanished (`tcp_keepalive`,
+/// `tcp_user_timeout`): by default an idle one within about 70 s, one with data
+/// unacknowledged within 60 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TcpOptions {
+    /// Keepalive probes; `None`: off.
+    pub keepalive: Option<TcpKeepalive>,
+    /// `TCP_USER_TIMEOUT` (Linux): sent data unacknowledged for this long drops the
+    /// connection; `None`: the system's default (retransmissions for about 15 min).
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            keepalive: Some(TcpKeepalive::default()),
+            user_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct RawListener {
     pub h2_max_reset_streams: Option<Spanned<usize>>,
     pub h2_max_error_resets: Option<Spanned<usize>>,
     pub max_connections_per_ip: Option<Spanned<u64>>,
+    pub tcp_keepalive: Option<Spanned<RawTcpKeepalive>>,
+    pub tcp_user_timeout: Option<Spanned<DurationOrBool>>,
     pub x_forwarded: Option<bool>,
     pub forwarded: Option<bool>,
     pub via: Option<bool>,
@@ -83,6 +85,8 @@ pub struct RawForward {
     pub strip_client_headers: Option<bool>,
     pub connect_timeout: Option<Spanned<String>>,
     pub tunnel_idle_timeout: Option<Spanned<String>>,
+    pub resolvers: Option<Vec<Spanned<String>>>,
+    pub resolve_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +197,7 @@ pub struct RawRoute {
     pub cors_allow_origins: Option<Spanned<StrList>>,
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub tunnel_max_lifetime: Option<Spanned<String>>,
+    pub abort_on_client_close: Option<Spanned<bool>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
 }
@@ -203,6 +208,11 @@ pub struct RawPool {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle_per_endpoint: Option<usize>,
     pub warm_connections: Option<Spanned<usize>>,
+    pub tcp_keepalive: Option<Spanned<RawTcpKeepalive>>,
+    pub tcp_user_timeout: Option<Spanned<DurationOrBool>>,
+    pub max_h2_connections: Option<Spanned<usize>>,
+    pub h2_keepalive_interval: Option<Spanned<DurationOrBool>>,
+    pub h2_keepalive_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +486,74 @@ impl<'de> Deserialize<'de> for StrOrBool {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrBool, E> {
                 Ok(StrOrBool::Str(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration, or a boolean: `false` turns a feature off, `true` keeps its default.
+#[derive(Debug, Clone)]
+pub enum DurationOrBool {
+    Text(String),
+    Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for DurationOrBool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DurationOrBool;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration in quotes such as \"60s\", or false")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<DurationOrBool, E> {
+                Ok(DurationOrBool::Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationOrBool, E> {
+                Ok(DurationOrBool::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `tcp_keepalive`: the idle time before the first probe (`"60s"`), `true` (the
+/// defaults), `false` or `"0s"` (off), or a table `{ idle, interval, probes }`.
+#[derive(Debug, Clone)]
+pub enum RawTcpKeepalive {
+    Bool(bool),
+    Idle(String),
+    Table(RawKeepaliveTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepaliveTable {
+    pub idle: Option<String>,
+    pub interval: Option<String>,
+    pub probes: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for RawTcpKeepalive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTcpKeepalive;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a duration in quotes such as \"60s\", true, false, or a table such as { idle = \"60s\", interval = \"10s\", probes = 6 }",
+                )
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawTcpKeepalive, E> {
+                Ok(RawTcpKeepalive::Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTcpKeepalive, E> {
+                Ok(RawTcpKeepalive::Idle(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTcpKeepalive, A::Error> {
+                RawKeepaliveTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawTcpKeepalive::Table)
             }
         }
         d.deserialize_any(V)

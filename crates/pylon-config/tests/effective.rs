@@ -174,6 +174,8 @@ max_concurrent_streams = 100
 h2_max_reset_streams = 50
 h2_max_error_resets = 100
 max_connections_per_ip = 200
+tcp_keepalive = { idle = "2m", interval = "15s", probes = 4 }
+tcp_user_timeout = "30s"
 x_forwarded = false
 forwarded = true
 via = false
@@ -201,6 +203,7 @@ forward_client_cert = false
 [[listeners]]
 name = "fwd"
 bind = "127.0.0.1:3128"
+tcp_keepalive = false
 x_forwarded = false
 request_id = false
 
@@ -210,6 +213,8 @@ allow_private = true
 strip_client_headers = true
 connect_timeout = "4s"
 tunnel_idle_timeout = "1h"
+resolvers = ["10.0.0.2", "[::1]:5353"]
+resolve_timeout = "2s"
 users = [
   { name = "alice", password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g" },
   { name = "bob", password_hash = "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXI$b3RoZXJoYXNo" },
@@ -231,6 +236,8 @@ max_connections = 2000
 inspect_timeout = "2s"
 splice = false
 max_connections_per_ip = 20
+tcp_keepalive = "30s"
+tcp_user_timeout = false
 proxy_protocol = { trusted = "127.0.0.1" }
 
 [[listeners]]
@@ -317,7 +324,7 @@ response_timeout = "15s"
 host_header = "endpoint"
 panic_threshold = 50
 slow_start = "45s"
-pool = { idle_timeout = "5s", max_idle_per_endpoint = 16, warm_connections = 2 }
+pool = { idle_timeout = "5s", max_idle_per_endpoint = 16, warm_connections = 2, tcp_keepalive = false, tcp_user_timeout = "2m", max_h2_connections = 8, h2_keepalive_interval = "20s", h2_keepalive_timeout = "5s" }
 outlier_detection = { consecutive_failures = 3, base_ejection_time = "10s", max_ejection_percent = 30 }
 retry = { max_retries = 3, statuses = [503], on_reset = false, per_try_timeout = "2s", backoff_base = "10ms", backoff_max = "1s", budget_percent = 40, budget_min_concurrent = 5, max_body_bytes = "1MiB" }
 circuit_breaker = { max_connections = 100, max_requests = 1000 }
@@ -331,6 +338,7 @@ protocol = "h2"
 endpoints = [{ srv = "_grpc._tcp.svc.internal." }]
 lb = "maglev"
 hash_key = "cookie:session"
+pool = { h2_keepalive_interval = false, tcp_keepalive = { probes = 3 } }
 health_check = { kind = "grpc", service = "pkg.Service" }
 tls = { ca = "/etc/pylon/internal-ca.pem", server_name = "svc.internal", cert = "/etc/pylon/client.pem", key = "/etc/pylon/client-key.pem" }
 sticky = { cookie = "g" }

@@ -971,3 +971,59 @@ fn https_without_tls_is_reported_at_protocol() {
         ["test.toml:5:7: listeners[0].tls: invalid type: expected a table, found text \"c.pem\""]
     );
 }
+
+#[test]
+fn listeners_bind_host_names_resolved_to_every_address() {
+    let c = parse(
+        "[[listeners]]\nname = \"a\"\nbind = [\"localhost:8080\", \"127.0.0.1:9090\"]\n[[routes]]\nrespond = { body = \"x\" }\n",
+        "test.toml",
+    )
+    .expect("a host name is a valid bind");
+    let l = &c.listeners[0];
+    assert!(
+        l.binds.contains(&"127.0.0.1:8080".parse().unwrap()),
+        "{:?}",
+        l.binds
+    );
+    assert!(
+        l.binds.iter().all(|a| a.ip().is_loopback()),
+        "{:?}",
+        l.binds
+    );
+    assert_eq!(l.binds.last(), Some(&"127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(l.bind_as_written, ["localhost:8080", "127.0.0.1:9090"]);
+    // The admin API takes a name too.
+    let c = parse(
+        "[admin]\nbind = \"localhost:9901\"\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n[[routes]]\nrespond = { body = \"x\" }\n",
+        "test.toml",
+    )
+    .expect("admin bind by name");
+    assert!(c.admin.unwrap().bind.ip().is_loopback());
+}
+
+#[test]
+fn bind_names_that_do_not_resolve_or_are_not_names_are_errors() {
+    let e = errors(
+        "[[listeners]]\nname = \"a\"\nbind = \"no-such-host.invalid:8080\"\n[[listeners]]\nname = \"b\"\nbind = \"bad host!:80\"\n[[listeners]]\nname = \"c\"\nbind = \"localhost\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "test.toml:3:8: listeners[0].bind: cannot resolve \"no-such-host.invalid\" to listen on"
+        ),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("test.toml:6:8: listeners[1].bind: invalid address \"bad host!:80\""),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with(
+            "test.toml:9:8: listeners[2].bind: invalid address \"localhost\": no port"
+        ),
+        "{}",
+        e[2]
+    );
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::framing_scan::{ChunkScan, ChunkStep, ChunkViolation, HeadScan};
 use crate::observe::stats::ListenerStats;
 
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct ConnState {
     first_read: AtomicBool,
     /// The request head being read had both Content-Length and Transfer-Encoding.
     framing_conflict: AtomicBool,
+    /// A chunked request body broke its framing (1) or its size limit (2); 0 if not.
+    body_violation: std::sync::atomic::AtomicU8,
     /// Nanoseconds since `epoch` + 1 since when a write has been waiting for the
     /// client to take data (its socket full); 0 when writes go through.
     write_blocked: AtomicU64,
@@ -55,6 +58,7 @@ impl Default for ConnState {
             h2: AtomicBool::new(false),
             first_read: AtomicBool::new(true),
             framing_conflict: AtomicBool::new(false),
+            body_violation: std::sync::atomic::AtomicU8::new(0),
             write_blocked: AtomicU64::new(0),
         }
     }
@@ -89,6 +93,23 @@ impl ConnState {
         self.framing_conflict.load(Ordering::Relaxed)
             && has_transfer_encoding()
             && self.framing_conflict.swap(false, Ordering::Relaxed)
+    }
+
+    fn body_violation(&self, v: ChunkViolation) {
+        let code = match v {
+            ChunkViolation::Malformed => 1,
+            ChunkViolation::TooLarge => 2,
+        };
+        self.body_violation.store(code, Ordering::Relaxed);
+    }
+
+    /// Whether a chunked request body on this connection broke its framing or limit.
+    pub fn chunk_violation(&self) -> Option<ChunkViolation> {
+        match self.body_violation.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(ChunkViolation::Malformed),
+            _ => Some(ChunkViolation::TooLarge),
+        }
     }
 
     fn write_activity(&self) {
@@ -182,101 +203,86 @@ impl Drop for InFlight {
     }
 }
 
-/// Watches an HTTP/1.x request head as it is read for a Content-Length line and a
-/// Transfer-Encoding line together: the parser keeps one of them silently, but such a
-/// message is a smuggling attempt and is refused. Only the start of each header line
-/// is looked at, up to the blank line that ends the head. A head pipelined in the same
-/// read behind one without a body (which is where the next head must start) is
-/// watched too; behind a body, the scan stops.
-#[derive(Debug, Default)]
-struct HeadScan {
-    active: bool,
-    /// The first bytes of the current line, lower-cased.
-    line: [u8; 17],
-    len: usize,
-    /// Non-zero once the current line has a byte other than CR.
-    line_bytes: usize,
-    content_length: bool,
-    transfer_encoding: bool,
-}
-
-impl HeadScan {
-    /// A scan of a head that starts with the next bytes read.
-    fn started() -> Self {
-        HeadScan {
-            active: true,
-            ..HeadScan::default()
-        }
-    }
-
-    /// A pipelined head has started and not ended: the next read continues it.
-    fn mid_head(&self) -> bool {
-        self.active && (self.len > 0 || self.content_length || self.transfer_encoding)
-    }
-
-    /// Feeds bytes of the head; `Some(conflict)` once the head (and any head
-    /// pipelined behind it in `data`) ends. Jumps from line end to line end (memchr),
-    /// looking only at the first bytes of each line.
-    fn feed(&mut self, data: &[u8]) -> Option<bool> {
-        let mut rest = data;
-        loop {
-            let (line, end) = match memchr::memchr(b'\n', rest) {
-                Some(i) => (&rest[..i], Some(i)),
-                None => (rest, None),
-            };
-            for &b in line
-                .iter()
-                .filter(|&&b| b != b'\r')
-                .take(self.line.len() - self.len)
-            {
-                self.line[self.len] = b.to_ascii_lowercase();
-                self.len += 1;
-            }
-            if line.iter().any(|&b| b != b'\r') {
-                self.line_bytes += 1;
-            }
-            let i = end?;
-            rest = &rest[i + 1..];
-            if self.line_bytes == 0 {
-                let conflict = self.content_length && self.transfer_encoding;
-                let bodyless = !self.content_length && !self.transfer_encoding;
-                if conflict || !bodyless || rest.is_empty() {
-                    *self = HeadScan::default();
-                    return Some(conflict);
-                }
-                // The next pipelined head starts right here.
-                *self = HeadScan::started();
-                continue;
-            }
-            let name = &self.line[..self.len];
-            if name.starts_with(b"content-length") {
-                self.content_length = true;
-            } else if name.starts_with(b"transfer-encoding") {
-                self.transfer_encoding = true;
-            }
-            self.len = 0;
-            self.line_bytes = 0;
-        }
-    }
-}
-
 /// A socket that reports its activity to [`ConnState`] and its bytes to its
-/// listener's counters.
+/// listener's counters, and watches HTTP/1.x framing beside the parser
+/// (`framing_scan.rs`): a head with two framings is flagged for the request path; a
+/// chunked body that breaks its framing, or whose chunk size alone exceeds the body
+/// limit, is flagged and the byte stream ends just before the offending byte, so that
+/// the parser never sees what follows (a smuggled request) and the request path
+/// answers 400 or 413 (the connection is half-closed for reading, then closed).
 pub struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     stats: Arc<ListenerStats>,
-    scan: HeadScan,
+    head: HeadScan,
+    chunks: Option<ChunkScan>,
+    /// The listener's `max_request_body`, for chunk sizes.
+    body_limit: u64,
+    /// A framing violation was found: reads end here.
+    stopped: bool,
 }
 
 impl<T> TrackedIo<T> {
-    pub fn new(inner: T, state: Arc<ConnState>, stats: Arc<ListenerStats>) -> Self {
+    pub fn new(
+        inner: T,
+        state: Arc<ConnState>,
+        stats: Arc<ListenerStats>,
+        body_limit: u64,
+    ) -> Self {
         TrackedIo {
             inner,
             state,
             stats,
-            scan: HeadScan::default(),
+            head: HeadScan::default(),
+            chunks: None,
+            body_limit,
+            stopped: false,
         }
+    }
+
+    /// Follows heads and chunked bodies through `data`; the length to keep of it (all
+    /// of it, unless a chunked body broke its framing).
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        while at < data.len() {
+            if let Some(chunks) = &mut self.chunks {
+                match chunks.feed(&data[at..]) {
+                    ChunkStep::More => return data.len(),
+                    ChunkStep::End(n) => {
+                        // The next head starts right after (pipelined, or next read).
+                        self.chunks = None;
+                        at += n;
+                        self.head = HeadScan::started();
+                    }
+                    ChunkStep::Bad(n, violation) => {
+                        self.state.body_violation(violation);
+                        self.stopped = true;
+                        return at + n;
+                    }
+                }
+            } else if self.head.active {
+                let Some(end) = self.head.feed(&data[at..]) else {
+                    return data.len();
+                };
+                at += end.at;
+                if end.conflict {
+                    self.state.framing_conflict.store(true, Ordering::Relaxed);
+                    return data.len();
+                }
+                if end.transfer_encoding {
+                    self.chunks = Some(ChunkScan::new(self.body_limit));
+                } else if end.bodyless() {
+                    // A head pipelined behind a bodyless one starts right here.
+                    self.head = HeadScan::started();
+                } else {
+                    // Behind a Content-Length body the next head is not looked for.
+                    return data.len();
+                }
+            } else {
+                return data.len();
+            }
+        }
+        data.len()
     }
 }
 
@@ -287,22 +293,34 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.stopped {
+            // What follows a broken framing is never read: the end of the stream.
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let data = &buf.filled()[before..];
-            if this.state.read_activity(data) && !this.state.is_h2() && !this.scan.mid_head() {
-                this.scan = HeadScan::started();
-            }
-            if this.scan.active
-                && let Some(conflict) = this.scan.feed(data)
-                && conflict
-            {
-                this.state.framing_conflict.store(true, Ordering::Relaxed);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            let read = buf.filled().len() - before;
+            if read == 0 {
+                return r;
             }
             this.stats
                 .received_bytes
-                .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+                .fetch_add(read as u64, Ordering::Relaxed);
+            let data = &buf.filled()[before..];
+            if this.state.read_activity(data)
+                && !this.state.is_h2()
+                && !this.head.mid_head()
+                && this.chunks.is_none()
+            {
+                this.head = HeadScan::started();
+            }
+            if this.head.active || this.chunks.is_some() {
+                let keep = this.scan(&buf.filled()[before..]);
+                if keep < read {
+                    buf.set_filled(before + keep);
+                }
+            }
         }
         r
     }
@@ -357,47 +375,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn head_scan_finds_both_framings_across_reads() {
-        let mut s = HeadScan::started();
-        assert_eq!(s.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Enc"), None);
-        assert_eq!(
-            s.feed(b"oding: chunked\r\nconTENT-length: 5\r\n\r\n0\r\n"),
-            Some(true)
-        );
-        assert!(!s.active, "stops at the end of the head");
-        let mut s = HeadScan::started();
-        assert_eq!(
-            s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: x"),
-            Some(false)
-        );
-    }
-
-    #[test]
-    fn head_scan_follows_heads_pipelined_behind_a_bodyless_one() {
-        let mut s = HeadScan::started();
-        // In one read.
-        assert_eq!(
-            s.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\nPOST /3 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-            Some(true)
-        );
-        // Split across reads: the second read continues the pipelined head.
-        let mut s = HeadScan::started();
-        assert_eq!(
-            s.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n"),
-            None
-        );
-        assert!(s.mid_head());
-        assert_eq!(s.feed(b"Transfer-Encoding: chunked\r\n\r\n"), Some(true));
-        // Behind a body the next head cannot be found by line starts: the scan stops.
-        let mut s = HeadScan::started();
-        assert_eq!(
-            s.feed(b"POST /1 HTTP/1.1\r\nContent-Length: 0\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Some(false)
-        );
-        assert!(!s.active);
-    }
 
     #[test]
     fn a_write_blocked_past_the_send_timeout_ends_the_connection() {

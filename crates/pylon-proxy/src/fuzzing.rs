@@ -66,7 +66,7 @@ impl H1Harness {
                 return Vec::new();
             };
             let limits = lr.config.limits.clone();
-            let builder = Arc::new(server_h1h2::builder(
+            let builders = Arc::new(server_h1h2::Builders::new(
                 &limits,
                 Arc::clone(&self.shared.metrics),
             ));
@@ -84,10 +84,16 @@ impl H1Harness {
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&lr.stats),
                 guard: None,
+                client_socket: None,
             });
             let (_drain, drain_rx) = tokio::sync::watch::channel(false);
             let server = tokio::spawn(server_h1h2::serve_connection(
-                builder, server, ctx, limits, drain_rx,
+                builders,
+                server,
+                ctx,
+                limits,
+                drain_rx,
+                server_h1h2::Protocol::Detect,
             ));
             let _ = client.write_all(input).await;
             let _ = client.shutdown().await;

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod conn;
+mod framing_scan;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -16,6 +17,7 @@ pub mod memory;
 pub mod observe;
 pub mod runtime;
 pub mod sockets;
+pub mod tcp_options;
 pub mod tls;
 pub mod upgrade;
 
@@ -364,8 +366,15 @@ impl Proxy {
                 .map(|(_, s)| Arc::clone(s));
             match old {
                 Some(s) => {
-                    if !first && let Err(e) = s.reload() {
-                        tls_errors.extend(e);
+                    if !first {
+                        match s.reload() {
+                            Ok(true) => changes.push(format!(
+                                "listener {}: certificates changed (new handshakes use them)",
+                                l.name
+                            )),
+                            Ok(false) => {}
+                            Err(e) => tls_errors.extend(e),
+                        }
                     }
                     tls.push((l.name.clone(), s));
                 }
@@ -531,7 +540,8 @@ impl Proxy {
         let mut errors = Vec::new();
         for (name, t) in &sockets.tls {
             match t.reload() {
-                Ok(()) => tracing::info!(listener = %name, "certificates reloaded"),
+                Ok(true) => tracing::info!(listener = %name, "certificates reloaded: they changed"),
+                Ok(false) => tracing::info!(listener = %name, "certificates unchanged"),
                 Err(e) => {
                     for err in &e {
                         tracing::error!(listener = %name, "certificate reload refused, old certificates keep serving: {err}");

@@ -232,7 +232,7 @@ impl AcceptLoop {
         };
         let limits = lr.config.limits.clone();
         let proxy_in = lr.proxy_in.clone();
-        let builder = Arc::new(server_h1h2::builder(
+        let builders = Arc::new(server_h1h2::Builders::new(
             &limits,
             Arc::clone(&self.shared.metrics),
         ));
@@ -262,6 +262,7 @@ impl AcceptLoop {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            crate::tcp_options::apply(&stream, &lr.config.tcp);
             let mut ctx = ConnCtx {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),
@@ -283,8 +284,12 @@ impl AcceptLoop {
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&lr.stats),
                 guard: Some(Arc::new(guard)),
+                client_socket: (lr.watches_client_close && self.tls.is_none())
+                    .then(|| socket2::SockRef::from(&stream).try_clone().ok())
+                    .flatten()
+                    .map(|s| Arc::new(std::net::TcpStream::from(s))),
             };
-            let builder = Arc::clone(&builder);
+            let builders = Arc::clone(&builders);
             let limits = limits.clone();
             let shutdown = self.drain.clone();
             let tls = self.tls.clone();
@@ -313,13 +318,26 @@ impl AcceptLoop {
                 match tls {
                     None => {
                         let ctx = Arc::new(ctx);
-                        server_h1h2::serve_connection(builder, stream, ctx, limits, shutdown).await;
+                        server_h1h2::serve_connection(
+                            builders,
+                            stream,
+                            ctx,
+                            limits,
+                            shutdown,
+                            server_h1h2::Protocol::Detect,
+                        )
+                        .await;
                     }
                     Some(tls) => {
                         if let Some(stream) = handshake(&tls, stream, &mut ctx).await {
                             let ctx = Arc::new(ctx);
-                            server_h1h2::serve_connection(builder, stream, ctx, limits, shutdown)
-                                .await;
+                            let protocol = server_h1h2::Protocol::from_alpn(
+                                stream.get_ref().1.alpn_protocol(),
+                            );
+                            server_h1h2::serve_connection(
+                                builders, stream, ctx, limits, shutdown, protocol,
+                            )
+                            .await;
                         }
                     }
                 }

@@ -21,34 +21,61 @@ use crate::observe::stats::{ListenerStats, RouteStats};
 /// long-lived connections (WebSockets, tunnels, TCP and UDP sessions) watch it: when a
 /// reload removes or changes what they were opened through, they get the reload grace
 /// period, then close. Unchanged, it passes to the new runtime and nothing happens.
-#[derive(Clone)]
-pub struct Life(Arc<watch::Sender<bool>>);
+#[derive(Clone, Default)]
+pub struct Life(Arc<LifeInner>);
 
-impl Default for Life {
+struct LifeInner {
+    ended: watch::Sender<bool>,
+    /// Long-lived connections open through it (each [`Ending`] made from it counts one,
+    /// whatever its clones).
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for LifeInner {
     fn default() -> Self {
-        Life(Arc::new(watch::Sender::new(false)))
+        LifeInner {
+            ended: watch::Sender::new(false),
+            open: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One long-lived connection counted open on a life until dropped.
+struct Holding(Arc<LifeInner>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Life {
     /// Resolves once retired and the grace period is over; never otherwise.
     pub fn watch(&self) -> watch::Receiver<bool> {
-        self.0.subscribe()
+        self.0.ended.subscribe()
     }
 
     /// Ends the life after `grace`.
     pub fn retire_after(&self, grace: Duration) {
-        let tx = Arc::clone(&self.0);
+        let inner = Arc::clone(&self.0);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let _ = tx.send(true);
+            let _ = inner.ended.send(true);
         });
     }
 
-    /// Long-lived connections open through this route or listener now (each watches
-    /// the life while it lives).
+    /// Long-lived connections open through this route or listener now.
     pub fn connections(&self) -> usize {
-        self.0.receiver_count()
+        self.0.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn hold(&self) -> Holding {
+        self.0
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Holding(Arc::clone(&self.0))
     }
 
     fn same(&self, other: &Life) -> bool {
@@ -108,6 +135,8 @@ impl EndCause {
 pub struct Ending {
     life: Option<watch::Receiver<bool>>,
     stop: Option<watch::Receiver<bool>>,
+    /// Counts the connection open on its life (the reload log says how many close).
+    _held: Option<Arc<Holding>>,
 }
 
 impl Ending {
@@ -115,6 +144,7 @@ impl Ending {
         Ending {
             life: life.map(Life::watch),
             stop: Some(stop.watch()),
+            _held: life.map(|l| Arc::new(l.hold())),
         }
     }
 
@@ -157,6 +187,9 @@ pub struct ListenerRuntime {
     pub unrouted: Arc<RouteStats>,
     /// The listener's own life (Layer 4 sessions, forward-proxy tunnels).
     pub life: Life,
+    /// A route of this listener has `abort_on_client_close`: connections keep a
+    /// handle on their socket to watch for the client's FIN.
+    pub watches_client_close: bool,
 }
 
 pub struct Runtime {
@@ -278,7 +311,11 @@ impl Runtime {
                     .as_ref()
                     .filter(|o| o.config == *l)
                     .map_or_else(Life::default, |o| o.life.clone());
+                let watches_client_close = config
+                    .routes_for(&l.name)
+                    .any(|r| matches!(&r.action, Action::Proxy(p) if p.abort_on_client_close));
                 let lr = ListenerRuntime {
+                    watches_client_close,
                     stats: stats.listener(&l.name),
                     unrouted: stats.route(&l.name, "", ""),
                     life,

@@ -333,44 +333,8 @@ async fn serve(
             b.listener
         );
     }
-    if let Some(first) = proxy
-        .bound()
-        .iter()
-        .find(|b| b.scheme == "http" || b.scheme == "https")
-    {
-        let insecure = if first.scheme == "https" { "-k " } else { "" };
-        let forward = config
-            .listeners
-            .iter()
-            .any(|l| l.name == first.listener && l.forward.is_some());
-        // A listener whose proxied routes all take gRPC only answers curl with the
-        // catch-all, so the hint is a gRPC call (the demo client in crates/pylon/examples).
-        let grpc = {
-            let mut proxied = config
-                .routes_for(&first.listener)
-                .filter(|r| matches!(r.action, pylon_config::model::Action::Proxy(_)))
-                .peekable();
-            proxied.peek().is_some() && proxied.all(|r| r.matcher.grpc)
-        };
-        if forward {
-            tracing::info!(
-                "try: curl -x {}://{} https://example.com/",
-                first.scheme,
-                first.addr
-            );
-        } else if grpc && first.scheme == "http" {
-            tracing::info!(
-                "try: cargo run --release --example grpc-demo -- call {}",
-                first.addr
-            );
-        } else if grpc {
-            tracing::info!(
-                "try: a gRPC client over TLS to {} (this listener serves gRPC)",
-                first.addr
-            );
-        } else {
-            tracing::info!("try: curl -i {insecure}{}://{}/", first.scheme, first.addr);
-        }
+    if let Some(hint) = start_hint(&config, &proxy.bound()) {
+        tracing::info!("try: {hint}");
     }
     if let Some(p) = &path {
         tokio::spawn(watch_file(Arc::clone(&proxy), p.clone()));
@@ -405,6 +369,47 @@ async fn serve(
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+/// A command to try against the first listener of the config (in file order), in the
+/// protocol it serves.
+fn start_hint(config: &Config, bound: &[pylon_proxy::BoundAddr]) -> Option<String> {
+    let first = bound.first()?;
+    let listener = config.listeners.iter().find(|l| l.name == first.listener)?;
+    let addr = first.addr;
+    Some(match first.scheme {
+        "tcp" => match listener.l4.as_ref().and_then(|l4| l4.cluster.as_deref()) {
+            Some(cluster) => {
+                format!("curl http://{addr}/   (any TCP client: relayed to cluster {cluster})")
+            }
+            None => format!(
+                "curl -k --resolve NAME:{port}:{ip} https://NAME:{port}/   (TLS passthrough by SNI)",
+                port = addr.port(),
+                ip = addr.ip()
+            ),
+        },
+        "udp" => format!("echo hi | socat - UDP:{addr}   (datagrams relayed)"),
+        scheme if listener.forward.is_some() => {
+            format!("curl -x {scheme}://{addr} https://example.com/")
+        }
+        scheme => {
+            // A listener whose proxied routes all take gRPC only answers curl with its
+            // catch-all, so the hint is a gRPC call (the demo client in crates/pylon/examples).
+            let mut proxied = config
+                .routes_for(&listener.name)
+                .filter(|r| matches!(r.action, pylon_config::model::Action::Proxy(_)))
+                .peekable();
+            let grpc = proxied.peek().is_some() && proxied.all(|r| r.matcher.grpc);
+            match (grpc, scheme) {
+                (true, "http") => format!("cargo run --release --example grpc-demo -- call {addr}"),
+                (true, _) => {
+                    format!("a gRPC client over TLS to {addr} (this listener serves gRPC)")
+                }
+                (false, "https") => format!("curl -i -k https://{addr}/"),
+                (false, _) => format!("curl -i {scheme}://{addr}/"),
+            }
+        }
+    })
 }
 
 /// Reloads when the config file changes and then stays unchanged for the debounce
@@ -487,5 +492,58 @@ async fn wait_for_stop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint for an example file, with its listeners bound where the file says.
+    fn hint_for(example: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(example);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{example}: {e}"));
+        let config = pylon_config::parse(&text, example).unwrap_or_else(|e| panic!("{e}"));
+        let bound: Vec<pylon_proxy::BoundAddr> = config
+            .listeners
+            .iter()
+            .flat_map(|l| {
+                l.binds.iter().map(|a| pylon_proxy::BoundAddr {
+                    listener: l.name.clone(),
+                    addr: *a,
+                    scheme: match l.protocol {
+                        pylon_config::model::ListenerProtocol::Http => "http",
+                        pylon_config::model::ListenerProtocol::Https => "https",
+                        pylon_config::model::ListenerProtocol::Tcp => "tcp",
+                        pylon_config::model::ListenerProtocol::Udp => "udp",
+                    },
+                })
+            })
+            .collect();
+        start_hint(&config, &bound).unwrap_or_default()
+    }
+
+    #[test]
+    fn each_example_hints_at_its_own_front_listener() {
+        assert_eq!(
+            hint_for("quickstart.toml"),
+            "curl -i http://127.0.0.1:8080/"
+        );
+        assert_eq!(hint_for("https.toml"), "curl -i -k https://127.0.0.1:8443/");
+        assert!(
+            hint_for("l4.toml").starts_with("curl http://127.0.0.1:9000/"),
+            "the TCP listener, not a demo backend: {}",
+            hint_for("l4.toml")
+        );
+        assert_eq!(
+            hint_for("forward.toml"),
+            "curl -x http://127.0.0.1:3128 https://example.com/"
+        );
+        assert_eq!(
+            hint_for("grpc.toml"),
+            "cargo run --release --example grpc-demo -- call 127.0.0.1:50050"
+        );
     }
 }

@@ -142,6 +142,41 @@ endpoints = ["{origin}"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_bound_by_host_name_serves_and_is_shown_as_written() {
+    let origin = Origin::named("o").await;
+    let text = origin_config(origin.addr, "access_log = { enabled = false }")
+        .replace("bind = \"127.0.0.1:0\"", "bind = \"localhost:0\"")
+        + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let cfg = temp_file("named.toml", &text);
+    let check = Command::new(PYLON).arg("check").arg(&cfg).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let p = PylonProcess::start(PYLON, &["run", "-c", cfg.to_str().unwrap()], None);
+    let front = p.addr("front");
+    assert!(front.ip().is_loopback(), "{front}");
+    assert_eq!(get(front, "/").await.text(), "o");
+    let admin: SocketAddr = p
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("admin API on http://")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let config = get(admin, "/config").await.text();
+    assert!(config.contains("bind = \"localhost:0\""), "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_pylon_toml_from_the_working_directory_with_json_logs() {
     let origin = Origin::named("o").await;
     let cfg = temp_file(

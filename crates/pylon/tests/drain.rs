@@ -76,7 +76,7 @@ cluster = "grpc"
 
 [[routes]]
 name = "hello"
-respond = {{ body = "hello" }}
+respond = {{ body = "{hello}" }}
 
 [[clusters]]
 name = "ws"
@@ -92,6 +92,8 @@ protocol = "h2c"
 endpoints = ["{grpc}"]
 "#,
         sock = dir.join("upgrade.sock").display(),
+        // The reload that removes the WebSocket route changes this one too.
+        hello = if with_ws_route { "hello" } else { "bye" },
     )
 }
 
@@ -465,6 +467,20 @@ async fn a_reload_that_removes_the_route_closes_its_websockets_with_1001_after_t
             .is_some_and(|(code, _)| *code == 1001)
     })
     .await;
+    // The reload log counts the long-lived connections of each retired route.
+    let lines = p.stderr.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "route ws (listener front): removed or changed; its 1 long-lived connection(s) close in 1s"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("route hello (listener front): removed or changed")),
+        "a route without long-lived connections closes none: {lines:#?}"
+    );
     // The process goes on serving.
-    assert_eq!(get(front, "/").await.text(), "hello");
+    assert_eq!(get(front, "/").await.text(), "bye");
 }

@@ -1,10 +1,12 @@
 //! The forward proxy end to end with curl: plain HTTP (absolute-form), HTTPS through
 //! CONNECT to a loopback TLS origin, CONNECT over HTTP/2, access rules (host, port,
-//! private addresses), Basic authentication (407), anonymity.
+//! private addresses), Basic authentication (407), anonymity; destination names
+//! resolved through the testkit's DNS server (special-purpose answers, IPv4 and IPv6,
+//! NXDOMAIN and a silent resolver).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use pylon_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -195,6 +197,60 @@ async fn proxy_authentication_answers_407_without_valid_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_credentials_cost_one_argon2_verification() {
+    let echo = Origin::echo().await;
+    let hash = pylon_proxy::http::forward::hash_password("s3cret").unwrap();
+    let fwd = format!(
+        "allow_private = true\nusers = [{{ name = \"alice\", password_hash = \"{hash}\" }}]"
+    );
+    let p = TestProxy::start(&config(&fwd, "")).await;
+    let addr = p.addr("fwd");
+    let request = |credentials: &str| {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(credentials);
+        format!(
+            "GET http://{}/ HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: Basic {auth}\r\nConnection: close\r\n\r\n",
+            echo.addr, echo.addr
+        )
+    };
+    let verifications = || {
+        p.proxy
+            .runtime()
+            .listener("fwd")
+            .unwrap()
+            .forward
+            .as_ref()
+            .unwrap()
+            .argon2_verifications()
+    };
+    let wrong = request("alice:wrong");
+    for _ in 0..5 {
+        let answer = raw(addr, wrong.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    }
+    assert_eq!(verifications(), 1, "the wrong password was verified once");
+    // Several at once with another wrong password: still one verification.
+    let other = request("alice:guess");
+    let answers = tokio::join!(
+        raw(addr, other.as_bytes()),
+        raw(addr, other.as_bytes()),
+        raw(addr, other.as_bytes()),
+        raw(addr, other.as_bytes())
+    );
+    for answer in [answers.0, answers.1, answers.2, answers.3] {
+        assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    }
+    assert_eq!(verifications(), 2);
+    let right = request("alice:s3cret");
+    for _ in 0..3 {
+        let answer = raw(addr, right.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(verifications(), 3);
+    assert_eq!(echo.request_count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_identifying_headers_can_be_stripped() {
     let echo = Origin::echo().await;
     let p = TestProxy::start(&config(
@@ -280,4 +336,118 @@ async fn each_tunnel_is_one_access_log_line_with_bytes_and_user() {
     assert_eq!(record["bytes_in"], 5);
     assert_eq!(record["bytes_out"], 10);
     assert_eq!(line.lines().count(), 1, "one line per tunnel: {line}");
+}
+
+/// The forward proxy resolving names with `dns`.
+fn dns_config(dns: SocketAddr, forward: &str) -> String {
+    config(&format!("resolvers = [\"{dns}\"]\n{forward}"), "")
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_resolving_to_special_purpose_addresses_are_denied() {
+    let dns = DnsServer::start().await;
+    let names: &[(&str, &[&str])] = &[
+        ("reserved.pylon.test", &["240.0.0.1"]),
+        ("cgnat.pylon.test", &["100.64.0.1"]),
+        ("benchmark.pylon.test", &["198.18.0.1"]),
+        ("nat64-loopback.pylon.test", &["64:ff9b::7f00:1"]),
+        ("nat64-private.pylon.test", &["64:ff9b::a00:1"]),
+        ("sixtofour.pylon.test", &["2002:a00:1::"]),
+        ("mapped.pylon.test", &["::ffff:10.0.0.1"]),
+        ("documentation.pylon.test", &["2001:db8::1"]),
+        ("teredo.pylon.test", &["2001::1"]),
+        // A public A record does not carry a private AAAA one through.
+        ("rebind.pylon.test", &["93.184.216.34", "fd00::1"]),
+    ];
+    for (name, answer) in names {
+        dns.set_ips(name, &ips(answer));
+    }
+    let p = TestProxy::start(&dns_config(dns.addr, "")).await;
+    for (name, _) in names {
+        let (status, text, err) = curl_via(p.addr("fwd"), &[], &format!("http://{name}/")).await;
+        assert_eq!(status, 403, "{name}: {text}{err}");
+        assert!(
+            text.contains("x-pylon-error: denied: private_address"),
+            "{name}: {text}"
+        );
+    }
+    // CONNECT to an allowed port, same verdict.
+    for name in ["nat64-loopback.pylon.test", "reserved.pylon.test"] {
+        let (status, text, err) =
+            curl_via(p.addr("fwd"), &["-p"], &format!("http://{name}:443/")).await;
+        assert_eq!(status, 403, "{name}: {text}{err}");
+        assert!(
+            text.contains("x-pylon-error: denied: private_address"),
+            "{name}: {text}"
+        );
+    }
+    assert!(dns.queries() > 0, "the configured resolver answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolving_to_an_allowed_address_goes_through() {
+    let echo = Origin::echo().await;
+    let dns = DnsServer::start().await;
+    dns.set_ips("echo.pylon.test", &[echo.addr.ip()]);
+    let p = TestProxy::start(&dns_config(dns.addr, "allow_private = true")).await;
+    let authority = format!("echo.pylon.test:{}", echo.addr.port());
+    let (status, text, err) =
+        curl_via(p.addr("fwd"), &[], &format!("http://{authority}/via-dns")).await;
+    assert_eq!(status, 200, "{text}{err}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["uri"], "/via-dns");
+    assert_eq!(seen["headers"]["host"][0], authority.as_str());
+    assert!(dns.queries() > 0, "the configured resolver answered");
+
+    // An AAAA answer (where this host has IPv6 loopback).
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let v6 = Origin::named_at("v6", "[::1]:0".parse().unwrap()).await;
+        dns.set_ips("v6.pylon.test", &[v6.addr.ip()]);
+        let url = format!("http://v6.pylon.test:{}/", v6.addr.port());
+        let (status, text, err) = curl_via(p.addr("fwd"), &[], &url).await;
+        assert_eq!(status, 200, "{text}{err}");
+        assert!(text.ends_with("v6"), "{text}");
+    }
+
+    // Without allow_private the same name is refused, and nothing reaches the origin.
+    let strict = TestProxy::start(&dns_config(dns.addr, "")).await;
+    let (status, text, _) =
+        curl_via(strict.addr("fwd"), &[], &format!("http://{authority}/")).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("x-pylon-error: denied: private_address"),
+        "{text}"
+    );
+    assert_eq!(echo.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolvable_destinations_answer_502_destination_unresolved() {
+    let dns = DnsServer::start().await;
+    let p = TestProxy::start(&dns_config(dns.addr, "allow_private = true")).await;
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], "http://missing.pylon.test/").await;
+    assert_eq!(status, 502, "{text}{err}");
+    assert!(
+        text.contains("x-pylon-error: destination_unresolved"),
+        "{text}"
+    );
+
+    // A resolver that never answers: resolve_timeout ends the wait.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let p = TestProxy::start(&dns_config(
+        silent.local_addr().unwrap(),
+        "allow_private = true\nresolve_timeout = \"300ms\"",
+    ))
+    .await;
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], "http://silent.pylon.test/").await;
+    assert_eq!(status, 502, "{text}{err}");
+    assert!(
+        text.contains("x-pylon-error: destination_unresolved"),
+        "{text}"
+    );
 }

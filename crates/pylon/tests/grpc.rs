@@ -448,16 +448,60 @@ async fn grpc_web_binary_and_text_reach_a_native_grpc_origin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_web_clients_get_proxy_errors_as_grpc_statuses() {
-    let p = TestProxy::start(&config(closed_port(), "grpc_web = true")).await;
-    let req = Request::post("http://grpc.test/test.Echo/Say")
-        .header("host", "grpc.test")
-        .header("content-type", "application/grpc-web+proto")
-        .body(body(frame(b"x")))
-        .unwrap();
-    let a = send_h1(p.addr("front"), req).await;
-    assert_eq!(a.status, 200);
-    assert_eq!(a.header("grpc-status"), Some("14"));
-    assert_eq!(a.header("content-type"), Some("application/grpc-web+proto"));
+    let p = TestProxy::start(&config(
+        closed_port(),
+        "grpc_web = true\ncors_allow_origins = [\"https://app.example\"]",
+    ))
+    .await;
+    // A browser page on an allowed origin reads the status: the error carries the
+    // same CORS headers as an upstream's answer. Another origin gets none.
+    for (origin, allowed) in [
+        ("https://app.example", true),
+        ("https://evil.example", false),
+    ] {
+        for h2 in [false, true] {
+            let req = Request::post("http://grpc.test/test.Echo/Say")
+                .header("host", "grpc.test")
+                .header("content-type", "application/grpc-web+proto")
+                .header("x-grpc-web", "1")
+                .header("origin", origin)
+                .body(body(frame(b"x")))
+                .unwrap();
+            let a = if h2 {
+                send_h2(p.addr("front"), req).await
+            } else {
+                send_h1(p.addr("front"), req).await
+            };
+            let case = format!("origin {origin}, h2 {h2}: {a:?}");
+            assert_eq!(a.status, 200, "{case}");
+            assert_eq!(a.header("grpc-status"), Some("14"), "{case}");
+            assert_eq!(
+                a.header("grpc-message"),
+                Some("upstream_connect_failed"),
+                "{case}"
+            );
+            assert_eq!(
+                a.header("content-type"),
+                Some("application/grpc-web+proto"),
+                "{case}"
+            );
+            if allowed {
+                assert_eq!(
+                    a.header("access-control-allow-origin"),
+                    Some(origin),
+                    "{case}"
+                );
+                let exposed = a.header("access-control-expose-headers").unwrap_or("");
+                assert!(
+                    exposed.contains("grpc-status") && exposed.contains("grpc-message"),
+                    "{case}"
+                );
+            } else {
+                assert_eq!(a.header("access-control-allow-origin"), None, "{case}");
+                assert_eq!(a.header("access-control-expose-headers"), None, "{case}");
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,13 +523,63 @@ async fn the_deadline_also_ends_a_stream_in_progress() {
             .unwrap()
     })
     .await;
-    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let p = TestProxy::start(&config(
+        origin.addr,
+        "grpc_web = true\ncors_allow_origins = [\"https://app.example\"]",
+    ))
+    .await;
     let c = call(p.addr("front"), "/test.Echo/Forever", b"x", Some("300m")).await;
     assert!(
         !c.messages.is_empty(),
         "messages flowed before the deadline"
     );
     assert_eq!(c.status(), Some(4), "{:?}", c.trailers);
+    // Ended by Pylon, so counted (and logged) as its deadline, not as a clean end.
+    let m = p.proxy.metrics();
+    eventually("the native call is counted as deadline_exceeded", || {
+        m.errors(pylon_proxy::http::error::ErrorKind::DeadlineExceeded) == 1
+    })
+    .await;
+
+    // gRPC-Web gets the same: the deadline ends the stream with DEADLINE_EXCEEDED in
+    // its trailer frame, and the answer carries what every proxied answer carries.
+    let req = Request::post("http://grpc.test/test.Echo/Forever")
+        .header("host", "grpc.test")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("grpc-timeout", "300m")
+        .header("origin", "https://app.example")
+        .body(body(frame(b"x")))
+        .unwrap();
+    let a = send_h1(p.addr("front"), req).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    // The upstream answered over HTTP/2 (RFC 9110 §7.6.3: the received protocol).
+    assert_eq!(a.header("via"), Some("2 pylon"), "{a:?}");
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let mut rest = a.body.clone();
+    let (mut messages, mut trailers) = (0, String::new());
+    while rest.remaining() >= 5 {
+        let flag = rest.get_u8();
+        let n = rest.get_u32() as usize;
+        let chunk = rest.split_to(n);
+        if flag & 0x80 != 0 {
+            trailers = String::from_utf8(chunk.to_vec()).unwrap();
+        } else {
+            messages += 1;
+        }
+    }
+    assert!(messages > 0, "messages flowed before the deadline");
+    assert!(
+        trailers.contains("grpc-status:4") && trailers.contains("deadline_exceeded"),
+        "{trailers:?}"
+    );
+    eventually("the gRPC-Web call is counted as deadline_exceeded", || {
+        m.errors(pylon_proxy::http::error::ErrorKind::DeadlineExceeded) == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,31 +587,35 @@ async fn an_upstream_goaway_drains_its_connection_while_new_calls_use_a_fresh_on
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Notify;
-    // An h2c origin whose connections can be told to shut down gracefully (GOAWAY).
+    // An h2c origin whose connections can be told to shut down gracefully (GOAWAY);
+    // "/test.Echo/Slow" is held until released, anything else answers at once.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let goaway = Arc::new(Notify::new());
+    let (release, released) = tokio::sync::watch::channel(false);
     let connections = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
     let slow_started = Arc::new(AtomicUsize::new(0));
-    let (g, c, st) = (
+    let (g, c, cl, st) = (
         Arc::clone(&goaway),
         Arc::clone(&connections),
+        Arc::clone(&closed),
         Arc::clone(&slow_started),
     );
     let server = tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             c.fetch_add(1, Ordering::SeqCst);
-            let g = Arc::clone(&g);
-            let st = Arc::clone(&st);
+            let (g, cl, st) = (Arc::clone(&g), Arc::clone(&cl), Arc::clone(&st));
+            let released = released.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let st = Arc::clone(&st);
+                    let mut released = released.clone();
                     async move {
-                        // "/test.Echo/Slow" takes 300 ms, anything else answers at once.
                         if req.uri().path() == "/test.Echo/Slow" {
                             st.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = released.wait_for(|r| *r).await;
                         }
                         let mut trailers = HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
@@ -540,10 +638,13 @@ async fn an_upstream_goaway_drains_its_connection_while_new_calls_use_a_fresh_on
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
                 tokio::pin!(conn);
                 tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = g.notified() => conn.as_mut().graceful_shutdown(),
+                    _ = conn.as_mut() => {}
+                    _ = g.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
                 }
-                let _ = conn.await;
+                cl.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -560,14 +661,30 @@ async fn an_upstream_goaway_drains_its_connection_while_new_calls_use_a_fresh_on
     })
     .await;
     goaway.notify_waiters();
-    assert_eq!(
-        slow.await.unwrap().status(),
-        Some(0),
-        "the call in flight finishes"
-    );
-    // New calls go to a fresh connection.
-    eventually_async("a new call succeeds", || async {
+    // Pylon took the GOAWAY while the call is still held at the origin: new calls go
+    // to a fresh connection, and the old one stays open for the call in flight.
+    eventually_async("a new call goes to a fresh connection", || async {
         call(front, "/test.Echo/Say", b"x", None).await.status() == Some(0)
+            && connections.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(!slow.is_finished(), "the slow call is still held");
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the drained connection stays open for its call"
+    );
+    // Released, the call in flight finishes on the drained connection, which then
+    // closes.
+    release.send_replace(true);
+    let c = tokio::time::timeout(DEADLINE, slow)
+        .await
+        .expect("the call in flight finishes")
+        .unwrap();
+    assert_eq!(c.status(), Some(0), "{:?}", c.trailers);
+    assert_eq!(c.messages, vec![Bytes::from_static(b"ok")]);
+    eventually("the drained connection closes", || {
+        closed.load(Ordering::SeqCst) == 1
     })
     .await;
     assert_eq!(connections.load(Ordering::SeqCst), 2);

@@ -47,20 +47,9 @@ async fn h2_raw(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Frames the server sent until it closed (or the deadline): (type, flags, stream,
-/// payload).
-async fn read_frames(s: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, async {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
+/// Frames in `buf`: (type, flags, stream, payload); a partial frame at the end is left
+/// out.
+fn parse_frames(buf: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
     let mut frames = Vec::new();
     let mut i = 0;
     while i + 9 <= buf.len() {
@@ -82,12 +71,49 @@ async fn read_frames(s: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
     frames
 }
 
+/// Everything the server sends until it closes the connection, and whether it did
+/// close it (rather than the deadline passing).
+async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match r.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (buf, closed)
+}
+
+/// Frames the server sent until it closed (or the deadline): (type, flags, stream,
+/// payload).
+async fn read_frames(s: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    parse_frames(&read_until_closed(s).await.0)
+}
+
 fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
-    frames
-        .iter()
-        .rev()
-        .find(|f| f.0 == GOAWAY)
-        .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
+    goaway(frames).map(|g| g.code)
+}
+
+/// A GOAWAY frame's content.
+#[derive(Debug)]
+struct GoAway {
+    last_stream: u32,
+    code: u32,
+    debug: String,
+}
+
+/// The last GOAWAY among `frames`.
+fn goaway(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<GoAway> {
+    frames.iter().rev().find(|f| f.0 == GOAWAY).map(|f| GoAway {
+        last_stream: u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]) & 0x7fff_ffff,
+        code: u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]),
+        debug: String::from_utf8_lossy(&f.3[8..]).into_owned(),
+    })
 }
 
 async fn still_served(addr: SocketAddr) {
@@ -105,46 +131,46 @@ fn config(origin: SocketAddr, listener_extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_gets_goaway_enhance_your_calm() {
+    const LIMIT: u32 = 10;
     let origin = Origin::named("o").await;
-    let p = TestProxy::start(&config(origin.addr, "h2_max_reset_streams = 10")).await;
+    let p = TestProxy::start(&config(
+        origin.addr,
+        &format!("h2_max_reset_streams = {LIMIT}"),
+    ))
+    .await;
     let front = p.addr("front");
     let mut s = h2_raw(front).await;
+    // Streams opened and reset at once, in one burst, far more than the limit.
     let mut flood = Vec::new();
     for i in 0..5_000u32 {
         let id = 2 * i + 1;
         flood.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, GET_BLOCK));
-        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        flood.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
     }
     let (mut r, mut w) = s.split();
     let write = async {
         let _ = w.write_all(&flood).await;
     };
-    let read = async {
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(DEADLINE, r.read_to_end(&mut buf)).await;
-        buf
-    };
-    let (_, out) = tokio::join!(write, read);
-    let mut reader = &out[..];
-    let mut frames = Vec::new();
-    while reader.len() >= 9 {
-        let len =
-            (usize::from(reader[0]) << 16) | (usize::from(reader[1]) << 8) | usize::from(reader[2]);
-        if reader.len() < 9 + len {
-            break;
-        }
-        frames.push((reader[3], reader[4], 0, reader[9..9 + len].to_vec()));
-        reader = &reader[9 + len..];
-    }
+    let (_, (out, closed)) = tokio::join!(write, read_until_closed(&mut r));
+    let frames = parse_frames(&out);
+    let g = goaway(&frames).unwrap_or_else(|| panic!("no GOAWAY in {} frames", frames.len()));
     assert_eq!(
-        goaway_code(&frames),
-        Some(ENHANCE_YOUR_CALM),
-        "{} frames",
-        frames.len()
+        (g.code, g.debug.as_str()),
+        (ENHANCE_YOUR_CALM, "too_many_resets"),
+        "{g:?}"
+    );
+    assert!(closed, "the connection is closed after the GOAWAY");
+    // The GOAWAY names the last stream Pylon took: the flood was stopped just past
+    // the limit of streams reset before Pylon took them up, not thousands of
+    // streams later.
+    let resets = g.last_stream.div_ceil(2);
+    assert!(
+        resets > LIMIT && resets <= 2 * LIMIT,
+        "GOAWAY after {resets} opened and reset streams (limit {LIMIT})"
     );
     assert!(
-        origin.request_count() < 5_000,
-        "the flood was cut short: {} requests reached the origin",
+        origin.request_count() <= resets as usize,
+        "{} requests reached the origin",
         origin.request_count()
     );
     still_served(front).await;
@@ -153,11 +179,14 @@ async fn rapid_reset_gets_goaway_enhance_your_calm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_flood_is_cut_off() {
     let origin = Origin::named("o").await;
+    // The default max_header_bytes (64 KiB): an HTTP/2 header block may hold twice
+    // that (128 KiB), so that the request path answers 431 for what lies between.
     let p = TestProxy::start(&config(origin.addr, "")).await;
     let front = p.addr("front");
     let mut s = h2_raw(front).await;
     // A HEADERS frame that never ends its header block, then CONTINUATION frames of
-    // literal headers (16 KiB each) up to 64 MiB: Pylon must stop this early.
+    // literal headers (16 KiB each, about 19 KiB once decoded), 256 KiB in all: twice
+    // what a header block may hold. Pylon must end the connection within them.
     let mut first = GET_BLOCK.to_vec();
     first.extend([0x40, 0x01, b'x', 0x01, b'y']);
     let mut junk = Vec::new();
@@ -165,35 +194,30 @@ async fn a_continuation_flood_is_cut_off() {
         junk.extend([0x40, 0x02, b'x', b'z', 0x7f, 0x00]);
         junk.extend(std::iter::repeat_n(b'v', 127));
     }
+    let cont = frame(CONTINUATION, 0, 1, &junk);
+    let frames_sent = (256 << 10) / junk.len();
     let (mut r, mut w) = s.split();
     let write = async {
-        if w.write_all(&frame(HEADERS, END_STREAM, 1, &first))
-            .await
-            .is_err()
-        {
-            return 0usize;
+        let mut flood = frame(HEADERS, END_STREAM, 1, &first);
+        for _ in 0..frames_sent {
+            flood.extend_from_slice(&cont);
         }
-        let cont = frame(CONTINUATION, 0, 1, &junk);
-        let mut sent = 0;
-        for _ in 0..4_000 {
-            if w.write_all(&cont).await.is_err() {
-                break;
-            }
-            sent += cont.len();
-        }
-        sent
+        // Pylon may close before it has read everything: a failed write is fine.
+        let _ = w.write_all(&flood).await;
     };
-    let read = async {
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(DEADLINE, r.read_to_end(&mut buf)).await;
-        buf
-    };
-    let (sent, out) = tokio::join!(write, read);
-    assert!(
-        sent < 60 << 20,
-        "Pylon read {sent} bytes of CONTINUATION frames"
+    let (_, (out, closed)) = tokio::join!(write, read_until_closed(&mut r));
+    let frames = parse_frames(&out);
+    let g = goaway(&frames).unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
+    assert_eq!(
+        (g.code, g.debug.as_str(), g.last_stream),
+        (ENHANCE_YOUR_CALM, "too_many_continuations", 0),
+        "{g:?}"
     );
-    let _ = out;
+    assert!(closed, "the connection is closed after the GOAWAY");
+    assert!(
+        !frames.iter().any(|f| f.0 == HEADERS),
+        "no answer to the unfinished header block"
+    );
     assert_eq!(origin.request_count(), 0);
     still_served(front).await;
 }
@@ -201,24 +225,34 @@ async fn a_continuation_flood_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hpack_bomb_is_refused() {
     let origin = Origin::named("o").await;
+    // max_header_bytes of 16 KiB: an HTTP/2 header list may decode to twice that
+    // (32 KiB, the request path answering 431 for what lies between), and decoding
+    // stops for good at four times that (128 KiB).
     let p = TestProxy::start(&config(origin.addr, "max_header_bytes = \"16KiB\"")).await;
     let front = p.addr("front");
     let mut s = h2_raw(front).await;
-    // One 4 KiB header put in the dynamic table, then referenced 2,000 times: a few KB on
-    // the wire, 8 MB once decoded.
+    // One 4,000-byte header put in the dynamic table (it fits the default 4,096-byte
+    // table), then referenced 2,000 times: 8 KB on the wire, 8 MB once decoded.
     let mut block = GET_BLOCK.to_vec();
-    block.extend([0x40, 0x01, b'b', 0x7f, 0x81, 0x1f]); // literal, value length 4,096
-    block.extend(std::iter::repeat_n(b'x', 4096));
+    block.extend([0x40, 0x01, b'b', 0x7f, 0xa1, 0x1e]); // literal, value length 4,000
+    block.extend(std::iter::repeat_n(b'x', 4000));
     block.extend(std::iter::repeat_n(0xbe, 2_000)); // indexed: dynamic entry 62
     s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
         .await
         .unwrap();
-    let frames = read_frames(&mut s).await;
-    let refused = frames.iter().any(|f| f.0 == RST_STREAM || f.0 == GOAWAY)
-        || frames.iter().any(|f| {
-            f.0 == HEADERS && f.2 == 1 // a 431 answer
-        });
-    assert!(refused, "{frames:?}");
+    let (out, closed) = read_until_closed(&mut s).await;
+    let frames = parse_frames(&out);
+    let g = goaway(&frames).unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
+    assert_eq!(
+        (g.code, g.debug.as_str()),
+        (ENHANCE_YOUR_CALM, "header_list_way_too_large"),
+        "decoding stopped at the size limit: {g:?}"
+    );
+    assert!(closed, "the connection is closed after the GOAWAY");
+    assert!(
+        !frames.iter().any(|f| f.0 == HEADERS),
+        "no answer for the bomb's stream: {frames:?}"
+    );
     assert_eq!(origin.request_count(), 0, "never forwarded");
     still_served(front).await;
 }
@@ -273,26 +307,54 @@ async fn streams_beyond_the_limit_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ping_and_settings_floods_do_not_stall_others() {
+async fn ping_and_settings_flooders_are_cut_off_while_others_are_served() {
     let origin = Origin::named("o").await;
-    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let p = TestProxy::start(&config(
+        origin.addr,
+        "send_timeout = \"500ms\"\nidle_timeout = \"2s\"",
+    ))
+    .await;
     let front = p.addr("front");
-    // A client that floods PINGs and SETTINGS and never reads the answers.
+    // A client that floods PINGs and SETTINGS and never reads the answers: once its
+    // socket is full of them, Pylon stops reading it, and after the send timeout
+    // closes it.
     let mut s = h2_raw(front).await;
     let mut flood = Vec::new();
-    for i in 0..50_000u64 {
+    for i in 0..4_096u64 {
         flood.extend(frame(PING, 0, 0, &i.to_be_bytes()));
         flood.extend(frame(SETTINGS, 0, 0, &[]));
     }
-    let writer = tokio::spawn(async move {
-        let _ = s.write_all(&flood).await;
-        s
+    let flooder = tokio::spawn(async move {
+        let mut sent = 0usize;
+        loop {
+            match s.write_all(&flood).await {
+                Ok(()) => sent += flood.len(),
+                Err(e) => return (sent, e),
+            }
+        }
     });
     // Others are served meanwhile.
     for _ in 0..20 {
         still_served(front).await;
     }
-    writer.abort();
+    let (sent, e) = tokio::time::timeout(DEADLINE, flooder)
+        .await
+        .expect("the flooder is cut off")
+        .unwrap();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "after {sent} bytes: {e}"
+    );
+    assert_eq!(
+        p.proxy
+            .metrics()
+            .errors(pylon_proxy::http::error::ErrorKind::SendTimeout),
+        1,
+        "closed as a client that takes none of its answers"
+    );
     still_served(front).await;
 }
 

@@ -178,13 +178,19 @@ async fn a_recovered_endpoint_ramps_up_slowly() {
     let (b, _) = switchable("b").await;
     let cfg = config(&[a.addr, b.addr], "kind = \"http\"\npath = \"/healthz\"").replace(
         "[clusters.health_check]",
-        "slow_start = \"60s\"\n[clusters.health_check]",
+        "slow_start = \"3s\"\n[clusters.health_check]",
     );
     let p = TestProxy::start(&cfg).await;
+    // A batch of 20 requests: how many went to `a`, and whether round robin alternated
+    // throughout (a, b, a, b...: each endpoint with its full share, 10).
+    let batch = || async {
+        let names = all_from(&p, 20).await;
+        let to_a = names.iter().filter(|n| *n == "a").count();
+        (to_a, names.windows(2).all(|w| w[0] != w[1]))
+    };
     // In rotation from the start: no ramp, round robin splits evenly.
     eventually("checks ran", || a.request_count() >= 2).await;
-    let names = all_from(&p, 20).await;
-    assert_eq!(names.iter().filter(|n| *n == "a").count(), 10);
+    assert_eq!(batch().await, (10, true));
 
     a_status.store(503, Ordering::SeqCst);
     eventually("a out", || {
@@ -196,10 +202,33 @@ async fn a_recovered_endpoint_ramps_up_slowly() {
         p.proxy.endpoint_available("c", a.addr) == Some(true)
     })
     .await;
-    // Seconds into a 60 s ramp, a gets a small fraction of its usual half.
-    let names = all_from(&p, 100).await;
-    let to_a = names.iter().filter(|n| *n == "a").count();
-    assert!(to_a < 25, "a got {to_a} of 100 right after coming back");
+    // Right after coming back, a gets a small part of its share...
+    let (first, _) = batch().await;
+    assert!(first <= 5, "a got {first} of 20 right after coming back");
+    // ...which grows batch by batch over the 3 s window, until round robin alternates
+    // again, three batches in a row: a has its full share back, the ramp is over.
+    const FULL: usize = 3;
+    let mut ramp = vec![first];
+    let mut alternated = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while alternated < FULL {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never got its full share back: {ramp:?}"
+        );
+        let (to_a, alternates) = batch().await;
+        ramp.push(to_a);
+        alternated = if alternates { alternated + 1 } else { 0 };
+    }
+    ramp.truncate(ramp.len() - FULL);
+    // A ramp, not a step from nothing to everything: batches in between, and more
+    // for a late in the ramp than early.
+    let between = ramp.iter().filter(|&&n| (2..=8).contains(&n)).count();
+    assert!(between >= 2, "no ramp: {ramp:?}");
+    let quarter = ramp.len().div_ceil(4);
+    let early: usize = ramp[..quarter].iter().sum();
+    let late: usize = ramp[ramp.len() - quarter..].iter().sum();
+    assert!(early < late, "the share did not grow: {ramp:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

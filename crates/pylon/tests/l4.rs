@@ -100,6 +100,114 @@ async fn half_close_leaves_the_other_direction_open() {
     }
 }
 
+/// Sends `payload` through `s` and half-closes; the answer of a [`counting_origin`].
+async fn count_through<S>(mut s: S, payload: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(payload).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
+        .await
+        .expect("the answer arrives after our FIN")
+        .unwrap();
+    answer
+}
+
+/// The splice(2) count is the process's: this test runs in a process of its own (this
+/// test binary started again for it alone), where no other test's relay splices.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_is_relayed_by_splice_and_tls_or_splice_off_is_copied() {
+    const ALONE: &str = "PYLON_TEST_SPLICE_ALONE";
+    const NAME: &str = "plain_tcp_is_relayed_by_splice_and_tls_or_splice_off_is_copied";
+    if std::env::var_os(ALONE).is_none() {
+        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
+            .env(ALONE, "1")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let origin = counting_origin().await;
+    let payload = vec![7u8; 1 << 20];
+    let expected_answer = format!("got {} bytes", payload.len());
+    let run = |listener: &str| {
+        let cfg = tcp_config(
+            &format!("cluster = \"c\"\n{listener}"),
+            &[("c", vec![origin.addr], "")],
+        );
+        async move { TestProxy::start(&cfg).await }
+    };
+
+    // splice on (the default), plain TCP both sides: every byte, both ways, spliced.
+    let p = run("").await;
+    let m = p.proxy.metrics();
+    let before = m.l4_spliced_bytes();
+    let s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    assert_eq!(count_through(s, &payload).await, expected_answer);
+    let moved = (payload.len() + expected_answer.len()) as u64;
+    eventually("every byte counted", || {
+        m.l4_spliced_bytes() - before >= moved
+    })
+    .await;
+    assert_eq!(m.l4_spliced_bytes() - before, moved);
+    let series = format!("pylon_l4_spliced_bytes_total {}\n", m.l4_spliced_bytes());
+    assert!(m.render().contains(&series), "{series} in /metrics");
+    eventually("the relay ended", || {
+        m.l4_bytes_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == payload.len() as u64
+    })
+    .await;
+
+    // splice off: copied, nothing spliced.
+    let p = run("splice = false").await;
+    let m = p.proxy.metrics();
+    let before = m.l4_spliced_bytes();
+    let s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    assert_eq!(count_through(s, &payload).await, expected_answer);
+    eventually("the relay ended", || {
+        m.l4_bytes_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == payload.len() as u64
+    })
+    .await;
+    assert_eq!(m.l4_spliced_bytes(), before, "splice = false copies");
+
+    // TLS terminated at the listener (splice on): the plaintext is copied.
+    let ca = TestCa::new("l4 splice CA");
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["l4.example"]).write(&dir, "l4");
+    let p = run(&format!(
+        "[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let m = p.proxy.metrics();
+    let before = m.l4_spliced_bytes();
+    let s = tls_connect(&tls_client(&ca, &[], None), p.addr("l4"), "l4.example")
+        .await
+        .unwrap();
+    assert_eq!(count_through(s, &payload).await, expected_answer);
+    eventually("the relay ended", || {
+        m.l4_bytes_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == payload.len() as u64
+    })
+    .await;
+    assert_eq!(m.l4_spliced_bytes(), before, "TLS on a side copies");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_endpoints_are_skipped_and_a_dying_one_never_hangs_the_client() {
     let alive = Origin::named("alive").await;

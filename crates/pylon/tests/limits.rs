@@ -242,3 +242,117 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     assert_eq!(a.body.len(), 32 << 20);
     drop(s);
 }
+
+/// Sends `request`, ends the sending side (`shutdown(SHUT_WR)`, as `nc` does) and
+/// reads until the server closes.
+async fn half_closed_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s.shutdown().await.unwrap();
+    tokio::time::timeout(DEADLINE, read_to_close(&mut s))
+        .await
+        .expect("the server closes after answering")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_half_close_after_their_request_get_their_answer() {
+    // The origin answers after reading the whole body, a moment after the client has
+    // already closed its side.
+    let origin = Origin::start(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(full(format!("got {} bytes", body.len())))
+    })
+    .await;
+    let p = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+    let front = p.addr("front");
+    for i in 0..30 {
+        let out = half_closed_exchange(front, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "GET, try {i}: {out:?}");
+        assert!(out.ends_with("got 0 bytes"), "{out}");
+        let out = half_closed_exchange(
+            front,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200"), "POST, try {i}: {out:?}");
+        assert!(out.ends_with("got 5 bytes"), "{out}");
+        let out = half_closed_exchange(front, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n").await;
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "malformed, try {i}: {out:?}"
+        );
+        assert!(out.contains("x-pylon-error: malformed_request"), "{out}");
+    }
+    // An HTTP/1.0 client that closes its side after the request.
+    let out = half_closed_exchange(front, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out:?}");
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.errors(pylon_proxy::http::error::ErrorKind::ClientAborted),
+        0,
+        "{}",
+        m.render()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_abort_the_upstream_exchange_when_the_client_closes_its_side() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let r = std::sync::Arc::clone(&release);
+    let origin = Origin::start(move |_req| {
+        let r = std::sync::Arc::clone(&r);
+        async move {
+            r.notified().await;
+            http::Response::new(full("late"))
+        }
+    })
+    .await;
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/abort"
+cluster = "c"
+abort_on_client_close = true
+
+[[routes]]
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+"#,
+        origin.addr
+    ))
+    .await;
+    let front = p.addr("front");
+    // Opted in: the half-close aborts the exchange while the origin still thinks.
+    let out = half_closed_exchange(front, b"GET /abort HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("x-pylon-error: client_aborted"),
+        "{out:?}"
+    );
+    // Not opted in: the answer comes once the origin gives it.
+    let before = origin.request_count();
+    let waiting = tokio::spawn(half_closed_exchange(
+        front,
+        b"GET /wait HTTP/1.1\r\nHost: a\r\n\r\n",
+    ));
+    eventually("the second request reached the origin", || {
+        origin.request_count() == before + 1
+    })
+    .await;
+    release.notify_waiters();
+    let out = waiting.await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("late"),
+        "{out:?}"
+    );
+}

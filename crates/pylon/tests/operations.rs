@@ -513,23 +513,56 @@ async fn tcp_echo() -> SocketAddr {
     addr
 }
 
+/// Another address for the TCP server at `to`: every connection is relayed there.
+async fn tcp_forward(to: SocketAddr) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 struct Backends {
     ws: SocketAddr,
     grpc: SocketAddr,
+    /// The gRPC origin again, through another loopback address.
+    grpc_alias: SocketAddr,
     tcp: SocketAddr,
     udp: SocketAddr,
     web: SocketAddr,
     spare: SocketAddr,
 }
 
-/// The config of round `i`: what the long-lived streams use stays the same; an extra
-/// route, the `web` cluster's endpoints and a side listener change every round.
+/// The config of round `i`: the routes and listeners the long-lived streams use stay
+/// the same, while the clusters behind them change every round (an endpoint's weight,
+/// a second endpoint to the same backend, a timeout); an extra route, the `web`
+/// cluster's endpoints and a side listener change too. The `steady` cluster never
+/// changes.
 fn round_config(b: &Backends, i: usize, grace: &str, long_routes: bool) -> String {
     let web = if i.is_multiple_of(2) {
         format!("\"{}\"", b.web)
     } else {
         format!("\"{}\", \"{}\"", b.web, b.spare)
     };
+    let weight = 1 + i % 2;
+    // The gRPC backend also listens on another loopback address on odd rounds' extra
+    // endpoint: the same origin, reached twice.
+    let grpc = if i.is_multiple_of(2) {
+        format!("\"{}\"", b.grpc)
+    } else {
+        format!(
+            "\"{}\", {{ address = \"{}\", weight = 2 }}",
+            b.grpc, b.grpc_alias
+        )
+    };
+    let timeout = 1 + i % 3;
     // The routes the long-lived streams use.
     let long = if long_routes {
         r#"
@@ -589,36 +622,47 @@ path = "/extra"
 respond = {{ body = "round {i}" }}
 
 [[routes]]
+name = "steady"
+listeners = ["front"]
+path = "/steady"
+cluster = "steady"
+
+[[routes]]
 name = "web"
 listeners = ["front", "side-{side}"]
 cluster = "web"
 
 [[clusters]]
 name = "ws"
-endpoints = ["{ws}"]
+endpoints = [{{ address = "{ws}", weight = {weight} }}]
 
 [[clusters]]
 name = "grpc"
 protocol = "h2c"
-endpoints = ["{grpc}"]
+endpoints = [{grpc}]
 
 [[clusters]]
 name = "tcp"
+connect_timeout = "{timeout}s"
 endpoints = ["{tcp}"]
 
 [[clusters]]
 name = "udp"
-endpoints = ["{udp}"]
+endpoints = [{{ address = "{udp}", weight = {weight} }}]
 
 [[clusters]]
 name = "web"
 endpoints = [{web}]
+
+[[clusters]]
+name = "steady"
+endpoints = ["{steady}"]
 "#,
         side = i % 2,
         ws = b.ws,
-        grpc = b.grpc,
         tcp = b.tcp,
         udp = b.udp,
+        steady = b.web,
     )
 }
 
@@ -705,6 +749,7 @@ async fn backends() -> (Backends, Vec<Box<dyn std::any::Any + Send>>) {
     let b = Backends {
         ws: ws.addr,
         grpc: grpc.addr,
+        grpc_alias: tcp_forward(grpc.addr).await,
         tcp: tcp_echo().await,
         udp: udp_echo().await,
         web: web.addr,
@@ -729,7 +774,8 @@ async fn websockets_grpc_streams_tcp_tunnels_and_udp_sessions_flow_across_100_re
         .unwrap();
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     udp.connect(p.addr("datagrams")).await.unwrap();
-    let origin_connections_before = p.proxy.cluster("ws").map(|c| Arc::as_ptr(&c));
+    let steady_before = p.proxy.cluster("steady").map(|c| Arc::as_ptr(&c));
+    let mut ws_cluster_before = p.proxy.cluster("ws").map(|c| Arc::as_ptr(&c));
 
     for i in 1..=100 {
         let r = admin(
@@ -741,8 +787,37 @@ async fn websockets_grpc_streams_tcp_tunnels_and_udp_sessions_flow_across_100_re
         )
         .await;
         assert_eq!(r.status, 200, "round {i}: {}", r.text());
+        // The clusters behind the long-lived streams were rebuilt, their routes and
+        // listeners kept; the steady cluster was kept as it was.
+        let changes: Vec<String> = r.json()["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        for cluster in ["ws", "grpc", "tcp", "udp"] {
+            let rebuilt = format!("cluster {cluster}: built anew");
+            assert!(changes.contains(&rebuilt), "round {i}: {changes:?}");
+        }
+        for kept in [
+            "cluster steady",
+            "route ws ",
+            "route grpc ",
+            "listener front",
+            "listener tunnel",
+            "listener datagrams",
+        ] {
+            assert!(
+                !changes.iter().any(|c| c.starts_with(kept)),
+                "round {i}: {kept} changed: {changes:?}"
+            );
+        }
+        let ws_cluster = p.proxy.cluster("ws").map(|c| Arc::as_ptr(&c));
+        assert_ne!(ws_cluster, ws_cluster_before, "round {i}: ws rebuilt");
+        ws_cluster_before = ws_cluster;
         // The new config is in force...
         assert_eq!(get(front, "/extra").await.text(), format!("round {i}"));
+        assert_eq!(get(front, "/steady").await.text(), "web");
         let side = p.addr(&format!("side-{}", i % 2));
         assert_eq!(get(side, "/").await.status, 200);
         // ...and the long-lived streams never noticed.
@@ -751,10 +826,10 @@ async fn websockets_grpc_streams_tcp_tunnels_and_udp_sessions_flow_across_100_re
         tcp_round_trip(&mut tcp, &format!("tcp {i}\n")).await;
         udp_round_trip(&udp, &format!("udp {i}")).await;
     }
-    // Unchanged clusters were kept as they were (pools, health), not rebuilt.
+    // The cluster that never changed was kept as it was (pools, health), not rebuilt.
     assert_eq!(
-        p.proxy.cluster("ws").map(|c| Arc::as_ptr(&c)),
-        origin_connections_before
+        p.proxy.cluster("steady").map(|c| Arc::as_ptr(&c)),
+        steady_before
     );
     let text = metrics(a).await;
     assert_eq!(sample(&text, "pylon_config_reloads_ok_total"), Some(100.0));
@@ -766,6 +841,10 @@ async fn websockets_grpc_streams_tcp_tunnels_and_udp_sessions_flow_across_100_re
         sample(&text, r#"pylon_listener_tunnels_active{listener="front"}"#),
         Some(1.0)
     );
+    // New streams open through the rebuilt clusters.
+    let mut fresh = Bidi::open(front).await;
+    fresh.round_trip(b"after the reloads").await;
+    ws_round_trip(&mut ws_connect(front, "/ws/chat").await.unwrap(), "new").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,94 @@ async fn the_retry_budget_caps_retries() {
     );
 }
 
+/// An origin answering `code` to every request once `release` holds.
+async fn held_status_origin(code: u16, release: tokio::sync::watch::Receiver<bool>) -> Origin {
+    Origin::start(move |_req: Request<hyper::body::Incoming>| {
+        let mut release = release.clone();
+        async move {
+            let _ = release.wait_for(|r| *r).await;
+            http::Response::builder()
+                .status(code)
+                .body(full(code.to_string()))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_stay_within_the_budget_percentage() {
+    use std::sync::atomic::Ordering;
+    // 40 requests in flight at once, half of them on an endpoint that fails. A budget of
+    // 25% of the requests in flight allows 10 retrying at once: more than the floor
+    // (2), fewer than the 20 that want one.
+    const REQUESTS: usize = 40;
+    const ALLOWED: u64 = 10;
+    let (fail_now, fail_gate) = tokio::sync::watch::channel(false);
+    let (answer_now, answer_gate) = tokio::sync::watch::channel(false);
+    let failing = held_status_origin(503, fail_gate).await;
+    let healthy = held_status_origin(200, answer_gate).await;
+    let retry = "[clusters.retry]\nmax_retries = 1\nbackoff_base = \"1ms\"\nbudget_percent = 25\nbudget_min_concurrent = 2";
+    let p = TestProxy::start(&config(&[failing.addr, healthy.addr], retry)).await;
+    let c = p.proxy.cluster("c").unwrap();
+    let addr = p.addr("front");
+    let clients: Vec<_> = (0..REQUESTS)
+        .map(|_| tokio::spawn(async move { get(addr, "/").await.status.as_u16() }))
+        .collect();
+    // Every first try is held at its endpoint: all 40 are in flight.
+    eventually("every request reached an endpoint", || {
+        failing.request_count() + healthy.request_count() == REQUESTS
+    })
+    .await;
+    assert_eq!(
+        (failing.request_count(), healthy.request_count()),
+        (REQUESTS / 2, REQUESTS / 2),
+        "round robin"
+    );
+    // The failing endpoint answers 503 now; the retries go to the healthy one, which
+    // holds them, so each keeps its budget slot.
+    fail_now.send_replace(true);
+    eventually("every failed try was retried or refused a retry", || {
+        c.retries.load(Ordering::Relaxed) + c.retry_budget_exhausted.load(Ordering::Relaxed)
+            == (REQUESTS / 2) as u64
+    })
+    .await;
+    assert_eq!(
+        c.retries.load(Ordering::Relaxed),
+        ALLOWED,
+        "25% of the 40 requests in flight"
+    );
+    assert_eq!(
+        c.retry_budget_exhausted.load(Ordering::Relaxed),
+        (REQUESTS / 2) as u64 - ALLOWED
+    );
+    eventually("the retries reached the healthy endpoint", || {
+        healthy.request_count() == REQUESTS / 2 + ALLOWED as usize
+    })
+    .await;
+    answer_now.send_replace(true);
+    let mut statuses = Vec::new();
+    for t in clients {
+        statuses.push(t.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let unavailable = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(
+        (ok, unavailable),
+        (
+            REQUESTS / 2 + ALLOWED as usize,
+            REQUESTS / 2 - ALLOWED as usize
+        ),
+        "retried requests succeed; the others get the failed try's answer"
+    );
+    assert_eq!(
+        failing.request_count(),
+        REQUESTS / 2,
+        "no retry went back to it"
+    );
+    assert_eq!(healthy.request_count(), REQUESTS / 2 + ALLOWED as usize);
+}
+
 /// An origin that holds every request until released.
 async fn holding(release: std::sync::Arc<tokio::sync::Notify>) -> Origin {
     Origin::start(move |_req: Request<hyper::body::Incoming>| {

@@ -51,6 +51,20 @@ const CASES: &[(&str, &[u8], u16)] = &[
     ("chunk_size_bare_cr", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\rhello\r\n0\r\n\r\n", 400),
     ("chunk_last_bad_trailer", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nbad trailer\r\n\r\n", 400),
     ("chunk_empty_size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n", 400),
+    // A bare LF anywhere in the chunk framing: a peer reading LF as a line end and one
+    // that does not would disagree where the body ends (the pipelined GET /second was
+    // once read as a trailer line).
+    ("chunk_end_bare_lf_then_request", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("chunk_size_bare_lf", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
+    ("chunk_ext_bare_lf", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\n\r\n", 400),
+    ("chunk_data_bare_lf", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n", 400),
+    ("chunk_trailer_bare_lf", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("chunk_last_size_bare_cr", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\r\n\r\n", 400),
+    // A chunk size that alone is over the body limit: refused at once, not streamed.
+    ("chunk_size_over_limit", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFF\r\nabc", 413),
+    ("chunk_size_over_limit_in_get", b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n40000001\r\nabc", 413),
+    // --- tunnels ----------------------------------------------------------------------
+    ("connect_on_reverse_proxy", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 405),
     // --- request line ---------------------------------------------------------------
     ("method_at_sign", b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("method_nul", b"GET\x00 / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
@@ -137,6 +151,27 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// Sends `bytes` and reads until the first answer is whole (the connection may stay
+/// open).
+async fn send_until_answered(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        // The recording origin answers with a 9-byte body ("forwarded").
+        if n == 0 || text.contains("\r\n\r\nforwarded") {
+            return text;
+        }
+    }
+}
+
 async fn send(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
@@ -172,22 +207,68 @@ async fn ambiguous_or_invalid_requests_are_refused_and_never_forwarded() {
         failures.join("\n")
     );
     // The harness sees forwarding: valid requests of the same shapes do reach the origin,
-    // each with exactly one framing.
-    for valid in [
-        &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..],
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        b"GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
-        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    // each with exactly one framing, and what the origin receives is checked: (request,
+    // what must be in it, what must not be).
+    for (valid, present, absent) in [
+        (
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..],
+            &["content-length: 5\r\n", "\r\n\r\nhello"][..],
+            &[][..],
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            &["transfer-encoding: chunked", "hello"],
+            &[],
+        ),
+        (
+            b"GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+            &["GET /x HTTP/1.1"],
+            &[],
+        ),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            &["OPTIONS * HTTP/1.1"],
+            &[],
+        ),
+        // A GET's chunked body is forwarded whole, chunked, never dropped.
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            &["transfer-encoding: chunked", "5\r\nhello\r\n0\r\n\r\n"],
+            &[],
+        ),
+        (
+            b"HEAD / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            &["transfer-encoding: chunked", "5\r\nhello\r\n0\r\n\r\n"],
+            &[],
+        ),
+        // Content-Length goes on as a plain decimal number: `010` is ten bytes, not eight.
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 010\r\nConnection: close\r\n\r\n0123456789",
+            &["content-length: 10\r\n", "\r\n\r\n0123456789"],
+            &["content-length: 010"],
+        ),
+        // The h2c upgrade's settings never go on, even when `Connection` does not name it.
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            &["GET / HTTP/1.1"],
+            &["http2-settings", "upgrade"],
+        ),
     ] {
-        let out = send(front, valid).await;
+        let out = send_until_answered(front, valid).await;
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         let forwarded = String::from_utf8(std::mem::take(&mut *seen.lock().unwrap())).unwrap();
         let lower = forwarded.to_ascii_lowercase();
         let framings = lower.matches("content-length:").count()
             + lower.matches("transfer-encoding:").count();
         assert!(framings <= 1, "one framing at most: {forwarded}");
-        if valid.starts_with(b"POST") {
-            assert!(forwarded.contains("hello"), "{forwarded}");
+        for p in present {
+            assert!(
+                lower.contains(&p.to_ascii_lowercase()),
+                "{p:?} reaches the origin: {forwarded:?}"
+            );
+        }
+        for a in absent {
+            assert!(!lower.contains(a), "{a:?} never reaches the origin: {forwarded:?}");
         }
     }
     // A conflicting head pipelined behind clean bodyless requests, in one write: the
@@ -229,4 +310,66 @@ async fn upgrade_h2c_is_never_forwarded() {
     assert!(!body.contains("\"upgrade\""), "{body}");
     assert!(!body.contains("http2-settings"), "{body}");
     assert!(!out.contains("101"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_broken_after_it_started_streaming_is_named_for_what_it_is() {
+    use pylon_proxy::http::error::ErrorKind;
+    // The origin reads the whole body before answering.
+    let origin = Origin::start(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        match req.into_body().collect().await {
+            Ok(b) => http::Response::new(full(format!("{} bytes", b.to_bytes().len()))),
+            Err(_) => http::Response::new(full("cut")),
+        }
+    })
+    .await;
+    let p = TestProxy::start(&simple_config(
+        &[origin.addr],
+        "max_request_body = \"1KiB\"",
+        "",
+    ))
+    .await;
+    let front = p.addr("front");
+    for (name, later, status, kind) in [
+        (
+            "bare LF after the last chunk",
+            &b"0\r\n\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            "400",
+            ErrorKind::MalformedRequest,
+        ),
+        (
+            "a chunk over the limit",
+            b"800\r\nabc",
+            "413",
+            ErrorKind::BodyTooLarge,
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(front).await.unwrap();
+        s.write_all(
+            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        // The request is on its way upstream before the rest arrives.
+        eventually("the request reached the origin", || {
+            origin.request_count() > 0
+        })
+        .await;
+        s.write_all(later).await.unwrap();
+        let out = tokio::time::timeout(DEADLINE, read_to_close(&mut s))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: closed"));
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{name}: {out}"
+        );
+        assert!(!out.contains("/second"), "{out}");
+        assert_eq!(p.proxy.metrics().errors(kind), 1, "{name}");
+        assert_eq!(
+            p.proxy.metrics().errors(ErrorKind::ClientAborted),
+            0,
+            "{name}"
+        );
+    }
 }

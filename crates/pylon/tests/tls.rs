@@ -663,6 +663,46 @@ async fn sighup_reloads_certificates_in_the_running_binary() {
         .await
         .unwrap();
     assert_eq!(a.text(), "secure");
+    let lines = || p.stderr.lock().unwrap().clone();
+    eventually("the reload names the certificate change", || {
+        lines()
+            .iter()
+            .any(|l| l.contains("reload: listener tls: certificates changed"))
+    })
+    .await;
+
+    // A broken key is refused, logged once, and the old certificate keeps serving.
+    let key = dir.join("live-key.pem");
+    let good_key = std::fs::read(&key).unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    p.signal(libc::SIGHUP);
+    eventually("the broken key is refused", || {
+        lines().iter().any(|l| l.contains("reload refused"))
+    })
+    .await;
+    assert!(tls_connect(&client, addr, "two.test").await.is_ok());
+    // Put it back and reload again: once that reload is logged, the previous SIGHUP
+    // has logged all it will.
+    std::fs::write(&key, good_key).unwrap();
+    let reloaded = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("configuration reloaded"))
+            .count()
+    };
+    let before = reloaded(&lines());
+    p.signal(libc::SIGHUP);
+    eventually("the repaired file reloads", || reloaded(&lines()) > before).await;
+    let key_errors = lines()
+        .iter()
+        .filter(|l| l.contains("live-key.pem"))
+        .count();
+    assert_eq!(
+        key_errors,
+        1,
+        "the key error is logged once: {:#?}",
+        lines()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,4 +769,75 @@ fn an_expired_certificate_loads_with_a_warning() {
             .any(|l| l.contains("certificate has expired") && l.contains("old.pem")),
         "{lines:#?}"
     );
+}
+
+/// Reads HTTP/2 frames until the connection ends: (type, payload) of each.
+async fn h2_frames<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut all)).await;
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= all.len() {
+        let len = u32::from_be_bytes([0, all[at], all[at + 1], all[at + 2]]) as usize;
+        let kind = all[at + 3];
+        let end = (at + 9 + len).min(all.len());
+        frames.push((kind, all[at + 9..end].to_vec()));
+        at += 9 + len;
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_speak_exactly_the_protocol_alpn_chose() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("ALPN CA");
+    let dir = temp_dir();
+    let p = TestProxy::start(&respond_https(&dir, &[("a", &ca.server(&["a.test"]))], "")).await;
+    let addr = p.addr("tls");
+
+    // ALPN chose h2, then an HTTP/1.1 request instead of the preface: an HTTP/2
+    // connection error (GOAWAY PROTOCOL_ERROR), never an HTTP/1.1 answer.
+    let mut s = tls_connect(&tls_client(&ca, &["h2"], None), addr, "a.test")
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let frames = h2_frames(&mut s).await;
+    let goaway = frames
+        .iter()
+        .find(|(kind, _)| *kind == 0x7)
+        .unwrap_or_else(|| panic!("a GOAWAY: {frames:?}"));
+    assert_eq!(
+        u32::from_be_bytes([goaway.1[4], goaway.1[5], goaway.1[6], goaway.1[7]]),
+        0x1,
+        "PROTOCOL_ERROR"
+    );
+
+    // ALPN chose http/1.1, then the HTTP/2 preface: not served as HTTP/2.
+    let mut s = tls_connect(&tls_client(&ca, &["http/1.1"], None), addr, "a.test")
+        .await
+        .unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 "),
+        "an HTTP/1.1 answer or a close, no HTTP/2 session: {text:?}"
+    );
+    assert!(!out.starts_with(&[0, 0]), "no HTTP/2 frame: {out:?}");
+
+    // Both protocols still work when used as negotiated.
+    for alpn in ["h2", "http/1.1"] {
+        let client = tls_client(&ca, &[alpn], None);
+        let a = https_send(&client, addr, "a.test", get_req("a.test"))
+            .await
+            .unwrap();
+        assert_eq!(a.text(), "secure", "{alpn}");
+    }
 }

@@ -424,6 +424,22 @@ pub(super) fn cluster(
                 Some(n) => *n.get_ref(),
                 None => 0,
             },
+            tcp: super::tcp::tcp_options(&rp.tcp_keepalive, &rp.tcp_user_timeout, p),
+            max_h2_connections: match &rp.max_h2_connections {
+                Some(n) if !(1..=1024).contains(n.get_ref()) => {
+                    p.at(n, "max_h2_connections must be from 1 to 1024");
+                    dp.max_h2_connections
+                }
+                Some(n) => *n.get_ref(),
+                None => dp.max_h2_connections,
+            },
+            h2_keepalive_interval: super::tcp::duration_or_off(
+                &rp.h2_keepalive_interval,
+                dp.h2_keepalive_interval,
+                Duration::from_secs(24 * 3600),
+                p,
+            ),
+            h2_keepalive_timeout: duration(&rp.h2_keepalive_timeout, dp.h2_keepalive_timeout, p),
         },
     };
     ok.then(|| Cluster {

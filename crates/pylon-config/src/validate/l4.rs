@@ -320,5 +320,27 @@ pub(super) fn forward(
         strip_client_headers: raw.strip_client_headers.unwrap_or(false),
         connect_timeout: duration(&raw.connect_timeout, Duration::from_secs(10), p),
         tunnel_idle_timeout: duration(&raw.tunnel_idle_timeout, Duration::from_secs(600), p),
+        resolvers: forward_resolvers(raw, p),
+        resolve_timeout: duration(&raw.resolve_timeout, Duration::from_secs(5), p),
     })
+}
+
+/// `resolvers`: IPs (port 53) or `ip:port`s, as `[clusters.dns] resolvers`.
+fn forward_resolvers(raw: &RawForward, p: &mut Problems) -> Vec<std::net::SocketAddr> {
+    let mut resolvers = Vec::new();
+    for r in raw.resolvers.iter().flatten() {
+        let v = r.get_ref();
+        match v
+            .parse::<std::net::IpAddr>()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+            .or_else(|_| v.parse::<std::net::SocketAddr>())
+        {
+            Ok(a) => resolvers.push(a),
+            Err(_) => p.at(
+                r,
+                format!("invalid resolver \"{v}\": expected IP or IP:port such as 10.0.0.2:53"),
+            ),
+        }
+    }
+    resolvers
 }

@@ -18,6 +18,7 @@ mod cluster;
 mod entry;
 mod l4;
 mod route;
+mod tcp;
 use cluster::cluster;
 use entry::{Dropped, declared_names, entry};
 
@@ -412,6 +413,51 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// A listen address: `IP:port`, or `host:port` with a host name resolved now (when
+/// the config is loaded: at start, on each reload and by `pylon check`) to every
+/// address it has, as NGINX's `listen` does; each is bound.
+fn listen_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let expected =
+        "expected IP:port or host:port, such as 127.0.0.1:8080, [::1]:8080 or localhost:8080";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("invalid address \"{s}\": no port; {expected}"));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!(
+            "invalid address \"{s}\": the port must be a number 0-65535; {expected}"
+        ));
+    };
+    let is_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !is_name {
+        return Err(format!("invalid address \"{s}\": {expected}"));
+    }
+    use std::net::ToSocketAddrs as _;
+    let mut addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{host}\" to listen on: {e}"))?
+        .collect();
+    // The system may list an address once per socket type.
+    let mut seen = HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    if addrs.is_empty() {
+        return Err(format!("\"{host}\" resolves to no address to listen on"));
+    }
+    Ok(addrs)
+}
+
 fn server(r: RawServer, p: &mut Problems) -> Server {
     let d = Server::default();
     Server {
@@ -446,8 +492,10 @@ fn admin(r: RawAdmin, dropped: &Dropped, p: &mut Problems) -> Option<Admin> {
     }
     let bind = match &r.bind {
         None => DEFAULT_ADMIN_BIND.parse().ok()?,
-        Some(b) => match socket_addr(b.get_ref()) {
-            Ok(a) => a,
+        // A host name: its first address.
+        Some(b) => match listen_addrs(b.get_ref()).map(|a| a.first().copied()) {
+            Ok(Some(a)) => a,
+            Ok(None) => return None,
             Err(e) => {
                 p.at(b, e);
                 return None;
@@ -558,18 +606,20 @@ fn listener(
         .is_some_and(|s| s.get_ref().as_str() == "udp");
     if let Some(bind) = &r.bind {
         for b in &bind.get_ref().0 {
-            match socket_addr(b) {
-                Ok(a) => {
-                    // TCP and UDP ports are separate spaces.
-                    if a.port() != 0
-                        && let Some(other) = bound.insert((a, udp), name.clone())
-                    {
-                        p.at(
-                            bind,
-                            format!("address {a} is already bound by listener \"{other}\""),
-                        );
+            match listen_addrs(b) {
+                Ok(addrs) => {
+                    for a in addrs {
+                        // TCP and UDP ports are separate spaces.
+                        if a.port() != 0
+                            && let Some(other) = bound.insert((a, udp), name.clone())
+                        {
+                            p.at(
+                                bind,
+                                format!("address {a} is already bound by listener \"{other}\""),
+                            );
+                        }
+                        binds.push(a);
                     }
-                    binds.push(a);
                 }
                 Err(e) => p.at(bind, e),
             }
@@ -694,12 +744,37 @@ fn listener(
         }
         n => n.as_ref().map(|n| *n.get_ref()),
     };
+    let tcp = tcp::tcp_options(&r.tcp_keepalive, &r.tcp_user_timeout, p);
+    if protocol == ListenerProtocol::Udp {
+        for span in [
+            r.tcp_keepalive.as_ref().map(Spanned::span),
+            r.tcp_user_timeout.as_ref().map(Spanned::span),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            p.span(
+                span,
+                "`tcp_keepalive` and `tcp_user_timeout` apply to http, https and tcp listeners",
+            );
+        }
+    }
     ok.then_some(Listener {
         name,
         binds,
+        bind_as_written: r
+            .bind
+            .as_ref()
+            .map(|b| b.get_ref().0.clone())
+            .unwrap_or_default(),
         protocol,
         limits,
         max_connections_per_ip,
+        tcp: if protocol == ListenerProtocol::Udp {
+            TcpOptions::default()
+        } else {
+            tcp
+        },
         headers,
         tls,
         l4,

@@ -182,6 +182,12 @@ pub(super) fn route(
         if let Some(w) = &r.grpc_web {
             p.at(w, "`grpc_web` only applies to a route with `cluster`");
         }
+        if let Some(a) = &r.abort_on_client_close {
+            p.at(
+                a,
+                "`abort_on_client_close` only applies to a route with `cluster`",
+            );
+        }
     }
     let action = if let Some(c) = r.cluster {
         if !refs.clusters.contains(c.get_ref()) {
@@ -217,6 +223,10 @@ pub(super) fn route(
                 .map(|_| duration(&r.tunnel_max_lifetime, Duration::ZERO, p)),
             prefix_rewrite: r.prefix_rewrite.map(|s| s.into_inner()),
             host_rewrite: r.host_rewrite.map(|s| s.into_inner()),
+            abort_on_client_close: r
+                .abort_on_client_close
+                .as_ref()
+                .is_some_and(|a| *a.get_ref()),
         })
     } else if let Some(resp) = r.respond {
         let resp = resp.into_inner();

@@ -54,6 +54,10 @@ error_kinds! {
     UpstreamInvalid => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
     UpstreamTls => (StatusCode::BAD_GATEWAY, "upstream_tls_failed"),
     UpgradeRefused => (StatusCode::BAD_GATEWAY, "websocket_upgrade_refused"),
+    UpgradeInvalid => (StatusCode::BAD_GATEWAY, "upstream_invalid_upgrade"),
+    ConnectNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "connect_not_allowed"),
+    RouteRemoved => (StatusCode::SERVICE_UNAVAILABLE, "route_removed"),
+    Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "drain_timeout"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.
@@ -82,9 +86,21 @@ pub fn error_response(kind: ErrorKind) -> Response<ResponseBody> {
             | ErrorKind::UriTooLong
             | ErrorKind::BodyTooLarge
             | ErrorKind::ClientAborted
+            // The upstream switched protocols without the client's consent: neither
+            // side of the exchange can go on.
+            | ErrorKind::UpgradeInvalid
+            // A CONNECT client may already be sending its tunnel's bytes.
+            | ErrorKind::ConnectNotAllowed
     ) {
         // The rest of the connection cannot be trusted to be in sync.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if kind == ErrorKind::ConnectNotAllowed {
+        // RFC 9110 §15.5.6: a 405 names the methods the target takes.
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+        );
     }
     resp
 }

@@ -1,26 +1,35 @@
 //! The forward proxy: absolute-form requests (`GET http://host/path`) and CONNECT
 //! tunnels (HTTP/1.1 and HTTP/2), behind `Proxy-Authorization: Basic` (argon2 hashes)
-//! and access rules. Non-public destinations (loopback, private, link-local, ...) are
-//! denied unless allowed: the rule is checked against every address a name resolves to,
-//! and only allowed addresses are connected to (no DNS-rebinding way around it).
+//! and access rules. Non-public destinations (every block of the IANA special-purpose
+//! registries that is not globally reachable, see `forward_addr`) are denied unless
+//! allowed: the rule is checked against every address a name resolves to, and only
+//! allowed addresses are connected to (no DNS-rebinding way around it). Names are
+//! resolved with hickory-resolver: the configured `resolvers`, else the system's.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pylon_config::model::{AccessRule, ForwardProxy};
 use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
 
 use super::body::{RequestBody, ResponseBody};
 use super::error::{ErrorKind, error_response};
+use super::forward_addr;
 use super::headers::{append_via, strip_hop_by_hop};
 use super::pipeline::{ConnCtx, Exchange};
 use crate::l4::relay::{self, Activity, RelayLimits};
@@ -32,26 +41,43 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Accepted credentials kept (as SHA-256 of the header value), so argon2 runs once per
-/// credential rather than once per request.
-const MAX_CACHED_CREDENTIALS: usize = 1024;
+/// Verdicts on credentials kept (keyed by a salted SHA-256 of user and password), so
+/// argon2 runs once per credential rather than once per request, wrong ones included.
+const MAX_CACHED_CREDENTIALS: usize = 10_000;
+/// How long an accepted credential is trusted without another argon2 verification.
+const ACCEPTED_TTL: Duration = Duration::from_secs(300);
+/// How long a refused credential is refused without another argon2 verification.
+const REFUSED_TTL: Duration = Duration::from_secs(60);
 
 pub struct ForwardRuntime {
     pub config: ForwardProxy,
-    accepted: Mutex<HashSet<[u8; 32]>>,
+    credentials: Credentials,
+    /// Resolves destination names; the error says why none could be set up (then
+    /// every name answers `destination_unresolved`).
+    resolver: Result<TokioResolver, String>,
 }
 
 impl ForwardRuntime {
     pub fn new(config: ForwardProxy) -> ForwardRuntime {
+        let resolver = resolver(&config);
+        if let Err(e) = &resolver {
+            tracing::warn!(error = %e, "forward proxy: cannot set up DNS resolution");
+        }
         ForwardRuntime {
             config,
-            accepted: Mutex::new(HashSet::new()),
+            credentials: Credentials::new(),
+            resolver,
         }
+    }
+
+    /// How many argon2 verifications this runtime has started (cache misses).
+    pub fn argon2_verifications(&self) -> u64 {
+        self.credentials.verifications.load(Ordering::Relaxed)
     }
 
     /// The authenticated user (`Some("")` when no authentication is configured), or
     /// `None` when the credentials are missing or wrong.
-    fn authenticate(&self, headers: &http::HeaderMap) -> Option<Arc<str>> {
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Option<Arc<str>> {
         if self.config.users.is_empty() {
             return Some(Arc::from(""));
         }
@@ -63,29 +89,201 @@ impl ForwardRuntime {
         let decoded = BASE64.decode(b64.trim()).ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':')?;
-        let digest: [u8; 32] =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes())
-                .as_ref()
-                .try_into()
-                .ok()?;
-        let known = self.config.users.iter().find(|u| u.name == user)?;
-        let cached = self
-            .accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&digest);
-        if !cached {
-            use argon2::PasswordVerifier as _;
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), known.password_hash.as_str())
-                .ok()?;
-            let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
-            if accepted.len() >= MAX_CACHED_CREDENTIALS {
-                accepted.clear();
-            }
-            accepted.insert(digest);
+        // An unknown user is checked against a real hash too (and refused whatever
+        // the result), so the answer's timing does not tell which user names exist.
+        let known = self.config.users.iter().find(|u| u.name == user);
+        let hash = &known.or(self.config.users.first())?.password_hash;
+        let ok = self.credentials.verify(user, password, hash).await;
+        (ok && known.is_some()).then(|| Arc::from(user))
+    }
+}
+
+/// Argon2 verification of Basic credentials off the async workers, with its verdicts
+/// cached. The cache lives as long as the `ForwardRuntime`: a reload builds a new one,
+/// so a changed user list never meets old verdicts.
+struct Credentials {
+    cache: Arc<Mutex<CredentialCache>>,
+    /// Verifications running at once: each takes a core and the hash's memory cost
+    /// (19 MiB with argon2's defaults), so a flood of distinct passwords queues here.
+    permits: Arc<Semaphore>,
+    /// Per-runtime salt of the cache keys, so they are not plain SHA-256 of passwords.
+    salt: [u8; 16],
+    verifications: AtomicU64,
+}
+
+impl Credentials {
+    fn new() -> Credentials {
+        use aws_lc_rs::rand::SecureRandom as _;
+        let mut salt = [0u8; 16];
+        if aws_lc_rs::rand::SystemRandom::new()
+            .fill(&mut salt)
+            .is_err()
+        {
+            tracing::warn!("forward proxy: no randomness for the credential cache's salt");
         }
-        Some(Arc::from(user))
+        let parallel = std::thread::available_parallelism().map_or(1, usize::from);
+        Credentials {
+            cache: Arc::new(Mutex::new(CredentialCache::new(MAX_CACHED_CREDENTIALS))),
+            permits: Arc::new(Semaphore::new(parallel)),
+            salt,
+            verifications: AtomicU64::new(0),
+        }
+    }
+
+    /// The cache key: SHA-256 over the salt, the user (length-prefixed) and the password.
+    fn key(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&self.salt);
+        ctx.update(&(user.len() as u64).to_be_bytes());
+        ctx.update(user.as_bytes());
+        ctx.update(password.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        key
+    }
+
+    /// Whether `password` matches `hash` (a PHC string): from the cache, from a
+    /// verification of the same credentials already running, or from argon2 on the
+    /// blocking pool.
+    async fn verify(&self, user: &str, password: &str, hash: &str) -> bool {
+        let key = self.key(user, password);
+        loop {
+            let step = lock(&self.cache).begin(key, tokio::time::Instant::now());
+            match step {
+                Step::Known(ok) => return ok,
+                Step::Wait(mut rx) => {
+                    if let Ok(v) = rx.wait_for(Option::is_some).await {
+                        return v.unwrap_or(false);
+                    }
+                    // That verification was abandoned: try again (this one may run it).
+                }
+                Step::Verify(tx) => {
+                    let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                        return false;
+                    };
+                    self.verifications.fetch_add(1, Ordering::Relaxed);
+                    let cache = Arc::clone(&self.cache);
+                    let password = password.to_owned();
+                    let hash = hash.to_owned();
+                    // Once started it finishes and records its verdict even when the
+                    // request that asked is gone.
+                    let job = tokio::task::spawn_blocking(move || {
+                        use argon2::PasswordVerifier as _;
+                        let ok = argon2::Argon2::default()
+                            .verify_password(password.as_bytes(), hash.as_str())
+                            .is_ok();
+                        drop(permit);
+                        lock(&cache).finish(key, ok, tokio::time::Instant::now());
+                        tx.send_replace(Some(ok));
+                        ok
+                    });
+                    return job.await.unwrap_or(false);
+                }
+            }
+        }
+    }
+}
+
+fn lock(cache: &Mutex<CredentialCache>) -> std::sync::MutexGuard<'_, CredentialCache> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What to do about a credential.
+enum Step {
+    /// Its verdict is cached.
+    Known(bool),
+    /// A verification of it is running: its verdict arrives here.
+    Wait(watch::Receiver<Option<bool>>),
+    /// Verify it, and send the verdict here (the cache records it with `finish`).
+    Verify(watch::Sender<Option<bool>>),
+}
+
+enum Slot {
+    Known {
+        ok: bool,
+        expires: tokio::time::Instant,
+    },
+    Running(watch::Receiver<Option<bool>>),
+}
+
+impl Slot {
+    fn live(&self, now: tokio::time::Instant) -> bool {
+        match self {
+            Slot::Known { expires, .. } => *expires > now,
+            // A verification whose sender is gone without a verdict was abandoned.
+            Slot::Running(rx) => rx.has_changed().is_ok(),
+        }
+    }
+}
+
+/// Verdicts on credentials, at most `capacity` of them (running verifications
+/// included). When full, expired entries go first, then those expiring soonest
+/// (refused credentials expire sooner, so a flood of wrong passwords displaces the
+/// accepted ones last).
+struct CredentialCache {
+    entries: HashMap<[u8; 32], Slot>,
+    capacity: usize,
+}
+
+impl CredentialCache {
+    fn new(capacity: usize) -> CredentialCache {
+        CredentialCache {
+            entries: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn begin(&mut self, key: [u8; 32], now: tokio::time::Instant) -> Step {
+        match self.entries.get(&key) {
+            Some(Slot::Known { ok, expires }) if *expires > now => return Step::Known(*ok),
+            Some(slot @ Slot::Running(rx)) if slot.live(now) => return Step::Wait(rx.clone()),
+            _ => {}
+        }
+        let (tx, rx) = watch::channel(None);
+        self.insert(key, Slot::Running(rx), now);
+        Step::Verify(tx)
+    }
+
+    fn finish(&mut self, key: [u8; 32], ok: bool, now: tokio::time::Instant) {
+        let ttl = if ok { ACCEPTED_TTL } else { REFUSED_TTL };
+        self.insert(
+            key,
+            Slot::Known {
+                ok,
+                expires: now + ttl,
+            },
+            now,
+        );
+    }
+
+    fn insert(&mut self, key: [u8; 32], slot: Slot, now: tokio::time::Instant) {
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            self.entries.retain(|_, s| s.live(now));
+            if self.entries.len() >= self.capacity {
+                // A sixteenth at a time, so that a flood pays for the scan once per
+                // many insertions. Running verifications last: their waiters hold
+                // their own receivers.
+                let mut ranked: Vec<_> = self
+                    .entries
+                    .iter()
+                    .map(|(k, s)| match s {
+                        Slot::Known { expires, .. } => ((0, *expires), *k),
+                        Slot::Running(_) => ((1, now), *k),
+                    })
+                    .collect();
+                let evict = (self.capacity / 16).clamp(1, ranked.len());
+                ranked.select_nth_unstable_by_key(evict - 1, |(rank, _)| *rank);
+                for (_, k) in &ranked[..evict] {
+                    self.entries.remove(k);
+                }
+            }
+        }
+        self.entries.insert(key, slot);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
     }
 }
 
@@ -104,32 +302,35 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Addresses that are not on the public internet: the SSRF defaults deny them.
-fn non_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                // 100.64.0.0/10 (carrier-grade NAT).
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => non_public(IpAddr::V4(v4)),
-            None => {
-                let s = v6.segments();
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (s[0] & 0xfe00) == 0xfc00 // unique local
-                    || (s[0] & 0xffc0) == 0xfe80 // link-local
-            }
-        },
-    }
+/// A resolver for destination names: the configured name servers, else the system's
+/// configuration; A and AAAA both asked, so every address a name has is checked.
+fn resolver(cfg: &ForwardProxy) -> Result<TokioResolver, String> {
+    let mut builder = if cfg.resolvers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| {
+            format!("the system configuration (/etc/resolv.conf) is unusable ({e}); set [listeners.forward] resolvers")
+        })?
+    } else {
+        let servers = cfg
+            .resolvers
+            .iter()
+            .map(|a| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = a.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = a.port();
+                NameServerConfig::new(a.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts = builder.options_mut();
+    opts.timeout = cfg.resolve_timeout;
+    opts.attempts = 2;
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// Where a request wants to go.
@@ -138,14 +339,32 @@ struct Destination {
     port: u16,
 }
 
-/// The verdict on a destination: the addresses that may be connected to, or the name
-/// of what denied it.
+/// Why a destination was denied.
+#[derive(Debug, PartialEq)]
+struct Denial {
+    /// The rule's name, or `connect_port` / `private_address`: `x-pylon-error`.
+    rule: String,
+    /// For `private_address`: the address and the block it falls in, for the log.
+    detail: Option<String>,
+}
+
+impl Denial {
+    fn rule(rule: &str) -> Denial {
+        Denial {
+            rule: rule.to_owned(),
+            detail: None,
+        }
+    }
+}
+
+/// The verdict on a destination: the addresses that may be connected to, or what
+/// denied it.
 fn check(
     cfg: &ForwardProxy,
     dest: &Destination,
     addrs: &[IpAddr],
     connect: bool,
-) -> Result<Vec<IpAddr>, String> {
+) -> Result<Vec<IpAddr>, Denial> {
     let host = dest.host.to_ascii_lowercase();
     let matches = |r: &AccessRule, ip: IpAddr| {
         (r.hosts.is_empty() || r.hosts.iter().any(|h| h.matches(&host)))
@@ -156,13 +375,18 @@ fn check(
     for &ip in addrs {
         match cfg.rules.iter().find(|r| matches(r, ip)) {
             Some(r) if r.allow => allowed.push(ip),
-            Some(r) => return Err(r.name.clone()),
+            Some(r) => return Err(Denial::rule(&r.name)),
             None => {
                 if connect && !cfg.connect_ports.contains(&dest.port) {
-                    return Err("connect_port".into());
+                    return Err(Denial::rule("connect_port"));
                 }
-                if non_public(ip) && !cfg.allow_private {
-                    return Err("private_address".into());
+                if !cfg.allow_private
+                    && let Some(why) = forward_addr::classify(ip)
+                {
+                    return Err(Denial {
+                        rule: "private_address".into(),
+                        detail: Some(format!("{ip} in {why}")),
+                    });
                 }
                 allowed.push(ip);
             }
@@ -204,17 +428,28 @@ fn destination(req: &Request<Incoming>) -> Result<Destination, ErrorKind> {
     })
 }
 
-async fn resolve(dest: &Destination) -> Result<Vec<IpAddr>, ErrorKind> {
+/// The destination's addresses (IPv4-mapped IPv6 ones as IPv4), or why there are none.
+async fn resolve(fwd: &ForwardRuntime, dest: &Destination) -> Result<Vec<IpAddr>, String> {
     if let Ok(ip) = dest.host.parse::<IpAddr>() {
-        return Ok(vec![ip]);
+        return Ok(vec![ip.to_canonical()]);
     }
-    let found: Vec<IpAddr> = tokio::net::lookup_host((dest.host.as_str(), dest.port))
-        .await
-        .map_err(|_| ErrorKind::ResolveFailed)?
-        .map(|a| a.ip())
-        .collect();
+    let resolver = fwd.resolver.as_ref().map_err(Clone::clone)?;
+    let timeout = fwd.config.resolve_timeout;
+    let lookup = match tokio::time::timeout(timeout, resolver.lookup_ip(dest.host.as_str())).await {
+        Err(_) => return Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) if e.is_nx_domain() => return Err("no such name (NXDOMAIN)".into()),
+        Ok(Err(e)) if e.is_no_records_found() => return Err("no A or AAAA records".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(lookup)) => lookup,
+    };
+    let mut found: Vec<IpAddr> = Vec::new();
+    for ip in lookup.iter().map(|ip| ip.to_canonical()) {
+        if !found.contains(&ip) {
+            found.push(ip);
+        }
+    }
     if found.is_empty() {
-        return Err(ErrorKind::ResolveFailed);
+        return Err("no A or AAAA records".into());
     }
     Ok(found)
 }
@@ -243,7 +478,7 @@ pub(super) async fn serve(
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     let cfg = &fwd.config;
-    let Some(user) = fwd.authenticate(req.headers()) else {
+    let Some(user) = fwd.authenticate(req.headers()).await else {
         ex.error = Some(ErrorKind::ProxyAuthRequired);
         let mut resp = error_response(ErrorKind::ProxyAuthRequired);
         resp.headers_mut().insert(
@@ -272,13 +507,19 @@ pub(super) async fn serve(
         ex.error = Some(ErrorKind::Denied);
         return Ok(denied(&rule.name));
     }
-    let addrs = resolve(&dest).await?;
+    let addrs = match resolve(fwd, &dest).await {
+        Ok(a) => a,
+        Err(reason) => {
+            tracing::info!(client = %ctx.client, destination = %format!("{}:{}", dest.host, dest.port), reason = %reason, "forward proxy: destination unresolved");
+            return Err(ErrorKind::ResolveFailed);
+        }
+    };
     let allowed = match check(cfg, &dest, &addrs, is_connect) {
         Ok(a) => a,
-        Err(rule) => {
+        Err(d) => {
             ex.error = Some(ErrorKind::Denied);
-            tracing::info!(client = %ctx.client, destination = %format!("{}:{}", dest.host, dest.port), rule = %rule, "forward proxy: denied");
-            return Ok(denied(&rule));
+            tracing::info!(client = %ctx.client, destination = %format!("{}:{}", dest.host, dest.port), rule = %d.rule, detail = d.detail.as_deref(), "forward proxy: denied");
+            return Ok(denied(&d.rule));
         }
     };
     let upstream = connect(&allowed, dest.port, cfg).await?;
@@ -460,7 +701,19 @@ mod tests {
             strip_client_headers: false,
             connect_timeout: std::time::Duration::from_secs(1),
             tunnel_idle_timeout: std::time::Duration::from_secs(1),
+            resolvers: Vec::new(),
+            resolve_timeout: std::time::Duration::from_secs(1),
         }
+    }
+
+    /// The verdict with only the rule's name.
+    fn verdict(
+        c: &ForwardProxy,
+        d: &Destination,
+        addrs: &[IpAddr],
+        connect: bool,
+    ) -> Result<Vec<IpAddr>, String> {
+        check(c, d, addrs, connect).map_err(|d| d.rule)
     }
 
     fn dest(host: &str, port: u16) -> Destination {
@@ -475,15 +728,15 @@ mod tests {
         let c = cfg(Vec::new());
         let public: IpAddr = "93.184.216.34".parse().unwrap();
         assert_eq!(
-            check(&c, &dest("example.com", 443), &[public], true),
+            verdict(&c, &dest("example.com", 443), &[public], true),
             Ok(vec![public])
         );
         assert_eq!(
-            check(&c, &dest("example.com", 22), &[public], true),
+            verdict(&c, &dest("example.com", 22), &[public], true),
             Err("connect_port".into())
         );
         assert_eq!(
-            check(&c, &dest("example.com", 8080), &[public], false),
+            verdict(&c, &dest("example.com", 8080), &[public], false),
             Ok(vec![public])
         );
         for private in [
@@ -497,46 +750,228 @@ mod tests {
             "::ffff:127.0.0.1",
             "100.64.0.1",
             "0.0.0.0",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "2001:db8::1",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "2002:a00:1::",
+            "::ffff:10.0.0.1",
+            "2001::1",
+            "100::1",
+            "5f00::1",
+            "3fff::1",
         ] {
             let ip: IpAddr = private.parse().unwrap();
             assert_eq!(
-                check(&c, &dest("x", 443), &[ip], true),
+                verdict(&c, &dest("x", 443), &[ip], true),
                 Err("private_address".into()),
                 "{private}"
             );
         }
+        for public in [
+            "64:ff9b::808:808",
+            "2002:808:808::",
+            "::ffff:8.8.8.8",
+            "192.0.0.9",
+        ] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert_eq!(
+                verdict(&c, &dest("x", 443), &[ip], true),
+                Ok(vec![ip]),
+                "{public}"
+            );
+        }
         // A name resolving to a public and a private address is denied (rebinding).
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(check(&c, &dest("x", 443), &[public, lo], true).is_err());
+        assert!(verdict(&c, &dest("x", 443), &[public, lo], true).is_err());
+        // allow_private lets them all through.
+        let open = ForwardProxy {
+            allow_private: true,
+            ..cfg(Vec::new())
+        };
+        assert_eq!(
+            verdict(&open, &dest("x", 443), &[public, lo], true),
+            Ok(vec![public, lo])
+        );
     }
 
     #[test]
-    fn passwords_hash_and_verify() {
-        let c = ForwardProxy {
+    fn a_private_address_denial_names_the_address_and_its_block() {
+        let c = cfg(Vec::new());
+        let ip: IpAddr = "2002:a00:1::".parse().unwrap();
+        assert_eq!(
+            check(&c, &dest("x", 443), &[ip], true),
+            Err(Denial {
+                rule: "private_address".into(),
+                detail: Some(
+                    "2002:a00:1:: in 6to4 (2002::/16) embedding 10.0.0.1: Private-Use (10.0.0.0/8)"
+                        .into()
+                ),
+            })
+        );
+        assert_eq!(
+            check(&c, &dest("x", 22), &[ip], true),
+            Err(Denial::rule("connect_port"))
+        );
+    }
+
+    fn with_user(password: &str) -> ForwardRuntime {
+        ForwardRuntime::new(ForwardProxy {
             users: vec![pylon_config::model::ProxyUser {
                 name: "alice".into(),
-                password_hash: hash_password("s3cret").unwrap(),
+                password_hash: hash_password(password).unwrap(),
             }],
             ..cfg(Vec::new())
-        };
-        let fwd = ForwardRuntime::new(c);
-        let header = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert(&PROXY_AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-            h
-        };
-        let good = format!("Basic {}", BASE64.encode("alice:s3cret"));
-        assert_eq!(fwd.authenticate(&header(&good)).as_deref(), Some("alice"));
+        })
+    }
+
+    fn basic(credentials: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        let v = format!("Basic {}", BASE64.encode(credentials));
+        h.insert(&PROXY_AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify() {
+        let fwd = with_user("s3cret");
+        let good = basic("alice:s3cret");
+        assert_eq!(fwd.authenticate(&good).await.as_deref(), Some("alice"));
         assert_eq!(
-            fwd.authenticate(&header(&good)).as_deref(),
+            fwd.authenticate(&good).await.as_deref(),
             Some("alice"),
             "cached"
         );
-        let bad = format!("Basic {}", BASE64.encode("alice:wrong"));
-        assert_eq!(fwd.authenticate(&header(&bad)), None);
-        let nobody = format!("Basic {}", BASE64.encode("bob:s3cret"));
-        assert_eq!(fwd.authenticate(&header(&nobody)), None);
-        assert_eq!(fwd.authenticate(&http::HeaderMap::new()), None);
+        assert_eq!(fwd.argon2_verifications(), 1);
+        assert_eq!(fwd.authenticate(&basic("alice:wrong")).await, None);
+        assert_eq!(fwd.authenticate(&basic("bob:s3cret")).await, None);
+        assert_eq!(fwd.authenticate(&http::HeaderMap::new()).await, None);
+        assert_eq!(
+            fwd.argon2_verifications(),
+            3,
+            "an unknown user costs an argon2 check too: no timing oracle on user names"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_credentials_are_cached_for_a_minute() {
+        let fwd = with_user("s3cret");
+        let wrong = basic("alice:wrong");
+        // At once and one after another: one argon2 verification for them all.
+        let (a, b, c) = tokio::join!(
+            fwd.authenticate(&wrong),
+            fwd.authenticate(&wrong),
+            fwd.authenticate(&wrong)
+        );
+        assert_eq!((a, b, c), (None, None, None));
+        for _ in 0..5 {
+            assert_eq!(fwd.authenticate(&wrong).await, None);
+        }
+        assert_eq!(fwd.argon2_verifications(), 1);
+        // Another wrong password is another credential.
+        assert_eq!(fwd.authenticate(&basic("alice:wrong2")).await, None);
+        assert_eq!(fwd.argon2_verifications(), 2);
+        // The right one is not refused by the cached failures, and is cached too.
+        let good = basic("alice:s3cret");
+        assert!(fwd.authenticate(&good).await.is_some());
+        assert_eq!(fwd.argon2_verifications(), 3);
+        tokio::time::advance(REFUSED_TTL + Duration::from_secs(1)).await;
+        assert_eq!(fwd.authenticate(&wrong).await, None);
+        assert_eq!(
+            fwd.argon2_verifications(),
+            4,
+            "a refusal expires after a minute"
+        );
+        assert!(fwd.authenticate(&good).await.is_some());
+        assert_eq!(fwd.argon2_verifications(), 4, "an acceptance lasts longer");
+        tokio::time::advance(ACCEPTED_TTL).await;
+        assert!(fwd.authenticate(&good).await.is_some());
+        assert_eq!(fwd.argon2_verifications(), 5);
+    }
+
+    fn key(n: u32) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    fn known(step: Step) -> Option<bool> {
+        match step {
+            Step::Known(ok) => Some(ok),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn credential_cache_verdicts_expire() {
+        let t0 = tokio::time::Instant::now();
+        let mut c = CredentialCache::new(10);
+        assert!(matches!(c.begin(key(1), t0), Step::Verify(_)));
+        c.finish(key(1), true, t0);
+        c.finish(key(2), false, t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(known(c.begin(key(1), at(299))), Some(true));
+        assert_eq!(known(c.begin(key(2), at(59))), Some(false));
+        assert!(matches!(c.begin(key(2), at(60)), Step::Verify(_)));
+        assert!(matches!(c.begin(key(1), at(300)), Step::Verify(_)));
+    }
+
+    #[test]
+    fn credential_cache_stays_bounded_and_keeps_acceptances_longest() {
+        let t0 = tokio::time::Instant::now();
+        let mut c = CredentialCache::new(100);
+        c.finish(key(0), true, t0);
+        // A flood of distinct wrong passwords.
+        for n in 1..10_000 {
+            let now = t0 + Duration::from_millis(u64::from(n));
+            assert!(matches!(c.begin(key(n), now), Step::Verify(_)));
+            c.finish(key(n), false, now);
+            assert!(c.len() <= 100);
+        }
+        let now = t0 + Duration::from_secs(10);
+        assert_eq!(
+            known(c.begin(key(0), now)),
+            Some(true),
+            "the accepted one stays"
+        );
+        assert_eq!(known(c.begin(key(9_999), now)), Some(false));
+        assert!(matches!(c.begin(key(1), now), Step::Verify(_)), "evicted");
+        // Expired verdicts make room first.
+        let later = t0 + Duration::from_secs(120);
+        let mut c = CredentialCache::new(3);
+        c.finish(key(1), true, t0);
+        c.finish(key(2), false, t0);
+        c.finish(key(3), true, t0);
+        c.finish(key(4), true, later);
+        assert_eq!(c.len(), 3);
+        assert_eq!(known(c.begin(key(1), later)), Some(true));
+        assert_eq!(known(c.begin(key(3), later)), Some(true));
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_verification_and_an_abandoned_one_is_redone() {
+        let t0 = tokio::time::Instant::now();
+        let mut c = CredentialCache::new(10);
+        let Step::Verify(tx) = c.begin(key(1), t0) else {
+            panic!("first asks to verify")
+        };
+        let Step::Wait(rx) = c.begin(key(1), t0) else {
+            panic!("second waits")
+        };
+        c.finish(key(1), false, t0);
+        tx.send_replace(Some(false));
+        assert_eq!(*rx.borrow(), Some(false));
+        assert_eq!(known(c.begin(key(1), t0)), Some(false));
+        // A verifier that went away without a verdict: the next one verifies again.
+        let Step::Verify(tx) = c.begin(key(2), t0) else {
+            panic!("verify")
+        };
+        drop(tx);
+        assert!(matches!(c.begin(key(2), t0), Step::Verify(_)));
     }
 
     #[test]
@@ -565,16 +1000,16 @@ mod tests {
         let public: IpAddr = "93.184.216.34".parse().unwrap();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(
-            check(&c, &dest("x.ads.example", 443), &[public], true),
+            verdict(&c, &dest("x.ads.example", 443), &[public], true),
             Err("no-ads".into())
         );
         assert_eq!(
-            check(&c, &dest("localhost", 8080), &[lo], true),
+            verdict(&c, &dest("localhost", 8080), &[lo], true),
             Ok(vec![lo]),
             "an allow rule overrides the defaults"
         );
         assert_eq!(
-            check(&c, &dest("localhost", 8081), &[lo], true),
+            verdict(&c, &dest("localhost", 8081), &[lo], true),
             Err("connect_port".into())
         );
     }

@@ -3,6 +3,7 @@
 //! mapped as gRPC's HTTP-to-gRPC table suggests), never as a plain-text page a gRPC
 //! client cannot read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -59,14 +60,15 @@ impl ErrorKind {
     pub fn grpc_status(self) -> u8 {
         use ErrorKind::*;
         match self {
-            NoRoute => code::UNIMPLEMENTED,
+            NoRoute | ConnectNotAllowed => code::UNIMPLEMENTED,
             ResponseTimeout | DeadlineExceeded => code::DEADLINE_EXCEEDED,
             Overloaded | BodyTooLarge => code::RESOURCE_EXHAUSTED,
             ClientAborted => code::CANCELLED,
             ProxyAuthRequired => code::UNAUTHENTICATED,
             Denied | WebSocketDisabled => code::PERMISSION_DENIED,
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
-            | UpstreamTls | UpgradeRefused | ResolveFailed => code::UNAVAILABLE,
+            | UpstreamTls | UpgradeRefused | UpgradeInvalid | ResolveFailed | RouteRemoved
+            | Shutdown => code::UNAVAILABLE,
             MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
             | HeadersTooLarge | TooManyHeaders | NotAProxyRequest => code::INTERNAL,
         }
@@ -107,6 +109,8 @@ pub fn error_response(
 /// route and its grace period is over, the client gets UNAVAILABLE (and may retry).
 pub struct GrpcBody {
     inner: hyper::body::Incoming,
+    /// Set when Pylon ends the call itself, for the access log and the error counter.
+    ended_by: Arc<std::sync::OnceLock<ErrorKind>>,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     retired:
         Option<std::pin::Pin<Box<dyn Future<Output = crate::runtime::EndCause> + Send + Sync>>>,
@@ -118,17 +122,21 @@ impl GrpcBody {
         inner: hyper::body::Incoming,
         deadline: Option<std::time::Instant>,
         mut end: crate::runtime::Ending,
+        ended_by: Arc<std::sync::OnceLock<ErrorKind>>,
     ) -> Self {
         GrpcBody {
             inner,
+            ended_by,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
             retired: Some(Box::pin(async move { end.ended().await })),
             done: false,
         }
     }
 
-    fn end(&mut self, code: u8, message: &'static str) -> http_body::Frame<bytes::Bytes> {
+    fn end(&mut self, kind: ErrorKind) -> http_body::Frame<bytes::Bytes> {
         self.done = true;
+        let _ = self.ended_by.set(kind);
+        let (code, message) = (kind.grpc_status(), kind.as_str());
         let mut trailers = HeaderMap::new();
         trailers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code)));
         trailers.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(message));
@@ -161,9 +169,8 @@ impl http_body::Body for GrpcBody {
         if let Some(d) = &mut this.deadline
             && d.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Some(Ok(
-                this.end(code::DEADLINE_EXCEEDED, "deadline_exceeded")
-            )));
+            tracing::info!("grpc call ended by the proxy at its deadline: DEADLINE_EXCEEDED");
+            return Poll::Ready(Some(Ok(this.end(ErrorKind::DeadlineExceeded))));
         }
         if let Some(r) = &mut this.retired
             && let Poll::Ready(cause) = r.as_mut().poll(cx)
@@ -172,7 +179,11 @@ impl http_body::Body for GrpcBody {
                 reason = cause.as_str(),
                 "grpc stream ended by the proxy: UNAVAILABLE"
             );
-            return Poll::Ready(Some(Ok(this.end(code::UNAVAILABLE, cause.as_str()))));
+            let kind = match cause {
+                crate::runtime::EndCause::RouteRemoved => ErrorKind::RouteRemoved,
+                crate::runtime::EndCause::Shutdown => ErrorKind::Shutdown,
+            };
+            return Poll::Ready(Some(Ok(this.end(kind))));
         }
         Poll::Pending
     }

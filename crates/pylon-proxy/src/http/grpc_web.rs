@@ -2,7 +2,8 @@
 //! (base64) requests become native gRPC to the upstream, and the answer comes back as
 //! gRPC-Web: messages as they stream, the trailers encoded as a final frame in the body
 //! (flag 0x80), all base64 for `-text`. CORS preflights for configured origins are
-//! answered here, and answers carry the CORS headers a browser needs to read the status.
+//! answered here, and answers (proxy-made errors included) carry the CORS headers a
+//! browser needs to read the status.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -14,7 +15,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
+use pylon_config::model::Action;
+
 use super::body::{BoxError, ResponseBody};
+use super::router::RouteRuntime;
 
 /// How a gRPC-Web client talks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +60,12 @@ pub fn is_preflight<B>(req: &Request<B>) -> bool {
 
 /// The allowed origin for this request (`*` or one of `allowed`), if any.
 fn allowed_origin(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
-    let origin = headers.get(header::ORIGIN)?;
+    allow(headers.get(header::ORIGIN)?, allowed)
+}
+
+/// What `Access-Control-Allow-Origin` says to `origin`: `*` or the origin itself when
+/// `allowed` has it.
+fn allow(origin: &HeaderValue, allowed: &[String]) -> Option<HeaderValue> {
     let o = origin.to_str().ok()?;
     if allowed.iter().any(|a| a == "*") {
         return Some(HeaderValue::from_static("*"));
@@ -65,6 +74,38 @@ fn allowed_origin(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue
         .iter()
         .any(|a| a.eq_ignore_ascii_case(o))
         .then(|| origin.clone())
+}
+
+/// The CORS headers that let a page read a gRPC-Web answer: its origin allowed, the
+/// status headers exposed.
+fn cors_headers(h: &mut HeaderMap, origin: HeaderValue) {
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+    );
+}
+
+/// A proxy-made gRPC error (`headers` of the answer): a gRPC-Web call from an origin
+/// its route allows gets the same CORS headers as an upstream's answer, without which
+/// the browser hides `grpc-status` from the page.
+pub fn error_cors(
+    headers: &mut HeaderMap,
+    origin: Option<HeaderValue>,
+    route: Option<&RouteRuntime>,
+) {
+    let (Some(origin), Some(route)) = (origin, route) else {
+        return;
+    };
+    let Action::Proxy(action) = route.action() else {
+        return;
+    };
+    if !action.grpc_web || detect(headers).is_none() {
+        return;
+    }
+    if let Some(origin) = allow(&origin, &action.cors_allow_origins) {
+        cors_headers(headers, origin);
+    }
 }
 
 /// The answer to a CORS preflight: 204 with what a gRPC-Web client needs, or 403 when
@@ -121,7 +162,7 @@ impl GrpcWeb {
     /// The client's answer: gRPC-Web headers (CORS included) and body.
     pub fn response(
         &self,
-        resp: Response<hyper::body::Incoming>,
+        resp: Response<super::grpc::GrpcBody>,
         request_headers_origin: Option<HeaderValue>,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = resp.into_parts();
@@ -139,13 +180,7 @@ impl GrpcWeb {
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         if let Some(origin) = request_headers_origin {
-            parts
-                .headers
-                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            parts.headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
-            );
+            cors_headers(&mut parts.headers, origin);
         }
         let body = WebResponseBody {
             inner: body,
@@ -179,8 +214,10 @@ fn trailer_frame(trailers: &HeaderMap) -> Bytes {
 }
 
 /// The upstream's body as gRPC-Web: data as is (or base64), trailers as a last frame.
+/// It reads the call through [`super::grpc::GrpcBody`], so deadlines, retired routes
+/// and stops end a gRPC-Web call with a status, as they end a native one.
 struct WebResponseBody {
-    inner: hyper::body::Incoming,
+    inner: super::grpc::GrpcBody,
     text: bool,
     /// `-text`: bytes not yet encoded (base64 works in groups of three).
     carry: BytesMut,
@@ -239,7 +276,7 @@ impl Body for WebResponseBody {
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
                 },
-                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     this.done = true;
                     if this.text && !this.carry.is_empty() {

@@ -7,7 +7,7 @@ use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pylon_config::model::ForwardingHeaders;
 
-static HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -15,6 +15,9 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // The h2c upgrade's settings (RFC 7540 §3.2.1): never forwarded, whatever
+    // `Connection` says, since Pylon never forwards an h2c upgrade.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE` is kept only
@@ -70,6 +73,28 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
             h.remove(header::TE);
+        }
+    }
+}
+
+/// Writes `Content-Length` as a plain decimal number (`010` becomes `10`): a backend
+/// that reads leading zeros as octal, or a sign, would frame the body differently.
+/// Validated values only reach here; the usual value costs one byte compare.
+pub fn normalize_content_length(h: &mut HeaderMap) {
+    let Some(v) = h.get(header::CONTENT_LENGTH) else {
+        return;
+    };
+    let b = v.as_bytes();
+    if b.len() > 1 && b[0] == b'0'
+        || b.first().is_some_and(|c| !c.is_ascii_digit())
+        || b.last().is_some_and(|c| !c.is_ascii_digit())
+    {
+        let digits = b.trim_ascii();
+        let n = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok());
+        if let Some(n) = n {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod forward_addr;
 pub mod grpc;
 pub mod grpc_web;
 pub mod headers;

@@ -68,6 +68,29 @@ pub struct ConnCtx {
     /// connection limits count it) for as long as anything holds it: the connection's
     /// task, and a tunnel that outlives the HTTP/1.1 connection it was upgraded from.
     pub guard: Option<Arc<crate::listener::ConnGuard>>,
+    /// The client's TCP socket (a duplicate handle), on cleartext listeners with a
+    /// route that has `abort_on_client_close`: watched for the client's FIN while its
+    /// request waits for the upstream (the HTTP/1.1 parser reads nothing then).
+    pub client_socket: Option<Arc<std::net::TcpStream>>,
+}
+
+impl ConnCtx {
+    /// Resolves once the client has ended its sending side (a FIN before any further
+    /// byte); never when it cannot be watched or sends more (pipelining).
+    pub async fn client_closed(&self) {
+        let watched = self.client_socket.as_deref().and_then(|s| {
+            let dup = s.try_clone().ok()?;
+            dup.set_nonblocking(true).ok()?;
+            tokio::net::TcpStream::from_std(dup).ok()
+        });
+        if let Some(s) = watched {
+            let mut byte = [0u8; 1];
+            if matches!(s.peek(&mut byte).await, Ok(0) | Err(_)) {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.
@@ -125,6 +148,9 @@ pub(super) struct Exchange {
     pub(super) logged_by_tunnel: bool,
     /// The route's stats, once a route took the request.
     pub(super) stats: Option<Arc<RouteStats>>,
+    /// How a gRPC call's body ended when Pylon ended it (deadline, retired route,
+    /// stop): known only at the body's end.
+    pub(super) ended_by: Option<Arc<std::sync::OnceLock<ErrorKind>>>,
     active: Option<ActiveRequest>,
 }
 
@@ -151,6 +177,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
         user: None,
         logged_by_tunnel: false,
         stats: None,
+        ended_by: None,
         active: None,
     };
     let Some(listener) = rt.listener(&ctx.listener) else {
@@ -168,16 +195,28 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
             .map_or("/", |p| p.as_str())
             .to_owned();
     }
-    // A gRPC client gets proxy-made errors as gRPC statuses.
+    // A gRPC client gets proxy-made errors as gRPC statuses (a browser's gRPC-Web call
+    // with the CORS headers that let its page read them).
     let grpc = super::grpc::is_grpc(req.headers())
         .then(|| req.headers().get(header::CONTENT_TYPE).cloned())
         .flatten();
+    let origin = grpc
+        .as_ref()
+        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
     let resp = match serve(req, &listener, &ctx, &mut ex).await {
         Ok(resp) => resp,
         Err(kind) => {
             ex.error = Some(kind);
             match &grpc {
-                Some(ct) => super::grpc::error_response(kind, Some(ct)),
+                Some(ct) => {
+                    let mut resp = super::grpc::error_response(kind, Some(ct));
+                    let route = ex
+                        .route
+                        .as_deref()
+                        .and_then(|r| listener.router.route_named(r));
+                    super::grpc_web::error_cors(resp.headers_mut(), origin, route);
+                    resp
+                }
                 None => error_response(kind),
             }
         }
@@ -236,6 +275,14 @@ fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKin
         check_h1_framing(req)?;
     }
     Ok(())
+}
+
+/// The answer for a chunked body that broke its framing or its size limit.
+pub(super) fn violation_kind(v: crate::framing_scan::ChunkViolation) -> ErrorKind {
+    match v {
+        crate::framing_scan::ChunkViolation::Malformed => ErrorKind::MalformedRequest,
+        crate::framing_scan::ChunkViolation::TooLarge => ErrorKind::BodyTooLarge,
+    }
 }
 
 /// A Content-Length value: digits only (no sign, no spaces inside, no list).
@@ -372,9 +419,21 @@ async fn serve(
     {
         return Err(ErrorKind::MalformedRequest);
     }
+    // A chunked body that broke its framing (or its limit) in the bytes read with its
+    // head: refused before anything is forwarded.
+    if let Some(v) = ctx.state.chunk_violation() {
+        return Err(violation_kind(v));
+    }
     check_limits(&req, listener)?;
     if let Some(fwd) = &listener.forward {
         return super::forward::serve(req, fwd, listener, ctx, ex).await;
+    }
+    // A tunnel is only a forward proxy's to open; an extended CONNECT (RFC 8441,
+    // `:protocol`) is a WebSocket handshake and goes to its route.
+    if req.method() == http::Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_none()
+    {
+        return Err(ErrorKind::ConnectNotAllowed);
     }
     let host = normalize_host(authority_of(&req).unwrap_or(""));
     let route = listener
@@ -503,6 +562,10 @@ fn finish(
         meter: ex.meter.take(),
         log,
         stats,
+        ended_by: ex
+            .ended_by
+            .take()
+            .map(|e| (e, Arc::clone(&ctx.shared.metrics))),
         _active: ex.active.take(),
         _inflight: inflight,
     }));
@@ -518,6 +581,11 @@ struct ExchangeEnd {
     meter: Option<Arc<RequestMeter>>,
     log: Option<(AccessLogger, Box<AccessRecord>)>,
     stats: Option<Arc<RouteStats>>,
+    /// A gRPC call Pylon may end itself, and where to count it.
+    ended_by: Option<(
+        Arc<std::sync::OnceLock<ErrorKind>>,
+        Arc<crate::observe::Metrics>,
+    )>,
     _active: Option<ActiveRequest>,
     _inflight: InFlight,
 }
@@ -552,7 +620,15 @@ impl Completion for ExchangeEnd {
         {
             p.release();
         }
+        let ended_by = this.ended_by.and_then(|(e, metrics)| {
+            let kind = e.get().copied()?;
+            metrics.error(kind);
+            Some(kind)
+        });
         if let Some((logger, mut record)) = this.log {
+            if let Some(kind) = ended_by {
+                record.error = Some(kind.as_str());
+            }
             record.bytes_out = bytes;
             record.bytes_in = this.meter.map_or(0, |m| m.bytes.load(Ordering::Relaxed));
             record.duration_ms = millis(this.start.elapsed());

@@ -217,7 +217,14 @@ pub(super) async fn proxy(
         let declared = http_body::Body::size_hint(&incoming).exact();
         match &cluster.retry {
             Some(r) if declared.is_some_and(|n| n <= r.max_body_bytes.min(limit)) => {
-                match collect_small(incoming, r.max_body_bytes, &meter).await? {
+                let collected = collect_small(incoming, r.max_body_bytes, &meter)
+                    .await
+                    .map_err(|kind| {
+                        ctx.state
+                            .chunk_violation()
+                            .map_or(kind, super::pipeline::violation_kind)
+                    })?;
+                match collected {
                     Some(b) => Body::Replay(b),
                     None => return Err(ErrorKind::MalformedRequest),
                 }
@@ -318,10 +325,34 @@ pub(super) async fn proxy(
                 tls: ctx.tls.clone(),
             });
         }
+        let next = body.next();
+        if cluster.protocol == UpstreamProtocol::Http1
+            && !http_body::Body::is_end_stream(&next)
+            && http_body::Body::size_hint(&next).exact().is_none()
+            && !try_parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            // A body of unknown length goes chunked whatever the method: the HTTP/1.1
+            // client would send a GET's or HEAD's body nowhere otherwise (dropped).
+            try_parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let sent_at = Instant::now();
-        let result = endpoint
-            .send(Request::from_parts(try_parts, body.next()), timeout)
-            .await;
+        let send = endpoint.send(Request::from_parts(try_parts, next), timeout);
+        let result = if action.abort_on_client_close {
+            tokio::select! {
+                r = send => r,
+                () = ctx.client_closed() => {
+                    ex.upstream = Some(endpoint.address);
+                    lease.report(true);
+                    tracing::debug!(client = %ctx.client, "client closed its side; upstream exchange aborted");
+                    return Err(ErrorKind::ClientAborted);
+                }
+            }
+        } else {
+            send.await
+        };
         let took = sent_at.elapsed();
         ex.upstream = Some(endpoint.address);
         ex.upstream_ms = Some(millis(took));
@@ -369,15 +400,26 @@ pub(super) async fn proxy(
         };
         ex.lease = Some(lease);
         return match result {
-            Ok((resp, pooled)) => {
-                if let Some(w) = grpc_web {
-                    let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers);
-                    rparts.version = downstream_version;
-                    return Ok(w.response(Response::from_parts(rparts, rbody), web_origin));
+            // Only a WebSocket handshake may switch protocols (checked with it below);
+            // a 101 to anything else would hand the connection to whatever the
+            // upstream switched to.
+            Ok((resp, _))
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && websocket.is_none() =>
+            {
+                tracing::warn!(
+                    cluster = %cluster.name,
+                    upgrade = ?resp.headers().get(header::UPGRADE),
+                    "upstream switched protocols unasked; refused"
+                );
+                if let Some(l) = &ex.lease {
+                    l.report(false);
                 }
+                Err(ErrorKind::UpgradeInvalid)
+            }
+            Ok((resp, pooled)) => {
                 let resp = match websocket.take() {
-                    None => resp,
+                    None => (resp, pooled),
                     Some(ws) => {
                         let tunnel = super::tunnel::Tunnel {
                             limits: super::tunnel::Tunnel::limits(
@@ -394,15 +436,20 @@ pub(super) async fn proxy(
                                 .request_started(downstream_version == Version::HTTP_2),
                             metrics: Arc::clone(&ctx.shared.metrics),
                             stats: Arc::clone(&ctx.stats),
+                            // An HTTP/2 tunnel is a stream of its upstream connection,
+                            // counted there while it lives.
+                            _pooled: pooled,
                         };
                         match ws.finish(resp, cluster.protocol, tunnel) {
                             super::tunnel::Outcome::Tunnel(answer) => return Ok(answer),
-                            // Refused: relayed as an ordinary answer.
-                            super::tunnel::Outcome::Refused(resp) => resp,
+                            // Refused: relayed as an ordinary answer (on a connection
+                            // that is not pooled again).
+                            super::tunnel::Outcome::Refused(resp) => (resp, None),
                             super::tunnel::Outcome::Failed(kind) => return Err(kind),
                         }
                     }
                 };
+                let (resp, pooled) = resp;
                 let (mut rparts, rbody) = resp.into_parts();
                 // One framing only from an HTTP/1.x upstream: a Transfer-Encoding
                 // other than exactly `chunked`, or with a Content-Length, is refused,
@@ -417,6 +464,7 @@ pub(super) async fn proxy(
                     return Err(ErrorKind::UpstreamInvalid);
                 }
                 strip_hop_by_hop(&mut rparts.headers);
+                super::headers::normalize_content_length(&mut rparts.headers);
                 if listener.config.headers.via {
                     append_via(&mut rparts.headers, rparts.version);
                 }
@@ -426,13 +474,21 @@ pub(super) async fn proxy(
                 }
                 ex.pooled = pooled;
                 // A gRPC call's deadline covers the streamed messages too, and a reload
-                // that removes its route ends it (after the grace period) with a status.
+                // that removes its route (or a stop) ends it with a status; gRPC-Web
+                // calls alike, then translated.
                 let body = if grpc {
-                    ResponseBody::boxed(super::grpc::GrpcBody::new(
+                    let ended_by = Arc::new(std::sync::OnceLock::new());
+                    ex.ended_by = Some(Arc::clone(&ended_by));
+                    let body = super::grpc::GrpcBody::new(
                         rbody,
                         deadline,
                         crate::runtime::Ending::new(Some(&route.life), &ctx.shared.stop),
-                    ))
+                        ended_by,
+                    );
+                    if let Some(w) = grpc_web {
+                        return Ok(w.response(Response::from_parts(rparts, body), web_origin));
+                    }
+                    ResponseBody::boxed(body)
                 } else {
                     match ResponseBody::stream_checked(rbody) {
                         Ok(b) => b,
@@ -448,14 +504,7 @@ pub(super) async fn proxy(
                 };
                 Ok(Response::from_parts(rparts, body))
             }
-            Err(e) => Err(match classify(&e, ex.meter.as_deref(), cluster, ctx) {
-                ErrorKind::ResponseTimeout
-                    if deadline.is_some_and(|d| Instant::now() + Duration::from_millis(1) >= d) =>
-                {
-                    ErrorKind::DeadlineExceeded
-                }
-                kind => kind,
-            }),
+            Err(e) => Err(classify(&e, ex.meter.as_deref(), cluster, ctx, deadline)),
         };
     }
 }
@@ -470,6 +519,7 @@ fn upstream_headers(
     downstream_version: Version,
 ) {
     strip_hop_by_hop(h);
+    super::headers::normalize_content_length(h);
     h.remove(header::EXPECT);
     add_client_forwarding(h, listener, ctx, client_host, downstream_version);
     if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id)
@@ -653,13 +703,18 @@ fn classify(
     meter: Option<&RequestMeter>,
     cluster: &ClusterRuntime,
     ctx: &ConnCtx,
+    deadline: Option<Instant>,
 ) -> ErrorKind {
     if let Some(m) = meter {
         if m.too_large.load(Ordering::Relaxed) {
             return ErrorKind::BodyTooLarge;
         }
         if m.client_error.load(Ordering::Relaxed) {
-            return ErrorKind::ClientAborted;
+            // A chunked body that broke its framing ends the client's stream there.
+            return ctx
+                .state
+                .chunk_violation()
+                .map_or(ErrorKind::ClientAborted, super::pipeline::violation_kind);
         }
     }
     let kind = match e {
@@ -674,6 +729,16 @@ fn classify(
         }
         UpstreamError::Send(_, err) if err.is_timeout() => ErrorKind::ResponseTimeout,
         UpstreamError::Send(..) => ErrorKind::UpstreamReset,
+    };
+    // A wait cut short by the gRPC call's own deadline is the caller's deadline, not a
+    // slow upstream.
+    let kind = match kind {
+        ErrorKind::ResponseTimeout
+            if deadline.is_some_and(|d| Instant::now() + Duration::from_millis(1) >= d) =>
+        {
+            ErrorKind::DeadlineExceeded
+        }
+        kind => kind,
     };
     tracing::warn!(
         cluster = %cluster.name,

@@ -1,15 +1,21 @@
-//! HTTP/1.1 and HTTP/2 cleartext on one listener, detected per connection by
-//! hyper-util's auto builder. Owns the connection's life: idle and header-read
+//! HTTP/1.1 and HTTP/2 on a listener: a cleartext connection is told apart by its first
+//! bytes (the HTTP/2 connection preface, h2c with prior knowledge), a TLS connection
+//! serves exactly the protocol ALPN chose (RFC 7301; `h2`, else HTTP/1.1), so that a
+//! connection that chose `h2` and then sends something else gets an HTTP/2 connection
+//! error, not an HTTP/1.1 answer. Owns the connection's life: idle and header-read
 //! timeouts, graceful shutdown, and the log line for requests hyper itself rejected.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use pylon_config::model::Limits;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
@@ -24,47 +30,207 @@ use crate::observe::{AccessRecord, Metrics};
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// How often a draining idle connection looks for a request.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A connection builder configured from a listener's limits.
-pub fn builder(limits: &Limits, metrics: Arc<Metrics>) -> auto::Builder<StallExecutor> {
-    // HTTP/2 streams run under the send stall guard (`send_timeout` per stream).
-    let mut b = auto::Builder::new(StallExecutor::new(limits.send_timeout, metrics));
-    // hyper's own limits are a backstop at twice ours, so that the request path can
-    // give the precise answer (with x-pylon-error) for anything in between.
-    let backstop_bytes = (limits.max_header_bytes.saturating_mul(2)).max(8192);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(backstop_bytes)
-        .max_headers(limits.max_headers.saturating_mul(2));
-    b.http2()
-        .timer(TokioTimer::new())
-        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
-        .enable_connect_protocol()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.h2_max_reset_streams)
-        .max_local_error_reset_streams(limits.h2_max_error_resets)
-        .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX));
-    b
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Cleartext: HTTP/2 if the first bytes are its preface, else HTTP/1.1.
+    Detect,
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    /// What a TLS connection serves, by the protocol ALPN chose.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        }
+    }
+}
+
+/// A listener's HTTP/1.1 and HTTP/2 connection builders, configured from its limits.
+pub struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<StallExecutor>,
+}
+
+impl Builders {
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Builders {
+        // hyper's own limits are a backstop at twice ours, so that the request path
+        // can give the precise answer (with x-pylon-error) for anything in between.
+        let backstop_bytes = (limits.max_header_bytes.saturating_mul(2)).max(8192);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            // A client that ends its sending side after a complete request (`nc`,
+            // health checkers, HTTP/1.0 clients) still gets its answer: a read EOF is
+            // the end of its input, not an abort. A client really gone shows when a
+            // write fails.
+            .half_close(true)
+            .keep_alive(true)
+            .max_buf_size(backstop_bytes)
+            .max_headers(limits.max_headers.saturating_mul(2));
+        // HTTP/2 streams run under the send stall guard (`send_timeout` per stream).
+        let mut h2 = http2::Builder::new(StallExecutor::new(limits.send_timeout, metrics));
+        h2.timer(TokioTimer::new())
+            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+            .enable_connect_protocol()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_error_resets)
+            .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX));
+        Builders { h1, h2 }
+    }
+}
+
+/// Bytes read ahead (to recognise the protocol) handed back before the socket's own.
+pub struct Rewind<T> {
+    ahead: Vec<u8>,
+    taken: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken < this.ahead.len() {
+            let n = buf.remaining().min(this.ahead.len() - this.taken);
+            buf.put_slice(&this.ahead[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads a cleartext connection's first bytes until they are, or cannot be, the HTTP/2
+/// preface (an HTTP/1.1 request differs from its first byte). `None` when the client
+/// sent nothing in time, closed, or the connection is asked to drain meanwhile.
+async fn detect<T: AsyncRead + Unpin>(
+    io: &mut T,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(Protocol, Vec<u8>)> {
+    let mut ahead = Vec::with_capacity(PREFACE.len());
+    let mut buf = [0u8; 24];
+    let idle = tokio::time::Instant::now() + limits.idle_timeout;
+    let mut deadline = idle;
+    loop {
+        let want = PREFACE.len() - ahead.len();
+        let n = tokio::select! {
+            r = io.read(&mut buf[..want]) => r.ok()?,
+            _ = tokio::time::sleep_until(deadline) => return None,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return None;
+                }
+                continue;
+            }
+        };
+        if n == 0 {
+            return None;
+        }
+        if ahead.is_empty() {
+            // Bytes arrived: the head must be whole within the header-read timeout.
+            deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        }
+        ahead.extend_from_slice(&buf[..n]);
+        if !PREFACE.starts_with(&ahead) {
+            return Some((Protocol::Http1, ahead));
+        }
+        if ahead.len() == PREFACE.len() {
+            return Some((Protocol::Http2, ahead));
+        }
+    }
 }
 
 /// Serves one accepted connection until it closes, times out or is drained.
 pub async fn serve_connection<S>(
-    builder: Arc<auto::Builder<StallExecutor>>,
+    builders: Arc<Builders>,
     stream: S,
     ctx: Arc<ConnCtx>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
+    protocol: Protocol,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::clone(&ctx.state);
-    let io = TokioIo::new(TrackedIo::new(
+    let mut io = TrackedIo::new(
         stream,
         Arc::clone(&state),
         Arc::clone(&ctx.stats),
-    ));
+        limits.max_request_body,
+    );
+    let (protocol, ahead) = match protocol {
+        Protocol::Detect => match detect(&mut io, &limits, &mut shutdown).await {
+            Some(found) => found,
+            None => return,
+        },
+        // ALPN chose h2: anything but the preface is a connection error (RFC 9113
+        // §3.4), told with GOAWAY(PROTOCOL_ERROR) so the client knows why.
+        Protocol::Http2 => match detect(&mut io, &limits, &mut shutdown).await {
+            Some((Protocol::Http2, ahead)) => (Protocol::Http2, ahead),
+            Some(_) => {
+                use tokio::io::AsyncWriteExt as _;
+                tracing::debug!(client = %ctx.client, "ALPN chose h2 but the client sent no HTTP/2 preface; GOAWAY");
+                // GOAWAY, stream 0, last stream 0, PROTOCOL_ERROR (0x1).
+                let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                let _ = io.write_all(&goaway).await;
+                let _ = io.shutdown().await;
+                return;
+            }
+            None => return,
+        },
+        Protocol::Http1 => (Protocol::Http1, Vec::new()),
+    };
+    let io = TokioIo::new(Rewind {
+        ahead,
+        taken: 0,
+        inner: io,
+    });
     let svc_ctx = Arc::clone(&ctx);
     let svc = service_fn(move |req| {
         let ctx = Arc::clone(&svc_ctx);
@@ -74,7 +240,30 @@ pub async fn serve_connection<S>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    match protocol {
+        Protocol::Http2 => {
+            let conn = builders.h2.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
+        }
+        _ => {
+            let conn = builders.h1.serve_connection(io, svc).with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
+        }
+    }
+}
+
+/// Runs a connection under the connection timer: idle, header-read and send timeouts,
+/// draining on a socket's close, and the process's stop.
+async fn drive<C>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    ctx: &ConnCtx,
+    limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let state = &ctx.state;
     tokio::pin!(conn);
     let mut draining = false;
     // Asked to drain while an HTTP/1.1 connection was idle: it closes after its next
@@ -96,7 +285,7 @@ pub async fn serve_connection<S>(
             _ if soft_drain => {
                 if state.in_flight() > 0 || state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout)
                 {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     draining = true;
                     continue;
                 }
@@ -104,18 +293,18 @@ pub async fn serve_connection<S>(
             }
             Verdict::Wait(at) => at,
             Verdict::Idle => {
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 draining = true;
                 hard_stop = Some(Instant::now() + limits.header_read_timeout);
                 continue;
             }
             Verdict::SendTimeout => {
-                log_rejected(&ctx, ErrorKind::SendTimeout);
+                log_rejected(ctx, ErrorKind::SendTimeout);
                 tracing::debug!(client = %ctx.client, "client took nothing of its response in time; closing");
                 return;
             }
             Verdict::HeaderTimeout => {
-                log_rejected(&ctx, ErrorKind::HeaderTimeout);
+                log_rejected(ctx, ErrorKind::HeaderTimeout);
                 tracing::debug!(client = %ctx.client, "request header not received in time; closing");
                 return;
             }
@@ -123,7 +312,7 @@ pub async fn serve_connection<S>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    connection_error(&ctx, e.as_ref());
+                    connection_error(ctx, &e);
                 }
                 return;
             }
@@ -131,7 +320,7 @@ pub async fn serve_connection<S>(
                 if changed.is_err() || *shutdown.borrow() {
                     if state.is_h2() || state.in_flight() > 0 {
                         // HTTP/2: GOAWAY; HTTP/1.1 busy: close after this response.
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                         draining = true;
                     } else {
                         soft_drain = true;
@@ -141,7 +330,7 @@ pub async fn serve_connection<S>(
             () = crate::runtime::retired(&mut stop), if !stopping => {
                 stopping = true;
                 if !draining {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     draining = true;
                 }
                 hard_stop = Some(Instant::now() + CLOSE_LINGER + Duration::from_millis(500));

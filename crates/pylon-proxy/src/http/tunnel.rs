@@ -44,6 +44,9 @@ enum ClientHandshake {
 pub(super) struct WebSocket {
     client: ClientHandshake,
     client_upgrade: OnUpgrade,
+    /// The `Sec-WebSocket-Key` sent to HTTP/1.1 upstreams: the client's, or one made
+    /// here (an HTTP/2 client sends none); the upstream's accept must match it.
+    upstream_key: HeaderValue,
 }
 
 fn has_token(req_headers: &http::HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -72,9 +75,14 @@ pub(super) fn detect(req: &mut Request<Incoming>) -> Option<WebSocket> {
     } else {
         return None;
     };
+    let upstream_key = match &client {
+        ClientHandshake::Upgrade(Some(key)) => key.clone(),
+        _ => random_key(),
+    };
     Some(WebSocket {
         client,
         client_upgrade: hyper::upgrade::on(req),
+        upstream_key,
     })
 }
 
@@ -105,9 +113,7 @@ impl WebSocket {
                 parts.extensions.remove::<hyper::ext::Protocol>();
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                if !h.contains_key(&SEC_WEBSOCKET_KEY) {
-                    h.insert(SEC_WEBSOCKET_KEY.clone(), random_key());
-                }
+                h.insert(SEC_WEBSOCKET_KEY.clone(), self.upstream_key.clone());
             }
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 parts.method = Method::CONNECT;
@@ -133,6 +139,21 @@ impl WebSocket {
             UpstreamProtocol::Http1 => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => resp.status().is_success(),
         };
+        // A switch to anything but the WebSocket Pylon asked for, or without the proof
+        // that the upstream read this handshake (RFC 6455 §4.2.2), opens no tunnel:
+        // the bytes after it would reach the upstream unchecked by any route.
+        if accepted
+            && protocol == UpstreamProtocol::Http1
+            && !(has_token(resp.headers(), header::UPGRADE, "websocket")
+                && resp.headers().get(&SEC_WEBSOCKET_ACCEPT)
+                    == accept_key(self.upstream_key.as_bytes()).as_ref())
+        {
+            tracing::warn!(
+                upgrade = ?resp.headers().get(header::UPGRADE),
+                "upstream switched protocols without a valid WebSocket handshake; refused"
+            );
+            return Outcome::Failed(ErrorKind::UpgradeInvalid);
+        }
         if !accepted {
             // A 2xx to an extended CONNECT would tell the client its tunnel is open.
             if matches!(self.client, ClientHandshake::ExtendedConnect) && resp.status().is_success()
@@ -197,6 +218,8 @@ pub(super) struct Tunnel {
     /// For the log line when Pylon closes the tunnel.
     pub route: Arc<str>,
     pub client: std::net::SocketAddr,
+    /// The upstream connection's hold: an HTTP/2 tunnel counts as one of its streams.
+    pub _pooled: Option<super::upstream::Pooled>,
 }
 
 impl Tunnel {

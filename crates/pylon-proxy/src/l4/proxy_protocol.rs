@@ -20,8 +20,8 @@ const MAX_HEADER: usize = 4096;
 /// connections, which keep their own addresses.
 pub type Addresses = Option<(SocketAddr, SocketAddr)>;
 
-/// Reads exactly the PROXY header at the start of `stream`, within `limit`. Peeks until
-/// the header is complete, so no byte after it is consumed.
+/// Reads exactly the PROXY header at the start of `stream`, within `limit`: the bytes
+/// after it (the client's own) stay in the socket for whoever reads next.
 pub async fn read_header(stream: &mut TcpStream, limit: Duration) -> Result<Addresses, String> {
     tokio::time::timeout(limit, read_header_inner(stream))
         .await
@@ -38,11 +38,30 @@ pub enum Parsed {
     Invalid(String),
 }
 
+/// How a v1 header starts, and its longest length (CRLF included).
+const V1_PREFIX: &[u8] = b"PROXY ";
+const V1_MAX: usize = 107;
+
+/// The v2 signature; its fixed part is 16 bytes, the last two the length of the rest.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
 /// Parses a PROXY header (v1 or v2) at the start of `buf`, without consuming anything.
+/// `Incomplete` means every byte of `buf` belongs to the header (v1: no CRLF yet; v2:
+/// fewer bytes than its length says).
 pub fn parse_header(buf: &[u8]) -> Parsed {
+    // A v1 line is parsed once its end is in: ppp takes some cut lines for invalid
+    // ones (one cut after the space before the destination port, say), and some
+    // whole ones that lack fields for cut ones.
+    let v1 = buf.starts_with(V1_PREFIX) || V1_PREFIX.starts_with(buf);
+    let line_end = buf.iter().position(|&b| b == b'\r');
+    if v1 && buf.len() < V1_MAX && line_end.is_none() {
+        return Parsed::Incomplete;
+    }
     match HeaderResult::parse(buf) {
         r if r.is_incomplete() => {
-            if buf.len() >= MAX_HEADER {
+            if v1 && line_end.is_some_and(|i| i + 1 < buf.len()) {
+                Parsed::Invalid("invalid PROXY v1 header: fields missing".into())
+            } else if buf.len() >= MAX_HEADER || v2_declared_len(buf) > MAX_HEADER {
                 Parsed::Invalid("PROXY header too long".into())
             } else {
                 Parsed::Incomplete
@@ -55,32 +74,45 @@ pub fn parse_header(buf: &[u8]) -> Parsed {
     }
 }
 
+/// The whole length a v2 header announces, once its fixed 16 bytes are in `buf`.
+fn v2_declared_len(buf: &[u8]) -> usize {
+    match buf.get(..16) {
+        Some(fixed) if fixed.starts_with(V2_SIGNATURE) => {
+            16 + usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))
+        }
+        _ => 0,
+    }
+}
+
+/// Reads the header into `buf` in rounds: wait for bytes and look at them (peek), parse
+/// what has been read plus what arrived, then read exactly the arrived bytes that belong
+/// to the header (all of them while it is incomplete, only up to its end once it is
+/// complete). Each round takes at least one byte, and the next peek waits for new ones.
 async fn read_header_inner(stream: &mut TcpStream) -> Result<Addresses, String> {
     let mut buf = vec![0u8; MAX_HEADER];
-    let mut seen = 0;
+    let mut have = 0;
     loop {
-        let n = stream.peek(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed before a PROXY header".into());
-        }
-        let (len, addresses) = match parse_header(&buf[..n]) {
-            Parsed::Incomplete => {
-                // Peek returns at once while data is buffered: wait a little for more.
-                if n == seen {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                seen = n;
-                continue;
-            }
-            Parsed::Complete(len, addresses) => (len, addresses),
-            Parsed::Invalid(e) => return Err(e),
-        };
-        let mut header = vec![0u8; len];
-        stream
-            .read_exact(&mut header)
+        let n = stream
+            .peek(&mut buf[have..])
             .await
             .map_err(|e| e.to_string())?;
-        return Ok(addresses);
+        if n == 0 {
+            return Err("connection closed before a complete PROXY header".into());
+        }
+        let (take, done) = match parse_header(&buf[..have + n]) {
+            Parsed::Incomplete => (n, None),
+            Parsed::Complete(len, addresses) => (len.saturating_sub(have), Some(addresses)),
+            Parsed::Invalid(e) => return Err(e),
+        };
+        // The peeked bytes are in the socket's buffer: this read returns at once.
+        stream
+            .read_exact(&mut buf[have..have + take])
+            .await
+            .map_err(|e| e.to_string())?;
+        have += take;
+        if let Some(addresses) = done {
+            return Ok(addresses);
+        }
     }
 }
 
@@ -262,5 +294,179 @@ mod tests {
                 .unwrap()
                 .starts_with("PROXY TCP6 2001:db8::1 ::ffff:198.51.100.2 ")
         );
+    }
+
+    #[test]
+    fn every_cut_header_is_incomplete() {
+        for (header, addresses) in headers() {
+            for cut in 0..header.len() {
+                assert_eq!(
+                    parse_header(&header[..cut]),
+                    Parsed::Incomplete,
+                    "{:?}",
+                    String::from_utf8_lossy(&header[..cut])
+                );
+            }
+            let mut more = header.clone();
+            more.extend_from_slice(REQUEST);
+            assert_eq!(
+                parse_header(&more),
+                Parsed::Complete(header.len(), addresses)
+            );
+        }
+        for cut in ["PROXY TCP4 192.0.2.1 198.51.100.2 5555 ", "PROXY TCP6 ::1 "] {
+            assert_eq!(parse_header(cut.as_bytes()), Parsed::Incomplete, "{cut}");
+        }
+        for bad in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"PROXY TCP4 x y 1 2\r\n",
+            b"\r\n\r\n\0\r\nQUIX\n",
+            b"PROXY TCP4 192.0.2.1\r\nGET / HTTP/1.1\r\n",
+            b"PROXY TCP4 192.0.2.1\r\n",
+        ] {
+            assert!(
+                matches!(parse_header(bad), Parsed::Invalid(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("PROXY TCP4 {}", "1".repeat(120));
+        assert!(matches!(parse_header(long.as_bytes()), Parsed::Invalid(_)));
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        client.set_nodelay(true).unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// Headers with the addresses they carry: v1 (TCP4 and the 15-byte UNKNOWN, shorter
+    /// than v2's fixed part) and v2 with TLVs.
+    fn headers() -> Vec<(Vec<u8>, Addresses)> {
+        let src: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+        let dst: SocketAddr = "198.51.100.2:443".parse().unwrap();
+        let tls = TlsInfo {
+            alpn: Some(b"h2".to_vec()),
+            server_name: Some("example.com".into()),
+            version: Some("TLSv1.3".into()),
+            cipher: Some("TLS13_AES_128_GCM_SHA256".into()),
+        };
+        vec![
+            (
+                encode(ProxyProtocolVersion::V1, src, dst, None),
+                Some((src, dst)),
+            ),
+            (b"PROXY UNKNOWN\r\n".to_vec(), None),
+            (
+                encode(ProxyProtocolVersion::V2, src, dst, Some(&tls)),
+                Some((src, dst)),
+            ),
+        ]
+    }
+
+    /// Sends `pieces` as separate writes (apart in time, so in separate segments) and
+    /// checks that the header is read and the request after it is left intact.
+    async fn check_delivery(pieces: Vec<Vec<u8>>, expected: Addresses) {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, mut server) = pair().await;
+        let writer = tokio::spawn(async move {
+            for p in pieces {
+                client.write_all(&p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            client
+        });
+        let got = read_header(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(got, Ok(expected));
+        let mut rest = vec![0u8; REQUEST.len()];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, REQUEST, "the bytes after the header are the client's");
+        drop(writer.await.unwrap());
+        let mut more = Vec::new();
+        server.read_to_end(&mut more).await.unwrap();
+        assert!(more.is_empty(), "{more:?}");
+    }
+
+    #[tokio::test]
+    async fn a_header_and_the_request_after_it_in_one_write() {
+        for (header, addresses) in headers() {
+            check_delivery(vec![[header.as_slice(), REQUEST].concat()], addresses).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_split_across_writes() {
+        for (header, addresses) in headers() {
+            let len = header.len();
+            // Cut before and after v2's fixed 16 bytes, inside v1's CRLF, byte by byte;
+            // the request follows the header's last piece in the same write.
+            let mut cuts: Vec<Vec<usize>> = vec![
+                vec![1],
+                vec![5, 12],
+                vec![15, 16, 17],
+                vec![len - 1],
+                (1..len).collect(),
+            ];
+            for c in &mut cuts {
+                c.retain(|&i| i > 0 && i < len);
+                c.dedup();
+            }
+            for cut in cuts {
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                for &to in &cut {
+                    pieces.push(header[from..to].to_vec());
+                    from = to;
+                }
+                pieces.push([&header[from..], REQUEST].concat());
+                check_delivery(pieces, addresses).await;
+            }
+            // The request in writes of its own after the header.
+            check_delivery(vec![header.clone(), REQUEST.to_vec()], addresses).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_stalled_or_cut_headers_are_refused() {
+        use tokio::io::AsyncWriteExt as _;
+        let limit = Duration::from_millis(300);
+        // Not a PROXY header at all.
+        let (mut client, mut server) = pair().await;
+        client.write_all(REQUEST).await.unwrap();
+        assert!(read_header(&mut server, limit).await.is_err());
+        // A v1 line with no end within 107 bytes.
+        let (mut client, mut server) = pair().await;
+        client
+            .write_all(format!("PROXY TCP4 {}", "1".repeat(120)).as_bytes())
+            .await
+            .unwrap();
+        assert!(read_header(&mut server, limit).await.is_err());
+        // A v2 header announcing more than is accepted: refused from its first 16 bytes.
+        let (mut client, mut server) = pair().await;
+        let mut big = V2_SIGNATURE.to_vec();
+        big.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        client.write_all(&big).await.unwrap();
+        assert_eq!(
+            read_header(&mut server, limit).await,
+            Err("PROXY header too long".into())
+        );
+        // Half a header, then nothing: the time limit ends it.
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"PROXY TCP4 192.0.2.1 ").await.unwrap();
+        let started = std::time::Instant::now();
+        let e = read_header(&mut server, limit).await.unwrap_err();
+        assert!(e.contains("within"), "{e}");
+        assert!(started.elapsed() >= limit);
+        // Half a header, then the connection closes.
+        client.shutdown().await.unwrap();
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"PROXY TCP4 192.0.2.1 ").await.unwrap();
+        drop(client);
+        let e = read_header(&mut server, limit).await.unwrap_err();
+        assert!(e.contains("closed"), "{e}");
     }
 }

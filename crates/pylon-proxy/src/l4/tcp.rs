@@ -71,6 +71,7 @@ impl TcpProxyLoop {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            crate::tcp_options::apply(&stream, &lr.config.tcp);
             let Some(guard) = self.tracker.admit(&self.shared, &runtime, &lr, client.ip()) else {
                 drop(stream);
                 continue;
@@ -198,42 +199,52 @@ impl Connection {
             None => (Some(stream), None),
         };
 
-        let Some((lease, mut tcp)) = connect(&cluster, self.client).await else {
+        let passthrough = !first_flight.is_empty();
+        // A PROXY header or a passed-through ClientHello goes first on plain TCP.
+        let raw = passthrough || cluster.proxy_protocol().is_some();
+        let Some((lease, opened)) = connect(&cluster, self.client, raw).await else {
             metrics.l4_connect_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %self.listener, client = %self.client, cluster = %cluster.name, "no endpoint reachable; connection closed");
             return;
         };
         let endpoint = Arc::clone(lease.endpoint());
-        // The PROXY header goes first, at the TCP level; a passed-through ClientHello
-        // follows it as is.
-        let mut preface = Vec::new();
-        if let Some(v) = cluster.proxy_protocol() {
-            preface = proxy_protocol::encode(v, self.client, destination, tls_info.as_ref());
-        }
-        let passthrough = !first_flight.is_empty();
-        preface.extend_from_slice(&first_flight);
-        if let Err(e) = tcp.write_all(&preface).await {
-            lease.report(false);
-            tracing::debug!(cluster = %cluster.name, upstream = %endpoint.address, error = %e, "upstream closed at once");
-            return;
-        }
         let activity = Activity::default();
-        activity
-            .up
-            .fetch_add(first_flight.len() as u64, Ordering::Relaxed);
-        // TLS to the upstream (not for passthrough, which is end-to-end TLS already).
-        let upstream = if endpoint.has_tls() && !passthrough {
-            match endpoint.tls_over(tcp).await {
-                Ok(io) => io,
-                Err(e) => {
+        let upstream = match opened {
+            // A warm connection with its TLS handshake done.
+            Opened::Ready(io) => io,
+            Opened::Tcp(mut tcp) => {
+                // The PROXY header goes first, at the TCP level; a passed-through
+                // ClientHello follows it as is.
+                let mut preface = Vec::new();
+                if let Some(v) = cluster.proxy_protocol() {
+                    preface =
+                        proxy_protocol::encode(v, self.client, destination, tls_info.as_ref());
+                }
+                preface.extend_from_slice(&first_flight);
+                if let Err(e) = tcp.write_all(&preface).await {
                     lease.report(false);
-                    metrics.l4_connect_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(cluster = %cluster.name, upstream = %endpoint.address, error = %e, "upstream TLS handshake failed; connection closed");
+                    tracing::debug!(cluster = %cluster.name, upstream = %endpoint.address, error = %e, "upstream closed at once");
                     return;
                 }
+                activity
+                    .up
+                    .fetch_add(first_flight.len() as u64, Ordering::Relaxed);
+                // TLS to the upstream (not for passthrough, which is end-to-end TLS
+                // already).
+                if endpoint.has_tls() && !passthrough {
+                    match endpoint.tls_over(tcp).await {
+                        Ok(io) => io,
+                        Err(e) => {
+                            lease.report(false);
+                            metrics.l4_connect_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(cluster = %cluster.name, upstream = %endpoint.address, error = %e, "upstream TLS handshake failed; connection closed");
+                            return;
+                        }
+                    }
+                } else {
+                    UpstreamIo::plain(tcp)
+                }
             }
-        } else {
-            UpstreamIo::plain(tcp)
         };
         let limits = RelayLimits {
             idle: self.l4.idle_timeout,
@@ -284,11 +295,21 @@ impl Connection {
     }
 }
 
-/// Connects to an endpoint chosen by the balancer, trying others on failure.
+/// An upstream connection for a client.
+enum Opened {
+    /// TCP only: a PROXY header, the passed-through first flight and TLS come next.
+    Tcp(TcpStream),
+    /// A warm connection of a TLS cluster, its handshake done.
+    Ready(UpstreamIo),
+}
+
+/// Connects to an endpoint chosen by the balancer, trying others on failure. A warm
+/// connection is taken when there is one (plain TCP only when `raw`).
 async fn connect(
     cluster: &ClusterRuntime,
     client: SocketAddr,
-) -> Option<(EndpointLease, TcpStream)> {
+    raw: bool,
+) -> Option<(EndpointLease, Opened)> {
     let set = cluster.current_endpoints();
     let key = cluster
         .hash_key
@@ -298,15 +319,25 @@ async fn connect(
     for attempt in 0..MAX_CONNECT_TRIES.min(set.len().max(1)) {
         let lease = cluster.pick_excluding(&set, if attempt == 0 { key } else { None }, &tried)?;
         let addr = lease.endpoint().address;
-        if let Some(s) = lease.endpoint().warm.as_ref().and_then(|w| w.take()) {
-            return Some((lease, s));
+        if let Some(warm) = lease
+            .endpoint()
+            .warm
+            .as_ref()
+            .and_then(|w| w.take_relay(raw))
+        {
+            let opened = match warm {
+                Ok(tcp) => Opened::Tcp(tcp),
+                Err(io) => Opened::Ready(io),
+            };
+            return Some((lease, opened));
         }
         match tokio::time::timeout(lease.endpoint().connect_timeout(), TcpStream::connect(addr))
             .await
         {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Some((lease, s));
+                crate::tcp_options::apply(&s, lease.endpoint().tcp_options());
+                return Some((lease, Opened::Tcp(s)));
             }
             Ok(Err(e)) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "connect failed; trying another endpoint");

@@ -194,6 +194,11 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &m.l4_bytes_sent,
             ),
             (
+                "pylon_l4_spliced_bytes",
+                "Layer 4 bytes relayed with splice(2), both directions (never copied through user space).",
+                &crate::l4::relay::SPLICED_BYTES,
+            ),
+            (
                 "pylon_proxy_protocol_refused",
                 "Connections refused for their PROXY header.",
                 &m.proxy_protocol_refused,

@@ -64,6 +64,12 @@ impl Metrics {
         self.responses[usize::from(class).min(5)].load(Ordering::Relaxed)
     }
 
+    /// Layer 4 bytes relayed with splice(2) so far, both directions. Counted by the
+    /// relay itself, for the whole process (one Pylon per process).
+    pub fn l4_spliced_bytes(&self) -> u64 {
+        crate::l4::relay::SPLICED_BYTES.load(Ordering::Relaxed)
+    }
+
     /// OpenMetrics text of these counters (the admin API's `/metrics` adds the
     /// per-listener, per-route and per-cluster series).
     pub fn render(self: &Arc<Self>) -> String {

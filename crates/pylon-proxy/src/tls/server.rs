@@ -138,14 +138,35 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
 pub struct ServerTls {
     pub settings: ListenerTls,
     current: ArcSwap<ServerConfig>,
+    /// SHA-256 of the certificate, key and client CA files the config was built from.
+    files: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+/// SHA-256 over the contents of every file the settings name; `None` when one cannot
+/// be read (building then says why).
+fn files_digest(t: &ListenerTls) -> Option<Vec<u8>> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let paths = t
+        .certificates
+        .iter()
+        .flat_map(|c| [&c.cert.path, &c.key.path])
+        .chain(t.client_ca.iter().map(|c| &c.path));
+    for path in paths {
+        let bytes = std::fs::read(path).ok()?;
+        ctx.update(&(bytes.len() as u64).to_le_bytes());
+        ctx.update(&bytes);
+    }
+    Some(ctx.finish().as_ref().to_vec())
 }
 
 impl ServerTls {
     pub fn new(settings: ListenerTls) -> Result<Self, Vec<ConfigError>> {
+        let files = files_digest(&settings);
         let config = build(&settings)?;
         Ok(ServerTls {
             settings,
             current: ArcSwap::new(config),
+            files: std::sync::Mutex::new(files),
         })
     }
 
@@ -153,11 +174,18 @@ impl ServerTls {
         tokio_rustls::TlsAcceptor::from(self.current.load_full())
     }
 
-    /// Re-reads the certificate files. On any error the old config keeps serving.
-    pub fn reload(&self) -> Result<(), Vec<ConfigError>> {
+    /// Re-reads the certificate files: `Ok(true)` when they changed and new handshakes
+    /// now use them, `Ok(false)` when they are the same (the config in force, with its
+    /// session cache and ticket keys, stays). On any error the old config keeps serving.
+    pub fn reload(&self) -> Result<bool, Vec<ConfigError>> {
+        let files = files_digest(&self.settings);
+        if files.is_some() && *crate::lock(&self.files) == files {
+            return Ok(false);
+        }
         let config = build(&self.settings)?;
         self.current.store(config);
-        Ok(())
+        *crate::lock(&self.files) = files;
+        Ok(true)
     }
 }
 

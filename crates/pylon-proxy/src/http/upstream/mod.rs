@@ -1,6 +1,7 @@
 //! Upstream clusters at run time: endpoints, their connection pools and the balancer.
 
 mod discovery;
+mod h2;
 mod pool;
 mod sticky;
 pub mod warm;
@@ -227,6 +228,13 @@ impl ClusterRuntime {
             })
             .collect();
         let uses_dns = c.endpoints.iter().any(|e| e.address.is_dns());
+        let sticky = match &c.sticky {
+            Some(s) => Some(
+                StickyCookie::new(s)
+                    .map_err(|e| ConfigError::general(format!("cluster {}: {e}", c.name)))?,
+            ),
+            None => None,
+        };
         let cluster = Arc::new(ClusterRuntime {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
@@ -261,7 +269,7 @@ impl ClusterRuntime {
             breaker: c.circuit_breaker.clone(),
             slow_start: c.slow_start,
             panic_threshold: c.panic_threshold,
-            sticky: c.sticky.as_ref().map(StickyCookie::new),
+            sticky,
             open_connections,
             pending,
             overloaded: AtomicU64::new(0),
@@ -320,13 +328,13 @@ impl ClusterRuntime {
                 (st.weight == s.weight.max(1)).then(|| (Arc::clone(&old.pools[i]), Arc::clone(st)))
             });
             let (pool, state) = kept.unwrap_or_else(|| {
-                let pool = Arc::new(EndpointPool::new(
+                let pool = EndpointPool::new(
                     s.address,
                     s.host.as_deref(),
                     &self.config,
                     self.tls.clone(),
                     self.limits.clone(),
-                ));
+                );
                 let state = Arc::new(EndpointState::new(s.weight));
                 fresh.push((Arc::clone(&pool), Arc::clone(&state)));
                 (pool, state)
@@ -481,7 +489,9 @@ impl ClusterRuntime {
     }
 }
 
-/// Closes idle upstream connections past their idle timeout; ends with the cluster.
+/// Closes idle upstream connections past their idle timeout (HTTP/1.1 ones, and HTTP/2
+/// ones without a stream, extra connections included) and closed ones; ends with the
+/// cluster.
 fn spawn_sweeper(cluster: Weak<ClusterRuntime>, idle_timeout: Duration) {
     let period = (idle_timeout / 2).max(Duration::from_millis(100));
     tokio::spawn(async move {

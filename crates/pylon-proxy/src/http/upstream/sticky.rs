@@ -14,25 +14,18 @@ pub struct StickyCookie {
 }
 
 impl StickyCookie {
-    pub fn new(config: &Sticky) -> StickyCookie {
+    /// The cookie handling for a cluster. Without a configured `secret` the signing key
+    /// is 32 bytes from the system's CSPRNG, drawn again whenever the cluster is rebuilt;
+    /// when the CSPRNG fails the error says so and the cluster is not built.
+    pub fn new(config: &Sticky) -> Result<StickyCookie, String> {
         let key = match &config.secret {
             Some(s) => hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()),
-            None => {
-                let mut random = [0u8; 32];
-                for chunk in random.chunks_mut(8) {
-                    chunk.copy_from_slice(&pylon_lb::random_u64().to_le_bytes());
-                }
-                // Mixed with the time and process, so two processes differ.
-                let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-                let mut material = random.to_vec();
-                material.extend_from_slice(seed.as_bytes());
-                hmac::Key::new(hmac::HMAC_SHA256, &material)
-            }
+            None => random_key()?,
         };
-        StickyCookie {
+        Ok(StickyCookie {
             config: config.clone(),
             key,
-        }
+        })
     }
 
     fn sign(&self, endpoint: &str) -> String {
@@ -83,6 +76,18 @@ impl StickyCookie {
     }
 }
 
+/// A signing key from the system's CSPRNG.
+fn random_key() -> Result<hmac::Key, String> {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut material = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut material)
+        .map_err(|_| {
+            "sticky: the system random number generator failed; cannot make a cookie signing key (set `secret` to use a fixed one)".to_string()
+        })?;
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &material))
+}
+
 /// A short stable token for an endpoint (not secret; the signature is what counts).
 fn endpoint_token(endpoint: &str) -> String {
     format!("{:016x}", pylon_lb::hash_key(endpoint.as_bytes()))
@@ -102,6 +107,7 @@ mod tests {
             same_site: Some("Lax".into()),
             secret: secret.map(str::to_owned),
         })
+        .unwrap()
     }
 
     #[test]
@@ -126,5 +132,21 @@ mod tests {
         let forged = pair.replace(&endpoint_token(&eps[1]), &endpoint_token(&eps[0]));
         h.insert(COOKIE, HeaderValue::from_str(&forged).unwrap());
         assert_eq!(s.lookup(&h, &eps), None);
+    }
+
+    #[test]
+    fn generated_keys_differ_per_cluster() {
+        // Without a secret each cluster draws its own key: its cookies are its own.
+        let (a, b) = (sticky(None), sticky(None));
+        let eps = vec!["10.0.0.1:80".to_owned()];
+        let pair = |s: &StickyCookie| {
+            let set = s.set_cookie(&eps[0]).unwrap();
+            set.to_str().unwrap().split(';').next().unwrap().to_owned()
+        };
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(&pair(&a)).unwrap());
+        assert_eq!(a.lookup(&h, &eps), Some(0));
+        assert_eq!(b.lookup(&h, &eps), None);
+        assert_ne!(pair(&a), pair(&b));
     }
 }

@@ -1,0 +1,111 @@
+//! Dead-peer detection on TCP sockets: keepalive probes and `TCP_USER_TIMEOUT`, set on
+//! accepted client connections (HTTP and Layer 4 listeners) and on upstream
+//! connections (HTTP pools, warm connections, Layer 4 relays) from the listener's or
+//! the cluster's `tcp_keepalive` / `tcp_user_timeout`.
+
+use std::os::fd::AsFd;
+
+use pylon_config::model::TcpOptions;
+use socket2::{SockRef, TcpKeepalive};
+
+/// Sets `options` on `socket`; turned-off options are cleared, so a socket keeps no
+/// setting from before. A failure is logged and the connection goes on: these options
+/// only make a dead peer noticed sooner.
+pub fn apply<S: AsFd>(socket: &S, options: &TcpOptions) {
+    if let Err(e) = try_apply(socket, options) {
+        tracing::debug!(error = %e, "TCP keepalive / user timeout not set");
+    }
+}
+
+/// Like [`apply`], with the error.
+pub fn try_apply<S: AsFd>(socket: &S, options: &TcpOptions) -> std::io::Result<()> {
+    let sock = SockRef::from(socket);
+    match &options.keepalive {
+        Some(k) => {
+            let params = TcpKeepalive::new().with_time(k.idle);
+            #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+            let params = params.with_interval(k.interval).with_retries(k.probes);
+            sock.set_tcp_keepalive(&params)?;
+        }
+        None => sock.set_keepalive(false)?,
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(options.user_timeout)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use pylon_config::model::{TcpKeepalive, TcpOptions};
+    use socket2::SockRef;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Both ends of a loopback connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn defaults_are_set_on_a_real_socket() {
+        let (client, server) = pair().await;
+        for s in [&client, &server] {
+            let before = SockRef::from(s);
+            assert!(!before.keepalive().unwrap(), "off until set");
+            super::try_apply(s, &TcpOptions::default()).unwrap();
+            let sock = SockRef::from(s);
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+            assert_eq!(
+                sock.tcp_keepalive_interval().unwrap(),
+                Duration::from_secs(10)
+            );
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), 6);
+            assert_eq!(
+                sock.tcp_user_timeout().unwrap(),
+                Some(Duration::from_secs(60))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn configured_values_and_off() {
+        let (client, _server) = pair().await;
+        let custom = TcpOptions {
+            keepalive: Some(TcpKeepalive {
+                idle: Duration::from_secs(5),
+                interval: Duration::from_secs(2),
+                probes: 3,
+            }),
+            user_timeout: Some(Duration::from_millis(1500)),
+        };
+        super::try_apply(&client, &custom).unwrap();
+        let sock = SockRef::from(&client);
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+
+        let off = TcpOptions {
+            keepalive: None,
+            user_timeout: None,
+        };
+        super::try_apply(&client, &off).unwrap();
+        assert!(!sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_user_timeout().unwrap(), None);
+    }
+}
