@@ -1,7 +1,9 @@
 //! Request smuggling: a table of raw HTTP/1.1 requests whose framing or syntax is
 //! ambiguous or invalid. For each, Pylon answers with the status in the table, closes
 //! the connection, and the origin (a raw TCP listener that records every byte) receives
-//! nothing. Valid controls at the end prove the harness sees what is forwarded.
+//! nothing. Valid controls at the end prove the harness sees what is forwarded. An
+//! upstream's protocol switch (101) opens a tunnel only for the WebSocket handshake Pylon
+//! sent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -372,4 +374,127 @@ async fn a_chunked_body_broken_after_it_started_streaming_is_named_for_what_it_i
             "{name}"
         );
     }
+}
+
+/// An origin that answers the first request head with `answer`, then echoes whatever
+/// comes after it (what a tunnel would carry), recording it.
+async fn switching_origin(
+    answer: &'static str,
+) -> (RawOrigin, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = std::sync::Arc::clone(&seen);
+    let origin = RawOrigin::start(move |mut stream| {
+        let s = std::sync::Arc::clone(&s);
+        async move {
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.lock().unwrap().extend_from_slice(&head);
+            let _ = stream.write_all(answer.as_bytes()).await;
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+                let _ = stream.write_all(&buf[..n]).await;
+            }
+        }
+    })
+    .await;
+    (origin, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_that_is_not_the_websocket_asked_for_opens_no_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The client's key and its proper accept (RFC 6455 §1.3).
+    const HANDSHAKE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    for (name, request, answer) in [
+        (
+            "h2c instead of websocket",
+            HANDSHAKE,
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        ),
+        (
+            "websocket without an accept",
+            HANDSHAKE,
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ),
+        (
+            "websocket with a wrong accept",
+            HANDSHAKE,
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        ),
+        (
+            "a switch nobody asked for",
+            &b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        ),
+    ] {
+        let (origin, seen) = switching_origin(answer).await;
+        let p = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+        let mut s = tokio::net::TcpStream::connect(p.addr("front"))
+            .await
+            .unwrap();
+        s.write_all(request).await.unwrap();
+        // What would ride the tunnel: an HTTP/2 preface and a request the route never saw.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let out = tokio::time::timeout(DEADLINE, read_to_close(&mut s))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the connection is closed"));
+        assert!(
+            out.starts_with("HTTP/1.1 502"),
+            "{name}: 502, not a tunnel: {out}"
+        );
+        assert!(
+            out.contains("x-pylon-error: upstream_invalid_upgrade"),
+            "{name}: {out}"
+        );
+        let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+        assert!(
+            !got.contains("PRI *"),
+            "{name}: nothing reached the origin through it: {got}"
+        );
+        assert_eq!(
+            p.proxy
+                .metrics()
+                .errors(pylon_proxy::http::error::ErrorKind::UpgradeInvalid),
+            1,
+            "{name}"
+        );
+    }
+    // The right answer opens the tunnel.
+    let (origin, seen) = switching_origin(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    )
+    .await;
+    let p = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr("front"))
+        .await
+        .unwrap();
+    s.write_all(HANDSHAKE).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s.write_all(b"tunnelled").await.unwrap();
+    let mut echo = [0u8; 9];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"tunnelled");
+    assert!(String::from_utf8_lossy(&seen.lock().unwrap()).contains("tunnelled"));
 }
