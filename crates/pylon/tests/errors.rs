@@ -405,3 +405,23 @@ async fn an_origin_killed_mid_response_truncates_cleanly_and_is_counted() {
     })
     .await;
 }
+
+/// The reference's table of proxy-made answers names every reason Pylon can give, with
+/// its status.
+#[test]
+fn every_proxy_made_error_is_documented_with_its_status() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md"))
+        .expect("docs/config.md");
+    for kind in ErrorKind::ALL {
+        let reason = kind.as_str();
+        let status = kind.status().as_u16();
+        let row = doc.lines().find(|l| {
+            l.starts_with(&format!("| {status} | `{reason}"))
+                && l[format!("| {status} | `{reason}").len()..].starts_with(['`', ':'])
+        });
+        assert!(
+            row.is_some(),
+            "docs/config.md has no `| {status} | `{reason}` ...` row in its proxy-made errors table"
+        );
+    }
+}

@@ -439,6 +439,15 @@ async fn grpc_web_binary_and_text_reach_a_native_grpc_origin() {
     );
     let a = send_h1(front, preflight("https://evil.example")).await;
     assert_eq!(a.status.as_u16(), 403);
+    assert_eq!(a.header("x-pylon-error"), Some("cors_origin_denied"));
+    assert!(a.header("access-control-allow-origin").is_none());
+    assert_eq!(
+        p.proxy
+            .metrics()
+            .errors(pylon_proxy::http::error::ErrorKind::CorsOriginDenied),
+        1,
+        "a refused preflight is a counted proxy-made answer"
+    );
     assert_eq!(
         origin.request_count(),
         5,

@@ -44,6 +44,8 @@ error_kinds! {
     Denied => (StatusCode::FORBIDDEN, "denied"),
     ResolveFailed => (StatusCode::BAD_GATEWAY, "destination_unresolved"),
     WebSocketDisabled => (StatusCode::FORBIDDEN, "websocket_disabled"),
+    CorsOriginDenied => (StatusCode::FORBIDDEN, "cors_origin_denied"),
+    RedirectInvalid => (StatusCode::INTERNAL_SERVER_ERROR, "redirect_location_invalid"),
     NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
     Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
     ConnectFailed => (StatusCode::BAD_GATEWAY, "upstream_connect_failed"),

@@ -65,12 +65,14 @@ impl ErrorKind {
             Overloaded | BodyTooLarge => code::RESOURCE_EXHAUSTED,
             ClientAborted => code::CANCELLED,
             ProxyAuthRequired => code::UNAUTHENTICATED,
-            Denied | WebSocketDisabled => code::PERMISSION_DENIED,
+            Denied | WebSocketDisabled | CorsOriginDenied => code::PERMISSION_DENIED,
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
             | UpstreamTls | UpgradeRefused | UpgradeInvalid | ResolveFailed | RouteRemoved
             | Shutdown => code::UNAVAILABLE,
             MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
-            | HeadersTooLarge | TooManyHeaders | NotAProxyRequest => code::INTERNAL,
+            | HeadersTooLarge | TooManyHeaders | NotAProxyRequest | RedirectInvalid => {
+                code::INTERNAL
+            }
         }
     }
 }

@@ -108,18 +108,15 @@ pub fn error_cors(
     }
 }
 
-/// The answer to a CORS preflight: 204 with what a gRPC-Web client needs, or 403 when
-/// the origin is not allowed.
-pub fn preflight(headers: &HeaderMap, allowed: &[String]) -> Response<ResponseBody> {
+/// The answer to a CORS preflight: 204 with what a gRPC-Web client needs, or the
+/// proxy-made 403 `cors_origin_denied` when the origin is not allowed.
+pub fn preflight(
+    headers: &HeaderMap,
+    allowed: &[String],
+) -> Result<Response<ResponseBody>, super::error::ErrorKind> {
     let mut resp = Response::new(ResponseBody::empty());
-    let Some(origin) = allowed_origin(headers, allowed) else {
-        *resp.status_mut() = StatusCode::FORBIDDEN;
-        resp.headers_mut().insert(
-            "x-pylon-error",
-            HeaderValue::from_static("cors_origin_denied"),
-        );
-        return resp;
-    };
+    let origin =
+        allowed_origin(headers, allowed).ok_or(super::error::ErrorKind::CorsOriginDenied)?;
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -139,7 +136,7 @@ pub fn preflight(headers: &HeaderMap, allowed: &[String]) -> Response<ResponseBo
         HeaderValue::from_static("86400"),
     );
     h.insert(header::VARY, HeaderValue::from_static("origin"));
-    resp
+    Ok(resp)
 }
 
 impl GrpcWeb {

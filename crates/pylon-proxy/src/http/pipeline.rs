@@ -450,7 +450,7 @@ async fn serve(
     ex.stats = Some(Arc::clone(&route.stats));
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
-        Action::Redirect(r) => Ok(redirect(r, &req, ctx.scheme)),
+        Action::Redirect(r) => redirect(r, &req, ctx.scheme),
         Action::Proxy(_) => {
             let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
             ex.cluster = Some(Arc::clone(&cluster.name));
@@ -473,7 +473,13 @@ fn respond(r: &RespondAction) -> Response<ResponseBody> {
     resp
 }
 
-fn redirect<B>(r: &RedirectAction, req: &Request<B>, scheme: &str) -> Response<ResponseBody> {
+/// The redirect's answer; a `Location` that the request's parts made invalid is the
+/// proxy-made 500 `redirect_location_invalid`.
+fn redirect<B>(
+    r: &RedirectAction,
+    req: &Request<B>,
+    scheme: &str,
+) -> Result<Response<ResponseBody>, ErrorKind> {
     let uri = req.uri();
     let location = r
         .location
@@ -485,21 +491,17 @@ fn redirect<B>(r: &RedirectAction, req: &Request<B>, scheme: &str) -> Response<R
         )
         .replace("{path}", uri.path())
         .replace("{query}", uri.query().unwrap_or(""));
+    let value = HeaderValue::from_str(&location).map_err(|_| ErrorKind::RedirectInvalid)?;
     let mut resp = Response::new(ResponseBody::full(Bytes::from(format!(
         "Redirecting to {location}\n"
     ))));
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
-    match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        Err(_) => *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    resp.headers_mut().insert(header::LOCATION, value);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    resp
+    Ok(resp)
 }
 
 /// Phase 5 and 6: response headers, metrics, and what runs at the body's end.
@@ -641,5 +643,43 @@ impl Completion for ExchangeEnd {
             }
             logger.log(*record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_answers_its_location_or_a_proxy_made_error() {
+        let req = Request::get("/a?b=1")
+            .header(header::HOST, "example.com")
+            .body(())
+            .unwrap_or_default();
+        let r = RedirectAction {
+            status: 308,
+            location: "https://{host}{request_uri}".into(),
+        };
+        let resp = redirect(&r, &req, "http").map_err(ErrorKind::as_str);
+        let resp = resp
+            .as_ref()
+            .map(|r| (r.status(), r.headers().get(header::LOCATION)));
+        assert_eq!(
+            resp,
+            Ok((
+                StatusCode::PERMANENT_REDIRECT,
+                Some(&HeaderValue::from_static("https://example.com/a?b=1"))
+            ))
+        );
+        // Config validation keeps such templates out; were one to slip through, the
+        // answer is a counted proxy-made error, never a redirect without Location.
+        let bad = RedirectAction {
+            status: 302,
+            location: "https://x/\u{7f}".into(),
+        };
+        assert_eq!(
+            redirect(&bad, &req, "http").err(),
+            Some(ErrorKind::RedirectInvalid)
+        );
     }
 }

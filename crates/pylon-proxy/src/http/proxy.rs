@@ -147,10 +147,7 @@ pub(super) async fn proxy(
     // gRPC-Web: CORS preflights are answered here; requests are translated.
     let grpc_web = if action.grpc_web {
         if super::grpc_web::is_preflight(&req) {
-            return Ok(super::grpc_web::preflight(
-                req.headers(),
-                &action.cors_allow_origins,
-            ));
+            return super::grpc_web::preflight(req.headers(), &action.cors_allow_origins);
         }
         super::grpc_web::detect(req.headers())
     } else {
