@@ -1,11 +1,15 @@
-//! Balancing decisions: which endpoint of a cluster takes the next request.
+//! Balancing decisions: which endpoint of a cluster takes the next request (with slow
+//! start, [`SlowStart`]), and whether a request or a retry may start at all
+//! ([`RetryBudget`]).
 //!
 //! Pure logic over endpoint indices and their live state ([`Endpoints`]), no sockets, so
 //! it is tested exhaustively here and shared by L7 routes and (later) L4 listeners.
 
 mod hash;
 mod least;
+mod retry_budget;
 mod round_robin;
+mod slow_start;
 mod state;
 
 pub use hash::{Maglev, RingHash, hash_key};
@@ -15,7 +19,9 @@ pub use least::{LeastConnections, LeastRequest, Random};
 pub fn random_u64() -> u64 {
     least::random()
 }
+pub use retry_budget::{RequestGuard, RetryBudget, RetryBudgetPolicy, RetryGuard, RetryShare};
 pub use round_robin::RoundRobin;
+pub use slow_start::{SlowStart, admit, ramp_factor};
 pub use state::{EndpointState, Endpoints, OutlierPolicy};
 
 /// Picks an endpoint index for each request.

@@ -226,17 +226,24 @@ impl Endpoints {
     }
 
     /// Slow start: the share (0 to 1) of its normal traffic an endpoint should get,
-    /// ramping up linearly over `window` after it came back into rotation.
+    /// ramping up linearly over `window` after it came back into rotation
+    /// ([`ramp_factor`](crate::ramp_factor) at the current time).
     pub fn slow_start_factor(&self, i: usize, window: Duration) -> f64 {
-        let Some(s) = self.states.get(i) else {
-            return 1.0;
-        };
-        let since = s.back_since.load(Ordering::Relaxed);
-        if since == 0 || window.is_zero() {
-            return 1.0;
-        }
-        let elapsed = self.now().saturating_sub(since) as f64;
-        (elapsed / window.as_nanos() as f64).clamp(0.0, 1.0)
+        crate::ramp_factor(self.back_since_ns(i), self.now(), window)
+    }
+
+    /// When endpoint `i` last came back into rotation, in nanoseconds on the clock of
+    /// [`now_ns`](Self::now_ns); 0 when in rotation from the start (or no such endpoint).
+    pub fn back_since_ns(&self, i: usize) -> u64 {
+        self.states
+            .get(i)
+            .map_or(0, |s| s.back_since.load(Ordering::Relaxed))
+    }
+
+    /// The clock endpoint times are kept on: nanoseconds from a process-wide epoch
+    /// (never 0).
+    pub fn now_ns(&self) -> u64 {
+        self.now()
     }
 
     pub fn available_count(&self) -> usize {

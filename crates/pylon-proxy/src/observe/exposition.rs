@@ -393,7 +393,7 @@ impl Exposition {
             (
                 "pylon_cluster_retry_budget_exhausted",
                 "Retries refused by the retry budget.",
-                |c| load(&c.retry_budget_exhausted),
+                |c| c.retry_budget_exhausted(),
             ),
             (
                 "pylon_cluster_ejections",
@@ -408,7 +408,7 @@ impl Exposition {
             (
                 "pylon_cluster_overloaded",
                 "Requests refused by the circuit breaker.",
-                |c| load(&c.overloaded),
+                |c| c.overloaded(),
             ),
             (
                 "pylon_cluster_dns_updates",

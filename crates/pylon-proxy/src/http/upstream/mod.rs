@@ -22,7 +22,10 @@ use pylon_config::model::{self, HostHeader, UpstreamProtocol};
 
 use crate::tls::upstream::TlsConnector;
 use pylon_config::model::{CircuitBreaker, EndpointAddress, HashKey, LbPolicy, Retry};
-use pylon_lb::{Algorithm, Balancer, EndpointState, Endpoints, OutlierPolicy};
+use pylon_lb::{
+    Algorithm, Balancer, EndpointState, Endpoints, OutlierPolicy, RequestGuard, RetryBudget,
+    RetryBudgetPolicy, RetryGuard, RetryShare, SlowStart,
+};
 
 /// The endpoints a cluster balances over now, index-aligned: pools, live state, the
 /// balancer built over them and their ids. Replaced whole when DNS answers change; a
@@ -101,22 +104,19 @@ pub struct ClusterRuntime {
     /// Ejections by outlier detection so far.
     pub ejections: Arc<AtomicU64>,
     pub retry: Option<Retry>,
-    /// Requests and retries in flight, for the retry budget.
-    active_requests: AtomicU64,
-    active_retries: AtomicU64,
-    /// Retries sent, and retries refused by the budget, so far.
+    /// Requests and retries in flight, and the retry budget and request limits over
+    /// them.
+    budget: RetryBudget,
+    /// Retries sent so far.
     pub retries: AtomicU64,
-    pub retry_budget_exhausted: AtomicU64,
     pub breaker: CircuitBreaker,
-    slow_start: Option<Duration>,
+    slow_start: Option<SlowStart>,
     panic_threshold: u32,
     /// Sticky sessions.
     pub sticky: Option<StickyCookie>,
     /// Upstream connections open, and requests waiting for one to open (all endpoints).
     pub(crate) open_connections: Arc<AtomicU64>,
     pub(crate) pending: Arc<AtomicU64>,
-    /// Requests refused by the circuit breaker so far.
-    pub overloaded: AtomicU64,
     /// DNS discovery: endpoint set changes applied, and failed resolutions, so far.
     pub dns_updates: AtomicU64,
     pub dns_failures: AtomicU64,
@@ -124,15 +124,6 @@ pub struct ClusterRuntime {
     dns_ready: tokio::sync::watch::Sender<bool>,
     /// Upstream latency, kept across reloads.
     pub stats: Arc<crate::observe::stats::ClusterStats>,
-}
-
-/// A request (or a retry) in flight on a cluster; dropping it ends it.
-pub struct ActiveGuard<'a>(&'a AtomicU64);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// One request's claim on an endpoint: counted in flight until dropped, when the
@@ -262,17 +253,21 @@ impl ClusterRuntime {
             }),
             ejections: Arc::new(AtomicU64::new(0)),
             retry: c.retry.clone(),
-            active_requests: AtomicU64::new(0),
-            active_retries: AtomicU64::new(0),
+            budget: RetryBudget::new(RetryBudgetPolicy {
+                retry: c.retry.as_ref().map(|r| RetryShare {
+                    budget_percent: r.budget_percent,
+                    budget_min_concurrent: r.budget_min_concurrent,
+                }),
+                max_retries: c.circuit_breaker.max_retries,
+                max_requests: c.circuit_breaker.max_requests,
+            }),
             retries: AtomicU64::new(0),
-            retry_budget_exhausted: AtomicU64::new(0),
             breaker: c.circuit_breaker.clone(),
-            slow_start: c.slow_start,
+            slow_start: c.slow_start.map(SlowStart::new),
             panic_threshold: c.panic_threshold,
             sticky,
             open_connections,
             pending,
-            overloaded: AtomicU64::new(0),
             dns_updates: AtomicU64::new(0),
             dns_failures: AtomicU64::new(0),
             dns_ready: tokio::sync::watch::Sender::new(!uses_dns),
@@ -420,14 +415,14 @@ impl ClusterRuntime {
         }
         // Slow start: an endpoint just back takes a request only with the probability
         // of its ramp; otherwise the balancer picks again (a few times at most).
-        if let Some(window) = self.slow_start {
-            for _ in 0..4 {
-                let f = set.state.slow_start_factor(index, window);
-                if f >= 1.0 || (pylon_lb::random_u64() % 10_000) as f64 / 10_000.0 < f {
-                    break;
-                }
-                index = set.balancer.pick(&set.state, None)?;
-            }
+        if let Some(slow_start) = &self.slow_start {
+            index = slow_start.pick(
+                &set.state,
+                index,
+                set.state.now_ns(),
+                pylon_lb::random_u64,
+                || set.balancer.pick(&set.state, None),
+            )?;
         }
         set.pools.get(index)?;
         set.state.begin(index);
@@ -442,14 +437,8 @@ impl ClusterRuntime {
 impl ClusterRuntime {
     /// Counts a request in flight (retry budget, circuit breaker); `None` when the
     /// cluster is at `max_requests`.
-    pub fn request_started(&self) -> Option<ActiveGuard<'_>> {
-        let before = self.active_requests.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(&self.active_requests);
-        if self.breaker.max_requests.is_some_and(|max| before >= max) {
-            self.overloaded.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(guard)
+    pub fn request_started(&self) -> Option<RequestGuard<'_>> {
+        self.budget.request_started()
     }
 
     /// Upstream connections open now (all endpoints).
@@ -464,28 +453,29 @@ impl ClusterRuntime {
 
     /// Whether requests are counted in flight at all (retries or a request limit).
     pub fn counts_requests(&self) -> bool {
-        self.retry.is_some() || self.breaker.max_requests.is_some()
+        self.budget.counts_requests()
     }
 
     /// A retry slot, if the budget allows one (a request holds one across all its
     /// retries): requests retrying at once stay within
     /// `budget_percent` of the requests in flight, or `budget_min_concurrent`.
-    pub fn try_retry(&self) -> Option<ActiveGuard<'_>> {
-        let policy = self.retry.as_ref()?;
-        let active = self.active_requests.load(Ordering::Relaxed);
-        let allowed = (active * u64::from(policy.budget_percent) / 100)
-            .max(u64::from(policy.budget_min_concurrent));
-        let allowed = self
-            .breaker
-            .max_retries
-            .map_or(allowed, |max| allowed.min(max));
-        let retries = self.active_retries.fetch_add(1, Ordering::Relaxed);
-        if retries >= allowed {
-            self.active_retries.fetch_sub(1, Ordering::Relaxed);
-            self.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(ActiveGuard(&self.active_retries))
+    pub fn try_retry(&self) -> Option<RetryGuard<'_>> {
+        self.budget.try_retry()
+    }
+
+    /// The requests and retries in flight, and the retry budget over them.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Retries refused by the budget so far.
+    pub fn retry_budget_exhausted(&self) -> u64 {
+        self.budget.retry_budget_exhausted()
+    }
+
+    /// Requests refused by the circuit breaker (`max_requests`) so far.
+    pub fn overloaded(&self) -> u64 {
+        self.budget.overloaded()
     }
 }
 
