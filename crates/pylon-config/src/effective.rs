@@ -412,6 +412,8 @@ fn forward(f: &ForwardProxy) -> Table {
         .put("strip_client_headers", f.strip_client_headers)
         .put("connect_timeout", dur(f.connect_timeout))
         .put("tunnel_idle_timeout", dur(f.tunnel_idle_timeout))
+        .put("response_timeout", dur(f.response_timeout))
+        .put("idle_timeout", dur(f.idle_timeout))
         .list(
             "resolvers",
             texts(f.resolvers.iter().map(ToString::to_string)),

@@ -287,6 +287,10 @@ pub struct ForwardProxy {
     pub connect_timeout: Duration,
     /// A CONNECT tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// Time from sending an absolute-form request to the destination's response head.
+    pub response_timeout: Duration,
+    /// A pooled connection to a destination, idle this long, is closed.
+    pub idle_timeout: Duration,
     /// Name servers (`ip:port`) for destination names; empty: the system's
     /// (`/etc/resolv.conf`, `/etc/hosts`).
     pub resolvers: Vec<SocketAddr>,

@@ -85,6 +85,8 @@ pub struct RawForward {
     pub strip_client_headers: Option<bool>,
     pub connect_timeout: Option<Spanned<String>>,
     pub tunnel_idle_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub resolvers: Option<Vec<Spanned<String>>>,
     pub resolve_timeout: Option<Spanned<String>>,
 }

@@ -451,3 +451,87 @@ async fn unresolvable_destinations_answer_502_destination_unresolved() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_destination_is_answered_504_after_the_response_timeout() {
+    let (hold_tx, _hold_rx) = tokio::sync::broadcast::channel::<()>(1);
+    let tx = hold_tx.clone();
+    let silent = RawOrigin::start(move |mut s: tokio::net::TcpStream| {
+        let mut rx = tx.subscribe();
+        async move {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = rx.recv().await; // hold the connection open, answer nothing
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(
+        "allow_private = true\nresponse_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let url = format!("http://{}/slow", silent.addr);
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 504, "{text}{err}");
+    assert!(
+        text.contains("x-pylon-error: upstream_response_timeout"),
+        "{text}"
+    );
+    assert_eq!(
+        p.proxy
+            .metrics()
+            .errors(pylon_proxy::http::error::ErrorKind::ResponseTimeout),
+        1
+    );
+    // The client's connection is not pinned: the proxy still answers it.
+    let echo = Origin::echo().await;
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], &format!("http://{}/", echo.addr)).await;
+    assert_eq!(status, 200, "{text}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_requests_to_one_destination_reuse_one_connection() {
+    let echo = Origin::echo().await;
+    let other = Origin::echo().await;
+    let p = TestProxy::start(&config("allow_private = true", "")).await;
+    // One client connection, then another: both reach the origin on the same
+    // upstream connection, as a cluster's requests would.
+    let url = format!("http://{}/one", echo.addr);
+    let url2 = format!("http://{}/two", echo.addr);
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 200, "{text}{err}");
+    let (status, text, err) = curl_via(p.addr("fwd"), &[], &url2).await;
+    assert_eq!(status, 200, "{text}{err}");
+    // Two requests on one client connection, a POST with a body among them.
+    let proxy = format!("http://{}", p.addr("fwd"));
+    let out = curl(&[
+        "-x",
+        &proxy,
+        "-d",
+        "hello",
+        &format!("http://{}/three", echo.addr),
+        "--next",
+        "-x",
+        &proxy,
+        &format!("http://{}/four", echo.addr),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("\"body_len\":5"), "{body}");
+    assert_eq!(echo.request_count(), 4);
+    assert_eq!(
+        echo.connection_count(),
+        1,
+        "every request to the destination went over one pooled connection"
+    );
+    // Another destination has its own connection.
+    let (status, _, _) = curl_via(p.addr("fwd"), &[], &format!("http://{}/", other.addr)).await;
+    assert_eq!(status, 200);
+    assert_eq!(other.connection_count(), 1);
+    assert_eq!(echo.connection_count(), 1);
+}

@@ -320,6 +320,8 @@ pub(super) fn forward(
         strip_client_headers: raw.strip_client_headers.unwrap_or(false),
         connect_timeout: duration(&raw.connect_timeout, Duration::from_secs(10), p),
         tunnel_idle_timeout: duration(&raw.tunnel_idle_timeout, Duration::from_secs(600), p),
+        response_timeout: duration(&raw.response_timeout, Duration::from_secs(60), p),
+        idle_timeout: duration(&raw.idle_timeout, Duration::from_secs(60), p),
         resolvers: forward_resolvers(raw, p),
         resolve_timeout: duration(&raw.resolve_timeout, Duration::from_secs(5), p),
     })

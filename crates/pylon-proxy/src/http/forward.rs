@@ -5,6 +5,10 @@
 //! allowed: the rule is checked against every address a name resolves to, and only
 //! allowed addresses are connected to (no DNS-rebinding way around it). Names are
 //! resolved with hickory-resolver: the configured `resolvers`, else the system's.
+//! Absolute-form requests go through the shared upstream code: a pool per destination
+//! address (`upstream::destinations`, the same `EndpointPool` as a cluster endpoint's)
+//! with its connect and response timeouts, connections reused, answers checked as a
+//! cluster's are; CONNECT tunnels relay raw bytes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,9 +34,12 @@ use tokio::sync::{Semaphore, watch};
 use super::body::{RequestBody, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::forward_addr;
-use super::headers::{append_via, strip_hop_by_hop};
+use super::headers::strip_hop_by_hop;
 use super::pipeline::{ConnCtx, Exchange};
+use super::upstream::EndpointPool;
+use super::upstream::destinations::DestinationPools;
 use crate::l4::relay::{self, Activity, RelayLimits};
+use crate::lock;
 use crate::observe::AccessRecord;
 use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
@@ -55,6 +62,8 @@ pub struct ForwardRuntime {
     /// Resolves destination names; the error says why none could be set up (then
     /// every name answers `destination_unresolved`).
     resolver: Result<TokioResolver, String>,
+    /// Connections to destinations, reused by absolute-form requests.
+    pub destinations: Arc<DestinationPools>,
 }
 
 impl ForwardRuntime {
@@ -63,10 +72,17 @@ impl ForwardRuntime {
         if let Err(e) = &resolver {
             tracing::warn!(error = %e, "forward proxy: cannot set up DNS resolution");
         }
+        let destinations = DestinationPools::new(
+            "forward",
+            config.connect_timeout,
+            config.response_timeout,
+            config.idle_timeout,
+        );
         ForwardRuntime {
             config,
             credentials: Credentials::new(),
             resolver,
+            destinations,
         }
     }
 
@@ -182,10 +198,6 @@ impl Credentials {
             }
         }
     }
-}
-
-fn lock(cache: &Mutex<CredentialCache>) -> std::sync::MutexGuard<'_, CredentialCache> {
-    cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What to do about a credential.
@@ -522,12 +534,38 @@ pub(super) async fn serve(
             return Ok(denied(&d.rule));
         }
     };
-    let upstream = connect(&allowed, dest.port, cfg).await?;
-    ex.upstream = upstream.peer_addr().ok();
     if is_connect {
+        let upstream = connect(&allowed, dest.port, cfg).await?;
+        ex.upstream = upstream.peer_addr().ok();
         return Ok(tunnel(&mut req, upstream, cfg, ctx, ex, &dest, user));
     }
-    forward_request(req, upstream, listener, ctx, cfg).await
+    let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
+    forward_request(req, &pool, listener, ctx, ex, cfg).await
+}
+
+/// The pool of the first allowed address with a connection ready (an idle one, else one
+/// that connects now), each address tried in turn as before a CONNECT.
+async fn destination_pool(
+    fwd: &ForwardRuntime,
+    allowed: &[IpAddr],
+    port: u16,
+    ctx: &ConnCtx,
+) -> Result<Arc<EndpointPool>, ErrorKind> {
+    let pools: Vec<Arc<EndpointPool>> = allowed
+        .iter()
+        .map(|&ip| fwd.destinations.pool(std::net::SocketAddr::new(ip, port)))
+        .collect();
+    if let Some(p) = pools.iter().find(|p| p.ready_connections() > 0) {
+        return Ok(Arc::clone(p));
+    }
+    let mut last = ErrorKind::ConnectFailed;
+    for p in pools {
+        match p.prepare_h1().await {
+            Ok(()) => return Ok(p),
+            Err(e) => last = super::proxy::classify(&e, None, "forward", ctx, None),
+        }
+    }
+    Err(last)
 }
 
 /// CONNECT: answers 200 and relays bytes once the client's side is upgraded; logs one
@@ -625,12 +663,14 @@ fn tunnel(
     Response::new(ResponseBody::empty())
 }
 
-/// An absolute-form request: sent in origin form on a connection of its own.
+/// An absolute-form request: sent in origin form on a pooled connection to the
+/// destination, its answer checked and streamed back as a cluster's is.
 async fn forward_request(
     req: Request<Incoming>,
-    upstream: TcpStream,
+    pool: &Arc<EndpointPool>,
     listener: &ListenerRuntime,
     ctx: &ConnCtx,
+    ex: &mut Exchange,
     cfg: &ForwardProxy,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     let (mut parts, body) = req.into_parts();
@@ -644,6 +684,7 @@ async fn forward_request(
     h.remove(&PROXY_AUTHORIZATION);
     h.remove(&PROXY_CONNECTION);
     strip_hop_by_hop(h);
+    super::headers::normalize_content_length(h);
     if cfg.strip_client_headers {
         h.remove(header::FORWARDED);
         h.remove(HeaderName::from_static("x-forwarded-for"));
@@ -657,34 +698,40 @@ async fn forward_request(
         .map(|p| Uri::from(p.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let limit = listener.config.limits.max_request_body;
     let body = if http_body::Body::is_end_stream(&body) {
         RequestBody::Empty
     } else {
+        let meter = Arc::new(super::body::RequestMeter::default());
+        ex.meter = Some(Arc::clone(&meter));
+        if http_body::Body::size_hint(&body).exact().is_none() {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         RequestBody::Stream {
             inner: body,
-            limit,
-            meter: Arc::default(),
+            limit: listener.config.limits.max_request_body,
+            meter,
         }
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+    ex.upstream = Some(pool.address);
+    let sent_at = Instant::now();
+    let (resp, pooled) = pool
+        .send(Request::from_parts(parts, body), cfg.response_timeout)
         .await
-        .map_err(|_| ErrorKind::UpstreamReset)?;
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(|_| ErrorKind::UpstreamReset)?;
+        .map_err(|e| super::proxy::classify(&e, ex.meter.as_deref(), "forward", ctx, None))?;
+    ex.upstream_ms = Some(millis(sent_at.elapsed()));
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Nothing asked for a switch (the upgrade headers are hop-by-hop).
+        return Err(ErrorKind::UpgradeInvalid);
+    }
     let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    if listener.config.headers.via {
-        append_via(&mut rparts.headers, rparts.version);
-    }
-    rparts.version = downstream_version;
-    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ErrorKind::UpstreamInvalid);
-    }
-    Ok(Response::from_parts(rparts, ResponseBody::stream(rbody)))
+    super::proxy::response_head(&mut rparts, listener, downstream_version)?;
+    let body = ResponseBody::stream_checked(rbody).map_err(|_| ErrorKind::UpstreamInvalid)?;
+    // The connection goes back to the pool when the answer has been read to its end.
+    ex.pooled = pooled;
+    Ok(Response::from_parts(rparts, body))
 }
 
 #[cfg(test)]
@@ -701,6 +748,8 @@ mod tests {
             strip_client_headers: false,
             connect_timeout: std::time::Duration::from_secs(1),
             tunnel_idle_timeout: std::time::Duration::from_secs(1),
+            response_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
             resolvers: Vec::new(),
             resolve_timeout: std::time::Duration::from_secs(1),
         }

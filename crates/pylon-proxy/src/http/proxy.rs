@@ -448,24 +448,12 @@ pub(super) async fn proxy(
                 };
                 let (resp, pooled) = resp;
                 let (mut rparts, rbody) = resp.into_parts();
-                // One framing only from an HTTP/1.x upstream: a Transfer-Encoding
-                // other than exactly `chunked`, or with a Content-Length, is refused,
-                // not guessed at.
-                if rparts.version <= Version::HTTP_11
-                    && let Some(chunked) = super::headers::chunked_only(&rparts.headers)
-                    && (!chunked || rparts.headers.contains_key(header::CONTENT_LENGTH))
-                {
+                if let Err(kind) = response_head(&mut rparts, listener, downstream_version) {
                     if let Some(l) = &ex.lease {
                         l.report(false);
                     }
-                    return Err(ErrorKind::UpstreamInvalid);
+                    return Err(kind);
                 }
-                strip_hop_by_hop(&mut rparts.headers);
-                super::headers::normalize_content_length(&mut rparts.headers);
-                if listener.config.headers.via {
-                    append_via(&mut rparts.headers, rparts.version);
-                }
-                rparts.version = downstream_version;
                 if let Some(v) = sticky_cookie {
                     rparts.headers.append(header::SET_COOKIE, v);
                 }
@@ -501,9 +489,39 @@ pub(super) async fn proxy(
                 };
                 Ok(Response::from_parts(rparts, body))
             }
-            Err(e) => Err(classify(&e, ex.meter.as_deref(), cluster, ctx, deadline)),
+            Err(e) => Err(classify(
+                &e,
+                ex.meter.as_deref(),
+                &cluster.name,
+                ctx,
+                deadline,
+            )),
         };
     }
+}
+
+/// The upstream's response head as the client gets it: one framing only from an
+/// HTTP/1.x upstream (a Transfer-Encoding other than exactly `chunked`, or with a
+/// Content-Length, is refused, not guessed at), hop-by-hop headers out, `Via` in, the
+/// client's HTTP version.
+pub(super) fn response_head(
+    rparts: &mut http::response::Parts,
+    listener: &ListenerRuntime,
+    downstream_version: Version,
+) -> Result<(), ErrorKind> {
+    if rparts.version <= Version::HTTP_11
+        && let Some(chunked) = super::headers::chunked_only(&rparts.headers)
+        && (!chunked || rparts.headers.contains_key(header::CONTENT_LENGTH))
+    {
+        return Err(ErrorKind::UpstreamInvalid);
+    }
+    strip_hop_by_hop(&mut rparts.headers);
+    super::headers::normalize_content_length(&mut rparts.headers);
+    if listener.config.headers.via {
+        append_via(&mut rparts.headers, rparts.version);
+    }
+    rparts.version = downstream_version;
+    Ok(())
 }
 
 /// Hop-by-hop headers out, proxy headers in: what every try sends.
@@ -694,11 +712,12 @@ fn forward_client_cert(h: &mut http::HeaderMap, id: Option<&ClientIdentity>) {
     }
 }
 
-/// Maps an upstream failure to the answer the client gets.
-fn classify(
+/// Maps an upstream failure to the answer the client gets (and logs it under the
+/// cluster's name).
+pub(super) fn classify(
     e: &UpstreamError,
     meter: Option<&RequestMeter>,
-    cluster: &ClusterRuntime,
+    cluster: &str,
     ctx: &ConnCtx,
     deadline: Option<Instant>,
 ) -> ErrorKind {
@@ -738,7 +757,7 @@ fn classify(
         kind => kind,
     };
     tracing::warn!(
-        cluster = %cluster.name,
+        cluster = %cluster,
         client = %ctx.client,
         error = %e,
         reason = kind.as_str(),

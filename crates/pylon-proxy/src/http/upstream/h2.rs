@@ -17,8 +17,8 @@ use hyper::client::conn::http2;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::pool::lock;
 use crate::http::body::RequestBody;
+use crate::lock;
 
 /// What a connection carries now, and since when it has carried nothing.
 struct Load {

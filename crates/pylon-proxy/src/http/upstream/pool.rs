@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use super::h2::{self, Choice, H2Conn, H2Set, H2Stream, SettingsWatch};
 use super::warm::{WarmConnections, WarmIo};
 use crate::http::body::RequestBody;
+use crate::lock;
 use crate::tls::upstream::{TlsConnector, UpstreamIo};
 
 #[derive(Debug, thiserror::Error)]
@@ -164,10 +165,6 @@ impl Pooled {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl EndpointPool {
     /// The pool, with its warm connections filling when the cluster has them.
     pub fn new(
@@ -242,6 +239,18 @@ impl EndpointPool {
             .iter()
             .filter(|i| !i.sender.is_closed())
             .count()
+    }
+
+    /// Makes sure an HTTP/1.1 connection is ready for the next request: an idle one,
+    /// else one opened now and kept idle. A caller with several addresses for one
+    /// destination finds one that connects before it hands over a request body.
+    pub async fn prepare_h1(&self) -> Result<(), UpstreamError> {
+        if self.live_idle() > 0 {
+            return Ok(());
+        }
+        let sender = self.connect_h1().await?;
+        self.put_idle(sender);
+        Ok(())
     }
 
     fn put_idle(&self, sender: http1::SendRequest<RequestBody>) {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::pool::{EndpointPool, lock};
+use super::pool::EndpointPool;
+use crate::lock;
 use crate::tls::upstream::UpstreamIo;
 
 /// A connection opened ahead.
