@@ -97,10 +97,20 @@ impl Body for RequestBody {
     }
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyEnd {
+    /// The whole body went out.
+    pub complete: bool,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Cut by the HTTP/2 send stall guard (`send_timeout`).
+    pub stalled: bool,
+}
+
 /// Runs once when a response body is finished (fully sent, or dropped).
 pub trait Completion: Send + Sync {
-    /// `complete` is true when the whole body went out; `bytes` is what was sent.
-    fn finish(self: Box<Self>, complete: bool, bytes: u64);
+    fn finish(self: Box<Self>, end: BodyEnd);
 }
 
 enum Kind {
@@ -117,6 +127,8 @@ pub struct ResponseBody {
     sent: u64,
     ended: bool,
     completion: Option<Box<dyn Completion>>,
+    /// On HTTP/2: where the stream's stall guard learns of this body's progress.
+    progress: Option<Arc<super::stall::StreamProgress>>,
 }
 
 impl ResponseBody {
@@ -130,6 +142,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
+            progress: None,
         }
     }
 
@@ -139,6 +152,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
+            progress: None,
         }
     }
 
@@ -157,6 +171,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
+            progress: None,
         })
     }
 
@@ -169,6 +184,18 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
+            progress: None,
+        }
+    }
+
+    /// Reports this body's progress to its HTTP/2 stream's stall guard.
+    pub fn set_progress(&mut self, p: Arc<super::stall::StreamProgress>) {
+        self.progress = Some(p);
+    }
+
+    fn report(&self, handed: bool) {
+        if let Some(p) = &self.progress {
+            p.body_polled(handed);
         }
     }
 
@@ -180,7 +207,11 @@ impl ResponseBody {
     fn done(&mut self, complete: bool) {
         self.ended = true;
         if let Some(c) = self.completion.take() {
-            c.finish(complete, self.sent);
+            c.finish(BodyEnd {
+                complete,
+                bytes: self.sent,
+                stalled: self.progress.as_ref().is_some_and(|p| p.stalled()),
+            });
         }
     }
 }
@@ -195,16 +226,17 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Full(b) => b.take().map(|b| Ok(Frame::data(b))),
-            Kind::Stream(_, first @ Some(_)) => first.take().map(Ok),
-            Kind::Stream(inner, None) => {
-                ready!(waiting_on_upstream(Pin::new(inner).poll_frame(cx)))
-                    .map(|r| r.map_err(|e| Box::new(e) as BoxError))
-            }
-            Kind::Boxed(inner) => ready!(waiting_on_upstream(Pin::new(inner).poll_frame(cx))),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(_, first @ Some(_)) => Poll::Ready(first.take().map(Ok)),
+            Kind::Stream(inner, None) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
         };
-        // Tells the HTTP/2 send stall guard that the body moved.
-        super::stall::body_polled(matches!(polled, Some(Ok(_))));
+        // Tells the HTTP/2 send stall guard that the body moved, or waits for its
+        // upstream (a body waiting upstream is not stalled by the client).
+        this.report(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        let polled = ready!(polled);
         match polled {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
@@ -258,14 +290,6 @@ impl ResponseBody {
             Kind::Boxed(inner) => inner.is_end_stream(),
         }
     }
-}
-
-/// A body waiting for its upstream is not stalled by the client.
-fn waiting_on_upstream<T>(p: Poll<T>) -> Poll<T> {
-    if p.is_pending() {
-        super::stall::body_polled(false);
-    }
-    p
 }
 
 impl Drop for ResponseBody {

@@ -609,7 +609,12 @@ impl Drop for ActiveRequest {
 }
 
 impl Completion for ExchangeEnd {
-    fn finish(self: Box<Self>, complete: bool, bytes: u64) {
+    fn finish(self: Box<Self>, end: super::body::BodyEnd) {
+        let super::body::BodyEnd {
+            complete,
+            bytes,
+            stalled,
+        } = end;
         let this = *self;
         if let Some(s) = &this.stats {
             s.latency.observe(this.start.elapsed());
@@ -635,7 +640,7 @@ impl Completion for ExchangeEnd {
             record.bytes_in = this.meter.map_or(0, |m| m.bytes.load(Ordering::Relaxed));
             record.duration_ms = millis(this.start.elapsed());
             if !complete && record.error.is_none() {
-                record.error = Some(if super::stall::dropping_stalled() {
+                record.error = Some(if stalled {
                     "send_timeout"
                 } else {
                     "response_incomplete"

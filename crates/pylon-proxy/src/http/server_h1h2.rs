@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
-use super::stall::{self, StallExecutor};
+use super::stall::{StallExecutor, StreamHandoff};
 use crate::conn::{TrackedIo, Verdict};
 use crate::l4::relay::CLOSE_LINGER;
 use crate::observe::{AccessRecord, Metrics};
@@ -55,7 +55,37 @@ impl Protocol {
 /// A listener's HTTP/1.1 and HTTP/2 connection builders, configured from its limits.
 pub struct Builders {
     h1: http1::Builder,
-    h2: http2::Builder<StallExecutor>,
+    /// HTTP/2 settings; each connection gets a builder of its own, whose executor
+    /// hands its streams their progress reports (see `stall`).
+    h2: H2Settings,
+}
+
+struct H2Settings {
+    send_timeout: std::time::Duration,
+    metrics: Arc<Metrics>,
+    max_concurrent_streams: u32,
+    max_reset_streams: usize,
+    max_error_resets: usize,
+    max_header_list: u32,
+}
+
+impl H2Settings {
+    fn builder(&self, handoff: Arc<StreamHandoff>) -> http2::Builder<StallExecutor> {
+        // HTTP/2 streams run under the send stall guard (`send_timeout` per stream).
+        let mut h2 = http2::Builder::new(StallExecutor::new(
+            self.send_timeout,
+            Arc::clone(&self.metrics),
+            handoff,
+        ));
+        h2.timer(TokioTimer::new())
+            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+            .enable_connect_protocol()
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_pending_accept_reset_streams(self.max_reset_streams)
+            .max_local_error_reset_streams(self.max_error_resets)
+            .max_header_list_size(self.max_header_list);
+        h2
+    }
 }
 
 impl Builders {
@@ -74,15 +104,14 @@ impl Builders {
             .keep_alive(true)
             .max_buf_size(backstop_bytes)
             .max_headers(limits.max_headers.saturating_mul(2));
-        // HTTP/2 streams run under the send stall guard (`send_timeout` per stream).
-        let mut h2 = http2::Builder::new(StallExecutor::new(limits.send_timeout, metrics));
-        h2.timer(TokioTimer::new())
-            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
-            .enable_connect_protocol()
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_pending_accept_reset_streams(limits.h2_max_reset_streams)
-            .max_local_error_reset_streams(limits.h2_max_error_resets)
-            .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX));
+        let h2 = H2Settings {
+            send_timeout: limits.send_timeout,
+            metrics,
+            max_concurrent_streams: limits.max_concurrent_streams,
+            max_reset_streams: limits.h2_max_reset_streams,
+            max_error_resets: limits.h2_max_error_resets,
+            max_header_list: u32::try_from(backstop_bytes).unwrap_or(u32::MAX),
+        };
         Builders { h1, h2 }
     }
 }
@@ -232,17 +261,24 @@ pub async fn serve_connection<S>(
         inner: io,
     });
     let svc_ctx = Arc::clone(&ctx);
+    // HTTP/2: each stream's response reports its progress to the stream's stall guard.
+    let handoff = (protocol == Protocol::Http2).then(|| Arc::new(StreamHandoff::default()));
+    let svc_handoff = handoff.clone();
     let svc = service_fn(move |req| {
         let ctx = Arc::clone(&svc_ctx);
+        let progress = svc_handoff.as_deref().map(StreamHandoff::begin);
         async move {
-            let response = pipeline::handle(req, ctx).await;
-            stall::response_ready();
+            let mut response = pipeline::handle(req, ctx).await;
+            if let Some(p) = progress {
+                p.response_ready();
+                response.body_mut().set_progress(p);
+            }
             Ok::<_, Infallible>(response)
         }
     });
-    match protocol {
-        Protocol::Http2 => {
-            let conn = builders.h2.serve_connection(io, svc);
+    match (protocol, handoff) {
+        (Protocol::Http2, Some(handoff)) => {
+            let conn = builders.h2.builder(handoff).serve_connection(io, svc);
             drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
         }
         _ => {

@@ -7,17 +7,21 @@
 //! hyper drives each HTTP/2 stream as a task given to the connection's executor and
 //! only polls the response body once the window has room, so a stalled body is never
 //! polled and cannot time itself out. [`StallExecutor`] wraps each stream task in a
-//! [`StallGuard`]; the request path tells the guard, through a thread-local written
-//! while the guard polls its stream, when a response is ready and when its body
-//! hands out data or waits for its upstream. Data handed out and then no body poll
-//! for `send_timeout` is a stall: the guard drops the stream task, and h2 resets a
-//! dropped stream that was still open (CANCEL).
+//! [`StallGuard`]. The two meet through a [`StreamProgress`] per stream: the
+//! connection's service makes it when hyper calls it with the stream's request
+//! ([`StreamHandoff::begin`]), and the executor takes it for the stream's task, which
+//! hyper hands over right after, in the same poll of the connection. The response
+//! reports on it when it is ready and when its body hands out data or waits for its
+//! upstream. Data handed out and then no body poll for `send_timeout` is a stall: the
+//! guard drops the stream task, and h2 resets a dropped stream that was still open
+//! (CANCEL).
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -25,7 +29,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::ErrorKind;
 use crate::observe::Metrics;
 
-/// Nothing reported during this poll.
+/// Nothing reported since the guard last looked.
 const NONE: u8 = 0;
 /// The response head is ready: from now on the stream waits on the client.
 const RESPONDED: u8 = 1;
@@ -34,29 +38,64 @@ const HANDED: u8 = 2;
 /// The body is waiting for its upstream (or finished): no stall to time.
 const WAITING: u8 = 4;
 
-thread_local! {
-    static EVENTS: Cell<u8> = const { Cell::new(NONE) };
-    static STALLED: Cell<bool> = const { Cell::new(false) };
+/// One HTTP/2 stream's progress: written by its response (in the stream's task),
+/// read by the stream's [`StallGuard`] after each poll of that task.
+#[derive(Debug, Default)]
+pub struct StreamProgress {
+    events: AtomicU8,
+    stalled: AtomicBool,
 }
 
-/// The request path's response for this stream is ready to be sent.
-pub fn response_ready() {
-    EVENTS.with(|e| e.set(RESPONDED | HANDED));
+impl StreamProgress {
+    /// The response for this stream is ready to be sent.
+    pub fn response_ready(&self) {
+        self.events.store(RESPONDED | HANDED, Ordering::Relaxed);
+    }
+
+    /// The response body was polled: `handed` when it gave out a frame, otherwise it
+    /// is waiting for its upstream or has ended.
+    pub fn body_polled(&self, handed: bool) {
+        let responded = self.events.load(Ordering::Relaxed) & RESPONDED;
+        let moved = if handed { HANDED } else { WAITING };
+        self.events.store(responded | moved, Ordering::Relaxed);
+    }
+
+    /// True once the guard is dropping this stream for a stall: what finishes then
+    /// was cut by the send timeout.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> u8 {
+        self.events.swap(NONE, Ordering::Relaxed)
+    }
 }
 
-/// The response body was polled: `handed` when it gave out a frame, otherwise it is
-/// waiting for its upstream or has ended.
-pub fn body_polled(handed: bool) {
-    EVENTS.with(|e| {
-        let responded = e.get() & RESPONDED;
-        e.set(responded | if handed { HANDED } else { WAITING });
-    });
-}
+/// One connection's hand-over of each new stream's [`StreamProgress`] from its service
+/// to its executor. hyper calls the service for a stream's request and gives the
+/// stream's task to the executor right after, synchronously, on the same thread; a task
+/// another thread gives the executor meanwhile (an upgraded stream's) is told apart by
+/// its thread and gets none.
+#[derive(Debug, Default)]
+pub struct StreamHandoff(Mutex<Option<(ThreadId, Arc<StreamProgress>)>>);
 
-/// True while a stalled stream is being dropped: what finishes then was cut by the
-/// send timeout.
-pub fn dropping_stalled() -> bool {
-    STALLED.with(Cell::get)
+impl StreamHandoff {
+    /// A new stream's progress, kept for the executor's next task on this thread.
+    pub fn begin(&self) -> Arc<StreamProgress> {
+        let progress = Arc::new(StreamProgress::default());
+        *crate::lock(&self.0) = Some((std::thread::current().id(), Arc::clone(&progress)));
+        progress
+    }
+
+    fn take(&self) -> Option<Arc<StreamProgress>> {
+        let mut slot = crate::lock(&self.0);
+        match &*slot {
+            Some((thread, _)) if *thread == std::thread::current().id() => {
+                slot.take().map(|(_, p)| p)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Runs each HTTP/2 stream of a connection under a [`StallGuard`].
@@ -64,11 +103,16 @@ pub fn dropping_stalled() -> bool {
 pub struct StallExecutor {
     timeout: Duration,
     metrics: Arc<Metrics>,
+    handoff: Arc<StreamHandoff>,
 }
 
 impl StallExecutor {
-    pub fn new(timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        StallExecutor { timeout, metrics }
+    pub fn new(timeout: Duration, metrics: Arc<Metrics>, handoff: Arc<StreamHandoff>) -> Self {
+        StallExecutor {
+            timeout,
+            metrics,
+            handoff,
+        }
     }
 }
 
@@ -78,11 +122,20 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(StallGuard::new(
-            fut,
-            self.timeout,
-            Arc::clone(&self.metrics),
-        ));
+        match self.handoff.take() {
+            Some(progress) => {
+                tokio::spawn(StallGuard::new(
+                    fut,
+                    self.timeout,
+                    Arc::clone(&self.metrics),
+                    progress,
+                ));
+            }
+            // Not a stream's task (an upgraded stream's relay has its own timeouts).
+            None => {
+                tokio::spawn(fut);
+            }
+        }
     }
 }
 
@@ -93,6 +146,7 @@ pin_project_lite::pin_project! {
         inner: Option<F>,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        progress: Arc<StreamProgress>,
         responded: bool,
         // Data was handed out and the body has not been polled since.
         armed: bool,
@@ -101,11 +155,17 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> StallGuard<F> {
-    fn new(inner: F, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        inner: F,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        progress: Arc<StreamProgress>,
+    ) -> Self {
         StallGuard {
             inner: Some(inner),
             timeout,
             metrics,
+            progress,
             responded: false,
             armed: false,
             timer: None,
@@ -121,9 +181,8 @@ impl<F: Future> Future for StallGuard<F> {
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(());
         };
-        let outer = EVENTS.with(|e| e.replace(NONE));
         let polled = inner.poll(cx);
-        let events = EVENTS.with(|e| e.replace(outer));
+        let events = this.progress.take();
         if polled.is_ready() {
             this.inner.set(None);
             return Poll::Ready(());
@@ -153,9 +212,8 @@ impl<F: Future> Future for StallGuard<F> {
         }
         this.metrics.error(ErrorKind::SendTimeout);
         tracing::debug!("HTTP/2 stream made no progress within the send timeout; resetting it");
-        STALLED.with(|s| s.set(true));
+        this.progress.stalled.store(true, Ordering::Relaxed);
         this.inner.set(None);
-        STALLED.with(|s| s.set(false));
         Poll::Ready(())
     }
 }
@@ -168,14 +226,15 @@ mod tests {
     /// never opens (never polls its body again).
     struct StalledStream {
         step: u8,
+        progress: Arc<StreamProgress>,
     }
 
     impl Future for StalledStream {
         type Output = ();
         fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
             if self.step == 0 {
-                response_ready();
-                body_polled(true);
+                self.progress.response_ready();
+                self.progress.body_polled(true);
                 self.step = 1;
             }
             Poll::Pending
@@ -183,41 +242,71 @@ mod tests {
     }
 
     /// A stream task whose body waits on its upstream.
-    struct WaitingStream;
+    struct WaitingStream(Arc<StreamProgress>);
 
     impl Future for WaitingStream {
         type Output = ();
         fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-            response_ready();
-            body_polled(false);
+            self.0.response_ready();
+            self.0.body_polled(false);
             Poll::Pending
         }
     }
 
-    fn guard<F: Future>(inner: F, metrics: &Arc<Metrics>) -> Pin<Box<StallGuard<F>>> {
+    fn guard<F: Future>(
+        inner: F,
+        progress: &Arc<StreamProgress>,
+        metrics: &Arc<Metrics>,
+    ) -> Pin<Box<StallGuard<F>>> {
         Box::pin(StallGuard::new(
             inner,
             Duration::from_secs(5),
             Arc::clone(metrics),
+            Arc::clone(progress),
         ))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_whose_window_stays_shut_is_dropped_after_the_timeout() {
         let metrics = Arc::new(Metrics::default());
-        guard(StalledStream { step: 0 }, &metrics).await;
+        let progress = Arc::new(StreamProgress::default());
+        let stream = StalledStream {
+            step: 0,
+            progress: Arc::clone(&progress),
+        };
+        guard(stream, &progress, &metrics).await;
         assert_eq!(metrics.errors(ErrorKind::SendTimeout), 1);
+        assert!(
+            progress.stalled(),
+            "the response's end is told it was a stall"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_waiting_on_its_upstream_is_not_timed() {
         let metrics = Arc::new(Metrics::default());
-        let mut g = guard(WaitingStream, &metrics);
+        let progress = Arc::new(StreamProgress::default());
+        let mut g = guard(WaitingStream(Arc::clone(&progress)), &progress, &metrics);
         let waited = tokio::time::timeout(Duration::from_secs(3600), &mut g).await;
         assert!(
             waited.is_err(),
             "the guard must not end a stream waiting upstream"
         );
         assert_eq!(metrics.errors(ErrorKind::SendTimeout), 0);
+    }
+
+    #[test]
+    fn a_stream_takes_the_progress_its_request_was_given_on_the_same_thread() {
+        let handoff = Arc::new(StreamHandoff::default());
+        let p = handoff.begin();
+        // Another thread's task (an upgraded stream's relay) gets none and leaves it.
+        let other = Arc::clone(&handoff);
+        let stolen = std::thread::spawn(move || other.take().is_some())
+            .join()
+            .unwrap_or(true);
+        assert!(!stolen);
+        let taken = handoff.take();
+        assert!(taken.is_some_and(|t| Arc::ptr_eq(&t, &p)));
+        assert!(handoff.take().is_none(), "one stream, one progress");
     }
 }
