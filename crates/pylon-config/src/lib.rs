@@ -4,6 +4,7 @@
 //! they find at once, each with `file:line:column`, the key path (`routes[3].cluster`) and
 //! the reason.
 
+pub mod diff;
 pub mod effective;
 pub mod error;
 pub mod model;
@@ -11,6 +12,7 @@ mod raw;
 mod units;
 mod validate;
 
+pub use diff::{ReloadPlan, diff};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
 pub use units::{parse_duration, parse_size};

@@ -23,6 +23,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration with nothing in it: what runs before the first one (a first
+    /// start is a reload from it).
+    pub fn empty() -> Config {
+        Config {
+            server: Server::default(),
+            admin: None,
+            access_log: AccessLog::default(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            clusters: Vec::new(),
+        }
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
     }

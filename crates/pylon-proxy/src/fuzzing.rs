@@ -39,7 +39,8 @@ impl H1Harness {
                 Arc::clone(&metrics),
             )
             .unwrap_or_else(|e| panic!("access log: {e}"));
-            let (built, _) = Runtime::build(config, &stats, None)
+            let plan = pylon_config::diff(&pylon_config::Config::empty(), config);
+            let (built, _) = Runtime::build(config, &stats, None, &plan)
                 .unwrap_or_else(|e| panic!("fuzz config: {e:?}"));
             let shared = Arc::new(Shared {
                 metrics,

@@ -15,6 +15,7 @@ pub mod l4;
 pub mod listener;
 pub mod memory;
 pub mod observe;
+mod reload;
 pub mod runtime;
 pub mod sockets;
 pub mod tcp_options;
@@ -29,14 +30,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pylon_config::model::ListenerProtocol;
 use pylon_config::{Config, ConfigError, ConfigErrors};
 
 use crate::http::pipeline::{RequestIds, Shared};
 use crate::listener::ConnTracker;
 use crate::observe::{AccessLogger, Metrics, StatsRegistry};
 use crate::runtime::Runtime;
-use crate::sockets::{LoopCtx, PreboundSocket, RunningSocket, Socket};
+use crate::sockets::{PreboundSocket, RunningSocket, Socket};
 use crate::tls::server::ServerTls;
 
 /// Sockets already bound by the caller, used instead of binding these addresses
@@ -120,15 +120,6 @@ pub struct Proxy {
 /// Locks a mutex; a panic elsewhere while it was held does not poison our counters.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Binds one address of a listener.
-fn bind_socket(protocol: ListenerProtocol, addr: SocketAddr) -> std::io::Result<Socket> {
-    Ok(if protocol == ListenerProtocol::Udp {
-        Socket::Udp(listener::bind_udp(addr)?)
-    } else {
-        Socket::Tcp(listener::bind(addr)?)
-    })
 }
 
 impl Proxy {
@@ -262,230 +253,6 @@ impl Proxy {
             Some(hook) => hook(filter),
             None => Err("this Pylon cannot change its log level".into()),
         }
-    }
-
-    /// Puts `config` in force. `first`: at start (no previous runtime).
-    async fn apply(
-        &self,
-        sockets: &mut Sockets,
-        config: &Config,
-        mut prebound: Vec<PreboundSocket>,
-        first: bool,
-    ) -> Result<ReloadReport, StartError> {
-        let mut changes = Vec::new();
-        // 1. Sockets first (health checks of endpoints this process serves itself find
-        //    them listening): kept ones by listener and address, the others bound now.
-        enum Plan {
-            Keep(usize),
-            New(Socket),
-        }
-        let mut claimed = vec![false; sockets.running.len()];
-        let mut plan = Vec::new();
-        for l in &config.listeners {
-            for &addr in &l.binds {
-                let udp = l.protocol == ListenerProtocol::Udp;
-                let fits = |r: &RunningSocket| r.configured == addr && r.socket.is_udp() == udp;
-                let keep = (0..claimed.len())
-                    .find(|&i| {
-                        !claimed[i]
-                            && sockets.running[i].listener == l.name
-                            && fits(&sockets.running[i])
-                    })
-                    .or_else(|| {
-                        (0..claimed.len())
-                            .find(|&i| !claimed[i] && addr.port() != 0 && fits(&sockets.running[i]))
-                    });
-                if let Some(i) = keep {
-                    claimed[i] = true;
-                    plan.push((l, addr, Plan::Keep(i)));
-                    continue;
-                }
-                let inherited = prebound
-                    .iter()
-                    .position(|p| {
-                        p.socket.is_udp() == udp
-                            && p.configured == addr
-                            && p.listener.as_deref() == Some(l.name.as_str())
-                    })
-                    .or_else(|| {
-                        prebound.iter().position(|p| {
-                            p.socket.is_udp() == udp
-                                && addr.port() != 0
-                                && (p.configured == addr
-                                    || p.socket.local_addr().ok() == Some(addr))
-                        })
-                    })
-                    .map(|i| prebound.swap_remove(i).socket);
-                let socket = match inherited {
-                    Some(s) => s,
-                    None => bind_socket(l.protocol, addr).map_err(|source| StartError::Bind {
-                        listener: l.name.clone(),
-                        addr,
-                        source,
-                    })?,
-                };
-                plan.push((l, addr, Plan::New(socket)));
-            }
-        }
-        let admin_socket = admin::prepare(sockets.admin.as_ref(), config, &mut prebound)?;
-
-        // 2. The runtime, over the previous one.
-        let previous = (!first).then(|| self.runtime.load_full());
-        let (built, retired) = Runtime::build(config, &self.shared.stats, previous.as_deref())
-            .map_err(|e| StartError::Config(ConfigErrors(e)))?;
-        for c in built.clusters.values() {
-            let kept = previous
-                .as_ref()
-                .and_then(|p| p.clusters.get(&*c.name))
-                .is_some_and(|old| Arc::ptr_eq(old, c));
-            if kept {
-                continue;
-            }
-            if !first {
-                changes.push(format!("cluster {}: built anew", c.name));
-            }
-            // Clusters with DNS endpoints get their first answers before traffic
-            // arrives (a name that does not resolve leaves its cluster answering 503
-            // no_endpoint until it does).
-            let limit = c.dns_timeout().saturating_mul(2) + Duration::from_secs(1);
-            if !c.wait_dns_ready(limit).await {
-                tracing::warn!(cluster = %c.name, "DNS endpoints not resolved yet; serving without them");
-            }
-        }
-
-        // 3. TLS acceptors: kept when the settings are the same (their files are
-        //    re-read), built anew otherwise.
-        let mut tls = Vec::new();
-        let mut tls_errors = Vec::new();
-        for l in &config.listeners {
-            let Some(t) = &l.tls else { continue };
-            let old = sockets
-                .tls
-                .iter()
-                .find(|(n, s)| *n == l.name && s.settings == *t)
-                .map(|(_, s)| Arc::clone(s));
-            match old {
-                Some(s) => {
-                    if !first {
-                        match s.reload() {
-                            Ok(true) => changes.push(format!(
-                                "listener {}: certificates changed (new handshakes use them)",
-                                l.name
-                            )),
-                            Ok(false) => {}
-                            Err(e) => tls_errors.extend(e),
-                        }
-                    }
-                    tls.push((l.name.clone(), s));
-                }
-                None => match ServerTls::new(t.clone()) {
-                    Ok(s) => tls.push((l.name.clone(), Arc::new(s))),
-                    Err(e) => tls_errors.extend(e),
-                },
-            }
-        }
-        if !tls_errors.is_empty() {
-            return Err(StartError::Config(ConfigErrors(tls_errors)));
-        }
-
-        // 4. Commit: the new runtime, then the loops.
-        let hash = built.config_hash.clone();
-        self.runtime.store(Arc::new(built));
-        let ctx = LoopCtx {
-            runtime: Arc::clone(&self.runtime),
-            shared: Arc::clone(&self.shared),
-            tracker: Arc::clone(&self.tracker),
-        };
-        let tls_of = |name: &str| {
-            tls.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| Arc::clone(t))
-        };
-        let mut old: Vec<Option<RunningSocket>> = sockets.running.drain(..).map(Some).collect();
-        let mut running = Vec::new();
-        for (l, addr, p) in plan {
-            let t = tls_of(&l.name);
-            let bind_err = |source| StartError::Bind {
-                listener: l.name.clone(),
-                addr,
-                source,
-            };
-            match p {
-                Plan::Keep(i) => {
-                    let Some(mut r) = old[i].take() else { continue };
-                    let same_tls = match (&r.tls, &t) {
-                        (None, None) => true,
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        _ => false,
-                    };
-                    if r.config != *l || !same_tls {
-                        r.restart(l, t, &ctx).map_err(bind_err)?;
-                        changes.push(format!(
-                            "listener {} on {}: new settings, same socket",
-                            l.name, r.local
-                        ));
-                    }
-                    running.push(r);
-                }
-                Plan::New(socket) => {
-                    let r = RunningSocket::start(l, addr, socket, t, &ctx).map_err(bind_err)?;
-                    if !first {
-                        changes.push(format!("listener {} on {}: bound", l.name, r.local));
-                    }
-                    running.push(r);
-                }
-            }
-        }
-        for r in old.into_iter().flatten() {
-            r.close();
-            changes.push(format!(
-                "listener {} on {}: closed, its connections drain",
-                r.listener, r.local
-            ));
-        }
-        sockets.running = running;
-        sockets.tls = tls;
-        if let Some(change) = admin::commit(&mut sockets.admin, admin_socket, self.this.clone()) {
-            changes.push(change);
-        }
-        let grace = config.server.reload_grace;
-        for (life, name) in retired.lives.iter().zip(&retired.names) {
-            life.retire_after(grace);
-            changes.push(match life.connections() {
-                0 => format!("{name}: removed or changed"),
-                n => format!(
-                    "{name}: removed or changed; its {n} long-lived connection(s) close in {grace:?}"
-                ),
-            });
-        }
-        if !first {
-            let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-            let rt = self.runtime.load_full();
-            self.shared.stats.retain(
-                &|l| listeners.contains(&l),
-                &|l, r, c| {
-                    rt.listener(l).is_some_and(|lr| {
-                        (r.is_empty() && c.is_empty())
-                            || lr
-                                .router
-                                .route_named(r)
-                                .is_some_and(|x| &*x.stats.cluster == c)
-                    })
-                },
-                &|c| rt.clusters.contains_key(c),
-            );
-        }
-        let bound: Vec<BoundAddr> = sockets
-            .running
-            .iter()
-            .map(|r| BoundAddr {
-                listener: r.listener.clone(),
-                addr: r.local,
-                scheme: r.scheme(),
-            })
-            .collect();
-        self.bound.store(Arc::new(bound));
-        Ok(ReloadReport { hash, changes })
     }
 
     /// Every address being served, in config order.

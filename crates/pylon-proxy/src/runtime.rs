@@ -1,13 +1,15 @@
 //! The runtime snapshot built from a validated config: listeners with their routers,
 //! clusters with their pools. Swapped atomically on reload; every request reads one
-//! snapshot for its whole life. A new snapshot built over the previous one keeps the
-//! clusters whose config did not change (pools, health, ejections) and the lives of
-//! the routes and Layer 4 listeners that did not change.
+//! snapshot for its whole life. A new snapshot built over the previous one follows the
+//! reload plan ([`pylon_config::diff`]): it keeps the clusters the plan keeps (pools,
+//! health, ejections) and the lives of the routes and listeners it keeps, and hands
+//! back the lives the plan retires.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pylon_config::diff::{LifeKey, ReloadPlan, RouteKey};
 use pylon_config::model::{self, Action};
 use pylon_config::{Config, ConfigError};
 use tokio::sync::watch;
@@ -76,10 +78,6 @@ impl Life {
             .open
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Holding(Arc::clone(&self.0))
-    }
-
-    fn same(&self, other: &Life) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -224,14 +222,7 @@ pub fn config_hash(config: &Config) -> String {
 impl Runtime {
     /// A runtime with nothing in it (before the first config is in force).
     pub fn empty() -> Runtime {
-        let config = Config {
-            server: model::Server::default(),
-            admin: None,
-            access_log: model::AccessLog::default(),
-            listeners: Vec::new(),
-            routes: Vec::new(),
-            clusters: Vec::new(),
-        };
+        let config = Config::empty();
         Runtime {
             listeners: HashMap::new(),
             clusters: HashMap::new(),
@@ -242,20 +233,22 @@ impl Runtime {
     }
 
     /// Builds the runtime; needs a tokio runtime (cluster sweepers are spawned). Fails
-    /// with every TLS file problem of the clusters. Over a `previous` runtime, clusters
-    /// with an unchanged config are kept as they are, and routes and Layer 4 listeners
-    /// with an unchanged config keep their lives; [`Retired`] lists the others.
+    /// with every TLS file problem of the clusters. `plan` is the diff from the
+    /// `previous` runtime's config (or from an empty one) to `config`: over `previous`,
+    /// the clusters it keeps are kept as they are, and the routes and listeners it keeps
+    /// keep their lives; [`Retired`] holds the lives it retires.
     pub fn build(
         config: &Config,
         stats: &StatsRegistry,
         previous: Option<&Runtime>,
+        plan: &ReloadPlan,
     ) -> Result<(Runtime, Retired), Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut clusters: HashMap<String, Arc<ClusterRuntime>> = HashMap::new();
         for c in &config.clusters {
             let kept = previous
-                .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.config() == c);
+                .filter(|_| plan.clusters.is_kept(&c.name))
+                .and_then(|p| p.clusters.get(&c.name));
             if let Some(old) = kept {
                 clusters.insert(c.name.clone(), Arc::clone(old));
                 continue;
@@ -285,8 +278,8 @@ impl Runtime {
                         };
                         let life = old
                             .as_ref()
+                            .filter(|_| plan.routes.is_kept(&RouteKey::new(&l.name, &r.name)))
                             .and_then(|o| o.router.route_named(&r.name))
-                            .filter(|o| o.route == *r)
                             .map_or_else(Life::default, |o| o.life.clone());
                         RouteRuntime {
                             name: Arc::from(r.name.as_str()),
@@ -309,7 +302,7 @@ impl Runtime {
                     .collect();
                 let life = old
                     .as_ref()
-                    .filter(|o| o.config == *l)
+                    .filter(|_| plan.listeners.is_kept(&l.name))
                     .map_or_else(Life::default, |o| o.life.clone());
                 let watches_client_close = config
                     .routes_for(&l.name)
@@ -343,30 +336,25 @@ impl Runtime {
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
         };
-        let retired = previous
-            .map(|p| runtime.retired_from(p))
-            .unwrap_or_default();
+        let retired = previous.map(|p| p.retired(plan)).unwrap_or_default();
         Ok((runtime, retired))
     }
 
-    /// The lives of `previous` that this runtime did not keep.
-    fn retired_from(&self, previous: &Runtime) -> Retired {
+    /// The lives of this (previous) runtime that `plan` retires.
+    fn retired(&self, plan: &ReloadPlan) -> Retired {
         let mut out = Retired::default();
-        for (name, old) in &previous.listeners {
-            let new = self.listeners.get(name);
-            if !new.is_some_and(|n| n.life.same(&old.life)) {
-                out.lives.push(old.life.clone());
-                out.names.push(format!("listener {name}"));
-            }
-            for r in old.router.routes() {
-                let kept = new
-                    .and_then(|n| n.router.route_named(&r.name))
-                    .is_some_and(|n| n.life.same(&r.life));
-                if !kept {
-                    out.lives.push(r.life.clone());
-                    out.names
-                        .push(format!("route {} (listener {name})", r.name));
-                }
+        for key in &plan.retired {
+            let life = match key {
+                LifeKey::Listener(name) => self.listeners.get(name).map(|l| &l.life),
+                LifeKey::Route(r) => self
+                    .listeners
+                    .get(&r.listener)
+                    .and_then(|l| l.router.route_named(&r.route))
+                    .map(|r| &r.life),
+            };
+            if let Some(life) = life {
+                out.lives.push(life.clone());
+                out.names.push(key.to_string());
             }
         }
         out
