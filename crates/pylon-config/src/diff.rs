@@ -588,6 +588,16 @@ endpoints = ["127.0.0.1:9001"]
     }
 
     #[test]
+    fn lines_moved_by_an_edit_elsewhere_keep_a_tls_listener() {
+        // A comment above shifts every line, the certificate files' included.
+        let plan = plan_to(&config(&format!("# edited\n\n{BASE}")));
+        assert!(plan.certificates.is_kept("secure"));
+        assert!(plan.listeners.is_kept("secure"));
+        assert!(plan.retired.is_empty(), "{:?}", plan.retired);
+        assert!(plan.is_empty(), "{:?}", plan.summary());
+    }
+
+    #[test]
     fn l4_listener_changed_retires_its_life() {
         let plan = plan_to(&edited("\"10m\"", "\"1m\""));
         assert_eq!(plan.listeners.get("tcp"), Some(Change::Changed));
