@@ -239,6 +239,7 @@ impl AcceptLoop {
         // A listener bound to one address knows every connection's local address; a
         // wildcard one asks the socket, and only when a PROXY header will need it.
         let bound = self.listener.local_addr().ok();
+        let inherited = crate::tcp_options::inherit_from_listener(&self.listener, &lr.config.tcp);
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -261,8 +262,7 @@ impl AcceptLoop {
                 drop(stream);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
-            crate::tcp_options::apply(&stream, &lr.config.tcp);
+            crate::tcp_options::accepted(&stream, &lr.config.tcp, inherited);
             let mut ctx = ConnCtx {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.name),

@@ -296,6 +296,7 @@ impl Runtime {
                             },
                             stats: stats.route(&l.name, &r.name, cluster_name),
                             life,
+                            filters: crate::http::filters::FilterChain::for_route(l, r),
                             route: r.clone(),
                         }
                     })

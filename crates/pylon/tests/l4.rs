@@ -648,8 +648,14 @@ async fn warm_connections_are_opened_ahead_handed_out_and_refilled() {
     );
     let p = TestProxy::start(&cfg).await;
     let opened = || origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let warm = p.proxy.cluster("c").unwrap().endpoints().pools[0]
+        .warm
+        .clone()
+        .unwrap();
     eventually("two connections opened before any client", || opened() == 2).await;
     for i in 1..=3 {
+        // The origin accepts a warm connection a moment before Pylon holds it ready.
+        eventually("two warm connections ready", || warm.ready() == 2).await;
         let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
         s.write_all(b"abc").await.unwrap();
         s.shutdown().await.unwrap();
@@ -659,10 +665,7 @@ async fn warm_connections_are_opened_ahead_handed_out_and_refilled() {
         // The client used a warm connection; one more was opened to refill.
         eventually("refilled", || opened() == 2 + i).await;
     }
-    let warm = p.proxy.cluster("c").unwrap().endpoints().pools[0]
-        .warm
-        .clone()
-        .unwrap();
+    eventually("refilled to two", || warm.ready() == 2).await;
     assert_eq!(warm.handed.load(std::sync::atomic::Ordering::Relaxed), 3);
     assert_eq!(warm.ready(), 2);
 }

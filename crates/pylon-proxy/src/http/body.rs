@@ -108,6 +108,29 @@ pub struct BodyEnd {
     pub stalled: bool,
 }
 
+/// A request body as the upstream phase holds it for its tries.
+pub enum RequestPayload {
+    /// Streamed to the one and only try.
+    Stream(Option<RequestBody>),
+    /// Kept in memory (bounded by `retry.max_body_bytes`) and sent again on retries.
+    Replay(Bytes),
+}
+
+impl RequestPayload {
+    /// The body for the next try.
+    pub fn for_try(&mut self) -> RequestBody {
+        match self {
+            RequestPayload::Stream(b) => b.take().unwrap_or(RequestBody::Empty),
+            RequestPayload::Replay(b) if b.is_empty() => RequestBody::Empty,
+            RequestPayload::Replay(b) => RequestBody::Full(Some(b.clone())),
+        }
+    }
+
+    pub fn replayable(&self) -> bool {
+        matches!(self, RequestPayload::Replay(_))
+    }
+}
+
 /// Runs once when a response body is finished (fully sent, or dropped).
 pub trait Completion: Send + Sync {
     fn finish(self: Box<Self>, end: BodyEnd);

@@ -2,10 +2,10 @@
 
 pub mod body;
 pub mod error;
+pub mod filters;
 pub mod forward;
 pub mod forward_addr;
 pub mod grpc;
-pub mod grpc_web;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

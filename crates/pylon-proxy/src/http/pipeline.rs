@@ -1,11 +1,13 @@
 //! THE request path. Every protocol's server hands its `http::Request` to [`handle`]:
 //!
 //! 0. runtime snapshot (ArcSwap load), fixed for this request
-//! 1. request limits (URI, header count and bytes, declared body size, Host)
+//! 1. request id and limits (URI, header count and bytes, declared body size, Host)
 //! 2. router → action (proxy, respond, redirect)
-//! 3. (cache lookup: milestone 2)
-//! 4. balancer picks an endpoint → pool → send, body streamed
-//! 5. response headers (hop-by-hop stripped, `Via`, request id)
+//! 3. the route's filters on the request (`http/filters/`; may answer)
+//! 4. upstream request: filters on the head and body, balancer → pool → send, retries
+//!    (`http/proxy.rs`)
+//! 5. response: head checked, filters on the answer; then [`finish`], the one finaliser
+//!    of every answer (stats, request id, access-log record)
 //! 6. on body end: upstream connection back to its pool, access log, metrics
 //!
 //! `docs/LIFECYCLE.md` lists these phases with file paths.
@@ -151,6 +153,8 @@ pub(super) struct Exchange {
     /// How a gRPC call's body ended when Pylon ended it (deadline, retired route,
     /// stop): known only at the body's end.
     pub(super) ended_by: Option<Arc<std::sync::OnceLock<ErrorKind>>>,
+    /// What the route's filters left, for their part of an error answer.
+    pub(super) filter_state: Option<http::Extensions>,
     active: Option<ActiveRequest>,
 }
 
@@ -178,6 +182,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
         logged_by_tunnel: false,
         stats: None,
         ended_by: None,
+        filter_state: None,
         active: None,
     };
     let Some(listener) = rt.listener(&ctx.listener) else {
@@ -200,25 +205,24 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
     let grpc = super::grpc::is_grpc(req.headers())
         .then(|| req.headers().get(header::CONTENT_TYPE).cloned())
         .flatten();
-    let origin = grpc
-        .as_ref()
-        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
     let resp = match serve(req, &listener, &ctx, &mut ex).await {
         Ok(resp) => resp,
         Err(kind) => {
             ex.error = Some(kind);
-            match &grpc {
-                Some(ct) => {
-                    let mut resp = super::grpc::error_response(kind, Some(ct));
-                    let route = ex
-                        .route
-                        .as_deref()
-                        .and_then(|r| listener.router.route_named(r));
-                    super::grpc_web::error_cors(resp.headers_mut(), origin, route);
-                    resp
-                }
+            let mut resp = match &grpc {
+                Some(ct) => super::grpc::error_response(kind, Some(ct)),
                 None => error_response(kind),
+            };
+            // The route's filters add their part (a gRPC-Web call's CORS headers).
+            if let (Some(state), Some(route)) = (
+                &ex.filter_state,
+                ex.route
+                    .as_deref()
+                    .and_then(|r| listener.router.route_named(r)),
+            ) {
+                route.filters.error_answer(&mut resp, state);
             }
+            resp
         }
     };
     finish(resp, ex, &ctx, Some(&listener), inflight)

@@ -1,11 +1,12 @@
-//! Phase 4 of the request path: the upstream request (target, proxy headers), the
-//! balancer's pick, the send with retries (bounded body replay, per-try timeout,
-//! backoff with jitter, a different endpoint, the cluster's retry budget), and the
-//! upstream's answer streamed back.
+//! Phases 3 to 5 of the request path for a route that proxies: the route's filters
+//! (`http/filters/`), then the upstream steps of phase 4 in order (WebSocket upgrade,
+//! gRPC deadline, the request body, sticky session and the balancer's pick, the send
+//! with retries: bounded body replay, per-try timeout, backoff with jitter, another
+//! endpoint, the cluster's retry budget; PROXY headers out), and phase 5: the
+//! upstream's answer checked, a tunnel opened or the body streamed back through the
+//! filters.
 
 use std::net::SocketAddr;
-
-use crate::http::upstream::ClientAddresses;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,44 +18,477 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pylon_config::model::{Action, HashKey, HostHeader, Retry, UpstreamProtocol};
+use pylon_config::model::{Action, HashKey, HostHeader, ProxyAction, Retry, UpstreamProtocol};
 
-use super::body::{RequestBody, RequestMeter, ResponseBody};
+use super::body::{RequestBody, RequestMeter, RequestPayload, ResponseBody};
 use super::error::ErrorKind;
+use super::filters::FilterCtx;
 use super::headers::{Peer, add_forwarding, append_via, strip_hop_by_hop};
 use super::pipeline::{ConnCtx, Exchange};
 use super::router::RouteRuntime;
-use super::upstream::{ClusterRuntime, EndpointPool, UpstreamError, hash_key};
+use super::upstream::{
+    ClientAddresses, ClusterRuntime, EndpointLease, EndpointPool, EndpointSet, Pooled,
+    UpstreamError, hash_key,
+};
 use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
-use crate::tls::server::ClientIdentity;
 
-static CLIENT_CERT_SUBJECT: header::HeaderName =
-    header::HeaderName::from_static("x-client-cert-subject");
-static CLIENT_CERT_DNS: header::HeaderName = header::HeaderName::from_static("x-client-cert-dns");
-static CLIENT_CERT_FINGERPRINT: header::HeaderName =
-    header::HeaderName::from_static("x-client-cert-fingerprint");
-
-/// How the request body reaches each try.
-enum Body {
-    /// Streamed to the one and only try.
-    Stream(Option<RequestBody>),
-    /// Kept in memory (bounded by `retry.max_body_bytes`) and sent again on retries.
-    Replay(Bytes),
+/// Phases 3 to 5 for a proxy route. What the filters left for an error answer stays
+/// with the exchange.
+pub(super) async fn proxy(
+    req: Request<Incoming>,
+    route: &RouteRuntime,
+    cluster: &Arc<ClusterRuntime>,
+    listener: &ListenerRuntime,
+    ctx: &ConnCtx,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    let request_id = ex
+        .request_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok());
+    let mut fx = FilterCtx::new(ctx, listener, request_id);
+    let result = through_filters(req, route, cluster, &mut fx, ex).await;
+    ex.filter_state = Some(fx.state);
+    result
 }
 
-impl Body {
-    fn next(&mut self) -> RequestBody {
-        match self {
-            Body::Stream(b) => b.take().unwrap_or(RequestBody::Empty),
-            Body::Replay(b) if b.is_empty() => RequestBody::Empty,
-            Body::Replay(b) => RequestBody::Full(Some(b.clone())),
-        }
-    }
+/// One proxied request's upstream side, decided before the first try.
+struct Call<'a> {
+    conn: &'a ConnCtx,
+    route: &'a RouteRuntime,
+    action: &'a ProxyAction,
+    cluster: &'a Arc<ClusterRuntime>,
+    /// The hash-balancing key.
+    key: Option<u64>,
+    /// The gRPC call's deadline: it bounds the whole exchange, retries included.
+    deadline: Option<Instant>,
+    grpc: bool,
+    /// One endpoint set for the whole request, retries included.
+    endpoints: arc_swap::Guard<Arc<EndpointSet>>,
+    /// The sticky session's endpoint.
+    sticky_to: Option<usize>,
+    downstream_version: Version,
+    /// The client's authority as a header value (`Host`, or `:authority`).
+    client_host: Option<HeaderValue>,
+    /// The upstream path (after `prefix_rewrite`).
+    path: PathAndQuery,
+    websocket: Option<super::tunnel::WebSocket>,
+}
 
-    fn replayable(&self) -> bool {
-        matches!(self, Body::Replay(_))
+async fn through_filters(
+    mut req: Request<Incoming>,
+    route: &RouteRuntime,
+    cluster: &Arc<ClusterRuntime>,
+    fx: &mut FilterCtx<'_>,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    let Action::Proxy(action) = route.action() else {
+        return Err(ErrorKind::NoRoute);
+    };
+    // Phase 3: the route's filters may answer by themselves.
+    if let Some(answer) = route.filters.request(&mut req, fx)? {
+        return Ok(answer);
     }
+    let websocket = websocket_step(&mut req, action)?;
+    let grpc = super::grpc::is_grpc(req.headers());
+    let endpoints = cluster.current_endpoints();
+    let call = Call {
+        conn: fx.conn,
+        route,
+        action,
+        cluster,
+        key: cluster
+            .hash_key
+            .as_ref()
+            .and_then(|k| request_key(k, &req, fx.conn)),
+        deadline: grpc
+            .then(|| super::grpc::timeout(req.headers()))
+            .flatten()
+            .map(|t| Instant::now() + t),
+        grpc,
+        sticky_to: cluster
+            .sticky
+            .as_ref()
+            .and_then(|s| s.lookup(req.headers(), &endpoints.ids)),
+        endpoints,
+        downstream_version: req.version(),
+        client_host: match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        },
+        path: rewrite_path(req.uri(), route, action.prefix_rewrite.as_deref()),
+        websocket,
+    };
+    // Phase 4: the head every try shares, and the body.
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    super::headers::normalize_content_length(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    route.filters.upstream_head(&mut parts, fx);
+    let body = request_payload(incoming, cluster, fx, ex).await?;
+    let body = route.filters.request_body(body, fx)?;
+    let _active = if cluster.counts_requests() {
+        Some(cluster.request_started().ok_or(ErrorKind::Overloaded)?)
+    } else {
+        None
+    };
+    let (result, lease) = send_with_retries(&call, parts, body, ex).await?;
+    // Phase 5.
+    answer(call, result, lease, fx, ex)
+}
+
+/// A WebSocket handshake (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT), when the
+/// request is one and the route tunnels them.
+fn websocket_step(
+    req: &mut Request<Incoming>,
+    action: &ProxyAction,
+) -> Result<Option<super::tunnel::WebSocket>, ErrorKind> {
+    let websocket = super::tunnel::detect(req);
+    if websocket.is_some() && !action.websocket {
+        // An HTTP/1.1 Upgrade goes on as a plain request (hop-by-hop headers are
+        // dropped); an extended CONNECT has no plain form.
+        if req.method() == Method::CONNECT {
+            return Err(ErrorKind::WebSocketDisabled);
+        }
+        return Ok(None);
+    }
+    Ok(websocket)
+}
+
+/// The request body as the tries get it: kept whole (for replay) when the cluster
+/// retries and it is small enough, else streamed, metered against the body limit.
+async fn request_payload(
+    incoming: Incoming,
+    cluster: &ClusterRuntime,
+    fx: &FilterCtx<'_>,
+    ex: &mut Exchange,
+) -> Result<RequestPayload, ErrorKind> {
+    if http_body::Body::is_end_stream(&incoming) {
+        return Ok(match cluster.retry {
+            Some(_) => RequestPayload::Replay(Bytes::new()),
+            None => RequestPayload::Stream(Some(RequestBody::Empty)),
+        });
+    }
+    let limit = fx.listener.config.limits.max_request_body;
+    let meter = Arc::new(RequestMeter::default());
+    ex.meter = Some(Arc::clone(&meter));
+    let declared = http_body::Body::size_hint(&incoming).exact();
+    match &cluster.retry {
+        Some(r) if declared.is_some_and(|n| n <= r.max_body_bytes.min(limit)) => {
+            let collected = collect_small(incoming, r.max_body_bytes, &meter)
+                .await
+                .map_err(|kind| {
+                    fx.conn
+                        .state
+                        .chunk_violation()
+                        .map_or(kind, super::pipeline::violation_kind)
+                })?;
+            collected
+                .map(RequestPayload::Replay)
+                .ok_or(ErrorKind::MalformedRequest)
+        }
+        _ => Ok(RequestPayload::Stream(Some(RequestBody::Stream {
+            inner: incoming,
+            limit,
+            meter,
+        }))),
+    }
+}
+
+type Sent = Result<(Response<Incoming>, Option<Pooled>), UpstreamError>;
+
+/// Sends the request, trying again as the cluster's retry policy and budget allow;
+/// the last try's outcome and the endpoint it went to.
+async fn send_with_retries(
+    call: &Call<'_>,
+    mut parts: Parts,
+    mut body: RequestPayload,
+    ex: &mut Exchange,
+) -> Result<(Sent, EndpointLease), ErrorKind> {
+    let cluster = call.cluster;
+    let idempotent = idempotent(&parts.method);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 0;
+    let mut retry_slot = None;
+    loop {
+        let more = cluster
+            .retry
+            .as_ref()
+            .is_some_and(|r| attempt < r.max_retries && body.replayable());
+        let mut lease = pick(call, attempt, &tried)?;
+        if more {
+            // Only a request that may be retried remembers where it went.
+            tried.push(lease.endpoint().address);
+        }
+        let try_parts = if more {
+            clone_parts(&parts)
+        } else {
+            // The last try takes the head itself.
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let result = send_once(call, &mut lease, try_parts, body.for_try(), ex).await?;
+        let client_caused = ex.meter.as_deref().is_some_and(|m| {
+            m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
+        });
+        match &result {
+            Ok((resp, _)) => lease.report(!resp.status().is_server_error()),
+            Err(_) if !client_caused => lease.report(false),
+            Err(_) => {}
+        }
+        let wanted =
+            more && retry_wanted(cluster.retry.as_ref(), &result, idempotent, client_caused);
+        if wanted {
+            // One budget slot per retrying request, held across its retries.
+            if retry_slot.is_none() {
+                retry_slot = cluster.try_retry();
+            }
+            if retry_slot.is_some() {
+                cluster.retries.fetch_add(1, Ordering::Relaxed);
+                if let Some(policy) = &cluster.retry {
+                    tokio::time::sleep(backoff(policy, attempt)).await;
+                }
+                attempt += 1;
+                continue;
+            }
+            tracing::debug!(cluster = %cluster.name, "retry budget exhausted; answering with the last try");
+        }
+        return Ok((result, lease));
+    }
+}
+
+/// The endpoint for a try: the sticky session's (first try only), else the balancer's,
+/// avoiding endpoints already tried (a hash key would pin retries, so they go without).
+fn pick(call: &Call<'_>, attempt: u32, tried: &[SocketAddr]) -> Result<EndpointLease, ErrorKind> {
+    let pinned = call
+        .sticky_to
+        .filter(|_| attempt == 0)
+        .and_then(|i| call.cluster.lease_for(&call.endpoints, i));
+    match pinned {
+        Some(l) => Ok(l),
+        None => call
+            .cluster
+            .pick_excluding(
+                &call.endpoints,
+                if attempt == 0 { call.key } else { None },
+                tried,
+            )
+            .ok_or(ErrorKind::NoEndpoint),
+    }
+}
+
+/// Whether a try's outcome is worth another try under the cluster's policy.
+fn retry_wanted(
+    policy: Option<&Retry>,
+    result: &Sent,
+    idempotent: bool,
+    client_caused: bool,
+) -> bool {
+    match (policy, result) {
+        (Some(policy), Ok((resp, _))) => {
+            idempotent && policy.statuses.contains(&resp.status().as_u16())
+        }
+        (Some(policy), Err(e)) => !client_caused && retryable_error(e, policy, idempotent),
+        (None, _) => false,
+    }
+}
+
+/// One try: the head shaped for the endpoint, PROXY addresses when the cluster sends
+/// them, the time left, then the send (aborted when the route watches for a client
+/// that ends its side). `Err` only when the request ends here.
+async fn send_once(
+    call: &Call<'_>,
+    lease: &mut EndpointLease,
+    mut head: Parts,
+    body: RequestBody,
+    ex: &mut Exchange,
+) -> Result<Sent, ErrorKind> {
+    let (cluster, ctx) = (call.cluster, call.conn);
+    let endpoint = Arc::clone(lease.endpoint());
+    target(&mut head, &endpoint, call)?;
+    if let Some(ws) = &call.websocket {
+        ws.upstream_request(&mut head, cluster.protocol);
+    }
+    let mut timeout = cluster
+        .retry
+        .as_ref()
+        .map_or(cluster.response_timeout, |r| r.per_try_timeout);
+    if let Some(d) = call.deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::DeadlineExceeded);
+        }
+        timeout = timeout.min(left);
+    }
+    if cluster.proxy_protocol().is_some() {
+        head.extensions.insert(ClientAddresses {
+            client: ctx.client,
+            local: ctx.local,
+            tls: ctx.tls.clone(),
+        });
+    }
+    if cluster.protocol == UpstreamProtocol::Http1
+        && !http_body::Body::is_end_stream(&body)
+        && http_body::Body::size_hint(&body).exact().is_none()
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        // A body of unknown length goes chunked whatever the method: the HTTP/1.1
+        // client would send a GET's or HEAD's body nowhere otherwise (dropped).
+        head.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    let sent_at = Instant::now();
+    let send = endpoint.send(Request::from_parts(head, body), timeout);
+    let result = if call.action.abort_on_client_close {
+        tokio::select! {
+            r = send => r,
+            () = ctx.client_closed() => {
+                ex.upstream = Some(endpoint.address);
+                lease.report(true);
+                tracing::debug!(client = %ctx.client, "client closed its side; upstream exchange aborted");
+                return Err(ErrorKind::ClientAborted);
+            }
+        }
+    } else {
+        send.await
+    };
+    let took = sent_at.elapsed();
+    ex.upstream = Some(endpoint.address);
+    ex.upstream_ms = Some(millis(took));
+    if result.is_ok() {
+        lease.record_latency(took);
+        cluster.stats.upstream_latency.observe(took);
+    }
+    Ok(result)
+}
+
+/// Phase 5: the last try's outcome as the client's answer.
+fn answer(
+    mut call: Call<'_>,
+    result: Sent,
+    lease: EndpointLease,
+    fx: &mut FilterCtx<'_>,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    let cluster = call.cluster;
+    let sticky_cookie = match &cluster.sticky {
+        Some(sticky) if call.sticky_to != Some(lease.index()) => sticky.set_cookie(lease.id()),
+        _ => None,
+    };
+    ex.lease = Some(lease);
+    let (resp, pooled) = match result {
+        Err(e) => {
+            return Err(classify(
+                &e,
+                ex.meter.as_deref(),
+                &cluster.name,
+                call.conn,
+                call.deadline,
+            ));
+        }
+        Ok(sent) => sent,
+    };
+    let (resp, pooled) = match call.websocket.take() {
+        None => {
+            // Only a WebSocket handshake may switch protocols (checked with it); a 101
+            // to anything else would hand the connection to whatever the upstream
+            // switched to.
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                tracing::warn!(
+                    cluster = %cluster.name,
+                    upgrade = ?resp.headers().get(header::UPGRADE),
+                    "upstream switched protocols unasked; refused"
+                );
+                return Err(fail_upstream(ex, ErrorKind::UpgradeInvalid));
+            }
+            (resp, pooled)
+        }
+        Some(ws) => match open_tunnel(ws, &call, resp, pooled, ex) {
+            super::tunnel::Outcome::Tunnel(answer) => return Ok(answer),
+            // Refused: relayed as an ordinary answer (on a connection that is not
+            // pooled again).
+            super::tunnel::Outcome::Refused(resp) => (resp, None),
+            super::tunnel::Outcome::Failed(kind) => return Err(kind),
+        },
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    if let Err(kind) = response_head(&mut rparts, fx.listener, call.downstream_version) {
+        return Err(fail_upstream(ex, kind));
+    }
+    if let Some(v) = sticky_cookie {
+        rparts.headers.append(header::SET_COOKIE, v);
+    }
+    ex.pooled = pooled;
+    let body = response_body(&call, rbody, ex)?;
+    Ok(call
+        .route
+        .filters
+        .response(Response::from_parts(rparts, body), fx))
+}
+
+/// The upstream answered something unusable: its endpoint is told, its connection not
+/// reused.
+fn fail_upstream(ex: &mut Exchange, kind: ErrorKind) -> ErrorKind {
+    if let Some(l) = &ex.lease {
+        l.report(false);
+    }
+    ex.pooled = None;
+    kind
+}
+
+/// The upstream's body as the client gets it: a gRPC call's under its deadline (which
+/// covers the streamed messages too) and its route's life and the process's stop (a
+/// reload that removes the route, or a stop, ends it with a status); any other checked
+/// from its first bytes.
+fn response_body(
+    call: &Call<'_>,
+    rbody: Incoming,
+    ex: &mut Exchange,
+) -> Result<ResponseBody, ErrorKind> {
+    if call.grpc {
+        let ended_by = Arc::new(std::sync::OnceLock::new());
+        ex.ended_by = Some(Arc::clone(&ended_by));
+        return Ok(ResponseBody::boxed(super::grpc::GrpcBody::new(
+            rbody,
+            call.deadline,
+            crate::runtime::Ending::new(Some(&call.route.life), &call.conn.shared.stop),
+            ended_by,
+        )));
+    }
+    ResponseBody::stream_checked(rbody).map_err(|e| {
+        tracing::debug!(cluster = %call.cluster.name, error = %e, "upstream body broken from its first bytes");
+        fail_upstream(ex, ErrorKind::UpstreamInvalid)
+    })
+}
+
+/// The WebSocket step's end: the upstream's answer to the handshake opens a tunnel, or
+/// is refused.
+fn open_tunnel(
+    ws: super::tunnel::WebSocket,
+    call: &Call<'_>,
+    resp: Response<Incoming>,
+    pooled: Option<Pooled>,
+    ex: &mut Exchange,
+) -> super::tunnel::Outcome {
+    let ctx = call.conn;
+    let tunnel = super::tunnel::Tunnel {
+        limits: super::tunnel::Tunnel::limits(call.action, &call.route.life, &ctx.shared.stop),
+        conn: ctx.guard.clone(),
+        route: Arc::clone(&call.route.name),
+        client: ctx.client,
+        lease: ex.lease.take(),
+        in_flight: ctx
+            .state
+            .request_started(call.downstream_version == Version::HTTP_2),
+        metrics: Arc::clone(&ctx.shared.metrics),
+        stats: Arc::clone(&ctx.stats),
+        // An HTTP/2 tunnel is a stream of its upstream connection, counted there while
+        // it lives.
+        _pooled: pooled,
+    };
+    ws.finish(resp, call.cluster.protocol, tunnel)
 }
 
 /// Methods a retry may repeat after the upstream may have seen them (RFC 9110 §9.2.2).
@@ -131,375 +565,6 @@ async fn collect_small(
     }
 }
 
-/// Phase 4: send upstream (retrying as the cluster allows) and stream the answer back.
-pub(super) async fn proxy(
-    req: Request<Incoming>,
-    route: &RouteRuntime,
-    cluster: &Arc<ClusterRuntime>,
-    listener: &ListenerRuntime,
-    ctx: &ConnCtx,
-    ex: &mut Exchange,
-) -> Result<Response<ResponseBody>, ErrorKind> {
-    let Action::Proxy(action) = route.action() else {
-        return Err(ErrorKind::NoRoute);
-    };
-    let mut req = req;
-    // gRPC-Web: CORS preflights are answered here; requests are translated.
-    let grpc_web = if action.grpc_web {
-        if super::grpc_web::is_preflight(&req) {
-            return super::grpc_web::preflight(req.headers(), &action.cors_allow_origins);
-        }
-        super::grpc_web::detect(req.headers())
-    } else {
-        None
-    };
-    let web_origin = grpc_web.and_then(|_| {
-        super::grpc_web::GrpcWeb::answer_origin(req.headers(), &action.cors_allow_origins)
-    });
-    let mut websocket = super::tunnel::detect(&mut req);
-    if websocket.is_some() && !action.websocket {
-        // An HTTP/1.1 Upgrade goes on as a plain request (hop-by-hop headers are
-        // dropped); an extended CONNECT has no plain form.
-        if req.method() == Method::CONNECT {
-            return Err(ErrorKind::WebSocketDisabled);
-        }
-        websocket = None;
-    }
-    let key = cluster
-        .hash_key
-        .as_ref()
-        .and_then(|k| request_key(k, &req, ctx));
-    let downstream_version = req.version();
-    // A gRPC deadline bounds the whole exchange, retries included.
-    let grpc = super::grpc::is_grpc(req.headers());
-    let deadline = grpc
-        .then(|| super::grpc::timeout(req.headers()))
-        .flatten()
-        .map(|t| Instant::now() + t);
-    // One endpoint set for the whole request, retries included.
-    let endpoints = cluster.current_endpoints();
-    let sticky_to = cluster
-        .sticky
-        .as_ref()
-        .and_then(|s| s.lookup(req.headers(), &endpoints.ids));
-    let (mut parts, incoming) = req.into_parts();
-    // The client's authority as a header value: `Host` as sent (a cheap clone), or
-    // `:authority` for HTTP/2.
-    let client_host: Option<HeaderValue> = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
-    let path = rewrite_path(&parts.uri, route, action.prefix_rewrite.as_deref());
-    upstream_headers(
-        &mut parts.headers,
-        listener,
-        ctx,
-        ex,
-        client_host.as_ref(),
-        downstream_version,
-    );
-
-    if let Some(w) = &grpc_web {
-        w.upstream_headers(&mut parts.headers);
-    }
-    let limit = listener.config.limits.max_request_body;
-    let mut body = if http_body::Body::is_end_stream(&incoming) {
-        match cluster.retry {
-            Some(_) => Body::Replay(Bytes::new()),
-            None => Body::Stream(Some(RequestBody::Empty)),
-        }
-    } else {
-        let meter = Arc::new(RequestMeter::default());
-        ex.meter = Some(Arc::clone(&meter));
-        let declared = http_body::Body::size_hint(&incoming).exact();
-        match &cluster.retry {
-            Some(r) if declared.is_some_and(|n| n <= r.max_body_bytes.min(limit)) => {
-                let collected = collect_small(incoming, r.max_body_bytes, &meter)
-                    .await
-                    .map_err(|kind| {
-                        ctx.state
-                            .chunk_violation()
-                            .map_or(kind, super::pipeline::violation_kind)
-                    })?;
-                match collected {
-                    Some(b) => Body::Replay(b),
-                    None => return Err(ErrorKind::MalformedRequest),
-                }
-            }
-            _ => Body::Stream(Some(RequestBody::Stream {
-                inner: incoming,
-                limit,
-                meter,
-            })),
-        }
-    };
-    // gRPC-Web text: the body arrives in base64.
-    if grpc_web.is_some_and(|w| w.text) {
-        body = match body {
-            Body::Replay(b) => Body::Replay(
-                base64::Engine::decode(
-                    &base64::engine::general_purpose::STANDARD,
-                    b.iter()
-                        .filter(|c| !c.is_ascii_whitespace())
-                        .copied()
-                        .collect::<Vec<u8>>(),
-                )
-                .map(Bytes::from)
-                .map_err(|_| ErrorKind::MalformedRequest)?,
-            ),
-            Body::Stream(inner) => Body::Stream(inner.map(|b| {
-                RequestBody::Boxed(http_body_util::combinators::BoxBody::new(
-                    super::grpc_web::TextRequestBody::new(b),
-                ))
-            })),
-        };
-    }
-
-    let idempotent = idempotent(&parts.method);
-    let _active = if cluster.counts_requests() {
-        Some(cluster.request_started().ok_or(ErrorKind::Overloaded)?)
-    } else {
-        None
-    };
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut attempt: u32 = 0;
-    let mut retry_slot = None;
-    loop {
-        let more = cluster
-            .retry
-            .as_ref()
-            .is_some_and(|r| attempt < r.max_retries && body.replayable());
-        // Retries go to another endpoint when there is one (a hash key would pin them).
-        let pick_key = if attempt == 0 { key } else { None };
-        // A sticky session's endpoint first (first try only), else the balancer.
-        let pinned = sticky_to
-            .filter(|_| attempt == 0)
-            .and_then(|i| cluster.lease_for(&endpoints, i));
-        let mut lease = match pinned {
-            Some(l) => l,
-            None => cluster
-                .pick_excluding(&endpoints, pick_key, &tried)
-                .ok_or(ErrorKind::NoEndpoint)?,
-        };
-        let endpoint = Arc::clone(lease.endpoint());
-        if more {
-            // Only a request that may be retried remembers where it went.
-            tried.push(endpoint.address);
-        }
-        let mut try_parts = if more {
-            clone_parts(&parts)
-        } else {
-            // The last try takes the head itself.
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        target(
-            &mut try_parts,
-            &endpoint,
-            cluster,
-            route,
-            client_host.as_ref(),
-            path.clone(),
-        )?;
-        if let Some(ws) = &websocket {
-            ws.upstream_request(&mut try_parts, cluster.protocol);
-        }
-        let mut timeout = cluster
-            .retry
-            .as_ref()
-            .map_or(cluster.response_timeout, |r| r.per_try_timeout);
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ErrorKind::DeadlineExceeded);
-            }
-            timeout = timeout.min(left);
-        }
-
-        if cluster.proxy_protocol().is_some() {
-            try_parts.extensions.insert(ClientAddresses {
-                client: ctx.client,
-                local: ctx.local,
-                tls: ctx.tls.clone(),
-            });
-        }
-        let next = body.next();
-        if cluster.protocol == UpstreamProtocol::Http1
-            && !http_body::Body::is_end_stream(&next)
-            && http_body::Body::size_hint(&next).exact().is_none()
-            && !try_parts.headers.contains_key(header::CONTENT_LENGTH)
-        {
-            // A body of unknown length goes chunked whatever the method: the HTTP/1.1
-            // client would send a GET's or HEAD's body nowhere otherwise (dropped).
-            try_parts.headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
-        let sent_at = Instant::now();
-        let send = endpoint.send(Request::from_parts(try_parts, next), timeout);
-        let result = if action.abort_on_client_close {
-            tokio::select! {
-                r = send => r,
-                () = ctx.client_closed() => {
-                    ex.upstream = Some(endpoint.address);
-                    lease.report(true);
-                    tracing::debug!(client = %ctx.client, "client closed its side; upstream exchange aborted");
-                    return Err(ErrorKind::ClientAborted);
-                }
-            }
-        } else {
-            send.await
-        };
-        let took = sent_at.elapsed();
-        ex.upstream = Some(endpoint.address);
-        ex.upstream_ms = Some(millis(took));
-        if result.is_ok() {
-            lease.record_latency(took);
-            cluster.stats.upstream_latency.observe(took);
-        }
-        let client_caused = ex.meter.as_deref().is_some_and(|m| {
-            m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
-        });
-        match &result {
-            Ok((resp, _)) => lease.report(!resp.status().is_server_error()),
-            Err(_) if !client_caused => lease.report(false),
-            Err(_) => {}
-        }
-
-        let retry_wanted = match (&cluster.retry, &result) {
-            (Some(policy), Ok((resp, _))) => {
-                more && idempotent && policy.statuses.contains(&resp.status().as_u16())
-            }
-            (Some(policy), Err(e)) => {
-                more && !client_caused && retryable_error(e, policy, idempotent)
-            }
-            (None, _) => false,
-        };
-        if retry_wanted {
-            // One budget slot per retrying request, held across its retries.
-            if retry_slot.is_none() {
-                retry_slot = cluster.try_retry();
-            }
-            if retry_slot.is_some() {
-                cluster.retries.fetch_add(1, Ordering::Relaxed);
-                if let Some(policy) = &cluster.retry {
-                    tokio::time::sleep(backoff(policy, attempt)).await;
-                }
-                attempt += 1;
-                continue;
-            }
-            tracing::debug!(cluster = %cluster.name, "retry budget exhausted; answering with the last try");
-        }
-        let index = lease.index();
-        let sticky_cookie = match &cluster.sticky {
-            Some(sticky) if sticky_to != Some(index) => sticky.set_cookie(lease.id()),
-            _ => None,
-        };
-        ex.lease = Some(lease);
-        return match result {
-            // Only a WebSocket handshake may switch protocols (checked with it below);
-            // a 101 to anything else would hand the connection to whatever the
-            // upstream switched to.
-            Ok((resp, _))
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                    && websocket.is_none() =>
-            {
-                tracing::warn!(
-                    cluster = %cluster.name,
-                    upgrade = ?resp.headers().get(header::UPGRADE),
-                    "upstream switched protocols unasked; refused"
-                );
-                if let Some(l) = &ex.lease {
-                    l.report(false);
-                }
-                Err(ErrorKind::UpgradeInvalid)
-            }
-            Ok((resp, pooled)) => {
-                let resp = match websocket.take() {
-                    None => (resp, pooled),
-                    Some(ws) => {
-                        let tunnel = super::tunnel::Tunnel {
-                            limits: super::tunnel::Tunnel::limits(
-                                action,
-                                &route.life,
-                                &ctx.shared.stop,
-                            ),
-                            conn: ctx.guard.clone(),
-                            route: Arc::clone(&route.name),
-                            client: ctx.client,
-                            lease: ex.lease.take(),
-                            in_flight: ctx
-                                .state
-                                .request_started(downstream_version == Version::HTTP_2),
-                            metrics: Arc::clone(&ctx.shared.metrics),
-                            stats: Arc::clone(&ctx.stats),
-                            // An HTTP/2 tunnel is a stream of its upstream connection,
-                            // counted there while it lives.
-                            _pooled: pooled,
-                        };
-                        match ws.finish(resp, cluster.protocol, tunnel) {
-                            super::tunnel::Outcome::Tunnel(answer) => return Ok(answer),
-                            // Refused: relayed as an ordinary answer (on a connection
-                            // that is not pooled again).
-                            super::tunnel::Outcome::Refused(resp) => (resp, None),
-                            super::tunnel::Outcome::Failed(kind) => return Err(kind),
-                        }
-                    }
-                };
-                let (resp, pooled) = resp;
-                let (mut rparts, rbody) = resp.into_parts();
-                if let Err(kind) = response_head(&mut rparts, listener, downstream_version) {
-                    if let Some(l) = &ex.lease {
-                        l.report(false);
-                    }
-                    return Err(kind);
-                }
-                if let Some(v) = sticky_cookie {
-                    rparts.headers.append(header::SET_COOKIE, v);
-                }
-                ex.pooled = pooled;
-                // A gRPC call's deadline covers the streamed messages too, and a reload
-                // that removes its route (or a stop) ends it with a status; gRPC-Web
-                // calls alike, then translated.
-                let body = if grpc {
-                    let ended_by = Arc::new(std::sync::OnceLock::new());
-                    ex.ended_by = Some(Arc::clone(&ended_by));
-                    let body = super::grpc::GrpcBody::new(
-                        rbody,
-                        deadline,
-                        crate::runtime::Ending::new(Some(&route.life), &ctx.shared.stop),
-                        ended_by,
-                    );
-                    if let Some(w) = grpc_web {
-                        return Ok(w.response(Response::from_parts(rparts, body), web_origin));
-                    }
-                    ResponseBody::boxed(body)
-                } else {
-                    match ResponseBody::stream_checked(rbody) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::debug!(cluster = %cluster.name, error = %e, "upstream body broken from its first bytes");
-                            if let Some(l) = &ex.lease {
-                                l.report(false);
-                            }
-                            ex.pooled = None;
-                            return Err(ErrorKind::UpstreamInvalid);
-                        }
-                    }
-                };
-                Ok(Response::from_parts(rparts, body))
-            }
-            Err(e) => Err(classify(
-                &e,
-                ex.meter.as_deref(),
-                &cluster.name,
-                ctx,
-                deadline,
-            )),
-        };
-    }
-}
-
 /// The upstream's response head as the client gets it: one framing only from an
 /// HTTP/1.x upstream (a Transfer-Encoding other than exactly `chunked`, or with a
 /// Content-Length, is refused, not guessed at), hop-by-hop headers out, `Via` in, the
@@ -522,35 +587,6 @@ pub(super) fn response_head(
     }
     rparts.version = downstream_version;
     Ok(())
-}
-
-/// Hop-by-hop headers out, proxy headers in: what every try sends.
-fn upstream_headers(
-    h: &mut http::HeaderMap,
-    listener: &ListenerRuntime,
-    ctx: &ConnCtx,
-    ex: &Exchange,
-    client_host: Option<&HeaderValue>,
-    downstream_version: Version,
-) {
-    strip_hop_by_hop(h);
-    super::headers::normalize_content_length(h);
-    h.remove(header::EXPECT);
-    add_client_forwarding(h, listener, ctx, client_host, downstream_version);
-    if let (Some(name), Some(id)) = (&listener.request_id, &ex.request_id)
-        && let Ok(v) = HeaderValue::from_str(id)
-    {
-        h.insert(name.clone(), v);
-    }
-    // On TLS listeners a client never legitimately sends these: always drop its copies,
-    // and add the verified identity when forwarding is on.
-    if let Some(tls) = &listener.config.tls {
-        let id = ctx
-            .client_cert
-            .as_deref()
-            .filter(|_| tls.forward_client_cert);
-        forward_client_cert(h, id);
-    }
 }
 
 /// The forwarding headers (`X-Forwarded-*`, `Forwarded`) the listener asks for, naming
@@ -578,19 +614,14 @@ pub(super) fn add_client_forwarding(
 
 /// The target and host for one endpoint: origin-form plus `Host` for HTTP/1.1,
 /// scheme and `:authority` for HTTP/2.
-fn target(
-    parts: &mut Parts,
-    endpoint: &EndpointPool,
-    cluster: &ClusterRuntime,
-    route: &RouteRuntime,
-    client_host: Option<&HeaderValue>,
-    path: PathAndQuery,
-) -> Result<(), ErrorKind> {
-    let upstream_host: Option<HeaderValue> = match (&route.host_rewrite, cluster.host_header) {
+fn target(parts: &mut Parts, endpoint: &EndpointPool, call: &Call<'_>) -> Result<(), ErrorKind> {
+    let cluster = call.cluster;
+    let upstream_host: Option<HeaderValue> = match (&call.route.host_rewrite, cluster.host_header) {
         (Some(h), _) => Some(h.clone()),
         (None, HostHeader::Endpoint) => Some(endpoint.host_value.clone()),
-        (None, HostHeader::Preserve) => client_host.cloned(),
+        (None, HostHeader::Preserve) => call.client_host.clone(),
     };
+    let path = call.path.clone();
     let h = &mut parts.headers;
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
@@ -685,30 +716,6 @@ fn request_key<B>(k: &HashKey, req: &Request<B>, ctx: &ConnCtx) -> Option<u64> {
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| k == name)
             .map(|(_, v)| hash_key(v.as_bytes())),
-    }
-}
-
-/// Replaces any client-sent `x-client-cert-*` headers with the verified identity.
-fn forward_client_cert(h: &mut http::HeaderMap, id: Option<&ClientIdentity>) {
-    for n in [
-        &CLIENT_CERT_SUBJECT,
-        &CLIENT_CERT_DNS,
-        &CLIENT_CERT_FINGERPRINT,
-    ] {
-        h.remove(n);
-    }
-    let Some(id) = id else { return };
-    let values = [
-        (&CLIENT_CERT_SUBJECT, id.subject.clone()),
-        (&CLIENT_CERT_DNS, id.dns_names.join(",")),
-        (&CLIENT_CERT_FINGERPRINT, id.fingerprint.clone()),
-    ];
-    for (name, value) in values {
-        if !value.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&value)
-        {
-            h.insert(name.clone(), v);
-        }
     }
 }
 

@@ -22,6 +22,8 @@ pub struct RouteRuntime {
     pub stats: Arc<crate::observe::stats::RouteStats>,
     /// Ends (after the reload grace period) when a reload removes or changes the route.
     pub life: crate::runtime::Life,
+    /// The route's filters, built from its settings and its listener's.
+    pub filters: super::filters::FilterChain,
 }
 
 /// The routes of one listener, in file order, indexed so that a request only looks at
@@ -245,6 +247,7 @@ impl RouteRuntime {
             name: Arc::from(route.name.as_str()),
             stats: crate::observe::StatsRegistry::default().route("", &route.name, ""),
             life: crate::runtime::Life::default(),
+            filters: super::filters::FilterChain::default(),
             route,
             cluster,
             host_rewrite: None,

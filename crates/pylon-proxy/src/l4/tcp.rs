@@ -40,6 +40,9 @@ pub struct TcpProxyLoop {
 
 impl TcpProxyLoop {
     pub async fn run(mut self) {
+        let inherited = self.runtime.load().listener(&self.name).is_some_and(|lr| {
+            crate::tcp_options::inherit_from_listener(&self.listener, &lr.config.tcp)
+        });
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -70,8 +73,7 @@ impl TcpProxyLoop {
                 tracing::warn!(listener = %self.name, %client, limit = l4.max_connections, "connection refused: listener at max_connections");
                 continue;
             }
-            let _ = stream.set_nodelay(true);
-            crate::tcp_options::apply(&stream, &lr.config.tcp);
+            crate::tcp_options::accepted(&stream, &lr.config.tcp, inherited);
             let Some(guard) = self.tracker.admit(&self.shared, &runtime, &lr, client.ip()) else {
                 drop(stream);
                 continue;

@@ -1,9 +1,10 @@
-//! gRPC-Web for browsers: `application/grpc-web(+proto)` and `application/grpc-web-text`
-//! (base64) requests become native gRPC to the upstream, and the answer comes back as
-//! gRPC-Web: messages as they stream, the trailers encoded as a final frame in the body
-//! (flag 0x80), all base64 for `-text`. CORS preflights for configured origins are
-//! answered here, and answers (proxy-made errors included) carry the CORS headers a
-//! browser needs to read the status.
+//! The gRPC-Web filter, on routes with `grpc_web = true`: browsers'
+//! `application/grpc-web(+proto)` and `application/grpc-web-text` (base64) requests
+//! become native gRPC to the upstream (phase 4: head and body), and the answer comes
+//! back as gRPC-Web (phase 5): messages as they stream, the trailers encoded as a final
+//! frame in the body (flag 0x80), all base64 for `-text`. CORS preflights for the
+//! route's `cors_allow_origins` are answered in phase 3, and answers (proxy-made errors
+//! included) carry the CORS headers a browser needs to read the status.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -15,22 +16,124 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use pylon_config::model::Action;
+use std::sync::Arc;
 
-use super::body::{BoxError, ResponseBody};
-use super::router::RouteRuntime;
+use http::request::Parts;
+use hyper::body::Incoming;
+use pylon_config::model::{Action, Listener, Route};
+
+use super::{Filter, FilterCtx};
+use crate::http::body::{BoxError, RequestBody, RequestPayload, ResponseBody};
+use crate::http::error::ErrorKind;
+
+pub(super) fn build(_listener: &Listener, route: &Route) -> Option<Arc<dyn Filter>> {
+    match &route.action {
+        Action::Proxy(p) if p.grpc_web => Some(Arc::new(GrpcWebFilter {
+            allowed: p.cors_allow_origins.clone(),
+        })),
+        _ => None,
+    }
+}
+
+struct GrpcWebFilter {
+    /// `cors_allow_origins`.
+    allowed: Vec<String>,
+}
+
+/// A gRPC-Web call in progress: how its client talks, and the origin its answers name.
+#[derive(Clone)]
+struct WebCall {
+    web: GrpcWeb,
+    origin: Option<HeaderValue>,
+}
+
+impl Filter for GrpcWebFilter {
+    fn name(&self) -> &'static str {
+        "grpc_web"
+    }
+
+    fn request(
+        &self,
+        req: &mut Request<Incoming>,
+        cx: &mut FilterCtx<'_>,
+    ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
+        if is_preflight(req) {
+            return preflight(req.headers(), &self.allowed).map(Some);
+        }
+        if let Some(web) = detect(req.headers()) {
+            let origin = allowed_origin(req.headers(), &self.allowed);
+            cx.state.insert(WebCall { web, origin });
+        }
+        Ok(None)
+    }
+
+    fn upstream_head(&self, head: &mut Parts, cx: &mut FilterCtx<'_>) {
+        if let Some(call) = cx.state.get::<WebCall>() {
+            call.web.upstream_headers(&mut head.headers);
+        }
+    }
+
+    fn request_body(
+        &self,
+        body: RequestPayload,
+        cx: &mut FilterCtx<'_>,
+    ) -> Result<RequestPayload, ErrorKind> {
+        if !cx.state.get::<WebCall>().is_some_and(|c| c.web.text) {
+            return Ok(body);
+        }
+        // gRPC-Web text: the body arrives in base64.
+        Ok(match body {
+            RequestPayload::Replay(b) => RequestPayload::Replay(
+                BASE64
+                    .decode(
+                        b.iter()
+                            .filter(|c| !c.is_ascii_whitespace())
+                            .copied()
+                            .collect::<Vec<u8>>(),
+                    )
+                    .map(Bytes::from)
+                    .map_err(|_| ErrorKind::MalformedRequest)?,
+            ),
+            RequestPayload::Stream(inner) => RequestPayload::Stream(inner.map(|b| {
+                RequestBody::Boxed(http_body_util::combinators::BoxBody::new(
+                    TextRequestBody::new(b),
+                ))
+            })),
+        })
+    }
+
+    fn response(
+        &self,
+        resp: Response<ResponseBody>,
+        cx: &mut FilterCtx<'_>,
+    ) -> Response<ResponseBody> {
+        match cx.state.get::<WebCall>() {
+            Some(call) => call.web.response(resp, call.origin.clone()),
+            None => resp,
+        }
+    }
+
+    fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {
+        // A proxy-made gRPC error to a gRPC-Web call from an allowed origin gets the
+        // same CORS headers as an upstream's answer, without which the browser hides
+        // `grpc-status` from the page.
+        if let Some(origin) = state.get::<WebCall>().and_then(|c| c.origin.clone()) {
+            cors_headers(resp.headers_mut(), origin);
+        }
+    }
+}
 
 /// How a gRPC-Web client talks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GrpcWeb {
+struct GrpcWeb {
     /// `application/grpc-web-text`: base64 both ways.
-    pub text: bool,
+    text: bool,
     /// `+proto` (or another `+suffix`) was given.
     suffix: Option<&'static str>,
 }
 
 /// A gRPC-Web request, if this is one.
-pub fn detect(headers: &HeaderMap) -> Option<GrpcWeb> {
+fn detect(headers: &HeaderMap) -> Option<GrpcWeb> {
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let ct = ct.split(';').next()?.trim().to_ascii_lowercase();
     let (text, rest) = if let Some(r) = ct.strip_prefix("application/grpc-web-text") {
@@ -50,7 +153,7 @@ pub fn detect(headers: &HeaderMap) -> Option<GrpcWeb> {
 }
 
 /// Whether this is a CORS preflight (OPTIONS with `Access-Control-Request-Method`).
-pub fn is_preflight<B>(req: &Request<B>) -> bool {
+fn is_preflight<B>(req: &Request<B>) -> bool {
     req.method() == Method::OPTIONS
         && req
             .headers()
@@ -86,37 +189,11 @@ fn cors_headers(h: &mut HeaderMap, origin: HeaderValue) {
     );
 }
 
-/// A proxy-made gRPC error (`headers` of the answer): a gRPC-Web call from an origin
-/// its route allows gets the same CORS headers as an upstream's answer, without which
-/// the browser hides `grpc-status` from the page.
-pub fn error_cors(
-    headers: &mut HeaderMap,
-    origin: Option<HeaderValue>,
-    route: Option<&RouteRuntime>,
-) {
-    let (Some(origin), Some(route)) = (origin, route) else {
-        return;
-    };
-    let Action::Proxy(action) = route.action() else {
-        return;
-    };
-    if !action.grpc_web || detect(headers).is_none() {
-        return;
-    }
-    if let Some(origin) = allow(&origin, &action.cors_allow_origins) {
-        cors_headers(headers, origin);
-    }
-}
-
 /// The answer to a CORS preflight: 204 with what a gRPC-Web client needs, or the
 /// proxy-made 403 `cors_origin_denied` when the origin is not allowed.
-pub fn preflight(
-    headers: &HeaderMap,
-    allowed: &[String],
-) -> Result<Response<ResponseBody>, super::error::ErrorKind> {
+fn preflight(headers: &HeaderMap, allowed: &[String]) -> Result<Response<ResponseBody>, ErrorKind> {
     let mut resp = Response::new(ResponseBody::empty());
-    let origin =
-        allowed_origin(headers, allowed).ok_or(super::error::ErrorKind::CorsOriginDenied)?;
+    let origin = allowed_origin(headers, allowed).ok_or(ErrorKind::CorsOriginDenied)?;
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -141,7 +218,7 @@ pub fn preflight(
 
 impl GrpcWeb {
     /// The upstream request's headers: native gRPC.
-    pub fn upstream_headers(&self, h: &mut HeaderMap) {
+    fn upstream_headers(&self, h: &mut HeaderMap) {
         let ct = match self.suffix {
             Some("+proto") => "application/grpc+proto",
             Some("+json") => "application/grpc+json",
@@ -157,9 +234,9 @@ impl GrpcWeb {
     }
 
     /// The client's answer: gRPC-Web headers (CORS included) and body.
-    pub fn response(
+    fn response(
         &self,
-        resp: Response<super::grpc::GrpcBody>,
+        resp: Response<ResponseBody>,
         request_headers_origin: Option<HeaderValue>,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = resp.into_parts();
@@ -187,11 +264,6 @@ impl GrpcWeb {
         };
         Response::from_parts(parts, ResponseBody::boxed(body))
     }
-
-    /// The allowed origin to echo in the answer, for a request from a browser.
-    pub fn answer_origin(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
-        allowed_origin(headers, allowed)
-    }
 }
 
 /// Encodes trailers as a gRPC-Web trailer frame: flag 0x80, length, `name:value\r\n`.
@@ -211,10 +283,11 @@ fn trailer_frame(trailers: &HeaderMap) -> Bytes {
 }
 
 /// The upstream's body as gRPC-Web: data as is (or base64), trailers as a last frame.
-/// It reads the call through [`super::grpc::GrpcBody`], so deadlines, retired routes
-/// and stops end a gRPC-Web call with a status, as they end a native one.
+/// It reads the call through the gRPC body the upstream step made (`http/grpc.rs`:
+/// `GrpcBody`), so deadlines, retired routes and stops end a gRPC-Web call with a
+/// status, as they end a native one.
 struct WebResponseBody {
-    inner: super::grpc::GrpcBody,
+    inner: ResponseBody,
     text: bool,
     /// `-text`: bytes not yet encoded (base64 works in groups of three).
     carry: BytesMut,
@@ -296,13 +369,13 @@ impl Body for WebResponseBody {
 }
 
 /// A `-text` request body decoded from base64 on the way (in groups of four).
-pub struct TextRequestBody<B> {
+struct TextRequestBody<B> {
     inner: B,
     carry: BytesMut,
 }
 
 impl<B> TextRequestBody<B> {
-    pub fn new(inner: B) -> Self {
+    fn new(inner: B) -> Self {
         TextRequestBody {
             inner,
             carry: BytesMut::new(),

@@ -1,0 +1,39 @@
+//! Forwarding headers on the upstream request: `X-Forwarded-For/-Proto/-Host`, RFC 7239
+//! `Forwarded` and `Via`, as the listener's `[listeners.headers]` asks, naming this
+//! connection's client.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use pylon_config::model::{Listener, Route};
+
+use super::{Filter, FilterCtx};
+
+pub(super) fn build(listener: &Listener, _route: &Route) -> Option<Arc<dyn Filter>> {
+    let h = &listener.headers;
+    (h.x_forwarded || h.forwarded || h.via).then(|| Arc::new(Forwarding) as Arc<dyn Filter>)
+}
+
+struct Forwarding;
+
+impl Filter for Forwarding {
+    fn name(&self) -> &'static str {
+        "forwarding"
+    }
+
+    fn upstream_head(&self, head: &mut Parts, cx: &mut FilterCtx<'_>) {
+        // The client's authority: `:authority` (HTTP/2, absolute form), else `Host`.
+        let client_host: Option<HeaderValue> = match head.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => head.headers.get(header::HOST).cloned(),
+        };
+        crate::http::proxy::add_client_forwarding(
+            &mut head.headers,
+            cx.listener,
+            cx.conn,
+            client_host.as_ref(),
+            head.version,
+        );
+    }
+}

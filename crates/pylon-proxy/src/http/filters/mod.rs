@@ -1,0 +1,182 @@
+//! The request path's filters. A feature on the request path is one type, in its own
+//! file here, implementing the [`Filter`] phases it needs; [`REGISTRY`] lists every filter
+//! in the order they run. A route's [`FilterChain`] is built once per config snapshot
+//! (`Runtime::build`) from its listener's and its own settings, so no request asks which
+//! features its route has: a route with none runs an empty loop per phase.
+//!
+//! The phases (docs/LIFECYCLE.md lists them with the code that runs each):
+//! 3 `request` (may answer by itself), 4 `upstream_head` (the head every try shares) and
+//! `request_body`, 5 `response` (the upstream's answer), and `error_answer` (a proxy-made
+//! error on its way out). Features that decide how the upstream is reached (WebSocket
+//! upgrades, gRPC deadlines, sticky sessions, retries, PROXY headers out) are steps of
+//! phase 4 in `http/proxy.rs`.
+//!
+//! Adding a filter: a file with a type implementing [`Filter`] and a `build` function
+//! that returns it for the routes that want it, then one line in [`REGISTRY`].
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use pylon_config::model::{Listener, Route};
+
+use super::body::{RequestPayload, ResponseBody};
+use super::error::ErrorKind;
+use super::pipeline::ConnCtx;
+use crate::runtime::ListenerRuntime;
+
+mod client_cert;
+mod forwarding;
+mod grpc_web;
+mod request_id;
+
+/// What a filter sees besides the request and the answer.
+pub struct FilterCtx<'a> {
+    pub conn: &'a ConnCtx,
+    pub listener: &'a ListenerRuntime,
+    /// The request's id (phase 1), as a header value.
+    pub request_id: Option<http::HeaderValue>,
+    /// What filters leave for their own later phases, one value per type.
+    pub state: http::Extensions,
+}
+
+impl<'a> FilterCtx<'a> {
+    pub fn new(
+        conn: &'a ConnCtx,
+        listener: &'a ListenerRuntime,
+        request_id: Option<http::HeaderValue>,
+    ) -> Self {
+        FilterCtx {
+            conn,
+            listener,
+            request_id,
+            state: http::Extensions::new(),
+        }
+    }
+}
+
+/// One feature on the request path. Every phase has a default that does nothing.
+pub trait Filter: Send + Sync {
+    /// The feature's name, for logs and docs.
+    fn name(&self) -> &'static str;
+
+    /// Phase 3: the client's request, before its body is read. `Ok(Some(answer))`
+    /// answers it without an upstream (a CORS preflight); `Err` refuses it.
+    fn request(
+        &self,
+        _req: &mut Request<Incoming>,
+        _cx: &mut FilterCtx<'_>,
+    ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
+        Ok(None)
+    }
+
+    /// Phase 4: the upstream request's head, shared by every try (hop-by-hop headers are
+    /// gone; the target and `Host` are set per try afterwards).
+    fn upstream_head(&self, _head: &mut Parts, _cx: &mut FilterCtx<'_>) {}
+
+    /// Phase 4: the request body on its way upstream.
+    fn request_body(
+        &self,
+        body: RequestPayload,
+        _cx: &mut FilterCtx<'_>,
+    ) -> Result<RequestPayload, ErrorKind> {
+        Ok(body)
+    }
+
+    /// Phase 5: the upstream's answer, its head already checked and cleaned.
+    fn response(
+        &self,
+        resp: Response<ResponseBody>,
+        _cx: &mut FilterCtx<'_>,
+    ) -> Response<ResponseBody> {
+        resp
+    }
+
+    /// A proxy-made error answer to this request, after phase 3 ran; `state` is what the
+    /// filters left in [`FilterCtx::state`].
+    fn error_answer(&self, _resp: &mut Response<ResponseBody>, _state: &http::Extensions) {}
+}
+
+/// Makes a filter for a route of a listener, when their settings ask for it.
+type Factory = fn(&Listener, &Route) -> Option<Arc<dyn Filter>>;
+
+/// Every filter, in the order its phases run.
+const REGISTRY: &[Factory] = &[
+    forwarding::build,
+    request_id::build,
+    client_cert::build,
+    grpc_web::build,
+];
+
+/// A route's filters, in [`REGISTRY`] order.
+#[derive(Clone, Default)]
+pub struct FilterChain(Arc<[Arc<dyn Filter>]>);
+
+impl FilterChain {
+    /// The chain for `route` on `listener`.
+    pub fn for_route(listener: &Listener, route: &Route) -> FilterChain {
+        let filters: Vec<Arc<dyn Filter>> = REGISTRY
+            .iter()
+            .filter_map(|build| build(listener, route))
+            .collect();
+        FilterChain(filters.into())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Filter>> {
+        self.0.iter()
+    }
+
+    /// The filters' names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|f| f.name()).collect()
+    }
+
+    /// Phase 3 for every filter; the first that answers or refuses ends it.
+    pub fn request(
+        &self,
+        req: &mut Request<Incoming>,
+        cx: &mut FilterCtx<'_>,
+    ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
+        for f in self.0.iter() {
+            if let Some(answer) = f.request(req, cx)? {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn upstream_head(&self, head: &mut Parts, cx: &mut FilterCtx<'_>) {
+        for f in self.0.iter() {
+            f.upstream_head(head, cx);
+        }
+    }
+
+    pub fn request_body(
+        &self,
+        mut body: RequestPayload,
+        cx: &mut FilterCtx<'_>,
+    ) -> Result<RequestPayload, ErrorKind> {
+        for f in self.0.iter() {
+            body = f.request_body(body, cx)?;
+        }
+        Ok(body)
+    }
+
+    pub fn response(
+        &self,
+        mut resp: Response<ResponseBody>,
+        cx: &mut FilterCtx<'_>,
+    ) -> Response<ResponseBody> {
+        for f in self.0.iter() {
+            resp = f.response(resp, cx);
+        }
+        resp
+    }
+
+    pub fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {
+        for f in self.0.iter() {
+            f.error_answer(resp, state);
+        }
+    }
+}
