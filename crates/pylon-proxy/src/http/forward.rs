@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -35,12 +35,11 @@ use super::body::{RequestBody, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::forward_addr;
 use super::headers::strip_hop_by_hop;
-use super::pipeline::{ConnCtx, Exchange};
+use super::pipeline::{ConnCtx, Exchange, TunnelLog};
 use super::upstream::EndpointPool;
 use super::upstream::destinations::DestinationPools;
 use crate::l4::relay::{self, Activity, RelayLimits};
 use crate::lock;
-use crate::observe::AccessRecord;
 use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
 
@@ -491,7 +490,7 @@ pub(super) async fn serve(
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     let cfg = &fwd.config;
     let Some(user) = fwd.authenticate(req.headers()).await else {
-        ex.error = Some(ErrorKind::ProxyAuthRequired);
+        ex.log.error = Some(ErrorKind::ProxyAuthRequired);
         let mut resp = error_response(ErrorKind::ProxyAuthRequired);
         resp.headers_mut().insert(
             PROXY_AUTHENTICATE.clone(),
@@ -500,7 +499,7 @@ pub(super) async fn serve(
         return Ok(resp);
     };
     if !user.is_empty() {
-        ex.user = Some(Arc::clone(&user));
+        ex.log.user = Some(Arc::clone(&user));
     }
     let dest = destination(&req)?;
     let is_connect = req.method() == Method::CONNECT;
@@ -516,7 +515,7 @@ pub(super) async fn serve(
         })
         .filter(|r| !r.allow)
     {
-        ex.error = Some(ErrorKind::Denied);
+        ex.log.error = Some(ErrorKind::Denied);
         return Ok(denied(&rule.name));
     }
     let addrs = match resolve(fwd, &dest).await {
@@ -529,15 +528,15 @@ pub(super) async fn serve(
     let allowed = match check(cfg, &dest, &addrs, is_connect) {
         Ok(a) => a,
         Err(d) => {
-            ex.error = Some(ErrorKind::Denied);
+            ex.log.error = Some(ErrorKind::Denied);
             tracing::info!(client = %ctx.client, destination = %format!("{}:{}", dest.host, dest.port), rule = %d.rule, detail = d.detail.as_deref(), "forward proxy: denied");
             return Ok(denied(&d.rule));
         }
     };
     if is_connect {
         let upstream = connect(&allowed, dest.port, cfg).await?;
-        ex.upstream = upstream.peer_addr().ok();
-        return Ok(tunnel(&mut req, upstream, cfg, ctx, ex, &dest, user));
+        ex.log.upstream = upstream.peer_addr().ok();
+        return Ok(tunnel(&mut req, upstream, cfg, ctx, ex));
     }
     let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
     forward_request(req, &pool, listener, ctx, ex, cfg).await
@@ -568,19 +567,17 @@ async fn destination_pool(
     Err(last)
 }
 
-/// CONNECT: answers 200 and relays bytes once the client's side is upgraded; logs one
-/// line when the tunnel ends.
+/// CONNECT: answers 200 and relays bytes once the client's side is upgraded. The
+/// request's access-log record (made by `pipeline::finish`) is written when the tunnel
+/// ends, with the bytes each way.
 fn tunnel(
     req: &mut Request<Incoming>,
     upstream: TcpStream,
     cfg: &ForwardProxy,
     ctx: &ConnCtx,
     ex: &mut Exchange,
-    dest: &Destination,
-    user: Arc<str>,
 ) -> Response<ResponseBody> {
-    let h2 = req.version() == Version::HTTP_2;
-    let client_upgrade = hyper::upgrade::on(req);
+    let client_upgrade = hyper::upgrade::on(&mut *req);
     let limits = RelayLimits {
         idle: cfg.tunnel_idle_timeout,
         lifetime: None,
@@ -593,72 +590,37 @@ fn tunnel(
             &ctx.shared.stop,
         ),
     };
-    let shared = Arc::clone(&ctx.shared);
-    let stats = Arc::clone(&ctx.stats);
-    let in_flight = ctx.state.request_started(h2);
-    // The client connection counts as open while the tunnel lives.
-    let conn = ctx.guard.clone();
-    let listener_name = Arc::clone(&ctx.listener);
-    let client_addr = ctx.client;
-    let record = shared.logger.enabled().then(|| AccessRecord {
-        time: SystemTime::now(),
-        listener: Arc::clone(&ctx.listener),
-        client: ctx.client,
-        method: "CONNECT".into(),
-        authority: format!("{}:{}", dest.host, dest.port),
-        path: String::new(),
-        protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
-        status: 200,
-        bytes_in: 0,
-        bytes_out: 0,
-        duration_ms: 0.0,
-        route: None,
-        cluster: None,
-        upstream: ex.upstream,
-        upstream_ms: None,
-        request_id: ex.request_id.clone(),
-        client_cert: None,
-        user: (!user.is_empty()).then_some(user),
-        error: None,
-    });
-    ex.logged_by_tunnel = true;
+    let log: TunnelLog = Arc::default();
+    ex.log.tunnel = Some(Arc::clone(&log));
+    let (shared, stats) = (Arc::clone(&ctx.shared), Arc::clone(&ctx.stats));
+    let (listener, client) = (Arc::clone(&ctx.listener), ctx.client);
+    // In flight, and the client connection counted open, while the tunnel lives.
+    let held = (
+        ctx.state.request_started(req.version() == Version::HTTP_2),
+        ctx.guard.clone(),
+    );
     tokio::spawn(async move {
         let started = Instant::now();
-        let Ok(client) = client_upgrade.await else {
+        let Ok(client_io) = client_upgrade.await else {
             return;
         };
-        shared
-            .metrics
-            .tunnels_active
-            .fetch_add(1, Ordering::Relaxed);
-        shared.metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
-        stats.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        let open = super::tunnel::OpenTunnel::new(&shared.metrics, &stats);
         let activity = Activity::default();
-        let end = relay::copy(TokioIo::new(client), upstream, limits, &activity).await;
-        shared
-            .metrics
-            .tunnels_active
-            .fetch_sub(1, Ordering::Relaxed);
-        stats.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        let end = relay::copy(TokioIo::new(client_io), upstream, limits, &activity).await;
+        drop(open);
         if end.by_proxy() {
-            tracing::info!(
-                listener = %listener_name,
-                client = %client_addr,
-                reason = end.as_str(),
-                "CONNECT tunnel closed by the proxy"
-            );
+            tracing::info!(%listener, %client, reason = end.as_str(), "CONNECT tunnel closed by the proxy");
         }
-        if let Some(mut r) = record {
+        if let Some(mut r) = crate::lock(&log).take() {
             r.bytes_in = activity.up.load(Ordering::Relaxed);
             r.bytes_out = activity.down.load(Ordering::Relaxed);
             r.duration_ms = millis(started.elapsed());
             if !matches!(end, relay::RelayEnd::Closed) {
                 r.error = Some(end.as_str());
             }
-            shared.logger.log(r);
+            shared.logger.log(*r);
         }
-        drop(in_flight);
-        drop(conn);
+        drop(held);
     });
     Response::new(ResponseBody::empty())
 }
@@ -702,7 +664,7 @@ async fn forward_request(
         RequestBody::Empty
     } else {
         let meter = Arc::new(super::body::RequestMeter::default());
-        ex.meter = Some(Arc::clone(&meter));
+        ex.held.meter = Some(Arc::clone(&meter));
         if http_body::Body::size_hint(&body).exact().is_none() {
             parts.headers.insert(
                 header::TRANSFER_ENCODING,
@@ -715,13 +677,13 @@ async fn forward_request(
             meter,
         }
     };
-    ex.upstream = Some(pool.address);
+    ex.log.upstream = Some(pool.address);
     let sent_at = Instant::now();
     let (resp, pooled) = pool
         .send(Request::from_parts(parts, body), cfg.response_timeout)
         .await
-        .map_err(|e| super::proxy::classify(&e, ex.meter.as_deref(), "forward", ctx, None))?;
-    ex.upstream_ms = Some(millis(sent_at.elapsed()));
+        .map_err(|e| super::proxy::classify(&e, ex.held.meter.as_deref(), "forward", ctx, None))?;
+    ex.log.upstream_ms = Some(millis(sent_at.elapsed()));
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Nothing asked for a switch (the upgrade headers are hop-by-hop).
         return Err(ErrorKind::UpgradeInvalid);
@@ -730,7 +692,7 @@ async fn forward_request(
     super::proxy::response_head(&mut rparts, listener, downstream_version)?;
     let body = ResponseBody::stream_checked(rbody).map_err(|_| ErrorKind::UpstreamInvalid)?;
     // The connection goes back to the pool when the answer has been read to its end.
-    ex.pooled = pooled;
+    ex.held.pooled = pooled;
     Ok(Response::from_parts(rparts, body))
 }
 

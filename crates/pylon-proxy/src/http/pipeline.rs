@@ -127,8 +127,21 @@ impl RequestIds {
     }
 }
 
-/// What the access log needs to know about one exchange, gathered along the path.
+/// One request on its way through the phases, in parts each with one job.
 pub(super) struct Exchange {
+    /// What its access-log line will say (phases 0 to 5 fill it; [`finish`] makes the
+    /// one record from it).
+    pub(super) log: RequestLog,
+    /// What it holds on the upstream side until its response body ends (phase 4).
+    pub(super) held: UpstreamHold,
+    /// What the route that took it keeps (phase 2 on).
+    pub(super) routed: Routed,
+    /// Counts it active on its listener until its response body ends.
+    active: Option<ActiveRequest>,
+}
+
+/// The fields of a request's access-log line, gathered along the path.
+pub(super) struct RequestLog {
     pub(super) start: Instant,
     pub(super) time: SystemTime,
     pub(super) method: String,
@@ -141,21 +154,95 @@ pub(super) struct Exchange {
     pub(super) upstream_ms: Option<f64>,
     pub(super) request_id: Option<String>,
     pub(super) error: Option<ErrorKind>,
-    pub(super) meter: Option<Arc<RequestMeter>>,
-    pub(super) pooled: Option<Pooled>,
-    pub(super) lease: Option<EndpointLease>,
     /// The forward-proxy user.
     pub(super) user: Option<Arc<str>>,
-    /// A CONNECT tunnel writes its own access-log line when it ends.
-    pub(super) logged_by_tunnel: bool,
-    /// The route's stats, once a route took the request.
-    pub(super) stats: Option<Arc<RouteStats>>,
+    /// A CONNECT tunnel takes the record, to write it when the tunnel ends.
+    pub(super) tunnel: Option<TunnelLog>,
+}
+
+/// Where a tunnel finds its request's access-log record when it ends.
+pub(super) type TunnelLog = Arc<std::sync::Mutex<Option<Box<AccessRecord>>>>;
+
+impl RequestLog {
+    fn new(version: Version) -> RequestLog {
+        RequestLog {
+            start: Instant::now(),
+            time: SystemTime::now(),
+            method: String::new(),
+            authority: String::new(),
+            path: String::new(),
+            version,
+            route: None,
+            cluster: None,
+            upstream: None,
+            upstream_ms: None,
+            request_id: None,
+            error: None,
+            user: None,
+            tunnel: None,
+        }
+    }
+
+    /// The access-log record: the one place a record is made.
+    pub(super) fn record(&mut self, ctx: &ConnCtx, status: u16) -> AccessRecord {
+        AccessRecord {
+            time: self.time,
+            listener: Arc::clone(&ctx.listener),
+            client: ctx.client,
+            method: std::mem::take(&mut self.method),
+            authority: std::mem::take(&mut self.authority),
+            path: std::mem::take(&mut self.path),
+            protocol: protocol_name(self.version),
+            status,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            route: self.route.take(),
+            cluster: self.cluster.take(),
+            upstream: self.upstream,
+            upstream_ms: self.upstream_ms,
+            request_id: self.request_id.take(),
+            client_cert: ctx.client_cert.as_ref().map(|c| c.subject.clone()),
+            user: self.user.take(),
+            error: self.error.map(ErrorKind::as_str),
+        }
+    }
+}
+
+/// Requests rejected by the HTTP/1.1 parser before they were requests (hyper answers
+/// them): counted, and logged through the same record as every answer.
+pub(super) fn log_rejected(ctx: &ConnCtx, kind: ErrorKind) {
+    let status = kind.status().as_u16();
+    ctx.shared.metrics.error(kind);
+    ctx.shared.metrics.response(status);
+    if ctx.shared.logger.enabled() {
+        let mut log = RequestLog::new(Version::HTTP_11);
+        log.error = Some(kind);
+        ctx.shared.logger.log(log.record(ctx, status));
+    }
+}
+
+/// What a request holds on the upstream side until its response body ends.
+#[derive(Default)]
+pub(super) struct UpstreamHold {
+    /// The request body's progress (bytes, limit crossed, client failure).
+    pub(super) meter: Option<Arc<RequestMeter>>,
+    /// The upstream connection (HTTP/1.1) or stream (HTTP/2) lent to this exchange.
+    pub(super) pooled: Option<Pooled>,
+    /// The endpoint, counted in flight.
+    pub(super) lease: Option<EndpointLease>,
     /// How a gRPC call's body ended when Pylon ended it (deadline, retired route,
     /// stop): known only at the body's end.
     pub(super) ended_by: Option<Arc<std::sync::OnceLock<ErrorKind>>>,
+}
+
+/// What the route that took a request keeps for it.
+#[derive(Default)]
+pub(super) struct Routed {
+    /// The route's stats.
+    pub(super) stats: Option<Arc<RouteStats>>,
     /// What the route's filters left, for their part of an error answer.
     pub(super) filter_state: Option<http::Extensions>,
-    active: Option<ActiveRequest>,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
@@ -163,38 +250,21 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
     let inflight = ctx.state.request_started(req.version() == Version::HTTP_2);
     let rt = ctx.runtime.load_full();
     let mut ex = Exchange {
-        start: Instant::now(),
-        time: SystemTime::now(),
-        method: String::new(),
-        authority: String::new(),
-        path: String::new(),
-        version: req.version(),
-        route: None,
-        cluster: None,
-        upstream: None,
-        upstream_ms: None,
-        request_id: None,
-        error: None,
-        meter: None,
-        pooled: None,
-        lease: None,
-        user: None,
-        logged_by_tunnel: false,
-        stats: None,
-        ended_by: None,
-        filter_state: None,
+        log: RequestLog::new(req.version()),
+        held: UpstreamHold::default(),
+        routed: Routed::default(),
         active: None,
     };
     let Some(listener) = rt.listener(&ctx.listener) else {
-        ex.error = Some(ErrorKind::NoRoute);
+        ex.log.error = Some(ErrorKind::NoRoute);
         return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
     };
     ex.active = Some(ActiveRequest::new(&listener.stats));
     let logging = ctx.shared.logger.enabled();
     if logging {
-        ex.method = req.method().as_str().to_owned();
-        ex.authority = authority_of(&req).unwrap_or_default().to_owned();
-        ex.path = req
+        ex.log.method = req.method().as_str().to_owned();
+        ex.log.authority = authority_of(&req).unwrap_or_default().to_owned();
+        ex.log.path = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
@@ -208,15 +278,16 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
     let resp = match serve(req, &listener, &ctx, &mut ex).await {
         Ok(resp) => resp,
         Err(kind) => {
-            ex.error = Some(kind);
+            ex.log.error = Some(kind);
             let mut resp = match &grpc {
                 Some(ct) => super::grpc::error_response(kind, Some(ct)),
                 None => error_response(kind),
             };
             // The route's filters add their part (a gRPC-Web call's CORS headers).
             if let (Some(state), Some(route)) = (
-                &ex.filter_state,
-                ex.route
+                &ex.routed.filter_state,
+                ex.log
+                    .route
                     .as_deref()
                     .and_then(|r| listener.router.route_named(r)),
             ) {
@@ -408,7 +479,7 @@ async fn serve(
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     if let Some(name) = &listener.request_id {
-        ex.request_id = Some(
+        ex.log.request_id = Some(
             match req.headers().get(name).and_then(|v| v.to_str().ok()) {
                 Some(id) if !id.is_empty() => id.to_owned(),
                 _ => ctx.shared.request_ids.next(),
@@ -450,14 +521,14 @@ async fn serve(
             ctx.client_cert.as_deref(),
         )
         .ok_or(ErrorKind::NoRoute)?;
-    ex.route = Some(Arc::clone(&route.name));
-    ex.stats = Some(Arc::clone(&route.stats));
+    ex.log.route = Some(Arc::clone(&route.name));
+    ex.routed.stats = Some(Arc::clone(&route.stats));
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),
         Action::Proxy(_) => {
             let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
-            ex.cluster = Some(Arc::clone(&cluster.name));
+            ex.log.cluster = Some(Arc::clone(&cluster.name));
             super::proxy::proxy(req, route, cluster, listener, ctx, ex).await
         }
     }
@@ -520,55 +591,45 @@ fn finish(
     let metrics = &ctx.shared.metrics;
     metrics.response(status);
     let stats = ex
+        .routed
         .stats
         .take()
         .or_else(|| listener.map(|l| Arc::clone(&l.unrouted)));
     if let Some(s) = &stats {
         s.response(status);
     }
-    if let Some(kind) = ex.error {
+    if let Some(kind) = ex.log.error {
         metrics.error(kind);
     }
     if let Some(l) = listener {
         let h = resp.headers_mut();
-        if let (Some(name), Some(id)) = (&l.request_id, &ex.request_id)
+        if let (Some(name), Some(id)) = (&l.request_id, &ex.log.request_id)
             && let Ok(v) = HeaderValue::from_str(id)
         {
             h.insert(name.clone(), v);
         }
     }
-    let log = (ctx.shared.logger.enabled() && !ex.logged_by_tunnel).then(|| {
-        let record = AccessRecord {
-            time: ex.time,
-            listener: Arc::clone(&ctx.listener),
-            client: ctx.client,
-            method: std::mem::take(&mut ex.method),
-            authority: std::mem::take(&mut ex.authority),
-            path: std::mem::take(&mut ex.path),
-            protocol: protocol_name(ex.version),
-            status,
-            bytes_in: 0,
-            bytes_out: 0,
-            duration_ms: 0.0,
-            route: ex.route.take(),
-            cluster: ex.cluster.take(),
-            upstream: ex.upstream,
-            upstream_ms: ex.upstream_ms,
-            request_id: ex.request_id.take(),
-            client_cert: ctx.client_cert.as_ref().map(|c| c.subject.clone()),
-            user: ex.user.take(),
-            error: ex.error.map(ErrorKind::as_str),
-        };
-        (ctx.shared.logger.clone(), Box::new(record))
+    let mut log = ctx.shared.logger.enabled().then(|| {
+        (
+            ctx.shared.logger.clone(),
+            Box::new(ex.log.record(ctx, status)),
+        )
     });
+    // A tunnel writes its line when it ends.
+    if let Some(tunnel) = &ex.log.tunnel
+        && let Some((_, record)) = log.take()
+    {
+        *crate::lock(tunnel) = Some(record);
+    }
     resp.body_mut().set_completion(Box::new(ExchangeEnd {
-        start: ex.start,
-        _lease: ex.lease.take(),
-        pooled: ex.pooled.take(),
-        meter: ex.meter.take(),
+        start: ex.log.start,
+        _lease: ex.held.lease.take(),
+        pooled: ex.held.pooled.take(),
+        meter: ex.held.meter.take(),
         log,
         stats,
         ended_by: ex
+            .held
             .ended_by
             .take()
             .map(|e| (e, Arc::clone(&ctx.shared.metrics))),

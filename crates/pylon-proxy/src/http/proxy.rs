@@ -44,12 +44,13 @@ pub(super) async fn proxy(
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     let request_id = ex
+        .log
         .request_id
         .as_deref()
         .and_then(|id| HeaderValue::from_str(id).ok());
     let mut fx = FilterCtx::new(ctx, listener, request_id);
     let result = through_filters(req, route, cluster, &mut fx, ex).await;
-    ex.filter_state = Some(fx.state);
+    ex.routed.filter_state = Some(fx.state);
     result
 }
 
@@ -172,7 +173,7 @@ async fn request_payload(
     }
     let limit = fx.listener.config.limits.max_request_body;
     let meter = Arc::new(RequestMeter::default());
-    ex.meter = Some(Arc::clone(&meter));
+    ex.held.meter = Some(Arc::clone(&meter));
     let declared = http_body::Body::size_hint(&incoming).exact();
     match &cluster.retry {
         Some(r) if declared.is_some_and(|n| n <= r.max_body_bytes.min(limit)) => {
@@ -228,7 +229,7 @@ async fn send_with_retries(
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
         let result = send_once(call, &mut lease, try_parts, body.for_try(), ex).await?;
-        let client_caused = ex.meter.as_deref().is_some_and(|m| {
+        let client_caused = ex.held.meter.as_deref().is_some_and(|m| {
             m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
         });
         match &result {
@@ -345,7 +346,7 @@ async fn send_once(
         tokio::select! {
             r = send => r,
             () = ctx.client_closed() => {
-                ex.upstream = Some(endpoint.address);
+                ex.log.upstream = Some(endpoint.address);
                 lease.report(true);
                 tracing::debug!(client = %ctx.client, "client closed its side; upstream exchange aborted");
                 return Err(ErrorKind::ClientAborted);
@@ -355,8 +356,8 @@ async fn send_once(
         send.await
     };
     let took = sent_at.elapsed();
-    ex.upstream = Some(endpoint.address);
-    ex.upstream_ms = Some(millis(took));
+    ex.log.upstream = Some(endpoint.address);
+    ex.log.upstream_ms = Some(millis(took));
     if result.is_ok() {
         lease.record_latency(took);
         cluster.stats.upstream_latency.observe(took);
@@ -377,12 +378,12 @@ fn answer(
         Some(sticky) if call.sticky_to != Some(lease.index()) => sticky.set_cookie(lease.id()),
         _ => None,
     };
-    ex.lease = Some(lease);
+    ex.held.lease = Some(lease);
     let (resp, pooled) = match result {
         Err(e) => {
             return Err(classify(
                 &e,
-                ex.meter.as_deref(),
+                ex.held.meter.as_deref(),
                 &cluster.name,
                 call.conn,
                 call.deadline,
@@ -420,7 +421,7 @@ fn answer(
     if let Some(v) = sticky_cookie {
         rparts.headers.append(header::SET_COOKIE, v);
     }
-    ex.pooled = pooled;
+    ex.held.pooled = pooled;
     let body = response_body(&call, rbody, ex)?;
     Ok(call
         .route
@@ -431,10 +432,10 @@ fn answer(
 /// The upstream answered something unusable: its endpoint is told, its connection not
 /// reused.
 fn fail_upstream(ex: &mut Exchange, kind: ErrorKind) -> ErrorKind {
-    if let Some(l) = &ex.lease {
+    if let Some(l) = &ex.held.lease {
         l.report(false);
     }
-    ex.pooled = None;
+    ex.held.pooled = None;
     kind
 }
 
@@ -449,7 +450,7 @@ fn response_body(
 ) -> Result<ResponseBody, ErrorKind> {
     if call.grpc {
         let ended_by = Arc::new(std::sync::OnceLock::new());
-        ex.ended_by = Some(Arc::clone(&ended_by));
+        ex.held.ended_by = Some(Arc::clone(&ended_by));
         return Ok(ResponseBody::boxed(super::grpc::GrpcBody::new(
             rbody,
             call.deadline,
@@ -478,7 +479,7 @@ fn open_tunnel(
         conn: ctx.guard.clone(),
         route: Arc::clone(&call.route.name),
         client: ctx.client,
-        lease: ex.lease.take(),
+        lease: ex.held.lease.take(),
         in_flight: ctx
             .state
             .request_started(call.downstream_version == Version::HTTP_2),

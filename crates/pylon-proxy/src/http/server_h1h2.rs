@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -21,9 +21,9 @@ use tokio::sync::watch;
 use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
 use super::stall::{StallExecutor, StreamHandoff};
-use crate::conn::{TrackedIo, Verdict};
+use crate::conn::{ConnState, TrackedIo, Verdict};
 use crate::l4::relay::CLOSE_LINGER;
-use crate::observe::{AccessRecord, Metrics};
+use crate::observe::Metrics;
 
 /// A draining idle HTTP/1.1 connection closes once it has been idle this long (or
 /// after its next response).
@@ -301,47 +301,20 @@ async fn drive<C>(
 {
     let state = &ctx.state;
     tokio::pin!(conn);
-    let mut draining = false;
-    // Asked to drain while an HTTP/1.1 connection was idle: it closes after its next
-    // response, or once idle for DRAIN_IDLE, so that a request already on its way is
-    // answered rather than cut.
-    let mut soft_drain = false;
-    let mut hard_stop: Option<Instant> = None;
+    let mut closing = Closing::default();
     // The process's stop: once the drain timeout has passed, what is still open closes
     // (streams and tunnels get [`CLOSE_LINGER`] to say goodbye in their protocol).
     let mut stop = Some(ctx.shared.stop.watch());
-    let mut stopping = false;
     loop {
-        let wake = match state.verdict(
-            limits.idle_timeout,
-            limits.header_read_timeout,
-            limits.send_timeout,
-        ) {
-            _ if draining => hard_stop.unwrap_or_else(|| Instant::now() + limits.idle_timeout),
-            _ if soft_drain => {
-                if state.in_flight() > 0 || state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout)
-                {
-                    graceful(conn.as_mut());
-                    draining = true;
-                    continue;
-                }
-                Instant::now() + DRAIN_POLL
-            }
-            Verdict::Wait(at) => at,
-            Verdict::Idle => {
+        let wake = match closing.next(state, limits) {
+            Next::Wake(at) => at,
+            Next::Graceful => {
                 graceful(conn.as_mut());
-                draining = true;
-                hard_stop = Some(Instant::now() + limits.header_read_timeout);
                 continue;
             }
-            Verdict::SendTimeout => {
-                log_rejected(ctx, ErrorKind::SendTimeout);
-                tracing::debug!(client = %ctx.client, "client took nothing of its response in time; closing");
-                return;
-            }
-            Verdict::HeaderTimeout => {
-                log_rejected(ctx, ErrorKind::HeaderTimeout);
-                tracing::debug!(client = %ctx.client, "request header not received in time; closing");
+            Next::Close(kind) => {
+                pipeline::log_rejected(ctx, kind);
+                tracing::debug!(client = %ctx.client, reason = kind.as_str(), "connection timed out; closing");
                 return;
             }
         };
@@ -352,28 +325,19 @@ async fn drive<C>(
                 }
                 return;
             }
-            changed = shutdown.changed(), if !draining && !soft_drain => {
-                if changed.is_err() || *shutdown.borrow() {
-                    if state.is_h2() || state.in_flight() > 0 {
-                        // HTTP/2: GOAWAY; HTTP/1.1 busy: close after this response.
-                        graceful(conn.as_mut());
-                        draining = true;
-                    } else {
-                        soft_drain = true;
-                    }
+            changed = shutdown.changed(), if closing.listens() => {
+                if (changed.is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
+                    graceful(conn.as_mut());
                 }
             }
-            () = crate::runtime::retired(&mut stop), if !stopping => {
-                stopping = true;
-                if !draining {
+            () = crate::runtime::retired(&mut stop), if !closing.stopping => {
+                if closing.process_stopped() {
                     graceful(conn.as_mut());
-                    draining = true;
                 }
-                hard_stop = Some(Instant::now() + CLOSE_LINGER + Duration::from_millis(500));
             }
             _ = tokio::time::sleep_until(wake.into()) => {
-                if hard_stop.is_some_and(|t| Instant::now() >= t) {
-                    if stopping {
+                if closing.past_hard_stop() {
+                    if closing.stopping {
                         tracing::info!(
                             listener = %ctx.listener,
                             client = %ctx.client,
@@ -390,6 +354,93 @@ async fn drive<C>(
     }
 }
 
+/// Where a connection is on its way out.
+#[derive(Default)]
+struct Closing {
+    /// Told to finish (HTTP/2 GOAWAY; HTTP/1.1: close after the response in flight).
+    draining: bool,
+    /// Asked to drain while an HTTP/1.1 connection was idle: it closes after its next
+    /// response, or once idle for [`DRAIN_IDLE`], so that a request already on its way
+    /// is answered rather than cut.
+    soft_drain: bool,
+    /// When a draining connection is closed whatever it is doing.
+    hard_stop: Option<Instant>,
+    /// The process's stop reached its drain timeout.
+    stopping: bool,
+}
+
+/// What the connection timer does next.
+enum Next {
+    /// Sleep until then (or until something else happens).
+    Wake(Instant),
+    /// Start a graceful close now.
+    Graceful,
+    /// Close now, for this reason.
+    Close(ErrorKind),
+}
+
+impl Closing {
+    fn next(&mut self, state: &ConnState, limits: &Limits) -> Next {
+        if self.draining {
+            return Next::Wake(
+                self.hard_stop
+                    .unwrap_or_else(|| Instant::now() + limits.idle_timeout),
+            );
+        }
+        if self.soft_drain {
+            if state.in_flight() > 0 || state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout) {
+                self.draining = true;
+                return Next::Graceful;
+            }
+            return Next::Wake(Instant::now() + DRAIN_POLL);
+        }
+        match state.verdict(
+            limits.idle_timeout,
+            limits.header_read_timeout,
+            limits.send_timeout,
+        ) {
+            Verdict::Wait(at) => Next::Wake(at),
+            Verdict::Idle => {
+                self.draining = true;
+                self.hard_stop = Some(Instant::now() + limits.header_read_timeout);
+                Next::Graceful
+            }
+            Verdict::SendTimeout => Next::Close(ErrorKind::SendTimeout),
+            Verdict::HeaderTimeout => Next::Close(ErrorKind::HeaderTimeout),
+        }
+    }
+
+    /// Whether the socket's close (a reload or stop that closes the listening socket)
+    /// still matters.
+    fn listens(&self) -> bool {
+        !self.draining && !self.soft_drain
+    }
+
+    /// The listening socket closed: true when the connection should close gracefully
+    /// now (HTTP/2: GOAWAY; HTTP/1.1 busy: close after this response), false when an
+    /// idle HTTP/1.1 connection waits a moment for a request on its way.
+    fn socket_closed(&mut self, state: &ConnState) -> bool {
+        if state.is_h2() || state.in_flight() > 0 {
+            self.draining = true;
+            return true;
+        }
+        self.soft_drain = true;
+        false
+    }
+
+    /// The process's drain timeout passed: close within [`CLOSE_LINGER`]; true when a
+    /// graceful close starts now.
+    fn process_stopped(&mut self) -> bool {
+        self.stopping = true;
+        self.hard_stop = Some(Instant::now() + CLOSE_LINGER + Duration::from_millis(500));
+        !std::mem::replace(&mut self.draining, true)
+    }
+
+    fn past_hard_stop(&self) -> bool {
+        self.hard_stop.is_some_and(|t| Instant::now() >= t)
+    }
+}
+
 /// Connection-level errors: hyper answered a malformed request itself (400/431/414),
 /// or the socket failed. Counted, and logged like a request.
 fn connection_error(ctx: &ConnCtx, e: &(dyn std::error::Error + 'static)) {
@@ -398,36 +449,10 @@ fn connection_error(ctx: &ConnCtx, e: &(dyn std::error::Error + 'static)) {
         return;
     };
     if h.is_parse_too_large() {
-        log_rejected(ctx, ErrorKind::HeadersTooLarge);
+        pipeline::log_rejected(ctx, ErrorKind::HeadersTooLarge);
     } else if h.is_parse() {
-        log_rejected(ctx, ErrorKind::MalformedRequest);
+        pipeline::log_rejected(ctx, ErrorKind::MalformedRequest);
     } else {
         tracing::debug!(client = %ctx.client, error = %e, "connection error");
     }
-}
-
-fn log_rejected(ctx: &ConnCtx, kind: ErrorKind) {
-    ctx.shared.metrics.error(kind);
-    ctx.shared.metrics.response(kind.status().as_u16());
-    ctx.shared.logger.log(AccessRecord {
-        time: SystemTime::now(),
-        listener: Arc::clone(&ctx.listener),
-        client: ctx.client,
-        method: String::new(),
-        authority: String::new(),
-        path: String::new(),
-        protocol: "HTTP/1.1",
-        status: kind.status().as_u16(),
-        bytes_in: 0,
-        bytes_out: 0,
-        duration_ms: 0.0,
-        route: None,
-        cluster: None,
-        upstream: None,
-        upstream_ms: None,
-        request_id: None,
-        client_cert: None,
-        user: None,
-        error: Some(kind.as_str()),
-    });
 }

@@ -248,9 +248,7 @@ impl Tunnel {
                 return;
             }
         };
-        metrics.tunnels_active.fetch_add(1, Ordering::Relaxed);
-        metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
-        self.stats.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        let open = OpenTunnel::new(&metrics, &self.stats);
         let activity = Activity::default();
         let end = super::ws_relay::relay(
             TokioIo::new(client),
@@ -259,8 +257,7 @@ impl Tunnel {
             &activity,
         )
         .await;
-        metrics.tunnels_active.fetch_sub(1, Ordering::Relaxed);
-        self.stats.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        drop(open);
         if let (relay::RelayEnd::Error(_), Some(lease)) = (&end, &self.lease) {
             lease.report(false);
         }
@@ -287,6 +284,35 @@ impl Tunnel {
         }
         drop(self.in_flight);
         drop(self.conn);
+    }
+}
+
+/// A tunnel (WebSocket or CONNECT) counted open, in the process's metrics and its
+/// listener's stats, until dropped.
+pub(super) struct OpenTunnel {
+    metrics: Arc<Metrics>,
+    stats: Arc<crate::observe::stats::ListenerStats>,
+}
+
+impl OpenTunnel {
+    pub(super) fn new(
+        metrics: &Arc<Metrics>,
+        stats: &Arc<crate::observe::stats::ListenerStats>,
+    ) -> OpenTunnel {
+        metrics.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        metrics.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        stats.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel {
+            metrics: Arc::clone(metrics),
+            stats: Arc::clone(stats),
+        }
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.metrics.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.tunnels_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

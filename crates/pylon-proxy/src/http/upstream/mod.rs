@@ -62,6 +62,19 @@ impl EndpointSet {
         }
     }
 
+    /// No endpoint yet (a cluster being built).
+    fn empty(c: &model::Cluster) -> Self {
+        EndpointSet {
+            pools: Vec::new(),
+            state: Endpoints::new(&[]),
+            balancer: algorithm(c.lb).build(&[], &[]),
+            ids: Vec::new(),
+            outlier: None,
+            ejections: Arc::new(AtomicU64::new(0)),
+            cluster: Arc::from(c.name.as_str()),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.pools.len()
     }
@@ -187,6 +200,33 @@ fn algorithm(p: LbPolicy) -> Algorithm {
     }
 }
 
+/// A cluster's endpoints given as addresses (host names come from DNS discovery).
+fn fixed_endpoints(c: &model::Cluster) -> Vec<EndpointSpec> {
+    c.endpoints
+        .iter()
+        .filter_map(|e| match e.address {
+            EndpointAddress::Socket(address) => Some(EndpointSpec {
+                address,
+                weight: e.weight,
+                host: None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The cluster's retry budget and request limit.
+fn retry_budget(c: &model::Cluster) -> RetryBudget {
+    RetryBudget::new(RetryBudgetPolicy {
+        retry: c.retry.as_ref().map(|r| RetryShare {
+            budget_percent: r.budget_percent,
+            budget_min_concurrent: r.budget_min_concurrent,
+        }),
+        max_retries: c.circuit_breaker.max_retries,
+        max_requests: c.circuit_breaker.max_requests,
+    })
+}
+
 impl ClusterRuntime {
     /// Builds the cluster (reading its TLS files) and starts its idle-connection
     /// sweeper, health checks and DNS discovery.
@@ -198,27 +238,13 @@ impl ClusterRuntime {
             Some(t) => Some(TlsConnector::new(t, c.protocol)?),
             None => None,
         };
-        let open_connections = Arc::new(AtomicU64::new(0));
-        let pending = Arc::new(AtomicU64::new(0));
         let limits = pool::ConnectionLimits {
-            open: Arc::clone(&open_connections),
+            open: Arc::new(AtomicU64::new(0)),
             max_open: c.circuit_breaker.max_connections,
-            pending: Arc::clone(&pending),
+            pending: Arc::new(AtomicU64::new(0)),
             max_pending: c.circuit_breaker.max_pending_requests,
         };
-        // Fixed addresses now; DNS names join when first resolved.
-        let specs: Vec<EndpointSpec> = c
-            .endpoints
-            .iter()
-            .filter_map(|e| match e.address {
-                EndpointAddress::Socket(address) => Some(EndpointSpec {
-                    address,
-                    weight: e.weight,
-                    host: None,
-                }),
-                _ => None,
-            })
-            .collect();
+        let (open_connections, pending) = (Arc::clone(&limits.open), Arc::clone(&limits.pending));
         let uses_dns = c.endpoints.iter().any(|e| e.address.is_dns());
         let sticky = match &c.sticky {
             Some(s) => Some(
@@ -232,15 +258,7 @@ impl ClusterRuntime {
             protocol: c.protocol,
             host_header: c.host_header,
             response_timeout: c.response_timeout,
-            set: ArcSwap::from_pointee(EndpointSet {
-                pools: Vec::new(),
-                state: Endpoints::new(&[]),
-                balancer: algorithm(c.lb).build(&[], &[]),
-                ids: Vec::new(),
-                outlier: None,
-                ejections: Arc::new(AtomicU64::new(0)),
-                cluster: Arc::from(c.name.as_str()),
-            }),
+            set: ArcSwap::from_pointee(EndpointSet::empty(c)),
             lb: c.lb,
             config: c.clone(),
             tls,
@@ -254,14 +272,7 @@ impl ClusterRuntime {
             }),
             ejections: Arc::new(AtomicU64::new(0)),
             retry: c.retry.clone(),
-            budget: RetryBudget::new(RetryBudgetPolicy {
-                retry: c.retry.as_ref().map(|r| RetryShare {
-                    budget_percent: r.budget_percent,
-                    budget_min_concurrent: r.budget_min_concurrent,
-                }),
-                max_retries: c.circuit_breaker.max_retries,
-                max_requests: c.circuit_breaker.max_requests,
-            }),
+            budget: retry_budget(c),
             retries: AtomicU64::new(0),
             breaker: c.circuit_breaker.clone(),
             slow_start: c.slow_start.map(SlowStart::new),
@@ -274,7 +285,8 @@ impl ClusterRuntime {
             dns_ready: tokio::sync::watch::Sender::new(!uses_dns),
             stats,
         });
-        cluster.replace_endpoints(&specs);
+        // Fixed addresses now; DNS names join when first resolved.
+        cluster.replace_endpoints(&fixed_endpoints(c));
         if uses_dns {
             discovery::spawn(&cluster)?;
         }
