@@ -10,10 +10,11 @@ use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::conn::ConnState;
-use crate::http::pipeline::{ConnCtx, RequestIds, Shared};
+use crate::http::pipeline::ConnCtx;
 use crate::http::server_h1h2;
 use crate::observe::{AccessLogger, Metrics, StatsRegistry};
 use crate::runtime::Runtime;
+use crate::shared::{RequestIds, Shared};
 
 /// A listener's request path without sockets.
 pub struct H1Harness {

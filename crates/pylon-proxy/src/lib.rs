@@ -5,22 +5,24 @@
 //! [`Proxy::shutdown`] stops accepting and drains.
 
 pub mod admin;
+pub mod cluster;
 mod conn;
-mod framing_scan;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handover;
 pub mod health;
 pub mod http;
+mod inspect;
 pub mod l4;
 pub mod listener;
 pub mod memory;
 pub mod observe;
 mod reload;
 pub mod runtime;
+pub mod shared;
 pub mod sockets;
 pub mod tcp_options;
 pub mod tls;
-pub mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,10 +34,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pylon_config::{Config, ConfigError, ConfigErrors};
 
-use crate::http::pipeline::{RequestIds, Shared};
 use crate::listener::ConnTracker;
 use crate::observe::{AccessLogger, Metrics, StatsRegistry};
 use crate::runtime::Runtime;
+use crate::shared::{RequestIds, Shared};
 use crate::sockets::{PreboundSocket, RunningSocket, Socket};
 use crate::tls::server::ServerTls;
 
@@ -260,42 +262,12 @@ impl Proxy {
         self.bound.load_full()
     }
 
-    /// The first address of the named listener.
-    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.bound
-            .load()
-            .iter()
-            .find(|b| b.listener == listener)
-            .map(|b| b.addr)
-    }
-
-    /// Where the admin API listens, when it is on.
-    pub async fn admin_addr(&self) -> Option<SocketAddr> {
-        self.sockets.lock().await.admin.as_ref().map(|a| a.local)
-    }
-
-    pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.shared.metrics)
-    }
-
     /// `/metrics`: everything, as OpenMetrics text.
     pub fn render_metrics(&self) -> String {
         observe::exposition::render(observe::exposition::Exposition {
             metrics: Arc::clone(&self.shared.metrics),
             stats: Arc::clone(&self.shared.stats),
             runtime: Arc::clone(&self.runtime),
-        })
-    }
-
-    /// The runtime in force.
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
-    }
-
-    /// Idle HTTP/1.1 upstream connections held for a cluster, summed over endpoints.
-    pub fn idle_upstream_connections(&self, cluster: &str) -> usize {
-        self.runtime.load().clusters.get(cluster).map_or(0, |c| {
-            c.endpoints().pools.iter().map(|e| e.idle_count()).sum()
         })
     }
 
@@ -320,27 +292,9 @@ impl Proxy {
         errors
     }
 
-    /// The named cluster's runtime (counters, endpoint state), as in the current config.
-    pub fn cluster(&self, name: &str) -> Option<Arc<crate::http::upstream::ClusterRuntime>> {
-        self.runtime.load().clusters.get(name).cloned()
-    }
-
-    /// Whether the endpoint `addr` of `cluster` is in rotation (health checks, ejection).
-    pub fn endpoint_available(&self, cluster: &str, addr: SocketAddr) -> Option<bool> {
-        let rt = self.runtime.load();
-        let c = rt.clusters.get(cluster)?;
-        let set = c.endpoints();
-        Some(set.state.is_available(set.position(addr)?))
-    }
-
     /// The count of open client connections (for [`memory::give_back_after_floods`]).
     pub fn connections(&self) -> Arc<ConnTracker> {
         Arc::clone(&self.tracker)
-    }
-
-    /// Client connections now open.
-    pub fn live_connections(&self) -> usize {
-        self.tracker.live()
     }
 
     /// Ready for traffic: serving, not draining, and every health-checked endpoint

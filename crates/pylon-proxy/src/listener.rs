@@ -13,10 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::conn::ConnState;
-use crate::http::pipeline::{ConnCtx, Shared};
+use crate::http::pipeline::ConnCtx;
 use crate::http::server_h1h2;
 use crate::observe::stats::ListenerStats;
 use crate::runtime::{ListenerRuntime, Runtime};
+use crate::shared::Shared;
 use crate::tls::server::{ClientIdentity, ServerTls};
 
 /// Binds a TCP listening socket with the options a proxy wants.

@@ -14,8 +14,8 @@ use pylon_config::model::{self, Action};
 use pylon_config::{Config, ConfigError};
 use tokio::sync::watch;
 
+use crate::cluster::ClusterRuntime;
 use crate::http::router::{RouteRuntime, Router};
-use crate::http::upstream::ClusterRuntime;
 use crate::observe::StatsRegistry;
 use crate::observe::stats::{ListenerStats, RouteStats};
 

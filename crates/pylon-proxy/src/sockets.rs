@@ -11,9 +11,9 @@ use arc_swap::ArcSwap;
 use pylon_config::model::{self, ListenerProtocol};
 use tokio::sync::watch;
 
-use crate::http::pipeline::Shared;
 use crate::listener::{AcceptLoop, ConnTracker};
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::tls::server::ServerTls;
 
 /// A bound socket, not yet served.

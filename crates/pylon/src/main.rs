@@ -305,7 +305,7 @@ async fn serve(
                 "--upgrade needs `upgrade_socket` in [server] (where the running Pylon listens)"
             );
         };
-        let (sockets, handover) = pylon_proxy::upgrade::take_over(socket)?;
+        let (sockets, handover) = pylon_proxy::handover::take_over(socket)?;
         tracing::info!(
             from_pid = handover.from_pid,
             sockets = sockets.len(),
@@ -346,7 +346,7 @@ async fn serve(
     if let Some(socket) = upgrade_socket {
         let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
-            match pylon_proxy::upgrade::serve(socket, proxy).await {
+            match pylon_proxy::handover::serve(socket, proxy).await {
                 Ok(()) => {
                     let _ = handed_over_tx.send(());
                 }

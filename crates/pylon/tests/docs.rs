@@ -457,11 +457,11 @@ fn sample() -> Index {
              pub fn error_response(kind: ErrorKind) {}\n",
         ),
         (
-            "crates/pylon-proxy/src/http/upstream/mod.rs",
+            "crates/pylon-proxy/src/cluster/mod.rs",
             "pub struct ClusterRuntime;\n",
         ),
         (
-            "crates/pylon-proxy/src/http/upstream/pool.rs",
+            "crates/pylon-proxy/src/cluster/pool.rs",
             "impl ClusterRuntime {\n    pub fn pick(&self) {}\n}\n",
         ),
         (

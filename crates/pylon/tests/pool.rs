@@ -15,7 +15,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pylon_proxy::http::upstream::EndpointPool;
+use pylon_proxy::cluster::EndpointPool;
 use pylon_testkit::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Barrier, watch};

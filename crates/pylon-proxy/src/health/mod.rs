@@ -12,8 +12,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pylon_config::model::{HealthCheck, HealthCheckKind, UpstreamProtocol};
 
-use crate::http::body::RequestBody;
-use crate::http::upstream::{ClusterRuntime, EndpointPool};
+use crate::cluster::body::RequestBody;
+use crate::cluster::{ClusterRuntime, EndpointPool};
 use pylon_lb::EndpointState;
 
 /// Largest response body read to look for `body_contains`.

@@ -5,97 +5,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What a request body has done so far; shared with the pipeline for the access log
-/// and to tell a body-limit abort from an upstream failure.
-#[derive(Debug, Default)]
-pub struct RequestMeter {
-    pub bytes: AtomicU64,
-    pub too_large: AtomicBool,
-    pub client_error: AtomicBool,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit of {0} bytes")]
-pub struct BodyTooLarge(pub u64);
-
-/// A request body on its way to an upstream.
-pub enum RequestBody {
-    Empty,
-    /// A small body kept in memory (so that a retry can send it again).
-    Full(Option<Bytes>),
-    /// A transformed body (gRPC-Web text decoding).
-    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
-    Stream {
-        inner: Incoming,
-        limit: u64,
-        meter: Arc<RequestMeter>,
-    },
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RequestBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
-            RequestBody::Stream {
-                inner,
-                limit,
-                meter,
-            } => match ready!(Pin::new(inner).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        let total = meter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed)
-                            + data.len() as u64;
-                        if total > *limit {
-                            meter.too_large.store(true, Ordering::Relaxed);
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
-                        }
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Some(Err(e)) => {
-                    meter.client_error.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
-                None => Poll::Ready(None),
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Empty => true,
-            RequestBody::Full(b) => b.is_none(),
-            RequestBody::Boxed(inner) => inner.is_end_stream(),
-            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RequestBody::Boxed(inner) => inner.size_hint(),
-            RequestBody::Stream { inner, .. } => inner.size_hint(),
-        }
-    }
-}
+pub use crate::cluster::body::{BodyTooLarge, BoxError, RequestBody, RequestMeter};
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy)]

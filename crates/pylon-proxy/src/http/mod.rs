@@ -13,5 +13,4 @@ pub mod router;
 pub mod server_h1h2;
 pub mod stall;
 pub mod tunnel;
-pub mod upstream;
 pub mod ws_relay;

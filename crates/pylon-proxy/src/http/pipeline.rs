@@ -28,24 +28,14 @@ use super::body::{Completion, RequestMeter, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::headers::protocol_name;
 use super::router::normalize_host;
-use super::upstream::{EndpointLease, Pooled};
+use crate::cluster::{EndpointLease, Pooled};
 use crate::conn::{ConnState, InFlight};
 use crate::observe::access_log::millis;
 use crate::observe::stats::{ListenerStats, RouteStats};
-use crate::observe::{AccessLogger, AccessRecord, Metrics, StatsRegistry};
+use crate::observe::{AccessLogger, AccessRecord};
 use crate::runtime::{ListenerRuntime, Runtime};
+use crate::shared::Shared;
 use crate::tls::server::ClientIdentity;
-
-/// Process-wide services the request path reports to.
-pub struct Shared {
-    pub metrics: Arc<Metrics>,
-    /// Per listener, route and cluster.
-    pub stats: Arc<StatsRegistry>,
-    pub logger: AccessLogger,
-    pub request_ids: RequestIds,
-    /// Set once a graceful stop reaches its drain timeout.
-    pub stop: crate::runtime::Stop,
-}
 
 /// What a connection's requests share.
 pub struct ConnCtx {
@@ -92,38 +82,6 @@ impl ConnCtx {
             }
         }
         std::future::pending::<()>().await;
-    }
-}
-
-/// Generates request ids: a random per-process prefix and a counter, 32 hex digits.
-pub struct RequestIds {
-    prefix: u64,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.write_u32(std::process::id());
-        RequestIds {
-            prefix: h.finish(),
-            next: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-}
-
-impl RequestIds {
-    pub fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Mix the counter so consecutive ids do not look sequential.
-        let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.prefix.rotate_left(17);
-        format!("{:016x}{:016x}", self.prefix, mixed)
     }
 }
 
@@ -353,10 +311,10 @@ fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKin
 }
 
 /// The answer for a chunked body that broke its framing or its size limit.
-pub(super) fn violation_kind(v: crate::framing_scan::ChunkViolation) -> ErrorKind {
+pub(super) fn violation_kind(v: crate::conn::framing_scan::ChunkViolation) -> ErrorKind {
     match v {
-        crate::framing_scan::ChunkViolation::Malformed => ErrorKind::MalformedRequest,
-        crate::framing_scan::ChunkViolation::TooLarge => ErrorKind::BodyTooLarge,
+        crate::conn::framing_scan::ChunkViolation::Malformed => ErrorKind::MalformedRequest,
+        crate::conn::framing_scan::ChunkViolation::TooLarge => ErrorKind::BodyTooLarge,
     }
 }
 

@@ -26,7 +26,7 @@ use super::filters::FilterCtx;
 use super::headers::{Peer, add_forwarding, append_via, strip_hop_by_hop};
 use super::pipeline::{ConnCtx, Exchange};
 use super::router::RouteRuntime;
-use super::upstream::{
+use crate::cluster::{
     ClientAddresses, ClusterRuntime, EndpointLease, EndpointPool, EndpointSet, Pooled,
     UpstreamError, hash_key,
 };

@@ -8,7 +8,7 @@ use http::{HeaderMap, Method};
 use pylon_config::model::{Action, ClientCertMatch, HostMatch, PathMatch, Route};
 use regex::RegexSet;
 
-use super::upstream::ClusterRuntime;
+use crate::cluster::ClusterRuntime;
 use crate::tls::server::ClientIdentity;
 
 /// A route ready for matching; proxy routes hold their cluster.

@@ -22,7 +22,7 @@ use pylon_config::model::{ProxyAction, UpstreamProtocol};
 use super::body::ResponseBody;
 use super::error::ErrorKind;
 use super::headers::strip_hop_by_hop;
-use super::upstream::EndpointLease;
+use crate::cluster::EndpointLease;
 use crate::conn::InFlight;
 use crate::l4::relay::{self, Activity, RelayLimits};
 use crate::listener::ConnGuard;
@@ -219,7 +219,7 @@ pub(super) struct Tunnel {
     pub route: Arc<str>,
     pub client: std::net::SocketAddr,
     /// The upstream connection's hold: an HTTP/2 tunnel counts as one of its streams.
-    pub _pooled: Option<super::upstream::Pooled>,
+    pub _pooled: Option<crate::cluster::Pooled>,
 }
 
 impl Tunnel {

@@ -17,10 +17,10 @@ use tokio::sync::watch;
 use super::proxy_protocol::{self, TlsInfo};
 use super::relay::{self, Activity, RelayLimits};
 use super::sni;
-use crate::http::pipeline::Shared;
-use crate::http::upstream::{ClusterRuntime, EndpointLease};
+use crate::cluster::{ClusterRuntime, EndpointLease};
 use crate::listener::ConnTracker;
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::tls::server::ServerTls;
 use crate::tls::upstream::UpstreamIo;
 
@@ -316,7 +316,7 @@ async fn connect(
     let key = cluster
         .hash_key
         .as_ref()
-        .map(|_| crate::http::upstream::hash_key(client.ip().to_string().as_bytes()));
+        .map(|_| crate::cluster::hash_key(client.ip().to_string().as_bytes()));
     let mut tried = Vec::new();
     for attempt in 0..MAX_CONNECT_TRIES.min(set.len().max(1)) {
         let lease = cluster.pick_excluding(&set, if attempt == 0 { key } else { None }, &tried)?;

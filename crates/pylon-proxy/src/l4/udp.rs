@@ -14,10 +14,10 @@ use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::http::pipeline::Shared;
-use crate::http::upstream::EndpointLease;
+use crate::cluster::EndpointLease;
 use crate::lock;
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 
 /// Largest datagram relayed.
 const MAX_DATAGRAM: usize = 65_535;
@@ -113,7 +113,7 @@ impl UdpProxyLoop {
         }
         let cluster = Arc::clone(runtime.clusters.get(l4.cluster.as_deref()?)?);
         drop(runtime);
-        let key = crate::http::upstream::hash_key(client.ip().to_string().as_bytes());
+        let key = crate::cluster::hash_key(client.ip().to_string().as_bytes());
         let lease = cluster.pick(Some(key))?;
         let endpoint = lease.endpoint().address;
         let bind: SocketAddr = if endpoint.is_ipv4() {

@@ -385,7 +385,7 @@ impl Exposition {
         )?;
         let mut clusters: Vec<_> = rt.clusters.values().cloned().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        type Pick = fn(&crate::http::upstream::ClusterRuntime) -> u64;
+        type Pick = fn(&crate::cluster::ClusterRuntime) -> u64;
         let per_cluster: [(&str, &str, Pick); 7] = [
             ("pylon_cluster_retries", "Retries sent.", |c| {
                 load(&c.retries)
@@ -438,12 +438,12 @@ impl Exposition {
                 .map(|c| (vec![("cluster", &*c.name)], c.open_connections())),
         )?;
         let sets: Vec<_> = clusters.iter().map(|c| (c, c.endpoints())).collect();
-        let ids: Vec<(&str, &crate::http::upstream::EndpointSet, usize)> = sets
+        let ids: Vec<(&str, &crate::cluster::EndpointSet, usize)> = sets
             .iter()
             .flat_map(|(c, set)| (0..set.len()).map(move |i| (&*c.name, &**set, i)))
             .collect();
         fn labels<'a>(
-            (c, set, i): &(&'a str, &'a crate::http::upstream::EndpointSet, usize),
+            (c, set, i): &(&'a str, &'a crate::cluster::EndpointSet, usize),
         ) -> Labels<'a> {
             vec![("cluster", *c), ("endpoint", set.ids[*i].as_str())]
         }

@@ -1,5 +1,6 @@
 //! Upstream clusters at run time: endpoints, their connection pools and the balancer.
 
+pub mod body;
 pub mod destinations;
 mod discovery;
 mod h2;

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 use super::h2::{self, Choice, H2Conn, H2Set, H2Stream, SettingsWatch};
 use super::warm::{WarmConnections, WarmIo};
-use crate::http::body::RequestBody;
+use crate::cluster::body::RequestBody;
 use crate::lock;
 use crate::tls::upstream::{TlsConnector, UpstreamIo};
 

@@ -17,7 +17,7 @@ use hyper::client::conn::http2;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use crate::http::body::RequestBody;
+use crate::cluster::body::RequestBody;
 use crate::lock;
 
 /// What a connection carries now, and since when it has carried nothing.
