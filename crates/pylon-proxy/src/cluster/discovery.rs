@@ -37,13 +37,34 @@ pub(super) fn spawn(cluster: &Arc<ClusterRuntime>) -> Result<(), ConfigError> {
 }
 
 fn resolver(dns: &Dns) -> Result<TokioResolver, String> {
-    let mut builder = if dns.resolvers.is_empty() {
+    let strategy = match dns.family {
+        IpFamily::Any => LookupIpStrategy::Ipv4AndIpv6,
+        IpFamily::V4 => LookupIpStrategy::Ipv4Only,
+        IpFamily::V6 => LookupIpStrategy::Ipv6Only,
+    };
+    build_resolver(
+        &dns.resolvers,
+        dns.timeout,
+        strategy,
+        "[clusters.dns] resolvers",
+    )
+}
+
+/// A hickory resolver asking `servers` (`ip:port`, UDP then TCP for truncated answers),
+/// or the system's configuration when there are none (`key` names the setting to
+/// change when that is unusable); two attempts of `timeout` each.
+pub(crate) fn build_resolver(
+    servers: &[std::net::SocketAddr],
+    timeout: std::time::Duration,
+    strategy: LookupIpStrategy,
+    key: &str,
+) -> Result<TokioResolver, String> {
+    let mut builder = if servers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| {
-            format!("the system configuration (/etc/resolv.conf) is unusable ({e}); set [clusters.dns] resolvers")
+            format!("the system configuration (/etc/resolv.conf) is unusable ({e}); set {key}")
         })?
     } else {
-        let servers = dns
-            .resolvers
+        let servers = servers
             .iter()
             .map(|a| {
                 let mut udp = ConnectionConfig::udp();
@@ -59,13 +80,9 @@ fn resolver(dns: &Dns) -> Result<TokioResolver, String> {
         )
     };
     let opts = builder.options_mut();
-    opts.timeout = dns.timeout;
+    opts.timeout = timeout;
     opts.attempts = 2;
-    opts.ip_strategy = match dns.family {
-        IpFamily::Any => LookupIpStrategy::Ipv4AndIpv6,
-        IpFamily::V4 => LookupIpStrategy::Ipv4Only,
-        IpFamily::V6 => LookupIpStrategy::Ipv6Only,
-    };
+    opts.ip_strategy = strategy;
     builder.build().map_err(|e| e.to_string())
 }
 

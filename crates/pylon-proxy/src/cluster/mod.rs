@@ -2,7 +2,7 @@
 
 pub mod body;
 pub mod destinations;
-mod discovery;
+pub(crate) mod discovery;
 mod h2;
 mod pool;
 mod sticky;

@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::LookupIpStrategy;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -316,32 +313,12 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 /// A resolver for destination names: the configured name servers, else the system's
 /// configuration; A and AAAA both asked, so every address a name has is checked.
 fn resolver(cfg: &ForwardProxy) -> Result<TokioResolver, String> {
-    let mut builder = if cfg.resolvers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| {
-            format!("the system configuration (/etc/resolv.conf) is unusable ({e}); set [listeners.forward] resolvers")
-        })?
-    } else {
-        let servers = cfg
-            .resolvers
-            .iter()
-            .map(|a| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = a.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = a.port();
-                NameServerConfig::new(a.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
-        )
-    };
-    let opts = builder.options_mut();
-    opts.timeout = cfg.resolve_timeout;
-    opts.attempts = 2;
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    builder.build().map_err(|e| e.to_string())
+    crate::cluster::discovery::build_resolver(
+        &cfg.resolvers,
+        cfg.resolve_timeout,
+        LookupIpStrategy::Ipv4AndIpv6,
+        "[listeners.forward] resolvers",
+    )
 }
 
 /// Where a request wants to go.
