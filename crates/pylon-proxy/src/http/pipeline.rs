@@ -484,11 +484,7 @@ async fn serve(
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),
-        Action::Proxy(_) => {
-            let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
-            ex.log.cluster = Some(Arc::clone(&cluster.name));
-            super::proxy::proxy(req, route, cluster, listener, ctx, ex).await
-        }
+        Action::Proxy(_) => super::proxy::proxy(req, route, listener, ctx, ex).await,
     }
 }
 

@@ -38,11 +38,12 @@ use crate::runtime::ListenerRuntime;
 pub(super) async fn proxy(
     req: Request<Incoming>,
     route: &RouteRuntime,
-    cluster: &Arc<ClusterRuntime>,
     listener: &ListenerRuntime,
     ctx: &ConnCtx,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
+    let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
+    ex.log.cluster = Some(Arc::clone(&cluster.name));
     let request_id = ex
         .log
         .request_id
