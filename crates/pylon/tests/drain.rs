@@ -484,3 +484,66 @@ async fn a_reload_that_removes_the_route_closes_its_websockets_with_1001_after_t
     // The process goes on serving.
     assert_eq!(get(front, "/").await.text(), "bye");
 }
+
+/// A keep-alive connection whose listening socket closes (a reload moved the listener)
+/// drains: a request that then arrives on it is still answered, and a WebSocket
+/// handshake among them becomes a working tunnel, not a `101` with `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_on_a_draining_keep_alive_connection_still_upgrades() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let cfg = |bind: &str| {
+        format!(
+            r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "{bind}"
+
+[[routes]]
+cluster = "ws"
+
+[[clusters]]
+name = "ws"
+endpoints = ["{}"]
+"#,
+            origin.addr
+        )
+    };
+    let p = TestProxy::start(&cfg("127.0.0.1:0")).await;
+    // Whether the drain has begun when the handshake arrives is up to the scheduler:
+    // several rounds make it all but certain that some handshakes meet a draining
+    // connection, and every one must upgrade.
+    for round in 0..6 {
+        let front = p.addr("front");
+        let mut conn = tokio::net::TcpStream::connect(front).await.unwrap();
+        // The connection carried a request and is idle, kept alive.
+        conn.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "answer expected");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // The listener moves: its old socket closes and its connections drain.
+        p.proxy
+            .reload(&pylon_config::parse(&cfg("127.0.0.1:0"), "t.toml").unwrap())
+            .await
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{front}/ws"), conn)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("round {round}: the handshake fails on the draining connection: {e}")
+            });
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("still here")
+        );
+    }
+}

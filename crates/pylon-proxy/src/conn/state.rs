@@ -19,6 +19,10 @@ pub struct ConnState {
     in_flight: AtomicU64,
     /// HTTP/2: no header-read timeout between requests (only the idle one).
     h2: AtomicBool,
+    /// HTTP/1.1: the request in flight asks to switch protocols (a WebSocket
+    /// handshake): a graceful close now would turn its `Connection: upgrade` into
+    /// `close`, so a draining connection lets it finish (it becomes a tunnel).
+    upgrading: AtomicBool,
     first_read: AtomicBool,
     /// The request head being read had both Content-Length and Transfer-Encoding.
     pub(super) framing_conflict: AtomicBool,
@@ -50,6 +54,7 @@ impl Default for ConnState {
             head_started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
             first_read: AtomicBool::new(true),
             framing_conflict: AtomicBool::new(false),
             body_violation: std::sync::atomic::AtomicU8::new(0),
@@ -124,7 +129,9 @@ impl ConnState {
         if h2 {
             self.h2.store(true, Ordering::Relaxed);
         }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.upgrading.store(false, Ordering::Relaxed);
+        }
         self.head_started.store(0, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
@@ -135,6 +142,17 @@ impl ConnState {
 
     pub fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
+    }
+
+    /// The request in flight is a protocol switch (see `upgrading`).
+    pub fn upgrade_requested(&self) {
+        self.upgrading.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a graceful close would cut a request in flight short rather than let it
+    /// finish: true for an HTTP/1.1 request that is not switching protocols.
+    pub fn closes_after_response(&self) -> bool {
+        self.in_flight() > 0 && !self.upgrading.load(Ordering::Relaxed)
     }
 
     /// Time since the last byte moved either way.

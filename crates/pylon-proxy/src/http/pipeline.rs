@@ -199,8 +199,6 @@ pub(super) struct UpstreamHold {
 pub(super) struct Routed {
     /// The route's stats.
     pub(super) stats: Option<Arc<RouteStats>>,
-    /// What the route's filters left, for their part of an error answer.
-    pub(super) filter_state: Option<http::Extensions>,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
@@ -233,7 +231,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
     let grpc = super::grpc::is_grpc(req.headers())
         .then(|| req.headers().get(header::CONTENT_TYPE).cloned())
         .flatten();
-    let resp = match serve(req, &listener, &ctx, &mut ex).await {
+    // What the route's filters leave, for their part of an error answer.
+    let mut filter_state = http::Extensions::new();
+    let resp = match serve(req, &listener, &ctx, &mut ex, &mut filter_state).await {
         Ok(resp) => resp,
         Err(kind) => {
             ex.log.error = Some(kind);
@@ -242,14 +242,13 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Respo
                 None => error_response(kind),
             };
             // The route's filters add their part (a gRPC-Web call's CORS headers).
-            if let (Some(state), Some(route)) = (
-                &ex.routed.filter_state,
-                ex.log
-                    .route
-                    .as_deref()
-                    .and_then(|r| listener.router.route_named(r)),
-            ) {
-                route.filters.error_answer(&mut resp, state);
+            if let Some(route) = ex
+                .log
+                .route
+                .as_deref()
+                .and_then(|r| listener.router.route_named(r))
+            {
+                route.filters.error_answer(&mut resp, &filter_state);
             }
             resp
         }
@@ -435,6 +434,7 @@ async fn serve(
     listener: &ListenerRuntime,
     ctx: &ConnCtx,
     ex: &mut Exchange,
+    filter_state: &mut http::Extensions,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     if let Some(name) = &listener.request_id {
         ex.log.request_id = Some(
@@ -484,7 +484,19 @@ async fn serve(
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),
-        Action::Proxy(_) => super::proxy::proxy(req, route, listener, ctx, ex).await,
+        Action::Proxy(_) => {
+            let mut fx = super::filters::FilterCtx {
+                conn: ctx,
+                listener,
+                request_id: ex
+                    .log
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| HeaderValue::from_str(id).ok()),
+                state: filter_state,
+            };
+            super::proxy::proxy(req, route, &mut fx, ex).await
+        }
     }
 }
 

@@ -33,28 +33,6 @@ use crate::cluster::{
 use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
 
-/// Phases 3 to 5 for a proxy route. What the filters left for an error answer stays
-/// with the exchange.
-pub(super) async fn proxy(
-    req: Request<Incoming>,
-    route: &RouteRuntime,
-    listener: &ListenerRuntime,
-    ctx: &ConnCtx,
-    ex: &mut Exchange,
-) -> Result<Response<ResponseBody>, ErrorKind> {
-    let cluster = route.cluster.as_ref().ok_or(ErrorKind::NoEndpoint)?;
-    ex.log.cluster = Some(Arc::clone(&cluster.name));
-    let request_id = ex
-        .log
-        .request_id
-        .as_deref()
-        .and_then(|id| HeaderValue::from_str(id).ok());
-    let mut fx = FilterCtx::new(ctx, listener, request_id);
-    let result = through_filters(req, route, cluster, &mut fx, ex).await;
-    ex.routed.filter_state = Some(fx.state);
-    result
-}
-
 /// One proxied request's upstream side, decided before the first try.
 struct Call<'a> {
     conn: &'a ConnCtx,
@@ -78,21 +56,25 @@ struct Call<'a> {
     websocket: Option<super::tunnel::WebSocket>,
 }
 
-async fn through_filters(
+/// Phases 3 to 5 for a proxy route.
+pub(super) async fn proxy(
     mut req: Request<Incoming>,
     route: &RouteRuntime,
-    cluster: &Arc<ClusterRuntime>,
     fx: &mut FilterCtx<'_>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
-    let Action::Proxy(action) = route.action() else {
-        return Err(ErrorKind::NoRoute);
+    let (Some(cluster), Action::Proxy(action)) = (&route.cluster, route.action()) else {
+        return Err(ErrorKind::NoEndpoint);
     };
+    ex.log.cluster = Some(Arc::clone(&cluster.name));
     // Phase 3: the route's filters may answer by themselves.
     if let Some(answer) = route.filters.request(&mut req, fx)? {
         return Ok(answer);
     }
     let websocket = websocket_step(&mut req, action)?;
+    if websocket.is_some() && req.version() <= Version::HTTP_11 {
+        fx.conn.state.upgrade_requested();
+    }
     let grpc = super::grpc::is_grpc(req.headers());
     let endpoints = cluster.current_endpoints();
     let call = Call {
@@ -229,7 +211,24 @@ async fn send_with_retries(
             // The last try takes the head itself.
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
-        let result = send_once(call, &mut lease, try_parts, body.for_try(), ex).await?;
+        let (request, timeout) = try_request(call, &lease, try_parts, body.for_try())?;
+        let endpoint = Arc::clone(lease.endpoint());
+        let sent_at = Instant::now();
+        // The send, aborted when the route watches for a client that ends its side.
+        let result = if call.action.abort_on_client_close {
+            tokio::select! {
+                r = endpoint.send(request, timeout) => r,
+                () = call.conn.client_closed() => {
+                    ex.log.upstream = Some(endpoint.address);
+                    lease.report(true);
+                    tracing::debug!(client = %call.conn.client, "client closed its side; upstream exchange aborted");
+                    return Err(ErrorKind::ClientAborted);
+                }
+            }
+        } else {
+            endpoint.send(request, timeout).await
+        };
+        record_try(call, &mut lease, sent_at.elapsed(), result.is_ok(), ex);
         let client_caused = ex.held.meter.as_deref().is_some_and(|m| {
             m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
         });
@@ -295,19 +294,17 @@ fn retry_wanted(
     }
 }
 
-/// One try: the head shaped for the endpoint, PROXY addresses when the cluster sends
-/// them, the time left, then the send (aborted when the route watches for a client
-/// that ends its side). `Err` only when the request ends here.
-async fn send_once(
+/// One try's request: the head shaped for the endpoint of `lease` (target, WebSocket
+/// handshake, PROXY addresses when the cluster sends them, chunked framing for a body
+/// of unknown length), and the time the try may wait for its answer.
+fn try_request(
     call: &Call<'_>,
-    lease: &mut EndpointLease,
+    lease: &EndpointLease,
     mut head: Parts,
     body: RequestBody,
-    ex: &mut Exchange,
-) -> Result<Sent, ErrorKind> {
+) -> Result<(Request<RequestBody>, Duration), ErrorKind> {
     let (cluster, ctx) = (call.cluster, call.conn);
-    let endpoint = Arc::clone(lease.endpoint());
-    target(&mut head, &endpoint, call)?;
+    target(&mut head, lease.endpoint(), call)?;
     if let Some(ws) = &call.websocket {
         ws.upstream_request(&mut head, cluster.protocol);
     }
@@ -341,29 +338,23 @@ async fn send_once(
             HeaderValue::from_static("chunked"),
         );
     }
-    let sent_at = Instant::now();
-    let send = endpoint.send(Request::from_parts(head, body), timeout);
-    let result = if call.action.abort_on_client_close {
-        tokio::select! {
-            r = send => r,
-            () = ctx.client_closed() => {
-                ex.log.upstream = Some(endpoint.address);
-                lease.report(true);
-                tracing::debug!(client = %ctx.client, "client closed its side; upstream exchange aborted");
-                return Err(ErrorKind::ClientAborted);
-            }
-        }
-    } else {
-        send.await
-    };
-    let took = sent_at.elapsed();
-    ex.log.upstream = Some(endpoint.address);
+    Ok((Request::from_parts(head, body), timeout))
+}
+
+/// One try sent: its endpoint and time in the log, its latency for the balancer.
+fn record_try(
+    call: &Call<'_>,
+    lease: &mut EndpointLease,
+    took: Duration,
+    ok: bool,
+    ex: &mut Exchange,
+) {
+    ex.log.upstream = Some(lease.endpoint().address);
     ex.log.upstream_ms = Some(millis(took));
-    if result.is_ok() {
+    if ok {
         lease.record_latency(took);
-        cluster.stats.upstream_latency.observe(took);
+        call.cluster.stats.upstream_latency.observe(took);
     }
-    Ok(result)
 }
 
 /// Phase 5: the last try's outcome as the client's answer.

@@ -388,7 +388,12 @@ impl Closing {
             );
         }
         if self.soft_drain {
-            if state.in_flight() > 0 || state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout) {
+            // A request that arrived is answered with `Connection: close`; a protocol
+            // switch is let through (the connection then becomes a tunnel).
+            if state.closes_after_response()
+                || (state.in_flight() == 0
+                    && state.idle_for() >= DRAIN_IDLE.min(limits.idle_timeout))
+            {
                 self.draining = true;
                 return Next::Graceful;
             }
@@ -420,7 +425,7 @@ impl Closing {
     /// now (HTTP/2: GOAWAY; HTTP/1.1 busy: close after this response), false when an
     /// idle HTTP/1.1 connection waits a moment for a request on its way.
     fn socket_closed(&mut self, state: &ConnState) -> bool {
-        if state.is_h2() || state.in_flight() > 0 {
+        if state.is_h2() || state.closes_after_response() {
             self.draining = true;
             return true;
         }
@@ -454,5 +459,50 @@ fn connection_error(ctx: &ConnCtx, e: &(dyn std::error::Error + 'static)) {
         pipeline::log_rejected(ctx, ErrorKind::MalformedRequest);
     } else {
         tracing::debug!(client = %ctx.client, error = %e, "connection error");
+    }
+}
+
+#[cfg(test)]
+mod closing_tests {
+    use super::*;
+
+    fn soft_draining(state: &ConnState) -> Closing {
+        let mut c = Closing::default();
+        assert!(!c.socket_closed(state), "an idle HTTP/1.1 connection waits");
+        assert!(c.soft_drain);
+        c
+    }
+
+    #[test]
+    fn a_draining_connection_closes_after_a_plain_request_but_lets_an_upgrade_through() {
+        let limits = Limits::default();
+        let state = Arc::new(ConnState::default());
+        let mut c = soft_draining(&state);
+        assert!(
+            matches!(c.next(&state, &limits), Next::Wake(_)),
+            "idle: waits"
+        );
+
+        // A plain request arrives: it is answered with `Connection: close`.
+        let plain = state.request_started(false);
+        assert!(matches!(c.next(&state, &limits), Next::Graceful));
+        drop(plain);
+
+        // A WebSocket handshake arrives: no graceful close while it is in flight.
+        let state = Arc::new(ConnState::default());
+        let mut c = soft_draining(&state);
+        let upgrade = state.request_started(false);
+        state.upgrade_requested();
+        assert!(matches!(c.next(&state, &limits), Next::Wake(_)));
+        assert!(!c.draining);
+        // Nor when the socket closes with it in flight.
+        let mut c = Closing::default();
+        assert!(!c.socket_closed(&state));
+        drop(upgrade);
+
+        // The next request on the same connection is judged on its own.
+        let _next = state.request_started(false);
+        let mut c = soft_draining(&Arc::new(ConnState::default()));
+        assert!(matches!(c.next(&state, &limits), Next::Graceful));
     }
 }

@@ -37,23 +37,9 @@ pub struct FilterCtx<'a> {
     pub listener: &'a ListenerRuntime,
     /// The request's id (phase 1), as a header value.
     pub request_id: Option<http::HeaderValue>,
-    /// What filters leave for their own later phases, one value per type.
-    pub state: http::Extensions,
-}
-
-impl<'a> FilterCtx<'a> {
-    pub fn new(
-        conn: &'a ConnCtx,
-        listener: &'a ListenerRuntime,
-        request_id: Option<http::HeaderValue>,
-    ) -> Self {
-        FilterCtx {
-            conn,
-            listener,
-            request_id,
-            state: http::Extensions::new(),
-        }
-    }
+    /// What filters leave for their own later phases, one value per type; kept by the
+    /// request path for their part of an error answer.
+    pub state: &'a mut http::Extensions,
 }
 
 /// One feature on the request path. Every phase has a default that does nothing.
