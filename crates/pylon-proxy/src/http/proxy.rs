@@ -77,7 +77,7 @@ pub(super) async fn proxy(
     }
     let grpc = super::grpc::is_grpc(req.headers());
     let endpoints = cluster.current_endpoints();
-    let call = Call {
+    let mut call = Call {
         conn: fx.conn,
         route,
         action,
@@ -101,7 +101,8 @@ pub(super) async fn proxy(
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => req.headers().get(header::HOST).cloned(),
         },
-        path: rewrite_path(req.uri(), route, action.prefix_rewrite.as_deref()),
+        // Set from the head once the filters have seen it (a rewrite may change it).
+        path: PathAndQuery::from_static("/"),
         websocket,
     };
     // Phase 4: the head every try shares, and the body.
@@ -110,6 +111,9 @@ pub(super) async fn proxy(
     super::headers::normalize_content_length(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     route.filters.upstream_head(&mut parts, fx);
+    if let Some(p) = parts.uri.path_and_query() {
+        call.path = p.clone();
+    }
     let body = request_payload(incoming, cluster, fx, ex).await?;
     let body = route.filters.request_body(body, fx)?;
     let _active = if cluster.counts_requests() {
@@ -650,37 +654,6 @@ fn target(parts: &mut Parts, endpoint: &EndpointPool, call: &Call<'_>) -> Result
         }
     }
     Ok(())
-}
-
-/// Rewrites the matched `path_prefix` with `prefix_rewrite`, keeping the query.
-fn rewrite_path(uri: &Uri, route: &RouteRuntime, rewrite: Option<&str>) -> PathAndQuery {
-    let original = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let (Some(new_prefix), pylon_config::model::PathMatch::Prefix(old_prefix)) =
-        (rewrite, &route.route.matcher.path)
-    else {
-        return original;
-    };
-    let rest = original
-        .path()
-        .strip_prefix(old_prefix.as_str())
-        .unwrap_or(original.path());
-    let mut p = String::with_capacity(new_prefix.len() + rest.len() + 16);
-    p.push_str(new_prefix);
-    if p.ends_with('/') && rest.starts_with('/') {
-        p.pop();
-    }
-    p.push_str(rest);
-    if p.is_empty() {
-        p.push('/');
-    }
-    if let Some(q) = original.query() {
-        p.push('?');
-        p.push_str(q);
-    }
-    PathAndQuery::try_from(p).unwrap_or(original)
 }
 
 /// The hash-balancing key of a request; `None` when the request lacks it (then the

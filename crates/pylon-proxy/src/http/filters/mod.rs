@@ -29,6 +29,7 @@ use crate::runtime::ListenerRuntime;
 mod client_cert;
 mod forwarding;
 mod grpc_web;
+mod path_rewrite;
 mod request_id;
 
 /// What a filter sees besides the request and the answer.
@@ -91,6 +92,7 @@ type Factory = fn(&Listener, &Route) -> Option<Arc<dyn Filter>>;
 const REGISTRY: &[Factory] = &[
     forwarding::build,
     request_id::build,
+    path_rewrite::build,
     client_cert::build,
     grpc_web::build,
 ];
