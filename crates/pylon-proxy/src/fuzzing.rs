@@ -48,7 +48,7 @@ impl H1Harness {
                 stats,
                 logger,
                 request_ids: RequestIds::default(),
-                stop: crate::runtime::Stop::default(),
+                stop: crate::life::Stop::default(),
             });
             (Arc::new(ArcSwap::from_pointee(built)), shared)
         });

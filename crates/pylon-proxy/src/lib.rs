@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 mod inspect;
 pub mod l4;
+pub mod life;
 pub mod listener;
 pub mod memory;
 pub mod observe;
@@ -160,7 +161,7 @@ impl Proxy {
             stats: Arc::new(StatsRegistry::default()),
             logger,
             request_ids: RequestIds::default(),
-            stop: runtime::Stop::default(),
+            stop: life::Stop::default(),
         });
         let proxy = Arc::new_cyclic(|this| Proxy {
             shared,

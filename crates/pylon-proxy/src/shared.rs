@@ -15,7 +15,7 @@ pub struct Shared {
     pub logger: AccessLogger,
     pub request_ids: RequestIds,
     /// Set once a graceful stop reaches its drain timeout.
-    pub stop: crate::runtime::Stop,
+    pub stop: crate::life::Stop,
 }
 
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.

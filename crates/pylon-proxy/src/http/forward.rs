@@ -558,7 +558,7 @@ fn tunnel(
     let limits = RelayLimits {
         idle: cfg.tunnel_idle_timeout,
         lifetime: None,
-        end: crate::runtime::Ending::new(
+        end: crate::life::Ending::new(
             ctx.runtime
                 .load()
                 .listener(&ctx.listener)
@@ -629,7 +629,13 @@ async fn forward_request(
         h.remove(HeaderName::from_static("x-forwarded-for"));
         h.remove(header::VIA);
     }
-    super::proxy::add_client_forwarding(h, listener, ctx, Some(&authority), downstream_version);
+    super::filters::forwarding::add_client_forwarding(
+        h,
+        listener,
+        ctx,
+        Some(&authority),
+        downstream_version,
+    );
     h.insert(header::HOST, authority);
     parts.uri = parts
         .uri

@@ -114,8 +114,7 @@ pub struct GrpcBody {
     /// Set when Pylon ends the call itself, for the access log and the error counter.
     ended_by: Arc<std::sync::OnceLock<ErrorKind>>,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    retired:
-        Option<std::pin::Pin<Box<dyn Future<Output = crate::runtime::EndCause> + Send + Sync>>>,
+    retired: Option<std::pin::Pin<Box<dyn Future<Output = crate::life::EndCause> + Send + Sync>>>,
     done: bool,
 }
 
@@ -123,7 +122,7 @@ impl GrpcBody {
     pub fn new(
         inner: hyper::body::Incoming,
         deadline: Option<std::time::Instant>,
-        mut end: crate::runtime::Ending,
+        mut end: crate::life::Ending,
         ended_by: Arc<std::sync::OnceLock<ErrorKind>>,
     ) -> Self {
         GrpcBody {
@@ -182,8 +181,8 @@ impl http_body::Body for GrpcBody {
                 "grpc stream ended by the proxy: UNAVAILABLE"
             );
             let kind = match cause {
-                crate::runtime::EndCause::RouteRemoved => ErrorKind::RouteRemoved,
-                crate::runtime::EndCause::Shutdown => ErrorKind::Shutdown,
+                crate::life::EndCause::RouteRemoved => ErrorKind::RouteRemoved,
+                crate::life::EndCause::Shutdown => ErrorKind::Shutdown,
             };
             return Poll::Ready(Some(Ok(this.end(kind))));
         }

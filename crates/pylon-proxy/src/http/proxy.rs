@@ -23,7 +23,7 @@ use pylon_config::model::{Action, HashKey, HostHeader, ProxyAction, Retry, Upstr
 use super::body::{RequestBody, RequestMeter, RequestPayload, ResponseBody};
 use super::error::ErrorKind;
 use super::filters::FilterCtx;
-use super::headers::{Peer, add_forwarding, append_via, strip_hop_by_hop};
+use super::headers::{append_via, strip_hop_by_hop};
 use super::pipeline::{ConnCtx, Exchange};
 use super::router::RouteRuntime;
 use crate::cluster::{
@@ -450,7 +450,7 @@ fn response_body(
         return Ok(ResponseBody::boxed(super::grpc::GrpcBody::new(
             rbody,
             call.deadline,
-            crate::runtime::Ending::new(Some(&call.route.life), &call.conn.shared.stop),
+            crate::life::Ending::new(Some(&call.route.life), &call.conn.shared.stop),
             ended_by,
         )));
     }
@@ -584,29 +584,6 @@ pub(super) fn response_head(
     }
     rparts.version = downstream_version;
     Ok(())
-}
-
-/// The forwarding headers (`X-Forwarded-*`, `Forwarded`) the listener asks for, naming
-/// this connection's client.
-pub(super) fn add_client_forwarding(
-    h: &mut http::HeaderMap,
-    listener: &ListenerRuntime,
-    ctx: &ConnCtx,
-    client_host: Option<&HeaderValue>,
-    downstream_version: Version,
-) {
-    let peer = Peer {
-        ip: ctx.client.ip(),
-        ip_value: &ctx.client_ip,
-        scheme: ctx.scheme,
-    };
-    add_forwarding(
-        h,
-        &listener.config.headers,
-        &peer,
-        client_host,
-        downstream_version,
-    );
 }
 
 /// The target and host for one endpoint: origin-form plus `Host` for HTTP/1.1,

@@ -21,7 +21,7 @@ pub struct RouteRuntime {
     /// Answers by status class and latency, kept across reloads.
     pub stats: Arc<crate::observe::stats::RouteStats>,
     /// Ends (after the reload grace period) when a reload removes or changes the route.
-    pub life: crate::runtime::Life,
+    pub life: crate::life::Life,
     /// The route's filters, built from its settings and its listener's.
     pub filters: super::filters::FilterChain,
 }
@@ -246,7 +246,7 @@ impl RouteRuntime {
         RouteRuntime {
             name: Arc::from(route.name.as_str()),
             stats: crate::observe::StatsRegistry::default().route("", &route.name, ""),
-            life: crate::runtime::Life::default(),
+            life: crate::life::Life::default(),
             filters: super::filters::FilterChain::default(),
             route,
             cluster,

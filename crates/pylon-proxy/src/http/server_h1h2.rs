@@ -330,7 +330,7 @@ async fn drive<C>(
                     graceful(conn.as_mut());
                 }
             }
-            () = crate::runtime::retired(&mut stop), if !closing.stopping => {
+            () = crate::life::retired(&mut stop), if !closing.stopping => {
                 if closing.process_stopped() {
                     graceful(conn.as_mut());
                 }

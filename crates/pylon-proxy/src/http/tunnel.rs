@@ -225,13 +225,13 @@ pub(super) struct Tunnel {
 impl Tunnel {
     pub(super) fn limits(
         action: &ProxyAction,
-        life: &crate::runtime::Life,
-        stop: &crate::runtime::Stop,
+        life: &crate::life::Life,
+        stop: &crate::life::Stop,
     ) -> RelayLimits {
         RelayLimits {
             idle: action.tunnel_idle_timeout,
             lifetime: action.tunnel_max_lifetime,
-            end: crate::runtime::Ending::new(Some(life), stop),
+            end: crate::life::Ending::new(Some(life), stop),
         }
     }
 

@@ -101,7 +101,7 @@ pub struct RelayLimits {
     pub lifetime: Option<Duration>,
     /// The life of the route or listener the relay was opened through, and the
     /// process's stop.
-    pub end: crate::runtime::Ending,
+    pub end: crate::life::Ending,
 }
 
 /// How long a relay that Pylon ends keeps going for its protocol's goodbye (WebSocket
@@ -148,8 +148,8 @@ where
                 Err(e) => break RelayEnd::Error(e),
             },
             cause = &mut ended => break match cause {
-                crate::runtime::EndCause::RouteRemoved => RelayEnd::Retired,
-                crate::runtime::EndCause::Shutdown => RelayEnd::Shutdown,
+                crate::life::EndCause::RouteRemoved => RelayEnd::Retired,
+                crate::life::EndCause::Shutdown => RelayEnd::Shutdown,
             },
             _ = tokio::time::sleep(tick) => {
                 if activity.idle_for() >= limits.idle {

@@ -106,7 +106,7 @@ struct Connection {
     client: SocketAddr,
     /// The listener's life: a reload that removes or changes it ends the session
     /// after the grace period.
-    life: crate::runtime::Life,
+    life: crate::life::Life,
 }
 
 impl Connection {
@@ -251,7 +251,7 @@ impl Connection {
         let limits = RelayLimits {
             idle: self.l4.idle_timeout,
             lifetime: self.l4.max_lifetime,
-            end: crate::runtime::Ending::new(Some(&self.life), &self.shared.stop),
+            end: crate::life::Ending::new(Some(&self.life), &self.shared.stop),
         };
         let end = match (stream, client_tls) {
             (Some(client), None) => match upstream.into_plain() {

@@ -157,7 +157,7 @@ impl UdpProxyLoop {
                 idle: l4.idle_timeout,
                 lease,
                 shared: Arc::clone(&self.shared),
-                end: crate::runtime::Ending::new(Some(&lr.life), &self.shared.stop),
+                end: crate::life::Ending::new(Some(&lr.life), &self.shared.stop),
             }
             .replies(),
         );
@@ -177,7 +177,7 @@ struct SessionTask {
     shared: Arc<Shared>,
     /// The listener's life: a reload that removes or changes the listener ends the
     /// session after the grace period.
-    end: crate::runtime::Ending,
+    end: crate::life::Ending,
 }
 
 impl SessionTask {

@@ -4,11 +4,15 @@
 
 use std::sync::Arc;
 
+use http::Version;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use pylon_config::model::{Listener, Route};
 
 use super::{Filter, FilterCtx};
+use crate::http::headers::{Peer, add_forwarding};
+use crate::http::pipeline::ConnCtx;
+use crate::runtime::ListenerRuntime;
 
 pub(super) fn build(listener: &Listener, _route: &Route) -> Option<Arc<dyn Filter>> {
     let h = &listener.headers;
@@ -28,7 +32,7 @@ impl Filter for Forwarding {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => head.headers.get(header::HOST).cloned(),
         };
-        crate::http::proxy::add_client_forwarding(
+        add_client_forwarding(
             &mut head.headers,
             cx.listener,
             cx.conn,
@@ -36,4 +40,27 @@ impl Filter for Forwarding {
             head.version,
         );
     }
+}
+
+/// The forwarding headers (`X-Forwarded-*`, `Forwarded`) the listener asks for, naming
+/// this connection's client.
+pub(crate) fn add_client_forwarding(
+    h: &mut http::HeaderMap,
+    listener: &ListenerRuntime,
+    ctx: &ConnCtx,
+    client_host: Option<&HeaderValue>,
+    downstream_version: Version,
+) {
+    let peer = Peer {
+        ip: ctx.client.ip(),
+        ip_value: &ctx.client_ip,
+        scheme: ctx.scheme,
+    };
+    add_forwarding(
+        h,
+        &listener.config.headers,
+        &peer,
+        client_host,
+        downstream_version,
+    );
 }

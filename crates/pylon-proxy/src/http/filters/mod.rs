@@ -27,7 +27,7 @@ use super::pipeline::ConnCtx;
 use crate::runtime::ListenerRuntime;
 
 mod client_cert;
-mod forwarding;
+pub(crate) mod forwarding;
 mod grpc_web;
 mod path_rewrite;
 mod request_id;
