@@ -123,16 +123,36 @@ impl TestCa {
     }
 }
 
-/// A fresh temporary directory for certificate files.
+/// A fresh temporary directory (certificate files, configs, sockets), under one
+/// directory for this test process that is removed when the process exits.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "pylon-tls-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let d = temp_root().join(N.fetch_add(1, Ordering::SeqCst).to_string());
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// This process's directory of temporary files, made on first use.
+fn temp_root() -> &'static PathBuf {
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("pylon-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        // SAFETY: `atexit` takes a plain function with no arguments, registered once;
+        // it runs when the test process exits, after every test.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(remove_temp_root);
+        }
+        root
+    })
+}
+
+extern "C" fn remove_temp_root() {
+    if let Some(root) = ROOT.get() {
+        let _ = std::fs::remove_dir_all(root);
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -23,17 +23,6 @@ use pylon_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PYLON: &str = env!("CARGO_BIN_EXE_pylon");
-
-fn temp_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pylon-drain-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A front listener with a WebSocket route, an L4 TCP listener, a drain timeout of
 /// `drain` and the upgrade socket in `dir`. `with_ws_route` false removes the route.

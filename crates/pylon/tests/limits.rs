@@ -114,8 +114,7 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn five_thousand_slow_clients_leave_a_normal_client_served_and_memory_bounded() {
     raise_fd_limit(20_000);
     let origin = Origin::named("o").await;
-    let dir = std::env::temp_dir().join(format!("pylon-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir();
     let file = dir.join("pylon.toml");
     std::fs::write(
         &file,
