@@ -308,7 +308,17 @@ fn check(doc: &str, index: &Index) -> Vec<String> {
             continue;
         }
         if qualifier.is_empty() && !call && owner.is_none() {
-            // A plain word: a config key, a metric, a type named in passing.
+            // A plain word: a config key, a metric, a reason, a function named in
+            // passing. One with an underscore must still be written somewhere in the
+            // code (a field, a string, a `fn`): a renamed function is caught here.
+            if member.contains('_')
+                && !member.chars().any(|c| c.is_ascii_uppercase())
+                && !index.sources.iter().any(|s| s.idents.contains(member))
+            {
+                errors.push(format!(
+                    "{at}: `{text}` is named nowhere under crates/ (renamed or removed?)"
+                ));
+            }
             continue;
         }
         if let Some(msg) = check_name(text, qualifier, member, owner.as_deref(), index) {
@@ -483,7 +493,10 @@ fn sample() -> Index {
         ),
         ("crates/pylon-lb/src/state.rs", "pub struct Endpoints;\n"),
         ("crates/pylon-lb/src/hash.rs", "pub fn hash_key() {}\n"),
-        ("crates/pylon-config/src/model.rs", "pub struct Cluster;\n"),
+        (
+            "crates/pylon-config/src/model.rs",
+            "pub struct Cluster;\npub struct Limits {\n    pub max_headers: usize,\n}\n",
+        ),
     ];
     Index::new(
         files
@@ -523,6 +536,7 @@ fn stale_citations_are_caught() {
         "`no_such_module::handle`",
         "`pylon_lb::no_such_function`",
         "`no_such_function()`",
+        "`no_such_function`",
         "```\nlistener.rs   AcceptLoop::no_such_method\n```",
         "```\nno_such_file.rs\n```",
     ] {
