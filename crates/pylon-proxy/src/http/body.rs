@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -12,6 +13,54 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 pub use crate::cluster::body::{BodyTooLarge, BoxError, RequestBody, RequestMeter};
+
+/// Nothing reported since the guard last looked.
+pub(super) const NONE: u8 = 0;
+/// The response head is ready: from now on the stream waits on the client.
+pub(super) const RESPONDED: u8 = 1;
+/// The body handed out a frame: the next poll of it waits on the client's window.
+const HANDED: u8 = 2;
+/// The body is waiting for its upstream (or finished): no stall to time.
+pub(super) const WAITING: u8 = 4;
+
+/// One HTTP/2 stream's progress: written by its response (in the stream's task),
+/// read by the stream's stall guard (`http/stall.rs`) after each poll of that task.
+#[derive(Debug, Default)]
+pub struct StreamProgress {
+    events: AtomicU8,
+    stalled: AtomicBool,
+}
+
+impl StreamProgress {
+    /// The response for this stream is ready to be sent.
+    pub fn response_ready(&self) {
+        self.events.store(RESPONDED | HANDED, Ordering::Relaxed);
+    }
+
+    /// The response body was polled: `handed` when it gave out a frame, otherwise it
+    /// is waiting for its upstream or has ended.
+    pub fn body_polled(&self, handed: bool) {
+        let responded = self.events.load(Ordering::Relaxed) & RESPONDED;
+        let moved = if handed { HANDED } else { WAITING };
+        self.events.store(responded | moved, Ordering::Relaxed);
+    }
+
+    /// True once the guard is dropping this stream for a stall: what finishes then
+    /// was cut by the send timeout.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// The guard is dropping this stream for a stall.
+    pub(super) fn mark_stalled(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
+    }
+
+    /// What was reported since the last call (for the stall guard).
+    pub(super) fn take(&self) -> u8 {
+        self.events.swap(NONE, Ordering::Relaxed)
+    }
+}
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +116,7 @@ pub struct ResponseBody {
     ended: bool,
     completion: Option<Box<dyn Completion>>,
     /// On HTTP/2: where the stream's stall guard learns of this body's progress.
-    progress: Option<Arc<super::stall::StreamProgress>>,
+    progress: Option<Arc<StreamProgress>>,
 }
 
 impl ResponseBody {
@@ -128,7 +177,7 @@ impl ResponseBody {
     }
 
     /// Reports this body's progress to its HTTP/2 stream's stall guard.
-    pub fn set_progress(&mut self, p: Arc<super::stall::StreamProgress>) {
+    pub fn set_progress(&mut self, p: Arc<StreamProgress>) {
         self.progress = Some(p);
     }
 

@@ -18,7 +18,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::ThreadId;
@@ -29,47 +28,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::ErrorKind;
 use crate::observe::Metrics;
 
-/// Nothing reported since the guard last looked.
-const NONE: u8 = 0;
-/// The response head is ready: from now on the stream waits on the client.
-const RESPONDED: u8 = 1;
-/// The body handed out a frame: the next poll of it waits on the client's window.
-const HANDED: u8 = 2;
-/// The body is waiting for its upstream (or finished): no stall to time.
-const WAITING: u8 = 4;
-
-/// One HTTP/2 stream's progress: written by its response (in the stream's task),
-/// read by the stream's [`StallGuard`] after each poll of that task.
-#[derive(Debug, Default)]
-pub struct StreamProgress {
-    events: AtomicU8,
-    stalled: AtomicBool,
-}
-
-impl StreamProgress {
-    /// The response for this stream is ready to be sent.
-    pub fn response_ready(&self) {
-        self.events.store(RESPONDED | HANDED, Ordering::Relaxed);
-    }
-
-    /// The response body was polled: `handed` when it gave out a frame, otherwise it
-    /// is waiting for its upstream or has ended.
-    pub fn body_polled(&self, handed: bool) {
-        let responded = self.events.load(Ordering::Relaxed) & RESPONDED;
-        let moved = if handed { HANDED } else { WAITING };
-        self.events.store(responded | moved, Ordering::Relaxed);
-    }
-
-    /// True once the guard is dropping this stream for a stall: what finishes then
-    /// was cut by the send timeout.
-    pub fn stalled(&self) -> bool {
-        self.stalled.load(Ordering::Relaxed)
-    }
-
-    fn take(&self) -> u8 {
-        self.events.swap(NONE, Ordering::Relaxed)
-    }
-}
+use super::body::{NONE, RESPONDED, StreamProgress, WAITING};
 
 /// One connection's hand-over of each new stream's [`StreamProgress`] from its service
 /// to its executor. hyper calls the service for a stream's request and gives the
@@ -212,7 +171,7 @@ impl<F: Future> Future for StallGuard<F> {
         }
         this.metrics.error(ErrorKind::SendTimeout);
         tracing::debug!("HTTP/2 stream made no progress within the send timeout; resetting it");
-        this.progress.stalled.store(true, Ordering::Relaxed);
+        this.progress.mark_stalled();
         this.inner.set(None);
         Poll::Ready(())
     }
