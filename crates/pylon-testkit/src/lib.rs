@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod grpc;
 pub mod origin;
 pub mod process;
 pub mod tls;
@@ -14,6 +15,7 @@ pub mod ws;
 
 pub use client::*;
 pub use dns::*;
+pub use grpc::*;
 pub use origin::*;
 pub use process::*;
 pub use tls::*;

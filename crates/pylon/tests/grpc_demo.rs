@@ -13,10 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use bytes::{Buf, BufMut};
 use http::uri::PathAndQuery;
 use pylon_testkit::*;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Request, Status};
 
 const PYLON: &str = env!("CARGO_BIN_EXE_pylon");
@@ -162,40 +160,6 @@ fn show(out: &std::process::Output) -> String {
     )
 }
 
-/// Messages are plain bytes (the protobuf encoding is written out in the test).
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
 /// `grpc.health.v1.Health/Check` for `service` through `addr`: the reply message, or
 /// the status.
 async fn health_check(addr: SocketAddr, service: &str) -> Result<Vec<u8>, Status> {
@@ -218,7 +182,7 @@ async fn health_check(addr: SocketAddr, service: &str) -> Result<Vec<u8>, Status
         .unary(
             Request::new(msg),
             PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
-            Raw,
+            RawCodec,
         )
         .await
         .map(tonic::Response::into_inner)

@@ -8,47 +8,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use bytes::{Buf, BufMut};
 use futures_util::{Stream, StreamExt};
 use http::uri::PathAndQuery;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pylon_testkit::*;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Request, Response, Status, Streaming};
-
-/// Messages are plain bytes.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send>>;
 type MsgStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, Status>> + Send>>;
@@ -141,7 +105,7 @@ async fn tonic_origin() -> SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |req: http::Request<hyper::body::Incoming>| async move {
-                        let mut grpc = tonic::server::Grpc::new(Raw);
+                        let mut grpc = tonic::server::Grpc::new(RawCodec);
                         let resp = match req.uri().path() {
                             "/test.Echo/Say" => grpc.unary(Say, req).await,
                             "/test.Echo/Count" => grpc.server_streaming(Count, req).await,
@@ -195,7 +159,7 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
     req.metadata_mut()
         .insert("x-client-meta", "m1".parse().unwrap());
     let resp = client
-        .unary(req, path("/test.Echo/Say"), Raw)
+        .unary(req, path("/test.Echo/Say"), RawCodec)
         .await
         .unwrap();
     assert_eq!(resp.metadata().get("x-server-meta").unwrap(), "m1");
@@ -205,7 +169,7 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
     client.ready().await.unwrap();
     let big = vec![7u8; 4 << 20];
     let resp = client
-        .unary(Request::new(big.clone()), path("/test.Echo/Say"), Raw)
+        .unary(Request::new(big.clone()), path("/test.Echo/Say"), RawCodec)
         .await
         .unwrap();
     assert_eq!(resp.into_inner().len(), big.len());
@@ -213,7 +177,11 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
     // An error status with its message.
     client.ready().await.unwrap();
     let err = client
-        .unary(Request::new(b"fail".to_vec()), path("/test.Echo/Say"), Raw)
+        .unary(
+            Request::new(b"fail".to_vec()),
+            path("/test.Echo/Say"),
+            RawCodec,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -225,7 +193,7 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
         .server_streaming(
             Request::new(b"10000".to_vec()),
             path("/test.Echo/Count"),
-            Raw,
+            RawCodec,
         )
         .await
         .unwrap()
@@ -241,7 +209,7 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
     client.ready().await.unwrap();
     let up = futures_util::stream::iter((0..10_000).map(|_| b"0123456789".to_vec()));
     let resp = client
-        .client_streaming(Request::new(up), path("/test.Echo/Sum"), Raw)
+        .client_streaming(Request::new(up), path("/test.Echo/Sum"), RawCodec)
         .await
         .unwrap();
     assert_eq!(resp.into_inner(), b"10000 messages, 100000 bytes");
@@ -251,7 +219,7 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let out = tokio_stream_from(rx);
     let mut answers = client
-        .streaming(Request::new(out), path("/test.Echo/Chat"), Raw)
+        .streaming(Request::new(out), path("/test.Echo/Chat"), RawCodec)
         .await
         .unwrap()
         .into_inner();
@@ -274,7 +242,11 @@ async fn all_four_modes(channel: tonic::transport::Channel) {
     // No route for this method: UNIMPLEMENTED from Pylon.
     client.ready().await.unwrap();
     let err = client
-        .unary(Request::new(vec![]), path("/other.Service/Method"), Raw)
+        .unary(
+            Request::new(vec![]),
+            path("/other.Service/Method"),
+            RawCodec,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
