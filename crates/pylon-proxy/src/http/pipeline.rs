@@ -110,7 +110,8 @@ pub(super) struct RequestLog {
     pub(super) cluster: Option<Arc<str>>,
     pub(super) upstream: Option<SocketAddr>,
     pub(super) upstream_ms: Option<f64>,
-    pub(super) request_id: Option<String>,
+    /// As a header value: sent upstream and back to the client as it is.
+    pub(super) request_id: Option<HeaderValue>,
     pub(super) error: Option<ErrorKind>,
     /// The forward-proxy user.
     pub(super) user: Option<Arc<str>>,
@@ -159,7 +160,10 @@ impl RequestLog {
             cluster: self.cluster.take(),
             upstream: self.upstream,
             upstream_ms: self.upstream_ms,
-            request_id: self.request_id.take(),
+            request_id: self
+                .request_id
+                .take()
+                .and_then(|v| v.to_str().ok().map(str::to_owned)),
             client_cert: ctx.client_cert.as_ref().map(|c| c.subject.clone()),
             user: self.user.take(),
             error: self.error.map(ErrorKind::as_str),
@@ -437,12 +441,10 @@ async fn serve(
     filter_state: &mut http::Extensions,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     if let Some(name) = &listener.request_id {
-        ex.log.request_id = Some(
-            match req.headers().get(name).and_then(|v| v.to_str().ok()) {
-                Some(id) if !id.is_empty() => id.to_owned(),
-                _ => ctx.shared.request_ids.next(),
-            },
-        );
+        ex.log.request_id = match req.headers().get(name) {
+            Some(id) if !id.is_empty() && id.to_str().is_ok() => Some(id.clone()),
+            _ => HeaderValue::try_from(ctx.shared.request_ids.next()).ok(),
+        };
     }
     // Content-Length and Transfer-Encoding both in the head (seen on the socket: the
     // parser keeps only one of them).
@@ -488,11 +490,11 @@ async fn serve(
             let mut fx = super::filters::FilterCtx {
                 conn: ctx,
                 listener,
-                request_id: ex
-                    .log
-                    .request_id
-                    .as_deref()
-                    .and_then(|id| HeaderValue::from_str(id).ok()),
+                request_id: ex.log.request_id.clone(),
+                client_authority: match req.uri().authority() {
+                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                    None => req.headers().get(header::HOST).cloned(),
+                },
                 state: filter_state,
             };
             super::proxy::proxy(req, route, &mut fx, ex).await
@@ -569,10 +571,8 @@ fn finish(
     }
     if let Some(l) = listener {
         let h = resp.headers_mut();
-        if let (Some(name), Some(id)) = (&l.request_id, &ex.log.request_id)
-            && let Ok(v) = HeaderValue::from_str(id)
-        {
-            h.insert(name.clone(), v);
+        if let (Some(name), Some(id)) = (&l.request_id, &ex.log.request_id) {
+            h.insert(name.clone(), id.clone());
         }
     }
     let mut log = ctx.shared.logger.enabled().then(|| {

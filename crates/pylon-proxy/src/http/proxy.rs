@@ -97,10 +97,7 @@ pub(super) async fn proxy(
             .and_then(|s| s.lookup(req.headers(), &endpoints.ids)),
         endpoints,
         downstream_version: req.version(),
-        client_host: match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers().get(header::HOST).cloned(),
-        },
+        client_host: fx.client_authority.clone(),
         // Set from the head once the filters have seen it (a rewrite may change it).
         path: PathAndQuery::from_static("/"),
         websocket,

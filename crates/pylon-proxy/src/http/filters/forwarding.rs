@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::Version;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::request::Parts;
 use pylon_config::model::{Listener, Route};
 
@@ -27,16 +27,11 @@ impl Filter for Forwarding {
     }
 
     fn upstream_head(&self, head: &mut Parts, cx: &mut FilterCtx<'_>) {
-        // The client's authority: `:authority` (HTTP/2, absolute form), else `Host`.
-        let client_host: Option<HeaderValue> = match head.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => head.headers.get(header::HOST).cloned(),
-        };
         add_client_forwarding(
             &mut head.headers,
             cx.listener,
             cx.conn,
-            client_host.as_ref(),
+            cx.client_authority.as_ref(),
             head.version,
         );
     }

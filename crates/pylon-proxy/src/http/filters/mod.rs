@@ -38,6 +38,9 @@ pub struct FilterCtx<'a> {
     pub listener: &'a ListenerRuntime,
     /// The request's id (phase 1), as a header value.
     pub request_id: Option<http::HeaderValue>,
+    /// The client's authority as sent: `:authority` (HTTP/2, absolute form), else
+    /// `Host`.
+    pub client_authority: Option<http::HeaderValue>,
     /// What filters leave for their own later phases, one value per type; kept by the
     /// request path for their part of an error answer.
     pub state: &'a mut http::Extensions,
