@@ -84,20 +84,6 @@ impl DestinationPools {
         p
     }
 
-    /// Destinations with a pool now.
-    pub fn len(&self) -> usize {
-        lock(&self.pools).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Idle connections to `addr` now.
-    pub fn idle(&self, addr: SocketAddr) -> usize {
-        lock(&self.pools).get(&addr).map_or(0, |p| p.idle_count())
-    }
-
     fn sweep(&self) {
         let mut pools = lock(&self.pools);
         for p in pools.values() {

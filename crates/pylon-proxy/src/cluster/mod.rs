@@ -477,11 +477,6 @@ impl ClusterRuntime {
         self.budget.try_retry()
     }
 
-    /// The requests and retries in flight, and the retry budget over them.
-    pub fn retry_budget(&self) -> &RetryBudget {
-        &self.budget
-    }
-
     /// Retries refused by the budget so far.
     pub fn retry_budget_exhausted(&self) -> u64 {
         self.budget.retry_budget_exhausted()

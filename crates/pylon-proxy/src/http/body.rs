@@ -134,16 +134,6 @@ impl ResponseBody {
         }
     }
 
-    pub fn stream(inner: Incoming) -> Self {
-        ResponseBody {
-            kind: Kind::Stream(inner, None),
-            sent: 0,
-            ended: false,
-            completion: None,
-            progress: None,
-        }
-    }
-
     /// An upstream body whose first frame, if it has already arrived, is read now: a
     /// body that is broken from its first bytes (bad chunk framing) fails here, before
     /// the response head is sent, so the client gets a 502 instead of a cut answer.

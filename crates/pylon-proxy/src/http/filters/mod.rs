@@ -114,15 +114,6 @@ impl FilterChain {
         FilterChain(filters.into())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Filter>> {
-        self.0.iter()
-    }
-
-    /// The filters' names, in order.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.0.iter().map(|f| f.name()).collect()
-    }
-
     /// Phase 3 for every filter; the first that answers or refuses ends it.
     pub fn request(
         &self,
