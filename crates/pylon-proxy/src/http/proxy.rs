@@ -416,10 +416,9 @@ fn answer(
     }
     ex.held.pooled = pooled;
     let body = response_body(&call, rbody, ex)?;
-    Ok(call
-        .route
-        .filters
-        .response(Response::from_parts(rparts, body), fx))
+    let mut resp = Response::from_parts(rparts, body);
+    call.route.filters.response(&mut resp, fx);
+    Ok(resp)
 }
 
 /// The upstream answered something unusable: its endpoint is told, its connection not

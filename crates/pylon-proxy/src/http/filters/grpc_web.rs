@@ -102,14 +102,9 @@ impl Filter for GrpcWebFilter {
         })
     }
 
-    fn response(
-        &self,
-        resp: Response<ResponseBody>,
-        cx: &mut FilterCtx<'_>,
-    ) -> Response<ResponseBody> {
-        match cx.state.get::<WebCall>() {
-            Some(call) => call.web.response(resp, call.origin.clone()),
-            None => resp,
+    fn response(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
+        if let Some(call) = cx.state.get::<WebCall>() {
+            call.web.response(resp, call.origin.clone());
         }
     }
 
@@ -236,10 +231,9 @@ impl GrpcWeb {
     /// The client's answer: gRPC-Web headers (CORS included) and body.
     fn response(
         &self,
-        resp: Response<ResponseBody>,
+        resp: &mut Response<ResponseBody>,
         request_headers_origin: Option<HeaderValue>,
-    ) -> Response<ResponseBody> {
-        let (mut parts, body) = resp.into_parts();
+    ) {
         let base = if self.text {
             "application/grpc-web-text"
         } else {
@@ -249,20 +243,21 @@ impl GrpcWeb {
             Some(s) => format!("{base}{s}"),
             None => base.to_owned(),
         };
+        let headers = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&ct) {
-            parts.headers.insert(header::CONTENT_TYPE, v);
+            headers.insert(header::CONTENT_TYPE, v);
         }
-        parts.headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::CONTENT_LENGTH);
         if let Some(origin) = request_headers_origin {
-            cors_headers(&mut parts.headers, origin);
+            cors_headers(headers, origin);
         }
-        let body = WebResponseBody {
-            inner: body,
+        let inner = std::mem::replace(resp.body_mut(), ResponseBody::empty());
+        *resp.body_mut() = ResponseBody::boxed(WebResponseBody {
+            inner,
             text: self.text,
             carry: BytesMut::new(),
             done: false,
-        };
-        Response::from_parts(parts, ResponseBody::boxed(body))
+        });
     }
 }
 

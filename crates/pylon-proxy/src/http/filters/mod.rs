@@ -75,13 +75,7 @@ pub trait Filter: Send + Sync {
     }
 
     /// Phase 5: the upstream's answer, its head already checked and cleaned.
-    fn response(
-        &self,
-        resp: Response<ResponseBody>,
-        _cx: &mut FilterCtx<'_>,
-    ) -> Response<ResponseBody> {
-        resp
-    }
+    fn response(&self, _resp: &mut Response<ResponseBody>, _cx: &mut FilterCtx<'_>) {}
 
     /// A proxy-made error answer to this request, after phase 3 ran; `state` is what the
     /// filters left in [`FilterCtx::state`].
@@ -145,15 +139,10 @@ impl FilterChain {
         Ok(body)
     }
 
-    pub fn response(
-        &self,
-        mut resp: Response<ResponseBody>,
-        cx: &mut FilterCtx<'_>,
-    ) -> Response<ResponseBody> {
+    pub fn response(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
         for f in self.0.iter() {
-            resp = f.response(resp, cx);
+            f.response(resp, cx);
         }
-        resp
     }
 
     pub fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {
