@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -348,17 +349,25 @@ async fn client_going_away_mid_upload_does_not_hurt_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_killed_mid_response_truncates_cleanly_and_is_counted() {
     // Sends a head promising 100,000 bytes, then 10,000 of them, then dies (the process
-    // is gone: the socket is reset).
-    let dying = RawOrigin::start(|mut s: TcpStream| async move {
-        let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
-            .await;
-        let _ = s.write_all(&[b'x'; 10_000]).await;
-        let _ = s.flush().await;
-        let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
-        drop(s);
+    // is gone: the socket is reset) once the client has the head: a reset that came
+    // before Pylon read the head would discard it unread, and the client would get a 502
+    // instead of a truncation.
+    let head_seen = Arc::new(tokio::sync::Notify::new());
+    let die = Arc::clone(&head_seen);
+    let dying = RawOrigin::start(move |mut s: TcpStream| {
+        let die = Arc::clone(&die);
+        async move {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                .await;
+            let _ = s.write_all(&[b'x'; 10_000]).await;
+            let _ = s.flush().await;
+            die.notified().await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+            drop(s);
+        }
     })
     .await;
     let p = TestProxy::start(&simple_config(&[dying.addr], "", "")).await;
@@ -370,7 +379,22 @@ async fn an_origin_killed_mid_response_truncates_cleanly_and_is_counted() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let out = read_to_close(&mut s).await;
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the head arrives")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    head_seen.notify_one();
+    let out = String::from_utf8_lossy(&head).into_owned() + &read_to_close(&mut s).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.len() < 100_000, "truncated: {} bytes", out.len());
 
@@ -380,6 +404,7 @@ async fn an_origin_killed_mid_response_truncates_cleanly_and_is_counted() {
         .send_request(Request::get("http://a/").body(empty()).unwrap())
         .await
         .unwrap();
+    head_seen.notify_one();
     let body = http_body_util::BodyExt::collect(resp.into_body()).await;
     assert!(
         body.is_err(),
