@@ -10,6 +10,7 @@ pub mod dns;
 pub mod grpc;
 pub mod origin;
 pub mod process;
+pub mod smuggling;
 pub mod tls;
 pub mod ws;
 
