@@ -299,13 +299,16 @@ fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKin
         _ => {}
     }
     if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
-        let declared = content_length(cl.as_bytes()).ok_or(ErrorKind::MalformedRequest)?;
+        let declared =
+            pylon_h1::content_length(cl.as_bytes()).ok_or(ErrorKind::MalformedRequest)?;
         if declared > limits.max_request_body {
             return Err(ErrorKind::BodyTooLarge);
         }
     }
-    if let Some(host) = headers.get(header::HOST) {
-        valid_host(host.as_bytes())?;
+    if let Some(host) = headers.get(header::HOST)
+        && !pylon_h1::valid_host(host.as_bytes())
+    {
+        return Err(ErrorKind::MalformedRequest);
     }
     if req.version() <= Version::HTTP_11 {
         check_h1_framing(req)?;
@@ -318,79 +321,6 @@ pub(super) fn violation_kind(v: crate::conn::framing_scan::ChunkViolation) -> Er
     match v {
         crate::conn::framing_scan::ChunkViolation::Malformed => ErrorKind::MalformedRequest,
         crate::conn::framing_scan::ChunkViolation::TooLarge => ErrorKind::BodyTooLarge,
-    }
-}
-
-/// A Content-Length value: digits only (no sign, no spaces inside, no list).
-fn content_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// `Host` must be a plain authority: a registered name or an IP literal, and an
-/// optional port; no user info, path or spaces (RFC 9110 §7.2). Checked on the bytes,
-/// without allocating.
-fn valid_host(v: &[u8]) -> Result<(), ErrorKind> {
-    if v.is_empty() {
-        return Ok(());
-    }
-    let (host, port) = if v[0] == b'[' {
-        let end = memchr::memchr(b']', v).ok_or(ErrorKind::MalformedRequest)?;
-        let inner = &v[1..end];
-        if inner.is_empty()
-            || !inner
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
-            return Err(ErrorKind::MalformedRequest);
-        }
-        (&v[..=end], &v[end + 1..])
-    } else {
-        match memchr::memchr(b':', v) {
-            Some(i) => (&v[..i], &v[i..]),
-            None => (v, &v[v.len()..]),
-        }
-    };
-    let reg_name = |b: &u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-            )
-    };
-    if host.is_empty() || (host[0] != b'[' && !host.iter().all(reg_name)) {
-        return Err(ErrorKind::MalformedRequest);
-    }
-    match port {
-        [] | [b':'] => Ok(()),
-        [b':', digits @ ..]
-            if digits.len() <= 5
-                && digits.iter().all(u8::is_ascii_digit)
-                && std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.parse::<u16>().ok())
-                    .is_some() =>
-        {
-            Ok(())
-        }
-        _ => Err(ErrorKind::MalformedRequest),
     }
 }
 
