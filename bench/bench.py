@@ -5,7 +5,7 @@ proxy CPU-microseconds per request, proxy peak RSS, and Pylon's ratio to the bes
 Results go to bench/results/<date>.json and bench/results/latest.svg."""
 
 import argparse, asyncio, json, os, platform, re, shutil, signal, socket, subprocess
-import sys, tempfile, time
+import ssl, sys, tempfile, time
 from datetime import datetime, timezone
 
 ORIGIN = 18080
@@ -244,14 +244,22 @@ def run_h2load(port, secs, scheme="http", path="/"):
             "p99_ms": parse_latency(lat.group(2)), "errors": 0}
 
 
-async def hold_idle(port, n):
-    """Opens n keep-alive connections, each completing one request, and holds them."""
+async def hold_idle(port, n, tls=False):
+    """Opens n keep-alive connections (TLS ones when `tls`), each completing one request,
+    and holds them."""
     conns = []
     sem = asyncio.Semaphore(500)
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
 
     async def one():
         async with sem:
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="localhost" if tls else None)
             w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
             await w.drain()
             await r.readuntil(b"\r\n\r\n")
@@ -261,10 +269,10 @@ async def hold_idle(port, n):
     return conns
 
 
-def idle_memory(server, port, n):
+def idle_memory(server, port, n, tls=False):
     base = rss_kib(server.pids())
     loop = asyncio.new_event_loop()
-    conns = loop.run_until_complete(hold_idle(port, n))
+    conns = loop.run_until_complete(hold_idle(port, n, tls))
     time.sleep(0.5)
     held = rss_kib(server.pids())
     for _, w in conns:
@@ -287,7 +295,10 @@ SCENARIOS = [
     ("https_h1_50", "HTTPS HTTP/1.1 keep-alive, 50 conns", "tls"),
     ("https_h2_10x10", "HTTPS HTTP/2 10 conns x 10 streams", "tls"),
     ("idle_8k", "8,000 idle keep-alive conns (RSS)", "h1"),
+    ("idle_tls_4k", "4,000 idle TLS conns (RSS)", "tls"),
 ]
+# Scenarios that measure memory per held connection, not requests.
+IDLE = ("idle_8k", "idle_tls_4k")
 
 
 def measure(sid, server, port, secs, idle_n):
@@ -309,6 +320,8 @@ def measure(sid, server, port, secs, idle_n):
         r = run_wrk(port, 50, secs, scheme="https")
     elif sid == "https_h2_10x10":
         r = run_h2load(port, secs, scheme="https")
+    elif sid == "idle_tls_4k":
+        r = idle_memory(server, port, idle_n // 2, tls=True) if server else None
     else:
         r = idle_memory(server, port, idle_n) if server else None
     if r is None:
@@ -351,7 +364,7 @@ def main():
         for rnd in range(rounds):
             for sid, title, mode in scen:
                 for name in names:  # interleaved: A, B, C, A, B, C, ...
-                    if name == "origin" and sid == "idle_8k":
+                    if name == "origin" and sid in IDLE:
                         continue
                     if name == "origin" and mode != "h1":
                         continue  # the origin speaks cleartext HTTP/1.1 only
@@ -415,14 +428,14 @@ def print_table(scen, table):
         for name, r in table[sid].items():
             cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") else "-"
             rss = f"{r['peak_rss_kib'] / 1024:.1f}M" if r.get("peak_rss_kib") else "-"
-            if sid == "idle_8k":
+            if sid in IDLE:
                 print(f"{title:34} {name:8} {'-':>10} {'-':>8} {'-':>8} {'-':>10} {rss:>10}  "
                       f"{r['rss_per_conn_kib']:.2f} KiB/conn")
             else:
                 bad = f"  ({r['errors']:.0f} errors)" if r.get("errors") else ""
                 print(f"{title:34} {name:8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu:>10} {rss:>10}{bad}")
         row = table[sid]
-        if sid == "idle_8k":
+        if sid in IDLE:
             parts = [("KiB/conn", ratio(row, "rss_per_conn_kib", False))]
         else:
             parts = [("req/s", ratio(row, "rps", True)), ("p99", ratio(row, "p99_ms", False)),
@@ -433,7 +446,7 @@ def print_table(scen, table):
 
 def svg(scen, table, meta, path):
     colors = {"origin": "#999999", "pylon": "#2b7bb9", "nginx": "#3a9a3a", "haproxy": "#c0392b"}
-    rows = [(sid, title) for sid, title, _ in scen if sid != "idle_8k"]
+    rows = [(sid, title) for sid, title, _ in scen if sid not in IDLE]
     w, bar, gap = 900, 14, 18
     h = 80 + len(rows) * (4 * bar + gap)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
