@@ -94,11 +94,6 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
-    /// Data bytes so far.
-    pub fn data_len(&self) -> u64 {
-        self.total
-    }
-
     /// What the bytes at the front of `input` are; the caller consumes the step's
     /// length and calls again with what follows.
     pub fn step(&mut self, input: &[u8]) -> Result<ChunkStep, ChunkError> {
