@@ -94,6 +94,11 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// The next bytes are chunk data.
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data(_))
+    }
+
     /// What the bytes at the front of `input` are; the caller consumes the step's
     /// length and calls again with what follows.
     pub fn step(&mut self, input: &[u8]) -> Result<ChunkStep, ChunkError> {

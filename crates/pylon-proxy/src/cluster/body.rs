@@ -1,6 +1,7 @@
 //! The body of a request on its way to an upstream: streamed frame by frame from the
 //! client (metered against the listener's body limit), kept whole for replay, or
 //! transformed; what every upstream connection (HTTP/1.1, HTTP/2, health checks) sends.
+//! And the body of an upstream's answer, from either kind of connection.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -92,6 +93,54 @@ impl Body for RequestBody {
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Boxed(inner) => inner.size_hint(),
             RequestBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// An upstream's answer body: read inline from an HTTP/1.1 connection, or a stream of
+/// an HTTP/2 one.
+pub enum UpstreamBody {
+    H1(super::h1::H1Body),
+    H2(Incoming),
+}
+
+impl UpstreamBody {
+    /// After a 101 from an HTTP/1.1 upstream: its connection, for a tunnel.
+    pub fn into_upgraded(self) -> Option<super::h1::Prefixed<crate::tls::upstream::UpstreamIo>> {
+        match self {
+            UpstreamBody::H1(b) => b.into_upgraded(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Connection pool for one endpoint, over `hyper::client::conn`.
+//! Connection pool for one endpoint.
 //!
-//! HTTP/1.1: idle connections kept LIFO up to `max_idle_per_endpoint`, each returned
-//! only once its response has been read to the end; a request that finds none takes a
-//! warm connection (`warm.rs`) before it opens one. HTTP/2 (h2c, h2): multiplexed
+//! HTTP/1.1 (`h1.rs`, driven inline by the request's task): idle connections kept LIFO
+//! up to `max_idle_per_endpoint`, each returned only once its response has been read
+//! to the end; a request that finds none takes a warm connection (`warm.rs`) before it
+//! opens one. HTTP/2 (h2c, h2, over `hyper::client::conn`): multiplexed
 //! connections, as many as the peer's stream limit calls for up to
 //! `max_h2_connections` (`h2.rs`), with PING keepalive. A request that a pooled
 //! connection could not even start sending (it was closed under us) goes once more on a
@@ -10,21 +11,21 @@
 //! upstream socket gets the cluster's TCP keepalive and user timeout.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pylon_config::model::{self, TcpOptions, UpstreamProtocol};
 use tokio::net::TcpStream;
 
+use super::body::UpstreamBody;
+use super::h1::{self as client, Failure, H1Idle, SendError};
 use super::h2::{self, Choice, H2Conn, H2Set, H2Stream, SettingsWatch};
 use super::warm::{WarmConnections, WarmIo};
 use crate::cluster::body::RequestBody;
-use crate::lock;
 use crate::tls::upstream::{TlsConnector, UpstreamIo};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub enum UpstreamError {
     #[error("cluster limit reached: {0}")]
     Overloaded(&'static str),
     #[error("request to {0} failed: {1}")]
-    Send(SocketAddr, hyper::Error),
+    Send(SocketAddr, SendError),
 }
 
 /// The client a request is made for, as a PROXY header to a cluster with
@@ -53,11 +54,6 @@ pub struct ClientAddresses {
     pub local: SocketAddr,
     /// What the client's TLS negotiated (v2 TLVs), when Pylon terminated it.
     pub tls: Option<Arc<crate::l4::proxy_protocol::TlsInfo>>,
-}
-
-struct Idle {
-    since: Instant,
-    sender: http1::SendRequest<RequestBody>,
 }
 
 /// The cluster-wide connection limits an endpoint pool enforces.
@@ -107,62 +103,24 @@ pub struct EndpointPool {
     limits: ConnectionLimits,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    max_idle: usize,
     tcp: TcpOptions,
     /// HTTP/2 PING interval and timeout; `None`: no PING.
     h2_keepalive: Option<(Duration, Duration)>,
-    idle: Mutex<Vec<Idle>>,
-    /// HTTP/1.1 connections lent to requests now (or being opened for them).
-    lent: AtomicUsize,
+    /// Idle HTTP/1.1 connections, and those lent to requests now (or being opened for
+    /// them).
+    h1: Arc<H1Idle>,
     h2: H2Set,
 }
 
-/// An upstream connection (HTTP/1.1) or stream (HTTP/2) lent to one exchange until its
-/// response body ends; the HTTP/1.1 connection goes back to the pool via
-/// [`Pooled::release`].
-pub struct Pooled(Lent);
-
-enum Lent {
-    H1 {
-        sender: http1::SendRequest<RequestBody>,
-        guard: H1Lent,
-    },
-    H2 {
-        _stream: H2Stream,
-    },
-}
-
-/// An HTTP/1.1 connection counted as lent until dropped (warm connections count lent
-/// ones as open, so a request in flight does not make them open another).
-struct H1Lent(Arc<EndpointPool>);
-
-impl H1Lent {
-    fn new(pool: &Arc<EndpointPool>) -> Self {
-        pool.lent.fetch_add(1, Ordering::Relaxed);
-        H1Lent(Arc::clone(pool))
-    }
-}
-
-impl Drop for H1Lent {
-    fn drop(&mut self) {
-        self.0.lent.fetch_sub(1, Ordering::Relaxed);
-        if let Some(w) = &self.0.warm {
-            w.wake();
-        }
-    }
+/// An HTTP/2 stream lent to one exchange until its response body ends (an HTTP/1.1
+/// connection is held by the response body itself).
+pub struct Pooled {
+    _stream: H2Stream,
 }
 
 impl Pooled {
-    /// Returns the connection to the pool (an HTTP/2 stream just ends). Its response
-    /// has been read to the end, so it becomes ready for the next request as soon as
-    /// hyper has noticed; checkout waits for that instead of a task per request here.
-    pub fn release(self) {
-        if let Lent::H1 { sender, guard } = self.0
-            && !sender.is_closed()
-        {
-            guard.0.put_idle(sender);
-        }
-    }
+    /// The exchange is over: the stream no longer counts against its connection.
+    pub fn release(self) {}
 }
 
 impl EndpointPool {
@@ -178,6 +136,12 @@ impl EndpointPool {
             Some(h) => format!("{}:{}", h.trim_end_matches('.'), address.port()),
             None => address.to_string(),
         };
+        let warm = (c.pool.warm_connections > 0).then(|| {
+            Arc::new(WarmConnections::new(
+                c.pool.warm_connections,
+                c.pool.idle_timeout,
+            ))
+        });
         let pool = Arc::new(EndpointPool {
             tls,
             limits,
@@ -185,26 +149,23 @@ impl EndpointPool {
             host_value: http::HeaderValue::from_str(&authority)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
             proxy_protocol: c.proxy_protocol,
-            warm: (c.pool.warm_connections > 0).then(|| {
-                Arc::new(WarmConnections::new(
-                    c.pool.warm_connections,
-                    c.pool.idle_timeout,
-                ))
-            }),
+            h1: Arc::new(H1Idle::new(
+                c.pool.max_idle_per_endpoint,
+                c.pool.idle_timeout,
+                warm.clone(),
+            )),
+            warm,
             server_name: host.and_then(|h| {
                 rustls_pki_types::ServerName::try_from(h.trim_end_matches('.').to_owned()).ok()
             }),
             protocol: c.protocol,
             connect_timeout: c.connect_timeout,
             idle_timeout: c.pool.idle_timeout,
-            max_idle: c.pool.max_idle_per_endpoint,
             tcp: c.pool.tcp,
             h2_keepalive: c
                 .pool
                 .h2_keepalive_interval
                 .map(|i| (i, c.pool.h2_keepalive_timeout)),
-            idle: Mutex::new(Vec::new()),
-            lent: AtomicUsize::new(0),
             h2: H2Set::new(c.pool.max_h2_connections),
         });
         if let Some(w) = &pool.warm {
@@ -215,7 +176,7 @@ impl EndpointPool {
 
     /// Idle HTTP/1.1 connections now held.
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.h1.count()
     }
 
     /// Live HTTP/2 connections now open.
@@ -235,10 +196,7 @@ impl EndpointPool {
     }
 
     fn live_idle(&self) -> usize {
-        lock(&self.idle)
-            .iter()
-            .filter(|i| !i.sender.is_closed())
-            .count()
+        self.h1.live()
     }
 
     /// Makes sure an HTTP/1.1 connection is ready for the next request: an idle one,
@@ -248,19 +206,9 @@ impl EndpointPool {
         if self.live_idle() > 0 {
             return Ok(());
         }
-        let sender = self.connect_h1().await?;
-        self.put_idle(sender);
+        let io = self.connect_io(&[], true).await?;
+        self.h1.put(io);
         Ok(())
-    }
-
-    fn put_idle(&self, sender: http1::SendRequest<RequestBody>) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                since: Instant::now(),
-                sender,
-            });
-        }
     }
 
     /// Whether warm connections are HTTP/2 ones (one ready connection in the HTTP/2
@@ -280,7 +228,7 @@ impl EndpointPool {
             return usize::from(self.h2.live() == 0);
         }
         let pooled = if self.proxy_protocol.is_none() {
-            self.live_idle() + self.lent.load(Ordering::Relaxed)
+            self.live_idle() + self.h1.lent()
         } else {
             0
         };
@@ -323,15 +271,7 @@ impl EndpointPool {
 
     /// Drops connections idle for longer than the idle timeout, and closed ones.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut dropped = {
-            let mut idle = lock(&self.idle);
-            let before = idle.len();
-            idle.retain(|i| {
-                now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed()
-            });
-            idle.len() != before
-        };
+        let mut dropped = self.h1.sweep();
         let keep_one = self.warm.is_some() && self.warm_h2();
         dropped |= self.h2.sweep(self.idle_timeout, keep_one);
         if dropped && let Some(w) = &self.warm {
@@ -391,6 +331,16 @@ impl EndpointPool {
         preface: &[u8],
         for_request: bool,
     ) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
+        self.connect_io(preface, for_request)
+            .await
+            .map(TokioIo::new)
+    }
+
+    async fn connect_io(
+        &self,
+        preface: &[u8],
+        for_request: bool,
+    ) -> Result<UpstreamIo, UpstreamError> {
         let connection = Slot::take(&self.limits.open, self.limits.max_open)
             .ok_or(UpstreamError::Overloaded("max_connections"))?;
         let _pending = if for_request {
@@ -421,7 +371,7 @@ impl EndpointPool {
             .map_err(|_| UpstreamError::ConnectTimeout(self.address))??;
         // The connection counts against max_connections for as long as it is open.
         io.hold(Box::new(connection));
-        Ok(TokioIo::new(io))
+        Ok(io)
     }
 
     /// Sends `req` and waits (up to `response_timeout`) for the response head.
@@ -429,7 +379,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError> {
         if let Some(version) = self.proxy_protocol {
             return self
                 .send_dedicated(version, req, response_timeout)
@@ -437,11 +387,14 @@ impl EndpointPool {
                 .map(|r| (r, None));
         }
         match self.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(req, response_timeout).await,
+            UpstreamProtocol::Http1 => self
+                .send_h1(req, response_timeout)
+                .await
+                .map(|r| (r.map(UpstreamBody::H1), None)),
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => self
                 .send_h2(req, response_timeout)
                 .await
-                .map(|(r, p)| (r, Some(p))),
+                .map(|(r, p)| (r.map(UpstreamBody::H2), Some(p))),
         }
     }
 
@@ -452,35 +405,36 @@ impl EndpointPool {
         version: model::ProxyProtocolVersion,
         req: Request<RequestBody>,
         response_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let preface = match req.extensions().get::<ClientAddresses>() {
             Some(a) => {
                 crate::l4::proxy_protocol::encode(version, a.client, a.local, a.tls.as_deref())
             }
             None => Vec::new(),
         };
-        let io = self.connect_with(&preface, true).await?;
+        let io = self.connect_io(&preface, true).await?;
         let sent = async {
             if self.protocol == UpstreamProtocol::Http1 {
-                let (mut sender, conn) = http1::handshake(io)
+                client::exchange(io, req, None, false)
                     .await
-                    .map_err(|e| UpstreamError::Handshake(self.address, e))?;
-                tokio::spawn(conn.with_upgrades());
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| UpstreamError::Send(self.address, e))
+                    .map(|r| r.map(UpstreamBody::H1))
+                    .map_err(|f| match f {
+                        Failure::Unsent(_, e) | Failure::Failed(e) => {
+                            UpstreamError::Send(self.address, e)
+                        }
+                    })
             } else {
                 let (mut sender, conn) = self
                     .h2_builder()
-                    .handshake(io)
+                    .handshake(TokioIo::new(io))
                     .await
                     .map_err(|e| UpstreamError::Handshake(self.address, e))?;
                 tokio::spawn(conn);
                 sender
                     .send_request(req)
                     .await
-                    .map_err(|e| UpstreamError::Send(self.address, e))
+                    .map(|r| r.map(UpstreamBody::H2))
+                    .map_err(|e| UpstreamError::Send(self.address, e.into()))
             }
         };
         tokio::time::timeout(response_timeout, sent)
@@ -488,48 +442,21 @@ impl EndpointPool {
             .map_err(|_| UpstreamError::ResponseTimeout(self.address))?
     }
 
-    fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        let mut found = None;
-        let mut dropped = false;
-        while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed() {
-                found = Some(i.sender);
-                break;
-            }
-            dropped = true;
-        }
-        drop(idle);
-        if dropped && let Some(w) = &self.warm {
-            w.wake();
-        }
-        found
-    }
-
-    /// An idle connection that is ready now (or within a moment), else a warm one,
-    /// else a new one. The flag tells a new connection.
-    async fn ready_h1(&self) -> Result<(http1::SendRequest<RequestBody>, bool), UpstreamError> {
-        while let Some(mut s) = self.checkout_h1() {
-            if s.is_ready() {
-                return Ok((s, false));
-            }
-            // Released right at the end of its previous response: hyper is finishing it.
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(100), s.ready()).await {
-                return Ok((s, false));
-            }
+    /// An idle connection, else a warm one, else a new one. The flag tells one that
+    /// waited open (the endpoint may have closed it meanwhile).
+    async fn ready_h1(&self) -> Result<(UpstreamIo, bool), UpstreamError> {
+        if let Some(io) = self.h1.take() {
+            return Ok((io, true));
         }
         if let Some(io) = self.take_warm()? {
-            // Like a reused connection: the endpoint may have closed it while it
-            // waited, so a request it cannot start goes on a fresh one.
-            return Ok((self.handshake_h1(io).await?, false));
+            return Ok((io, true));
         }
-        Ok((self.connect_h1().await?, true))
+        Ok((self.connect_io(&[], true).await?, false))
     }
 
     /// A warm connection for an HTTP/1.1 request, counted against `max_connections`
     /// from now on.
-    fn take_warm(&self) -> Result<Option<TokioIo<UpstreamIo>>, UpstreamError> {
+    fn take_warm(&self) -> Result<Option<UpstreamIo>, UpstreamError> {
         let Some(w) = &self.warm else { return Ok(None) };
         if w.ready() == 0 {
             return Ok(None);
@@ -539,59 +466,37 @@ impl EndpointPool {
         Ok(w.take().map(|warm| {
             let mut io = warm.into_io();
             io.hold(Box::new(connection));
-            TokioIo::new(io)
+            io
         }))
-    }
-
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let io = self.connect().await?;
-        self.handshake_h1(io).await
-    }
-
-    /// hyper's HTTP/1.1 client over an open connection (nothing goes on the wire).
-    async fn handshake_h1(
-        &self,
-        io: TokioIo<UpstreamIo>,
-    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Handshake(self.address, e))?;
-        let warm = self.warm.as_ref().map(Arc::downgrade);
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-            // Closed: a warm connection may be missing now.
-            if let Some(w) = warm.and_then(|w| w.upgrade()) {
-                w.wake();
-            }
-        });
-        Ok(sender)
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Option<Pooled>), UpstreamError> {
+    ) -> Result<Response<client::H1Body>, UpstreamError> {
         let mut req = req;
         loop {
             // Counted before an idle or warm connection is taken, so that the warm
             // count never sees the connection missing.
-            let guard = H1Lent::new(self);
-            let (mut sender, fresh) = self.ready_h1().await?;
-            let sent = tokio::time::timeout(response_timeout, sender.try_send_request(req)).await;
+            let lent = client::Lent::new(&self.h1);
+            let (io, reused) = self.ready_h1().await?;
+            let sent = tokio::time::timeout(
+                response_timeout,
+                client::exchange(io, req, Some(lent), reused),
+            )
+            .await;
             match sent {
                 Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
-                Ok(Ok(resp)) => {
-                    return Ok((resp, Some(Pooled(Lent::H1 { sender, guard }))));
+                Ok(Ok(resp)) => return Ok(resp),
+                // The connection was closed under the request: a fresh one.
+                Ok(Err(Failure::Unsent(unsent, e))) if reused => {
+                    tracing::debug!(endpoint = %self.address, error = %e, "pooled connection closed; request sent on a new one");
+                    req = *unsent;
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // Never started on a reused connection: send it on a fresh one.
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(UpstreamError::Send(self.address, e.into_error())),
-                },
+                Ok(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
+                    return Err(UpstreamError::Send(self.address, e));
+                }
             }
         }
     }
@@ -660,7 +565,7 @@ impl EndpointPool {
         &self,
         req: Request<RequestBody>,
         response_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Pooled), UpstreamError> {
+    ) -> Result<(Response<hyper::body::Incoming>, Pooled), UpstreamError> {
         let (mut sender, stream) = self.h2_sender().await?;
         let sent = tokio::time::timeout(response_timeout, async {
             sender.ready().await?;
@@ -669,8 +574,8 @@ impl EndpointPool {
         .await;
         match sent {
             Err(_) => Err(UpstreamError::ResponseTimeout(self.address)),
-            Ok(Ok(resp)) => Ok((resp, Pooled(Lent::H2 { _stream: stream }))),
-            Ok(Err(e)) => Err(UpstreamError::Send(self.address, e)),
+            Ok(Ok(resp)) => Ok((resp, Pooled { _stream: stream })),
+            Ok(Err(e)) => Err(UpstreamError::Send(self.address, e.into())),
         }
     }
 }

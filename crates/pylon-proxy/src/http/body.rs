@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
+use crate::cluster::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 pub use crate::cluster::body::{BodyTooLarge, BoxError, RequestBody, RequestMeter};
 
@@ -104,9 +104,31 @@ pub trait Completion: Send + Sync {
 enum Kind {
     Full(Option<Bytes>),
     /// An upstream body, with its first frame when it was read ahead.
-    Stream(Incoming, Option<Frame<Bytes>>),
+    Stream(UpstreamBody, Option<Ahead>),
     /// A transformed body (gRPC-Web).
     Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
+}
+
+/// A frame read ahead of the client, kept small (trailers are rare).
+enum Ahead {
+    Data(Bytes),
+    Trailers(Box<http::HeaderMap>),
+}
+
+impl Ahead {
+    fn new(frame: Frame<Bytes>) -> Option<Ahead> {
+        match frame.into_data() {
+            Ok(d) => Some(Ahead::Data(d)),
+            Err(f) => f.into_trailers().ok().map(|t| Ahead::Trailers(Box::new(t))),
+        }
+    }
+
+    fn into_frame(self) -> Frame<Bytes> {
+        match self {
+            Ahead::Data(d) => Frame::data(d),
+            Ahead::Trailers(t) => Frame::trailers(*t),
+        }
+    }
 }
 
 /// A response body on its way to the client.
@@ -137,11 +159,11 @@ impl ResponseBody {
     /// An upstream body whose first frame, if it has already arrived, is read now: a
     /// body that is broken from its first bytes (bad chunk framing) fails here, before
     /// the response head is sent, so the client gets a 502 instead of a cut answer.
-    pub fn stream_checked(mut inner: Incoming) -> Result<Self, BoxError> {
+    pub fn stream_checked(mut inner: UpstreamBody) -> Result<Self, BoxError> {
         use futures_util::FutureExt;
         let first = match http_body_util::BodyExt::frame(&mut inner).now_or_never() {
-            Some(Some(Ok(frame))) => Some(frame),
-            Some(Some(Err(e))) => return Err(Box::new(e)),
+            Some(Some(Ok(frame))) => Ahead::new(frame),
+            Some(Some(Err(e))) => return Err(e),
             Some(None) | None => None,
         };
         Ok(ResponseBody {
@@ -205,10 +227,10 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Stream(_, first @ Some(_)) => Poll::Ready(first.take().map(Ok)),
-            Kind::Stream(inner, None) => Pin::new(inner)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Kind::Stream(_, first @ Some(_)) => {
+                Poll::Ready(first.take().map(|f| Ok(f.into_frame())))
+            }
+            Kind::Stream(inner, None) => Pin::new(inner).poll_frame(cx),
             Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
         };
         // Tells the HTTP/2 send stall guard that the body moved, or waits for its
@@ -246,7 +268,10 @@ impl Body for ResponseBody {
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Stream(inner, None) => inner.size_hint(),
             Kind::Stream(inner, Some(first)) => {
-                let n = first.data_ref().map_or(0, |d| d.len() as u64);
+                let n = match first {
+                    Ahead::Data(d) => d.len() as u64,
+                    Ahead::Trailers(_) => 0,
+                };
                 let rest = inner.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower() + n);

@@ -110,7 +110,7 @@ pub fn error_response(
 /// with DEADLINE_EXCEEDED instead of a stream cut short; when a reload removed the
 /// route and its grace period is over, the client gets UNAVAILABLE (and may retry).
 pub struct GrpcBody {
-    inner: hyper::body::Incoming,
+    inner: crate::cluster::UpstreamBody,
     /// Set when Pylon ends the call itself, for the access log and the error counter.
     ended_by: Arc<std::sync::OnceLock<ErrorKind>>,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -120,7 +120,7 @@ pub struct GrpcBody {
 
 impl GrpcBody {
     pub fn new(
-        inner: hyper::body::Incoming,
+        inner: crate::cluster::UpstreamBody,
         deadline: Option<std::time::Instant>,
         mut end: crate::life::Ending,
         ended_by: Arc<std::sync::OnceLock<ErrorKind>>,
@@ -165,7 +165,7 @@ impl http_body::Body for GrpcBody {
             {
                 this.done = true;
             }
-            return Poll::Ready(frame.map(|r| r.map_err(|e| Box::new(e) as Self::Error)));
+            return Poll::Ready(frame);
         }
         if let Some(d) = &mut this.deadline
             && d.as_mut().poll(cx).is_ready()

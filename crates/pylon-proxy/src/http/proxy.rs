@@ -28,7 +28,7 @@ use super::pipeline::{ConnCtx, Exchange};
 use super::router::RouteRuntime;
 use crate::cluster::{
     ClientAddresses, ClusterRuntime, EndpointLease, EndpointPool, EndpointSet, Pooled,
-    UpstreamError, hash_key,
+    UpstreamBody, UpstreamError, hash_key,
 };
 use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
@@ -181,7 +181,7 @@ async fn request_payload(
     }
 }
 
-type Sent = Result<(Response<Incoming>, Option<Pooled>), UpstreamError>;
+type Sent = Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError>;
 
 /// Sends the request, trying again as the cluster's retry policy and budget allow;
 /// the last try's outcome and the endpoint it went to.
@@ -437,7 +437,7 @@ fn fail_upstream(ex: &mut Exchange, kind: ErrorKind) -> ErrorKind {
 /// from its first bytes.
 fn response_body(
     call: &Call<'_>,
-    rbody: Incoming,
+    rbody: UpstreamBody,
     ex: &mut Exchange,
 ) -> Result<ResponseBody, ErrorKind> {
     if call.grpc {
@@ -461,7 +461,7 @@ fn response_body(
 fn open_tunnel(
     ws: super::tunnel::WebSocket,
     call: &Call<'_>,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     pooled: Option<Pooled>,
     ex: &mut Exchange,
 ) -> super::tunnel::Outcome {
@@ -686,9 +686,7 @@ pub(super) fn classify(
         UpstreamError::Overloaded(_) => ErrorKind::Overloaded,
         UpstreamError::Handshake(..) => ErrorKind::UpstreamInvalid,
         UpstreamError::ResponseTimeout(_) => ErrorKind::ResponseTimeout,
-        UpstreamError::Send(_, err) if err.is_parse() || err.is_parse_status() => {
-            ErrorKind::UpstreamInvalid
-        }
+        UpstreamError::Send(_, err) if err.is_invalid() => ErrorKind::UpstreamInvalid,
         UpstreamError::Send(_, err) if err.is_timeout() => ErrorKind::ResponseTimeout,
         UpstreamError::Send(..) => ErrorKind::UpstreamReset,
     };

@@ -22,11 +22,12 @@ use pylon_config::model::{ProxyAction, UpstreamProtocol};
 use super::body::ResponseBody;
 use super::error::ErrorKind;
 use super::headers::strip_hop_by_hop;
-use crate::cluster::EndpointLease;
+use crate::cluster::{EndpointLease, Prefixed, UpstreamBody};
 use crate::conn::InFlight;
 use crate::l4::relay::{self, Activity, RelayLimits};
 use crate::listener::ConnGuard;
 use crate::observe::Metrics;
+use crate::tls::upstream::UpstreamIo;
 
 static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
@@ -131,7 +132,7 @@ impl WebSocket {
     /// else the answer back for the ordinary response path.
     pub(super) fn finish(
         self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<UpstreamBody>,
         protocol: UpstreamProtocol,
         tunnel: Tunnel,
     ) -> Outcome {
@@ -162,8 +163,21 @@ impl WebSocket {
             }
             return Outcome::Refused(resp);
         }
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (parts, _) = resp.into_parts();
+        // An HTTP/1.1 upstream's own connection (with what it sent after the 101);
+        // an HTTP/2 upstream's stream, once hyper has it.
+        let (parts, upstream) = match protocol {
+            UpstreamProtocol::Http1 => {
+                let (parts, body) = resp.into_parts();
+                let Some(io) = body.into_upgraded() else {
+                    return Outcome::Failed(ErrorKind::UpgradeInvalid);
+                };
+                (parts, UpstreamSide::Raw(io))
+            }
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                let upgrade = hyper::upgrade::on(&mut resp);
+                (resp.into_parts().0, UpstreamSide::Hyper(upgrade))
+            }
+        };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         let upstream_accept = headers.remove(&SEC_WEBSOCKET_ACCEPT);
@@ -187,9 +201,17 @@ impl WebSocket {
         }
         *answer.headers_mut() = headers;
         let client_upgrade = self.client_upgrade;
-        tokio::spawn(tunnel.run(client_upgrade, upstream_upgrade));
+        tokio::spawn(tunnel.run(client_upgrade, upstream));
         Outcome::Tunnel(answer)
     }
+}
+
+/// The upstream side of an accepted WebSocket handshake.
+enum UpstreamSide {
+    /// An HTTP/1.1 connection, its bytes after the 101 first.
+    Raw(Prefixed<UpstreamIo>),
+    /// An HTTP/2 stream, once hyper hands it over.
+    Hyper(OnUpgrade),
 }
 
 /// What became of a WebSocket handshake.
@@ -197,7 +219,7 @@ pub(super) enum Outcome {
     /// Accepted: the answer for the client; the tunnel runs once both upgrades complete.
     Tunnel(Response<ResponseBody>),
     /// Refused by the upstream: its answer goes back as an ordinary response.
-    Refused(Response<Incoming>),
+    Refused(Response<UpstreamBody>),
     /// Refused in a way the client's protocol cannot be told as is.
     Failed(ErrorKind),
 }
@@ -235,28 +257,33 @@ impl Tunnel {
         }
     }
 
-    async fn run(self, client: OnUpgrade, upstream: OnUpgrade) {
+    async fn run(self, client: OnUpgrade, upstream: UpstreamSide) {
         let metrics = self.metrics;
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(
-                    client_ok = c.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "websocket upgrade did not complete"
-                );
+        let activity = Activity::default();
+        let upgraded = match upstream {
+            UpstreamSide::Raw(io) => client.await.map(|c| (c, Ok(io))),
+            UpstreamSide::Hyper(up) => match tokio::join!(client, up) {
+                (Ok(c), u) => Ok((c, Err(u))),
+                (Err(e), _) => Err(e),
+            },
+        };
+        let (client, upstream) = match upgraded {
+            Ok((c, Ok(raw))) => (c, Ok(raw)),
+            Ok((c, Err(Ok(u)))) => (c, Err(u)),
+            _ => {
+                tracing::debug!("websocket upgrade did not complete");
                 return;
             }
         };
         let open = OpenTunnel::new(&metrics, &self.stats);
-        let activity = Activity::default();
-        let end = super::ws_relay::relay(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            self.limits,
-            &activity,
-        )
-        .await;
+        let limits = self.limits;
+        let end = match upstream {
+            Ok(raw) => super::ws_relay::relay(TokioIo::new(client), raw, limits, &activity).await,
+            Err(u) => {
+                super::ws_relay::relay(TokioIo::new(client), TokioIo::new(u), limits, &activity)
+                    .await
+            }
+        };
         drop(open);
         if let (relay::RelayEnd::Error(_), Some(lease)) = (&end, &self.lease) {
             lease.report(false);

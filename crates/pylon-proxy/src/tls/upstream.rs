@@ -193,6 +193,18 @@ impl UpstreamIo {
         }
     }
 
+    /// The TCP connection underneath (to look for a close with `peek`).
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
     /// Keeps `value` alive until the connection is dropped.
     pub fn hold(&mut self, value: Box<dyn Send + Sync>) {
         self._held = Some(value);

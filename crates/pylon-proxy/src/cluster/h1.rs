@@ -1,0 +1,818 @@
+//! Upstream HTTP/1.1 on Pylon's codec (`pylon-h1`), driven by the request's own task.
+//!
+//! [`exchange`] writes the request head (and the body, as the client sends it) and
+//! reads the answer's head on one connection; the answer's body ([`H1Body`]) reads the
+//! rest from the same socket as the client takes it, goes on writing a request body the
+//! upstream answered early, and at its end gives the connection back to the endpoint's
+//! idle list ([`H1Idle`]). No task, channel or dispatcher sits between the request and
+//! the socket. An idle connection is its socket alone (no buffer, nothing running) and
+//! is checked for closure (a `peek`) before it carries another request.
+//!
+//! Written here rather than taken from hyper's client: hyper's HTTP/1.1 client needs a
+//! connection task per connection and a channel hop per request, keeps 8 KiB buffers
+//! for a connection's whole life, and parses heads more leniently than the rules in
+//! docs/security.md; the codec crate does the parsing, this module only the I/O.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use pylon_h1::{BodyFraming, ChunkStep, ChunkedDecoder, HeadLimits};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::body::{BoxError, RequestBody};
+use super::warm::WarmConnections;
+use crate::lock;
+use crate::tls::upstream::UpstreamIo;
+
+/// The bounds of an upstream's response head (hyper's client allowed 100 fields too).
+const RESPONSE_HEAD: HeadLimits = HeadLimits {
+    max_bytes: 64 * 1024,
+    max_fields: 100,
+};
+/// Interim (1xx) answers skipped before the final one, at most.
+const MAX_INTERIM: usize = 16;
+/// The first read of an exchange; later reads of a large body grow up to the maximum.
+const READ_FIRST: usize = 8 * 1024;
+const READ_MAX: usize = 256 * 1024;
+/// Request body bytes queued for one vectored write, at most.
+const WRITE_QUEUE: usize = 64 * 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// From hyper's HTTP/2 client.
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("request body: {0}")]
+    Body(#[source] BoxError),
+    #[error("request body does not match its content-length")]
+    Length,
+}
+
+impl SendError {
+    /// The upstream's answer broke the protocol.
+    pub fn is_invalid(&self) -> bool {
+        match self {
+            SendError::Hyper(e) => e.is_parse() || e.is_parse_status(),
+            SendError::Invalid(_) => true,
+            _ => false,
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendError::Hyper(e) if e.is_timeout())
+    }
+}
+
+/// An endpoint's idle HTTP/1.1 connections, most recent last, and how many are lent to
+/// requests now.
+pub(super) struct H1Idle {
+    conns: Mutex<Vec<(Instant, UpstreamIo)>>,
+    lent: AtomicUsize,
+    max_idle: usize,
+    idle_timeout: Duration,
+    warm: Option<Arc<WarmConnections>>,
+}
+
+impl H1Idle {
+    pub(super) fn new(
+        max_idle: usize,
+        idle_timeout: Duration,
+        warm: Option<Arc<WarmConnections>>,
+    ) -> H1Idle {
+        H1Idle {
+            conns: Mutex::new(Vec::new()),
+            lent: AtomicUsize::new(0),
+            max_idle,
+            idle_timeout,
+            warm,
+        }
+    }
+
+    pub(super) fn count(&self) -> usize {
+        lock(&self.conns).len()
+    }
+
+    /// Idle connections the endpoint has not closed.
+    pub(super) fn live(&self) -> usize {
+        lock(&self.conns)
+            .iter()
+            .filter(|(_, io)| reusable(io))
+            .count()
+    }
+
+    pub(super) fn lent(&self) -> usize {
+        self.lent.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn put(&self, io: UpstreamIo) {
+        let mut conns = lock(&self.conns);
+        if conns.len() < self.max_idle {
+            conns.push((Instant::now(), io));
+        }
+    }
+
+    /// The most recently used idle connection that is still open and young enough.
+    pub(super) fn take(&self) -> Option<UpstreamIo> {
+        let now = Instant::now();
+        let mut conns = lock(&self.conns);
+        let mut dropped = false;
+        let mut found = None;
+        while let Some((since, io)) = conns.pop() {
+            if now.duration_since(since) < self.idle_timeout && reusable(&io) {
+                found = Some(io);
+                break;
+            }
+            dropped = true;
+        }
+        drop(conns);
+        if dropped {
+            self.wake_warm();
+        }
+        found
+    }
+
+    /// Drops connections idle past the timeout and closed ones; whether any went.
+    pub(super) fn sweep(&self) -> bool {
+        let now = Instant::now();
+        let mut conns = lock(&self.conns);
+        let before = conns.len();
+        conns.retain(|(since, io)| now.duration_since(*since) < self.idle_timeout && reusable(io));
+        conns.len() != before
+    }
+
+    fn wake_warm(&self) {
+        if let Some(w) = &self.warm {
+            w.wake();
+        }
+    }
+}
+
+/// A connection counted as lent to a request until dropped (warm connections count lent
+/// ones as open, so a request in flight does not make them open another).
+pub(super) struct Lent(Arc<H1Idle>);
+
+impl Lent {
+    pub(super) fn new(idle: &Arc<H1Idle>) -> Lent {
+        idle.lent.fetch_add(1, Ordering::Relaxed);
+        Lent(Arc::clone(idle))
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.0.lent.fetch_sub(1, Ordering::Relaxed);
+        self.0.wake_warm();
+    }
+}
+
+/// Whether an idle connection may carry a request: no EOF or error queued on it, and,
+/// for a plain one, no bytes either (an answer nobody asked for). A TLS connection may
+/// have records queued that are not data (session tickets).
+fn reusable(io: &UpstreamIo) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(io.tcp()).peek(&mut probe) {
+        Ok(0) => false,
+        Ok(_) => io.is_tls(),
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    Length(u64),
+    Chunked,
+}
+
+/// Chooses the request body's framing as hyper's client did: a body that has already
+/// ended is sent as nothing; a `Transfer-Encoding` (only `chunked` gets this far) or a
+/// `Content-Length` the request carries is kept; else an exact size becomes a
+/// `Content-Length`, and an unknown one `chunked` (none for GET, HEAD and CONNECT).
+fn encoding(parts: &mut http::request::Parts, body: &RequestBody) -> Result<Encoding, SendError> {
+    let h = &mut parts.headers;
+    if body.is_end_stream() {
+        h.remove(header::TRANSFER_ENCODING);
+        return Ok(Encoding::Length(0));
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::CONTENT_LENGTH);
+        return Ok(Encoding::Chunked);
+    }
+    if let Some(v) = h.get(header::CONTENT_LENGTH) {
+        return pylon_h1::content_length(v.as_bytes())
+            .map(Encoding::Length)
+            .ok_or(SendError::Length);
+    }
+    if let Some(n) = body.size_hint().exact() {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return Ok(Encoding::Length(n));
+    }
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        return Ok(Encoding::Length(0));
+    }
+    h.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    Ok(Encoding::Chunked)
+}
+
+/// The request's way out: the head, then the body as it comes, framed, in vectored
+/// writes.
+struct Writer {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    body: Option<RequestBody>,
+    encoding: Encoding,
+    /// Body bytes still to come under a Content-Length.
+    left: u64,
+    flushed: bool,
+    /// Bytes have gone out.
+    started: bool,
+}
+
+impl Writer {
+    fn new(head: Bytes, body: RequestBody, encoding: Encoding) -> Writer {
+        let left = match encoding {
+            Encoding::Length(n) => n,
+            Encoding::Chunked => 0,
+        };
+        let mut queue = VecDeque::with_capacity(4);
+        let queued = head.len();
+        queue.push_back(head);
+        Writer {
+            queue,
+            queued,
+            body: (!body.is_end_stream()).then_some(body),
+            encoding,
+            left,
+            flushed: false,
+            started: false,
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.queued += b.len();
+            self.queue.push_back(b);
+        }
+    }
+
+    /// Takes a frame of the body into the queue.
+    fn frame(&mut self, frame: Frame<Bytes>) -> Result<(), SendError> {
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => Ok(()),
+            Ok(data) => match self.encoding {
+                Encoding::Length(_) => {
+                    let n = data.len() as u64;
+                    if n > self.left {
+                        return Err(SendError::Length);
+                    }
+                    self.left -= n;
+                    self.push(data);
+                    Ok(())
+                }
+                Encoding::Chunked => {
+                    let mut line = BytesMut::with_capacity(18);
+                    pylon_h1::write_chunk_size(&mut line, data.len() as u64);
+                    self.push(line.freeze());
+                    self.push(data);
+                    self.push(Bytes::from_static(b"\r\n"));
+                    Ok(())
+                }
+            },
+            Err(frame) => {
+                if let (Encoding::Chunked, Ok(trailers)) = (self.encoding, frame.into_trailers()) {
+                    let mut end = BytesMut::from(&b"0\r\n"[..]);
+                    for (name, value) in &trailers {
+                        end.extend_from_slice(name.as_str().as_bytes());
+                        end.extend_from_slice(b": ");
+                        end.extend_from_slice(value.as_bytes());
+                        end.extend_from_slice(b"\r\n");
+                    }
+                    end.extend_from_slice(b"\r\n");
+                    self.push(end.freeze());
+                    self.body = None;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn body_ended(&mut self) -> Result<(), SendError> {
+        self.body = None;
+        match self.encoding {
+            Encoding::Chunked => {
+                self.push(Bytes::from_static(b"0\r\n\r\n"));
+                Ok(())
+            }
+            Encoding::Length(_) if self.left != 0 => Err(SendError::Length),
+            Encoding::Length(_) => Ok(()),
+        }
+    }
+
+    /// Writes what it can. Ready once everything is written and flushed.
+    fn poll(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        loop {
+            // Frames the body has ready join the queue first, so that the head and the
+            // first data go out in one write.
+            if let Some(body) = &mut self.body
+                && self.queued < WRITE_QUEUE
+            {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.frame(frame)?;
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Body(e))),
+                    Poll::Ready(None) => {
+                        self.body_ended()?;
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let mut k = 0;
+                for b in self.queue.iter().take(slices.len()) {
+                    slices[k] = IoSlice::new(b);
+                    k += 1;
+                }
+                let n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                };
+                self.started = true;
+                self.flushed = false;
+                self.advance(n);
+                continue;
+            }
+            if !self.flushed {
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(SendError::Io)?;
+                self.flushed = true;
+            }
+            return if self.body.is_some() {
+                // Waiting on the client for more of the body.
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            };
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Bytes read from the connection and not yet taken. The buffer exists only while an
+/// exchange runs.
+#[derive(Default)]
+struct Reader {
+    buf: BytesMut,
+    next: usize,
+    /// Bytes read in all.
+    read: u64,
+}
+
+impl Reader {
+    /// Reads more; `Ok(0)` at EOF.
+    fn poll_fill(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() == 0 {
+            self.next = self.next.clamp(READ_FIRST, READ_MAX);
+            self.buf.reserve(self.next);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room {
+            // A full read: the next may be larger.
+            self.next = (self.next * 2).min(READ_MAX);
+        }
+        self.read += n as u64;
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// One open connection in an exchange.
+struct Conn {
+    io: UpstreamIo,
+    reader: Reader,
+    /// The request's body still going out (the upstream answered before its end).
+    writer: Option<Box<Writer>>,
+}
+
+/// What stops an exchange before it has an answer.
+pub(super) enum Failure {
+    /// Nothing reached the upstream, or a connection that had carried requests before
+    /// was closed without an answer to an idempotent request: safe to send again on a
+    /// fresh connection.
+    Unsent(Box<Request<RequestBody>>, SendError),
+    Failed(SendError),
+}
+
+/// Sends `req` on `io` and reads the answer's head; `reused`: the connection carried
+/// requests before. `home`: where the connection goes back after the answer (`None`:
+/// closed after it).
+pub(super) async fn exchange(
+    mut io: UpstreamIo,
+    req: Request<RequestBody>,
+    home: Option<Lent>,
+    reused: bool,
+) -> Result<Response<H1Body>, Failure> {
+    let (mut parts, body) = req.into_parts();
+    let encoding = encoding(&mut parts, &body).map_err(Failure::Failed)?;
+    let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .as_bytes();
+    pylon_h1::write_request_head(
+        &mut head,
+        &parts.method,
+        target,
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
+    // A body that can be sent again, should a reused connection turn out closed.
+    let replay: Option<Option<Bytes>> = match &body {
+        RequestBody::Empty => Some(None),
+        RequestBody::Full(b) => Some(b.clone()),
+        _ => None,
+    };
+    let mut writer = Some(Box::new(Writer::new(head.freeze(), body, encoding)));
+    let mut write_error = None;
+    let mut wrote = false;
+    let mut reader = Reader::default();
+    let mut interim = 0;
+    let answer = std::future::poll_fn(|cx| {
+        if let Some(w) = &mut writer {
+            let polled = w.poll(&mut io, cx);
+            wrote |= w.started;
+            match polled {
+                Poll::Ready(Ok(())) => writer = None,
+                // The client's body failed: the request cannot be completed.
+                Poll::Ready(Err(e @ (SendError::Body(_) | SendError::Length))) => {
+                    return Poll::Ready(Err(e));
+                }
+                // The upstream may have answered already (and closed its side); read it.
+                Poll::Ready(Err(e)) => {
+                    writer = None;
+                    write_error = Some(e);
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            match pylon_h1::parse_response(&mut reader.buf, &parts.method, &RESPONSE_HEAD) {
+                Ok(Some(h)) if h.status.is_informational() && h.status != 101 => {
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Poll::Ready(Err(SendError::Invalid("too many 1xx answers".into())));
+                    }
+                    continue;
+                }
+                Ok(Some(h)) => return Poll::Ready(Ok(h)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(SendError::Invalid(e.to_string()))),
+            }
+            match ready!(reader.poll_fill(&mut io, cx)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Closed)));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Io(e)))),
+            }
+        }
+    })
+    .await;
+    let head = match answer {
+        Ok(h) => h,
+        Err(e) => {
+            // Nothing written at all, or an idempotent request that a connection closed
+            // without a byte of answer (it was closing as the request went out).
+            let unsent = reused
+                && reader.read == 0
+                && (!wrote
+                    || (idempotent(&parts.method)
+                        && matches!(e, SendError::Closed | SendError::Io(_))));
+            return Err(match replay {
+                Some(b) if unsent => {
+                    let body = b.map_or(RequestBody::Empty, |b| RequestBody::Full(Some(b)));
+                    Failure::Unsent(Box::new(Request::from_parts(parts, body)), e)
+                }
+                _ => Failure::Failed(e),
+            });
+        }
+    };
+    let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let framing = match head.framing {
+        _ if upgraded => Framing::Done,
+        BodyFraming::None | BodyFraming::Length(0) => Framing::Done,
+        BodyFraming::Length(n) => Framing::Length(n),
+        BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
+        BodyFraming::UntilClose => Framing::UntilClose,
+    };
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = if head.version == Version::HTTP_10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *resp.headers_mut() = head.fields.to_header_map();
+    let mut body = H1Body {
+        conn: Some(Conn { io, reader, writer }),
+        framing,
+        // A failed write leaves the request cut: the connection cannot be reused.
+        keep_alive: head.keep_alive && !upgraded && write_error.is_none(),
+        home,
+        trailers: None,
+    };
+    if !upgraded && matches!(body.framing, Framing::Done) {
+        body.finish();
+    }
+    Ok(resp.map(|()| body))
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+enum Framing {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// An upstream answer's body, read from its connection as the client takes it.
+pub struct H1Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    home: Option<Lent>,
+    /// Trailers read, handed out on the next poll.
+    trailers: Option<Box<HeaderMap>>,
+}
+
+impl H1Body {
+    /// The body has been read to its end: the connection goes back to its endpoint when
+    /// it can carry another request.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let Some(conn) = self.conn.take() else { return };
+        if let Some(home) = &self.home
+            && self.keep_alive
+            && conn.writer.is_none()
+            && conn.reader.buf.is_empty()
+        {
+            home.0.put(conn.io);
+        }
+    }
+
+    /// After a 101 answer: the connection and the bytes the upstream sent after the
+    /// head, for a tunnel.
+    pub fn into_upgraded(mut self) -> Option<Prefixed<UpstreamIo>> {
+        let conn = self.conn.take()?;
+        Some(Prefixed {
+            prefix: conn.reader.buf.freeze(),
+            inner: conn.io,
+        })
+    }
+
+    /// Takes what the buffered bytes hold: a data frame, trailers, or the end.
+    fn take_buffered(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
+        let Some(conn) = &mut self.conn else {
+            return Ok(None);
+        };
+        let buf = &mut conn.reader.buf;
+        match &mut self.framing {
+            Framing::Done => Ok(None),
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                let data = buf.split_to(n).freeze();
+                *left -= n as u64;
+                if *left == 0 {
+                    self.finish();
+                }
+                Ok(Some(Frame::data(data)))
+            }
+            Framing::UntilClose => Ok((!buf.is_empty()).then(|| Frame::data(buf.split().freeze()))),
+            Framing::Chunked(decoder) => {
+                let mut data = None;
+                // One chunk's data, then the framing after it as far as it has arrived,
+                // so that the body's end is seen with its last data.
+                loop {
+                    if data.is_some() && decoder.in_data() {
+                        break;
+                    }
+                    match decoder.step(buf)? {
+                        ChunkStep::NeedMore => break,
+                        ChunkStep::Data(n) => data = Some(buf.split_to(n).freeze()),
+                        ChunkStep::Framing { len, .. } => buf.advance(len),
+                        ChunkStep::End { len, trailers, .. } => {
+                            let fields = trailer_fields(&buf[trailers]);
+                            buf.advance(len);
+                            if !fields.is_empty() {
+                                self.trailers = Some(Box::new(fields));
+                            }
+                            self.finish();
+                            break;
+                        }
+                    }
+                }
+                Ok(match data {
+                    Some(d) => Some(Frame::data(d)),
+                    None => self.trailers.take().map(|t| Frame::trailers(*t)),
+                })
+            }
+        }
+    }
+}
+
+/// Trailer lines (validated by the decoder) as fields; unparseable names are dropped.
+fn trailer_fields(lines: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(t) = this.trailers.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(*t))));
+            }
+            let Some(conn) = &mut this.conn else {
+                return Poll::Ready(None);
+            };
+            if let Some(w) = &mut conn.writer {
+                match w.poll(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => conn.writer = None,
+                    Poll::Ready(Err(e)) => {
+                        // The request cannot be completed; the answer stops here too.
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if matches!(this.framing, Framing::Done) {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            match this.take_buffered() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            if this.conn.is_none() || matches!(this.framing, Framing::Done) {
+                continue;
+            }
+            let Some(conn) = &mut this.conn else { continue };
+            match ready!(conn.reader.poll_fill(&mut conn.io, cx)) {
+                Ok(0) if matches!(this.framing, Framing::UntilClose) => {
+                    this.keep_alive = false;
+                    this.finish();
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(
+                        "upstream closed the connection before the body's end".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.trailers.is_none() && (self.conn.is_none() || matches!(self.framing, Framing::Done))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done if self.trailers.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A connection whose first bytes were read already (after an upgrade's head).
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
