@@ -535,3 +535,67 @@ async fn absolute_form_requests_to_one_destination_reuse_one_connection() {
     assert_eq!(other.connection_count(), 1);
     assert_eq!(echo.connection_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleartext_connect_tunnel_is_relayed_with_splice_and_keeps_its_first_bytes() {
+    use std::sync::atomic::Ordering;
+    // A TCP echo origin.
+    let origin = RawOrigin::start(|mut s: tokio::net::TcpStream| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let port = origin.addr.port();
+    let p = TestProxy::start(&config(
+        &format!("allow_private = true\nconnect_ports = [{port}]"),
+        "",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr("fwd")).await.unwrap();
+    // The tunnel's first bytes come in the same write as the CONNECT head.
+    s.write_all(
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\nearly!")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !got.ends_with(b"early!") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("echo within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A megabyte each way.
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = s.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(DEADLINE, r.read_to_end(&mut back))
+        .await
+        .expect("the echo ends")
+        .unwrap();
+    writer.await.unwrap();
+    assert!(back == payload, "{} bytes back", back.len());
+    eventually("the tunnel is counted as spliced", || {
+        p.proxy.metrics().tunnels_spliced.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(
+        p.proxy
+            .render_metrics()
+            .contains("pylon_tunnels_spliced_total 1")
+    );
+}

@@ -50,6 +50,11 @@ impl<T> TrackedIo<T> {
         }
     }
 
+    /// The connection itself (for a tunnel that relays it raw).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// Follows heads and chunked bodies through `data`; the length to keep of it (all
     /// of it, unless a chunked body broke its framing).
     fn scan(&mut self, data: &[u8]) -> usize {

@@ -583,7 +583,38 @@ fn tunnel(
         };
         let open = super::tunnel::OpenTunnel::new(&shared.metrics, &stats);
         let activity = Activity::default();
-        let end = relay::copy(TokioIo::new(client_io), upstream, limits, &activity).await;
+        // A cleartext client's own socket: both sides plain, relayed with splice(2) as
+        // Layer 4 connections are.
+        let end = match super::server_h1h2::plain_socket(client_io) {
+            Ok((client_tcp, ahead)) => {
+                let mut upstream = upstream;
+                let early = if ahead.is_empty() {
+                    Ok(())
+                } else {
+                    activity.moved(&activity.up, ahead.len());
+                    tokio::io::AsyncWriteExt::write_all(&mut upstream, &ahead).await
+                };
+                let end = match early {
+                    Ok(()) => relay::tcp(client_tcp, upstream, limits, true, &activity).await,
+                    Err(e) => relay::RelayEnd::Error(e),
+                };
+                // The listener's byte counters, which the socket wrapper kept before.
+                stats
+                    .received_bytes
+                    .fetch_add(activity.up.load(Ordering::Relaxed), Ordering::Relaxed);
+                stats
+                    .sent_bytes
+                    .fetch_add(activity.down.load(Ordering::Relaxed), Ordering::Relaxed);
+                if activity.spliced.load(Ordering::Relaxed) {
+                    shared
+                        .metrics
+                        .tunnels_spliced
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                end
+            }
+            Err(upgraded) => relay::copy(TokioIo::new(upgraded), upstream, limits, &activity).await,
+        };
         drop(open);
         if end.by_proxy() {
             tracing::info!(%listener, %client, reason = end.as_str(), "CONNECT tunnel closed by the proxy");

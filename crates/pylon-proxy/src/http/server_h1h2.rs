@@ -174,6 +174,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 }
 
+impl<T> Rewind<T> {
+    /// The bytes read ahead and not yet handed out, and the connection.
+    fn into_parts(self) -> (Vec<u8>, T) {
+        let mut ahead = self.ahead;
+        ahead.drain(..self.taken);
+        (ahead, self.inner)
+    }
+}
+
+/// The client's own TCP socket under an upgraded cleartext HTTP/1.1 connection, with
+/// the bytes read past the request head (the tunnel's first bytes); the upgrade as it
+/// was when it is anything else (TLS, an HTTP/2 stream).
+pub(super) fn plain_socket(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(tokio::net::TcpStream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Rewind<TrackedIo<tokio::net::TcpStream>>>>()?;
+    let (mut ahead, tracked) = parts.io.into_inner().into_parts();
+    ahead.extend_from_slice(&parts.read_buf);
+    Ok((tracked.into_inner(), bytes::Bytes::from(ahead)))
+}
+
 /// Reads a cleartext connection's first bytes until they are, or cannot be, the HTTP/2
 /// preface (an HTTP/1.1 request differs from its first byte). `None` when the client
 /// sent nothing in time, closed, or the connection is asked to drain meanwhile.

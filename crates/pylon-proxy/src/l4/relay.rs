@@ -29,6 +29,8 @@ pub struct Activity {
     last_ns: AtomicU64,
     /// Directions that reached their end of stream.
     ended: std::sync::atomic::AtomicU8,
+    /// The bytes went through splice(2), never through user space.
+    pub spliced: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Activity {
@@ -39,6 +41,7 @@ impl Default for Activity {
             down: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU8::new(0),
+            spliced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -302,6 +305,7 @@ mod splice {
     ) -> Option<RelayEnd> {
         let up_pipe = pipe().ok()?;
         let down_pipe = pipe().ok()?;
+        activity.spliced.store(true, Ordering::Relaxed);
         Some(
             drive(
                 pump(client, upstream, up_pipe, &activity.up, activity),

@@ -215,6 +215,11 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
             ),
             ("pylon_tunnels", "Tunnels opened.", &m.tunnels_total),
             (
+                "pylon_tunnels_spliced",
+                "CONNECT tunnels relayed with splice(2): both sockets plain, the bytes never copied through the proxy.",
+                &m.tunnels_spliced,
+            ),
+            (
                 "pylon_config_reloads_ok",
                 "Configuration reloads applied.",
                 &m.reloads_ok,

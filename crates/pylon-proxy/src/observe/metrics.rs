@@ -38,6 +38,8 @@ pub struct Metrics {
     /// WebSocket tunnels open now, and opened so far.
     pub tunnels_active: AtomicU64,
     pub tunnels_total: AtomicU64,
+    /// CONNECT tunnels whose two plain sockets were relayed with splice(2).
+    pub tunnels_spliced: AtomicU64,
     /// Configuration reloads applied and refused; when the config in force was loaded
     /// (Unix seconds).
     pub reloads_ok: AtomicU64,
