@@ -9,6 +9,7 @@ pub mod cluster;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
+mod h1_io;
 pub mod handover;
 pub mod health;
 pub mod http;

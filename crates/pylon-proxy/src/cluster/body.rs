@@ -35,7 +35,7 @@ pub enum RequestBody {
     /// A transformed body (gRPC-Web text decoding).
     Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
     Stream {
-        inner: Incoming,
+        inner: crate::conn::ClientBody,
         limit: u64,
         meter: Arc<RequestMeter>,
     },
@@ -71,7 +71,7 @@ impl Body for RequestBody {
                 }
                 Some(Err(e)) => {
                     meter.client_error.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(Box::new(e))))
+                    Poll::Ready(Some(Err(e)))
                 }
                 None => Poll::Ready(None),
             },

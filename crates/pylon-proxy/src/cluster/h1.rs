@@ -13,25 +13,24 @@
 //! for a connection's whole life, and parses heads more leniently than the rules in
 //! docs/security.md; the codec crate does the parsing, this module only the I/O.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use super::body::{BoxError, RequestBody};
+use super::warm::WarmConnections;
+pub use crate::h1_io::Prefixed;
+use crate::h1_io::{Encoding, Reader, WriteError, Writer, trailer_fields};
+use crate::lock;
+use crate::tls::upstream::UpstreamIo;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use pylon_h1::{BodyFraming, ChunkStep, ChunkedDecoder, HeadLimits};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use super::body::{BoxError, RequestBody};
-use super::warm::WarmConnections;
-use crate::lock;
-use crate::tls::upstream::UpstreamIo;
 
 /// The bounds of an upstream's response head (hyper's client allowed 100 fields too).
 const RESPONSE_HEAD: HeadLimits = HeadLimits {
@@ -40,11 +39,6 @@ const RESPONSE_HEAD: HeadLimits = HeadLimits {
 };
 /// Interim (1xx) answers skipped before the final one, at most.
 const MAX_INTERIM: usize = 16;
-/// The first read of an exchange; later reads of a large body grow up to the maximum.
-const READ_FIRST: usize = 8 * 1024;
-const READ_MAX: usize = 256 * 1024;
-/// Request body bytes queued for one vectored write, at most.
-const WRITE_QUEUE: usize = 64 * 1024;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +56,16 @@ pub enum SendError {
     Body(#[source] BoxError),
     #[error("request body does not match its content-length")]
     Length,
+}
+
+impl From<WriteError> for SendError {
+    fn from(e: WriteError) -> SendError {
+        match e {
+            WriteError::Io(e) => SendError::Io(e),
+            WriteError::Body(e) => SendError::Body(e),
+            WriteError::Length => SendError::Length,
+        }
+    }
 }
 
 impl SendError {
@@ -193,13 +197,6 @@ fn reusable(io: &UpstreamIo) -> bool {
     }
 }
 
-/// How the request body is framed on the wire.
-#[derive(Debug, Clone, Copy)]
-enum Encoding {
-    Length(u64),
-    Chunked,
-}
-
 /// Chooses the request body's framing as hyper's client did: a body that has already
 /// ended is sent as nothing; a `Transfer-Encoding` (only `chunked` gets this far) or a
 /// `Content-Length` the request carries is kept; else an exact size becomes a
@@ -233,208 +230,12 @@ fn encoding(parts: &mut http::request::Parts, body: &RequestBody) -> Result<Enco
     Ok(Encoding::Chunked)
 }
 
-/// The request's way out: the head, then the body as it comes, framed, in vectored
-/// writes.
-struct Writer {
-    queue: VecDeque<Bytes>,
-    queued: usize,
-    body: Option<RequestBody>,
-    encoding: Encoding,
-    /// Body bytes still to come under a Content-Length.
-    left: u64,
-    flushed: bool,
-    /// Bytes have gone out.
-    started: bool,
-}
-
-impl Writer {
-    fn new(head: Bytes, body: RequestBody, encoding: Encoding) -> Writer {
-        let left = match encoding {
-            Encoding::Length(n) => n,
-            Encoding::Chunked => 0,
-        };
-        let mut queue = VecDeque::with_capacity(4);
-        let queued = head.len();
-        queue.push_back(head);
-        Writer {
-            queue,
-            queued,
-            body: (!body.is_end_stream()).then_some(body),
-            encoding,
-            left,
-            flushed: false,
-            started: false,
-        }
-    }
-
-    fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.queued += b.len();
-            self.queue.push_back(b);
-        }
-    }
-
-    /// Takes a frame of the body into the queue.
-    fn frame(&mut self, frame: Frame<Bytes>) -> Result<(), SendError> {
-        match frame.into_data() {
-            Ok(data) if data.is_empty() => Ok(()),
-            Ok(data) => match self.encoding {
-                Encoding::Length(_) => {
-                    let n = data.len() as u64;
-                    if n > self.left {
-                        return Err(SendError::Length);
-                    }
-                    self.left -= n;
-                    self.push(data);
-                    Ok(())
-                }
-                Encoding::Chunked => {
-                    let mut line = BytesMut::with_capacity(18);
-                    pylon_h1::write_chunk_size(&mut line, data.len() as u64);
-                    self.push(line.freeze());
-                    self.push(data);
-                    self.push(Bytes::from_static(b"\r\n"));
-                    Ok(())
-                }
-            },
-            Err(frame) => {
-                if let (Encoding::Chunked, Ok(trailers)) = (self.encoding, frame.into_trailers()) {
-                    let mut end = BytesMut::from(&b"0\r\n"[..]);
-                    for (name, value) in &trailers {
-                        end.extend_from_slice(name.as_str().as_bytes());
-                        end.extend_from_slice(b": ");
-                        end.extend_from_slice(value.as_bytes());
-                        end.extend_from_slice(b"\r\n");
-                    }
-                    end.extend_from_slice(b"\r\n");
-                    self.push(end.freeze());
-                    self.body = None;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn body_ended(&mut self) -> Result<(), SendError> {
-        self.body = None;
-        match self.encoding {
-            Encoding::Chunked => {
-                self.push(Bytes::from_static(b"0\r\n\r\n"));
-                Ok(())
-            }
-            Encoding::Length(_) if self.left != 0 => Err(SendError::Length),
-            Encoding::Length(_) => Ok(()),
-        }
-    }
-
-    /// Writes what it can. Ready once everything is written and flushed.
-    fn poll(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        loop {
-            // Frames the body has ready join the queue first, so that the head and the
-            // first data go out in one write.
-            if let Some(body) = &mut self.body
-                && self.queued < WRITE_QUEUE
-            {
-                match Pin::new(body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        self.frame(frame)?;
-                        continue;
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Body(e))),
-                    Poll::Ready(None) => {
-                        self.body_ended()?;
-                        continue;
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            if !self.queue.is_empty() {
-                let mut slices = [IoSlice::new(&[]); 8];
-                let mut k = 0;
-                for b in self.queue.iter().take(slices.len()) {
-                    slices[k] = IoSlice::new(b);
-                    k += 1;
-                }
-                let n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
-                    }
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
-                    Poll::Pending => return Poll::Pending,
-                };
-                self.started = true;
-                self.flushed = false;
-                self.advance(n);
-                continue;
-            }
-            if !self.flushed {
-                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(SendError::Io)?;
-                self.flushed = true;
-            }
-            return if self.body.is_some() {
-                // Waiting on the client for more of the body.
-                Poll::Pending
-            } else {
-                Poll::Ready(Ok(()))
-            };
-        }
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        self.queued -= n;
-        while n > 0 {
-            let Some(front) = self.queue.front_mut() else {
-                return;
-            };
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.queue.pop_front();
-        }
-    }
-}
-
-/// Bytes read from the connection and not yet taken. The buffer exists only while an
-/// exchange runs.
-#[derive(Default)]
-struct Reader {
-    buf: BytesMut,
-    next: usize,
-    /// Bytes read in all.
-    read: u64,
-}
-
-impl Reader {
-    /// Reads more; `Ok(0)` at EOF.
-    fn poll_fill(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() == 0 {
-            self.next = self.next.clamp(READ_FIRST, READ_MAX);
-            self.buf.reserve(self.next);
-        }
-        let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *io),
-            cx,
-            &mut self.buf
-        ))?;
-        if n == room {
-            // A full read: the next may be larger.
-            self.next = (self.next * 2).min(READ_MAX);
-        }
-        self.read += n as u64;
-        Poll::Ready(Ok(n))
-    }
-}
-
 /// One open connection in an exchange.
 struct Conn {
     io: UpstreamIo,
     reader: Reader,
     /// The request's body still going out (the upstream answered before its end).
-    writer: Option<Box<Writer>>,
+    writer: Option<Box<Writer<RequestBody>>>,
 }
 
 /// What stops an exchange before it has an answer.
@@ -485,7 +286,7 @@ pub(super) async fn exchange(
     let mut interim = 0;
     let answer = std::future::poll_fn(|cx| {
         if let Some(w) = &mut writer {
-            let polled = w.poll(&mut io, cx);
+            let polled = w.poll(&mut io, cx).map_err(SendError::from);
             wrote |= w.started;
             match polled {
                 Poll::Ready(Ok(())) => writer = None,
@@ -616,10 +417,7 @@ impl H1Body {
     /// head, for a tunnel.
     pub fn into_upgraded(mut self) -> Option<Prefixed<UpstreamIo>> {
         let conn = self.conn.take()?;
-        Some(Prefixed {
-            prefix: conn.reader.buf.freeze(),
-            inner: conn.io,
-        })
+        Some(Prefixed::new(conn.reader.buf.freeze(), conn.io))
     }
 
     /// Takes what the buffered bytes hold: a data frame, trailers, or the end.
@@ -673,24 +471,6 @@ impl H1Body {
             }
         }
     }
-}
-
-/// Trailer lines (validated by the decoder) as fields; unparseable names are dropped.
-fn trailer_fields(lines: &[u8]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
 }
 
 impl Body for H1Body {
@@ -766,53 +546,5 @@ impl Body for H1Body {
             Framing::Done if self.trailers.is_none() => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-/// A connection whose first bytes were read already (after an upgrade's head).
-pub struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

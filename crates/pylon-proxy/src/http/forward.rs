@@ -16,14 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::conn::ClientBody;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::LookupIpStrategy;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use pylon_config::model::{AccessRule, ForwardProxy};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
@@ -391,7 +390,7 @@ fn denied(reason: &str) -> Response<ResponseBody> {
     resp
 }
 
-fn destination(req: &Request<Incoming>) -> Result<Destination, ErrorKind> {
+fn destination(req: &Request<ClientBody>) -> Result<Destination, ErrorKind> {
     let uri = req.uri();
     let authority = uri.authority().ok_or(ErrorKind::NotAProxyRequest)?;
     if req.method() != Method::CONNECT && uri.scheme_str() != Some("http") {
@@ -459,7 +458,7 @@ async fn connect(addrs: &[IpAddr], port: u16, cfg: &ForwardProxy) -> Result<TcpS
 
 /// Serves one request on a forward-proxy listener.
 pub(super) async fn serve(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     fwd: &ForwardRuntime,
     listener: &ListenerRuntime,
     ctx: &ConnCtx,
@@ -548,13 +547,13 @@ async fn destination_pool(
 /// request's access-log record (made by `pipeline::finish`) is written when the tunnel
 /// ends, with the bytes each way.
 fn tunnel(
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     upstream: TcpStream,
     cfg: &ForwardProxy,
     ctx: &ConnCtx,
     ex: &mut Exchange,
 ) -> Response<ResponseBody> {
-    let client_upgrade = hyper::upgrade::on(&mut *req);
+    let client_upgrade = crate::conn::ClientUpgrade::on(&mut *req);
     let limits = RelayLimits {
         idle: cfg.tunnel_idle_timeout,
         lifetime: None,
@@ -578,14 +577,14 @@ fn tunnel(
     );
     tokio::spawn(async move {
         let started = Instant::now();
-        let Ok(client_io) = client_upgrade.await else {
+        let Some(client_io) = client_upgrade.wait().await else {
             return;
         };
         let open = super::tunnel::OpenTunnel::new(&shared.metrics, &stats);
         let activity = Activity::default();
         // A cleartext client's own socket: both sides plain, relayed with splice(2) as
         // Layer 4 connections are.
-        let end = match super::server_h1h2::plain_socket(client_io) {
+        let end = match client_io.into_tcp() {
             Ok((client_tcp, ahead)) => {
                 let mut upstream = upstream;
                 let early = if ahead.is_empty() {
@@ -613,7 +612,7 @@ fn tunnel(
                 }
                 end
             }
-            Err(upgraded) => relay::copy(TokioIo::new(upgraded), upstream, limits, &activity).await,
+            Err(upgraded) => relay::copy(upgraded, upstream, limits, &activity).await,
         };
         drop(open);
         if end.by_proxy() {
@@ -636,7 +635,7 @@ fn tunnel(
 /// An absolute-form request: sent in origin form on a pooled connection to the
 /// destination, its answer checked and streamed back as a cluster's is.
 async fn forward_request(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     pool: &Arc<EndpointPool>,
     listener: &ListenerRuntime,
     ctx: &ConnCtx,

@@ -6,6 +6,7 @@ pub mod filters;
 pub mod forward;
 pub mod forward_addr;
 pub mod grpc;
+mod h1;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
+use crate::conn::ClientBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use pylon_config::model::{Action, RedirectAction, RespondAction};
 
 use super::body::{Completion, RequestMeter, ResponseBody};
@@ -206,7 +206,7 @@ pub(super) struct Routed {
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
-pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
+pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
     let inflight = ctx.state.request_started(req.version() == Version::HTTP_2);
     let rt = ctx.runtime.load_full();
     let mut ex = Exchange {
@@ -364,7 +364,7 @@ fn check_h1_framing<B>(req: &Request<B>) -> Result<(), ErrorKind> {
 }
 
 async fn serve(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     listener: &ListenerRuntime,
     ctx: &ConnCtx,
     ex: &mut Exchange,

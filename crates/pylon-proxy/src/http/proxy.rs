@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::conn::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use pylon_config::model::{Action, HashKey, HostHeader, ProxyAction, Retry, UpstreamProtocol};
 
 use super::body::{RequestBody, RequestMeter, RequestPayload, ResponseBody};
@@ -58,7 +58,7 @@ struct Call<'a> {
 
 /// Phases 3 to 5 for a proxy route.
 pub(super) async fn proxy(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     route: &RouteRuntime,
     fx: &mut FilterCtx<'_>,
     ex: &mut Exchange,
@@ -126,7 +126,7 @@ pub(super) async fn proxy(
 /// A WebSocket handshake (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT), when the
 /// request is one and the route tunnels them.
 fn websocket_step(
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     action: &ProxyAction,
 ) -> Result<Option<super::tunnel::WebSocket>, ErrorKind> {
     let websocket = super::tunnel::detect(req);
@@ -144,7 +144,7 @@ fn websocket_step(
 /// The request body as the tries get it: kept whole (for replay) when the cluster
 /// retries and it is small enough, else streamed, metered against the body limit.
 async fn request_payload(
-    incoming: Incoming,
+    incoming: ClientBody,
     cluster: &ClusterRuntime,
     fx: &FilterCtx<'_>,
     ex: &mut Exchange,
@@ -532,7 +532,7 @@ fn clone_parts(p: &Parts) -> Parts {
 
 /// Reads a small body whole, for replay; `None` if it turns out larger than `max`.
 async fn collect_small(
-    body: Incoming,
+    body: ClientBody,
     max: u64,
     meter: &RequestMeter,
 ) -> Result<Option<Bytes>, ErrorKind> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pylon_config::model::Limits;
@@ -52,9 +52,9 @@ impl Protocol {
     }
 }
 
-/// A listener's HTTP/1.1 and HTTP/2 connection builders, configured from its limits.
+/// A listener's HTTP/2 connection settings, from its limits (HTTP/1.1 is Pylon's own
+/// server, `h1.rs`).
 pub struct Builders {
-    h1: http1::Builder,
     /// HTTP/2 settings; each connection gets a builder of its own, whose executor
     /// hands its streams their progress reports (see `stall`).
     h2: H2Settings,
@@ -93,17 +93,6 @@ impl Builders {
         // hyper's own limits are a backstop at twice ours, so that the request path
         // can give the precise answer (with x-pylon-error) for anything in between.
         let backstop_bytes = (limits.max_header_bytes.saturating_mul(2)).max(8192);
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            // A client that ends its sending side after a complete request (`nc`,
-            // health checkers, HTTP/1.0 clients) still gets its answer: a read EOF is
-            // the end of its input, not an abort. A client really gone shows when a
-            // write fails.
-            .half_close(true)
-            .keep_alive(true)
-            .max_buf_size(backstop_bytes)
-            .max_headers(limits.max_headers.saturating_mul(2));
         let h2 = H2Settings {
             send_timeout: limits.send_timeout,
             metrics,
@@ -112,7 +101,7 @@ impl Builders {
             max_error_resets: limits.h2_max_error_resets,
             max_header_list: u32::try_from(backstop_bytes).unwrap_or(u32::MAX),
         };
-        Builders { h1, h2 }
+        Builders { h2 }
     }
 }
 
@@ -174,27 +163,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 }
 
-impl<T> Rewind<T> {
-    /// The bytes read ahead and not yet handed out, and the connection.
-    fn into_parts(self) -> (Vec<u8>, T) {
-        let mut ahead = self.ahead;
-        ahead.drain(..self.taken);
-        (ahead, self.inner)
-    }
-}
-
-/// The client's own TCP socket under an upgraded cleartext HTTP/1.1 connection, with
-/// the bytes read past the request head (the tunnel's first bytes); the upgrade as it
-/// was when it is anything else (TLS, an HTTP/2 stream).
-pub(super) fn plain_socket(
-    upgraded: hyper::upgrade::Upgraded,
-) -> Result<(tokio::net::TcpStream, bytes::Bytes), hyper::upgrade::Upgraded> {
-    let parts = upgraded.downcast::<TokioIo<Rewind<TrackedIo<tokio::net::TcpStream>>>>()?;
-    let (mut ahead, tracked) = parts.io.into_inner().into_parts();
-    ahead.extend_from_slice(&parts.read_buf);
-    Ok((tracked.into_inner(), bytes::Bytes::from(ahead)))
-}
-
 /// Reads a cleartext connection's first bytes until they are, or cannot be, the HTTP/2
 /// preface (an HTTP/1.1 request differs from its first byte). `None` when the client
 /// sent nothing in time, closed, or the connection is asked to drain meanwhile.
@@ -246,6 +214,7 @@ pub async fn serve_connection<S>(
     protocol: Protocol,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    TrackedIo<S>: crate::conn::ClientIo,
 {
     let state = Arc::clone(&ctx.state);
     let mut io = TrackedIo::new(
@@ -276,57 +245,54 @@ pub async fn serve_connection<S>(
         },
         Protocol::Http1 => (Protocol::Http1, Vec::new()),
     };
+    if protocol != Protocol::Http2 {
+        let conn = super::h1::Connection::new(Box::new(io), ahead, Arc::clone(&ctx), &limits);
+        drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
+        return;
+    }
     let io = TokioIo::new(Rewind {
         ahead,
         taken: 0,
         inner: io,
     });
-    if protocol == Protocol::Http2 {
-        // Each stream's response reports its progress to the stream's stall guard.
-        let handoff = Arc::new(StreamHandoff::default());
-        let (svc_ctx, svc_handoff) = (Arc::clone(&ctx), Arc::clone(&handoff));
-        let svc = service_fn(move |req| {
-            let progress = svc_handoff.begin();
-            // Boxed: the request path's future is several kilobytes, and hyper moves
-            // the service future into every stream's task by value; a pointer moves
-            // instead (10% fewer instructions per h2c request).
-            Box::pin(respond(req, Arc::clone(&svc_ctx), Some(progress)))
-        });
-        let conn = builders.h2.builder(handoff).serve_connection(io, svc);
-        drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
-    } else {
-        let svc_ctx = Arc::clone(&ctx);
-        let svc = service_fn(move |req| respond(req, Arc::clone(&svc_ctx), None));
-        let conn = builders.h1.serve_connection(io, svc).with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
-    }
+    // Each stream's response reports its progress to the stream's stall guard.
+    let handoff = Arc::new(StreamHandoff::default());
+    let (svc_ctx, svc_handoff) = (Arc::clone(&ctx), Arc::clone(&handoff));
+    let svc = service_fn(move |req| {
+        let progress = svc_handoff.begin();
+        // Boxed: the request path's future is several kilobytes, and hyper moves the
+        // service future into every stream's task by value; a pointer moves instead
+        // (10% fewer instructions per h2c request).
+        Box::pin(respond(req, Arc::clone(&svc_ctx), progress))
+    });
+    let conn = builders.h2.builder(handoff).serve_connection(io, svc);
+    drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
 }
 
-/// One request through the request path; on HTTP/2 its body then reports progress to
-/// its stream's stall guard.
+/// One HTTP/2 stream's request through the request path; its body then reports
+/// progress to the stream's stall guard.
 async fn respond(
     req: http::Request<hyper::body::Incoming>,
     ctx: Arc<ConnCtx>,
-    progress: Option<Arc<super::body::StreamProgress>>,
+    progress: Arc<super::body::StreamProgress>,
 ) -> Result<http::Response<super::body::ResponseBody>, Infallible> {
-    let mut response = pipeline::handle(req, ctx).await;
-    if let Some(p) = progress {
-        p.response_ready();
-        response.body_mut().set_progress(p);
-    }
+    let mut response = pipeline::handle(req.map(crate::conn::ClientBody::Hyper), ctx).await;
+    progress.response_ready();
+    response.body_mut().set_progress(progress);
     Ok(response)
 }
 
 /// Runs a connection under the connection timer: idle, header-read and send timeouts,
 /// draining on a socket's close, and the process's stop.
-async fn drive<C>(
+async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     ctx: &ConnCtx,
     limits: &Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    C: Future<Output = Result<(), hyper::Error>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::error::Error + 'static,
 {
     let state = &ctx.state;
     tokio::pin!(conn);

@@ -14,7 +14,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use pylon_config::model::{ProxyAction, UpstreamProtocol};
@@ -24,6 +23,7 @@ use super::error::ErrorKind;
 use super::headers::strip_hop_by_hop;
 use crate::cluster::{EndpointLease, Prefixed, UpstreamBody};
 use crate::conn::InFlight;
+use crate::conn::{ClientBody, ClientUpgrade};
 use crate::l4::relay::{self, Activity, RelayLimits};
 use crate::listener::ConnGuard;
 use crate::observe::Metrics;
@@ -44,7 +44,7 @@ enum ClientHandshake {
 /// A WebSocket handshake on its way upstream.
 pub(super) struct WebSocket {
     client: ClientHandshake,
-    client_upgrade: OnUpgrade,
+    client_upgrade: ClientUpgrade,
     /// The `Sec-WebSocket-Key` sent to HTTP/1.1 upstreams: the client's, or one made
     /// here (an HTTP/2 client sends none); the upstream's accept must match it.
     upstream_key: HeaderValue,
@@ -61,7 +61,7 @@ fn has_token(req_headers: &http::HeaderMap, name: HeaderName, token: &str) -> bo
 
 /// A WebSocket handshake, if this request is one; takes the client connection's
 /// upgrade handle out of the request.
-pub(super) fn detect(req: &mut Request<Incoming>) -> Option<WebSocket> {
+pub(super) fn detect(req: &mut Request<ClientBody>) -> Option<WebSocket> {
     let client = if req.method() == Method::CONNECT {
         let proto = req.extensions().get::<hyper::ext::Protocol>()?;
         if !proto.as_str().eq_ignore_ascii_case("websocket") {
@@ -82,7 +82,7 @@ pub(super) fn detect(req: &mut Request<Incoming>) -> Option<WebSocket> {
     };
     Some(WebSocket {
         client,
-        client_upgrade: hyper::upgrade::on(req),
+        client_upgrade: ClientUpgrade::on(req),
         upstream_key,
     })
 }
@@ -257,32 +257,25 @@ impl Tunnel {
         }
     }
 
-    async fn run(self, client: OnUpgrade, upstream: UpstreamSide) {
+    async fn run(self, client: ClientUpgrade, upstream: UpstreamSide) {
         let metrics = self.metrics;
         let activity = Activity::default();
-        let upgraded = match upstream {
-            UpstreamSide::Raw(io) => client.await.map(|c| (c, Ok(io))),
-            UpstreamSide::Hyper(up) => match tokio::join!(client, up) {
-                (Ok(c), u) => Ok((c, Err(u))),
-                (Err(e), _) => Err(e),
-            },
-        };
-        let (client, upstream) = match upgraded {
-            Ok((c, Ok(raw))) => (c, Ok(raw)),
-            Ok((c, Err(Ok(u)))) => (c, Err(u)),
-            _ => {
-                tracing::debug!("websocket upgrade did not complete");
-                return;
+        let (client, upstream) = match upstream {
+            UpstreamSide::Raw(io) => (client.wait().await, Some(Ok(io))),
+            UpstreamSide::Hyper(up) => {
+                let (c, u) = tokio::join!(client.wait(), up);
+                (c, u.ok().map(Err))
             }
+        };
+        let (Some(client), Some(upstream)) = (client, upstream) else {
+            tracing::debug!("websocket upgrade did not complete");
+            return;
         };
         let open = OpenTunnel::new(&metrics, &self.stats);
         let limits = self.limits;
         let end = match upstream {
-            Ok(raw) => super::ws_relay::relay(TokioIo::new(client), raw, limits, &activity).await,
-            Err(u) => {
-                super::ws_relay::relay(TokioIo::new(client), TokioIo::new(u), limits, &activity)
-                    .await
-            }
+            Ok(raw) => super::ws_relay::relay(client, raw, limits, &activity).await,
+            Err(u) => super::ws_relay::relay(client, TokioIo::new(u), limits, &activity).await,
         };
         drop(open);
         if let (relay::RelayEnd::Error(_), Some(lease)) = (&end, &self.lease) {

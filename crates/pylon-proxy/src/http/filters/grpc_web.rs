@@ -18,8 +18,8 @@ use http_body::{Body, Frame, SizeHint};
 
 use std::sync::Arc;
 
+use crate::conn::ClientBody;
 use http::request::Parts;
-use hyper::body::Incoming;
 use pylon_config::model::{Action, Listener, Route};
 
 use super::{Filter, FilterCtx};
@@ -54,7 +54,7 @@ impl Filter for GrpcWebFilter {
 
     fn request(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ClientBody>,
         cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
         if is_preflight(req) {

@@ -16,9 +16,9 @@
 
 use std::sync::Arc;
 
+use crate::conn::ClientBody;
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use pylon_config::model::{Listener, Route};
 
 use super::body::{RequestPayload, ResponseBody};
@@ -55,7 +55,7 @@ pub trait Filter: Send + Sync {
     /// answers it without an upstream (a CORS preflight); `Err` refuses it.
     fn request(
         &self,
-        _req: &mut Request<Incoming>,
+        _req: &mut Request<ClientBody>,
         _cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
         Ok(None)
@@ -111,7 +111,7 @@ impl FilterChain {
     /// Phase 3 for every filter; the first that answers or refuses ends it.
     pub fn request(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ClientBody>,
         cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
         for f in self.0.iter() {

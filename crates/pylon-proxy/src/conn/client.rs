@@ -1,0 +1,394 @@
+//! A request body as the client sends it, and what a client connection becomes after a
+//! protocol switch.
+//!
+//! [`ClientBody`] is what the request path reads: an HTTP/2 stream's body (hyper's), or
+//! an HTTP/1.1 body that Pylon's own server (`http/h1.rs`) reads from the connection
+//! when the request path asks for it ([`H1Body`], over the connection's [`Wire`]:
+//! Content-Length or chunked, an `Expect: 100-continue` answered on the first read).
+//! [`ClientUpgrade`] hands a tunnel the client's side once the answer to a WebSocket
+//! handshake or a CONNECT has gone out: hyper's upgrade for HTTP/2 streams, or the
+//! connection itself (with the bytes read past the head) from the HTTP/1.1 server.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pylon_h1::{ChunkError, ChunkStep, ChunkedDecoder};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::framing_scan::ChunkViolation;
+use super::{ConnState, TrackedIo};
+use crate::cluster::body::BoxError;
+use crate::h1_io::{Prefixed, Reader, trailer_fields};
+use crate::lock;
+
+/// A client connection as the HTTP/1.1 server holds it.
+pub trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The plain TCP socket underneath (for splice), or the connection back when it is
+    /// TLS.
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>>;
+}
+
+impl ClientIo for TrackedIo<TcpStream> {
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>> {
+        Ok(self.into_inner())
+    }
+}
+
+impl ClientIo for TrackedIo<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>> {
+        Err(self)
+    }
+}
+
+/// In-memory connections (the fuzzing harness).
+impl ClientIo for TrackedIo<tokio::io::DuplexStream> {
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>> {
+        Err(self)
+    }
+}
+
+/// How far the current request's body has been read.
+#[derive(Debug)]
+pub enum BodyRead {
+    /// No body, or all of it read.
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Broken (framing, the client went away): the connection cannot go on.
+    Failed,
+}
+
+/// An HTTP/1.1 client connection shared by its server loop and the body of the request
+/// being served (the two run in the connection's one task; the lock is never held
+/// across a poll of anything else).
+pub struct Wire {
+    /// `None` once handed to a tunnel.
+    pub io: Option<Box<dyn ClientIo>>,
+    pub reader: Reader,
+    pub body: BodyRead,
+    /// `100 Continue` still to be sent (bytes of it already written), before the body
+    /// is first read.
+    pub continue_at: Option<usize>,
+    pub state: Arc<ConnState>,
+}
+
+impl Wire {
+    pub fn new(io: Box<dyn ClientIo>, ahead: Vec<u8>, state: Arc<ConnState>) -> Wire {
+        let mut reader = Reader::default();
+        reader.buf.extend_from_slice(&ahead);
+        Wire {
+            io: Some(io),
+            reader,
+            body: BodyRead::Done,
+            continue_at: None,
+            state,
+        }
+    }
+
+    fn fail(&mut self, violation: Option<ChunkViolation>) -> BoxError {
+        self.body = BodyRead::Failed;
+        if let Some(v) = violation {
+            self.state.body_violation(v);
+        }
+        match violation {
+            Some(_) => "request body framing broken".into(),
+            None => "client closed the connection before the body's end".into(),
+        }
+    }
+
+    /// What the buffered bytes hold of the body: data, trailers, or its end.
+    fn take_buffered(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
+        let buf = &mut self.reader.buf;
+        match &mut self.body {
+            BodyRead::Done | BodyRead::Failed => Ok(None),
+            BodyRead::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                let data = buf.split_to(n).freeze();
+                *left -= n as u64;
+                if *left == 0 {
+                    self.body = BodyRead::Done;
+                }
+                Ok(Some(Frame::data(data)))
+            }
+            BodyRead::Chunked(decoder) => {
+                let mut data = None;
+                loop {
+                    if data.is_some() && decoder.in_data() {
+                        break;
+                    }
+                    let step = match decoder.step(buf) {
+                        Ok(step) => step,
+                        Err(ChunkError::TooLarge) => {
+                            return Err(self.fail(Some(ChunkViolation::TooLarge)));
+                        }
+                        Err(ChunkError::Malformed(_)) => {
+                            return Err(self.fail(Some(ChunkViolation::Malformed)));
+                        }
+                    };
+                    match step {
+                        ChunkStep::NeedMore => break,
+                        ChunkStep::Data(n) => data = Some(buf.split_to(n).freeze()),
+                        ChunkStep::Framing { len, .. } => buf.advance(len),
+                        ChunkStep::End { len, trailers, .. } => {
+                            let fields = trailer_fields(&buf[trailers]);
+                            buf.advance(len);
+                            self.body = BodyRead::Done;
+                            if data.is_none() && !fields.is_empty() {
+                                return Ok(Some(Frame::trailers(fields)));
+                            }
+                            break;
+                        }
+                    }
+                }
+                Ok(data.map(Frame::data))
+            }
+        }
+    }
+
+    /// Sends what is left of `100 Continue`.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        while let Some(at) = self.continue_at {
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            if at == CONTINUE.len() {
+                ready!(Pin::new(io).poll_flush(cx))?;
+                self.continue_at = None;
+                break;
+            }
+            let n = ready!(Pin::new(io).poll_write(cx, &CONTINUE[at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.continue_at = Some(at + n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The next frame of the request body, reading from the connection as needed.
+    pub fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if matches!(self.body, BodyRead::Done) {
+            return Poll::Ready(None);
+        }
+        if let Err(e) = ready!(self.poll_continue(cx)) {
+            self.body = BodyRead::Failed;
+            return Poll::Ready(Some(Err(Box::new(e))));
+        }
+        loop {
+            match self.take_buffered() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            match self.body {
+                BodyRead::Done => return Poll::Ready(None),
+                BodyRead::Failed => {
+                    return Poll::Ready(Some(Err("request body failed".into())));
+                }
+                _ => {}
+            }
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(Some(Err(self.fail(None))));
+            };
+            match ready!(self.reader.poll_fill(io, cx)) {
+                Ok(0) => {
+                    let violation = self.state.chunk_violation();
+                    return Poll::Ready(Some(Err(self.fail(violation))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.body = BodyRead::Failed;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+}
+
+/// The body of a request served by the HTTP/1.1 server, read from its connection.
+pub struct H1Body {
+    wire: Arc<Mutex<Wire>>,
+}
+
+impl H1Body {
+    pub fn new(wire: Arc<Mutex<Wire>>) -> H1Body {
+        H1Body { wire }
+    }
+}
+
+/// A request body as the client sends it.
+pub enum ClientBody {
+    /// Nothing (a request without a body).
+    Empty,
+    /// An HTTP/2 stream's body.
+    Hyper(Incoming),
+    /// An HTTP/1.1 body, read from the connection as it is asked for.
+    H1(H1Body),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            ClientBody::H1(b) => lock(&b.wire).poll_body(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H1(b) => matches!(lock(&b.wire).body, BodyRead::Done),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H1(b) => match lock(&b.wire).body {
+                BodyRead::Done => SizeHint::with_exact(0),
+                BodyRead::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+/// The client's side of a tunnel, once the answer that opened it has gone out.
+pub enum Upgraded {
+    Hyper(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>),
+    Own(Prefixed<Box<dyn ClientIo>>),
+}
+
+impl Upgraded {
+    /// The plain TCP socket and the bytes already read from it, for splice; the
+    /// upgrade as it was when it is TLS or an HTTP/2 stream.
+    pub fn into_tcp(self) -> Result<(TcpStream, Bytes), Upgraded> {
+        match self {
+            Upgraded::Own(p) => {
+                let (ahead, io) = p.into_parts();
+                match io.into_tcp() {
+                    Ok(tcp) => Ok((tcp, ahead)),
+                    Err(io) => Err(Upgraded::Own(Prefixed::new(ahead, io))),
+                }
+            }
+            hyper => Err(hyper),
+        }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upgraded::Hyper(u) => Pin::new(u).poll_read(cx, buf),
+            Upgraded::Own(p) => Pin::new(p).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upgraded::Hyper(u) => Pin::new(u).poll_write(cx, b),
+            Upgraded::Own(p) => Pin::new(p).poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upgraded::Hyper(u) => Pin::new(u).poll_write_vectored(cx, bufs),
+            Upgraded::Own(p) => Pin::new(p).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upgraded::Hyper(u) => u.is_write_vectored(),
+            Upgraded::Own(p) => p.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upgraded::Hyper(u) => Pin::new(u).poll_flush(cx),
+            Upgraded::Own(p) => Pin::new(p).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upgraded::Hyper(u) => Pin::new(u).poll_shutdown(cx),
+            Upgraded::Own(p) => Pin::new(p).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Where the HTTP/1.1 server hands over the connection after a switch (a request
+/// extension; clones share the one receiver).
+#[derive(Clone)]
+pub struct OwnUpgrade(Arc<Mutex<Option<tokio::sync::oneshot::Receiver<Upgraded>>>>);
+
+impl OwnUpgrade {
+    pub fn new(rx: tokio::sync::oneshot::Receiver<Upgraded>) -> OwnUpgrade {
+        OwnUpgrade(Arc::new(Mutex::new(Some(rx))))
+    }
+}
+
+/// A request's way to its client connection after a protocol switch.
+pub enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Own(Option<tokio::sync::oneshot::Receiver<Upgraded>>),
+}
+
+impl ClientUpgrade {
+    /// Takes the request's upgrade handle out of it.
+    pub fn on<B>(req: &mut http::Request<B>) -> ClientUpgrade {
+        match req.extensions_mut().remove::<OwnUpgrade>() {
+            Some(own) => ClientUpgrade::Own(lock(&own.0).take()),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The client's side once the answer has gone out; `None` if the switch never
+    /// happened.
+    pub async fn wait(self) -> Option<Upgraded> {
+        match self {
+            ClientUpgrade::Hyper(on) => on
+                .await
+                .ok()
+                .map(|u| Upgraded::Hyper(hyper_util::rt::TokioIo::new(u))),
+            ClientUpgrade::Own(rx) => rx?.await.ok(),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! HTTP/1.1 message I/O shared by the upstream client (`cluster/h1.rs`) and the
+//! downstream server (`http/h1.rs`): the writer that sends a head and then a streamed
+//! body framed by Content-Length, chunked or the connection's close; the read buffer
+//! that grows only while a message is being read; trailer fields; and a connection
+//! handed on with the bytes already read from it (upgrades).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::cluster::body::BoxError;
+
+/// The first read of a message; later reads of a large body grow up to the maximum.
+const READ_FIRST: usize = 8 * 1024;
+const READ_MAX: usize = 256 * 1024;
+/// Body bytes queued for one vectored write, at most.
+const WRITE_QUEUE: usize = 64 * 1024;
+
+/// Why a message could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    #[error("body: {0}")]
+    Body(#[source] BoxError),
+    #[error("body does not match its content-length")]
+    Length,
+}
+
+/// How a message body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Until the connection closes (an answer to an HTTP/1.0 client of unknown length).
+    UntilClose,
+    Length(u64),
+    Chunked,
+}
+
+/// A message's way out: the head, then the body as it comes, framed, in vectored
+/// writes. The body is polled only when the queue has room, and never while the
+/// connection is borrowed for a write.
+pub struct Writer<B> {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    body: Option<B>,
+    encoding: Encoding,
+    /// Body bytes still to come under a Content-Length.
+    left: u64,
+    flushed: bool,
+    /// Bytes have gone out.
+    pub started: bool,
+}
+
+impl<B> Writer<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    pub fn new(head: Bytes, body: B, encoding: Encoding) -> Writer<B> {
+        let left = match encoding {
+            Encoding::Length(n) => n,
+            Encoding::Chunked | Encoding::UntilClose => 0,
+        };
+        let mut queue = VecDeque::with_capacity(4);
+        let queued = head.len();
+        queue.push_back(head);
+        Writer {
+            queue,
+            queued,
+            body: (!body.is_end_stream()).then_some(body),
+            encoding,
+            left,
+            flushed: false,
+            started: false,
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.queued += b.len();
+            self.queue.push_back(b);
+        }
+    }
+
+    /// Takes a frame of the body into the queue.
+    fn frame(&mut self, frame: Frame<Bytes>) -> Result<(), WriteError> {
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => Ok(()),
+            Ok(data) => match self.encoding {
+                Encoding::UntilClose => {
+                    self.push(data);
+                    Ok(())
+                }
+                Encoding::Length(_) => {
+                    let n = data.len() as u64;
+                    if n > self.left {
+                        return Err(WriteError::Length);
+                    }
+                    self.left -= n;
+                    self.push(data);
+                    Ok(())
+                }
+                Encoding::Chunked => {
+                    let mut line = BytesMut::with_capacity(18);
+                    pylon_h1::write_chunk_size(&mut line, data.len() as u64);
+                    self.push(line.freeze());
+                    self.push(data);
+                    self.push(Bytes::from_static(b"\r\n"));
+                    Ok(())
+                }
+            },
+            Err(frame) => {
+                if let (Encoding::Chunked, Ok(trailers)) = (self.encoding, frame.into_trailers()) {
+                    let mut end = BytesMut::from(&b"0\r\n"[..]);
+                    for (name, value) in &trailers {
+                        end.extend_from_slice(name.as_str().as_bytes());
+                        end.extend_from_slice(b": ");
+                        end.extend_from_slice(value.as_bytes());
+                        end.extend_from_slice(b"\r\n");
+                    }
+                    end.extend_from_slice(b"\r\n");
+                    self.push(end.freeze());
+                    self.body = None;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn body_ended(&mut self) -> Result<(), WriteError> {
+        self.body = None;
+        match self.encoding {
+            Encoding::Chunked => {
+                self.push(Bytes::from_static(b"0\r\n\r\n"));
+                Ok(())
+            }
+            Encoding::Length(_) if self.left != 0 => Err(WriteError::Length),
+            Encoding::Length(_) | Encoding::UntilClose => Ok(()),
+        }
+    }
+
+    /// Writes what it can. Ready once everything is written and flushed.
+    pub fn poll<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            // Frames the body has ready join the queue first, so that the head and the
+            // first data go out in one write.
+            if let Some(body) = &mut self.body
+                && self.queued < WRITE_QUEUE
+            {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.frame(frame)?;
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(WriteError::Body(e))),
+                    Poll::Ready(None) => {
+                        self.body_ended()?;
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let mut k = 0;
+                for b in self.queue.iter().take(slices.len()) {
+                    slices[k] = IoSlice::new(b);
+                    k += 1;
+                }
+                let n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                };
+                self.started = true;
+                self.flushed = false;
+                self.advance(n);
+                continue;
+            }
+            if !self.flushed {
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+                self.flushed = true;
+            }
+            return if self.body.is_some() {
+                // Waiting on the client for more of the body.
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            };
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Bytes read from a connection and not yet taken. The buffer has capacity only while
+/// a message is being read.
+#[derive(Default)]
+pub struct Reader {
+    pub buf: BytesMut,
+    next: usize,
+    /// Bytes read in all.
+    pub read: u64,
+}
+
+impl Reader {
+    /// Reads more; `Ok(0)` at EOF.
+    pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() == 0 {
+            self.next = self.next.clamp(READ_FIRST, READ_MAX);
+            self.buf.reserve(self.next);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room {
+            // A full read: the next may be larger.
+            self.next = (self.next * 2).min(READ_MAX);
+        }
+        self.read += n as u64;
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Trailer lines (validated by the decoder) as fields; unparseable names are dropped.
+pub fn trailer_fields(lines: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// A connection whose first bytes were read already (after an upgrade's head).
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Prefixed<T> {
+        Prefixed { prefix, inner }
+    }
+
+    /// The bytes not yet read, and the connection.
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.inner)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

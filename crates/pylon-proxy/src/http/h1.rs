@@ -1,0 +1,511 @@
+//! Pylon's HTTP/1.1 server, on its codec (`pylon-h1`).
+//!
+//! One connection, one loop: read a request head (strict framing at parse: what
+//! docs/security.md refuses never becomes a request), hand the request to the request
+//! path (`pipeline::handle`) with a body that reads from the connection only when the
+//! path asks for it (`conn::H1Body`, `100 Continue` on its first read), write the
+//! answer (its fields as given, framed by Content-Length, chunked, or the close for
+//! HTTP/1.0), then the next request (pipelined ones are already buffered). A
+//! protocol switch (101 to a WebSocket handshake, 2xx to CONNECT) hands the connection
+//! itself, with the bytes read past the head, to the tunnel.
+//!
+//! Memory follows work: between requests the connection holds no read or write
+//! buffer (a head is first read into the stack and copied out at its size), and the
+//! request's own state (the request path's future, the writer) exists only while it
+//! is served (boxed). Timeouts, draining and the process's stop are the connection
+//! timer's (`server_h1h2::drive`), fed by the socket wrapper (`conn::TrackedIo`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::Body;
+use pylon_config::model::Limits;
+use pylon_h1::{BodyFraming, ChunkedDecoder, HeadError, HeadLimits, RequestHead};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{Notify, oneshot};
+
+use super::body::ResponseBody;
+use super::error::{ErrorKind, error_response};
+use super::pipeline::{self, ConnCtx};
+use crate::conn::{BodyRead, ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
+use crate::h1_io::{Encoding, Prefixed, Writer};
+use crate::lock;
+
+/// A head's first bytes are read into the stack, this many at most per read.
+const FIRST_READ: usize = 4096;
+/// What is left of a request body the request path did not read is read and dropped,
+/// up to this much, to keep the connection; a larger rest closes it.
+const DRAIN_MAX: u64 = 64 * 1024;
+
+/// A graceful close asked for by the connection timer: an idle connection closes, a
+/// busy one after its answer (with `Connection: close`).
+#[derive(Default)]
+struct Graceful {
+    on: AtomicBool,
+    wake: Notify,
+}
+
+/// The connection's future, for the connection timer.
+pub(super) struct Connection {
+    run: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
+    graceful: Arc<Graceful>,
+}
+
+impl Future for Connection {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().run.as_mut().poll(cx)
+    }
+}
+
+impl Connection {
+    pub(super) fn new(
+        io: Box<dyn ClientIo>,
+        ahead: Vec<u8>,
+        ctx: Arc<ConnCtx>,
+        limits: &Limits,
+    ) -> Connection {
+        let graceful = Arc::new(Graceful::default());
+        let wire = Arc::new(Mutex::new(Wire::new(io, ahead, Arc::clone(&ctx.state))));
+        let head_limits = HeadLimits {
+            // A backstop at twice the listener's limits, so that the request path
+            // gives the precise answer for anything in between.
+            max_bytes: limits.max_header_bytes.saturating_mul(2).max(8192),
+            max_fields: limits.max_headers.saturating_mul(2),
+        };
+        let served = Served {
+            wire,
+            ctx,
+            graceful: Arc::clone(&graceful),
+            head_limits,
+            body_limit: limits.max_request_body,
+        };
+        Connection {
+            run: Box::pin(served.run()),
+            graceful,
+        }
+    }
+
+    pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful.on.store(true, Ordering::Relaxed);
+        self.graceful.wake.notify_one();
+    }
+}
+
+/// What a connection's loop keeps between requests.
+struct Served {
+    wire: Arc<Mutex<Wire>>,
+    ctx: Arc<ConnCtx>,
+    graceful: Arc<Graceful>,
+    head_limits: HeadLimits,
+    body_limit: u64,
+}
+
+/// What the connection does after an answer.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Handed to a tunnel.
+    Switched,
+}
+
+/// What waiting for a head found.
+enum Head {
+    Ready(Box<RequestHead>),
+    /// EOF or a graceful close between requests.
+    Closed,
+    Refused(ErrorKind),
+}
+
+impl Served {
+    async fn run(self) -> io::Result<()> {
+        loop {
+            let head = match self.next_head().await? {
+                Head::Ready(head) => head,
+                Head::Closed => return Ok(()),
+                Head::Refused(kind) => {
+                    pipeline::log_rejected(&self.ctx, kind);
+                    let _ = self.refuse(kind).await;
+                    return self.close().await;
+                }
+            };
+            // The request's state lives in its own allocation, only while it is served.
+            match Box::pin(self.exchange(*head)).await? {
+                Next::KeepAlive => {
+                    let mut w = lock(&self.wire);
+                    if w.reader.buf.is_empty() {
+                        // Idle: no buffer.
+                        w.reader.buf = BytesMut::new();
+                    }
+                }
+                Next::Close => return self.close().await,
+                Next::Switched => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends the FIN (TLS: close_notify too) after the last answer.
+    async fn close(&self) -> io::Result<()> {
+        let io = lock(&self.wire).io.take();
+        if let Some(mut io) = io {
+            let _ = io.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// The next request head, read as it arrives.
+    async fn next_head(&self) -> io::Result<Head> {
+        loop {
+            let read = std::future::poll_fn(|cx| self.poll_head(cx));
+            tokio::select! {
+                head = read => return head,
+                () = self.graceful.wake.notified() => {
+                    if lock(&self.wire).reader.buf.is_empty() {
+                        return Ok(Head::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_head(&self, cx: &mut Context<'_>) -> Poll<io::Result<Head>> {
+        let mut w = lock(&self.wire);
+        loop {
+            if !w.reader.buf.is_empty() {
+                match pylon_h1::parse_request(&mut w.reader.buf, &self.head_limits) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(Head::Ready(Box::new(head)))),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Ok(Head::Refused(refusal(e)))),
+                }
+            } else if self.graceful.on.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(Head::Closed));
+            }
+            let w = &mut *w;
+            let Some(io) = w.io.as_mut() else {
+                return Poll::Ready(Ok(Head::Closed));
+            };
+            let n = if w.reader.buf.capacity() == 0 {
+                // Idle until now: the first bytes go through the stack, then into a
+                // buffer of their size.
+                let mut stack = [0u8; FIRST_READ];
+                let mut rb = ReadBuf::new(&mut stack);
+                ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+                w.reader.buf.extend_from_slice(rb.filled());
+                rb.filled().len()
+            } else {
+                ready!(w.reader.poll_fill(io, cx))?
+            };
+            if n == 0 {
+                // The client closed between requests (or within a head: nothing to
+                // answer).
+                return Poll::Ready(Ok(Head::Closed));
+            }
+        }
+    }
+
+    /// Answers a head that never became a request, and closes.
+    async fn refuse(&self, kind: ErrorKind) -> io::Result<()> {
+        let (mut parts, body) = error_response(kind).into_parts();
+        let mut writer = self.response_writer(
+            Version::HTTP_11,
+            parts.status,
+            &mut parts.headers,
+            body,
+            false,
+            &mut false,
+        );
+        std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
+            .await
+            .map_err(io::Error::other)
+    }
+
+    /// One request through the request path, and its answer back.
+    async fn exchange(&self, head: RequestHead) -> io::Result<Next> {
+        let version = head.version;
+        let method = head.method.clone();
+        let body = {
+            let mut w = lock(&self.wire);
+            w.body = match head.framing {
+                BodyFraming::Length(n) if n > 0 => BodyRead::Length(n),
+                BodyFraming::Chunked => BodyRead::Chunked(ChunkedDecoder::new(self.body_limit)),
+                _ => BodyRead::Done,
+            };
+            let has_body = !matches!(w.body, BodyRead::Done);
+            w.continue_at = (head.expect_continue && has_body).then_some(0);
+            if has_body {
+                ClientBody::H1(H1Body::new(Arc::clone(&self.wire)))
+            } else {
+                ClientBody::Empty
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = head.fields.to_header_map();
+        let switch = (head.upgrade || method == Method::CONNECT).then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut().insert(OwnUpgrade::new(rx));
+            tx
+        });
+        let resp = pipeline::handle(req, Arc::clone(&self.ctx)).await;
+        let (mut parts, body) = resp.into_parts();
+        let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS
+            || (method == Method::CONNECT && parts.status.is_success());
+        if let (true, Some(tx)) = (switched, switch) {
+            return self
+                .switch(parts.status, &mut parts.headers, body, tx)
+                .await;
+        }
+        let mut keep_alive = head.keep_alive
+            && !self.graceful.on.load(Ordering::Relaxed)
+            && !asks_close(&parts.headers);
+        let bodyless = method == Method::HEAD
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let mut writer = self.response_writer(
+            version,
+            parts.status,
+            &mut parts.headers,
+            body,
+            bodyless,
+            &mut keep_alive,
+        );
+        std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
+            .await
+            .map_err(io::Error::other)?;
+        drop(writer);
+        if !keep_alive {
+            return Ok(Next::Close);
+        }
+        Ok(if self.drain().await {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
+    }
+
+    /// Sends the head of an answer that switches protocols, then hands the connection
+    /// to the tunnel waiting for it.
+    async fn switch(
+        &self,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        body: ResponseBody,
+        tx: oneshot::Sender<Upgraded>,
+    ) -> io::Result<Next> {
+        add_date(headers);
+        let mut out = BytesMut::with_capacity(256);
+        pylon_h1::write_response_head(
+            &mut out,
+            Version::HTTP_11,
+            status,
+            None,
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        );
+        let mut writer = Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0));
+        std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
+            .await
+            .map_err(io::Error::other)?;
+        drop(body);
+        let (io, ahead) = {
+            let mut w = lock(&self.wire);
+            let ahead = std::mem::take(&mut w.reader.buf).freeze();
+            (w.io.take(), ahead)
+        };
+        if let Some(io) = io {
+            let _ = tx.send(Upgraded::Own(Prefixed::new(ahead, io)));
+        }
+        Ok(Next::Switched)
+    }
+
+    /// The head with its framing and connection fields, and a writer for it and the
+    /// body. `keep_alive` turns false when the body runs until the close.
+    fn response_writer(
+        &self,
+        version: Version,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        body: ResponseBody,
+        bodyless: bool,
+        keep_alive: &mut bool,
+    ) -> Writer<ResponseBody> {
+        let encoding = if bodyless {
+            None
+        } else if let Some(n) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| pylon_h1::content_length(v.as_bytes()))
+        {
+            headers.remove(header::TRANSFER_ENCODING);
+            Some(Encoding::Length(n))
+        } else if body.is_end_stream() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            Some(Encoding::Length(0))
+        } else if let Some(n) = body.size_hint().exact() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Some(Encoding::Length(n))
+        } else if version == Version::HTTP_11 {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Some(Encoding::Chunked)
+        } else {
+            *keep_alive = false;
+            Some(Encoding::UntilClose)
+        };
+        headers.remove(header::CONNECTION);
+        if !*keep_alive && version == Version::HTTP_11 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else if *keep_alive && version == Version::HTTP_10 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        add_date(headers);
+        let mut out = BytesMut::with_capacity(128 + headers.len() * 48);
+        pylon_h1::write_response_head(
+            &mut out,
+            if version == Version::HTTP_10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            },
+            status,
+            None,
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        );
+        match encoding {
+            Some(e) => Writer::new(out.freeze(), body, e),
+            // Nothing of the body goes out; it ends (and is counted) when dropped.
+            None => Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0)),
+        }
+    }
+
+    /// Reads what is left of the request body so that the connection can carry the
+    /// next request; false when it cannot (too much left, broken, or a client that was
+    /// never told to send it).
+    async fn drain(&self) -> bool {
+        {
+            let w = lock(&self.wire);
+            match w.body {
+                BodyRead::Done => return true,
+                BodyRead::Failed => return false,
+                _ if w.continue_at == Some(0) => return false,
+                _ => {}
+            }
+        }
+        let mut drained = 0u64;
+        loop {
+            let frame = std::future::poll_fn(|cx| lock(&self.wire).poll_body(cx)).await;
+            match frame {
+                None => return true,
+                Some(Ok(f)) => {
+                    drained += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if drained > DRAIN_MAX {
+                        return false;
+                    }
+                }
+                Some(Err(_)) => return false,
+            }
+        }
+    }
+}
+
+/// The answer to a head the codec refused.
+fn refusal(e: HeadError) -> ErrorKind {
+    match e {
+        HeadError::TooLarge => ErrorKind::HeadersTooLarge,
+        HeadError::TooManyFields => ErrorKind::TooManyHeaders,
+        HeadError::MissingHost => ErrorKind::MissingHost,
+        HeadError::Invalid(_) => ErrorKind::MalformedRequest,
+    }
+}
+
+/// The answer says `Connection: close`.
+fn asks_close(h: &HeaderMap) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// `Date`, as every HTTP/1.1 origin server sends it (RFC 9110 §6.6.1), formatted once a
+/// second.
+fn add_date(h: &mut HeaderMap) {
+    if h.contains_key(header::DATE) {
+        return;
+    }
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let value = DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs
+            && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+        {
+            *d = (secs, v);
+        }
+        d.1.clone()
+    });
+    h.insert(header::DATE, value);
+}
+
+/// The connection as a writer for one call at a time (the lock is held only inside
+/// each call, never while the body is polled).
+struct WireWrite<'a>(&'a Arc<Mutex<Wire>>);
+
+impl WireWrite<'_> {
+    fn with<R>(
+        &mut self,
+        f: impl FnOnce(Pin<&mut dyn ClientIo>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        let mut w = lock(self.0);
+        match w.io.as_mut() {
+            Some(io) => f(Pin::new(io.as_mut())),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for WireWrite<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().with(|io| io.poll_write(cx, b))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().with(|io| io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().with(|io| io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().with(|io| io.poll_shutdown(cx))
+    }
+}
