@@ -295,10 +295,17 @@ impl AcceptLoop {
             let shutdown = self.drain.clone();
             let tls = self.tls.clone();
             let proxy_in = proxy_in.clone();
-            tokio::spawn(async move {
+            let fut = async move {
                 if let Some(pp) = &proxy_in {
                     let limit = limits.header_read_timeout;
-                    match crate::l4::accept_proxy_header(&mut stream, client, pp, limit).await {
+                    // Boxed: its read buffer would stay in the task for the connection's life.
+                    let header = Box::pin(crate::l4::accept_proxy_header(
+                        &mut stream,
+                        client,
+                        pp,
+                        limit,
+                    ));
+                    match header.await {
                         Ok(Some((source, destination))) => {
                             ctx.client = source;
                             ctx.local = destination;
@@ -330,19 +337,25 @@ impl AcceptLoop {
                         .await;
                     }
                     Some(tls) => {
-                        if let Some(stream) = handshake(&tls, stream, &mut ctx).await {
-                            let ctx = Arc::new(ctx);
-                            let protocol = server_h1h2::Protocol::from_alpn(
-                                stream.get_ref().1.alpn_protocol(),
-                            );
-                            server_h1h2::serve_connection(
-                                builders, stream, ctx, limits, shutdown, protocol,
-                            )
-                            .await;
-                        }
+                        // Boxed: the handshake's state (rustls's) is kilobytes that the
+                        // connection's task would otherwise carry for its whole life.
+                        // (`let … else`, not `if let`: the TLS stream, kilobytes, must
+                        // not stay in the task as a temporary of the condition.)
+                        let handshake = Box::pin(handshake(&tls, stream, &mut ctx));
+                        let Some(stream) = handshake.await else {
+                            return;
+                        };
+                        let ctx = Arc::new(ctx);
+                        let protocol =
+                            server_h1h2::Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                        let serve = server_h1h2::serve_connection(
+                            builders, stream, ctx, limits, shutdown, protocol,
+                        );
+                        serve.await;
                     }
                 }
-            });
+            };
+            tokio::spawn(fut);
         }
     }
 }

@@ -21,8 +21,7 @@ use pylon_h1::{ChunkError, ChunkStep, ChunkedDecoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::framing_scan::ChunkViolation;
-use super::{ConnState, TrackedIo};
+use super::{ChunkViolation, ConnState, TrackedIo};
 use crate::cluster::body::BoxError;
 use crate::h1_io::{Prefixed, Reader, trailer_fields};
 use crate::lock;
@@ -150,6 +149,29 @@ impl Wire {
                     }
                 }
                 Ok(data.map(Frame::data))
+            }
+        }
+    }
+
+    /// Follows a chunked body's framing through the bytes read with its head, without
+    /// taking them: a violation there is recorded on the connection, so the request path
+    /// refuses the request before anything of it is forwarded.
+    pub fn check_buffered(&self) {
+        let BodyRead::Chunked(decoder) = &self.body else {
+            return;
+        };
+        let mut decoder = decoder.clone();
+        let mut rest = &self.reader.buf[..];
+        loop {
+            match decoder.step(rest) {
+                Ok(ChunkStep::NeedMore | ChunkStep::End { .. }) => return,
+                Ok(ChunkStep::Data(n) | ChunkStep::Framing { len: n, .. }) => rest = &rest[n..],
+                Err(ChunkError::TooLarge) => {
+                    return self.state.body_violation(ChunkViolation::TooLarge);
+                }
+                Err(ChunkError::Malformed(_)) => {
+                    return self.state.body_violation(ChunkViolation::Malformed);
+                }
             }
         }
     }

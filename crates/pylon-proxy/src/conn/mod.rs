@@ -1,11 +1,9 @@
 //! A client connection's concerns, one file each: its state and timers (`state.rs`:
 //! activity, requests in flight, the idle, header-read and send timeouts), the socket
-//! wrapper that feeds them (`io.rs`), and the HTTP/1.x framing scanner that watches the
-//! bytes beside the parser (`framing_scan.rs`), and the request body as the client sends
-//! it with what the connection becomes after a protocol switch (`client.rs`).
+//! wrapper that feeds them (`io.rs`), and the request body as the client sends it with
+//! what the connection becomes after a protocol switch (`client.rs`).
 
 mod client;
-pub mod framing_scan;
 mod io;
 mod state;
 
@@ -13,4 +11,4 @@ pub use client::{
     BodyRead, ClientBody, ClientIo, ClientUpgrade, H1Body, OwnUpgrade, Upgraded, Wire,
 };
 pub use io::TrackedIo;
-pub use state::{ConnState, InFlight, Verdict};
+pub use state::{ChunkViolation, ConnState, InFlight, Verdict};

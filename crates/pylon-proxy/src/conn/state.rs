@@ -6,7 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::framing_scan::ChunkViolation;
+/// How a chunked request body broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkViolation {
+    /// Framing a peer could read differently: a bare LF or CR, a size that is not hex
+    /// or too long, data not followed by CRLF.
+    Malformed,
+    /// The chunks' sizes take the body over the listener's limit.
+    TooLarge,
+}
 
 #[derive(Debug)]
 pub struct ConnState {
@@ -24,8 +32,6 @@ pub struct ConnState {
     /// `close`, so a draining connection lets it finish (it becomes a tunnel).
     upgrading: AtomicBool,
     first_read: AtomicBool,
-    /// The request head being read had both Content-Length and Transfer-Encoding.
-    pub(super) framing_conflict: AtomicBool,
     /// A chunked request body broke its framing (1) or its size limit (2); 0 if not.
     body_violation: std::sync::atomic::AtomicU8,
     /// Nanoseconds since `epoch` + 1 since when a write has been waiting for the
@@ -56,7 +62,6 @@ impl Default for ConnState {
             h2: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
             first_read: AtomicBool::new(true),
-            framing_conflict: AtomicBool::new(false),
             body_violation: std::sync::atomic::AtomicU8::new(0),
             write_blocked: AtomicU64::new(0),
         }
@@ -82,16 +87,6 @@ impl ConnState {
             return true;
         }
         false
-    }
-
-    /// Whether a request head read had both Content-Length and Transfer-Encoding
-    /// (cleared by taking it). Only a request that `has_transfer_encoding` takes it: the
-    /// parser keeps that header of such a head, and a clean request pipelined before
-    /// it has none. The request is looked at only when a conflict is pending.
-    pub fn take_framing_conflict(&self, has_transfer_encoding: impl FnOnce() -> bool) -> bool {
-        self.framing_conflict.load(Ordering::Relaxed)
-            && has_transfer_encoding()
-            && self.framing_conflict.swap(false, Ordering::Relaxed)
     }
 
     pub(super) fn body_violation(&self, v: ChunkViolation) {

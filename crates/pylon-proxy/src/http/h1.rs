@@ -22,13 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body;
 use pylon_config::model::Limits;
 use pylon_h1::{BodyFraming, ChunkedDecoder, HeadError, HeadLimits, RequestHead};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
 use super::error::{ErrorKind, error_response};
@@ -48,7 +49,8 @@ const DRAIN_MAX: u64 = 64 * 1024;
 #[derive(Default)]
 struct Graceful {
     on: AtomicBool,
-    wake: Notify,
+    /// The connection's task while it waits for a head.
+    waiting: AtomicWaker,
 }
 
 /// The connection's future, for the connection timer.
@@ -95,7 +97,7 @@ impl Connection {
 
     pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
         self.graceful.on.store(true, Ordering::Relaxed);
-        self.graceful.wake.notify_one();
+        self.graceful.waiting.wake();
     }
 }
 
@@ -132,7 +134,8 @@ impl Served {
                 Head::Closed => return Ok(()),
                 Head::Refused(kind) => {
                     pipeline::log_rejected(&self.ctx, kind);
-                    let _ = self.refuse(kind).await;
+                    // Boxed: its writer would otherwise widen every connection's state.
+                    let _ = Box::pin(self.refuse(kind)).await;
                     return self.close().await;
                 }
             };
@@ -162,20 +165,13 @@ impl Served {
 
     /// The next request head, read as it arrives.
     async fn next_head(&self) -> io::Result<Head> {
-        loop {
-            let read = std::future::poll_fn(|cx| self.poll_head(cx));
-            tokio::select! {
-                head = read => return head,
-                () = self.graceful.wake.notified() => {
-                    if lock(&self.wire).reader.buf.is_empty() {
-                        return Ok(Head::Closed);
-                    }
-                }
-            }
-        }
+        std::future::poll_fn(|cx| self.poll_head(cx)).await
     }
 
+    /// A graceful close between requests closes at once; one asked for while a head is
+    /// arriving waits for that request.
     fn poll_head(&self, cx: &mut Context<'_>) -> Poll<io::Result<Head>> {
+        self.graceful.waiting.register(cx.waker());
         let mut w = lock(&self.wire);
         loop {
             if !w.reader.buf.is_empty() {
@@ -194,8 +190,8 @@ impl Served {
             let n = if w.reader.buf.capacity() == 0 {
                 // Idle until now: the first bytes go through the stack, then into a
                 // buffer of their size.
-                let mut stack = [0u8; FIRST_READ];
-                let mut rb = ReadBuf::new(&mut stack);
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+                let mut rb = ReadBuf::uninit(&mut stack);
                 ready!(Pin::new(io).poll_read(cx, &mut rb))?;
                 w.reader.buf.extend_from_slice(rb.filled());
                 rb.filled().len()
@@ -237,6 +233,7 @@ impl Served {
                 BodyFraming::Chunked => BodyRead::Chunked(ChunkedDecoder::new(self.body_limit)),
                 _ => BodyRead::Done,
             };
+            w.check_buffered();
             let has_body = !matches!(w.body, BodyRead::Done);
             w.continue_at = (head.expect_continue && has_body).then_some(0);
             if has_body {

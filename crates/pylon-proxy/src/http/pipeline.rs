@@ -317,10 +317,10 @@ fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKin
 }
 
 /// The answer for a chunked body that broke its framing or its size limit.
-pub(super) fn violation_kind(v: crate::conn::framing_scan::ChunkViolation) -> ErrorKind {
+pub(super) fn violation_kind(v: crate::conn::ChunkViolation) -> ErrorKind {
     match v {
-        crate::conn::framing_scan::ChunkViolation::Malformed => ErrorKind::MalformedRequest,
-        crate::conn::framing_scan::ChunkViolation::TooLarge => ErrorKind::BodyTooLarge,
+        crate::conn::ChunkViolation::Malformed => ErrorKind::MalformedRequest,
+        crate::conn::ChunkViolation::TooLarge => ErrorKind::BodyTooLarge,
     }
 }
 
@@ -376,16 +376,8 @@ async fn serve(
             _ => HeaderValue::try_from(ctx.shared.request_ids.next()).ok(),
         };
     }
-    // Content-Length and Transfer-Encoding both in the head (seen on the socket: the
-    // parser keeps only one of them).
-    if ctx
-        .state
-        .take_framing_conflict(|| req.headers().contains_key(http::header::TRANSFER_ENCODING))
-    {
-        return Err(ErrorKind::MalformedRequest);
-    }
     // A chunked body that broke its framing (or its limit) in the bytes read with its
-    // head: refused before anything is forwarded.
+    // head (`conn::Wire::check_buffered`): refused before anything is forwarded.
     if let Some(v) = ctx.state.chunk_violation() {
         return Err(violation_kind(v));
     }

@@ -205,9 +205,33 @@ async fn detect<T: AsyncRead + Unpin>(
 }
 
 /// Serves one accepted connection until it closes, times out or is drained.
-pub async fn serve_connection<S>(
+///
+/// The connection (a TLS one is kilobytes) goes to the heap first and the future is
+/// boxed, so that the task that awaits it carries a pointer, not the connection's
+/// largest state.
+pub fn serve_connection<S>(
     builders: Arc<Builders>,
     stream: S,
+    ctx: Arc<ConnCtx>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    protocol: Protocol,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    TrackedIo<S>: crate::conn::ClientIo,
+{
+    let io = Box::new(TrackedIo::new(
+        stream,
+        Arc::clone(&ctx.state),
+        Arc::clone(&ctx.stats),
+    ));
+    Box::pin(serve_tracked(builders, io, ctx, limits, shutdown, protocol))
+}
+
+async fn serve_tracked<S>(
+    builders: Arc<Builders>,
+    mut io: Box<TrackedIo<S>>,
     ctx: Arc<ConnCtx>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -216,13 +240,6 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     TrackedIo<S>: crate::conn::ClientIo,
 {
-    let state = Arc::clone(&ctx.state);
-    let mut io = TrackedIo::new(
-        stream,
-        Arc::clone(&state),
-        Arc::clone(&ctx.stats),
-        limits.max_request_body,
-    );
     let (protocol, ahead) = match protocol {
         Protocol::Detect => match detect(&mut io, &limits, &mut shutdown).await {
             Some(found) => found,
@@ -246,10 +263,26 @@ pub async fn serve_connection<S>(
         Protocol::Http1 => (Protocol::Http1, Vec::new()),
     };
     if protocol != Protocol::Http2 {
-        let conn = super::h1::Connection::new(Box::new(io), ahead, Arc::clone(&ctx), &limits);
+        let conn = super::h1::Connection::new(io, ahead, Arc::clone(&ctx), &limits);
         drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
         return;
     }
+    // Boxed: hyper's HTTP/2 connection is kilobytes, and a future holds its largest
+    // branch inline, so every HTTP/1.1 connection's task would carry it too.
+    Box::pin(serve_h2(builders, *io, ahead, ctx, limits, shutdown)).await;
+}
+
+/// Serves an HTTP/2 connection (its preface read already, `ahead`) with hyper.
+async fn serve_h2<S>(
+    builders: Arc<Builders>,
+    io: TrackedIo<S>,
+    ahead: Vec<u8>,
+    ctx: Arc<ConnCtx>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Rewind {
         ahead,
         taken: 0,
