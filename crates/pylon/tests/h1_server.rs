@@ -1,0 +1,154 @@
+//! Pylon's HTTP/1.1 server on the wire: pipelined requests answered in order, HTTP/1.0
+//! clients (close-delimited and keep-alive), a body the request path never read drained
+//! so the connection carries on, a refused head answered with its status and reason,
+//! and `Date` on every answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use pylon_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A listener with a route answered by Pylon itself (`/static`) and the rest proxied.
+fn config(origin: SocketAddr) -> String {
+    format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "static"
+path = "/static"
+respond = {{ body = "static" }}
+
+[[routes]]
+name = "app"
+cluster = "c"
+
+[[clusters]]
+name = "c"
+endpoints = ["{origin}"]
+"#
+    )
+}
+
+/// Reads until `marker` has arrived `count` times.
+async fn read_until(s: &mut TcpStream, marker: &str, count: usize) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while String::from_utf8_lossy(&got).matches(marker).count() < count {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("answers within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /static HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /three HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Answers come in order, so the third one's body ends the read.
+    let text = read_until(&mut s, "\"/three\"", 1).await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let one = text.find("\"/one\"").expect("first answer");
+    let two = text.find("static").expect("second answer");
+    let three = text.find("\"/three\"").expect("third answer");
+    assert!(one < two && two < three, "in order: {text}");
+}
+
+#[tokio::test]
+async fn http10_clients_get_http10_answers_closed_or_kept_as_they_ask() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    // No keep-alive: the answer, then the close.
+    let answer = raw(p.addr("front"), b"GET /static HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("static"), "{answer}");
+    // Keep-alive asked for: said back, and a second request on the same connection.
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    s.write_all(b"GET /static HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut s, "static", 1).await;
+    assert!(first.starts_with("HTTP/1.0 200"), "{first}");
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{first}"
+    );
+    s.write_all(b"GET /static HTTP/1.0\r\n\r\n").await.unwrap();
+    let second = read_to_close(&mut s).await;
+    assert!(second.starts_with("HTTP/1.0 200"), "{second}");
+}
+
+#[tokio::test]
+async fn a_body_the_route_never_reads_is_drained_and_the_connection_carries_on() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    // Pylon answers /static itself and never reads the body; it comes in two writes.
+    s.write_all(b"POST /static HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'x'; 1000]).await.unwrap();
+    let first = read_until(&mut s, "static", 1).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(!first.to_ascii_lowercase().contains("connection: close"));
+    s.write_all(&[b'x'; 1000]).await.unwrap();
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_until(&mut s, "\"/after\"", 1).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
+
+#[tokio::test]
+async fn a_refused_head_gets_its_status_and_reason_then_the_close() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let answer = raw(
+        p.addr("front"),
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("x-pylon-error: malformed_request"),
+        "{answer}"
+    );
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+    let answer = raw(p.addr("front"), b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("x-pylon-error: missing_host"), "{answer}");
+    assert_eq!(origin.request_count(), 0, "nothing reached the origin");
+}
+
+#[tokio::test]
+async fn every_answer_carries_date() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    for path in ["/static", "/proxied"] {
+        let a = get(p.addr("front"), path).await;
+        let date = a.header("date").expect("Date");
+        assert!(date.ends_with(" GMT"), "{date}");
+    }
+}
