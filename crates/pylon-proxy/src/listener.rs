@@ -338,19 +338,26 @@ impl AcceptLoop {
                     }
                     Some(tls) => {
                         // Boxed: the handshake's state (rustls's) is kilobytes that the
-                        // connection's task would otherwise carry for its whole life.
-                        // (`let … else`, not `if let`: the TLS stream, kilobytes, must
-                        // not stay in the task as a temporary of the condition.)
-                        let handshake = Box::pin(handshake(&tls, stream, &mut ctx));
-                        let Some(stream) = handshake.await else {
-                            return;
+                        // connection's task would otherwise carry for its whole life; and
+                        // the TLS stream it yields is moved out within a block, so that
+                        // the task keeps no slot for it across the serving await.
+                        let serve = {
+                            let handshake = Box::pin(handshake(&tls, stream, &mut ctx));
+                            let Some(stream) = handshake.await else {
+                                return;
+                            };
+                            let protocol = server_h1h2::Protocol::from_alpn(
+                                stream.get_ref().1.alpn_protocol(),
+                            );
+                            server_h1h2::serve_connection(
+                                builders,
+                                stream,
+                                Arc::new(ctx),
+                                limits,
+                                shutdown,
+                                protocol,
+                            )
                         };
-                        let ctx = Arc::new(ctx);
-                        let protocol =
-                            server_h1h2::Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                        let serve = server_h1h2::serve_connection(
-                            builders, stream, ctx, limits, shutdown, protocol,
-                        );
                         serve.await;
                     }
                 }
