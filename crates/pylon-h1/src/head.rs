@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version}
 use crate::rules;
 
 /// Fields parsed into a buffer on the stack; more than this many take one on the heap.
-const STACK_FIELDS: usize = 128;
+const STACK_FIELDS: usize = 256;
 
 /// Why a head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,23 +206,13 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
     let mut heap = Vec::new();
+    let slots = field_slots(&mut stack, &mut heap, limits.max_fields);
     let mut req = httparse::Request::new(&mut []);
-    let mut status = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+    let status = httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut req,
         &buf[..],
-        &mut stack[..limits.max_fields.min(STACK_FIELDS)],
+        slots,
     );
-    if matches!(status, Err(httparse::Error::TooManyHeaders)) && limits.max_fields > STACK_FIELDS {
-        // A head with more fields than the stack holds (rare): parsed again with room
-        // for all that the limit allows.
-        heap.resize(limits.max_fields, MaybeUninit::uninit());
-        req = httparse::Request::new(&mut []);
-        status = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
-            &buf[..],
-            &mut heap[..],
-        );
-    }
     let Some(len) = head_len(status, buf.len(), limits)? else {
         return Ok(None);
     };
@@ -271,21 +261,13 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
     let mut heap = Vec::new();
+    let slots = field_slots(&mut stack, &mut heap, limits.max_fields);
     let mut resp = httparse::Response::new(&mut []);
-    let mut status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    let status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,
         &buf[..],
-        &mut stack[..limits.max_fields.min(STACK_FIELDS)],
+        slots,
     );
-    if matches!(status, Err(httparse::Error::TooManyHeaders)) && limits.max_fields > STACK_FIELDS {
-        heap.resize(limits.max_fields, MaybeUninit::uninit());
-        resp = httparse::Response::new(&mut []);
-        status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            &buf[..],
-            &mut heap[..],
-        );
-    }
     let Some(len) = head_len(status, buf.len(), limits)? else {
         return Ok(None);
     };
@@ -320,6 +302,21 @@ pub fn parse_response(
         fields,
         raw,
     }))
+}
+
+/// Room for `max` fields: on the stack (uninitialised, so free) up to [`STACK_FIELDS`],
+/// which covers the proxy's default backstop of 200; a larger limit takes the heap.
+fn field_slots<'s, 'b>(
+    stack: &'s mut [MaybeUninit<httparse::Header<'b>>; STACK_FIELDS],
+    heap: &'s mut Vec<MaybeUninit<httparse::Header<'b>>>,
+    max: usize,
+) -> &'s mut [MaybeUninit<httparse::Header<'b>>] {
+    if max <= STACK_FIELDS {
+        &mut stack[..max]
+    } else {
+        heap.resize(max, MaybeUninit::uninit());
+        &mut heap[..]
+    }
 }
 
 /// Takes the head's `len` bytes off `buf`: its bytes, and its fields over them.
