@@ -11,7 +11,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
+use pylon_h1::{ChunkError, ChunkStep, ChunkedDecoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::cluster::body::BoxError;
@@ -214,6 +215,91 @@ where
             }
             n -= front.len();
             self.queue.pop_front();
+        }
+    }
+}
+
+/// How much of a message body is still to be read, and how it is framed: the one
+/// decoder of request bodies (the server) and response bodies (the upstream client).
+#[derive(Debug)]
+pub enum BodyDecoder {
+    /// No body, or all of it read.
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the connection closes (answers only; the reader ends it at EOF).
+    UntilClose,
+    /// The chunked body has ended; its trailers are handed out next (boxed: rare, and
+    /// large beside the other states).
+    Trailers(Box<HeaderMap>),
+}
+
+impl BodyDecoder {
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyDecoder::Done)
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            BodyDecoder::Done => SizeHint::with_exact(0),
+            BodyDecoder::Length(n) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// Takes what `buf` holds of the body: one data frame (with the chunk framing after
+    /// it, as far as it has arrived, so that the body's end is seen with its last
+    /// data), or the trailers. `Ok(None)`: nothing buffered yet, or the body is done.
+    pub fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, ChunkError> {
+        match self {
+            BodyDecoder::Done => Ok(None),
+            BodyDecoder::Trailers(t) => {
+                let t = std::mem::take(&mut **t);
+                *self = BodyDecoder::Done;
+                Ok(Some(Frame::trailers(t)))
+            }
+            BodyDecoder::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                let data = buf.split_to(n).freeze();
+                *left -= n as u64;
+                if *left == 0 {
+                    *self = BodyDecoder::Done;
+                }
+                Ok(Some(Frame::data(data)))
+            }
+            BodyDecoder::UntilClose => {
+                Ok((!buf.is_empty()).then(|| Frame::data(buf.split().freeze())))
+            }
+            BodyDecoder::Chunked(decoder) => {
+                let mut data = None;
+                loop {
+                    if data.is_some() && decoder.in_data() {
+                        break;
+                    }
+                    match decoder.step(buf)? {
+                        ChunkStep::NeedMore => break,
+                        ChunkStep::Data(n) => data = Some(buf.split_to(n).freeze()),
+                        ChunkStep::Framing { len, .. } => buf.advance(len),
+                        ChunkStep::End { len, trailers, .. } => {
+                            let fields = trailer_fields(&buf[trailers]);
+                            buf.advance(len);
+                            *self = if fields.is_empty() {
+                                BodyDecoder::Done
+                            } else {
+                                BodyDecoder::Trailers(Box::new(fields))
+                            };
+                            if data.is_none() {
+                                return self.take(buf);
+                            }
+                            break;
+                        }
+                    }
+                }
+                Ok(data.map(Frame::data))
+            }
         }
     }
 }

@@ -152,3 +152,23 @@ async fn every_answer_carries_date() {
         assert!(date.ends_with(" GMT"), "{date}");
     }
 }
+
+#[tokio::test]
+async fn request_trailers_that_arrive_with_the_last_chunk_reach_the_origin() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    // The whole body, its end and its trailer in one write.
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_until(&mut s, "\"/up\"", 1).await;
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let body = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["body_len"], 5, "{seen}");
+    assert_eq!(seen["trailers"][0], "x-checksum=42", "{seen}");
+}

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use super::body::{BoxError, RequestBody};
 use super::warm::WarmConnections;
 pub use crate::h1_io::Prefixed;
-use crate::h1_io::{Encoding, Reader, WriteError, Writer, trailer_fields};
+use crate::h1_io::{BodyDecoder, Encoding, Reader, WriteError, Writer};
 use crate::lock;
 use crate::tls::upstream::UpstreamIo;
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use pylon_h1::{BodyFraming, ChunkStep, ChunkedDecoder, HeadLimits};
+use pylon_h1::{BodyFraming, ChunkedDecoder, HeadLimits};
 
 /// The bounds of an upstream's response head (hyper's client allowed 100 fields too).
 const RESPONSE_HEAD: HeadLimits = HeadLimits {
@@ -345,12 +345,12 @@ pub(super) async fn exchange(
         }
     };
     let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
-    let framing = match head.framing {
-        _ if upgraded => Framing::Done,
-        BodyFraming::None | BodyFraming::Length(0) => Framing::Done,
-        BodyFraming::Length(n) => Framing::Length(n),
-        BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
-        BodyFraming::UntilClose => Framing::UntilClose,
+    let decoder = match head.framing {
+        _ if upgraded => BodyDecoder::Done,
+        BodyFraming::None | BodyFraming::Length(0) => BodyDecoder::Done,
+        BodyFraming::Length(n) => BodyDecoder::Length(n),
+        BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new(u64::MAX)),
+        BodyFraming::UntilClose => BodyDecoder::UntilClose,
     };
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
@@ -362,13 +362,12 @@ pub(super) async fn exchange(
     *resp.headers_mut() = head.fields.to_header_map();
     let mut body = H1Body {
         conn: Some(Conn { io, reader, writer }),
-        framing,
+        decoder,
         // A failed write leaves the request cut: the connection cannot be reused.
         keep_alive: head.keep_alive && !upgraded && write_error.is_none(),
         home,
-        trailers: None,
     };
-    if !upgraded && matches!(body.framing, Framing::Done) {
+    if !upgraded && body.decoder.is_done() {
         body.finish();
     }
     Ok(resp.map(|()| body))
@@ -381,28 +380,18 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-enum Framing {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
-    Done,
-}
-
 /// An upstream answer's body, read from its connection as the client takes it.
 pub struct H1Body {
     conn: Option<Conn>,
-    framing: Framing,
+    decoder: BodyDecoder,
     keep_alive: bool,
     home: Option<Lent>,
-    /// Trailers read, handed out on the next poll.
-    trailers: Option<Box<HeaderMap>>,
 }
 
 impl H1Body {
     /// The body has been read to its end: the connection goes back to its endpoint when
     /// it can carry another request.
     fn finish(&mut self) {
-        self.framing = Framing::Done;
         let Some(conn) = self.conn.take() else { return };
         if let Some(home) = &self.home
             && self.keep_alive
@@ -420,56 +409,17 @@ impl H1Body {
         Some(Prefixed::new(conn.reader.buf.freeze(), conn.io))
     }
 
-    /// Takes what the buffered bytes hold: a data frame, trailers, or the end.
+    /// Takes what the buffered bytes hold: a data frame, or trailers; the connection
+    /// goes back once the body has ended.
     fn take_buffered(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
         let Some(conn) = &mut self.conn else {
             return Ok(None);
         };
-        let buf = &mut conn.reader.buf;
-        match &mut self.framing {
-            Framing::Done => Ok(None),
-            Framing::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                let data = buf.split_to(n).freeze();
-                *left -= n as u64;
-                if *left == 0 {
-                    self.finish();
-                }
-                Ok(Some(Frame::data(data)))
-            }
-            Framing::UntilClose => Ok((!buf.is_empty()).then(|| Frame::data(buf.split().freeze()))),
-            Framing::Chunked(decoder) => {
-                let mut data = None;
-                // One chunk's data, then the framing after it as far as it has arrived,
-                // so that the body's end is seen with its last data.
-                loop {
-                    if data.is_some() && decoder.in_data() {
-                        break;
-                    }
-                    match decoder.step(buf)? {
-                        ChunkStep::NeedMore => break,
-                        ChunkStep::Data(n) => data = Some(buf.split_to(n).freeze()),
-                        ChunkStep::Framing { len, .. } => buf.advance(len),
-                        ChunkStep::End { len, trailers, .. } => {
-                            let fields = trailer_fields(&buf[trailers]);
-                            buf.advance(len);
-                            if !fields.is_empty() {
-                                self.trailers = Some(Box::new(fields));
-                            }
-                            self.finish();
-                            break;
-                        }
-                    }
-                }
-                Ok(match data {
-                    Some(d) => Some(Frame::data(d)),
-                    None => self.trailers.take().map(|t| Frame::trailers(*t)),
-                })
-            }
+        let frame = self.decoder.take(&mut conn.reader.buf)?;
+        if self.decoder.is_done() {
+            self.finish();
         }
+        Ok(frame)
     }
 }
 
@@ -483,9 +433,6 @@ impl Body for H1Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            if let Some(t) = this.trailers.take() {
-                return Poll::Ready(Some(Ok(Frame::trailers(*t))));
-            }
             let Some(conn) = &mut this.conn else {
                 return Poll::Ready(None);
             };
@@ -500,7 +447,7 @@ impl Body for H1Body {
                     Poll::Pending => {}
                 }
             }
-            if matches!(this.framing, Framing::Done) {
+            if this.decoder.is_done() {
                 this.finish();
                 return Poll::Ready(None);
             }
@@ -512,12 +459,13 @@ impl Body for H1Body {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            if this.conn.is_none() || matches!(this.framing, Framing::Done) {
+            if this.conn.is_none() || this.decoder.is_done() {
                 continue;
             }
             let Some(conn) = &mut this.conn else { continue };
             match ready!(conn.reader.poll_fill(&mut conn.io, cx)) {
-                Ok(0) if matches!(this.framing, Framing::UntilClose) => {
+                Ok(0) if matches!(this.decoder, BodyDecoder::UntilClose) => {
+                    this.decoder = BodyDecoder::Done;
                     this.keep_alive = false;
                     this.finish();
                 }
@@ -537,14 +485,10 @@ impl Body for H1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailers.is_none() && (self.conn.is_none() || matches!(self.framing, Framing::Done))
+        self.conn.is_none() || self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done if self.trailers.is_none() => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.decoder.size_hint()
     }
 }

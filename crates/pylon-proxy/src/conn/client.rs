@@ -14,16 +14,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use pylon_h1::{ChunkError, ChunkStep, ChunkedDecoder};
+use pylon_h1::{ChunkError, ChunkStep};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{ChunkViolation, ConnState, TrackedIo};
 use crate::cluster::body::BoxError;
-use crate::h1_io::{Prefixed, Reader, trailer_fields};
+use crate::h1_io::{BodyDecoder, Prefixed, Reader};
 use crate::lock;
 
 /// A client connection as the HTTP/1.1 server holds it.
@@ -52,17 +52,6 @@ impl ClientIo for TrackedIo<tokio::io::DuplexStream> {
     }
 }
 
-/// How far the current request's body has been read.
-#[derive(Debug)]
-pub enum BodyRead {
-    /// No body, or all of it read.
-    Done,
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Broken (framing, the client went away): the connection cannot go on.
-    Failed,
-}
-
 /// An HTTP/1.1 client connection shared by its server loop and the body of the request
 /// being served (the two run in the connection's one task; the lock is never held
 /// across a poll of anything else).
@@ -70,7 +59,10 @@ pub struct Wire {
     /// `None` once handed to a tunnel.
     pub io: Option<Box<dyn ClientIo>>,
     pub reader: Reader,
-    pub body: BodyRead,
+    /// How much of the current request's body is still to be read.
+    pub body: BodyDecoder,
+    /// The body broke (framing, the client went away): the connection cannot go on.
+    pub failed: bool,
     /// `100 Continue` still to be sent (bytes of it already written), before the body
     /// is first read.
     pub continue_at: Option<usize>,
@@ -84,14 +76,15 @@ impl Wire {
         Wire {
             io: Some(io),
             reader,
-            body: BodyRead::Done,
+            body: BodyDecoder::Done,
+            failed: false,
             continue_at: None,
             state,
         }
     }
 
     fn fail(&mut self, violation: Option<ChunkViolation>) -> BoxError {
-        self.body = BodyRead::Failed;
+        self.failed = true;
         if let Some(v) = violation {
             self.state.body_violation(v);
         }
@@ -101,55 +94,15 @@ impl Wire {
         }
     }
 
-    /// What the buffered bytes hold of the body: data, trailers, or its end.
+    /// What the buffered bytes hold of the body: data, or trailers.
     fn take_buffered(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
-        let buf = &mut self.reader.buf;
-        match &mut self.body {
-            BodyRead::Done | BodyRead::Failed => Ok(None),
-            BodyRead::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                let data = buf.split_to(n).freeze();
-                *left -= n as u64;
-                if *left == 0 {
-                    self.body = BodyRead::Done;
-                }
-                Ok(Some(Frame::data(data)))
-            }
-            BodyRead::Chunked(decoder) => {
-                let mut data = None;
-                loop {
-                    if data.is_some() && decoder.in_data() {
-                        break;
-                    }
-                    let step = match decoder.step(buf) {
-                        Ok(step) => step,
-                        Err(ChunkError::TooLarge) => {
-                            return Err(self.fail(Some(ChunkViolation::TooLarge)));
-                        }
-                        Err(ChunkError::Malformed(_)) => {
-                            return Err(self.fail(Some(ChunkViolation::Malformed)));
-                        }
-                    };
-                    match step {
-                        ChunkStep::NeedMore => break,
-                        ChunkStep::Data(n) => data = Some(buf.split_to(n).freeze()),
-                        ChunkStep::Framing { len, .. } => buf.advance(len),
-                        ChunkStep::End { len, trailers, .. } => {
-                            let fields = trailer_fields(&buf[trailers]);
-                            buf.advance(len);
-                            self.body = BodyRead::Done;
-                            if data.is_none() && !fields.is_empty() {
-                                return Ok(Some(Frame::trailers(fields)));
-                            }
-                            break;
-                        }
-                    }
-                }
-                Ok(data.map(Frame::data))
-            }
+        if self.failed {
+            return Ok(None);
+        }
+        match self.body.take(&mut self.reader.buf) {
+            Ok(frame) => Ok(frame),
+            Err(ChunkError::TooLarge) => Err(self.fail(Some(ChunkViolation::TooLarge))),
+            Err(ChunkError::Malformed(_)) => Err(self.fail(Some(ChunkViolation::Malformed))),
         }
     }
 
@@ -157,7 +110,7 @@ impl Wire {
     /// taking them: a violation there is recorded on the connection, so the request path
     /// refuses the request before anything of it is forwarded.
     pub fn check_buffered(&self) {
-        let BodyRead::Chunked(decoder) = &self.body else {
+        let BodyDecoder::Chunked(decoder) = &self.body else {
             return;
         };
         let mut decoder = decoder.clone();
@@ -202,11 +155,11 @@ impl Wire {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if matches!(self.body, BodyRead::Done) {
+        if self.body.is_done() {
             return Poll::Ready(None);
         }
         if let Err(e) = ready!(self.poll_continue(cx)) {
-            self.body = BodyRead::Failed;
+            self.failed = true;
             return Poll::Ready(Some(Err(Box::new(e))));
         }
         loop {
@@ -215,12 +168,11 @@ impl Wire {
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
-            match self.body {
-                BodyRead::Done => return Poll::Ready(None),
-                BodyRead::Failed => {
-                    return Poll::Ready(Some(Err("request body failed".into())));
-                }
-                _ => {}
+            if self.body.is_done() {
+                return Poll::Ready(None);
+            }
+            if self.failed {
+                return Poll::Ready(Some(Err("request body failed".into())));
             }
             let Some(io) = self.io.as_mut() else {
                 return Poll::Ready(Some(Err(self.fail(None))));
@@ -232,7 +184,7 @@ impl Wire {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.body = BodyRead::Failed;
+                    self.failed = true;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
@@ -282,7 +234,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => true,
             ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::H1(b) => matches!(lock(&b.wire).body, BodyRead::Done),
+            ClientBody::H1(b) => lock(&b.wire).body.is_done(),
         }
     }
 
@@ -290,11 +242,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::H1(b) => match lock(&b.wire).body {
-                BodyRead::Done => SizeHint::with_exact(0),
-                BodyRead::Length(n) => SizeHint::with_exact(n),
-                _ => SizeHint::default(),
-            },
+            ClientBody::H1(b) => lock(&b.wire).body.size_hint(),
         }
     }
 }

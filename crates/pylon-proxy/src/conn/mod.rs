@@ -7,8 +7,6 @@ mod client;
 mod io;
 mod state;
 
-pub use client::{
-    BodyRead, ClientBody, ClientIo, ClientUpgrade, H1Body, OwnUpgrade, Upgraded, Wire,
-};
+pub use client::{ClientBody, ClientIo, ClientUpgrade, H1Body, OwnUpgrade, Upgraded, Wire};
 pub use io::TrackedIo;
 pub use state::{ChunkViolation, ConnState, InFlight, Verdict};

@@ -34,8 +34,8 @@ use tokio::sync::oneshot;
 use super::body::ResponseBody;
 use super::error::{ErrorKind, error_response};
 use super::pipeline::{self, ConnCtx};
-use crate::conn::{BodyRead, ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
-use crate::h1_io::{Encoding, Prefixed, Writer};
+use crate::conn::{ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
+use crate::h1_io::{BodyDecoder, Encoding, Prefixed, Writer};
 use crate::lock;
 
 /// A head's first bytes are read into the stack, this many at most per read.
@@ -118,9 +118,11 @@ enum Next {
     Switched,
 }
 
-/// What waiting for a head found.
+/// What waiting for a head found. Returned once and moved at once: boxing the head
+/// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Head {
-    Ready(Box<RequestHead>),
+    Ready(RequestHead),
     /// EOF or a graceful close between requests.
     Closed,
     Refused(ErrorKind),
@@ -140,7 +142,7 @@ impl Served {
                 }
             };
             // The request's state lives in its own allocation, only while it is served.
-            match Box::pin(self.exchange(*head)).await? {
+            match Box::pin(self.exchange(head)).await? {
                 Next::KeepAlive => {
                     let mut w = lock(&self.wire);
                     if w.reader.buf.is_empty() {
@@ -176,7 +178,7 @@ impl Served {
         loop {
             if !w.reader.buf.is_empty() {
                 match pylon_h1::parse_request(&mut w.reader.buf, &self.head_limits) {
-                    Ok(Some(head)) => return Poll::Ready(Ok(Head::Ready(Box::new(head)))),
+                    Ok(Some(head)) => return Poll::Ready(Ok(Head::Ready(head))),
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Ok(Head::Refused(refusal(e)))),
                 }
@@ -229,12 +231,13 @@ impl Served {
         let body = {
             let mut w = lock(&self.wire);
             w.body = match head.framing {
-                BodyFraming::Length(n) if n > 0 => BodyRead::Length(n),
-                BodyFraming::Chunked => BodyRead::Chunked(ChunkedDecoder::new(self.body_limit)),
-                _ => BodyRead::Done,
+                BodyFraming::Length(n) if n > 0 => BodyDecoder::Length(n),
+                BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new(self.body_limit)),
+                _ => BodyDecoder::Done,
             };
+            w.failed = false;
             w.check_buffered();
-            let has_body = !matches!(w.body, BodyRead::Done);
+            let has_body = !w.body.is_done();
             w.continue_at = (head.expect_continue && has_body).then_some(0);
             if has_body {
                 ClientBody::H1(H1Body::new(Arc::clone(&self.wire)))
@@ -395,11 +398,11 @@ impl Served {
     async fn drain(&self) -> bool {
         {
             let w = lock(&self.wire);
-            match w.body {
-                BodyRead::Done => return true,
-                BodyRead::Failed => return false,
-                _ if w.continue_at == Some(0) => return false,
-                _ => {}
+            if w.failed || (!w.body.is_done() && w.continue_at == Some(0)) {
+                return false;
+            }
+            if w.body.is_done() {
+                return true;
             }
         }
         let mut drained = 0u64;
