@@ -32,7 +32,7 @@ fn request(data: &[u8]) {
         return;
     }
     let mut out = BytesMut::new();
-    write_request_head(&mut out, &head.method, head.target(), head.fields.iter());
+    write_request_head(&mut out, &head.method, head.target(), &head.fields);
     let again = parse_request(&mut out, &LIMITS)
         .expect("written head parses")
         .expect("complete");
@@ -61,7 +61,7 @@ fn response(data: &[u8], method: &Method) {
         head.version,
         head.status,
         Some(head.reason()),
-        head.fields.iter(),
+        &head.fields,
     );
     let again = parse_response(&mut out, method, &LIMITS)
         .expect("written head parses")

@@ -63,6 +63,22 @@ pub enum ChunkStep {
     },
 }
 
+/// Where a body stands for a forwarder that has so far sent its data re-chunked, each
+/// piece a chunk of its own, and from now on forwards the framing as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Between chunks: what comes next goes out as it is.
+    Boundary,
+    /// Within a chunk whose size line was taken: write a size line for this many bytes,
+    /// then the rest of the chunk goes out as it is.
+    InChunk(u64),
+    /// The chunk's data was all taken but not the CRLF after it, which the forwarder
+    /// wrote already: drop that CRLF.
+    AfterData,
+    /// The body has ended.
+    Done,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size,
@@ -92,6 +108,16 @@ impl ChunkedDecoder {
     /// The body has ended.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Where the body stands for a forwarder switching to passing framing through.
+    pub fn handover(&self) -> Handover {
+        match self.state {
+            State::Size => Handover::Boundary,
+            State::Data(left) => Handover::InChunk(left),
+            State::DataEnd => Handover::AfterData,
+            State::Done => Handover::Done,
+        }
     }
 
     /// The next bytes are chunk data.

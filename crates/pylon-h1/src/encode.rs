@@ -1,31 +1,133 @@
-//! Heads and chunk framing written out: names exactly as given (a head forwarded from
-//! [`crate::Fields`] keeps the case it arrived with), one field per line, CRLF line ends.
+//! Heads and chunk framing written out, one field per line, CRLF line ends. Names go
+//! out as they arrived: [`Fields`] as parsed, or a `HeaderMap` (lower-case inside) with
+//! the spellings its message arrived with ([`HeaderCase`]); a name that did not arrive
+//! with the message (one the proxy added, or from HTTP/2) is written in Title-Case, as
+//! NGINX and Apache write theirs.
 
 use bytes::{BufMut, BytesMut};
-use http::{Method, StatusCode, Version};
+use http::{HeaderMap, Method, StatusCode, Version};
+
+use crate::Fields;
+
+/// Header fields that can be written into a head.
+pub trait WriteFields {
+    /// Writes every field as a `name: value` line.
+    fn write_fields(self, out: &mut BytesMut);
+}
+
+impl WriteFields for &Fields {
+    fn write_fields(self, out: &mut BytesMut) {
+        for (name, value) in self.iter() {
+            field(out, name, value);
+        }
+    }
+}
+
+/// How a message's header names were spelled when it arrived: kept with the message
+/// (an `http` extension) only when some name was not in Title-Case, which is how a
+/// name without a kept spelling is written.
+#[derive(Debug, Clone)]
+pub struct HeaderCase(Fields);
+
+impl HeaderCase {
+    /// The spellings of `fields`, or `None` when Title-Case writes every name as it
+    /// arrived.
+    pub fn of(fields: &Fields) -> Option<HeaderCase> {
+        (!fields.names().all(is_title_case)).then(|| HeaderCase(fields.clone()))
+    }
+
+    /// The spelling `name` (lower case) arrived with. A map lists names in the order
+    /// they first arrived, so the search starts at the last one found (`from`).
+    fn spelling(&self, name: &str, from: &mut usize) -> Option<&[u8]> {
+        let n = self.0.len();
+        let start = *from;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let s = self.0.name_at(i);
+            if s.eq_ignore_ascii_case(name.as_bytes()) {
+                *from = i;
+                return Some(s);
+            }
+        }
+        None
+    }
+}
+
+/// A `HeaderMap`'s fields, named as their message spelled them ([`HeaderCase`]), or in
+/// Title-Case.
+pub struct Spelled<'a> {
+    pub fields: &'a HeaderMap,
+    pub case: Option<&'a HeaderCase>,
+}
+
+impl WriteFields for Spelled<'_> {
+    fn write_fields(self, out: &mut BytesMut) {
+        let mut from = 0;
+        for (name, value) in self.fields {
+            let name = name.as_str();
+            let value = value.as_bytes();
+            out.reserve(name.len() + value.len() + 4);
+            match self.case.and_then(|c| c.spelling(name, &mut from)) {
+                Some(s) => out.put_slice(s),
+                None => title_case(out, name.as_bytes()),
+            }
+            out.put_slice(b": ");
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+        }
+    }
+}
+
+/// Each word of `name` (split at `-`) with its first letter upper case, the rest lower.
+fn title_case(out: &mut BytesMut, name: &[u8]) {
+    let mut start = true;
+    for &b in name {
+        out.put_u8(if start {
+            b.to_ascii_uppercase()
+        } else {
+            b.to_ascii_lowercase()
+        });
+        start = b == b'-';
+    }
+}
+
+/// `name` is as [`title_case`] writes it.
+fn is_title_case(name: &[u8]) -> bool {
+    let mut start = true;
+    name.iter().all(|&b| {
+        let ok = if start {
+            !b.is_ascii_lowercase()
+        } else {
+            !b.is_ascii_uppercase()
+        };
+        start = b == b'-';
+        ok
+    })
+}
 
 /// Writes `method target HTTP/1.1`, the fields and the blank line.
-pub fn write_request_head<'a>(
+pub fn write_request_head(
     out: &mut BytesMut,
     method: &Method,
     target: &[u8],
-    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    fields: impl WriteFields,
 ) {
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(target);
     out.put_slice(b" HTTP/1.1\r\n");
-    write_fields(out, fields);
+    fields.write_fields(out);
+    out.put_slice(b"\r\n");
 }
 
 /// Writes the status line (the status's canonical reason when `reason` is `None`), the
 /// fields and the blank line.
-pub fn write_response_head<'a>(
+pub fn write_response_head(
     out: &mut BytesMut,
     version: Version,
     status: StatusCode,
     reason: Option<&[u8]>,
-    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    fields: impl WriteFields,
 ) {
     out.put_slice(if version == Version::HTTP_10 {
         b"HTTP/1.0 "
@@ -40,17 +142,15 @@ pub fn write_response_head<'a>(
             .unwrap_or_default(),
     );
     out.put_slice(b"\r\n");
-    write_fields(out, fields);
+    fields.write_fields(out);
+    out.put_slice(b"\r\n");
 }
 
-fn write_fields<'a>(out: &mut BytesMut, fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
-    for (name, value) in fields {
-        out.reserve(name.len() + value.len() + 4);
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    }
+fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
     out.put_slice(b"\r\n");
 }
 

@@ -114,6 +114,16 @@ impl Fields {
             .map(|f| (&self.raw[f.name.clone()], &self.raw[f.value.clone()]))
     }
 
+    /// The names, as written, in order.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.list.iter().map(|f| &self.raw[f.name.clone()])
+    }
+
+    /// The `i`th field's name as written.
+    pub(crate) fn name_at(&self, i: usize) -> &[u8] {
+        &self.raw[self.list[i].name.clone()]
+    }
+
     /// The values of the fields called `name` (any case), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()

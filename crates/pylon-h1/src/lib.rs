@@ -16,8 +16,10 @@ mod encode;
 mod head;
 mod rules;
 
-pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder};
-pub use encode::{write_chunk_size, write_request_head, write_response_head};
+pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder, Handover};
+pub use encode::{
+    HeaderCase, Spelled, WriteFields, write_chunk_size, write_request_head, write_response_head,
+};
 pub use head::{
     BodyFraming, Fields, HeadError, HeadLimits, RequestHead, ResponseHead, TargetForm,
     parse_request, parse_response,

@@ -310,7 +310,7 @@ fn heads_written_out_parse_back_the_same() {
         b"PATCH /p?q HTTP/1.1\r\nHost: a\r\nX-Case: V\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     let mut out = BytesMut::new();
-    write_request_head(&mut out, &h.method, h.target(), h.fields.iter());
+    write_request_head(&mut out, &h.method, h.target(), &h.fields);
     assert_eq!(&out[..], &h.raw[..]);
     let again = request(&out);
     assert_eq!(
@@ -323,13 +323,7 @@ fn heads_written_out_parse_back_the_same() {
     )
     .unwrap();
     let mut out = BytesMut::new();
-    write_response_head(
-        &mut out,
-        r.version,
-        r.status,
-        Some(r.reason()),
-        r.fields.iter(),
-    );
+    write_response_head(&mut out, r.version, r.status, Some(r.reason()), &r.fields);
     assert_eq!(&out[..], &r.raw[..]);
     let mut out = BytesMut::new();
     write_response_head(
@@ -337,7 +331,46 @@ fn heads_written_out_parse_back_the_same() {
         Version::HTTP_10,
         StatusCode::BAD_GATEWAY,
         None,
-        [],
+        &Fields::default(),
     );
     assert_eq!(&out[..], b"HTTP/1.0 502 Bad Gateway\r\n\r\n");
+}
+
+#[test]
+fn a_header_map_goes_out_with_the_names_spelled_as_they_arrived() {
+    let h = request(
+        b"GET / HTTP/1.1\r\nhost: a\r\nX-API-Key: k\r\nx-lower: 1\r\nAccept: */*\r\nx-lower: 2\r\n\r\n",
+    );
+    let case = HeaderCase::of(&h.fields).expect("names not all in Title-Case");
+    let mut map = h.fields.to_header_map();
+    map.remove("accept");
+    map.insert("x-forwarded-for", http::HeaderValue::from_static("1.2.3.4"));
+    let mut out = BytesMut::new();
+    write_request_head(
+        &mut out,
+        &h.method,
+        h.target(),
+        Spelled {
+            fields: &map,
+            case: Some(&case),
+        },
+    );
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        "GET / HTTP/1.1\r\nhost: a\r\nX-API-Key: k\r\nx-lower: 1\r\nx-lower: 2\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+    );
+    // Names all in Title-Case need nothing kept: Title-Case writes them as they came.
+    let t = request(b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: u\r\nX-Request-Id: 7\r\n\r\n");
+    assert!(HeaderCase::of(&t.fields).is_none());
+    let mut out = BytesMut::new();
+    write_request_head(
+        &mut out,
+        &t.method,
+        t.target(),
+        Spelled {
+            fields: &t.fields.to_header_map(),
+            case: None,
+        },
+    );
+    assert_eq!(&out[..], &t.raw[..]);
 }

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use pylon_h1::{ChunkError, ChunkStep, ChunkedDecoder};
+use pylon_h1::{ChunkError, ChunkStep, ChunkedDecoder, Handover};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::cluster::body::BoxError;
@@ -41,6 +41,9 @@ pub enum Encoding {
     UntilClose,
     Length(u64),
     Chunked,
+    /// Chunked, with the framing already in the body's frames: a chunked body
+    /// forwarded as it came ([`BodyDecoder::pass_chunked`]).
+    ChunkedPassed,
 }
 
 /// A message's way out: the head, then the body as it comes, framed, in vectored
@@ -65,7 +68,7 @@ where
     pub fn new(head: Bytes, body: B, encoding: Encoding) -> Writer<B> {
         let left = match encoding {
             Encoding::Length(n) => n,
-            Encoding::Chunked | Encoding::UntilClose => 0,
+            Encoding::Chunked | Encoding::ChunkedPassed | Encoding::UntilClose => 0,
         };
         let mut queue = VecDeque::with_capacity(4);
         let queued = head.len();
@@ -81,7 +84,8 @@ where
         }
     }
 
-    fn push(&mut self, b: Bytes) {
+    /// Queues bytes to go out before the body's next frame.
+    pub fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.queued += b.len();
             self.queue.push_back(b);
@@ -93,7 +97,7 @@ where
         match frame.into_data() {
             Ok(data) if data.is_empty() => Ok(()),
             Ok(data) => match self.encoding {
-                Encoding::UntilClose => {
+                Encoding::UntilClose | Encoding::ChunkedPassed => {
                     self.push(data);
                     Ok(())
                 }
@@ -141,7 +145,7 @@ where
                 Ok(())
             }
             Encoding::Length(_) if self.left != 0 => Err(WriteError::Length),
-            Encoding::Length(_) | Encoding::UntilClose => Ok(()),
+            Encoding::Length(_) | Encoding::UntilClose | Encoding::ChunkedPassed => Ok(()),
         }
     }
 
@@ -232,6 +236,13 @@ pub enum BodyDecoder {
     /// The chunked body has ended; its trailers are handed out next (boxed: rare, and
     /// large beside the other states).
     Trailers(Box<HeaderMap>),
+    /// A chunked body handed out as it came, framing and trailers included, for a
+    /// writer that forwards it as it is ([`Encoding::ChunkedPassed`]). `drop_crlf`: the
+    /// CRLF that ends the current chunk's data went out already.
+    Passing {
+        decoder: ChunkedDecoder,
+        drop_crlf: bool,
+    },
 }
 
 impl BodyDecoder {
@@ -245,6 +256,31 @@ impl BodyDecoder {
             BodyDecoder::Length(n) => SizeHint::with_exact(*n),
             _ => SizeHint::default(),
         }
+    }
+
+    /// From now on the body's frames carry its chunked framing, checked as strictly as
+    /// ever but forwarded as it came rather than re-chunked. `None` when the body is
+    /// not a chunked one still being read; else the bytes to write before the next
+    /// frame (the size line of a chunk whose data has begun).
+    pub fn pass_chunked(&mut self) -> Option<Bytes> {
+        let BodyDecoder::Chunked(decoder) = self else {
+            return None;
+        };
+        let (prefix, drop_crlf) = match decoder.handover() {
+            Handover::Done => return None,
+            Handover::Boundary => (Bytes::new(), false),
+            Handover::AfterData => (Bytes::new(), true),
+            Handover::InChunk(left) => {
+                let mut line = BytesMut::with_capacity(18);
+                pylon_h1::write_chunk_size(&mut line, left);
+                (line.freeze(), false)
+            }
+        };
+        *self = BodyDecoder::Passing {
+            decoder: decoder.clone(),
+            drop_crlf,
+        };
+        Some(prefix)
     }
 
     /// Takes what `buf` holds of the body: one data frame (with the chunk framing after
@@ -299,6 +335,52 @@ impl BodyDecoder {
                     }
                 }
                 Ok(data.map(Frame::data))
+            }
+            BodyDecoder::Passing { decoder, drop_crlf } => {
+                // Everything complete in `buf` goes out in one frame, as it came but
+                // for a line whose extension is dropped.
+                let mut n = 0;
+                loop {
+                    match decoder.step(&buf[n..])? {
+                        ChunkStep::NeedMore => break,
+                        ChunkStep::Data(k) => n += k,
+                        ChunkStep::Framing { len, rewrite: None } if *drop_crlf => {
+                            *drop_crlf = false;
+                            buf.advance(len);
+                        }
+                        ChunkStep::Framing { len, rewrite: None } => n += len,
+                        ChunkStep::Framing {
+                            len,
+                            rewrite: Some(size),
+                        } => {
+                            let mut out = BytesMut::with_capacity(n + 18);
+                            out.extend_from_slice(&buf[..n]);
+                            buf.advance(n + len);
+                            pylon_h1::write_chunk_size(&mut out, size);
+                            return Ok(Some(Frame::data(out.freeze())));
+                        }
+                        ChunkStep::End {
+                            len,
+                            trailers,
+                            rewrite,
+                        } => {
+                            let last = if rewrite {
+                                let mut out = BytesMut::with_capacity(n + len);
+                                out.extend_from_slice(&buf[..n]);
+                                out.extend_from_slice(b"0\r\n");
+                                out.extend_from_slice(&buf[n + trailers.start..n + trailers.end]);
+                                out.extend_from_slice(b"\r\n");
+                                buf.advance(n + len);
+                                out.freeze()
+                            } else {
+                                buf.split_to(n + len).freeze()
+                            };
+                            *self = BodyDecoder::Done;
+                            return Ok(Some(Frame::data(last)));
+                        }
+                    }
+                }
+                Ok((n > 0).then(|| Frame::data(buf.split_to(n).freeze())))
             }
         }
     }

@@ -113,11 +113,11 @@ async fn malformed_requests_get_400_and_never_reach_the_origin() {
 
     let out = raw(addr, b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    assert!(out.contains("x-pylon-error: missing_host"), "{out}");
+    assert!(out.contains("X-Pylon-Error: missing_host"), "{out}");
 
     let out = raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    assert!(out.contains("x-pylon-error: malformed_request"), "{out}");
+    assert!(out.contains("X-Pylon-Error: malformed_request"), "{out}");
 
     let out = raw(
         addr,

@@ -139,7 +139,7 @@ async fn access_rules_deny_with_their_name() {
     let (status, text, _) = curl_via(p.addr("fwd"), &[], &format!("http://{}/", echo.addr)).await;
     assert_eq!(status, 403, "{text}");
     assert!(
-        text.contains("x-pylon-error: denied: private_address"),
+        text.contains("X-Pylon-Error: denied: private_address"),
         "{text}"
     );
     assert_eq!(echo.request_count(), 0);
@@ -152,13 +152,13 @@ rules = [
     let p = TestProxy::start(&config(rules, "")).await;
     let (status, text, _) = curl_via(p.addr("fwd"), &[], "http://www.blocked.test/").await;
     assert_eq!(status, 403);
-    assert!(text.contains("x-pylon-error: denied: no-blocked"), "{text}");
+    assert!(text.contains("X-Pylon-Error: denied: no-blocked"), "{text}");
     // CONNECT only to 443 by default.
     let (status, text, _) =
         curl_via(p.addr("fwd"), &["-p"], &format!("http://{}/", echo.addr)).await;
     assert_eq!(status, 403, "{text}");
     assert!(
-        text.contains("x-pylon-error: denied: connect_port"),
+        text.contains("X-Pylon-Error: denied: connect_port"),
         "{text}"
     );
     let (status, _, _) = curl_via(p.addr("fwd"), &[], "http://127.0.0.1:22/").await;
@@ -371,7 +371,7 @@ async fn names_resolving_to_special_purpose_addresses_are_denied() {
         let (status, text, err) = curl_via(p.addr("fwd"), &[], &format!("http://{name}/")).await;
         assert_eq!(status, 403, "{name}: {text}{err}");
         assert!(
-            text.contains("x-pylon-error: denied: private_address"),
+            text.contains("X-Pylon-Error: denied: private_address"),
             "{name}: {text}"
         );
     }
@@ -381,7 +381,7 @@ async fn names_resolving_to_special_purpose_addresses_are_denied() {
             curl_via(p.addr("fwd"), &["-p"], &format!("http://{name}:443/")).await;
         assert_eq!(status, 403, "{name}: {text}{err}");
         assert!(
-            text.contains("x-pylon-error: denied: private_address"),
+            text.contains("X-Pylon-Error: denied: private_address"),
             "{name}: {text}"
         );
     }
@@ -420,7 +420,7 @@ async fn a_name_resolving_to_an_allowed_address_goes_through() {
         curl_via(strict.addr("fwd"), &[], &format!("http://{authority}/")).await;
     assert_eq!(status, 403, "{text}");
     assert!(
-        text.contains("x-pylon-error: denied: private_address"),
+        text.contains("X-Pylon-Error: denied: private_address"),
         "{text}"
     );
     assert_eq!(echo.request_count(), 1);
@@ -433,7 +433,7 @@ async fn unresolvable_destinations_answer_502_destination_unresolved() {
     let (status, text, err) = curl_via(p.addr("fwd"), &[], "http://missing.pylon.test/").await;
     assert_eq!(status, 502, "{text}{err}");
     assert!(
-        text.contains("x-pylon-error: destination_unresolved"),
+        text.contains("X-Pylon-Error: destination_unresolved"),
         "{text}"
     );
 
@@ -447,7 +447,7 @@ async fn unresolvable_destinations_answer_502_destination_unresolved() {
     let (status, text, err) = curl_via(p.addr("fwd"), &[], "http://silent.pylon.test/").await;
     assert_eq!(status, 502, "{text}{err}");
     assert!(
-        text.contains("x-pylon-error: destination_unresolved"),
+        text.contains("X-Pylon-Error: destination_unresolved"),
         "{text}"
     );
 }
@@ -474,7 +474,7 @@ async fn a_silent_destination_is_answered_504_after_the_response_timeout() {
     let (status, text, err) = curl_via(p.addr("fwd"), &[], &url).await;
     assert_eq!(status, 504, "{text}{err}");
     assert!(
-        text.contains("x-pylon-error: upstream_response_timeout"),
+        text.contains("X-Pylon-Error: upstream_response_timeout"),
         "{text}"
     );
     assert_eq!(

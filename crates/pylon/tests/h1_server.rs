@@ -1,7 +1,8 @@
 //! Pylon's HTTP/1.1 server on the wire: pipelined requests answered in order, HTTP/1.0
 //! clients (close-delimited and keep-alive), a body the request path never read drained
 //! so the connection carries on, a refused head answered with its status and reason,
-//! and `Date` on every answer.
+//! `Date` on every answer, header names in the case they arrived with, and chunked
+//! uploads forwarded with their framing as it came.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -132,13 +133,16 @@ async fn a_refused_head_gets_its_status_and_reason_then_the_close() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(
-        answer.contains("x-pylon-error: malformed_request"),
+        answer.contains("\r\nX-Pylon-Error: malformed_request\r\n"),
         "{answer}"
     );
     assert!(answer.to_ascii_lowercase().contains("connection: close"));
     let answer = raw(p.addr("front"), b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("x-pylon-error: missing_host"), "{answer}");
+    assert!(
+        answer.contains("\r\nX-Pylon-Error: missing_host\r\n"),
+        "{answer}"
+    );
     assert_eq!(origin.request_count(), 0, "nothing reached the origin");
 }
 
@@ -171,4 +175,80 @@ async fn request_trailers_that_arrive_with_the_last_chunk_reach_the_origin() {
     let seen: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(seen["body_len"], 5, "{seen}");
     assert_eq!(seen["trailers"][0], "x-checksum=42", "{seen}");
+}
+
+#[tokio::test]
+async fn header_names_keep_the_case_they_arrived_with_both_ways() {
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let origin = RawOrigin::start(move |mut s: TcpStream| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let head = read_until(&mut s, "\r\n\r\n", 1).await;
+            let _ = seen_tx.send(head);
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-lower-answer: 1\r\n\
+                      ETag: \"v1\"\r\nX-CSRF-TOKEN: t\r\n\r\nok",
+                )
+                .await;
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let answer = raw(
+        p.addr("front"),
+        b"GET /case HTTP/1.1\r\nhost: a\r\nX-API-Key: k\r\nx-lower: 1\r\n\
+          User-Agent: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let seen = seen_rx.recv().await.expect("the origin saw the request");
+    for line in [
+        "\r\nhost: a\r\n",
+        "\r\nX-API-Key: k\r\n",
+        "\r\nx-lower: 1\r\n",
+        "\r\nUser-Agent: t\r\n",
+    ] {
+        assert!(seen.contains(line), "{line:?} kept its case: {seen}");
+    }
+    for line in [
+        "\r\nx-lower-answer: 1\r\n",
+        "\r\nETag: \"v1\"\r\n",
+        "\r\nX-CSRF-TOKEN: t\r\n",
+    ] {
+        assert!(answer.contains(line), "{line:?} kept its case: {answer}");
+    }
+    // A field Pylon writes itself is in Title-Case.
+    assert!(answer.contains("\r\nDate: "), "{answer}");
+}
+
+#[tokio::test]
+async fn a_chunked_upload_reaches_the_origin_with_its_framing_as_it_came() {
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let origin = RawOrigin::start(move |mut s: TcpStream| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            // The head's blank line, then the trailer section's.
+            let seen = read_until(&mut s, "\r\n\r\n", 2).await;
+            let _ = seen_tx.send(seen);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let answer = raw(
+        p.addr("front"),
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          00A\r\n0123456789\r\n3;x=y\r\nabc\r\n0\r\nX-Sum: 13\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = seen_rx.recv().await.expect("the origin saw the upload");
+    let body = &seen[seen.find("\r\n\r\n").unwrap() + 4..];
+    // As it came, but for the extension, which is dropped.
+    assert_eq!(
+        body, "00A\r\n0123456789\r\n3\r\nabc\r\n0\r\nX-Sum: 13\r\n\r\n",
+        "{seen}"
+    );
 }

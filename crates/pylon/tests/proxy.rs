@@ -62,7 +62,7 @@ async fn quickstart_splits_evenly_over_http1_and_h2c_with_curl() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.starts_with("HTTP/1.1 301"), "{s}");
     assert!(
-        s.contains(&format!("location: http://{}/new", p.addr("front"))),
+        s.contains(&format!("Location: http://{}/new", p.addr("front"))),
         "{s}"
     );
 }

@@ -361,7 +361,7 @@ async fn a_101_that_is_not_the_websocket_asked_for_opens_no_tunnel() {
             "{name}: 502, not a tunnel: {out}"
         );
         assert!(
-            out.contains("x-pylon-error: upstream_invalid_upgrade"),
+            out.contains("X-Pylon-Error: upstream_invalid_upgrade"),
             "{name}: {out}"
         );
         let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();

@@ -1,7 +1,8 @@
 //! Upstream HTTP/1.1 as Pylon drives it from the request's own task: pooled
 //! connections reused and checked for closure first, a request that a closing
 //! connection dropped sent again only when that is safe, early answers to uploads,
-//! interim answers, trailers, and the bytes an origin sends right after its 101.
+//! interim answers, trailers, chunked answers passed through with their framing, and
+//! the bytes an origin sends right after its 101.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -240,4 +241,80 @@ async fn bytes_an_origin_sends_with_its_101_reach_the_client() {
         .unwrap();
     assert_eq!(first.into_text().unwrap().as_str(), "hello");
     let _ = ws.close(None).await;
+}
+
+#[tokio::test]
+async fn a_chunked_answer_reaches_an_http11_client_with_its_framing_as_it_came() {
+    // The first chunk comes with the head; the rest, with upper-case and zero-padded
+    // sizes, an extension and a trailer, once the client has seen the first.
+    let (go_tx, go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
+    let origin = RawOrigin::start(move |mut s: TcpStream| {
+        let go_rx = Arc::clone(&go_rx);
+        async move {
+            if read_head(&mut s).await.is_none() {
+                return;
+            }
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n00A\r\n01",
+                )
+                .await;
+            if go_rx.lock().await.recv().await.is_none() {
+                return;
+            }
+            let _ = s
+                .write_all(
+                    b"23456789\r\n1C;name=v\r\n0123456789abcdefghijklmnopqr\r\n\
+                      00B\r\nhello world\r\n0\r\nX-Sum: 1\r\n\r\n",
+                )
+                .await;
+        }
+    })
+    .await;
+    let p = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    s.write_all(get_close("/c").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("the first chunk within the deadline")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    go_tx.send(()).unwrap();
+    got.extend_from_slice(read_to_close(&mut s).await.as_bytes());
+    let text = String::from_utf8(got).unwrap();
+    let body = &text[text.find("\r\n\r\n").expect("a head") + 4..];
+    // The chunks read with the head went out re-chunked; the rest as it came, but for
+    // the extension, which is dropped.
+    assert!(body.starts_with("5\r\nfirst\r\n"), "{body:?}");
+    assert!(
+        body.ends_with(
+            "23456789\r\n1c\r\n0123456789abcdefghijklmnopqr\r\n\
+             00B\r\nhello world\r\n0\r\nX-Sum: 1\r\n\r\n"
+        ),
+        "{body:?}"
+    );
+    // Still a sound body: the client-side decoder agrees on the data.
+    let mut raw = bytes::BytesMut::from(body.as_bytes());
+    let mut decoder = pylon_h1::ChunkedDecoder::new(u64::MAX);
+    let mut data = Vec::new();
+    loop {
+        match decoder.step(&raw).unwrap() {
+            pylon_h1::ChunkStep::Data(n) => data.extend_from_slice(&raw.split_to(n)),
+            pylon_h1::ChunkStep::Framing { len, .. } => {
+                let _ = raw.split_to(len);
+            }
+            pylon_h1::ChunkStep::End { .. } => break,
+            pylon_h1::ChunkStep::NeedMore => panic!("cut: {body:?}"),
+        }
+    }
+    assert_eq!(
+        String::from_utf8(data).unwrap(),
+        "first01234567890123456789abcdefghijklmnopqrhello world"
+    );
 }

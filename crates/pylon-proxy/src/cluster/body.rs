@@ -38,7 +38,31 @@ pub enum RequestBody {
         inner: crate::conn::ClientBody,
         limit: u64,
         meter: Arc<RequestMeter>,
+        /// The frames carry the chunked framing as it came (see
+        /// [`RequestBody::pass_chunked`]): the body's limit is held by its decoder,
+        /// and the bytes counted include the framing.
+        passed: bool,
     },
+}
+
+impl RequestBody {
+    /// A client's chunked HTTP/1.1 body, untransformed, goes to an HTTP/1.1 upstream
+    /// with its framing as it came instead of re-chunked: from now on its frames carry
+    /// that framing. The bytes to write before them, or `None` when this body cannot
+    /// be passed through.
+    pub fn pass_chunked(&mut self) -> Option<Bytes> {
+        let RequestBody::Stream {
+            inner: crate::conn::ClientBody::H1(b),
+            passed,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let first = b.pass_chunked()?;
+        *passed = true;
+        Some(first)
+    }
 }
 
 impl Body for RequestBody {
@@ -57,12 +81,13 @@ impl Body for RequestBody {
                 inner,
                 limit,
                 meter,
+                passed,
             } => match ready!(Pin::new(inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         let total = meter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed)
                             + data.len() as u64;
-                        if total > *limit {
+                        if total > *limit && !*passed {
                             meter.too_large.store(true, Ordering::Relaxed);
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                         }
@@ -105,6 +130,16 @@ pub enum UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// An HTTP/1.1 chunked body's frames carry its framing from now on, for a writer
+    /// that forwards it as it came: the bytes to write first, or `None` when this body
+    /// cannot be passed through.
+    pub fn pass_chunked(&mut self) -> Option<Bytes> {
+        match self {
+            UpstreamBody::H1(b) => b.pass_chunked(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+
     /// After a 101 from an HTTP/1.1 upstream: its connection, for a tunnel.
     pub fn into_upgraded(self) -> Option<super::h1::Prefixed<crate::tls::upstream::UpstreamIo>> {
         match self {

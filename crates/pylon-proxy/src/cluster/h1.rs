@@ -256,8 +256,16 @@ pub(super) async fn exchange(
     home: Option<Lent>,
     reused: bool,
 ) -> Result<Response<H1Body>, Failure> {
-    let (mut parts, body) = req.into_parts();
-    let encoding = encoding(&mut parts, &body).map_err(Failure::Failed)?;
+    let (mut parts, mut body) = req.into_parts();
+    let mut encoding = encoding(&mut parts, &body).map_err(Failure::Failed)?;
+    // A client's chunked body goes on with its framing as it came.
+    let passed = match encoding {
+        Encoding::Chunked => body.pass_chunked(),
+        _ => None,
+    };
+    if passed.is_some() {
+        encoding = Encoding::ChunkedPassed;
+    }
     let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
     let target = parts
         .uri
@@ -268,10 +276,10 @@ pub(super) async fn exchange(
         &mut head,
         &parts.method,
         target,
-        parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        pylon_h1::Spelled {
+            fields: &parts.headers,
+            case: parts.extensions.get(),
+        },
     );
     // A body that can be sent again, should a reused connection turn out closed.
     let replay: Option<Option<Bytes>> = match &body {
@@ -279,7 +287,11 @@ pub(super) async fn exchange(
         RequestBody::Full(b) => Some(b.clone()),
         _ => None,
     };
-    let mut writer = Some(Box::new(Writer::new(head.freeze(), body, encoding)));
+    let mut writer = Writer::new(head.freeze(), body, encoding);
+    if let Some(first) = passed {
+        writer.push(first);
+    }
+    let mut writer = Some(Box::new(writer));
     let mut write_error = None;
     let mut wrote = false;
     let mut reader = Reader::default();
@@ -360,6 +372,9 @@ pub(super) async fn exchange(
         Version::HTTP_11
     };
     *resp.headers_mut() = head.fields.to_header_map();
+    if let Some(case) = pylon_h1::HeaderCase::of(&head.fields) {
+        resp.extensions_mut().insert(case);
+    }
     let mut body = H1Body {
         conn: Some(Conn { io, reader, writer }),
         decoder,
@@ -411,6 +426,14 @@ impl H1Body {
 
     /// Takes what the buffered bytes hold: a data frame, or trailers; the connection
     /// goes back once the body has ended.
+    /// From now on the body's frames carry its chunked framing as it came
+    /// ([`BodyDecoder::pass_chunked`]); `None` when it is not a chunked body still
+    /// being read.
+    pub fn pass_chunked(&mut self) -> Option<Bytes> {
+        self.conn.as_ref()?;
+        self.decoder.pass_chunked()
+    }
+
     fn take_buffered(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
         let Some(conn) = &mut self.conn else {
             return Ok(None);

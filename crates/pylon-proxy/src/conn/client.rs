@@ -201,6 +201,13 @@ impl H1Body {
     pub fn new(wire: Arc<Mutex<Wire>>) -> H1Body {
         H1Body { wire }
     }
+
+    /// From now on the body's frames carry its chunked framing as it came
+    /// ([`BodyDecoder::pass_chunked`]); `None` when it is not a chunked body still
+    /// being read.
+    pub fn pass_chunked(&self) -> Option<Bytes> {
+        lock(&self.wire).body.pass_chunked()
+    }
 }
 
 /// A request body as the client sends it.

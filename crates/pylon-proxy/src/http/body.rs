@@ -188,6 +188,32 @@ impl ResponseBody {
         }
     }
 
+    /// An upstream's chunked HTTP/1.1 body, untransformed, goes to an HTTP/1.1 client
+    /// with its framing as it came instead of re-chunked: from now on its frames carry
+    /// that framing. The bytes to write before them (a first frame already read,
+    /// chunked, and the size line of a chunk begun), or `None` when this body cannot be
+    /// passed through. Bytes sent count the framing from then on, as NGINX's
+    /// `$body_bytes_sent` does.
+    pub fn pass_chunked(&mut self) -> Option<Bytes> {
+        let Kind::Stream(inner, ahead) = &mut self.kind else {
+            return None;
+        };
+        if matches!(ahead, Some(Ahead::Trailers(_))) {
+            return None;
+        }
+        let rest = inner.pass_chunked()?;
+        let Some(Ahead::Data(first)) = ahead.take() else {
+            return Some(rest);
+        };
+        let mut out = bytes::BytesMut::with_capacity(first.len() + rest.len() + 20);
+        pylon_h1::write_chunk_size(&mut out, first.len() as u64);
+        out.extend_from_slice(&first);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&rest);
+        self.sent += first.len() as u64;
+        Some(out.freeze())
+    }
+
     /// Reports this body's progress to its HTTP/2 stream's stall guard.
     pub fn set_progress(&mut self, p: Arc<StreamProgress>) {
         self.progress = Some(p);

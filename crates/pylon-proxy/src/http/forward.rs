@@ -688,6 +688,7 @@ async fn forward_request(
             inner: body,
             limit: listener.config.limits.max_request_body,
             meter,
+            passed: false,
         }
     };
     ex.log.upstream = Some(pool.address);

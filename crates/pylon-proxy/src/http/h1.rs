@@ -27,7 +27,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body;
 use pylon_config::model::Limits;
-use pylon_h1::{BodyFraming, ChunkedDecoder, HeadError, HeadLimits, RequestHead};
+use pylon_h1::{
+    BodyFraming, ChunkedDecoder, HeadError, HeadLimits, HeaderCase, RequestHead, Spelled,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -211,14 +213,8 @@ impl Served {
     /// Answers a head that never became a request, and closes.
     async fn refuse(&self, kind: ErrorKind) -> io::Result<()> {
         let (mut parts, body) = error_response(kind).into_parts();
-        let mut writer = self.response_writer(
-            Version::HTTP_11,
-            parts.status,
-            &mut parts.headers,
-            body,
-            false,
-            &mut false,
-        );
+        let mut writer =
+            self.response_writer(Version::HTTP_11, &mut parts, body, false, &mut false);
         std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
             .await
             .map_err(io::Error::other)
@@ -250,6 +246,9 @@ impl Served {
         *req.uri_mut() = head.uri;
         *req.version_mut() = version;
         *req.headers_mut() = head.fields.to_header_map();
+        if let Some(case) = HeaderCase::of(&head.fields) {
+            req.extensions_mut().insert(case);
+        }
         let switch = (head.upgrade || method == Method::CONNECT).then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut().insert(OwnUpgrade::new(rx));
@@ -260,9 +259,7 @@ impl Served {
         let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS
             || (method == Method::CONNECT && parts.status.is_success());
         if let (true, Some(tx)) = (switched, switch) {
-            return self
-                .switch(parts.status, &mut parts.headers, body, tx)
-                .await;
+            return self.switch(parts.status, &mut parts, body, tx).await;
         }
         let mut keep_alive = head.keep_alive
             && !self.graceful.on.load(Ordering::Relaxed)
@@ -271,14 +268,7 @@ impl Served {
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
-        let mut writer = self.response_writer(
-            version,
-            parts.status,
-            &mut parts.headers,
-            body,
-            bodyless,
-            &mut keep_alive,
-        );
+        let mut writer = self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
         std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
             .await
             .map_err(io::Error::other)?;
@@ -298,20 +288,21 @@ impl Served {
     async fn switch(
         &self,
         status: StatusCode,
-        headers: &mut HeaderMap,
+        parts: &mut http::response::Parts,
         body: ResponseBody,
         tx: oneshot::Sender<Upgraded>,
     ) -> io::Result<Next> {
-        add_date(headers);
+        add_date(&mut parts.headers);
         let mut out = BytesMut::with_capacity(256);
         pylon_h1::write_response_head(
             &mut out,
             Version::HTTP_11,
             status,
             None,
-            headers
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            Spelled {
+                fields: &parts.headers,
+                case: parts.extensions.get(),
+            },
         );
         let mut writer = Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0));
         std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
@@ -334,12 +325,13 @@ impl Served {
     fn response_writer(
         &self,
         version: Version,
-        status: StatusCode,
-        headers: &mut HeaderMap,
-        body: ResponseBody,
+        parts: &mut http::response::Parts,
+        mut body: ResponseBody,
         bodyless: bool,
         keep_alive: &mut bool,
     ) -> Writer<ResponseBody> {
+        let headers = &mut parts.headers;
+        let mut passed = None;
         let encoding = if bodyless {
             None
         } else if let Some(n) = headers
@@ -359,7 +351,13 @@ impl Served {
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
-            Some(Encoding::Chunked)
+            // An upstream's chunked body goes on with its framing as it came.
+            passed = body.pass_chunked();
+            Some(if passed.is_some() {
+                Encoding::ChunkedPassed
+            } else {
+                Encoding::Chunked
+            })
         } else {
             *keep_alive = false;
             Some(Encoding::UntilClose)
@@ -379,14 +377,21 @@ impl Served {
             } else {
                 Version::HTTP_11
             },
-            status,
+            parts.status,
             None,
-            headers
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            Spelled {
+                fields: headers,
+                case: parts.extensions.get::<HeaderCase>(),
+            },
         );
         match encoding {
-            Some(e) => Writer::new(out.freeze(), body, e),
+            Some(e) => {
+                let mut writer = Writer::new(out.freeze(), body, e);
+                if let Some(first) = passed {
+                    writer.push(first);
+                }
+                writer
+            }
             // Nothing of the body goes out; it ends (and is counted) when dropped.
             None => Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0)),
         }

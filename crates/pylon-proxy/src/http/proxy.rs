@@ -177,6 +177,7 @@ async fn request_payload(
             inner: incoming,
             limit,
             meter,
+            passed: false,
         }))),
     }
 }
@@ -527,6 +528,9 @@ fn clone_parts(p: &Parts) -> Parts {
     *r.uri_mut() = p.uri.clone();
     *r.version_mut() = p.version;
     *r.headers_mut() = p.headers.clone();
+    if let Some(case) = p.extensions.get::<pylon_h1::HeaderCase>() {
+        r.extensions_mut().insert(case.clone());
+    }
     r.into_parts().0
 }
 
