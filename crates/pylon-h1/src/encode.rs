@@ -2,7 +2,7 @@
 //! out as they arrived: [`Fields`] as parsed, or a `HeaderMap` (lower-case inside) with
 //! the spellings its message arrived with ([`HeaderCase`]); a name that did not arrive
 //! with the message (one the proxy added, or from HTTP/2) is written in Title-Case, as
-//! NGINX and Apache write theirs.
+//! NGINX and Apache write theirs (or as a few names are usually spelled: `ETag`).
 
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Version};
@@ -30,10 +30,14 @@ impl WriteFields for &Fields {
 pub struct HeaderCase(Fields);
 
 impl HeaderCase {
-    /// The spellings of `fields`, or `None` when Title-Case writes every name as it
-    /// arrived.
-    pub fn of(fields: &Fields) -> Option<HeaderCase> {
-        (!fields.names().all(is_title_case)).then(|| HeaderCase(fields.clone()))
+    /// The spellings of `fields`, or `None` when [`Spelled`] writes every name as it
+    /// arrived without them.
+    pub fn of(fields: Fields) -> Option<HeaderCase> {
+        if fields.names().all(is_canonical) {
+            None
+        } else {
+            Some(HeaderCase(fields))
+        }
     }
 
     /// The spelling `name` (lower case) arrived with. A map lists names in the order
@@ -53,8 +57,8 @@ impl HeaderCase {
     }
 }
 
-/// A `HeaderMap`'s fields, named as their message spelled them ([`HeaderCase`]), or in
-/// Title-Case.
+/// A `HeaderMap`'s fields, named as their message spelled them ([`HeaderCase`]), or
+/// canonically: in Title-Case, or as a few names are usually spelled (`ETag`).
 pub struct Spelled<'a> {
     pub fields: &'a HeaderMap,
     pub case: Option<&'a HeaderCase>,
@@ -69,7 +73,7 @@ impl WriteFields for Spelled<'_> {
             out.reserve(name.len() + value.len() + 4);
             match self.case.and_then(|c| c.spelling(name, &mut from)) {
                 Some(s) => out.put_slice(s),
-                None => title_case(out, name.as_bytes()),
+                None => canonical(out, name),
             }
             out.put_slice(b": ");
             out.put_slice(value);
@@ -78,31 +82,55 @@ impl WriteFields for Spelled<'_> {
     }
 }
 
-/// Each word of `name` (split at `-`) with its first letter upper case, the rest lower.
-fn title_case(out: &mut BytesMut, name: &[u8]) {
+/// Names whose usual spelling is not Title-Case.
+const SPELLINGS: [&str; 7] = [
+    "ETag",
+    "TE",
+    "WWW-Authenticate",
+    "Content-MD5",
+    "DNT",
+    "X-XSS-Protection",
+    "X-UA-Compatible",
+];
+
+/// Writes `name` (lower case, as a `HeaderName` holds it) as it is usually spelled:
+/// one of [`SPELLINGS`], else each word (split at `-`) with its first letter upper case.
+fn canonical(out: &mut BytesMut, name: &str) {
+    let known = match name {
+        "etag" => Some(0),
+        "te" => Some(1),
+        "www-authenticate" => Some(2),
+        "content-md5" => Some(3),
+        "dnt" => Some(4),
+        "x-xss-protection" => Some(5),
+        "x-ua-compatible" => Some(6),
+        _ => None,
+    };
+    if let Some(i) = known {
+        out.put_slice(SPELLINGS[i].as_bytes());
+        return;
+    }
+    let at = out.len();
+    out.put_slice(name.as_bytes());
     let mut start = true;
-    for &b in name {
-        out.put_u8(if start {
-            b.to_ascii_uppercase()
-        } else {
-            b.to_ascii_lowercase()
-        });
-        start = b == b'-';
+    for b in &mut out[at..] {
+        if start {
+            b.make_ascii_uppercase();
+        }
+        start = *b == b'-';
     }
 }
 
-/// `name` is as [`title_case`] writes it.
-fn is_title_case(name: &[u8]) -> bool {
+/// `name` is as [`canonical`] writes it.
+fn is_canonical(name: &[u8]) -> bool {
     let mut start = true;
-    name.iter().all(|&b| {
-        let ok = if start {
-            !b.is_ascii_lowercase()
-        } else {
-            !b.is_ascii_uppercase()
-        };
+    for &b in name {
+        if (start && b.is_ascii_lowercase()) || (!start && b.is_ascii_uppercase()) {
+            return SPELLINGS.iter().any(|s| s.as_bytes() == name);
+        }
         start = b == b'-';
-        ok
-    })
+    }
+    true
 }
 
 /// Writes `method target HTTP/1.1`, the fields and the blank line.

@@ -372,7 +372,7 @@ pub(super) async fn exchange(
         Version::HTTP_11
     };
     *resp.headers_mut() = head.fields.to_header_map();
-    if let Some(case) = pylon_h1::HeaderCase::of(&head.fields) {
+    if let Some(case) = pylon_h1::HeaderCase::of(head.fields) {
         resp.extensions_mut().insert(case);
     }
     let mut body = H1Body {

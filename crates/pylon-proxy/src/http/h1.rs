@@ -246,7 +246,7 @@ impl Served {
         *req.uri_mut() = head.uri;
         *req.version_mut() = version;
         *req.headers_mut() = head.fields.to_header_map();
-        if let Some(case) = HeaderCase::of(&head.fields) {
+        if let Some(case) = HeaderCase::of(head.fields) {
             req.extensions_mut().insert(case);
         }
         let switch = (head.upgrade || method == Method::CONNECT).then(|| {
