@@ -252,3 +252,58 @@ async fn a_chunked_upload_reaches_the_origin_with_its_framing_as_it_came() {
         "{seen}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_on_a_keep_alive_promised_before_a_graceful_close_is_answered() {
+    const BIG: usize = 32 << 20;
+    let origin = Origin::start(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/big" {
+            http::Response::new(full(vec![b'x'; BIG]))
+        } else {
+            http::Response::new(full("small"))
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let front = p.addr("front");
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The head promises keep-alive; the body, not read on yet, fills the sockets.
+    let head = read_until(&mut s, "\r\n\r\n", 1).await;
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut body = head.len() - head.find("\r\n\r\n").unwrap() - 4;
+    // The listener moves to another address while the body goes out: its old socket
+    // closes and its connections drain.
+    let moved = config(origin.addr).replace("127.0.0.1:0", "127.0.0.2:0");
+    p.proxy
+        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
+        .await
+        .unwrap();
+    eventually_async("the old listening socket closed", || async {
+        TcpStream::connect(front).await.is_err()
+    })
+    .await;
+    let mut buf = vec![0u8; 1 << 16];
+    while body < BIG {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("the body within the deadline")
+            .unwrap();
+        assert!(n > 0, "cut after {body} bytes");
+        body += n;
+    }
+    assert_eq!(body, BIG);
+    // The client takes the promise and sends its next request at once.
+    s.write_all(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("small"), "{answer}");
+}

@@ -202,8 +202,10 @@ impl ResponseBody {
             return None;
         }
         let rest = inner.pass_chunked()?;
-        let Some(Ahead::Data(first)) = ahead.take() else {
-            return Some(rest);
+        let first = match ahead.take() {
+            Some(Ahead::Data(first)) if !first.is_empty() => first,
+            // (An empty chunk would read as the body's end.)
+            _ => return Some(rest),
         };
         let mut out = bytes::BytesMut::with_capacity(first.len() + rest.len() + 20);
         pylon_h1::write_chunk_size(&mut out, first.len() as u64);

@@ -45,6 +45,9 @@ const FIRST_READ: usize = 4096;
 /// What is left of a request body the request path did not read is read and dropped,
 /// up to this much, to keep the connection; a larger rest closes it.
 const DRAIN_MAX: u64 = 64 * 1024;
+/// How long a connection whose last answer promised keep-alive, before a graceful close
+/// began, waits for the request the client may have sent on that promise.
+const PROMISED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A graceful close asked for by the connection timer: an idle connection closes, a
 /// busy one after its answer (with `Connection: close`).
@@ -115,6 +118,9 @@ struct Served {
 /// What the connection does after an answer.
 enum Next {
     KeepAlive,
+    /// Kept alive, but a graceful close began while the answer went out: one more
+    /// request, should the client send it, is answered (with `Connection: close`).
+    KeptPromise,
     Close,
     /// Handed to a tunnel.
     Switched,
@@ -132,8 +138,18 @@ enum Head {
 
 impl Served {
     async fn run(self) -> io::Result<()> {
+        let mut promised = false;
         loop {
-            let head = match self.next_head().await? {
+            let next = if promised {
+                // Boxed: only this rare wait carries a timer.
+                match Box::pin(tokio::time::timeout(PROMISED_WAIT, self.next_head(true))).await {
+                    Ok(next) => next,
+                    Err(_) => return self.close().await,
+                }
+            } else {
+                self.next_head(false).await
+            };
+            let head = match next? {
                 Head::Ready(head) => head,
                 Head::Closed => return Ok(()),
                 Head::Refused(kind) => {
@@ -144,8 +160,10 @@ impl Served {
                 }
             };
             // The request's state lives in its own allocation, only while it is served.
-            match Box::pin(self.exchange(head)).await? {
-                Next::KeepAlive => {
+            let next = Box::pin(self.exchange(head)).await?;
+            promised = matches!(next, Next::KeptPromise);
+            match next {
+                Next::KeepAlive | Next::KeptPromise => {
                     let mut w = lock(&self.wire);
                     if w.reader.buf.is_empty() {
                         // Idle: no buffer.
@@ -167,14 +185,15 @@ impl Served {
         Ok(())
     }
 
-    /// The next request head, read as it arrives.
-    async fn next_head(&self) -> io::Result<Head> {
-        std::future::poll_fn(|cx| self.poll_head(cx)).await
+    /// The next request head, read as it arrives. `promised`: the last answer promised
+    /// keep-alive after a graceful close began, so the close waits for this head.
+    async fn next_head(&self, promised: bool) -> io::Result<Head> {
+        std::future::poll_fn(|cx| self.poll_head(cx, promised)).await
     }
 
-    /// A graceful close between requests closes at once; one asked for while a head is
-    /// arriving waits for that request.
-    fn poll_head(&self, cx: &mut Context<'_>) -> Poll<io::Result<Head>> {
+    /// A graceful close between requests closes at once (unless `promised`); one asked
+    /// for while a head is arriving waits for that request.
+    fn poll_head(&self, cx: &mut Context<'_>, promised: bool) -> Poll<io::Result<Head>> {
         self.graceful.waiting.register(cx.waker());
         let mut w = lock(&self.wire);
         loop {
@@ -184,7 +203,7 @@ impl Served {
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Ok(Head::Refused(refusal(e)))),
                 }
-            } else if self.graceful.on.load(Ordering::Relaxed) {
+            } else if self.graceful.on.load(Ordering::Relaxed) && !promised {
                 return Poll::Ready(Ok(Head::Closed));
             }
             let w = &mut *w;
@@ -277,7 +296,12 @@ impl Served {
             return Ok(Next::Close);
         }
         Ok(if self.drain().await {
-            Next::KeepAlive
+            if self.graceful.on.load(Ordering::Relaxed) {
+                // The close began after this answer said keep-alive.
+                Next::KeptPromise
+            } else {
+                Next::KeepAlive
+            }
         } else {
             Next::Close
         })
