@@ -2,7 +2,9 @@
 //! clients (close-delimited and keep-alive), a body the request path never read drained
 //! so the connection carries on, a refused head answered with its status and reason,
 //! `Date` on every answer, header names in the case they arrived with, and chunked
-//! uploads forwarded with their framing as it came.
+//! uploads forwarded with their framing as it came; and in a drain, a request sent on a
+//! promised keep-alive or on a connection accepted just before the listener closed is
+//! still answered.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -306,4 +308,33 @@ async fn a_request_sent_on_a_keep_alive_promised_before_a_graceful_close_is_answ
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
     assert!(answer.ends_with("small"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_just_before_its_listener_closes_still_gets_its_request_answered() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let front = p.addr("front");
+    let mut s = TcpStream::connect(front).await.unwrap();
+    eventually("the connection accepted", || {
+        p.proxy.live_connections() == 1
+    })
+    .await;
+    // The listener moves before the client's first byte: its old socket closes.
+    let moved = config(origin.addr).replace("127.0.0.1:0", "127.0.0.2:0");
+    p.proxy
+        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
+        .await
+        .unwrap();
+    eventually_async("the old listening socket closed", || async {
+        TcpStream::connect(front).await.is_err()
+    })
+    .await;
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    // (And then the draining connection closed: `read_to_close` saw its end.)
+    assert!(answer.contains("\"/first\""), "{answer}");
 }

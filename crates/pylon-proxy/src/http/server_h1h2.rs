@@ -165,7 +165,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 
 /// Reads a cleartext connection's first bytes until they are, or cannot be, the HTTP/2
 /// preface (an HTTP/1.1 request differs from its first byte). `None` when the client
-/// sent nothing in time, closed, or the connection is asked to drain meanwhile.
+/// sent nothing in time or closed. When the listening socket closes meanwhile (a
+/// reload, an upgrade, a stop), a connection accepted just before it may have its
+/// first request on the way: it waits [`DRAIN_IDLE`] more for the first bytes, no
+/// longer.
 async fn detect<T: AsyncRead + Unpin>(
     io: &mut T,
     limits: &Limits,
@@ -175,14 +178,18 @@ async fn detect<T: AsyncRead + Unpin>(
     let mut buf = [0u8; 24];
     let idle = tokio::time::Instant::now() + limits.idle_timeout;
     let mut deadline = idle;
+    let mut closed = false;
     loop {
         let want = PREFACE.len() - ahead.len();
         let n = tokio::select! {
             r = io.read(&mut buf[..want]) => r.ok()?,
             _ = tokio::time::sleep_until(deadline) => return None,
-            changed = shutdown.changed() => {
+            changed = shutdown.changed(), if !closed => {
                 if changed.is_err() || *shutdown.borrow() {
-                    return None;
+                    closed = true;
+                    if ahead.is_empty() {
+                        deadline = deadline.min(tokio::time::Instant::now() + DRAIN_IDLE);
+                    }
                 }
                 continue;
             }
@@ -333,6 +340,10 @@ async fn drive<C, E>(
     // The process's stop: once the drain timeout has passed, what is still open closes
     // (streams and tunnels get [`CLOSE_LINGER`] to say goodbye in their protocol).
     let mut stop = Some(ctx.shared.stop.watch());
+    // The listening socket may have closed already (while the first bytes were read).
+    if (shutdown.has_changed().is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
+        graceful(conn.as_mut());
+    }
     loop {
         let wake = match closing.next(state, limits) {
             Next::Wake(at) => at,
