@@ -2,7 +2,8 @@
 //! downstream server (`http/h1.rs`): the writer that sends a head and then a streamed
 //! body framed by Content-Length, chunked or the connection's close; the read buffer
 //! that grows only while a message is being read; trailer fields; and a connection
-//! handed on with the bytes already read from it (upgrades).
+//! handed on with the bytes already read from it (upgrades, and an HTTP/2 connection
+//! whose preface was read to recognise it).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

@@ -8,20 +8,20 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pylon_config::model::Limits;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
 use super::stall::{StallExecutor, StreamHandoff};
 use crate::conn::{ConnState, TrackedIo, Verdict};
+use crate::h1_io::Prefixed;
 use crate::l4::relay::CLOSE_LINGER;
 use crate::observe::Metrics;
 
@@ -102,64 +102,6 @@ impl Builders {
             max_header_list: u32::try_from(backstop_bytes).unwrap_or(u32::MAX),
         };
         Builders { h2 }
-    }
-}
-
-/// Bytes read ahead (to recognise the protocol) handed back before the socket's own.
-pub struct Rewind<T> {
-    ahead: Vec<u8>,
-    taken: usize,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.taken < this.ahead.len() {
-            let n = buf.remaining().min(this.ahead.len() - this.taken);
-            buf.put_slice(&this.ahead[this.taken..this.taken + n]);
-            this.taken += n;
-            if this.taken == this.ahead.len() {
-                this.ahead = Vec::new();
-                this.taken = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -290,11 +232,8 @@ async fn serve_h2<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(Rewind {
-        ahead,
-        taken: 0,
-        inner: io,
-    });
+    // The preface read to recognise the protocol goes back before the socket's own bytes.
+    let io = TokioIo::new(Prefixed::new(bytes::Bytes::from(ahead), io));
     // Each stream's response reports its progress to the stream's stall guard.
     let handoff = Arc::new(StreamHandoff::default());
     let (svc_ctx, svc_handoff) = (Arc::clone(&ctx), Arc::clone(&handoff));
