@@ -269,12 +269,28 @@ async def hold_idle(port, n, tls=False):
     return conns
 
 
+def settled_rss(pids, limit=10.0):
+    """RSS once it has stopped moving (two samples half a second apart within 1%, at
+    most `limit` seconds): what idle connections cost once each server has done what
+    it does with idle connections (Pylon parks them after 250 ms and its allocator
+    gives freed pages back about a second later)."""
+    time.sleep(0.5)
+    last = rss_kib(pids)
+    end = time.time() + limit
+    while time.time() < end:
+        time.sleep(0.5)
+        now = rss_kib(pids)
+        if abs(now - last) <= 0.01 * last:
+            return now
+        last = now
+    return last
+
+
 def idle_memory(server, port, n, tls=False):
     base = rss_kib(server.pids())
     loop = asyncio.new_event_loop()
     conns = loop.run_until_complete(hold_idle(port, n, tls))
-    time.sleep(0.5)
-    held = rss_kib(server.pids())
+    held = settled_rss(server.pids())
     for _, w in conns:
         w.close()
     loop.close()

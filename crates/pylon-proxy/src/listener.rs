@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::conn::ConnState;
+use crate::conn::parking::Parking;
 use crate::http::pipeline::ConnCtx;
 use crate::http::server_h1h2;
 use crate::observe::stats::ListenerStats;
@@ -211,6 +212,15 @@ async fn handshake(
     }
 }
 
+/// Tells the listener's parking lot that its accept loop has ended.
+struct OrphanParking(Arc<server_h1h2::Builders>);
+
+impl Drop for OrphanParking {
+    fn drop(&mut self) {
+        self.0.orphan_parking();
+    }
+}
+
 /// Everything an accept loop needs.
 pub struct AcceptLoop {
     pub listener: TcpListener,
@@ -233,10 +243,32 @@ impl AcceptLoop {
         };
         let limits = lr.config.limits.clone();
         let proxy_in = lr.proxy_in.clone();
-        let builders = Arc::new(server_h1h2::Builders::new(
-            &limits,
-            Arc::clone(&self.shared.metrics),
-        ));
+        let mut builders = server_h1h2::Builders::new(&limits, Arc::clone(&self.shared.metrics));
+        // Idle keep-alive connections of a cleartext listener wait in a parking lot
+        // (`conn::parking`); TLS ones keep their task (their TLS state stays anyway).
+        let mut lot = None;
+        if self.tls.is_none() {
+            match Parking::new(Arc::clone(&self.shared.metrics.connections_parked)) {
+                Ok((parking, task)) => {
+                    builders = builders.with_parking(parking);
+                    lot = Some(task);
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %self.name, error = %e, "cannot make a parking lot; idle connections keep their tasks");
+                }
+            }
+        }
+        let builders = Arc::new(builders);
+        if let Some(task) = lot {
+            builders.start_parking(
+                task,
+                limits.clone(),
+                self.drain.clone(),
+                self.shared.stop.watch(),
+            );
+        }
+        // When this loop ends (a restart or a close), the lot ends once empty.
+        let _orphan = OrphanParking(Arc::clone(&builders));
         // A listener bound to one address knows every connection's local address; a
         // wildcard one asks the socket, and only when a PROXY header will need it.
         let bound = self.listener.local_addr().ok();

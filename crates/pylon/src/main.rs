@@ -9,6 +9,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pylon_config::{Config, QUICKSTART};
 use pylon_proxy::Proxy;
 
+/// mimalloc keeps objects of one size class together on pages of their own, so that
+/// what a connection keeps while idle does not pin the pages of what it used while
+/// busy (with glibc's malloc, 8,000 parked connections kept 1.8 KiB each, mostly freed
+/// fragments; with mimalloc 0.45 KiB). `pylon_proxy::memory` asks it to give emptied
+/// pages back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pylon",

@@ -4,7 +4,9 @@
 //! `Date` on every answer, header names in the case they arrived with, and chunked
 //! uploads forwarded with their framing as it came; and in a drain, a request sent on a
 //! promised keep-alive or on a connection accepted just before the listener closed is
-//! still answered.
+//! still answered. Idle keep-alive connections are parked (no task) and come back for
+//! their next request, close at their idle timeout, and close when their listener
+//! drains or goes on serving when it only restarts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -337,4 +339,128 @@ async fn a_connection_accepted_just_before_its_listener_closes_still_gets_its_re
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     // (And then the draining connection closed: `read_to_close` saw its end.)
     assert!(answer.contains("\"/first\""), "{answer}");
+}
+
+/// Idle keep-alive connections parked now, from the metrics.
+fn parked(p: &TestProxy) -> u64 {
+    p.proxy
+        .render_metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("pylon_connections_parked "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the parked-connections gauge")
+}
+
+/// Sends a GET for `path` and reads its echoed answer.
+async fn get_on(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until(s, &format!("\"{path}\""), 1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_parked_and_comes_back_for_each_next_request() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    for round in 0..3 {
+        get_on(&mut s, &format!("/round{round}")).await;
+        eventually("the quiet connection parked", || parked(&p) == 1).await;
+        // Parked, it is still an open connection (limits and the drain count it).
+        assert_eq!(p.proxy.live_connections(), 1);
+    }
+    // Two requests in one write: the second is read from the same wake-up.
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_until(&mut s, "\"/b\"", 1).await;
+    assert!(answers.contains("\"/a\""), "{answers}");
+    eventually("parked again", || parked(&p) == 1).await;
+    drop(s);
+    eventually("the client's close ends it", || {
+        parked(&p) == 0 && p.proxy.live_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_closes_at_its_idle_timeout() {
+    let origin = Origin::echo().await;
+    let toml = config(origin.addr).replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nidle_timeout = \"1s\"",
+    );
+    let p = TestProxy::start(&toml).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    get_on(&mut s, "/once").await;
+    eventually("parked", || parked(&p) == 1).await;
+    let rest = read_to_close(&mut s).await;
+    assert_eq!(rest, "", "closed without a word, as an idle connection");
+    eventually("gone", || {
+        parked(&p) == 0 && p.proxy.live_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_closes_when_its_listener_drains_and_the_stop_waits_for_nothing() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let front = p.addr("front");
+    let mut s = TcpStream::connect(front).await.unwrap();
+    get_on(&mut s, "/before").await;
+    eventually("parked", || parked(&p) == 1).await;
+    // The listener moves: its old socket closes and its connections drain.
+    let moved = config(origin.addr).replace("127.0.0.1:0", "127.0.0.2:0");
+    p.proxy
+        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
+        .await
+        .unwrap();
+    let rest = read_to_close(&mut s).await;
+    assert_eq!(rest, "");
+    eventually("gone", || {
+        parked(&p) == 0 && p.proxy.live_connections() == 0
+    })
+    .await;
+
+    // On the new address, a parked connection does not hold up a graceful stop.
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    get_on(&mut s, "/after").await;
+    eventually("parked", || parked(&p) == 1).await;
+    assert!(
+        p.proxy.shutdown(DEADLINE).await,
+        "every connection finished within the drain timeout"
+    );
+    assert_eq!(read_to_close(&mut s).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_served_on_when_its_listener_only_restarts() {
+    let origin = Origin::echo().await;
+    let p = TestProxy::start(&config(origin.addr)).await;
+    let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
+    get_on(&mut s, "/before").await;
+    eventually("parked", || parked(&p) == 1).await;
+    // New settings on the same socket: the accept loop restarts, connections stay.
+    let changed = config(origin.addr).replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nidle_timeout = \"61s\"",
+    );
+    let report = p
+        .proxy
+        .reload(&pylon_config::parse(&changed, "t.toml").unwrap())
+        .await
+        .unwrap();
+    let changes = report.changes.join("\n");
+    assert!(
+        changes.contains("same socket"),
+        "the loop restarted: {changes}"
+    );
+    for path in ["/after", "/again"] {
+        let answer = get_on(&mut s, path).await;
+        assert!(!answer.contains("Connection: close"), "{answer}");
+    }
 }

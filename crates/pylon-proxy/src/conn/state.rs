@@ -158,6 +158,21 @@ impl ConnState {
         )
     }
 
+    /// A parked connection came back (its client sent something): it counts as
+    /// activity, so that it is not asked to park again before it has read.
+    pub fn unparked(&self) {
+        self.last_activity.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// How long the connection has been quiet between requests: nothing in flight,
+    /// no head arriving, no write waiting; `None` while it is busy.
+    pub fn quiet_for(&self) -> Option<Duration> {
+        let busy = self.in_flight.load(Ordering::Relaxed) != 0
+            || self.head_started.load(Ordering::Relaxed) != 0
+            || self.write_blocked.load(Ordering::Relaxed) != 0;
+        (!busy).then(|| self.idle_for())
+    }
+
     /// Decides about idle, header-read and send timeouts.
     pub fn verdict(&self, idle: Duration, header: Duration, send: Duration) -> Verdict {
         let now = self.now();

@@ -19,7 +19,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
@@ -50,24 +50,31 @@ const DRAIN_MAX: u64 = 64 * 1024;
 const PROMISED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A graceful close asked for by the connection timer: an idle connection closes, a
-/// busy one after its answer (with `Connection: close`).
+/// busy one after its answer (with `Connection: close`). And parking: a connection
+/// that waits for a head with nothing read gives its socket back (see
+/// `conn::parking`).
 #[derive(Default)]
 struct Graceful {
     on: AtomicBool,
+    park: AtomicBool,
     /// The connection's task while it waits for a head.
     waiting: AtomicWaker,
 }
 
-/// The connection's future, for the connection timer.
+/// The connection's future, for the connection timer. It ends with the socket when
+/// it parked (idle, nothing read), to be parked by the caller.
 pub(super) struct Connection {
-    run: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
+    run: Pin<Box<dyn Future<Output = Ended> + Send>>,
     graceful: Arc<Graceful>,
 }
 
-impl Future for Connection {
-    type Output = io::Result<()>;
+/// How a connection's loop ended: closed, or with its socket when it parked.
+type Ended = io::Result<Option<Box<dyn ClientIo>>>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+impl Future for Connection {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().run.as_mut().poll(cx)
     }
 }
@@ -104,6 +111,13 @@ impl Connection {
         self.graceful.on.store(true, Ordering::Relaxed);
         self.graceful.waiting.wake();
     }
+
+    /// Asks the connection to give its socket back if it waits for a head with
+    /// nothing read; one that is busy goes on (and may be asked again).
+    pub(super) fn park(self: Pin<&mut Self>) {
+        self.graceful.park.store(true, Ordering::Relaxed);
+        self.graceful.waiting.wake();
+    }
 }
 
 /// What a connection's loop keeps between requests.
@@ -133,30 +147,33 @@ enum Head {
     Ready(RequestHead),
     /// EOF or a graceful close between requests.
     Closed,
+    /// Asked to park, with nothing read.
+    Park,
     Refused(ErrorKind),
 }
 
 impl Served {
-    async fn run(self) -> io::Result<()> {
+    async fn run(self) -> Ended {
         let mut promised = false;
         loop {
             let next = if promised {
                 // Boxed: only this rare wait carries a timer.
                 match Box::pin(tokio::time::timeout(PROMISED_WAIT, self.next_head(true))).await {
                     Ok(next) => next,
-                    Err(_) => return self.close().await,
+                    Err(_) => return self.close().await.map(|()| None),
                 }
             } else {
                 self.next_head(false).await
             };
             let head = match next? {
                 Head::Ready(head) => head,
-                Head::Closed => return Ok(()),
+                Head::Closed => return Ok(None),
+                Head::Park => return Ok(lock(&self.wire).io.take()),
                 Head::Refused(kind) => {
                     pipeline::log_rejected(&self.ctx, kind);
                     // Boxed: its writer would otherwise widen every connection's state.
                     let _ = Box::pin(self.refuse(kind)).await;
-                    return self.close().await;
+                    return self.close().await.map(|()| None);
                 }
             };
             // The request's state lives in its own allocation, only while it is served.
@@ -170,8 +187,8 @@ impl Served {
                         w.reader.buf = BytesMut::new();
                     }
                 }
-                Next::Close => return self.close().await,
-                Next::Switched => return Ok(()),
+                Next::Close => return self.close().await.map(|()| None),
+                Next::Switched => return Ok(None),
             }
         }
     }
@@ -210,16 +227,29 @@ impl Served {
             let Some(io) = w.io.as_mut() else {
                 return Poll::Ready(Ok(Head::Closed));
             };
-            let n = if w.reader.buf.capacity() == 0 {
+            let read = if w.reader.buf.capacity() == 0 {
                 // Idle until now: the first bytes go through the stack, then into a
                 // buffer of their size.
                 let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
                 let mut rb = ReadBuf::uninit(&mut stack);
-                ready!(Pin::new(io).poll_read(cx, &mut rb))?;
-                w.reader.buf.extend_from_slice(rb.filled());
-                rb.filled().len()
+                Pin::new(io).poll_read(cx, &mut rb).map_ok(|()| {
+                    w.reader.buf.extend_from_slice(rb.filled());
+                    rb.filled().len()
+                })
             } else {
-                ready!(w.reader.poll_fill(io, cx))?
+                w.reader.poll_fill(io, cx)
+            };
+            let n = match read {
+                Poll::Ready(r) => r?,
+                // Asked to park, with nothing read and nothing to read.
+                Poll::Pending
+                    if w.reader.buf.is_empty()
+                        && !promised
+                        && self.graceful.park.load(Ordering::Relaxed) =>
+                {
+                    return Poll::Ready(Ok(Head::Park));
+                }
+                Poll::Pending => return Poll::Pending,
             };
             if n == 0 {
                 // The client closed between requests (or within a head: nothing to
@@ -241,6 +271,8 @@ impl Served {
 
     /// One request through the request path, and its answer back.
     async fn exchange(&self, head: RequestHead) -> io::Result<Next> {
+        // A request came before the park: the connection is busy again.
+        self.graceful.park.store(false, Ordering::Relaxed);
         let version = head.version;
         let method = head.method.clone();
         let body = {

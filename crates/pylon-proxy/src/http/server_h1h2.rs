@@ -20,7 +20,8 @@ use tokio::sync::watch;
 use super::error::ErrorKind;
 use super::pipeline::{self, ConnCtx};
 use super::stall::{StallExecutor, StreamHandoff};
-use crate::conn::{ConnState, TrackedIo, Verdict};
+use crate::conn::parking::{LotTask, PARK_AFTER, Parking};
+use crate::conn::{ClientIo, ConnState, TrackedIo, Verdict};
 use crate::h1_io::Prefixed;
 use crate::l4::relay::CLOSE_LINGER;
 use crate::observe::Metrics;
@@ -58,6 +59,8 @@ pub struct Builders {
     /// HTTP/2 settings; each connection gets a builder of its own, whose executor
     /// hands its streams their progress reports (see `stall`).
     h2: H2Settings,
+    /// Where idle plain HTTP/1.1 connections wait without a task (cleartext listeners).
+    parking: Option<Parking<Arc<ConnCtx>>>,
 }
 
 struct H2Settings {
@@ -101,7 +104,49 @@ impl Builders {
             max_error_resets: limits.h2_max_error_resets,
             max_header_list: u32::try_from(backstop_bytes).unwrap_or(u32::MAX),
         };
-        Builders { h2 }
+        Builders { h2, parking: None }
+    }
+
+    /// Parks this listener's idle plain HTTP/1.1 connections in `parking`; start its
+    /// lot with [`Builders::start_parking`] once the builders are shared.
+    pub fn with_parking(mut self, parking: Parking<Arc<ConnCtx>>) -> Builders {
+        self.parking = Some(parking);
+        self
+    }
+
+    /// Starts the lot's task: a connection that comes back is served as HTTP/1.1 again
+    /// with these builders and limits.
+    pub fn start_parking(
+        self: &Arc<Self>,
+        lot: LotTask<Arc<ConnCtx>>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let builders = Arc::clone(self);
+        let drain = shutdown.clone();
+        lot.start(
+            Box::new(move |stream, ctx: Arc<ConnCtx>| {
+                ctx.state.unparked();
+                tokio::spawn(serve_connection(
+                    Arc::clone(&builders),
+                    stream,
+                    ctx,
+                    limits.clone(),
+                    shutdown.clone(),
+                    Protocol::Http1,
+                ));
+            }),
+            drain,
+            stop,
+        );
+    }
+
+    /// The listener stopped accepting: its lot ends once empty.
+    pub fn orphan_parking(&self) {
+        if let Some(p) = &self.parking {
+            p.orphan();
+        }
     }
 }
 
@@ -212,13 +257,62 @@ async fn serve_tracked<S>(
         Protocol::Http1 => (Protocol::Http1, Vec::new()),
     };
     if protocol != Protocol::Http2 {
-        let conn = super::h1::Connection::new(io, ahead, Arc::clone(&ctx), &limits);
-        drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
+        serve_h1(builders, io, ahead, ctx, limits, shutdown).await;
         return;
     }
     // Boxed: hyper's HTTP/2 connection is kilobytes, and a future holds its largest
     // branch inline, so every HTTP/1.1 connection's task would carry it too.
     Box::pin(serve_h2(builders, *io, ahead, ctx, limits, shutdown)).await;
+}
+
+/// Serves an HTTP/1.1 connection (its first bytes read already, `ahead`), and parks it
+/// when it has been quiet for [`PARK_AFTER`] on a listener that parks.
+async fn serve_h1(
+    builders: Arc<Builders>,
+    io: Box<dyn ClientIo>,
+    mut ahead: Vec<u8>,
+    ctx: Arc<ConnCtx>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut io = io;
+    let mut ctx = ctx;
+    loop {
+        let conn =
+            super::h1::Connection::new(io, std::mem::take(&mut ahead), Arc::clone(&ctx), &limits);
+        let parks = builders.parking.as_ref().map(|_| PARK_AFTER);
+        let Some(Some(idle)) = drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            (parks, |c: Pin<&mut super::h1::Connection>| c.park()),
+            &ctx,
+            &limits,
+            &mut shutdown,
+        )
+        .await
+        else {
+            return;
+        };
+        let Some(parking) = &builders.parking else {
+            return;
+        };
+        let idle_left = limits.idle_timeout.saturating_sub(ctx.state.idle_for());
+        match idle.into_tcp() {
+            Ok(stream) => match parking.park(stream, ctx, idle_left) {
+                Ok(()) => return,
+                // The lot is closing: served on here.
+                Err((stream, back)) => {
+                    ctx = back;
+                    io = Box::new(TrackedIo::new(
+                        stream,
+                        Arc::clone(&ctx.state),
+                        Arc::clone(&ctx.stats),
+                    ));
+                }
+            },
+            Err(back) => io = back,
+        }
+    }
 }
 
 /// Serves an HTTP/2 connection (its preface read already, `ahead`) with hyper.
@@ -244,8 +338,17 @@ async fn serve_h2<S>(
         // (10% fewer instructions per h2c request).
         Box::pin(respond(req, Arc::clone(&svc_ctx), progress))
     });
+    let mut shutdown = shutdown;
     let conn = builders.h2.builder(handoff).serve_connection(io, svc);
-    drive(conn, |c| c.graceful_shutdown(), &ctx, &limits, shutdown).await;
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        (None, |_: Pin<&mut _>| {}),
+        &ctx,
+        &limits,
+        &mut shutdown,
+    )
+    .await;
 }
 
 /// One HTTP/2 stream's request through the request path; its body then reports
@@ -262,17 +365,22 @@ async fn respond(
 }
 
 /// Runs a connection under the connection timer: idle, header-read and send timeouts,
-/// draining on a socket's close, and the process's stop.
-async fn drive<C, E>(
+/// draining on a socket's close, and the process's stop; and, with `park = (Some(after),
+/// ask)`, asks a connection quiet for `after` to park. What the connection ended with,
+/// unless the timer or an error ended it.
+async fn drive<C, T, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
+    park: (Option<Duration>, impl Fn(Pin<&mut C>)),
     ctx: &ConnCtx,
     limits: &Limits,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    C: Future<Output = Result<(), E>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<T>
+where
+    C: Future<Output = Result<T, E>>,
     E: std::error::Error + 'static,
 {
+    let (park_after, ask_to_park) = park;
     let state = &ctx.state;
     tokio::pin!(conn);
     let mut closing = Closing::default();
@@ -284,7 +392,7 @@ async fn drive<C, E>(
         graceful(conn.as_mut());
     }
     loop {
-        let wake = match closing.next(state, limits) {
+        let mut wake = match closing.next(state, limits) {
             Next::Wake(at) => at,
             Next::Graceful => {
                 graceful(conn.as_mut());
@@ -293,15 +401,27 @@ async fn drive<C, E>(
             Next::Close(kind) => {
                 pipeline::log_rejected(ctx, kind);
                 tracing::debug!(client = %ctx.client, reason = kind.as_str(), "connection timed out; closing");
-                return;
+                return None;
             }
         };
+        if let Some(after) = park_after.filter(|_| closing.listens()) {
+            // Busy: looked at again within `after`; quiet that long: asked to park
+            // (and asked again later should a request have come first).
+            let quiet = state.quiet_for().unwrap_or_default();
+            if quiet >= after {
+                ask_to_park(conn.as_mut());
+            }
+            wake = wake.min(Instant::now() + after.saturating_sub(quiet).max(after / 4));
+        }
         tokio::select! {
             r = conn.as_mut() => {
-                if let Err(e) = r {
-                    connection_error(ctx, &e);
-                }
-                return;
+                return match r {
+                    Ok(done) => Some(done),
+                    Err(e) => {
+                        connection_error(ctx, &e);
+                        None
+                    }
+                };
             }
             changed = shutdown.changed(), if closing.listens() => {
                 if (changed.is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
@@ -325,7 +445,7 @@ async fn drive<C, E>(
                             "connection closed by the proxy"
                         );
                     }
-                    return;
+                    return None;
                 }
             }
         }

@@ -252,6 +252,11 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
             load(&m.connections_active),
         )?;
         f.gauge(
+            "pylon_connections_parked",
+            "Idle HTTP/1.1 keep-alive connections parked until their next request (no task, no buffers; counted in pylon_connections_active too).",
+            load(&m.connections_parked),
+        )?;
+        f.gauge(
             "pylon_tunnels_active",
             "Tunnels (WebSocket, CONNECT) open now.",
             load(&m.tunnels_active),

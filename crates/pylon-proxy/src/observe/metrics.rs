@@ -14,6 +14,8 @@ pub struct Metrics {
     errors: [AtomicU64; ErrorKind::COUNT],
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Idle HTTP/1.1 keep-alive connections parked (no task, no buffers) now.
+    pub connections_parked: Arc<AtomicU64>,
     /// Connections closed at once: over `[server] max_connections`, over a listener's
     /// `max_connections_per_ip`.
     pub refused_max_connections: AtomicU64,
