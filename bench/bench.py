@@ -269,21 +269,20 @@ async def hold_idle(port, n, tls=False):
     return conns
 
 
-def settled_rss(pids, limit=10.0):
-    """RSS once it has stopped moving (two samples half a second apart within 1%, at
-    most `limit` seconds): what idle connections cost once each server has done what
-    it does with idle connections (Pylon parks them after 250 ms and its allocator
-    gives freed pages back about a second later)."""
-    time.sleep(0.5)
-    last = rss_kib(pids)
+def settled_rss(pids, limit=15.0):
+    """RSS once it has stopped moving (three samples a second apart within 1%, at most
+    `limit` seconds): what idle connections cost once each server has done what it
+    does with idle connections (Pylon parks them after 250 ms; its allocator gives the
+    freed pages back within about two seconds)."""
+    samples = [rss_kib(pids)]
     end = time.time() + limit
     while time.time() < end:
-        time.sleep(0.5)
-        now = rss_kib(pids)
-        if abs(now - last) <= 0.01 * last:
-            return now
-        last = now
-    return last
+        time.sleep(1.0)
+        samples.append(rss_kib(pids))
+        last = samples[-3:]
+        if len(last) == 3 and max(last) - min(last) <= 0.01 * max(last):
+            break
+    return samples[-1]
 
 
 def idle_memory(server, port, n, tls=False):
