@@ -140,7 +140,9 @@ impl Fields {
 
     /// The fields as a `HeaderMap`; values share the head's bytes.
     pub fn to_header_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.list.len());
+        // Room for what a proxy adds (forwarding fields, `Via`, `Date`, framing), so
+        // that adding them does not grow the map (a rehash of every field).
+        let mut map = HeaderMap::with_capacity(self.list.len() + 6);
         for f in &self.list {
             // httparse let through only token names and field-value bytes.
             if let (Ok(n), Ok(v)) = (

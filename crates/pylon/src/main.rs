@@ -307,6 +307,9 @@ async fn serve(
     log: LogHandle,
 ) -> anyhow::Result<()> {
     let upgrade_socket = config.server.upgrade_socket.clone().map(PathBuf::from);
+    // Before anything listens: a SIGHUP sent as soon as the first listener answers
+    // would otherwise find no handler and end the process.
+    let signals = StopSignals::new()?;
     let proxy = if upgrade {
         let Some(socket) = &upgrade_socket else {
             anyhow::bail!(
@@ -364,7 +367,7 @@ async fn serve(
             }
         });
     }
-    wait_for_stop(&proxy, handed_over).await?;
+    wait_for_stop(&proxy, signals, handed_over).await?;
     let drain_timeout = proxy.runtime().config.server.drain_timeout;
     tracing::info!(
         drain_timeout = ?drain_timeout,
@@ -470,16 +473,36 @@ async fn watch_file(proxy: Arc<Proxy>, path: PathBuf) {
     }
 }
 
+/// The signals Pylon handles, registered once at start.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT, or for a new process to have taken over the sockets;
 /// SIGHUP meanwhile reloads the config file (and every certificate).
 async fn wait_for_stop(
     proxy: &Arc<Proxy>,
+    signals: StopSignals,
     mut handed_over: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let StopSignals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()) }

@@ -481,11 +481,10 @@ impl EndpointPool {
             // count never sees the connection missing.
             let lent = client::Lent::new(&self.h1);
             let (io, reused) = self.ready_h1().await?;
-            let sent = tokio::time::timeout(
-                response_timeout,
-                client::exchange(io, req, Some(lent), reused),
-            )
-            .await;
+            // Pinned where it is made: the timer wraps a pointer, not a copy of the
+            // exchange's state.
+            let exchange = std::pin::pin!(client::exchange(io, req, Some(lent), reused));
+            let sent = tokio::time::timeout(response_timeout, exchange).await;
             match sent {
                 Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
                 Ok(Ok(resp)) => return Ok(resp),

@@ -10,10 +10,11 @@
 //! itself, with the bytes read past the head, to the tunnel.
 //!
 //! Memory follows work: between requests the connection holds no read or write
-//! buffer (a head is first read into the stack and copied out at its size), and the
-//! request's own state (the request path's future, the writer) exists only while it
-//! is served (boxed). Timeouts, draining and the process's stop are the connection
-//! timer's (`server_h1h2::drive`), fed by the socket wrapper (`conn::TrackedIo`).
+//! buffer (a head is first read into the stack and copied out at its size), and once
+//! quiet for a moment it gives its socket back to be parked without a task
+//! (`Head::Park`, `conn::parking`). Timeouts, draining and the process's stop are the
+//! connection timer's (`server_h1h2::drive`), fed by the socket wrapper
+//! (`conn::TrackedIo`).
 
 use std::io;
 use std::pin::Pin;
@@ -176,8 +177,10 @@ impl Served {
                     return self.close().await.map(|()| None);
                 }
             };
-            // The request's state lives in its own allocation, only while it is served.
-            let next = Box::pin(self.exchange(head)).await?;
+            // Inline: the connection's task is freed when it parks, so boxing the
+            // request's state (an allocation and a copy of kilobytes per request) no
+            // longer saves idle memory.
+            let next = self.exchange(head).await?;
             promised = matches!(next, Next::KeptPromise);
             match next {
                 Next::KeepAlive | Next::KeptPromise => {
