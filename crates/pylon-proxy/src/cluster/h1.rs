@@ -187,10 +187,17 @@ impl Drop for Lent {
 
 /// Whether an idle connection may carry a request: no EOF or error queued on it, and,
 /// for a plain one, no bytes either (an answer nobody asked for). A TLS connection may
-/// have records queued that are not data (session tickets).
+/// have records queued that are not data (session tickets). The socket is looked at
+/// (`peek`) only when the runtime has seen it become readable since it last found it
+/// empty, so a quiet pooled connection costs no system call; one closed so recently
+/// that the runtime has not seen it yet fails its request unsent, which is sent again
+/// on a new connection (`Failure::Unsent`).
 fn reusable(io: &UpstreamIo) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(io.tcp()).peek(&mut probe) {
+    let probe = || {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        socket2::SockRef::from(io.tcp()).peek(&mut byte)
+    };
+    match io.tcp().try_io(tokio::io::Interest::READABLE, probe) {
         Ok(0) => false,
         Ok(_) => io.is_tls(),
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,

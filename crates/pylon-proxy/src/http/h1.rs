@@ -81,7 +81,11 @@ impl Future for Connection {
 }
 
 impl Connection {
+    /// `parks`: the connection is parked when idle (its request state is then inline
+    /// in its future); one that is not boxes each request's state, so that it holds
+    /// kilobytes only while it serves.
     pub(super) fn new(
+        parks: bool,
         io: Box<dyn ClientIo>,
         ahead: Vec<u8>,
         ctx: Arc<ConnCtx>,
@@ -103,7 +107,11 @@ impl Connection {
             body_limit: limits.max_request_body,
         };
         Connection {
-            run: Box::pin(served.run()),
+            run: if parks {
+                Box::pin(served.run::<Inline>())
+            } else {
+                Box::pin(served.run::<Boxed>())
+            },
             graceful,
         }
     }
@@ -118,6 +126,40 @@ impl Connection {
     pub(super) fn park(self: Pin<&mut Self>) {
         self.graceful.park.store(true, Ordering::Relaxed);
         self.graceful.waiting.wake();
+    }
+}
+
+/// Where a request's state lives while it is served (see [`Connection::new`]).
+trait Exchanging {
+    fn exchange(
+        served: &Served,
+        head: RequestHead,
+    ) -> impl Future<Output = io::Result<Next>> + Send + '_;
+}
+
+/// In the connection's future: no allocation and no copy per request (kilobytes), for
+/// connections that are parked when idle and so hold nothing then anyway.
+struct Inline;
+
+impl Exchanging for Inline {
+    fn exchange(
+        served: &Served,
+        head: RequestHead,
+    ) -> impl Future<Output = io::Result<Next>> + Send + '_ {
+        served.exchange(head)
+    }
+}
+
+/// In an allocation of its own, only while the request is served (TLS connections,
+/// which are not parked).
+struct Boxed;
+
+impl Exchanging for Boxed {
+    fn exchange(
+        served: &Served,
+        head: RequestHead,
+    ) -> impl Future<Output = io::Result<Next>> + Send + '_ {
+        Box::pin(served.exchange(head))
     }
 }
 
@@ -154,7 +196,7 @@ enum Head {
 }
 
 impl Served {
-    async fn run(self) -> Ended {
+    async fn run<E: Exchanging>(self) -> Ended {
         let mut promised = false;
         loop {
             let next = if promised {
@@ -177,10 +219,7 @@ impl Served {
                     return self.close().await.map(|()| None);
                 }
             };
-            // Inline: the connection's task is freed when it parks, so boxing the
-            // request's state (an allocation and a copy of kilobytes per request) no
-            // longer saves idle memory.
-            let next = self.exchange(head).await?;
+            let next = E::exchange(&self, head).await?;
             promised = matches!(next, Next::KeptPromise);
             match next {
                 Next::KeepAlive | Next::KeptPromise => {

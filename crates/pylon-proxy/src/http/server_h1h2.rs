@@ -278,8 +278,13 @@ async fn serve_h1(
     let mut io = io;
     let mut ctx = ctx;
     loop {
-        let conn =
-            super::h1::Connection::new(io, std::mem::take(&mut ahead), Arc::clone(&ctx), &limits);
+        let conn = super::h1::Connection::new(
+            builders.parking.is_some(),
+            io,
+            std::mem::take(&mut ahead),
+            Arc::clone(&ctx),
+            &limits,
+        );
         let parks = builders.parking.as_ref().map(|_| PARK_AFTER);
         let Some(Some(idle)) = drive(
             conn,
