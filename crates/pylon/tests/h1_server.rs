@@ -43,6 +43,29 @@ endpoints = ["{origin}"]
     )
 }
 
+/// [`config`] with one more setting on the listener.
+fn config_with(origin: SocketAddr, listener_setting: &str) -> String {
+    config(origin).replace(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:0\"\n{listener_setting}"),
+    )
+}
+
+/// Moves the listener to another address with a reload: its old listening socket
+/// closes (waited for) and its connections drain.
+async fn move_listener(p: &TestProxy, origin: SocketAddr) {
+    let front = p.addr("front");
+    let moved = config(origin).replace("127.0.0.1:0", "127.0.0.2:0");
+    p.proxy
+        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
+        .await
+        .unwrap();
+    eventually_async("the old listening socket closed", || async {
+        TcpStream::connect(front).await.is_err()
+    })
+    .await;
+}
+
 /// Reads until `marker` has arrived `count` times.
 async fn read_until(s: &mut TcpStream, marker: &str, count: usize) -> String {
     let mut got = Vec::new();
@@ -283,15 +306,7 @@ async fn a_request_sent_on_a_keep_alive_promised_before_a_graceful_close_is_answ
     let mut body = head.len() - head.find("\r\n\r\n").unwrap() - 4;
     // The listener moves to another address while the body goes out: its old socket
     // closes and its connections drain.
-    let moved = config(origin.addr).replace("127.0.0.1:0", "127.0.0.2:0");
-    p.proxy
-        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
-        .await
-        .unwrap();
-    eventually_async("the old listening socket closed", || async {
-        TcpStream::connect(front).await.is_err()
-    })
-    .await;
+    move_listener(&p, origin.addr).await;
     let mut buf = vec![0u8; 1 << 16];
     while body < BIG {
         let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
@@ -323,15 +338,7 @@ async fn a_connection_accepted_just_before_its_listener_closes_still_gets_its_re
     })
     .await;
     // The listener moves before the client's first byte: its old socket closes.
-    let moved = config(origin.addr).replace("127.0.0.1:0", "127.0.0.2:0");
-    p.proxy
-        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
-        .await
-        .unwrap();
-    eventually_async("the old listening socket closed", || async {
-        TcpStream::connect(front).await.is_err()
-    })
-    .await;
+    move_listener(&p, origin.addr).await;
     s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
@@ -389,10 +396,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_comes_back_for_each_next_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_closes_at_its_idle_timeout() {
     let origin = Origin::echo().await;
-    let toml = config(origin.addr).replace(
-        "bind = \"127.0.0.1:0\"",
-        "bind = \"127.0.0.1:0\"\nidle_timeout = \"1s\"",
-    );
+    let toml = config_with(origin.addr, "idle_timeout = \"1s\"");
     let p = TestProxy::start(&toml).await;
     let mut s = TcpStream::connect(p.addr("front")).await.unwrap();
     get_on(&mut s, "/once").await;
@@ -414,11 +418,7 @@ async fn a_parked_connection_closes_when_its_listener_drains_and_the_stop_waits_
     get_on(&mut s, "/before").await;
     eventually("parked", || parked(&p) == 1).await;
     // The listener moves: its old socket closes and its connections drain.
-    let moved = config(origin.addr).replace("127.0.0.1:0", "127.0.0.2:0");
-    p.proxy
-        .reload(&pylon_config::parse(&moved, "t.toml").unwrap())
-        .await
-        .unwrap();
+    move_listener(&p, origin.addr).await;
     let rest = read_to_close(&mut s).await;
     assert_eq!(rest, "");
     eventually("gone", || {
@@ -445,10 +445,7 @@ async fn a_parked_connection_is_served_on_when_its_listener_only_restarts() {
     get_on(&mut s, "/before").await;
     eventually("parked", || parked(&p) == 1).await;
     // New settings on the same socket: the accept loop restarts, connections stay.
-    let changed = config(origin.addr).replace(
-        "bind = \"127.0.0.1:0\"",
-        "bind = \"127.0.0.1:0\"\nidle_timeout = \"61s\"",
-    );
+    let changed = config_with(origin.addr, "idle_timeout = \"61s\"");
     let report = p
         .proxy
         .reload(&pylon_config::parse(&changed, "t.toml").unwrap())
