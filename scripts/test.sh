@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Pylon's whole test suite, installing first what the tests need: curl and openssl
-# (apt), and from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio)
-# and the Prometheus client's exposition parser (prometheus-client).
+# (apt), and from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio),
+# the Prometheus client's exposition parser (prometheus-client) and an HTTP/3 client
+# (aioquic).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,12 +17,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# The gRPC tests drive Pylon with grpcio as an independent second client; the metrics
-# tests parse /metrics with the Prometheus project's own parser.
+# The gRPC tests drive Pylon with grpcio as an independent second client, the HTTP/3
+# tests with aioquic; the metrics tests parse /metrics with the Prometheus project's
+# own parser.
 venv=target/test-venv
-if ! "$venv/bin/python" -c 'import grpc, prometheus_client' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import grpc, prometheus_client, aioquic' >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet grpcio prometheus-client
+  "$venv/bin/python" -m pip install --quiet grpcio prometheus-client aioquic
 fi
 export PYLON_TEST_PYTHON="$PWD/$venv/bin/python"
 

@@ -105,6 +105,15 @@ impl BindKey {
             udp: listener.protocol == ListenerProtocol::Udp,
         }
     }
+
+    /// The UDP socket of an https listener's HTTP/3 on `addr`.
+    pub fn quic(listener: &Listener, addr: SocketAddr) -> BindKey {
+        BindKey {
+            listener: listener.name.clone(),
+            addr,
+            udp: true,
+        }
+    }
 }
 
 impl fmt::Display for BindKey {
@@ -288,6 +297,12 @@ fn added_or_kept(plan: &mut ReloadPlan, old: &Config, new: &Config, l: &Listener
             .filter(|o| o.binds.contains(&addr) && same_transport(o, l))
             .map(|o| o == l);
         plan.binds.set(BindKey::new(l, addr), Change::of(same));
+        if l.http3.is_some() {
+            let same = was
+                .filter(|o| o.binds.contains(&addr) && o.http3.is_some())
+                .map(|o| o == l);
+            plan.binds.set(BindKey::quic(l, addr), Change::of(same));
+        }
     }
     if let Some(t) = &l.tls {
         let same = was.and_then(|o| o.tls.as_ref()).map(|o| o == t);
@@ -311,6 +326,9 @@ fn removed_or_retired(plan: &mut ReloadPlan, old: &Config, new: &Config, o: &Lis
     for &addr in &o.binds {
         if !now.is_some_and(|n| n.binds.contains(&addr) && same_transport(o, n)) {
             plan.binds.set(BindKey::new(o, addr), Change::Removed);
+        }
+        if o.http3.is_some() && !now.is_some_and(|n| n.binds.contains(&addr) && n.http3.is_some()) {
+            plan.binds.set(BindKey::quic(o, addr), Change::Removed);
         }
     }
     if o.tls.is_some() && now.and_then(|n| n.tls.as_ref()).is_none() {

@@ -252,6 +252,48 @@ pub enum UnknownSni {
     Reject,
 }
 
+/// HTTP/3 beside an https listener (`http3 = true` or `[listeners.http3]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Http3 {
+    /// Advertise HTTP/3 on the listener's TCP answers (`Alt-Svc: h3=":port"; ma=...`).
+    pub alt_svc: bool,
+    /// The `ma` of the advertisement: how long clients may remember it.
+    pub alt_svc_max_age: Duration,
+    /// When a client must prove its address (a QUIC Retry) before its handshake.
+    pub address_validation: AddressValidation,
+    /// QUIC connections open at once on this listener (each address); more are refused.
+    pub max_connections: u64,
+    /// Bytes a client may send on one request stream before Pylon reads them.
+    pub initial_stream_window: u64,
+    /// Bytes a client may send on all its streams before Pylon reads them.
+    pub initial_connection_window: u64,
+}
+
+impl Default for Http3 {
+    fn default() -> Self {
+        Http3 {
+            alt_svc: true,
+            alt_svc_max_age: Duration::from_secs(86_400),
+            address_validation: AddressValidation::Above(1000),
+            max_connections: 10_000,
+            initial_stream_window: 1 << 20,
+            initial_connection_window: 8 << 20,
+        }
+    }
+}
+
+/// QUIC address validation (RFC 9000 §8.1): a Retry costs the client one round trip
+/// and protects against handshakes from spoofed addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum AddressValidation {
+    /// Every new connection.
+    Always,
+    /// Never (the 3x amplification limit still holds).
+    Never,
+    /// Once more than this many handshakes per second arrive.
+    Above(u32),
+}
+
 /// TLS from Pylon to a cluster's endpoints (`[clusters.tls]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UpstreamTls {
@@ -285,6 +327,9 @@ pub struct Listener {
     pub headers: ForwardingHeaders,
     /// Present when `protocol` is `https` (always) or `tcp` (TLS termination at L4).
     pub tls: Option<ListenerTls>,
+    /// HTTP/3 over QUIC on the same addresses (UDP), with the same certificates: on
+    /// `https` listeners with `http3`.
+    pub http3: Option<Http3>,
     /// For `tcp` and `udp` listeners.
     pub l4: Option<L4Listener>,
     /// PROXY protocol (v1 or v2) expected from trusted sources; others are refused.

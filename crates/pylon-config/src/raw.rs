@@ -64,6 +64,8 @@ pub struct RawListener {
     /// Header name, or `false` to turn request ids off.
     pub request_id: Option<Spanned<StrOrBool>>,
     pub tls: Option<Spanned<RawListenerTls>>,
+    /// HTTP/3 beside an https listener: `true`, or a table of its settings.
+    pub http3: Option<Spanned<RawHttp3>>,
     pub proxy_protocol: Option<Spanned<RawProxyProtocolIn>>,
     // Layer 4 (`tcp` and `udp` listeners).
     pub cluster: Option<Spanned<String>>,
@@ -556,6 +558,45 @@ impl<'de> Deserialize<'de> for RawTcpKeepalive {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTcpKeepalive, A::Error> {
                 RawKeepaliveTable::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(RawTcpKeepalive::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `http3`: `true` (the defaults), `false`, or a table of settings.
+#[derive(Debug, Clone)]
+pub enum RawHttp3 {
+    Bool(bool),
+    Table(RawHttp3Table),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp3Table {
+    pub alt_svc: Option<bool>,
+    pub alt_svc_max_age: Option<String>,
+    pub address_validation: Option<String>,
+    pub validation_above: Option<u32>,
+    pub max_connections: Option<u64>,
+    pub initial_stream_window: Option<Size>,
+    pub initial_connection_window: Option<Size>,
+}
+
+impl<'de> Deserialize<'de> for RawHttp3 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHttp3;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, or a table such as { alt_svc = true, address_validation = \"auto\" }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawHttp3, E> {
+                Ok(RawHttp3::Bool(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHttp3, A::Error> {
+                RawHttp3Table::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawHttp3::Table)
             }
         }
         d.deserialize_any(V)

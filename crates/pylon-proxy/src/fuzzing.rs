@@ -82,6 +82,7 @@ impl H1Harness {
                 client_cert: None,
                 tls: None,
                 scheme: "http",
+                alt_svc: None,
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&lr.stats),

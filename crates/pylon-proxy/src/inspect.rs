@@ -20,6 +20,15 @@ impl Proxy {
             .map(|b| b.addr)
     }
 
+    /// The first HTTP/3 (UDP) address of the named https listener.
+    pub fn h3_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.bound
+            .load()
+            .iter()
+            .find(|b| b.listener == listener && b.scheme == "h3")
+            .map(|b| b.addr)
+    }
+
     /// Where the admin API listens, when it is on.
     pub async fn admin_addr(&self) -> Option<SocketAddr> {
         self.sockets.lock().await.admin.as_ref().map(|a| a.local)

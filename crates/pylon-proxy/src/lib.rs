@@ -82,7 +82,7 @@ impl StartError {
 pub struct BoundAddr {
     pub listener: String,
     pub addr: SocketAddr,
-    /// `http`, `https`, `tcp` or `udp`.
+    /// `http`, `https`, `h3` (an https listener's HTTP/3, on UDP), `tcp` or `udp`.
     pub scheme: &'static str,
 }
 

@@ -234,6 +234,8 @@ pub struct AcceptLoop {
     pub drain: watch::Receiver<bool>,
     /// TLS termination, for `https` listeners.
     pub tls: Option<Arc<ServerTls>>,
+    /// `Alt-Svc` advertising the listener's HTTP/3, added to its answers.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 impl AcceptLoop {
@@ -313,6 +315,7 @@ impl AcceptLoop {
                 client_cert: None,
                 tls: None,
                 scheme: if self.tls.is_some() { "https" } else { "http" },
+                alt_svc: self.alt_svc.clone(),
                 state: Arc::new(ConnState::default()),
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&lr.stats),

@@ -25,6 +25,8 @@ type Acceptors = Vec<(String, Arc<ServerTls>)>;
 struct PlannedSocket<'a> {
     listener: &'a Listener,
     addr: SocketAddr,
+    /// The UDP socket of an https listener's HTTP/3 (beside its TCP one).
+    quic: bool,
     socket: SocketChoice,
 }
 
@@ -135,6 +137,7 @@ impl Proxy {
         for PlannedSocket {
             listener: l,
             addr,
+            quic,
             socket,
         } in planned
         {
@@ -152,7 +155,12 @@ impl Proxy {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                         _ => false,
                     };
-                    let kept = r.listener == l.name && plan.binds.is_kept(&BindKey::new(l, addr));
+                    let key = if quic {
+                        BindKey::quic(l, addr)
+                    } else {
+                        BindKey::new(l, addr)
+                    };
+                    let kept = r.listener == l.name && plan.binds.is_kept(&key);
                     if !kept || !same_tls {
                         r.restart(l, t, &ctx).map_err(bind_err)?;
                         changes.push(format!(
@@ -163,9 +171,11 @@ impl Proxy {
                     running.push(r);
                 }
                 SocketChoice::New(socket) => {
-                    let r = RunningSocket::start(l, addr, socket, t, &ctx).map_err(bind_err)?;
+                    let r =
+                        RunningSocket::start(l, addr, socket, quic, t, &ctx).map_err(bind_err)?;
                     if !first {
-                        changes.push(format!("listener {} on {}: bound", l.name, r.local));
+                        let what = if quic { " (HTTP/3, UDP)" } else { "" };
+                        changes.push(format!("listener {} on {}{what}: bound", l.name, r.local));
                     }
                     running.push(r);
                 }
@@ -217,9 +227,9 @@ impl Proxy {
     }
 }
 
-/// A socket for every address of every listener: a running one kept (same listener
-/// and address, else the same address unless its port is 0), one handed over, or one
-/// bound now.
+/// A socket for every address of every listener (and a UDP one beside each address of
+/// an https listener with HTTP/3): a running one kept (same listener and address, else
+/// the same address unless its port is 0), one handed over, or one bound now.
 fn plan_sockets<'a>(
     running: &[RunningSocket],
     config: &'a Config,
@@ -229,28 +239,60 @@ fn plan_sockets<'a>(
     let mut planned = Vec::new();
     for l in &config.listeners {
         for &addr in &l.binds {
-            let socket = match find_running(running, &claimed, l, addr) {
-                Some(i) => {
-                    claimed[i] = true;
-                    SocketChoice::Keep(i)
-                }
-                None => SocketChoice::New(match take_prebound(prebound, l, addr) {
-                    Some(s) => s,
-                    None => bind_socket(l.protocol, addr).map_err(|source| StartError::Bind {
-                        listener: l.name.clone(),
-                        addr,
-                        source,
-                    })?,
-                }),
+            let udp = l.protocol == ListenerProtocol::Udp;
+            let socket = plan_socket(running, &mut claimed, prebound, l, addr, udp, addr)?;
+            // HTTP/3 takes the same port on UDP as its TCP socket got.
+            let port = match &socket {
+                SocketChoice::Keep(i) => running[*i].local.port(),
+                SocketChoice::New(s) => s.local_addr().map_or(addr.port(), |a| a.port()),
             };
             planned.push(PlannedSocket {
                 listener: l,
                 addr,
+                quic: false,
                 socket,
             });
+            if l.http3.is_some() {
+                let bind = SocketAddr::new(addr.ip(), port);
+                let socket = plan_socket(running, &mut claimed, prebound, l, addr, true, bind)?;
+                planned.push(PlannedSocket {
+                    listener: l,
+                    addr,
+                    quic: true,
+                    socket,
+                });
+            }
         }
     }
     Ok(planned)
+}
+
+/// The socket for `addr` of `l` (`udp`: its UDP one): kept, handed over, or bound now
+/// at `bind`.
+fn plan_socket(
+    running: &[RunningSocket],
+    claimed: &mut [bool],
+    prebound: &mut Vec<PreboundSocket>,
+    l: &Listener,
+    addr: SocketAddr,
+    udp: bool,
+    bind: SocketAddr,
+) -> Result<SocketChoice, StartError> {
+    let quic = udp && l.protocol != ListenerProtocol::Udp;
+    if let Some(i) = find_running(running, claimed, l, addr, udp, quic) {
+        claimed[i] = true;
+        return Ok(SocketChoice::Keep(i));
+    }
+    Ok(SocketChoice::New(
+        match take_prebound(prebound, l, addr, udp) {
+            Some(s) => s,
+            None => bind_socket(udp, bind).map_err(|source| StartError::Bind {
+                listener: l.name.clone(),
+                addr: bind,
+                source,
+            })?,
+        },
+    ))
 }
 
 /// An unclaimed running socket for `addr` of `l`: its own first, then another
@@ -260,11 +302,14 @@ fn find_running(
     claimed: &[bool],
     l: &Listener,
     addr: SocketAddr,
+    udp: bool,
+    quic: bool,
 ) -> Option<usize> {
-    let udp = l.protocol == ListenerProtocol::Udp;
+    // A QUIC endpoint keeps its socket while its connections drain: its socket serves
+    // HTTP/3 again or nothing.
     let fits = |i: usize| {
         let r = &running[i];
-        !claimed[i] && r.configured == addr && r.socket.is_udp() == udp
+        !claimed[i] && r.configured == addr && r.socket.is_udp() == udp && r.quic == quic
     };
     (0..running.len())
         .find(|&i| fits(i) && running[i].listener == l.name)
@@ -277,8 +322,8 @@ fn take_prebound(
     prebound: &mut Vec<PreboundSocket>,
     l: &Listener,
     addr: SocketAddr,
+    udp: bool,
 ) -> Option<Socket> {
-    let udp = l.protocol == ListenerProtocol::Udp;
     prebound
         .iter()
         .position(|p| {
@@ -297,8 +342,8 @@ fn take_prebound(
 }
 
 /// Binds one address of a listener.
-fn bind_socket(protocol: ListenerProtocol, addr: SocketAddr) -> std::io::Result<Socket> {
-    Ok(if protocol == ListenerProtocol::Udp {
+fn bind_socket(udp: bool, addr: SocketAddr) -> std::io::Result<Socket> {
+    Ok(if udp {
         Socket::Udp(listener::bind_udp(addr)?)
     } else {
         Socket::Tcp(listener::bind(addr)?)

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use pylon_config::model::{self, ListenerProtocol};
 use tokio::sync::watch;
 
+use crate::http::server_h3::{H3Deps, H3Listener};
 use crate::listener::{AcceptLoop, ConnTracker};
 use crate::runtime::Runtime;
 use crate::shared::Shared;
@@ -71,6 +72,10 @@ pub(crate) struct RunningSocket {
     pub tls: Option<Arc<ServerTls>>,
     /// Our own handle on the socket (the loop holds another).
     pub socket: Socket,
+    /// A UDP socket serving an https listener's HTTP/3.
+    pub quic: bool,
+    /// Its QUIC endpoint, which outlives reloads that keep the address.
+    h3: Option<Arc<H3Listener>>,
     /// Stops the accept loop.
     pub stop: watch::Sender<bool>,
     /// Asks the socket's connections to finish (removed listener, shutdown).
@@ -90,6 +95,7 @@ impl RunningSocket {
         listener: &model::Listener,
         configured: SocketAddr,
         socket: Socket,
+        quic: bool,
         tls: Option<Arc<ServerTls>>,
         ctx: &LoopCtx,
     ) -> std::io::Result<RunningSocket> {
@@ -102,6 +108,8 @@ impl RunningSocket {
             config: listener.clone(),
             tls,
             socket,
+            quic,
+            h3: None,
             stop: watch::Sender::new(false),
             drain: watch::Sender::new(false),
         };
@@ -117,12 +125,17 @@ impl RunningSocket {
         tls: Option<Arc<ServerTls>>,
         ctx: &LoopCtx,
     ) -> std::io::Result<()> {
-        let _ = self.stop.send(true);
-        self.stop = watch::Sender::new(false);
         self.listener = listener.name.clone();
         self.protocol = listener.protocol;
         self.config = listener.clone();
         self.tls = tls;
+        // QUIC connections live in the endpoint: it stays, with the new settings.
+        if let (Some(h3), Some(tls)) = (&self.h3, &self.tls) {
+            h3.update(listener, Arc::clone(tls));
+            return Ok(());
+        }
+        let _ = self.stop.send(true);
+        self.stop = watch::Sender::new(false);
         self.spawn_loop(ctx)
     }
 
@@ -130,12 +143,26 @@ impl RunningSocket {
     pub fn close(&self) {
         let _ = self.stop.send(true);
         let _ = self.drain.send(true);
+        if let Some(h3) = &self.h3 {
+            h3.close();
+        }
     }
 
     fn spawn_loop(&mut self, ctx: &LoopCtx) -> std::io::Result<()> {
         let name: Arc<str> = Arc::from(self.listener.as_str());
         let stop = self.stop.subscribe();
         match self.socket.try_clone()? {
+            Socket::Udp(u) if self.quic => {
+                let tls = self.tls.clone().ok_or_else(|| {
+                    std::io::Error::other("HTTP/3 needs the listener's TLS settings")
+                })?;
+                let deps = H3Deps {
+                    runtime: Arc::clone(&ctx.runtime),
+                    shared: Arc::clone(&ctx.shared),
+                    tracker: Arc::clone(&ctx.tracker),
+                };
+                self.h3 = Some(H3Listener::start(&self.config, u, tls, deps)?);
+            }
             Socket::Udp(u) => {
                 u.set_nonblocking(true)?;
                 let socket = tokio::net::UdpSocket::from_std(u)?;
@@ -177,6 +204,9 @@ impl RunningSocket {
                             stop,
                             drain: self.drain.subscribe(),
                             tls: self.tls.clone(),
+                            alt_svc: self.config.http3.as_ref().and_then(|h3| {
+                                crate::http::server_h3::alt_svc(self.local.port(), h3)
+                            }),
                         }
                         .run(),
                     );
@@ -187,6 +217,9 @@ impl RunningSocket {
     }
 
     pub fn scheme(&self) -> &'static str {
+        if self.quic {
+            return "h3";
+        }
         match self.protocol {
             ListenerProtocol::Http => "http",
             ListenerProtocol::Https => "https",

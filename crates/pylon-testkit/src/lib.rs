@@ -8,6 +8,7 @@
 pub mod client;
 pub mod dns;
 pub mod grpc;
+pub mod h3;
 pub mod origin;
 pub mod process;
 pub mod smuggling;
@@ -17,6 +18,7 @@ pub mod ws;
 pub use client::*;
 pub use dns::*;
 pub use grpc::*;
+pub use h3::*;
 pub use origin::*;
 pub use process::*;
 pub use tls::*;

@@ -216,6 +216,7 @@ fn every_readme_and_example_command_works_as_written() {
     for name in [
         "quickstart.toml",
         "https.toml",
+        "h3.toml",
         "l4.toml",
         "forward.toml",
         "grpc.toml",

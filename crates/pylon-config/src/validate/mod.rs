@@ -16,6 +16,7 @@ use crate::units::{parse_duration, parse_size};
 
 mod cluster;
 mod entry;
+mod http3;
 mod l4;
 mod route;
 mod tcp;
@@ -667,7 +668,7 @@ fn listener(
             if !dropped.has("tls") {
                 // Reported where https was asked for.
                 p.span(
-                    r.protocol.as_ref().map_or(name_span, Spanned::span),
+                    r.protocol.as_ref().map_or(name_span.clone(), Spanned::span),
                     "protocol \"https\" needs a [listeners.tls] table with at least one certificate",
                 );
             }
@@ -745,6 +746,20 @@ fn listener(
         n => n.as_ref().map(|n| *n.get_ref()),
     };
     let tcp = tcp::tcp_options(&r.tcp_keepalive, &r.tcp_user_timeout, p);
+    let http3 = http3::http3(&r.http3, protocol, p);
+    if http3.is_some() {
+        // The listener's addresses are taken on UDP too.
+        for &a in binds.iter().filter(|a| a.port() != 0) {
+            if let Some(other) = bound.insert((a, true), name.clone()) {
+                p.span(
+                    r.http3.as_ref().map_or(name_span.clone(), Spanned::span),
+                    format!(
+                        "address {a} (UDP, for HTTP/3) is already bound by listener \"{other}\""
+                    ),
+                );
+            }
+        }
+    }
     if protocol == ListenerProtocol::Udp {
         for span in [
             r.tcp_keepalive.as_ref().map(Spanned::span),
@@ -777,6 +792,7 @@ fn listener(
         },
         headers,
         tls,
+        http3,
         l4,
         proxy_protocol,
         forward,

@@ -572,7 +572,8 @@ fn tunnel(
     let (listener, client) = (Arc::clone(&ctx.listener), ctx.client);
     // In flight, and the client connection counted open, while the tunnel lives.
     let held = (
-        ctx.state.request_started(req.version() == Version::HTTP_2),
+        ctx.state
+            .request_started(super::server_h3::multiplexed(req.version())),
         ctx.guard.clone(),
     );
     tokio::spawn(async move {

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod router;
 pub mod server_h1h2;
+pub mod server_h3;
 pub mod stall;
 pub mod tunnel;
 pub mod ws_relay;

@@ -52,6 +52,8 @@ pub struct ConnCtx {
     /// What TLS negotiated, on TLS listeners with clusters that send PROXY v2 headers.
     pub tls: Option<Arc<crate::l4::proxy_protocol::TlsInfo>>,
     pub scheme: &'static str,
+    /// `Alt-Svc` for answers on a TCP listener whose HTTP/3 is advertised.
+    pub alt_svc: Option<HeaderValue>,
     pub state: Arc<ConnState>,
     pub shared: Arc<Shared>,
     /// The listener's traffic counters.
@@ -207,7 +209,9 @@ pub(super) struct Routed {
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
 pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
-    let inflight = ctx.state.request_started(req.version() == Version::HTTP_2);
+    let inflight = ctx
+        .state
+        .request_started(super::server_h3::multiplexed(req.version()));
     let rt = ctx.runtime.load_full();
     let mut ex = Exchange {
         log: RequestLog::new(req.version()),
@@ -496,6 +500,11 @@ fn finish(
         if let (Some(name), Some(id)) = (&l.request_id, &ex.log.request_id) {
             h.insert(name.clone(), id.clone());
         }
+    }
+    // The listener's HTTP/3, advertised on its TCP answers (the client reaches Pylon,
+    // so an upstream's own Alt-Svc would point it elsewhere).
+    if let Some(alt_svc) = &ctx.alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
     }
     let mut log = ctx.shared.logger.enabled().then(|| {
         (

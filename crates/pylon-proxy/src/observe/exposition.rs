@@ -164,6 +164,26 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &m.tls_handshake_failures,
             ),
             (
+                "pylon_quic_connections",
+                "HTTP/3: QUIC connections established.",
+                &m.quic_connections,
+            ),
+            (
+                "pylon_quic_handshake_failures",
+                "HTTP/3: QUIC handshakes failed or timed out.",
+                &m.quic_handshake_failures,
+            ),
+            (
+                "pylon_quic_refused",
+                "HTTP/3: new QUIC connections refused at a connection limit.",
+                &m.quic_refused,
+            ),
+            (
+                "pylon_quic_retries",
+                "HTTP/3: Retry packets sent to validate a client's address.",
+                &m.quic_retries,
+            ),
+            (
                 "pylon_l4_connections",
                 "Layer 4 connections accepted.",
                 &m.l4_connections,

@@ -42,6 +42,13 @@ pub struct Metrics {
     pub tunnels_total: AtomicU64,
     /// CONNECT tunnels whose two plain sockets were relayed with splice(2).
     pub tunnels_spliced: AtomicU64,
+    /// HTTP/3: QUIC connections established; handshakes that failed or timed out;
+    /// new connections refused (a listener's `max_connections`, the process's limits);
+    /// Retry packets sent to validate a client's address.
+    pub quic_connections: AtomicU64,
+    pub quic_handshake_failures: AtomicU64,
+    pub quic_refused: AtomicU64,
+    pub quic_retries: AtomicU64,
     /// Configuration reloads applied and refused; when the config in force was loaded
     /// (Unix seconds).
     pub reloads_ok: AtomicU64,

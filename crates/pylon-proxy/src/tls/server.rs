@@ -170,6 +170,11 @@ impl ServerTls {
         })
     }
 
+    /// The server config in force (HTTP/3 makes its QUIC config from it).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.load_full())
     }

@@ -1,0 +1,613 @@
+//! HTTP/3 over QUIC (RFC 9114) on quinn and h3: the only QUIC-aware server file.
+//!
+//! An https listener with `http3` has a UDP socket beside each TCP one, on the same
+//! address, served by one quinn endpoint ([`H3Listener`]) with the listener's own
+//! certificates, SNI selection and client-certificate settings (ALPN `h3`, TLS 1.3,
+//! no 0-RTT). Each request goes to the one request path (`pipeline::handle`) exactly
+//! as HTTP/1.1 and HTTP/2 requests do; bodies stream both ways under QUIC flow control
+//! ([`H3Body`] reads the client's, the response's is written frame by frame).
+//!
+//! What is QUIC's own stays here: address validation (a Retry once handshakes come
+//! faster than `validation_above` per second, or always), the listener's connection
+//! limit, the handshake timeout, the idle close, graceful close with GOAWAY (a removed
+//! address, a stop), and the send stall guard for a client that stops reading. A
+//! reload that changes the listener keeps the endpoint and its connections: new
+//! settings and certificates apply to new connections and requests.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pylon_config::model::{AddressValidation, Http3, Limits, Listener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::body::{BoxError, StreamProgress};
+use super::error::ErrorKind;
+use super::pipeline::{self, ConnCtx};
+use crate::conn::{ClientBody, ConnState};
+use crate::runtime::Runtime;
+use crate::shared::Shared;
+use crate::tls::server::{ClientIdentity, ServerTls};
+
+/// HTTP/3 error codes (RFC 9114 §8.1) this server closes with.
+const H3_NO_ERROR: u32 = 0x100;
+const H3_INTERNAL_ERROR: u32 = 0x102;
+const H3_REQUEST_CANCELLED: u32 = 0x10c;
+/// Unidirectional streams a client may open at once: HTTP/3 needs three (control,
+/// QPACK encoder and decoder); the rest leaves room for reserved (grease) types.
+const MAX_UNI_STREAMS: u32 = 16;
+
+/// What an HTTP/3 socket needs from the running proxy.
+pub struct H3Deps {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub shared: Arc<Shared>,
+    pub tracker: Arc<crate::listener::ConnTracker>,
+}
+
+/// One UDP socket serving HTTP/3 for an https listener.
+pub struct H3Listener {
+    endpoint: quinn::Endpoint,
+    settings: ArcSwap<Settings>,
+    /// Asks the connections to finish (GOAWAY): the address was removed, or the
+    /// process stops.
+    drain: watch::Sender<bool>,
+    /// Stops accepting.
+    stop: watch::Sender<bool>,
+    /// QUIC connections open on this socket.
+    live: Arc<AtomicU64>,
+    local: SocketAddr,
+}
+
+/// The listener's settings as of its last (re)start.
+struct Settings {
+    name: Arc<str>,
+    limits: Limits,
+    http3: Http3,
+    tls: Arc<ServerTls>,
+    /// The QUIC server config, with the rustls config it was made from: made again
+    /// when that changes (certificates reloaded from disk).
+    quic: Mutex<Option<(Arc<rustls::ServerConfig>, Arc<quinn::ServerConfig>)>>,
+}
+
+impl Settings {
+    fn new(l: &Listener, tls: Arc<ServerTls>) -> Settings {
+        Settings {
+            name: Arc::from(l.name.as_str()),
+            limits: l.limits.clone(),
+            http3: l.http3.clone().unwrap_or_default(),
+            tls,
+            quic: Mutex::new(None),
+        }
+    }
+
+    /// The QUIC config for a new connection, from the listener's current certificates.
+    fn quic(&self) -> Result<Arc<quinn::ServerConfig>, String> {
+        let current = self.tls.current();
+        let mut made = crate::lock(&self.quic);
+        if let Some((from, quic)) = &*made
+            && Arc::ptr_eq(from, &current)
+        {
+            return Ok(Arc::clone(quic));
+        }
+        let quic = Arc::new(quic_config(&current, &self.limits, &self.http3)?);
+        *made = Some((current, Arc::clone(&quic)));
+        Ok(quic)
+    }
+}
+
+/// The listener's rustls config made fit for QUIC: ALPN `h3` only, no early data.
+fn quic_config(
+    tls: &rustls::ServerConfig,
+    limits: &Limits,
+    h3: &Http3,
+) -> Result<quinn::ServerConfig, String> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| format!("TLS settings unfit for QUIC: {e}"))?;
+    let var = |n: u64| quinn::VarInt::from_u64(n).unwrap_or(quinn::VarInt::MAX);
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
+        .stream_receive_window(var(h3.initial_stream_window))
+        .receive_window(var(h3.initial_connection_window));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(t)).migration(true);
+    Ok(config)
+}
+
+impl H3Listener {
+    /// Serves HTTP/3 for `listener` on `socket` (bound to one of its addresses).
+    pub fn start(
+        listener: &Listener,
+        socket: std::net::UdpSocket,
+        tls: Arc<ServerTls>,
+        deps: H3Deps,
+    ) -> std::io::Result<Arc<H3Listener>> {
+        let local = socket.local_addr()?;
+        let settings = Settings::new(listener, tls);
+        let first = settings.quic().map_err(std::io::Error::other)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some((*first).clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let h3 = Arc::new(H3Listener {
+            endpoint,
+            settings: ArcSwap::from_pointee(settings),
+            drain: watch::Sender::new(false),
+            stop: watch::Sender::new(false),
+            live: Arc::new(AtomicU64::new(0)),
+            local,
+        });
+        tokio::spawn(Arc::clone(&h3).accept_loop(deps));
+        Ok(h3)
+    }
+
+    /// New settings for `listener` (a reload): new connections and requests use them;
+    /// the endpoint and its connections go on.
+    pub fn update(&self, listener: &Listener, tls: Arc<ServerTls>) {
+        self.settings.store(Arc::new(Settings::new(listener, tls)));
+    }
+
+    /// Stops accepting and asks every connection to finish (GOAWAY).
+    pub fn close(&self) {
+        let _ = self.stop.send(true);
+        let _ = self.drain.send(true);
+    }
+
+    async fn accept_loop(self: Arc<Self>, deps: H3Deps) {
+        let mut stop = self.stop.subscribe();
+        let mut rate = HandshakeRate::default();
+        let metrics = Arc::clone(&deps.shared.metrics);
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+                _ = stop.changed() => break,
+            };
+            let s = self.settings.load_full();
+            if rate.count() && !incoming.remote_address_validated() && incoming.may_retry() {
+                let validate = match s.http3.address_validation {
+                    AddressValidation::Always => true,
+                    AddressValidation::Never => false,
+                    AddressValidation::Above(n) => rate.this_second > u64::from(n),
+                };
+                if validate {
+                    metrics.quic_retries.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                    continue;
+                }
+            }
+            if self.live.load(Ordering::Relaxed) >= s.http3.max_connections {
+                metrics.quic_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %s.name, client = %incoming.remote_address(), "HTTP/3 connection refused: max_connections");
+                incoming.refuse();
+                continue;
+            }
+            let runtime = deps.runtime.load();
+            let Some(lr) = runtime.listener(&s.name) else {
+                incoming.refuse();
+                continue;
+            };
+            let client = incoming.remote_address();
+            let Some(guard) = deps.tracker.admit(&deps.shared, &runtime, &lr, client.ip()) else {
+                metrics.quic_refused.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            };
+            let config = match s.quic() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(listener = %s.name, error = %e, "HTTP/3 connection refused");
+                    incoming.refuse();
+                    continue;
+                }
+            };
+            let connecting = match incoming.accept_with(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics
+                        .quic_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%client, error = %e, "QUIC handshake failed");
+                    continue;
+                }
+            };
+            let ctx = ConnCtx {
+                runtime: Arc::clone(&deps.runtime),
+                listener: Arc::clone(&s.name),
+                client,
+                local: self.local,
+                client_ip: http::HeaderValue::from_str(&client.ip().to_string())
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+                client_cert: None,
+                tls: None,
+                scheme: "https",
+                alt_svc: None,
+                state: Arc::new(ConnState::default()),
+                shared: Arc::clone(&deps.shared),
+                stats: Arc::clone(&lr.stats),
+                guard: Some(Arc::new(guard)),
+                client_socket: None,
+            };
+            let open = Open(Arc::clone(&self.live));
+            tokio::spawn(connection(connecting, ctx, s, self.drain.subscribe(), open));
+        }
+        // No new connections; those open finish (they were asked to by `close`).
+        self.endpoint.set_server_config(None);
+    }
+}
+
+/// Counts a QUIC connection open on its socket while held.
+struct Open(Arc<AtomicU64>);
+
+impl Open {
+    fn hold(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// New connections in the current second.
+#[derive(Default)]
+struct HandshakeRate {
+    second: Option<Instant>,
+    this_second: u64,
+}
+
+impl HandshakeRate {
+    /// Counts one; always true (so that it reads as a step of the condition).
+    fn count(&mut self) -> bool {
+        let now = Instant::now();
+        match self.second {
+            Some(s) if now.duration_since(s) < Duration::from_secs(1) => self.this_second += 1,
+            _ => {
+                self.second = Some(now);
+                self.this_second = 1;
+            }
+        }
+        true
+    }
+}
+
+/// One QUIC connection: the handshake, then its requests, each in a task of its own,
+/// until the client closes, the connection idles out, or it is asked to finish.
+async fn connection(
+    connecting: quinn::Connecting,
+    mut ctx: ConnCtx,
+    s: Arc<Settings>,
+    mut drain: watch::Receiver<bool>,
+    open: Open,
+) {
+    open.hold();
+    let metrics = Arc::clone(&ctx.shared.metrics);
+    let conn = match tokio::time::timeout(s.tls.settings.handshake_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            metrics
+                .quic_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %ctx.client, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics
+                .quic_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %ctx.client, "QUIC handshake timed out");
+            return;
+        }
+    };
+    metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+    ctx.client_cert = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().and_then(ClientIdentity::from_der))
+        .map(Arc::new);
+    let ctx = Arc::new(ctx);
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(s.limits.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 connection failed");
+            return;
+        }
+    };
+    let mut requests = JoinSet::new();
+    let mut last_busy = Instant::now();
+    let mut stop = Some(ctx.shared.stop.watch());
+    let mut finishing = *drain.borrow();
+    if finishing {
+        let _ = h3.shutdown(0).await;
+    }
+    loop {
+        let idle_at = last_busy + s.limits.idle_timeout;
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    last_busy = Instant::now();
+                    requests.spawn(request(resolver, Arc::clone(&ctx), s.limits.clone()));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 connection ended");
+                    }
+                    break;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                last_busy = Instant::now();
+            }
+            changed = drain.changed(), if !finishing => {
+                if changed.is_err() || *drain.borrow() {
+                    finishing = true;
+                    let _ = h3.shutdown(0).await;
+                }
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if requests.is_empty() && !finishing => {
+                finishing = true;
+                let _ = h3.shutdown(0).await;
+            }
+            () = crate::life::retired(&mut stop) => {
+                // The process's drain deadline: what is still open is cut.
+                conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"shutting down");
+                return;
+            }
+        }
+    }
+    // Requests already taken up are answered before the connection closes.
+    loop {
+        tokio::select! {
+            next = requests.join_next() => if next.is_none() { break },
+            () = crate::life::retired(&mut stop) => break,
+        }
+    }
+    conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+}
+
+type RequestResolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// One request stream: its head (within the header-read timeout), the request path,
+/// and the answer streamed back.
+async fn request(resolver: RequestResolver, ctx: Arc<ConnCtx>, limits: Limits) {
+    let resolved = tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request());
+    let (req, stream) = match resolved.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 request refused");
+            pipeline::log_rejected(&ctx, ErrorKind::MalformedRequest);
+            return;
+        }
+        Err(_) => {
+            pipeline::log_rejected(&ctx, ErrorKind::HeaderTimeout);
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let body = H3Body::new(recv, req.headers()).await;
+    let req = req.map(|()| body.into_client_body());
+    let resp = pipeline::handle(req, Arc::clone(&ctx)).await;
+    respond(&mut send, resp, &limits).await;
+}
+
+/// Writes an answer: its head, then its body frame by frame, each write bounded by the
+/// send timeout (a client that stops reading has its stream reset, and the access log
+/// says the body was cut by a stall).
+async fn respond(
+    send: &mut SendStream,
+    resp: Response<super::body::ResponseBody>,
+    limits: &Limits,
+) {
+    let (mut parts, mut body) = resp.into_parts();
+    let progress = Arc::new(StreamProgress::default());
+    body.set_progress(Arc::clone(&progress));
+    strip_connection_fields(&mut parts.headers);
+    let head = Response::from_parts(parts, ());
+    if send.send_response(head).await.is_err() {
+        return;
+    }
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                // The upstream's body broke: the client must not take a cut body for
+                // a whole one.
+                send.stop_stream(h3::error::Code::from(u64::from(H3_INTERNAL_ERROR)));
+                return;
+            }
+        };
+        let sent = match frame.into_data() {
+            Ok(data) => tokio::time::timeout(limits.send_timeout, send.send_data(data)).await,
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    tokio::time::timeout(limits.send_timeout, send.send_trailers(trailers)).await
+                }
+                Err(_) => continue,
+            },
+        };
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                progress.mark_stalled();
+                send.stop_stream(h3::error::Code::from(u64::from(H3_REQUEST_CANCELLED)));
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(limits.send_timeout, send.finish()).await;
+}
+
+/// Connection-specific fields have no place in HTTP/3 (RFC 9114 §4.2).
+fn strip_connection_fields(h: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ] {
+        h.remove(name);
+    }
+}
+
+/// A request body as an HTTP/3 client sends it: DATA frames, then trailers, checked
+/// against a declared `Content-Length` (RFC 9114 §4.1.2).
+pub struct H3Body {
+    recv: RecvStream,
+    /// What was read before the request went on its way.
+    ahead: Option<Result<Frame<Bytes>, BoxError>>,
+    /// The DATA frames have ended (trailers may follow).
+    data_done: bool,
+    /// Everything has been read.
+    done: bool,
+    declared: Option<u64>,
+    received: u64,
+}
+
+impl H3Body {
+    /// Reads what has already arrived of the body: a request whose stream ended with
+    /// its head (a GET) then has an empty body, so that it goes upstream without one.
+    async fn new(recv: RecvStream, headers: &HeaderMap) -> H3Body {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let mut body = H3Body {
+            recv,
+            ahead: None,
+            data_done: false,
+            done: false,
+            declared,
+            received: 0,
+        };
+        let mut first = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(f) = Pin::new(&mut body).poll_frame(cx) {
+                first = f;
+            }
+            Poll::Ready(())
+        })
+        .await;
+        body.ahead = first;
+        body
+    }
+
+    fn into_client_body(self) -> ClientBody {
+        if self.done && self.ahead.is_none() {
+            ClientBody::Empty
+        } else {
+            ClientBody::H3(Box::new(self))
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.recv
+            .stop_sending(h3::error::Code::from(u64::from(H3_REQUEST_CANCELLED)));
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+impl Body for H3Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(f) = this.ahead.take() {
+            return Poll::Ready(Some(f));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match ready!(this.recv.poll_recv_data(cx)) {
+                Ok(Some(mut buf)) => {
+                    let data = buf.copy_to_bytes(buf.remaining());
+                    this.received += data.len() as u64;
+                    if this.declared.is_some_and(|n| this.received > n) {
+                        return this.fail("request body longer than its Content-Length");
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) => this.data_done = true,
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+        if this.declared.is_some_and(|n| this.received != n) {
+            return this.fail("request body shorter than its Content-Length");
+        }
+        let trailers = ready!(this.recv.poll_recv_trailers(cx));
+        this.done = true;
+        match trailers {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.ahead.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.declared {
+            Some(n) => SizeHint::with_exact(n.saturating_sub(self.received)),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Whether requests of this version share their connection with others (HTTP/2 and
+/// HTTP/3): no header-read timeout between them, and a graceful close is a GOAWAY.
+pub fn multiplexed(v: http::Version) -> bool {
+    matches!(v, http::Version::HTTP_2 | http::Version::HTTP_3)
+}
+
+/// `Alt-Svc` for a TCP listener whose HTTP/3 listens on `port` (RFC 7838).
+pub fn alt_svc(port: u16, h3: &Http3) -> Option<http::HeaderValue> {
+    if !h3.alt_svc {
+        return None;
+    }
+    let value = format!("h3=\":{port}\"; ma={}", h3.alt_svc_max_age.as_secs());
+    http::HeaderValue::from_str(&value).ok()
+}

@@ -1,0 +1,437 @@
+//! HTTP/3 end to end, with a quinn + h3 client: requests on an https listener's UDP
+//! side reach the same request path as HTTP/1.1 and HTTP/2 (routes, forwarding
+//! headers, proxy-made errors), bodies stream both ways with trailers, many streams
+//! share one connection, the TCP side advertises HTTP/3 with Alt-Svc, a reload keeps
+//! QUIC connections, and bad bodies are refused while the connection goes on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use pylon_testkit::*;
+
+/// An https listener `front` with `http3` (`h3` is its value, `true` or a table) in
+/// front of `rest` (routes and clusters).
+fn h3_config(ca: &TestCa, h3: &str, rest: &str) -> String {
+    h3_config_with(ca, h3, "", rest)
+}
+
+/// The same, with `listener_extra` lines in the listener's table.
+fn h3_config_with(ca: &TestCa, h3: &str, listener_extra: &str, rest: &str) -> String {
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "leaf");
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+protocol = "https"
+http3 = {h3}
+{listener_extra}
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+{rest}
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+fn proxy_to(origin: SocketAddr, cluster_extra: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = ["{origin}"]
+{cluster_extra}
+"#
+    )
+}
+
+async fn start(ca: &TestCa, h3: &str, rest: &str) -> (TestProxy, SocketAddr) {
+    let proxy = TestProxy::start(&h3_config(ca, h3, rest)).await;
+    let udp = proxy.proxy.h3_addr("front").expect("an HTTP/3 address");
+    assert_eq!(
+        udp.port(),
+        proxy.addr("front").port(),
+        "HTTP/3 takes the TCP listener's port"
+    );
+    (proxy, udp)
+}
+
+#[tokio::test]
+async fn a_get_over_http3_goes_through_the_request_path_to_an_http1_origin() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let a = client.get("localhost", "/some/path?q=1").await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let echo: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["uri"], "/some/path?q=1");
+    assert_eq!(echo["version"], "HTTP/1.1", "HTTP/1.1 to the origin");
+    assert_eq!(echo["body_len"], 0);
+    let h = &echo["headers"];
+    assert_eq!(h["host"][0], "localhost");
+    assert_eq!(h["x-forwarded-proto"][0], "https");
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(h["via"][0], "3 pylon");
+    assert!(
+        h.get("transfer-encoding").is_none() && h.get("content-length").is_none(),
+        "a GET whose stream ended with its head goes upstream without a body: {h}"
+    );
+    // The origin's hop-by-hop fields stay behind; no Alt-Svc over HTTP/3 itself.
+    assert!(a.header("connection").is_none() && a.header("keep-alive").is_none());
+    assert!(a.header("x-hop").is_none());
+    assert!(a.header("alt-svc").is_none());
+    assert!(a.header("x-request-id").is_some(), "the finaliser ran");
+    let m = proxy.proxy.render_metrics();
+    assert!(m.contains("pylon_quic_connections_total 1"), "{m}");
+}
+
+#[tokio::test]
+async fn many_streams_share_one_connection() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    let client = std::sync::Arc::new(client);
+    for i in 0..40 {
+        let c = std::sync::Arc::clone(&client);
+        set.spawn(async move { (i, c.get("localhost", &format!("/n/{i}")).await.unwrap()) });
+    }
+    while let Some(r) = set.join_next().await {
+        let (i, a) = r.unwrap();
+        assert_eq!(a.status, 200);
+        let echo: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(echo["uri"], format!("/n/{i}"));
+    }
+    let m = proxy.proxy.render_metrics();
+    assert!(
+        m.contains("pylon_quic_connections_total 1\n"),
+        "one QUIC connection: {m}"
+    );
+    assert!(m.contains("pylon_responses_total{class=\"2xx\"} 40"), "{m}");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_up_and_trailers_pass_to_an_h2_origin() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "protocol = \"h2c\"")).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    // 4 MiB in 64 KiB pieces: more than the stream window, so flow control turns.
+    let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+    let pieces: Vec<Bytes> = (0..64).map(|_| piece.clone()).collect();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let req = Request::post("https://localhost/upload")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let a = client.send(req, &pieces, Some(trailers)).await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let echo: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(echo["body_len"], 64 * 64 * 1024);
+    assert_eq!(echo["trailers"][0], "x-checksum=abc");
+
+    // A declared length, sent in pieces, to an HTTP/1.1 origin.
+    let origin1 = Origin::echo().await;
+    let (_p1, udp1) = start(&ca, "true", &proxy_to(origin1.addr, "")).await;
+    let client1 = H3Client::connect(&ca, udp1, "localhost").await.unwrap();
+    let req = Request::put("https://localhost/put")
+        .header("content-length", "300000")
+        .body(())
+        .unwrap();
+    let body = [
+        Bytes::from(vec![b'a'; 100_000]),
+        Bytes::from(vec![b'b'; 200_000]),
+    ];
+    let a = client1.send(req, &body, None).await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let echo: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(echo["body_len"], 300_000);
+    assert_eq!(echo["headers"]["content-length"][0], "300000");
+}
+
+#[tokio::test]
+async fn response_bodies_and_trailers_stream_down() {
+    let big = Bytes::from(vec![b'z'; 3 * 1024 * 1024]);
+    let body = big.clone();
+    let origin = Origin::start(move |_req| {
+        let body = body.clone();
+        async move {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let stream = futures_util::stream::iter(vec![
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(body)),
+                Ok(http_body::Frame::trailers(trailers)),
+            ]);
+            http::Response::new(http_body_util::BodyExt::boxed(
+                http_body_util::StreamBody::new(stream),
+            ))
+        }
+    })
+    .await;
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "protocol = \"h2c\"")).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let a = client.get("localhost", "/big").await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), big.len());
+    assert!(a.body == big);
+    let t = a.trailers.expect("trailers");
+    assert_eq!(t["grpc-status"], "0");
+}
+
+#[tokio::test]
+async fn proxy_made_errors_carry_their_reason_over_http3() {
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "true", &proxy_to(closed_port(), "")).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let a = client.get("localhost", "/").await.unwrap();
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.header("x-pylon-error"), Some("upstream_connect_failed"));
+
+    // A body longer than its Content-Length is refused, and the connection goes on.
+    let origin = Origin::echo().await;
+    let (_p2, udp2) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = H3Client::connect(&ca, udp2, "localhost").await.unwrap();
+    let req = Request::post("https://localhost/")
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let a = client
+        .send(req, &[Bytes::from_static(b"more than five")], None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400, "{a:?}");
+    assert!(a.header("x-pylon-error").is_some());
+    let a = client.get("localhost", "/after").await.unwrap();
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn the_tcp_side_advertises_http3_with_alt_svc() {
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", "[[routes]]\nrespond = { body = \"hi\" }").await;
+    let expected = format!("h3=\":{}\"; ma=86400", udp.port());
+    for alpn in [["h2"], ["http/1.1"]] {
+        let connector = tls_client(&ca, &alpn, None);
+        let req = Request::get("https://localhost/")
+            .header("host", "localhost")
+            .body(empty())
+            .unwrap();
+        let a = https_send(&connector, proxy.addr("front"), "localhost", req)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("alt-svc"), Some(expected.as_str()), "{alpn:?}");
+    }
+    // And the same answer over HTTP/3.
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(client.get("localhost", "/").await.unwrap().text(), "hi");
+
+    // Turned off: no advertisement, HTTP/3 still served.
+    let (proxy, udp) = start(
+        &ca,
+        "{ alt_svc = false }",
+        "[[routes]]\nrespond = { body = \"hi\" }",
+    )
+    .await;
+    let connector = tls_client(&ca, &["http/1.1"], None);
+    let req = Request::get("https://localhost/")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let a = https_send(&connector, proxy.addr("front"), "localhost", req)
+        .await
+        .unwrap();
+    assert!(a.header("alt-svc").is_none());
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(client.get("localhost", "/").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_quic_connections_and_applies_new_routes() {
+    let ca = TestCa::new("h3");
+    let config = |body: &str, limit: &str| {
+        h3_config_with(
+            &ca,
+            "true",
+            &format!("max_headers = {limit}"),
+            &format!("[[routes]]\nrespond = {{ body = \"{body}\" }}"),
+        )
+    };
+    let proxy = TestProxy::start(&config("one", "100")).await;
+    let udp = proxy.proxy.h3_addr("front").unwrap();
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(client.get("localhost", "/").await.unwrap().text(), "one");
+
+    // Same address, other listener settings and another route.
+    let report = proxy
+        .proxy
+        .reload(&pylon_config::parse(&config("two", "50"), "test.toml").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        report
+            .changes
+            .iter()
+            .any(|c| c.contains("new settings, same socket")),
+        "{:?}",
+        report.changes
+    );
+    assert_eq!(proxy.proxy.h3_addr("front"), Some(udp));
+    // The connection opened before the reload goes on, with the new route.
+    assert_eq!(client.get("localhost", "/").await.unwrap().text(), "two");
+    let id = client.connection.stable_id();
+    assert_eq!(
+        client.connection.close_reason(),
+        None,
+        "connection {id} open"
+    );
+}
+
+#[tokio::test]
+async fn http3_is_checked_like_the_rest_of_the_config() {
+    let err = pylon_config::parse(
+        r#"
+[[listeners]]
+name = "plain"
+bind = "127.0.0.1:8080"
+http3 = true
+[[routes]]
+respond = { body = "x" }
+"#,
+        "h3.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("h3.toml:5")
+            && err.contains("`http3` applies only to listeners with protocol = \"https\""),
+        "{err}"
+    );
+
+    let err = pylon_config::parse(
+        r#"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:8443"
+protocol = "https"
+http3 = { address_validation = "sometimes", initial_stream_window = 10 }
+tls = { certificates = [{ cert = "c.pem", key = "k.pem" }] }
+[[listeners]]
+name = "dns"
+bind = "127.0.0.1:8443"
+protocol = "udp"
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:53"]
+[[routes]]
+respond = { body = "x" }
+"#,
+        "h3.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("unknown address_validation \"sometimes\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("initial_stream_window must be at least 1KiB"),
+        "{err}"
+    );
+    assert!(
+        err.contains("address 127.0.0.1:8443 is already bound by listener \"tls\""),
+        "{err}"
+    );
+}
+
+/// Runs `examples/h3_client.py` (aioquic, an independent HTTP/3 stack, which
+/// scripts/test.sh installs) with `args`; its output.
+async fn aioquic_client(args: &[&str]) -> String {
+    let python = std::env::var("PYLON_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/h3_client.py");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the aioquic client finishes")
+    .expect("python runs (scripts/test.sh installs aioquic into target/test-venv)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The JSON body of the echo origin's answer in an `h3_client.py` output.
+fn echoed(out: &str) -> serde_json::Value {
+    let json = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON body");
+    serde_json::from_str(json).unwrap()
+}
+
+/// aioquic as the client, through the README's example client: a GET, and a 1 MiB
+/// POST in pieces with trailers, to an HTTP/2 origin.
+#[tokio::test]
+async fn aioquic_as_the_client() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "protocol = \"h2c\"")).await;
+    let ca_file = temp_dir().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let ca_file = ca_file.to_string_lossy().into_owned();
+    let url = format!("https://localhost:{}/aioquic?x=1", udp.port());
+    let connect = udp.ip().to_string();
+    let out = aioquic_client(&["--cacert", &ca_file, "--connect", &connect, &url]).await;
+    assert!(out.starts_with("HTTP/3 200\n"), "{out}");
+    let get = echoed(&out);
+    assert_eq!(
+        get["uri"],
+        format!("http://localhost:{}/aioquic?x=1", udp.port()),
+        "HTTP/2 to the origin"
+    );
+    assert_eq!(get["headers"]["via"][0], "3 pylon");
+
+    let out = aioquic_client(&[
+        "--cacert",
+        &ca_file,
+        "--connect",
+        &connect,
+        "--data",
+        "1048576",
+        "--pieces",
+        "16",
+        "--trailer",
+        "x-sum=42",
+        &url,
+    ])
+    .await;
+    assert!(out.starts_with("HTTP/3 200\n"), "{out}");
+    let post = echoed(&out);
+    assert_eq!(post["method"], "POST");
+    assert_eq!(post["body_len"], 1 << 20);
+    assert_eq!(post["trailers"][0], "x-sum=42");
+}
