@@ -267,6 +267,9 @@ pub struct Http3 {
     pub initial_stream_window: u64,
     /// Bytes a client may send on all its streams before Pylon reads them.
     pub initial_connection_window: u64,
+    /// Accept 0-RTT (early data) from resuming clients: safe methods only, forwarded
+    /// with `Early-Data: 1`; others get 425 Too Early (RFC 8470).
+    pub early_data: bool,
 }
 
 impl Default for Http3 {
@@ -278,6 +281,7 @@ impl Default for Http3 {
             max_connections: 10_000,
             initial_stream_window: 1 << 20,
             initial_connection_window: 8 << 20,
+            early_data: false,
         }
     }
 }

@@ -581,6 +581,7 @@ pub struct RawHttp3Table {
     pub max_connections: Option<u64>,
     pub initial_stream_window: Option<Size>,
     pub initial_connection_window: Option<Size>,
+    pub early_data: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RawHttp3 {

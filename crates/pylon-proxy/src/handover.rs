@@ -3,7 +3,10 @@
 //! every listening socket (SCM_RIGHTS) with a manifest naming the listener and the
 //! configured address of each, starts serving on them, and says `ready`. Only then
 //! does the old process stop accepting and drain. Both accept on the same sockets
-//! meanwhile, so no connection is refused.
+//! meanwhile, so no connection is refused. QUIC is the exception: its connections
+//! live in the process that holds them and cannot move, so the old process closes
+//! them at once and leaves the UDP socket to the new one (`H3Listener::release`);
+//! their clients connect again.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -178,6 +181,7 @@ pub async fn serve(path: PathBuf, proxy: Arc<Proxy>) -> io::Result<()> {
         match result {
             Ok(()) => {
                 tracing::info!("listening sockets handed over to the new process");
+                proxy.release_quic().await;
                 return Ok(());
             }
             Err(e) => tracing::error!(error = %e, "binary upgrade failed; this process serves on"),

@@ -259,6 +259,22 @@ impl Proxy {
         }
     }
 
+    /// After a binary upgrade: closes this process's QUIC connections and leaves the
+    /// UDP sockets to the new process (see `handover`).
+    pub async fn release_quic(&self) {
+        let endpoints: Vec<_> = {
+            let sockets = self.sockets.lock().await;
+            sockets
+                .running
+                .iter()
+                .filter_map(|r| r.h3().cloned())
+                .collect()
+        };
+        for h3 in endpoints {
+            h3.release().await;
+        }
+    }
+
     /// Every address being served, in config order.
     pub fn bound(&self) -> Arc<Vec<BoundAddr>> {
         self.bound.load_full()

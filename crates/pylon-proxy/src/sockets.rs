@@ -148,6 +148,11 @@ impl RunningSocket {
         }
     }
 
+    /// Its HTTP/3 endpoint, when it serves one.
+    pub fn h3(&self) -> Option<&Arc<H3Listener>> {
+        self.h3.as_ref()
+    }
+
     fn spawn_loop(&mut self, ctx: &LoopCtx) -> std::io::Result<()> {
         let name: Arc<str> = Arc::from(self.listener.as_str());
         let stop = self.stop.subscribe();

@@ -33,7 +33,7 @@ impl H3Answer {
 pub struct H3Client {
     pub connection: quinn::Connection,
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
 }
 
 /// A QUIC client config trusting `ca`, offering ALPN `h3`.
@@ -61,22 +61,62 @@ impl H3Client {
     ) -> std::io::Result<H3Client> {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(std::io::Error::other)?;
+        let config = quinn::ClientConfig::new(Arc::new(quic));
+        Ok(Self::connect_quic(&config, addr, sni, false).await?.0)
+    }
+
+    /// Connects with a QUIC client config (reuse one to resume sessions); with
+    /// `zero_rtt`, a resumed connection is used before its handshake completes, so its
+    /// first requests go in early data. Also says whether that happened.
+    pub async fn connect_quic(
+        config: &quinn::ClientConfig,
+        addr: SocketAddr,
+        sni: &str,
+        zero_rtt: bool,
+    ) -> std::io::Result<(H3Client, bool)> {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-        let connection = endpoint
-            .connect(addr, sni)
-            .map_err(std::io::Error::other)?
-            .await
-            .map_err(std::io::Error::other)?;
+        endpoint.set_default_client_config(config.clone());
+        let connecting = endpoint.connect(addr, sni).map_err(std::io::Error::other)?;
+        let (connection, early) = if zero_rtt {
+            match connecting.into_0rtt() {
+                Ok((c, _accepted)) => (c, true),
+                Err(connecting) => (connecting.await.map_err(std::io::Error::other)?, false),
+            }
+        } else {
+            (connecting.await.map_err(std::io::Error::other)?, false)
+        };
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-        Ok(H3Client {
+        let client = H3Client {
             connection,
             send,
-            _endpoint: endpoint,
-        })
+            endpoint,
+        };
+        Ok((client, early))
+    }
+
+    /// Moves the client to a new UDP socket (another source port), as a client whose
+    /// address changes does: QUIC's connection migration.
+    pub fn rebind(&self) -> std::io::Result<SocketAddr> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let addr = socket.local_addr()?;
+        self.endpoint.rebind(socket)?;
+        Ok(addr)
+    }
+
+    /// Sends `req` (no body) and cancels it at once: STOP_SENDING for the answer, as a
+    /// client that gave up on it does.
+    pub async fn send_and_cancel(&self, req: http::Request<()>) -> std::io::Result<()> {
+        let mut send = self.send.clone();
+        let mut stream = send
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        stream.finish().await.map_err(std::io::Error::other)?;
+        stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+        Ok(())
     }
 
     /// Sends `req` with `body` (in these pieces, then `trailers` if any) and reads the

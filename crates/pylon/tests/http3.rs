@@ -357,6 +357,26 @@ respond = { body = "x" }
         err.contains("address 127.0.0.1:8443 is already bound by listener \"tls\""),
         "{err}"
     );
+
+    let err = pylon_config::parse(
+        r#"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:8443"
+protocol = "https"
+http3 = { early_data = true }
+tls = { certificates = [{ cert = "c.pem", key = "k.pem" }], client_auth = "required", client_ca = "ca.pem" }
+[[routes]]
+respond = { body = "x" }
+"#,
+        "h3.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("h3.toml:6") && err.contains("early_data cannot be used with tls client_auth"),
+        "{err}"
+    );
 }
 
 /// Runs `examples/h3_client.py` (aioquic, an independent HTTP/3 stack, which
@@ -434,4 +454,240 @@ async fn aioquic_as_the_client() {
     assert_eq!(post["method"], "POST");
     assert_eq!(post["body_len"], 1 << 20);
     assert_eq!(post["trailers"][0], "x-sum=42");
+}
+
+#[tokio::test]
+async fn a_field_section_over_the_limit_gets_431_with_its_reason() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let proxy = TestProxy::start(&h3_config_with(
+        &ca,
+        "true",
+        "max_header_bytes = \"4KiB\"",
+        &proxy_to(origin.addr, ""),
+    ))
+    .await;
+    let udp = proxy.proxy.h3_addr("front").unwrap();
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let req = Request::get("https://localhost/")
+        .header("x-big", "v".repeat(6000))
+        .body(())
+        .unwrap();
+    let a = client.send(req, &[], None).await.unwrap();
+    assert_eq!(a.status, 431);
+    assert_eq!(a.header("x-pylon-error"), Some("headers_too_large"));
+    // The connection goes on.
+    assert_eq!(client.get("localhost", "/").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_changes_its_source_port_keeps_its_connection() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(client.get("localhost", "/one").await.unwrap().status, 200);
+    let moved_to = client.rebind().unwrap();
+    for i in 0..5 {
+        let a = client
+            .get("localhost", &format!("/moved/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+    }
+    assert_eq!(client.connection.close_reason(), None);
+    let m = proxy.proxy.render_metrics();
+    assert!(
+        m.contains("pylon_quic_connections_total 1\n"),
+        "one connection: {m}"
+    );
+    assert_ne!(moved_to.port(), 0);
+}
+
+/// An origin that answers after `delay`, counting the requests it holds at once.
+async fn slow_origin(
+    delay: std::time::Duration,
+) -> (Origin, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let active = std::sync::Arc::new(AtomicUsize::new(0));
+    let most = std::sync::Arc::new(AtomicUsize::new(0));
+    let (a, m) = (active.clone(), most.clone());
+    let origin = Origin::start(move |_req| {
+        let (a, m) = (a.clone(), m.clone());
+        async move {
+            let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            a.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(full("slow answer"))
+        }
+    })
+    .await;
+    (origin, most)
+}
+
+#[tokio::test]
+async fn requests_cancelled_in_a_loop_stay_bounded_and_close_the_connection() {
+    let (origin, most) = slow_origin(std::time::Duration::from_millis(300)).await;
+    let ca = TestCa::new("h3");
+    let proxy = TestProxy::start(&h3_config_with(
+        &ca,
+        "true",
+        "max_concurrent_streams = 8",
+        &proxy_to(origin.addr, ""),
+    ))
+    .await;
+    let udp = proxy.proxy.h3_addr("front").unwrap();
+    let attacker = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    // Each cancel frees nothing until Pylon has finished with the stream, so the
+    // client can never have more than 8 requests on their way upstream.
+    let loop_ = async {
+        for i in 0..40 {
+            let req = Request::get(format!("https://localhost/r/{i}"))
+                .body(())
+                .unwrap();
+            if attacker.send_and_cancel(req).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), loop_).await;
+    eventually(
+        "the connection is closed for its cancelled requests",
+        || attacker.connection.close_reason().is_some(),
+    )
+    .await;
+    assert!(
+        most.load(std::sync::atomic::Ordering::SeqCst) <= 8,
+        "at most max_concurrent_streams upstream at once"
+    );
+    let m = proxy.proxy.render_metrics();
+    assert!(m.contains("pylon_quic_excessive_resets_total 1\n"), "{m}");
+    // Others are still served.
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(
+        client.get("localhost", "/").await.unwrap().text(),
+        "slow answer"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_lets_requests_in_flight_finish_then_closes() {
+    let (origin, _) = slow_origin(std::time::Duration::from_millis(500)).await;
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = std::sync::Arc::new(H3Client::connect(&ca, udp, "localhost").await.unwrap());
+    let c = std::sync::Arc::clone(&client);
+    let in_flight = tokio::spawn(async move { c.get("localhost", "/slow").await });
+    eventually("the request reached the origin", || {
+        origin.request_count() == 1
+    })
+    .await;
+    let drained = proxy
+        .proxy
+        .shutdown(std::time::Duration::from_secs(10))
+        .await;
+    let a = in_flight.await.unwrap().unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "slow answer");
+    assert!(
+        drained,
+        "the QUIC connection ended within the drain timeout"
+    );
+    eventually("the connection is closed", || {
+        client.connection.close_reason().is_some()
+    })
+    .await;
+    // Nothing new is taken.
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            H3Client::connect(&ca, udp, "localhost")
+        )
+        .await
+        .map_or(true, |r| r.is_err())
+    );
+}
+
+#[tokio::test]
+async fn connection_limits_and_address_validation() {
+    let ca = TestCa::new("h3");
+    let respond = "[[routes]]\nrespond = { body = \"hi\" }";
+    let (proxy, udp) = start(&ca, "{ max_connections = 1 }", respond).await;
+    let first = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(first.get("localhost", "/").await.unwrap().status, 200);
+    assert!(
+        H3Client::connect(&ca, udp, "localhost").await.is_err(),
+        "refused"
+    );
+    let m = proxy.proxy.render_metrics();
+    assert!(m.contains("pylon_quic_refused_total 1\n"), "{m}");
+    // The first one is still served.
+    assert_eq!(first.get("localhost", "/").await.unwrap().status, 200);
+
+    // Every new client proves its address with a Retry first.
+    let (proxy, udp) = start(&ca, "{ address_validation = \"always\" }", respond).await;
+    for _ in 0..2 {
+        let c = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+        assert_eq!(c.get("localhost", "/").await.unwrap().text(), "hi");
+    }
+    let m = proxy.proxy.render_metrics();
+    assert!(m.contains("pylon_quic_retries_total 2\n"), "{m}");
+    assert!(m.contains("pylon_quic_connections_total 2\n"), "{m}");
+}
+
+#[tokio::test]
+async fn early_data_takes_safe_methods_only_and_says_so_upstream() {
+    let origin = Origin::echo().await;
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "{ early_data = true }", &proxy_to(origin.addr, "")).await;
+    let mut tls = h3_client_config(&ca);
+    tls.enable_early_data = true;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(quic));
+    // A first connection gets a session ticket.
+    let (first, early) = H3Client::connect_quic(&config, udp, "localhost", true)
+        .await
+        .unwrap();
+    assert!(!early, "nothing to resume yet");
+    let a = first.get("localhost", "/first").await.unwrap();
+    let echo: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert!(
+        echo["headers"].get("early-data").is_none(),
+        "not in early data"
+    );
+    eventually("a session ticket arrived", || {
+        first.connection.handshake_data().is_some()
+    })
+    .await;
+    first.connection.close(0u32.into(), b"");
+    drop(first);
+
+    // The second resumes and sends its first requests in 0-RTT.
+    let (second, early) = H3Client::connect_quic(&config, udp, "localhost", true)
+        .await
+        .unwrap();
+    assert!(early, "the client resumed with 0-RTT");
+    let get = Request::get("https://localhost/early").body(()).unwrap();
+    let post = Request::post("https://localhost/early").body(()).unwrap();
+    let replayable = [Bytes::from_static(b"replayable")];
+    let (g, p) = tokio::join!(
+        second.send(get, &[], None),
+        second.send(post, &replayable, None)
+    );
+    let (g, p) = (g.unwrap(), p.unwrap());
+    assert_eq!(g.status, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
+    assert_eq!(echo["headers"]["early-data"][0], "1", "{echo}");
+    assert_eq!(p.status, 425, "{}", p.text());
+    assert_eq!(p.header("x-pylon-error"), Some("too_early"));
+    // Once the handshake is done, the same POST goes through, without the marker.
+    let post = Request::post("https://localhost/later").body(()).unwrap();
+    let p = second
+        .send(post, &[Bytes::from_static(b"ok")], None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+    assert!(echo["headers"].get("early-data").is_none());
 }

@@ -370,3 +370,61 @@ async fn twenty_reloads_and_a_binary_upgrade_under_load_lose_nothing() {
     // A second upgrade works from the new process's own socket.
     drop(new);
 }
+
+/// QUIC connections cannot move to another process: on a binary upgrade the old one
+/// closes them at once (the clients see a close, not a timeout) and leaves the UDP
+/// socket to the new process, which serves the clients' next connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_hands_http3_over_and_closes_the_old_quic_connections() {
+    let ca = TestCa::new("upgrade");
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "leaf");
+    let file = dir.join("pylon.toml");
+    let config = |body: &str| {
+        format!(
+            r#"
+[server]
+drain_timeout = "10s"
+upgrade_socket = "{sock}"
+
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+protocol = "https"
+http3 = true
+[listeners.tls]
+certificates = [{{ cert = "{cert}", key = "{key}" }}]
+
+[[routes]]
+respond = {{ body = "{body}" }}
+"#,
+            sock = dir.join("upgrade.sock").display(),
+            cert = cert.display(),
+            key = key.display(),
+        )
+    };
+    std::fs::write(&file, config("old")).unwrap();
+    let mut old = PylonProcess::start(PYLON, &["run", "-c", file.to_str().unwrap()], None);
+    let udp = old.addr("front");
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(client.get("localhost", "/").await.unwrap().text(), "old");
+
+    std::fs::write(&file, config("new")).unwrap();
+    let new = PylonProcess::start(
+        PYLON,
+        &["run", "-c", file.to_str().unwrap(), "--upgrade"],
+        None,
+    );
+    assert_eq!(new.addr("front"), udp, "same sockets");
+    eventually("the old process closed its QUIC connection", || {
+        client.connection.close_reason().is_some()
+    })
+    .await;
+    assert_eq!(old.wait_exit().code(), Some(0));
+    let again = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    assert_eq!(again.get("localhost", "/").await.unwrap().text(), "new");
+    drop(new);
+}

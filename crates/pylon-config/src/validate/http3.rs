@@ -34,6 +34,9 @@ pub(super) fn http3(
     if let Some(a) = t.alt_svc {
         h.alt_svc = a;
     }
+    if let Some(e) = t.early_data {
+        h.early_data = e;
+    }
     if let Some(ma) = &t.alt_svc_max_age {
         match parse_duration(ma) {
             Ok(x) => h.alt_svc_max_age = x,

@@ -747,6 +747,17 @@ fn listener(
     };
     let tcp = tcp::tcp_options(&r.tcp_keepalive, &r.tcp_user_timeout, p);
     let http3 = http3::http3(&r.http3, protocol, p);
+    if http3.as_ref().is_some_and(|h| h.early_data)
+        && tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth != ClientAuth::None)
+    {
+        // 0-RTT requests would be served before the client's certificate is checked.
+        p.span(
+            r.http3.as_ref().map_or(name_span.clone(), Spanned::span),
+            "http3 early_data cannot be used with tls client_auth: early requests come before the client certificate is verified",
+        );
+    }
     if http3.is_some() {
         // The listener's addresses are taken on UDP too.
         for &a in binds.iter().filter(|a| a.port() != 0) {

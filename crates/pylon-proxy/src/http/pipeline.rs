@@ -275,6 +275,15 @@ fn authority_of<B>(req: &Request<B>) -> Option<&str> {
 
 /// Phase 1: limits on what the client sent.
 fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKind> {
+    // Early data can be replayed by an attacker: only safe methods go on (RFC 8470).
+    if req
+        .extensions()
+        .get::<super::server_h3::EarlyData>()
+        .is_some()
+        && !req.method().is_safe()
+    {
+        return Err(ErrorKind::TooEarly);
+    }
     let limits = &l.config.limits;
     let uri = req.uri();
     let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())

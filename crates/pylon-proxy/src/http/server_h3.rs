@@ -42,9 +42,13 @@ use crate::tls::server::{ClientIdentity, ServerTls};
 const H3_NO_ERROR: u32 = 0x100;
 const H3_INTERNAL_ERROR: u32 = 0x102;
 const H3_REQUEST_CANCELLED: u32 = 0x10c;
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 /// Unidirectional streams a client may open at once: HTTP/3 needs three (control,
 /// QPACK encoder and decoder); the rest leaves room for reserved (grease) types.
 const MAX_UNI_STREAMS: u32 = 16;
+/// After a handover, how long the closing connections get to send their close on the
+/// shared socket.
+const RELEASE_FLUSH: Duration = Duration::from_millis(100);
 
 /// What an HTTP/3 socket needs from the running proxy.
 pub struct H3Deps {
@@ -104,7 +108,8 @@ impl Settings {
     }
 }
 
-/// The listener's rustls config made fit for QUIC: ALPN `h3` only, no early data.
+/// The listener's rustls config made fit for QUIC: ALPN `h3` only, early data only when
+/// the listener takes it.
 fn quic_config(
     tls: &rustls::ServerConfig,
     limits: &Limits,
@@ -112,7 +117,13 @@ fn quic_config(
 ) -> Result<quinn::ServerConfig, String> {
     let mut tls = tls.clone();
     tls.alpn_protocols = vec![b"h3".to_vec()];
-    tls.max_early_data_size = 0;
+    // QUIC takes 0 (no 0-RTT) or all of it (RFC 9001 §4.6.1).
+    tls.max_early_data_size = if h3.early_data { u32::MAX } else { 0 };
+    if h3.early_data {
+        // rustls takes early data only on stateful resumption (its session cache, which
+        // hands each session out once: a replayed ClientHello finds it gone).
+        tls.ticketer = Arc::new(NoTickets);
+    }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| format!("TLS settings unfit for QUIC: {e}"))?;
     let var = |n: u64| quinn::VarInt::from_u64(n).unwrap_or(quinn::VarInt::MAX);
@@ -125,6 +136,25 @@ fn quic_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(t)).migration(true);
     Ok(config)
+}
+
+/// Session tickets off: resumption from the session cache only.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl H3Listener {
@@ -160,6 +190,29 @@ impl H3Listener {
     /// the endpoint and its connections go on.
     pub fn update(&self, listener: &Listener, tls: Arc<ServerTls>) {
         self.settings.store(Arc::new(Settings::new(listener, tls)));
+    }
+
+    /// A new process serves on this socket now (a binary upgrade): QUIC connections
+    /// cannot be handed over, and two endpoints reading one socket would take each
+    /// other's packets (and answer them with stateless resets). So the connections
+    /// close at once (their clients connect again, to the new process) and this
+    /// endpoint moves off the shared socket.
+    pub async fn release(&self) {
+        let _ = self.stop.send(true);
+        self.endpoint.set_server_config(None);
+        self.endpoint
+            .close(quinn::VarInt::from_u32(H3_NO_ERROR), b"restarting");
+        // The closes go out on the shared socket first (a moment, not the whole
+        // draining period).
+        let _ = tokio::time::timeout(RELEASE_FLUSH, self.endpoint.wait_idle()).await;
+        match std::net::UdpSocket::bind((self.local.ip(), 0)) {
+            Ok(elsewhere) => {
+                if let Err(e) = self.endpoint.rebind(elsewhere) {
+                    tracing::warn!(error = %e, "HTTP/3: cannot move off the handed-over socket");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "HTTP/3: cannot move off the handed-over socket"),
+        }
     }
 
     /// Stops accepting and asks every connection to finish (GOAWAY).
@@ -303,24 +356,53 @@ async fn connection(
 ) {
     open.hold();
     let metrics = Arc::clone(&ctx.shared.metrics);
-    let conn = match tokio::time::timeout(s.tls.settings.handshake_timeout, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            metrics
-                .quic_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client = %ctx.client, error = %e, "QUIC handshake failed");
+    let handshake = s.tls.settings.handshake_timeout;
+    // With early data on, requests are taken up while the handshake completes: those
+    // came in 0-RTT (`early` until it has).
+    let early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let conn = if s.http3.early_data {
+        let Ok((conn, done)) = connecting.into_0rtt() else {
             return;
-        }
-        Err(_) => {
-            metrics
-                .quic_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client = %ctx.client, "QUIC handshake timed out");
-            return;
+        };
+        early.store(true, Ordering::Relaxed);
+        let (early, conn2, metrics) = (Arc::clone(&early), conn.clone(), Arc::clone(&metrics));
+        let client = ctx.client;
+        tokio::spawn(async move {
+            if tokio::time::timeout(handshake, done).await.is_ok() {
+                early.store(false, Ordering::Relaxed);
+                metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+            } else {
+                metrics
+                    .quic_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%client, "QUIC handshake timed out");
+                conn2.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"handshake timeout");
+            }
+        });
+        conn
+    } else {
+        match tokio::time::timeout(handshake, connecting).await {
+            Ok(Ok(c)) => {
+                metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            Ok(Err(e)) => {
+                metrics
+                    .quic_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %ctx.client, error = %e, "QUIC handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics
+                    .quic_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %ctx.client, "QUIC handshake timed out");
+                return;
+            }
         }
     };
-    metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+    // (Early data is refused with client certificates: the identity is known here.)
     ctx.client_cert = conn
         .peer_identity()
         .and_then(|id| {
@@ -330,8 +412,13 @@ async fn connection(
         .and_then(|certs| certs.first().and_then(ClientIdentity::from_der))
         .map(Arc::new);
     let ctx = Arc::new(ctx);
+    // h3's own limit is a backstop at twice ours (it answers a bare 431 beyond it), so
+    // that the request path gives the precise answer, with x-pylon-error, in between.
+    let backstop = (s.limits.max_header_bytes as u64)
+        .saturating_mul(2)
+        .max(8192);
     let mut h3 = match h3::server::builder()
-        .max_field_section_size(s.limits.max_header_bytes as u64)
+        .max_field_section_size(backstop)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
         .await
     {
@@ -342,19 +429,26 @@ async fn connection(
         }
     };
     let mut requests = JoinSet::new();
+    let mut resets = ResetWindow::default();
     let mut last_busy = Instant::now();
     let mut stop = Some(ctx.shared.stop.watch());
     let mut finishing = *drain.borrow();
     if finishing {
-        let _ = h3.shutdown(0).await;
+        let _ = h3.shutdown(1).await;
     }
     loop {
+        // After a GOAWAY, h3 would wait for the client to close; Pylon closes once the
+        // requests it took up are answered.
+        if finishing && requests.is_empty() {
+            break;
+        }
         let idle_at = last_busy + s.limits.idle_timeout;
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     last_busy = Instant::now();
-                    requests.spawn(request(resolver, Arc::clone(&ctx), s.limits.clone()));
+                    let early = early.load(Ordering::Relaxed);
+                    requests.spawn(request(resolver, Arc::clone(&ctx), s.limits.clone(), early));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -364,18 +458,28 @@ async fn connection(
                     break;
                 }
             },
-            Some(_) = requests.join_next(), if !requests.is_empty() => {
+            Some(ended) = requests.join_next(), if !requests.is_empty() => {
                 last_busy = Instant::now();
+                if matches!(ended, Ok(Ended::ClientReset))
+                    && resets.count(u64::from(s.limits.max_concurrent_streams))
+                {
+                    // Streams opened and cancelled in a loop: each one's request was
+                    // already on its way upstream (HTTP/2's rapid reset, over QUIC).
+                    metrics.quic_excessive_resets.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %ctx.client, "HTTP/3 connection closed: too many cancelled requests");
+                    conn.close(quinn::VarInt::from_u32(H3_EXCESSIVE_LOAD), b"too many cancelled requests");
+                    return;
+                }
             }
             changed = drain.changed(), if !finishing => {
                 if changed.is_err() || *drain.borrow() {
                     finishing = true;
-                    let _ = h3.shutdown(0).await;
+                    let _ = h3.shutdown(1).await;
                 }
             }
             () = tokio::time::sleep_until(idle_at.into()), if requests.is_empty() && !finishing => {
                 finishing = true;
-                let _ = h3.shutdown(0).await;
+                let _ = h3.shutdown(1).await;
             }
             () = crate::life::retired(&mut stop) => {
                 // The process's drain deadline: what is still open is cut.
@@ -394,31 +498,93 @@ async fn connection(
     conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
 }
 
+/// Cancelled requests in the current second, on one connection.
+#[derive(Default)]
+struct ResetWindow {
+    second: Option<Instant>,
+    count: u64,
+}
+
+impl ResetWindow {
+    /// Counts one; true once more than `limit` came within a second (a client cannot
+    /// have had more than `max_concurrent_streams` open: it cancels them in a loop).
+    fn count(&mut self, limit: u64) -> bool {
+        let now = Instant::now();
+        match self.second {
+            Some(s) if now.duration_since(s) < Duration::from_secs(1) => self.count += 1,
+            _ => {
+                self.second = Some(now);
+                self.count = 1;
+            }
+        }
+        self.count > limit
+    }
+}
+
+/// How a request stream ended.
+enum Ended {
+    Done,
+    /// The client cancelled it (reset its stream or stopped reading the answer).
+    ClientReset,
+}
+
 type RequestResolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// One request stream: its head (within the header-read timeout), the request path,
 /// and the answer streamed back.
-async fn request(resolver: RequestResolver, ctx: Arc<ConnCtx>, limits: Limits) {
+/// A request that came in early data (0-RTT), which an attacker could replay: only safe
+/// methods go on (phase 1 refuses the others with 425), forwarded with `Early-Data: 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
+
+/// `early`: the stream was opened in 0-RTT.
+async fn request(
+    resolver: RequestResolver,
+    ctx: Arc<ConnCtx>,
+    limits: Limits,
+    early: bool,
+) -> Ended {
     let resolved = tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request());
     let (req, stream) = match resolved.await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 request refused");
-            pipeline::log_rejected(&ctx, ErrorKind::MalformedRequest);
-            return;
-        }
+        Ok(Err(e)) => return refused(&ctx, &e),
         Err(_) => {
             pipeline::log_rejected(&ctx, ErrorKind::HeaderTimeout);
-            return;
+            return Ended::Done;
         }
     };
     let (mut send, recv) = stream.split();
     let body = H3Body::new(recv, req.headers()).await;
-    let req = req.map(|()| body.into_client_body());
+    let mut req = req.map(|()| body.into_client_body());
+    if early {
+        req.extensions_mut().insert(EarlyData);
+        req.headers_mut()
+            .insert("early-data", http::HeaderValue::from_static("1"));
+    }
     let resp = pipeline::handle(req, Arc::clone(&ctx)).await;
-    respond(&mut send, resp, &limits).await;
+    respond(&mut send, resp, &limits).await
+}
+
+/// A request stream whose head never became a request: counted and logged like the
+/// other protocols' (h3 answered an oversized one with a bare 431 itself, and a
+/// malformed one with `H3_MESSAGE_ERROR`).
+fn refused(ctx: &ConnCtx, e: &h3::error::StreamError) -> Ended {
+    use h3::error::StreamError;
+    tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 request refused");
+    match e {
+        StreamError::HeaderTooBig { .. } => {
+            pipeline::log_rejected(ctx, ErrorKind::HeadersTooLarge);
+            Ended::Done
+        }
+        StreamError::RemoteTerminate { .. } => Ended::ClientReset,
+        StreamError::ConnectionError { .. } => Ended::Done,
+        _ => {
+            pipeline::log_rejected(ctx, ErrorKind::MalformedRequest);
+            Ended::Done
+        }
+    }
 }
 
 /// Writes an answer: its head, then its body frame by frame, each write bounded by the
@@ -428,14 +594,14 @@ async fn respond(
     send: &mut SendStream,
     resp: Response<super::body::ResponseBody>,
     limits: &Limits,
-) {
+) -> Ended {
     let (mut parts, mut body) = resp.into_parts();
     let progress = Arc::new(StreamProgress::default());
     body.set_progress(Arc::clone(&progress));
     strip_connection_fields(&mut parts.headers);
     let head = Response::from_parts(parts, ());
     if send.send_response(head).await.is_err() {
-        return;
+        return Ended::ClientReset;
     }
     loop {
         let frame = match body.frame().await {
@@ -445,7 +611,7 @@ async fn respond(
                 // The upstream's body broke: the client must not take a cut body for
                 // a whole one.
                 send.stop_stream(h3::error::Code::from(u64::from(H3_INTERNAL_ERROR)));
-                return;
+                return Ended::Done;
             }
         };
         let sent = match frame.into_data() {
@@ -459,15 +625,16 @@ async fn respond(
         };
         match sent {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
+            Ok(Err(_)) => return Ended::ClientReset,
             Err(_) => {
                 progress.mark_stalled();
                 send.stop_stream(h3::error::Code::from(u64::from(H3_REQUEST_CANCELLED)));
-                return;
+                return Ended::Done;
             }
         }
     }
     let _ = tokio::time::timeout(limits.send_timeout, send.finish()).await;
+    Ended::Done
 }
 
 /// Connection-specific fields have no place in HTTP/3 (RFC 9114 §4.2).

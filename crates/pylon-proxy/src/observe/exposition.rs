@@ -184,6 +184,11 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &m.quic_retries,
             ),
             (
+                "pylon_quic_excessive_resets",
+                "HTTP/3: connections closed for cancelling more requests in a second than they may have open.",
+                &m.quic_excessive_resets,
+            ),
+            (
                 "pylon_l4_connections",
                 "Layer 4 connections accepted.",
                 &m.l4_connections,

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub quic_handshake_failures: AtomicU64,
     pub quic_refused: AtomicU64,
     pub quic_retries: AtomicU64,
+    /// HTTP/3 connections closed for cancelling requests in a loop.
+    pub quic_excessive_resets: AtomicU64,
     /// Configuration reloads applied and refused; when the config in force was loaded
     /// (Unix seconds).
     pub reloads_ok: AtomicU64,
