@@ -12,6 +12,9 @@
 //! pylon-bench-load grpc-stream URL SECONDS        one server stream; prints MiB/s
 //! pylon-bench-load soak ADDR SECONDS              mixed HTTP/1.1, HTTP/2, WebSocket and
 //!                                                 gRPC traffic; prints outcomes by cause
+//! pylon-bench-load h3 URL ADDR CA CONNS STREAMS SECONDS
+//!                                                 HTTP/3 GETs of URL at ADDR (UDP), CA the
+//!                                                 server's certificate; prints requests/s
 //! ```
 
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 mod grpc;
+mod h3;
 mod soak;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -77,6 +81,17 @@ async fn main() -> Result<(), Error> {
             soak::run(
                 args.get(2).ok_or("missing ADDR")?.clone(),
                 arg(&args, 3, "SECONDS")?,
+            )
+            .await
+        }
+        Some("h3") => {
+            h3::load(
+                args.get(2).ok_or("missing URL")?.clone(),
+                arg(&args, 3, "ADDR")?,
+                args.get(4).ok_or("missing CA")?.clone(),
+                arg(&args, 5, "CONNS")?,
+                arg(&args, 6, "STREAMS")?,
+                arg(&args, 7, "SECONDS")?,
             )
             .await
         }

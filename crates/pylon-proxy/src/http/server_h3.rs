@@ -234,19 +234,13 @@ impl H3Listener {
                 _ = stop.changed() => break,
             };
             let s = self.settings.load_full();
-            if rate.count() && !incoming.remote_address_validated() && incoming.may_retry() {
-                let validate = match s.http3.address_validation {
-                    AddressValidation::Always => true,
-                    AddressValidation::Never => false,
-                    AddressValidation::Above(n) => rate.this_second > u64::from(n),
-                };
-                if validate {
-                    metrics.quic_retries.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = incoming.retry() {
-                        e.into_incoming().ignore();
-                    }
-                    continue;
+            let busy = rate.count(s.http3.address_validation);
+            if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+                metrics.quic_retries.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
                 }
+                continue;
             }
             if self.live.load(Ordering::Relaxed) >= s.http3.max_connections {
                 metrics.quic_refused.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +294,7 @@ impl H3Listener {
                 guard: Some(Arc::new(guard)),
                 client_socket: None,
             };
-            let open = Open(Arc::clone(&self.live));
+            let open = Open::new(&self.live);
             tokio::spawn(connection(connecting, ctx, s, self.drain.subscribe(), open));
         }
         // No new connections; those open finish (they were asked to by `close`).
@@ -312,8 +306,9 @@ impl H3Listener {
 struct Open(Arc<AtomicU64>);
 
 impl Open {
-    fn hold(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    fn new(live: &Arc<AtomicU64>) -> Open {
+        live.fetch_add(1, Ordering::Relaxed);
+        Open(Arc::clone(live))
     }
 }
 
@@ -331,8 +326,8 @@ struct HandshakeRate {
 }
 
 impl HandshakeRate {
-    /// Counts one; always true (so that it reads as a step of the condition).
-    fn count(&mut self) -> bool {
+    /// Counts one; whether new clients must prove their address now.
+    fn count(&mut self, validation: AddressValidation) -> bool {
         let now = Instant::now();
         match self.second {
             Some(s) if now.duration_since(s) < Duration::from_secs(1) => self.this_second += 1,
@@ -341,7 +336,11 @@ impl HandshakeRate {
                 self.this_second = 1;
             }
         }
-        true
+        match validation {
+            AddressValidation::Always => true,
+            AddressValidation::Never => false,
+            AddressValidation::Above(n) => self.this_second > u64::from(n),
+        }
     }
 }
 
@@ -352,9 +351,8 @@ async fn connection(
     mut ctx: ConnCtx,
     s: Arc<Settings>,
     mut drain: watch::Receiver<bool>,
-    open: Open,
+    _open: Open,
 ) {
-    open.hold();
     let metrics = Arc::clone(&ctx.shared.metrics);
     let handshake = s.tls.settings.handshake_timeout;
     // With early data on, requests are taken up while the handshake completes: those
