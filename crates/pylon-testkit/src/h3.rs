@@ -165,6 +165,37 @@ impl H3Client {
         })
     }
 
+    /// Sends `req` with `body` and reads the answer's body without keeping it: its
+    /// status and length.
+    pub async fn send_counting(
+        &self,
+        req: http::Request<()>,
+        body: &[Bytes],
+    ) -> std::io::Result<(StatusCode, u64)> {
+        let mut send = self.send.clone();
+        let mut stream = send
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        for piece in body {
+            stream
+                .send_data(piece.clone())
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        stream.finish().await.map_err(std::io::Error::other)?;
+        let resp = stream
+            .recv_response()
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut n = 0u64;
+        while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
+            n += chunk.remaining() as u64;
+            chunk.advance(chunk.remaining());
+        }
+        Ok((resp.status(), n))
+    }
+
     /// A GET for `path` on `authority`.
     pub async fn get(&self, authority: &str, path: &str) -> std::io::Result<H3Answer> {
         let req = http::Request::get(format!("https://{authority}{path}"))

@@ -691,3 +691,158 @@ async fn early_data_takes_safe_methods_only_and_says_so_upstream() {
     let echo: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
     assert!(echo["headers"].get("early-data").is_none());
 }
+
+/// 100 MiB up and 100 MiB down over HTTP/3 through the `pylon` binary: streamed under
+/// QUIC flow control, never held, so the process's peak RSS stays far below the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_mib_streams_both_ways_in_bounded_memory() {
+    use http_body_util::BodyExt;
+    const TOTAL: usize = 100 << 20;
+    const CHUNK: usize = 64 << 10;
+    let origin = Origin::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.method() == http::Method::POST {
+            let mut body = req.into_body();
+            let mut n = 0usize;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f.unwrap().into_data() {
+                    n += d.len();
+                }
+            }
+            http::Response::new(full(n.to_string()))
+        } else {
+            let chunk = Bytes::from(vec![7u8; CHUNK]);
+            let frames = (0..TOTAL / CHUNK).map(move |_| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                    chunk.clone(),
+                ))
+            });
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            http::Response::builder()
+                .header("content-length", TOTAL.to_string())
+                .body(BodyExt::boxed(body))
+                .unwrap()
+        }
+    })
+    .await;
+    let ca = TestCa::new("h3");
+    let config = h3_config_with(
+        &ca,
+        "true",
+        "max_request_body = \"200MiB\"",
+        &proxy_to(origin.addr, ""),
+    );
+    let file = temp_dir().join("big-h3.toml");
+    std::fs::write(&file, config).unwrap();
+    let p = PylonProcess::start(
+        env!("CARGO_BIN_EXE_pylon"),
+        &["run", "-c", file.to_str().unwrap()],
+        None,
+    );
+    let client = H3Client::connect(&ca, p.addr("front"), "localhost")
+        .await
+        .unwrap();
+    let before = p.peak_rss();
+    let piece = Bytes::from(vec![9u8; CHUNK]);
+    let pieces: Vec<Bytes> = (0..TOTAL / CHUNK).map(|_| piece.clone()).collect();
+    let up = Request::post("https://localhost/upload").body(()).unwrap();
+    let a = client.send(up, &pieces, None).await.unwrap();
+    assert_eq!(
+        a.text(),
+        TOTAL.to_string(),
+        "the origin received every byte"
+    );
+    let down = Request::get("https://localhost/download").body(()).unwrap();
+    let (status, n) = client.send_counting(down, &[]).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(n, TOTAL as u64);
+    let grew = p.peak_rss().saturating_sub(before);
+    eprintln!("peak RSS grew by {} MiB", grew >> 20);
+    assert!(grew < 40 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}
+
+/// A gRPC call over HTTP/3 to an HTTP/2 (h2c) gRPC origin: the message and the
+/// trailers (`grpc-status`, metadata) go through; a call that finds no endpoint gets a
+/// gRPC status, not an HTTP error.
+#[tokio::test]
+async fn grpc_over_http3_to_an_h2_origin() {
+    use bytes::{Buf, BufMut, BytesMut};
+    use http_body_util::BodyExt;
+    fn frame(msg: &[u8]) -> Bytes {
+        let mut b = BytesMut::with_capacity(5 + msg.len());
+        b.put_u8(0);
+        b.put_u32(msg.len() as u32);
+        b.put_slice(msg);
+        b.freeze()
+    }
+    let origin = Origin::start(|req: Request<hyper::body::Incoming>| async move {
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        let mut body = req.into_body().collect().await.unwrap().to_bytes();
+        body.advance(5);
+        let mut reply = b"echo: ".to_vec();
+        reply.extend_from_slice(&body);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("x-trailer-meta", "from-the-trailers".parse().unwrap());
+        let frames = [
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(frame(
+                &reply,
+            ))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(BodyExt::boxed(body))
+            .unwrap()
+    })
+    .await;
+    let ca = TestCa::new("h3");
+    let rest = format!(
+        r#"
+[[routes]]
+name = "grpc"
+path_prefix = "/test."
+cluster = "g"
+[[routes]]
+name = "none"
+path_prefix = "/gone."
+cluster = "dead"
+[[clusters]]
+name = "g"
+protocol = "h2c"
+endpoints = ["{}"]
+[[clusters]]
+name = "dead"
+protocol = "h2c"
+endpoints = ["{}"]
+"#,
+        origin.addr,
+        closed_port()
+    );
+    let (_proxy, udp) = start(&ca, "true", &rest).await;
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let call = |path: &str| {
+        Request::post(format!("https://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    let a = client
+        .send(call("/test.Echo/Say"), &[frame(b"hi")], None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert!(a.body.len() > 5, "{a:?}");
+    assert_eq!(&a.body[5..], b"echo: hi");
+    let t = a.trailers.expect("trailers");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["x-trailer-meta"], "from-the-trailers");
+
+    let a = client
+        .send(call("/gone.Echo/Say"), &[frame(b"hi")], None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "gRPC callers get a gRPC status");
+    assert_eq!(a.header("grpc-status"), Some("14"), "{:?}", a.headers);
+}

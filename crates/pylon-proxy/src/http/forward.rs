@@ -626,7 +626,7 @@ fn tunnel(
             if !matches!(end, relay::RelayEnd::Closed) {
                 r.error = Some(end.as_str());
             }
-            shared.logger.log(*r);
+            shared.logger.log(r);
         }
         drop(held);
     });

@@ -182,7 +182,7 @@ pub(super) fn log_rejected(ctx: &ConnCtx, kind: ErrorKind) {
     if ctx.shared.logger.enabled() {
         let mut log = RequestLog::new(Version::HTTP_11);
         log.error = Some(kind);
-        ctx.shared.logger.log(log.record(ctx, status));
+        ctx.shared.logger.log(Box::new(log.record(ctx, status)));
     }
 }
 
@@ -617,7 +617,7 @@ impl Completion for ExchangeEnd {
                     "response_incomplete"
                 });
             }
-            logger.log(*record);
+            logger.log(record);
         }
     }
 }
