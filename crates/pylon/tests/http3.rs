@@ -846,3 +846,49 @@ endpoints = ["{}"]
     assert_eq!(a.status, 200, "gRPC callers get a gRPC status");
     assert_eq!(a.header("grpc-status"), Some("14"), "{:?}", a.headers);
 }
+
+/// Frames HTTP/3 forbids, sent on raw QUIC streams: the offending connection is closed
+/// with the HTTP/3 error for it, and another client is served meanwhile.
+#[tokio::test]
+async fn malformed_frames_close_only_their_connection() {
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", "[[routes]]\nrespond = { body = \"ok\" }").await;
+    let bystander = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let raw = |first: &'static [u8]| {
+        let ca = &ca;
+        async move {
+            let quic =
+                quinn::crypto::rustls::QuicClientConfig::try_from(h3_client_config(ca)).unwrap();
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+            let conn = endpoint.connect(udp, "localhost").unwrap().await.unwrap();
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            send.write_all(first).await.unwrap();
+            let _ = send.finish();
+            let reason = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed())
+                .await
+                .expect("the connection is closed by the server");
+            (reason, endpoint)
+        }
+    };
+    // A DATA frame (type 0x00, 3 bytes) where the request's HEADERS must come first.
+    let (reason, _e) = raw(&[0x00, 0x03, b'a', b'b', b'c']).await;
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0x105)),
+        "H3_FRAME_UNEXPECTED: {reason:?}"
+    );
+    // A frame type reserved from HTTP/2 (0x02, PRIORITY) is a connection error.
+    let (reason, _e) = raw(&[0x02, 0x01, 0x00]).await;
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0x105)),
+        "H3_FRAME_UNEXPECTED: {reason:?}"
+    );
+    assert_eq!(bystander.get("localhost", "/").await.unwrap().text(), "ok");
+    eventually("both protocol errors are counted", || {
+        proxy
+            .proxy
+            .render_metrics()
+            .contains("pylon_quic_protocol_errors_total 2\n")
+    })
+    .await;
+}

@@ -450,7 +450,12 @@ async fn connection(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    if !e.is_h3_no_error() {
+                    // Pylon closed it for the client's protocol error (a frame out of
+                    // place, a malformed field section, a broken control stream).
+                    if matches!(e, h3::error::ConnectionError::Local { .. }) && !e.is_h3_no_error() {
+                        metrics.quic_protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 connection closed for a protocol error");
+                    } else if !e.is_h3_no_error() {
                         tracing::debug!(client = %ctx.client, error = %e, "HTTP/3 connection ended");
                     }
                     break;

@@ -189,6 +189,11 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &m.quic_excessive_resets,
             ),
             (
+                "pylon_quic_protocol_errors",
+                "HTTP/3: connections closed for the client's protocol errors (frames out of place, malformed fields).",
+                &m.quic_protocol_errors,
+            ),
+            (
                 "pylon_l4_connections",
                 "Layer 4 connections accepted.",
                 &m.l4_connections,

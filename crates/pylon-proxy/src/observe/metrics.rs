@@ -51,6 +51,8 @@ pub struct Metrics {
     pub quic_retries: AtomicU64,
     /// HTTP/3 connections closed for cancelling requests in a loop.
     pub quic_excessive_resets: AtomicU64,
+    /// HTTP/3 connections Pylon closed for the client's protocol errors.
+    pub quic_protocol_errors: AtomicU64,
     /// Configuration reloads applied and refused; when the config in force was loaded
     /// (Unix seconds).
     pub reloads_ok: AtomicU64,
