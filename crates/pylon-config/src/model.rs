@@ -61,8 +61,19 @@ impl Config {
             .admin
             .as_ref()
             .map_or(String::new(), |a| format!(", admin API on {}", a.bind));
+        let quic: usize = self
+            .listeners
+            .iter()
+            .filter(|l| l.http3.is_some())
+            .map(|l| l.binds.len())
+            .sum();
+        let http3 = if quic > 0 {
+            format!(" (HTTP/3 on {quic} of them)")
+        } else {
+            String::new()
+        };
         format!(
-            "{} listener(s) on {} address(es), {} route(s), {} cluster(s) with {} endpoint(s){admin}",
+            "{} listener(s) on {} address(es){http3}, {} route(s), {} cluster(s) with {} endpoint(s){admin}",
             self.listeners.len(),
             binds,
             self.routes.len(),

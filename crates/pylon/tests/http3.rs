@@ -892,3 +892,46 @@ async fn malformed_frames_close_only_their_connection() {
     })
     .await;
 }
+
+/// New certificate files, reloaded: new QUIC handshakes present them, and a connection
+/// opened before goes on.
+#[tokio::test]
+async fn reloaded_certificates_serve_new_quic_handshakes() {
+    let old_ca = TestCa::new("old");
+    let new_ca = TestCa::new("new");
+    let dir = temp_dir();
+    let (cert, key) = old_ca.server(&["localhost"]).write(&dir, "leaf");
+    let config = format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+protocol = "https"
+http3 = true
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+[[routes]]
+respond = {{ body = "ok" }}
+"#,
+        cert.display(),
+        key.display()
+    );
+    let proxy = TestProxy::start(&config).await;
+    let udp = proxy.proxy.h3_addr("front").unwrap();
+    let before = H3Client::connect(&old_ca, udp, "localhost").await.unwrap();
+    assert!(H3Client::connect(&new_ca, udp, "localhost").await.is_err());
+
+    let (new_cert, new_key) = new_ca.server(&["localhost"]).write(&dir, "next");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    assert!(proxy.proxy.reload_certificates().await.is_empty());
+
+    let after = H3Client::connect(&new_ca, udp, "localhost").await.unwrap();
+    assert_eq!(after.get("localhost", "/").await.unwrap().text(), "ok");
+    assert!(
+        H3Client::connect(&old_ca, udp, "localhost").await.is_err(),
+        "the old certificate is gone from new handshakes"
+    );
+    assert_eq!(before.get("localhost", "/").await.unwrap().text(), "ok");
+}
