@@ -596,6 +596,7 @@ fn upstream_protocol(p: UpstreamProtocol) -> &'static str {
         UpstreamProtocol::Http1 => "http1",
         UpstreamProtocol::H2c => "h2c",
         UpstreamProtocol::H2 => "h2",
+        UpstreamProtocol::H3 => "h3",
     }
 }
 

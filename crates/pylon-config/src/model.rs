@@ -727,6 +727,8 @@ pub enum UpstreamProtocol {
     H2c,
     /// HTTP/2 over TLS (needs `tls`).
     H2,
+    /// HTTP/3 over QUIC (needs `tls`).
+    H3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

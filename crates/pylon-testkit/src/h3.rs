@@ -204,3 +204,108 @@ impl H3Client {
         self.send(req, &[], None).await
     }
 }
+
+/// An HTTP/3 origin (quinn + h3) on 127.0.0.1:0 (UDP) answering like the echo origin:
+/// a JSON description of the request (method, URI, version, headers, body length,
+/// trailers), with `grpc-status: 0` trailers when asked for (`te: trailers`).
+pub struct H3Origin {
+    pub addr: SocketAddr,
+    /// QUIC connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    endpoint: quinn::Endpoint,
+}
+
+impl Drop for H3Origin {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"");
+    }
+}
+
+impl H3Origin {
+    pub async fn echo(cert: &crate::tls::Pem) -> H3Origin {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_single_cert(cert.chain(), cert.private_key())
+            .expect("certificate");
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("QUIC config");
+        let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let endpoint =
+            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("bind");
+        let addr = endpoint.local_addr().expect("address");
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (e, count) = (endpoint.clone(), Arc::clone(&connections));
+        tokio::spawn(async move {
+            while let Some(incoming) = e.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let Ok(mut h3) =
+                        h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn))
+                            .await
+                    else {
+                        return;
+                    };
+                    while let Ok(Some(resolver)) = h3.accept().await {
+                        tokio::spawn(async move {
+                            let Ok((req, mut stream)) = resolver.resolve_request().await else {
+                                return;
+                            };
+                            let mut len = 0usize;
+                            while let Ok(Some(mut chunk)) = stream.recv_data().await {
+                                len += chunk.remaining();
+                                chunk.advance(chunk.remaining());
+                            }
+                            let trailers = stream.recv_trailers().await.ok().flatten().map(|t| {
+                                t.iter()
+                                    .map(|(k, v)| format!("{}={}", k, v.to_str().unwrap_or("")))
+                                    .collect::<Vec<_>>()
+                            });
+                            let mut headers = serde_json::Map::new();
+                            for (k, v) in req.headers() {
+                                let e = headers
+                                    .entry(k.as_str().to_owned())
+                                    .or_insert_with(|| serde_json::Value::Array(vec![]));
+                                if let serde_json::Value::Array(a) = e {
+                                    a.push(serde_json::Value::String(
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    ));
+                                }
+                            }
+                            let j = serde_json::json!({
+                                "method": req.method().as_str(),
+                                "uri": req.uri().to_string(),
+                                "version": format!("{:?}", req.version()),
+                                "headers": headers,
+                                "body_len": len,
+                                "trailers": trailers,
+                            });
+                            let resp = http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(())
+                                .expect("response");
+                            if stream.send_response(resp).await.is_err() {
+                                return;
+                            }
+                            let _ = stream.send_data(Bytes::from(j.to_string())).await;
+                            if req.headers().get("te").is_some() {
+                                let mut t = HeaderMap::new();
+                                t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                let _ = stream.send_trailers(t).await;
+                            }
+                            let _ = stream.finish().await;
+                        });
+                    }
+                });
+            }
+        });
+        H3Origin {
+            addr,
+            connections,
+            endpoint,
+        }
+    }
+}

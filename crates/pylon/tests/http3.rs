@@ -377,6 +377,27 @@ respond = { body = "x" }
         err.contains("h3.toml:6") && err.contains("early_data cannot be used with tls client_auth"),
         "{err}"
     );
+
+    let err = pylon_config::parse(
+        r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:8080"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:8443"]
+protocol = "h3"
+"#,
+        "h3.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("h3.toml:10") && err.contains("HTTP/3 over QUIC, always TLS"),
+        "{err}"
+    );
 }
 
 /// Runs `examples/h3_client.py` (aioquic, an independent HTTP/3 stack, which
@@ -934,4 +955,110 @@ respond = {{ body = "ok" }}
         "the old certificate is gone from new handshakes"
     );
     assert_eq!(before.get("localhost", "/").await.unwrap().text(), "ok");
+}
+
+/// A cluster with `protocol = "h3"` and a TLS table (CA, server name) in front of an
+/// HTTP/3 origin, behind a plain listener.
+fn h3_upstream_config(origin: SocketAddr, ca: &TestCa, extra: &str) -> String {
+    let ca_file = temp_dir().join("upstream-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = ["{origin}"]
+protocol = "h3"
+tls = {{ ca = "{}", server_name = "localhost" }}
+{extra}
+"#,
+        ca_file.display()
+    )
+}
+
+#[tokio::test]
+async fn requests_go_to_an_http3_upstream_on_one_pooled_connection() {
+    let ca = TestCa::new("upstream");
+    let origin = H3Origin::echo(&ca.server(&["localhost"])).await;
+    let proxy = TestProxy::start(&h3_upstream_config(origin.addr, &ca, "")).await;
+    let front = proxy.addr("front");
+    for i in 0..10 {
+        let a = get(front, &format!("/n/{i}?q=1")).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        let echo = a.json();
+        assert_eq!(echo["version"], "HTTP/3.0");
+        assert_eq!(echo["method"], "GET");
+        assert!(
+            echo["uri"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/n/{i}?q=1")),
+            "{echo}"
+        );
+        assert_eq!(echo["body_len"], 0);
+    }
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every request on one QUIC connection"
+    );
+
+    // A body and trailers up over HTTP/2 from the client, trailers back.
+    let mut h2 = h2_conn(front).await;
+    let req = Request::post("http://localhost/up")
+        .header("te", "trailers")
+        .body(body(vec![b'y'; 1 << 20]))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let (parts, b) = resp.into_parts();
+    let collected = http_body_util::BodyExt::collect(b).await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let echo: serde_json::Value = serde_json::from_slice(&collected.to_bytes()).unwrap();
+    assert_eq!(parts.status, 200);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_len"], 1 << 20);
+    assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+}
+
+#[tokio::test]
+async fn http3_upstreams_are_health_checked_over_quic_and_fail_cleanly() {
+    let ca = TestCa::new("upstream");
+    let origin = H3Origin::echo(&ca.server(&["localhost"])).await;
+    let checks = "[clusters.health_check]\ninterval = \"50ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 2\npath = \"/health\"";
+    let proxy = TestProxy::start(&h3_upstream_config(origin.addr, &ca, checks)).await;
+    let front = proxy.addr("front");
+    assert_eq!(get(front, "/").await.status, 200);
+    // The origin goes away: checks over QUIC fail, the endpoint leaves rotation.
+    drop(origin);
+    eventually_async("the endpoint is out of rotation", || async {
+        get(front, "/").await.header("x-pylon-error") == Some("no_endpoint")
+    })
+    .await;
+
+    // Nothing listening at all: the request fails as a connect failure, not a hang.
+    let dead = TestProxy::start(&h3_upstream_config(
+        closed_udp_port(),
+        &ca,
+        "connect_timeout = \"300ms\"",
+    ))
+    .await;
+    let a = get(dead.addr("front"), "/").await;
+    assert!(a.status == 502 || a.status == 504, "{a:?}");
+    assert!(
+        matches!(
+            a.header("x-pylon-error"),
+            Some("upstream_connect_failed" | "upstream_connect_timeout")
+        ),
+        "{a:?}"
+    );
+}
+
+fn closed_udp_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
 }

@@ -261,11 +261,12 @@ pub(super) fn cluster(
             "http1" => UpstreamProtocol::Http1,
             "h2c" => UpstreamProtocol::H2c,
             "h2" => UpstreamProtocol::H2,
+            "h3" => UpstreamProtocol::H3,
             other => {
                 p.at(
                     s,
                     format!(
-                        "unknown upstream protocol \"{other}\", expected one of: http1, h2c, h2"
+                        "unknown upstream protocol \"{other}\", expected one of: http1, h2c, h2, h3"
                     ),
                 );
                 UpstreamProtocol::Http1
@@ -281,6 +282,22 @@ pub(super) fn cluster(
             s,
             "protocol \"h2\" is HTTP/2 over TLS: add a [clusters.tls] table (or use h2c)",
         );
+    }
+    if protocol == UpstreamProtocol::H3
+        && let Some(s) = &r.protocol
+    {
+        if r.tls.is_none() && !dropped.has("tls") {
+            p.at(
+                s,
+                "protocol \"h3\" is HTTP/3 over QUIC, always TLS: add a [clusters.tls] table",
+            );
+        }
+        if r.proxy_protocol.is_some() {
+            p.at(
+                s,
+                "protocol \"h3\" cannot send PROXY protocol headers (QUIC has none)",
+            );
+        }
     }
     if protocol == UpstreamProtocol::H2c
         && let (Some(s), Some(_)) = (&r.protocol, &r.tls)

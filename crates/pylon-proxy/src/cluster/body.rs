@@ -127,6 +127,7 @@ impl Body for RequestBody {
 pub enum UpstreamBody {
     H1(super::h1::H1Body),
     H2(Incoming),
+    H3(super::h3::H3Body),
 }
 
 impl UpstreamBody {
@@ -136,7 +137,7 @@ impl UpstreamBody {
     pub fn pass_chunked(&mut self) -> Option<Bytes> {
         match self {
             UpstreamBody::H1(b) => b.pass_chunked(),
-            UpstreamBody::H2(_) => None,
+            UpstreamBody::H2(_) | UpstreamBody::H3(_) => None,
         }
     }
 
@@ -144,7 +145,7 @@ impl UpstreamBody {
     pub fn into_upgraded(self) -> Option<super::h1::Prefixed<crate::tls::upstream::UpstreamIo>> {
         match self {
             UpstreamBody::H1(b) => b.into_upgraded(),
-            UpstreamBody::H2(_) => None,
+            UpstreamBody::H2(_) | UpstreamBody::H3(_) => None,
         }
     }
 }
@@ -162,6 +163,7 @@ impl Body for UpstreamBody {
             UpstreamBody::H2(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            UpstreamBody::H3(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -169,6 +171,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::H1(b) => b.is_end_stream(),
             UpstreamBody::H2(b) => b.is_end_stream(),
+            UpstreamBody::H3(b) => b.is_end_stream(),
         }
     }
 
@@ -176,6 +179,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::H1(b) => b.size_hint(),
             UpstreamBody::H2(b) => b.size_hint(),
+            UpstreamBody::H3(b) => b.size_hint(),
         }
     }
 }

@@ -5,12 +5,14 @@ pub mod destinations;
 pub(crate) mod discovery;
 mod h1;
 mod h2;
+mod h3;
 mod pool;
 mod sticky;
 pub mod warm;
 
 pub use body::UpstreamBody;
 pub use h1::{H1Body, Prefixed, SendError};
+pub use h3::{H3Body as H3UpstreamBody, H3Error};
 pub use pool::{ClientAddresses, EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 pub use sticky::StickyCookie;

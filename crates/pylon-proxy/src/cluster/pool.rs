@@ -44,6 +44,8 @@ pub enum UpstreamError {
     Overloaded(&'static str),
     #[error("request to {0} failed: {1}")]
     Send(SocketAddr, SendError),
+    #[error("HTTP/3 to {0}: {1}")]
+    H3(SocketAddr, super::h3::H3Error),
 }
 
 /// The client a request is made for, as a PROXY header to a cluster with
@@ -110,6 +112,8 @@ pub struct EndpointPool {
     /// them).
     h1: Arc<H1Idle>,
     h2: H2Set,
+    /// The QUIC connection of an HTTP/3 cluster's endpoint.
+    h3: Option<super::h3::H3Pool>,
 }
 
 /// An HTTP/2 stream lent to one exchange until its response body ends (an HTTP/1.1
@@ -142,7 +146,19 @@ impl EndpointPool {
                 c.pool.idle_timeout,
             ))
         });
+        let server_name: Option<rustls_pki_types::ServerName<'static>> = host.and_then(|h| {
+            rustls_pki_types::ServerName::try_from(h.trim_end_matches('.').to_owned()).ok()
+        });
+        let h3 = tls.as_ref().and_then(|t| {
+            let quic = t.quic()?.clone();
+            let name = t
+                .name_for(address, server_name.as_ref())
+                .to_str()
+                .into_owned();
+            Some(super::h3::H3Pool::new(quic, name))
+        });
         let pool = Arc::new(EndpointPool {
+            h3,
             tls,
             limits,
             address,
@@ -155,9 +171,7 @@ impl EndpointPool {
                 warm.clone(),
             )),
             warm,
-            server_name: host.and_then(|h| {
-                rustls_pki_types::ServerName::try_from(h.trim_end_matches('.').to_owned()).ok()
-            }),
+            server_name,
             protocol: c.protocol,
             connect_timeout: c.connect_timeout,
             idle_timeout: c.pool.idle_timeout,
@@ -224,6 +238,10 @@ impl EndpointPool {
     /// requests connections of their own: their warm connections serve Layer 4 only.
     pub(super) fn warm_missing(&self) -> usize {
         let Some(w) = &self.warm else { return 0 };
+        // HTTP/3 endpoints speak QUIC only: nothing to open ahead over TCP.
+        if self.protocol == UpstreamProtocol::H3 {
+            return 0;
+        }
         if self.warm_h2() {
             return usize::from(self.h2.live() == 0);
         }
@@ -395,7 +413,44 @@ impl EndpointPool {
                 .send_h2(req, response_timeout)
                 .await
                 .map(|(r, p)| (r.map(UpstreamBody::H2), Some(p))),
+            UpstreamProtocol::H3 => self
+                .send_h3(req, response_timeout)
+                .await
+                .map(|r| (r.map(UpstreamBody::H3), None)),
         }
+    }
+
+    /// A request of Pylon's own (a health check) on the endpoint's QUIC connection,
+    /// within the connect timeout twice over.
+    pub async fn request_h3(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<super::h3::H3Body>, UpstreamError> {
+        self.send_h3(req, self.connect_timeout * 2).await
+    }
+
+    /// A request on the endpoint's QUIC connection (HTTP/3 clusters); the response
+    /// head within `response_timeout`.
+    async fn send_h3(
+        &self,
+        req: Request<RequestBody>,
+        response_timeout: Duration,
+    ) -> Result<Response<super::h3::H3Body>, UpstreamError> {
+        let Some(h3) = &self.h3 else {
+            return Err(UpstreamError::H3(
+                self.address,
+                super::h3::H3Error::Connect("no QUIC settings".into()),
+            ));
+        };
+        let _pending = Slot::take(&self.limits.pending, self.limits.max_pending)
+            .ok_or(UpstreamError::Overloaded("max_pending_requests"))?;
+        tokio::time::timeout(
+            response_timeout,
+            h3.send(self.address, req, self.connect_timeout),
+        )
+        .await
+        .map_err(|_| UpstreamError::ResponseTimeout(self.address))?
+        .map_err(|e| UpstreamError::H3(self.address, e))
     }
 
     /// One request on a connection of its own, opened with its client's PROXY header

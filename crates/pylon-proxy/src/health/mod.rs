@@ -106,6 +106,9 @@ async fn check(
     if let HealthCheckKind::Udp { send, expect } = kind {
         return check_udp(endpoint.address, send, expect.as_deref()).await;
     }
+    if protocol == UpstreamProtocol::H3 {
+        return check_h3(endpoint, kind).await;
+    }
     let io = endpoint.connect().await.map_err(|e| e.to_string())?;
     if let HealthCheckKind::Grpc { service } = kind {
         return check_grpc(io, endpoint, protocol, service).await;
@@ -159,6 +162,49 @@ async fn check(
         tokio::spawn(conn);
         tx.send_request(req).await.map_err(|e| e.to_string())?
     };
+    judge(resp, expected_statuses, body_contains.as_deref()).await
+}
+
+/// An HTTP health check over HTTP/3, on the endpoint's QUIC connection.
+async fn check_h3(endpoint: &EndpointPool, kind: &HealthCheckKind) -> Result<(), String> {
+    let HealthCheckKind::Http {
+        method,
+        path,
+        host,
+        expected_statuses,
+        body_contains,
+    } = kind
+    else {
+        return Err("only HTTP health checks are made over HTTP/3".into());
+    };
+    let host = match host {
+        Some(h) => h.clone(),
+        None => endpoint
+            .host_value
+            .to_str()
+            .map_or_else(|_| endpoint.address.to_string(), str::to_owned),
+    };
+    let req = Request::builder()
+        .method(method.as_str())
+        .uri(format!("https://{host}{path}"))
+        .version(http::Version::HTTP_3)
+        .header(http::header::USER_AGENT, "pylon-health-check")
+        .body(RequestBody::Empty)
+        .map_err(|e| e.to_string())?;
+    let resp = endpoint.request_h3(req).await.map_err(|e| e.to_string())?;
+    judge(resp, expected_statuses, body_contains.as_deref()).await
+}
+
+/// The check's verdict on an answer: its status, and its body when it must hold a text.
+async fn judge<B>(
+    resp: http::Response<B>,
+    expected_statuses: &[u16],
+    body_contains: Option<&str>,
+) -> Result<(), String>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let status = resp.status().as_u16();
     let status_ok = if expected_statuses.is_empty() {
         (200..300).contains(&status)

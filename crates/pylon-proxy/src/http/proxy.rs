@@ -504,6 +504,12 @@ fn retryable_error(e: &UpstreamError, policy: &Retry, idempotent: bool) -> bool 
         UpstreamError::ResponseTimeout(_) => idempotent,
         UpstreamError::Send(..) => policy.on_reset && idempotent,
         UpstreamError::Overloaded(_) => false,
+        // Nothing of the request went out before the connection failed; after, as a reset.
+        UpstreamError::H3(
+            _,
+            crate::cluster::H3Error::Connect(_) | crate::cluster::H3Error::ConnectTimeout,
+        ) => true,
+        UpstreamError::H3(..) => policy.on_reset && idempotent,
     }
 }
 
@@ -610,8 +616,12 @@ fn target(parts: &mut Parts, endpoint: &EndpointPool, call: &Call<'_>) -> Result
                 }
             }
         }
-        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-            parts.version = Version::HTTP_2;
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 | UpstreamProtocol::H3 => {
+            parts.version = if cluster.protocol == UpstreamProtocol::H3 {
+                Version::HTTP_3
+            } else {
+                Version::HTTP_2
+            };
             let host = upstream_host.unwrap_or_else(|| endpoint.host_value.clone());
             let authority = host
                 .to_str()
@@ -619,7 +629,7 @@ fn target(parts: &mut Parts, endpoint: &EndpointPool, call: &Call<'_>) -> Result
                 .and_then(|s| http::uri::Authority::try_from(s).ok())
                 .ok_or(ErrorKind::MalformedRequest)?;
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(if cluster.protocol == UpstreamProtocol::H2 {
+            uri.scheme = Some(if cluster.protocol != UpstreamProtocol::H2c {
                 http::uri::Scheme::HTTPS
             } else {
                 http::uri::Scheme::HTTP
@@ -693,6 +703,9 @@ pub(super) fn classify(
         UpstreamError::Send(_, err) if err.is_invalid() => ErrorKind::UpstreamInvalid,
         UpstreamError::Send(_, err) if err.is_timeout() => ErrorKind::ResponseTimeout,
         UpstreamError::Send(..) => ErrorKind::UpstreamReset,
+        UpstreamError::H3(_, crate::cluster::H3Error::Connect(_)) => ErrorKind::ConnectFailed,
+        UpstreamError::H3(_, crate::cluster::H3Error::ConnectTimeout) => ErrorKind::ConnectTimeout,
+        UpstreamError::H3(..) => ErrorKind::UpstreamReset,
     };
     // A wait cut short by the gRPC call's own deadline is the caller's deadline, not a
     // slow upstream.

@@ -116,7 +116,7 @@ impl WebSocket {
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                 h.insert(SEC_WEBSOCKET_KEY.clone(), self.upstream_key.clone());
             }
-            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 | UpstreamProtocol::H3 => {
                 parts.method = Method::CONNECT;
                 parts
                     .extensions
@@ -138,7 +138,9 @@ impl WebSocket {
     ) -> Outcome {
         let accepted = match protocol {
             UpstreamProtocol::Http1 => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
-            UpstreamProtocol::H2c | UpstreamProtocol::H2 => resp.status().is_success(),
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 | UpstreamProtocol::H3 => {
+                resp.status().is_success()
+            }
         };
         // A switch to anything but the WebSocket Pylon asked for, or without the proof
         // that the upstream read this handshake (RFC 6455 §4.2.2), opens no tunnel:
@@ -173,6 +175,8 @@ impl WebSocket {
                 };
                 (parts, UpstreamSide::Raw(io))
             }
+            // WebSockets over HTTP/3 (RFC 9220) are not spoken yet: no tunnel.
+            UpstreamProtocol::H3 => return Outcome::Failed(ErrorKind::UpgradeRefused),
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 let upgrade = hyper::upgrade::on(&mut resp);
                 (resp.into_parts().0, UpstreamSide::Hyper(upgrade))

@@ -83,8 +83,13 @@ pub fn build(
     t: &UpstreamTls,
     protocol: UpstreamProtocol,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
+    // QUIC is TLS 1.3 only (RFC 9001).
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match protocol {
+        UpstreamProtocol::H3 => &[&rustls::version::TLS13],
+        _ => rustls::DEFAULT_VERSIONS,
+    };
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| ConfigError::general(format!("TLS versions: {e}")))?;
     let builder = if t.insecure_skip_verify {
         tracing::warn!("upstream TLS verification is OFF (insecure_skip_verify): lab use only");
@@ -114,6 +119,7 @@ pub fn build(
     };
     config.alpn_protocols = match protocol {
         UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+        UpstreamProtocol::H3 => vec![b"h3".to_vec()],
         _ => vec![b"http/1.1".to_vec()],
     };
     Ok(Arc::new(config))
@@ -124,6 +130,8 @@ pub fn build(
 pub struct TlsConnector {
     connector: tokio_rustls::TlsConnector,
     server_name: Option<ServerName<'static>>,
+    /// The same settings for QUIC (HTTP/3 clusters).
+    quic: Option<quinn::ClientConfig>,
 }
 
 impl TlsConnector {
@@ -135,10 +143,40 @@ impl TlsConnector {
             ),
             None => None,
         };
+        let config = build(t, protocol)?;
+        let quic = match protocol {
+            UpstreamProtocol::H3 => {
+                let q = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::clone(&config))
+                    .map_err(|e| {
+                        ConfigError::general(format!("TLS settings unfit for QUIC: {e}"))
+                    })?;
+                Some(quinn::ClientConfig::new(Arc::new(q)))
+            }
+            _ => None,
+        };
         Ok(TlsConnector {
-            connector: tokio_rustls::TlsConnector::from(build(t, protocol)?),
+            connector: tokio_rustls::TlsConnector::from(config),
             server_name,
+            quic,
         })
+    }
+
+    /// The QUIC client config, for HTTP/3 clusters.
+    pub fn quic(&self) -> Option<&quinn::ClientConfig> {
+        self.quic.as_ref()
+    }
+
+    /// The name a handshake with `addr` sends and checks: the cluster's `server_name`,
+    /// else the endpoint's DNS name, else its IP address.
+    pub fn name_for(
+        &self,
+        addr: SocketAddr,
+        endpoint_name: Option<&ServerName<'static>>,
+    ) -> ServerName<'static> {
+        self.server_name
+            .clone()
+            .or_else(|| endpoint_name.cloned())
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
     }
 
     /// The TLS handshake over `tcp`, naming (SNI, certificate check) the cluster's
@@ -149,11 +187,7 @@ impl TlsConnector {
         endpoint_name: Option<&ServerName<'static>>,
         tcp: TcpStream,
     ) -> io::Result<UpstreamIo> {
-        let name = self
-            .server_name
-            .clone()
-            .or_else(|| endpoint_name.cloned())
-            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let name = self.name_for(addr, endpoint_name);
         let tls = self.connector.connect(name, tcp).await?;
         Ok(UpstreamIo {
             stream: Stream::Tls(Box::new(tls)),
