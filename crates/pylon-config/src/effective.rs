@@ -529,6 +529,7 @@ fn cluster(c: &Cluster) -> Value {
                 ProxyProtocolVersion::V2 => "v2",
             }),
         )
+        .opt("h3_fallback", c.h3_fallback.map(upstream_protocol))
         .put(
             "pool",
             T::default()

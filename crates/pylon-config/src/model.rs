@@ -976,6 +976,9 @@ pub struct Cluster {
     pub dns: Dns,
     /// A PROXY protocol header opens every upstream connection; off when `None`.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// `h3` clusters: the protocol over TCP (and the same TLS settings) to use while QUIC
+    /// cannot reach an endpoint (UDP blocked, handshake timing out); `None`: no fallback.
+    pub h3_fallback: Option<UpstreamProtocol>,
 }
 
 /// Sticky sessions (`[clusters.sticky]`).

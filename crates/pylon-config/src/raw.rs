@@ -242,6 +242,7 @@ pub struct RawCluster {
     pub panic_threshold: Option<Spanned<u32>>,
     pub dns: Option<Spanned<RawDns>>,
     pub proxy_protocol: Option<Spanned<String>>,
+    pub h3_fallback: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -116,7 +116,7 @@ path = "/x"
 [[clusters]]
 name = "c"
 endpoints = ["localhost:80x", { address = "127.0.0.1:1", weight = 0 }]
-protocol = "h3"
+protocol = "spdy"
 "#;
     let e = errors(text).join("\n");
     for want in [
@@ -128,7 +128,7 @@ protocol = "h3"
         "routes[1]: route has no action",
         "clusters[0].endpoints[0]: invalid address \"localhost:80x\"",
         "clusters[0].endpoints[1]: endpoint weight must be between 1 and 10000",
-        "clusters[0].protocol: unknown upstream protocol \"h3\"",
+        "clusters[0].protocol: unknown upstream protocol \"spdy\"",
     ] {
         assert!(e.contains(want), "missing {want:?} in\n{e}");
     }

@@ -389,6 +389,10 @@ cluster = "c"
 name = "c"
 endpoints = ["127.0.0.1:8443"]
 protocol = "h3"
+[[clusters]]
+name = "d"
+endpoints = ["127.0.0.1:8443"]
+h3_fallback = "h2"
 "#,
         "h3.toml",
     )
@@ -396,6 +400,11 @@ protocol = "h3"
     .to_string();
     assert!(
         err.contains("h3.toml:10") && err.contains("HTTP/3 over QUIC, always TLS"),
+        "{err}"
+    );
+    assert!(
+        err.contains("h3.toml:14")
+            && err.contains("`h3_fallback` applies only to clusters with protocol = \"h3\""),
         "{err}"
     );
 }
@@ -1061,4 +1070,48 @@ async fn http3_upstreams_are_health_checked_over_quic_and_fail_cleanly() {
 fn closed_udp_port() -> SocketAddr {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap()
+}
+
+/// QUIC blocked to an `h3` endpoint (nothing answers on UDP, the TCP side serves
+/// HTTP/2 over TLS): with `h3_fallback = "h2"` its requests go over TCP, counted, and
+/// QUIC is left alone for a while rather than timed out on every request.
+#[tokio::test]
+async fn an_h3_cluster_falls_back_to_tcp_when_quic_is_blocked() {
+    let ca = TestCa::new("upstream");
+    let cert = ca.server(&["localhost"]);
+    let origin = Origin::start_tls(origin_tls_config(&cert, None, &["h2", "http/1.1"])).await;
+    let config = h3_upstream_config(
+        origin.addr,
+        &ca,
+        "h3_fallback = \"h2\"\nconnect_timeout = \"300ms\"",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let front = proxy.addr("front");
+    for i in 0..3 {
+        let a = get(front, &format!("/fb/{i}")).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        let echo = a.json();
+        assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+        assert!(echo["uri"].as_str().unwrap().ends_with(&format!("/fb/{i}")));
+    }
+    let m = proxy.proxy.render_metrics();
+    assert!(
+        m.contains("pylon_upstream_quic_failures_total 1\n"),
+        "QUIC tried once: {m}"
+    );
+    assert!(m.contains("pylon_upstream_h3_fallbacks_total 3\n"), "{m}");
+
+    // HTTP/1.1 as the fallback: Host and an origin-form target.
+    let proxy = TestProxy::start(&h3_upstream_config(
+        origin.addr,
+        &ca,
+        "h3_fallback = \"http1\"\nconnect_timeout = \"300ms\"",
+    ))
+    .await;
+    let a = get(proxy.addr("front"), "/one").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let echo = a.json();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(echo["uri"], "/one");
+    assert!(echo["headers"]["host"][0].as_str().is_some(), "{echo}");
 }

@@ -492,6 +492,29 @@ pub(super) fn cluster(
         },
         dns,
         proxy_protocol: super::l4::proxy_protocol_out(&r.proxy_protocol, p),
+        h3_fallback: match &r.h3_fallback {
+            None => None,
+            Some(_) if protocol != UpstreamProtocol::H3 => {
+                if let Some(f) = &r.h3_fallback {
+                    p.at(
+                        f,
+                        "`h3_fallback` applies only to clusters with protocol = \"h3\"",
+                    );
+                }
+                None
+            }
+            Some(f) => match f.get_ref().as_str() {
+                "h2" => Some(UpstreamProtocol::H2),
+                "http1" => Some(UpstreamProtocol::Http1),
+                other => {
+                    p.at(
+                        f,
+                        format!("unknown h3_fallback \"{other}\", expected h2 or http1"),
+                    );
+                    None
+                }
+            },
+        },
         sticky: r.sticky.map(|st| {
             let cookie = st
                 .cookie

@@ -55,6 +55,7 @@ impl DestinationPools {
             panic_threshold: 0,
             dns: model::Dns::default(),
             proxy_protocol: None,
+            h3_fallback: None,
         };
         let pools = Arc::new(DestinationPools {
             template,

@@ -17,8 +17,14 @@ use http_body_util::BodyExt;
 
 use super::body::{BoxError, RequestBody};
 
-type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+pub(super) type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type RecvStream = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Requests sent over an `h3` cluster's TCP fallback, and QUIC connects that failed and
+/// turned to it, in the whole process (`pylon_upstream_h3_fallbacks_total`,
+/// `pylon_upstream_quic_failures_total`).
+pub static FALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static QUIC_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// HTTP/3's "no error" and "request cancelled" codes (RFC 9114 §8.1).
 const H3_NO_ERROR: u32 = 0x100;
@@ -60,7 +66,7 @@ impl H3Pool {
     }
 
     /// The live connection's request sender, else one connected now.
-    async fn sender(
+    pub(super) async fn sender(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
@@ -107,19 +113,25 @@ impl H3Pool {
         Ok(Conn { send, quic })
     }
 
-    /// Sends `req` on the endpoint's connection (a new one when a closed one refused
-    /// the stream before anything of it went out) and reads the answer's head.
+    /// Sends `req` on the endpoint's connection, `first` its sender (a new connection
+    /// when a closed one refused the stream before anything of it went out), and reads
+    /// the answer's head.
     pub(super) async fn send(
         &self,
         addr: SocketAddr,
+        first: SendRequest,
         req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<H3Body>, H3Error> {
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
         let mut stream = None;
+        let mut first = Some(first);
         for _ in 0..2 {
-            let mut send = self.sender(addr, connect_timeout).await?;
+            let mut send = match first.take() {
+                Some(s) => s,
+                None => self.sender(addr, connect_timeout).await?,
+            };
             match send.send_request(head.clone()).await {
                 Ok(s) => {
                     stream = Some(s);

@@ -12,7 +12,7 @@ pub mod warm;
 
 pub use body::UpstreamBody;
 pub use h1::{H1Body, Prefixed, SendError};
-pub use h3::{H3Body as H3UpstreamBody, H3Error};
+pub use h3::{FALLBACKS as H3_FALLBACKS, H3Body as H3UpstreamBody, H3Error, QUIC_FAILURES};
 pub use pool::{ClientAddresses, EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 pub use sticky::StickyCookie;
@@ -114,6 +114,9 @@ pub struct ClusterRuntime {
     /// What new endpoints are built from (DNS updates).
     config: model::Cluster,
     tls: Option<TlsConnector>,
+    /// `h3` clusters with `h3_fallback`: the TCP protocol's settings and TLS, for each
+    /// endpoint's fallback pool.
+    fallback: Option<(model::Cluster, TlsConnector)>,
     limits: pool::ConnectionLimits,
     /// The hash key, for `ring_hash` and `maglev` clusters.
     pub hash_key: Option<HashKey>,
@@ -244,6 +247,15 @@ impl ClusterRuntime {
             Some(t) => Some(TlsConnector::new(t, c.protocol)?),
             None => None,
         };
+        let fallback = match (c.h3_fallback, &c.tls) {
+            (Some(p), Some(t)) if c.protocol == UpstreamProtocol::H3 => {
+                let mut tcp = c.clone();
+                tcp.protocol = p;
+                tcp.h3_fallback = None;
+                Some((tcp, TlsConnector::new(t, p)?))
+            }
+            _ => None,
+        };
         let limits = pool::ConnectionLimits {
             open: Arc::new(AtomicU64::new(0)),
             max_open: c.circuit_breaker.max_connections,
@@ -268,6 +280,7 @@ impl ClusterRuntime {
             lb: c.lb,
             config: c.clone(),
             tls,
+            fallback,
             limits,
             hash_key: c.lb.uses_key().then(|| c.hash_key.clone()),
             health_changes: AtomicU64::new(0),
@@ -349,6 +362,15 @@ impl ClusterRuntime {
                     self.tls.clone(),
                     self.limits.clone(),
                 );
+                if let Some((tcp, tls)) = &self.fallback {
+                    pool.set_h3_fallback(EndpointPool::new(
+                        s.address,
+                        s.host.as_deref(),
+                        tcp,
+                        Some(tls.clone()),
+                        self.limits.clone(),
+                    ));
+                }
                 let state = Arc::new(EndpointState::new(s.weight));
                 fresh.push((Arc::clone(&pool), Arc::clone(&state)));
                 (pool, state)

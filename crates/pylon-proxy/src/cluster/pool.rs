@@ -114,7 +114,16 @@ pub struct EndpointPool {
     h2: H2Set,
     /// The QUIC connection of an HTTP/3 cluster's endpoint.
     h3: Option<super::h3::H3Pool>,
+    /// The same endpoint over TCP, for an `h3` cluster with `h3_fallback`.
+    h3_fallback: std::sync::OnceLock<Arc<EndpointPool>>,
+    /// Until when QUIC is taken to be blocked to this endpoint (requests go over the
+    /// fallback meanwhile).
+    quic_broken_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// After a QUIC connect fails, how long requests go over the TCP fallback before QUIC
+/// is tried again.
+const QUIC_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// An HTTP/2 stream lent to one exchange until its response body ends (an HTTP/1.1
 /// connection is held by the response body itself).
@@ -159,6 +168,8 @@ impl EndpointPool {
         });
         let pool = Arc::new(EndpointPool {
             h3,
+            h3_fallback: std::sync::OnceLock::new(),
+            quic_broken_until: std::sync::Mutex::new(None),
             tls,
             limits,
             address,
@@ -413,11 +424,54 @@ impl EndpointPool {
                 .send_h2(req, response_timeout)
                 .await
                 .map(|(r, p)| (r.map(UpstreamBody::H2), Some(p))),
-            UpstreamProtocol::H3 => self
-                .send_h3(req, response_timeout)
-                .await
-                .map(|r| (r.map(UpstreamBody::H3), None)),
+            UpstreamProtocol::H3 => Box::pin(self.send_h3_or_fallback(req, response_timeout)).await,
         }
+    }
+
+    /// An `h3` endpoint's fallback over TCP (`h3_fallback`).
+    pub(super) fn set_h3_fallback(&self, tcp: Arc<EndpointPool>) {
+        let _ = self.h3_fallback.set(tcp);
+    }
+
+    /// HTTP/3, or the TCP fallback while QUIC cannot reach the endpoint: a QUIC connect
+    /// that fails or times out (nothing of the request sent yet) sends the request over
+    /// TCP and keeps doing so for [`QUIC_RETRY_AFTER`].
+    async fn send_h3_or_fallback(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        response_timeout: Duration,
+    ) -> Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fallback = self.h3_fallback.get();
+        let broken =
+            crate::lock(&self.quic_broken_until).is_some_and(|t| std::time::Instant::now() < t);
+        if let (Some(tcp), true) = (fallback, broken) {
+            super::h3::FALLBACKS.fetch_add(1, Relaxed);
+            return tcp.send(for_tcp(req, tcp.protocol), response_timeout).await;
+        }
+        let Some(h3) = &self.h3 else {
+            return Err(UpstreamError::H3(
+                self.address,
+                super::h3::H3Error::Connect("no QUIC settings".into()),
+            ));
+        };
+        let sender = match h3.sender(self.address, self.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                let Some(tcp) = fallback else {
+                    return Err(UpstreamError::H3(self.address, e));
+                };
+                super::h3::QUIC_FAILURES.fetch_add(1, Relaxed);
+                super::h3::FALLBACKS.fetch_add(1, Relaxed);
+                tracing::info!(endpoint = %self.address, error = %e, "QUIC unreachable; HTTP/3 requests go over TCP for a while");
+                *crate::lock(&self.quic_broken_until) =
+                    Some(std::time::Instant::now() + QUIC_RETRY_AFTER);
+                return tcp.send(for_tcp(req, tcp.protocol), response_timeout).await;
+            }
+        };
+        self.send_h3_on(sender, req, response_timeout)
+            .await
+            .map(|r| (r.map(UpstreamBody::H3), None))
     }
 
     /// A request of Pylon's own (a health check) on the endpoint's QUIC connection,
@@ -426,13 +480,24 @@ impl EndpointPool {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<super::h3::H3Body>, UpstreamError> {
-        self.send_h3(req, self.connect_timeout * 2).await
+        let Some(h3) = &self.h3 else {
+            return Err(UpstreamError::H3(
+                self.address,
+                super::h3::H3Error::Connect("no QUIC settings".into()),
+            ));
+        };
+        let sender = h3
+            .sender(self.address, self.connect_timeout)
+            .await
+            .map_err(|e| UpstreamError::H3(self.address, e))?;
+        self.send_h3_on(sender, req, self.connect_timeout * 2).await
     }
 
     /// A request on the endpoint's QUIC connection (HTTP/3 clusters); the response
     /// head within `response_timeout`.
-    async fn send_h3(
+    async fn send_h3_on(
         &self,
+        sender: super::h3::SendRequest,
         req: Request<RequestBody>,
         response_timeout: Duration,
     ) -> Result<Response<super::h3::H3Body>, UpstreamError> {
@@ -446,7 +511,7 @@ impl EndpointPool {
             .ok_or(UpstreamError::Overloaded("max_pending_requests"))?;
         tokio::time::timeout(
             response_timeout,
-            h3.send(self.address, req, self.connect_timeout),
+            h3.send(self.address, sender, req, self.connect_timeout),
         )
         .await
         .map_err(|_| UpstreamError::ResponseTimeout(self.address))?
@@ -632,4 +697,29 @@ impl EndpointPool {
             Ok(Err(e)) => Err(UpstreamError::Send(self.address, e.into())),
         }
     }
+}
+
+/// A request shaped for HTTP/3 (absolute target, no `Host`) reshaped for `protocol` over
+/// TCP: HTTP/2 keeps the absolute target; HTTP/1.1 takes `Host` from it and the path.
+fn for_tcp(mut req: Request<RequestBody>, protocol: UpstreamProtocol) -> Request<RequestBody> {
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            *req.version_mut() = http::Version::HTTP_11;
+            if let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = http::Uri::from(path);
+        }
+        _ => *req.version_mut() = http::Version::HTTP_2,
+    }
+    req
 }

@@ -229,6 +229,16 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &crate::l4::relay::SPLICED_BYTES,
             ),
             (
+                "pylon_upstream_quic_failures",
+                "QUIC connects to h3 endpoints that failed or timed out, turning their requests to the TCP fallback.",
+                &crate::cluster::QUIC_FAILURES,
+            ),
+            (
+                "pylon_upstream_h3_fallbacks",
+                "Requests to h3 clusters sent over their TCP fallback (h3_fallback).",
+                &crate::cluster::H3_FALLBACKS,
+            ),
+            (
                 "pylon_proxy_protocol_refused",
                 "Connections refused for their PROXY header.",
                 &m.proxy_protocol_refused,
