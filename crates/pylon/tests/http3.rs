@@ -1115,3 +1115,55 @@ async fn an_h3_cluster_falls_back_to_tcp_when_quic_is_blocked() {
     assert_eq!(echo["uri"], "/one");
     assert!(echo["headers"]["host"][0].as_str().is_some(), "{echo}");
 }
+
+/// aioquic as the HTTP/3 origin of an `h3` cluster: a GET, and a POST whose body and
+/// trailers come from an HTTP/2 client.
+#[tokio::test]
+async fn an_aioquic_origin_behind_an_h3_cluster() {
+    use tokio::io::AsyncBufReadExt;
+    let ca = TestCa::new("upstream");
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "aioquic");
+    let script = dir.join("h3_origin.py");
+    std::fs::write(&script, include_str!("support/h3_origin.py")).unwrap();
+    let python = std::env::var("PYLON_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&cert)
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs (scripts/test.sh installs aioquic into target/test-venv)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the aioquic origin starts")
+        .unwrap()
+        .expect("its port")
+        .trim()
+        .parse()
+        .unwrap();
+    let origin: SocketAddr = ([127, 0, 0, 1], port).into();
+    let proxy = TestProxy::start(&h3_upstream_config(origin, &ca, "")).await;
+    let front = proxy.addr("front");
+    let a = get(front, "/from/h1?x=1").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let echo = a.json();
+    assert_eq!(echo["server"], "aioquic");
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/from/h1?x=1");
+    assert_eq!(echo["body_len"], 0);
+
+    let mut h2 = h2_conn(front).await;
+    let req = Request::post("http://localhost/up")
+        .body(body(vec![b'z'; 300_000]))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let a = collect(resp).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let echo = a.json();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_len"], 300_000);
+    drop(child);
+}
