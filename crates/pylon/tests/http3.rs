@@ -1167,3 +1167,28 @@ async fn an_aioquic_origin_behind_an_h3_cluster() {
     assert_eq!(echo["body_len"], 300_000);
     drop(child);
 }
+
+#[test]
+fn a_layer_4_listener_cannot_relay_to_an_h3_cluster() {
+    let err = pylon_config::parse(
+        r#"
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:9000"
+protocol = "tcp"
+cluster = "q"
+[[clusters]]
+name = "q"
+endpoints = ["127.0.0.1:8443"]
+protocol = "h3"
+tls = { server_name = "x" }
+"#,
+        "h3.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("h3.toml:6") && err.contains("a Layer 4 listener cannot relay to it"),
+        "{err}"
+    );
+}

@@ -301,6 +301,16 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     for (span, c) in cluster_refs {
         if !declared_clusters.contains(&c) {
             p.span(span, format!("unknown cluster \"{c}\""));
+        } else if clusters
+            .iter()
+            .any(|k| k.name == c && k.protocol == UpstreamProtocol::H3)
+        {
+            // Layer 4 relays bytes over TCP or UDP sessions; an h3 cluster's endpoints
+            // speak QUIC with HTTP/3 on top.
+            p.span(
+                span,
+                format!("cluster \"{c}\" speaks HTTP/3 (protocol = \"h3\"): a Layer 4 listener cannot relay to it"),
+            );
         }
     }
 
