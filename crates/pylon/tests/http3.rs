@@ -1095,9 +1095,16 @@ async fn an_h3_cluster_falls_back_to_tcp_when_quic_is_blocked() {
         assert!(echo["uri"].as_str().unwrap().ends_with(&format!("/fb/{i}")));
     }
     let m = proxy.proxy.render_metrics();
-    assert!(
-        m.contains("pylon_upstream_quic_failures_total 1\n"),
-        "QUIC tried once: {m}"
+    let counted = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        counted("pylon_upstream_quic_unreachable_total")
+            + counted("pylon_upstream_quic_timeouts_total"),
+        1,
+        "QUIC tried once, counted by its cause: {m}"
     );
     assert!(m.contains("pylon_upstream_h3_fallbacks_total 3\n"), "{m}");
 
@@ -1191,4 +1198,61 @@ tls = { server_name = "x" }
         err.contains("h3.toml:6") && err.contains("a Layer 4 listener cannot relay to it"),
         "{err}"
     );
+}
+
+/// A client cannot have more request streams open than `max_concurrent_streams`: the
+/// rest wait for QUIC stream credit, and every request is answered.
+#[tokio::test]
+async fn streams_past_the_limit_wait_their_turn() {
+    let (origin, most) = slow_origin(std::time::Duration::from_millis(150)).await;
+    let ca = TestCa::new("h3");
+    let proxy = TestProxy::start(&h3_config_with(
+        &ca,
+        "true",
+        "max_concurrent_streams = 4",
+        &proxy_to(origin.addr, ""),
+    ))
+    .await;
+    let udp = proxy.proxy.h3_addr("front").unwrap();
+    let client = std::sync::Arc::new(H3Client::connect(&ca, udp, "localhost").await.unwrap());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let c = std::sync::Arc::clone(&client);
+        set.spawn(async move { c.get("localhost", &format!("/w/{i}")).await });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r.unwrap().unwrap().text(), "slow answer");
+    }
+    assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 4);
+}
+
+/// Pylon's QPACK keeps no dynamic table (capacity 0): what a client writes on its
+/// QPACK encoder stream (a table set up, then inserts by the thousand) leaves no state
+/// behind, cannot grow past the stream's flow-control window, and disturbs no one.
+#[tokio::test]
+async fn a_qpack_encoder_stream_flood_keeps_nothing() {
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "true", "[[routes]]\nrespond = { body = \"ok\" }").await;
+    let bystander = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(h3_client_config(&ca)).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    let conn = endpoint.connect(udp, "localhost").unwrap().await.unwrap();
+    // Stream type 0x02 (QPACK encoder): Set Dynamic Table Capacity 4096, then inserts.
+    let mut enc = conn.open_uni().await.unwrap();
+    let mut bytes = vec![0x02, 0x3f, 0xe1, 0x1f];
+    let insert = [
+        0x44, b'n', b'a', b'm', b'e', 0x05, b'v', b'a', b'l', b'u', b'e',
+    ];
+    while bytes.len() < 4 << 20 {
+        bytes.extend_from_slice(&insert);
+    }
+    // Either Pylon reads and drops it all, or flow control stops the writer: both end
+    // within the deadline one way or the other, and nothing of it is kept.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), enc.write_all(&bytes)).await;
+    assert_eq!(bystander.get("localhost", "/").await.unwrap().text(), "ok");
+    for _ in 0..3 {
+        assert_eq!(bystander.get("localhost", "/").await.unwrap().text(), "ok");
+    }
+    conn.close(0u32.into(), b"");
 }

@@ -20,11 +20,13 @@ use super::body::{BoxError, RequestBody};
 pub(super) type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type RecvStream = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 
-/// Requests sent over an `h3` cluster's TCP fallback, and QUIC connects that failed and
-/// turned to it, in the whole process (`pylon_upstream_h3_fallbacks_total`,
-/// `pylon_upstream_quic_failures_total`).
+/// Requests sent over an `h3` cluster's TCP fallback, and the QUIC connects that turned
+/// to it, by cause (the endpoint unreachable over UDP, the handshake timing out), in the
+/// whole process (`pylon_upstream_h3_fallbacks_total`,
+/// `pylon_upstream_quic_unreachable_total`, `pylon_upstream_quic_timeouts_total`).
 pub static FALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static QUIC_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static QUIC_UNREACHABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static QUIC_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// HTTP/3's "no error" and "request cancelled" codes (RFC 9114 §8.1).
 const H3_NO_ERROR: u32 = 0x100;

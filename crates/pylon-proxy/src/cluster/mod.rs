@@ -12,7 +12,9 @@ pub mod warm;
 
 pub use body::UpstreamBody;
 pub use h1::{H1Body, Prefixed, SendError};
-pub use h3::{FALLBACKS as H3_FALLBACKS, H3Body as H3UpstreamBody, H3Error, QUIC_FAILURES};
+pub use h3::{
+    FALLBACKS as H3_FALLBACKS, H3Body as H3UpstreamBody, H3Error, QUIC_TIMEOUTS, QUIC_UNREACHABLE,
+};
 pub use pool::{ClientAddresses, EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 pub use sticky::StickyCookie;

@@ -461,7 +461,11 @@ impl EndpointPool {
                 let Some(tcp) = fallback else {
                     return Err(UpstreamError::H3(self.address, e));
                 };
-                super::h3::QUIC_FAILURES.fetch_add(1, Relaxed);
+                let cause = match e {
+                    super::h3::H3Error::ConnectTimeout => &super::h3::QUIC_TIMEOUTS,
+                    _ => &super::h3::QUIC_UNREACHABLE,
+                };
+                cause.fetch_add(1, Relaxed);
                 super::h3::FALLBACKS.fetch_add(1, Relaxed);
                 tracing::info!(endpoint = %self.address, error = %e, "QUIC unreachable; HTTP/3 requests go over TCP for a while");
                 *crate::lock(&self.quic_broken_until) =

@@ -229,9 +229,14 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &crate::l4::relay::SPLICED_BYTES,
             ),
             (
-                "pylon_upstream_quic_failures",
-                "QUIC connects to h3 endpoints that failed or timed out, turning their requests to the TCP fallback.",
-                &crate::cluster::QUIC_FAILURES,
+                "pylon_upstream_quic_unreachable",
+                "QUIC connects to h3 endpoints that failed (unreachable over UDP), turning their requests to the TCP fallback.",
+                &crate::cluster::QUIC_UNREACHABLE,
+            ),
+            (
+                "pylon_upstream_quic_timeouts",
+                "QUIC handshakes with h3 endpoints that timed out, turning their requests to the TCP fallback.",
+                &crate::cluster::QUIC_TIMEOUTS,
             ),
             (
                 "pylon_upstream_h3_fallbacks",
