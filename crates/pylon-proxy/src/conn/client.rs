@@ -218,8 +218,8 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// An HTTP/1.1 body, read from the connection as it is asked for.
     H1(H1Body),
-    /// An HTTP/3 stream's body (`http/server_h3.rs`).
-    H3(Box<crate::http::server_h3::H3Body>),
+    /// A body another server reads itself (an HTTP/3 stream's, `http/server_h3.rs`).
+    Other(Box<dyn Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin>),
 }
 
 impl Body for ClientBody {
@@ -236,7 +236,7 @@ impl Body for ClientBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             ClientBody::H1(b) => lock(&b.wire).poll_body(cx),
-            ClientBody::H3(b) => Pin::new(&mut **b).poll_frame(cx),
+            ClientBody::Other(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -245,7 +245,7 @@ impl Body for ClientBody {
             ClientBody::Empty => true,
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::H1(b) => lock(&b.wire).body.is_done(),
-            ClientBody::H3(b) => b.is_end_stream(),
+            ClientBody::Other(b) => b.is_end_stream(),
         }
     }
 
@@ -254,7 +254,7 @@ impl Body for ClientBody {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::H1(b) => lock(&b.wire).body.size_hint(),
-            ClientBody::H3(b) => b.size_hint(),
+            ClientBody::Other(b) => b.size_hint(),
         }
     }
 }

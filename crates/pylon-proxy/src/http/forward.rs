@@ -573,7 +573,7 @@ fn tunnel(
     // In flight, and the client connection counted open, while the tunnel lives.
     let held = (
         ctx.state
-            .request_started(super::server_h3::multiplexed(req.version())),
+            .request_started(super::headers::multiplexed(req.version())),
         ctx.guard.clone(),
     );
     tokio::spawn(async move {

@@ -202,6 +202,12 @@ pub fn add_forwarding(
     }
 }
 
+/// Whether requests of this version share their connection with others (HTTP/2 and
+/// HTTP/3): no header-read timeout between them, and a graceful close is a GOAWAY.
+pub fn multiplexed(v: Version) -> bool {
+    matches!(v, Version::HTTP_2 | Version::HTTP_3)
+}
+
 pub fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",

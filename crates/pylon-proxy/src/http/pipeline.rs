@@ -37,6 +37,11 @@ use crate::runtime::{ListenerRuntime, Runtime};
 use crate::shared::Shared;
 use crate::tls::server::ClientIdentity;
 
+/// A request that came in early data (0-RTT), which an attacker could replay: only safe
+/// methods go on (phase 1 refuses the others with 425), forwarded with `Early-Data: 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
+
 /// What a connection's requests share.
 pub struct ConnCtx {
     pub runtime: Arc<ArcSwap<Runtime>>,
@@ -211,7 +216,7 @@ pub(super) struct Routed {
 pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
     let inflight = ctx
         .state
-        .request_started(super::server_h3::multiplexed(req.version()));
+        .request_started(super::headers::multiplexed(req.version()));
     let rt = ctx.runtime.load_full();
     let mut ex = Exchange {
         log: RequestLog::new(req.version()),
@@ -276,12 +281,7 @@ fn authority_of<B>(req: &Request<B>) -> Option<&str> {
 /// Phase 1: limits on what the client sent.
 fn check_limits<B>(req: &Request<B>, l: &ListenerRuntime) -> Result<(), ErrorKind> {
     // Early data can be replayed by an attacker: only safe methods go on (RFC 8470).
-    if req
-        .extensions()
-        .get::<super::server_h3::EarlyData>()
-        .is_some()
-        && !req.method().is_safe()
-    {
+    if req.extensions().get::<EarlyData>().is_some() && !req.method().is_safe() {
         return Err(ErrorKind::TooEarly);
     }
     let limits = &l.config.limits;

@@ -475,7 +475,7 @@ fn open_tunnel(
         lease: ex.held.lease.take(),
         in_flight: ctx
             .state
-            .request_started(super::server_h3::multiplexed(call.downstream_version)),
+            .request_started(super::headers::multiplexed(call.downstream_version)),
         metrics: Arc::clone(&ctx.shared.metrics),
         stats: Arc::clone(&ctx.stats),
         // An HTTP/2 tunnel is a stream of its upstream connection, counted there while

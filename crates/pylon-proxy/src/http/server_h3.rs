@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use super::body::{BoxError, StreamProgress};
 use super::error::ErrorKind;
-use super::pipeline::{self, ConnCtx};
+use super::pipeline::{self, ConnCtx, EarlyData};
 use crate::conn::{ClientBody, ConnState};
 use crate::runtime::Runtime;
 use crate::shared::Shared;
@@ -537,11 +537,6 @@ type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// One request stream: its head (within the header-read timeout), the request path,
 /// and the answer streamed back.
-/// A request that came in early data (0-RTT), which an attacker could replay: only safe
-/// methods go on (phase 1 refuses the others with 425), forwarded with `Early-Data: 1`.
-#[derive(Debug, Clone, Copy)]
-pub struct EarlyData;
-
 /// `early`: the stream was opened in 0-RTT.
 async fn request(
     resolver: RequestResolver,
@@ -699,7 +694,7 @@ impl H3Body {
         if self.done && self.ahead.is_none() {
             ClientBody::Empty
         } else {
-            ClientBody::H3(Box::new(self))
+            ClientBody::Other(Box::new(self))
         }
     }
 
@@ -765,12 +760,6 @@ impl Body for H3Body {
             None => SizeHint::default(),
         }
     }
-}
-
-/// Whether requests of this version share their connection with others (HTTP/2 and
-/// HTTP/3): no header-read timeout between them, and a graceful close is a GOAWAY.
-pub fn multiplexed(v: http::Version) -> bool {
-    matches!(v, http::Version::HTTP_2 | http::Version::HTTP_3)
 }
 
 /// `Alt-Svc` for a TCP listener whose HTTP/3 listens on `port` (RFC 7838).
