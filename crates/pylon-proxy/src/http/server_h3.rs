@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use http::{HeaderMap, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -356,27 +357,15 @@ async fn connection(
     let metrics = Arc::clone(&ctx.shared.metrics);
     let handshake = s.tls.settings.handshake_timeout;
     // With early data on, requests are taken up while the handshake completes: those
-    // came in 0-RTT (`early` until it has).
-    let early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // came in 0-RTT. `handshaking` resolves once it has (quinn reports it before any
+    // 1-RTT stream can arrive, so a stream taken up while it is pending is early).
+    let mut handshaking = None;
+    let handshake_deadline = tokio::time::Instant::now() + handshake;
     let conn = if s.http3.early_data {
         let Ok((conn, done)) = connecting.into_0rtt() else {
             return;
         };
-        early.store(true, Ordering::Relaxed);
-        let (early, conn2, metrics) = (Arc::clone(&early), conn.clone(), Arc::clone(&metrics));
-        let client = ctx.client;
-        tokio::spawn(async move {
-            if tokio::time::timeout(handshake, done).await.is_ok() {
-                early.store(false, Ordering::Relaxed);
-                metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
-            } else {
-                metrics
-                    .quic_handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%client, "QUIC handshake timed out");
-                conn2.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"handshake timeout");
-            }
-        });
+        handshaking = Some(done);
         conn
     } else {
         match tokio::time::timeout(handshake, connecting).await {
@@ -445,7 +434,11 @@ async fn connection(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     last_busy = Instant::now();
-                    let early = early.load(Ordering::Relaxed);
+                    if handshaking.as_mut().is_some_and(|d| d.now_or_never().is_some()) {
+                        handshaking = None;
+                        metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let early = handshaking.is_some();
                     requests.spawn(request(resolver, Arc::clone(&ctx), s.limits.clone(), early));
                 }
                 Ok(None) => break,
@@ -461,6 +454,16 @@ async fn connection(
                     break;
                 }
             },
+            _ = async { if let Some(d) = handshaking.as_mut() { d.await; } }, if handshaking.is_some() => {
+                handshaking = None;
+                metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            () = tokio::time::sleep_until(handshake_deadline), if handshaking.is_some() => {
+                metrics.quic_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %ctx.client, "QUIC handshake timed out");
+                conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"handshake timeout");
+                return;
+            }
             Some(ended) = requests.join_next(), if !requests.is_empty() => {
                 last_busy = Instant::now();
                 if matches!(ended, Ok(Ended::ClientReset))
