@@ -558,7 +558,7 @@ async fn slow_origin(
 
 #[tokio::test]
 async fn requests_cancelled_in_a_loop_stay_bounded_and_close_the_connection() {
-    let (origin, most) = slow_origin(std::time::Duration::from_millis(300)).await;
+    let (origin, most) = slow_origin(std::time::Duration::from_millis(100)).await;
     let ca = TestCa::new("h3");
     let proxy = TestProxy::start(&h3_config_with(
         &ca,
