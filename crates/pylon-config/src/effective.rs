@@ -315,6 +315,7 @@ fn listener(l: &Listener) -> Value {
         );
     }
     t.opt("tls", l.tls.as_ref().map(listener_tls));
+    t.opt("http3", l.http3.as_ref().map(http3));
     t.opt("forward", l.forward.as_ref().map(forward));
     Value::Table(t.done())
 }
@@ -379,6 +380,27 @@ fn listener_tls(tls: &ListenerTls) -> Table {
         .put("forward_client_cert", tls.forward_client_cert)
         .put("certificates", certificates)
         .done()
+}
+
+fn http3(h: &Http3) -> Table {
+    let mut t = T::default();
+    t.put("alt_svc", h.alt_svc)
+        .put("alt_svc_max_age", dur(h.alt_svc_max_age));
+    match h.address_validation {
+        AddressValidation::Always => t.put("address_validation", "always"),
+        AddressValidation::Never => t.put("address_validation", "never"),
+        AddressValidation::Above(n) => t
+            .put("address_validation", "auto")
+            .put("validation_above", int(n)),
+    };
+    t.put("max_connections", int(h.max_connections))
+        .put("initial_stream_window", size(h.initial_stream_window))
+        .put(
+            "initial_connection_window",
+            size(h.initial_connection_window),
+        )
+        .put("early_data", h.early_data);
+    t.done()
 }
 
 fn forward(f: &ForwardProxy) -> Table {
