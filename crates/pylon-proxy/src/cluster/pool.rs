@@ -449,12 +449,7 @@ impl EndpointPool {
             super::h3::FALLBACKS.fetch_add(1, Relaxed);
             return tcp.send(for_tcp(req, tcp.protocol), response_timeout).await;
         }
-        let Some(h3) = &self.h3 else {
-            return Err(UpstreamError::H3(
-                self.address,
-                super::h3::H3Error::Connect("no QUIC settings".into()),
-            ));
-        };
+        let h3 = self.quic()?;
         let sender = match h3.sender(self.address, self.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -478,18 +473,23 @@ impl EndpointPool {
             .map(|r| (r.map(UpstreamBody::H3), None))
     }
 
+    /// The endpoint's QUIC side (an `h3` cluster's endpoints always have one).
+    fn quic(&self) -> Result<&super::h3::H3Pool, UpstreamError> {
+        self.h3.as_ref().ok_or_else(|| {
+            UpstreamError::H3(
+                self.address,
+                super::h3::H3Error::Connect("no QUIC settings".into()),
+            )
+        })
+    }
+
     /// A request of Pylon's own (a health check) on the endpoint's QUIC connection,
     /// within the connect timeout twice over.
     pub async fn request_h3(
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<super::h3::H3Body>, UpstreamError> {
-        let Some(h3) = &self.h3 else {
-            return Err(UpstreamError::H3(
-                self.address,
-                super::h3::H3Error::Connect("no QUIC settings".into()),
-            ));
-        };
+        let h3 = self.quic()?;
         let sender = h3
             .sender(self.address, self.connect_timeout)
             .await
@@ -505,12 +505,7 @@ impl EndpointPool {
         req: Request<RequestBody>,
         response_timeout: Duration,
     ) -> Result<Response<super::h3::H3Body>, UpstreamError> {
-        let Some(h3) = &self.h3 else {
-            return Err(UpstreamError::H3(
-                self.address,
-                super::h3::H3Error::Connect("no QUIC settings".into()),
-            ));
-        };
+        let h3 = self.quic()?;
         let _pending = Slot::take(&self.limits.pending, self.limits.max_pending)
             .ok_or(UpstreamError::Overloaded("max_pending_requests"))?;
         tokio::time::timeout(

@@ -123,13 +123,7 @@ async fn check(
     else {
         return Ok(());
     };
-    let host = match host {
-        Some(h) => h.clone(),
-        None => endpoint
-            .host_value
-            .to_str()
-            .map_or_else(|_| endpoint.address.to_string(), str::to_owned),
-    };
+    let host = host.clone().unwrap_or_else(|| endpoint_authority(endpoint));
     let h2 = matches!(protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2);
     let uri = if h2 {
         let scheme = if protocol == UpstreamProtocol::H2 {
@@ -165,6 +159,14 @@ async fn check(
     judge(resp, expected_statuses, body_contains.as_deref()).await
 }
 
+/// The endpoint as a check's authority: its `host:port` (or `ip:port`).
+fn endpoint_authority(endpoint: &EndpointPool) -> String {
+    endpoint
+        .host_value
+        .to_str()
+        .map_or_else(|_| endpoint.address.to_string(), str::to_owned)
+}
+
 /// An HTTP health check over HTTP/3, on the endpoint's QUIC connection.
 async fn check_h3(endpoint: &EndpointPool, kind: &HealthCheckKind) -> Result<(), String> {
     let HealthCheckKind::Http {
@@ -177,13 +179,7 @@ async fn check_h3(endpoint: &EndpointPool, kind: &HealthCheckKind) -> Result<(),
     else {
         return Err("only HTTP health checks are made over HTTP/3".into());
     };
-    let host = match host {
-        Some(h) => h.clone(),
-        None => endpoint
-            .host_value
-            .to_str()
-            .map_or_else(|_| endpoint.address.to_string(), str::to_owned),
-    };
+    let host = host.clone().unwrap_or_else(|| endpoint_authority(endpoint));
     let req = Request::builder()
         .method(method.as_str())
         .uri(format!("https://{host}{path}"))
@@ -293,10 +289,7 @@ where
     } else {
         "http"
     };
-    let authority = endpoint
-        .host_value
-        .to_str()
-        .map_or_else(|_| endpoint.address.to_string(), str::to_owned);
+    let authority = endpoint_authority(endpoint);
     let req = Request::post(format!(
         "{scheme}://{authority}/grpc.health.v1.Health/Check"
     ))

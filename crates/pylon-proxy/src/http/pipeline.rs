@@ -74,6 +74,12 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// A client IP as the header value forwarding headers carry.
+    pub fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+        HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+
     /// Resolves once the client has ended its sending side (a FIN before any further
     /// byte); never when it cannot be watched or sends more (pipelining).
     pub async fn client_closed(&self) {

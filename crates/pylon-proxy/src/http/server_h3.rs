@@ -224,7 +224,7 @@ impl H3Listener {
 
     async fn accept_loop(self: Arc<Self>, deps: H3Deps) {
         let mut stop = self.stop.subscribe();
-        let mut rate = HandshakeRate::default();
+        let mut rate = PerSecond::default();
         let metrics = Arc::clone(&deps.shared.metrics);
         loop {
             let incoming = tokio::select! {
@@ -235,7 +235,7 @@ impl H3Listener {
                 _ = stop.changed() => break,
             };
             let s = self.settings.load_full();
-            let busy = rate.count(s.http3.address_validation);
+            let busy = must_validate(s.http3.address_validation, rate.count());
             if busy && !incoming.remote_address_validated() && incoming.may_retry() {
                 metrics.quic_retries.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = incoming.retry() {
@@ -283,8 +283,7 @@ impl H3Listener {
                 listener: Arc::clone(&s.name),
                 client,
                 local: self.local,
-                client_ip: http::HeaderValue::from_str(&client.ip().to_string())
-                    .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+                client_ip: ConnCtx::ip_value(client.ip()),
                 client_cert: None,
                 tls: None,
                 scheme: "https",
@@ -319,29 +318,36 @@ impl Drop for Open {
     }
 }
 
-/// New connections in the current second.
+/// Events in the current one-second window: new connections on a socket (for address
+/// validation), cancelled requests on a connection (for the reset-loop guard).
 #[derive(Default)]
-struct HandshakeRate {
+struct PerSecond {
     second: Option<Instant>,
-    this_second: u64,
+    count: u64,
 }
 
-impl HandshakeRate {
-    /// Counts one; whether new clients must prove their address now.
-    fn count(&mut self, validation: AddressValidation) -> bool {
+impl PerSecond {
+    /// Counts one; how many the current second has seen, this one included.
+    fn count(&mut self) -> u64 {
         let now = Instant::now();
         match self.second {
-            Some(s) if now.duration_since(s) < Duration::from_secs(1) => self.this_second += 1,
+            Some(s) if now.duration_since(s) < Duration::from_secs(1) => self.count += 1,
             _ => {
                 self.second = Some(now);
-                self.this_second = 1;
+                self.count = 1;
             }
         }
-        match validation {
-            AddressValidation::Always => true,
-            AddressValidation::Never => false,
-            AddressValidation::Above(n) => self.this_second > u64::from(n),
-        }
+        self.count
+    }
+}
+
+/// Whether new clients must prove their address now, with `this_second` handshakes in
+/// the current second.
+fn must_validate(validation: AddressValidation, this_second: u64) -> bool {
+    match validation {
+        AddressValidation::Always => true,
+        AddressValidation::Never => false,
+        AddressValidation::Above(n) => this_second > u64::from(n),
     }
 }
 
@@ -416,7 +422,9 @@ async fn connection(
         }
     };
     let mut requests = JoinSet::new();
-    let mut resets = ResetWindow::default();
+    // Cancelled requests: a client cannot have had more than `max_concurrent_streams`
+    // open within a second, so more cancels than that are a loop.
+    let mut resets = PerSecond::default();
     let mut last_busy = Instant::now();
     let mut stop = Some(ctx.shared.stop.watch());
     let mut finishing = *drain.borrow();
@@ -467,7 +475,7 @@ async fn connection(
             Some(ended) = requests.join_next(), if !requests.is_empty() => {
                 last_busy = Instant::now();
                 if matches!(ended, Ok(Ended::ClientReset))
-                    && resets.count(u64::from(s.limits.max_concurrent_streams))
+                    && resets.count() > u64::from(s.limits.max_concurrent_streams)
                 {
                     // Streams opened and cancelled in a loop: each one's request was
                     // already on its way upstream (HTTP/2's rapid reset, over QUIC).
@@ -502,29 +510,6 @@ async fn connection(
         }
     }
     conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
-}
-
-/// Cancelled requests in the current second, on one connection.
-#[derive(Default)]
-struct ResetWindow {
-    second: Option<Instant>,
-    count: u64,
-}
-
-impl ResetWindow {
-    /// Counts one; true once more than `limit` came within a second (a client cannot
-    /// have had more than `max_concurrent_streams` open: it cancels them in a loop).
-    fn count(&mut self, limit: u64) -> bool {
-        let now = Instant::now();
-        match self.second {
-            Some(s) if now.duration_since(s) < Duration::from_secs(1) => self.count += 1,
-            _ => {
-                self.second = Some(now);
-                self.count = 1;
-            }
-        }
-        self.count > limit
-    }
 }
 
 /// How a request stream ended.
