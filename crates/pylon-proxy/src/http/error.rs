@@ -60,7 +60,7 @@ error_kinds! {
     ConnectNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "connect_not_allowed"),
     RouteRemoved => (StatusCode::SERVICE_UNAVAILABLE, "route_removed"),
     Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "drain_timeout"),
-    TooEarly => (StatusCode::from_u16(425).expect("425 is a status"), "too_early"),
+    TooEarly => (StatusCode::TOO_EARLY, "too_early"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.
