@@ -59,6 +59,11 @@ impl Fills {
         })
     }
 
+    /// Whether a fill of `key` is in progress.
+    pub fn contains(&self, key: &str) -> bool {
+        lock(&self.map).contains_key(key)
+    }
+
     /// Fills in progress.
     pub fn len(&self) -> usize {
         lock(&self.map).len()

@@ -45,6 +45,8 @@ pub struct ZoneStats {
     pub purged: AtomicU64,
     pub invalidated: AtomicU64,
     pub fills_failed: AtomicU64,
+    /// Requests waiting now for another request's fill (a gauge).
+    pub waiting: AtomicU64,
 }
 
 impl ZoneStats {

@@ -51,6 +51,10 @@ pub fn document(config: &Config) -> Table {
         let clusters: Vec<Value> = config.clusters.iter().map(cluster).collect();
         doc.insert("clusters".into(), clusters.into());
     }
+    if !config.caches.is_empty() {
+        let caches: Vec<Value> = config.caches.iter().map(cache).collect();
+        doc.insert("caches".into(), caches.into());
+    }
     doc
 }
 
@@ -498,7 +502,8 @@ fn route(index: usize, r: &Route) -> Value {
                 .opt("tunnel_max_lifetime", p.tunnel_max_lifetime.map(dur))
                 .put("grpc_web", p.grpc_web)
                 .list("cors_allow_origins", texts(&p.cors_allow_origins))
-                .put("abort_on_client_close", p.abort_on_client_close);
+                .put("abort_on_client_close", p.abort_on_client_close)
+                .opt("cache", p.cache.as_deref());
         }
         Action::Respond(a) => {
             let mut headers = T::default();
@@ -520,6 +525,29 @@ fn route(index: usize, r: &Route) -> Value {
             t.put("redirect", redirect);
         }
     }
+    Value::Table(t.done())
+}
+
+fn cache(c: &Cache) -> Value {
+    let k = &c.key;
+    let key = T::default()
+        .list("headers", texts(&k.headers))
+        .list("cookies", texts(&k.cookies))
+        .list("ignore_query", texts(&k.ignore_query))
+        .put("sort_query", k.sort_query)
+        .done();
+    let mut t = T::default();
+    t.put("name", c.name.as_str())
+        .put("memory", size(c.memory))
+        .put("max_object", size(c.max_object))
+        .put("stale_while_revalidate", dur(c.stale_while_revalidate))
+        .put("stale_if_error", dur(c.stale_if_error))
+        .put("lock_timeout", dur(c.lock_timeout))
+        .put("heuristic_fraction", Value::Float(c.heuristic_fraction))
+        .put("heuristic_max", dur(c.heuristic_max))
+        .put("targeted_cache_control", texts(&c.targeted_cache_control))
+        .put("status_name", c.status_name.as_str())
+        .put("key", key);
     Value::Table(t.done())
 }
 

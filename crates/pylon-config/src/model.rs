@@ -20,6 +20,8 @@ pub struct Config {
     /// In file order: the first matching route wins.
     pub routes: Vec<Route>,
     pub clusters: Vec<Cluster>,
+    /// Cache zones (`[[caches]]`), used by routes with `cache`.
+    pub caches: Vec<Cache>,
 }
 
 impl Config {
@@ -33,7 +35,12 @@ impl Config {
             listeners: Vec::new(),
             routes: Vec::new(),
             clusters: Vec::new(),
+            caches: Vec::new(),
         }
+    }
+
+    pub fn cache(&self, name: &str) -> Option<&Cache> {
+        self.caches.iter().find(|c| c.name == name)
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
@@ -691,7 +698,47 @@ pub struct ProxyAction {
     /// A client that ends its sending side (HTTP/1.1 half-close) before the upstream's
     /// answer arrives aborts the upstream exchange (else it gets the answer).
     pub abort_on_client_close: bool,
+    /// The cache zone its answers are stored in and served from.
+    pub cache: Option<String>,
 }
+
+/// A cache zone (`[[caches]]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Cache {
+    pub name: String,
+    /// Bytes the memory tier holds.
+    pub memory: u64,
+    /// The largest body stored.
+    pub max_object: u64,
+    /// Staleness served while revalidating in the background, unless a response says.
+    pub stale_while_revalidate: Duration,
+    /// Staleness served when the upstream fails, unless a response says.
+    pub stale_if_error: Duration,
+    /// How long a request waits for another's fill of the same key.
+    pub lock_timeout: Duration,
+    /// The fraction of `Date - Last-Modified` a response without a lifetime stays fresh.
+    pub heuristic_fraction: f64,
+    pub heuristic_max: Duration,
+    /// Targeted Cache-Control fields obeyed, in order (RFC 9213), lower-case.
+    pub targeted_cache_control: Vec<String>,
+    /// This cache's name in `Cache-Status` (RFC 9211).
+    pub status_name: String,
+    pub key: CacheKey,
+}
+
+/// What a zone's keys are made of besides scheme, host and target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheKey {
+    /// Lower-case header names.
+    pub headers: Vec<String>,
+    pub cookies: Vec<String>,
+    pub ignore_query: Vec<String>,
+    pub sort_query: bool,
+}
+
+pub const DEFAULT_CACHE_MEMORY: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_MAX_OBJECT: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_CACHE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default idle timeout of a WebSocket tunnel.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -202,8 +202,36 @@ pub struct RawRoute {
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub tunnel_max_lifetime: Option<Spanned<String>>,
     pub abort_on_client_close: Option<Spanned<bool>>,
+    pub cache: Option<Spanned<String>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+/// A `[[caches]]` zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub name: Option<Spanned<String>>,
+    pub memory: Option<Spanned<Size>>,
+    pub max_object: Option<Spanned<Size>>,
+    pub stale_while_revalidate: Option<Spanned<String>>,
+    pub stale_if_error: Option<Spanned<String>>,
+    pub lock_timeout: Option<Spanned<String>>,
+    pub heuristic_fraction: Option<Spanned<f64>>,
+    pub heuristic_max: Option<Spanned<String>>,
+    pub targeted_cache_control: Option<Spanned<StrList>>,
+    pub status_name: Option<Spanned<String>>,
+    pub key: Option<Spanned<RawCacheKey>>,
+}
+
+/// A zone's `key` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheKey {
+    pub headers: Option<Spanned<StrList>>,
+    pub cookies: Option<Spanned<StrList>>,
+    pub ignore_query: Option<Spanned<StrList>>,
+    pub sort_query: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -284,6 +284,7 @@ host_rewrite = "api.internal"
 websocket = false
 tunnel_idle_timeout = "10m"
 tunnel_max_lifetime = "24h"
+cache = "pages"
 
 [[routes]]
 name = "grpc"
@@ -364,6 +365,19 @@ endpoints = ["127.0.0.1:7"]
 lb = "least_request"
 protocol = "h2c"
 health_check = { kind = "udp", send = "ping\u0001" }
+
+[[caches]]
+name = "pages"
+memory = "32MiB"
+max_object = "1MiB"
+stale_while_revalidate = "30s"
+stale_if_error = "1h"
+lock_timeout = "2s"
+heuristic_fraction = 0.05
+heuristic_max = "1h"
+targeted_cache_control = ["Pylon-Cache-Control", "CDN-Cache-Control"]
+status_name = "edge-1"
+key = { headers = ["X-Tenant"], cookies = ["lang"], ignore_query = ["utm_source"], sort_query = true }
 "#;
 
 #[test]
@@ -468,6 +482,15 @@ fn a_config_setting_nearly_every_key_round_trips() {
         doc["clusters"][4]["health_check"]["send"].as_str(),
         Some("ping\u{1}")
     );
+    let pages = &doc["caches"][0];
+    assert_eq!(pages["memory"].as_str(), Some("32MiB"));
+    assert_eq!(pages["stale_if_error"].as_str(), Some("1h"));
+    assert_eq!(
+        pages["targeted_cache_control"][0].as_str(),
+        Some("pylon-cache-control")
+    );
+    assert_eq!(pages["key"]["headers"][0].as_str(), Some("x-tenant"));
+    assert_eq!(doc["routes"][0]["cache"].as_str(), Some("pages"));
 }
 
 #[test]

@@ -1027,3 +1027,51 @@ fn bind_names_that_do_not_resolve_or_are_not_names_are_errors() {
         e[2]
     );
 }
+
+#[test]
+fn cache_zone_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path = "/a"
+cluster = "c"
+cache = "nope"
+
+[[routes]]
+path = "/b"
+respond = {}
+cache = "z"
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+
+[[caches]]
+name = "z"
+memory = "1MiB"
+max_object = "2MiB"
+stale_if_error = "later"
+heuristic_fraction = 2.0
+key = { headers = ["bad header"] }
+
+[[caches]]
+memory = "1MiB"
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:9:9: routes[0].cache: unknown cache \"nope\"",
+        "test.toml:14:9: routes[1].cache: `cache` only applies to a route with `cluster`",
+        "test.toml:23:14: caches[0].max_object: max_object must not be larger than the zone's memory",
+        "test.toml:24:18: caches[0].stale_if_error: invalid duration",
+        "test.toml:25:22: caches[0].heuristic_fraction: heuristic_fraction must be between 0 and 1",
+        "test.toml:26:19: caches[0].key.headers: invalid header name \"bad header\"",
+        "test.toml:28:1: caches[1]: a [[caches]] entry needs a `name`",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}

@@ -246,6 +246,21 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
         }
         (&Method::GET, ["config"]) => effective_config(&rt, wants_json(&req)),
         (&Method::GET, ["clusters"]) => reply(StatusCode::OK, &clusters(&rt)),
+        (&Method::GET, ["caches"]) => reply(StatusCode::OK, &caches(&rt)),
+        (&Method::GET, ["caches", zone]) => match rt.caches.get(*zone) {
+            Some(z) => reply(StatusCode::OK, &zone_json(&z.zone)),
+            None => error(StatusCode::NOT_FOUND, &format!("no cache zone \"{zone}\"")),
+        },
+        (&Method::POST, ["caches", zone, "purge"]) => {
+            let Some(z) = rt.caches.get(*zone).map(|z| std::sync::Arc::clone(&z.zone)) else {
+                return error(StatusCode::NOT_FOUND, &format!("no cache zone \"{zone}\""));
+            };
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            purge(&z, &body)
+        }
         (&Method::POST, ["reload"]) => reload(req, &proxy).await,
         (&Method::POST, ["clusters", cluster, "endpoints", endpoint, action])
             if *action == "drain" || *action == "undrain" =>
@@ -281,11 +296,104 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
 /// The methods an admin path takes (the `Allow` of its `405`); `None`: no such path.
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["healthz" | "readyz" | "metrics" | "config" | "clusters"] => Some("GET"),
+        ["healthz" | "readyz" | "metrics" | "config" | "clusters" | "caches"] | ["caches", _] => {
+            Some("GET")
+        }
+        ["caches", _, "purge"] => Some("POST"),
         ["reload"] | ["clusters", _, "endpoints", _, "drain" | "undrain"] => Some("POST"),
         ["log-level"] => Some("PUT"),
         _ => None,
     }
+}
+
+/// Every cache zone: its size and counters.
+fn caches(rt: &crate::runtime::Runtime) -> serde_json::Value {
+    let mut zones: Vec<_> = rt.caches.values().map(|z| zone_json(&z.zone)).collect();
+    zones.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({ "caches": zones })
+}
+
+fn zone_json(z: &pylon_cache::Zone) -> serde_json::Value {
+    let s = &z.stats;
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (entries, bytes) = z.size();
+    let (hits, misses) = (n(&s.hits), n(&s.misses));
+    let lookups = hits + misses + n(&s.collapsed) + n(&s.stale);
+    json!({
+        "name": z.name(),
+        "entries": entries,
+        "bytes": bytes,
+        "memory": z.config.memory,
+        "max_object": z.config.max_object,
+        "fills_in_progress": z.fills.len(),
+        "hits": hits,
+        "misses": misses,
+        "stale_served": n(&s.stale),
+        "revalidations": n(&s.revalidated),
+        "collapsed": n(&s.collapsed),
+        "stored": n(&s.stored),
+        "not_stored": n(&s.not_stored),
+        "evictions": n(&s.evictions),
+        "purged": n(&s.purged),
+        "invalidated": n(&s.invalidated),
+        "hit_ratio": if lookups == 0 { 0.0 } else { (hits + n(&s.stale) + n(&s.collapsed)) as f64 / lookups as f64 },
+    })
+}
+
+/// `POST /caches/ZONE/purge` with one of `{"url": "..."}`, `{"prefix": "..."}`,
+/// `{"tag": "..."}` or `{"all": true}`; URLs as `scheme://host/path?query`.
+fn purge(z: &pylon_cache::Zone, body: &[u8]) -> Response<Full<Bytes>> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"url\": ...}, {\"prefix\": ...}, {\"tag\": ...} or {\"all\": true}",
+        );
+    };
+    let url = |s: &str| -> Option<String> {
+        let uri: http::Uri = s.parse().ok()?;
+        let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        Some(pylon_cache::key::url_key(
+            scheme,
+            authority.as_str(),
+            target,
+        ))
+    };
+    let purged = if let Some(u) = v.get("url").and_then(|u| u.as_str()) {
+        match url(u) {
+            Some(k) => z.purge_url(&k),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "url must be absolute: scheme://host/path",
+                );
+            }
+        }
+    } else if let Some(p) = v.get("prefix").and_then(|u| u.as_str()) {
+        match url(p) {
+            Some(k) => z.purge_prefix(&k),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "prefix must be absolute: scheme://host/path",
+                );
+            }
+        }
+    } else if let Some(t) = v.get("tag").and_then(|u| u.as_str()) {
+        z.purge_tag(t)
+    } else if v.get("all").and_then(|a| a.as_bool()) == Some(true) {
+        z.purge_all()
+    } else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give one of \"url\", \"prefix\", \"tag\" or \"all\": true",
+        );
+    };
+    tracing::info!(zone = z.name(), purged, "cache purge");
+    reply(
+        StatusCode::OK,
+        &json!({ "zone": z.name(), "purged": purged }),
+    )
 }
 
 /// Whether the client asks for JSON (`Accept: application/json`) rather than TOML.

@@ -43,6 +43,8 @@ pub struct ListenerRuntime {
 pub struct Runtime {
     listeners: HashMap<String, Arc<ListenerRuntime>>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Cache zones, kept across reloads that leave their settings alone.
+    pub caches: crate::http::filters::cache::Zones,
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
@@ -76,6 +78,7 @@ impl Runtime {
         Runtime {
             listeners: HashMap::new(),
             clusters: HashMap::new(),
+            caches: HashMap::new(),
             sends_proxy_protocol: false,
             config_hash: config_hash(&config),
             config: Arc::new(config),
@@ -113,6 +116,7 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let caches = crate::http::filters::cache::zones(config, previous.map(|p| &p.caches));
         let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config
             .listeners
@@ -146,7 +150,13 @@ impl Runtime {
                             },
                             stats: stats.route(&l.name, &r.name, cluster_name),
                             life,
-                            filters: crate::http::filters::FilterChain::for_route(l, r),
+                            filters: crate::http::filters::FilterChain::for_route(
+                                &crate::http::filters::FilterSite {
+                                    listener: l,
+                                    route: r,
+                                    caches: &caches,
+                                },
+                            ),
                             route: r.clone(),
                         }
                     })
@@ -184,6 +194,7 @@ impl Runtime {
             listeners,
             sends_proxy_protocol: config.clusters.iter().any(|c| c.proxy_protocol.is_some()),
             clusters,
+            caches,
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
         };

@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::{parse_duration, parse_size};
 
+mod cache;
 mod cluster;
 mod entry;
 mod http3;
@@ -30,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "listeners",
     "routes",
     "clusters",
+    "caches",
 ];
 
 /// Problems found so far, by byte span in the source.
@@ -254,8 +256,13 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         .into_iter()
         .filter_map(|(i, v)| entry(v, p).map(|(r, d)| (i, v.span(), r, d)))
         .collect();
+    let raw_caches: Vec<(Range<usize>, RawCache)> = elements(root, "caches", p)
+        .into_iter()
+        .filter_map(|(_, v)| entry(v, p).map(|(r, _)| (v.span(), r)))
+        .collect();
     let declared_listeners = declared_names(root, "listeners");
     let declared_clusters = declared_names(root, "clusters");
+    let declared_caches = declared_names(root, "caches");
 
     if root.get("listeners").is_none() {
         p.0.push((
@@ -319,12 +326,18 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         listeners: &declared_listeners,
         l4_listeners: &l4_listeners,
         clusters: &declared_clusters,
+        caches: &declared_caches,
     };
     let routes: Vec<Route> = raw_routes
         .into_iter()
         .filter_map(|(i, span, r, dropped)| {
             route::route(i, span, r, &dropped, &refs, &mut route_names, p)
         })
+        .collect();
+    let mut cache_names = HashSet::new();
+    let caches: Vec<Cache> = raw_caches
+        .into_iter()
+        .filter_map(|(span, r)| cache::cache(r, span, &mut cache_names, p))
         .collect();
 
     Config {
@@ -334,6 +347,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         listeners,
         routes,
         clusters,
+        caches,
     }
 }
 

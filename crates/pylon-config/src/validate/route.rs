@@ -20,6 +20,8 @@ pub(super) struct Refs<'a> {
     pub l4_listeners: &'a HashSet<String>,
     /// Cluster names written in the file, valid or not.
     pub clusters: &'a HashSet<String>,
+    /// Cache zone names written in the file, valid or not.
+    pub caches: &'a HashSet<String>,
 }
 
 /// The route at `routes[index]`, written at `span`; `dropped` lists its keys left out
@@ -188,6 +190,9 @@ pub(super) fn route(
                 "`abort_on_client_close` only applies to a route with `cluster`",
             );
         }
+        if let Some(c) = &r.cache {
+            p.at(c, "`cache` only applies to a route with `cluster`");
+        }
     }
     let action = if let Some(c) = r.cluster {
         if !refs.clusters.contains(c.get_ref()) {
@@ -207,7 +212,19 @@ pub(super) fn route(
         {
             p.at(hr, "invalid host_rewrite");
         }
+        if let Some(z) = &r.cache
+            && !refs.caches.contains(z.get_ref())
+        {
+            p.at(
+                z,
+                format!(
+                    "unknown cache \"{}\": define it in a [[caches]] section",
+                    z.get_ref()
+                ),
+            );
+        }
         Action::Proxy(ProxyAction {
+            cache: r.cache.map(|s| s.into_inner()),
             cluster: c.into_inner(),
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),

@@ -61,6 +61,8 @@ error_kinds! {
     RouteRemoved => (StatusCode::SERVICE_UNAVAILABLE, "route_removed"),
     Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "drain_timeout"),
     TooEarly => (StatusCode::TOO_EARLY, "too_early"),
+    // `Cache-Control: only-if-cached` and nothing stored that may answer (RFC 9111 §5.2.1.7).
+    NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.

@@ -68,7 +68,7 @@ impl ErrorKind {
             Denied | WebSocketDisabled | CorsOriginDenied => code::PERMISSION_DENIED,
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
             | UpstreamTls | UpgradeRefused | UpgradeInvalid | ResolveFailed | RouteRemoved
-            | Shutdown | TooEarly => code::UNAVAILABLE,
+            | Shutdown | TooEarly | NotCached => code::UNAVAILABLE,
             MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
             | HeadersTooLarge | TooManyHeaders | NotAProxyRequest | RedirectInvalid => {
                 code::INTERNAL

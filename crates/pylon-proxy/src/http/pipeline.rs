@@ -385,7 +385,7 @@ fn check_h1_framing<B>(req: &Request<B>) -> Result<(), ErrorKind> {
 async fn serve(
     req: Request<ClientBody>,
     listener: &ListenerRuntime,
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     ex: &mut Exchange,
     filter_state: &mut http::Extensions,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
@@ -430,6 +430,7 @@ async fn serve(
         Action::Proxy(_) => {
             let mut fx = super::filters::FilterCtx {
                 conn: ctx,
+                conn_arc: ctx,
                 listener,
                 request_id: ex.log.request_id.clone(),
                 client_authority: match req.uri().authority() {

@@ -68,7 +68,7 @@ pub(super) async fn proxy(
     };
     ex.log.cluster = Some(Arc::clone(&cluster.name));
     // Phase 3: the route's filters may answer by themselves.
-    if let Some(answer) = route.filters.request(&mut req, fx)? {
+    if let Some(answer) = route.filters.request(&mut req, fx).await? {
         return Ok(answer);
     }
     let websocket = websocket_step(&mut req, action)?;

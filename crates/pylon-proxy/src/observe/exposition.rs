@@ -426,11 +426,111 @@ impl Collector for Exposition {
         )?;
 
         self.encode_clusters(&mut f)?;
+        self.encode_caches(&mut f)?;
         encode_process(&mut f)
     }
 }
 
 impl Exposition {
+    /// The cache zones' counters and sizes, labelled by zone.
+    fn encode_caches(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        let rt = self.runtime.load_full();
+        let mut zones: Vec<&Arc<pylon_cache::Zone>> = rt.caches.values().map(|z| &z.zone).collect();
+        if zones.is_empty() {
+            return Ok(());
+        }
+        zones.sort_by(|a, b| a.name().cmp(b.name()));
+        type Pick = fn(&pylon_cache::ZoneStats) -> &AtomicU64;
+        let rows: [(&str, &str, Pick); 11] = [
+            (
+                "pylon_cache_hits",
+                "Requests answered from the cache, by zone.",
+                |s| &s.hits,
+            ),
+            (
+                "pylon_cache_misses",
+                "Requests with nothing stored to answer them, by zone.",
+                |s| &s.misses,
+            ),
+            (
+                "pylon_cache_stale_served",
+                "Stale answers served (stale-while-revalidate, stale-if-error), by zone.",
+                |s| &s.stale,
+            ),
+            (
+                "pylon_cache_revalidations",
+                "Stored responses revalidated by a 304, by zone.",
+                |s| &s.revalidated,
+            ),
+            (
+                "pylon_cache_collapsed",
+                "Requests served from another request's fill (request collapsing), by zone.",
+                |s| &s.collapsed,
+            ),
+            ("pylon_cache_stored", "Responses stored, by zone.", |s| {
+                &s.stored
+            }),
+            (
+                "pylon_cache_not_stored",
+                "Fetched responses not stored (not storable, too large), by zone.",
+                |s| &s.not_stored,
+            ),
+            (
+                "pylon_cache_evictions",
+                "Stored keys evicted for room, by zone.",
+                |s| &s.evictions,
+            ),
+            (
+                "pylon_cache_purged",
+                "Stored keys purged through the admin API, by zone.",
+                |s| &s.purged,
+            ),
+            (
+                "pylon_cache_invalidated",
+                "Stored keys invalidated by unsafe requests, by zone.",
+                |s| &s.invalidated,
+            ),
+            (
+                "pylon_cache_fill_failures",
+                "Fills whose upstream body failed (nothing stored), by zone.",
+                |s| &s.fills_failed,
+            ),
+        ];
+        for (name, help, pick) in rows {
+            f.counters(
+                name,
+                help,
+                zones
+                    .iter()
+                    .map(|z| (vec![("zone", z.name())], load(pick(&z.stats)))),
+            )?;
+        }
+        f.gauges(
+            "pylon_cache_waiting",
+            "Requests waiting now for another request's fill of the same key, by zone.",
+            zones
+                .iter()
+                .map(|z| (vec![("zone", z.name())], load(&z.stats.waiting))),
+        )?;
+        let sizes: Vec<(u64, u64)> = zones.iter().map(|z| z.size()).collect();
+        f.gauges(
+            "pylon_cache_entries",
+            "Keys stored now, by zone.",
+            zones
+                .iter()
+                .zip(&sizes)
+                .map(|(z, s)| (vec![("zone", z.name())], s.0)),
+        )?;
+        f.gauges(
+            "pylon_cache_bytes",
+            "Bytes stored now (bodies and heads), by zone.",
+            zones
+                .iter()
+                .zip(&sizes)
+                .map(|(z, s)| (vec![("zone", z.name())], s.1)),
+        )
+    }
+
     fn encode_clusters(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         let rt = self.runtime.load_full();
         f.info(

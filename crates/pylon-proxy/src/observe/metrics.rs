@@ -7,11 +7,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::http::error::ErrorKind;
 
+/// One counter per proxy-made error reason.
+#[derive(Debug)]
+struct ErrorCounts([AtomicU64; ErrorKind::COUNT]);
+
+impl Default for ErrorCounts {
+    fn default() -> Self {
+        ErrorCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Index 1..=5 for 1xx..5xx; 0 for anything else.
     responses: [AtomicU64; 6],
-    errors: [AtomicU64; ErrorKind::COUNT],
+    errors: ErrorCounts,
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
     /// Idle HTTP/1.1 keep-alive connections parked (no task, no buffers) now.
@@ -68,11 +78,11 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: ErrorKind) {
-        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.errors.0[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn errors(&self, kind: ErrorKind) -> u64 {
-        self.errors[kind as usize].load(Ordering::Relaxed)
+        self.errors.0[kind as usize].load(Ordering::Relaxed)
     }
 
     pub fn responses(&self, class: u16) -> u64 {

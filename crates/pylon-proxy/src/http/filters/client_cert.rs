@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use pylon_config::model::{Listener, Route};
 
 use super::{Filter, FilterCtx};
 use crate::tls::server::ClientIdentity;
@@ -15,7 +14,8 @@ static CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-
 static CLIENT_CERT_DNS: HeaderName = HeaderName::from_static("x-client-cert-dns");
 static CLIENT_CERT_FINGERPRINT: HeaderName = HeaderName::from_static("x-client-cert-fingerprint");
 
-pub(super) fn build(listener: &Listener, _route: &Route) -> Option<Arc<dyn Filter>> {
+pub(super) fn build(site: &super::FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let listener = site.listener;
     let tls = listener.tls.as_ref()?;
     Some(Arc::new(ClientCert {
         forward: tls.forward_client_cert,

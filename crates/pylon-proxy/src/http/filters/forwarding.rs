@@ -7,14 +7,14 @@ use std::sync::Arc;
 use http::Version;
 use http::header::HeaderValue;
 use http::request::Parts;
-use pylon_config::model::{Listener, Route};
 
 use super::{Filter, FilterCtx};
 use crate::http::headers::{Peer, add_forwarding};
 use crate::http::pipeline::ConnCtx;
 use crate::runtime::ListenerRuntime;
 
-pub(super) fn build(listener: &Listener, _route: &Route) -> Option<Arc<dyn Filter>> {
+pub(super) fn build(site: &super::FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let listener = site.listener;
     let h = &listener.headers;
     (h.x_forwarded || h.forwarded || h.via).then(|| Arc::new(Forwarding) as Arc<dyn Filter>)
 }

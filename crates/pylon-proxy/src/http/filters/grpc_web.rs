@@ -20,13 +20,14 @@ use std::sync::Arc;
 
 use crate::conn::ClientBody;
 use http::request::Parts;
-use pylon_config::model::{Action, Listener, Route};
+use pylon_config::model::Action;
 
 use super::{Filter, FilterCtx};
 use crate::http::body::{BoxError, RequestBody, RequestPayload, ResponseBody};
 use crate::http::error::ErrorKind;
 
-pub(super) fn build(_listener: &Listener, route: &Route) -> Option<Arc<dyn Filter>> {
+pub(super) fn build(site: &super::FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let route = site.route;
     match &route.action {
         Action::Proxy(p) if p.grpc_web => Some(Arc::new(GrpcWebFilter {
             allowed: p.cors_allow_origins.clone(),

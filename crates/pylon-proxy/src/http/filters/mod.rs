@@ -26,6 +26,8 @@ use super::error::ErrorKind;
 use super::pipeline::ConnCtx;
 use crate::runtime::ListenerRuntime;
 
+pub(crate) mod cache;
+mod cache_body;
 mod client_cert;
 pub(crate) mod forwarding;
 mod grpc_web;
@@ -35,6 +37,9 @@ mod request_id;
 /// What a filter sees besides the request and the answer.
 pub struct FilterCtx<'a> {
     pub conn: &'a ConnCtx,
+    /// The same connection context, owned: for work a filter starts that outlives the
+    /// request (a background revalidation).
+    pub conn_arc: &'a Arc<ConnCtx>,
     pub listener: &'a ListenerRuntime,
     /// The request's id (phase 1), as a header value.
     pub request_id: Option<http::HeaderValue>,
@@ -45,6 +50,15 @@ pub struct FilterCtx<'a> {
     /// request path for their part of an error answer.
     pub state: &'a mut http::Extensions,
 }
+
+/// What a waiting filter's phase 3 comes to: an answer of its own, or `None` to go on.
+pub type Lookup<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Option<Response<ResponseBody>>, ErrorKind>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// One feature on the request path. Every phase has a default that does nothing.
 pub trait Filter: Send + Sync {
@@ -59,6 +73,17 @@ pub trait Filter: Send + Sync {
         _cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
         Ok(None)
+    }
+
+    /// Phase 3, for a filter that may wait before it decides (the cache: its store, a
+    /// fill of the same key in progress): runs after every filter's
+    /// [`Filter::request`], in registry order. `None` when it has nothing to wait for.
+    fn lookup<'a>(
+        &'a self,
+        _req: &'a mut Request<ClientBody>,
+        _cx: &'a mut FilterCtx<'_>,
+    ) -> Option<Lookup<'a>> {
+        None
     }
 
     /// Phase 4: the upstream request's head, shared by every try (hop-by-hop headers are
@@ -82,8 +107,16 @@ pub trait Filter: Send + Sync {
     fn error_answer(&self, _resp: &mut Response<ResponseBody>, _state: &http::Extensions) {}
 }
 
+/// Where a filter would sit: a route of a listener, and what the runtime built for
+/// filters to use (cache zones).
+pub struct FilterSite<'a> {
+    pub listener: &'a Listener,
+    pub route: &'a Route,
+    pub caches: &'a cache::Zones,
+}
+
 /// Makes a filter for a route of a listener, when their settings ask for it.
-type Factory = fn(&Listener, &Route) -> Option<Arc<dyn Filter>>;
+type Factory = fn(&FilterSite<'_>) -> Option<Arc<dyn Filter>>;
 
 /// Every filter, in the order its phases run.
 const REGISTRY: &[Factory] = &[
@@ -92,6 +125,7 @@ const REGISTRY: &[Factory] = &[
     path_rewrite::build,
     client_cert::build,
     grpc_web::build,
+    cache::build,
 ];
 
 /// A route's filters, in [`REGISTRY`] order.
@@ -99,23 +133,29 @@ const REGISTRY: &[Factory] = &[
 pub struct FilterChain(Arc<[Arc<dyn Filter>]>);
 
 impl FilterChain {
-    /// The chain for `route` on `listener`.
-    pub fn for_route(listener: &Listener, route: &Route) -> FilterChain {
-        let filters: Vec<Arc<dyn Filter>> = REGISTRY
-            .iter()
-            .filter_map(|build| build(listener, route))
-            .collect();
+    /// The chain for a route where `site` says.
+    pub fn for_route(site: &FilterSite<'_>) -> FilterChain {
+        let filters: Vec<Arc<dyn Filter>> =
+            REGISTRY.iter().filter_map(|build| build(site)).collect();
         FilterChain(filters.into())
     }
 
-    /// Phase 3 for every filter; the first that answers or refuses ends it.
-    pub fn request(
+    /// Phase 3 for every filter, then the waiting ones; the first that answers or
+    /// refuses ends it.
+    pub async fn request(
         &self,
         req: &mut Request<ClientBody>,
         cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
         for f in self.0.iter() {
             if let Some(answer) = f.request(req, cx)? {
+                return Ok(Some(answer));
+            }
+        }
+        for f in self.0.iter() {
+            if let Some(wait) = f.lookup(req, cx)
+                && let Some(answer) = wait.await?
+            {
                 return Ok(Some(answer));
             }
         }

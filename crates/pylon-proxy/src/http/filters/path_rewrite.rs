@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
-use pylon_config::model::{Action, Listener, PathMatch, Route};
+use pylon_config::model::{Action, PathMatch};
 
 use super::{Filter, FilterCtx};
 
-pub(super) fn build(_listener: &Listener, route: &Route) -> Option<Arc<dyn Filter>> {
+pub(super) fn build(site: &super::FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let route = site.route;
     let (Action::Proxy(action), PathMatch::Prefix(from)) = (&route.action, &route.matcher.path)
     else {
         return None;

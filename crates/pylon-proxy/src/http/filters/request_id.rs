@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::request::Parts;
-use pylon_config::model::{Listener, Route};
 
 use super::{Filter, FilterCtx};
 
-pub(super) fn build(listener: &Listener, _route: &Route) -> Option<Arc<dyn Filter>> {
+pub(super) fn build(site: &super::FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let listener = site.listener;
     let name = listener.headers.request_id.as_deref()?;
     let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
     Some(Arc::new(RequestId { name }))
