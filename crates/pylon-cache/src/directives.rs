@@ -101,6 +101,66 @@ impl Directives {
     }
 }
 
+/// Whether every `name` line of `headers` is a valid Structured Field Dictionary (RFC
+/// 8941 §3.2) whose lifetime directives are non-negative integers: what a targeted
+/// Cache-Control field must be to count (RFC 9213 §2.1).
+pub fn valid_targeted(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(name).iter().all(|v| {
+        let Ok(text) = std::str::from_utf8(v.as_bytes()) else {
+            return false;
+        };
+        text.split(',')
+            .all(|member| valid_member(member.trim_matches([' ', '\t'])))
+    })
+}
+
+/// One dictionary member: `key`, `key=item` or either with `;parameters`.
+fn valid_member(m: &str) -> bool {
+    let (main, _params) = m.split_once(';').unwrap_or((m, ""));
+    let (key, value) = match main.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (main, None),
+    };
+    let key_ok = key
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+        && key.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.' | b'*')
+        });
+    if !key_ok {
+        return false;
+    }
+    let integer = |v: &str| !v.is_empty() && v.len() <= 15 && v.bytes().all(|b| b.is_ascii_digit());
+    match (key, value) {
+        ("max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error", Some(v)) => {
+            integer(v)
+        }
+        ("max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error", None) => false,
+        (_, None) => true,
+        (_, Some(v)) => bare_item(v),
+    }
+}
+
+/// An sf-item without parameters: integer or decimal, string, token, byte sequence or
+/// boolean.
+fn bare_item(v: &str) -> bool {
+    let b = v.as_bytes();
+    match b.first() {
+        Some(b'"') => v.len() >= 2 && v.ends_with('"'),
+        Some(b':') => v.len() >= 2 && v.ends_with(':'),
+        Some(b'?') => v == "?0" || v == "?1",
+        Some(c) if c.is_ascii_digit() || *c == b'-' => v
+            .trim_start_matches('-')
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b'.'),
+        Some(c) if c.is_ascii_alphabetic() || *c == b'*' => v
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c)),
+        _ => false,
+    }
+}
+
 /// The first occurrence of a duplicated directive wins, unless the later one is
 /// stricter (a smaller lifetime): two differing values make the response no fresher
 /// than the smaller (RFC 9111 §4.2.1 allows treating it as stale).
@@ -234,6 +294,25 @@ mod tests {
         let d = cc(&[",,, =, \"\", max-age=10, private=\"unterminated"]);
         assert_eq!(d.max_age, Some(10));
         assert_eq!(d.private_fields, vec!["unterminated"]);
+    }
+
+    #[test]
+    fn a_targeted_field_must_be_a_valid_dictionary_with_integer_lifetimes() {
+        let t = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "cdn-cache-control",
+                HeaderValue::from_str(v).expect("value"),
+            );
+            valid_targeted(&h, &HeaderName::from_static("cdn-cache-control"))
+        };
+        assert!(t("max-age=600, stale-while-revalidate=30"));
+        assert!(t("no-store"));
+        assert!(t("private=\"set-cookie\", max-age=5"));
+        assert!(!t("max-age=10000, &&&&&"));
+        assert!(!t("max-age=\"10000\""));
+        assert!(!t("Max-Age=10"));
+        assert!(!t("max-age"));
     }
 
     proptest::proptest! {

@@ -86,7 +86,9 @@ const HEURISTIC: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 50
 /// Cache-Control. The flag says whether a targeted field was used.
 pub fn response_directives(headers: &HeaderMap, opts: &Options) -> (Directives, bool) {
     for name in &opts.targeted {
-        if Directives::present(headers, name) {
+        // A targeted field that is not a valid Structured Field Dictionary, or gives
+        // a directive the wrong type, is ignored as a whole (RFC 9213 §2.1).
+        if Directives::present(headers, name) && crate::directives::valid_targeted(headers, name) {
             return (Directives::parse(headers, name), true);
         }
     }
@@ -134,8 +136,12 @@ pub fn storable(
     if !(200..600).contains(&code) || code == 206 || code == 304 {
         return Err(NotStorable::Status);
     }
-    // `must-understand`: this cache understands every status it stores, so no-store
-    // gives way (RFC 9111 §5.2.2.3).
+    // `must-understand` limits storing to a cache that understands the status (one
+    // with a registered meaning), and then no-store gives way (RFC 9111 §5.2.2.3).
+    let understood = status.canonical_reason().is_some();
+    if cc.must_understand && !understood {
+        return Err(NotStorable::Status);
+    }
     if (cc.no_store && !cc.must_understand) || req_cc.no_store {
         return Err(NotStorable::NoStore);
     }
@@ -197,9 +203,11 @@ impl Freshness {
         let date = http_date(resp, header::DATE)
             .flatten()
             .unwrap_or(response_time);
+        // The first value of the first line (`Age: 7200, 0` is 7200); unreadable is none.
         let age_value = resp
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let (lifetime, heuristic) = lifetime(status, resp, cc, targeted, date, opts);
@@ -488,6 +496,11 @@ mod tests {
         assert_eq!(f.current_age(at(150)), Duration::from_secs(150));
         assert_eq!(f.ttl(at(150)), 50);
         assert_eq!(f.ttl(at(250)), -50);
+        // Only the first value of Age counts.
+        let listed = h(&[("cache-control", "max-age=3600"), ("age", "7200, 0")]);
+        assert!(!fresh(&listed, &o).is_fresh(at(0)));
+        let prefix = h(&[("cache-control", "max-age=3600"), ("age", "0, old")]);
+        assert!(fresh(&prefix, &o).is_fresh(at(0)));
         // A response that says it is older than its lifetime is stale on arrival.
         let old = h(&[("cache-control", "max-age=60"), ("age", "100")]);
         assert!(!fresh(&old, &o).is_fresh(at(0)));
