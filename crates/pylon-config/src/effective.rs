@@ -666,6 +666,7 @@ fn hash_key(k: &HashKey) -> String {
     match k {
         HashKey::ClientIp => "client_ip".to_owned(),
         HashKey::Path => "path".to_owned(),
+        HashKey::CacheKey => "cache_key".to_owned(),
         HashKey::Header(n) => format!("header:{n}"),
         HashKey::Cookie(n) => format!("cookie:{n}"),
         HashKey::Query(n) => format!("query:{n}"),

@@ -834,6 +834,9 @@ impl LbPolicy {
 pub enum HashKey {
     ClientIp,
     Path,
+    /// The request's cache key (its route's zone's, else scheme, host and target): a
+    /// tier of caches stores each object on one endpoint.
+    CacheKey,
     /// Lower-case header name.
     Header(String),
     Cookie(String),

@@ -665,3 +665,66 @@ async fn a_reload_keeps_a_zone_whose_settings_did_not_change() {
     assert_eq!(get(&p, "/k", &[]).await.text(), "#1");
     assert_eq!(s.origin.request_count(), 1);
 }
+
+#[tokio::test]
+async fn three_edges_sharing_three_parents_fetch_each_object_from_the_origin_once() {
+    let s = script().await;
+    let mut parents = Vec::new();
+    for i in 0..3 {
+        let zone = format!("status_name = \"parent-{i}\"");
+        parents.push(TestProxy::start(&config(s.origin.addr, &zone)).await);
+    }
+    let endpoints: Vec<String> = parents
+        .iter()
+        .map(|p| format!("\"{}\"", p.addr("front")))
+        .collect();
+    let mut edges = Vec::new();
+    for i in 0..3 {
+        let toml = format!(
+            r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "parents"
+cache = "z"
+
+[[clusters]]
+name = "parents"
+endpoints = [{}]
+lb = "ring_hash"
+hash_key = "cache_key"
+
+[[caches]]
+name = "z"
+status_name = "edge-{i}"
+"#,
+            endpoints.join(", ")
+        );
+        edges.push(TestProxy::start(&toml).await);
+    }
+    for edge in &edges {
+        for object in 0..40 {
+            let a = get(edge, &format!("/obj/{object}"), &[FRESH]).await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    // Each object came from the origin once, and is stored on exactly one parent.
+    assert_eq!(s.origin.request_count(), 40);
+    let stored: u64 = parents.iter().map(|p| zone(p).size().0).sum();
+    assert_eq!(stored, 40);
+    assert!(
+        parents.iter().all(|p| zone(p).size().0 > 0),
+        "the objects are spread over the parents (each holds a third of 40 on average)"
+    );
+    // The second and third edges found every object in the parent tier.
+    let parent_hits: u64 = parents
+        .iter()
+        .map(|p| zone(p).stats.hits.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(parent_hits, 80);
+}

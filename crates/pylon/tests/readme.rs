@@ -220,6 +220,7 @@ fn every_readme_and_example_command_works_as_written() {
         "l4.toml",
         "forward.toml",
         "grpc.toml",
+        "cdn.toml",
     ] {
         let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
         let found = commands(&text);

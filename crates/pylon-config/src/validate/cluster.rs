@@ -396,6 +396,8 @@ pub(super) fn cluster(
                 HashKey::ClientIp
             } else if v == "path" {
                 HashKey::Path
+            } else if v == "cache_key" {
+                HashKey::CacheKey
             } else if let Some(n) = named("header:") {
                 HashKey::Header(n.to_ascii_lowercase())
             } else if let Some(n) = named("cookie:") {
@@ -406,7 +408,7 @@ pub(super) fn cluster(
                 p.at(
                     s,
                     format!(
-                        "invalid hash_key \"{v}\", expected client_ip, path, header:NAME, cookie:NAME or query:NAME"
+                        "invalid hash_key \"{v}\", expected client_ip, path, cache_key, header:NAME, cookie:NAME or query:NAME"
                     ),
                 );
                 HashKey::ClientIp

@@ -85,7 +85,7 @@ pub(super) async fn proxy(
         key: cluster
             .hash_key
             .as_ref()
-            .and_then(|k| request_key(k, &req, fx.conn)),
+            .and_then(|k| request_key(k, &req, fx)),
         deadline: grpc
             .then(|| super::grpc::timeout(req.headers()))
             .flatten()
@@ -645,10 +645,20 @@ fn target(parts: &mut Parts, endpoint: &EndpointPool, call: &Call<'_>) -> Result
 
 /// The hash-balancing key of a request; `None` when the request lacks it (then the
 /// balancer spreads it at random).
-fn request_key<B>(k: &HashKey, req: &Request<B>, ctx: &ConnCtx) -> Option<u64> {
+fn request_key<B>(k: &HashKey, req: &Request<B>, fx: &FilterCtx<'_>) -> Option<u64> {
+    let ctx = fx.conn;
     match k {
         HashKey::ClientIp => Some(hash_key(ctx.client_ip.as_bytes())),
         HashKey::Path => Some(hash_key(req.uri().path().as_bytes())),
+        HashKey::CacheKey => Some(match super::filters::cache::key_of(fx.state) {
+            Some(key) => hash_key(key.as_bytes()),
+            None => {
+                let host = fx.client_authority.as_ref().and_then(|h| h.to_str().ok());
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let url = pylon_cache::key::url_key(ctx.scheme, host.unwrap_or(""), target);
+                hash_key(url.as_bytes())
+            }
+        }),
         HashKey::Header(name) => req
             .headers()
             .get(name.as_str())

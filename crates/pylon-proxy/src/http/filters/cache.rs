@@ -286,6 +286,7 @@ impl CacheFilter {
             return Ok(None);
         }
         let key = zone.key(cx.conn.scheme, authority, target, req.headers());
+        cx.state.insert(LookupKey(Arc::from(key.text.as_str())));
         pending.req_cc = policy::request_directives(req.headers());
         pending.req_headers = req.headers().clone();
         let background = req.extensions().get::<BackgroundRevalidation>().is_some();
@@ -376,6 +377,16 @@ impl CacheFilter {
         cx.state.insert(CacheState(Arc::new(Mutex::new(pending))));
         Ok(None)
     }
+}
+
+/// The cache key a request's lookup computed, for balancing on it (`hash_key =
+/// "cache_key"`).
+#[derive(Clone)]
+struct LookupKey(Arc<str>);
+
+/// The cache key the cache filter computed for this request, if it did.
+pub fn key_of(state: &http::Extensions) -> Option<&str> {
+    state.get::<LookupKey>().map(|k| &*k.0)
 }
 
 /// `Cache-Status` (RFC 9211).
