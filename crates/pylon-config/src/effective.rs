@@ -437,6 +437,7 @@ fn forward(f: &ForwardProxy) -> Table {
         .put("allow_private", f.allow_private)
         .put("strip_client_headers", f.strip_client_headers)
         .put("connect_timeout", dur(f.connect_timeout))
+        .opt("cache", f.cache.as_deref())
         .put("tunnel_idle_timeout", dur(f.tunnel_idle_timeout))
         .put("response_timeout", dur(f.response_timeout))
         .put("idle_timeout", dur(f.idle_timeout))

@@ -386,6 +386,8 @@ pub struct ForwardProxy {
     pub resolvers: Vec<SocketAddr>,
     /// Time allowed to resolve a destination name.
     pub resolve_timeout: Duration,
+    /// The cache zone plain-HTTP (absolute-form) answers are stored in and served from.
+    pub cache: Option<String>,
 }
 
 /// An access rule: all the conditions it has must hold for it to match.

@@ -91,6 +91,7 @@ pub struct RawForward {
     pub idle_timeout: Option<Spanned<String>>,
     pub resolvers: Option<Vec<Spanned<String>>>,
     pub resolve_timeout: Option<Spanned<String>>,
+    pub cache: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,10 +175,10 @@ impl Runtime {
                     life,
                     l4: l.l4.clone().map(Arc::new),
                     proxy_in: l.proxy_protocol.clone().map(Arc::new),
-                    forward: l
-                        .forward
-                        .clone()
-                        .map(crate::http::forward::ForwardRuntime::new),
+                    forward: l.forward.clone().map(|f| {
+                        let filters = crate::http::filters::FilterChain::for_forward(&f, &caches);
+                        crate::http::forward::ForwardRuntime::new(f, filters)
+                    }),
                     config: l.clone(),
                     router: Router::new(routes),
                     request_id: l

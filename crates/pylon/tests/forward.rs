@@ -599,3 +599,49 @@ async fn a_cleartext_connect_tunnel_is_relayed_with_splice_and_keeps_its_first_b
             .contains("pylon_tunnels_spliced_total 1")
     );
 }
+
+#[tokio::test]
+async fn plain_http_answers_are_cached_after_the_access_rules_through_curl() {
+    let origin = Origin::start(|_req| async move {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(full("cached object"))
+            .unwrap()
+    })
+    .await;
+    let port = origin.addr.port();
+    let zone = "\n[[caches]]\nname = \"z\"\n";
+    let p = TestProxy::start(&config(
+        &format!("allow_private = true\ncache = \"z\"{zone}"),
+        "",
+    ))
+    .await;
+    let url = format!("http://{}/object", origin.addr);
+    let (status, first, _) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("cache-status: pylon; fwd=uri-miss; fwd-status=200; stored"),
+        "{first}"
+    );
+    let (status, second, _) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 200);
+    assert!(
+        second
+            .to_ascii_lowercase()
+            .contains("cache-status: pylon; hit"),
+        "{second}"
+    );
+    assert!(second.ends_with("cached object"));
+    assert_eq!(origin.request_count(), 1);
+    // A rule that now denies the destination wins over what is stored.
+    let denied = format!(
+        "allow_private = true\ncache = \"z\"\nrules = [{{ name = \"no-origin\", action = \"deny\", ports = [{port}] }}]{zone}"
+    );
+    let model = pylon_config::parse(&config(&denied, ""), "test.toml").unwrap();
+    p.proxy.reload(&model).await.unwrap();
+    let (status, _, _) = curl_via(p.addr("fwd"), &[], &url).await;
+    assert_eq!(status, 403);
+    assert_eq!(origin.request_count(), 1);
+}

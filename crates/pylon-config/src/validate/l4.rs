@@ -243,6 +243,7 @@ pub(super) fn proxy_protocol_out(
 pub(super) fn forward(
     r: &Option<Spanned<RawForward>>,
     protocol: ListenerProtocol,
+    caches: &std::collections::HashSet<String>,
     p: &mut Problems,
 ) -> Option<ForwardProxy> {
     let f = r.as_ref()?;
@@ -312,7 +313,19 @@ pub(super) fn forward(
             password_hash: ru.password_hash.get_ref().clone(),
         });
     }
+    if let Some(c) = &raw.cache
+        && !caches.contains(c.get_ref())
+    {
+        p.at(
+            c,
+            format!(
+                "unknown cache \"{}\": define it in a [[caches]] section",
+                c.get_ref()
+            ),
+        );
+    }
     Some(ForwardProxy {
+        cache: raw.cache.as_ref().map(|c| c.get_ref().clone()),
         rules,
         connect_ports: raw.connect_ports.clone().unwrap_or_else(|| vec![443]),
         allow_private: raw.allow_private.unwrap_or(false),

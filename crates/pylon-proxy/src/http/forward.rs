@@ -59,10 +59,12 @@ pub struct ForwardRuntime {
     resolver: Result<TokioResolver, String>,
     /// Connections to destinations, reused by absolute-form requests.
     pub destinations: Arc<DestinationPools>,
+    /// The filters of absolute-form requests (the cache, when configured).
+    filters: super::filters::FilterChain,
 }
 
 impl ForwardRuntime {
-    pub fn new(config: ForwardProxy) -> ForwardRuntime {
+    pub fn new(config: ForwardProxy, filters: super::filters::FilterChain) -> ForwardRuntime {
         let resolver = resolver(&config);
         if let Err(e) = &resolver {
             tracing::warn!(error = %e, "forward proxy: cannot set up DNS resolution");
@@ -78,6 +80,7 @@ impl ForwardRuntime {
             credentials: Credentials::new(),
             resolver,
             destinations,
+            filters,
         }
     }
 
@@ -461,7 +464,7 @@ pub(super) async fn serve(
     mut req: Request<ClientBody>,
     fwd: &ForwardRuntime,
     listener: &ListenerRuntime,
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     let cfg = &fwd.config;
@@ -514,8 +517,26 @@ pub(super) async fn serve(
         ex.log.upstream = upstream.peer_addr().ok();
         return Ok(tunnel(&mut req, upstream, cfg, ctx, ex));
     }
+    // The access rules passed: the filters (the cache) may answer now.
+    let mut state = http::Extensions::new();
+    let mut fx = super::filters::FilterCtx {
+        conn: ctx,
+        conn_arc: ctx,
+        listener,
+        request_id: ex.log.request_id.clone(),
+        client_authority: req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        state: &mut state,
+    };
+    if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
+        return Ok(answer);
+    }
     let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
-    forward_request(req, &pool, listener, ctx, ex, cfg).await
+    let mut resp = forward_request(req, &pool, listener, ex, cfg, &fwd.filters, &mut fx).await?;
+    fwd.filters.response(&mut resp, &mut fx);
+    Ok(resp)
 }
 
 /// The pool of the first allowed address with a connection ready (an idle one, else one
@@ -639,10 +660,12 @@ async fn forward_request(
     req: Request<ClientBody>,
     pool: &Arc<EndpointPool>,
     listener: &ListenerRuntime,
-    ctx: &ConnCtx,
     ex: &mut Exchange,
     cfg: &ForwardProxy,
+    filters: &super::filters::FilterChain,
+    fx: &mut super::filters::FilterCtx<'_>,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
+    let ctx = fx.conn;
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
     let authority = parts
@@ -674,6 +697,7 @@ async fn forward_request(
         .map(|p| Uri::from(p.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
+    filters.upstream_head(&mut parts, fx);
     let body = if http_body::Body::is_end_stream(&body) {
         RequestBody::Empty
     } else {
@@ -729,6 +753,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(1),
             resolvers: Vec::new(),
             resolve_timeout: std::time::Duration::from_secs(1),
+            cache: None,
         }
     }
 
@@ -846,13 +871,16 @@ mod tests {
     }
 
     fn with_user(password: &str) -> ForwardRuntime {
-        ForwardRuntime::new(ForwardProxy {
-            users: vec![pylon_config::model::ProxyUser {
-                name: "alice".into(),
-                password_hash: hash_password(password).unwrap(),
-            }],
-            ..cfg(Vec::new())
-        })
+        ForwardRuntime::new(
+            ForwardProxy {
+                users: vec![pylon_config::model::ProxyUser {
+                    name: "alice".into(),
+                    password_hash: hash_password(password).unwrap(),
+                }],
+                ..cfg(Vec::new())
+            },
+            super::super::filters::FilterChain::default(),
+        )
     }
 
     fn basic(credentials: &str) -> http::HeaderMap {

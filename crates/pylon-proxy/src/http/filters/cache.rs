@@ -98,11 +98,15 @@ pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
     let Action::Proxy(p) = &site.route.action else {
         return None;
     };
-    let zone = site.caches.get(p.cache.as_deref()?)?;
-    Some(Arc::new(CacheFilter {
+    Some(for_zone(site.caches.get(p.cache.as_deref()?)?))
+}
+
+/// The cache filter over `zone` (a route's, or a forward proxy's).
+pub(super) fn for_zone(zone: &CacheZone) -> Arc<dyn Filter> {
+    Arc::new(CacheFilter {
         zone: Arc::clone(&zone.zone),
         status_name: zone.config.status_name.clone(),
-    }))
+    })
 }
 
 struct CacheFilter {
@@ -271,10 +275,16 @@ impl CacheFilter {
             .and_then(|a| a.to_str().ok())
             .unwrap_or("");
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        // A forward proxy's absolute-form target names its own scheme.
+        let scheme = match req.uri().scheme_str() {
+            Some(s) => s.to_owned(),
+            None => cx.conn.scheme.to_owned(),
+        };
+        let scheme = scheme.as_str();
         if method != Method::GET && method != Method::HEAD {
             if !method.is_safe() {
                 pending.invalidates = true;
-                pending.key = Some(zone.key(cx.conn.scheme, authority, target, req.headers()));
+                pending.key = Some(zone.key(scheme, authority, target, req.headers()));
             }
             pending.bypass = Some("method");
             cx.state.insert(CacheState(Arc::new(Mutex::new(pending))));
@@ -285,7 +295,7 @@ impl CacheFilter {
             cx.state.insert(CacheState(Arc::new(Mutex::new(pending))));
             return Ok(None);
         }
-        let key = zone.key(cx.conn.scheme, authority, target, req.headers());
+        let key = zone.key(scheme, authority, target, req.headers());
         cx.state.insert(LookupKey(Arc::from(key.text.as_str())));
         pending.req_cc = policy::request_directives(req.headers());
         pending.req_headers = req.headers().clone();

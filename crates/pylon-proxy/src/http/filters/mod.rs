@@ -140,6 +140,22 @@ impl FilterChain {
         FilterChain(filters.into())
     }
 
+    /// The filters of a forward proxy's absolute-form requests (it has no routes): its
+    /// cache, when it names one.
+    pub fn for_forward(
+        forward: &pylon_config::model::ForwardProxy,
+        caches: &cache::Zones,
+    ) -> FilterChain {
+        let filters: Vec<Arc<dyn Filter>> = forward
+            .cache
+            .as_deref()
+            .and_then(|name| caches.get(name))
+            .map(|z| cache::for_zone(z))
+            .into_iter()
+            .collect();
+        FilterChain(filters.into())
+    }
+
     /// Phase 3 for every filter, then the waiting ones; the first that answers or
     /// refuses ends it.
     pub async fn request(
