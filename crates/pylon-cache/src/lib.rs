@@ -5,6 +5,7 @@
 //! (`pylon-proxy`'s cache filter) feeds it requests, heads and body chunks.
 
 pub mod directives;
+pub mod disk;
 pub mod entry;
 pub mod fill;
 pub mod key;
@@ -13,6 +14,7 @@ pub mod serve;
 pub mod store;
 
 pub use directives::Directives;
+pub use disk::DiskStore;
 pub use entry::{Entry, Head};
 pub use fill::{
     FillFailed, FillFrame, FillReader, FillSlot, FillWriter, Fills, HeadOutcome, Joined,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::HeaderMap;
 use moka::notification::RemovalCause;
 
+use crate::disk::DiskStore;
 use crate::entry::Entry;
 use crate::fill::Fills;
 use crate::key::{Key, KeySpec, vary_values};
@@ -29,6 +30,8 @@ pub struct ZoneConfig {
     /// How long a request waits for another's fill of the same key before going to the
     /// upstream itself.
     pub lock_timeout: std::time::Duration,
+    /// The disk tier's directory and the bytes it may hold.
+    pub disk: Option<(std::path::PathBuf, u64)>,
 }
 
 /// Counters of a zone, read by the metrics and the admin API.
@@ -63,6 +66,8 @@ struct Variants(Vec<Arc<Entry>>);
 pub struct Zone {
     pub config: ZoneConfig,
     memory: moka::sync::Cache<String, Arc<Variants>>,
+    /// The disk tier (blocking calls: the engine runs them on its blocking pool).
+    pub disk: Option<Arc<DiskStore>>,
     pub fills: Fills,
     pub stats: Arc<ZoneStats>,
 }
@@ -76,7 +81,12 @@ impl std::fmt::Debug for Zone {
 }
 
 impl Zone {
-    pub fn new(config: ZoneConfig) -> Zone {
+    /// The zone, with its disk tier opened (and indexed) when it has one.
+    pub fn new(config: ZoneConfig) -> std::io::Result<Zone> {
+        let disk = match &config.disk {
+            Some((dir, size)) => Some(Arc::new(DiskStore::open(dir, *size)?)),
+            None => None,
+        };
         let stats = Arc::new(ZoneStats::default());
         let evictions = Arc::clone(&stats);
         let memory = moka::sync::Cache::builder()
@@ -92,12 +102,13 @@ impl Zone {
                 }
             })
             .build();
-        Zone {
+        Ok(Zone {
             config,
             memory,
+            disk,
             fills: Fills::default(),
             stats,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -123,13 +134,29 @@ impl Zone {
         (found, true)
     }
 
-    /// Stores `entry` under `key`, replacing the variant the same request values select;
-    /// false when it is too large for the zone.
+    /// Stores `entry` under `key` in memory, replacing the variant the same request
+    /// values select; false when it is too large for the zone. (The engine writes the
+    /// disk tier itself, off the request path.)
     pub fn insert(&self, key: &Key, entry: Arc<Entry>) -> bool {
         if entry.len > self.config.max_object || entry.weight() > self.config.memory {
             ZoneStats::add(&self.stats.not_stored);
             return false;
         }
+        self.put(key, entry);
+        ZoneStats::add(&self.stats.stored);
+        true
+    }
+
+    /// Brings variants read from the disk tier into memory.
+    pub fn promote(&self, key: &Key, entries: Vec<Entry>) {
+        for e in entries {
+            if e.len <= self.config.max_object && e.weight() <= self.config.memory {
+                self.put(key, Arc::new(e));
+            }
+        }
+    }
+
+    fn put(&self, key: &Key, entry: Arc<Entry>) {
         let mut variants: Vec<Arc<Entry>> = vec![Arc::clone(&entry)];
         if let Some(old) = self.memory.get(&key.text) {
             variants.extend(
@@ -145,8 +172,6 @@ impl Zone {
         }
         self.memory
             .insert(key.text.clone(), Arc::new(Variants(variants)));
-        ZoneStats::add(&self.stats.stored);
-        true
     }
 
     /// Removes one stored variant (a 304 that did not validate it, an unusable entry).
@@ -170,11 +195,7 @@ impl Zone {
     /// Invalidates every response stored for the URL `url` (`scheme://host/target`,
     /// as [`crate::key::url_key`] writes it): after an unsafe method (RFC 9111 §4.4).
     pub fn invalidate_url(&self, url: &str) -> usize {
-        let n = if self.key_is_url() {
-            usize::from(self.memory.remove(url).is_some())
-        } else {
-            self.purge_where(|k, _| url_of(k) == url)
-        };
+        let n = self.remove_url(url);
         self.stats
             .invalidated
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -183,35 +204,65 @@ impl Zone {
 
     /// Purges one URL (admin API).
     pub fn purge_url(&self, url: &str) -> usize {
-        let n = if self.key_is_url() {
+        let n = self.remove_url(url);
+        self.stats.purged.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    fn remove_url(&self, url: &str) -> usize {
+        let memory = if self.key_is_url() {
             usize::from(self.memory.remove(url).is_some())
         } else {
             self.purge_where(|k, _| url_of(k) == url)
         };
-        self.stats.purged.fetch_add(n as u64, Ordering::Relaxed);
-        n
+        let disk = self
+            .disk
+            .as_ref()
+            .map_or(0, |d| d.remove_where(|k| url_of(k) == url));
+        memory.max(disk)
     }
 
     /// Purges every URL that starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        let n = self.purge_where(|k, _| url_of(k).starts_with(prefix));
+        let memory = self.purge_where(|k, _| url_of(k).starts_with(prefix));
+        let disk = self
+            .disk
+            .as_ref()
+            .map_or(0, |d| d.remove_where(|k| url_of(k).starts_with(prefix)));
+        let n = memory.max(disk);
         self.stats.purged.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
-    /// Purges every response tagged `tag` (`Surrogate-Key`, `Cache-Tag`).
+    /// Purges every response tagged `tag` (`Surrogate-Key`, `Cache-Tag`). On the disk
+    /// tier, the keys of the tagged responses in memory, and those whose files carry
+    /// the tag.
     pub fn purge_tag(&self, tag: &str) -> usize {
-        let n = self.purge_where(|_, v| v.0.iter().any(|e| e.head.has_tag(tag)));
+        let mut keys: Vec<String> = Vec::new();
+        let n = self.purge_where(|k, v| {
+            let tagged = v.0.iter().any(|e| e.head.has_tag(tag));
+            if tagged {
+                keys.push(k.to_owned());
+            }
+            tagged
+        });
+        let mut on_disk = 0;
+        if let Some(d) = &self.disk {
+            on_disk = d.remove_where(|k| keys.iter().any(|t| t == k)) + d.remove_tagged(tag);
+        }
+        let n = n.max(on_disk);
         self.stats.purged.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
     /// Purges everything.
     pub fn purge_all(&self) -> usize {
-        self.purge_where(|_, _| true)
+        let memory = self.purge_where(|_, _| true);
+        let disk = self.disk.as_ref().map_or(0, |d| d.remove_where(|_| true));
+        memory.max(disk)
     }
 
-    fn purge_where(&self, pred: impl Fn(&str, &Variants) -> bool) -> usize {
+    fn purge_where(&self, mut pred: impl FnMut(&str, &Variants) -> bool) -> usize {
         let doomed: Vec<Arc<String>> = self
             .memory
             .iter()
@@ -258,7 +309,9 @@ mod tests {
             key: KeySpec::default(),
             policy: Options::default(),
             lock_timeout: Duration::from_secs(1),
+            disk: None,
         })
+        .expect("zone")
     }
 
     fn entry(body: &'static [u8], vary: &[(&'static str, Option<&str>)], tags: &str) -> Arc<Entry> {

@@ -549,6 +549,13 @@ fn cache(c: &Cache) -> Value {
         .put("targeted_cache_control", texts(&c.targeted_cache_control))
         .put("status_name", c.status_name.as_str())
         .put("key", key);
+    if let Some(d) = &c.disk {
+        let disk = T::default()
+            .put("path", d.path.path.to_string_lossy().as_ref())
+            .put("size", size(d.size))
+            .done();
+        t.put("disk", disk);
+    }
     Value::Table(t.done())
 }
 

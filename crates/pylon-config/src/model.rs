@@ -726,7 +726,18 @@ pub struct Cache {
     /// This cache's name in `Cache-Status` (RFC 9211).
     pub status_name: String,
     pub key: CacheKey,
+    /// The disk tier, when the zone has one.
+    pub disk: Option<CacheDisk>,
 }
+
+/// A zone's disk tier: a directory of its own, and the bytes it may hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CacheDisk {
+    pub path: FileRef,
+    pub size: u64,
+}
+
+pub const DEFAULT_CACHE_DISK: u64 = 1024 * 1024 * 1024;
 
 /// What a zone's keys are made of besides scheme, host and target.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -223,6 +223,15 @@ pub struct RawCache {
     pub targeted_cache_control: Option<Spanned<StrList>>,
     pub status_name: Option<Spanned<String>>,
     pub key: Option<Spanned<RawCacheKey>>,
+    pub disk: Option<Spanned<RawCacheDisk>>,
+}
+
+/// A zone's `disk` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheDisk {
+    pub path: Spanned<String>,
+    pub size: Option<Spanned<Size>>,
 }
 
 /// A zone's `key` table.

@@ -378,6 +378,7 @@ heuristic_max = "1h"
 targeted_cache_control = ["Pylon-Cache-Control", "CDN-Cache-Control"]
 status_name = "edge-1"
 key = { headers = ["X-Tenant"], cookies = ["lang"], ignore_query = ["utm_source"], sort_query = true }
+disk = { path = "cache/pages", size = "2GiB" }
 "#;
 
 #[test]
@@ -490,6 +491,11 @@ fn a_config_setting_nearly_every_key_round_trips() {
         Some("pylon-cache-control")
     );
     assert_eq!(pages["key"]["headers"][0].as_str(), Some("x-tenant"));
+    assert_eq!(
+        pages["disk"]["path"].as_str(),
+        Some("/etc/pylon/cache/pages")
+    );
+    assert_eq!(pages["disk"]["size"].as_str(), Some("2GiB"));
     assert_eq!(doc["routes"][0]["cache"].as_str(), Some("pages"));
 }
 

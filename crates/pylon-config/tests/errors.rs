@@ -1059,6 +1059,10 @@ key = { headers = ["bad header"] }
 
 [[caches]]
 memory = "1MiB"
+
+[[caches]]
+name = "d"
+disk = { path = "", size = "1KiB" }
 "#;
     let e = errors(text);
     let expected = [
@@ -1069,6 +1073,8 @@ memory = "1MiB"
         "test.toml:25:22: caches[0].heuristic_fraction: heuristic_fraction must be between 0 and 1",
         "test.toml:26:19: caches[0].key.headers: invalid header name \"bad header\"",
         "test.toml:28:1: caches[1]: a [[caches]] entry needs a `name`",
+        "test.toml:33:17: caches[2].disk.path: the disk tier needs a directory path",
+        "test.toml:33:28: caches[2].disk.size: the disk size must be at least max_object",
     ];
     assert_eq!(e.len(), expected.len(), "{e:#?}");
     for (got, want) in e.iter().zip(expected) {

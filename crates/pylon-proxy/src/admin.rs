@@ -317,6 +317,7 @@ fn zone_json(z: &pylon_cache::Zone) -> serde_json::Value {
     let s = &z.stats;
     let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let (entries, bytes) = z.size();
+    let (disk_entries, disk_bytes) = z.disk.as_ref().map_or((0, 0), |d| d.size());
     let (hits, misses) = (n(&s.hits), n(&s.misses));
     let lookups = hits + misses + n(&s.collapsed) + n(&s.stale);
     json!({
@@ -325,6 +326,8 @@ fn zone_json(z: &pylon_cache::Zone) -> serde_json::Value {
         "bytes": bytes,
         "memory": z.config.memory,
         "max_object": z.config.max_object,
+        "disk_entries": disk_entries,
+        "disk_bytes": disk_bytes,
         "fills_in_progress": z.fills.len(),
         "hits": hits,
         "misses": misses,

@@ -116,7 +116,7 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let caches = crate::http::filters::cache::zones(config, previous.map(|p| &p.caches));
+        let caches = crate::http::filters::cache::zones(config, previous.map(|p| &p.caches))?;
         let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config
             .listeners

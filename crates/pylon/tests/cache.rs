@@ -728,3 +728,72 @@ status_name = "edge-{i}"
         .sum();
     assert_eq!(parent_hits, 80);
 }
+
+/// A fresh directory for a disk tier, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!(
+            "pylon-cache-{name}-{}-{}",
+            std::process::id(),
+            pylon_lb::random_u64()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn the_disk_tier_survives_a_restart_and_purges_reach_it() {
+    let s = script().await;
+    let dir = TempDir::new("restart");
+    let zone_toml = |memory: &str| {
+        format!(
+            "memory = \"{memory}\"\ndisk = {{ path = \"{}\", size = \"16MiB\" }}",
+            dir.0.display()
+        )
+    };
+    {
+        let p = TestProxy::start(&config(s.origin.addr, &zone_toml("8MiB"))).await;
+        get(&p, "/d/1", &[FRESH, ("x-set-surrogate-key", "group")]).await;
+        get(&p, "/d/2", &[FRESH]).await;
+        get(&p, "/d/3", &[FRESH, ("x-size", "100000")]).await;
+        let z = zone(&p);
+        eventually("three answers written to disk", || {
+            z.disk.as_ref().unwrap().size().0 == 3
+        })
+        .await;
+        p.proxy.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+    // A new process (here a new instance) over the same directory.
+    let p = TestProxy::start(&config(s.origin.addr, &zone_toml("8MiB"))).await;
+    assert_eq!(zone(&p).disk.as_ref().unwrap().size().0, 3);
+    let one = get(&p, "/d/1", &[]).await;
+    assert_eq!(one.text(), "#1");
+    assert!(status_of(&one).contains("hit"), "{}", status_of(&one));
+    assert_eq!(get(&p, "/d/3", &[]).await.body.len(), 100_000);
+    assert_eq!(s.origin.request_count(), 3);
+    // A reload that changes the zone's memory makes a new zone over the same files.
+    let model =
+        pylon_config::parse(&config(s.origin.addr, &zone_toml("4MiB")), "test.toml").unwrap();
+    p.proxy.reload(&model).await.unwrap();
+    assert_eq!(get(&p, "/d/2", &[]).await.text(), "#2");
+    // Purges reach the disk tier: by tag (/d/1) and by URL (/d/2).
+    let purge = |what: &'static str| admin(&p, Method::POST, "/caches/z/purge", what);
+    assert_eq!(purge(r#"{"tag": "group"}"#).await.json()["purged"], 1);
+    assert_eq!(
+        purge(r#"{"url": "http://test.local/d/2"}"#).await.json()["purged"],
+        1
+    );
+    let z = zone(&p);
+    assert_eq!(z.disk.as_ref().unwrap().size().0, 1);
+    assert_eq!(get(&p, "/d/1", &[FRESH]).await.text(), "#4");
+    assert_eq!(get(&p, "/d/2", &[FRESH]).await.text(), "#5");
+}

@@ -15,6 +15,7 @@ use crate::units::parse_duration;
 pub(super) fn cache(
     r: RawCache,
     span: Range<usize>,
+    ctx: &super::Ctx<'_, '_>,
     names: &mut HashSet<String>,
     p: &mut Problems,
 ) -> Option<Cache> {
@@ -70,7 +71,24 @@ pub(super) fn cache(
         }
         key.sort_query = k.sort_query.unwrap_or(false);
     }
+    let disk = r.disk.as_ref().map(|d| {
+        let d = d.get_ref();
+        if d.path.get_ref().is_empty() {
+            p.at(&d.path, "the disk tier needs a directory path");
+        }
+        let size = size(&d.size, DEFAULT_CACHE_DISK, p);
+        if max_object > size
+            && let Some(s) = &d.size
+        {
+            p.at(s, "the disk size must be at least max_object");
+        }
+        CacheDisk {
+            path: ctx.file_ref(&d.path),
+            size,
+        }
+    });
     Some(Cache {
+        disk,
         name: name.get_ref().clone(),
         memory,
         max_object,

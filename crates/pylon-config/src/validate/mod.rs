@@ -337,7 +337,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     let mut cache_names = HashSet::new();
     let caches: Vec<Cache> = raw_caches
         .into_iter()
-        .filter_map(|(span, r)| cache::cache(r, span, &mut cache_names, p))
+        .filter_map(|(span, r)| cache::cache(r, span, ctx, &mut cache_names, p))
         .collect();
 
     Config {

@@ -27,8 +27,8 @@ use pylon_cache::{
     Directives, Entry, FillSlot, Freshness, Head, HeadOutcome, Joined, Key, Reuse, Zone, ZoneStats,
     policy, serve,
 };
-use pylon_config::Config;
 use pylon_config::model::{self, Action};
+use pylon_config::{Config, ConfigError};
 
 use super::cache_body::{FillBody, StoredBody, drive_fill};
 use super::{Filter, FilterCtx, FilterSite, Lookup};
@@ -46,25 +46,42 @@ pub struct CacheZone {
     pub config: model::Cache,
 }
 
-/// The zones of `config`, keeping those of `previous` whose settings did not change.
-pub fn zones(config: &Config, previous: Option<&Zones>) -> Zones {
-    config
-        .caches
-        .iter()
-        .map(|c| {
-            let kept = previous
-                .and_then(|p| p.get(&c.name))
-                .filter(|z| z.config == *c)
-                .cloned();
-            let zone = kept.unwrap_or_else(|| {
-                Arc::new(CacheZone {
-                    zone: Arc::new(Zone::new(zone_config(c))),
+/// The zones of `config`, keeping those of `previous` whose settings did not change (a
+/// changed zone with a disk tier finds what its directory holds); a disk tier that
+/// cannot be opened is an error naming where the file sets it.
+pub fn zones(config: &Config, previous: Option<&Zones>) -> Result<Zones, Vec<ConfigError>> {
+    let mut zones = Zones::new();
+    let mut errors = Vec::new();
+    for c in &config.caches {
+        let kept = previous
+            .and_then(|p| p.get(&c.name))
+            .filter(|z| z.config == *c)
+            .cloned();
+        let zone = match kept {
+            Some(z) => z,
+            None => match Zone::new(zone_config(c)) {
+                Ok(z) => Arc::new(CacheZone {
+                    zone: Arc::new(z),
                     config: c.clone(),
-                })
-            });
-            (c.name.clone(), zone)
-        })
-        .collect()
+                }),
+                Err(e) => {
+                    if let Some(d) = &c.disk {
+                        errors.push(d.path.at.error(format!(
+                            "cannot open the disk tier {}: {e}",
+                            d.path.path.display()
+                        )));
+                    }
+                    continue;
+                }
+            },
+        };
+        zones.insert(c.name.clone(), zone);
+    }
+    if errors.is_empty() {
+        Ok(zones)
+    } else {
+        Err(errors)
+    }
 }
 
 fn zone_config(c: &model::Cache) -> pylon_cache::ZoneConfig {
@@ -91,6 +108,7 @@ fn zone_config(c: &model::Cache) -> pylon_cache::ZoneConfig {
             targeted: names(&c.targeted_cache_control),
         },
         lock_timeout: c.lock_timeout,
+        disk: c.disk.as_ref().map(|d| (d.path.path.clone(), d.size)),
     }
 }
 
@@ -300,8 +318,16 @@ impl CacheFilter {
         pending.req_cc = policy::request_directives(req.headers());
         pending.req_headers = req.headers().clone();
         let background = req.extensions().get::<BackgroundRevalidation>().is_some();
+        let (mut found, mut known) = zone.lookup(&key, req.headers());
+        if !known && let Some(disk) = zone.disk.clone().filter(|d| d.contains(&key.text)) {
+            // Not in memory, on disk: read on the blocking pool, then from memory.
+            let text = key.text.clone();
+            if let Ok(entries) = tokio::task::spawn_blocking(move || disk.read(&text)).await {
+                zone.promote(&key, entries);
+                (found, known) = zone.lookup(&key, req.headers());
+            }
+        }
         let now = SystemTime::now();
-        let (found, known) = zone.lookup(&key, req.headers());
         pending.vary_miss = known && found.is_none();
         if let Some(entry) = found {
             let f = &entry.head.freshness;
@@ -499,7 +525,7 @@ impl Filter for CacheFilter {
                     Some(entry) => {
                         ZoneStats::add(&self.zone.stats.revalidated);
                         if let Some(key) = &p.key {
-                            self.zone.insert(key, Arc::clone(&entry));
+                            super::cache_body::store(&self.zone, key, Arc::clone(&entry));
                         }
                         if let Some(slot) = p.slot.take() {
                             // Followers read the updated response from the fill.

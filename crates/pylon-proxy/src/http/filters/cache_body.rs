@@ -156,6 +156,23 @@ pub(super) async fn drive_fill(
         }
     }
     if let Some(entry) = writer.finish(trailers) {
-        zone.insert(&key, Arc::new(entry));
+        store(&zone, &key, Arc::new(entry));
+    }
+}
+
+/// Stores a whole response: in memory at once, on the disk tier (when the zone has one)
+/// from the blocking pool.
+pub(super) fn store(zone: &Arc<Zone>, key: &Key, entry: Arc<Entry>) {
+    if !zone.insert(key, Arc::clone(&entry)) {
+        return;
+    }
+    if let Some(disk) = zone.disk.clone() {
+        let text = key.text.clone();
+        let name = zone.name().to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = disk.write(&text, &entry) {
+                tracing::warn!(zone = %name, key = %text, error = %e, "cache: disk tier write failed");
+            }
+        });
     }
 }
