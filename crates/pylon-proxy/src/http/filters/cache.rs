@@ -316,7 +316,6 @@ impl CacheFilter {
         let key = zone.key(scheme, authority, target, req.headers());
         cx.state.insert(LookupKey(Arc::from(key.text.as_str())));
         pending.req_cc = policy::request_directives(req.headers());
-        pending.req_headers = req.headers().clone();
         let background = req.extensions().get::<BackgroundRevalidation>().is_some();
         let (mut found, mut known) = zone.lookup(&key, req.headers());
         if !known && let Some(disk) = zone.disk.clone().filter(|d| d.contains(&key.text)) {
@@ -367,6 +366,8 @@ impl CacheFilter {
             cx.state.insert(CacheState(Arc::new(Mutex::new(pending))));
             return Err(ErrorKind::NotCached);
         }
+        // Past the hits: what the response phase needs of the request.
+        pending.req_headers = req.headers().clone();
         if pending.stale.is_none() {
             ZoneStats::add(&zone.stats.misses);
         } else if pending.req_cc.only_if_cached {
