@@ -797,3 +797,40 @@ async fn the_disk_tier_survives_a_restart_and_purges_reach_it() {
     assert_eq!(get(&p, "/d/1", &[FRESH]).await.text(), "#4");
     assert_eq!(get(&p, "/d/2", &[FRESH]).await.text(), "#5");
 }
+
+#[tokio::test]
+async fn a_fill_whose_upstream_breaks_off_is_never_stored() {
+    // Promises 100 bytes, sends 40, closes; then answers whole.
+    let served = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&served);
+    let origin = RawOrigin::start(move |mut s: tokio::net::TcpStream| {
+        let n = Arc::clone(&n);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+            let body = if first { vec![b'a'; 40] } else { vec![b'b'; 100] };
+            let head = "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 100\r\nConnection: close\r\n\r\n";
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+    let req = b"GET /broken HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
+    let cut = raw(front, req).await;
+    assert!(cut.starts_with("HTTP/1.1 200"), "{cut}");
+    assert!(!cut.contains(&"b".repeat(100)));
+    let z = zone(&p);
+    eventually("the failed fill is counted", || {
+        z.stats.fills_failed.load(Ordering::Relaxed) == 1 && z.fills.is_empty()
+    })
+    .await;
+    assert_eq!(z.size().0, 0, "nothing stored");
+    // The next request goes to the origin and gets (and stores) the whole answer.
+    let whole = raw(front, req).await;
+    assert!(whole.ends_with(&"b".repeat(100)), "{whole}");
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+}
