@@ -79,8 +79,20 @@ impl Config {
         } else {
             String::new()
         };
+        let caches = match self.caches.len() {
+            0 => String::new(),
+            n => {
+                let disk = self.caches.iter().filter(|c| c.disk.is_some()).count();
+                let disk = if disk > 0 {
+                    format!(" ({disk} with a disk tier)")
+                } else {
+                    String::new()
+                };
+                format!(", {n} cache zone(s){disk}")
+            }
+        };
         format!(
-            "{} listener(s) on {} address(es){http3}, {} route(s), {} cluster(s) with {} endpoint(s){admin}",
+            "{} listener(s) on {} address(es){http3}, {} route(s), {} cluster(s) with {} endpoint(s){caches}{admin}",
             self.listeners.len(),
             binds,
             self.routes.len(),

@@ -496,6 +496,13 @@ fn a_config_setting_nearly_every_key_round_trips() {
         Some("/etc/pylon/cache/pages")
     );
     assert_eq!(pages["disk"]["size"].as_str(), Some("2GiB"));
+    assert!(
+        config
+            .summary()
+            .contains(", 1 cache zone(s) (1 with a disk tier)"),
+        "{}",
+        config.summary()
+    );
     assert_eq!(doc["routes"][0]["cache"].as_str(), Some("pages"));
 }
 
