@@ -361,8 +361,128 @@ pub fn http_date(h: &HeaderMap, name: HeaderName) -> Option<Option<SystemTime>> 
     h.get(name).map(|v| parse_date(v.as_bytes()))
 }
 
-fn parse_date(v: &[u8]) -> Option<SystemTime> {
-    httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok()
+/// An HTTP date in any of its three forms (RFC 9110 §5.6.7), read leniently as caches
+/// commonly do: names in any case, and a weekday that does not match its date ignored.
+pub fn parse_date(v: &[u8]) -> Option<SystemTime> {
+    let text = std::str::from_utf8(v).ok()?.trim();
+    httpdate::parse_http_date(text)
+        .ok()
+        .or_else(|| lenient_date(text))
+}
+
+/// The three forms with their exact layout (single spaces, two-digit fields), names in
+/// any case and the weekday not checked against the date.
+fn lenient_date(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = text.get(r)?;
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let alpha = |r: std::ops::Range<usize>| {
+        text.get(r)
+            .is_some_and(|s| s.bytes().all(|c| c.is_ascii_alphabetic()))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let gmt =
+        |r: std::ops::Range<usize>| text.get(r).is_some_and(|s| s.eq_ignore_ascii_case("gmt"));
+    let time = |i: usize| -> Option<(u32, u32, u32)> {
+        (at(i + 2, b':') && at(i + 5, b':'))
+            .then(|| {
+                Some((
+                    digits(i..i + 2)?,
+                    digits(i + 3..i + 5)?,
+                    digits(i + 6..i + 8)?,
+                ))
+            })
+            .flatten()
+    };
+    let (year, mon, day, (h, m, sec)) = if b.len() == 29 && at(3, b',') && at(4, b' ') {
+        // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
+        if !(alpha(0..3)
+            && at(7, b' ')
+            && at(11, b' ')
+            && at(16, b' ')
+            && at(25, b' ')
+            && gmt(26..29))
+        {
+            return None;
+        }
+        (
+            i64::from(digits(12..16)?),
+            month(text.get(8..11)?)?,
+            digits(5..7)?,
+            time(17)?,
+        )
+    } else if b.len() == 24 && at(3, b' ') && at(7, b' ') {
+        // asctime: "Sun Nov  6 08:49:37 1994".
+        let day = match (b.get(8), b.get(9)) {
+            (Some(b' '), Some(d)) if d.is_ascii_digit() => u32::from(d - b'0'),
+            _ => digits(8..10)?,
+        };
+        if !(alpha(0..3) && at(10, b' ') && at(19, b' ')) {
+            return None;
+        }
+        (
+            i64::from(digits(20..24)?),
+            month(text.get(4..7)?)?,
+            day,
+            time(11)?,
+        )
+    } else {
+        // RFC 850: "Sunday, 06-Nov-94 08:49:37 GMT".
+        let (wkday, rest) = text.split_once(", ")?;
+        let r = rest.as_bytes();
+        if wkday.is_empty() || !wkday.bytes().all(|c| c.is_ascii_alphabetic()) || r.len() != 22 {
+            return None;
+        }
+        let off = wkday.len() + 2;
+        if !(at(off + 2, b'-')
+            && at(off + 6, b'-')
+            && at(off + 9, b' ')
+            && at(off + 18, b' ')
+            && gmt(off + 19..off + 22))
+        {
+            return None;
+        }
+        let yy = i64::from(digits(off + 7..off + 9)?);
+        // Two digits: the nearest century not more than 50 years ahead.
+        let year = yy + if yy < 70 { 2000 } else { 1900 };
+        (
+            year,
+            month(text.get(off + 3..off + 6)?)?,
+            digits(off..off + 2)?,
+            time(off + 10)?,
+        )
+    };
+    if day == 0 || day > 31 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let (y, mo) = if mon <= 2 {
+        (year - 1, mon + 9)
+    } else {
+        (year, mon - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * i64::from(mo) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + i64::from(h * 3600 + m * 60 + sec);
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// A month's number from its three-letter name, in any case.
+fn month(w: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    MONTHS
+        .iter()
+        .position(|m| w.eq_ignore_ascii_case(m))
+        .map(|i| i as u32 + 1)
 }
 
 /// Fields a 304 never replaces in the stored response (RFC 9111 §3.2): its framing and
@@ -479,6 +599,32 @@ mod tests {
         let heuristic = h(&[("last-modified", &date(0)), ("date", &date(1000))]);
         let f = fresh(&heuristic, &o);
         assert_eq!((f.lifetime, f.heuristic), (Duration::from_secs(100), true));
+    }
+
+    #[test]
+    fn dates_are_read_leniently() {
+        let want = httpdate::parse_http_date("Thu, 18 Aug 2050 02:01:18 GMT").ok();
+        assert_eq!(parse_date(b"THU, 18 Aug 2050 02:01:18 GMT"), want);
+        assert_eq!(parse_date(b"Thu, 18 AUG 2050 02:01:18 gMT"), want);
+        assert_eq!(
+            parse_date(b"Mon, 18 Aug 2050 02:01:18 GMT"),
+            want,
+            "a wrong weekday"
+        );
+        assert_eq!(parse_date(b"Thursday, 18-Aug-50 02:01:18 GMT"), want);
+        assert_eq!(parse_date(b"Thu Aug 18 02:01:18 2050"), want);
+        assert_eq!(
+            parse_date(b"Thu Aug  8 02:01:18 2050"),
+            httpdate::parse_http_date("Mon, 08 Aug 2050 02:01:18 GMT").ok()
+        );
+        for bad in [
+            &b"0"[..],
+            b"",
+            b"Thu, 32 Aug 2050 02:01:18 GMT",
+            b"tomorrow",
+        ] {
+            assert_eq!(parse_date(bad), None);
+        }
     }
 
     #[test]

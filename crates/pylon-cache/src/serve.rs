@@ -111,8 +111,7 @@ fn if_range_holds(req: &HeaderMap, stored: &HeaderMap) -> bool {
 }
 
 fn date(h: &HeaderMap, name: HeaderName) -> Option<SystemTime> {
-    let v = h.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(v.trim()).ok()
+    crate::policy::parse_date(h.get(name)?.as_bytes())
 }
 
 /// `bytes=` ranges against a body of `len` bytes: `None` when the field is not one
