@@ -53,7 +53,14 @@ pub struct DiskStore {
     dir: PathBuf,
     max_bytes: u64,
     index: Mutex<Index>,
+    /// Makes each temporary file name unique (two writes of one variant at once).
+    next_tmp: std::sync::atomic::AtomicU64,
+    /// Writes queued or running: past [`MAX_PENDING_WRITES`] new ones are skipped.
+    pending: std::sync::atomic::AtomicUsize,
 }
+
+/// Writes the disk tier takes on at once; more are skipped (the answer stays in memory).
+pub const MAX_PENDING_WRITES: usize = 64;
 
 impl std::fmt::Debug for DiskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,6 +80,8 @@ impl DiskStore {
             dir: dir.to_path_buf(),
             max_bytes,
             index: Mutex::new(Index::default()),
+            next_tmp: std::sync::atomic::AtomicU64::new(0),
+            pending: std::sync::atomic::AtomicUsize::new(0),
         };
         let mut found = Vec::new();
         for e in fs::read_dir(dir)? {
@@ -93,9 +102,10 @@ impl DiskStore {
                 .map_or(0, |d| d.as_secs());
             match read_key(&e.path()) {
                 Ok((key, tags)) => found.push((used, name, key, tags, meta.len())),
-                Err(_) => {
+                Err(err) if damaged(&err) => {
                     let _ = fs::remove_file(e.path());
                 }
+                Err(err) => return Err(err),
             }
         }
         // Oldest first, so the clock keeps their order.
@@ -137,12 +147,17 @@ impl DiskStore {
             return Ok(());
         }
         self.evict(size);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
+        let n = self
+            .next_tmp
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!("{name}.{n}.tmp"));
+        let written = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|()| fs::rename(&tmp, self.dir.join(&name)));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, self.dir.join(&name))?;
         let mut ix = lock(&self.index);
         ix.clock += 1;
         let used = ix.clock;
@@ -187,7 +202,11 @@ impl DiskStore {
         for name in names {
             match read_entry(&self.dir.join(&name)) {
                 Ok((k, e)) if k == key => out.push(e),
-                _ => self.remove_file(&name),
+                // Another key's file (a hash collision since) or a damaged one goes; a
+                // passing failure (no descriptors, I/O) leaves it for next time.
+                Ok(_) => self.remove_file(&name),
+                Err(e) if damaged(&e) => self.remove_file(&name),
+                Err(_) => {}
             }
         }
         out
@@ -225,6 +244,29 @@ impl DiskStore {
         names.len()
     }
 
+    /// Takes a slot for a write, or `None` when too many are queued already.
+    pub fn begin_write(self: &std::sync::Arc<Self>) -> Option<WriteSlot> {
+        use std::sync::atomic::Ordering;
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_WRITES {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(WriteSlot(std::sync::Arc::clone(self)))
+    }
+
+    /// Removes every variant of exactly `key`.
+    pub fn remove_key(&self, key: &str) -> usize {
+        let names = lock(&self.index)
+            .by_key
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        for n in &names {
+            self.remove_file(n);
+        }
+        usize::from(!names.is_empty())
+    }
+
     /// Whether the tier holds anything for `key`.
     pub fn contains(&self, key: &str) -> bool {
         lock(&self.index).by_key.contains_key(key)
@@ -260,6 +302,25 @@ impl DiskStore {
             }
         }
     }
+}
+
+/// A queued write's place, given back when dropped.
+pub struct WriteSlot(std::sync::Arc<DiskStore>);
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A read error that means the file itself is bad (not a passing failure).
+fn damaged(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
 }
 
 fn remove_name(ix: &mut Index, key: &str, name: &str) {
@@ -409,7 +470,9 @@ impl<R: Read> In<R> {
         String::from_utf8(self.bytes()?).map_err(|_| bad("not text"))
     }
     fn time(&mut self) -> io::Result<SystemTime> {
-        Ok(UNIX_EPOCH + self.duration()?)
+        UNIX_EPOCH
+            .checked_add(self.duration()?)
+            .ok_or_else(|| bad("time out of range"))
     }
     fn duration(&mut self) -> io::Result<Duration> {
         let secs = self.u64()?;

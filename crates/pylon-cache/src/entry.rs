@@ -157,7 +157,26 @@ impl Entry {
         self.len + self.head.weight() + self.body.len() as u64 * 32
     }
 
-    /// The body as one piece (for ranges).
+    /// Bytes `range` of the body (within it), copied only when it spans chunks.
+    pub fn slice(&self, range: std::ops::Range<u64>) -> Bytes {
+        let mut out: Vec<u8> = Vec::new();
+        let mut at = 0u64;
+        for chunk in &self.body {
+            let end = at + chunk.len() as u64;
+            if end > range.start && at < range.end {
+                let from = (range.start.max(at) - at) as usize;
+                let to = (range.end.min(end) - at) as usize;
+                if out.is_empty() && range.start >= at && range.end <= end {
+                    return chunk.slice(from..to);
+                }
+                out.extend_from_slice(&chunk[from..to]);
+            }
+            at = end;
+        }
+        Bytes::from(out)
+    }
+
+    /// The body as one piece.
     pub fn contiguous(&self) -> Bytes {
         match self.body.as_slice() {
             [] => Bytes::new(),

@@ -231,17 +231,32 @@ pub struct FillSlot {
 
 impl FillSlot {
     /// Starts the fill with the head to store: followers wake. The writer for the
-    /// upstream body, and the leader's own reader.
-    pub fn start(mut self, head: Arc<Head>, max_object: u64) -> (FillWriter, FillReader) {
+    /// upstream body, and the leader's own reader. A head that others may not reuse
+    /// as it is (`shared` false: no freshness left, `no-cache`) is stored but not
+    /// shared: its followers go to the upstream on their own, and later requests do
+    /// not wait for it.
+    pub fn start(
+        mut self,
+        head: Arc<Head>,
+        max_object: u64,
+        shared: bool,
+    ) -> (FillWriter, FillReader) {
         let fill = Arc::clone(&self.fill);
-        let registry = self.registry.take().unwrap_or(Registration {
+        let mut registry = self.registry.take().unwrap_or(Registration {
             map: Arc::default(),
             key: String::new(),
             fill: None,
         });
+        if !shared {
+            registry.leave();
+        }
         let reader = {
             let mut st = lock(&fill.state);
-            st.head = Some(HeadOutcome::Ready(Arc::clone(&head)));
+            st.head = Some(if shared {
+                HeadOutcome::Ready(Arc::clone(&head))
+            } else {
+                HeadOutcome::Abandoned
+            });
             st.storing = true;
             st.readers.insert(0, 0);
             st.next_reader = 1;
@@ -334,24 +349,22 @@ impl FillWriter {
     }
 
     /// The body ended: readers finish, and the whole response to store, when the fill
-    /// kept it (and its length agrees with a declared `Content-Length`).
-    pub fn finish(mut self, trailers: Option<HeaderMap>) -> Option<Entry> {
+    /// kept it (and its length agrees with a declared `Content-Length`). The fill stays
+    /// in the registry until the writer is dropped, so that the caller can store the
+    /// entry first (no request between the two misses both).
+    pub fn finish(&mut self, trailers: Option<HeaderMap>) -> Option<Entry> {
         self.finished = true;
-        let entry = {
-            let mut st = lock(&self.fill.state);
-            let whole = st.storing && self.head.content_length().is_none_or(|n| n == st.total);
-            let entry = whole.then(|| {
-                Entry::new(
-                    (*self.head).clone(),
-                    st.chunks.iter().cloned().collect(),
-                    trailers.clone(),
-                )
-            });
-            st.end = End::Done(trailers);
-            st.wake_all();
-            entry
-        };
-        self.registry.leave();
+        let mut st = lock(&self.fill.state);
+        let whole = st.storing && self.head.content_length().is_none_or(|n| n == st.total);
+        let entry = whole.then(|| {
+            Entry::new(
+                (*self.head).clone(),
+                st.chunks.iter().cloned().collect(),
+                trailers.clone(),
+            )
+        });
+        st.end = End::Done(trailers);
+        st.wake_all();
         entry
     }
 }
@@ -511,7 +524,7 @@ mod tests {
         };
         let mut wait = f.head();
         assert!(poll(|cx| Pin::new(&mut wait).poll(cx)).is_pending());
-        let (mut w, mut leader) = slot.start(head(Some(6)), 1024);
+        let (mut w, mut leader) = slot.start(head(Some(6)), 1024, true);
         assert!(matches!(
             poll(|cx| Pin::new(&mut wait).poll(cx)),
             Poll::Ready(HeadOutcome::Ready(_))
@@ -521,6 +534,9 @@ mod tests {
         assert_eq!(read_all(&mut follower), (b"abc".to_vec(), false));
         w.push(Bytes::from_static(b"def"));
         let entry = w.finish(None).expect("stored");
+        // Still registered until the writer goes (its entry is stored first).
+        assert!(!fills.is_empty());
+        drop(w);
         assert_eq!(entry.len, 6);
         assert_eq!(read_all(&mut leader), (b"abcdef".to_vec(), true));
         assert_eq!(read_all(&mut follower), (b"def".to_vec(), true));
@@ -550,7 +566,7 @@ mod tests {
         let Joined::Leader(slot) = fills.join("k") else {
             panic!("leader")
         };
-        let (mut w, mut r) = slot.start(head(None), 1024);
+        let (mut w, mut r) = slot.start(head(None), 1024, true);
         w.push(Bytes::from_static(b"x"));
         drop(w);
         assert_eq!(read_all(&mut r), (b"x".to_vec(), false));
@@ -561,12 +577,32 @@ mod tests {
     }
 
     #[test]
+    fn a_head_that_may_not_be_shared_sends_followers_upstream_at_once() {
+        let fills = Fills::default();
+        let Joined::Leader(slot) = fills.join("k") else {
+            panic!("leader")
+        };
+        let Joined::Follower(f) = fills.join("k") else {
+            panic!("follower")
+        };
+        let (mut w, mut r) = slot.start(head(None), 1024, false);
+        assert!(matches!(
+            poll(|cx| Pin::new(&mut f.head()).poll(cx)),
+            Poll::Ready(HeadOutcome::Abandoned)
+        ));
+        assert!(fills.is_empty(), "later requests lead their own fills");
+        w.push(Bytes::from_static(b"mine"));
+        assert!(w.finish(None).is_some(), "still stored");
+        assert_eq!(read_all(&mut r), (b"mine".to_vec(), true));
+    }
+
+    #[test]
     fn a_body_shorter_than_its_content_length_is_not_stored() {
         let fills = Fills::default();
         let Joined::Leader(slot) = fills.join("k") else {
             panic!("leader")
         };
-        let (mut w, _r) = slot.start(head(Some(10)), 1024);
+        let (mut w, _r) = slot.start(head(Some(10)), 1024, true);
         w.push(Bytes::from_static(b"short"));
         assert!(w.finish(None).is_none());
     }
@@ -577,7 +613,7 @@ mod tests {
         let Joined::Leader(slot) = fills.join("k") else {
             panic!("leader")
         };
-        let (mut w, mut r) = slot.start(head(None), 100);
+        let (mut w, mut r) = slot.start(head(None), 100, true);
         let chunk = Bytes::from(vec![0u8; 64 * 1024]);
         w.push(chunk.clone());
         w.push(chunk.clone());

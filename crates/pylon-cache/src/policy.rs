@@ -506,13 +506,10 @@ pub fn validates(stored: &HeaderMap, new: &HeaderMap) -> bool {
     };
     let modified = |h: &HeaderMap| h.get(header::LAST_MODIFIED).map(|v| v.as_bytes().to_vec());
     match (etag(stored), etag(new)) {
-        (Some(old), Some(new)) => {
-            if !new.starts_with("W/") {
-                old == new
-            } else {
-                old.trim_start_matches("W/") == new.trim_start_matches("W/")
-            }
-        }
+        // The 304 answers the entity tag the cache sent: the same opaque tag, weak or
+        // strong on either side (origins that compress on the fly send `W/` on one and
+        // not the other), is the same representation.
+        (Some(old), Some(new)) => old.trim_start_matches("W/") == new.trim_start_matches("W/"),
         (None, Some(_)) => false,
         // Without an entity tag: the same `Last-Modified`, or none at all (a 304 with
         // no validator answers the conditional sent for the one response held).

@@ -47,8 +47,17 @@ pub fn choose(method: &Method, req: &HeaderMap, head: &Head, len: Option<u64>) -
     match parse_ranges(range.as_bytes(), len) {
         None => Answer::Full,
         Some(r) if r.is_empty() => Answer::Unsatisfiable,
+        // Ranges that overlap, or ask for more than the body, get the body once
+        // (RFC 9110 §14.2 lets a server ignore them): no amplification.
+        Some(r) if overlapping(&r) => Answer::Full,
         Some(r) => Answer::Partial(r),
     }
+}
+
+fn overlapping(ranges: &[Range<u64>]) -> bool {
+    let mut sorted: Vec<&Range<u64>> = ranges.iter().collect();
+    sorted.sort_by_key(|r| r.start);
+    sorted.windows(2).any(|w| w[1].start < w[0].end)
 }
 
 /// Whether a request's conditionals ask for something this cache does not evaluate
@@ -203,10 +212,9 @@ pub fn partial(
     now: SystemTime,
     boundary: &str,
 ) -> (HeaderMap, Bytes) {
-    let body = entry.contiguous();
     let mut h = headers_at(&entry.head, now);
     let len = entry.len;
-    let slice = |r: &Range<u64>| body.slice(r.start as usize..r.end as usize);
+    let slice = |r: &Range<u64>| entry.slice(r.clone());
     if let [one] = ranges {
         h.insert(header::CONTENT_RANGE, content_range(one, len));
         h.insert(

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use moka::notification::RemovalCause;
@@ -70,7 +71,19 @@ pub struct Zone {
     pub disk: Option<Arc<DiskStore>>,
     pub fills: Fills,
     pub stats: Arc<ZoneStats>,
+    /// When URLs were last invalidated or purged (and the zone as a whole), so that a
+    /// fill that started before is not stored after (it would bring the old answer back).
+    removals: std::sync::Mutex<Removals>,
 }
+
+#[derive(Default)]
+struct Removals {
+    urls: std::collections::HashMap<String, Instant>,
+    all: Option<Instant>,
+}
+
+/// How long invalidations are remembered for fills in progress.
+const REMEMBER_REMOVALS: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for Zone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +121,7 @@ impl Zone {
             disk,
             fills: Fills::default(),
             stats,
+            removals: std::sync::Mutex::default(),
         })
     }
 
@@ -210,20 +224,52 @@ impl Zone {
     }
 
     fn remove_url(&self, url: &str) -> usize {
+        self.removed(Some(url));
         let memory = if self.key_is_url() {
             usize::from(self.memory.remove(url).is_some())
         } else {
             self.purge_where(|k, _| url_of(k) == url)
         };
-        let disk = self
-            .disk
-            .as_ref()
-            .map_or(0, |d| d.remove_where(|k| url_of(k) == url));
+        let disk = match &self.disk {
+            None => 0,
+            Some(d) if self.key_is_url() => d.remove_key(url),
+            Some(d) => d.remove_where(|k| url_of(k) == url),
+        };
         memory.max(disk)
+    }
+
+    /// Records a removal of `url` (or of everything, `None`) now.
+    fn removed(&self, url: Option<&str>) {
+        let now = Instant::now();
+        let mut r = self
+            .removals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match url {
+            Some(u) => {
+                if r.urls.len() >= 10_000 {
+                    r.urls
+                        .retain(|_, at| now.duration_since(*at) < REMEMBER_REMOVALS);
+                }
+                r.urls.insert(u.to_owned(), now);
+            }
+            None => r.all = Some(now),
+        }
+    }
+
+    /// Whether what is stored under `key` was invalidated or purged at or after
+    /// `since` (a fill that started then must not be stored).
+    pub fn removed_since(&self, key: &Key, since: Instant) -> bool {
+        let r = self
+            .removals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.all.is_some_and(|at| at >= since) || r.urls.get(key.url()).is_some_and(|at| *at >= since)
     }
 
     /// Purges every URL that starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.removed(None);
         let memory = self.purge_where(|k, _| url_of(k).starts_with(prefix));
         let disk = self
             .disk
@@ -238,6 +284,7 @@ impl Zone {
     /// tier, the keys of the tagged responses in memory, and those whose files carry
     /// the tag.
     pub fn purge_tag(&self, tag: &str) -> usize {
+        self.removed(None);
         let mut keys: Vec<String> = Vec::new();
         let n = self.purge_where(|k, v| {
             let tagged = v.0.iter().any(|e| e.head.has_tag(tag));
@@ -257,6 +304,7 @@ impl Zone {
 
     /// Purges everything.
     pub fn purge_all(&self) -> usize {
+        self.removed(None);
         let memory = self.purge_where(|_, _| true);
         let disk = self.disk.as_ref().map_or(0, |d| d.remove_where(|_| true));
         memory.max(disk)
@@ -382,8 +430,12 @@ mod tests {
         assert!(z.lookup(&b, &h).0.is_none());
         assert_eq!(z.purge_prefix("http://h/img/"), 1);
         assert!(z.lookup(&a, &h).0.is_none());
+        let before = Instant::now();
         assert_eq!(z.invalidate_url("http://h/doc/c"), 1);
         assert!(z.lookup(&c, &h).0.is_none());
+        // A fill that started before the invalidation must not store its answer.
+        assert!(z.removed_since(&c, before));
+        assert!(!z.removed_since(&c, Instant::now() + Duration::from_millis(1)));
     }
 
     #[test]

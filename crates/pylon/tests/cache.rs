@@ -621,7 +621,9 @@ async fn the_admin_api_purges_by_url_prefix_and_tag_and_shows_the_zone() {
     );
     let purge = |what: &'static str| admin(&p, Method::POST, "/caches/z/purge", what);
     assert_eq!(purge(r#"{"tag": "blue"}"#).await.json()["purged"], 1);
-    assert_eq!(get(&p, "/img/b", &[]).await.text(), "#4");
+    assert_eq!(get(&p, "/img/b", &[FRESH]).await.text(), "#4");
+    let z = zone(&p);
+    eventually("its fill is stored", || z.fills.is_empty()).await;
     assert_eq!(
         purge(r#"{"url": "http://test.local/doc/c"}"#).await.json()["purged"],
         1
@@ -833,4 +835,61 @@ async fn a_fill_whose_upstream_breaks_off_is_never_stored() {
     let whole = raw(front, req).await;
     assert!(whole.ends_with(&"b".repeat(100)), "{whole}");
     assert_eq!(served.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn requests_are_not_collapsed_onto_an_answer_they_may_not_reuse() {
+    let (s, p) = start("").await;
+    let front = p.addr("front");
+    let ask_gated = move || {
+        tokio::spawn(async move {
+            let req = Request::get("/private-ish")
+                .header("host", "test.local")
+                .header("x-gate", "1")
+                .header("x-set-cache-control", "no-cache")
+                .header("x-set-etag", "\"e\"")
+                .body(empty())
+                .unwrap();
+            send_h1(front, req).await
+        })
+    };
+    let (a, b) = (ask_gated(), ask_gated());
+    let z = zone(&p);
+    eventually("one request upstream, one waiting for its fill", || {
+        s.origin.request_count() == 1 && z.stats.waiting.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    s.gate.notify_one();
+    // The answer says no-cache: the waiting request goes upstream itself.
+    eventually("the second request reached the origin", || {
+        s.origin.request_count() == 2
+    })
+    .await;
+    s.gate.notify_one();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut bodies = vec![a.text(), b.text()];
+    bodies.sort();
+    assert_eq!(bodies, vec!["#1", "#2"]);
+    assert_eq!(z.stats.collapsed.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_304_for_another_representation_is_a_502_not_an_empty_answer() {
+    let (s, p) = start("").await;
+    get(
+        &p,
+        "/m",
+        &[
+            ("x-set-cache-control", "max-age=0"),
+            ("x-set-etag", "\"v1\""),
+        ],
+    )
+    .await;
+    // The origin answers the cache's If-None-Match "v1" with a 304 naming "v2".
+    let a = get(&p, "/m", &[("x-status", "304"), ("x-set-etag", "\"v2\"")]).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.header("x-pylon-error"), Some("upstream_invalid_response"));
+    // The stored answer is gone: the next request fetches anew.
+    assert_eq!(get(&p, "/m", &[FRESH]).await.text(), "#3");
+    assert_eq!(s.origin.request_count(), 3);
 }

@@ -635,6 +635,21 @@ async fn plain_http_answers_are_cached_after_the_access_rules_through_curl() {
     );
     assert!(second.ends_with("cached object"));
     assert_eq!(origin.request_count(), 1);
+    // A proxy-made error carries the cache's part too.
+    let other = format!("http://{}/never-stored", origin.addr);
+    let (status, text, _) = curl_via(
+        p.addr("fwd"),
+        &["-H", "Cache-Control: only-if-cached"],
+        &other,
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("cache-status: pylon; fwd=miss; detail=only-if-cached"),
+        "{text}"
+    );
+    assert_eq!(origin.request_count(), 1);
     // A rule that now denies the destination wins over what is stored.
     let denied = format!(
         "allow_private = true\ncache = \"z\"\nrules = [{{ name = \"no-origin\", action = \"deny\", ports = [{port}] }}]{zone}"

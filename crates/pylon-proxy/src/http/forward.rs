@@ -321,13 +321,25 @@ pub(super) async fn serve(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         state: &mut state,
     };
-    if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
-        return Ok(answer);
+    let sent = async {
+        if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
+            return Ok(answer);
+        }
+        let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
+        let mut resp =
+            forward_request(req, &pool, listener, ex, cfg, &fwd.filters, &mut fx).await?;
+        fwd.filters.response(&mut resp, &mut fx);
+        Ok(resp)
     }
-    let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
-    let mut resp = forward_request(req, &pool, listener, ex, cfg, &fwd.filters, &mut fx).await?;
-    fwd.filters.response(&mut resp, &mut fx);
-    Ok(resp)
+    .await;
+    // A proxy-made error gets the filters' part (a stale answer, `Cache-Status`) as on
+    // a route; it is still counted and logged as the error it is.
+    sent.or_else(|kind| {
+        ex.log.error = Some(kind);
+        let mut resp = error_response(kind);
+        fwd.filters.error_answer(&mut resp, &state);
+        Ok(resp)
+    })
 }
 
 /// The pool of the first allowed address with a connection ready (an idle one, else one

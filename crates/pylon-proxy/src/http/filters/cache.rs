@@ -152,6 +152,9 @@ struct Pending {
     req_headers: HeaderMap,
     req_cc: Directives,
     request_time: SystemTime,
+    /// When the lookup ran: a fill that started before an invalidation of its URL is
+    /// not stored.
+    started: std::time::Instant,
     /// This request leads its key's fill.
     slot: Option<FillSlot>,
     /// The stored response being revalidated.
@@ -281,6 +284,7 @@ impl CacheFilter {
             req_headers: HeaderMap::new(),
             req_cc: Directives::default(),
             request_time: SystemTime::now(),
+            started: std::time::Instant::now(),
             slot: None,
             stale: None,
             vary_miss: false,
@@ -378,17 +382,21 @@ impl CacheFilter {
         match zone.fills.join(&key.text) {
             Joined::Leader(slot) => pending.slot = Some(slot),
             Joined::Follower(fill) => {
-                zone.stats
-                    .waiting
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let waited = tokio::time::timeout(zone.config.lock_timeout, fill.head()).await;
-                zone.stats
-                    .waiting
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let waited = {
+                    let _waiting = Waiting::new(&zone.stats);
+                    tokio::time::timeout(zone.config.lock_timeout, fill.head()).await
+                };
                 match waited {
                     Ok(HeadOutcome::Ready(head)) => {
                         let values = pylon_cache::key::vary_values(&head.vary, req.headers());
-                        match fill.reader().filter(|_| head.selected_by(&values)) {
+                        // Only what this request may reuse as it is: its Vary values,
+                        // and fresh for its own directives.
+                        let reusable = head.selected_by(&values)
+                            && matches!(
+                                head.freshness.reuse(&pending.req_cc, SystemTime::now()),
+                                Reuse::Fresh | Reuse::StaleAllowed
+                            );
+                        match fill.reader().filter(|_| reusable) {
                             Some(reader) => {
                                 ZoneStats::add(&zone.stats.collapsed);
                                 let member = "fwd=uri-miss; collapsed";
@@ -402,7 +410,7 @@ impl CacheFilter {
                                     member,
                                 )));
                             }
-                            None => pending.alone = Some("vary"),
+                            None => pending.alone = Some("not-shared"),
                         }
                     }
                     Ok(HeadOutcome::Abandoned) => pending.alone = Some("not-stored"),
@@ -416,6 +424,27 @@ impl CacheFilter {
     }
 }
 
+/// Counts a request in the zone's `waiting` gauge while it waits for another's fill
+/// (also when the wait is dropped: a client that goes away).
+struct Waiting<'a>(&'a ZoneStats);
+
+impl<'a> Waiting<'a> {
+    fn new(stats: &'a ZoneStats) -> Waiting<'a> {
+        stats
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(stats)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The cache key a request's lookup computed, for balancing on it (`hash_key =
 /// "cache_key"`).
 #[derive(Clone)]
@@ -424,6 +453,12 @@ struct LookupKey(Arc<str>);
 /// The cache key the cache filter computed for this request, if it did.
 pub fn key_of(state: &http::Extensions) -> Option<&str> {
     state.get::<LookupKey>().map(|k| &*k.0)
+}
+
+/// Whether other requests may be answered with `head` as it arrives (collapsed onto
+/// its fill): it is fresh and needs no revalidation first.
+fn shareable(head: &Head, now: SystemTime) -> bool {
+    head.freshness.is_fresh(now) && !head.freshness.no_cache
 }
 
 /// `Cache-Status` (RFC 9211).
@@ -526,12 +561,18 @@ impl Filter for CacheFilter {
                     Some(entry) => {
                         ZoneStats::add(&self.zone.stats.revalidated);
                         if let Some(key) = &p.key {
-                            super::cache_body::store(&self.zone, key, Arc::clone(&entry));
+                            super::cache_body::store(
+                                &self.zone,
+                                key,
+                                Arc::clone(&entry),
+                                p.started,
+                            );
                         }
                         if let Some(slot) = p.slot.take() {
                             // Followers read the updated response from the fill.
+                            let shared = shareable(&entry.head, now);
                             let (mut w, _leader) =
-                                slot.start(Arc::new(entry.head.clone()), u64::MAX);
+                                slot.start(Arc::new(entry.head.clone()), u64::MAX, shared);
                             for c in &entry.body {
                                 w.push(c.clone());
                             }
@@ -546,10 +587,13 @@ impl Filter for CacheFilter {
                         if let Some(key) = &p.key {
                             self.zone.remove(key, &stale);
                         }
-                        tracing::debug!(
+                        tracing::warn!(
                             zone = self.zone.name(),
-                            "304 did not validate the stored response; removed"
+                            "upstream answered 304 for another representation than the stored one; removed it"
                         );
+                        // The client did not ask for a 304 (the validators were the
+                        // cache's): a bad upstream answer, not an empty one.
+                        *resp = crate::http::error::error_response(ErrorKind::UpstreamInvalid);
                         self.mark(
                             resp.headers_mut(),
                             "fwd=stale; fwd-status=304; detail=mismatch",
@@ -601,10 +645,18 @@ impl Filter for CacheFilter {
             }
             Ok(head) => {
                 let head = Arc::new(head);
-                let (writer, reader) = slot.start(Arc::clone(&head), self.zone.config.max_object);
+                let shared = shareable(&head, now);
+                let (writer, reader) =
+                    slot.start(Arc::clone(&head), self.zone.config.max_object, shared);
                 let body = std::mem::replace(resp.body_mut(), ResponseBody::empty());
                 if let Some(key) = p.key.clone() {
-                    tokio::spawn(drive_fill(body, writer, Arc::clone(&self.zone), key));
+                    tokio::spawn(drive_fill(
+                        body,
+                        writer,
+                        Arc::clone(&self.zone),
+                        key,
+                        p.started,
+                    ));
                 }
                 let member = format!("fwd={fwd}; fwd-status={}; stored", status.as_u16());
                 *resp = self.answer_filling(&head, reader, &p.method, &p.req_headers, now, &member);
@@ -677,6 +729,16 @@ impl CacheFilter {
             now,
             opts,
         );
+        // Stale on arrival with nothing to revalidate it by: no later request could use it.
+        let validator = resp.headers().contains_key(header::ETAG)
+            || resp.headers().contains_key(header::LAST_MODIFIED);
+        if !freshness.is_fresh(now)
+            && !validator
+            && freshness.stale_while_revalidate.is_zero()
+            && freshness.stale_if_error.is_zero()
+        {
+            return Err("no-freshness");
+        }
         Ok(Head::new(
             resp.status(),
             resp.headers().clone(),
@@ -699,7 +761,13 @@ impl CacheFilter {
         if !policy::validates(&stale.head.headers, new) {
             return None;
         }
-        let merged = policy::update_headers(&stale.head.headers, new);
+        let mut merged = policy::update_headers(&stale.head.headers, new);
+        if !new.contains_key(header::DATE) {
+            // The stored Date would make the updated answer as old as the first one.
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                merged.insert(header::DATE, v);
+            }
+        }
         let opts = &self.zone.config.policy;
         let (cc, targeted) = policy::response_directives(&merged, opts);
         let freshness = Freshness::of(

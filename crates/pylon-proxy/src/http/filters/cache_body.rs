@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -128,13 +129,19 @@ pub(super) async fn drive_fill(
     mut writer: FillWriter,
     zone: Arc<Zone>,
     key: Key,
+    started: Instant,
 ) {
     let mut trailers: Option<HeaderMap> = None;
     loop {
         if !writer.room().await {
             return;
         }
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout(FILL_IDLE_TIMEOUT, body.frame()).await else {
+            pylon_cache::ZoneStats::add(&zone.stats.fills_failed);
+            tracing::warn!(zone = zone.name(), key = %key.text, "cache fill: no body bytes from the upstream for {FILL_IDLE_TIMEOUT:?}; nothing stored");
+            return;
+        };
+        match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     if !data.is_empty() {
@@ -156,23 +163,38 @@ pub(super) async fn drive_fill(
         }
     }
     if let Some(entry) = writer.finish(trailers) {
-        store(&zone, &key, Arc::new(entry));
+        store(&zone, &key, Arc::new(entry), started);
     }
+    // Out of the registry only now: a request for the key finds the stored entry.
+    drop(writer);
 }
 
-/// Stores a whole response: in memory at once, on the disk tier (when the zone has one)
-/// from the blocking pool.
-pub(super) fn store(zone: &Arc<Zone>, key: &Key, entry: Arc<Entry>) {
-    if !zone.insert(key, Arc::clone(&entry)) {
+/// A fill whose upstream sends nothing for this long fails (its readers are cut, its
+/// upstream connection closed, nothing stored).
+pub(super) const FILL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stores a whole response fetched since `started`: in memory at once, on the disk tier
+/// (when the zone has one) from the blocking pool; not at all when its URL was
+/// invalidated or purged meanwhile (it would bring the old answer back).
+pub(super) fn store(zone: &Arc<Zone>, key: &Key, entry: Arc<Entry>, started: Instant) {
+    if zone.removed_since(key, started) || !zone.insert(key, Arc::clone(&entry)) {
         return;
     }
-    if let Some(disk) = zone.disk.clone() {
-        let text = key.text.clone();
-        let name = zone.name().to_owned();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = disk.write(&text, &entry) {
-                tracing::warn!(zone = %name, key = %text, error = %e, "cache: disk tier write failed");
-            }
-        });
-    }
+    let Some(disk) = zone.disk.clone() else {
+        return;
+    };
+    // A bounded queue: past it the answer stays in memory only.
+    let Some(slot) = disk.begin_write() else {
+        return;
+    };
+    let (zone, key) = (Arc::clone(zone), key.clone());
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        if let Err(e) = disk.write(&key.text, &entry) {
+            tracing::warn!(zone = zone.name(), key = %key.text, error = %e, "cache: disk tier write failed");
+        } else if zone.removed_since(&key, started) {
+            // Purged while it was being written.
+            disk.remove_key(&key.text);
+        }
+    });
 }
