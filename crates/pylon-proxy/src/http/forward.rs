@@ -16,8 +16,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::conn::ClientBody;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::LookupIpStrategy;
 use http::header::{self, HeaderName, HeaderValue};
@@ -86,20 +84,9 @@ impl ForwardRuntime {
         if self.config.users.is_empty() {
             return Some(Arc::from(""));
         }
-        let value = headers.get(&PROXY_AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, b64) = value.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return None;
-        }
-        let decoded = BASE64.decode(b64.trim()).ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (user, password) = decoded.split_once(':')?;
-        // An unknown user is checked against a real hash too (and refused whatever
-        // the result), so the answer's timing does not tell which user names exist.
-        let known = self.config.users.iter().find(|u| u.name == user);
-        let hash = &known.or(self.config.users.first())?.password_hash;
-        let ok = self.credentials.verify(user, password, hash).await;
-        (ok && known.is_some()).then(|| Arc::from(user))
+        self.credentials
+            .check_basic(headers.get(&PROXY_AUTHORIZATION), &self.config.users)
+            .await
     }
 }
 
@@ -542,6 +529,8 @@ async fn forward_request(
 mod tests {
     use super::super::forward_auth::{ACCEPTED_TTL, REFUSED_TTL};
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
     use pylon_config::model::HostMatch;
 
     fn cfg(rules: Vec<AccessRule>) -> ForwardProxy {

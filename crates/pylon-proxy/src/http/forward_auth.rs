@@ -23,7 +23,7 @@ pub(super) const REFUSED_TTL: Duration = Duration::from_secs(60);
 /// Argon2 verification of Basic credentials off the async workers, with its verdicts
 /// cached. The cache lives as long as the `ForwardRuntime`: a reload builds a new one,
 /// so a changed user list never meets old verdicts.
-pub(super) struct Credentials {
+pub(crate) struct Credentials {
     cache: Arc<Mutex<CredentialCache>>,
     /// Verifications running at once: each takes a core and the hash's memory cost
     /// (19 MiB with argon2's defaults), so a flood of distinct passwords queues here.
@@ -34,7 +34,7 @@ pub(super) struct Credentials {
 }
 
 impl Credentials {
-    pub(super) fn new() -> Credentials {
+    pub(crate) fn new() -> Credentials {
         use aws_lc_rs::rand::SecureRandom as _;
         let mut salt = [0u8; 16];
         if aws_lc_rs::rand::SystemRandom::new()
@@ -50,6 +50,32 @@ impl Credentials {
             salt,
             verifications: AtomicU64::new(0),
         }
+    }
+
+    /// The user a `Basic` credential in `value` names, when its password matches that
+    /// user's hash in `users`. An unknown user is checked against a real hash too (and
+    /// refused whatever the result), so the answer's timing does not tell which user
+    /// names exist.
+    pub(crate) async fn check_basic(
+        &self,
+        value: Option<&http::HeaderValue>,
+        users: &[pylon_config::model::ProxyUser],
+    ) -> Option<Arc<str>> {
+        use base64::Engine as _;
+        let value = value?.to_str().ok()?;
+        let (scheme, b64) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        let known = users.iter().find(|u| u.name == user);
+        let hash = &known.or(users.first())?.password_hash;
+        let ok = self.verify(user, password, hash).await;
+        (ok && known.is_some()).then(|| Arc::from(user))
     }
 
     /// The cache key: SHA-256 over the salt, the user (length-prefixed) and the password.

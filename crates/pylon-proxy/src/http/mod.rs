@@ -5,7 +5,7 @@ pub mod error;
 pub mod filters;
 pub mod forward;
 pub mod forward_addr;
-mod forward_auth;
+pub(crate) mod forward_auth;
 pub mod grpc;
 mod h1;
 pub mod headers;
