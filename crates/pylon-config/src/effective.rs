@@ -55,6 +55,10 @@ pub fn document(config: &Config) -> Table {
         let caches: Vec<Value> = config.caches.iter().map(cache).collect();
         doc.insert("caches".into(), caches.into());
     }
+    if !config.auth.is_empty() {
+        let auth: Vec<Value> = config.auth.iter().map(auth_policy).collect();
+        doc.insert("auth".into(), auth.into());
+    }
     doc
 }
 
@@ -96,6 +100,12 @@ pub fn redacted_keys(config: &Config) -> Vec<String> {
             keys.push(format!("listeners[{i}].forward.users[{j}].password_hash"));
         }
     }
+    for (i, a) in config.auth.iter().enumerate() {
+        let AuthKind::Basic { users, .. } = &a.kind;
+        for j in 0..users.len() {
+            keys.push(format!("auth[{i}].basic.users[{j}].password_hash"));
+        }
+    }
     for (i, c) in config.clusters.iter().enumerate() {
         if c.sticky.as_ref().is_some_and(|s| s.secret.is_some()) {
             keys.push(format!("clusters[{i}].sticky.secret"));
@@ -113,6 +123,12 @@ pub fn redact(config: &Config) -> Config {
     }
     for f in c.listeners.iter_mut().filter_map(|l| l.forward.as_mut()) {
         for u in &mut f.users {
+            u.password_hash = REDACTED_PASSWORD_HASH.to_owned();
+        }
+    }
+    for a in &mut c.auth {
+        let AuthKind::Basic { users, .. } = &mut a.kind;
+        for u in users {
             u.password_hash = REDACTED_PASSWORD_HASH.to_owned();
         }
     }
@@ -504,7 +520,9 @@ fn route(index: usize, r: &Route) -> Value {
                 .put("grpc_web", p.grpc_web)
                 .list("cors_allow_origins", texts(&p.cors_allow_origins))
                 .put("abort_on_client_close", p.abort_on_client_close)
-                .opt("cache", p.cache.as_deref());
+                .opt("cache", p.cache.as_deref())
+                .list("auth", texts(&p.auth))
+                .list("auth_skip", texts(&p.auth_skip));
         }
         Action::Respond(a) => {
             let mut headers = T::default();
@@ -524,6 +542,32 @@ fn route(index: usize, r: &Route) -> Value {
                 .put("location", a.location.as_str())
                 .done();
             t.put("redirect", redirect);
+        }
+    }
+    Value::Table(t.done())
+}
+
+fn auth_policy(a: &AuthPolicy) -> Value {
+    let mut t = T::default();
+    t.put("name", a.name.as_str());
+    match &a.kind {
+        AuthKind::Basic { realm, users } => {
+            let users: Vec<Value> = users
+                .iter()
+                .map(|u| {
+                    Value::Table(
+                        T::default()
+                            .put("name", u.name.as_str())
+                            .put("password_hash", REDACTED_PASSWORD_HASH)
+                            .done(),
+                    )
+                })
+                .collect();
+            let basic = T::default()
+                .put("realm", realm.as_str())
+                .put("users", users)
+                .done();
+            t.put("basic", basic);
         }
     }
     Value::Table(t.done())

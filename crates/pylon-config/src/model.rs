@@ -22,6 +22,8 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Cache zones (`[[caches]]`), used by routes with `cache`.
     pub caches: Vec<Cache>,
+    /// Authentication policies (`[[auth]]`), used by routes with `auth`.
+    pub auth: Vec<AuthPolicy>,
 }
 
 impl Config {
@@ -36,6 +38,7 @@ impl Config {
             routes: Vec::new(),
             clusters: Vec::new(),
             caches: Vec::new(),
+            auth: Vec::new(),
         }
     }
 
@@ -714,6 +717,26 @@ pub struct ProxyAction {
     pub abort_on_client_close: bool,
     /// The cache zone its answers are stored in and served from.
     pub cache: Option<String>,
+    /// Authentication: the request must satisfy one of these policies.
+    pub auth: Vec<String>,
+    /// Paths (exact, or prefixes ending in `*`) that skip `auth`.
+    pub auth_skip: Vec<String>,
+}
+
+/// A named authentication policy (`[[auth]]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuthPolicy {
+    pub name: String,
+    pub kind: AuthKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum AuthKind {
+    /// `Authorization: Basic` against argon2 hashes.
+    Basic {
+        realm: String,
+        users: Vec<ProxyUser>,
+    },
 }
 
 /// A cache zone (`[[caches]]`).

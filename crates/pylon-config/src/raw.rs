@@ -204,8 +204,25 @@ pub struct RawRoute {
     pub tunnel_max_lifetime: Option<Spanned<String>>,
     pub abort_on_client_close: Option<Spanned<bool>>,
     pub cache: Option<Spanned<String>>,
+    pub auth: Option<Spanned<StrList>>,
+    pub auth_skip: Option<Spanned<StrList>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+/// An `[[auth]]` policy: a name and exactly one kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub name: Option<Spanned<String>>,
+    pub basic: Option<Spanned<RawBasicAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub realm: Option<Spanned<String>>,
+    pub users: Option<Vec<Spanned<RawProxyUser>>>,
 }
 
 /// A `[[caches]]` zone.

@@ -285,6 +285,8 @@ websocket = false
 tunnel_idle_timeout = "10m"
 tunnel_max_lifetime = "24h"
 cache = "pages"
+auth = ["staff"]
+auth_skip = ["/api/health", "/api/public/*"]
 
 [[routes]]
 name = "grpc"
@@ -379,6 +381,10 @@ targeted_cache_control = ["Pylon-Cache-Control", "CDN-Cache-Control"]
 status_name = "edge-1"
 key = { headers = ["X-Tenant"], cookies = ["lang"], ignore_query = ["utm_source"], sort_query = true }
 disk = { path = "cache/pages", size = "2GiB" }
+
+[[auth]]
+name = "staff"
+basic = { realm = "Staff", users = [{ name = "carol", password_hash = "$argon2id$v=19$m=19456,t=2,p=1$Y2Fyb2xzYWx0$Y2Fyb2xoYXNo" }] }
 "#;
 
 #[test]
@@ -392,6 +398,7 @@ fn a_config_setting_nearly_every_key_round_trips() {
         "c2FsdHNhbHQ",
         "b3RoZXI",
         "sticky-signing-key",
+        "Y2Fyb2xoYXNo",
     ] {
         assert!(!text.contains(secret), "{secret} leaked:\n{text}");
     }
@@ -401,6 +408,7 @@ fn a_config_setting_nearly_every_key_round_trips() {
             "admin.token",
             "listeners[2].forward.users[0].password_hash",
             "listeners[2].forward.users[1].password_hash",
+            "auth[0].basic.users[0].password_hash",
             "clusters[0].sticky.secret",
         ]
     );
@@ -504,6 +512,8 @@ fn a_config_setting_nearly_every_key_round_trips() {
         config.summary()
     );
     assert_eq!(doc["routes"][0]["cache"].as_str(), Some("pages"));
+    assert_eq!(doc["routes"][0]["auth"][0].as_str(), Some("staff"));
+    assert_eq!(doc["auth"][0]["basic"]["realm"].as_str(), Some("Staff"));
 }
 
 #[test]

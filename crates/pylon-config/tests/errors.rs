@@ -1081,3 +1081,52 @@ disk = { path = "", size = "1KiB" }
         assert!(got.starts_with(want), "{got}\n  expected: {want}");
     }
 }
+
+#[test]
+fn auth_policy_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path = "/a"
+cluster = "c"
+auth = ["staff", "nobody"]
+auth_skip = ["healthz"]
+
+[[routes]]
+path = "/b"
+respond = {}
+auth = ["staff"]
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+
+[[auth]]
+name = "staff"
+basic = { realm = "a \"quoted\" realm", users = [{ name = "alice", password_hash = "plain" }] }
+
+[[auth]]
+name = "empty"
+basic = {}
+
+[[auth]]
+name = "kindless"
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:9:8: routes[0].auth: unknown auth policy \"nobody\"",
+        "test.toml:10:13: routes[0].auth_skip: auth_skip paths must start with '/'",
+        "test.toml:15:8: routes[1].auth: `auth` only applies to a route with `cluster`",
+        "test.toml:23:19: auth[0].basic.realm: realm must be non-empty text without quotes",
+        "test.toml:23:84: auth[0].basic.users[0].password_hash: password_hash must be an argon2 PHC string",
+        "test.toml:25:1: auth[1]: a basic policy needs at least one user",
+        "test.toml:29:1: auth[2]: an [[auth]] policy needs its kind",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}

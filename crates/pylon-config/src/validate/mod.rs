@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::{parse_duration, parse_size};
 
+mod auth;
 mod cache;
 mod cluster;
 mod entry;
@@ -32,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "routes",
     "clusters",
     "caches",
+    "auth",
 ];
 
 /// Problems found so far, by byte span in the source.
@@ -263,6 +265,11 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     let declared_listeners = declared_names(root, "listeners");
     let declared_clusters = declared_names(root, "clusters");
     let declared_caches = declared_names(root, "caches");
+    let declared_auth = declared_names(root, "auth");
+    let raw_auth: Vec<(Range<usize>, RawAuth)> = elements(root, "auth", p)
+        .into_iter()
+        .filter_map(|(_, v)| entry(v, p).map(|(r, _)| (v.span(), r)))
+        .collect();
 
     if root.get("listeners").is_none() {
         p.0.push((
@@ -327,6 +334,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         l4_listeners: &l4_listeners,
         clusters: &declared_clusters,
         caches: &declared_caches,
+        auth: &declared_auth,
     };
     let routes: Vec<Route> = raw_routes
         .into_iter()
@@ -340,6 +348,12 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         .filter_map(|(span, r)| cache::cache(r, span, ctx, &mut cache_names, p))
         .collect();
 
+    let mut auth_names = HashSet::new();
+    let auth: Vec<AuthPolicy> = raw_auth
+        .into_iter()
+        .filter_map(|(span, r)| auth::policy(r, span, &mut auth_names, p))
+        .collect();
+
     Config {
         server,
         admin,
@@ -348,6 +362,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         routes,
         clusters,
         caches,
+        auth,
     }
 }
 

@@ -22,6 +22,8 @@ pub(super) struct Refs<'a> {
     pub clusters: &'a HashSet<String>,
     /// Cache zone names written in the file, valid or not.
     pub caches: &'a HashSet<String>,
+    /// Auth policy names written in the file, valid or not.
+    pub auth: &'a HashSet<String>,
 }
 
 /// The route at `routes[index]`, written at `span`; `dropped` lists its keys left out
@@ -193,6 +195,9 @@ pub(super) fn route(
         if let Some(c) = &r.cache {
             p.at(c, "`cache` only applies to a route with `cluster`");
         }
+        if let Some(a) = &r.auth {
+            p.at(a, "`auth` only applies to a route with `cluster`");
+        }
     }
     let action = if let Some(c) = r.cluster {
         if !refs.clusters.contains(c.get_ref()) {
@@ -223,7 +228,41 @@ pub(super) fn route(
                 ),
             );
         }
+        if let Some(a) = &r.auth {
+            if a.get_ref().0.is_empty() {
+                p.at(a, "`auth` lists at least one policy");
+            }
+            for name in &a.get_ref().0 {
+                if !refs.auth.contains(name) {
+                    p.at(
+                        a,
+                        format!("unknown auth policy \"{name}\": define it in an [[auth]] section"),
+                    );
+                }
+            }
+        }
+        if let Some(skip) = &r.auth_skip {
+            if r.auth.is_none() {
+                p.at(skip, "`auth_skip` needs `auth` on the same route");
+            }
+            if skip.get_ref().0.iter().any(|s| !s.starts_with('/')) {
+                p.at(
+                    skip,
+                    "auth_skip paths must start with '/' (a trailing '*' makes a prefix)",
+                );
+            }
+        }
         Action::Proxy(ProxyAction {
+            auth: r
+                .auth
+                .as_ref()
+                .map(|a| a.get_ref().0.clone())
+                .unwrap_or_default(),
+            auth_skip: r
+                .auth_skip
+                .as_ref()
+                .map(|a| a.get_ref().0.clone())
+                .unwrap_or_default(),
             cache: r.cache.map(|s| s.into_inner()),
             cluster: c.into_inner(),
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),

@@ -63,6 +63,8 @@ error_kinds! {
     TooEarly => (StatusCode::TOO_EARLY, "too_early"),
     // `Cache-Control: only-if-cached` and nothing stored that may answer (RFC 9111 §5.2.1.7).
     NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
+    // A route's `auth`: no policy accepted the request's credentials.
+    Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.

@@ -307,6 +307,7 @@ pub(super) async fn serve(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         state: &mut state,
+        user: None,
     };
     let sent = async {
         if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {

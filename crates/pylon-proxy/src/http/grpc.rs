@@ -64,7 +64,7 @@ impl ErrorKind {
             ResponseTimeout | DeadlineExceeded => code::DEADLINE_EXCEEDED,
             Overloaded | BodyTooLarge => code::RESOURCE_EXHAUSTED,
             ClientAborted => code::CANCELLED,
-            ProxyAuthRequired => code::UNAUTHENTICATED,
+            ProxyAuthRequired | Unauthorized => code::UNAUTHENTICATED,
             Denied | WebSocketDisabled | CorsOriginDenied => code::PERMISSION_DENIED,
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
             | UpstreamTls | UpgradeRefused | UpgradeInvalid | ResolveFailed | RouteRemoved

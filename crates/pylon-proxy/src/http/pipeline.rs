@@ -438,6 +438,7 @@ async fn serve(
                     None => req.headers().get(header::HOST).cloned(),
                 },
                 state: filter_state,
+                user: None,
             };
             super::proxy::proxy(req, route, &mut fx, ex).await
         }

@@ -68,7 +68,11 @@ pub(super) async fn proxy(
     };
     ex.log.cluster = Some(Arc::clone(&cluster.name));
     // Phase 3: the route's filters may answer by themselves.
-    if let Some(answer) = route.filters.request(&mut req, fx).await? {
+    let answered = route.filters.request(&mut req, fx).await;
+    if let Some(user) = fx.user.take() {
+        ex.log.user = Some(user);
+    }
+    if let Some(answer) = answered? {
         return Ok(answer);
     }
     let websocket = websocket_step(&mut req, action)?;

@@ -26,6 +26,7 @@ use super::error::ErrorKind;
 use super::pipeline::ConnCtx;
 use crate::runtime::ListenerRuntime;
 
+pub(crate) mod auth;
 pub(crate) mod cache;
 mod cache_body;
 mod client_cert;
@@ -49,6 +50,8 @@ pub struct FilterCtx<'a> {
     /// What filters leave for their own later phases, one value per type; kept by the
     /// request path for their part of an error answer.
     pub state: &'a mut http::Extensions,
+    /// The user an authentication filter accepted, for the access log.
+    pub user: Option<Arc<str>>,
 }
 
 /// What a waiting filter's phase 3 comes to: an answer of its own, or `None` to go on.
@@ -113,6 +116,7 @@ pub struct FilterSite<'a> {
     pub listener: &'a Listener,
     pub route: &'a Route,
     pub caches: &'a cache::Zones,
+    pub(crate) auth: &'a auth::Policies,
 }
 
 /// Makes a filter for a route of a listener, when their settings ask for it.
@@ -125,6 +129,7 @@ const REGISTRY: &[Factory] = &[
     path_rewrite::build,
     client_cert::build,
     grpc_web::build,
+    auth::build,
     cache::build,
 ];
 
