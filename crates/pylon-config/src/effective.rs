@@ -101,9 +101,10 @@ pub fn redacted_keys(config: &Config) -> Vec<String> {
         }
     }
     for (i, a) in config.auth.iter().enumerate() {
-        let AuthKind::Basic { users, .. } = &a.kind;
-        for j in 0..users.len() {
-            keys.push(format!("auth[{i}].basic.users[{j}].password_hash"));
+        if let AuthKind::Basic { users, .. } = &a.kind {
+            for j in 0..users.len() {
+                keys.push(format!("auth[{i}].basic.users[{j}].password_hash"));
+            }
         }
     }
     for (i, c) in config.clusters.iter().enumerate() {
@@ -127,9 +128,10 @@ pub fn redact(config: &Config) -> Config {
         }
     }
     for a in &mut c.auth {
-        let AuthKind::Basic { users, .. } = &mut a.kind;
-        for u in users {
-            u.password_hash = REDACTED_PASSWORD_HASH.to_owned();
+        if let AuthKind::Basic { users, .. } = &mut a.kind {
+            for u in users {
+                u.password_hash = REDACTED_PASSWORD_HASH.to_owned();
+            }
         }
     }
     for s in c.clusters.iter_mut().filter_map(|c| c.sticky.as_mut()) {
@@ -568,6 +570,18 @@ fn auth_policy(a: &AuthPolicy) -> Value {
                 .put("users", users)
                 .done();
             t.put("basic", basic);
+        }
+        AuthKind::ApiKey {
+            header,
+            query,
+            keys_file,
+        } => {
+            let key = T::default()
+                .opt("header", header.as_deref())
+                .opt("query", query.as_deref())
+                .put("keys_file", keys_file.path.to_string_lossy().as_ref())
+                .done();
+            t.put("api_key", key);
         }
     }
     Value::Table(t.done())

@@ -737,6 +737,15 @@ pub enum AuthKind {
         realm: String,
         users: Vec<ProxyUser>,
     },
+    /// An API key in a header or a query parameter, checked against a file of
+    /// SHA-256 hashes (`NAME HEX` lines, as `pylon apikey` prints them).
+    ApiKey {
+        /// Lower-case header name, when the key comes in a header.
+        header: Option<String>,
+        /// Query parameter, when it comes in the query.
+        query: Option<String>,
+        keys_file: FileRef,
+    },
 }
 
 /// A cache zone (`[[caches]]`).

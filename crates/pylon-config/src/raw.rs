@@ -216,6 +216,15 @@ pub struct RawRoute {
 pub struct RawAuth {
     pub name: Option<Spanned<String>>,
     pub basic: Option<Spanned<RawBasicAuth>>,
+    pub api_key: Option<Spanned<RawApiKeyAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyAuth {
+    pub header: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub keys_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

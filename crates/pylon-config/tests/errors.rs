@@ -1130,3 +1130,35 @@ name = "kindless"
         assert!(got.starts_with(want), "{got}\n  expected: {want}");
     }
 }
+
+#[test]
+fn an_api_key_policy_takes_a_header_or_a_query_parameter() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[auth]]
+name = "both"
+api_key = { header = "x-key", query = "key", keys_file = "k.txt" }
+
+[[auth]]
+name = "neither"
+api_key = { keys_file = "k.txt" }
+
+[[auth]]
+name = "two-kinds"
+api_key = { header = "x-key", keys_file = "k.txt" }
+basic = { users = [] }
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:8:39: auth[0].api_key.query: give `header` or `query`, not both",
+        "test.toml:10:1: auth[1]: an api_key policy needs `header` or `query`",
+        "test.toml:14:1: auth[2]: an [[auth]] policy has exactly one kind",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}

@@ -67,8 +67,15 @@ enum Command {
     #[command(subcommand)]
     Cert(CertCommand),
     /// Read a password from standard input and print its argon2id hash, for
-    /// `[listeners.forward] users`.
+    /// `[listeners.forward] users` and `[[auth]] basic` users.
     Passwd,
+    /// Make a new random API key for `[[auth]] api_key`: prints the key (give it to the
+    /// client) and the line for the keys file (its SHA-256).
+    Apikey {
+        /// The key's name (written to the access log as the user).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +126,25 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => run(config, upgrade, log),
         Command::Cert(CertCommand::Selfsigned { names, out }) => selfsigned(&names, &out),
         Command::Passwd => passwd(),
+        Command::Apikey { name } => apikey(&name),
+    }
+}
+
+fn apikey(name: &str) -> ExitCode {
+    if name.is_empty() || name.contains(char::is_whitespace) || name.starts_with('#') {
+        eprintln!("error: the name must be one word, not starting with '#'");
+        return ExitCode::FAILURE;
+    }
+    match pylon_proxy::http::filters::auth::new_key() {
+        Ok((key, digest)) => {
+            println!("key: {key}");
+            println!("keys_file line: {name} {digest}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -220,7 +246,8 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 fn check(path: &Path) -> ExitCode {
     let result = pylon_config::load_file(path).and_then(|c| {
-        let tls = pylon_proxy::tls::check(&c);
+        let mut tls = pylon_proxy::tls::check(&c);
+        tls.extend(pylon_proxy::http::filters::auth::check(&c));
         if tls.is_empty() {
             Ok(c)
         } else {

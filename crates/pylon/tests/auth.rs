@@ -129,3 +129,92 @@ async fn curl_with_user_and_password_is_let_through() {
     let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+#[tokio::test]
+async fn api_keys_in_a_header_or_the_query_are_checked_against_a_keys_file() {
+    let origin = Origin::echo().await;
+    let dir = std::env::temp_dir().join(format!("pylon-apikeys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The key and its line as `pylon apikey` makes them.
+    let (key, digest) = pylon_proxy::http::filters::auth::new_key().unwrap();
+    let file = dir.join("keys.txt");
+    std::fs::write(&file, format!("# demo keys\nmobile-app {digest}\n")).unwrap();
+    let toml = format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/h/"
+cluster = "c"
+auth = ["by-header"]
+
+[[routes]]
+path_prefix = "/q/"
+cluster = "c"
+auth = ["by-query"]
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+
+[[auth]]
+name = "by-header"
+api_key = {{ header = "X-Api-Key", keys_file = "{}" }}
+
+[[auth]]
+name = "by-query"
+api_key = {{ query = "api_key", keys_file = "{}" }}
+"#,
+        origin.addr,
+        file.display(),
+        file.display()
+    );
+    let p = TestProxy::start(&toml).await;
+    let front = p.addr("front");
+    let with = |path: &str, header: Option<&str>| {
+        let mut r = Request::get(path.to_owned()).header("host", "test.local");
+        if let Some(h) = header {
+            r = r.header("x-api-key", h);
+        }
+        r.body(empty()).unwrap()
+    };
+    assert_eq!(send_h1(front, with("/h/a", Some(&key))).await.status, 200);
+    assert_eq!(
+        send_h1(front, with("/h/a", Some("pk_wrong"))).await.status,
+        401
+    );
+    assert_eq!(send_h1(front, with("/h/a", None)).await.status, 401);
+    let q = format!("/q/a?x=1&api_key={key}");
+    assert_eq!(send_h1(front, with(&q, None)).await.status, 200);
+    assert_eq!(
+        send_h1(front, with("/q/a?api_key=pk_wrong", None))
+            .await
+            .status,
+        401
+    );
+    // The header key does not open the query route.
+    assert_eq!(send_h1(front, with("/q/a", Some(&key))).await.status, 401);
+    assert_eq!(origin.request_count(), 2);
+
+    // `pylon check` reads the keys file: a malformed line is an error naming it.
+    std::fs::write(&file, "mobile-app not-a-digest\n").unwrap();
+    let model = pylon_config::parse(&toml, "test.toml").unwrap();
+    let problems = pylon_proxy::http::filters::auth::check(&model);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0]
+            .to_string()
+            .contains("keys.txt line 1: expected NAME"),
+        "{}",
+        problems[0]
+    );
+    // And a reload with it is refused: the running keys stay.
+    assert!(p.proxy.reload(&model).await.is_err());
+    assert_eq!(send_h1(front, with("/h/a", Some(&key))).await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

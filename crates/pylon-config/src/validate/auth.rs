@@ -11,6 +11,7 @@ use crate::raw::RawAuth;
 pub(super) fn policy(
     r: RawAuth,
     span: Range<usize>,
+    ctx: &super::Ctx<'_, '_>,
     names: &mut HashSet<String>,
     p: &mut Problems,
 ) -> Option<AuthPolicy> {
@@ -19,6 +20,37 @@ pub(super) fn policy(
         return None;
     };
     check_name(name, "auth policy", names, p);
+    if r.basic.is_some() && r.api_key.is_some() {
+        p.span(
+            span,
+            "an [[auth]] policy has exactly one kind: `basic` or `api_key`",
+        );
+        return None;
+    }
+    if let Some(k) = r.api_key {
+        let k = k.into_inner();
+        let header = k.header.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+        let query = k.query.as_ref().map(|q| q.get_ref().clone());
+        match (&k.header, &k.query) {
+            (Some(_), Some(q)) => p.at(q, "give `header` or `query`, not both"),
+            (None, None) => p.span(span, "an api_key policy needs `header` or `query`"),
+            (Some(h), None) if !super::header_name_ok(h.get_ref()) => {
+                p.at(h, format!("invalid header name \"{}\"", h.get_ref()));
+            }
+            (None, Some(q)) if q.get_ref().is_empty() || q.get_ref().contains(['&', '=']) => {
+                p.at(q, "invalid query parameter name");
+            }
+            _ => {}
+        }
+        return Some(AuthPolicy {
+            name: name.get_ref().clone(),
+            kind: AuthKind::ApiKey {
+                header,
+                query,
+                keys_file: ctx.file_ref(&k.keys_file),
+            },
+        });
+    }
     let kind = match r.basic {
         Some(b) => {
             let b = b.into_inner();
@@ -60,7 +92,10 @@ pub(super) fn policy(
             AuthKind::Basic { realm, users }
         }
         None => {
-            p.span(span, "an [[auth]] policy needs its kind: `basic = { ... }`");
+            p.span(
+                span,
+                "an [[auth]] policy needs its kind: `basic = { ... }` or `api_key = { ... }`",
+            );
             return None;
         }
     };

@@ -351,7 +351,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     let mut auth_names = HashSet::new();
     let auth: Vec<AuthPolicy> = raw_auth
         .into_iter()
-        .filter_map(|(span, r)| auth::policy(r, span, &mut auth_names, p))
+        .filter_map(|(span, r)| auth::policy(r, span, ctx, &mut auth_names, p))
         .collect();
 
     Config {

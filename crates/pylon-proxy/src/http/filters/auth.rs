@@ -3,15 +3,17 @@
 //! 401 `unauthorized` and a `WWW-Authenticate` challenge per policy. The accepted user is
 //! written to the access log. `auth_skip` paths (exact, or prefixes ending in `*`) go on
 //! without. Policies so far: `basic` (argon2 hashes, verified on the blocking pool with
-//! the verdicts cached, as the forward proxy's users are).
+//! the verdicts cached, as the forward proxy's users are) and `api_key` (a key in a header
+//! or query parameter, its SHA-256 looked up among the hashes of a keys file, read when
+//! the configuration is loaded).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use pylon_config::Config;
 use pylon_config::model::{Action, AuthKind, ProxyUser};
+use pylon_config::{Config, ConfigError};
 
 use super::{Filter, FilterCtx, FilterSite, Lookup};
 use crate::conn::ClientBody;
@@ -30,25 +32,123 @@ pub(crate) enum Policy {
         challenge: HeaderValue,
         credentials: Credentials,
     },
+    ApiKey {
+        header: Option<http::HeaderName>,
+        query: Option<String>,
+        /// SHA-256 of each key, to the key's name.
+        keys: HashMap<[u8; 32], Arc<str>>,
+    },
 }
 
-/// The policies of `config` (their credential caches start empty on each reload).
-pub(crate) fn policies(config: &Config) -> Policies {
-    config
-        .auth
+/// A keys file: `NAME HEX` lines (the SHA-256 of each key in hex), `#` comments.
+fn read_keys(path: &std::path::Path) -> Result<HashMap<[u8; 32], Arc<str>>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the keys file {}: {e}", path.display()))?;
+    let mut keys = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line
+            .split_once(char::is_whitespace)
+            .and_then(|(name, hex)| {
+                let hex = hex.trim();
+                (hex.len() == 64 && !name.is_empty()).then_some(())?;
+                let mut digest = [0u8; 32];
+                for (i, b) in digest.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some((digest, Arc::from(name)))
+            });
+        match parsed {
+            Some((digest, name)) => {
+                keys.insert(digest, name);
+            }
+            None => {
+                return Err(format!(
+                    "{} line {}: expected NAME and the key's SHA-256 in hex (as `pylon apikey` prints)",
+                    path.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The problems `pylon check` reports for the auth policies' files (keys files that
+/// cannot be read or have a malformed line).
+pub fn check(config: &Config) -> Vec<ConfigError> {
+    policies(config).err().unwrap_or_default()
+}
+
+/// A new random API key (32 bytes, URL-safe base64 without padding) and its SHA-256 in
+/// hex, for `pylon apikey`.
+pub fn new_key() -> Result<(String, String), String> {
+    use aws_lc_rs::rand::SecureRandom as _;
+    use base64::Engine as _;
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| "no randomness available".to_string())?;
+    let key = format!(
+        "pk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let digest: String = key_digest(key.as_bytes())
         .iter()
-        .map(|a| {
-            let policy = match &a.kind {
-                AuthKind::Basic { realm, users } => Policy::Basic {
-                    users: users.clone(),
-                    challenge: HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
-                        .unwrap_or_else(|_| HeaderValue::from_static("Basic")),
-                    credentials: Credentials::new(),
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((key, digest))
+}
+
+/// The SHA-256 of a key.
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The policies of `config` (credential caches start empty, keys files are read again
+/// on each reload); a keys file that cannot be read is an error naming where it is set.
+pub(crate) fn policies(config: &Config) -> Result<Policies, Vec<ConfigError>> {
+    let mut out = Policies::new();
+    let mut errors = Vec::new();
+    for a in &config.auth {
+        let policy = match &a.kind {
+            AuthKind::Basic { realm, users } => Policy::Basic {
+                users: users.clone(),
+                challenge: HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Basic")),
+                credentials: Credentials::new(),
+            },
+            AuthKind::ApiKey {
+                header,
+                query,
+                keys_file,
+            } => match read_keys(&keys_file.path) {
+                Ok(keys) => Policy::ApiKey {
+                    header: header
+                        .as_deref()
+                        .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+                    query: query.clone(),
+                    keys,
                 },
-            };
-            (a.name.clone(), Arc::new(policy))
-        })
-        .collect()
+                Err(e) => {
+                    errors.push(keys_file.at.error(e));
+                    continue;
+                }
+            },
+        };
+        out.insert(a.name.clone(), Arc::new(policy));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
@@ -103,6 +203,12 @@ impl Auth {
                         .check_basic(req.headers().get(header::AUTHORIZATION), users)
                         .await
                 }
+                Policy::ApiKey {
+                    header,
+                    query,
+                    keys,
+                } => presented_key(req, header.as_ref(), query.as_deref())
+                    .and_then(|k| keys.get(&key_digest(k)).cloned()),
             };
             if let Some(user) = user {
                 cx.user = Some(user);
@@ -112,6 +218,24 @@ impl Auth {
         cx.state.insert(Refused);
         Err(ErrorKind::Unauthorized)
     }
+}
+
+/// The API key a request presents: the header's value, or the query parameter's.
+fn presented_key<'r>(
+    req: &'r Request<ClientBody>,
+    header: Option<&http::HeaderName>,
+    query: Option<&str>,
+) -> Option<&'r [u8]> {
+    if let Some(h) = header {
+        return req.headers().get(h).map(HeaderValue::as_bytes);
+    }
+    let name = query?;
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_bytes())
 }
 
 impl Filter for Auth {
@@ -132,9 +256,10 @@ impl Filter for Auth {
             return;
         }
         for policy in &self.policies {
-            let Policy::Basic { challenge, .. } = policy.as_ref();
-            resp.headers_mut()
-                .append(header::WWW_AUTHENTICATE, challenge.clone());
+            if let Policy::Basic { challenge, .. } = policy.as_ref() {
+                resp.headers_mut()
+                    .append(header::WWW_AUTHENTICATE, challenge.clone());
+            }
         }
     }
 }

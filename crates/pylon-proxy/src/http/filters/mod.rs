@@ -26,7 +26,7 @@ use super::error::ErrorKind;
 use super::pipeline::ConnCtx;
 use crate::runtime::ListenerRuntime;
 
-pub(crate) mod auth;
+pub mod auth;
 pub(crate) mod cache;
 mod cache_body;
 mod client_cert;
