@@ -470,3 +470,29 @@ fn passwd_prints_an_argon2_hash() {
     let hash = String::from_utf8(out.stdout).unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 }
+
+#[test]
+fn apikey_prints_a_key_and_its_keys_file_line() {
+    let out = Command::new(PYLON)
+        .args(["apikey", "mobile-app"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().find_map(|l| l.strip_prefix("key: ")).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keys_file line: "))
+        .unwrap();
+    assert!(key.starts_with("pk_") && key.len() > 40, "{key}");
+    let digest: String = pylon_proxy::http::filters::auth::key_digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(line, format!("mobile-app {digest}"));
+    let bad = Command::new(PYLON)
+        .args(["apikey", "two words"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
