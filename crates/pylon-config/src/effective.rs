@@ -59,6 +59,30 @@ pub fn document(config: &Config) -> Table {
         let auth: Vec<Value> = config.auth.iter().map(auth_policy).collect();
         doc.insert("auth".into(), auth.into());
     }
+    if !config.rate_limits.is_empty() {
+        let limits: Vec<Value> = config
+            .rate_limits
+            .iter()
+            .map(|l| {
+                let key = match &l.key {
+                    RateKey::ClientIp => "client_ip".to_owned(),
+                    RateKey::Route => "route".to_owned(),
+                    RateKey::Header(h) => format!("header:{h}"),
+                    RateKey::Cookie(c) => format!("cookie:{c}"),
+                };
+                Value::Table(
+                    T::default()
+                        .put("name", l.name.as_str())
+                        .put("key", key)
+                        .put("rate", int(l.rate))
+                        .put("per", dur(l.per))
+                        .put("burst", int(l.burst))
+                        .done(),
+                )
+            })
+            .collect();
+        doc.insert("rate_limits".into(), limits.into());
+    }
     doc
 }
 
@@ -524,7 +548,8 @@ fn route(index: usize, r: &Route) -> Value {
                 .put("abort_on_client_close", p.abort_on_client_close)
                 .opt("cache", p.cache.as_deref())
                 .list("auth", texts(&p.auth))
-                .list("auth_skip", texts(&p.auth_skip));
+                .list("auth_skip", texts(&p.auth_skip))
+                .list("rate_limit", texts(&p.rate_limit));
         }
         Action::Respond(a) => {
             let mut headers = T::default();

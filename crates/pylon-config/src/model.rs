@@ -24,6 +24,8 @@ pub struct Config {
     pub caches: Vec<Cache>,
     /// Authentication policies (`[[auth]]`), used by routes with `auth`.
     pub auth: Vec<AuthPolicy>,
+    /// Rate-limit policies (`[[rate_limits]]`), used by routes with `rate_limit`.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Config {
@@ -39,6 +41,7 @@ impl Config {
             clusters: Vec::new(),
             caches: Vec::new(),
             auth: Vec::new(),
+            rate_limits: Vec::new(),
         }
     }
 
@@ -721,6 +724,30 @@ pub struct ProxyAction {
     pub auth: Vec<String>,
     /// Paths (exact, or prefixes ending in `*`) that skip `auth`.
     pub auth_skip: Vec<String>,
+    /// Rate-limit policies, each applied in turn.
+    pub rate_limit: Vec<String>,
+}
+
+/// A named local rate limit (`[[rate_limits]]`): `rate` requests per `per` for each key,
+/// with bursts of up to `burst`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RateLimit {
+    pub name: String,
+    pub key: RateKey,
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum RateKey {
+    ClientIp,
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    /// One bucket for the whole route.
+    Route,
 }
 
 /// A named authentication policy (`[[auth]]`).

@@ -206,8 +206,20 @@ pub struct RawRoute {
     pub cache: Option<Spanned<String>>,
     pub auth: Option<Spanned<StrList>>,
     pub auth_skip: Option<Spanned<StrList>>,
+    pub rate_limit: Option<Spanned<StrList>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+/// A `[[rate_limits]]` policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub name: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub rate: Option<Spanned<u32>>,
+    pub per: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u32>>,
 }
 
 /// An `[[auth]]` policy: a name and exactly one kind.

@@ -1162,3 +1162,43 @@ basic = { users = [] }
         assert!(got.starts_with(want), "{got}\n  expected: {want}");
     }
 }
+
+#[test]
+fn rate_limit_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "c"
+rate_limit = ["nope"]
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+
+[[rate_limits]]
+name = "a"
+key = "ip"
+rate = 0
+per = "soon"
+burst = 0
+
+[[rate_limits]]
+name = "b"
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:8:14: routes[0].rate_limit: unknown rate limit \"nope\"",
+        "test.toml:16:7: rate_limits[0].key: invalid key \"ip\"",
+        "test.toml:17:8: rate_limits[0].rate: rate must be at least 1",
+        "test.toml:18:7: rate_limits[0].per: invalid duration",
+        "test.toml:19:9: rate_limits[0].burst: burst must be at least 1",
+        "test.toml:21:1: rate_limits[1]: a rate limit needs `rate`",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}

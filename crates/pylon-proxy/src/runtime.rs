@@ -118,6 +118,7 @@ impl Runtime {
         }
         let caches = crate::http::filters::cache::zones(config, previous.map(|p| &p.caches))?;
         let auth = crate::http::filters::auth::policies(config)?;
+        let rate_limits = crate::http::filters::rate_limit::limiters(config);
         let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config
             .listeners
@@ -157,6 +158,7 @@ impl Runtime {
                                     route: r,
                                     caches: &caches,
                                     auth: &auth,
+                                    rate_limits: &rate_limits,
                                 },
                             ),
                             route: r.clone(),

@@ -104,3 +104,76 @@ pub(super) fn policy(
         kind,
     })
 }
+
+/// A `[[rate_limits]]` policy.
+pub(super) fn rate_limit(
+    r: crate::raw::RawRateLimit,
+    span: Range<usize>,
+    names: &mut HashSet<String>,
+    p: &mut Problems,
+) -> Option<RateLimit> {
+    let Some(name) = &r.name else {
+        p.span(span, "a [[rate_limits]] policy needs a `name`");
+        return None;
+    };
+    check_name(name, "rate limit", names, p);
+    let key = match r.key.as_ref().map(|k| k.get_ref().as_str()) {
+        None | Some("client_ip") => RateKey::ClientIp,
+        Some("route") => RateKey::Route,
+        Some(k) => {
+            if let Some(h) = k
+                .strip_prefix("header:")
+                .filter(|h| super::header_name_ok(h))
+            {
+                RateKey::Header(h.to_ascii_lowercase())
+            } else if let Some(c) = k.strip_prefix("cookie:").filter(|c| super::http_token(c)) {
+                RateKey::Cookie(c.to_owned())
+            } else {
+                if let Some(s) = &r.key {
+                    p.at(s, format!("invalid key \"{k}\", expected client_ip, route, header:NAME or cookie:NAME"));
+                }
+                RateKey::ClientIp
+            }
+        }
+    };
+    let rate = match &r.rate {
+        Some(n) if *n.get_ref() == 0 => {
+            p.at(n, "rate must be at least 1");
+            1
+        }
+        Some(n) => *n.get_ref(),
+        None => {
+            p.span(span, "a rate limit needs `rate` (requests per `per`)");
+            1
+        }
+    };
+    let per = match &r.per {
+        None => std::time::Duration::from_secs(1),
+        Some(s) => match crate::units::parse_duration(s.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                p.at(s, "per must be greater than zero");
+                std::time::Duration::from_secs(1)
+            }
+            Err(e) => {
+                p.at(s, e);
+                std::time::Duration::from_secs(1)
+            }
+        },
+    };
+    let burst = match &r.burst {
+        Some(b) if *b.get_ref() == 0 => {
+            p.at(b, "burst must be at least 1");
+            rate
+        }
+        Some(b) => *b.get_ref(),
+        None => rate,
+    };
+    Some(RateLimit {
+        name: name.get_ref().clone(),
+        key,
+        rate,
+        per,
+        burst,
+    })
+}

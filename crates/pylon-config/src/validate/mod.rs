@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "clusters",
     "caches",
     "auth",
+    "rate_limits",
 ];
 
 /// Problems found so far, by byte span in the source.
@@ -266,6 +267,11 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
     let declared_clusters = declared_names(root, "clusters");
     let declared_caches = declared_names(root, "caches");
     let declared_auth = declared_names(root, "auth");
+    let declared_limits = declared_names(root, "rate_limits");
+    let raw_limits: Vec<(Range<usize>, RawRateLimit)> = elements(root, "rate_limits", p)
+        .into_iter()
+        .filter_map(|(_, v)| entry(v, p).map(|(r, _)| (v.span(), r)))
+        .collect();
     let raw_auth: Vec<(Range<usize>, RawAuth)> = elements(root, "auth", p)
         .into_iter()
         .filter_map(|(_, v)| entry(v, p).map(|(r, _)| (v.span(), r)))
@@ -335,6 +341,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         clusters: &declared_clusters,
         caches: &declared_caches,
         auth: &declared_auth,
+        rate_limits: &declared_limits,
     };
     let routes: Vec<Route> = raw_routes
         .into_iter()
@@ -354,6 +361,12 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         .filter_map(|(span, r)| auth::policy(r, span, ctx, &mut auth_names, p))
         .collect();
 
+    let mut limit_names = HashSet::new();
+    let rate_limits: Vec<RateLimit> = raw_limits
+        .into_iter()
+        .filter_map(|(span, r)| auth::rate_limit(r, span, &mut limit_names, p))
+        .collect();
+
     Config {
         server,
         admin,
@@ -363,6 +376,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         clusters,
         caches,
         auth,
+        rate_limits,
     }
 }
 

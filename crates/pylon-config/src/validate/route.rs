@@ -24,6 +24,8 @@ pub(super) struct Refs<'a> {
     pub caches: &'a HashSet<String>,
     /// Auth policy names written in the file, valid or not.
     pub auth: &'a HashSet<String>,
+    /// Rate-limit policy names written in the file, valid or not.
+    pub rate_limits: &'a HashSet<String>,
 }
 
 /// The route at `routes[index]`, written at `span`; `dropped` lists its keys left out
@@ -198,6 +200,9 @@ pub(super) fn route(
         if let Some(a) = &r.auth {
             p.at(a, "`auth` only applies to a route with `cluster`");
         }
+        if let Some(a) = &r.rate_limit {
+            p.at(a, "`rate_limit` only applies to a route with `cluster`");
+        }
     }
     let action = if let Some(c) = r.cluster {
         if !refs.clusters.contains(c.get_ref()) {
@@ -252,7 +257,24 @@ pub(super) fn route(
                 );
             }
         }
+        if let Some(l) = &r.rate_limit {
+            for name in &l.get_ref().0 {
+                if !refs.rate_limits.contains(name) {
+                    p.at(
+                        l,
+                        format!(
+                            "unknown rate limit \"{name}\": define it in a [[rate_limits]] section"
+                        ),
+                    );
+                }
+            }
+        }
         Action::Proxy(ProxyAction {
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .map(|a| a.get_ref().0.clone())
+                .unwrap_or_default(),
             auth: r
                 .auth
                 .as_ref()

@@ -65,6 +65,8 @@ error_kinds! {
     NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
     // A route's `auth`: no policy accepted the request's credentials.
     Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+    // A route's `rate_limit`: the key's bucket is empty.
+    RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.

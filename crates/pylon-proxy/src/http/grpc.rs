@@ -62,7 +62,7 @@ impl ErrorKind {
         match self {
             NoRoute | ConnectNotAllowed => code::UNIMPLEMENTED,
             ResponseTimeout | DeadlineExceeded => code::DEADLINE_EXCEEDED,
-            Overloaded | BodyTooLarge => code::RESOURCE_EXHAUSTED,
+            Overloaded | BodyTooLarge | RateLimited => code::RESOURCE_EXHAUSTED,
             ClientAborted => code::CANCELLED,
             ProxyAuthRequired | Unauthorized => code::UNAUTHENTICATED,
             Denied | WebSocketDisabled | CorsOriginDenied => code::PERMISSION_DENIED,

@@ -33,6 +33,7 @@ mod client_cert;
 pub(crate) mod forwarding;
 mod grpc_web;
 mod path_rewrite;
+pub(crate) mod rate_limit;
 mod request_id;
 
 /// What a filter sees besides the request and the answer.
@@ -117,6 +118,7 @@ pub struct FilterSite<'a> {
     pub route: &'a Route,
     pub caches: &'a cache::Zones,
     pub(crate) auth: &'a auth::Policies,
+    pub(crate) rate_limits: &'a rate_limit::Limiters,
 }
 
 /// Makes a filter for a route of a listener, when their settings ask for it.
@@ -129,6 +131,7 @@ const REGISTRY: &[Factory] = &[
     path_rewrite::build,
     client_cert::build,
     grpc_web::build,
+    rate_limit::build,
     auth::build,
     cache::build,
 ];

@@ -1,0 +1,174 @@
+//! Local rate limits on routes (`rate_limit = ["policy", ...]`, policies in
+//! `[[rate_limits]]`): GCRA buckets per key (the client's IP, a header, a cookie, or the
+//! route as a whole) from the `governor` crate, in memory, swept of idle keys every 10 s.
+//! A request over a limit is refused with 429 `rate_limited`, `Retry-After`, and the
+//! `RateLimit-Policy` and `RateLimit` fields of the IETF httpapi draft. Each Pylon
+//! instance counts on its own.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use pylon_config::Config;
+use pylon_config::model::{Action, RateKey};
+
+use super::{Filter, FilterCtx, FilterSite};
+use crate::conn::ClientBody;
+use crate::http::body::ResponseBody;
+use crate::http::error::ErrorKind;
+
+/// The runtime's rate limits, by name.
+pub(crate) type Limiters = HashMap<String, Arc<Limiter>>;
+
+/// One policy's buckets.
+pub(crate) struct Limiter {
+    name: String,
+    key: RateKey,
+    buckets: DefaultKeyedRateLimiter<String>,
+    /// `RateLimit-Policy` for this policy.
+    policy: HeaderValue,
+    clock: DefaultClock,
+}
+
+/// How often idle keys are dropped.
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// The limits of `config`, each with a sweeper task that ends with it (needs a tokio
+/// runtime). Buckets start full on each reload.
+pub(crate) fn limiters(config: &Config) -> Limiters {
+    config
+        .rate_limits
+        .iter()
+        .map(|l| {
+            let period = l.per / l.rate.max(1);
+            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
+            let policy = HeaderValue::from_str(&format!(
+                "\"{}\";q={};w={}",
+                l.name,
+                l.burst,
+                l.per.as_secs().max(1)
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""));
+            let limiter = Arc::new(Limiter {
+                name: l.name.clone(),
+                key: l.key.clone(),
+                buckets: RateLimiter::keyed(quota),
+                policy,
+                clock: DefaultClock::default(),
+            });
+            sweep(Arc::downgrade(&limiter));
+            (l.name.clone(), limiter)
+        })
+        .collect()
+}
+
+/// Drops idle keys' buckets every [`SWEEP`] while the limiter lives.
+fn sweep(limiter: Weak<Limiter>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP).await;
+            let Some(l) = limiter.upgrade() else {
+                return;
+            };
+            l.buckets.retain_recent();
+            l.buckets.shrink_to_fit();
+        }
+    });
+}
+
+pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let Action::Proxy(p) = &site.route.action else {
+        return None;
+    };
+    let limits: Vec<Arc<Limiter>> = p
+        .rate_limit
+        .iter()
+        .filter_map(|n| site.rate_limits.get(n).cloned())
+        .collect();
+    (!limits.is_empty()).then(|| Arc::new(RateLimits { limits }) as Arc<dyn Filter>)
+}
+
+struct RateLimits {
+    limits: Vec<Arc<Limiter>>,
+}
+
+/// Left for `error_answer`: the policy that refused, and when to try again.
+#[derive(Clone)]
+struct Limited {
+    policy: HeaderValue,
+    name: String,
+    retry_after: u64,
+}
+
+impl Limiter {
+    /// The request's key for this policy.
+    fn key_of(&self, req: &Request<ClientBody>, cx: &FilterCtx<'_>) -> String {
+        let text = |v: Option<&HeaderValue>| {
+            v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        match &self.key {
+            RateKey::ClientIp => text(Some(&cx.conn.client_ip)),
+            RateKey::Header(h) => text(req.headers().get(h.as_str())),
+            RateKey::Cookie(name) => req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_owned())
+                .unwrap_or_default(),
+            RateKey::Route => String::new(),
+        }
+    }
+}
+
+impl Filter for RateLimits {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn request(
+        &self,
+        req: &mut Request<ClientBody>,
+        cx: &mut FilterCtx<'_>,
+    ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
+        for l in &self.limits {
+            let key = l.key_of(req, cx);
+            if let Err(not_until) = l.buckets.check_key(&key) {
+                let wait = not_until.wait_time_from(l.clock.now());
+                cx.state.insert(Limited {
+                    policy: l.policy.clone(),
+                    name: l.name.clone(),
+                    retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                });
+                return Err(ErrorKind::RateLimited);
+            }
+        }
+        Ok(None)
+    }
+
+    fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {
+        let Some(l) = state.get::<Limited>() else {
+            return;
+        };
+        let h = resp.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from(l.retry_after));
+        h.insert("ratelimit-policy", l.policy.clone());
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r=0;t={}", l.name, l.retry_after)) {
+            h.insert("ratelimit", v);
+        }
+    }
+}
