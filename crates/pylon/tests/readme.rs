@@ -221,6 +221,7 @@ fn every_readme_and_example_command_works_as_written() {
         "forward.toml",
         "grpc.toml",
         "cdn.toml",
+        "gateway.toml",
     ] {
         let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
         let found = commands(&text);
