@@ -549,6 +549,10 @@ fn route(index: usize, r: &Route) -> Value {
                 .opt("cache", p.cache.as_deref())
                 .list("auth", texts(&p.auth))
                 .list("auth_skip", texts(&p.auth_skip))
+                .opt(
+                    "auth_require",
+                    (!p.auth.is_empty()).then_some(if p.auth_all { "all" } else { "any" }),
+                )
                 .list("rate_limit", texts(&p.rate_limit));
         }
         Action::Respond(a) => {

@@ -724,6 +724,8 @@ pub struct ProxyAction {
     pub auth: Vec<String>,
     /// Paths (exact, or prefixes ending in `*`) that skip `auth`.
     pub auth_skip: Vec<String>,
+    /// Every `auth` policy must accept the request (`"all"`), not just one (`"any"`).
+    pub auth_all: bool,
     /// Rate-limit policies, each applied in turn.
     pub rate_limit: Vec<String>,
 }

@@ -206,6 +206,7 @@ pub struct RawRoute {
     pub cache: Option<Spanned<String>>,
     pub auth: Option<Spanned<StrList>>,
     pub auth_skip: Option<Spanned<StrList>>,
+    pub auth_require: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<StrList>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,

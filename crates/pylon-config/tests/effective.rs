@@ -286,6 +286,7 @@ tunnel_idle_timeout = "10m"
 tunnel_max_lifetime = "24h"
 cache = "pages"
 auth = ["staff"]
+auth_require = "all"
 auth_skip = ["/api/health", "/api/public/*"]
 
 [[routes]]
@@ -513,6 +514,7 @@ fn a_config_setting_nearly_every_key_round_trips() {
     );
     assert_eq!(doc["routes"][0]["cache"].as_str(), Some("pages"));
     assert_eq!(doc["routes"][0]["auth"][0].as_str(), Some("staff"));
+    assert_eq!(doc["routes"][0]["auth_require"].as_str(), Some("all"));
     assert_eq!(doc["auth"][0]["basic"]["realm"].as_str(), Some("Staff"));
 }
 

@@ -218,3 +218,63 @@ api_key = {{ query = "api_key", keys_file = "{}" }}
     assert_eq!(send_h1(front, with("/h/a", Some(&key))).await.status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn auth_require_all_needs_every_policy() {
+    let origin = Origin::named("app").await;
+    let dir = std::env::temp_dir().join(format!("pylon-auth-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, digest) = pylon_proxy::http::filters::auth::new_key().unwrap();
+    let file = dir.join("keys.txt");
+    std::fs::write(&file, format!("device-7 {digest}\n")).unwrap();
+    let hash = pylon_proxy::http::forward::hash_password("wonderland").unwrap();
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "c"
+auth = ["staff", "devices"]
+auth_require = "all"
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+
+[[auth]]
+name = "staff"
+basic = {{ users = [{{ name = "alice", password_hash = "{hash}" }}] }}
+
+[[auth]]
+name = "devices"
+api_key = {{ header = "x-api-key", keys_file = "{}" }}
+"#,
+        origin.addr,
+        file.display()
+    ))
+    .await;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:wonderland")
+    );
+    let ask = |auth: Option<&str>, api_key: Option<&str>| {
+        let mut r = Request::get("/").header("host", "test.local");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        if let Some(k) = api_key {
+            r = r.header("x-api-key", k);
+        }
+        send_h1(p.addr("front"), r.body(empty()).unwrap())
+    };
+    assert_eq!(ask(Some(&basic), None).await.status, 401);
+    assert_eq!(ask(None, Some(&key)).await.status, 401);
+    assert_eq!(ask(Some(&basic), Some(&key)).await.status, 200);
+    assert_eq!(origin.request_count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

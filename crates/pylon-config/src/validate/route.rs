@@ -246,6 +246,20 @@ pub(super) fn route(
                 }
             }
         }
+        if let Some(m) = &r.auth_require {
+            if r.auth.is_none() {
+                p.at(m, "`auth_require` needs `auth` on the same route");
+            }
+            if !matches!(m.get_ref().as_str(), "any" | "all") {
+                p.at(
+                    m,
+                    format!(
+                        "unknown auth_require \"{}\", expected any or all",
+                        m.get_ref()
+                    ),
+                );
+            }
+        }
         if let Some(skip) = &r.auth_skip {
             if r.auth.is_none() {
                 p.at(skip, "`auth_skip` needs `auth` on the same route");
@@ -270,6 +284,10 @@ pub(super) fn route(
             }
         }
         Action::Proxy(ProxyAction {
+            auth_all: r
+                .auth_require
+                .as_ref()
+                .is_some_and(|m| m.get_ref() == "all"),
             rate_limit: r
                 .rate_limit
                 .as_ref()

@@ -166,12 +166,15 @@ pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
     Some(Arc::new(Auth {
         policies,
         skip: p.auth_skip.clone(),
+        all: p.auth_all,
     }))
 }
 
 struct Auth {
     policies: Vec<Arc<Policy>>,
     skip: Vec<String>,
+    /// Every policy must accept (else any one).
+    all: bool,
 }
 
 /// Left for `error_answer` when the request was refused.
@@ -186,6 +189,25 @@ impl Auth {
         })
     }
 
+    /// The user `policy` accepts the request as, if it does.
+    async fn user_of(&self, policy: &Policy, req: &Request<ClientBody>) -> Option<Arc<str>> {
+        match policy {
+            Policy::Basic {
+                users, credentials, ..
+            } => {
+                credentials
+                    .check_basic(req.headers().get(header::AUTHORIZATION), users)
+                    .await
+            }
+            Policy::ApiKey {
+                header,
+                query,
+                keys,
+            } => presented_key(req, header.as_ref(), query.as_deref())
+                .and_then(|k| keys.get(&key_digest(k)).cloned()),
+        }
+    }
+
     async fn check(
         &self,
         req: &Request<ClientBody>,
@@ -194,26 +216,29 @@ impl Auth {
         if self.skipped(req.uri().path()) {
             return Ok(None);
         }
+        // Any one policy lets it through; with `auth_require = "all"`, every one must
+        // (the first one's user is the one logged).
+        let mut first: Option<Arc<str>> = None;
+        let mut all_accepted = true;
         for policy in &self.policies {
-            let user = match policy.as_ref() {
-                Policy::Basic {
-                    users, credentials, ..
-                } => {
-                    credentials
-                        .check_basic(req.headers().get(header::AUTHORIZATION), users)
-                        .await
+            match (self.user_of(policy, req).await, self.all) {
+                (Some(user), false) => {
+                    cx.user = Some(user);
+                    return Ok(None);
                 }
-                Policy::ApiKey {
-                    header,
-                    query,
-                    keys,
-                } => presented_key(req, header.as_ref(), query.as_deref())
-                    .and_then(|k| keys.get(&key_digest(k)).cloned()),
-            };
-            if let Some(user) = user {
-                cx.user = Some(user);
-                return Ok(None);
+                (Some(user), true) => {
+                    first.get_or_insert(user);
+                }
+                (None, true) => {
+                    all_accepted = false;
+                    break;
+                }
+                (None, false) => {}
             }
+        }
+        if self.all && all_accepted && first.is_some() {
+            cx.user = first;
+            return Ok(None);
         }
         cx.state.insert(Refused);
         Err(ErrorKind::Unauthorized)
