@@ -66,6 +66,7 @@ pub fn document(config: &Config) -> Table {
             .map(|l| {
                 let key = match &l.key {
                     RateKey::ClientIp => "client_ip".to_owned(),
+                    RateKey::ClientNet { v4, v6 } => format!("client_ip/{v4}/{v6}"),
                     RateKey::Route => "route".to_owned(),
                     RateKey::Header(h) => format!("header:{h}"),
                     RateKey::Cookie(c) => format!("cookie:{c}"),

@@ -745,6 +745,11 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum RateKey {
     ClientIp,
+    /// The client's network: its IPv4 address cut to `v4` bits, IPv6 to `v6`.
+    ClientNet {
+        v4: u8,
+        v6: u8,
+    },
     /// Lower-case header name.
     Header(String),
     Cookie(String),

@@ -30,6 +30,11 @@ path_prefix = "/user/"
 cluster = "c"
 rate_limit = ["per-user"]
 
+[[routes]]
+path_prefix = "/net/"
+cluster = "c"
+rate_limit = ["per-net"]
+
 [[clusters]]
 name = "c"
 endpoints = ["{}"]
@@ -37,6 +42,12 @@ endpoints = ["{}"]
 [[rate_limits]]
 name = "per-ip"
 rate = 3
+per = "1h"
+
+[[rate_limits]]
+name = "per-net"
+key = "client_ip/24"
+rate = 1
 per = "1h"
 
 [[rate_limits]]

@@ -121,7 +121,18 @@ pub(super) fn rate_limit(
         None | Some("client_ip") => RateKey::ClientIp,
         Some("route") => RateKey::Route,
         Some(k) => {
-            if let Some(h) = k
+            let net = k.strip_prefix("client_ip/").and_then(|lens| {
+                let mut it = lens.split('/');
+                let v4: u8 = it.next()?.parse().ok().filter(|n| *n <= 32)?;
+                let v6: u8 = match it.next() {
+                    Some(n) => n.parse().ok().filter(|n| *n <= 128)?,
+                    None => 64,
+                };
+                it.next().is_none().then_some(RateKey::ClientNet { v4, v6 })
+            });
+            if let Some(net) = net {
+                net
+            } else if let Some(h) = k
                 .strip_prefix("header:")
                 .filter(|h| super::header_name_ok(h))
             {
@@ -130,7 +141,7 @@ pub(super) fn rate_limit(
                 RateKey::Cookie(c.to_owned())
             } else {
                 if let Some(s) = &r.key {
-                    p.at(s, format!("invalid key \"{k}\", expected client_ip, route, header:NAME or cookie:NAME"));
+                    p.at(s, format!("invalid key \"{k}\", expected client_ip, client_ip/V4BITS[/V6BITS], route, header:NAME or cookie:NAME"));
                 }
                 RateKey::ClientIp
             }

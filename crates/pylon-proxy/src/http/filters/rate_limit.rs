@@ -119,6 +119,7 @@ impl Limiter {
         };
         match &self.key {
             RateKey::ClientIp => text(Some(&cx.conn.client_ip)),
+            RateKey::ClientNet { v4, v6 } => network(cx.conn.client.ip(), *v4, *v6),
             RateKey::Header(h) => text(req.headers().get(h.as_str())),
             RateKey::Cookie(name) => req
                 .headers()
@@ -131,6 +132,30 @@ impl Limiter {
                 .map(|(_, v)| v.to_owned())
                 .unwrap_or_default(),
             RateKey::Route => String::new(),
+        }
+    }
+}
+
+/// `ip` cut to its first `v4` (IPv4) or `v6` (IPv6) bits, as `network/bits` text.
+fn network(ip: std::net::IpAddr, v4: u8, v6: u8) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let bits = u32::from(v4.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            format!("{}/{bits}", std::net::Ipv4Addr::from(u32::from(a) & mask))
+        }
+        std::net::IpAddr::V6(a) => {
+            let bits = u32::from(v6.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            format!("{}/{bits}", std::net::Ipv6Addr::from(u128::from(a) & mask))
         }
     }
 }
@@ -170,5 +195,24 @@ impl Filter for RateLimits {
         if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r=0;t={}", l.name, l.retry_after)) {
             h.insert("ratelimit", v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn networks_cut_addresses_to_their_prefix() {
+        let ip = |s: &str| s.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(super::network(ip("192.0.2.77"), 24, 64), "192.0.2.0/24");
+        assert_eq!(super::network(ip("192.0.2.77"), 0, 64), "0.0.0.0/0");
+        assert_eq!(super::network(ip("192.0.2.77"), 32, 64), "192.0.2.77/32");
+        assert_eq!(
+            super::network(ip("2001:db8:1:2:3::9"), 24, 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            super::network(ip("2001:db8:1:2:3::9"), 24, 48),
+            "2001:db8:1::/48"
+        );
     }
 }
