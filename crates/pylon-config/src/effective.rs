@@ -613,6 +613,26 @@ fn auth_policy(a: &AuthPolicy) -> Value {
                 .done();
             t.put("api_key", key);
         }
+        AuthKind::Jwt(j) => {
+            let mut map = T::default();
+            for (claim, header) in &j.claims_to_headers {
+                map.put(claim, header.as_str());
+            }
+            let jwt = T::default()
+                .put("algorithms", texts(&j.algorithms))
+                .put("key_file", j.key_file.path.to_string_lossy().as_ref())
+                .opt("issuer", j.issuer.as_deref())
+                .opt("audience", j.audience.as_deref())
+                .put("leeway", dur(j.leeway))
+                .list("required_claims", texts(&j.required_claims))
+                .opt(
+                    "claims_to_headers",
+                    (!j.claims_to_headers.is_empty()).then(|| map.done()),
+                )
+                .put("strip_token", j.strip_token)
+                .done();
+            t.put("jwt", jwt);
+        }
     }
     Value::Table(t.done())
 }

@@ -780,6 +780,27 @@ pub enum AuthKind {
         query: Option<String>,
         keys_file: FileRef,
     },
+    /// `Authorization: Bearer` JWTs verified with one key.
+    Jwt(Jwt),
+}
+
+/// A JWT policy's settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Jwt {
+    /// Accepted algorithms (one family: HS*, RS*/PS*, ES*, or EdDSA), as written.
+    pub algorithms: Vec<String>,
+    /// The HMAC secret (HS*) or the PEM public key.
+    pub key_file: FileRef,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Claims the token must carry (`exp` always).
+    pub required_claims: Vec<String>,
+    /// Claim → upstream header (lower-case), set from the token and never from the client.
+    pub claims_to_headers: Vec<(String, String)>,
+    /// Remove `Authorization` before forwarding.
+    pub strip_token: bool,
 }
 
 /// A cache zone (`[[caches]]`).

@@ -230,6 +230,20 @@ pub struct RawAuth {
     pub name: Option<Spanned<String>>,
     pub basic: Option<Spanned<RawBasicAuth>>,
     pub api_key: Option<Spanned<RawApiKeyAuth>>,
+    pub jwt: Option<Spanned<RawJwtAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtAuth {
+    pub algorithms: Spanned<StrList>,
+    pub key_file: Spanned<String>,
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub required_claims: Option<Spanned<StrList>>,
+    pub claims_to_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    pub strip_token: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

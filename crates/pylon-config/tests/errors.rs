@@ -1202,3 +1202,30 @@ name = "b"
         assert!(got.starts_with(want), "{got}\n  expected: {want}");
     }
 }
+
+#[test]
+fn jwt_policy_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[auth]]
+name = "mixed"
+jwt = { algorithms = ["HS256", "ES256"], key_file = "k" }
+
+[[auth]]
+name = "unknown"
+jwt = { algorithms = ["none"], key_file = "k", leeway = "later" }
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:8:22: auth[0].jwt.algorithms: one key verifies one family",
+        "test.toml:12:22: auth[1].jwt.algorithms: unknown algorithm",
+        "test.toml:12:57: auth[1].jwt.leeway: invalid duration",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}

@@ -1,4 +1,4 @@
-//! `[[auth]]` policies: a name and exactly one kind (`basic` so far), checked where they
+//! `[[auth]]` policies: a name and exactly one kind (`basic`, `api_key`, `jwt`), checked where they
 //! are written; routes name them in `auth`.
 
 use std::collections::HashSet;
@@ -20,12 +20,76 @@ pub(super) fn policy(
         return None;
     };
     check_name(name, "auth policy", names, p);
-    if r.basic.is_some() && r.api_key.is_some() {
+    let kinds = [r.basic.is_some(), r.api_key.is_some(), r.jwt.is_some()]
+        .iter()
+        .filter(|k| **k)
+        .count();
+    if kinds > 1 {
         p.span(
             span,
-            "an [[auth]] policy has exactly one kind: `basic` or `api_key`",
+            "an [[auth]] policy has exactly one kind: `basic`, `api_key` or `jwt`",
         );
         return None;
+    }
+    if let Some(j) = r.jwt {
+        let j = j.into_inner();
+        let algorithms = j.algorithms.get_ref().0.clone();
+        let family = |a: &str| match a {
+            "HS256" | "HS384" | "HS512" => Some("HS"),
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => Some("RS"),
+            "ES256" | "ES384" => Some("ES"),
+            "EdDSA" => Some("Ed"),
+            _ => None,
+        };
+        let families: HashSet<Option<&str>> = algorithms.iter().map(|a| family(a)).collect();
+        if algorithms.is_empty() {
+            p.at(&j.algorithms, "list at least one algorithm");
+        } else if families.contains(&None) {
+            p.at(
+                &j.algorithms,
+                "unknown algorithm: expected HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA",
+            );
+        } else if families.len() > 1 {
+            p.at(
+                &j.algorithms,
+                "one key verifies one family: HS*, RS*/PS*, ES* or EdDSA, not a mix",
+            );
+        }
+        let leeway = match &j.leeway {
+            None => std::time::Duration::from_secs(60),
+            Some(l) => crate::units::parse_duration(l.get_ref()).unwrap_or_else(|e| {
+                p.at(l, e);
+                std::time::Duration::from_secs(60)
+            }),
+        };
+        let mut claims_to_headers = Vec::new();
+        if let Some(m) = &j.claims_to_headers {
+            for (claim, header) in m.get_ref() {
+                if !super::header_name_ok(header.get_ref()) {
+                    p.at(
+                        header,
+                        format!("invalid header name \"{}\"", header.get_ref()),
+                    );
+                }
+                claims_to_headers.push((claim.clone(), header.get_ref().to_ascii_lowercase()));
+            }
+        }
+        return Some(AuthPolicy {
+            name: name.get_ref().clone(),
+            kind: AuthKind::Jwt(Jwt {
+                algorithms,
+                key_file: ctx.file_ref(&j.key_file),
+                issuer: j.issuer.map(|s| s.into_inner()),
+                audience: j.audience.map(|s| s.into_inner()),
+                leeway,
+                required_claims: j
+                    .required_claims
+                    .map(|c| c.into_inner().0)
+                    .unwrap_or_default(),
+                claims_to_headers,
+                strip_token: j.strip_token.unwrap_or(false),
+            }),
+        });
     }
     if let Some(k) = r.api_key {
         let k = k.into_inner();
@@ -94,7 +158,7 @@ pub(super) fn policy(
         None => {
             p.span(
                 span,
-                "an [[auth]] policy needs its kind: `basic = { ... }` or `api_key = { ... }`",
+                "an [[auth]] policy needs its kind: `basic = { ... }`, `api_key = { ... }` or `jwt = { ... }`",
             );
             return None;
         }

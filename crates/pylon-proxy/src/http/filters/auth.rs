@@ -38,6 +38,105 @@ pub(crate) enum Policy {
         /// SHA-256 of each key, to the key's name.
         keys: HashMap<[u8; 32], Arc<str>>,
     },
+    Jwt(Box<JwtPolicy>),
+}
+
+/// A JWT policy ready to verify tokens.
+pub(crate) struct JwtPolicy {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+    required: Vec<String>,
+    claims_to_headers: Vec<(String, http::HeaderName)>,
+    strip: bool,
+}
+
+impl JwtPolicy {
+    fn new(j: &pylon_config::model::Jwt) -> Result<JwtPolicy, String> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let bytes = std::fs::read(&j.key_file.path).map_err(|e| {
+            format!(
+                "cannot read the key file {}: {e}",
+                j.key_file.path.display()
+            )
+        })?;
+        let algorithms: Vec<Algorithm> = j
+            .algorithms
+            .iter()
+            .filter_map(|a| a.parse::<Algorithm>().ok())
+            .collect();
+        let first = *algorithms.first().ok_or("no algorithm")?;
+        let key = match first {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                DecodingKey::from_secret(bytes.trim_ascii_end())
+            }
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&bytes),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes),
+            _ => DecodingKey::from_rsa_pem(&bytes),
+        }
+        .map_err(|e| {
+            format!(
+                "{}: not a key for {first:?}: {e}",
+                j.key_file.path.display()
+            )
+        })?;
+        let mut validation = Validation::new(first);
+        validation.algorithms = algorithms;
+        validation.leeway = j.leeway.as_secs();
+        validation.validate_nbf = true;
+        match &j.audience {
+            Some(a) => validation.set_audience(&[a]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(i) = &j.issuer {
+            validation.set_issuer(&[i]);
+        }
+        Ok(JwtPolicy {
+            key,
+            validation,
+            required: j.required_claims.clone(),
+            claims_to_headers: j
+                .claims_to_headers
+                .iter()
+                .filter_map(|(c, h)| {
+                    Some((c.clone(), http::HeaderName::from_bytes(h.as_bytes()).ok()?))
+                })
+                .collect(),
+            strip: j.strip_token,
+        })
+    }
+
+    /// The token's claims, when it verifies and carries the required ones.
+    fn verify(
+        &self,
+        req: &Request<ClientBody>,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.len() > MAX_TOKEN {
+            return None;
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token.trim(),
+            &self.key,
+            &self.validation,
+        )
+        .ok()?;
+        self.required
+            .iter()
+            .all(|c| data.claims.contains_key(c))
+            .then_some(data.claims)
+    }
+}
+
+/// The longest bearer token looked at (a huge `Authorization` is refused unparsed).
+const MAX_TOKEN: usize = 16 * 1024;
+
+/// What an accepted JWT sends upstream: headers from its claims, and whether the token
+/// itself is removed.
+#[derive(Clone, Default)]
+struct FromToken {
+    headers: Vec<(http::HeaderName, HeaderValue)>,
+    strip: bool,
 }
 
 /// A keys file: `NAME HEX` lines (the SHA-256 of each key in hex), `#` comments.
@@ -141,6 +240,13 @@ pub(crate) fn policies(config: &Config) -> Result<Policies, Vec<ConfigError>> {
                     continue;
                 }
             },
+            AuthKind::Jwt(j) => match JwtPolicy::new(j) {
+                Ok(p) => Policy::Jwt(Box::new(p)),
+                Err(e) => {
+                    errors.push(j.key_file.at.error(e));
+                    continue;
+                }
+            },
         };
         out.insert(a.name.clone(), Arc::new(policy));
     }
@@ -189,9 +295,33 @@ impl Auth {
         })
     }
 
-    /// The user `policy` accepts the request as, if it does.
-    async fn user_of(&self, policy: &Policy, req: &Request<ClientBody>) -> Option<Arc<str>> {
+    /// The user `policy` accepts the request as, if it does (a JWT's claims to send
+    /// upstream are left in `from_token`).
+    async fn user_of(
+        &self,
+        policy: &Policy,
+        req: &Request<ClientBody>,
+        from_token: &mut FromToken,
+    ) -> Option<Arc<str>> {
         match policy {
+            Policy::Jwt(j) => {
+                let claims = j.verify(req)?;
+                for (claim, name) in &j.claims_to_headers {
+                    let text = match claims.get(claim) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                            v.to_string()
+                        }
+                        _ => continue,
+                    };
+                    if let Ok(v) = HeaderValue::from_str(&text) {
+                        from_token.headers.push((name.clone(), v));
+                    }
+                }
+                from_token.strip |= j.strip;
+                let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("jwt");
+                Some(Arc::from(subject))
+            }
             Policy::Basic {
                 users, credentials, ..
             } => {
@@ -220,10 +350,18 @@ impl Auth {
         // (the first one's user is the one logged).
         let mut first: Option<Arc<str>> = None;
         let mut all_accepted = true;
+        let mut from_token = FromToken::default();
         for policy in &self.policies {
-            match (self.user_of(policy, req).await, self.all) {
+            let mut this = FromToken::default();
+            let user = self.user_of(policy, req, &mut this).await;
+            if user.is_some() {
+                from_token.headers.extend(this.headers);
+                from_token.strip |= this.strip;
+            }
+            match (user, self.all) {
                 (Some(user), false) => {
                     cx.user = Some(user);
+                    cx.state.insert(from_token);
                     return Ok(None);
                 }
                 (Some(user), true) => {
@@ -238,6 +376,7 @@ impl Auth {
         }
         if self.all && all_accepted && first.is_some() {
             cx.user = first;
+            cx.state.insert(from_token);
             return Ok(None);
         }
         cx.state.insert(Refused);
@@ -276,14 +415,40 @@ impl Filter for Auth {
         Some(Box::pin(self.check(req, cx)))
     }
 
+    fn upstream_head(&self, head: &mut http::request::Parts, cx: &mut FilterCtx<'_>) {
+        // Headers a JWT's claims fill come from the token, never from the client.
+        for policy in &self.policies {
+            if let Policy::Jwt(j) = policy.as_ref() {
+                for (_, name) in &j.claims_to_headers {
+                    head.headers.remove(name);
+                }
+            }
+        }
+        if let Some(from) = cx.state.get::<FromToken>() {
+            for (name, value) in &from.headers {
+                head.headers.append(name.clone(), value.clone());
+            }
+            if from.strip {
+                head.headers.remove(header::AUTHORIZATION);
+            }
+        }
+    }
+
     fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {
         if state.get::<Refused>().is_none() {
             return;
         }
         for policy in &self.policies {
-            if let Policy::Basic { challenge, .. } = policy.as_ref() {
-                resp.headers_mut()
-                    .append(header::WWW_AUTHENTICATE, challenge.clone());
+            match policy.as_ref() {
+                Policy::Basic { challenge, .. } => {
+                    resp.headers_mut()
+                        .append(header::WWW_AUTHENTICATE, challenge.clone());
+                }
+                Policy::Jwt(_) => {
+                    resp.headers_mut()
+                        .append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                Policy::ApiKey { .. } => {}
             }
         }
     }

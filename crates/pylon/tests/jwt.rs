@@ -1,0 +1,149 @@
+//! JWT bearer tokens on routes (`[[auth]] jwt`), signed here with HS256 and ES256:
+//! accepted tokens go on with their claims as upstream headers (never the client's own)
+//! and the token stripped when asked; expired, not yet valid, wrong-issuer, tampered,
+//! unsigned and claim-less tokens are refused with 401 and a Bearer challenge.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::Request;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use pylon_testkit::*;
+use serde_json::json;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn tokens_are_verified_and_their_claims_go_upstream() {
+    let origin = Origin::echo().await;
+    let dir = std::env::temp_dir().join(format!("pylon-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = b"a-test-secret-of-thirty-two-bytes!";
+    std::fs::write(dir.join("hs.key"), secret).unwrap();
+    let ec = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.join("es.pub.pem"), ec.public_key_pem()).unwrap();
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/hs/"
+cluster = "c"
+auth = ["hs"]
+
+[[routes]]
+path_prefix = "/es/"
+cluster = "c"
+auth = ["es"]
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+
+[[auth]]
+name = "hs"
+jwt = {{ algorithms = ["HS256"], key_file = "{}", issuer = "https://issuer.test", required_claims = ["sub"], claims_to_headers = {{ sub = "x-user-id", tier = "x-tier" }}, strip_token = true }}
+
+[[auth]]
+name = "es"
+jwt = {{ algorithms = ["ES256"], key_file = "{}", audience = "pylon" }}
+"#,
+        origin.addr,
+        dir.join("hs.key").display(),
+        dir.join("es.pub.pem").display()
+    ))
+    .await;
+    let front = p.addr("front");
+    let ask = |path: &'static str, token: Option<String>| async move {
+        let mut r = Request::get(path)
+            .header("host", "test.local")
+            .header("x-user-id", "spoofed");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        send_h1(front, r.body(empty()).unwrap()).await
+    };
+    let hs = |claims: serde_json::Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    };
+    let good =
+        json!({ "sub": "alice", "tier": "gold", "iss": "https://issuer.test", "exp": now() + 600 });
+    let ok = ask("/hs/a", Some(hs(good.clone()))).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = ok.json();
+    assert_eq!(
+        seen["headers"]["x-user-id"],
+        json!(["alice"]),
+        "from the token, not the client"
+    );
+    assert_eq!(seen["headers"]["x-tier"], json!(["gold"]));
+    assert!(
+        seen["headers"].get("authorization").is_none(),
+        "the token is stripped"
+    );
+
+    let refused = [
+        hs(json!({ "sub": "alice", "iss": "https://issuer.test", "exp": now() - 3600 })),
+        hs(
+            json!({ "sub": "alice", "iss": "https://issuer.test", "exp": now() + 600, "nbf": now() + 3600 }),
+        ),
+        hs(json!({ "sub": "alice", "iss": "https://elsewhere.test", "exp": now() + 600 })),
+        hs(json!({ "iss": "https://issuer.test", "exp": now() + 600 })),
+        format!("{}x", hs(good.clone())),
+        // Unsigned.
+        format!(
+            "eyJhbGciOiJub25lIn0.{}.",
+            hs(good.clone()).split('.').nth(1).unwrap()
+        ),
+        "not-a-jwt".to_owned(),
+        "a".repeat(20_000),
+    ];
+    for token in refused {
+        let a = ask("/hs/a", Some(token.clone())).await;
+        assert_eq!(a.status, 401, "{token}");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(ask("/hs/a", None).await.status, 401);
+
+    // ES256 with an audience.
+    let es_key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
+    let es = |claims: serde_json::Value| {
+        encode(&Header::new(Algorithm::ES256), &claims, &es_key).unwrap()
+    };
+    assert_eq!(
+        ask(
+            "/es/a",
+            Some(es(json!({ "aud": "pylon", "exp": now() + 600 })))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        ask(
+            "/es/a",
+            Some(es(json!({ "aud": "other", "exp": now() + 600 })))
+        )
+        .await
+        .status,
+        401
+    );
+    // An HS token on the ES route: another algorithm, refused.
+    assert_eq!(ask("/es/a", Some(hs(good))).await.status, 401);
+    assert_eq!(origin.request_count(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
