@@ -667,22 +667,12 @@ fn request_key<B>(k: &HashKey, req: &Request<B>, fx: &FilterCtx<'_>) -> Option<u
             .headers()
             .get(name.as_str())
             .map(|v| hash_key(v.as_bytes())),
-        HashKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
-        HashKey::Query(name) => req
-            .uri()
-            .query()?
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => {
+            super::headers::cookie(req.headers(), name).map(|v| hash_key(v.as_bytes()))
+        }
+        HashKey::Query(name) => {
+            super::headers::query_param(req.uri(), name).map(|v| hash_key(v.as_bytes()))
+        }
     }
 }
 

@@ -393,13 +393,7 @@ fn presented_key<'r>(
     if let Some(h) = header {
         return req.headers().get(h).map(HeaderValue::as_bytes);
     }
-    let name = query?;
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_bytes())
+    crate::http::headers::query_param(req.uri(), query?).map(str::as_bytes)
 }
 
 impl Filter for Auth {

@@ -121,16 +121,9 @@ impl Limiter {
             RateKey::ClientIp => text(Some(&cx.conn.client_ip)),
             RateKey::ClientNet { v4, v6 } => network(cx.conn.client.ip(), *v4, *v6),
             RateKey::Header(h) => text(req.headers().get(h.as_str())),
-            RateKey::Cookie(name) => req
-                .headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_owned())
-                .unwrap_or_default(),
+            RateKey::Cookie(name) => crate::http::headers::cookie(req.headers(), name)
+                .unwrap_or_default()
+                .to_owned(),
             RateKey::Route => String::new(),
         }
     }
