@@ -298,11 +298,7 @@ impl CacheFilter {
             .unwrap_or("");
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         // A forward proxy's absolute-form target names its own scheme.
-        let scheme = match req.uri().scheme_str() {
-            Some(s) => s.to_owned(),
-            None => cx.conn.scheme.to_owned(),
-        };
-        let scheme = scheme.as_str();
+        let scheme = req.uri().scheme_str().unwrap_or(cx.conn.scheme);
         if method != Method::GET && method != Method::HEAD {
             if !method.is_safe() {
                 pending.invalidates = true;
@@ -318,7 +314,6 @@ impl CacheFilter {
             return Ok(None);
         }
         let key = zone.key(scheme, authority, target, req.headers());
-        cx.state.insert(LookupKey(Arc::from(key.text.as_str())));
         pending.req_cc = policy::request_directives(req.headers());
         let background = req.extensions().get::<BackgroundRevalidation>().is_some();
         let (mut found, mut known) = zone.lookup(&key, req.headers());
@@ -418,6 +413,8 @@ impl CacheFilter {
                 }
             }
         }
+        // Going upstream: the key is what a `hash_key = "cache_key"` cluster balances on.
+        cx.state.insert(LookupKey(Arc::from(key.text.as_str())));
         pending.key = Some(key);
         cx.state.insert(CacheState(Arc::new(Mutex::new(pending))));
         Ok(None)
