@@ -73,6 +73,11 @@ impl ForwardRuntime {
         }
     }
 
+    /// The filters of absolute-form requests, for their part of an error answer.
+    pub(super) fn filters(&self) -> &super::filters::FilterChain {
+        &self.filters
+    }
+
     /// How many argon2 verifications this runtime has started (cache misses).
     pub fn argon2_verifications(&self) -> u64 {
         self.credentials.verifications.load(Ordering::Relaxed)
@@ -244,6 +249,7 @@ pub(super) async fn serve(
     listener: &ListenerRuntime,
     ctx: &Arc<ConnCtx>,
     ex: &mut Exchange,
+    filter_state: &mut http::Extensions,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
     let cfg = &fwd.config;
     let Some(user) = fwd.authenticate(req.headers()).await else {
@@ -295,8 +301,8 @@ pub(super) async fn serve(
         ex.log.upstream = upstream.peer_addr().ok();
         return Ok(tunnel(&mut req, upstream, cfg, ctx, ex));
     }
-    // The access rules passed: the filters (the cache) may answer now.
-    let mut state = http::Extensions::new();
+    // The access rules passed: the filters (the cache) may answer now. What they leave
+    // in `filter_state` gives `pipeline::handle` their part of an error answer.
     let mut fx = super::filters::FilterCtx {
         conn: ctx,
         conn_arc: ctx,
@@ -306,28 +312,16 @@ pub(super) async fn serve(
             .uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        state: &mut state,
+        state: filter_state,
         user: None,
     };
-    let sent = async {
-        if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
-            return Ok(answer);
-        }
-        let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
-        let mut resp =
-            forward_request(req, &pool, listener, ex, cfg, &fwd.filters, &mut fx).await?;
-        fwd.filters.response(&mut resp, &mut fx);
-        Ok(resp)
+    if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
+        return Ok(answer);
     }
-    .await;
-    // A proxy-made error gets the filters' part (a stale answer, `Cache-Status`) as on
-    // a route; it is still counted and logged as the error it is.
-    sent.or_else(|kind| {
-        ex.log.error = Some(kind);
-        let mut resp = error_response(kind);
-        fwd.filters.error_answer(&mut resp, &state);
-        Ok(resp)
-    })
+    let pool = destination_pool(fwd, &allowed, dest.port, ctx).await?;
+    let mut resp = forward_request(req, &pool, listener, ex, cfg, &fwd.filters, &mut fx).await?;
+    fwd.filters.response(&mut resp, &mut fx);
+    Ok(resp)
 }
 
 /// The pool of the first allowed address with a connection ready (an idle one, else one

@@ -260,14 +260,20 @@ pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<Res
                 Some(ct) => super::grpc::error_response(kind, Some(ct)),
                 None => error_response(kind),
             };
-            // The route's filters add their part (a gRPC-Web call's CORS headers).
-            if let Some(route) = ex
+            // The route's filters add their part (a gRPC-Web call's CORS headers, a
+            // stale answer); a forward proxy's, theirs.
+            let route = ex
                 .log
                 .route
                 .as_deref()
-                .and_then(|r| listener.router.route_named(r))
-            {
-                route.filters.error_answer(&mut resp, &filter_state);
+                .and_then(|r| listener.router.route_named(r));
+            let filters = match (&listener.forward, route) {
+                (Some(fwd), _) => Some(fwd.filters()),
+                (None, Some(route)) => Some(&route.filters),
+                (None, None) => None,
+            };
+            if let Some(filters) = filters {
+                filters.error_answer(&mut resp, &filter_state);
             }
             resp
         }
@@ -402,7 +408,7 @@ async fn serve(
     }
     check_limits(&req, listener)?;
     if let Some(fwd) = &listener.forward {
-        return super::forward::serve(req, fwd, listener, ctx, ex).await;
+        return super::forward::serve(req, fwd, listener, ctx, ex, filter_state).await;
     }
     // A tunnel is only a forward proxy's to open; an extended CONNECT (RFC 8441,
     // `:protocol`) is a WebSocket handshake and goes to its route.
