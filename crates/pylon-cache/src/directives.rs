@@ -56,11 +56,6 @@ impl Directives {
         d
     }
 
-    /// Whether `headers` has a `name` field at all.
-    pub fn present(headers: &HeaderMap, name: &HeaderName) -> bool {
-        headers.contains_key(name)
-    }
-
     fn add(&mut self, text: &str) {
         for (name, value) in split_directives(text) {
             let name = name.to_ascii_lowercase();

@@ -176,7 +176,8 @@ impl Entry {
         Bytes::from(out)
     }
 
-    /// The body as one piece.
+    /// The body as one piece (tests compare bodies with it).
+    #[cfg(test)]
     pub fn contiguous(&self) -> Bytes {
         match self.body.as_slice() {
             [] => Bytes::new(),

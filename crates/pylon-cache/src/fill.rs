@@ -140,6 +140,14 @@ struct State {
 }
 
 impl State {
+    /// Remembers a waker once (a task polled again before anything happened is not
+    /// added twice, so the list stays as long as the waiting tasks).
+    fn register(&mut self, waker: &Waker) {
+        if !self.wakers.iter().any(|w| w.will_wake(waker)) {
+            self.wakers.push(waker.clone());
+        }
+    }
+
     fn wake_all(&mut self) {
         for w in self.wakers.drain(..) {
             w.wake();
@@ -215,7 +223,7 @@ impl Future for HeadWait {
         match &st.head {
             Some(h) => Poll::Ready(h.clone()),
             None => {
-                st.wakers.push(cx.waker().clone());
+                st.register(cx.waker());
                 Poll::Pending
             }
         }
@@ -430,7 +438,7 @@ impl FillReader {
             }
             End::Failed => Poll::Ready(Some(Err(FillFailed))),
             End::Open => {
-                st.wakers.push(cx.waker().clone());
+                st.register(cx.waker());
                 Poll::Pending
             }
         }

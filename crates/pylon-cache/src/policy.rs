@@ -88,7 +88,7 @@ pub fn response_directives(headers: &HeaderMap, opts: &Options) -> (Directives, 
     for name in &opts.targeted {
         // A targeted field that is not a valid Structured Field Dictionary, or gives
         // a directive the wrong type, is ignored as a whole (RFC 9213 §2.1).
-        if Directives::present(headers, name) && crate::directives::valid_targeted(headers, name) {
+        if headers.contains_key(name) && crate::directives::valid_targeted(headers, name) {
             return (Directives::parse(headers, name), true);
         }
     }
