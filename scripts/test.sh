@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs Pylon's whole test suite, installing first what the tests need: curl and openssl
-# (apt), and from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio),
-# the Prometheus client's exposition parser (prometheus-client) and an HTTP/3 client
+# Runs Pylon's whole test suite, installing first what the tests need: curl, openssl
+# and redis-server (apt; the global rate-limit tests start their own servers), and
+# from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio), the
+# Prometheus client's exposition parser (prometheus-client) and an HTTP/3 client
 # (aioquic).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

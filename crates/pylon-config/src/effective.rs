@@ -64,22 +64,50 @@ pub fn document(config: &Config) -> Table {
             .rate_limits
             .iter()
             .map(|l| {
-                let key = match &l.key {
-                    RateKey::ClientIp => "client_ip".to_owned(),
-                    RateKey::ClientNet { v4, v6 } => format!("client_ip/{v4}/{v6}"),
-                    RateKey::Route => "route".to_owned(),
-                    RateKey::Header(h) => format!("header:{h}"),
-                    RateKey::Cookie(c) => format!("cookie:{c}"),
-                };
-                Value::Table(
-                    T::default()
-                        .put("name", l.name.as_str())
-                        .put("key", key)
-                        .put("rate", int(l.rate))
-                        .put("per", dur(l.per))
-                        .put("burst", int(l.burst))
-                        .done(),
-                )
+                let key: Vec<String> = l
+                    .key
+                    .iter()
+                    .map(|k| match k {
+                        RateKey::ClientIp => "client_ip".to_owned(),
+                        RateKey::ClientNet { v4, v6 } => format!("client_ip/{v4}/{v6}"),
+                        RateKey::Route => "route".to_owned(),
+                        RateKey::Header(h) => format!("header:{h}"),
+                        RateKey::Cookie(c) => format!("cookie:{c}"),
+                        RateKey::Claim(c) => format!("claim:{c}"),
+                    })
+                    .collect();
+                let mut t = T::default();
+                t.put("name", l.name.as_str()).put("key", key.join("+"));
+                match l.concurrency {
+                    Some(n) => {
+                        t.put("concurrency", int(n));
+                    }
+                    None => {
+                        t.put("rate", int(l.rate))
+                            .put("per", dur(l.per))
+                            .put("burst", int(l.burst))
+                            .put("delay", dur(l.delay));
+                    }
+                }
+                if let Some(g) = &l.global {
+                    let on_error = match g.on_error {
+                        FailMode::Allow => "allow",
+                        FailMode::Deny => "deny",
+                    };
+                    t.put(
+                        "global",
+                        Value::Table(
+                            T::default()
+                                .put("redis", g.redis.as_str())
+                                .put("timeout", dur(g.timeout))
+                                .put("on_error", on_error)
+                                .put("batch", int(g.batch))
+                                .put("prefix", g.prefix.as_str())
+                                .done(),
+                        ),
+                    );
+                }
+                Value::Table(t.done())
             })
             .collect();
         doc.insert("rate_limits".into(), limits.into());
@@ -316,6 +344,7 @@ fn listener(l: &Listener) -> Value {
         many => t.put("bind", texts(many.iter().cloned())),
     };
     t.put("protocol", l.protocol.as_str());
+    t.list("rate_limit", texts(&l.rate_limit));
     if let Some(l4) = &l.l4 {
         t.opt("cluster", l4.cluster.as_deref());
         // Written when set in the file (the model then holds it twice, see above).

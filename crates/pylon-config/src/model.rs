@@ -376,6 +376,8 @@ pub struct Listener {
     pub proxy_protocol: Option<ProxyProtocolIn>,
     /// A forward proxy (absolute-form requests and CONNECT) instead of routes.
     pub forward: Option<ForwardProxy>,
+    /// Rate-limit policies every route of this listener applies before its own.
+    pub rate_limit: Vec<String>,
 }
 
 /// A forward proxy's settings (`[listeners.forward]`).
@@ -730,15 +732,46 @@ pub struct ProxyAction {
     pub rate_limit: Vec<String>,
 }
 
-/// A named local rate limit (`[[rate_limits]]`): `rate` requests per `per` for each key,
-/// with bursts of up to `burst`.
+/// A named rate limit (`[[rate_limits]]`): `rate` requests per `per` for each key, with
+/// bursts of up to `burst`, or (`concurrency`) a number of requests in flight per key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RateLimit {
     pub name: String,
-    pub key: RateKey,
+    /// What it counts by: the parts of one key (`client_ip+claim:sub`).
+    pub key: Vec<RateKey>,
     pub rate: u32,
     pub per: Duration,
     pub burst: u32,
+    /// A request over the rate waits up to this long for its turn instead of being
+    /// refused (zero: refused at once).
+    pub delay: Duration,
+    /// In-flight requests per key, instead of a rate.
+    pub concurrency: Option<u32>,
+    /// Buckets in Redis, shared by every Pylon instance that names the same server.
+    pub global: Option<GlobalLimit>,
+}
+
+/// Where a global rate limit keeps its buckets, and what happens when it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GlobalLimit {
+    /// `redis://host:port[/db]`.
+    pub redis: String,
+    /// The longest a decision waits for Redis.
+    pub timeout: Duration,
+    /// Admit (`Allow`) or refuse (`Deny`) while Redis is slow or down.
+    pub on_error: FailMode,
+    /// Tokens an instance leases per Redis round trip.
+    pub batch: u32,
+    /// Prefix of the Redis keys.
+    pub prefix: String,
+}
+
+/// What a check does when the service it depends on fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Allow,
+    Deny,
 }
 
 /// What a rate limit counts by.
@@ -753,6 +786,8 @@ pub enum RateKey {
     /// Lower-case header name.
     Header(String),
     Cookie(String),
+    /// A claim of the JWT an `auth` policy accepted.
+    Claim(String),
     /// One bucket for the whole route.
     Route,
 }

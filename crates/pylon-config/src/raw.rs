@@ -75,6 +75,7 @@ pub struct RawListener {
     pub inspect_timeout: Option<Spanned<String>>,
     pub splice: Option<Spanned<bool>>,
     pub forward: Option<Spanned<RawForward>>,
+    pub rate_limit: Option<Spanned<StrList>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +222,20 @@ pub struct RawRateLimit {
     pub rate: Option<Spanned<u32>>,
     pub per: Option<Spanned<String>>,
     pub burst: Option<Spanned<u32>>,
+    pub delay: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<u32>>,
+    pub global: Option<Spanned<RawGlobalLimit>>,
+}
+
+/// A rate limit's `global` table: its buckets in Redis, shared by every instance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobalLimit {
+    pub redis: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+    pub batch: Option<Spanned<u32>>,
+    pub prefix: Option<Spanned<String>>,
 }
 
 /// An `[[auth]]` policy: a name and exactly one kind.

@@ -1204,6 +1204,53 @@ name = "b"
 }
 
 #[test]
+fn global_and_concurrency_limit_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+rate_limit = ["ghost"]
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+rate_limit = ["g"]
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+
+[[rate_limits]]
+name = "g"
+key = "claim:+client_ip"
+rate = 10
+global = { redis = "http://cache:6379", timeout = "0s", on_error = "maybe", batch = 11 }
+
+[[rate_limits]]
+name = "both"
+concurrency = 4
+rate = 3
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:5:14: listeners[0].rate_limit: unknown rate limit \"ghost\"",
+        "test.toml:12:14: listeners[1].rate_limit: `rate_limit` on a listener applies to the routes of an http or https listener",
+        "test.toml:20:7: rate_limits[0].key: invalid key \"claim:\"",
+        "test.toml:22:20: rate_limits[0].global.redis: invalid Redis address \"http://cache:6379\"",
+        "test.toml:22:51: rate_limits[0].global.timeout: timeout must be greater than zero",
+        "test.toml:22:68: rate_limits[0].global.on_error: unknown on_error \"maybe\", expected allow or deny",
+        "test.toml:22:85: rate_limits[0].global.batch: batch must be between 1 and the burst (10)",
+        "test.toml:27:8: rate_limits[1].rate: a concurrency limit counts requests in flight",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

@@ -45,6 +45,8 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Cache zones, kept across reloads that leave their settings alone.
     pub caches: crate::http::filters::cache::Zones,
+    /// Rate-limit policies, for their counters.
+    pub(crate) rate_limits: crate::http::filters::rate_limit::Limiters,
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
@@ -79,6 +81,7 @@ impl Runtime {
             listeners: HashMap::new(),
             clusters: HashMap::new(),
             caches: HashMap::new(),
+            rate_limits: HashMap::new(),
             sends_proxy_protocol: false,
             config_hash: config_hash(&config),
             config: Arc::new(config),
@@ -199,6 +202,7 @@ impl Runtime {
             sends_proxy_protocol: config.clusters.iter().any(|c| c.proxy_protocol.is_some()),
             clusters,
             caches,
+            rate_limits,
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
         };

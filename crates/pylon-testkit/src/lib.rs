@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod h3;
 pub mod origin;
 pub mod process;
+pub mod redis;
 pub mod smuggling;
 pub mod tls;
 pub mod ws;
@@ -21,6 +22,7 @@ pub use grpc::*;
 pub use h3::*;
 pub use origin::*;
 pub use process::*;
+pub use redis::*;
 pub use tls::*;
 pub use ws::*;
 

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
+use toml::Spanned;
+
 use super::{Problems, check_name, header_value_ok};
 use crate::model::*;
 use crate::raw::RawAuth;
@@ -181,36 +183,46 @@ pub(super) fn rate_limit(
         return None;
     };
     check_name(name, "rate limit", names, p);
-    let key = match r.key.as_ref().map(|k| k.get_ref().as_str()) {
-        None | Some("client_ip") => RateKey::ClientIp,
-        Some("route") => RateKey::Route,
-        Some(k) => {
-            let net = k.strip_prefix("client_ip/").and_then(|lens| {
-                let mut it = lens.split('/');
-                let v4: u8 = it.next()?.parse().ok().filter(|n| *n <= 32)?;
-                let v6: u8 = match it.next() {
-                    Some(n) => n.parse().ok().filter(|n| *n <= 128)?,
-                    None => 64,
-                };
-                it.next().is_none().then_some(RateKey::ClientNet { v4, v6 })
-            });
-            if let Some(net) = net {
-                net
-            } else if let Some(h) = k
-                .strip_prefix("header:")
-                .filter(|h| super::header_name_ok(h))
-            {
-                RateKey::Header(h.to_ascii_lowercase())
-            } else if let Some(c) = k.strip_prefix("cookie:").filter(|c| super::http_token(c)) {
-                RateKey::Cookie(c.to_owned())
-            } else {
+    let mut key = Vec::new();
+    let written = r.key.as_ref().map_or("client_ip", |k| k.get_ref().as_str());
+    for part in written.split('+').map(str::trim) {
+        match rate_key(part) {
+            Some(k) => key.push(k),
+            None => {
                 if let Some(s) = &r.key {
-                    p.at(s, format!("invalid key \"{k}\", expected client_ip, client_ip/V4BITS[/V6BITS], route, header:NAME or cookie:NAME"));
+                    p.at(s, format!("invalid key \"{part}\", expected client_ip, client_ip/V4BITS[/V6BITS], route, header:NAME, cookie:NAME or claim:NAME, or several joined with '+'"));
                 }
-                RateKey::ClientIp
             }
         }
-    };
+    }
+    if let Some(c) = &r.concurrency {
+        if *c.get_ref() == 0 {
+            p.at(c, "concurrency must be at least 1");
+        }
+        let rate_keys = [
+            r.rate.as_ref().map(Spanned::span),
+            r.per.as_ref().map(Spanned::span),
+            r.burst.as_ref().map(Spanned::span),
+            r.delay.as_ref().map(Spanned::span),
+            r.global.as_ref().map(Spanned::span),
+        ];
+        if let Some(span) = rate_keys.into_iter().flatten().next() {
+            p.span(
+                span,
+                "a concurrency limit counts requests in flight: it takes no rate, per, burst, delay or global",
+            );
+        }
+        return Some(RateLimit {
+            name: name.get_ref().clone(),
+            key,
+            rate: 0,
+            per: std::time::Duration::ZERO,
+            burst: 0,
+            delay: std::time::Duration::ZERO,
+            concurrency: Some((*c.get_ref()).max(1)),
+            global: None,
+        });
+    }
     let rate = match &r.rate {
         Some(n) if *n.get_ref() == 0 => {
             p.at(n, "rate must be at least 1");
@@ -218,7 +230,10 @@ pub(super) fn rate_limit(
         }
         Some(n) => *n.get_ref(),
         None => {
-            p.span(span, "a rate limit needs `rate` (requests per `per`)");
+            p.span(
+                span,
+                "a rate limit needs `rate` (requests per `per`) or `concurrency`",
+            );
             1
         }
     };
@@ -244,11 +259,115 @@ pub(super) fn rate_limit(
         Some(b) => *b.get_ref(),
         None => rate,
     };
+    let delay = match &r.delay {
+        None => std::time::Duration::ZERO,
+        Some(d) => crate::units::parse_duration(d.get_ref()).unwrap_or_else(|e| {
+            p.at(d, e);
+            std::time::Duration::ZERO
+        }),
+    };
+    let global = r.global.map(|g| global_limit(g.into_inner(), burst, p));
     Some(RateLimit {
         name: name.get_ref().clone(),
         key,
         rate,
         per,
         burst,
+        delay,
+        concurrency: None,
+        global,
     })
+}
+
+/// One part of a rate limit's key.
+fn rate_key(part: &str) -> Option<RateKey> {
+    match part {
+        "client_ip" => return Some(RateKey::ClientIp),
+        "route" => return Some(RateKey::Route),
+        _ => {}
+    }
+    if let Some(lens) = part.strip_prefix("client_ip/") {
+        let mut it = lens.split('/');
+        let v4: u8 = it.next()?.parse().ok().filter(|n| *n <= 32)?;
+        let v6: u8 = match it.next() {
+            Some(n) => n.parse().ok().filter(|n| *n <= 128)?,
+            None => 64,
+        };
+        return it.next().is_none().then_some(RateKey::ClientNet { v4, v6 });
+    }
+    if let Some(h) = part.strip_prefix("header:") {
+        return super::header_name_ok(h).then(|| RateKey::Header(h.to_ascii_lowercase()));
+    }
+    if let Some(c) = part.strip_prefix("cookie:") {
+        return super::http_token(c).then(|| RateKey::Cookie(c.to_owned()));
+    }
+    if let Some(c) = part.strip_prefix("claim:") {
+        return (!c.is_empty() && !c.contains(char::is_whitespace))
+            .then(|| RateKey::Claim(c.to_owned()));
+    }
+    None
+}
+
+/// A rate limit's `global` table.
+fn global_limit(g: crate::raw::RawGlobalLimit, burst: u32, p: &mut Problems) -> GlobalLimit {
+    let url = g.redis.get_ref();
+    let ok = url
+        .strip_prefix("redis://")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|host| !host.is_empty());
+    if !ok {
+        p.at(
+            &g.redis,
+            format!("invalid Redis address \"{url}\", expected redis://HOST:PORT[/DB]"),
+        );
+    }
+    let timeout = match &g.timeout {
+        None => std::time::Duration::from_millis(100),
+        Some(t) => match crate::units::parse_duration(t.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                p.at(t, "timeout must be greater than zero");
+                std::time::Duration::from_millis(100)
+            }
+            Err(e) => {
+                p.at(t, e);
+                std::time::Duration::from_millis(100)
+            }
+        },
+    };
+    let on_error = match g.on_error.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("allow") => FailMode::Allow,
+        Some("deny") => FailMode::Deny,
+        Some(other) => {
+            if let Some(s) = &g.on_error {
+                p.at(
+                    s,
+                    format!("unknown on_error \"{other}\", expected allow or deny"),
+                );
+            }
+            FailMode::Allow
+        }
+    };
+    let batch = match &g.batch {
+        Some(b) if *b.get_ref() == 0 || *b.get_ref() > burst => {
+            p.at(
+                b,
+                format!("batch must be between 1 and the burst ({burst})"),
+            );
+            1
+        }
+        Some(b) => *b.get_ref(),
+        // A twentieth of the burst: the most a fleet of N instances leaves unused is
+        // N times that.
+        None => (burst / 20).clamp(1, 100),
+    };
+    GlobalLimit {
+        redis: url.clone(),
+        timeout,
+        on_error,
+        batch,
+        prefix: g
+            .prefix
+            .map_or_else(|| "pylon:rl:".to_owned(), Spanned::into_inner),
+    }
 }

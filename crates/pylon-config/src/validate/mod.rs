@@ -838,7 +838,31 @@ fn listener(
             );
         }
     }
+    let mut rate_limit = Vec::new();
+    if let Some(l) = &r.rate_limit {
+        let declared = declared_names(ctx.root, "rate_limits");
+        if !matches!(protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+            || forward.is_some()
+        {
+            p.at(
+                l,
+                "`rate_limit` on a listener applies to the routes of an http or https listener",
+            );
+        }
+        for name in &l.get_ref().0 {
+            if !declared.contains(name) {
+                p.at(
+                    l,
+                    format!(
+                        "unknown rate limit \"{name}\": define it in a [[rate_limits]] section"
+                    ),
+                );
+            }
+        }
+        rate_limit = l.get_ref().0.clone();
+    }
     ok.then_some(Listener {
+        rate_limit,
         name,
         binds,
         bind_as_written: r

@@ -139,6 +139,8 @@ pub struct ResponseBody {
     completion: Option<Box<dyn Completion>>,
     /// On HTTP/2: where the stream's stall guard learns of this body's progress.
     progress: Option<Arc<StreamProgress>>,
+    /// Kept as long as the body (a concurrency limit's slot).
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ResponseBody {
@@ -153,6 +155,7 @@ impl ResponseBody {
             ended: false,
             completion: None,
             progress: None,
+            held: None,
         }
     }
 
@@ -172,6 +175,7 @@ impl ResponseBody {
             ended: false,
             completion: None,
             progress: None,
+            held: None,
         })
     }
 
@@ -185,6 +189,7 @@ impl ResponseBody {
             ended: false,
             completion: None,
             progress: None,
+            held: None,
         }
     }
 
@@ -225,6 +230,11 @@ impl ResponseBody {
         if let Some(p) = &self.progress {
             p.body_polled(handed);
         }
+    }
+
+    /// Keeps `value` until this body is dropped.
+    pub fn hold(&mut self, value: Box<dyn std::any::Any + Send + Sync>) {
+        self.held = Some(value);
     }
 
     /// Sets what runs when this body is finished.

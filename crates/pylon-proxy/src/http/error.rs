@@ -65,8 +65,15 @@ error_kinds! {
     NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
     // A route's `auth`: no policy accepted the request's credentials.
     Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+    // An external authorization service refused the request with 403.
+    AuthDenied => (StatusCode::FORBIDDEN, "auth_denied"),
+    // An external authorization service failed or did not answer in time (and the
+    // policy does not let requests through then).
+    AuthUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable"),
     // A route's `rate_limit`: the key's bucket is empty.
     RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+    // A global rate limit with `on_error = "deny"` whose Redis failed or was too slow.
+    RateLimitUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
 }
 
 /// The answer for a proxy-made error: status, a one-line body and `x-pylon-error`.

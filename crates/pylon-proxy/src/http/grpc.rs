@@ -65,10 +65,12 @@ impl ErrorKind {
             Overloaded | BodyTooLarge | RateLimited => code::RESOURCE_EXHAUSTED,
             ClientAborted => code::CANCELLED,
             ProxyAuthRequired | Unauthorized => code::UNAUTHENTICATED,
-            Denied | WebSocketDisabled | CorsOriginDenied => code::PERMISSION_DENIED,
+            Denied | WebSocketDisabled | CorsOriginDenied | AuthDenied => code::PERMISSION_DENIED,
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
             | UpstreamTls | UpgradeRefused | UpgradeInvalid | ResolveFailed | RouteRemoved
-            | Shutdown | TooEarly | NotCached => code::UNAVAILABLE,
+            | Shutdown | TooEarly | NotCached | RateLimitUnavailable | AuthUnavailable => {
+                code::UNAVAILABLE
+            }
             MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
             | HeadersTooLarge | TooManyHeaders | NotAProxyRequest | RedirectInvalid => {
                 code::INTERNAL

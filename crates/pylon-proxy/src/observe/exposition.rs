@@ -427,11 +427,68 @@ impl Collector for Exposition {
 
         self.encode_clusters(&mut f)?;
         self.encode_caches(&mut f)?;
+        self.encode_rate_limits(&mut f)?;
         encode_process(&mut f)
     }
 }
 
 impl Exposition {
+    /// The rate-limit policies' decisions, and their Redis round trips when global.
+    fn encode_rate_limits(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        let rt = self.runtime.load_full();
+        let mut limits: Vec<_> = rt.rate_limits.values().collect();
+        if limits.is_empty() {
+            return Ok(());
+        }
+        limits.sort_by(|a, b| a.name.cmp(&b.name));
+        type Pick = fn(&crate::http::filters::rate_limit::LimitStats) -> &AtomicU64;
+        let rows: [(&str, &str, Pick); 3] = [
+            (
+                "pylon_rate_limit_admitted",
+                "Requests a rate limit let through at once, by policy.",
+                |s| &s.admitted,
+            ),
+            (
+                "pylon_rate_limit_delayed",
+                "Requests a rate limit let through after waiting (`delay`), by policy.",
+                |s| &s.delayed,
+            ),
+            (
+                "pylon_rate_limit_refused",
+                "Requests a rate limit refused (429, or 503 when its Redis failed), by policy.",
+                |s| &s.limited,
+            ),
+        ];
+        for (name, help, pick) in rows {
+            f.counters(
+                name,
+                help,
+                limits
+                    .iter()
+                    .map(|l| (vec![("policy", l.name.as_str())], load(pick(&l.stats)))),
+            )?;
+        }
+        let global: Vec<(&str, (u64, u64))> = limits
+            .iter()
+            .filter_map(|l| Some((l.name.as_str(), l.redis_counts()?)))
+            .collect();
+        if !global.is_empty() {
+            f.counters(
+                "pylon_rate_limit_redis_round_trips",
+                "Round trips to Redis to lease tokens of a global limit, by policy.",
+                global
+                    .iter()
+                    .map(|(n, (rt, _))| (vec![("policy", *n)], *rt)),
+            )?;
+            f.counters(
+                "pylon_rate_limit_redis_errors",
+                "Decisions of a global limit whose Redis failed or was too slow, by policy.",
+                global.iter().map(|(n, (_, e))| (vec![("policy", *n)], *e)),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The cache zones' counters and sizes, labelled by zone.
     fn encode_caches(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         let rt = self.runtime.load_full();

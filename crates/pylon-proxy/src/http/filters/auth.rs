@@ -137,6 +137,8 @@ const MAX_TOKEN: usize = 16 * 1024;
 struct FromToken {
     headers: Vec<(http::HeaderName, HeaderValue)>,
     strip: bool,
+    /// The accepted token's claims (for rate-limit keys).
+    claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// A keys file: `NAME HEX` lines (the SHA-256 of each key in hex), `#` comments.
@@ -319,8 +321,10 @@ impl Auth {
                     }
                 }
                 from_token.strip |= j.strip;
-                let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("jwt");
-                Some(Arc::from(subject))
+                let subject: Arc<str> =
+                    Arc::from(claims.get("sub").and_then(|s| s.as_str()).unwrap_or("jwt"));
+                from_token.claims = Some(Arc::new(claims));
+                Some(subject)
             }
             Policy::Basic {
                 users, credentials, ..
@@ -357,11 +361,12 @@ impl Auth {
             if user.is_some() {
                 from_token.headers.extend(this.headers);
                 from_token.strip |= this.strip;
+                from_token.claims = from_token.claims.or(this.claims);
             }
             match (user, self.all) {
                 (Some(user), false) => {
                     cx.user = Some(user);
-                    cx.state.insert(from_token);
+                    accept(cx, from_token);
                     return Ok(None);
                 }
                 (Some(user), true) => {
@@ -376,12 +381,21 @@ impl Auth {
         }
         if self.all && all_accepted && first.is_some() {
             cx.user = first;
-            cx.state.insert(from_token);
+            accept(cx, from_token);
             return Ok(None);
         }
         cx.state.insert(Refused);
         Err(ErrorKind::Unauthorized)
     }
+}
+
+/// Leaves what an accepted request carries on: a token's claims for rate-limit keys,
+/// and what goes upstream.
+fn accept(cx: &mut FilterCtx<'_>, from_token: FromToken) {
+    if let Some(c) = &from_token.claims {
+        cx.state.insert(super::rate_limit::Claims(Arc::clone(c)));
+    }
+    cx.state.insert(from_token);
 }
 
 /// The API key a request presents: the header's value, or the query parameter's.

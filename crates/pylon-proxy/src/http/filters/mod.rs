@@ -34,6 +34,7 @@ pub(crate) mod forwarding;
 mod grpc_web;
 mod path_rewrite;
 pub(crate) mod rate_limit;
+mod rate_limit_redis;
 mod request_id;
 
 /// What a filter sees besides the request and the answer.
@@ -131,8 +132,10 @@ const REGISTRY: &[Factory] = &[
     path_rewrite::build,
     client_cert::build,
     grpc_web::build,
-    rate_limit::build,
     auth::build,
+    // After auth: keys on a token's claims need them (local limits on other keys are
+    // still decided before auth, in the first pass of phase 3).
+    rate_limit::build,
     cache::build,
 ];
 
