@@ -64,18 +64,7 @@ pub fn document(config: &Config) -> Table {
             .rate_limits
             .iter()
             .map(|l| {
-                let key: Vec<String> = l
-                    .key
-                    .iter()
-                    .map(|k| match k {
-                        RateKey::ClientIp => "client_ip".to_owned(),
-                        RateKey::ClientNet { v4, v6 } => format!("client_ip/{v4}/{v6}"),
-                        RateKey::Route => "route".to_owned(),
-                        RateKey::Header(h) => format!("header:{h}"),
-                        RateKey::Cookie(c) => format!("cookie:{c}"),
-                        RateKey::Claim(c) => format!("claim:{c}"),
-                    })
-                    .collect();
+                let key: Vec<String> = l.key.iter().map(ToString::to_string).collect();
                 let mut t = T::default();
                 t.put("name", l.name.as_str()).put("key", key.join("+"));
                 match l.concurrency {
@@ -647,9 +636,26 @@ fn auth_policy(a: &AuthPolicy) -> Value {
             for (claim, header) in &j.claims_to_headers {
                 map.put(claim, header.as_str());
             }
-            let jwt = T::default()
-                .put("algorithms", texts(&j.algorithms))
-                .put("key_file", j.key_file.path.to_string_lossy().as_ref())
+            let mut jwt = T::default();
+            jwt.put("algorithms", texts(&j.algorithms));
+            match &j.keys {
+                JwtKeys::File(f) => {
+                    jwt.put("key_file", f.path.to_string_lossy().as_ref());
+                }
+                JwtKeys::Jwks(k) => {
+                    jwt.put(
+                        "jwks",
+                        T::default()
+                            .put("url", k.url.as_str())
+                            .put("cluster", k.cluster.as_str())
+                            .put("refresh", dur(k.refresh))
+                            .put("min_refresh", dur(k.min_refresh))
+                            .put("timeout", dur(k.timeout))
+                            .done(),
+                    );
+                }
+            }
+            let jwt = jwt
                 .opt("issuer", j.issuer.as_deref())
                 .opt("audience", j.audience.as_deref())
                 .put("leeway", dur(j.leeway))
@@ -661,6 +667,34 @@ fn auth_policy(a: &AuthPolicy) -> Value {
                 .put("strip_token", j.strip_token)
                 .done();
             t.put("jwt", jwt);
+        }
+        AuthKind::External(e) => {
+            let ext = T::default()
+                .put("cluster", e.cluster.as_str())
+                .put("path_prefix", e.path_prefix.as_str())
+                .put("headers", texts(&e.headers))
+                .list("upstream_headers", texts(&e.upstream_headers))
+                .opt("user_header", e.user_header.as_deref())
+                .put("timeout", dur(e.timeout))
+                .put(
+                    "on_error",
+                    match e.on_error {
+                        FailMode::Allow => "allow",
+                        FailMode::Deny => "deny",
+                    },
+                )
+                .put("cache_ttl", dur(e.cache_ttl))
+                .opt(
+                    "cache_key",
+                    e.cache_key.as_ref().map(|k| {
+                        k.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("+")
+                    }),
+                )
+                .done();
+            t.put("external", ext);
         }
     }
     Value::Table(t.done())

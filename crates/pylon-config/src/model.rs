@@ -792,6 +792,20 @@ pub enum RateKey {
     Route,
 }
 
+impl std::fmt::Display for RateKey {
+    /// As written in a `key`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateKey::ClientIp => f.write_str("client_ip"),
+            RateKey::ClientNet { v4, v6 } => write!(f, "client_ip/{v4}/{v6}"),
+            RateKey::Route => f.write_str("route"),
+            RateKey::Header(h) => write!(f, "header:{h}"),
+            RateKey::Cookie(c) => write!(f, "cookie:{c}"),
+            RateKey::Claim(c) => write!(f, "claim:{c}"),
+        }
+    }
+}
+
 /// A named authentication policy (`[[auth]]`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuthPolicy {
@@ -815,8 +829,59 @@ pub enum AuthKind {
         query: Option<String>,
         keys_file: FileRef,
     },
-    /// `Authorization: Bearer` JWTs verified with one key.
+    /// `Authorization: Bearer` JWTs verified with one key or a JWKS.
     Jwt(Jwt),
+    /// A subrequest to an authorization service decides (NGINX `auth_request`, Envoy
+    /// `ext_authz`).
+    External(ExternalAuth),
+}
+
+/// An external authorization policy's settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExternalAuth {
+    /// The authorization service.
+    pub cluster: String,
+    /// Prepended to the request's path for the subrequest.
+    pub path_prefix: String,
+    /// Lower-case request headers sent along.
+    pub headers: Vec<String>,
+    /// Lower-case headers of an accepting answer copied to the upstream request.
+    pub upstream_headers: Vec<String>,
+    /// A header of an accepting answer naming the user, for the access log.
+    pub user_header: Option<String>,
+    pub timeout: Duration,
+    /// Admit or refuse (503) when the service fails, times out or answers other than
+    /// 2xx, 401 and 403.
+    pub on_error: FailMode,
+    /// How long a verdict is reused for the same key (zero: never).
+    pub cache_ttl: Duration,
+    /// The verdict cache's key; `None`: the method, path and sent headers.
+    pub cache_key: Option<Vec<RateKey>>,
+}
+
+/// Where a JWT policy's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum JwtKeys {
+    /// The HMAC secret (HS*) or the PEM public key.
+    File(FileRef),
+    Jwks(Jwks),
+}
+
+/// A JWKS URL fetched through a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Jwks {
+    /// As written.
+    pub url: String,
+    /// The URL's authority, sent as `Host`.
+    pub host: String,
+    /// The URL's path and query.
+    pub target: String,
+    pub cluster: String,
+    /// The key set is fetched again this often.
+    pub refresh: Duration,
+    /// A token naming an unknown `kid` fetches the set again at most this often.
+    pub min_refresh: Duration,
+    pub timeout: Duration,
 }
 
 /// A JWT policy's settings.
@@ -824,8 +889,7 @@ pub enum AuthKind {
 pub struct Jwt {
     /// Accepted algorithms (one family: HS*, RS*/PS*, ES*, or EdDSA), as written.
     pub algorithms: Vec<String>,
-    /// The HMAC secret (HS*) or the PEM public key.
-    pub key_file: FileRef,
+    pub keys: JwtKeys,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`.

@@ -246,13 +246,41 @@ pub struct RawAuth {
     pub basic: Option<Spanned<RawBasicAuth>>,
     pub api_key: Option<Spanned<RawApiKeyAuth>>,
     pub jwt: Option<Spanned<RawJwtAuth>>,
+    pub external: Option<Spanned<RawExternalAuth>>,
+}
+
+/// An `external` auth policy: a subrequest to an authorization service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExternalAuth {
+    pub cluster: Spanned<String>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub headers: Option<Spanned<StrList>>,
+    pub upstream_headers: Option<Spanned<StrList>>,
+    pub user_header: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub cache_key: Option<Spanned<String>>,
+}
+
+/// A JWT policy's `jwks`: keys fetched from a JWKS URL through a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    pub url: Spanned<String>,
+    pub cluster: Spanned<String>,
+    pub refresh: Option<Spanned<String>>,
+    pub min_refresh: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwtAuth {
     pub algorithms: Spanned<StrList>,
-    pub key_file: Spanned<String>,
+    pub key_file: Option<Spanned<String>>,
+    pub jwks: Option<Spanned<RawJwks>>,
     pub issuer: Option<Spanned<String>>,
     pub audience: Option<Spanned<String>>,
     pub leeway: Option<Spanned<String>>,

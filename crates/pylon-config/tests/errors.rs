@@ -1251,6 +1251,52 @@ rate = 3
 }
 
 #[test]
+fn jwks_and_external_auth_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "idp"
+endpoints = ["127.0.0.1:1"]
+
+[[auth]]
+name = "keyless"
+jwt = { algorithms = ["ES256"] }
+
+[[auth]]
+name = "both"
+jwt = { algorithms = ["ES256"], key_file = "k.pem", jwks = { url = "https://idp/keys", cluster = "idp" } }
+
+[[auth]]
+name = "bad-jwks"
+jwt = { algorithms = ["RS256"], jwks = { url = "ftp://idp/keys", cluster = "nowhere", refresh = "0s" } }
+
+[[auth]]
+name = "ext"
+external = { cluster = "ghost", path_prefix = "check", on_error = "shrug", cache_key = "header:", upstream_headers = ["bad header"] }
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:10:1: auth[0]: a jwt policy needs its key: `key_file` (a secret or PEM public key) or `jwks` (a JWKS URL)",
+        "test.toml:16:44: auth[1].jwt.key_file: give `key_file` or `jwks`, not both",
+        "test.toml:20:48: auth[2].jwt.jwks.url: invalid JWKS URL \"ftp://idp/keys\"",
+        "test.toml:20:76: auth[2].jwt.jwks.cluster: unknown cluster \"nowhere\"",
+        "test.toml:20:97: auth[2].jwt.jwks.refresh: must be greater than zero",
+        "test.toml:24:24: auth[3].external.cluster: unknown cluster \"ghost\"",
+        "test.toml:24:47: auth[3].external.path_prefix: path_prefix must start with '/'",
+        "test.toml:24:67: auth[3].external.on_error: unknown on_error \"shrug\", expected allow or deny",
+        "test.toml:24:88: auth[3].external.cache_key: invalid key \"header:\"",
+        "test.toml:24:118: auth[3].external.upstream_headers: invalid header name \"bad header\"",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

@@ -120,7 +120,7 @@ impl Runtime {
             return Err(errors);
         }
         let caches = crate::http::filters::cache::zones(config, previous.map(|p| &p.caches))?;
-        let auth = crate::http::filters::auth::policies(config)?;
+        let auth = crate::http::filters::auth::policies(config, &clusters)?;
         let rate_limits = crate::http::filters::rate_limit::limiters(config);
         let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config

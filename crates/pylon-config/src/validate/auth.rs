@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
+use std::time::Duration;
+
 use toml::Spanned;
 
 use super::{Problems, check_name, header_value_ok};
@@ -22,16 +24,27 @@ pub(super) fn policy(
         return None;
     };
     check_name(name, "auth policy", names, p);
-    let kinds = [r.basic.is_some(), r.api_key.is_some(), r.jwt.is_some()]
-        .iter()
-        .filter(|k| **k)
-        .count();
+    let kinds = [
+        r.basic.is_some(),
+        r.api_key.is_some(),
+        r.jwt.is_some(),
+        r.external.is_some(),
+    ]
+    .iter()
+    .filter(|k| **k)
+    .count();
     if kinds > 1 {
         p.span(
             span,
-            "an [[auth]] policy has exactly one kind: `basic`, `api_key` or `jwt`",
+            "an [[auth]] policy has exactly one kind: `basic`, `api_key`, `jwt` or `external`",
         );
         return None;
+    }
+    if let Some(e) = r.external {
+        return Some(AuthPolicy {
+            name: name.get_ref().clone(),
+            kind: AuthKind::External(external(e.into_inner(), ctx, p)),
+        });
     }
     if let Some(j) = r.jwt {
         let j = j.into_inner();
@@ -76,11 +89,26 @@ pub(super) fn policy(
                 claims_to_headers.push((claim.clone(), header.get_ref().to_ascii_lowercase()));
             }
         }
+        let keys = match (&j.key_file, j.jwks) {
+            (Some(f), None) => JwtKeys::File(ctx.file_ref(f)),
+            (None, Some(k)) => JwtKeys::Jwks(jwks(k.into_inner(), ctx, p)),
+            (Some(f), Some(_)) => {
+                p.at(f, "give `key_file` or `jwks`, not both");
+                return None;
+            }
+            (None, None) => {
+                p.span(
+                    span,
+                    "a jwt policy needs its key: `key_file` (a secret or PEM public key) or `jwks` (a JWKS URL)",
+                );
+                return None;
+            }
+        };
         return Some(AuthPolicy {
             name: name.get_ref().clone(),
             kind: AuthKind::Jwt(Jwt {
                 algorithms,
-                key_file: ctx.file_ref(&j.key_file),
+                keys,
                 issuer: j.issuer.map(|s| s.into_inner()),
                 audience: j.audience.map(|s| s.into_inner()),
                 leeway,
@@ -160,7 +188,7 @@ pub(super) fn policy(
         None => {
             p.span(
                 span,
-                "an [[auth]] policy needs its kind: `basic = { ... }`, `api_key = { ... }` or `jwt = { ... }`",
+                "an [[auth]] policy needs its kind: `basic = { ... }`, `api_key = { ... }`, `jwt = { ... }` or `external = { ... }`",
             );
             return None;
         }
@@ -169,6 +197,152 @@ pub(super) fn policy(
         name: name.get_ref().clone(),
         kind,
     })
+}
+
+/// A positive duration, or `default`.
+fn positive(v: &Option<Spanned<String>>, default: Duration, p: &mut Problems) -> Duration {
+    let Some(v) = v else { return default };
+    match crate::units::parse_duration(v.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            p.at(v, "must be greater than zero");
+            default
+        }
+        Err(e) => {
+            p.at(v, e);
+            default
+        }
+    }
+}
+
+/// A JWT policy's `jwks`.
+fn jwks(k: crate::raw::RawJwks, ctx: &super::Ctx<'_, '_>, p: &mut Problems) -> Jwks {
+    let url = k.url.get_ref();
+    let parsed = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .and_then(|rest| {
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let path = if path.is_empty() { "/" } else { path };
+            let plain = |t: &str| t.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+            (!host.is_empty() && plain(host) && !host.contains(['@', '?']) && plain(path))
+                .then(|| (host.to_owned(), path.to_owned()))
+        });
+    let (host, target) = parsed.unwrap_or_else(|| {
+        p.at(
+            &k.url,
+            format!("invalid JWKS URL \"{url}\", expected https://HOST[:PORT]/PATH"),
+        );
+        (String::new(), "/".to_owned())
+    });
+    cluster_named(&k.cluster, ctx, p);
+    Jwks {
+        url: url.clone(),
+        host,
+        target,
+        cluster: k.cluster.into_inner(),
+        refresh: positive(&k.refresh, Duration::from_secs(300), p),
+        min_refresh: positive(&k.min_refresh, Duration::from_secs(5), p),
+        timeout: positive(&k.timeout, Duration::from_secs(5), p),
+    }
+}
+
+/// Reports a cluster name no `[[clusters]]` defines.
+fn cluster_named(c: &Spanned<String>, ctx: &super::Ctx<'_, '_>, p: &mut Problems) {
+    if !super::declared_names(ctx.root, "clusters").contains(c.get_ref()) {
+        p.at(
+            c,
+            format!(
+                "unknown cluster \"{}\": define it in a [[clusters]] section",
+                c.get_ref()
+            ),
+        );
+    }
+}
+
+/// Lower-case header names, each checked.
+fn header_names(v: &Option<Spanned<crate::raw::StrList>>, p: &mut Problems) -> Option<Vec<String>> {
+    let v = v.as_ref()?;
+    for h in &v.get_ref().0 {
+        if !super::header_name_ok(h) {
+            p.at(v, format!("invalid header name \"{h}\""));
+        }
+    }
+    Some(
+        v.get_ref()
+            .0
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    )
+}
+
+/// An `external` policy.
+fn external(
+    e: crate::raw::RawExternalAuth,
+    ctx: &super::Ctx<'_, '_>,
+    p: &mut Problems,
+) -> ExternalAuth {
+    cluster_named(&e.cluster, ctx, p);
+    let path_prefix = match &e.path_prefix {
+        Some(s) if !s.get_ref().is_empty() && !s.get_ref().starts_with('/') => {
+            p.at(s, "path_prefix must start with '/'");
+            String::new()
+        }
+        Some(s) => s.get_ref().trim_end_matches('/').to_owned(),
+        None => String::new(),
+    };
+    let on_error = match e.on_error.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("deny") => FailMode::Deny,
+        Some("allow") => FailMode::Allow,
+        Some(other) => {
+            if let Some(s) = &e.on_error {
+                p.at(
+                    s,
+                    format!("unknown on_error \"{other}\", expected allow or deny"),
+                );
+            }
+            FailMode::Deny
+        }
+    };
+    let cache_ttl = match &e.cache_ttl {
+        None => Duration::ZERO,
+        Some(v) => crate::units::parse_duration(v.get_ref()).unwrap_or_else(|err| {
+            p.at(v, err);
+            Duration::ZERO
+        }),
+    };
+    let cache_key = e.cache_key.as_ref().map(|k| {
+        k.get_ref()
+            .split('+')
+            .map(str::trim)
+            .filter_map(|part| {
+                let parsed = rate_key(part);
+                if parsed.is_none() {
+                    p.at(k, format!("invalid key \"{part}\", expected client_ip, header:NAME, cookie:NAME or claim:NAME, or several joined with '+'"));
+                }
+                parsed
+            })
+            .collect()
+    });
+    let user_header = e.user_header.as_ref().map(|h| {
+        if !super::header_name_ok(h.get_ref()) {
+            p.at(h, format!("invalid header name \"{}\"", h.get_ref()));
+        }
+        h.get_ref().to_ascii_lowercase()
+    });
+    ExternalAuth {
+        cluster: e.cluster.get_ref().clone(),
+        path_prefix,
+        headers: header_names(&e.headers, p)
+            .unwrap_or_else(|| vec!["authorization".to_owned(), "cookie".to_owned()]),
+        upstream_headers: header_names(&e.upstream_headers, p).unwrap_or_default(),
+        user_header,
+        timeout: positive(&e.timeout, Duration::from_secs(1), p),
+        on_error,
+        cache_ttl,
+        cache_key,
+    }
 }
 
 /// A `[[rate_limits]]` policy.

@@ -8,6 +8,7 @@ mod h2;
 mod h3;
 mod pool;
 mod sticky;
+pub mod subrequest;
 pub mod warm;
 
 pub use body::UpstreamBody;

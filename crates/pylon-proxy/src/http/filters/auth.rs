@@ -1,11 +1,13 @@
 //! Authentication on routes (`auth = ["policy", ...]`, policies in `[[auth]]`): a
-//! request goes on when one of the route's policies accepts it, else it is refused with
-//! 401 `unauthorized` and a `WWW-Authenticate` challenge per policy. The accepted user is
-//! written to the access log. `auth_skip` paths (exact, or prefixes ending in `*`) go on
-//! without. Policies so far: `basic` (argon2 hashes, verified on the blocking pool with
-//! the verdicts cached, as the forward proxy's users are) and `api_key` (a key in a header
-//! or query parameter, its SHA-256 looked up among the hashes of a keys file, read when
-//! the configuration is loaded).
+//! request goes on when one of the route's policies accepts it (every one with
+//! `auth_require = "all"`), else it is refused with 401 `unauthorized` and a
+//! `WWW-Authenticate` challenge per policy. The accepted user is written to the access
+//! log. `auth_skip` paths (exact, or prefixes ending in `*`) go on without. Policies:
+//! `basic` (argon2 hashes, verified on the blocking pool with the verdicts cached, as
+//! the forward proxy's users are), `api_key` (a key in a header or query parameter, its
+//! SHA-256 looked up among the hashes of a keys file), `jwt` (bearer tokens verified
+//! with a key file or the keys of a JWKS URL, `jwks.rs`) and `external` (a subrequest
+//! to an authorization service, `ext_authz.rs`, whose 401 and 403 are relayed).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,11 +41,26 @@ pub(crate) enum Policy {
         keys: HashMap<[u8; 32], Arc<str>>,
     },
     Jwt(Box<JwtPolicy>),
+    External(Box<super::ext_authz::ExternalPolicy>),
+}
+
+/// Where a JWT policy's keys are.
+enum JwtKeys {
+    Static(jsonwebtoken::DecodingKey),
+    Jwks(Arc<super::jwks::JwksKeys>),
+}
+
+/// What a bearer token came to.
+enum TokenCheck {
+    Claims(serde_json::Map<String, serde_json::Value>),
+    Refused,
+    /// No key set could be fetched to check it with.
+    Unavailable,
 }
 
 /// A JWT policy ready to verify tokens.
 pub(crate) struct JwtPolicy {
-    key: jsonwebtoken::DecodingKey,
+    keys: JwtKeys,
     validation: jsonwebtoken::Validation,
     required: Vec<String>,
     claims_to_headers: Vec<(String, http::HeaderName)>,
@@ -51,34 +68,34 @@ pub(crate) struct JwtPolicy {
 }
 
 impl JwtPolicy {
-    fn new(j: &pylon_config::model::Jwt) -> Result<JwtPolicy, String> {
+    fn new(j: &pylon_config::model::Jwt, clusters: &Clusters) -> Result<JwtPolicy, String> {
         use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-        let bytes = std::fs::read(&j.key_file.path).map_err(|e| {
-            format!(
-                "cannot read the key file {}: {e}",
-                j.key_file.path.display()
-            )
-        })?;
         let algorithms: Vec<Algorithm> = j
             .algorithms
             .iter()
             .filter_map(|a| a.parse::<Algorithm>().ok())
             .collect();
         let first = *algorithms.first().ok_or("no algorithm")?;
-        let key = match first {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                DecodingKey::from_secret(bytes.trim_ascii_end())
+        let keys = match &j.keys {
+            pylon_config::model::JwtKeys::Jwks(k) => JwtKeys::Jwks(Arc::new(
+                super::jwks::JwksKeys::new(k.clone(), clusters.get(&k.cluster).cloned()),
+            )),
+            pylon_config::model::JwtKeys::File(f) => {
+                let bytes = std::fs::read(&f.path)
+                    .map_err(|e| format!("cannot read the key file {}: {e}", f.path.display()))?;
+                JwtKeys::Static(
+                    match first {
+                        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                            DecodingKey::from_secret(bytes.trim_ascii_end())
+                        }
+                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&bytes),
+                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes),
+                        _ => DecodingKey::from_rsa_pem(&bytes),
+                    }
+                    .map_err(|e| format!("{}: not a key for {first:?}: {e}", f.path.display()))?,
+                )
             }
-            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&bytes),
-            Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes),
-            _ => DecodingKey::from_rsa_pem(&bytes),
-        }
-        .map_err(|e| {
-            format!(
-                "{}: not a key for {first:?}: {e}",
-                j.key_file.path.display()
-            )
-        })?;
+        };
         let mut validation = Validation::new(first);
         validation.algorithms = algorithms;
         validation.leeway = j.leeway.as_secs();
@@ -91,7 +108,7 @@ impl JwtPolicy {
             validation.set_issuer(&[i]);
         }
         Ok(JwtPolicy {
-            key,
+            keys,
             validation,
             required: j.required_claims.clone(),
             claims_to_headers: j
@@ -106,26 +123,49 @@ impl JwtPolicy {
     }
 
     /// The token's claims, when it verifies and carries the required ones.
-    fn verify(
-        &self,
-        req: &Request<ClientBody>,
-    ) -> Option<serde_json::Map<String, serde_json::Value>> {
-        let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = value.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.len() > MAX_TOKEN {
-            return None;
+    async fn verify(&self, req: &Request<ClientBody>) -> TokenCheck {
+        let Some(token) = bearer(req) else {
+            return TokenCheck::Refused;
+        };
+        let decode = |key: &jsonwebtoken::DecodingKey| {
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token,
+                key,
+                &self.validation,
+            )
+            .ok()
+        };
+        let data = match &self.keys {
+            JwtKeys::Static(key) => decode(key),
+            JwtKeys::Jwks(jwks) => {
+                let Ok(header) = jsonwebtoken::decode_header(token) else {
+                    return TokenCheck::Refused;
+                };
+                if !self.validation.algorithms.contains(&header.alg) {
+                    return TokenCheck::Refused;
+                }
+                match jwks.key(header.kid.as_deref()).await {
+                    super::jwks::KeyLookup::Found(key) => decode(&key),
+                    super::jwks::KeyLookup::Candidates(keys) => keys.iter().find_map(|k| decode(k)),
+                    super::jwks::KeyLookup::Unknown => None,
+                    super::jwks::KeyLookup::Unavailable => return TokenCheck::Unavailable,
+                }
+            }
+        };
+        match data {
+            Some(d) if self.required.iter().all(|c| d.claims.contains_key(c)) => {
+                TokenCheck::Claims(d.claims)
+            }
+            _ => TokenCheck::Refused,
         }
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token.trim(),
-            &self.key,
-            &self.validation,
-        )
-        .ok()?;
-        self.required
-            .iter()
-            .all(|c| data.claims.contains_key(c))
-            .then_some(data.claims)
     }
+}
+
+/// The bearer token of `Authorization`, unless it is too long to look at.
+fn bearer(req: &Request<ClientBody>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && token.len() <= MAX_TOKEN).then(|| token.trim())
 }
 
 /// The longest bearer token looked at (a huge `Authorization` is refused unparsed).
@@ -181,7 +221,7 @@ fn read_keys(path: &std::path::Path) -> Result<HashMap<[u8; 32], Arc<str>>, Stri
 /// The problems `pylon check` reports for the auth policies' files (keys files that
 /// cannot be read or have a malformed line).
 pub fn check(config: &Config) -> Vec<ConfigError> {
-    policies(config).err().unwrap_or_default()
+    policies(config, &Clusters::new()).err().unwrap_or_default()
 }
 
 /// A new random API key (32 bytes, URL-safe base64 without padding) and its SHA-256 in
@@ -212,9 +252,12 @@ pub fn key_digest(key: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The runtime's clusters, by name (for JWKS and external authorization).
+pub(crate) type Clusters = HashMap<String, Arc<crate::cluster::ClusterRuntime>>;
+
 /// The policies of `config` (credential caches start empty, keys files are read again
 /// on each reload); a keys file that cannot be read is an error naming where it is set.
-pub(crate) fn policies(config: &Config) -> Result<Policies, Vec<ConfigError>> {
+pub(crate) fn policies(config: &Config, clusters: &Clusters) -> Result<Policies, Vec<ConfigError>> {
     let mut out = Policies::new();
     let mut errors = Vec::new();
     for a in &config.auth {
@@ -242,13 +285,18 @@ pub(crate) fn policies(config: &Config) -> Result<Policies, Vec<ConfigError>> {
                     continue;
                 }
             },
-            AuthKind::Jwt(j) => match JwtPolicy::new(j) {
+            AuthKind::Jwt(j) => match JwtPolicy::new(j, clusters) {
                 Ok(p) => Policy::Jwt(Box::new(p)),
                 Err(e) => {
-                    errors.push(j.key_file.at.error(e));
+                    if let pylon_config::model::JwtKeys::File(f) = &j.keys {
+                        errors.push(f.at.error(e));
+                    }
                     continue;
                 }
             },
+            AuthKind::External(e) => Policy::External(Box::new(
+                super::ext_authz::ExternalPolicy::new(e, clusters.get(&e.cluster).cloned()),
+            )),
         };
         out.insert(a.name.clone(), Arc::new(policy));
     }
@@ -285,9 +333,16 @@ struct Auth {
     all: bool,
 }
 
-/// Left for `error_answer` when the request was refused.
+/// Left for `error_answer` when the request was refused, and how.
 #[derive(Clone)]
-struct Refused;
+enum Refused {
+    /// No policy accepted: challenges.
+    Plain,
+    /// An external service's refusal, relayed.
+    Relay(Arc<super::ext_authz::Refusal>),
+    /// A policy could not decide.
+    Unavailable,
+}
 
 impl Auth {
     fn skipped(&self, path: &str) -> bool {
@@ -297,17 +352,23 @@ impl Auth {
         })
     }
 
-    /// The user `policy` accepts the request as, if it does (a JWT's claims to send
-    /// upstream are left in `from_token`).
-    async fn user_of(
+    /// What `policy` makes of the request: the user it accepts it as (a JWT's claims
+    /// and an external service's headers to send upstream are left in `from_token`),
+    /// or why not.
+    async fn outcome(
         &self,
         policy: &Policy,
         req: &Request<ClientBody>,
+        cx: &FilterCtx<'_>,
         from_token: &mut FromToken,
-    ) -> Option<Arc<str>> {
-        match policy {
+    ) -> Outcome {
+        let user = match policy {
             Policy::Jwt(j) => {
-                let claims = j.verify(req)?;
+                let claims = match j.verify(req).await {
+                    TokenCheck::Claims(c) => c,
+                    TokenCheck::Refused => return Outcome::Refused,
+                    TokenCheck::Unavailable => return Outcome::Unavailable,
+                };
                 for (claim, name) in &j.claims_to_headers {
                     let text = match claims.get(claim) {
                         Some(serde_json::Value::String(s)) => s.clone(),
@@ -339,7 +400,22 @@ impl Auth {
                 keys,
             } => presented_key(req, header.as_ref(), query.as_deref())
                 .and_then(|k| keys.get(&key_digest(k)).cloned()),
-        }
+            Policy::External(e) => {
+                use super::ext_authz::Verdict;
+                match &*e.check(req, cx).await {
+                    Verdict::Allow { headers, user } => {
+                        from_token.headers.extend(headers.iter().cloned());
+                        Some(user.clone().unwrap_or_else(|| Arc::from("external")))
+                    }
+                    Verdict::Deny(refusal) => return Outcome::Relay(Arc::clone(refusal)),
+                    Verdict::Failed => match e.fail_mode() {
+                        pylon_config::model::FailMode::Allow => Some(Arc::from("external")),
+                        pylon_config::model::FailMode::Deny => return Outcome::Unavailable,
+                    },
+                }
+            }
+        };
+        user.map_or(Outcome::Refused, Outcome::Accepted)
     }
 
     async fn check(
@@ -353,40 +429,61 @@ impl Auth {
         // Any one policy lets it through; with `auth_require = "all"`, every one must
         // (the first one's user is the one logged).
         let mut first: Option<Arc<str>> = None;
-        let mut all_accepted = true;
         let mut from_token = FromToken::default();
+        let mut refusal = Refused::Plain;
         for policy in &self.policies {
             let mut this = FromToken::default();
-            let user = self.user_of(policy, req, &mut this).await;
-            if user.is_some() {
-                from_token.headers.extend(this.headers);
-                from_token.strip |= this.strip;
-                from_token.claims = from_token.claims.or(this.claims);
-            }
-            match (user, self.all) {
-                (Some(user), false) => {
-                    cx.user = Some(user);
-                    accept(cx, from_token);
-                    return Ok(None);
-                }
-                (Some(user), true) => {
+            match self.outcome(policy, req, cx, &mut this).await {
+                Outcome::Accepted(user) => {
+                    from_token.headers.extend(this.headers);
+                    from_token.strip |= this.strip;
+                    from_token.claims = from_token.claims.or(this.claims);
                     first.get_or_insert(user);
+                    if !self.all {
+                        break;
+                    }
                 }
-                (None, true) => {
-                    all_accepted = false;
-                    break;
+                other => {
+                    // Why it is refused, if it is: a service that could not decide
+                    // outweighs a relayed refusal, which outweighs a plain one.
+                    refusal = match (other, refusal) {
+                        (Outcome::Unavailable, _) | (_, Refused::Unavailable) => {
+                            Refused::Unavailable
+                        }
+                        (Outcome::Relay(r), _) => Refused::Relay(r),
+                        (_, kept) => kept,
+                    };
+                    if self.all {
+                        first = None;
+                        break;
+                    }
                 }
-                (None, false) => {}
             }
         }
-        if self.all && all_accepted && first.is_some() {
-            cx.user = first;
+        if let Some(user) = first {
+            cx.user = Some(user);
             accept(cx, from_token);
             return Ok(None);
         }
-        cx.state.insert(Refused);
-        Err(ErrorKind::Unauthorized)
+        let kind = match &refusal {
+            Refused::Plain => ErrorKind::Unauthorized,
+            Refused::Unavailable => ErrorKind::AuthUnavailable,
+            Refused::Relay(r) if r.status == http::StatusCode::FORBIDDEN => ErrorKind::AuthDenied,
+            Refused::Relay(_) => ErrorKind::Unauthorized,
+        };
+        cx.state.insert(refusal);
+        Err(kind)
     }
+}
+
+/// One policy's answer to a request.
+enum Outcome {
+    Accepted(Arc<str>),
+    Refused,
+    /// An external service's 401 or 403.
+    Relay(Arc<super::ext_authz::Refusal>),
+    /// The policy could not decide (an external service or a JWKS that failed).
+    Unavailable,
 }
 
 /// Leaves what an accepted request carries on: a token's claims for rate-limit keys,
@@ -424,12 +521,21 @@ impl Filter for Auth {
     }
 
     fn upstream_head(&self, head: &mut http::request::Parts, cx: &mut FilterCtx<'_>) {
-        // Headers a JWT's claims fill come from the token, never from the client.
+        // Headers a JWT's claims or an authorization service fill come from them,
+        // never from the client.
         for policy in &self.policies {
-            if let Policy::Jwt(j) = policy.as_ref() {
-                for (_, name) in &j.claims_to_headers {
-                    head.headers.remove(name);
+            match policy.as_ref() {
+                Policy::Jwt(j) => {
+                    for (_, name) in &j.claims_to_headers {
+                        head.headers.remove(name);
+                    }
                 }
+                Policy::External(e) => {
+                    for name in e.upstream_headers() {
+                        head.headers.remove(name);
+                    }
+                }
+                Policy::Basic { .. } | Policy::ApiKey { .. } => {}
             }
         }
         if let Some(from) = cx.state.get::<FromToken>() {
@@ -443,8 +549,21 @@ impl Filter for Auth {
     }
 
     fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {
-        if state.get::<Refused>().is_none() {
-            return;
+        match state.get::<Refused>() {
+            Some(Refused::Plain) => {}
+            Some(Refused::Relay(r)) => {
+                // The service's own answer: its status is the error's, its headers and
+                // body replace the proxy's text.
+                if !r.body.is_empty() {
+                    resp.headers_mut().remove(header::CONTENT_TYPE);
+                    *resp.body_mut() = ResponseBody::full(r.body.clone());
+                }
+                for (name, value) in &r.headers {
+                    resp.headers_mut().append(name.clone(), value.clone());
+                }
+                return;
+            }
+            Some(Refused::Unavailable) | None => return,
         }
         for policy in &self.policies {
             match policy.as_ref() {
@@ -456,7 +575,7 @@ impl Filter for Auth {
                     resp.headers_mut()
                         .append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 }
-                Policy::ApiKey { .. } => {}
+                Policy::ApiKey { .. } | Policy::External(_) => {}
             }
         }
     }

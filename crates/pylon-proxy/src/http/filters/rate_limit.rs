@@ -247,45 +247,8 @@ enum Verdict {
 }
 
 impl Limiter {
-    /// The request's key for this policy (its parts joined by a unit separator).
     fn key_of(&self, req: &Request<ClientBody>, cx: &FilterCtx<'_>) -> String {
-        let mut out = String::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                out.push('\u{1f}');
-            }
-            match part {
-                RateKey::ClientIp => {
-                    out.push_str(&String::from_utf8_lossy(cx.conn.client_ip.as_bytes()));
-                }
-                RateKey::ClientNet { v4, v6 } => {
-                    out.push_str(&network(cx.conn.client.ip(), *v4, *v6));
-                }
-                RateKey::Header(h) => {
-                    if let Some(v) = req.headers().get(h.as_str()) {
-                        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                    }
-                }
-                RateKey::Cookie(name) => {
-                    out.push_str(
-                        crate::http::headers::cookie(req.headers(), name).unwrap_or_default(),
-                    );
-                }
-                RateKey::Claim(name) => {
-                    match cx
-                        .state
-                        .get::<Claims>()
-                        .and_then(|c| c.0.get(name.as_str()))
-                    {
-                        Some(serde_json::Value::String(s)) => out.push_str(s),
-                        Some(v) => out.push_str(&v.to_string()),
-                        None => {}
-                    }
-                }
-                RateKey::Route => {}
-            }
-        }
-        out
+        key_text(&self.key, req, cx)
     }
 
     /// One decision, without waiting (local and concurrency kinds).
@@ -349,6 +312,44 @@ impl Limiter {
             Verdict::Admit | Verdict::Unavailable => ErrorKind::RateLimitUnavailable,
         }
     }
+}
+
+/// A request's key made of `parts` (joined by a unit separator; a part the request
+/// lacks is empty): for rate limits and for external authorization's verdict cache.
+pub(crate) fn key_text(parts: &[RateKey], req: &Request<ClientBody>, cx: &FilterCtx<'_>) -> String {
+    let mut out = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('\u{1f}');
+        }
+        match part {
+            RateKey::ClientIp => {
+                out.push_str(&String::from_utf8_lossy(cx.conn.client_ip.as_bytes()));
+            }
+            RateKey::ClientNet { v4, v6 } => {
+                out.push_str(&network(cx.conn.client.ip(), *v4, *v6));
+            }
+            RateKey::Header(h) => {
+                if let Some(v) = req.headers().get(h.as_str()) {
+                    out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
+            }
+            RateKey::Cookie(name) => {
+                out.push_str(crate::http::headers::cookie(req.headers(), name).unwrap_or_default());
+            }
+            RateKey::Claim(name) => match cx
+                .state
+                .get::<Claims>()
+                .and_then(|c| c.0.get(name.as_str()))
+            {
+                Some(serde_json::Value::String(s)) => out.push_str(s),
+                Some(v) => out.push_str(&v.to_string()),
+                None => {}
+            },
+            RateKey::Route => {}
+        }
+    }
+    out
 }
 
 /// `ip` cut to its first `v4` (IPv4) or `v6` (IPv6) bits, as `network/bits` text.
