@@ -543,6 +543,13 @@ fn route(index: usize, r: &Route) -> Value {
             "client_cert_fingerprint",
             m.client_cert.fingerprint.as_deref(),
         );
+    if !m.claims.is_empty() {
+        let mut claims = T::default();
+        for (name, value) in &m.claims {
+            claims.put(name, value.as_str());
+        }
+        t.put("claims", claims.done());
+    }
     let headers: Vec<Value> = m
         .headers
         .iter()

@@ -674,6 +674,10 @@ pub struct RouteMatch {
     /// Conditions on the verified client certificate; a request without one does not
     /// match a route that has any.
     pub client_cert: ClientCertMatch,
+    /// Claims the request's JWT (verified by one of the route's `auth` jwt policies)
+    /// must carry with these values; a request without such a token does not match a
+    /// route that has any.
+    pub claims: Vec<(String, String)>,
 }
 
 /// Conditions on the verified client certificate (all given ones must hold).

@@ -195,6 +195,7 @@ pub struct RawRoute {
     pub client_cert_subject: Option<Spanned<String>>,
     pub client_cert_dns: Option<Spanned<String>>,
     pub client_cert_fingerprint: Option<Spanned<String>>,
+    pub claims: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub cluster: Option<Spanned<String>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,

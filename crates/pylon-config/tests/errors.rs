@@ -1276,6 +1276,12 @@ jwt = { algorithms = ["RS256"], jwks = { url = "ftp://idp/keys", cluster = "nowh
 [[auth]]
 name = "ext"
 external = { cluster = "ghost", path_prefix = "check", on_error = "shrug", cache_key = "header:", upstream_headers = ["bad header"] }
+
+[[routes]]
+path = "/x"
+cluster = "idp"
+auth = ["ext"]
+claims = { role = "admin" }
 "#;
     let e = errors(text);
     let expected = [
@@ -1289,6 +1295,7 @@ external = { cluster = "ghost", path_prefix = "check", on_error = "shrug", cache
         "test.toml:24:67: auth[3].external.on_error: unknown on_error \"shrug\", expected allow or deny",
         "test.toml:24:88: auth[3].external.cache_key: invalid key \"header:\"",
         "test.toml:24:118: auth[3].external.upstream_headers: invalid header name \"bad header\"",
+        "test.toml:30:10: routes[0].claims: `claims` needs a jwt policy in this route's `auth`",
     ];
     assert_eq!(e.len(), expected.len(), "{e:#?}");
     for (got, want) in e.iter().zip(expected) {

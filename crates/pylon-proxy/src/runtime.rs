@@ -141,6 +141,7 @@ impl Runtime {
                             .and_then(|o| o.router.route_named(&r.name))
                             .map_or_else(Life::default, |o| o.life.clone());
                         RouteRuntime {
+                            claim_policies: crate::http::filters::auth::claim_policies(r, &auth),
                             name: Arc::from(r.name.as_str()),
                             cluster: match &r.action {
                                 Action::Proxy(p) => clusters.get(&p.cluster).cloned(),

@@ -147,3 +147,110 @@ jwt = {{ algorithms = ["ES256"], key_file = "{}", audience = "pylon" }}
     assert_eq!(origin.request_count(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn routes_match_on_the_claims_of_a_verified_token() {
+    let admin = Origin::named("admin-app").await;
+    let user = Origin::named("user-app").await;
+    let dir = std::env::temp_dir().join(format!("pylon-jwt-claims-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = b"a-test-secret-of-thirty-two-bytes!";
+    std::fs::write(dir.join("hs.key"), secret).unwrap();
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "admins"
+path_prefix = "/api/"
+claims = {{ role = "admin" }}
+cluster = "admin"
+auth = ["jwt"]
+
+[[routes]]
+name = "gold"
+path_prefix = "/api/"
+claims = {{ tier = "3", groups = "beta" }}
+cluster = "admin"
+auth = ["jwt"]
+
+[[routes]]
+name = "everyone"
+path_prefix = "/api/"
+cluster = "user"
+auth = ["jwt"]
+
+[[clusters]]
+name = "admin"
+endpoints = ["{}"]
+
+[[clusters]]
+name = "user"
+endpoints = ["{}"]
+
+[[auth]]
+name = "jwt"
+jwt = {{ algorithms = ["HS256"], key_file = "{}" }}
+"#,
+        admin.addr,
+        user.addr,
+        dir.join("hs.key").display()
+    ))
+    .await;
+    let front = p.addr("front");
+    let sign = |claims: serde_json::Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    };
+    let ask = |token: Option<String>| async move {
+        let mut r = Request::get("/api/x").header("host", "test.local");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        send_h1(front, r.body(empty()).unwrap()).await
+    };
+    let served_by = |a: &Answer| a.text().split_whitespace().next().unwrap_or("").to_owned();
+    let admin_token = sign(json!({ "sub": "ann", "role": "admin", "exp": now() + 600 }));
+    let a = ask(Some(admin_token)).await;
+    assert_eq!(
+        (a.status.as_u16(), served_by(&a)),
+        (200, "admin-app".into())
+    );
+    // A number compared by its text, a list by its members.
+    let gold =
+        sign(json!({ "sub": "bo", "tier": 3, "groups": ["alpha", "beta"], "exp": now() + 600 }));
+    let a = ask(Some(gold)).await;
+    assert_eq!(
+        (a.status.as_u16(), served_by(&a)),
+        (200, "admin-app".into())
+    );
+    let plain = sign(json!({ "sub": "cy", "role": "user", "tier": 3, "exp": now() + 600 }));
+    let a = ask(Some(plain)).await;
+    assert_eq!((a.status.as_u16(), served_by(&a)), (200, "user-app".into()));
+    // A forged admin token matches no claims route, and its own route refuses it.
+    let forged = format!(
+        "{}.{}.{}",
+        "eyJhbGciOiJIUzI1NiJ9",
+        base64_url(&json!({ "role": "admin", "exp": now() + 600 }).to_string()),
+        "AAAA"
+    );
+    assert_eq!(ask(Some(forged)).await.status, 401);
+    assert_eq!(ask(None).await.status, 401);
+    assert_eq!(admin.request_count(), 2);
+    assert_eq!(user.request_count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}

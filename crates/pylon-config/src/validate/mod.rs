@@ -341,6 +341,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         clusters: &declared_clusters,
         caches: &declared_caches,
         auth: &declared_auth,
+        jwt_auth: &jwt_policies(root),
         rate_limits: &declared_limits,
     };
     let routes: Vec<Route> = raw_routes
@@ -591,6 +592,23 @@ fn access_log(r: RawAccessLog, _p: &mut Problems) -> AccessLog {
         Some(path) => AccessLogTarget::File(path.to_owned()),
     };
     AccessLog { target }
+}
+
+/// The names of the `[[auth]]` entries that are `jwt` policies.
+fn jwt_policies(root: &DeTable<'_>) -> HashSet<String> {
+    let Some(DeValue::Array(entries)) = root.get("auth").map(Spanned::get_ref) else {
+        return HashSet::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e.get_ref() {
+            DeValue::Table(t) if t.contains_key("jwt") => {
+                t.get("name").and_then(|n| n.get_ref().as_str())
+            }
+            _ => None,
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 fn header_name_ok(s: &str) -> bool {

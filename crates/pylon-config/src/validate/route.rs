@@ -24,6 +24,8 @@ pub(super) struct Refs<'a> {
     pub caches: &'a HashSet<String>,
     /// Auth policy names written in the file, valid or not.
     pub auth: &'a HashSet<String>,
+    /// Those of them that are `jwt` policies.
+    pub jwt_auth: &'a HashSet<String>,
     /// Rate-limit policy names written in the file, valid or not.
     pub rate_limits: &'a HashSet<String>,
 }
@@ -153,6 +155,25 @@ pub(super) fn route(
             .map(|s| s.get_ref().to_ascii_lowercase()),
         fingerprint,
     };
+    let mut claims = Vec::new();
+    if let Some(c) = &r.claims {
+        let jwt = r
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.get_ref().0.iter().any(|n| refs.jwt_auth.contains(n)));
+        if !jwt {
+            p.at(
+                c,
+                "`claims` needs a jwt policy in this route's `auth` to verify the token",
+            );
+        }
+        if c.get_ref().is_empty() {
+            p.at(c, "`claims` lists at least one claim");
+        }
+        for (name, value) in c.get_ref() {
+            claims.push((name.clone(), value.get_ref().clone()));
+        }
+    }
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -388,6 +409,7 @@ pub(super) fn route(
             headers,
             grpc: r.grpc.unwrap_or(false),
             client_cert,
+            claims,
         },
         action,
     })

@@ -389,7 +389,7 @@ fn check_h1_framing<B>(req: &Request<B>) -> Result<(), ErrorKind> {
 }
 
 async fn serve(
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
     listener: &ListenerRuntime,
     ctx: &Arc<ConnCtx>,
     ex: &mut Exchange,
@@ -417,17 +417,27 @@ async fn serve(
     {
         return Err(ErrorKind::ConnectNotAllowed);
     }
+    // Routes that match on a token's claims: the token is verified first (once; the
+    // route's auth filter reuses the verdict).
+    let claims = match listener.router.claim_policies() {
+        [] => None,
+        policies => Some(super::filters::auth::routing_claims(policies, &req).await),
+    };
     let host = normalize_host(authority_of(&req).unwrap_or(""));
     let route = listener
         .router
-        .find(
+        .find_claimed(
             &host,
             req.uri().path(),
             req.method(),
             req.headers(),
             ctx.client_cert.as_deref(),
+            claims.as_ref(),
         )
         .ok_or(ErrorKind::NoRoute)?;
+    if let Some(c) = claims {
+        req.extensions_mut().insert(c);
+    }
     ex.log.route = Some(Arc::clone(&route.name));
     ex.routed.stats = Some(Arc::clone(&route.stats));
     match route.action() {

@@ -1,5 +1,5 @@
-//! Routing: host → path → method → headers, first match in file order wins, giving the
-//! route's action.
+//! Routing: host → path → method → headers (→ client certificate → JWT claims), first
+//! match in file order wins, giving the route's action.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +24,9 @@ pub struct RouteRuntime {
     pub life: crate::life::Life,
     /// The route's filters, built from its settings and its listener's.
     pub filters: super::filters::FilterChain,
+    /// For a route matching on `claims`: the jwt policies of its `auth` that verify
+    /// the token whose claims are matched.
+    pub(crate) claim_policies: Vec<Arc<super::filters::auth::Policy>>,
 }
 
 /// The routes of one listener, in file order, indexed so that a request only looks at
@@ -40,6 +43,9 @@ pub struct Router {
     regexes: Option<RegexSet>,
     /// For each route, its pattern's index in `regexes`.
     regex_slot: Vec<Option<usize>>,
+    /// Every jwt policy a route matches claims with (once each): a request's token is
+    /// verified with them before routing.
+    claim_policies: Vec<Arc<super::filters::auth::Policy>>,
 }
 
 impl Router {
@@ -85,13 +91,25 @@ impl Router {
         let regexes = (!patterns.is_empty())
             .then(|| RegexSet::new(&patterns).ok())
             .flatten();
+        let mut claim_policies: Vec<Arc<super::filters::auth::Policy>> = Vec::new();
+        for p in routes.iter().flat_map(|r| &r.claim_policies) {
+            if !claim_policies.iter().any(|q| Arc::ptr_eq(p, q)) {
+                claim_policies.push(Arc::clone(p));
+            }
+        }
         Router {
             routes,
             by_host,
             other_hosts,
             regexes,
             regex_slot,
+            claim_policies,
         }
+    }
+
+    /// The jwt policies routes match claims with; empty when no route does.
+    pub(crate) fn claim_policies(&self) -> &[Arc<super::filters::auth::Policy>] {
+        &self.claim_policies
     }
 
     /// Every route, in file order.
@@ -114,6 +132,21 @@ impl Router {
         headers: &HeaderMap,
         client: Option<&ClientIdentity>,
     ) -> Option<&RouteRuntime> {
+        self.find_claimed(host, path, method, headers, client, None)
+    }
+
+    /// [`Router::find`], with the claims of the request's token as the router's
+    /// [`Router::claim_policies`] verified it (routes with `claims` never match
+    /// without).
+    pub(crate) fn find_claimed(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        client: Option<&ClientIdentity>,
+        claims: Option<&super::filters::auth::RoutingClaims>,
+    ) -> Option<&RouteRuntime> {
         let (candidates, host_checked) = match self.by_host.get(host) {
             Some(c) => (c.as_slice(), true),
             None => (self.other_hosts.as_slice(), false),
@@ -133,7 +166,8 @@ impl Router {
             };
             (path_ok
                 && rest_matches(&r.route, method, headers)
-                && cert_matches(&m.client_cert, client))
+                && cert_matches(&m.client_cert, client)
+                && (m.claims.is_empty() || claims.is_some_and(|c| c.satisfy(r))))
             .then_some(r)
         })
     }
@@ -248,6 +282,7 @@ impl RouteRuntime {
             stats: crate::observe::StatsRegistry::default().route("", &route.name, ""),
             life: crate::life::Life::default(),
             filters: super::filters::FilterChain::default(),
+            claim_policies: Vec::new(),
             route,
             cluster,
             host_rewrite: None,
@@ -278,6 +313,7 @@ mod tests {
                     headers,
                     grpc: false,
                     client_cert: ClientCertMatch::default(),
+                    claims: Vec::new(),
                 },
                 action: Action::Respond(RespondAction {
                     status: 200,

@@ -123,7 +123,7 @@ impl JwtPolicy {
     }
 
     /// The token's claims, when it verifies and carries the required ones.
-    async fn verify(&self, req: &Request<ClientBody>) -> TokenCheck {
+    async fn verify_token(&self, req: &Request<ClientBody>) -> TokenCheck {
         let Some(token) = bearer(req) else {
             return TokenCheck::Refused;
         };
@@ -252,6 +252,87 @@ pub fn key_digest(key: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The jwt policies of a route that matches on `claims` (none for other routes).
+pub(crate) fn claim_policies(
+    route: &pylon_config::model::Route,
+    policies: &Policies,
+) -> Vec<Arc<Policy>> {
+    let Action::Proxy(p) = &route.action else {
+        return Vec::new();
+    };
+    if route.matcher.claims.is_empty() {
+        return Vec::new();
+    }
+    p.auth
+        .iter()
+        .filter_map(|n| policies.get(n))
+        .filter(|p| matches!(p.as_ref(), Policy::Jwt(_)))
+        .cloned()
+        .collect()
+}
+
+/// The verdict of each routing jwt policy on a request's token, made before routing
+/// and kept in the request's extensions so that its route's auth filter does not verify
+/// the token again.
+#[derive(Clone)]
+pub(crate) struct RoutingClaims(Arc<Vec<(usize, Verified)>>);
+
+/// A routing verdict: the claims, or why there are none.
+#[derive(Clone)]
+enum Verified {
+    Claims(Arc<serde_json::Map<String, serde_json::Value>>),
+    Refused,
+    Unavailable,
+}
+
+impl RoutingClaims {
+    fn of(&self, policy: &Policy) -> Option<&Verified> {
+        let id = std::ptr::from_ref(policy) as usize;
+        self.0.iter().find(|(p, _)| *p == id).map(|(_, v)| v)
+    }
+
+    /// Whether a token verified by one of `route`'s jwt policies carries every claim
+    /// its `claims` ask for (a string equal to the value, another JSON value whose
+    /// text is, or a list holding one of these).
+    pub(crate) fn satisfy(&self, route: &crate::http::router::RouteRuntime) -> bool {
+        route.claim_policies.iter().any(|p| {
+            let Some(Verified::Claims(c)) = self.of(p) else {
+                return false;
+            };
+            route.route.matcher.claims.iter().all(|(name, want)| {
+                let is = |v: &serde_json::Value| match v {
+                    serde_json::Value::String(s) => s == want,
+                    other => serde_json::to_string(other).is_ok_and(|t| t == *want),
+                };
+                match c.get(name) {
+                    Some(serde_json::Value::Array(items)) => items.iter().any(is),
+                    Some(v) => is(v),
+                    None => false,
+                }
+            })
+        })
+    }
+}
+
+/// Verifies the request's token with each of `policies` (jwt ones), for routing.
+pub(crate) async fn routing_claims(
+    policies: &[Arc<Policy>],
+    req: &Request<ClientBody>,
+) -> RoutingClaims {
+    let mut out = Vec::with_capacity(policies.len());
+    for p in policies {
+        if let Policy::Jwt(j) = p.as_ref() {
+            let v = match j.verify_token(req).await {
+                TokenCheck::Claims(c) => Verified::Claims(Arc::new(c)),
+                TokenCheck::Refused => Verified::Refused,
+                TokenCheck::Unavailable => Verified::Unavailable,
+            };
+            out.push((Arc::as_ptr(p) as usize, v));
+        }
+    }
+    RoutingClaims(Arc::new(out))
+}
+
 /// The runtime's clusters, by name (for JWKS and external authorization).
 pub(crate) type Clusters = HashMap<String, Arc<crate::cluster::ClusterRuntime>>;
 
@@ -364,10 +445,20 @@ impl Auth {
     ) -> Outcome {
         let user = match policy {
             Policy::Jwt(j) => {
-                let claims = match j.verify(req).await {
-                    TokenCheck::Claims(c) => c,
-                    TokenCheck::Refused => return Outcome::Refused,
-                    TokenCheck::Unavailable => return Outcome::Unavailable,
+                // Verified already when routing looked at its claims.
+                let routed = req
+                    .extensions()
+                    .get::<RoutingClaims>()
+                    .and_then(|r| r.of(policy).cloned());
+                let claims = match routed {
+                    Some(Verified::Claims(c)) => Arc::unwrap_or_clone(c),
+                    Some(Verified::Refused) => return Outcome::Refused,
+                    Some(Verified::Unavailable) => return Outcome::Unavailable,
+                    None => match j.verify_token(req).await {
+                        TokenCheck::Claims(c) => c,
+                        TokenCheck::Refused => return Outcome::Refused,
+                        TokenCheck::Unavailable => return Outcome::Unavailable,
+                    },
                 };
                 for (claim, name) in &j.claims_to_headers {
                     let text = match claims.get(claim) {
