@@ -47,6 +47,8 @@ pub struct Runtime {
     pub caches: crate::http::filters::cache::Zones,
     /// Rate-limit policies, for their counters.
     pub(crate) rate_limits: crate::http::filters::rate_limit::Limiters,
+    /// Auth policies, for their counters.
+    pub(crate) auth: crate::http::filters::auth::Policies,
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
@@ -82,6 +84,7 @@ impl Runtime {
             clusters: HashMap::new(),
             caches: HashMap::new(),
             rate_limits: HashMap::new(),
+            auth: HashMap::new(),
             sends_proxy_protocol: false,
             config_hash: config_hash(&config),
             config: Arc::new(config),
@@ -204,6 +207,7 @@ impl Runtime {
             clusters,
             caches,
             rate_limits,
+            auth,
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
         };

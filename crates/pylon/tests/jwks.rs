@@ -189,6 +189,10 @@ async fn jwks_keys_rotate_are_fetched_once_for_unknown_kids_and_serve_stale() {
         json!({ "keys": [ec_jwk(&first, "one")] }).to_string(),
     );
     jwks.set("/broken", "<html>maintenance</html>".into());
+    jwks.set(
+        "/refreshing",
+        json!({ "keys": [ec_jwk(&first, "one")] }).to_string(),
+    );
     let p = TestProxy::start(&format!(
         r#"
 [access_log]
@@ -213,6 +217,11 @@ path_prefix = "/broken/"
 cluster = "app"
 auth = ["broken"]
 
+[[routes]]
+path_prefix = "/refreshing/"
+cluster = "app"
+auth = ["refreshing"]
+
 [[clusters]]
 name = "app"
 endpoints = ["{}"]
@@ -228,6 +237,10 @@ jwt = {{ algorithms = ["ES256"], jwks = {{ url = "https://idp.test/rotating", cl
 [[auth]]
 name = "strict"
 jwt = {{ algorithms = ["ES256"], jwks = {{ url = "https://idp.test/strict", cluster = "idp", min_refresh = "1h" }} }}
+
+[[auth]]
+name = "refreshing"
+jwt = {{ algorithms = ["ES256"], jwks = {{ url = "https://idp.test/refreshing", cluster = "idp", refresh = "20ms", min_refresh = "1h" }} }}
 
 [[auth]]
 name = "broken"
@@ -290,6 +303,19 @@ jwt = {{ algorithms = ["ES256"], jwks = {{ url = "https://idp.test/broken", clus
         assert_eq!(a.status, 401);
     }
     assert_eq!(jwks.fetches("/strict"), 1);
+
+    // A set older than `refresh` is fetched again in the background while requests
+    // go on with it.
+    eventually_async("the set is refreshed", || async {
+        assert_eq!(
+            ask(front, "/refreshing/a", &token(&first, "one"))
+                .await
+                .status,
+            200
+        );
+        jwks.fetches("/refreshing") >= 3
+    })
+    .await;
 
     // The JWKS origin fails: a token naming an unknown kid makes it ask (and fail),
     // and the last good set still verifies the current key's tokens.

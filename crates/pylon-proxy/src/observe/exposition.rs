@@ -428,11 +428,39 @@ impl Collector for Exposition {
         self.encode_clusters(&mut f)?;
         self.encode_caches(&mut f)?;
         self.encode_rate_limits(&mut f)?;
+        self.encode_auth(&mut f)?;
         encode_process(&mut f)
     }
 }
 
 impl Exposition {
+    /// Requests auth policies made to other services (JWKS fetches, external
+    /// authorization checks) and their failures, by policy and kind.
+    fn encode_auth(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        let rt = self.runtime.load_full();
+        let mut rows: Vec<(&str, (&'static str, u64, u64))> = rt
+            .auth
+            .iter()
+            .filter_map(|(name, p)| Some((name.as_str(), p.service_counts()?)))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        f.counters(
+            "pylon_auth_service_requests",
+            "Requests auth policies made to other services (kind jwks: key-set fetches; external: authorization checks), by policy.",
+            rows.iter()
+                .map(|(n, (kind, req, _))| (vec![("policy", *n), ("kind", *kind)], *req)),
+        )?;
+        f.counters(
+            "pylon_auth_service_failures",
+            "Of those, the ones that failed (no answer in time, an unusable answer), by policy.",
+            rows.iter()
+                .map(|(n, (kind, _, fail))| (vec![("policy", *n), ("kind", *kind)], *fail)),
+        )
+    }
+
     /// The rate-limit policies' decisions, and their Redis round trips when global.
     fn encode_rate_limits(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         let rt = self.runtime.load_full();

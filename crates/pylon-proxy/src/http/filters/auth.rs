@@ -333,6 +333,26 @@ pub(crate) async fn routing_claims(
     RoutingClaims(Arc::new(out))
 }
 
+impl Policy {
+    /// The counters of a policy that asks another service: (label, requests made,
+    /// failures) for a JWKS or an external authorization service.
+    pub(crate) fn service_counts(&self) -> Option<(&'static str, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            Policy::Jwt(j) => match &j.keys {
+                JwtKeys::Jwks(k) => {
+                    Some(("jwks", k.fetches.load(Relaxed), k.failures.load(Relaxed)))
+                }
+                JwtKeys::Static(_) => None,
+            },
+            Policy::External(e) => {
+                Some(("external", e.checks.load(Relaxed), e.failures.load(Relaxed)))
+            }
+            Policy::Basic { .. } | Policy::ApiKey { .. } => None,
+        }
+    }
+}
+
 /// The runtime's clusters, by name (for JWKS and external authorization).
 pub(crate) type Clusters = HashMap<String, Arc<crate::cluster::ClusterRuntime>>;
 
