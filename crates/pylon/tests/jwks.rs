@@ -258,12 +258,8 @@ jwt = {{ algorithms = ["ES256"], jwks = {{ url = "https://idp.test/broken", clus
     };
 
     // The first token fetches the set.
-    assert_eq!(
-        ask(front, "/rotating/a", &token(&first, "one"))
-            .await
-            .status,
-        200
-    );
+    let old = token(&first, "one");
+    assert_eq!(ask(front, "/rotating/a", &old).await.status, 200);
     assert_eq!(jwks.fetches("/rotating"), 1);
     assert_eq!(
         ask(front, "/rotating/a", &token(&first, "one"))
@@ -292,6 +288,9 @@ jwt = {{ algorithms = ["ES256"], jwks = {{ url = "https://idp.test/broken", clus
             .status,
         401
     );
+    // The very token verified before (and kept as verified) is checked again
+    // against the new set.
+    assert_eq!(ask(front, "/rotating/a", &old).await.status, 401);
 
     // A flood of unknown kids costs one fetch per min_refresh (here an hour): none.
     assert_eq!(

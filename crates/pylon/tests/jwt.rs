@@ -254,3 +254,61 @@ fn base64_url(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
+
+#[tokio::test]
+async fn a_token_verified_before_is_refused_once_it_expires() {
+    let origin = Origin::named("app").await;
+    let dir = std::env::temp_dir().join(format!("pylon-jwt-exp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = b"a-test-secret-of-thirty-two-bytes!";
+    std::fs::write(dir.join("hs.key"), secret).unwrap();
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+cluster = "c"
+auth = ["jwt"]
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+
+[[auth]]
+name = "jwt"
+jwt = {{ algorithms = ["HS256"], key_file = "{}", leeway = "0s" }}
+"#,
+        origin.addr,
+        dir.join("hs.key").display()
+    ))
+    .await;
+    let front = p.addr("front");
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "alice", "exp": now() + 3 }),
+        &EncodingKey::from_secret(secret).unwrap(),
+    )
+    .unwrap();
+    let ask = || {
+        let t = token.clone();
+        async move {
+            let r = Request::get("/x")
+                .header("host", "test.local")
+                .header("authorization", format!("Bearer {t}"));
+            send_h1(front, r.body(empty()).unwrap()).await.status
+        }
+    };
+    assert_eq!(ask().await, 200);
+    assert_eq!(
+        ask().await,
+        200,
+        "verified before: served from the kept verdict"
+    );
+    eventually_async("the kept token expires", || async { ask().await == 401 }).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -52,7 +52,7 @@ enum JwtKeys {
 
 /// What a bearer token came to.
 enum TokenCheck {
-    Claims(serde_json::Map<String, serde_json::Value>),
+    Claims(Arc<serde_json::Map<String, serde_json::Value>>),
     Refused,
     /// No key set could be fetched to check it with.
     Unavailable,
@@ -65,7 +65,23 @@ pub(crate) struct JwtPolicy {
     required: Vec<String>,
     claims_to_headers: Vec<(String, http::HeaderName)>,
     strip: bool,
+    /// Tokens verified so far, by their text: a token seen again costs a lookup and a
+    /// check of its times, not a signature verification.
+    verified: moka::sync::Cache<String, Arc<VerifiedToken>>,
 }
+
+/// A token whose signature and claims checked out.
+struct VerifiedToken {
+    claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    /// The key set it was verified with (a JWKS replaced since makes it verify again).
+    generation: u64,
+}
+
+/// Verified tokens kept per policy, and for how long at most.
+const VERIFIED_TOKENS: u64 = 10_000;
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl JwtPolicy {
     fn new(j: &pylon_config::model::Jwt, clusters: &Clusters) -> Result<JwtPolicy, String> {
@@ -119,7 +135,33 @@ impl JwtPolicy {
                 })
                 .collect(),
             strip: j.strip_token,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         })
+    }
+
+    /// The generation of the keys in use.
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            JwtKeys::Static(_) => 0,
+            JwtKeys::Jwks(k) => k.generation(),
+        }
+    }
+
+    /// A token verified before, still within its times (with leeway) and verified with
+    /// the keys in use.
+    fn known(&self, token: &str) -> Option<Arc<serde_json::Map<String, serde_json::Value>>> {
+        let t = self.verified.get(token)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(0);
+        let fresh = t.exp.is_none_or(|exp| now <= exp.saturating_add(leeway))
+            && t.nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway))
+            && t.generation == self.generation();
+        fresh.then(|| Arc::clone(&t.claims))
     }
 
     /// The token's claims, when it verifies and carries the required ones.
@@ -127,6 +169,10 @@ impl JwtPolicy {
         let Some(token) = bearer(req) else {
             return TokenCheck::Refused;
         };
+        if let Some(claims) = self.known(token) {
+            return TokenCheck::Claims(claims);
+        }
+        let generation = self.generation();
         let decode = |key: &jsonwebtoken::DecodingKey| {
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
                 token,
@@ -154,7 +200,19 @@ impl JwtPolicy {
         };
         match data {
             Some(d) if self.required.iter().all(|c| d.claims.contains_key(c)) => {
-                TokenCheck::Claims(d.claims)
+                let time = |name: &str| d.claims.get(name).and_then(serde_json::Value::as_i64);
+                let (exp, nbf) = (time("exp"), time("nbf"));
+                let claims = Arc::new(d.claims);
+                self.verified.insert(
+                    token.to_owned(),
+                    Arc::new(VerifiedToken {
+                        exp,
+                        nbf,
+                        claims: Arc::clone(&claims),
+                        generation,
+                    }),
+                );
+                TokenCheck::Claims(claims)
             }
             _ => TokenCheck::Refused,
         }
@@ -323,7 +381,7 @@ pub(crate) async fn routing_claims(
     for p in policies {
         if let Policy::Jwt(j) = p.as_ref() {
             let v = match j.verify_token(req).await {
-                TokenCheck::Claims(c) => Verified::Claims(Arc::new(c)),
+                TokenCheck::Claims(c) => Verified::Claims(c),
                 TokenCheck::Refused => Verified::Refused,
                 TokenCheck::Unavailable => Verified::Unavailable,
             };
@@ -471,7 +529,7 @@ impl Auth {
                     .get::<RoutingClaims>()
                     .and_then(|r| r.of(policy).cloned());
                 let claims = match routed {
-                    Some(Verified::Claims(c)) => Arc::unwrap_or_clone(c),
+                    Some(Verified::Claims(c)) => c,
                     Some(Verified::Refused) => return Outcome::Refused,
                     Some(Verified::Unavailable) => return Outcome::Unavailable,
                     None => match j.verify_token(req).await {
@@ -495,7 +553,7 @@ impl Auth {
                 from_token.strip |= j.strip;
                 let subject: Arc<str> =
                     Arc::from(claims.get("sub").and_then(|s| s.as_str()).unwrap_or("jwt"));
-                from_token.claims = Some(Arc::new(claims));
+                from_token.claims = Some(claims);
                 Some(subject)
             }
             Policy::Basic {

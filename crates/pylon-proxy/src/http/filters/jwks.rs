@@ -38,6 +38,8 @@ pub(crate) struct JwksKeys {
     /// the last attempt.
     fetch: tokio::sync::Mutex<Option<Instant>>,
     refreshing: AtomicBool,
+    /// Bumped each time a fetched set replaces the one in use.
+    generation: AtomicU64,
     pub(crate) fetches: AtomicU64,
     pub(crate) failures: AtomicU64,
 }
@@ -61,9 +63,16 @@ impl JwksKeys {
             set: ArcSwapOption::empty(),
             fetch: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
+    }
+
+    /// Which fetched set is in use (tokens verified with an older one are verified
+    /// again).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The key for a token's `kid`, fetching the set when there is none yet or it
@@ -135,6 +144,7 @@ impl JwksKeys {
             Ok(set) => {
                 tracing::debug!(url = %self.settings.url, keys = set.all.len(), "JWKS fetched");
                 self.set.store(Some(Arc::new(set)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Err(error) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
