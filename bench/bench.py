@@ -206,19 +206,21 @@ def parse_latency(s):
     return v / 1000 if u == "us" else v if u == "ms" else v * 1000
 
 
-def run_wrk(port, conns, secs, path="/", new_conn=False, scheme="http"):
+def run_wrk(port, conns, secs, path="/", new_conn=False, scheme="http", headers=()):
     for attempt in range(2):
-        r = run_wrk_once(port, conns, secs, path, new_conn, scheme)
+        r = run_wrk_once(port, conns, secs, path, new_conn, scheme, headers)
         if r:
             return r
         time.sleep(2)  # let sockets in TIME_WAIT clear before the retry
     return None
 
 
-def run_wrk_once(port, conns, secs, path, new_conn, scheme):
+def run_wrk_once(port, conns, secs, path, new_conn, scheme, headers=()):
     argv = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{secs}s", "--latency", "--timeout", "10s"]
     if new_conn:
         argv += ["-H", "Connection: close"]
+    for h in headers:
+        argv += ["-H", h]
     argv.append(f"{scheme}://127.0.0.1:{port}{path}")
     out = subprocess.run(argv, capture_output=True, text=True).stdout
     if not re.search(r"^\s+99%\s+[\d.]+(us|ms|s)$", out, re.M) or "Requests/sec" not in out:

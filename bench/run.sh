@@ -8,7 +8,9 @@
 # (HTTP/3 against Caddy: small requests and 1 MiB downloads, HTTPS HTTP/2 beside them);
 # with --soak first, bench/soak.py (10 minutes of mixed traffic with origin failures and
 # reloads, then a report); with --cache first, bench/cache.py (cache hits and a miss storm
-# against NGINX proxy_cache and Varnish). Never part of the test suite.
+# against NGINX proxy_cache and Varnish); with --gateway first, bench/gateway.py (what JWT
+# checks and local and Redis rate limits cost per request, NGINX limit_req beside them).
+# Never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,13 +23,14 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 # Debian starts services on install; the benchmark runs its own instances.
-systemctl stop nginx haproxy caddy varnish >/dev/null 2>&1 || true
+systemctl stop nginx haproxy caddy varnish redis-server >/dev/null 2>&1 || true
 
 cargo build --release -p pylon
 ulimit -n "$(ulimit -Hn)" || true
@@ -54,6 +57,10 @@ fi
 if [ "${1:-}" = "--cache" ]; then
   shift
   exec python3 bench/cache.py --pylon target/release/pylon "$@"
+fi
+if [ "${1:-}" = "--gateway" ]; then
+  shift
+  exec python3 bench/gateway.py --pylon target/release/pylon "$@"
 fi
 if [ "${1:-}" = "--l4" ]; then
   shift

@@ -254,12 +254,12 @@ impl Limiter {
     /// One decision, without waiting (local and concurrency kinds).
     fn check_now(
         &self,
-        key: &str,
+        key: &String,
         held: &mut Vec<(Arc<Limiter>, String)>,
         me: &Arc<Limiter>,
     ) -> Verdict {
         match &self.kind {
-            Kind::Local { buckets, clock } => match buckets.check_key(&key.to_owned()) {
+            Kind::Local { buckets, clock } => match buckets.check_key(key) {
                 Ok(()) => Verdict::Admit,
                 Err(not_until) => Verdict::Over(not_until.wait_time_from(clock.now())),
             },
@@ -280,7 +280,7 @@ impl Limiter {
     /// One decision, waiting for Redis when the policy is global.
     async fn check(
         &self,
-        key: &str,
+        key: &String,
         held: &mut Vec<(Arc<Limiter>, String)>,
         me: &Arc<Limiter>,
     ) -> Verdict {
@@ -324,7 +324,8 @@ pub(crate) fn key_text(parts: &[RateKey], req: &Request<ClientBody>, cx: &Filter
         }
         match part {
             RateKey::ClientIp => {
-                out.push_str(&String::from_utf8_lossy(cx.conn.client_ip.as_bytes()));
+                // Written by Pylon from the address: ASCII.
+                out.push_str(cx.conn.client_ip.to_str().unwrap_or_default());
             }
             RateKey::ClientNet { v4, v6 } => {
                 out.push_str(&network(cx.conn.client.ip(), *v4, *v6));

@@ -212,7 +212,10 @@ impl Global {
     pub(crate) async fn check(&self, key: &str) -> Decision {
         let slot = {
             let mut leases = crate::lock(&self.leases);
-            Arc::clone(leases.entry(key.to_owned()).or_default())
+            match leases.get(key) {
+                Some(slot) => Arc::clone(slot),
+                None => Arc::clone(leases.entry(key.to_owned()).or_default()),
+            }
         };
         let mut lease = slot.lock().await;
         let now = Instant::now();
