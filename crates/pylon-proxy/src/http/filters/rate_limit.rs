@@ -51,6 +51,8 @@ enum Kind {
     Local {
         buckets: DefaultKeyedRateLimiter<String>,
         clock: DefaultClock,
+        /// Decisions so far, to look at the number of keys every [`KEYS_CHECK_EVERY`].
+        decisions: AtomicU64,
     },
     Global(Global),
     Concurrency {
@@ -89,6 +91,10 @@ impl Limiter {
 
 /// How often idle keys are dropped.
 const SWEEP: Duration = Duration::from_secs(10);
+/// Keys a local limit holds before it drops idle ones at once instead of at the next
+/// sweep (a flood of distinct keys), and how often (in decisions) it looks.
+const MAX_KEYS: usize = 100_000;
+const KEYS_CHECK_EVERY: u64 = 1024;
 
 /// The limits of `config`, each with a sweeper task that ends with it (needs a tokio
 /// runtime). Local buckets start full on each reload; global ones live in Redis.
@@ -129,6 +135,7 @@ pub(crate) fn limiters(config: &Config) -> Limiters {
                             Kind::Local {
                                 buckets: RateLimiter::keyed(quota),
                                 clock: DefaultClock::default(),
+                                decisions: AtomicU64::new(0),
                             }
                         }
                     };
@@ -259,10 +266,25 @@ impl Limiter {
         me: &Arc<Limiter>,
     ) -> Verdict {
         match &self.kind {
-            Kind::Local { buckets, clock } => match buckets.check_key(key) {
-                Ok(()) => Verdict::Admit,
-                Err(not_until) => Verdict::Over(not_until.wait_time_from(clock.now())),
-            },
+            Kind::Local {
+                buckets,
+                clock,
+                decisions,
+            } => {
+                // Bounded memory: past MAX_KEYS, keys whose bucket has refilled (they
+                // would start full anyway) are dropped at once.
+                if decisions
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(KEYS_CHECK_EVERY)
+                    && buckets.len() > MAX_KEYS
+                {
+                    buckets.retain_recent();
+                }
+                match buckets.check_key(key) {
+                    Ok(()) => Verdict::Admit,
+                    Err(not_until) => Verdict::Over(not_until.wait_time_from(clock.now())),
+                }
+            }
             Kind::Concurrency { max, in_flight } => {
                 let mut map = crate::lock(in_flight);
                 let n = map.entry(key.to_owned()).or_insert(0);
@@ -487,6 +509,30 @@ impl Filter for RateLimits {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_flood_of_distinct_keys_keeps_a_local_limit_bounded() {
+        let config = pylon_config::parse(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+             [[rate_limits]]\nname = \"r\"\nkey = \"header:x-k\"\nrate = 1000000\nburst = 1\n",
+            "t.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let limits = super::limiters(&config);
+        let l = &limits["r"];
+        let mut held = Vec::new();
+        for i in 0..(super::MAX_KEYS + 50_000) {
+            let _ = l.check_now(&format!("client-{i}"), &mut held, l);
+        }
+        let super::Kind::Local { buckets, .. } = &l.kind else {
+            panic!("a local limit");
+        };
+        assert!(
+            buckets.len() <= super::MAX_KEYS + super::KEYS_CHECK_EVERY as usize,
+            "{} keys",
+            buckets.len()
+        );
+    }
+
     #[test]
     fn networks_cut_addresses_to_their_prefix() {
         let ip = |s: &str| s.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
