@@ -167,7 +167,8 @@ impl Router {
             (path_ok
                 && rest_matches(&r.route, method, headers)
                 && cert_matches(&m.client_cert, client)
-                && (m.claims.is_empty() || claims.is_some_and(|c| c.satisfy(r))))
+                && (m.claims.is_empty()
+                    || claims.is_some_and(|c| c.satisfy(&r.claim_policies, &m.claims))))
             .then_some(r)
         })
     }

@@ -349,15 +349,15 @@ impl RoutingClaims {
         self.0.iter().find(|(p, _)| *p == id).map(|(_, v)| v)
     }
 
-    /// Whether a token verified by one of `route`'s jwt policies carries every claim
-    /// its `claims` ask for (a string equal to the value, another JSON value whose
+    /// Whether a token verified by one of `policies` (a route's) carries every claim
+    /// of `wanted` (its `claims`) (a string equal to the value, another JSON value whose
     /// text is, or a list holding one of these).
-    pub(crate) fn satisfy(&self, route: &crate::http::router::RouteRuntime) -> bool {
-        route.claim_policies.iter().any(|p| {
+    pub(crate) fn satisfy(&self, policies: &[Arc<Policy>], wanted: &[(String, String)]) -> bool {
+        policies.iter().any(|p| {
             let Some(Verified::Claims(c)) = self.of(p) else {
                 return false;
             };
-            route.route.matcher.claims.iter().all(|(name, want)| {
+            wanted.iter().all(|(name, want)| {
                 let is = |v: &serde_json::Value| match v {
                     serde_json::Value::String(s) => s == want,
                     other => serde_json::to_string(other).is_ok_and(|t| t == *want),

@@ -1,0 +1,176 @@
+//! The gateway's part of the model: authentication policies (`[[auth]]`) and rate
+//! limits (`[[rate_limits]]`).
+
+use std::time::Duration;
+
+use super::{FileRef, ProxyUser};
+
+/// A named rate limit (`[[rate_limits]]`): `rate` requests per `per` for each key, with
+/// bursts of up to `burst`, or (`concurrency`) a number of requests in flight per key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RateLimit {
+    pub name: String,
+    /// What it counts by: the parts of one key (`client_ip+claim:sub`).
+    pub key: Vec<RateKey>,
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    /// A request over the rate waits up to this long for its turn instead of being
+    /// refused (zero: refused at once).
+    pub delay: Duration,
+    /// In-flight requests per key, instead of a rate.
+    pub concurrency: Option<u32>,
+    /// Buckets in Redis, shared by every Pylon instance that names the same server.
+    pub global: Option<GlobalLimit>,
+}
+
+/// Where a global rate limit keeps its buckets, and what happens when it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GlobalLimit {
+    /// `redis://host:port[/db]`.
+    pub redis: String,
+    /// The longest a decision waits for Redis.
+    pub timeout: Duration,
+    /// Admit (`Allow`) or refuse (`Deny`) while Redis is slow or down.
+    pub on_error: FailMode,
+    /// Tokens an instance leases per Redis round trip.
+    pub batch: u32,
+    /// Prefix of the Redis keys.
+    pub prefix: String,
+}
+
+/// What a check does when the service it depends on fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Allow,
+    Deny,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum RateKey {
+    ClientIp,
+    /// The client's network: its IPv4 address cut to `v4` bits, IPv6 to `v6`.
+    ClientNet {
+        v4: u8,
+        v6: u8,
+    },
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    /// A claim of the JWT an `auth` policy accepted.
+    Claim(String),
+    /// One bucket for the whole route.
+    Route,
+}
+
+impl std::fmt::Display for RateKey {
+    /// As written in a `key`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateKey::ClientIp => f.write_str("client_ip"),
+            RateKey::ClientNet { v4, v6 } => write!(f, "client_ip/{v4}/{v6}"),
+            RateKey::Route => f.write_str("route"),
+            RateKey::Header(h) => write!(f, "header:{h}"),
+            RateKey::Cookie(c) => write!(f, "cookie:{c}"),
+            RateKey::Claim(c) => write!(f, "claim:{c}"),
+        }
+    }
+}
+
+/// A named authentication policy (`[[auth]]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuthPolicy {
+    pub name: String,
+    pub kind: AuthKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum AuthKind {
+    /// `Authorization: Basic` against argon2 hashes.
+    Basic {
+        realm: String,
+        users: Vec<ProxyUser>,
+    },
+    /// An API key in a header or a query parameter, checked against a file of
+    /// SHA-256 hashes (`NAME HEX` lines, as `pylon apikey` prints them).
+    ApiKey {
+        /// Lower-case header name, when the key comes in a header.
+        header: Option<String>,
+        /// Query parameter, when it comes in the query.
+        query: Option<String>,
+        keys_file: FileRef,
+    },
+    /// `Authorization: Bearer` JWTs verified with one key or a JWKS.
+    Jwt(Jwt),
+    /// A subrequest to an authorization service decides (NGINX `auth_request`, Envoy
+    /// `ext_authz`).
+    External(ExternalAuth),
+}
+
+/// An external authorization policy's settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExternalAuth {
+    /// The authorization service.
+    pub cluster: String,
+    /// Prepended to the request's path for the subrequest.
+    pub path_prefix: String,
+    /// Lower-case request headers sent along.
+    pub headers: Vec<String>,
+    /// Lower-case headers of an accepting answer copied to the upstream request.
+    pub upstream_headers: Vec<String>,
+    /// A header of an accepting answer naming the user, for the access log.
+    pub user_header: Option<String>,
+    pub timeout: Duration,
+    /// Admit or refuse (503) when the service fails, times out or answers other than
+    /// 2xx, 401 and 403.
+    pub on_error: FailMode,
+    /// How long a verdict is reused for the same key (zero: never).
+    pub cache_ttl: Duration,
+    /// The verdict cache's key; `None`: the method, path and sent headers.
+    pub cache_key: Option<Vec<RateKey>>,
+}
+
+/// Where a JWT policy's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum JwtKeys {
+    /// The HMAC secret (HS*) or the PEM public key.
+    File(FileRef),
+    Jwks(Jwks),
+}
+
+/// A JWKS URL fetched through a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Jwks {
+    /// As written.
+    pub url: String,
+    /// The URL's authority, sent as `Host`.
+    pub host: String,
+    /// The URL's path and query.
+    pub target: String,
+    pub cluster: String,
+    /// The key set is fetched again this often.
+    pub refresh: Duration,
+    /// A token naming an unknown `kid` fetches the set again at most this often.
+    pub min_refresh: Duration,
+    pub timeout: Duration,
+}
+
+/// A JWT policy's settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Jwt {
+    /// Accepted algorithms (one family: HS*, RS*/PS*, ES*, or EdDSA), as written.
+    pub algorithms: Vec<String>,
+    pub keys: JwtKeys,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Claims the token must carry (`exp` always).
+    pub required_claims: Vec<String>,
+    /// Claim → upstream header (lower-case), set from the token and never from the client.
+    pub claims_to_headers: Vec<(String, String)>,
+    /// Remove `Authorization` before forwarding.
+    pub strip_token: bool,
+}
