@@ -563,8 +563,15 @@ fn route(index: usize, r: &Route) -> Value {
     t.list("headers", headers.into());
     match &r.action {
         Action::Proxy(p) => {
-            t.put("cluster", p.cluster.as_str())
-                .opt("prefix_rewrite", p.prefix_rewrite.as_deref())
+            if p.backends.is_empty() {
+                t.put("cluster", p.cluster.as_str());
+            } else {
+                t.put("backends", backends(&p.backends));
+                if let Some(split) = split(&p.split) {
+                    t.put("split", split);
+                }
+            }
+            t.opt("prefix_rewrite", p.prefix_rewrite.as_deref())
                 .opt("host_rewrite", p.host_rewrite.as_deref())
                 .put("websocket", p.websocket)
                 .put("tunnel_idle_timeout", dur(p.tunnel_idle_timeout))
@@ -705,6 +712,51 @@ fn auth_policy(a: &AuthPolicy) -> Value {
         }
     }
     Value::Table(t.done())
+}
+
+/// A route's weighted backends.
+fn backends(list: &[Backend]) -> Value {
+    let pair = |(n, v): &(String, String)| format!("{n}={v}");
+    Value::Array(
+        list.iter()
+            .map(|b| {
+                Value::Table(
+                    T::default()
+                        .put("cluster", b.cluster.as_str())
+                        .put("weight", int(b.weight))
+                        .opt("header", b.header.as_ref().map(pair))
+                        .opt("cookie", b.cookie.as_ref().map(pair))
+                        .opt("query", b.query.as_ref().map(pair))
+                        .done(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A route's `split`, when it has settings.
+fn split(s: &Split) -> Option<Table> {
+    if s.sticky.is_none() && s.canary.is_none() {
+        return None;
+    }
+    let mut t = T::default();
+    match &s.sticky {
+        Some(SplitSticky::Cookie(name)) => {
+            t.put("sticky", "cookie").put("cookie_name", name.as_str());
+        }
+        Some(SplitSticky::Hash(key)) => {
+            let key: Vec<String> = key.iter().map(ToString::to_string).collect();
+            t.put("sticky", key.join("+"));
+        }
+        None => {}
+    }
+    if let Some(c) = &s.canary {
+        t.put("canary", c.cluster.as_str())
+            .put("max_5xx_ratio", Value::Float(c.max_5xx_ratio))
+            .put("min_requests", int(c.min_requests))
+            .put("window", dur(c.window));
+    }
+    Some(t.done())
 }
 
 fn cache(c: &Cache) -> Value {

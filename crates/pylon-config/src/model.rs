@@ -704,6 +704,9 @@ impl ClientCertMatch {
     }
 }
 
+// Built once per configuration and kept in its route: the size of the largest variant
+// costs nothing per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum Action {
     Proxy(ProxyAction),
@@ -711,7 +714,7 @@ pub enum Action {
     Redirect(RedirectAction),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProxyAction {
     pub cluster: String,
     /// Replaces the matched `path_prefix` with this.
@@ -741,6 +744,11 @@ pub struct ProxyAction {
     pub auth_all: bool,
     /// Rate-limit policies, each applied in turn.
     pub rate_limit: Vec<String>,
+    /// Weighted clusters sharing the route's requests (`cluster` is the first); empty:
+    /// all go to `cluster`.
+    pub backends: Vec<Backend>,
+    /// Stickiness and canary rollback for `backends`.
+    pub split: Split,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

@@ -197,6 +197,8 @@ pub struct RawRoute {
     pub client_cert_fingerprint: Option<Spanned<String>>,
     pub claims: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub cluster: Option<Spanned<String>>,
+    pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    pub split: Option<Spanned<RawSplit>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
@@ -212,6 +214,29 @@ pub struct RawRoute {
     pub rate_limit: Option<Spanned<StrList>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+/// One of a route's weighted `backends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub cluster: Spanned<String>,
+    pub weight: Option<Spanned<u32>>,
+    pub header: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+}
+
+/// A route's `split`: how requests stay on one backend, and the canary's rollback.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub sticky: Option<Spanned<String>>,
+    pub cookie_name: Option<Spanned<String>>,
+    pub canary: Option<Spanned<String>>,
+    pub max_5xx_ratio: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<u32>>,
+    pub window: Option<Spanned<String>>,
 }
 
 /// A `[[rate_limits]]` policy.

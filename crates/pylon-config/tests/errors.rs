@@ -1304,6 +1304,51 @@ claims = { role = "admin" }
 }
 
 #[test]
+fn backend_and_split_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "v1"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+path = "/a"
+cluster = "v1"
+backends = [{ cluster = "v1" }]
+
+[[routes]]
+path = "/b"
+backends = [{ cluster = "v1", weight = 0 }, { cluster = "v9", header = "x-canary" }, { cluster = "v1" }]
+split = { sticky = "claim:sub", canary = "v7", max_5xx_ratio = 1.5, window = "0s" }
+
+[[routes]]
+path = "/c"
+cluster = "v1"
+split = { sticky = "cookie", cookie_name = "bad cookie" }
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:13:12: routes[0].backends: give `cluster` or `backends`, not both",
+        "test.toml:17:57: routes[1].backends[1].cluster: unknown cluster \"v9\"",
+        "test.toml:17:72: routes[1].backends[1].header: expected NAME=VALUE",
+        "test.toml:17:98: routes[1].backends[2].cluster: cluster \"v1\" is listed twice",
+        "test.toml:18:20: routes[1].split.sticky: invalid sticky \"claim:sub\"",
+        "test.toml:18:42: routes[1].split.canary: the canary \"v7\" is not one of the backends",
+        "test.toml:18:64: routes[1].split.max_5xx_ratio: max_5xx_ratio is a share above 0 and at most 1",
+        "test.toml:18:78: routes[1].split.window: window is a duration above zero",
+        "test.toml:23:9: routes[2].split: `split` needs `backends` on the same route",
+        "test.toml:23:44: routes[2].split.cookie_name: cookie_name is a cookie name",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::Duration;
 
+use crate::http::filters::split::SplitState;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -261,6 +262,55 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
             };
             purge(&z, &body)
         }
+        (&Method::GET, ["splits"]) => {
+            let mut all: Vec<&std::sync::Arc<SplitState>> = rt.splits.values().collect();
+            all.sort_by(|a, b| a.route.cmp(&b.route));
+            reply(
+                StatusCode::OK,
+                &Value::Array(all.into_iter().map(|s| split_json(s)).collect()),
+            )
+        }
+        (&Method::GET, ["splits", route]) => match rt.splits.get(*route) {
+            Some(s) => reply(StatusCode::OK, &split_json(s)),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no split route \"{route}\""),
+            ),
+        },
+        (&Method::PUT, ["splits", route]) => {
+            let Some(s) = rt.splits.get(*route).cloned() else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no split route \"{route}\""),
+                );
+            };
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            set_weights(&s, &body)
+        }
+        (&Method::POST, ["splits", route, "shift"]) => {
+            let Some(s) = rt.splits.get(*route).cloned() else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no split route \"{route}\""),
+                );
+            };
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            start_shift(&s, &body)
+        }
+        (&Method::DELETE, ["splits", route, "shift"]) => match rt.splits.get(*route) {
+            Some(s) if s.abort_shift() => reply(StatusCode::OK, &split_json(s)),
+            Some(_) => error(StatusCode::CONFLICT, "no shift in progress"),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no split route \"{route}\""),
+            ),
+        },
         (&Method::POST, ["reload"]) => reload(req, &proxy).await,
         (&Method::POST, ["clusters", cluster, "endpoints", endpoint, action])
             if *action == "drain" || *action == "undrain" =>
@@ -300,9 +350,89 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
             Some("GET")
         }
         ["caches", _, "purge"] => Some("POST"),
+        ["splits"] => Some("GET"),
+        ["splits", _] => Some("GET, PUT"),
+        ["splits", _, "shift"] => Some("POST, DELETE"),
         ["reload"] | ["clusters", _, "endpoints", _, "drain" | "undrain"] => Some("POST"),
         ["log-level"] => Some("PUT"),
         _ => None,
+    }
+}
+
+/// A split route: each backend's weight now and in the file, its answers and 5xx ones,
+/// the shift in progress, and rollbacks so far.
+fn split_json(s: &SplitState) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let weights = s.weights();
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum::<u64>().max(1);
+    let backends: Vec<Value> = s
+        .backends
+        .iter()
+        .zip(&weights)
+        .map(|(b, w)| {
+            json!({
+                "cluster": b.config.cluster,
+                "weight": w,
+                "share_percent": (u64::from(*w) * 10_000 / total) as f64 / 100.0,
+                "config_weight": b.config.weight,
+                "requests": b.requests.load(Relaxed),
+                "errors_5xx": b.errors.load(Relaxed),
+            })
+        })
+        .collect();
+    let shift = s.shift_state().map(|(cluster, to, step, every)| {
+        json!({ "cluster": cluster, "to_percent": to, "step_percent": step,
+                "every": pylon_config::effective::duration_text(every) })
+    });
+    json!({ "route": s.route, "backends": backends, "shift": shift,
+            "rollbacks": s.rollbacks.load(Relaxed) })
+}
+
+/// `PUT /splits/ROUTE` with `{"weights": {"CLUSTER": N, ...}}`.
+fn set_weights(s: &SplitState, body: &[u8]) -> Response<Full<Bytes>> {
+    let parsed = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        serde_json::from_value::<std::collections::HashMap<String, u32>>(v.get("weights")?.clone())
+            .ok()
+    });
+    let Some(weights) = parsed else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"weights\": {\"CLUSTER\": WEIGHT, ...}}",
+        );
+    };
+    match s.set_by_name(&weights) {
+        Ok(_) => reply(StatusCode::OK, &split_json(s)),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+/// `POST /splits/ROUTE/shift` with `{"cluster": ..., "to": PERCENT, "step": PERCENT,
+/// "every": DURATION}`.
+fn start_shift(s: &std::sync::Arc<SplitState>, body: &[u8]) -> Response<Full<Bytes>> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let every = v
+        .get("every")
+        .and_then(|e| e.as_str())
+        .and_then(|e| pylon_config::parse_duration(e).ok());
+    let number = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let (Some(cluster), Some(to), Some(step), Some(every)) = (
+        v.get("cluster").and_then(|c| c.as_str()),
+        number("to"),
+        number("step"),
+        every,
+    ) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON: {\"cluster\": NAME, \"to\": PERCENT, \"step\": PERCENT, \"every\": \"1m\"}",
+        );
+    };
+    match s.start_shift(cluster, to, step, every) {
+        Ok(()) => reply(StatusCode::ACCEPTED, &split_json(s)),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
 }
 

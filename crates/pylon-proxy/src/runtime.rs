@@ -49,6 +49,8 @@ pub struct Runtime {
     pub(crate) rate_limits: crate::http::filters::rate_limit::Limiters,
     /// Auth policies, for their counters.
     pub(crate) auth: crate::http::filters::auth::Policies,
+    /// Split routes' weights and counters, by route name (the admin API changes them).
+    pub(crate) splits: crate::http::filters::split::Splits,
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
@@ -85,6 +87,7 @@ impl Runtime {
             caches: HashMap::new(),
             rate_limits: HashMap::new(),
             auth: HashMap::new(),
+            splits: HashMap::new(),
             sends_proxy_protocol: false,
             config_hash: config_hash(&config),
             config: Arc::new(config),
@@ -125,6 +128,7 @@ impl Runtime {
         let caches = crate::http::filters::cache::zones(config, previous.map(|p| &p.caches))?;
         let auth = crate::http::filters::auth::policies(config, &clusters)?;
         let rate_limits = crate::http::filters::rate_limit::limiters(config);
+        let splits = crate::http::filters::split::splits(config, &clusters);
         let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config
             .listeners
@@ -166,6 +170,7 @@ impl Runtime {
                                     caches: &caches,
                                     auth: &auth,
                                     rate_limits: &rate_limits,
+                                    splits: &splits,
                                 },
                             ),
                             route: r.clone(),
@@ -208,6 +213,7 @@ impl Runtime {
             caches,
             rate_limits,
             auth,
+            splits,
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
         };

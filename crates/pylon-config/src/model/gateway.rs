@@ -174,3 +174,46 @@ pub struct Jwt {
     /// Remove `Authorization` before forwarding.
     pub strip_token: bool,
 }
+
+/// One of a route's weighted clusters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Backend {
+    pub cluster: String,
+    /// Its share: `weight` of the sum of the backends' weights.
+    pub weight: u32,
+    /// Requests with this header (lower-case name, value) go here whatever the weights.
+    pub header: Option<(String, String)>,
+    /// ... with this cookie (name, value).
+    pub cookie: Option<(String, String)>,
+    /// ... with this query parameter (name, value).
+    pub query: Option<(String, String)>,
+}
+
+/// How a route's backends are chosen beyond their weights.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Default)]
+pub struct Split {
+    pub sticky: Option<SplitSticky>,
+    /// The backend watched for errors, rolled back to weight 0 when it fails too often.
+    pub canary: Option<Canary>,
+}
+
+/// How a client stays on one backend.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum SplitSticky {
+    /// A cookie naming the backend, set on the first answer.
+    Cookie(String),
+    /// A hash of the request's key (as a rate limit's `key`) picks the backend, so
+    /// the same key stays on one side while the weights stay.
+    Hash(Vec<RateKey>),
+}
+
+/// A canary's automatic rollback.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Canary {
+    pub cluster: String,
+    /// Rolled back when more than this share of its answers in `window` are 5xx...
+    pub max_5xx_ratio: f64,
+    /// ...out of at least this many.
+    pub min_requests: u32,
+    pub window: Duration,
+}

@@ -454,7 +454,7 @@ pub(super) fn rate_limit(
 }
 
 /// One part of a rate limit's key.
-fn rate_key(part: &str) -> Option<RateKey> {
+pub(super) fn rate_key(part: &str) -> Option<RateKey> {
     match part {
         "client_ip" => return Some(RateKey::ClientIp),
         "route" => return Some(RateKey::Route),

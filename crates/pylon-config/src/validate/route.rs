@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::entry::Dropped;
 use super::{
     Problems, check_name, duration, header_name_ok, header_value_ok, host_match, http_token,
@@ -174,6 +176,8 @@ pub(super) fn route(
             claims.push((name.clone(), value.get_ref().clone()));
         }
     }
+    let mut r = r;
+    let (backends, split) = split(&mut r, refs, p);
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -326,6 +330,8 @@ pub(super) fn route(
                 .unwrap_or_default(),
             cache: r.cache.map(|s| s.into_inner()),
             cluster: c.into_inner(),
+            backends,
+            split,
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
             cors_allow_origins: r
@@ -413,4 +419,151 @@ pub(super) fn route(
         },
         action,
     })
+}
+
+/// A route's `backends` and `split`. With `backends` and no `cluster`, the first
+/// backend's cluster becomes the route's `cluster` (the action).
+fn split(r: &mut RawRoute, refs: &Refs<'_>, p: &mut Problems) -> (Vec<Backend>, Split) {
+    let mut backends = Vec::new();
+    if let Some(list) = r.backends.take() {
+        let span = list.span();
+        let list = list.into_inner();
+        if r.cluster.is_some() {
+            p.span(span.clone(), "give `cluster` or `backends`, not both");
+        } else if list.is_empty() {
+            p.span(span.clone(), "`backends` lists at least one cluster");
+        }
+        let pair = |v: &Option<Spanned<String>>, p: &mut Problems, header: bool| {
+            let v = v.as_ref()?;
+            let parsed = v.get_ref().split_once('=').filter(|(n, val)| {
+                let name_ok = if header {
+                    super::header_name_ok(n)
+                } else {
+                    !n.is_empty()
+                };
+                name_ok && super::header_value_ok(val)
+            });
+            match parsed {
+                Some((n, val)) => Some((
+                    if header {
+                        n.to_ascii_lowercase()
+                    } else {
+                        n.to_owned()
+                    },
+                    val.to_owned(),
+                )),
+                None => {
+                    p.at(v, "expected NAME=VALUE");
+                    None
+                }
+            }
+        };
+        let mut seen = HashSet::new();
+        for b in &list {
+            let raw = b.get_ref();
+            let name = raw.cluster.get_ref();
+            if !refs.clusters.contains(name) {
+                p.at(&raw.cluster, format!("unknown cluster \"{name}\""));
+            }
+            if !seen.insert(name.clone()) {
+                p.at(&raw.cluster, format!("cluster \"{name}\" is listed twice"));
+            }
+            backends.push(Backend {
+                cluster: name.clone(),
+                weight: raw.weight.as_ref().map_or(1, |w| *w.get_ref()),
+                header: pair(&raw.header, p, true),
+                cookie: pair(&raw.cookie, p, false),
+                query: pair(&raw.query, p, false),
+            });
+        }
+        if !list.is_empty() && backends.iter().all(|b| b.weight == 0) {
+            p.span(
+                span,
+                "the backends' weights add up to zero: give one a weight",
+            );
+        }
+        if r.cluster.is_none()
+            && let Some(first) = list.first()
+        {
+            let c = &first.get_ref().cluster;
+            r.cluster = Some(Spanned::new(c.span(), c.get_ref().clone()));
+        }
+    }
+    let Some(raw) = r.split.take() else {
+        return (backends, Split::default());
+    };
+    if backends.is_empty() {
+        p.at(&raw, "`split` needs `backends` on the same route");
+    }
+    let raw = raw.into_inner();
+    let sticky = raw.sticky.as_ref().and_then(|s| match s.get_ref().as_str() {
+        "cookie" => Some(SplitSticky::Cookie(
+            raw.cookie_name
+                .as_ref()
+                .map_or_else(|| "pylon-backend".to_owned(), |c| c.get_ref().clone()),
+        )),
+        key => {
+            let parts: Option<Vec<RateKey>> = key
+                .split('+')
+                .map(|k| super::auth::rate_key(k.trim()).filter(|k| !matches!(k, RateKey::Claim(_))))
+                .collect();
+            if parts.is_none() {
+                p.at(s, format!("invalid sticky \"{key}\", expected cookie, or a key: client_ip, client_ip/BITS, header:NAME or cookie:NAME, several joined with '+'"));
+            }
+            parts.map(SplitSticky::Hash)
+        }
+    });
+    if let Some(c) = &raw.cookie_name
+        && (!super::http_token(c.get_ref()) || !matches!(sticky, Some(SplitSticky::Cookie(_))))
+    {
+        p.at(c, "cookie_name is a cookie name, for sticky = \"cookie\"");
+    }
+    let canary = raw.canary.as_ref().map(|c| {
+        if !backends.iter().any(|b| &b.cluster == c.get_ref()) {
+            p.at(
+                c,
+                format!("the canary \"{}\" is not one of the backends", c.get_ref()),
+            );
+        }
+        let ratio = raw.max_5xx_ratio.as_ref().map_or(0.05, |r| {
+            let v = *r.get_ref();
+            if !(v > 0.0 && v <= 1.0) {
+                p.at(r, "max_5xx_ratio is a share above 0 and at most 1");
+            }
+            v
+        });
+        Canary {
+            cluster: c.get_ref().clone(),
+            max_5xx_ratio: ratio,
+            min_requests: raw
+                .min_requests
+                .as_ref()
+                .map_or(20, |m| (*m.get_ref()).max(1)),
+            window: match &raw.window {
+                None => Duration::from_secs(30),
+                Some(w) => match crate::units::parse_duration(w.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    _ => {
+                        p.at(w, "window is a duration above zero, such as \"30s\"");
+                        Duration::from_secs(30)
+                    }
+                },
+            },
+        }
+    });
+    if canary.is_none() {
+        for (key, v) in [
+            (
+                "max_5xx_ratio",
+                raw.max_5xx_ratio.as_ref().map(Spanned::span),
+            ),
+            ("min_requests", raw.min_requests.as_ref().map(Spanned::span)),
+            ("window", raw.window.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = v {
+                p.span(span, format!("`{key}` needs `canary` in the same split"));
+            }
+        }
+    }
+    (backends, Split { sticky, canary })
 }

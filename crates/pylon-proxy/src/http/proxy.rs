@@ -63,11 +63,11 @@ pub(super) async fn proxy(
     fx: &mut FilterCtx<'_>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ErrorKind> {
-    let (Some(cluster), Action::Proxy(action)) = (&route.cluster, route.action()) else {
+    let (Some(route_cluster), Action::Proxy(action)) = (&route.cluster, route.action()) else {
         return Err(ErrorKind::NoEndpoint);
     };
-    ex.log.cluster = Some(Arc::clone(&cluster.name));
-    // Phase 3: the route's filters may answer by themselves.
+    ex.log.cluster = Some(Arc::clone(&route_cluster.name));
+    // Phase 3: the route's filters may answer by themselves, or choose the cluster.
     let answered = route.filters.request(&mut req, fx).await;
     if let Some(user) = fx.user.take() {
         ex.log.user = Some(user);
@@ -75,6 +75,12 @@ pub(super) async fn proxy(
     if let Some(answer) = answered? {
         return Ok(answer);
     }
+    let chosen = fx
+        .state
+        .get::<super::filters::ChosenCluster>()
+        .map(|c| Arc::clone(&c.0));
+    let cluster = chosen.as_ref().unwrap_or(route_cluster);
+    ex.log.cluster = Some(Arc::clone(&cluster.name));
     let websocket = websocket_step(&mut req, action)?;
     if websocket.is_some() && req.version() <= Version::HTTP_11 {
         fx.conn.state.upgrade_requested();

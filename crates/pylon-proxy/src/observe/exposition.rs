@@ -429,11 +429,56 @@ impl Collector for Exposition {
         self.encode_caches(&mut f)?;
         self.encode_rate_limits(&mut f)?;
         self.encode_auth(&mut f)?;
+        self.encode_splits(&mut f)?;
         encode_process(&mut f)
     }
 }
 
 impl Exposition {
+    /// Split routes: each backend's answers, 5xx answers and weight now; rollbacks.
+    fn encode_splits(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        let rt = self.runtime.load_full();
+        let mut splits: Vec<_> = rt.splits.values().collect();
+        if splits.is_empty() {
+            return Ok(());
+        }
+        splits.sort_by(|a, b| a.route.cmp(&b.route));
+        let rows = || {
+            splits.iter().flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(move |b| (s.route.as_str(), b.config.cluster.as_str(), b))
+            })
+        };
+        f.counters(
+            "pylon_split_requests",
+            "Answers to requests a split route sent upstream, by route and the backend cluster chosen.",
+            rows().map(|(r, c, b)| (vec![("route", r), ("cluster", c)], load(&b.requests))),
+        )?;
+        f.counters(
+            "pylon_split_errors_5xx",
+            "Of those, 5xx answers (the upstream's and proxy-made ones), by route and backend.",
+            rows().map(|(r, c, b)| (vec![("route", r), ("cluster", c)], load(&b.errors))),
+        )?;
+        f.gauges(
+            "pylon_split_weight",
+            "A split route's backend weight now (the file's, the admin API's or a shift's).",
+            rows().map(|(r, c, b)| {
+                (
+                    vec![("route", r), ("cluster", c)],
+                    i64::from(b.weight.load(Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        f.counters(
+            "pylon_split_rollbacks",
+            "Canary rollbacks (the canary's 5xx share passed max_5xx_ratio), by route.",
+            splits
+                .iter()
+                .map(|s| (vec![("route", s.route.as_str())], load(&s.rollbacks))),
+        )
+    }
+
     /// Requests auth policies made to other services (JWKS fetches, external
     /// authorization checks) and their failures, by policy and kind.
     fn encode_auth(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {

@@ -38,6 +38,7 @@ mod path_rewrite;
 pub(crate) mod rate_limit;
 mod rate_limit_redis;
 mod request_id;
+pub(crate) mod split;
 
 /// What a filter sees besides the request and the answer.
 pub struct FilterCtx<'a> {
@@ -122,7 +123,13 @@ pub struct FilterSite<'a> {
     pub caches: &'a cache::Zones,
     pub(crate) auth: &'a auth::Policies,
     pub(crate) rate_limits: &'a rate_limit::Limiters,
+    pub(crate) splits: &'a split::Splits,
 }
+
+/// The cluster a filter chose for this request in phase 3 (a traffic split), left in
+/// [`FilterCtx::state`]; without one, the route's own cluster takes it.
+#[derive(Clone)]
+pub struct ChosenCluster(pub Arc<crate::cluster::ClusterRuntime>);
 
 /// Makes a filter for a route of a listener, when their settings ask for it.
 type Factory = fn(&FilterSite<'_>) -> Option<Arc<dyn Filter>>;
@@ -139,6 +146,8 @@ const REGISTRY: &[Factory] = &[
     // still decided before auth, in the first pass of phase 3).
     rate_limit::build,
     cache::build,
+    // Last: it counts only requests that went upstream (no cache hit, no refusal).
+    split::build,
 ];
 
 /// A route's filters, in [`REGISTRY`] order.
