@@ -571,6 +571,18 @@ fn route(index: usize, r: &Route) -> Value {
                     t.put("split", split);
                 }
             }
+            if let Some(m) = &p.mirror {
+                t.put(
+                    "mirror",
+                    T::default()
+                        .put("cluster", m.cluster.as_str())
+                        .put("percent", Value::Float(m.percent))
+                        .put("max_body", size(m.max_body))
+                        .put("host_suffix", m.host_suffix.as_str())
+                        .put("timeout", dur(m.timeout))
+                        .done(),
+                );
+            }
             t.opt("prefix_rewrite", p.prefix_rewrite.as_deref())
                 .opt("host_rewrite", p.host_rewrite.as_deref())
                 .put("websocket", p.websocket)

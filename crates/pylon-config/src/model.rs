@@ -749,6 +749,8 @@ pub struct ProxyAction {
     pub backends: Vec<Backend>,
     /// Stickiness and canary rollback for `backends`.
     pub split: Split,
+    /// Copies of a share of the requests sent to a shadow cluster.
+    pub mirror: Option<Mirror>,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

@@ -199,6 +199,7 @@ pub struct RawRoute {
     pub cluster: Option<Spanned<String>>,
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub split: Option<Spanned<RawSplit>>,
+    pub mirror: Option<Spanned<RawMirror>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
@@ -225,6 +226,17 @@ pub struct RawBackend {
     pub header: Option<Spanned<String>>,
     pub cookie: Option<Spanned<String>>,
     pub query: Option<Spanned<String>>,
+}
+
+/// A route's `mirror`: copies of its requests to a shadow cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub cluster: Spanned<String>,
+    pub percent: Option<Spanned<f64>>,
+    pub max_body: Option<Spanned<Size>>,
+    pub host_suffix: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// A route's `split`: how requests stay on one backend, and the canary's rollback.

@@ -1349,6 +1349,35 @@ split = { sticky = "cookie", cookie_name = "bad cookie" }
 }
 
 #[test]
+fn mirror_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+path = "/a"
+cluster = "app"
+mirror = { cluster = "ghost", percent = 150.0, timeout = "0s", max_body = "lots" }
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:13:22: routes[0].mirror.cluster: unknown cluster \"ghost\"",
+        "test.toml:13:41: routes[0].mirror.percent: percent is a share from 0 to 100",
+        "test.toml:13:58: routes[0].mirror.timeout: timeout is a duration above zero",
+        "test.toml:13:75: routes[0].mirror.max_body: invalid size \"lots\"",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

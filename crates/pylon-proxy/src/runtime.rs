@@ -51,6 +51,8 @@ pub struct Runtime {
     pub(crate) auth: crate::http::filters::auth::Policies,
     /// Split routes' weights and counters, by route name (the admin API changes them).
     pub(crate) splits: crate::http::filters::split::Splits,
+    /// Mirroring routes' counters, by route name.
+    pub(crate) mirrors: crate::http::filters::mirror::Mirrors,
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
@@ -88,6 +90,7 @@ impl Runtime {
             rate_limits: HashMap::new(),
             auth: HashMap::new(),
             splits: HashMap::new(),
+            mirrors: HashMap::new(),
             sends_proxy_protocol: false,
             config_hash: config_hash(&config),
             config: Arc::new(config),
@@ -129,6 +132,7 @@ impl Runtime {
         let auth = crate::http::filters::auth::policies(config, &clusters)?;
         let rate_limits = crate::http::filters::rate_limit::limiters(config);
         let splits = crate::http::filters::split::splits(config, &clusters);
+        let mirrors = crate::http::filters::mirror::mirrors(config, &clusters);
         let old_listener = |name: &str| previous.and_then(|p| p.listener(name));
         let listeners = config
             .listeners
@@ -171,6 +175,7 @@ impl Runtime {
                                     auth: &auth,
                                     rate_limits: &rate_limits,
                                     splits: &splits,
+                                    mirrors: &mirrors,
                                 },
                             ),
                             route: r.clone(),
@@ -214,6 +219,7 @@ impl Runtime {
             rate_limits,
             auth,
             splits,
+            mirrors,
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
         };

@@ -217,3 +217,17 @@ pub struct Canary {
     pub min_requests: u32,
     pub window: Duration,
 }
+
+/// A route's request mirroring: copies sent to a shadow cluster, answers discarded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Mirror {
+    pub cluster: String,
+    /// The share of requests copied, 0 to 100.
+    pub percent: f64,
+    /// Requests with a larger body are not copied.
+    pub max_body: u64,
+    /// Appended to the copy's `Host` (Envoy's `-shadow`).
+    pub host_suffix: String,
+    /// The longest a copy may take.
+    pub timeout: Duration,
+}

@@ -178,6 +178,7 @@ pub(super) fn route(
     }
     let mut r = r;
     let (backends, split) = split(&mut r, refs, p);
+    let mirror = r.mirror.take().map(|m| mirror(m, refs, p));
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -332,6 +333,7 @@ pub(super) fn route(
             cluster: c.into_inner(),
             backends,
             split,
+            mirror,
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
             cors_allow_origins: r
@@ -566,4 +568,47 @@ fn split(r: &mut RawRoute, refs: &Refs<'_>, p: &mut Problems) -> (Vec<Backend>, 
         }
     }
     (backends, Split { sticky, canary })
+}
+
+/// A route's `mirror`.
+fn mirror(m: Spanned<RawMirror>, refs: &Refs<'_>, p: &mut Problems) -> Mirror {
+    let m = m.into_inner();
+    if !refs.clusters.contains(m.cluster.get_ref()) {
+        p.at(
+            &m.cluster,
+            format!("unknown cluster \"{}\"", m.cluster.get_ref()),
+        );
+    }
+    let percent = m.percent.as_ref().map_or(100.0, |v| {
+        let x = *v.get_ref();
+        if !(0.0..=100.0).contains(&x) {
+            p.at(v, "percent is a share from 0 to 100");
+        }
+        x
+    });
+    let suffix = m.host_suffix.as_ref().map_or_else(
+        || "-shadow".to_owned(),
+        |s| {
+            if !header_value_ok(s.get_ref()) {
+                p.at(s, "host_suffix must be text without control characters");
+            }
+            s.get_ref().clone()
+        },
+    );
+    Mirror {
+        cluster: m.cluster.get_ref().clone(),
+        percent,
+        max_body: super::size(&m.max_body, 64 * 1024, p),
+        host_suffix: suffix,
+        timeout: match &m.timeout {
+            None => Duration::from_secs(5),
+            Some(t) => match crate::units::parse_duration(t.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    p.at(t, "timeout is a duration above zero, such as \"5s\"");
+                    Duration::from_secs(5)
+                }
+            },
+        },
+    }
 }

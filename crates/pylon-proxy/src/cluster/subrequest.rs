@@ -40,13 +40,14 @@ impl std::fmt::Display for SubrequestError {
     }
 }
 
-/// What to ask: method, target (path and query), `Host` (the endpoint's when `None`)
-/// and headers.
+/// What to ask: method, target (path and query), `Host` (the endpoint's when `None`),
+/// headers and a body (none when empty).
 pub struct Subrequest {
     pub method: Method,
     pub target: http::uri::PathAndQuery,
     pub host: Option<HeaderValue>,
     pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 /// Sends `sub` to one endpoint of `cluster` and reads the answer whole (up to
@@ -61,9 +62,18 @@ pub async fn fetch(
     let mut lease = cluster.pick(None).ok_or(SubrequestError::NoEndpoint)?;
     let endpoint = Arc::clone(lease.endpoint());
     let host = sub.host.unwrap_or_else(|| endpoint.host_value.clone());
-    let mut req = Request::new(RequestBody::Empty);
+    let mut req = Request::new(if sub.body.is_empty() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Full(Some(sub.body.clone()))
+    });
     *req.method_mut() = sub.method;
     *req.headers_mut() = sub.headers;
+    if !sub.body.is_empty() {
+        req.headers_mut().remove(header::TRANSFER_ENCODING);
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(sub.body.len()));
+    }
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;

@@ -430,11 +430,46 @@ impl Collector for Exposition {
         self.encode_rate_limits(&mut f)?;
         self.encode_auth(&mut f)?;
         self.encode_splits(&mut f)?;
+        self.encode_mirrors(&mut f)?;
         encode_process(&mut f)
     }
 }
 
 impl Exposition {
+    /// Mirroring routes: copies answered, failed, skipped (body too large) and dropped
+    /// (too many out).
+    fn encode_mirrors(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        let rt = self.runtime.load_full();
+        let mut mirrors: Vec<_> = rt.mirrors.values().collect();
+        if mirrors.is_empty() {
+            return Ok(());
+        }
+        mirrors.sort_by(|a, b| a.route.cmp(&b.route));
+        type Pick = fn(&crate::http::filters::mirror::MirrorState) -> &AtomicU64;
+        let results: [(&str, Pick); 4] = [
+            ("sent", |m| &m.sent),
+            ("failed", |m| &m.failed),
+            ("skipped", |m| &m.skipped),
+            ("dropped", |m| &m.dropped),
+        ];
+        f.counters(
+            "pylon_mirror_requests",
+            "Copies of requests for a route's shadow cluster, by result: sent (answered, answer discarded), failed (no answer), skipped (body over max_body), dropped (too many out).",
+            mirrors.iter().flat_map(|m| {
+                results.iter().map(move |(result, pick)| {
+                    (
+                        vec![
+                            ("route", m.route.as_str()),
+                            ("cluster", m.settings.cluster.as_str()),
+                            ("result", *result),
+                        ],
+                        load(pick(m)),
+                    )
+                })
+            }),
+        )
+    }
+
     /// Split routes: each backend's answers, 5xx answers and weight now; rollbacks.
     fn encode_splits(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         let rt = self.runtime.load_full();

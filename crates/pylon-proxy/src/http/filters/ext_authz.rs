@@ -176,6 +176,7 @@ impl ExternalPolicy {
                 target,
                 host: None,
                 headers,
+                body: bytes::Bytes::new(),
             },
             self.settings.timeout,
             MAX_BODY,

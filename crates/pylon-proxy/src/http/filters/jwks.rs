@@ -186,6 +186,7 @@ impl JwksKeys {
                 target,
                 host: http::HeaderValue::from_str(&self.settings.host).ok(),
                 headers,
+                body: bytes::Bytes::new(),
             },
             self.settings.timeout,
             MAX_JWKS,

@@ -34,6 +34,7 @@ mod ext_authz;
 pub(crate) mod forwarding;
 mod grpc_web;
 mod jwks;
+pub(crate) mod mirror;
 mod path_rewrite;
 pub(crate) mod rate_limit;
 mod rate_limit_redis;
@@ -124,6 +125,7 @@ pub struct FilterSite<'a> {
     pub(crate) auth: &'a auth::Policies,
     pub(crate) rate_limits: &'a rate_limit::Limiters,
     pub(crate) splits: &'a split::Splits,
+    pub(crate) mirrors: &'a mirror::Mirrors,
 }
 
 /// The cluster a filter chose for this request in phase 3 (a traffic split), left in
@@ -146,6 +148,8 @@ const REGISTRY: &[Factory] = &[
     // still decided before auth, in the first pass of phase 3).
     rate_limit::build,
     cache::build,
+    // Copies only requests that go upstream, their head as filters made it.
+    mirror::build,
     // Last: it counts only requests that went upstream (no cache hit, no refusal).
     split::build,
 ];
