@@ -2,8 +2,8 @@
 # Runs Pylon's whole test suite, installing first what the tests need: curl, openssl
 # and redis-server (apt; the global rate-limit tests start their own servers), and
 # from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio), the
-# Prometheus client's exposition parser (prometheus-client) and an HTTP/3 client
-# (aioquic).
+# Prometheus client's exposition parser (prometheus-client), an HTTP/3 client
+# (aioquic), and brotli and zstandard decoders for the compression tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +23,9 @@ fi
 # tests with aioquic; the metrics tests parse /metrics with the Prometheus project's
 # own parser.
 venv=target/test-venv
-if ! "$venv/bin/python" -c 'import grpc, prometheus_client, aioquic' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import grpc, prometheus_client, aioquic, brotli, zstandard' >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet grpcio prometheus-client aioquic
+  "$venv/bin/python" -m pip install --quiet grpcio prometheus-client aioquic brotli zstandard
 fi
 export PYLON_TEST_PYTHON="$PWD/$venv/bin/python"
 

@@ -571,6 +571,19 @@ fn route(index: usize, r: &Route) -> Value {
                     t.put("split", split);
                 }
             }
+            if let Some(c) = &p.compression {
+                t.put(
+                    "compression",
+                    T::default()
+                        .put("algorithms", texts(&c.algorithms))
+                        .put("content_types", texts(&c.content_types))
+                        .put("min_size", size(c.min_size))
+                        .put("gzip_level", int(c.gzip_level))
+                        .put("brotli_level", int(c.brotli_level))
+                        .put("zstd_level", int(c.zstd_level))
+                        .done(),
+                );
+            }
             if let Some(m) = &p.mirror {
                 t.put(
                     "mirror",

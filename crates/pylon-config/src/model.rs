@@ -751,6 +751,8 @@ pub struct ProxyAction {
     pub split: Split,
     /// Copies of a share of the requests sent to a shadow cluster.
     pub mirror: Option<Mirror>,
+    /// Answers compressed for clients that accept it.
+    pub compression: Option<Compression>,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

@@ -200,6 +200,7 @@ pub struct RawRoute {
     pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub split: Option<Spanned<RawSplit>>,
     pub mirror: Option<Spanned<RawMirror>>,
+    pub compression: Option<Spanned<RawCompression>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
@@ -771,6 +772,44 @@ impl<'de> Deserialize<'de> for RawHttp3 {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHttp3, A::Error> {
                 RawHttp3Table::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(RawHttp3::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A route's `compression`: `true` (the defaults), `false`, or a table of settings.
+#[derive(Debug, Clone)]
+pub enum RawCompression {
+    Bool(bool),
+    Table(RawCompressionTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompressionTable {
+    pub algorithms: Option<Vec<String>>,
+    pub content_types: Option<Vec<String>>,
+    pub min_size: Option<Size>,
+    pub gzip_level: Option<u32>,
+    pub brotli_level: Option<u32>,
+    pub zstd_level: Option<i32>,
+}
+
+impl<'de> Deserialize<'de> for RawCompression {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCompression;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, or a table such as { algorithms = [\"br\", \"gzip\"], min_size = 1024 }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawCompression, E> {
+                Ok(RawCompression::Bool(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCompression, A::Error> {
+                RawCompressionTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawCompression::Table)
             }
         }
         d.deserialize_any(V)

@@ -1378,6 +1378,42 @@ mirror = { cluster = "ghost", percent = 150.0, timeout = "0s", max_body = "lots"
 }
 
 #[test]
+fn compression_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+path = "/a"
+cluster = "app"
+compression = { algorithms = ["lz4"], content_types = ["json"], gzip_level = 12, zstd_level = 0, min_size = "big" }
+
+[[routes]]
+path = "/b"
+cluster = "app"
+compression = "yes"
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:13:15: routes[0].compression: compression.algorithms: unknown \"lz4\", expected zstd, br or gzip",
+        "test.toml:13:15: routes[0].compression: compression.content_types: \"json\" is not a media type",
+        "test.toml:13:15: routes[0].compression: compression.gzip_level is 1 to 9",
+        "test.toml:13:15: routes[0].compression: compression.zstd_level is 1 to 19",
+        "test.toml:13:15: routes[0].compression: compression.min_size: invalid size \"big\"",
+        "test.toml:18:15: routes[1].compression: invalid type: expected true, false, or a table",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

@@ -231,3 +231,49 @@ pub struct Mirror {
     /// The longest a copy may take.
     pub timeout: Duration,
 }
+
+/// A route's response compression.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Compression {
+    /// `zstd`, `br`, `gzip`, in the order preferred when a client accepts several
+    /// equally.
+    pub algorithms: Vec<String>,
+    /// Compressed media types: exact (`application/json`) or a type's prefix
+    /// (`text/*`).
+    pub content_types: Vec<String>,
+    /// Answers known to be smaller are sent as they are.
+    pub min_size: u64,
+    pub gzip_level: u32,
+    pub brotli_level: u32,
+    pub zstd_level: i32,
+}
+
+impl Compression {
+    /// What `compression = true` means.
+    pub fn defaults() -> Compression {
+        Compression {
+            algorithms: vec!["zstd".into(), "br".into(), "gzip".into()],
+            content_types: [
+                "text/*",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "application/xhtml+xml",
+                "application/rss+xml",
+                "application/atom+xml",
+                "application/ld+json",
+                "application/manifest+json",
+                "application/wasm",
+                "image/svg+xml",
+                "font/ttf",
+                "font/otf",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            min_size: 256,
+            gzip_level: 6,
+            brotli_level: 4,
+            zstd_level: 3,
+        }
+    }
+}

@@ -179,6 +179,7 @@ pub(super) fn route(
     let mut r = r;
     let (backends, split) = split(&mut r, refs, p);
     let mirror = r.mirror.take().map(|m| mirror(m, refs, p));
+    let compression = r.compression.take().and_then(|c| compression(c, p));
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -334,6 +335,7 @@ pub(super) fn route(
             backends,
             split,
             mirror,
+            compression,
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
             cors_allow_origins: r
@@ -611,4 +613,70 @@ fn mirror(m: Spanned<RawMirror>, refs: &Refs<'_>, p: &mut Problems) -> Mirror {
             },
         },
     }
+}
+
+/// A route's `compression`.
+fn compression(c: Spanned<RawCompression>, p: &mut Problems) -> Option<Compression> {
+    let span = c.span();
+    let t = match c.into_inner() {
+        RawCompression::Bool(false) => return None,
+        RawCompression::Bool(true) => return Some(Compression::defaults()),
+        RawCompression::Table(t) => t,
+    };
+    let d = Compression::defaults();
+    let mut problem = |m: String| p.span(span.clone(), m);
+    let algorithms = t.algorithms.unwrap_or(d.algorithms);
+    if algorithms.is_empty() {
+        problem("compression.algorithms lists at least one of zstd, br, gzip".into());
+    }
+    for a in &algorithms {
+        if !matches!(a.as_str(), "zstd" | "br" | "gzip") {
+            problem(format!(
+                "compression.algorithms: unknown \"{a}\", expected zstd, br or gzip"
+            ));
+        }
+    }
+    let content_types: Vec<String> = t
+        .content_types
+        .unwrap_or(d.content_types)
+        .into_iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    for c in &content_types {
+        let ok = c.split_once('/').is_some_and(|(ty, sub)| {
+            super::http_token(ty) && (sub == "*" || super::http_token(sub))
+        });
+        if !ok {
+            problem(format!(
+                "compression.content_types: \"{c}\" is not a media type such as text/* or application/json"
+            ));
+        }
+    }
+    let gzip_level = t.gzip_level.unwrap_or(d.gzip_level);
+    if !(1..=9).contains(&gzip_level) {
+        problem("compression.gzip_level is 1 to 9".into());
+    }
+    let brotli_level = t.brotli_level.unwrap_or(d.brotli_level);
+    if brotli_level > 11 {
+        problem("compression.brotli_level is 0 to 11".into());
+    }
+    let zstd_level = t.zstd_level.unwrap_or(d.zstd_level);
+    if !(1..=19).contains(&zstd_level) {
+        problem("compression.zstd_level is 1 to 19".into());
+    }
+    Some(Compression {
+        algorithms,
+        content_types,
+        min_size: match t.min_size {
+            None => d.min_size,
+            Some(Size::Bytes(n)) => n,
+            Some(Size::Text(text)) => crate::units::parse_size(&text).unwrap_or_else(|e| {
+                problem(format!("compression.min_size: {e}"));
+                d.min_size
+            }),
+        },
+        gzip_level,
+        brotli_level,
+        zstd_level,
+    })
 }

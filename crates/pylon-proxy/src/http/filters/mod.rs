@@ -30,6 +30,7 @@ pub mod auth;
 pub(crate) mod cache;
 mod cache_body;
 mod client_cert;
+mod compression;
 mod ext_authz;
 pub(crate) mod forwarding;
 mod grpc_web;
@@ -147,6 +148,8 @@ const REGISTRY: &[Factory] = &[
     // After auth: keys on a token's claims need them (local limits on other keys are
     // still decided before auth, in the first pass of phase 3).
     rate_limit::build,
+    // Before the cache: a zone stores each encoding as a variant of its own.
+    compression::build,
     cache::build,
     // Copies only requests that go upstream, their head as filters made it.
     mirror::build,
