@@ -571,6 +571,29 @@ fn route(index: usize, r: &Route) -> Value {
                     t.put("split", split);
                 }
             }
+            if !p.request_headers.is_empty() {
+                t.put("request_headers", header_rules(&p.request_headers));
+            }
+            if !p.response_headers.is_empty() {
+                t.put("response_headers", header_rules(&p.response_headers));
+            }
+            if let Some(rr) = &p.regex_rewrite {
+                t.put(
+                    "regex_rewrite",
+                    T::default()
+                        .put("pattern", rr.pattern.as_str())
+                        .put("replacement", rr.replacement.as_str())
+                        .done(),
+                );
+            }
+            if !p.query.is_empty() {
+                let mut q = T::default();
+                if !p.query.set.is_empty() {
+                    q.put("set", pairs(&p.query.set));
+                }
+                q.list("remove", texts(&p.query.remove));
+                t.put("query", q.done());
+            }
             if let Some(c) = &p.compression {
                 t.put(
                     "compression",
@@ -631,6 +654,16 @@ fn route(index: usize, r: &Route) -> Value {
                 .put("location", a.location.as_str())
                 .done();
             t.put("redirect", redirect);
+        }
+        Action::Files(f) => {
+            let files = T::default()
+                .put("root", path(&f.root))
+                .put("index", texts(&f.index))
+                .put("browse", f.browse)
+                .put("follow_symlinks", f.follow_symlinks)
+                .put("precompressed", f.precompressed)
+                .done();
+            t.put("files", files);
         }
     }
     Value::Table(t.done())
@@ -737,6 +770,27 @@ fn auth_policy(a: &AuthPolicy) -> Value {
         }
     }
     Value::Table(t.done())
+}
+
+/// `name = value` pairs as a table.
+fn pairs(list: &[(String, String)]) -> Table {
+    let mut t = T::default();
+    for (k, v) in list {
+        t.put(k, v.as_str());
+    }
+    t.done()
+}
+
+/// A route's header rules.
+fn header_rules(r: &HeaderRules) -> Table {
+    let mut t = T::default();
+    for (key, list) in [("set", &r.set), ("add", &r.add), ("append", &r.append)] {
+        if !list.is_empty() {
+            t.put(key, pairs(list));
+        }
+    }
+    t.list("remove", texts(&r.remove));
+    t.done()
 }
 
 /// A route's weighted backends.

@@ -712,6 +712,23 @@ pub enum Action {
     Proxy(ProxyAction),
     Respond(RespondAction),
     Redirect(RedirectAction),
+    Files(FilesAction),
+}
+
+/// A route that serves a directory (`files = { root = ... }`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FilesAction {
+    /// Absolute (relative ones are taken from the config file's directory).
+    pub root: std::path::PathBuf,
+    /// Tried in order for a directory's path.
+    pub index: Vec<String>,
+    /// A directory without an index file is listed (else 403).
+    pub browse: bool,
+    /// Symbolic links may lead outside `root`.
+    pub follow_symlinks: bool,
+    /// `FILE.br`, `FILE.zst` and `FILE.gz` beside a file are served to clients that
+    /// accept them.
+    pub precompressed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -753,6 +770,13 @@ pub struct ProxyAction {
     pub mirror: Option<Mirror>,
     /// Answers compressed for clients that accept it.
     pub compression: Option<Compression>,
+    /// Changes to the upstream request's headers, and to the answer's.
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    /// The upstream path rewritten by a regex (after `prefix_rewrite`).
+    pub regex_rewrite: Option<RegexRewrite>,
+    /// Changes to the upstream request's query.
+    pub query: QueryRules,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

@@ -175,6 +175,16 @@ pub struct RawRespond {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub root: Spanned<String>,
+    pub index: Option<Spanned<StrList>>,
+    pub browse: Option<bool>,
+    pub follow_symlinks: Option<bool>,
+    pub precompressed: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawRedirect {
     pub status: Option<Spanned<u16>>,
     pub location: Spanned<String>,
@@ -201,6 +211,10 @@ pub struct RawRoute {
     pub split: Option<Spanned<RawSplit>>,
     pub mirror: Option<Spanned<RawMirror>>,
     pub compression: Option<Spanned<RawCompression>>,
+    pub request_headers: Option<Spanned<RawHeaderRules>>,
+    pub response_headers: Option<Spanned<RawHeaderRules>>,
+    pub regex_rewrite: Option<Spanned<RawRegexRewrite>>,
+    pub query: Option<Spanned<RawQueryRules>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
@@ -215,6 +229,7 @@ pub struct RawRoute {
     pub auth_require: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<StrList>>,
     pub respond: Option<Spanned<RawRespond>>,
+    pub files: Option<Spanned<RawFiles>>,
     pub redirect: Option<Spanned<RawRedirect>>,
 }
 
@@ -227,6 +242,33 @@ pub struct RawBackend {
     pub header: Option<Spanned<String>>,
     pub cookie: Option<Spanned<String>>,
     pub query: Option<Spanned<String>>,
+}
+
+/// Header rules: `set` (replace or add), `add` (only when absent), `append` (one more
+/// value), `remove`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRules {
+    pub set: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub add: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub append: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub remove: Option<Spanned<StrList>>,
+}
+
+/// A route's `regex_rewrite` of the upstream path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegexRewrite {
+    pub pattern: Spanned<String>,
+    pub replacement: Spanned<String>,
+}
+
+/// A route's `query` rules for the upstream request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryRules {
+    pub set: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub remove: Option<Spanned<StrList>>,
 }
 
 /// A route's `mirror`: copies of its requests to a shadow cluster.

@@ -1414,6 +1414,47 @@ compression = "yes"
 }
 
 #[test]
+fn rule_and_files_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+path = "/a"
+cluster = "app"
+regex_rewrite = { pattern = "(unclosed", replacement = "api" }
+request_headers = { set = { "bad header" = "x", x-ok = "{nope}" }, remove = ["also bad"] }
+response_headers = { add = { x-brace = "{client_ip" } }
+query = { set = { "a&b" = "1" } }
+
+[[routes]]
+path = "/b"
+files = { root = "/definitely/not/here", index = ["../x"] }
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:13:29: routes[0].regex_rewrite.pattern: invalid regex",
+        "test.toml:13:56: routes[0].regex_rewrite.replacement: replacement must start with '/'",
+        "test.toml:14:29: routes[0].request_headers.set.bad header: invalid header name \"bad header\"",
+        "test.toml:14:56: routes[0].request_headers.set.x-ok: unknown variable {nope}",
+        "test.toml:14:77: routes[0].request_headers.remove: invalid header name \"also bad\"",
+        "test.toml:15:40: routes[0].response_headers.add.x-brace: unclosed '{'",
+        "test.toml:16:19: routes[0].query.set.a&b: invalid query parameter name",
+        "test.toml:20:18: routes[1].files.root: files.root /definitely/not/here is not a directory",
+        "test.toml:20:50: routes[1].files.index: index names are file names, without '/'",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

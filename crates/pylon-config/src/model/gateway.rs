@@ -277,3 +277,93 @@ impl Compression {
         }
     }
 }
+
+/// Header changes, values being templates with `{variables}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct HeaderRules {
+    /// Replace every value (or add).
+    pub set: Vec<(String, String)>,
+    /// Only when the header is absent.
+    pub add: Vec<(String, String)>,
+    /// One more value.
+    pub append: Vec<(String, String)>,
+    /// Lower-case names removed (before the others apply).
+    pub remove: Vec<String>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.append.is_empty()
+            && self.remove.is_empty()
+    }
+}
+
+/// The upstream path rewritten: the first match of `pattern` replaced by `replacement`
+/// (`$1`, `${name}` captures).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub replacement: String,
+}
+
+/// Query parameters set (templates) and removed on the upstream request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct QueryRules {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl QueryRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The variables header and query templates may use, as `{name}`.
+pub const TEMPLATE_VARIABLES: &[&str] = &[
+    "client_ip",
+    "client_port",
+    "request_id",
+    "route",
+    "cluster",
+    "host",
+    "method",
+    "path",
+    "scheme",
+    "client_cert_subject",
+    "client_cert_fingerprint",
+    "time_unix",
+    "time_http",
+];
+
+/// Whether `t` is a valid template: every `{...}` names a variable of
+/// [`TEMPLATE_VARIABLES`] or `claim:NAME`, braces balanced (`{{` and `}}` are literal).
+pub fn template_error(t: &str) -> Option<String> {
+    let mut rest = t;
+    while let Some(i) = rest.find(['{', '}']) {
+        let (c, after) = (rest.as_bytes()[i], &rest[i + 1..]);
+        if after.starts_with(c as char) {
+            rest = &after[1..];
+            continue;
+        }
+        if c == b'}' {
+            return Some("unmatched '}' (write '}}' for a brace)".into());
+        }
+        let Some(end) = after.find('}') else {
+            return Some("unclosed '{' (write '{{' for a brace)".into());
+        };
+        let name = &after[..end];
+        let known = TEMPLATE_VARIABLES.contains(&name)
+            || name.strip_prefix("claim:").is_some_and(|c| !c.is_empty());
+        if !known {
+            return Some(format!(
+                "unknown variable {{{name}}}, expected one of {}, or claim:NAME",
+                TEMPLATE_VARIABLES.join(", ")
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}

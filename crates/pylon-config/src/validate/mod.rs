@@ -345,6 +345,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         auth: &declared_auth,
         jwt_auth: &jwt_policies(root),
         rate_limits: &declared_limits,
+        base: &ctx.base,
     };
     let routes: Vec<Route> = raw_routes
         .into_iter()

@@ -30,6 +30,8 @@ pub(super) struct Refs<'a> {
     pub jwt_auth: &'a HashSet<String>,
     /// Rate-limit policy names written in the file, valid or not.
     pub rate_limits: &'a HashSet<String>,
+    /// The config file's directory (relative `files.root` is taken from it).
+    pub base: &'a std::path::Path,
 }
 
 /// The route at `routes[index]`, written at `span`; `dropped` lists its keys left out
@@ -180,22 +182,51 @@ pub(super) fn route(
     let (backends, split) = split(&mut r, refs, p);
     let mirror = r.mirror.take().map(|m| mirror(m, refs, p));
     let compression = r.compression.take().and_then(|c| compression(c, p));
+    let request_headers = r
+        .request_headers
+        .take()
+        .map(|h| header_rules(h, p))
+        .unwrap_or_default();
+    let response_headers = r
+        .response_headers
+        .take()
+        .map(|h| header_rules(h, p))
+        .unwrap_or_default();
+    let regex_rewrite = r.regex_rewrite.take().map(|rr| {
+        let rr = rr.into_inner();
+        if let Err(e) = regex::Regex::new(rr.pattern.get_ref()) {
+            p.at(&rr.pattern, format!("invalid regex: {e}"));
+        }
+        if !rr.replacement.get_ref().starts_with('/') {
+            p.at(&rr.replacement, "replacement must start with '/'");
+        }
+        RegexRewrite {
+            pattern: rr.pattern.into_inner(),
+            replacement: rr.replacement.into_inner(),
+        }
+    });
+    let query = r
+        .query
+        .take()
+        .map(|q| query_rules(q, p))
+        .unwrap_or_default();
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
         r.redirect.as_ref().map(|s| s.span()),
+        r.files.as_ref().map(|s| s.span()),
     ];
     let count = actions.iter().filter(|a| a.is_some()).count();
     if count > 1 {
         let s = actions.iter().flatten().nth(1).cloned().unwrap_or_default();
         p.span(
             s,
-            "a route has exactly one action: `cluster`, `respond` or `redirect`",
+            "a route has exactly one action: `cluster`, `respond`, `redirect` or `files`",
         );
         return None;
     }
     // A key left out because of an error may have been the action.
-    let action_dropped = ["cluster", "respond", "redirect"]
+    let action_dropped = ["cluster", "respond", "redirect", "files"]
         .iter()
         .any(|k| dropped.has(k));
     if r.cluster.is_none() && !action_dropped {
@@ -336,6 +367,10 @@ pub(super) fn route(
             split,
             mirror,
             compression,
+            request_headers,
+            response_headers,
+            regex_rewrite,
+            query,
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
             cors_allow_origins: r
@@ -383,6 +418,39 @@ pub(super) fn route(
             headers,
             body: resp.body.unwrap_or_default(),
         })
+    } else if let Some(f) = r.files {
+        let f = f.into_inner();
+        let root = std::path::Path::new(f.root.get_ref());
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            refs.base.join(root)
+        };
+        if !root.is_dir() {
+            p.at(
+                &f.root,
+                format!("files.root {} is not a directory", root.display()),
+            );
+        }
+        let index = f
+            .index
+            .as_ref()
+            .map_or_else(|| vec!["index.html".to_owned()], |i| i.get_ref().0.clone());
+        if let Some(i) = &f.index
+            && i.get_ref()
+                .0
+                .iter()
+                .any(|n| n.is_empty() || n.contains(['/', '\\']) || n == "..")
+        {
+            p.at(i, "index names are file names, without '/'");
+        }
+        Action::Files(FilesAction {
+            root,
+            index,
+            browse: f.browse.unwrap_or(false),
+            follow_symlinks: f.follow_symlinks.unwrap_or(false),
+            precompressed: f.precompressed.unwrap_or(true),
+        })
     } else if let Some(red) = r.redirect {
         let red = red.into_inner();
         let status = match &red.status {
@@ -404,7 +472,7 @@ pub(super) fn route(
         if !action_dropped {
             p.span(
                 span,
-                "route has no action: set one of `cluster`, `respond` or `redirect`",
+                "route has no action: set one of `cluster`, `respond`, `redirect` or `files`",
             );
         }
         return None;
@@ -679,4 +747,72 @@ fn compression(c: Spanned<RawCompression>, p: &mut Problems) -> Option<Compressi
         brotli_level,
         zstd_level,
     })
+}
+
+/// A template's value, checked: header-safe text with known `{variables}`.
+fn template(v: &Spanned<String>, p: &mut Problems) -> String {
+    if !header_value_ok(v.get_ref()) {
+        p.at(v, "control characters are not allowed");
+    } else if let Some(e) = template_error(v.get_ref()) {
+        p.at(v, e);
+    }
+    v.get_ref().clone()
+}
+
+/// `request_headers` or `response_headers`.
+fn header_rules(h: Spanned<RawHeaderRules>, p: &mut Problems) -> HeaderRules {
+    let h = h.into_inner();
+    let list = |m: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
+                p: &mut Problems| {
+        m.unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                if !header_name_ok(k.get_ref()) {
+                    p.at(&k, format!("invalid header name \"{}\"", k.get_ref()));
+                }
+                (k.get_ref().to_ascii_lowercase(), template(&v, p))
+            })
+            .collect::<Vec<_>>()
+    };
+    let set = list(h.set, p);
+    let add = list(h.add, p);
+    let append = list(h.append, p);
+    let remove = h.remove.map_or_else(Vec::new, |r| {
+        for n in &r.get_ref().0 {
+            if !header_name_ok(n) {
+                p.at(&r, format!("invalid header name \"{n}\""));
+            }
+        }
+        r.get_ref()
+            .0
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect()
+    });
+    HeaderRules {
+        set,
+        add,
+        append,
+        remove,
+    }
+}
+
+/// `query` rules.
+fn query_rules(q: Spanned<RawQueryRules>, p: &mut Problems) -> QueryRules {
+    let q = q.into_inner();
+    let set = q
+        .set
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            if k.get_ref().is_empty() || k.get_ref().contains(['&', '=', '#', ' ']) {
+                p.at(&k, "invalid query parameter name");
+            }
+            (k.get_ref().clone(), template(&v, p))
+        })
+        .collect();
+    QueryRules {
+        set,
+        remove: q.remove.map_or_else(Vec::new, |r| r.get_ref().0.clone()),
+    }
 }

@@ -72,6 +72,14 @@ error_kinds! {
     AuthUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable"),
     // A route's `rate_limit`: the key's bucket is empty.
     RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+    // A `files` route: a path that could leave the root (`..`, an encoded `/`, NUL).
+    PathRefused => (StatusCode::BAD_REQUEST, "path_refused"),
+    // A `files` route: a symbolic link out of the root, a directory without an index
+    // (and no listing), or a file the process may not read.
+    FileForbidden => (StatusCode::FORBIDDEN, "file_forbidden"),
+    FileNotFound => (StatusCode::NOT_FOUND, "file_not_found"),
+    // A `files` route takes GET and HEAD.
+    MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     // A global rate limit with `on_error = "deny"` whose Redis failed or was too slow.
     RateLimitUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
 }
@@ -110,6 +118,9 @@ pub fn error_response(kind: ErrorKind) -> Response<ResponseBody> {
     ) {
         // The rest of the connection cannot be trusted to be in sync.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if kind == ErrorKind::MethodNotAllowed {
+        h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     if kind == ErrorKind::ConnectNotAllowed {
         // RFC 9110 §15.5.6: a 405 names the methods the target takes.

@@ -20,6 +20,7 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub mod code {
     pub const CANCELLED: u8 = 1;
     pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const NOT_FOUND: u8 = 5;
     pub const PERMISSION_DENIED: u8 = 7;
     pub const RESOURCE_EXHAUSTED: u8 = 8;
     pub const UNIMPLEMENTED: u8 = 12;
@@ -60,21 +61,23 @@ impl ErrorKind {
     pub fn grpc_status(self) -> u8 {
         use ErrorKind::*;
         match self {
-            NoRoute | ConnectNotAllowed => code::UNIMPLEMENTED,
+            NoRoute | ConnectNotAllowed | MethodNotAllowed => code::UNIMPLEMENTED,
+            FileNotFound => code::NOT_FOUND,
             ResponseTimeout | DeadlineExceeded => code::DEADLINE_EXCEEDED,
             Overloaded | BodyTooLarge | RateLimited => code::RESOURCE_EXHAUSTED,
             ClientAborted => code::CANCELLED,
             ProxyAuthRequired | Unauthorized => code::UNAUTHENTICATED,
-            Denied | WebSocketDisabled | CorsOriginDenied | AuthDenied => code::PERMISSION_DENIED,
+            Denied | WebSocketDisabled | CorsOriginDenied | AuthDenied | FileForbidden => {
+                code::PERMISSION_DENIED
+            }
             NoEndpoint | ConnectFailed | ConnectTimeout | UpstreamReset | UpstreamInvalid
             | UpstreamTls | UpgradeRefused | UpgradeInvalid | ResolveFailed | RouteRemoved
             | Shutdown | TooEarly | NotCached | RateLimitUnavailable | AuthUnavailable => {
                 code::UNAVAILABLE
             }
             MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
-            | HeadersTooLarge | TooManyHeaders | NotAProxyRequest | RedirectInvalid => {
-                code::INTERNAL
-            }
+            | HeadersTooLarge | TooManyHeaders | NotAProxyRequest | RedirectInvalid
+            | PathRefused => code::INTERNAL,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod error;
+pub mod files;
 pub mod filters;
 pub mod forward;
 pub mod forward_addr;

@@ -443,6 +443,7 @@ async fn serve(
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),
+        Action::Files(f) => super::files::serve(f, &req).await,
         Action::Proxy(_) => {
             let mut fx = super::filters::FilterCtx {
                 conn: ctx,

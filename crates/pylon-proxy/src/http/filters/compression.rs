@@ -85,6 +85,13 @@ struct Accepts {
 /// The coding to use for `Accept-Encoding` (all its lines): the highest q among those
 /// offered, ties going to the first of `ours`; `*` stands for any not named.
 fn negotiate(headers: &HeaderMap, ours: &[Coding]) -> Option<Coding> {
+    let tokens: Vec<&str> = ours.iter().map(|c| c.token()).collect();
+    negotiate_tokens(headers, &tokens).and_then(Coding::parse)
+}
+
+/// [`negotiate`] over content-coding names (`gzip` also answers to `x-gzip`); for the
+/// static files' precompressed siblings too.
+pub(crate) fn negotiate_tokens<'a>(headers: &HeaderMap, ours: &[&'a str]) -> Option<&'a str> {
     let mut named: Vec<(String, f32)> = Vec::new();
     for line in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(line) = line.to_str() else { continue };
@@ -96,11 +103,8 @@ fn negotiate(headers: &HeaderMap, ours: &[Coding]) -> Option<Coding> {
             }
             let mut q = 1.0f32;
             for p in parts {
-                if let Some(v) = p
-                    .trim()
-                    .strip_prefix("q=")
-                    .or_else(|| p.trim().strip_prefix("Q="))
-                {
+                let p = p.trim();
+                if let Some(v) = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
                     q = v.trim().parse().unwrap_or(0.0);
                 }
             }
@@ -108,11 +112,11 @@ fn negotiate(headers: &HeaderMap, ours: &[Coding]) -> Option<Coding> {
         }
     }
     let star = named.iter().find(|(t, _)| t == "*").map(|(_, q)| *q);
-    let mut best: Option<(Coding, f32)> = None;
+    let mut best: Option<(&'a str, f32)> = None;
     for &c in ours {
         let q = named
             .iter()
-            .find(|(t, _)| t == c.token() || (c == Coding::Gzip && t == "x-gzip"))
+            .find(|(t, _)| t == c || (c == "gzip" && t == "x-gzip"))
             .map(|(_, q)| *q)
             .or(star)
             .unwrap_or(0.0);

@@ -30,7 +30,7 @@ pub mod auth;
 pub(crate) mod cache;
 mod cache_body;
 mod client_cert;
-mod compression;
+pub(crate) mod compression;
 mod ext_authz;
 pub(crate) mod forwarding;
 mod grpc_web;
@@ -40,6 +40,7 @@ mod path_rewrite;
 pub(crate) mod rate_limit;
 mod rate_limit_redis;
 mod request_id;
+mod rules;
 pub(crate) mod split;
 
 /// What a filter sees besides the request and the answer.
@@ -142,6 +143,8 @@ const REGISTRY: &[Factory] = &[
     forwarding::build,
     request_id::build,
     path_rewrite::build,
+    // After the prefix rewrite: the regex rewrite applies to its result.
+    rules::build,
     client_cert::build,
     grpc_web::build,
     auth::build,

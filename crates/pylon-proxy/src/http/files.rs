@@ -1,0 +1,369 @@
+//! Static files (`files = { root = ... }`, a route action): a directory served for
+//! `GET` and `HEAD`, streamed from disk in 64 KiB reads, with `ETag` and
+//! `Last-Modified` validators (304 for `If-None-Match` and `If-Modified-Since`), a
+//! single byte `Range` (206, or 416; `If-Range` honoured), precompressed `FILE.br`,
+//! `FILE.zst` and `FILE.gz` siblings for clients that accept them, index files, an
+//! optional listing, and media types from `mime_guess`.
+//!
+//! Paths are made safe by [`normalize`] before the file system sees them: the path is
+//! split at `/` first, then each segment percent-decoded; `..`, an encoded `/` or `\`,
+//! NUL and non-UTF-8 segments are refused (400 `path_refused`); and, unless
+//! `follow_symlinks`, the real path (symbolic links resolved) must stay inside the
+//! root (else 403 `file_forbidden`). Written here because the rules are the point: no
+//! crate states them for a reverse proxy's root.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use pylon_config::model::FilesAction;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::body::ResponseBody;
+use super::error::ErrorKind;
+
+/// The path's segments, percent-decoded, with `.` and empty ones dropped; `None` when
+/// the path must be refused (`..`, an encoded `/` or `\`, NUL, not UTF-8, not
+/// starting with `/`).
+pub fn normalize(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix('/')?;
+    let mut out = Vec::new();
+    for raw in rest.split('/') {
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+        let seg = String::from_utf8(bytes).ok()?;
+        if seg.contains(['/', '\\', '\0']) || seg == ".." {
+            return None;
+        }
+        if seg.is_empty() || seg == "." {
+            continue;
+        }
+        out.push(seg);
+    }
+    Some(out)
+}
+
+/// The answer for `req` from the directory of `f`.
+pub(super) async fn serve<B>(
+    f: &FilesAction,
+    req: &Request<B>,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ErrorKind::MethodNotAllowed);
+    }
+    let segments = normalize(req.uri().path()).ok_or(ErrorKind::PathRefused)?;
+    let mut path = f.root.clone();
+    path.extend(&segments);
+    let meta = checked(f, &path).await?;
+    if meta.is_dir() {
+        if !req.uri().path().ends_with('/') {
+            // `/docs` → `/docs/`, so that relative links in its index resolve.
+            let mut to = format!("{}/", req.uri().path());
+            if let Some(q) = req.uri().query() {
+                to.push('?');
+                to.push_str(q);
+            }
+            return Ok(moved(&to));
+        }
+        for name in &f.index {
+            let candidate = path.join(name);
+            if let Ok(m) = checked(f, &candidate).await
+                && m.is_file()
+            {
+                return file(f, req, &candidate, &m).await;
+            }
+        }
+        if f.browse {
+            return listing(&path, req.uri().path()).await;
+        }
+        return Err(ErrorKind::FileForbidden);
+    }
+    if !meta.is_file() {
+        return Err(ErrorKind::FileForbidden);
+    }
+    file(f, req, &path, &meta).await
+}
+
+/// The path's metadata once it is known to stay inside the root (unless symbolic
+/// links may lead out).
+async fn checked(f: &FilesAction, path: &Path) -> Result<std::fs::Metadata, ErrorKind> {
+    let real = tokio::fs::canonicalize(path).await.map_err(not_found)?;
+    if !f.follow_symlinks {
+        let root = tokio::fs::canonicalize(&f.root)
+            .await
+            .map_err(|_| ErrorKind::FileNotFound)?;
+        if !real.starts_with(&root) {
+            return Err(ErrorKind::FileForbidden);
+        }
+    }
+    tokio::fs::metadata(&real).await.map_err(not_found)
+}
+
+fn not_found(e: std::io::Error) -> ErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => ErrorKind::FileForbidden,
+        _ => ErrorKind::FileNotFound,
+    }
+}
+
+fn moved(to: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(Bytes::from(format!("Moved to {to}\n"))));
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// A file's validators: `"MTIME-LEN"` in hex, and its modification time.
+fn validators(meta: &std::fs::Metadata) -> (String, SystemTime) {
+    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let nanos = mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (format!("\"{nanos:x}-{:x}\"", meta.len()), mtime)
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison; `*` names any).
+fn none_match(req_value: &str, etag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    req_value
+        .split(',')
+        .any(|t| t.trim() == "*" || bare(t) == bare(etag))
+}
+
+/// The one byte range a `Range` field asks for within `len`: `Ok(None)` for none (or
+/// one Pylon serves whole: several ranges, another unit), `Err` when unsatisfiable.
+fn range(value: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), Ok(end)) if start <= end => Some((start, end.min(len.saturating_sub(1)))),
+        (Ok(start), Err(_)) if b.is_empty() => Some((start, len.saturating_sub(1))),
+        (Err(_), Ok(n)) if a.is_empty() && n > 0 => {
+            Some((len.saturating_sub(n), len.saturating_sub(1)))
+        }
+        _ => return Ok(None),
+    };
+    match parsed {
+        Some((start, end)) if start < len && start <= end => Ok(Some((start, end))),
+        Some(_) => Err(()),
+        None => Ok(None),
+    }
+}
+
+/// A regular file's answer: 304, 206/416 for a range, or the whole (or a
+/// precompressed sibling) with its validators.
+async fn file<B>(
+    f: &FilesAction,
+    req: &Request<B>,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<Response<ResponseBody>, ErrorKind> {
+    let h = req.headers();
+    let (etag, mtime) = validators(meta);
+    let last_modified = httpdate::fmt_http_date(mtime);
+    let mime = mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    let mut resp = Response::new(ResponseBody::empty());
+    let rh = resp.headers_mut();
+    rh.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    rh.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        rh.insert(header::LAST_MODIFIED, v);
+    }
+    // Conditionals: If-None-Match first; If-Modified-Since only without it.
+    let not_modified = match h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        Some(inm) => none_match(inm, &etag),
+        None => h
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| {
+                let secs = |t: SystemTime| {
+                    t.duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                };
+                secs(mtime) <= secs(since)
+            }),
+    };
+    // Precompressed siblings, when there is no range to serve.
+    let ranged = h.contains_key(header::RANGE);
+    let mut siblings = Vec::new();
+    if f.precompressed && !ranged {
+        for (coding, ext) in [("br", "br"), ("zstd", "zst"), ("gzip", "gz")] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".");
+            name.push(ext);
+            let sibling = PathBuf::from(name);
+            if let Ok(m) = checked(f, &sibling).await
+                && m.is_file()
+            {
+                siblings.push((coding, sibling, m));
+            }
+        }
+    }
+    let rh = resp.headers_mut();
+    if !siblings.is_empty() {
+        rh.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    let codings: Vec<&str> = siblings.iter().map(|(c, _, _)| *c).collect();
+    let chosen = super::filters::compression::negotiate_tokens(h, &codings)
+        .and_then(|c| siblings.into_iter().find(|(s, _, _)| *s == c));
+    let (etag, path, len) = match &chosen {
+        Some((coding, sibling, m)) => {
+            rh.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            (
+                format!("{}-{coding}\"", etag.trim_end_matches('"')),
+                sibling.as_path(),
+                m.len(),
+            )
+        }
+        None => (etag, path, meta.len()),
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        rh.insert(header::ETAG, v);
+    }
+    if not_modified {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        return Ok(resp);
+    }
+    // A range, unless If-Range says the file changed.
+    let if_range_ok = h
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == etag || v == last_modified);
+    let span = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) if if_range_ok && chosen.is_none() => match range(r, len) {
+            Ok(s) => s,
+            Err(()) => {
+                *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(resp);
+            }
+        },
+        _ => None,
+    };
+    let (start, count) = match span {
+        Some((a, b)) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            (a, b - a + 1)
+        }
+        None => (0, len),
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if req.method() == Method::HEAD {
+        return Ok(resp);
+    }
+    let mut file = tokio::fs::File::open(path).await.map_err(not_found)?;
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|_| ErrorKind::FileNotFound)?;
+    }
+    let frames = tokio_util::io::ReaderStream::with_capacity(file.take(count), 64 * 1024)
+        .map_ok(Frame::data)
+        .map_err(|e| Box::new(e) as crate::cluster::body::BoxError);
+    *resp.body_mut() = ResponseBody::boxed(http_body_util::StreamBody::new(frames));
+    Ok(resp)
+}
+
+/// A directory listing (`browse = true`): names escaped for HTML, links
+/// percent-encoded, directories first.
+async fn listing(dir: &Path, url_path: &str) -> Result<Response<ResponseBody>, ErrorKind> {
+    let mut entries = tokio::fs::read_dir(dir).await.map_err(not_found)?;
+    let mut names: Vec<(bool, String)> = Vec::new();
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let is_dir = e.file_type().await.is_ok_and(|t| t.is_dir());
+        if let Ok(name) = e.file_name().into_string() {
+            names.push((!is_dir, name));
+        }
+    }
+    names.sort();
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {0}</title></head>\n<body><h1>Index of {0}</h1><ul>\n",
+        escape(url_path)
+    );
+    for (is_file, name) in &names {
+        let slash = if *is_file { "" } else { "/" };
+        let href: String =
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+                .collect();
+        html.push_str(&format!(
+            "<li><a href=\"{href}{slash}\">{}{slash}</a></li>\n",
+            escape(name)
+        ));
+    }
+    html.push_str("</ul></body></html>\n");
+    let mut r = Response::new(ResponseBody::full(Bytes::from(html)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{normalize, range};
+
+    #[test]
+    fn paths_that_could_leave_the_root_are_refused() {
+        let ok = |p: &str| normalize(p).unwrap_or_else(|| panic!("{p} refused"));
+        assert_eq!(ok("/a/b.txt"), ["a", "b.txt"]);
+        assert_eq!(ok("/a//./b/"), ["a", "b"]);
+        assert_eq!(ok("/%61%20b"), ["a b"]);
+        assert_eq!(ok("/"), Vec::<String>::new());
+        for bad in [
+            "/../etc/passwd",
+            "/a/../../b",
+            "/%2e%2e/etc",
+            "/%2E%2E/etc",
+            "/a%2f..%2f..%2fetc",
+            "/a%5c..%5cb",
+            "/a%00.txt",
+            "/%ff%fe",
+            "a/b",
+            "/..",
+        ] {
+            assert!(normalize(bad).is_none(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-9", 100), Ok(Some((0, 9))));
+        assert_eq!(range("bytes=90-", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=-10", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=95-200", 100), Ok(Some((95, 99))));
+        assert_eq!(range("bytes=100-", 100), Err(()));
+        assert_eq!(range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(range("items=0-1", 100), Ok(None));
+        assert_eq!(range("bytes=5-1", 100), Ok(None));
+    }
+}

@@ -1,0 +1,348 @@
+//! Header and URL rules on a route: `request_headers` and `response_headers` (`remove`,
+//! then `set`, `add` when absent, `append`), `regex_rewrite` of the upstream path
+//! (after `prefix_rewrite`), and `query` parameters set and removed. Values are
+//! templates with `{variables}` (`client_ip`, `request_id`, `route`, `cluster`,
+//! `claim:NAME`, ...), compiled once per configuration into text and variable parts.
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use pylon_config::model::{Action, HeaderRules, QueryRules};
+
+use super::{ChosenCluster, Filter, FilterCtx, FilterSite};
+use crate::conn::ClientBody;
+use crate::http::body::ResponseBody;
+use crate::http::error::ErrorKind;
+
+/// A template: text and variables, in order.
+#[derive(Clone)]
+struct Template(Vec<Part>);
+
+#[derive(Clone)]
+enum Part {
+    Text(String),
+    Var(Var),
+}
+
+#[derive(Clone)]
+enum Var {
+    ClientIp,
+    ClientPort,
+    RequestId,
+    Route,
+    Cluster,
+    Host,
+    Method,
+    Path,
+    Scheme,
+    CertSubject,
+    CertFingerprint,
+    TimeUnix,
+    TimeHttp,
+    Claim(String),
+}
+
+impl Template {
+    /// Compiles a validated template (`{{` and `}}` are literal braces).
+    fn parse(t: &str) -> Template {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = t;
+        while let Some(i) = rest.find(['{', '}']) {
+            text.push_str(&rest[..i]);
+            let (c, after) = (rest.as_bytes()[i] as char, &rest[i + 1..]);
+            if after.starts_with(c) {
+                text.push(c);
+                rest = &after[1..];
+                continue;
+            }
+            let end = after.find('}').unwrap_or(after.len());
+            let var = match &after[..end] {
+                "client_ip" => Var::ClientIp,
+                "client_port" => Var::ClientPort,
+                "request_id" => Var::RequestId,
+                "route" => Var::Route,
+                "cluster" => Var::Cluster,
+                "host" => Var::Host,
+                "method" => Var::Method,
+                "path" => Var::Path,
+                "scheme" => Var::Scheme,
+                "client_cert_subject" => Var::CertSubject,
+                "client_cert_fingerprint" => Var::CertFingerprint,
+                "time_unix" => Var::TimeUnix,
+                "time_http" => Var::TimeHttp,
+                other => Var::Claim(other.strip_prefix("claim:").unwrap_or(other).to_owned()),
+            };
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
+            parts.push(Part::Var(var));
+            rest = after.get(end + 1..).unwrap_or("");
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        Template(parts)
+    }
+
+    fn render(&self, cx: &FilterCtx<'_>, facts: &Facts, route: &str) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(v) => match v {
+                    Var::ClientIp => out.push_str(cx.conn.client_ip.to_str().unwrap_or("")),
+                    Var::ClientPort => out.push_str(&cx.conn.client.port().to_string()),
+                    Var::RequestId => {
+                        if let Some(id) = &cx.request_id {
+                            out.push_str(id.to_str().unwrap_or(""));
+                        }
+                    }
+                    Var::Route => out.push_str(route),
+                    Var::Cluster => {
+                        if let Some(c) = cx.state.get::<ChosenCluster>() {
+                            out.push_str(&c.0.name);
+                        } else {
+                            out.push_str(&facts.cluster);
+                        }
+                    }
+                    Var::Host => {
+                        if let Some(h) = &cx.client_authority {
+                            out.push_str(h.to_str().unwrap_or(""));
+                        }
+                    }
+                    Var::Method => out.push_str(&facts.method),
+                    Var::Path => out.push_str(&facts.path),
+                    Var::Scheme => out.push_str(cx.conn.scheme),
+                    Var::CertSubject => {
+                        if let Some(c) = &cx.conn.client_cert {
+                            out.push_str(&c.subject);
+                        }
+                    }
+                    Var::CertFingerprint => {
+                        if let Some(c) = &cx.conn.client_cert {
+                            out.push_str(&c.fingerprint);
+                        }
+                    }
+                    Var::TimeUnix => out.push_str(
+                        &std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                            .to_string(),
+                    ),
+                    Var::TimeHttp => {
+                        out.push_str(&httpdate::fmt_http_date(std::time::SystemTime::now()));
+                    }
+                    Var::Claim(name) => {
+                        match cx
+                            .state
+                            .get::<super::rate_limit::Claims>()
+                            .and_then(|c| c.0.get(name.as_str()))
+                        {
+                            Some(serde_json::Value::String(s)) => out.push_str(s),
+                            Some(v) => out.push_str(&v.to_string()),
+                            None => {}
+                        }
+                    }
+                },
+            }
+        }
+        out
+    }
+}
+
+/// Header rules compiled.
+#[derive(Default)]
+struct Headers {
+    set: Vec<(HeaderName, Template)>,
+    add: Vec<(HeaderName, Template)>,
+    append: Vec<(HeaderName, Template)>,
+    remove: Vec<HeaderName>,
+}
+
+impl Headers {
+    fn new(r: &HeaderRules) -> Headers {
+        let compile = |list: &[(String, String)]| {
+            list.iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        Template::parse(v),
+                    ))
+                })
+                .collect()
+        };
+        Headers {
+            set: compile(&r.set),
+            add: compile(&r.add),
+            append: compile(&r.append),
+            remove: r
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.append.is_empty()
+            && self.remove.is_empty()
+    }
+
+    fn apply(&self, h: &mut HeaderMap, cx: &FilterCtx<'_>, facts: &Facts, route: &str) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        let value = |t: &Template| HeaderValue::from_str(&t.render(cx, facts, route)).ok();
+        for (n, t) in &self.set {
+            if let Some(v) = value(t) {
+                h.insert(n.clone(), v);
+            }
+        }
+        for (n, t) in &self.add {
+            if !h.contains_key(n)
+                && let Some(v) = value(t)
+            {
+                h.insert(n.clone(), v);
+            }
+        }
+        for (n, t) in &self.append {
+            if let Some(v) = value(t) {
+                h.append(n.clone(), v);
+            }
+        }
+    }
+}
+
+/// What the response's templates need from the request.
+#[derive(Clone, Default)]
+struct Facts {
+    method: String,
+    path: String,
+    cluster: Arc<str>,
+}
+
+pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
+    let Action::Proxy(p) = &site.route.action else {
+        return None;
+    };
+    let request = Headers::new(&p.request_headers);
+    let response = Headers::new(&p.response_headers);
+    if request.is_empty() && response.is_empty() && p.regex_rewrite.is_none() && p.query.is_empty()
+    {
+        return None;
+    }
+    let regex = p
+        .regex_rewrite
+        .as_ref()
+        .and_then(|r| Some((regex::Regex::new(&r.pattern).ok()?, r.replacement.clone())));
+    Some(Arc::new(Rules {
+        route: site.route.name.clone(),
+        cluster: Arc::from(p.cluster.as_str()),
+        request,
+        response,
+        regex,
+        query: compile_query(&p.query),
+    }))
+}
+
+fn compile_query(q: &QueryRules) -> (Vec<(String, Template)>, Vec<String>) {
+    (
+        q.set
+            .iter()
+            .map(|(k, v)| (k.clone(), Template::parse(v)))
+            .collect(),
+        q.remove.clone(),
+    )
+}
+
+struct Rules {
+    route: String,
+    cluster: Arc<str>,
+    request: Headers,
+    response: Headers,
+    regex: Option<(regex::Regex, String)>,
+    query: (Vec<(String, Template)>, Vec<String>),
+}
+
+impl Rules {
+    /// The upstream target after the regex rewrite and the query rules.
+    fn target(&self, uri: &http::Uri, cx: &FilterCtx<'_>, facts: &Facts) -> Option<http::Uri> {
+        let mut path = uri.path().to_owned();
+        if let Some((re, with)) = &self.regex {
+            path = re.replace(&path, with.as_str()).into_owned();
+        }
+        let (set, remove) = &self.query;
+        let mut params: Vec<(String, String)> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (p.to_owned(), String::new()),
+            })
+            .filter(|(k, _)| !remove.contains(k) && !set.iter().any(|(s, _)| s == k))
+            .collect();
+        for (k, t) in set {
+            let v: String = percent_encoding::utf8_percent_encode(
+                &t.render(cx, facts, &self.route),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .collect();
+            params.push((k.clone(), v));
+        }
+        let query: Vec<String> = params
+            .into_iter()
+            .map(|(k, v)| if v.is_empty() { k } else { format!("{k}={v}") })
+            .collect();
+        let target = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{}", query.join("&"))
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(target.parse().ok()?);
+        http::Uri::from_parts(parts).ok()
+    }
+}
+
+impl Filter for Rules {
+    fn name(&self) -> &'static str {
+        "rules"
+    }
+
+    fn request(
+        &self,
+        req: &mut Request<ClientBody>,
+        cx: &mut FilterCtx<'_>,
+    ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
+        cx.state.insert(Facts {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            cluster: Arc::clone(&self.cluster),
+        });
+        Ok(None)
+    }
+
+    fn upstream_head(&self, head: &mut http::request::Parts, cx: &mut FilterCtx<'_>) {
+        let facts = cx.state.get::<Facts>().cloned().unwrap_or_default();
+        if (self.regex.is_some() || !self.query.0.is_empty() || !self.query.1.is_empty())
+            && let Some(uri) = self.target(&head.uri, cx, &facts)
+        {
+            head.uri = uri;
+        }
+        self.request
+            .apply(&mut head.headers, cx, &facts, &self.route);
+    }
+
+    fn response(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
+        let facts = cx.state.get::<Facts>().cloned().unwrap_or_default();
+        self.response
+            .apply(resp.headers_mut(), cx, &facts, &self.route);
+    }
+}
