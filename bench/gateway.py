@@ -11,7 +11,11 @@ Scenarios, each on its own route of one Pylon, against a route without them:
 - a local rate limit (GCRA, never refusing at this load);
 - a global rate limit in Redis (batch = 100), with the Redis round trips counted from
   Pylon's /metrics and Redis's own CPU time;
-- NGINX: the same plain route, and `limit_req` (the peer of the local limit).
+- NGINX: the same plain route, and `limit_req` (the peer of the local limit);
+- with --part2: a 100 KiB JSON answer compressed with gzip (level 6 on both, NGINX
+  `gzip on`) and brotli (level 4; Debian's NGINX has no brotli), a static file of 1 KiB
+  and of 1 MiB (Pylon `files`, NGINX `root`), and a route split 95/5 between two
+  clusters (the cost of an idle canary) beside the plain one.
 
 Prints requests/s, proxy CPU-microseconds per request, and the added cost against the
 plain route. That difference is within the run-to-run noise of a 20 us request on a
@@ -108,6 +112,25 @@ jwt = {{ algorithms = ["HS256"], key_file = "{d}/hs.key", issuer = "https://issu
 [[auth]]
 name = "es"
 jwt = {{ algorithms = ["ES256"], key_file = "{d}/es.pub", issuer = "https://issuer.bench" }}
+[[routes]]
+path = "/data.json"
+cluster = "origin"
+compression = {{ algorithms = ["gzip"], gzip_level = 6 }}
+[[routes]]
+path_prefix = "/br/"
+prefix_rewrite = "/"
+cluster = "origin"
+compression = {{ algorithms = ["br"], brotli_level = 4 }}
+[[routes]]
+path_prefix = "/static/"
+files = {{ root = "{d}" }}
+[[routes]]
+path = "/split"
+backends = [{{ cluster = "origin", weight = 95 }}, {{ cluster = "origin-canary", weight = 5 }}]
+[[clusters]]
+name = "origin-canary"
+endpoints = ["127.0.0.1:{ORIGIN}"]
+pool = {{ max_idle_per_endpoint = 1024 }}
 [[rate_limits]]
 name = "local"
 rate = 4000000000
@@ -135,6 +158,8 @@ http {{
     proxy_set_header Connection "";
     location = /plain {{ proxy_pass http://origin; }}
     location = /local {{ limit_req zone=perip burst=1000000 nodelay; proxy_pass http://origin; }}
+    location = /data.json {{ gzip on; gzip_comp_level 6; gzip_types application/json; gzip_min_length 256; proxy_pass http://origin; }}
+    location /static/ {{ root {d}; }}
   }}
 }}"""
 
@@ -146,6 +171,7 @@ FEATURE_SYMBOLS = {
     "jwt_es256": r"filters::auth::|jsonwebtoken|moka::|aws_lc|sip::Hasher|filters::rate_limit::Claims",
     "local_limit": r"filters::rate_limit|governor|dashmap|quanta|sip::Hasher",
     "redis_limit": r"filters::rate_limit|redis::|combine::|sip::Hasher|tokio::sync::mutex",
+    "split": r"filters::split",
 }
 
 
@@ -202,6 +228,7 @@ def main():
     ap.add_argument("--pylon", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--part2", action="store_true")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="pylon-gateway-bench-")
     os.chmod(d, 0o755)
@@ -218,10 +245,30 @@ def main():
                   ("redis_limit", "/redis", ())],
         "nginx": [("plain", "/plain", ()), ("local_limit", "/local", ())],
     }
+    if args.part2:
+        gz, br = "Accept-Encoding: gzip", "Accept-Encoding: br"
+        scenarios["pylon"] = [("plain", "/plain", ()), ("json_gzip", "/data.json", (gz,)),
+                              ("json_br", "/br/data.json", (br,)),
+                              ("static_1k", "/static/1k.txt", ()),
+                              ("static_1m", "/static/1m.bin", ()), ("split", "/split", ())]
+        scenarios["nginx"] = [("plain", "/plain", ()), ("json_gzip", "/data.json", (gz,)),
+                              ("static_1k", "/static/1k.txt", ()),
+                              ("static_1m", "/static/1m.bin", ())]
     results = {n: {s[0]: [] for s in sc} for n, sc in scenarios.items()}
     redis_rows = []
     origin_conf = os.path.join(d, "origin.conf")
-    open(origin_conf, "w").write(bench.origin_conf(d))
+    os.makedirs(os.path.join(d, "static"), exist_ok=True)
+    items = ",".join(f'{{"id": {i}, "name": "item {i}", "price": {i * 7 % 1000}, "tags": ["a", "b"]}}'
+                     for i in range(1600))
+    doc = ("[" + items + "]").encode()[:100 * 1024]
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    open(os.path.join(d, "www", "data.json"), "wb").write(doc)
+    open(os.path.join(d, "static", "1k.txt"), "wb").write(b"x" * 1024)
+    open(os.path.join(d, "static", "1m.bin"), "wb").write(os.urandom(1 << 20))
+    conf = bench.origin_conf(d).replace(
+        "location = /1m {",
+        f"location = /data.json {{ root {d}/www; default_type application/json; }}\n    location = /1m {{")
+    open(origin_conf, "w").write(conf)
     started = time.time()
     origin = Server("origin", ["taskset", "-c", "0", "nginx", "-c", origin_conf,
                                "-e", os.path.join(d, "origin.err")], ORIGIN)

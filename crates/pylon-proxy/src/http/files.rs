@@ -46,6 +46,125 @@ pub fn normalize(path: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// Files up to this size are read whole in the lookup's one trip to the blocking pool;
+/// larger ones stream in [`CHUNK`] reads.
+const SMALL: u64 = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
+
+/// What the file system said about a request's path, found in one blocking call.
+enum Found {
+    /// A directory asked for without its trailing `/`.
+    Slash,
+    /// A directory to list.
+    Listing(PathBuf),
+    File(Box<FoundFile>),
+}
+
+/// A file to serve: the one asked for (or a precompressed sibling chosen for this
+/// client), its metadata, and its bytes when it is small.
+struct FoundFile {
+    /// The file asked for (its name gives the type, its metadata the validators).
+    path: PathBuf,
+    meta: std::fs::Metadata,
+    /// Precompressed siblings exist (the answer varies by `Accept-Encoding`).
+    varies: bool,
+    /// The sibling chosen for this client: its coding, and the file.
+    coding: Option<&'static str>,
+    file: std::fs::File,
+    len: u64,
+    content: Option<Bytes>,
+}
+
+/// Looks the path up under the root (symbolic links checked), an index file for a
+/// directory, the precompressed siblings, and opens (and for a small file, reads) what
+/// is to be served: all blocking calls, made together on the blocking pool.
+fn find(
+    f: &FilesAction,
+    segments: &[String],
+    trailing_slash: bool,
+    accept: &http::HeaderMap,
+    ranged: bool,
+) -> Result<Found, ErrorKind> {
+    let root = std::fs::canonicalize(&f.root).map_err(|_| ErrorKind::FileNotFound)?;
+    let inside = |p: &Path| -> Result<std::fs::Metadata, ErrorKind> {
+        let real = std::fs::canonicalize(p).map_err(not_found)?;
+        if !f.follow_symlinks && !real.starts_with(&root) {
+            return Err(ErrorKind::FileForbidden);
+        }
+        std::fs::metadata(&real).map_err(not_found)
+    };
+    let mut path = f.root.clone();
+    path.extend(segments);
+    let mut meta = inside(&path)?;
+    if meta.is_dir() {
+        if !trailing_slash {
+            return Ok(Found::Slash);
+        }
+        let index = f.index.iter().find_map(|name| {
+            let candidate = path.join(name);
+            inside(&candidate)
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| (candidate, m))
+        });
+        match index {
+            Some((p, m)) => {
+                path = p;
+                meta = m;
+            }
+            None if f.browse => return Ok(Found::Listing(path)),
+            None => return Err(ErrorKind::FileForbidden),
+        }
+    }
+    if !meta.is_file() {
+        return Err(ErrorKind::FileForbidden);
+    }
+    let mut siblings = Vec::new();
+    if f.precompressed {
+        for (coding, ext) in [("br", "br"), ("zstd", "zst"), ("gzip", "gz")] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".");
+            name.push(ext);
+            let sibling = PathBuf::from(name);
+            if let Ok(m) = inside(&sibling)
+                && m.is_file()
+            {
+                siblings.push((coding, sibling, m));
+            }
+        }
+    }
+    let varies = !siblings.is_empty();
+    // A range is served from the file itself.
+    let codings: Vec<&'static str> = siblings.iter().map(|(c, _, _)| *c).collect();
+    let chosen = if ranged {
+        None
+    } else {
+        super::filters::compression::negotiate_tokens(accept, &codings)
+            .and_then(|c| siblings.into_iter().find(|(s, _, _)| *s == c))
+    };
+    let (coding, served, len) = match &chosen {
+        Some((c, p, m)) => (Some(*c), p.as_path(), m.len()),
+        None => (None, path.as_path(), meta.len()),
+    };
+    let mut file = std::fs::File::open(served).map_err(not_found)?;
+    let content = if len <= SMALL {
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        std::io::Read::read_to_end(&mut file, &mut buf).map_err(not_found)?;
+        Some(Bytes::from(buf))
+    } else {
+        None
+    };
+    Ok(Found::File(Box::new(FoundFile {
+        path,
+        meta,
+        varies,
+        coding,
+        file,
+        len,
+        content,
+    })))
+}
+
 /// The answer for `req` from the directory of `f`.
 pub(super) async fn serve<B>(
     f: &FilesAction,
@@ -55,51 +174,31 @@ pub(super) async fn serve<B>(
         return Err(ErrorKind::MethodNotAllowed);
     }
     let segments = normalize(req.uri().path()).ok_or(ErrorKind::PathRefused)?;
-    let mut path = f.root.clone();
-    path.extend(&segments);
-    let meta = checked(f, &path).await?;
-    if meta.is_dir() {
-        if !req.uri().path().ends_with('/') {
+    let trailing_slash = req.uri().path().ends_with('/');
+    let ranged = req.headers().contains_key(header::RANGE);
+    let mut accept = http::HeaderMap::new();
+    for v in req.headers().get_all(header::ACCEPT_ENCODING) {
+        accept.append(header::ACCEPT_ENCODING, v.clone());
+    }
+    let settings = f.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        find(&settings, &segments, trailing_slash, &accept, ranged)
+    })
+    .await
+    .map_err(|_| ErrorKind::FileNotFound)??;
+    match found {
+        Found::Slash => {
             // `/docs` → `/docs/`, so that relative links in its index resolve.
             let mut to = format!("{}/", req.uri().path());
             if let Some(q) = req.uri().query() {
                 to.push('?');
                 to.push_str(q);
             }
-            return Ok(moved(&to));
+            Ok(moved(&to))
         }
-        for name in &f.index {
-            let candidate = path.join(name);
-            if let Ok(m) = checked(f, &candidate).await
-                && m.is_file()
-            {
-                return file(f, req, &candidate, &m).await;
-            }
-        }
-        if f.browse {
-            return listing(&path, req.uri().path()).await;
-        }
-        return Err(ErrorKind::FileForbidden);
+        Found::Listing(dir) => listing(&dir, req.uri().path()).await,
+        Found::File(found) => file(req, *found),
     }
-    if !meta.is_file() {
-        return Err(ErrorKind::FileForbidden);
-    }
-    file(f, req, &path, &meta).await
-}
-
-/// The path's metadata once it is known to stay inside the root (unless symbolic
-/// links may lead out).
-async fn checked(f: &FilesAction, path: &Path) -> Result<std::fs::Metadata, ErrorKind> {
-    let real = tokio::fs::canonicalize(path).await.map_err(not_found)?;
-    if !f.follow_symlinks {
-        let root = tokio::fs::canonicalize(&f.root)
-            .await
-            .map_err(|_| ErrorKind::FileNotFound)?;
-        if !real.starts_with(&root) {
-            return Err(ErrorKind::FileForbidden);
-        }
-    }
-    tokio::fs::metadata(&real).await.map_err(not_found)
 }
 
 fn not_found(e: std::io::Error) -> ErrorKind {
@@ -165,16 +264,11 @@ fn range(value: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
 
 /// A regular file's answer: 304, 206/416 for a range, or the whole (or a
 /// precompressed sibling) with its validators.
-async fn file<B>(
-    f: &FilesAction,
-    req: &Request<B>,
-    path: &Path,
-    meta: &std::fs::Metadata,
-) -> Result<Response<ResponseBody>, ErrorKind> {
+fn file<B>(req: &Request<B>, found: FoundFile) -> Result<Response<ResponseBody>, ErrorKind> {
     let h = req.headers();
-    let (etag, mtime) = validators(meta);
+    let (etag, mtime) = validators(&found.meta);
     let last_modified = httpdate::fmt_http_date(mtime);
-    let mime = mime_guess::from_path(path)
+    let mime = mime_guess::from_path(&found.path)
         .first_raw()
         .unwrap_or("application/octet-stream");
     let mut resp = Response::new(ResponseBody::empty());
@@ -183,6 +277,19 @@ async fn file<B>(
     rh.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&last_modified) {
         rh.insert(header::LAST_MODIFIED, v);
+    }
+    if found.varies {
+        rh.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    let etag = match found.coding {
+        Some(coding) => {
+            rh.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            format!("{}-{coding}\"", etag.trim_end_matches('"'))
+        }
+        None => etag,
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        rh.insert(header::ETAG, v);
     }
     // Conditionals: If-None-Match first; If-Modified-Since only without it.
     let not_modified = match h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
@@ -199,55 +306,19 @@ async fn file<B>(
                 secs(mtime) <= secs(since)
             }),
     };
-    // Precompressed siblings, when there is no range to serve.
-    let ranged = h.contains_key(header::RANGE);
-    let mut siblings = Vec::new();
-    if f.precompressed && !ranged {
-        for (coding, ext) in [("br", "br"), ("zstd", "zst"), ("gzip", "gz")] {
-            let mut name = path.as_os_str().to_owned();
-            name.push(".");
-            name.push(ext);
-            let sibling = PathBuf::from(name);
-            if let Ok(m) = checked(f, &sibling).await
-                && m.is_file()
-            {
-                siblings.push((coding, sibling, m));
-            }
-        }
-    }
-    let rh = resp.headers_mut();
-    if !siblings.is_empty() {
-        rh.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
-    let codings: Vec<&str> = siblings.iter().map(|(c, _, _)| *c).collect();
-    let chosen = super::filters::compression::negotiate_tokens(h, &codings)
-        .and_then(|c| siblings.into_iter().find(|(s, _, _)| *s == c));
-    let (etag, path, len) = match &chosen {
-        Some((coding, sibling, m)) => {
-            rh.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
-            (
-                format!("{}-{coding}\"", etag.trim_end_matches('"')),
-                sibling.as_path(),
-                m.len(),
-            )
-        }
-        None => (etag, path, meta.len()),
-    };
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        rh.insert(header::ETAG, v);
-    }
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().remove(header::CONTENT_TYPE);
         return Ok(resp);
     }
+    let len = found.len;
     // A range, unless If-Range says the file changed.
     let if_range_ok = h
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v == etag || v == last_modified);
     let span = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) if if_range_ok && chosen.is_none() => match range(r, len) {
+        Some(r) if if_range_ok && found.coding.is_none() => match range(r, len) {
             Ok(s) => s,
             Err(()) => {
                 *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -274,13 +345,22 @@ async fn file<B>(
     if req.method() == Method::HEAD {
         return Ok(resp);
     }
-    let mut file = tokio::fs::File::open(path).await.map_err(not_found)?;
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|_| ErrorKind::FileNotFound)?;
+    if let Some(all) = found.content {
+        let from = usize::try_from(start).unwrap_or(0).min(all.len());
+        let to = usize::try_from(start + count).unwrap_or(0).min(all.len());
+        *resp.body_mut() = ResponseBody::full(all.slice(from..to));
+        return Ok(resp);
     }
-    let frames = tokio_util::io::ReaderStream::with_capacity(file.take(count), 64 * 1024)
+    let mut file = tokio::fs::File::from_std(found.file);
+    let read = async move {
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await?;
+        }
+        Ok::<_, std::io::Error>(file.take(count))
+    };
+    let frames = futures_util::stream::once(read)
+        .map_ok(|r| tokio_util::io::ReaderStream::with_capacity(r, CHUNK))
+        .try_flatten()
         .map_ok(Frame::data)
         .map_err(|e| Box::new(e) as crate::cluster::body::BoxError);
     *resp.body_mut() = ResponseBody::boxed(http_body_util::StreamBody::new(frames));
