@@ -1,5 +1,6 @@
 //! Static files (`files = { root = ... }`, a route action): a directory served for
-//! `GET` and `HEAD`, streamed from disk in 64 KiB reads, with `ETag` and
+//! `GET` and `HEAD` (files up to 64 KiB read whole, larger ones in 256 KiB reads as the
+//! client takes them; from the worker thread, as NGINX does), with `ETag` and
 //! `Last-Modified` validators (304 for `If-None-Match` and `If-Modified-Since`), a
 //! single byte `Range` (206, or 416; `If-Range` honoured), precompressed `FILE.br`,
 //! `FILE.zst` and `FILE.gz` siblings for clients that accept them, index files, an
@@ -16,12 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use pylon_config::model::FilesAction;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::body::ResponseBody;
 use super::error::ErrorKind;
@@ -46,8 +45,8 @@ pub fn normalize(path: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// Files up to this size are read whole in the lookup's one trip to the blocking pool;
-/// larger ones stream in [`CHUNK`] reads.
+/// Files up to this size are read whole with the lookup; larger ones stream in
+/// [`CHUNK`] reads as the client takes them.
 const SMALL: u64 = 64 * 1024;
 const CHUNK: usize = 256 * 1024;
 
@@ -77,7 +76,7 @@ struct FoundFile {
 
 /// Looks the path up under the root (symbolic links checked), an index file for a
 /// directory, the precompressed siblings, and opens (and for a small file, reads) what
-/// is to be served: all blocking calls, made together on the blocking pool.
+/// is to be served.
 fn find(
     f: &FilesAction,
     segments: &[String],
@@ -176,16 +175,11 @@ pub(super) async fn serve<B>(
     let segments = normalize(req.uri().path()).ok_or(ErrorKind::PathRefused)?;
     let trailing_slash = req.uri().path().ends_with('/');
     let ranged = req.headers().contains_key(header::RANGE);
-    let mut accept = http::HeaderMap::new();
-    for v in req.headers().get_all(header::ACCEPT_ENCODING) {
-        accept.append(header::ACCEPT_ENCODING, v.clone());
-    }
-    let settings = f.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        find(&settings, &segments, trailing_slash, &accept, ranged)
-    })
-    .await
-    .map_err(|_| ErrorKind::FileNotFound)??;
+    // The file system is asked from the worker itself, as NGINX does: open, stat and a
+    // small read from the page cache take microseconds, and a trip to the blocking pool
+    // cost more than they do (see docs/performance.md). A slow disk (a network file
+    // system) stalls this worker's other connections while it answers.
+    let found = find(f, &segments, trailing_slash, req.headers(), ranged)?;
     match found {
         Found::Slash => {
             // `/docs` → `/docs/`, so that relative links in its index resolve.
@@ -351,20 +345,55 @@ fn file<B>(req: &Request<B>, found: FoundFile) -> Result<Response<ResponseBody>,
         *resp.body_mut() = ResponseBody::full(all.slice(from..to));
         return Ok(resp);
     }
-    let mut file = tokio::fs::File::from_std(found.file);
-    let read = async move {
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start)).await?;
-        }
-        Ok::<_, std::io::Error>(file.take(count))
-    };
-    let frames = futures_util::stream::once(read)
-        .map_ok(|r| tokio_util::io::ReaderStream::with_capacity(r, CHUNK))
-        .try_flatten()
-        .map_ok(Frame::data)
-        .map_err(|e| Box::new(e) as crate::cluster::body::BoxError);
-    *resp.body_mut() = ResponseBody::boxed(http_body_util::StreamBody::new(frames));
+    let mut file = found.file;
+    if start > 0 {
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+            .map_err(|_| ErrorKind::FileNotFound)?;
+    }
+    *resp.body_mut() = ResponseBody::boxed(FileBody { file, left: count });
     Ok(resp)
+}
+
+/// A file's bytes as a body: one [`CHUNK`] read each time the client's connection asks
+/// for more (the page cache answers them; a short file, or an error, ends it).
+struct FileBody {
+    file: std::fs::File,
+    left: u64,
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = crate::cluster::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let want = usize::try_from(this.left.min(CHUNK as u64)).unwrap_or(CHUNK);
+        let mut buf = bytes::BytesMut::zeroed(want);
+        let read = std::io::Read::read(&mut this.file, &mut buf);
+        std::task::Poll::Ready(match read {
+            Ok(0) => Some(Err("the file is shorter than when it was opened".into())),
+            Ok(n) => {
+                buf.truncate(n);
+                this.left -= n as u64;
+                Some(Ok(Frame::data(buf.freeze())))
+            }
+            Err(e) => Some(Err(Box::new(e))),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// A directory listing (`browse = true`): names escaped for HTML, links
