@@ -586,6 +586,27 @@ fn route(index: usize, r: &Route) -> Value {
                         .done(),
                 );
             }
+            if !p.error_pages.is_empty() {
+                let pages: Vec<Value> = p
+                    .error_pages
+                    .iter()
+                    .map(|e| {
+                        let mut t = T::default();
+                        t.put(
+                            "status",
+                            Value::Array(e.statuses.iter().map(|s| int(*s)).collect()),
+                        );
+                        match &e.file {
+                            Some(f) => t.put("file", path(f)),
+                            None => t.put("body", e.body.as_str()),
+                        };
+                        t.put("content_type", e.content_type.as_str())
+                            .put("upstream", e.upstream);
+                        Value::Table(t.done())
+                    })
+                    .collect();
+                t.put("error_pages", pages);
+            }
             if !p.query.is_empty() {
                 let mut q = T::default();
                 if !p.query.set.is_empty() {

@@ -777,6 +777,8 @@ pub struct ProxyAction {
     pub regex_rewrite: Option<RegexRewrite>,
     /// Changes to the upstream request's query.
     pub query: QueryRules,
+    /// Pages that replace the body of error answers.
+    pub error_pages: Vec<ErrorPage>,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

@@ -215,6 +215,7 @@ pub struct RawRoute {
     pub response_headers: Option<Spanned<RawHeaderRules>>,
     pub regex_rewrite: Option<Spanned<RawRegexRewrite>>,
     pub query: Option<Spanned<RawQueryRules>>,
+    pub error_pages: Option<Vec<Spanned<RawErrorPage>>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
@@ -253,6 +254,17 @@ pub struct RawHeaderRules {
     pub add: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub append: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub remove: Option<Spanned<StrList>>,
+}
+
+/// One of a route's `error_pages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrorPage {
+    pub status: Spanned<Vec<u16>>,
+    pub file: Option<Spanned<String>>,
+    pub body: Option<String>,
+    pub content_type: Option<Spanned<String>>,
+    pub upstream: Option<bool>,
 }
 
 /// A route's `regex_rewrite` of the upstream path.

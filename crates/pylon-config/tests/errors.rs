@@ -1455,6 +1455,38 @@ files = { root = "/definitely/not/here", index = ["../x"] }
 }
 
 #[test]
+fn error_page_mistakes_are_reported_where_they_are_written() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+path = "/a"
+cluster = "app"
+error_pages = [
+  { status = [200], body = "x" },
+  { status = [502], file = "no/such/page.html" },
+  { status = [503] },
+]
+"#;
+    let e = errors(text);
+    let expected = [
+        "test.toml:14:14: routes[0].error_pages[0].status: status lists error statuses, 400 to 599",
+        "test.toml:15:28: routes[0].error_pages[1].file: cannot read",
+        "test.toml:16:3: routes[0].error_pages[2]: an error page has `file` or `body`",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\n  expected: {want}");
+    }
+}
+
+#[test]
 fn jwt_policy_mistakes_are_reported_where_they_are_written() {
     let text = r#"
 [[listeners]]

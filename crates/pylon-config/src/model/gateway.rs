@@ -367,3 +367,15 @@ pub fn template_error(t: &str) -> Option<String> {
     }
     None
 }
+
+/// A page that replaces the body of error answers with these statuses.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ErrorPage {
+    pub statuses: Vec<u16>,
+    /// Where the page came from, when it is a file (read when the config is loaded).
+    pub file: Option<std::path::PathBuf>,
+    pub body: String,
+    pub content_type: String,
+    /// Also for the upstream's answers with these statuses (else only proxy-made ones).
+    pub upstream: bool,
+}

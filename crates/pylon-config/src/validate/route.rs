@@ -210,6 +210,13 @@ pub(super) fn route(
         .take()
         .map(|q| query_rules(q, p))
         .unwrap_or_default();
+    let error_pages: Vec<ErrorPage> = r
+        .error_pages
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| error_page(e, refs.base, p))
+        .collect();
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -371,6 +378,7 @@ pub(super) fn route(
             response_headers,
             regex_rewrite,
             query,
+            error_pages,
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
             cors_allow_origins: r
@@ -815,4 +823,74 @@ fn query_rules(q: Spanned<RawQueryRules>, p: &mut Problems) -> QueryRules {
         set,
         remove: q.remove.map_or_else(Vec::new, |r| r.get_ref().0.clone()),
     }
+}
+
+/// The largest error page.
+const MAX_ERROR_PAGE: u64 = 1 << 20;
+
+/// One of a route's `error_pages`: its file is read now (at most 1 MiB).
+fn error_page(
+    e: Spanned<RawErrorPage>,
+    base: &std::path::Path,
+    p: &mut Problems,
+) -> Option<ErrorPage> {
+    let span = e.span();
+    let e = e.into_inner();
+    if e.status.get_ref().is_empty() || e.status.get_ref().iter().any(|s| !(400..=599).contains(s))
+    {
+        p.at(&e.status, "status lists error statuses, 400 to 599");
+    }
+    let (file, body) = match (&e.file, e.body) {
+        (Some(f), None) => {
+            let path = std::path::Path::new(f.get_ref());
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base.join(path)
+            };
+            let read = std::fs::metadata(&path)
+                .map_err(|err| err.to_string())
+                .and_then(|m| {
+                    if m.len() > MAX_ERROR_PAGE {
+                        Err("larger than 1 MiB".to_owned())
+                    } else {
+                        std::fs::read_to_string(&path).map_err(|err| err.to_string())
+                    }
+                });
+            match read {
+                Ok(text) => (Some(path), text),
+                Err(err) => {
+                    p.at(f, format!("cannot read {}: {err}", path.display()));
+                    return None;
+                }
+            }
+        }
+        (None, Some(body)) => (None, body),
+        _ => {
+            p.span(span, "an error page has `file` or `body`, one of them");
+            return None;
+        }
+    };
+    let content_type = match &e.content_type {
+        Some(c) if header_value_ok(c.get_ref()) && !c.get_ref().is_empty() => c.get_ref().clone(),
+        Some(c) => {
+            p.at(c, "invalid content_type");
+            String::new()
+        }
+        None if file
+            .as_ref()
+            .and_then(|f| f.extension())
+            .is_some_and(|x| x == "html" || x == "htm") =>
+        {
+            "text/html; charset=utf-8".to_owned()
+        }
+        None => "text/plain; charset=utf-8".to_owned(),
+    };
+    Some(ErrorPage {
+        statuses: e.status.into_inner(),
+        file,
+        body,
+        content_type,
+        upstream: e.upstream.unwrap_or(false),
+    })
 }

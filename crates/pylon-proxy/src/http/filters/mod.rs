@@ -31,6 +31,7 @@ pub(crate) mod cache;
 mod cache_body;
 mod client_cert;
 pub(crate) mod compression;
+mod error_pages;
 mod ext_authz;
 pub(crate) mod forwarding;
 mod grpc_web;
@@ -145,6 +146,7 @@ const REGISTRY: &[Factory] = &[
     path_rewrite::build,
     // After the prefix rewrite: the regex rewrite applies to its result.
     rules::build,
+    error_pages::build,
     client_cert::build,
     grpc_web::build,
     auth::build,
