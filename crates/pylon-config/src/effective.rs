@@ -586,6 +586,21 @@ fn route(index: usize, r: &Route) -> Value {
                         .done(),
                 );
             }
+            if let Some(b) = &p.request_buffering {
+                t.put(
+                    "request_buffering",
+                    T::default()
+                        .put("max", size(b.max))
+                        .put("memory", size(b.memory))
+                        .done(),
+                );
+            }
+            if let Some(b) = &p.response_buffering {
+                t.put(
+                    "response_buffering",
+                    T::default().put("max", size(b.max)).done(),
+                );
+            }
             if !p.error_pages.is_empty() {
                 let pages: Vec<Value> = p
                     .error_pages

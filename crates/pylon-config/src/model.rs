@@ -779,6 +779,10 @@ pub struct ProxyAction {
     pub query: QueryRules,
     /// Pages that replace the body of error answers.
     pub error_pages: Vec<ErrorPage>,
+    /// The request body read whole before the upstream is contacted.
+    pub request_buffering: Option<Buffering>,
+    /// The upstream's answer read ahead of a slow client.
+    pub response_buffering: Option<Buffering>,
 }
 
 /// Default idle timeout of a WebSocket tunnel.

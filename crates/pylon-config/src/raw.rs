@@ -216,6 +216,8 @@ pub struct RawRoute {
     pub regex_rewrite: Option<Spanned<RawRegexRewrite>>,
     pub query: Option<Spanned<RawQueryRules>>,
     pub error_pages: Option<Vec<Spanned<RawErrorPage>>>,
+    pub request_buffering: Option<Spanned<RawBuffering>>,
+    pub response_buffering: Option<Spanned<RawBuffering>>,
     pub prefix_rewrite: Option<Spanned<String>>,
     pub host_rewrite: Option<Spanned<String>>,
     pub websocket: Option<Spanned<bool>>,
@@ -254,6 +256,14 @@ pub struct RawHeaderRules {
     pub add: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub append: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub remove: Option<Spanned<StrList>>,
+}
+
+/// `request_buffering` or `response_buffering`: how much is held, and where.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffering {
+    pub max: Option<Spanned<Size>>,
+    pub memory: Option<Spanned<Size>>,
 }
 
 /// One of a route's `error_pages`.

@@ -379,3 +379,11 @@ pub struct ErrorPage {
     /// Also for the upstream's answers with these statuses (else only proxy-made ones).
     pub upstream: bool,
 }
+
+/// Buffering of a request or response body: at most `max` bytes; a request body past
+/// `memory` goes to a temporary file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Buffering {
+    pub max: u64,
+    pub memory: u64,
+}

@@ -217,6 +217,21 @@ pub(super) fn route(
         .into_iter()
         .filter_map(|e| error_page(e, refs.base, p))
         .collect();
+    let request_buffering = r.request_buffering.take().map(|b| {
+        let b = b.into_inner();
+        Buffering {
+            max: super::size(&b.max, 64 << 20, p),
+            memory: super::size(&b.memory, 1 << 20, p),
+        }
+    });
+    let response_buffering = r.response_buffering.take().map(|b| {
+        let b = b.into_inner();
+        if let Some(m) = &b.memory {
+            p.at(m, "response buffering is held in memory: give only `max`");
+        }
+        let max = super::size(&b.max, 1 << 20, p);
+        Buffering { max, memory: max }
+    });
     let actions = [
         r.cluster.as_ref().map(|s| s.span()),
         r.respond.as_ref().map(|s| s.span()),
@@ -379,6 +394,8 @@ pub(super) fn route(
             regex_rewrite,
             query,
             error_pages,
+            request_buffering,
+            response_buffering,
             websocket: r.websocket.as_ref().is_none_or(|w| *w.get_ref()),
             grpc_web: r.grpc_web.as_ref().is_some_and(|w| *w.get_ref()),
             cors_allow_origins: r

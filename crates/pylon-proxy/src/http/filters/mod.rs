@@ -27,6 +27,7 @@ use super::pipeline::ConnCtx;
 use crate::runtime::ListenerRuntime;
 
 pub mod auth;
+mod buffering;
 pub(crate) mod cache;
 mod cache_body;
 mod client_cert;
@@ -156,6 +157,9 @@ const REGISTRY: &[Factory] = &[
     // Before the cache: a zone stores each encoding as a variant of its own.
     compression::build,
     cache::build,
+    // After the cache (a hit reads no body) and the checks that refuse requests; its
+    // read-ahead wraps the answer as the other filters left it.
+    buffering::build,
     // Copies only requests that go upstream, their head as filters made it.
     mirror::build,
     // Last: it counts only requests that went upstream (no cache hit, no refusal).
