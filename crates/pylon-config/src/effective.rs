@@ -640,6 +640,8 @@ fn route(index: usize, r: &Route) -> Value {
                         .put("gzip_level", int(c.gzip_level))
                         .put("brotli_level", int(c.brotli_level))
                         .put("zstd_level", int(c.zstd_level))
+                        .put("decompress_requests", c.decompress_requests.is_some())
+                        .opt("max_decompressed", c.decompress_requests.map(size))
                         .done(),
                 );
             }

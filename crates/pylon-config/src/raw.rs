@@ -858,6 +858,8 @@ pub struct RawCompressionTable {
     pub gzip_level: Option<u32>,
     pub brotli_level: Option<u32>,
     pub zstd_level: Option<i32>,
+    pub decompress_requests: Option<bool>,
+    pub max_decompressed: Option<Size>,
 }
 
 impl<'de> Deserialize<'de> for RawCompression {

@@ -250,3 +250,79 @@ async fn a_cache_zone_keeps_each_encoding_as_a_variant() {
     assert_eq!(b5, doc.as_bytes());
     assert_eq!(o.request_count(), 3);
 }
+
+#[tokio::test]
+async fn compressed_request_bodies_go_upstream_decoded_up_to_a_bound() {
+    let echo = Origin::echo().await;
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/"
+cluster = "c"
+compression = {{ decompress_requests = true, max_decompressed = "64KiB" }}
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+"#,
+        echo.addr
+    ))
+    .await;
+    let dir = std::env::temp_dir().join(format!("pylon-decompress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write_gz = |name: &str, n: usize| {
+        let path = dir.join(name);
+        std::fs::write(&path, "x".repeat(n)).unwrap();
+        assert!(
+            std::process::Command::new("gzip")
+                .arg("-f")
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success()
+        );
+        dir.join(format!("{name}.gz"))
+    };
+    let small = write_gz("small", 30_000);
+    let big = write_gz("big", 200_000);
+    let url = format!("http://{}/upload", p.addr("front"));
+    let post = |file: std::path::PathBuf, coding: &'static str| {
+        let url = url.clone();
+        async move {
+            let data = format!("@{}", file.display());
+            curl(&[
+                "-H",
+                &format!("content-encoding: {coding}"),
+                "--data-binary",
+                &data,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .await
+        }
+    };
+    let out = post(small.clone(), "gzip").await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{text}");
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["body_len"], 30_000, "decoded upstream");
+    assert!(seen["headers"].get("content-encoding").is_none());
+    // Over the bound: the request fails rather than reaching the upstream whole.
+    let out = post(big, "gzip").await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.ends_with("\n200"), "{text}");
+    // A coding Pylon does not decode: 415.
+    let out = post(small, "deflate").await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.ends_with("\n415"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,6 +246,9 @@ pub struct Compression {
     pub gzip_level: u32,
     pub brotli_level: u32,
     pub zstd_level: i32,
+    /// Request bodies in gzip, br or zstd go upstream decoded, at most this many bytes
+    /// (`None`: left as they are).
+    pub decompress_requests: Option<u64>,
 }
 
 impl Compression {
@@ -274,6 +277,7 @@ impl Compression {
             gzip_level: 6,
             brotli_level: 4,
             zstd_level: 3,
+            decompress_requests: None,
         }
     }
 }

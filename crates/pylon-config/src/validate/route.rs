@@ -771,6 +771,16 @@ fn compression(c: Spanned<RawCompression>, p: &mut Problems) -> Option<Compressi
         gzip_level,
         brotli_level,
         zstd_level,
+        decompress_requests: t.decompress_requests.unwrap_or(false).then(|| {
+            match &t.max_decompressed {
+                None => 10 << 20,
+                Some(Size::Bytes(n)) => *n,
+                Some(Size::Text(text)) => crate::units::parse_size(text).unwrap_or_else(|e| {
+                    problem(format!("compression.max_decompressed: {e}"));
+                    10 << 20
+                }),
+            }
+        }),
     })
 }
 

@@ -78,6 +78,8 @@ error_kinds! {
     // (and no listing), or a file the process may not read.
     FileForbidden => (StatusCode::FORBIDDEN, "file_forbidden"),
     FileNotFound => (StatusCode::NOT_FOUND, "file_not_found"),
+    // A route that decompresses request bodies got one in a coding it does not know.
+    UnsupportedEncoding => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
     // A `files` route takes GET and HEAD.
     MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     // A global rate limit with `on_error = "deny"` whose Redis failed or was too slow.

@@ -77,7 +77,7 @@ impl ErrorKind {
             }
             MalformedRequest | MissingHost | HeaderTimeout | SendTimeout | UriTooLong
             | HeadersTooLarge | TooManyHeaders | NotAProxyRequest | RedirectInvalid
-            | PathRefused => code::INTERNAL,
+            | PathRefused | UnsupportedEncoding => code::INTERNAL,
         }
     }
 }

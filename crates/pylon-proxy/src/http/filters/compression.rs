@@ -13,9 +13,11 @@
 use std::sync::Arc;
 
 use async_compression::Level;
-use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
+use async_compression::tokio::bufread::{
+    BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZstdDecoder, ZstdEncoder,
+};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -212,6 +214,9 @@ impl Filter for Compress {
         req: &mut Request<ClientBody>,
         cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
+        if let Some(max) = self.settings.decompress_requests {
+            decode_request(req, max)?;
+        }
         cx.state.insert(Accepts {
             coding: negotiate(req.headers(), &self.codings),
             head: req.method() == Method::HEAD,
@@ -258,6 +263,46 @@ impl Filter for Compress {
         let body = std::mem::replace(resp.body_mut(), ResponseBody::full(Bytes::new()));
         *resp.body_mut() = self.encode(coding, body);
     }
+}
+
+/// A request body in gzip, br or zstd made into its decoded bytes as it streams (at most
+/// `max`; past that the body fails and the upstream request with it), its
+/// `Content-Encoding` and `Content-Length` gone. Another coding is 415.
+fn decode_request(req: &mut Request<ClientBody>, max: u64) -> Result<(), ErrorKind> {
+    let Some(coding) = req.headers().get(header::CONTENT_ENCODING) else {
+        return Ok(());
+    };
+    let coding = coding
+        .to_str()
+        .ok()
+        .map(|c| c.trim().to_ascii_lowercase())
+        .and_then(|c| Coding::parse(if c == "x-gzip" { "gzip" } else { &c }))
+        .ok_or(ErrorKind::UnsupportedEncoding)?;
+    let body = std::mem::replace(req.body_mut(), ClientBody::Empty);
+    let stream = http_body_util::BodyDataStream::new(body).map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let decoder: std::pin::Pin<Box<dyn AsyncRead + Send + Sync>> = match coding {
+        Coding::Gzip => Box::pin(GzipDecoder::new(reader)),
+        Coding::Br => Box::pin(BrotliDecoder::new(reader)),
+        Coding::Zstd => Box::pin(ZstdDecoder::new(reader)),
+    };
+    let bounded = tokio::io::AsyncReadExt::take(decoder, max + 1);
+    let mut seen = 0u64;
+    let frames = tokio_util::io::ReaderStream::with_capacity(bounded, 16 * 1024)
+        .map_err(|e| Box::new(e) as crate::cluster::body::BoxError)
+        .map(move |r| {
+            let chunk = r?;
+            seen += chunk.len() as u64;
+            if seen > max {
+                return Err("the decompressed request body is over max_decompressed".into());
+            }
+            Ok(Frame::data(chunk))
+        });
+    *req.body_mut() = ClientBody::Other(Box::new(http_body_util::StreamBody::new(frames)));
+    let h = req.headers_mut();
+    h.remove(header::CONTENT_ENCODING);
+    h.remove(header::CONTENT_LENGTH);
+    Ok(())
 }
 
 #[cfg(test)]
