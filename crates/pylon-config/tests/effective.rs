@@ -582,3 +582,76 @@ tls = { ca = "ca.pem" }
         cwd.join("conf/certs/cert.pem")
     );
 }
+
+#[test]
+fn gateway_route_keys_round_trip() {
+    let dir = std::env::temp_dir().join(format!("pylon-effective-gw-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("5xx.html"), "<h1>down</h1>").unwrap();
+    let text = format!(
+        r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+rate_limit = ["per-ip"]
+
+[[clusters]]
+name = "v1"
+endpoints = ["127.0.0.1:1"]
+
+[[clusters]]
+name = "v2"
+endpoints = ["127.0.0.1:2"]
+
+[[routes]]
+name = "shop"
+path_prefix = "/shop/"
+backends = [{{ cluster = "v1", weight = 95 }}, {{ cluster = "v2", weight = 5, header = "x-canary=1", cookie = "c=1", query = "q=1" }}]
+split = {{ sticky = "header:x-user+client_ip", canary = "v2", max_5xx_ratio = 0.1, min_requests = 5, window = "1m" }}
+mirror = {{ cluster = "v2", percent = 12.5, max_body = "8KiB", host_suffix = "-copy", timeout = "2s" }}
+compression = {{ algorithms = ["br", "gzip"], content_types = ["text/*"], min_size = 100, gzip_level = 5, brotli_level = 3, zstd_level = 4, decompress_requests = true, max_decompressed = "1MiB" }}
+request_headers = {{ set = {{ x-a = "{{client_ip}}" }}, add = {{ x-b = "b" }}, append = {{ x-c = "{{claim:sub}}" }}, remove = ["x-d"] }}
+response_headers = {{ set = {{ x-e = "e" }}, remove = ["server"] }}
+regex_rewrite = {{ pattern = "^/shop/(.*)$", replacement = "/$1" }}
+query = {{ set = {{ src = "edge" }}, remove = ["debug"] }}
+error_pages = [{{ status = [502, 503], file = "{0}/5xx.html" }}, {{ status = [404], body = "none", upstream = true }}]
+request_buffering = {{ max = "2MiB", memory = "64KiB" }}
+response_buffering = {{ max = "512KiB" }}
+
+[[routes]]
+name = "static"
+files = {{ root = "{0}/www", index = ["index.htm"], browse = true, follow_symlinks = true, precompressed = false }}
+
+[[rate_limits]]
+name = "per-ip"
+key = "client_ip/24+header:x-app"
+rate = 10
+delay = "1s"
+global = {{ redis = "redis://127.0.0.1:6379/2", timeout = "50ms", on_error = "deny", batch = 2, prefix = "p:" }}
+
+[[rate_limits]]
+name = "inflight"
+concurrency = 3
+
+[[routes]]
+name = "admins"
+path_prefix = "/admin/"
+claims = {{ role = "admin" }}
+cluster = "v1"
+auth = ["idp", "ext"]
+auth_require = "all"
+
+[[auth]]
+name = "idp"
+jwt = {{ algorithms = ["RS256"], jwks = {{ url = "https://login.test/jwks.json", cluster = "v2", refresh = "10m", min_refresh = "30s", timeout = "3s" }} }}
+
+[[auth]]
+name = "ext"
+external = {{ cluster = "v2", path_prefix = "/check", headers = ["cookie"], upstream_headers = ["x-user"], user_header = "x-user", timeout = "250ms", on_error = "allow", cache_ttl = "5s", cache_key = "cookie:session" }}
+"#,
+        dir.display()
+    );
+    let config = parse(&text, "/etc/pylon/pylon.toml").expect("valid");
+    round_trip(&config);
+    let _ = std::fs::remove_dir_all(&dir);
+}
