@@ -36,7 +36,7 @@ cluster = "c"
 regex_rewrite = {{ pattern = "^/v1/(?P<rest>.*)$", replacement = "/api/${{rest}}" }}
 query = {{ set = {{ src = "pylon", who = "{{client_ip}}" }}, remove = ["debug"] }}
 request_headers = {{ set = {{ x-env = "prod", x-route = "{{route}}/{{method}}" }}, add = {{ x-client = "{{client_ip}}", x-keep = "pylon" }}, append = {{ x-trace = "id={{request_id}}" }}, remove = ["x-debug"] }}
-response_headers = {{ set = {{ strict-transport-security = "max-age=63072000", x-served-by = "{{cluster}} {{{{braces}}}}" }}, remove = ["server", "x-powered-by"] }}
+response_headers = {{ set = {{ strict-transport-security = "max-age=63072000", x-served-by = "{{cluster}} {{{{braces}}}}", x-endpoint = "{{endpoint}}" }}, remove = ["server", "x-powered-by"] }}
 
 [[clusters]]
 name = "c"
@@ -73,5 +73,40 @@ endpoints = ["{}"]
         Some("max-age=63072000")
     );
     assert_eq!(a.header("x-served-by"), Some("c {braces}"));
+    assert_eq!(
+        a.header("x-endpoint"),
+        Some(origin.addr.to_string().as_str())
+    );
     assert!(a.header("server").is_none() && a.header("x-powered-by").is_none());
+}
+
+#[tokio::test]
+async fn redirects_take_the_same_variables() {
+    let p = TestProxy::start(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "old"
+path_prefix = "/old/"
+redirect = { status = 308, location = "https://{host}/new{path}?{query}&from={client_ip}&id={request_id}&r={route}" }
+"#,
+    )
+    .await;
+    let req = Request::get("/old/a?b=1")
+        .header("host", "shop.test")
+        .header("x-request-id", "rid-7")
+        .body(empty())
+        .unwrap();
+    let a = send_h1(p.addr("front"), req).await;
+    assert_eq!(a.status, 308);
+    assert_eq!(
+        a.header("location"),
+        Some("https://shop.test/new/old/a?b=1&from=127.0.0.1&id=rid-7&r=old")
+    );
 }

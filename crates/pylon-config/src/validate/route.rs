@@ -488,6 +488,8 @@ pub(super) fn route(
         };
         if red.location.get_ref().is_empty() || !header_value_ok(red.location.get_ref()) {
             p.at(&red.location, "invalid redirect location");
+        } else if let Some(e) = template_error(red.location.get_ref()) {
+            p.at(&red.location, e);
         }
         Action::Redirect(RedirectAction {
             status,

@@ -314,6 +314,7 @@ pub(super) async fn serve(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         state: filter_state,
         user: None,
+        endpoint: None,
     };
     if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
         return Ok(answer);

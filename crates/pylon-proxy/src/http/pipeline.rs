@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use pylon_config::model::{Action, RedirectAction, RespondAction};
+use pylon_config::model::{Action, RespondAction};
 
 use super::body::{Completion, RequestMeter, ResponseBody};
 use super::error::{ErrorKind, error_response};
@@ -442,7 +442,21 @@ async fn serve(
     ex.routed.stats = Some(Arc::clone(&route.stats));
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
-        Action::Redirect(r) => redirect(r, &req, ctx.scheme),
+        Action::Redirect(r) => {
+            let fx = super::filters::FilterCtx {
+                conn: ctx,
+                conn_arc: ctx,
+                listener,
+                request_id: ex.log.request_id.clone(),
+                client_authority: authority_of(&req).and_then(|a| HeaderValue::from_str(a).ok()),
+                state: filter_state,
+                user: None,
+                endpoint: None,
+            };
+            let location =
+                super::filters::rules::render_request(&r.location, &req, &fx, &route.name);
+            redirect(r.status, &location)
+        }
         Action::Files(f) => super::files::serve(f, &req).await,
         Action::Proxy(_) => {
             let mut fx = super::filters::FilterCtx {
@@ -456,6 +470,7 @@ async fn serve(
                 },
                 state: filter_state,
                 user: None,
+                endpoint: None,
             };
             super::proxy::proxy(req, route, &mut fx, ex).await
         }
@@ -476,29 +491,15 @@ fn respond(r: &RespondAction) -> Response<ResponseBody> {
     resp
 }
 
-/// The redirect's answer; a `Location` that the request's parts made invalid is the
-/// proxy-made 500 `redirect_location_invalid`.
-fn redirect<B>(
-    r: &RedirectAction,
-    req: &Request<B>,
-    scheme: &str,
-) -> Result<Response<ResponseBody>, ErrorKind> {
-    let uri = req.uri();
-    let location = r
-        .location
-        .replace("{scheme}", scheme)
-        .replace("{host}", authority_of(req).unwrap_or(""))
-        .replace(
-            "{request_uri}",
-            uri.path_and_query().map_or("/", |p| p.as_str()),
-        )
-        .replace("{path}", uri.path())
-        .replace("{query}", uri.query().unwrap_or(""));
-    let value = HeaderValue::from_str(&location).map_err(|_| ErrorKind::RedirectInvalid)?;
+/// The redirect's answer to `location` (its template rendered for the request); one
+/// that the request's parts made invalid is the proxy-made 500
+/// `redirect_location_invalid`.
+fn redirect(status: u16, location: &str) -> Result<Response<ResponseBody>, ErrorKind> {
+    let value = HeaderValue::from_str(location).map_err(|_| ErrorKind::RedirectInvalid)?;
     let mut resp = Response::new(ResponseBody::full(Bytes::from(format!(
         "Redirecting to {location}\n"
     ))));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
     resp.headers_mut().insert(header::LOCATION, value);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -653,15 +654,7 @@ mod tests {
 
     #[test]
     fn a_redirect_answers_its_location_or_a_proxy_made_error() {
-        let req = Request::get("/a?b=1")
-            .header(header::HOST, "example.com")
-            .body(())
-            .unwrap_or_default();
-        let r = RedirectAction {
-            status: 308,
-            location: "https://{host}{request_uri}".into(),
-        };
-        let resp = redirect(&r, &req, "http").map_err(ErrorKind::as_str);
+        let resp = redirect(308, "https://example.com/a?b=1").map_err(ErrorKind::as_str);
         let resp = resp
             .as_ref()
             .map(|r| (r.status(), r.headers().get(header::LOCATION)));
@@ -672,14 +665,11 @@ mod tests {
                 Some(&HeaderValue::from_static("https://example.com/a?b=1"))
             ))
         );
-        // Config validation keeps such templates out; were one to slip through, the
-        // answer is a counted proxy-made error, never a redirect without Location.
-        let bad = RedirectAction {
-            status: 302,
-            location: "https://x/\u{7f}".into(),
-        };
+        // Config validation keeps such templates out; were one to slip through (or a
+        // request's parts make it invalid), the answer is a counted proxy-made error,
+        // never a redirect without Location.
         assert_eq!(
-            redirect(&bad, &req, "http").err(),
+            redirect(302, "https://x/\u{7f}").err(),
             Some(ErrorKind::RedirectInvalid)
         );
     }

@@ -428,6 +428,7 @@ fn answer(
     ex.held.pooled = pooled;
     let body = response_body(&call, rbody, ex)?;
     let mut resp = Response::from_parts(rparts, body);
+    fx.endpoint = ex.log.upstream;
     call.route.filters.response(&mut resp, fx);
     Ok(resp)
 }

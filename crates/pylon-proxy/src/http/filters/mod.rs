@@ -42,7 +42,7 @@ mod path_rewrite;
 pub(crate) mod rate_limit;
 mod rate_limit_redis;
 mod request_id;
-mod rules;
+pub(crate) mod rules;
 pub(crate) mod split;
 
 /// What a filter sees besides the request and the answer.
@@ -62,6 +62,8 @@ pub struct FilterCtx<'a> {
     pub state: &'a mut http::Extensions,
     /// The user an authentication filter accepted, for the access log.
     pub user: Option<Arc<str>>,
+    /// The endpoint that answered (phase 5).
+    pub endpoint: Option<std::net::SocketAddr>,
 }
 
 /// What a waiting filter's phase 3 comes to: an answer of its own, or `None` to go on.

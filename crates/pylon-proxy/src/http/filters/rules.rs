@@ -32,9 +32,12 @@ enum Var {
     RequestId,
     Route,
     Cluster,
+    Endpoint,
     Host,
     Method,
     Path,
+    RequestUri,
+    Query,
     Scheme,
     CertSubject,
     CertFingerprint,
@@ -64,9 +67,12 @@ impl Template {
                 "request_id" => Var::RequestId,
                 "route" => Var::Route,
                 "cluster" => Var::Cluster,
+                "endpoint" => Var::Endpoint,
                 "host" => Var::Host,
                 "method" => Var::Method,
                 "path" => Var::Path,
+                "request_uri" => Var::RequestUri,
+                "query" => Var::Query,
                 "scheme" => Var::Scheme,
                 "client_cert_subject" => Var::CertSubject,
                 "client_cert_fingerprint" => Var::CertFingerprint,
@@ -108,6 +114,11 @@ impl Template {
                             out.push_str(&facts.cluster);
                         }
                     }
+                    Var::Endpoint => {
+                        if let Some(e) = cx.endpoint {
+                            out.push_str(&e.to_string());
+                        }
+                    }
                     Var::Host => {
                         if let Some(h) = &cx.client_authority {
                             out.push_str(h.to_str().unwrap_or(""));
@@ -115,6 +126,8 @@ impl Template {
                     }
                     Var::Method => out.push_str(&facts.method),
                     Var::Path => out.push_str(&facts.path),
+                    Var::RequestUri => out.push_str(&facts.target),
+                    Var::Query => out.push_str(&facts.query),
                     Var::Scheme => out.push_str(cx.conn.scheme),
                     Var::CertSubject => {
                         if let Some(c) = &cx.conn.client_cert {
@@ -223,7 +236,35 @@ impl Headers {
 struct Facts {
     method: String,
     path: String,
+    /// Path and query as the client sent them.
+    target: String,
+    query: String,
     cluster: Arc<str>,
+}
+
+impl Facts {
+    fn of<B>(req: &Request<B>, cluster: &Arc<str>) -> Facts {
+        Facts {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            query: req.uri().query().unwrap_or("").to_owned(),
+            cluster: Arc::clone(cluster),
+        }
+    }
+}
+
+/// A template (a redirect's `location`) rendered for a request outside a proxy route.
+pub(crate) fn render_request<B>(
+    text: &str,
+    req: &Request<B>,
+    cx: &FilterCtx<'_>,
+    route: &str,
+) -> String {
+    Template::parse(text).render(cx, &Facts::of(req, &Arc::from("")), route)
 }
 
 pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
@@ -321,11 +362,7 @@ impl Filter for Rules {
         req: &mut Request<ClientBody>,
         cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
-        cx.state.insert(Facts {
-            method: req.method().to_string(),
-            path: req.uri().path().to_owned(),
-            cluster: Arc::clone(&self.cluster),
-        });
+        cx.state.insert(Facts::of(req, &self.cluster));
         Ok(None)
     }
 
