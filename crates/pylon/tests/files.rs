@@ -195,10 +195,14 @@ async fn precompressed_siblings_go_to_clients_that_accept_them() {
     assert_eq!(br.header("content-encoding"), Some("br"));
     assert_eq!(br.body.as_ref(), b"pretend-brotli");
     assert_eq!(br.header("content-type"), Some("text/javascript"));
-    // No encoding accepted: the file itself, still varying.
+    // Accepting a coding without a sibling: the file itself, and it varies.
+    let zstd = get(&p, "/app.js", &[("accept-encoding", "zstd")]).await;
+    assert_eq!(zstd.body.as_ref(), original.as_slice());
+    assert_eq!(zstd.header("vary"), Some("accept-encoding"));
+    assert!(zstd.header("content-encoding").is_none());
+    // Accepting none: the file itself, which is right for every client (no lookups).
     let plain = get(&p, "/app.js", &[]).await;
     assert_eq!(plain.body.as_ref(), original.as_slice());
-    assert_eq!(plain.header("vary"), Some("accept-encoding"));
     assert!(plain.header("content-encoding").is_none());
     assert_ne!(plain.header("etag"), br.header("etag"));
 }

@@ -457,6 +457,8 @@ pub(super) fn route(
                 format!("files.root {} is not a directory", root.display()),
             );
         }
+        // Resolved once, when the configuration is loaded (symbolic links included).
+        let root = std::fs::canonicalize(&root).unwrap_or(root);
         let index = f
             .index
             .as_ref()

@@ -84,10 +84,11 @@ fn find(
     accept: &http::HeaderMap,
     ranged: bool,
 ) -> Result<Found, ErrorKind> {
-    let root = std::fs::canonicalize(&f.root).map_err(|_| ErrorKind::FileNotFound)?;
+    // The root was resolved when the configuration was loaded.
+    let root = &f.root;
     let inside = |p: &Path| -> Result<std::fs::Metadata, ErrorKind> {
         let real = std::fs::canonicalize(p).map_err(not_found)?;
-        if !f.follow_symlinks && !real.starts_with(&root) {
+        if !f.follow_symlinks && !real.starts_with(root) {
             return Err(ErrorKind::FileForbidden);
         }
         std::fs::metadata(&real).map_err(not_found)
@@ -118,8 +119,11 @@ fn find(
     if !meta.is_file() {
         return Err(ErrorKind::FileForbidden);
     }
+    // Siblings are looked for only when the client takes one of their codings (a client
+    // that takes none gets the file itself, which is right for every client).
+    let wanted = super::filters::compression::negotiate_tokens(accept, &["br", "zstd", "gzip"]);
     let mut siblings = Vec::new();
-    if f.precompressed {
+    if f.precompressed && wanted.is_some() {
         for (coding, ext) in [("br", "br"), ("zstd", "zst"), ("gzip", "gz")] {
             let mut name = path.as_os_str().to_owned();
             name.push(".");
