@@ -19,6 +19,11 @@ async fn proxy_made_and_chosen_upstream_errors_get_the_pages() {
         r
     })
     .await;
+    // A port held bound but not listening: connections to it are refused.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let dead = held.local_addr().unwrap().as_socket().unwrap();
     let dir = std::env::temp_dir().join(format!("pylon-error-pages-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("5xx.html"), "<h1>We are fixing it</h1>\n").unwrap();
@@ -50,7 +55,7 @@ name = "app"
 endpoints = ["{}"]
 "#,
         dir.join("5xx.html").display(),
-        closed_port(),
+        dead,
         origin.addr
     ))
     .await;

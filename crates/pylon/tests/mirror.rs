@@ -161,8 +161,13 @@ async fn a_sampled_share_is_copied() {
 #[tokio::test]
 async fn a_shadow_that_is_down_or_never_answers_changes_nothing_for_real_requests() {
     let app = Origin::named("app").await;
-    // Down: nothing listens.
-    let p = TestProxy::start(&config(app.addr, closed_port(), r#"cluster = "shadow""#)).await;
+    // Down: a port held bound but not listening, so connections are refused (and no
+    // other test can take it meanwhile).
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let down = held.local_addr().unwrap().as_socket().unwrap();
+    let p = TestProxy::start(&config(app.addr, down, r#"cluster = "shadow""#)).await;
     let front = p.addr("front");
     for _ in 0..20 {
         let a = post(front, "/x", "payload").await;
