@@ -93,7 +93,18 @@ impl Template {
         Template(parts)
     }
 
-    fn render(&self, cx: &FilterCtx<'_>, facts: &Facts, route: &str) -> String {
+    /// Whether it names a variable of the request's own (method, path, target, query),
+    /// which phase 3 must then keep for the later phases.
+    fn uses_request(&self) -> bool {
+        self.0.iter().any(|p| {
+            matches!(
+                p,
+                Part::Var(Var::Method | Var::Path | Var::RequestUri | Var::Query)
+            )
+        })
+    }
+
+    fn render(&self, cx: &FilterCtx<'_>, at: &At<'_>) -> String {
         let mut out = String::new();
         for p in &self.0 {
             match p {
@@ -106,12 +117,12 @@ impl Template {
                             out.push_str(id.to_str().unwrap_or(""));
                         }
                     }
-                    Var::Route => out.push_str(route),
+                    Var::Route => out.push_str(at.route),
                     Var::Cluster => {
                         if let Some(c) = cx.state.get::<ChosenCluster>() {
                             out.push_str(&c.0.name);
                         } else {
-                            out.push_str(&facts.cluster);
+                            out.push_str(at.cluster);
                         }
                     }
                     Var::Endpoint => {
@@ -124,10 +135,10 @@ impl Template {
                             out.push_str(h.to_str().unwrap_or(""));
                         }
                     }
-                    Var::Method => out.push_str(&facts.method),
-                    Var::Path => out.push_str(&facts.path),
-                    Var::RequestUri => out.push_str(&facts.target),
-                    Var::Query => out.push_str(&facts.query),
+                    Var::Method => out.push_str(at.request.map_or("", |f| &f.method)),
+                    Var::Path => out.push_str(at.request.map_or("", |f| &f.path)),
+                    Var::RequestUri => out.push_str(at.request.map_or("", |f| &f.target)),
+                    Var::Query => out.push_str(at.request.map_or("", |f| &f.query)),
                     Var::Scheme => out.push_str(cx.conn.scheme),
                     Var::CertSubject => {
                         if let Some(c) = &cx.conn.client_cert {
@@ -148,17 +159,7 @@ impl Template {
                     Var::TimeHttp => {
                         out.push_str(&httpdate::fmt_http_date(std::time::SystemTime::now()));
                     }
-                    Var::Claim(name) => {
-                        match cx
-                            .state
-                            .get::<super::rate_limit::Claims>()
-                            .and_then(|c| c.0.get(name.as_str()))
-                        {
-                            Some(serde_json::Value::String(s)) => out.push_str(s),
-                            Some(v) => out.push_str(&v.to_string()),
-                            None => {}
-                        }
-                    }
+                    Var::Claim(name) => super::rate_limit::Claims::push(cx.state, name, &mut out),
                 },
             }
         }
@@ -206,11 +207,17 @@ impl Headers {
             && self.remove.is_empty()
     }
 
-    fn apply(&self, h: &mut HeaderMap, cx: &FilterCtx<'_>, facts: &Facts, route: &str) {
+    fn uses_request(&self) -> bool {
+        [&self.set, &self.add, &self.append]
+            .iter()
+            .any(|l| l.iter().any(|(_, t)| t.uses_request()))
+    }
+
+    fn apply(&self, h: &mut HeaderMap, cx: &FilterCtx<'_>, at: &At<'_>) {
         for n in &self.remove {
             h.remove(n);
         }
-        let value = |t: &Template| HeaderValue::from_str(&t.render(cx, facts, route)).ok();
+        let value = |t: &Template| HeaderValue::from_str(&t.render(cx, at)).ok();
         for (n, t) in &self.set {
             if let Some(v) = value(t) {
                 h.insert(n.clone(), v);
@@ -231,19 +238,26 @@ impl Headers {
     }
 }
 
-/// What the response's templates need from the request.
-#[derive(Clone, Default)]
+/// Where a template is rendered: the route, its cluster (when no split chose one), and
+/// the request's own parts when some template names them.
+struct At<'s> {
+    route: &'s str,
+    cluster: &'s str,
+    request: Option<&'s Facts>,
+}
+
+/// What later phases' templates need from the request (kept only when one names it).
+#[derive(Clone)]
 struct Facts {
     method: String,
     path: String,
     /// Path and query as the client sent them.
     target: String,
     query: String,
-    cluster: Arc<str>,
 }
 
 impl Facts {
-    fn of<B>(req: &Request<B>, cluster: &Arc<str>) -> Facts {
+    fn of<B>(req: &Request<B>) -> Facts {
         Facts {
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
@@ -252,7 +266,6 @@ impl Facts {
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
             query: req.uri().query().unwrap_or("").to_owned(),
-            cluster: Arc::clone(cluster),
         }
     }
 }
@@ -264,7 +277,13 @@ pub(crate) fn render_request<B>(
     cx: &FilterCtx<'_>,
     route: &str,
 ) -> String {
-    Template::parse(text).render(cx, &Facts::of(req, &Arc::from("")), route)
+    let facts = Facts::of(req);
+    let at = At {
+        route,
+        cluster: "",
+        request: Some(&facts),
+    };
+    Template::parse(text).render(cx, &at)
 }
 
 pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
@@ -281,13 +300,18 @@ pub(super) fn build(site: &FilterSite<'_>) -> Option<Arc<dyn Filter>> {
         .regex_rewrite
         .as_ref()
         .and_then(|r| Some((regex::Regex::new(&r.pattern).ok()?, r.replacement.clone())));
+    let query = compile_query(&p.query);
+    let needs_request = request.uses_request()
+        || response.uses_request()
+        || query.0.iter().any(|(_, t)| t.uses_request());
     Some(Arc::new(Rules {
         route: site.route.name.clone(),
-        cluster: Arc::from(p.cluster.as_str()),
+        cluster: p.cluster.clone(),
         request,
         response,
         regex,
-        query: compile_query(&p.query),
+        query,
+        needs_request,
     }))
 }
 
@@ -303,16 +327,27 @@ fn compile_query(q: &QueryRules) -> (Vec<(String, Template)>, Vec<String>) {
 
 struct Rules {
     route: String,
-    cluster: Arc<str>,
+    cluster: String,
     request: Headers,
     response: Headers,
     regex: Option<(regex::Regex, String)>,
     query: (Vec<(String, Template)>, Vec<String>),
+    /// Some template names the request's method, path, target or query: phase 3 keeps
+    /// them.
+    needs_request: bool,
 }
 
 impl Rules {
+    fn at<'s>(&'s self, cx: &'s FilterCtx<'_>) -> At<'s> {
+        At {
+            route: &self.route,
+            cluster: &self.cluster,
+            request: cx.state.get::<Facts>(),
+        }
+    }
+
     /// The upstream target after the regex rewrite and the query rules.
-    fn target(&self, uri: &http::Uri, cx: &FilterCtx<'_>, facts: &Facts) -> Option<http::Uri> {
+    fn target(&self, uri: &http::Uri, cx: &FilterCtx<'_>, at: &At<'_>) -> Option<http::Uri> {
         let mut path = uri.path().to_owned();
         if let Some((re, with)) = &self.regex {
             path = re.replace(&path, with.as_str()).into_owned();
@@ -331,7 +366,7 @@ impl Rules {
             .collect();
         for (k, t) in set {
             let v: String = percent_encoding::utf8_percent_encode(
-                &t.render(cx, facts, &self.route),
+                &t.render(cx, at),
                 percent_encoding::NON_ALPHANUMERIC,
             )
             .collect();
@@ -362,24 +397,25 @@ impl Filter for Rules {
         req: &mut Request<ClientBody>,
         cx: &mut FilterCtx<'_>,
     ) -> Result<Option<Response<ResponseBody>>, ErrorKind> {
-        cx.state.insert(Facts::of(req, &self.cluster));
+        if self.needs_request {
+            cx.state.insert(Facts::of(req));
+        }
         Ok(None)
     }
 
     fn upstream_head(&self, head: &mut http::request::Parts, cx: &mut FilterCtx<'_>) {
-        let facts = cx.state.get::<Facts>().cloned().unwrap_or_default();
+        let cx: &FilterCtx<'_> = cx;
+        let at = self.at(cx);
         if (self.regex.is_some() || !self.query.0.is_empty() || !self.query.1.is_empty())
-            && let Some(uri) = self.target(&head.uri, cx, &facts)
+            && let Some(uri) = self.target(&head.uri, cx, &at)
         {
             head.uri = uri;
         }
-        self.request
-            .apply(&mut head.headers, cx, &facts, &self.route);
+        self.request.apply(&mut head.headers, cx, &at);
     }
 
     fn response(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
-        let facts = cx.state.get::<Facts>().cloned().unwrap_or_default();
-        self.response
-            .apply(resp.headers_mut(), cx, &facts, &self.route);
+        let cx: &FilterCtx<'_> = cx;
+        self.response.apply(resp.headers_mut(), cx, &self.at(cx));
     }
 }

@@ -148,11 +148,19 @@ impl SplitState {
         }
     }
 
-    /// The backend at `point` of the cumulative weights (`point < total`).
-    fn at(&self, weights: &[u32], point: u64) -> usize {
+    /// A backend's weight now.
+    fn weight(&self, i: usize) -> u32 {
+        self.backends
+            .get(i)
+            .map_or(0, |b| b.weight.load(Ordering::Relaxed))
+    }
+
+    /// The backend at `point` of the cumulative weights now (`point` below their sum; a
+    /// change of weights meanwhile falls back to the first).
+    fn at(&self, point: u64) -> usize {
         let mut acc = 0u64;
-        for (i, w) in weights.iter().enumerate() {
-            acc += u64::from(*w);
+        for (i, b) in self.backends.iter().enumerate() {
+            acc += u64::from(b.weight.load(Ordering::Relaxed));
             if point < acc {
                 return i;
             }
@@ -182,8 +190,10 @@ impl SplitState {
                 return (i, false);
             }
         }
-        let weights = self.weights();
-        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        // Read from the atomics as they are (no copy of the weights per request).
+        let total: u64 = (0..self.backends.len())
+            .map(|i| u64::from(self.weight(i)))
+            .sum();
         if total == 0 {
             return (0, false);
         }
@@ -193,19 +203,19 @@ impl SplitState {
                     self.backends
                         .iter()
                         .position(|b| b.config.cluster == v)
-                        .filter(|i| weights[*i] > 0)
+                        .filter(|i| self.weight(*i) > 0)
                 });
                 match held {
                     Some(i) => (i, false),
-                    None => (self.at(&weights, self.draw() % total), true),
+                    None => (self.at(self.draw() % total), true),
                 }
             }
             Some(SplitSticky::Hash(key)) => {
                 let text = super::rate_limit::key_text(key, req, cx);
                 let point = mix(pylon_lb::hash_key(text.as_bytes()));
-                (self.at(&weights, point % total), false)
+                (self.at(point % total), false)
             }
-            None => (self.at(&weights, self.draw() % total), false),
+            None => (self.at(self.draw() % total), false),
         }
     }
 
