@@ -201,18 +201,7 @@ pub(super) fn policy(
 
 /// A positive duration, or `default`.
 fn positive(v: &Option<Spanned<String>>, default: Duration, p: &mut Problems) -> Duration {
-    let Some(v) = v else { return default };
-    match crate::units::parse_duration(v.get_ref()) {
-        Ok(d) if !d.is_zero() => d,
-        Ok(_) => {
-            p.at(v, "must be greater than zero");
-            default
-        }
-        Err(e) => {
-            p.at(v, e);
-            default
-        }
-    }
+    super::nonzero_duration(v, default, "must be greater than zero", p)
 }
 
 /// A JWT policy's `jwks`.
@@ -411,20 +400,12 @@ pub(super) fn rate_limit(
             1
         }
     };
-    let per = match &r.per {
-        None => std::time::Duration::from_secs(1),
-        Some(s) => match crate::units::parse_duration(s.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                p.at(s, "per must be greater than zero");
-                std::time::Duration::from_secs(1)
-            }
-            Err(e) => {
-                p.at(s, e);
-                std::time::Duration::from_secs(1)
-            }
-        },
-    };
+    let per = super::nonzero_duration(
+        &r.per,
+        Duration::from_secs(1),
+        "per must be greater than zero",
+        p,
+    );
     let burst = match &r.burst {
         Some(b) if *b.get_ref() == 0 => {
             p.at(b, "burst must be at least 1");
@@ -495,20 +476,12 @@ fn global_limit(g: crate::raw::RawGlobalLimit, burst: u32, p: &mut Problems) -> 
             format!("invalid Redis address \"{url}\", expected redis://HOST:PORT[/DB]"),
         );
     }
-    let timeout = match &g.timeout {
-        None => std::time::Duration::from_millis(100),
-        Some(t) => match crate::units::parse_duration(t.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                p.at(t, "timeout must be greater than zero");
-                std::time::Duration::from_millis(100)
-            }
-            Err(e) => {
-                p.at(t, e);
-                std::time::Duration::from_millis(100)
-            }
-        },
-    };
+    let timeout = super::nonzero_duration(
+        &g.timeout,
+        Duration::from_millis(100),
+        "timeout must be greater than zero",
+        p,
+    );
     let on_error = match g.on_error.as_ref().map(|s| s.get_ref().as_str()) {
         None | Some("allow") => FailMode::Allow,
         Some("deny") => FailMode::Deny,

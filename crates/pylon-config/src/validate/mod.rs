@@ -396,11 +396,21 @@ fn at_least_one(v: &Option<Spanned<usize>>, default: usize, p: &mut Problems) ->
 }
 
 fn duration(v: &Option<Spanned<String>>, default: Duration, p: &mut Problems) -> Duration {
+    nonzero_duration(v, default, "duration must be greater than zero", p)
+}
+
+/// A duration above zero (`zero` is the message for one that is not), or `default`.
+fn nonzero_duration(
+    v: &Option<Spanned<String>>,
+    default: Duration,
+    zero: &str,
+    p: &mut Problems,
+) -> Duration {
     match v {
         None => default,
         Some(s) => match parse_duration(s.get_ref()) {
             Ok(d) if d.is_zero() => {
-                p.at(s, "duration must be greater than zero");
+                p.at(s, zero);
                 default
             }
             Ok(d) => d,

@@ -640,16 +640,12 @@ fn split(r: &mut RawRoute, refs: &Refs<'_>, p: &mut Problems) -> (Vec<Backend>, 
                 .min_requests
                 .as_ref()
                 .map_or(20, |m| (*m.get_ref()).max(1)),
-            window: match &raw.window {
-                None => Duration::from_secs(30),
-                Some(w) => match crate::units::parse_duration(w.get_ref()) {
-                    Ok(d) if !d.is_zero() => d,
-                    _ => {
-                        p.at(w, "window is a duration above zero, such as \"30s\"");
-                        Duration::from_secs(30)
-                    }
-                },
-            },
+            window: super::nonzero_duration(
+                &raw.window,
+                Duration::from_secs(30),
+                "window is a duration above zero, such as \"30s\"",
+                p,
+            ),
         }
     });
     if canary.is_none() {
@@ -699,16 +695,12 @@ fn mirror(m: Spanned<RawMirror>, refs: &Refs<'_>, p: &mut Problems) -> Mirror {
         percent,
         max_body: super::size(&m.max_body, 64 * 1024, p),
         host_suffix: suffix,
-        timeout: match &m.timeout {
-            None => Duration::from_secs(5),
-            Some(t) => match crate::units::parse_duration(t.get_ref()) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    p.at(t, "timeout is a duration above zero, such as \"5s\"");
-                    Duration::from_secs(5)
-                }
-            },
-        },
+        timeout: super::nonzero_duration(
+            &m.timeout,
+            Duration::from_secs(5),
+            "timeout is a duration above zero, such as \"5s\"",
+            p,
+        ),
     }
 }
 

@@ -286,7 +286,7 @@ fn decode_request(req: &mut Request<ClientBody>, max: u64) -> Result<(), ErrorKi
         Coding::Br => Box::pin(BrotliDecoder::new(reader)),
         Coding::Zstd => Box::pin(ZstdDecoder::new(reader)),
     };
-    let bounded = tokio::io::AsyncReadExt::take(decoder, max + 1);
+    let bounded = tokio::io::AsyncReadExt::take(decoder, max.saturating_add(1));
     let mut seen = 0u64;
     let frames = tokio_util::io::ReaderStream::with_capacity(bounded, 16 * 1024)
         .map_err(|e| Box::new(e) as crate::cluster::body::BoxError)

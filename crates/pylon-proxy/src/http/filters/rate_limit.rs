@@ -220,6 +220,18 @@ struct Limited {
 #[derive(Clone)]
 pub(crate) struct Claims(pub(crate) Arc<serde_json::Map<String, serde_json::Value>>);
 
+impl Claims {
+    /// Appends the request's claim `name` as text to `out` (a string as it is, another
+    /// JSON value as its JSON text; nothing when there is no token or no such claim).
+    pub(crate) fn push(state: &http::Extensions, name: &str, out: &mut String) {
+        match state.get::<Claims>().and_then(|c| c.0.get(name)) {
+            Some(serde_json::Value::String(s)) => out.push_str(s),
+            Some(v) => out.push_str(&v.to_string()),
+            None => {}
+        }
+    }
+}
+
 /// Requests in flight counted by concurrency limits; released when the last handle is
 /// dropped (the answer's body ends, or the request fails).
 #[derive(Clone)]
@@ -360,15 +372,7 @@ pub(crate) fn key_text(parts: &[RateKey], req: &Request<ClientBody>, cx: &Filter
             RateKey::Cookie(name) => {
                 out.push_str(crate::http::headers::cookie(req.headers(), name).unwrap_or_default());
             }
-            RateKey::Claim(name) => match cx
-                .state
-                .get::<Claims>()
-                .and_then(|c| c.0.get(name.as_str()))
-            {
-                Some(serde_json::Value::String(s)) => out.push_str(s),
-                Some(v) => out.push_str(&v.to_string()),
-                None => {}
-            },
+            RateKey::Claim(name) => Claims::push(cx.state, name, &mut out),
             RateKey::Route => {}
         }
     }
