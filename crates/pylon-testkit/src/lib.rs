@@ -90,12 +90,37 @@ impl TestProxy {
         TestProxy { proxy }
     }
 
+    /// A request to the admin API (the config needs an `[admin]` section).
+    pub async fn admin(&self, method: http::Method, path: &str, text: &str) -> Answer {
+        let a = self.proxy.admin_addr().await.expect("an [admin] listener");
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "admin")
+            .body(body(text.to_owned()))
+            .expect("an admin request");
+        send_h1(a, req).await
+    }
+
+    /// The admin API's `GET /metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.admin(http::Method::GET, "/metrics", "").await.text()
+    }
+
     /// The address of the named listener.
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.proxy
             .addr(listener)
             .unwrap_or_else(|| panic!("no listener {listener}"))
     }
+}
+
+/// The value of the sample `series` (its name and labels exactly as written) in
+/// OpenMetrics text; panics showing the text when there is none.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 /// Binds `n` sockets on 127.0.0.1:0 for a config that needs its ports known up front

@@ -174,21 +174,8 @@ external = {{ cluster = "authz", headers = ["authorization"], timeout = "300ms",
     assert_eq!(seen.lock().unwrap().len(), before + 2);
 
     // Counted per policy: the checks made, and the ones that failed.
-    let a = p.proxy.admin_addr().await.unwrap();
-    let m = send_h1(
-        a,
-        Request::get("/metrics")
-            .header("host", "admin")
-            .body(empty())
-            .unwrap(),
-    )
-    .await
-    .text();
-    let sample = |series: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{m}"))
-    };
+    let m = p.metrics().await;
+    let sample = |series: &str| metric(&m, series);
     assert_eq!(
         sample("pylon_auth_service_requests_total{policy=\"ext\",kind=\"external\"}"),
         5

@@ -40,23 +40,14 @@ endpoints = ["{shadow}"]
     )
 }
 
-async fn metric(p: &TestProxy, result: &str) -> u64 {
-    let a = p.proxy.admin_addr().await.unwrap();
-    let m = send_h1(
-        a,
-        Request::get("/metrics")
-            .header("host", "admin")
-            .body(empty())
-            .unwrap(),
+/// The mirror counter of `result` for the route "api".
+async fn mirrored(p: &TestProxy, result: &str) -> u64 {
+    metric(
+        &p.metrics().await,
+        &format!(
+            "pylon_mirror_requests_total{{route=\"api\",cluster=\"shadow\",result=\"{result}\"}}"
+        ),
     )
-    .await
-    .text();
-    let series = format!(
-        "pylon_mirror_requests_total{{route=\"api\",cluster=\"shadow\",result=\"{result}\"}} "
-    );
-    m.lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{m}"))
 }
 
 async fn post(front: std::net::SocketAddr, path: &str, text: &str) -> Answer {
@@ -118,11 +109,11 @@ async fn copies_reach_the_shadow_with_their_body_and_a_shadow_host() {
     let big = "x".repeat(4096);
     assert_eq!(post(front, "/upload", &big).await.json()["body_len"], 4096);
     eventually_async("the skip is counted", || async {
-        metric(&p, "skipped").await == 1
+        mirrored(&p, "skipped").await == 1
     })
     .await;
     assert_eq!(copies.lock().unwrap().len(), 1);
-    assert_eq!(metric(&p, "sent").await, 1);
+    assert_eq!(mirrored(&p, "sent").await, 1);
 }
 
 #[tokio::test]
@@ -149,7 +140,7 @@ async fn a_sampled_share_is_copied() {
     }
     // Every copy answered is counted as sent.
     eventually_async("the copies are answered", || async {
-        let sent = metric(&p, "sent").await as usize;
+        let sent = mirrored(&p, "sent").await as usize;
         sent > 0 && sent == copies.lock().unwrap().len()
     })
     .await;
@@ -175,7 +166,7 @@ async fn a_shadow_that_is_down_or_never_answers_changes_nothing_for_real_request
         assert!(a.text().starts_with("app"));
     }
     eventually_async("the failures are counted", || async {
-        metric(&p, "failed").await == 20
+        mirrored(&p, "failed").await == 20
     })
     .await;
 
@@ -197,7 +188,7 @@ async fn a_shadow_that_is_down_or_never_answers_changes_nothing_for_real_request
     }
     // At most 64 copies are out at once; the rest were dropped, not queued.
     eventually_async("the drops are counted", || async {
-        metric(&p, "dropped").await == 36
+        mirrored(&p, "dropped").await == 36
     })
     .await;
     assert_eq!(app.request_count(), 120);

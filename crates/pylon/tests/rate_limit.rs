@@ -98,22 +98,6 @@ burst = 2
     );
 }
 
-async fn metrics(p: &TestProxy) -> String {
-    let a = p.proxy.admin_addr().await.unwrap();
-    let req = Request::get("/metrics")
-        .header("host", "admin")
-        .body(empty())
-        .unwrap();
-    send_h1(a, req).await.text()
-}
-
-/// The value of the sample `series` (name with labels, exactly as written).
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -268,17 +252,17 @@ burst = 1
     let mut strict = burst("/now/a").await;
     strict.sort_unstable();
     assert_eq!(strict, vec![200, 429, 429]);
-    let m = metrics(&p).await;
+    let m = p.metrics().await;
     assert_eq!(
-        sample(&m, "pylon_rate_limit_delayed_total{policy=\"smooth\"}"),
+        metric(&m, "pylon_rate_limit_delayed_total{policy=\"smooth\"}"),
         2
     );
     assert_eq!(
-        sample(&m, "pylon_rate_limit_admitted_total{policy=\"smooth\"}"),
+        metric(&m, "pylon_rate_limit_admitted_total{policy=\"smooth\"}"),
         1
     );
     assert_eq!(
-        sample(&m, "pylon_rate_limit_refused_total{policy=\"strict\"}"),
+        metric(&m, "pylon_rate_limit_refused_total{policy=\"strict\"}"),
         2
     );
 }

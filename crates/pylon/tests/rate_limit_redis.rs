@@ -9,21 +9,6 @@
 use http::Request;
 use pylon_testkit::*;
 
-async fn metrics(p: &TestProxy) -> String {
-    let a = p.proxy.admin_addr().await.unwrap();
-    let req = Request::get("/metrics")
-        .header("host", "admin")
-        .body(empty())
-        .unwrap();
-    send_h1(a, req).await.text()
-}
-
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 fn config(origin: std::net::SocketAddr, redis: &str, policies: &str, batch: u32) -> String {
     format!(
         r#"
@@ -113,13 +98,13 @@ async fn three_instances_share_one_global_limit_within_five_percent() {
     assert_eq!(origin.request_count(), admitted as usize);
     let mut round_trips = 0;
     for p in &fleet {
-        let m = metrics(p).await;
-        round_trips += sample(
+        let m = p.metrics().await;
+        round_trips += metric(
             &m,
             "pylon_rate_limit_redis_round_trips_total{policy=\"fail-open\"}",
         );
         assert_eq!(
-            sample(
+            metric(
                 &m,
                 "pylon_rate_limit_redis_errors_total{policy=\"fail-open\"}"
             ),
@@ -171,9 +156,9 @@ async fn a_redis_outage_gives_each_policys_on_error_answer_and_recovers() {
             Some("rate_limit_unavailable")
         );
     }
-    let m = metrics(&p).await;
+    let m = p.metrics().await;
     assert!(
-        sample(
+        metric(
             &m,
             "pylon_rate_limit_redis_errors_total{policy=\"fail-closed\"}"
         ) >= 1

@@ -37,17 +37,6 @@ endpoints = ["{v2}"]
     )
 }
 
-async fn admin(p: &TestProxy, method: Method, path: &str, text: &str) -> Answer {
-    let a = p.proxy.admin_addr().await.unwrap();
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .body(body(text.to_owned()))
-        .unwrap();
-    send_h1(a, req).await
-}
-
 /// Which origin answered ("v1" or "v2": the named origins answer with their name).
 fn side(a: &Answer) -> String {
     a.text().split_whitespace().next().unwrap_or("").to_owned()
@@ -113,7 +102,7 @@ backends = [
         assert_eq!(side(&ask(front, &[], "/x?a=b&canary=1").await), "v2");
     }
     // Counted per backend.
-    let m = admin(&p, Method::GET, "/metrics", "").await.text();
+    let m = p.admin(Method::GET, "/metrics", "").await.text();
     let line = format!(
         "pylon_split_requests_total{{route=\"shop\",cluster=\"v2\"}} {}",
         n2 + 15
@@ -184,32 +173,34 @@ backends = [{ cluster = "v1", weight = 9 }, { cluster = "v2", weight = 1 }]"#,
     ))
     .await;
     let front = p.addr("front");
-    let shown = admin(&p, Method::GET, "/splits/shop", "").await.json();
+    let shown = p.admin(Method::GET, "/splits/shop", "").await.json();
     assert_eq!(shown["backends"][1]["weight"], 1);
     assert_eq!(shown["backends"][1]["share_percent"], 10.0);
 
     // All to v2, without a reload.
-    let set = admin(
-        &p,
-        Method::PUT,
-        "/splits/shop",
-        r#"{"weights": {"v1": 0, "v2": 1}}"#,
-    )
-    .await;
+    let set = p
+        .admin(
+            Method::PUT,
+            "/splits/shop",
+            r#"{"weights": {"v1": 0, "v2": 1}}"#,
+        )
+        .await;
     assert_eq!(set.status, 200, "{}", set.text());
     for _ in 0..10 {
         assert_eq!(side(&ask(front, &[], "/").await), "v2");
     }
-    let bad = admin(&p, Method::PUT, "/splits/shop", r#"{"weights": {"v3": 1}}"#).await;
+    let bad = p
+        .admin(Method::PUT, "/splits/shop", r#"{"weights": {"v3": 1}}"#)
+        .await;
     assert_eq!(bad.status, 400);
 
     // A gradual shift back to v1 in two steps of 50 points.
     let shift = r#"{"cluster": "v1", "to": 100, "step": 50, "every": "50ms"}"#;
-    let started = admin(&p, Method::POST, "/splits/shop/shift", shift).await;
+    let started = p.admin(Method::POST, "/splits/shop/shift", shift).await;
     assert_eq!(started.status, 202, "{}", started.text());
     assert_eq!(started.json()["shift"]["to_percent"], 100);
     eventually_async("the shift reaches 100%", || async {
-        let s = admin(&p, Method::GET, "/splits/shop", "").await.json();
+        let s = p.admin(Method::GET, "/splits/shop", "").await.json();
         s["backends"][0]["share_percent"] == 100.0 && s["shift"] == Value::Null
     })
     .await;
@@ -220,24 +211,24 @@ backends = [{ cluster = "v1", weight = 9 }, { cluster = "v2", weight = 1 }]"#,
     // A slow shift, aborted: the weights it started from come back.
     let slow = r#"{"cluster": "v2", "to": 50, "step": 10, "every": "1h"}"#;
     assert_eq!(
-        admin(&p, Method::POST, "/splits/shop/shift", slow)
+        p.admin(Method::POST, "/splits/shop/shift", slow)
             .await
             .status,
         202
     );
-    let before = admin(&p, Method::GET, "/splits/shop", "").await.json();
+    let before = p.admin(Method::GET, "/splits/shop", "").await.json();
     assert_eq!(before["shift"]["cluster"], "v2");
-    let aborted = admin(&p, Method::DELETE, "/splits/shop/shift", "").await;
+    let aborted = p.admin(Method::DELETE, "/splits/shop/shift", "").await;
     assert_eq!(aborted.status, 200);
     assert_eq!(aborted.json()["shift"], Value::Null);
     assert_eq!(aborted.json()["backends"][0]["share_percent"], 100.0);
     assert_eq!(
-        admin(&p, Method::DELETE, "/splits/shop/shift", "")
+        p.admin(Method::DELETE, "/splits/shop/shift", "")
             .await
             .status,
         409
     );
-    assert_eq!(admin(&p, Method::GET, "/splits/nope", "").await.status, 404);
+    assert_eq!(p.admin(Method::GET, "/splits/nope", "").await.status, 404);
 }
 
 #[tokio::test]
@@ -267,10 +258,10 @@ split = { canary = "v2", max_5xx_ratio = 0.2, min_requests = 10, window = "1m" }
     // Rolled back after its tenth answer: at most ten requests failed.
     assert!((1..=10).contains(&failures), "{failures} failures");
     assert_eq!(v2.request_count(), failures);
-    let shown = admin(&p, Method::GET, "/splits/shop", "").await.json();
+    let shown = p.admin(Method::GET, "/splits/shop", "").await.json();
     assert_eq!(shown["backends"][1]["weight"], 0);
     assert_eq!(shown["rollbacks"], 1);
-    let m = admin(&p, Method::GET, "/metrics", "").await.text();
+    let m = p.admin(Method::GET, "/metrics", "").await.text();
     assert!(
         m.contains("pylon_split_rollbacks_total{route=\"shop\"} 1"),
         "{m}"
