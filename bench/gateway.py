@@ -229,6 +229,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--part2", action="store_true")
+    ap.add_argument("--only", help="comma-separated scenario ids (plain, json_gzip, static_1m, ...)")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="pylon-gateway-bench-")
     os.chmod(d, 0o755)
@@ -254,6 +255,9 @@ def main():
         scenarios["nginx"] = [("plain", "/plain", ()), ("json_gzip", "/data.json", (gz,)),
                               ("static_1k", "/static/1k.txt", ()),
                               ("static_1m", "/static/1m.bin", ())]
+    if args.only:
+        keep = set(args.only.split(","))
+        scenarios = {n: [s for s in sc if s[0] in keep] for n, sc in scenarios.items()}
     results = {n: {s[0]: [] for s in sc} for n, sc in scenarios.items()}
     redis_rows = []
     origin_conf = os.path.join(d, "origin.conf")

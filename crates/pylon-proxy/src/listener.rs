@@ -187,8 +187,8 @@ async fn handshake(
                 .and_then(|c| c.first())
                 .and_then(ClientIdentity::from_der)
                 .map(Arc::new);
-            // Kept only for clusters that pass it on in PROXY v2 TLVs.
-            if ctx.runtime.load().sends_proxy_protocol {
+            // Kept only for clusters that pass it on in PROXY v2 TLVs, and templates.
+            if ctx.runtime.load().keeps_tls_info {
                 ctx.tls = Some(Arc::new(
                     crate::l4::proxy_protocol::TlsInfo::from_connection(stream.get_ref().1),
                 ));

@@ -56,6 +56,9 @@ pub struct Runtime {
     /// Whether any cluster sends PROXY headers (which need each connection's local
     /// address).
     pub sends_proxy_protocol: bool,
+    /// Whether TLS connections keep what their handshake negotiated: for clusters that
+    /// send it in PROXY v2 headers, and for templates that name it (`{tls_version}`).
+    pub keeps_tls_info: bool,
     /// The validated config this runtime was built from, and its hash.
     pub config: Arc<Config>,
     pub config_hash: String,
@@ -92,6 +95,7 @@ impl Runtime {
             splits: HashMap::new(),
             mirrors: HashMap::new(),
             sends_proxy_protocol: false,
+            keeps_tls_info: false,
             config_hash: config_hash(&config),
             config: Arc::new(config),
         }
@@ -211,9 +215,12 @@ impl Runtime {
                 (l.name.clone(), Arc::new(lr))
             })
             .collect();
+        let sends_proxy_protocol = config.clusters.iter().any(|c| c.proxy_protocol.is_some());
         let runtime = Runtime {
             listeners,
-            sends_proxy_protocol: config.clusters.iter().any(|c| c.proxy_protocol.is_some()),
+            sends_proxy_protocol,
+            keeps_tls_info: sends_proxy_protocol
+                || crate::http::filters::rules::needs_tls_info(config),
             clusters,
             caches,
             rate_limits,

@@ -1,6 +1,7 @@
 //! Static files (`files` routes) with curl and raw requests: index files, a directory's
 //! redirect and listing, a 1 MiB file whole and by range (206, 416), 304s for
-//! `If-None-Match` and `If-Modified-Since`, precompressed siblings (a real `gzip -k` one
+//! `If-None-Match` and `If-Modified-Since`, large files with `sendfile(2)` to cleartext
+//! HTTP/1.1 clients (in frames over HTTP/2), precompressed siblings (a real `gzip -k` one
 //! decoded by curl), `HEAD`, and every way out of the root refused: `..`, encoded
 //! slashes and dots, NUL, and a symbolic link outside.
 
@@ -54,6 +55,9 @@ async fn start(s: &Site) -> TestProxy {
         r#"
 [access_log]
 enabled = false
+
+[admin]
+bind = "127.0.0.1:0"
 
 [[listeners]]
 name = "front"
@@ -168,6 +172,33 @@ async fn files_are_served_whole_by_range_and_conditionally() {
         (missing.status.as_u16(), missing.header("x-pylon-error")),
         (404, Some("file_not_found"))
     );
+}
+
+#[tokio::test]
+async fn large_files_go_out_with_sendfile_to_cleartext_http1_clients() {
+    let s = site("sendfile");
+    let p = start(&s).await;
+    let sent = |m: String| metric(&m, "pylon_sendfile_bytes_total");
+    assert_eq!(sent(p.metrics().await), 0);
+    // Twice on one keep-alive connection: the second answer follows the first intact.
+    let url = format!("http://{}/sub/data.bin", p.addr("front"));
+    let twice = curl(&[&url, &url]).await;
+    assert_eq!(twice.stdout.len(), 2 << 20);
+    assert!(twice.stdout == [s.big.clone(), s.big.clone()].concat());
+    assert_eq!(sent(p.metrics().await), 2 << 20);
+    // A range is sent from its offset.
+    let part = curl(&["-r", "5000-9999", &url]).await;
+    assert_eq!(part.stdout, &s.big[5000..10000]);
+    assert_eq!(sent(p.metrics().await), (2 << 20) + 5000);
+    // HTTP/2 gets the file in frames, and a small file is read whole: no sendfile.
+    let req = Request::get(format!("http://{}/sub/data.bin", p.addr("front")))
+        .body(empty())
+        .unwrap();
+    let h2 = send_h2(p.addr("front"), req).await;
+    assert_eq!(h2.status, 200);
+    assert!(h2.body.as_ref() == s.big.as_slice());
+    assert_eq!(get(&p, "/app.js", &[]).await.status, 200);
+    assert_eq!(sent(p.metrics().await), (2 << 20) + 5000);
 }
 
 #[tokio::test]

@@ -68,7 +68,12 @@ async fn start(ca: &TestCa, h3: &str, rest: &str) -> (TestProxy, SocketAddr) {
 async fn a_get_over_http3_goes_through_the_request_path_to_an_http1_origin() {
     let origin = Origin::echo().await;
     let ca = TestCa::new("h3");
-    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let route = proxy_to(origin.addr, "").replacen(
+        "cluster = \"c\"",
+        "cluster = \"c\"\nrequest_headers = { set = { x-tls = \"{tls_version}|{tls_cipher}|{tls_sni}|{tls_alpn}\" } }",
+        1,
+    );
+    let (proxy, udp) = start(&ca, "true", &route).await;
     let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
     let a = client.get("localhost", "/some/path?q=1").await.unwrap();
     assert_eq!(a.status, 200, "{}", a.text());
@@ -82,6 +87,8 @@ async fn a_get_over_http3_goes_through_the_request_path_to_an_http1_origin() {
     assert_eq!(h["x-forwarded-proto"][0], "https");
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(h["via"][0], "3 pylon");
+    // What the handshake said, for templates (QUIC does not tell the cipher suite).
+    assert_eq!(h["x-tls"][0], "TLSv1.3||localhost|h3");
     assert!(
         h.get("transfer-encoding").is_none() && h.get("content-length").is_none(),
         "a GET whose stream ended with its head goes upstream without a body: {h}"

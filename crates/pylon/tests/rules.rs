@@ -1,6 +1,7 @@
 //! Header and URL rules on a route over real sockets: request headers set, added when
 //! absent, appended and removed with `{variables}`; response headers set and removed; the
-//! upstream path rewritten by a regex with captures; query parameters set and removed.
+//! upstream path rewritten by a regex with captures; query parameters set and removed;
+//! what the TLS handshake and the client certificate said, as variables.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -109,4 +110,73 @@ redirect = { status = 308, location = "https://{host}/new{path}?{query}&from={cl
         a.header("location"),
         Some("https://shop.test/new/old/a?b=1&from=127.0.0.1&id=rid-7&r=old")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_client_certificate_fields_reach_templates() {
+    let ca = TestCa::new("Server CA");
+    let clients = TestCa::new("Client CA");
+    let leaf = ca.server(&["m.test"]);
+    let origin = Origin::echo().await;
+    let dir = temp_dir();
+    let (cert, key) = leaf.write(&dir, "leaf");
+    let client_ca = dir.join("client-ca.pem");
+    std::fs::write(&client_ca, clients.cert_pem()).unwrap();
+    let p = TestProxy::start(&format!(
+        r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+client_auth = "optional"
+client_ca = "{}"
+
+[[routes]]
+cluster = "c"
+request_headers = {{ set = {{ x-tls = "{{tls_version}}|{{tls_cipher}}|{{tls_sni}}|{{tls_alpn}}", x-peer = "{{client_cert_subject}}|{{client_cert_dns}}" }} }}
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+"#,
+        cert.display(),
+        key.display(),
+        client_ca.display(),
+        origin.addr
+    ))
+    .await;
+    let header = |a: &Answer, name: &str| a.json()["headers"][name][0].as_str().unwrap().to_owned();
+
+    // HTTP/2 with a client certificate.
+    let alice = clients.client("alice", "alice.clients.test");
+    let with = tls_client(&ca, &["h2"], Some(&alice));
+    let req = Request::get("https://m.test/").body(empty()).unwrap();
+    let a = https_send(&with, p.addr("tls"), "m.test", req)
+        .await
+        .unwrap();
+    let tls = header(&a, "x-tls");
+    let parts: Vec<&str> = tls.split('|').collect();
+    assert_eq!(parts[0], "TLSv1.3", "{tls}");
+    assert!(
+        parts[1].starts_with("TLS_")
+            && (parts[1].contains("_GCM_") || parts[1].contains("CHACHA20")),
+        "an IANA cipher suite name: {tls}"
+    );
+    assert_eq!(&parts[2..], ["m.test", "h2"], "{tls}");
+    assert_eq!(header(&a, "x-peer"), "CN=alice|alice.clients.test");
+
+    // HTTP/1.1 without one: the certificate's fields are empty.
+    let anon = tls_client(&ca, &["http/1.1"], None);
+    let req = Request::get("https://m.test/")
+        .header("host", "m.test")
+        .body(empty())
+        .unwrap();
+    let a = https_send(&anon, p.addr("tls"), "m.test", req)
+        .await
+        .unwrap();
+    assert!(header(&a, "x-tls").ends_with("|m.test|http/1.1"));
+    assert_eq!(header(&a, "x-peer"), "|");
 }

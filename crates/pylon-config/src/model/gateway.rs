@@ -296,6 +296,15 @@ pub struct HeaderRules {
 }
 
 impl HeaderRules {
+    /// Every value template, in no particular order.
+    pub fn templates(&self) -> impl Iterator<Item = &str> {
+        self.set
+            .iter()
+            .chain(&self.add)
+            .chain(&self.append)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
             && self.add.is_empty()
@@ -341,6 +350,11 @@ pub const TEMPLATE_VARIABLES: &[&str] = &[
     "scheme",
     "client_cert_subject",
     "client_cert_fingerprint",
+    "client_cert_dns",
+    "tls_version",
+    "tls_cipher",
+    "tls_sni",
+    "tls_alpn",
     "time_unix",
     "time_http",
 ];

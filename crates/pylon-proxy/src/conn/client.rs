@@ -31,11 +31,42 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The plain TCP socket underneath (for splice), or the connection back when it is
     /// TLS.
     fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>>;
+
+    /// Whether [`ClientIo::poll_sendfile`] works here (a plain TCP socket).
+    fn can_sendfile(&self) -> bool {
+        false
+    }
+
+    /// Sends up to `count` bytes of `file` from `*offset` with `sendfile(2)`, moving
+    /// `*offset` past them.
+    fn poll_sendfile(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _file: &std::fs::File,
+        _offset: &mut u64,
+        _count: usize,
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
 }
 
 impl ClientIo for TrackedIo<TcpStream> {
     fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>> {
         Ok(self.into_inner())
+    }
+
+    fn can_sendfile(&self) -> bool {
+        true
+    }
+
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: &mut u64,
+        count: usize,
+    ) -> Poll<io::Result<usize>> {
+        TrackedIo::poll_sendfile(self, cx, file, offset, count)
     }
 }
 

@@ -34,6 +34,44 @@ impl<T> TrackedIo<T> {
     }
 }
 
+impl TrackedIo<tokio::net::TcpStream> {
+    /// Sends up to `count` bytes of `file` from `*offset` with `sendfile(2)` (the page
+    /// cache's pages go to the socket without a copy through the process), moving
+    /// `*offset` past them; pending while the socket's buffer is full.
+    pub fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: &mut u64,
+        count: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if self.inner.poll_write_ready(cx)?.is_pending() {
+                self.state.write_pending();
+                return Poll::Pending;
+            }
+            let sent = self.inner.try_io(tokio::io::Interest::WRITABLE, || {
+                let mut at = libc::off64_t::try_from(*offset)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                let n = nix::sys::sendfile::sendfile64(&self.inner, file, Some(&mut at), count)?;
+                Ok(n)
+            });
+            match sent {
+                Ok(n) => {
+                    *offset += n as u64;
+                    if n > 0 {
+                        self.state.write_activity();
+                        self.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,

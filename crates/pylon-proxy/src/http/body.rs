@@ -107,6 +107,41 @@ enum Kind {
     Stream(UpstreamBody, Option<Ahead>),
     /// A transformed body (gRPC-Web).
     Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
+    /// A static file's bytes, untransformed: read a chunk at a time, or sent by the
+    /// HTTP/1.1 server with `sendfile(2)` ([`ResponseBody::take_file`]).
+    File(FileRegion),
+}
+
+/// A part of an open file: `left` bytes from `offset`.
+pub struct FileRegion {
+    pub file: std::fs::File,
+    pub offset: u64,
+    pub left: u64,
+}
+
+impl FileRegion {
+    /// What one read of a file body takes at most.
+    const CHUNK: u64 = 256 * 1024;
+
+    /// The next chunk (positional reads: the file's own offset is never moved).
+    fn read(&mut self) -> Option<Result<Bytes, BoxError>> {
+        use std::os::unix::fs::FileExt;
+        if self.left == 0 {
+            return None;
+        }
+        let want = usize::try_from(self.left.min(Self::CHUNK)).unwrap_or(0);
+        let mut buf = bytes::BytesMut::zeroed(want);
+        Some(match self.file.read_at(&mut buf, self.offset) {
+            Ok(0) => Err("the file is shorter than when it was opened".into()),
+            Ok(n) => {
+                buf.truncate(n);
+                self.offset += n as u64;
+                self.left -= n as u64;
+                Ok(buf.freeze())
+            }
+            Err(e) => Err(Box::new(e)),
+        })
+    }
 }
 
 /// A frame read ahead of the client, kept small (trailers are rare).
@@ -193,6 +228,46 @@ impl ResponseBody {
         }
     }
 
+    /// `left` bytes of `file` from `offset` (a static file's answer).
+    pub fn file(file: std::fs::File, offset: u64, left: u64) -> Self {
+        ResponseBody {
+            kind: Kind::File(FileRegion { file, offset, left }),
+            sent: 0,
+            ended: false,
+            completion: None,
+            progress: None,
+            held: None,
+        }
+    }
+
+    /// The bytes left of an untransformed file body.
+    pub fn file_left(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::File(region) => Some(region.left),
+            _ => None,
+        }
+    }
+
+    /// The file of an untransformed file body, for a connection that sends it itself
+    /// (`sendfile(2)`); the body is then empty and learns what was sent through
+    /// [`ResponseBody::sent_outside`].
+    pub fn take_file(&mut self) -> Option<FileRegion> {
+        if !matches!(self.kind, Kind::File(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.kind, Kind::Full(None)) {
+            Kind::File(region) => Some(region),
+            _ => None,
+        }
+    }
+
+    /// Records what was sent of a body taken with [`ResponseBody::take_file`], and
+    /// finishes the body.
+    pub fn sent_outside(&mut self, bytes: u64, complete: bool) {
+        self.sent += bytes;
+        self.done(complete);
+    }
+
     /// An upstream's chunked HTTP/1.1 body, untransformed, goes to an HTTP/1.1 client
     /// with its framing as it came instead of re-chunked: from now on its frames carry
     /// that framing. The bytes to write before them (a first frame already read,
@@ -270,6 +345,7 @@ impl Body for ResponseBody {
             }
             Kind::Stream(inner, None) => Pin::new(inner).poll_frame(cx),
             Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
+            Kind::File(region) => Poll::Ready(region.read().map(|r| r.map(Frame::data))),
         };
         // Tells the HTTP/2 send stall guard that the body moved, or waits for its
         // upstream (a body waiting upstream is not stalled by the client).
@@ -319,6 +395,7 @@ impl Body for ResponseBody {
                 hint
             }
             Kind::Boxed(inner) => inner.size_hint(),
+            Kind::File(region) => SizeHint::with_exact(region.left),
         }
     }
 }
@@ -329,6 +406,7 @@ impl ResponseBody {
             Kind::Full(b) => b.is_none(),
             Kind::Stream(inner, first) => first.is_none() && inner.is_end_stream(),
             Kind::Boxed(inner) => inner.is_end_stream(),
+            Kind::File(region) => region.left == 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Static files (`files = { root = ... }`, a route action): a directory served for
-//! `GET` and `HEAD` (files up to 64 KiB read whole, larger ones in 256 KiB reads as the
-//! client takes them; from the worker thread, as NGINX does), with `ETag` and
+//! `GET` and `HEAD` (files up to 64 KiB read whole, larger ones sent with `sendfile(2)`
+//! to cleartext HTTP/1.1 clients and in 256 KiB reads as the others take them; from the
+//! worker thread, as NGINX does), with `ETag` and
 //! `Last-Modified` validators (304 for `If-None-Match` and `If-Modified-Since`), a
 //! single byte `Range` (206, or 416; `If-Range` honoured), precompressed `FILE.br`,
 //! `FILE.zst` and `FILE.gz` siblings for clients that accept them, index files, an
@@ -19,7 +20,6 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::Frame;
 use pylon_config::model::FilesAction;
 
 use super::body::ResponseBody;
@@ -45,10 +45,9 @@ pub fn normalize(path: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// Files up to this size are read whole with the lookup; larger ones stream in
-/// [`CHUNK`] reads as the client takes them.
+/// Files up to this size are read whole with the lookup; larger ones become a file
+/// body ([`ResponseBody::file`]).
 const SMALL: u64 = 64 * 1024;
-const CHUNK: usize = 256 * 1024;
 
 /// What the file system said about a request's path, found in one blocking call.
 enum Found {
@@ -349,55 +348,8 @@ fn file<B>(req: &Request<B>, found: FoundFile) -> Result<Response<ResponseBody>,
         *resp.body_mut() = ResponseBody::full(all.slice(from..to));
         return Ok(resp);
     }
-    let mut file = found.file;
-    if start > 0 {
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
-            .map_err(|_| ErrorKind::FileNotFound)?;
-    }
-    *resp.body_mut() = ResponseBody::boxed(FileBody { file, left: count });
+    *resp.body_mut() = ResponseBody::file(found.file, start, count);
     Ok(resp)
-}
-
-/// A file's bytes as a body: one [`CHUNK`] read each time the client's connection asks
-/// for more (the page cache answers them; a short file, or an error, ends it).
-struct FileBody {
-    file: std::fs::File,
-    left: u64,
-}
-
-impl http_body::Body for FileBody {
-    type Data = Bytes;
-    type Error = crate::cluster::body::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.left == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        let want = usize::try_from(this.left.min(CHUNK as u64)).unwrap_or(CHUNK);
-        let mut buf = bytes::BytesMut::zeroed(want);
-        let read = std::io::Read::read(&mut this.file, &mut buf);
-        std::task::Poll::Ready(match read {
-            Ok(0) => Some(Err("the file is shorter than when it was opened".into())),
-            Ok(n) => {
-                buf.truncate(n);
-                this.left -= n as u64;
-                Some(Ok(Frame::data(buf.freeze())))
-            }
-            Err(e) => Some(Err(Box::new(e))),
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
-    }
 }
 
 /// A directory listing (`browse = true`): names escaped for HTML, links

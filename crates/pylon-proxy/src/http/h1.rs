@@ -34,7 +34,7 @@ use pylon_h1::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::body::ResponseBody;
+use super::body::{FileRegion, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::pipeline::{self, ConnCtx};
 use crate::conn::{ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
@@ -49,6 +49,9 @@ const DRAIN_MAX: u64 = 64 * 1024;
 /// How long a connection whose last answer promised keep-alive, before a graceful close
 /// began, waits for the request the client may have sent on that promise.
 const PROMISED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// One `sendfile(2)` call is asked for this much at most (the socket's buffer takes
+/// less; the kernel's own cap is 2 GiB).
+const SENDFILE_MAX: u64 = 1 << 30;
 
 /// A graceful close asked for by the connection timer: an idle connection closes, a
 /// busy one after its answer (with `Connection: close`). And parking: a connection
@@ -92,6 +95,7 @@ impl Connection {
         limits: &Limits,
     ) -> Connection {
         let graceful = Arc::new(Graceful::default());
+        let sendfile = io.can_sendfile();
         let wire = Arc::new(Mutex::new(Wire::new(io, ahead, Arc::clone(&ctx.state))));
         let head_limits = HeadLimits {
             // A backstop at twice the listener's limits, so that the request path
@@ -105,6 +109,7 @@ impl Connection {
             graceful: Arc::clone(&graceful),
             head_limits,
             body_limit: limits.max_request_body,
+            sendfile,
         };
         Connection {
             run: if parks {
@@ -170,6 +175,15 @@ struct Served {
     graceful: Arc<Graceful>,
     head_limits: HeadLimits,
     body_limit: u64,
+    /// The socket is plain TCP: file bodies go out with `sendfile(2)`.
+    sendfile: bool,
+}
+
+/// A file body taken out of its answer to be sent with `sendfile(2)` after the head,
+/// and the body, which counts what was sent.
+struct FileOut {
+    region: FileRegion,
+    body: ResponseBody,
 }
 
 /// What the connection does after an answer.
@@ -304,11 +318,60 @@ impl Served {
     /// Answers a head that never became a request, and closes.
     async fn refuse(&self, kind: ErrorKind) -> io::Result<()> {
         let (mut parts, body) = error_response(kind).into_parts();
-        let mut writer =
+        let (writer, file) =
             self.response_writer(Version::HTTP_11, &mut parts, body, false, &mut false);
+        self.send(writer, file).await
+    }
+
+    /// Writes an answer: its head and body, then a file body taken out of it with
+    /// `sendfile(2)`.
+    async fn send(
+        &self,
+        mut writer: Writer<ResponseBody>,
+        file: Option<FileOut>,
+    ) -> io::Result<()> {
         std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
             .await
-            .map_err(io::Error::other)
+            .map_err(io::Error::other)?;
+        drop(writer);
+        let Some(FileOut {
+            mut region,
+            mut body,
+        }) = file
+        else {
+            return Ok(());
+        };
+        let total = region.left;
+        let sent = std::future::poll_fn(|cx| {
+            while region.left > 0 {
+                let mut w = lock(&self.wire);
+                let Some(io) = w.io.as_mut() else {
+                    return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+                };
+                let count = usize::try_from(region.left.min(SENDFILE_MAX)).unwrap_or(0);
+                match io.poll_sendfile(cx, &region.file, &mut region.offset, count) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file is shorter than when it was opened",
+                        )));
+                    }
+                    Poll::Ready(Ok(n)) => region.left -= n as u64,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await;
+        let done = total - region.left;
+        self.ctx
+            .shared
+            .metrics
+            .sendfile_bytes
+            .fetch_add(done, Ordering::Relaxed);
+        body.sent_outside(done, sent.is_ok());
+        sent
     }
 
     /// One request through the request path, and its answer back.
@@ -361,11 +424,9 @@ impl Served {
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
-        let mut writer = self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
-        std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
-            .await
-            .map_err(io::Error::other)?;
-        drop(writer);
+        let (writer, file) =
+            self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
+        self.send(writer, file).await?;
         if !keep_alive {
             return Ok(Next::Close);
         }
@@ -419,7 +480,8 @@ impl Served {
     }
 
     /// The head with its framing and connection fields, and a writer for it and the
-    /// body. `keep_alive` turns false when the body runs until the close.
+    /// body, or for the head alone and the file body to send after it with
+    /// `sendfile(2)`. `keep_alive` turns false when the body runs until the close.
     fn response_writer(
         &self,
         version: Version,
@@ -427,7 +489,7 @@ impl Served {
         mut body: ResponseBody,
         bodyless: bool,
         keep_alive: &mut bool,
-    ) -> Writer<ResponseBody> {
+    ) -> (Writer<ResponseBody>, Option<FileOut>) {
         let headers = &mut parts.headers;
         let mut passed = None;
         let encoding = if bodyless {
@@ -483,15 +545,23 @@ impl Served {
             },
         );
         match encoding {
+            Some(Encoding::Length(n)) if self.sendfile && body.file_left() == Some(n) => {
+                let file = body.take_file().map(|region| FileOut { region, body });
+                let head = Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0));
+                (head, file)
+            }
             Some(e) => {
                 let mut writer = Writer::new(out.freeze(), body, e);
                 if let Some(first) = passed {
                     writer.push(first);
                 }
-                writer
+                (writer, None)
             }
             // Nothing of the body goes out; it ends (and is counted) when dropped.
-            None => Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0)),
+            None => (
+                Writer::new(out.freeze(), ResponseBody::empty(), Encoding::Length(0)),
+                None,
+            ),
         }
     }
 

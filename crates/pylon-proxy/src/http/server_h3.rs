@@ -404,6 +404,20 @@ async fn connection(
         })
         .and_then(|certs| certs.first().and_then(ClientIdentity::from_der))
         .map(Arc::new);
+    // What the handshake negotiated, for templates that name it (QUIC does not say
+    // which cipher suite it chose).
+    if ctx.runtime.load().keeps_tls_info
+        && let Some(hd) = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+    {
+        ctx.tls = Some(Arc::new(crate::l4::proxy_protocol::TlsInfo {
+            alpn: hd.protocol,
+            server_name: hd.server_name,
+            version: Some("TLSv1.3".to_owned()),
+            cipher: None,
+        }));
+    }
     let ctx = Arc::new(ctx);
     // h3's own limit is a backstop at twice ours (it answers a bare 431 beyond it), so
     // that the request path gives the precise answer, with x-pylon-error, in between.

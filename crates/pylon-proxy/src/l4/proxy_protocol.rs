@@ -157,7 +157,8 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
-    /// What a finished server-side handshake negotiated.
+    /// What a finished server-side handshake negotiated, named as IANA and HAProxy
+    /// name them (`TLSv1.3`, `TLS_AES_128_GCM_SHA256`).
     pub fn from_connection(conn: &rustls::ServerConnection) -> TlsInfo {
         TlsInfo {
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
@@ -165,11 +166,14 @@ impl TlsInfo {
             version: conn
                 .protocol_version()
                 .and_then(|v| v.as_str())
-                .map(str::to_owned),
+                .map(|v| v.replace('_', ".")),
             cipher: conn
                 .negotiated_cipher_suite()
                 .and_then(|c| c.suite().as_str())
-                .map(str::to_owned),
+                .map(|c| match c.strip_prefix("TLS13_") {
+                    Some(rest) => format!("TLS_{rest}"),
+                    None => c.to_owned(),
+                }),
         }
     }
 }

@@ -265,6 +265,11 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 &m.tunnels_spliced,
             ),
             (
+                "pylon_sendfile_bytes",
+                "Static file bytes sent with sendfile(2) to cleartext HTTP/1.1 clients, never copied through the proxy.",
+                &m.sendfile_bytes,
+            ),
+            (
                 "pylon_config_reloads_ok",
                 "Configuration reloads applied.",
                 &m.reloads_ok,

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub tunnels_total: AtomicU64,
     /// CONNECT tunnels whose two plain sockets were relayed with splice(2).
     pub tunnels_spliced: AtomicU64,
+    /// Static file bytes sent with sendfile(2), never copied through the proxy.
+    pub sendfile_bytes: AtomicU64,
     /// HTTP/3: QUIC connections established; handshakes that failed or timed out;
     /// new connections refused (a listener's `max_connections`, the process's limits);
     /// Retry packets sent to validate a client's address.

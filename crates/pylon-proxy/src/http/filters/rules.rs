@@ -41,6 +41,11 @@ enum Var {
     Scheme,
     CertSubject,
     CertFingerprint,
+    CertDns,
+    TlsVersion,
+    TlsCipher,
+    TlsSni,
+    TlsAlpn,
     TimeUnix,
     TimeHttp,
     Claim(String),
@@ -76,6 +81,11 @@ impl Template {
                 "scheme" => Var::Scheme,
                 "client_cert_subject" => Var::CertSubject,
                 "client_cert_fingerprint" => Var::CertFingerprint,
+                "client_cert_dns" => Var::CertDns,
+                "tls_version" => Var::TlsVersion,
+                "tls_cipher" => Var::TlsCipher,
+                "tls_sni" => Var::TlsSni,
+                "tls_alpn" => Var::TlsAlpn,
                 "time_unix" => Var::TimeUnix,
                 "time_http" => Var::TimeHttp,
                 other => Var::Claim(other.strip_prefix("claim:").unwrap_or(other).to_owned()),
@@ -100,6 +110,17 @@ impl Template {
             matches!(
                 p,
                 Part::Var(Var::Method | Var::Path | Var::RequestUri | Var::Query)
+            )
+        })
+    }
+
+    /// Whether it names what a TLS handshake negotiated, which TLS connections then
+    /// keep ([`needs_tls_info`]).
+    fn uses_tls(&self) -> bool {
+        self.0.iter().any(|p| {
+            matches!(
+                p,
+                Part::Var(Var::TlsVersion | Var::TlsCipher | Var::TlsSni | Var::TlsAlpn)
             )
         })
     }
@@ -150,6 +171,26 @@ impl Template {
                             out.push_str(&c.fingerprint);
                         }
                     }
+                    Var::CertDns => {
+                        if let Some(c) = &cx.conn.client_cert {
+                            out.push_str(&c.dns_names.join(","));
+                        }
+                    }
+                    Var::TlsVersion => {
+                        out.push_str(tls(cx).and_then(|t| t.version.as_deref()).unwrap_or(""));
+                    }
+                    Var::TlsCipher => {
+                        out.push_str(tls(cx).and_then(|t| t.cipher.as_deref()).unwrap_or(""));
+                    }
+                    Var::TlsSni => {
+                        out.push_str(tls(cx).and_then(|t| t.server_name.as_deref()).unwrap_or(""));
+                    }
+                    Var::TlsAlpn => out.push_str(
+                        tls(cx)
+                            .and_then(|t| t.alpn.as_deref())
+                            .and_then(|a| std::str::from_utf8(a).ok())
+                            .unwrap_or(""),
+                    ),
                     Var::TimeUnix => out.push_str(
                         &std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -165,6 +206,26 @@ impl Template {
         }
         out
     }
+}
+
+/// What the client connection's TLS handshake negotiated (none on cleartext).
+fn tls<'c>(cx: &'c FilterCtx<'_>) -> Option<&'c crate::l4::proxy_protocol::TlsInfo> {
+    cx.conn.tls.as_deref()
+}
+
+/// Whether some route's templates name a TLS variable (`{tls_version}`, ...): TLS
+/// connections then keep what their handshake negotiated (`ConnCtx::tls`).
+pub(crate) fn needs_tls_info(config: &pylon_config::model::Config) -> bool {
+    config.routes.iter().any(|r| match &r.action {
+        Action::Proxy(p) => p
+            .request_headers
+            .templates()
+            .chain(p.response_headers.templates())
+            .chain(p.query.set.iter().map(|(_, v)| v.as_str()))
+            .any(|t| Template::parse(t).uses_tls()),
+        Action::Redirect(rd) => Template::parse(&rd.location).uses_tls(),
+        _ => false,
+    })
 }
 
 /// Header rules compiled.
