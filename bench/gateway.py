@@ -149,7 +149,7 @@ def nginx_conf(d):
 worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
 events {{ worker_connections 65535; }}
 http {{
-  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s; sendfile on; tcp_nopush on;
   limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;
   upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 128; }}
   server {{

@@ -37,6 +37,10 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         false
     }
 
+    /// Holds partial segments back (`TCP_CORK`) while an answer's head and its file
+    /// go out, so that they leave in full segments; released with `false`.
+    fn cork(&self, _on: bool) {}
+
     /// Sends up to `count` bytes of `file` from `*offset` with `sendfile(2)`, moving
     /// `*offset` past them.
     fn poll_sendfile(
@@ -57,6 +61,10 @@ impl ClientIo for TrackedIo<TcpStream> {
 
     fn can_sendfile(&self) -> bool {
         true
+    }
+
+    fn cork(&self, on: bool) {
+        let _ = socket2::SockRef::from(self.get_ref()).set_tcp_cork(on);
     }
 
     fn poll_sendfile(

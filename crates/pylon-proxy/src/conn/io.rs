@@ -32,6 +32,10 @@ impl<T> TrackedIo<T> {
     pub fn into_inner(self) -> T {
         self.inner
     }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl TrackedIo<tokio::net::TcpStream> {

@@ -330,10 +330,26 @@ impl Served {
         mut writer: Writer<ResponseBody>,
         file: Option<FileOut>,
     ) -> io::Result<()> {
-        std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
+        // The head waits for the file's first bytes (as NGINX's `tcp_nopush`): sent
+        // alone, it would hold the file back a round trip.
+        let cork = |on: bool| {
+            if let Some(io) = lock(&self.wire).io.as_ref() {
+                io.cork(on);
+            }
+        };
+        if file.is_some() {
+            cork(true);
+        }
+        let head = std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
             .await
-            .map_err(io::Error::other)?;
+            .map_err(io::Error::other);
         drop(writer);
+        if let Err(e) = head {
+            if file.is_some() {
+                cork(false);
+            }
+            return Err(e);
+        }
         let Some(FileOut {
             mut region,
             mut body,
@@ -364,6 +380,7 @@ impl Served {
             Poll::Ready(Ok(()))
         })
         .await;
+        cork(false);
         let done = total - region.left;
         self.ctx
             .shared
