@@ -9,7 +9,9 @@
 # with --soak first, bench/soak.py (10 minutes of mixed traffic with origin failures and
 # reloads, then a report); with --cache first, bench/cache.py (cache hits and a miss storm
 # against NGINX proxy_cache and Varnish); with --gateway first, bench/gateway.py (what JWT
-# checks and local and Redis rate limits cost per request, NGINX limit_req beside them).
+# checks and local and Redis rate limits cost per request, NGINX limit_req beside them);
+# with --turn first, bench/turn.py (TURN relaying against coturn: packets/s, Mbit/s and
+# CPU per relayed packet at 200 and 1,200 bytes, allocations per second).
 # Never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +26,14 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 # Debian starts services on install; the benchmark runs its own instances.
-systemctl stop nginx haproxy caddy varnish redis-server >/dev/null 2>&1 || true
+systemctl stop nginx haproxy caddy varnish redis-server coturn >/dev/null 2>&1 || true
 
 cargo build --release -p pylon
 ulimit -n "$(ulimit -Hn)" || true
@@ -53,6 +56,10 @@ if [ "${1:-}" = "--h3" ]; then
   shift
   cargo build --release -p pylon-bench-load
   exec python3 bench/h3.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+fi
+if [ "${1:-}" = "--turn" ]; then
+  shift
+  exec python3 bench/turn.py --pylon target/release/pylon "$@"
 fi
 if [ "${1:-}" = "--cache" ]; then
   shift

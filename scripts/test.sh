@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs Pylon's whole test suite, installing first what the tests need: curl, openssl
-# and redis-server (apt; the global rate-limit tests start their own servers), and
+# Runs Pylon's whole test suite, installing first what the tests need: from apt curl,
+# openssl, redis-server (the global rate-limit tests start their own servers), coturn
+# (its STUN and TURN test clients drive Pylon's TURN listeners; its server never runs)
+# and chromium (headless: two WebRTC peers relay through Pylon's TURN listener); and
 # from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio), the
 # Prometheus client's exposition parser (prometheus-client), an HTTP/3 client
 # (aioquic), and brotli and zstandard decoders for the compression tests.
@@ -11,6 +13,8 @@ need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -18,6 +22,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+# Debian starts coturn's server on install where it can; the tests need only its clients.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop coturn >/dev/null 2>&1 || true; fi
 
 # The gRPC tests drive Pylon with grpcio as an independent second client, the HTTP/3
 # tests with aioquic; the metrics tests parse /metrics with the Prometheus project's

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::model::{Config, Listener, ListenerProtocol, Route};
+use crate::model::{Config, Listener, Route};
 
 /// What becomes of one listener, address, route, cluster or certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,11 +102,12 @@ impl BindKey {
         BindKey {
             listener: listener.name.clone(),
             addr,
-            udp: listener.protocol == ListenerProtocol::Udp,
+            udp: listener.main_is_udp(),
         }
     }
 
-    /// The UDP socket of an https listener's HTTP/3 on `addr`.
+    /// The UDP socket beside a listener's TCP one on `addr` (an https listener's
+    /// HTTP/3, STUN and TURN over UDP).
     pub fn quic(listener: &Listener, addr: SocketAddr) -> BindKey {
         BindKey {
             listener: listener.name.clone(),
@@ -284,7 +285,7 @@ fn routes<'a>(config: &'a Config, listener: Option<&'a Listener>) -> Vec<&'a Rou
 
 /// An address keeps its socket across settings, not between UDP and TCP.
 fn same_transport(a: &Listener, b: &Listener) -> bool {
-    (a.protocol == ListenerProtocol::Udp) == (b.protocol == ListenerProtocol::Udp)
+    a.main_is_udp() == b.main_is_udp()
 }
 
 /// A listener of the new config, and its addresses, certificates and routes.
@@ -297,9 +298,9 @@ fn added_or_kept(plan: &mut ReloadPlan, old: &Config, new: &Config, l: &Listener
             .filter(|o| o.binds.contains(&addr) && same_transport(o, l))
             .map(|o| o == l);
         plan.binds.set(BindKey::new(l, addr), Change::of(same));
-        if l.http3.is_some() {
+        if l.udp_beside_tcp() {
             let same = was
-                .filter(|o| o.binds.contains(&addr) && o.http3.is_some())
+                .filter(|o| o.binds.contains(&addr) && o.udp_beside_tcp())
                 .map(|o| o == l);
             plan.binds.set(BindKey::quic(l, addr), Change::of(same));
         }
@@ -327,7 +328,8 @@ fn removed_or_retired(plan: &mut ReloadPlan, old: &Config, new: &Config, o: &Lis
         if !now.is_some_and(|n| n.binds.contains(&addr) && same_transport(o, n)) {
             plan.binds.set(BindKey::new(o, addr), Change::Removed);
         }
-        if o.http3.is_some() && !now.is_some_and(|n| n.binds.contains(&addr) && n.http3.is_some()) {
+        if o.udp_beside_tcp() && !now.is_some_and(|n| n.binds.contains(&addr) && n.udp_beside_tcp())
+        {
             plan.binds.set(BindKey::quic(o, addr), Change::Removed);
         }
     }

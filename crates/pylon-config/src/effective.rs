@@ -5,7 +5,8 @@
 //! appear only when set. Durations are written in their largest exact unit (`"30s"`,
 //! `"10m"`), sizes in KiB/MiB/GiB when exact, file paths absolute.
 //!
-//! Secrets (`admin.token`, forward-proxy users' `password_hash`, `sticky.secret`) are
+//! Secrets (`admin.token`, forward-proxy users' `password_hash`, `sticky.secret`, a
+//! TURN listener's inline `secret`) are
 //! replaced by placeholders that still pass validation, and the rendered TOML opens with
 //! a comment naming each redacted key: the document passes `pylon check` and parses back
 //! to the same model as [`redact`] of the original.
@@ -157,6 +158,12 @@ pub fn redacted_keys(config: &Config) -> Vec<String> {
             keys.push(format!("clusters[{i}].sticky.secret"));
         }
     }
+    for (i, l) in config.listeners.iter().enumerate() {
+        let relay = l.stun.as_ref().and_then(|s| s.relay.as_ref());
+        if relay.is_some_and(|r| r.secret_file.is_none() && r.secret.is_some()) {
+            keys.push(format!("listeners[{i}].turn.secret"));
+        }
+    }
     keys
 }
 
@@ -181,6 +188,15 @@ pub fn redact(config: &Config) -> Config {
     }
     for s in c.clusters.iter_mut().filter_map(|c| c.sticky.as_mut()) {
         if let Some(secret) = s.secret.as_mut() {
+            *secret = REDACTED_SECRET.to_owned();
+        }
+    }
+    for r in c
+        .listeners
+        .iter_mut()
+        .filter_map(|l| l.stun.as_mut()?.relay.as_mut())
+    {
+        if let (None, Some(secret)) = (&r.secret_file, r.secret.as_mut()) {
             *secret = REDACTED_SECRET.to_owned();
         }
     }
@@ -350,6 +366,12 @@ fn listener(l: &Listener) -> Value {
             .opt("max_connections_per_ip", l.max_connections_per_ip.map(int));
         let routes: Vec<Value> = l4.sni_routes.iter().map(sni_route).collect();
         t.list("sni_routes", routes.into());
+    } else if let Some(stun) = &l.stun {
+        t.put(
+            "transports",
+            texts(stun.transports.iter().map(|t| t.as_str())),
+        );
+        t.opt("turn", stun.relay.as_ref().map(turn_relay));
     } else {
         let lim = &l.limits;
         let h = &l.headers;
@@ -372,7 +394,7 @@ fn listener(l: &Listener) -> Value {
                 h.request_id.as_deref().map_or(Value::Boolean(false), text),
             );
     }
-    if l.protocol != ListenerProtocol::Udp {
+    if !l.main_is_udp() {
         tcp_options(&mut t, &l.tcp);
     }
     if let Some(pp) = &l.proxy_protocol {
@@ -386,6 +408,34 @@ fn listener(l: &Listener) -> Value {
     t.opt("http3", l.http3.as_ref().map(http3));
     t.opt("forward", l.forward.as_ref().map(forward));
     Value::Table(t.done())
+}
+
+/// `[listeners.turn]`: an inline `secret` redacted, files by path.
+fn turn_relay(r: &TurnRelay) -> Table {
+    let mut t = T::default();
+    t.put("realm", r.realm.as_str())
+        .opt("relay_ip", r.relay_ip.map(|ip| ip.to_string()))
+        .opt("external_ip", r.external_ip.map(|ip| ip.to_string()))
+        .put(
+            "relay_ports",
+            format!("{}-{}", r.relay_ports.0, r.relay_ports.1),
+        );
+    match (&r.secret_file, &r.secret) {
+        (Some(f), _) => t.put("secret_file", path(f)),
+        (None, Some(_)) => t.put("secret", REDACTED_SECRET),
+        (None, None) => &mut t,
+    };
+    t.opt("users_file", r.users_file.as_deref().map(path))
+        .list("allowed_peers", texts(r.allowed_peers.iter().map(network)))
+        .list("denied_peers", texts(r.denied_peers.iter().map(network)))
+        .put("default_lifetime", dur(r.default_lifetime))
+        .put("max_lifetime", dur(r.max_lifetime))
+        .put("nonce_lifetime", dur(r.nonce_lifetime))
+        .put("max_allocations", int(r.max_allocations))
+        .put("user_quota", int(r.user_quota))
+        .opt("bandwidth", r.bandwidth.map(size))
+        .put("unauthenticated_rate", int(r.unauthenticated_rate));
+    t.done()
 }
 
 /// `tcp_keepalive` as a table (or `false`), `tcp_user_timeout` (or `false`).

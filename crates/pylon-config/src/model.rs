@@ -12,9 +12,11 @@ use crate::error::ConfigError;
 mod cache;
 mod cluster;
 mod gateway;
+mod turn;
 pub use cache::*;
 pub use cluster::*;
 pub use gateway::*;
+pub use turn::*;
 
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -194,6 +196,10 @@ pub enum ListenerProtocol {
     Tcp,
     /// Layer 4: UDP datagrams relayed per client session.
     Udp,
+    /// STUN Binding requests (RFC 8489): clients learn their public address.
+    Stun,
+    /// TURN (RFC 8656): STUN, and relayed addresses for clients behind NATs.
+    Turn,
 }
 
 impl ListenerProtocol {
@@ -203,6 +209,8 @@ impl ListenerProtocol {
             ListenerProtocol::Https => "https",
             ListenerProtocol::Tcp => "tcp",
             ListenerProtocol::Udp => "udp",
+            ListenerProtocol::Stun => "stun",
+            ListenerProtocol::Turn => "turn",
         }
     }
 }
@@ -385,6 +393,26 @@ pub struct Listener {
     pub forward: Option<ForwardProxy>,
     /// Rate-limit policies every route of this listener applies before its own.
     pub rate_limit: Vec<String>,
+    /// For `stun` and `turn` listeners.
+    pub stun: Option<StunListener>,
+}
+
+impl Listener {
+    /// Whether its socket on each address is UDP (a `udp` listener, a STUN or TURN
+    /// listener on UDP alone); TCP otherwise.
+    pub fn main_is_udp(&self) -> bool {
+        self.protocol == ListenerProtocol::Udp || self.stun.as_ref().is_some_and(|s| !s.uses_tcp())
+    }
+
+    /// Whether it also takes a UDP socket beside its TCP one on each address: HTTP/3
+    /// beside an https listener, STUN and TURN over UDP beside TCP or TLS.
+    pub fn udp_beside_tcp(&self) -> bool {
+        self.http3.is_some()
+            || self
+                .stun
+                .as_ref()
+                .is_some_and(|s| s.uses_tcp() && s.serves(TurnTransport::Udp))
+    }
 }
 
 /// A forward proxy's settings (`[listeners.forward]`).

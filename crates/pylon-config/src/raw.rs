@@ -76,6 +76,30 @@ pub struct RawListener {
     pub splice: Option<Spanned<bool>>,
     pub forward: Option<Spanned<RawForward>>,
     pub rate_limit: Option<Spanned<StrList>>,
+    // STUN and TURN listeners.
+    pub transports: Option<Spanned<StrList>>,
+    pub turn: Option<Spanned<RawTurn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTurn {
+    pub realm: Option<Spanned<String>>,
+    pub relay_ip: Option<Spanned<String>>,
+    pub external_ip: Option<Spanned<String>>,
+    pub relay_ports: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub users_file: Option<Spanned<String>>,
+    pub allowed_peers: Option<Spanned<StrList>>,
+    pub denied_peers: Option<Spanned<StrList>>,
+    pub default_lifetime: Option<Spanned<String>>,
+    pub max_lifetime: Option<Spanned<String>>,
+    pub nonce_lifetime: Option<Spanned<String>>,
+    pub max_allocations: Option<Spanned<u64>>,
+    pub user_quota: Option<Spanned<u64>>,
+    pub bandwidth: Option<Spanned<Size>>,
+    pub unauthenticated_rate: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

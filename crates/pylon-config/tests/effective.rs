@@ -89,6 +89,7 @@ fn every_example_round_trips() {
         "l4.toml",
         "forward.toml",
         "grpc.toml",
+        "turn.toml",
     ] {
         // Certificate files are not read: parsing checks the text only.
         let config = load_file(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -1497,3 +1497,83 @@ jwt = { algorithms = ["none"], key_file = "k", leeway = "later" }
         ],
     );
 }
+
+#[test]
+fn stun_and_turn_mistakes_are_reported_where_they_are_written() {
+    let dir = std::env::temp_dir().join(format!("pylon-turn-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "ok:pw\nbroken\nok:again\n").unwrap();
+    let text = format!(
+        r#"
+[[listeners]]
+name = "turn"
+bind = "0.0.0.0:3478"
+protocol = "turn"
+transports = ["udp", "sctp", "tcp", "tls"]
+cluster = "x"
+
+[listeners.turn]
+realm = ""
+relay_ports = "80-70"
+secret = "s"
+secret_file = "nope.txt"
+users_file = "{}"
+allowed_peers = ["10.0.0.0/33"]
+default_lifetime = "2h"
+user_quota = 0
+
+[[listeners]]
+name = "stun"
+bind = "127.0.0.1:3479"
+protocol = "stun"
+
+[listeners.turn]
+realm = "x"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+transports = ["udp"]
+
+[[listeners]]
+name = "t2"
+bind = "127.0.0.1:3480"
+protocol = "turn"
+"#,
+        users.display()
+    );
+    assert_errors(
+        &text,
+        &[
+            "test.toml:6:14: listeners[0].transports: unknown transport \"sctp\", expected udp, tcp or tls",
+            "test.toml:6:14: listeners[0].transports: tcp and tls would share one TCP port",
+            "test.toml:6:14: listeners[0].transports: transport \"tls\" needs a [listeners.tls] table",
+            "test.toml:7:11: listeners[0].cluster: `cluster` applies only to tcp and udp listeners",
+            "test.toml:9:1: listeners[0].turn: [listeners.turn] needs `relay_ip` when the listener binds a wildcard address",
+            "test.toml:10:9: listeners[0].turn.realm: realm must be 1 to 127 characters",
+            "test.toml:11:15: listeners[0].turn.relay_ports: relay_ports is a range of ports",
+            "test.toml:12:10: listeners[0].turn.secret: `secret` and `secret_file` are one or the other",
+            "test.toml:14:14: listeners[0].turn.users_file: ",
+            "test.toml:14:14: listeners[0].turn.users_file: ",
+            "test.toml:15:17: listeners[0].turn.allowed_peers: invalid network \"10.0.0.0/33\"",
+            "test.toml:16:20: listeners[0].turn.default_lifetime: default_lifetime must not exceed max_lifetime",
+            "test.toml:17:14: listeners[0].turn.user_quota: must be at least 1",
+            "test.toml:24:1: listeners[1].turn: `turn` applies to listeners with protocol = \"turn\"",
+            "test.toml:30:14: listeners[2].transports: `transports` applies to stun and turn listeners",
+            "test.toml:35:12: listeners[3].protocol: protocol \"turn\" needs a [listeners.turn] table",
+        ],
+    );
+    let e = errors(&text);
+    assert!(
+        e[8].ends_with("users.txt line 2: expected name:password"),
+        "{}",
+        e[8]
+    );
+    assert!(
+        e[9].ends_with("users.txt line 3: user \"ok\" is listed twice"),
+        "{}",
+        e[9]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

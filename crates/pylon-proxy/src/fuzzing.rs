@@ -49,6 +49,8 @@ impl H1Harness {
                 logger,
                 request_ids: RequestIds::default(),
                 stop: crate::life::Stop::default(),
+                turn: Default::default(),
+                own_addrs: Default::default(),
             });
             (Arc::new(ArcSwap::from_pointee(built)), shared)
         });

@@ -25,6 +25,7 @@ pub mod shared;
 pub mod sockets;
 pub mod tcp_options;
 pub mod tls;
+pub mod turn;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -163,6 +164,8 @@ impl Proxy {
             logger,
             request_ids: RequestIds::default(),
             stop: life::Stop::default(),
+            turn: Default::default(),
+            own_addrs: Default::default(),
         });
         let proxy = Arc::new_cyclic(|this| Proxy {
             shared,
@@ -286,6 +289,7 @@ impl Proxy {
             metrics: Arc::clone(&self.shared.metrics),
             stats: Arc::clone(&self.shared.stats),
             runtime: Arc::clone(&self.runtime),
+            turn: self.shared.turn.stats(),
         })
     }
 

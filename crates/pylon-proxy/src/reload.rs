@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pylon_config::diff::{BindKey, ReloadPlan};
-use pylon_config::model::{Listener, ListenerProtocol};
+use pylon_config::model::Listener;
 use pylon_config::{Config, ConfigErrors};
 
 use crate::runtime::{Retired, Runtime};
@@ -197,6 +197,13 @@ impl Proxy {
     fn forget_stats(&self, config: &Config) {
         let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         let rt = self.runtime.load_full();
+        let turn = |name: &str| {
+            config
+                .listeners
+                .iter()
+                .any(|l| l.name == name && l.stun.is_some())
+        };
+        self.shared.turn.retain(&turn);
         self.shared.stats.retain(
             &|l| listeners.contains(&l),
             &|l, r, c| {
@@ -223,6 +230,10 @@ impl Proxy {
                 scheme: r.scheme(),
             })
             .collect();
+        let admin = sockets.admin.as_ref().map(|a| a.local);
+        self.shared.own_addrs.store(Arc::new(
+            bound.iter().map(|b| b.addr).chain(admin).collect(),
+        ));
         self.bound.store(Arc::new(bound));
     }
 }
@@ -239,7 +250,7 @@ fn plan_sockets<'a>(
     let mut planned = Vec::new();
     for l in &config.listeners {
         for &addr in &l.binds {
-            let udp = l.protocol == ListenerProtocol::Udp;
+            let udp = l.main_is_udp();
             let socket = plan_socket(running, &mut claimed, prebound, l, addr, udp, addr)?;
             // HTTP/3 takes the same port on UDP as its TCP socket got.
             let port = match &socket {
@@ -252,7 +263,8 @@ fn plan_sockets<'a>(
                 quic: false,
                 socket,
             });
-            if l.http3.is_some() {
+            // HTTP/3, STUN and TURN over UDP take the same port as the TCP socket.
+            if l.udp_beside_tcp() {
                 let bind = SocketAddr::new(addr.ip(), port);
                 let socket = plan_socket(running, &mut claimed, prebound, l, addr, true, bind)?;
                 planned.push(PlannedSocket {
@@ -278,7 +290,8 @@ fn plan_socket(
     udp: bool,
     bind: SocketAddr,
 ) -> Result<SocketChoice, StartError> {
-    let quic = udp && l.protocol != ListenerProtocol::Udp;
+    // A UDP socket that is not the listener's own is the one beside its TCP socket.
+    let quic = udp && !l.main_is_udp();
     if let Some(i) = find_running(running, claimed, l, addr, udp, quic) {
         claimed[i] = true;
         return Ok(SocketChoice::Keep(i));

@@ -1,5 +1,6 @@
 //! Process-wide services every listener reports to (HTTP and Layer 4 alike): metrics,
-//! per-listener/route/cluster stats, the access log, request ids, and the process's stop.
+//! per-listener/route/cluster stats, the access log, request ids, the process's stop,
+//! and STUN/TURN listeners' state.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,10 @@ pub struct Shared {
     pub request_ids: RequestIds,
     /// Set once a graceful stop reaches its drain timeout.
     pub stop: crate::life::Stop,
+    /// STUN and TURN listeners' services and counters.
+    pub turn: crate::turn::TurnRegistry,
+    /// Every address Pylon serves now (TURN never relays to them).
+    pub own_addrs: arc_swap::ArcSwap<Vec<std::net::SocketAddr>>,
 }
 
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.

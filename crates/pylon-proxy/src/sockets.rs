@@ -72,7 +72,8 @@ pub(crate) struct RunningSocket {
     pub tls: Option<Arc<ServerTls>>,
     /// Our own handle on the socket (the loop holds another).
     pub socket: Socket,
-    /// A UDP socket serving an https listener's HTTP/3.
+    /// A UDP socket beside the listener's TCP one on the same port: an https
+    /// listener's HTTP/3, or STUN and TURN over UDP beside TCP.
     pub quic: bool,
     /// Its QUIC endpoint, which outlives reloads that keep the address.
     h3: Option<Arc<H3Listener>>,
@@ -156,6 +157,9 @@ impl RunningSocket {
     fn spawn_loop(&mut self, ctx: &LoopCtx) -> std::io::Result<()> {
         let name: Arc<str> = Arc::from(self.listener.as_str());
         let stop = self.stop.subscribe();
+        if self.config.stun.is_some() {
+            return self.spawn_turn_loop(ctx, stop);
+        }
         match self.socket.try_clone()? {
             Socket::Udp(u) if self.quic => {
                 let tls = self.tls.clone().ok_or_else(|| {
@@ -221,7 +225,60 @@ impl RunningSocket {
         Ok(())
     }
 
+    /// A STUN or TURN listener's loop on this socket, with the listener's service.
+    fn spawn_turn_loop(
+        &mut self,
+        ctx: &LoopCtx,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let service = ctx
+            .shared
+            .turn
+            .service(&self.config, &ctx.shared)
+            .ok_or_else(|| std::io::Error::other("not a STUN or TURN listener"))?;
+        match self.socket.try_clone()? {
+            Socket::Udp(u) => {
+                u.set_nonblocking(true)?;
+                let socket = tokio::net::UdpSocket::from_std(u)?;
+                tokio::spawn(
+                    crate::turn::TurnUdpLoop {
+                        socket: Arc::new(socket),
+                        service,
+                        shutdown: stop,
+                    }
+                    .run(),
+                );
+            }
+            Socket::Tcp(t) => {
+                t.set_nonblocking(true)?;
+                tokio::spawn(
+                    crate::turn::TurnTcpLoop {
+                        listener: tokio::net::TcpListener::from_std(t)?,
+                        service,
+                        tls: self.tls.clone(),
+                        idle_timeout: self.config.limits.idle_timeout,
+                        shutdown: stop,
+                        drain: self.drain.subscribe(),
+                    }
+                    .run(),
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn scheme(&self) -> &'static str {
+        if let Some(stun) = &self.config.stun {
+            let tls = stun.serves(pylon_config::model::TurnTransport::Tls);
+            return match (self.socket.is_udp(), tls, self.protocol) {
+                (true, _, ListenerProtocol::Turn) => "turn+udp",
+                (true, _, _) => "stun+udp",
+                (false, true, ListenerProtocol::Turn) => "turns",
+                (false, true, _) => "stuns",
+                (false, false, ListenerProtocol::Turn) => "turn+tcp",
+                (false, false, _) => "stun+tcp",
+            };
+        }
         if self.quic {
             return "h3";
         }
@@ -230,6 +287,8 @@ impl RunningSocket {
             ListenerProtocol::Https => "https",
             ListenerProtocol::Tcp => "tcp",
             ListenerProtocol::Udp => "udp",
+            ListenerProtocol::Stun => "stun",
+            ListenerProtocol::Turn => "turn",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod process;
 pub mod redis;
 pub mod smuggling;
 pub mod tls;
+pub mod turn;
 pub mod ws;
 
 pub use client::*;

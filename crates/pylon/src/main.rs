@@ -427,6 +427,11 @@ fn start_hint(config: &Config, bound: &[pylon_proxy::BoundAddr]) -> Option<Strin
             ),
         },
         "udp" => format!("echo hi | socat - UDP:{addr}   (datagrams relayed)"),
+        _ if listener.stun.is_some() => format!(
+            "turnutils_stunclient -p {port} {ip}   (coturn's STUN client: your address, as seen)",
+            port = addr.port(),
+            ip = addr.ip()
+        ),
         scheme if listener.forward.is_some() => {
             format!("curl -x {scheme}://{addr} https://example.com/")
         }
@@ -562,8 +567,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../examples")
             .join(example);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{example}: {e}"));
-        let config = pylon_config::parse(&text, example).unwrap_or_else(|e| panic!("{e}"));
+        // Loaded from its place: relative files (turn.toml's users file) are found.
+        let config = pylon_config::load_file(&path).unwrap_or_else(|e| panic!("{example}: {e}"));
         let bound: Vec<pylon_proxy::BoundAddr> = config
             .listeners
             .iter()
@@ -571,12 +576,7 @@ mod tests {
                 l.binds.iter().map(|a| pylon_proxy::BoundAddr {
                     listener: l.name.clone(),
                     addr: *a,
-                    scheme: match l.protocol {
-                        pylon_config::model::ListenerProtocol::Http => "http",
-                        pylon_config::model::ListenerProtocol::Https => "https",
-                        pylon_config::model::ListenerProtocol::Tcp => "tcp",
-                        pylon_config::model::ListenerProtocol::Udp => "udp",
-                    },
+                    scheme: l.protocol.as_str(),
                 })
             })
             .collect();
@@ -602,6 +602,11 @@ mod tests {
         assert_eq!(
             hint_for("grpc.toml"),
             "cargo run --release --example grpc-demo -- call 127.0.0.1:50050"
+        );
+        assert!(
+            hint_for("turn.toml").starts_with("turnutils_stunclient -p 3478 127.0.0.1"),
+            "{}",
+            hint_for("turn.toml")
         );
     }
 }

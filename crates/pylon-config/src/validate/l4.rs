@@ -30,7 +30,7 @@ pub(super) fn l4_listener(
     clusters: &mut Vec<(Range<usize>, String)>,
     p: &mut Problems,
 ) -> Option<L4Listener> {
-    if protocol.is_http() {
+    if !matches!(protocol, ListenerProtocol::Tcp | ListenerProtocol::Udp) {
         let l4_only: [(&str, Option<Range<usize>>); 6] = [
             ("cluster", r.cluster.as_ref().map(|s| s.span())),
             (
@@ -56,7 +56,12 @@ pub(super) fn l4_listener(
                 p.span(
                     span,
                     format!(
-                        "`{key}` applies only to tcp and udp listeners; HTTP listeners route with [[routes]]"
+                        "`{key}` applies only to tcp and udp listeners{}",
+                        if protocol.is_http() {
+                            "; HTTP listeners route with [[routes]]"
+                        } else {
+                            ""
+                        }
                     ),
                 );
             }

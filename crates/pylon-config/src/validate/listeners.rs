@@ -51,10 +51,14 @@ pub(super) fn listener(
         ),
         _ => {}
     }
-    let udp = r
-        .protocol
-        .as_ref()
-        .is_some_and(|s| s.get_ref().as_str() == "udp");
+    // Whether each address's socket is UDP: a `udp` listener, or STUN and TURN on UDP
+    // alone (with TCP or TLS too, their UDP socket is beside the TCP one).
+    let proto = r.protocol.as_ref().map(|s| s.get_ref().as_str());
+    let udp = proto == Some("udp")
+        || (matches!(proto, Some("stun" | "turn"))
+            && r.transports
+                .as_ref()
+                .is_some_and(|t| t.get_ref().0.iter().all(|t| t == "udp")));
     if let Some(bind) = &r.bind {
         for b in &bind.get_ref().0 {
             match listen_addrs(b) {
@@ -92,12 +96,14 @@ pub(super) fn listener(
         Some("https") => ListenerProtocol::Https,
         Some("tcp") => ListenerProtocol::Tcp,
         Some("udp") => ListenerProtocol::Udp,
+        Some("stun") => ListenerProtocol::Stun,
+        Some("turn") => ListenerProtocol::Turn,
         Some(other) => {
             let s = r.protocol.as_ref().map(|s| s.span()).unwrap_or_default();
             p.span(
                 s,
                 format!(
-                    "unknown listener protocol \"{other}\", expected one of: http, https, tcp, udp"
+                    "unknown listener protocol \"{other}\", expected one of: http, https, tcp, udp, stun, turn"
                 ),
             );
             ListenerProtocol::Http
@@ -106,6 +112,7 @@ pub(super) fn listener(
     let l4 = l4::l4_listener(&r, protocol, &name_span, dropped, cluster_refs, p);
     let proxy_protocol = l4::proxy_protocol_in(&r.proxy_protocol, protocol, p);
     let forward = l4::forward(&r.forward, protocol, &declared_names(ctx.root, "caches"), p);
+    let stun = super::turn::stun_listener(&r, protocol, &binds, &ctx.base, p);
     let tls = match (protocol, r.tls) {
         (ListenerProtocol::Https, Some(t)) => listener_tls(t, dropped, ctx, p),
         (ListenerProtocol::Tcp, Some(t))
@@ -114,6 +121,9 @@ pub(super) fn listener(
             listener_tls(t, dropped, ctx, p)
         }
         (ListenerProtocol::Tcp | ListenerProtocol::Udp, Some(_)) => None,
+        (ListenerProtocol::Stun | ListenerProtocol::Turn, Some(t)) => {
+            listener_tls(t, dropped, ctx, p)
+        }
         (ListenerProtocol::Https, None) => {
             if !dropped.has("tls") {
                 // Reported where https was asked for.
@@ -221,7 +231,21 @@ pub(super) fn listener(
             }
         }
     }
-    if protocol == ListenerProtocol::Udp {
+    if stun
+        .as_ref()
+        .is_some_and(|s| s.uses_tcp() && s.serves(TurnTransport::Udp))
+    {
+        // STUN and TURN over UDP beside TCP or TLS, on the same ports.
+        for &a in binds.iter().filter(|a| a.port() != 0) {
+            if let Some(other) = bound.insert((a, true), name.clone()) {
+                p.span(
+                    name_span.clone(),
+                    format!("address {a} (UDP) is already bound by listener \"{other}\""),
+                );
+            }
+        }
+    }
+    if protocol == ListenerProtocol::Udp || (stun.is_some() && udp) {
         for span in [
             r.tcp_keepalive.as_ref().map(Spanned::span),
             r.tcp_user_timeout.as_ref().map(Spanned::span),
@@ -270,7 +294,7 @@ pub(super) fn listener(
         protocol,
         limits,
         max_connections_per_ip,
-        tcp: if protocol == ListenerProtocol::Udp {
+        tcp: if protocol == ListenerProtocol::Udp || (stun.is_some() && udp) {
             TcpOptions::default()
         } else {
             tcp
@@ -281,6 +305,7 @@ pub(super) fn listener(
         l4,
         proxy_protocol,
         forward,
+        stun,
     })
 }
 

@@ -23,6 +23,7 @@ mod l4;
 mod listeners;
 mod route;
 mod tcp;
+mod turn;
 use cluster::cluster;
 use entry::{Dropped, declared_names, entry};
 use listeners::{ListenerAt, listener};

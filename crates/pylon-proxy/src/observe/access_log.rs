@@ -1,5 +1,6 @@
-//! The access log: one JSON line per request, written by a dedicated thread so the
-//! request path only hands over a record (never blocks on I/O).
+//! The access log: one JSON line per request (and one per TURN allocation, when it
+//! ends), written by a dedicated thread so the request path only hands over a record
+//! (never blocks on I/O).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -43,6 +44,40 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
 }
 
+/// One TURN allocation, logged when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationRecord {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// `"turn_allocation"`: what the line is about (request lines have a `method`).
+    pub kind: &'static str,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub transport: &'static str,
+    pub user: String,
+    pub relayed: SocketAddr,
+    /// The peers it sent to (the first 16).
+    pub peers: Vec<SocketAddr>,
+    pub bytes_to_peers: u64,
+    pub bytes_from_peers: u64,
+    pub packets_to_peers: u64,
+    pub packets_from_peers: u64,
+    pub duration_ms: f64,
+    #[serde(serialize_with = "rfc3339")]
+    pub started: SystemTime,
+    /// `expired`, `deleted` (a Refresh with lifetime 0), `closed` (its TCP
+    /// connection), `listener_changed`.
+    pub end: &'static str,
+}
+
+/// What the writer thread writes: a request's line or an allocation's.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Line {
+    Request(Box<AccessRecord>),
+    Allocation(Box<AllocationRecord>),
+}
+
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
@@ -54,7 +89,7 @@ pub fn millis(d: Duration) -> f64 {
 /// Hands records to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessLogger {
-    tx: Option<SyncSender<Box<AccessRecord>>>,
+    tx: Option<SyncSender<Line>>,
     metrics: Arc<Metrics>,
 }
 
@@ -89,8 +124,17 @@ impl AccessLogger {
     /// Queues a line (boxed: the queue's 65,536 slots are then a pointer each, not a
     /// record each, which would be 24 MiB held from the start).
     pub fn log(&self, record: Box<AccessRecord>) {
+        self.send(Line::Request(record));
+    }
+
+    /// Queues a TURN allocation's line.
+    pub fn log_allocation(&self, record: Box<AllocationRecord>) {
+        self.send(Line::Allocation(record));
+    }
+
+    fn send(&self, line: Line) {
         if let Some(tx) = &self.tx {
-            match tx.try_send(record) {
+            match tx.try_send(line) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.metrics
@@ -102,7 +146,7 @@ impl AccessLogger {
     }
 }
 
-fn write_loop(rx: Receiver<Box<AccessRecord>>, out: Box<dyn Write + Send>) {
+fn write_loop(rx: Receiver<Line>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);

@@ -325,6 +325,8 @@ pub struct Exposition {
     pub metrics: Arc<Metrics>,
     pub stats: Arc<StatsRegistry>,
     pub runtime: Arc<ArcSwap<Runtime>>,
+    /// STUN and TURN listeners' counters, by listener.
+    pub turn: Vec<(String, Arc<crate::turn::TurnStats>)>,
 }
 
 impl std::fmt::Debug for Exposition {
@@ -436,6 +438,7 @@ impl Collector for Exposition {
         self.encode_auth(&mut f)?;
         self.encode_splits(&mut f)?;
         self.encode_mirrors(&mut f)?;
+        self.encode_turn(&mut f)?;
         encode_process(&mut f)
     }
 }
@@ -547,6 +550,117 @@ impl Exposition {
     }
 
     /// The rate-limit policies' decisions, and their Redis round trips when global.
+    /// STUN and TURN listeners' counters, labelled by listener.
+    fn encode_turn(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        if self.turn.is_empty() {
+            return Ok(());
+        }
+        type Pick = fn(&crate::turn::TurnStats) -> &AtomicU64;
+        fn l(n: &str) -> Labels<'_> {
+            vec![("listener", n)]
+        }
+        let counters: [(&str, &str, Pick); 4] = [
+            (
+                "pylon_stun_binding_requests",
+                "STUN Binding requests answered, by listener.",
+                |s| &s.bindings,
+            ),
+            (
+                "pylon_turn_allocations",
+                "TURN allocations made, by listener.",
+                |s| &s.allocations_total,
+            ),
+            (
+                "pylon_turn_peers_refused",
+                "Permissions and channels refused for their peer (special-purpose addresses, denied_peers, Pylon's own listeners), by listener.",
+                |s| &s.peers_refused,
+            ),
+            (
+                "pylon_turn_allocations_refused",
+                "Allocations refused for a quota (486) or no free relay port (508), by listener.",
+                |s| &s.quota_refused,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            f.counters(
+                name,
+                help,
+                self.turn.iter().map(|(n, s)| (l(n), load(pick(s)))),
+            )?;
+        }
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "pylon_turn_allocations_active",
+                "TURN allocations open now, by listener.",
+                |s| &s.allocations,
+            ),
+            (
+                "pylon_turn_permissions_active",
+                "Permissions installed now, by listener.",
+                |s| &s.permissions,
+            ),
+            (
+                "pylon_turn_channels_active",
+                "Channels bound now, by listener.",
+                |s| &s.channels,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            f.gauges(
+                name,
+                help,
+                self.turn.iter().map(|(n, s)| (l(n), load(pick(s)) as i64)),
+            )?;
+        }
+        let relayed = |to: Pick, from: Pick| {
+            self.turn.iter().flat_map(move |(n, s)| {
+                [
+                    (
+                        vec![("listener", n.as_str()), ("direction", "to_peer")],
+                        load(to(s)),
+                    ),
+                    (
+                        vec![("listener", n.as_str()), ("direction", "from_peer")],
+                        load(from(s)),
+                    ),
+                ]
+            })
+        };
+        f.counters(
+            "pylon_turn_relayed_bytes",
+            "Bytes relayed between clients and peers, by listener and direction.",
+            relayed(|s| &s.bytes_to_peers, |s| &s.bytes_from_peers),
+        )?;
+        f.counters(
+            "pylon_turn_relayed_packets",
+            "Datagrams relayed between clients and peers, by listener and direction.",
+            relayed(|s| &s.packets_to_peers, |s| &s.packets_from_peers),
+        )?;
+        let auth: Vec<(&String, Vec<(&'static str, u64)>)> = self
+            .turn
+            .iter()
+            .map(|(n, s)| (n, s.auth_failures()))
+            .collect();
+        f.counters(
+            "pylon_turn_auth_failures",
+            "TURN requests refused for their credentials, by listener and reason (challenge: the first, unsigned request every client makes).",
+            auth.iter().flat_map(|(n, rows)| {
+                rows.iter()
+                    .map(move |(r, v)| (vec![("listener", n.as_str()), ("reason", *r)], *v))
+            }),
+        )?;
+        let drops: Vec<(&String, Vec<(&'static str, u64)>)> =
+            self.turn.iter().map(|(n, s)| (n, s.drops())).collect();
+        f.counters(
+            "pylon_turn_dropped",
+            "STUN and TURN messages and relayed datagrams dropped, by listener and reason.",
+            drops.iter().flat_map(|(n, rows)| {
+                rows.iter()
+                    .map(move |(r, v)| (vec![("listener", n.as_str()), ("reason", *r)], *v))
+            }),
+        )
+    }
+
     fn encode_rate_limits(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         let rt = self.runtime.load_full();
         let mut limits: Vec<_> = rt.rate_limits.values().collect();
