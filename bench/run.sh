@@ -59,7 +59,8 @@ if [ "${1:-}" = "--h3" ]; then
 fi
 if [ "${1:-}" = "--turn" ]; then
   shift
-  exec python3 bench/turn.py --pylon target/release/pylon "$@"
+  cargo build --release -p pylon-bench-load
+  exec python3 bench/turn.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--cache" ]; then
   shift

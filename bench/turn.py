@@ -1,13 +1,14 @@
 """TURN relay benchmark: Pylon against coturn (Debian's `turnserver`), each pinned to one
-core with one relay thread, driven by the same client: coturn's `turnutils_uclient`
-(many sessions, each sending messages through its allocation's channel to an echo peer,
-`turnutils_peer`), client and peer on the other core.
+core with one relay thread, driven by the same client, `pylon-bench-load turn` (CLIENTS
+allocations, each with a channel bound to an echo peer of the load process, keeping
+WINDOW ChannelData messages in flight), on the other core.
 
 Scenarios: 200-byte and 1,200-byte messages (audio-sized and video-sized datagrams),
-UDP between client and server; and allocations per second (sessions that allocate,
-bind a channel, send one message and leave). Reported per server: packets relayed per
-second (each message crosses the relay twice: to the peer and back), Mbit/s relayed,
-server CPU-microseconds per relayed packet, messages lost, and allocations per second.
+UDP between client and server; and allocations per second (`turn-alloc`: allocate with
+the 401 challenge, then Refresh with lifetime 0, 16 clients at once). Reported per
+server: packets relayed per second (each message crosses the relay twice: to the peer
+and back), Mbit/s relayed, server CPU-microseconds per relayed packet, and allocations
+per second with the CPU each costs.
 Results go to bench/results/turn-<date>.json. Never part of the test suite."""
 
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
@@ -17,7 +18,6 @@ import bench
 from bench import Server, cpu_ticks, TICK
 
 PORT = 18478
-PEER = 18480
 ADMIN = 18479
 USER, PASSWORD, REALM = "alice", "wonderland", "pylon.test"
 
@@ -58,64 +58,56 @@ def coturn_argv(d):
             "--no-stdout-log"]
 
 
-def uclient(sessions, messages, length, interval_ms):
-    argv = ["taskset", "-c", "0", "turnutils_uclient", "-c", "-m", str(sessions), "-n", str(messages),
-            "-l", str(length), "-z", str(interval_ms), "-u", USER, "-w", PASSWORD,
-            "-e", "127.0.0.1", "-r", str(PEER), "-p", str(PORT), "127.0.0.1"]
+def load(args, *rest):
+    argv = ["taskset", "-c", "0", args.load] + [str(x) for x in rest]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     return out.stdout + out.stderr
 
 
-def totals(out):
-    sent = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\n", out)
-    lost = re.search(r"Total lost packets (\d+)", out)
-    if not sent:
-        return None
-    s, r = map(int, sent[-1])
-    return {"sent": s, "received": r, "lost": int(lost.group(1)) if lost else None}
-
-
-def relay_run(srv, sessions, messages, length, interval):
+def relay_run(args, srv, length):
     pids = srv.pids()
     t0, c0 = time.time(), cpu_ticks(pids)
-    out = uclient(sessions, messages, length, interval)
-    secs = time.time() - t0
+    out = load(args, "turn", f"127.0.0.1:{PORT}", USER, PASSWORD, args.clients, length,
+               args.seconds, args.window)
     cpu = (cpu_ticks(pids) - c0) / TICK
-    t = totals(out)
-    if not t:
+    m = re.search(r"relayed_packets_per_s=(\d+) echoed=(\d+) sent=(\d+) secs=([\d.]+)", out)
+    if not m:
         print(out[-2000:], file=sys.stderr)
         return None
-    relayed = t["sent"] + t["received"]
+    pps, echoed, sent, secs = float(m.group(1)), int(m.group(2)), int(m.group(3)), float(m.group(4))
+    relayed = 2 * echoed
     return {
-        "secs": secs,
-        "packets_per_s": relayed / secs,
-        "mbit_per_s": relayed * length * 8 / secs / 1e6,
+        "packets_per_s": pps,
+        "mbit_per_s": pps * length * 8 / 1e6,
         "cpu_us_per_packet": cpu * 1e6 / relayed if relayed else None,
-        "lost": t["lost"],
-        "sent": t["sent"],
+        "lost": sent - echoed,
     }
 
 
-def alloc_run(srv, sessions):
-    """Sessions that each allocate, bind a channel and relay one message."""
+def alloc_run(args, srv):
     pids = srv.pids()
-    t0, c0 = time.time(), cpu_ticks(pids)
-    out = uclient(sessions, 1, 100, 1)
-    secs = time.time() - t0
+    c0 = cpu_ticks(pids)
+    out = load(args, "turn-alloc", f"127.0.0.1:{PORT}", USER, PASSWORD, args.seconds, 16)
     cpu = (cpu_ticks(pids) - c0) / TICK
-    t = totals(out)
-    return {"allocations_per_s": sessions / secs, "cpu_us_per_allocation": cpu * 1e6 / sessions,
-            "completed": t["received"] if t else 0}
+    m = re.search(r"allocations_per_s=(\d+)", out)
+    if not m:
+        print(out[-2000:], file=sys.stderr)
+        return None
+    rate = float(m.group(1))
+    return {"allocations_per_s": rate,
+            "cpu_us_per_allocation": cpu * 1e6 / (rate * args.seconds) if rate else None}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pylon", required=True)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--sessions", type=int, default=100)
-    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--load", required=True, help="the pylon-bench-load binary")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--window", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args()
-    for tool in ("turnserver", "turnutils_uclient", "turnutils_peer"):
+    for tool in ("turnserver",):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install coturn")
     d = tempfile.mkdtemp(prefix="pylon-turn-bench-")
@@ -127,20 +119,14 @@ def main():
     }
     scenarios = [("udp_200", 200), ("udp_1200", 1200)]
     results = {n: {s: [] for s, _ in scenarios + [("allocations", 0)]} for n in servers}
-    peer = subprocess.Popen(["taskset", "-c", "0", "turnutils_peer", "-L", "127.0.0.1", "-p", str(PEER)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for rnd in range(args.rounds):
-            for name, argv in servers.items():
-                print(f"round {rnd + 1} {name}", file=sys.stderr, flush=True)
-                # Ready once it answers on TCP: Pylon's admin port, coturn's TCP listener.
-                with Server(name, argv, ADMIN if name == "pylon" else PORT) as srv:
-                    for sid, length in scenarios:
-                        r = relay_run(srv, args.sessions, args.messages, length, 1)
-                        results[name][sid].append(r)
-                    results[name]["allocations"].append(alloc_run(srv, 500))
-    finally:
-        peer.kill()
+    for rnd in range(args.rounds):
+        for name, argv in servers.items():
+            print(f"round {rnd + 1} {name}", file=sys.stderr, flush=True)
+            # Ready once it answers on TCP: Pylon's admin port, coturn's TCP listener.
+            with Server(name, argv, ADMIN if name == "pylon" else PORT) as srv:
+                for sid, length in scenarios:
+                    results[name][sid].append(relay_run(args, srv, length))
+                results[name]["allocations"].append(alloc_run(args, srv))
     table = {}
     for n, rows in results.items():
         table[n] = {}
@@ -153,7 +139,7 @@ def main():
     for n, rows in table.items():
         for sid, r in rows.items():
             if sid == "allocations":
-                print(f"{n:7} {sid:12} {'':>10} {'':>8} {r['cpu_us_per_allocation']:11.1f} {'':>6} {r['allocations_per_s']:9.0f}")
+                print(f"{n:7} {sid:12} {'':>10} {'':>8} {r['cpu_us_per_allocation'] or 0:11.1f} {'':>6} {r['allocations_per_s']:9.0f}")
             else:
                 print(f"{n:7} {sid:12} {r['packets_per_s']:10.0f} {r['mbit_per_s']:8.1f} "
                       f"{r['cpu_us_per_packet']:11.2f} {r['lost'] or 0:6.0f}")

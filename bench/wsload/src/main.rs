@@ -1,4 +1,5 @@
-//! Load client for the tunnel benchmark (bench/tunnel.py), and the origins it talks to.
+//! Load client for the tunnel, gRPC, HTTP/3 and TURN benchmarks (bench/*.py), and the
+//! origins they talk to.
 //!
 //! ```text
 //! pylon-bench-load ws-echo-server PORT            WebSocket echo origin on 127.0.0.1:PORT
@@ -15,6 +16,12 @@
 //! pylon-bench-load h3 URL ADDR CA CONNS STREAMS SECONDS
 //!                                                 HTTP/3 GETs of URL at ADDR (UDP), CA the
 //!                                                 server's certificate; prints requests/s
+//! pylon-bench-load turn ADDR USER PASSWORD CLIENTS SIZE SECONDS WINDOW
+//!                                                 TURN channel relaying to an echo peer;
+//!                                                 prints relayed packets/s
+//! pylon-bench-load turn-alloc ADDR USER PASSWORD SECONDS CONC
+//!                                                 TURN allocations (and deletions); prints
+//!                                                 allocations/s
 //! ```
 
 use std::net::SocketAddr;
@@ -30,6 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 mod grpc;
 mod h3;
 mod soak;
+mod turn;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -92,6 +100,28 @@ async fn main() -> Result<(), Error> {
                 arg(&args, 5, "CONNS")?,
                 arg(&args, 6, "STREAMS")?,
                 arg(&args, 7, "SECONDS")?,
+            )
+            .await
+        }
+        Some("turn") => {
+            turn::relay(
+                arg(&args, 2, "ADDR")?,
+                arg(&args, 3, "USER")?,
+                arg(&args, 4, "PASSWORD")?,
+                arg(&args, 5, "CLIENTS")?,
+                arg(&args, 6, "SIZE")?,
+                arg(&args, 7, "SECONDS")?,
+                arg(&args, 8, "WINDOW")?,
+            )
+            .await
+        }
+        Some("turn-alloc") => {
+            turn::allocations(
+                arg(&args, 2, "ADDR")?,
+                arg(&args, 3, "USER")?,
+                arg(&args, 4, "PASSWORD")?,
+                arg(&args, 5, "SECONDS")?,
+                arg(&args, 6, "CONC")?,
             )
             .await
         }

@@ -114,7 +114,12 @@ pub struct TurnClient {
 
 impl TurnClient {
     pub async fn udp(server: SocketAddr, user: &str, password: &str) -> TurnClient {
-        let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let local = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let s = UdpSocket::bind(local).await.expect("bind");
         Self::with(Wire::Udp(s, server), user, password)
     }
 
@@ -132,6 +137,14 @@ impl TurnClient {
             nonce: None,
             algorithm: IntegrityAlgorithm::Sha1,
             inbox: Vec::new(),
+        }
+    }
+
+    /// The UDP socket and the server's address, for a load loop of its own.
+    pub fn into_udp(self) -> Option<(UdpSocket, SocketAddr)> {
+        match self.wire {
+            Wire::Udp(s, to) => Some((s, to)),
+            Wire::Tcp(..) => None,
         }
     }
 
@@ -229,16 +242,19 @@ impl TurnClient {
     pub async fn signed(
         &mut self,
         method: Method,
-        attrs: &dyn Fn(TransactionId) -> Attrs,
+        attrs: &(dyn Fn(TransactionId) -> Attrs + Sync),
     ) -> StunAnswer {
         let mut tries = 0;
         loop {
             tries += 1;
-            let m = Message::builder_request(method, MessageWriteVec::new());
-            let id = m.transaction_id();
-            let owned = attrs(id);
-            let refs: Vec<&dyn AttributeWrite> = owned.iter().map(|b| b.as_ref()).collect();
-            let req = self.finish_signed(m, &refs);
+            // Built in a block: the attributes are gone before the await.
+            let req = {
+                let m = Message::builder_request(method, MessageWriteVec::new());
+                let id = m.transaction_id();
+                let owned = attrs(id);
+                let refs: Vec<&dyn AttributeWrite> = owned.iter().map(|b| b.as_ref()).collect();
+                self.finish_signed(m, &refs)
+            };
             let a = self.request(req).await.expect("an answer");
             if matches!(a.code, Some(401) | Some(438)) && self.nonce.is_some() && tries < 2 {
                 continue;

@@ -1,9 +1,11 @@
 //! STUN and TURN listeners with independent clients: coturn's `turnutils_stunclient`
-//! and `turnutils_uclient` (users file and shared-secret credentials, UDP and TCP,
-//! channels and Send indications, client to client), and the test kit's TURN client
-//! for precise answers: 401 then success, wrong and expired credentials, stale nonces,
-//! quotas, special-purpose and own peers refused, permissions enforced both ways,
-//! Refresh with lifetime 0 and the allocation's log line, malformed messages counted.
+//! and `turnutils_uclient` (users file and shared-secret credentials, UDP, TCP and TLS,
+//! channels and Send indications, client to client), and the test kit's TURN client for
+//! precise answers: 401 then success, MESSAGE-INTEGRITY-SHA256, wrong and expired
+//! credentials, stale nonces, quotas, special-purpose and own peers refused,
+//! permissions enforced both ways, bandwidth, unauthenticated rate limits, IPv6 relays,
+//! expiry and Refresh with lifetime 0 with the allocation's log line, reloads, and
+//! malformed messages counted. The browser test is `turn_browser.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -449,14 +451,7 @@ async fn malformed_messages_are_dropped_and_binding_works_over_tcp() {
 
 #[tokio::test]
 async fn an_allocation_ends_with_one_access_log_line() {
-    let dir = temp_dir();
-    let log = dir.join("access.log");
-    let p = TestProxy::start(&config(
-        &dir,
-        &format!("access_log = {{ path = \"{}\" }}", log.display()),
-        "allowed_peers = [\"127.0.0.0/8\"]",
-    ))
-    .await;
+    let (p, log) = start_logged("allowed_peers = [\"127.0.0.0/8\"]").await;
     let server = p.addr("turn");
     let peer = udp_echo().await;
     let mut c = TurnClient::udp(server, "alice", "wonderland").await;
@@ -466,18 +461,7 @@ async fn an_allocation_ends_with_one_access_log_line() {
     let (_, _, data) = c.next_data().await.unwrap();
     assert_eq!(data, b"ping");
     assert!(c.refresh(0).await.success);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let line = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains("turn_allocation")) {
-            break l.to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no allocation line in\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = log_line(&log, &["turn_allocation"]).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["user"], "alice");
     assert_eq!(v["listener"], "turn");
@@ -589,4 +573,154 @@ async fn turn_over_tls_with_coturns_client() {
         ])
         .await;
     assert!(plain.recv(Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test]
+async fn bandwidth_families_sha256_rate_limits_and_expiry() {
+    let (p, log) = start_logged("allowed_peers = [\"127.0.0.0/8\"]\nbandwidth = \"1KiB\"\nunauthenticated_rate = 2\ndefault_lifetime = \"1s\"").await;
+    let server = p.addr("turn");
+
+    // MESSAGE-INTEGRITY-SHA256: accepted, and the answer is signed the same way.
+    let mut c = TurnClient::udp(server, "alice", "wonderland").await;
+    c.algorithm = pylon_testkit::turn::Integrity::Sha256;
+    let a = c.allocate().await;
+    assert!(
+        a.success && a.verifies("alice", "wonderland", "pylon.test"),
+        "{a:?}"
+    );
+    let relayed = a.relayed().unwrap();
+
+    // IPv6 asked of an IPv4 relay: 440 (after the challenge).
+    let mut six = TurnClient::udp(server, "carol", "caroline").await;
+    let v6 = six
+        .signed(turn_types::message::ALLOCATE, &|_| ipv6_allocate())
+        .await;
+    assert_eq!(v6.code, Some(440), "{v6:?}");
+
+    // 1 KiB/s: of 20 datagrams of 200 bytes sent at once, about five pass.
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    assert!(c.permit(peer_addr).await.success);
+    for _ in 0..20 {
+        c.send_to(peer_addr, &[7u8; 200]).await;
+    }
+    let mut passed = 0;
+    let mut buf = [0u8; 1500];
+    while tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf))
+        .await
+        .is_ok()
+    {
+        passed += 1;
+    }
+    assert!(
+        (4..=6).contains(&passed),
+        "{passed} datagrams passed 1 KiB/s"
+    );
+    let m = p.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "pylon_turn_dropped_total{listener=\"turn\",reason=\"bandwidth\"}"
+        ) >= 14
+    );
+    let _ = relayed;
+
+    // Two unauthenticated answers a second (bursts of ten): a flood of Bindings from one
+    // address is mostly dropped unanswered.
+    let mut flood = TurnClient::udp(server, "x", "y").await;
+    for _ in 0..40 {
+        flood.send_raw(&binding_request()).await;
+    }
+    let mut answered = 0;
+    while flood.recv(Duration::from_millis(300)).await.is_some() {
+        answered += 1;
+    }
+    assert!(answered < 20, "{answered} of 40 answered");
+    assert!(
+        metric(
+            &p.metrics().await,
+            "pylon_turn_dropped_total{listener=\"turn\",reason=\"rate_limited\"}"
+        ) >= 20
+    );
+
+    // A one-second lifetime: the allocation expires, and its line says so.
+    assert_eq!(c.refresh(1).await.lifetime(), Some(1));
+    let line = log_line(&log, &["\"end\":\"expired\"", "alice"]).await;
+    assert!(line.contains(&relayed.to_string()), "{line}");
+}
+
+fn binding_request() -> Vec<u8> {
+    use turn_types::stun::message::{
+        BINDING, Message, MessageWrite, MessageWriteExt, MessageWriteVec,
+    };
+    let mut m = Message::builder_request(BINDING, MessageWriteVec::new());
+    m.add_fingerprint().unwrap();
+    m.finish()
+}
+
+#[tokio::test]
+async fn ipv6_relays_for_clients_that_ask_for_them() {
+    let dir = temp_dir();
+    let text = config(&dir, "", "allowed_peers = [\"::1/128\"]").replace(
+        "bind = \"127.0.0.1:0\"\nprotocol = \"turn\"",
+        "bind = \"[::1]:0\"\nprotocol = \"turn\"",
+    );
+    let p = TestProxy::start(&text).await;
+    let server = p.addr("turn");
+    assert!(server.is_ipv6());
+    let mut c = TurnClient::udp(server, "alice", "wonderland").await;
+    // Without REQUESTED-ADDRESS-FAMILY the relay would be IPv4, which this one is not.
+    assert_eq!(c.allocate().await.code, Some(440));
+    let a = c
+        .signed(turn_types::message::ALLOCATE, &|_| ipv6_allocate())
+        .await;
+    assert!(a.success, "{a:?}");
+    let relayed = a.relayed().unwrap();
+    assert_eq!(relayed.ip().to_string(), "::1");
+    let peer = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    // An IPv4 peer on an IPv6 relay: 443.
+    assert_eq!(
+        c.permit("127.0.0.1:9".parse().unwrap()).await.code,
+        Some(443)
+    );
+    assert!(c.permit(peer_addr).await.success);
+    c.send_to(peer_addr, b"over six").await;
+    let mut buf = [0u8; 100];
+    let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+    assert_eq!((&buf[..n], from), (&b"over six"[..], relayed));
+}
+
+/// An Allocate's attributes asking for an IPv6 relay.
+fn ipv6_allocate() -> pylon_testkit::turn::Attrs {
+    vec![
+        Box::new(turn_types::attribute::RequestedTransport::new(17)),
+        Box::new(turn_types::attribute::RequestedAddressFamily::new(
+            turn_types::stun::AddressFamily::IPV6,
+        )),
+    ]
+}
+
+/// The TURN listener of [`config`] with `extra`, logging to a file: Pylon and the file.
+async fn start_logged(extra: &str) -> (TestProxy, std::path::PathBuf) {
+    let dir = temp_dir();
+    let log = dir.join("access.log");
+    let top = format!("access_log = {{ path = \"{}\" }}", log.display());
+    (TestProxy::start(&config(&dir, &top, extra)).await, log)
+}
+
+/// The first access-log line holding every one of `needles`, once written.
+async fn log_line(log: &std::path::Path, needles: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return l.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needles:?} in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use turn_types::message::DATA;
@@ -44,6 +44,14 @@ impl ClientLink {
         match self {
             ClientLink::Udp(s, to) => s.try_send_to(&data, *to).is_ok(),
             ClientLink::Tcp(tx) => tx.try_send(data).is_ok(),
+        }
+    }
+
+    /// The same for bytes in a buffer of the caller's.
+    pub fn send_slice(&self, data: &[u8]) -> bool {
+        match self {
+            ClientLink::Udp(s, to) => s.try_send_to(data, *to).is_ok(),
+            ClientLink::Tcp(tx) => tx.try_send(Bytes::copy_from_slice(data)).is_ok(),
         }
     }
 
@@ -277,15 +285,41 @@ impl Allocation {
 
     /// Relays `data` from the client to `peer` (a Send indication), when permitted.
     pub fn send_to_peer(&self, peer: SocketAddr, data: &[u8]) {
-        {
+        if self.admit_up(&mut lock(&self.state), peer, data.len()) {
+            self.relay_up(peer, data);
+        }
+    }
+
+    /// Relays ChannelData from the client to its channel's peer (one look at the
+    /// state for the channel and the permission).
+    pub fn send_on_channel(&self, channel: u16, data: &[u8]) {
+        let peer = {
             let mut s = lock(&self.state);
-            if !self.passes(&mut s, peer.ip(), data.len(), true) {
+            let Some((peer, _)) = s.channels.get(&channel) else {
+                self.stats.dropped(Dropped::NoAllocation);
+                return;
+            };
+            let peer = *peer;
+            if !self.admit_up(&mut s, peer, data.len()) {
                 return;
             }
-            if s.peers.len() < LOGGED_PEERS {
-                s.peers.insert(peer);
-            }
+            peer
+        };
+        self.relay_up(peer, data);
+    }
+
+    /// Whether `n` bytes may go to `peer` now (noting the peer for the log line).
+    fn admit_up(&self, s: &mut State, peer: SocketAddr, n: usize) -> bool {
+        if !self.passes(s, peer.ip(), n, true) {
+            return false;
         }
+        if s.peers.len() < LOGGED_PEERS {
+            s.peers.insert(peer);
+        }
+        true
+    }
+
+    fn relay_up(&self, peer: SocketAddr, data: &[u8]) {
         if self.relay.try_send_to(data, peer).is_ok() {
             let n = data.len() as u64;
             self.bytes_up.fetch_add(n, Ordering::Relaxed);
@@ -295,35 +329,35 @@ impl Allocation {
         }
     }
 
-    /// Relays ChannelData from the client to its channel's peer.
-    pub fn send_on_channel(&self, channel: u16, data: &[u8]) {
-        let peer = {
-            let s = lock(&self.state);
-            match s.channels.get(&channel) {
-                Some((p, _)) => *p,
-                None => {
-                    self.stats.dropped(Dropped::NoAllocation);
-                    return;
-                }
-            }
-        };
-        self.send_to_peer(peer, data);
-    }
-
-    /// What the client gets for `data` from `peer`: ChannelData on its channel, else a
-    /// Data indication; `None` without a permission or over the bandwidth.
-    fn for_client(&self, peer: SocketAddr, data: &[u8]) -> Option<Bytes> {
+    /// Sends the `n` bytes from `peer` at `buf[4..]` to the client: as ChannelData on
+    /// its channel, its header written in the 4 bytes before the data (no copy), else
+    /// as a Data indication. False without a permission or over the bandwidth.
+    fn deliver(&self, peer: SocketAddr, buf: &mut [u8], n: usize) -> bool {
         let channel = {
             let mut s = lock(&self.state);
-            if !self.passes(&mut s, peer.ip(), data.len(), false) {
-                return None;
+            if !self.passes(&mut s, peer.ip(), n, false) {
+                return false;
             }
             s.by_peer.get(&peer).copied()
         };
-        Some(match channel {
-            Some(c) => channel_data(c, data, self.link.is_tcp()),
-            None => data_indication(peer, data)?,
-        })
+        match channel {
+            Some(c) => {
+                // Over TCP, padded to 4 bytes (the buffer has room past the data).
+                let pad = if self.link.is_tcp() {
+                    (4 - n % 4) % 4
+                } else {
+                    0
+                };
+                let Ok(len) = u16::try_from(n) else {
+                    return false;
+                };
+                buf[..2].copy_from_slice(&c.to_be_bytes());
+                buf[2..4].copy_from_slice(&len.to_be_bytes());
+                buf[4 + n..4 + n + pad].fill(0);
+                self.link.send_slice(&buf[..4 + n + pad])
+            }
+            None => data_indication(peer, &buf[4..4 + n]).is_some_and(|d| self.link.send(d)),
+        }
     }
 
     /// The access-log line for its end.
@@ -349,17 +383,6 @@ impl Allocation {
     }
 }
 
-/// A ChannelData message (RFC 8656 §12.4), padded to 4 bytes over TCP.
-pub fn channel_data(channel: u16, data: &[u8], pad: bool) -> Bytes {
-    let padding = if pad { (4 - data.len() % 4) % 4 } else { 0 };
-    let mut out = BytesMut::with_capacity(4 + data.len() + padding);
-    out.put_u16(channel);
-    out.put_u16(data.len() as u16);
-    out.put_slice(data);
-    out.put_bytes(0, padding);
-    out.freeze()
-}
-
 /// A Data indication carrying `data` from `peer`.
 fn data_indication(peer: SocketAddr, data: &[u8]) -> Option<Bytes> {
     let mut m = Message::builder_indication(DATA, MessageWriteVec::with_capacity(data.len() + 48));
@@ -376,11 +399,12 @@ fn add(m: &mut MessageWriteVec, a: &dyn AttributeWrite) -> Option<()> {
     m.add_attribute(a).ok()
 }
 
-/// Reads the relayed socket until the allocation ends.
+/// Reads the relayed socket until the allocation ends: each datagram is read 4 bytes
+/// into the buffer, where a ChannelData header can go in front of it.
 async fn relay_from_peers(a: Arc<Allocation>) {
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; 4 + 65_536 + 4];
     loop {
-        let (n, peer) = match a.relay.recv_from(&mut buf).await {
+        let (n, peer) = match a.relay.recv_from(&mut buf[4..4 + 65_536]).await {
             Ok(r) => r,
             // ICMP errors of earlier sends surface here; the socket goes on.
             Err(_) => {
@@ -388,11 +412,7 @@ async fn relay_from_peers(a: Arc<Allocation>) {
                 continue;
             }
         };
-        let data = &buf[..n];
-        let Some(out) = a.for_client(peer, data) else {
-            continue;
-        };
-        if a.link.send(out) {
+        if a.deliver(peer, &mut buf, n) {
             let n = n as u64;
             a.bytes_down.fetch_add(n, Ordering::Relaxed);
             a.packets_down.fetch_add(1, Ordering::Relaxed);
