@@ -11,8 +11,9 @@
 //! split at `/` first, then each segment percent-decoded; `..`, an encoded `/` or `\`,
 //! NUL and non-UTF-8 segments are refused (400 `path_refused`); and, unless
 //! `follow_symlinks`, the real path (symbolic links resolved) must stay inside the
-//! root (else 403 `file_forbidden`). Written here because the rules are the point: no
-//! crate states them for a reverse proxy's root.
+//! root (else 403 `file_forbidden`), which `openat2(2)` with `RESOLVE_BENEATH` checks
+//! as it opens the file (no separate `realpath`). Written here because the rules are the
+//! point: no crate states them for a reverse proxy's root.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -83,35 +84,31 @@ fn find(
     accept: &http::HeaderMap,
     ranged: bool,
 ) -> Result<Found, ErrorKind> {
-    // The root was resolved when the configuration was loaded.
-    let root = &f.root;
-    let inside = |p: &Path| -> Result<std::fs::Metadata, ErrorKind> {
-        let real = std::fs::canonicalize(p).map_err(not_found)?;
-        if !f.follow_symlinks && !real.starts_with(root) {
-            return Err(ErrorKind::FileForbidden);
-        }
-        std::fs::metadata(&real).map_err(not_found)
+    // The root itself is `.` (an empty path names nothing).
+    let mut rel: PathBuf = if segments.is_empty() {
+        PathBuf::from(".")
+    } else {
+        segments.iter().collect()
     };
-    let mut path = f.root.clone();
-    path.extend(segments);
-    let mut meta = inside(&path)?;
+    let (mut file, mut meta) = open_in(f, &rel)?;
     if meta.is_dir() {
         if !trailing_slash {
             return Ok(Found::Slash);
         }
         let index = f.index.iter().find_map(|name| {
-            let candidate = path.join(name);
-            inside(&candidate)
+            let candidate = rel.join(name);
+            open_in(f, &candidate)
                 .ok()
-                .filter(std::fs::Metadata::is_file)
-                .map(|m| (candidate, m))
+                .filter(|(_, m)| m.is_file())
+                .map(|(file, m)| (candidate, file, m))
         });
         match index {
-            Some((p, m)) => {
-                path = p;
+            Some((p, fi, m)) => {
+                rel = p;
+                file = fi;
                 meta = m;
             }
-            None if f.browse => return Ok(Found::Listing(path)),
+            None if f.browse => return Ok(Found::Listing(f.root.join(&rel))),
             None => return Err(ErrorKind::FileForbidden),
         }
     }
@@ -124,14 +121,13 @@ fn find(
     let mut siblings = Vec::new();
     if f.precompressed && wanted.is_some() {
         for (coding, ext) in [("br", "br"), ("zstd", "zst"), ("gzip", "gz")] {
-            let mut name = path.as_os_str().to_owned();
+            let mut name = rel.as_os_str().to_owned();
             name.push(".");
             name.push(ext);
-            let sibling = PathBuf::from(name);
-            if let Ok(m) = inside(&sibling)
+            if let Ok((fi, m)) = open_in(f, Path::new(&name))
                 && m.is_file()
             {
-                siblings.push((coding, sibling, m));
+                siblings.push((coding, fi, m));
             }
         }
     }
@@ -144,20 +140,20 @@ fn find(
         super::filters::compression::negotiate_tokens(accept, &codings)
             .and_then(|c| siblings.into_iter().find(|(s, _, _)| *s == c))
     };
-    let (coding, served, len) = match &chosen {
-        Some((c, p, m)) => (Some(*c), p.as_path(), m.len()),
-        None => (None, path.as_path(), meta.len()),
+    let (coding, mut file, len) = match chosen {
+        Some((c, fi, m)) => (Some(c), fi, m.len()),
+        None => {
+            let len = meta.len();
+            (None, file, len)
+        }
     };
-    let mut file = std::fs::File::open(served).map_err(not_found)?;
     let content = if len <= SMALL {
-        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        std::io::Read::read_to_end(&mut file, &mut buf).map_err(not_found)?;
-        Some(Bytes::from(buf))
+        Some(read_small(&mut file, len).map_err(not_found)?)
     } else {
         None
     };
     Ok(Found::File(Box::new(FoundFile {
-        path,
+        path: f.root.join(&rel),
         meta,
         varies,
         coding,
@@ -165,6 +161,90 @@ fn find(
         len,
         content,
     })))
+}
+
+/// A small file's bytes, read whole (`len` of them at most: a file that grew is served
+/// at the length it had).
+fn read_small(file: &mut std::fs::File, len: u64) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match std::io::Read::read(file, &mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
+/// Opens `rel` under the root: with `openat2(2)` from the root's descriptor, which
+/// refuses (`RESOLVE_BENEATH`) a path whose symbolic links lead out of the root, in one
+/// system call; what it refuses (escapes, and absolute links, even inside), and every
+/// path where the kernel lacks it (before Linux 5.6), by resolving the real path and
+/// checking it.
+fn open_in(f: &FilesAction, rel: &Path) -> Result<(std::fs::File, std::fs::Metadata), ErrorKind> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let opened = root_fd(&f.root).and_then(|root| {
+        let resolve = if f.follow_symlinks {
+            ResolveFlag::RESOLVE_NO_MAGICLINKS
+        } else {
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+            .resolve(resolve);
+        nix::fcntl::openat2(&*root, rel, how).map_err(std::io::Error::from)
+    });
+    let file = match opened {
+        Ok(fd) => std::fs::File::from(fd),
+        // EXDEV: a link leaves the root, or is absolute (which RESOLVE_BENEATH refuses
+        // even when it points inside); ENOSYS: no openat2. The real path decides.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS)) => {
+            let real = std::fs::canonicalize(f.root.join(rel)).map_err(not_found)?;
+            if !f.follow_symlinks && !real.starts_with(&f.root) {
+                return Err(ErrorKind::FileForbidden);
+            }
+            std::fs::File::open(&real).map_err(not_found)?
+        }
+        Err(e) => return Err(not_found(e)),
+    };
+    let meta = file.metadata().map_err(not_found)?;
+    Ok((file, meta))
+}
+
+/// The root directory's descriptor (`O_PATH`), kept by each worker thread for a second:
+/// a directory renamed into the root's place is served within a second, as it would
+/// be by path.
+fn root_fd(root: &Path) -> std::io::Result<std::rc::Rc<std::os::fd::OwnedFd>> {
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use std::time::Instant;
+    type Roots = HashMap<PathBuf, (Rc<std::os::fd::OwnedFd>, Instant)>;
+    thread_local! {
+        static ROOTS: std::cell::RefCell<Roots> = std::cell::RefCell::new(HashMap::new());
+    }
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(1);
+    ROOTS.with(|roots| {
+        let mut roots = roots.borrow_mut();
+        let now = Instant::now();
+        if let Some((fd, at)) = roots.get(root)
+            && now.duration_since(*at) < KEEP
+        {
+            return Ok(Rc::clone(fd));
+        }
+        let fd = Rc::new(nix::fcntl::open(
+            root,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?);
+        // Roots of configurations gone are forgotten as they expire.
+        roots.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
+        roots.insert(root.to_path_buf(), (Rc::clone(&fd), now));
+        Ok(fd)
+    })
 }
 
 /// The answer for `req` from the directory of `f`.
