@@ -180,3 +180,62 @@ endpoints = ["{}"]
     assert!(header(&a, "x-tls").ends_with("|m.test|http/1.1"));
     assert_eq!(header(&a, "x-peer"), "|");
 }
+
+#[tokio::test]
+async fn response_rules_apply_to_cache_hits_and_are_not_stored() {
+    let origin = Origin::start(|_req| async move {
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(full("cached body"))
+            .unwrap()
+    })
+    .await;
+    let p = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/"
+cluster = "c"
+cache = "z"
+response_headers = {{ set = {{ x-request = "{{request_id}}" }}, append = {{ x-trace = "edge" }} }}
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+
+[[caches]]
+name = "z"
+"#,
+        origin.addr
+    ))
+    .await;
+    let get = |id: &'static str| {
+        Request::get("/doc")
+            .header("host", "a.test")
+            .header("x-request-id", id)
+            .body(empty())
+            .unwrap()
+    };
+    let miss = send_h1(p.addr("front"), get("first")).await;
+    assert!(
+        miss.header("cache-status").unwrap_or("").contains("miss"),
+        "{miss:?}"
+    );
+    assert_eq!(miss.header("x-request"), Some("first"));
+    let hit = send_h1(p.addr("front"), get("second")).await;
+    assert!(
+        hit.header("cache-status").unwrap_or("").contains("hit"),
+        "{hit:?}"
+    );
+    assert_eq!(hit.text(), "cached body");
+    // The rules ran for this request, on the stored answer, which did not keep the
+    // first request's values.
+    assert_eq!(hit.header("x-request"), Some("second"));
+    assert_eq!(hit.headers.get_all("x-trace").iter().count(), 1);
+}

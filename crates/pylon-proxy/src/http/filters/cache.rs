@@ -234,6 +234,7 @@ impl CacheFilter {
             }
         };
         self.mark(resp.headers_mut(), member);
+        resp.extensions_mut().insert(super::StoredAnswer);
         resp
     }
 
@@ -267,6 +268,7 @@ impl CacheFilter {
             }
         };
         self.mark(resp.headers_mut(), member);
+        resp.extensions_mut().insert(super::StoredAnswer);
         resp
     }
 

@@ -120,7 +120,17 @@ pub trait Filter: Send + Sync {
     /// A proxy-made error answer to this request, after phase 3 ran; `state` is what the
     /// filters left in [`FilterCtx::state`].
     fn error_answer(&self, _resp: &mut Response<ResponseBody>, _state: &http::Extensions) {}
+
+    /// Phase 5, last: the head of an upstream's answer once every filter's `response`
+    /// ran (the cache has stored what the upstream sent, or put its stored answer in
+    /// its place), and of a cache hit in phase 3. Header rules apply here, so that
+    /// stored answers get them as fresh ones do, and are not stored with them.
+    fn finish_head(&self, _resp: &mut Response<ResponseBody>, _cx: &mut FilterCtx<'_>) {}
 }
+
+/// Marks an answer the cache made from what it stored.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredAnswer;
 
 /// Where a filter would sit: a route of a listener, and what the runtime built for
 /// filters to use (cache zones).
@@ -209,13 +219,25 @@ impl FilterChain {
             }
         }
         for f in self.0.iter() {
-            if let Some(wait) = f.lookup(req, cx)
-                && let Some(answer) = wait.await?
-            {
+            let Some(wait) = f.lookup(req, cx) else {
+                continue;
+            };
+            if let Some(mut answer) = wait.await? {
+                // A cache hit: an upstream's answer, stored.
+                if answer.extensions().get::<StoredAnswer>().is_some() {
+                    self.finish_head(&mut answer, cx);
+                }
                 return Ok(Some(answer));
             }
         }
         Ok(None)
+    }
+
+    /// [`Filter::finish_head`] for every filter.
+    fn finish_head(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
+        for f in self.0.iter() {
+            f.finish_head(resp, cx);
+        }
     }
 
     pub fn upstream_head(&self, head: &mut Parts, cx: &mut FilterCtx<'_>) {
@@ -239,6 +261,7 @@ impl FilterChain {
         for f in self.0.iter() {
             f.response(resp, cx);
         }
+        self.finish_head(resp, cx);
     }
 
     pub fn error_answer(&self, resp: &mut Response<ResponseBody>, state: &http::Extensions) {

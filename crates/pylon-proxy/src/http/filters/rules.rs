@@ -475,7 +475,7 @@ impl Filter for Rules {
         self.request.apply(&mut head.headers, cx, &at);
     }
 
-    fn response(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
+    fn finish_head(&self, resp: &mut Response<ResponseBody>, cx: &mut FilterCtx<'_>) {
         let cx: &FilterCtx<'_> = cx;
         self.response.apply(resp.headers_mut(), cx, &self.at(cx));
     }
