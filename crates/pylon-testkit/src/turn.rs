@@ -77,6 +77,12 @@ impl StunAnswer {
             .map(|l| l.seconds())
     }
 
+    /// Whether it carries an attribute of this type.
+    pub fn has(&self, attribute: u16) -> bool {
+        self.message()
+            .has_attribute(turn_types::stun::attribute::AttributeType::new(attribute))
+    }
+
     pub fn has_integrity(&self) -> bool {
         self.message().has_attribute(
             <MessageIntegrity as turn_types::stun::prelude::AttributeStaticType>::TYPE,

@@ -328,7 +328,7 @@ async fn wrong_expired_and_stale_credentials_and_quotas_are_refused() {
         ) >= 1
     );
 
-    // One allocation per user: the second, over TCP, reaches the quota.
+    // One allocation per user: the second, over TCP, reaches the quota (486).
     let mut first = TurnClient::udp(server, "alice", "wonderland").await;
     assert!(first.allocate().await.success);
     let mut second = TurnClient::tcp(server, "alice", "wonderland").await;
@@ -438,6 +438,24 @@ async fn malformed_messages_are_dropped_and_binding_works_over_tcp() {
     let b = c.binding().await.expect("a Binding answer after the junk");
     assert!(b.success);
     assert_eq!(b.xor_mapped(), Some(c.local_addr()));
+    // A small request gets a small answer: no SOFTWARE (0x8022), no RESPONSE-ORIGIN
+    // (0x802B); one as large as the full answer gets both.
+    assert!(!b.has(0x8022) && !b.has(0x802B), "{b:?}");
+    let big = {
+        use turn_types::stun::message::{
+            BINDING, Message, MessageWrite, MessageWriteExt, MessageWriteVec,
+        };
+        let mut m = Message::builder_request(BINDING, MessageWriteVec::new());
+        m.add_attribute(&turn_types::stun::attribute::Software::new(&"x".repeat(48)).unwrap())
+            .unwrap();
+        m.add_fingerprint().unwrap();
+        m.finish()
+    };
+    let full = c.request(big).await.unwrap();
+    assert!(
+        full.success && full.has(0x8022) && full.has(0x802B),
+        "{full:?}"
+    );
     let mut t = TurnClient::tcp(server, "alice", "wonderland").await;
     let b = t.binding().await.unwrap();
     assert_eq!(b.xor_mapped(), Some(t.local_addr()));
@@ -723,4 +741,29 @@ async fn log_line(log: &std::path::Path, needles: &[&str]) -> String {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn the_listener_wide_allocation_quota_holds() {
+    let dir = temp_dir();
+    let p = TestProxy::start(&config(&dir, "", "max_allocations = 2")).await;
+    let server = p.addr("turn");
+    let mut held = Vec::new();
+    for user in [("alice", "wonderland"), ("carol", "caroline")] {
+        let mut c = TurnClient::udp(server, user.0, user.1).await;
+        assert!(c.allocate().await.success);
+        held.push(c);
+    }
+    let mut third = TurnClient::udp(server, "alice", "wonderland").await;
+    assert_eq!(third.allocate().await.code, Some(486));
+    assert_eq!(
+        metric(
+            &p.metrics().await,
+            "pylon_turn_allocations_refused_total{listener=\"turn\"}"
+        ),
+        1
+    );
+    // One deleted: room again.
+    assert!(held[0].refresh(0).await.success);
+    assert!(third.allocate().await.success);
 }
