@@ -283,6 +283,11 @@ impl Proxy {
         self.bound.load_full()
     }
 
+    /// Reopens the access log's file at its path (SIGUSR1: after logrotate moved it).
+    pub fn reopen_logs(&self) {
+        self.shared.logger.reopen();
+    }
+
     /// `/metrics`: everything, as OpenMetrics text.
     pub fn render_metrics(&self) -> String {
         observe::exposition::render(observe::exposition::Exposition {

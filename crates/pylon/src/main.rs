@@ -510,6 +510,7 @@ struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -519,12 +520,14 @@ impl StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 }
 
 /// Waits for SIGTERM or SIGINT, or for a new process to have taken over the sockets;
-/// SIGHUP meanwhile reloads the config file (and every certificate).
+/// SIGHUP meanwhile reloads the config file (and every certificate), SIGUSR1 reopens
+/// the access log's file (after logrotate moved it).
 async fn wait_for_stop(
     proxy: &Arc<Proxy>,
     signals: StopSignals,
@@ -534,6 +537,7 @@ async fn wait_for_stop(
         mut term,
         mut int,
         mut hup,
+        mut usr1,
     } = signals;
     loop {
         tokio::select! {
@@ -542,6 +546,10 @@ async fn wait_for_stop(
             Ok(()) = &mut handed_over => {
                 tracing::info!("a new Pylon serves on our sockets");
                 return Ok(());
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1 received: reopening the access log");
+                proxy.reopen_logs();
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");

@@ -234,6 +234,8 @@ async fn access_log_has_one_json_line_per_request() {
     let req = Request::post("/up?x=1")
         .header("host", "site.test")
         .header("x-request-id", "abc123")
+        .header("user-agent", "curl/8.0")
+        .header("referer", "https://site.test/form")
         .body(body("12345"))
         .unwrap();
     assert_eq!(send_h1(addr, req).await.text(), "o");
@@ -266,9 +268,35 @@ async fn access_log_has_one_json_line_per_request() {
     assert!(ok["error"].is_null());
     assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(ok["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(ok["user_agent"], "curl/8.0");
+    assert_eq!(ok["referer"], "https://site.test/form");
+    assert!(ok["grpc_status"].is_null());
     let err: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(err["status"], 414);
     assert_eq!(err["error"], "uri_too_long");
+    assert!(err["user_agent"].is_null());
+
+    // logrotate: the file moved away keeps its lines; after SIGUSR1 new ones go to a
+    // new file at the configured path.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    p.signal(libc::SIGUSR1);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert_eq!(get(addr, "/after").await.status.as_u16(), 200);
+        let fresh = std::fs::read_to_string(&log).unwrap_or_default();
+        if fresh.contains("\"/after\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new access log at {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("\"/up?x=1\""), "{old}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,7 +54,8 @@ async fn grpc_origin() -> Origin {
             _ => {}
         }
         let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", "0".parse().unwrap());
+        let status = if path == "/test.Echo/Fail" { "5" } else { "0" };
+        trailers.insert("grpc-status", status.parse().unwrap());
         trailers.insert("x-trailer-meta", "from-the-trailers".parse().unwrap());
         let frames = out
             .into_iter()
@@ -719,4 +720,56 @@ async fn calls_on_one_client_connection_spread_across_endpoints() {
     assert_eq!(a.request_count() + b.request_count(), 20);
     assert_eq!(a.request_count(), 10, "round robin, call by call");
     assert_eq!(b.request_count(), 10, "round robin, call by call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_says_each_calls_grpc_status() {
+    let origin = grpc_origin().await;
+    let log = temp_dir().join("grpc-access.log");
+    let cfg = config(origin.addr, "").replace(
+        "[access_log]\nenabled = false",
+        &format!("[access_log]\npath = \"{}\"", log.display()),
+    );
+    let p = TestProxy::start(&cfg).await;
+    assert_eq!(
+        call(p.addr("front"), "/test.Echo/Say", b"x", None)
+            .await
+            .status(),
+        Some(0)
+    );
+    assert_eq!(
+        call(p.addr("front"), "/test.Echo/Fail", b"x", None)
+            .await
+            .status(),
+        Some(5)
+    );
+    // Trailers-only, made by Pylon: UNIMPLEMENTED in the head.
+    assert_eq!(
+        call(p.addr("front"), "/other.S/M", b"x", None)
+            .await
+            .status(),
+        Some(12)
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 3 {
+            break lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .map(|l| (l["status"].clone(), l["grpc_status"].clone()))
+    };
+    assert_eq!(status("/test.Echo/Say"), Some((200.into(), 0.into())));
+    assert_eq!(status("/test.Echo/Fail"), Some((200.into(), 5.into())));
+    assert_eq!(status("/other.S/M"), Some((200.into(), 12.into())));
 }

@@ -71,6 +71,13 @@ pub struct BodyEnd {
     pub bytes: u64,
     /// Cut by the HTTP/2 send stall guard (`send_timeout`).
     pub stalled: bool,
+    /// The `grpc-status` of its trailers.
+    pub grpc_status: Option<u16>,
+}
+
+/// A `grpc-status` field's value.
+pub fn grpc_status(h: &http::HeaderMap) -> Option<u16> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// A request body as the upstream phase holds it for its tries.
@@ -176,6 +183,8 @@ pub struct ResponseBody {
     progress: Option<Arc<StreamProgress>>,
     /// Kept as long as the body (a concurrency limit's slot).
     held: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The `grpc-status` its trailers carried.
+    grpc_status: Option<u16>,
 }
 
 impl ResponseBody {
@@ -191,6 +200,7 @@ impl ResponseBody {
             completion: None,
             progress: None,
             held: None,
+            grpc_status: None,
         }
     }
 
@@ -211,6 +221,7 @@ impl ResponseBody {
             completion: None,
             progress: None,
             held: None,
+            grpc_status: None,
         })
     }
 
@@ -225,6 +236,7 @@ impl ResponseBody {
             completion: None,
             progress: None,
             held: None,
+            grpc_status: None,
         }
     }
 
@@ -237,6 +249,7 @@ impl ResponseBody {
             completion: None,
             progress: None,
             held: None,
+            grpc_status: None,
         }
     }
 
@@ -324,6 +337,7 @@ impl ResponseBody {
                 complete,
                 bytes: self.sent,
                 stalled: self.progress.as_ref().is_some_and(|p| p.stalled()),
+                grpc_status: self.grpc_status,
             });
         }
     }
@@ -355,6 +369,8 @@ impl Body for ResponseBody {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    this.grpc_status = grpc_status(t);
                 }
                 if this.is_end_stream_inner() {
                     this.done(true);

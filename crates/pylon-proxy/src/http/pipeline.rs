@@ -128,6 +128,8 @@ pub(super) struct RequestLog {
     pub(super) error: Option<ErrorKind>,
     /// The forward-proxy user.
     pub(super) user: Option<Arc<str>>,
+    pub(super) user_agent: Option<String>,
+    pub(super) referer: Option<String>,
     /// A CONNECT tunnel takes the record, to write it when the tunnel ends.
     pub(super) tunnel: Option<TunnelLog>,
 }
@@ -151,6 +153,8 @@ impl RequestLog {
             request_id: None,
             error: None,
             user: None,
+            user_agent: None,
+            referer: None,
             tunnel: None,
         }
     }
@@ -180,6 +184,9 @@ impl RequestLog {
             client_cert: ctx.client_cert.as_ref().map(|c| c.subject.clone()),
             user: self.user.take(),
             error: self.error.map(ErrorKind::as_str),
+            user_agent: self.user_agent.take(),
+            referer: self.referer.take(),
+            grpc_status: None,
         }
     }
 }
@@ -244,6 +251,13 @@ pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<Res
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        let text = |name| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        ex.log.user_agent = text(header::USER_AGENT);
+        ex.log.referer = text(header::REFERER);
     }
     // A gRPC client gets proxy-made errors as gRPC statuses (a browser's gRPC-Web call
     // with the CORS headers that let its page read them).
@@ -542,10 +556,9 @@ fn finish(
         resp.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
     }
     let mut log = ctx.shared.logger.enabled().then(|| {
-        (
-            ctx.shared.logger.clone(),
-            Box::new(ex.log.record(ctx, status)),
-        )
+        let mut record = Box::new(ex.log.record(ctx, status));
+        record.grpc_status = super::body::grpc_status(resp.headers());
+        (ctx.shared.logger.clone(), record)
     });
     // A tunnel writes its line when it ends.
     if let Some(tunnel) = &ex.log.tunnel
@@ -611,6 +624,7 @@ impl Completion for ExchangeEnd {
             complete,
             bytes,
             stalled,
+            grpc_status,
         } = end;
         let this = *self;
         if let Some(s) = &this.stats {
@@ -634,6 +648,9 @@ impl Completion for ExchangeEnd {
                 record.error = Some(kind.as_str());
             }
             record.bytes_out = bytes;
+            if grpc_status.is_some() {
+                record.grpc_status = grpc_status;
+            }
             record.bytes_in = this.meter.map_or(0, |m| m.bytes.load(Ordering::Relaxed));
             record.duration_ms = millis(this.start.elapsed());
             if !complete && record.error.is_none() {

@@ -42,6 +42,10 @@ pub struct AccessRecord {
     /// The forward-proxy user who authenticated.
     pub user: Option<Arc<str>>,
     pub error: Option<&'static str>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    /// A gRPC call's status, from the answer's head (trailers-only) or its trailers.
+    pub grpc_status: Option<u16>,
 }
 
 /// One TURN allocation, logged when it ends.
@@ -91,30 +95,47 @@ pub fn millis(d: Duration) -> f64 {
 pub struct AccessLogger {
     tx: Option<SyncSender<Line>>,
     metrics: Arc<Metrics>,
+    /// Asks the writer to reopen its file before the next line.
+    reopen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AccessLogger {
     /// Starts the writer thread for `target` (none for `Off`).
     pub fn start(target: &AccessLogTarget, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Off => return Ok(AccessLogger { tx: None, metrics }),
+            AccessLogTarget::Off => {
+                return Ok(AccessLogger {
+                    tx: None,
+                    metrics,
+                    reopen,
+                });
+            }
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
             AccessLogTarget::Stderr => Box::new(std::io::stderr()),
-            AccessLogTarget::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            AccessLogTarget::File(path) => Box::new(open(path.as_ref())?),
+        };
+        let path = match target {
+            AccessLogTarget::File(p) => Some(std::path::PathBuf::from(p)),
+            _ => None,
         };
         let (tx, rx) = sync_channel(QUEUE);
+        let asked = Arc::clone(&reopen);
         std::thread::Builder::new()
             .name("pylon-access-log".into())
-            .spawn(move || write_loop(rx, out))?;
+            .spawn(move || write_loop(rx, out, path, &asked))?;
         Ok(AccessLogger {
             tx: Some(tx),
             metrics,
+            reopen,
         })
+    }
+
+    /// Reopens the file at its path before the next line (a file moved away by
+    /// logrotate keeps what was written to it; new lines go to a new file).
+    pub fn reopen(&self) {
+        self.reopen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn enabled(&self) -> bool {
@@ -146,9 +167,30 @@ impl AccessLogger {
     }
 }
 
-fn write_loop(rx: Receiver<Line>, out: Box<dyn Write + Send>) {
+fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn write_loop(
+    rx: Receiver<Line>,
+    out: Box<dyn Write + Send>,
+    path: Option<std::path::PathBuf>,
+    reopen: &std::sync::atomic::AtomicBool,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(first) = rx.recv() {
+        if reopen.swap(false, Ordering::Relaxed)
+            && let Some(p) = &path
+        {
+            let _ = out.flush();
+            match open(p) {
+                Ok(f) => out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f)),
+                Err(e) => eprintln!("cannot reopen the access log {}: {e}", p.display()),
+            }
+        }
         let mut next = Some(first);
         while let Some(r) = next {
             if serde_json::to_writer(&mut out, &r).is_ok() {
