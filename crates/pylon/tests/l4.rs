@@ -1,6 +1,6 @@
 //! Layer 4 end to end: TCP relays (curl through, half-close, endpoint failures), TLS
 //! passthrough by SNI (openssl s_client), TLS termination at L4, the PROXY protocol in
-//! both directions, and UDP sessions.
+//! both directions, UDP sessions, and the access-log line of each session.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1010,4 +1010,105 @@ async fn tls_passthrough_sends_unmatched_names_to_the_default_cluster() {
     let out = openssl_get(p.addr("l4"), "other.example", &ca_file).await;
     assert!(out.contains("/via-other.example"), "{out}");
     assert_eq!((a.request_count(), other.request_count()), (0, 1));
+}
+
+/// The access-log lines of `kind` in `log`, once there are `n`.
+async fn session_lines(log: &std::path::Path, kind: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == kind)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} lines in\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_sessions_each_log_one_line_when_they_end() {
+    let log = temp_dir().join("l4-access.log");
+    let origin = counting_origin().await;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let cfg = format!(
+        r#"
+access_log = {{ path = "{}" }}
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+
+[[listeners]]
+name = "dgram"
+bind = "127.0.0.1:0"
+protocol = "udp"
+cluster = "u"
+idle_timeout = "1s"
+
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+
+[[clusters]]
+name = "u"
+endpoints = ["{echo_addr}"]
+"#,
+        log.display(),
+        origin.addr
+    );
+    let p = TestProxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("l4")).await.unwrap();
+    let client = s.local_addr().unwrap();
+    s.write_all(&[1u8; 1000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 1000 bytes");
+    let tcp = &session_lines(&log, "tcp_session", 1).await[0];
+    assert_eq!(tcp["listener"], "l4");
+    assert_eq!(tcp["client"], client.to_string());
+    assert_eq!(tcp["cluster"], "c");
+    assert_eq!(tcp["upstream"], origin.addr.to_string());
+    assert_eq!(
+        (tcp["bytes_in"].as_u64(), tcp["bytes_out"].as_u64()),
+        (Some(1000), Some(14))
+    );
+    assert_eq!(tcp["end"], "closed");
+
+    let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..3 {
+        u.send_to(b"hello", p.addr("dgram")).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(DEADLINE, u.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"hello");
+    }
+    // The session idles out after a second, and says so.
+    let udp = &session_lines(&log, "udp_session", 1).await[0];
+    assert_eq!(udp["client"], u.local_addr().unwrap().to_string());
+    assert_eq!(udp["upstream"], echo_addr.to_string());
+    assert_eq!(
+        (udp["bytes_in"].as_u64(), udp["bytes_out"].as_u64()),
+        (Some(15), Some(15))
+    );
+    assert_eq!(udp["end"], "idle_timeout");
 }

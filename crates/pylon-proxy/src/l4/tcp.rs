@@ -268,6 +268,27 @@ impl Connection {
         if matches!(end, relay::RelayEnd::Error(_)) {
             lease.report(false);
         }
+        if self.shared.logger.enabled() {
+            let elapsed = started.elapsed();
+            self.shared
+                .logger
+                .log_session(Box::new(crate::observe::access_log::SessionRecord {
+                    time: crate::observe::access_log::SessionRecord::since(elapsed),
+                    kind: "tcp_session",
+                    listener: Arc::clone(&self.listener),
+                    client: self.client,
+                    cluster: Some(Arc::clone(&cluster.name)),
+                    upstream: Some(endpoint.address),
+                    bytes_in: up,
+                    bytes_out: down,
+                    duration_ms: crate::observe::access_log::millis(elapsed),
+                    end: if matches!(end, relay::RelayEnd::Error(_)) {
+                        "error"
+                    } else {
+                        end.as_str()
+                    },
+                }));
+        }
         if end.by_proxy() {
             // Closed by Pylon: a limit, a reload that removed the listener, or a stop.
             tracing::info!(

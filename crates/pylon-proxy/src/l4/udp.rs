@@ -34,6 +34,8 @@ struct Session {
     upstream: Arc<UdpSocket>,
     /// When the client last sent, in milliseconds since `EPOCH`.
     last_sent: Arc<AtomicU64>,
+    /// Bytes the client sent in this session.
+    bytes_in: Arc<AtomicU64>,
 }
 
 fn now_ms() -> u64 {
@@ -62,11 +64,12 @@ impl UdpProxyLoop {
             };
             let existing = lock(&sessions).get(&client).map(|s| {
                 s.last_sent.store(now_ms(), Ordering::Relaxed);
+                s.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 Arc::clone(&s.upstream)
             });
             let upstream = match existing {
                 Some(u) => u,
-                None => match self.open_session(client, &sessions).await {
+                None => match self.open_session(client, &sessions, n).await {
                     Some(u) => u,
                     None => {
                         self.shared
@@ -99,10 +102,12 @@ impl UdpProxyLoop {
         }
     }
 
+    /// A session for `client`, whose first datagram has `first` bytes.
     async fn open_session(
         &self,
         client: SocketAddr,
         sessions: &Sessions,
+        first: usize,
     ) -> Option<Arc<UdpSocket>> {
         let runtime = self.runtime.load_full();
         let lr = runtime.listener(&self.name)?;
@@ -135,11 +140,13 @@ impl UdpProxyLoop {
         }
         let upstream = Arc::new(upstream);
         let last_sent = Arc::new(AtomicU64::new(now_ms()));
+        let bytes_in = Arc::new(AtomicU64::new(first as u64));
         lock(sessions).insert(
             client,
             Session {
                 upstream: Arc::clone(&upstream),
                 last_sent: Arc::clone(&last_sent),
+                bytes_in: Arc::clone(&bytes_in),
             },
         );
         self.shared
@@ -158,6 +165,11 @@ impl UdpProxyLoop {
                 lease,
                 shared: Arc::clone(&self.shared),
                 end: crate::life::Ending::new(Some(&lr.life), &self.shared.stop),
+                log: SessionLog {
+                    listener: Arc::clone(&self.name),
+                    cluster: Arc::clone(&cluster.name),
+                    bytes_in,
+                },
             }
             .replies(),
         );
@@ -178,6 +190,14 @@ struct SessionTask {
     /// The listener's life: a reload that removes or changes the listener ends the
     /// session after the grace period.
     end: crate::life::Ending,
+    log: SessionLog,
+}
+
+/// What the session's access-log line needs.
+struct SessionLog {
+    listener: Arc<str>,
+    cluster: Arc<str>,
+    bytes_in: Arc<AtomicU64>,
 }
 
 impl SessionTask {
@@ -193,9 +213,13 @@ impl SessionTask {
             lease,
             shared,
             mut end,
+            log,
         } = self;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut last_reply = now_ms();
+        let started = std::time::Instant::now();
+        let mut bytes_out = 0u64;
+        let mut why = "idle_timeout";
         loop {
             // Wake when the session would expire if nothing moves either way.
             let last = last_reply.max(last_sent.load(Ordering::Relaxed));
@@ -208,6 +232,7 @@ impl SessionTask {
                 r = recv => r,
                 cause = end.ended() => {
                     tracing::info!(%client, endpoint = %lease.endpoint().address, reason = cause.as_str(), "udp session closed by the proxy");
+                    why = cause.as_str();
                     break;
                 }
             };
@@ -215,6 +240,7 @@ impl SessionTask {
                 Ok(Ok(n)) => {
                     last_reply = now_ms();
                     if listener.send_to(&buf[..n], client).await.is_ok() {
+                        bytes_out += n as u64;
                         shared
                             .metrics
                             .l4_bytes_sent
@@ -225,6 +251,7 @@ impl SessionTask {
                     // Connection refused (ICMP port unreachable): the endpoint is not there.
                     tracing::debug!(%client, endpoint = %lease.endpoint().address, error = %e, "udp upstream error");
                     lease.report(false);
+                    why = "error";
                     break;
                 }
                 // Re-checked at the top: the client may have sent meanwhile.
@@ -233,5 +260,21 @@ impl SessionTask {
         }
         lock(&sessions).remove(&client);
         tracing::debug!(%client, "udp session closed");
+        if shared.logger.enabled() {
+            use crate::observe::access_log::{SessionRecord, millis};
+            let elapsed = started.elapsed();
+            shared.logger.log_session(Box::new(SessionRecord {
+                time: SessionRecord::since(elapsed),
+                kind: "udp_session",
+                listener: log.listener,
+                client,
+                cluster: Some(log.cluster),
+                upstream: Some(lease.endpoint().address),
+                bytes_in: log.bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+                duration_ms: millis(elapsed),
+                end: why,
+            }));
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The access log: one JSON line per request (and one per TURN allocation, when it
-//! ends), written by a dedicated thread so the request path only hands over a record
+//! The access log: one JSON line per request (and one per TURN allocation and per Layer
+//! 4 session, when it ends), written by a dedicated thread so the request path only hands over a record
 //! (never blocks on I/O).
 
 use std::io::Write;
@@ -74,12 +74,44 @@ pub struct AllocationRecord {
     pub end: &'static str,
 }
 
-/// What the writer thread writes: a request's line or an allocation's.
+/// One Layer 4 session (a `tcp` listener's connection, a `udp` listener's session),
+/// logged when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    /// When it began.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// `"tcp_session"` or `"udp_session"`.
+    pub kind: &'static str,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub cluster: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    /// From the client, and to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    /// How it ended: `closed` (by the two sides), `idle_timeout`, `max_lifetime`,
+    /// `route_removed`, `drain_timeout`, `error`.
+    pub end: &'static str,
+}
+
+impl SessionRecord {
+    /// A session that began `elapsed` ago.
+    pub fn since(elapsed: Duration) -> SystemTime {
+        SystemTime::now()
+            .checked_sub(elapsed)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// What the writer thread writes: a request's line, an allocation's or a session's.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum Line {
     Request(Box<AccessRecord>),
     Allocation(Box<AllocationRecord>),
+    Session(Box<SessionRecord>),
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -151,6 +183,11 @@ impl AccessLogger {
     /// Queues a TURN allocation's line.
     pub fn log_allocation(&self, record: Box<AllocationRecord>) {
         self.send(Line::Allocation(record));
+    }
+
+    /// Queues a Layer 4 session's line.
+    pub fn log_session(&self, record: Box<SessionRecord>) {
+        self.send(Line::Session(record));
     }
 
     fn send(&self, line: Line) {
