@@ -320,3 +320,45 @@ async fn a_busy_tunnel_ends_at_its_maximum_lifetime() {
     .await;
     assert!(ended.is_ok(), "the tunnel was closed while busy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnels_access_log_line_is_written_when_it_ends_with_its_bytes() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let log = temp_dir().join("ws-access.log");
+    let cfg = config(origin.addr, "").replace(
+        "[access_log]\nenabled = false",
+        &format!("[access_log]\npath = \"{}\"", log.display()),
+    );
+    let p = TestProxy::start(&cfg).await;
+    for h2 in [false, true] {
+        let path = if h2 { "/over-h2" } else { "/over-h1" };
+        if h2 {
+            let mut ws = ws_connect_h2(p.addr("front"), path).await.unwrap();
+            ws.send(Message::text("x".repeat(1000))).await.unwrap();
+            assert!(next_message(&mut ws).await.is_some());
+            ws.close(None).await.unwrap();
+            while next_message(&mut ws).await.is_some() {}
+        } else {
+            let mut ws = ws_connect(p.addr("front"), path).await.unwrap();
+            ws.send(Message::text("x".repeat(1000))).await.unwrap();
+            assert!(next_message(&mut ws).await.is_some());
+            ws.close(None).await.unwrap();
+            while next_message(&mut ws).await.is_some() {}
+        }
+        let mut line = None;
+        eventually("the tunnel's line is written", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            line = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| v["path"] == path);
+            line.is_some()
+        })
+        .await;
+        let v = line.unwrap();
+        // Frames both ways: the 1,000-byte message and the close, masked from the client.
+        assert!(v["bytes_in"].as_u64().unwrap() > 1000, "{v}");
+        assert!(v["bytes_out"].as_u64().unwrap() > 1000, "{v}");
+        assert!(v["error"].is_null(), "{v}");
+    }
+}

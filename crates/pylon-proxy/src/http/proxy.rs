@@ -478,7 +478,13 @@ fn open_tunnel(
     ex: &mut Exchange,
 ) -> super::tunnel::Outcome {
     let ctx = call.conn;
+    // The request's access-log line is written when the tunnel ends, with its bytes
+    // (a refused handshake's answer goes back as a response, and takes the line back).
+    let log: super::pipeline::TunnelLog = Arc::default();
+    ex.log.tunnel = ctx.shared.logger.enabled().then(|| Arc::clone(&log));
     let tunnel = super::tunnel::Tunnel {
+        log,
+        logger: ctx.shared.logger.clone(),
         limits: super::tunnel::Tunnel::limits(call.action, &call.route.life, &ctx.shared.stop),
         conn: ctx.guard.clone(),
         route: Arc::clone(&call.route.name),
@@ -493,7 +499,11 @@ fn open_tunnel(
         // it lives.
         _pooled: pooled,
     };
-    ws.finish(resp, call.cluster.protocol, tunnel)
+    let outcome = ws.finish(resp, call.cluster.protocol, tunnel);
+    if !matches!(outcome, super::tunnel::Outcome::Tunnel(_)) {
+        ex.log.tunnel = None;
+    }
+    outcome
 }
 
 /// Methods a retry may repeat after the upstream may have seen them (RFC 9110 §9.2.2).

@@ -246,6 +246,9 @@ pub(super) struct Tunnel {
     pub client: std::net::SocketAddr,
     /// The upstream connection's hold: an HTTP/2 tunnel counts as one of its streams.
     pub _pooled: Option<crate::cluster::Pooled>,
+    /// Where the handshake's access-log line waits for the tunnel's end.
+    pub log: super::pipeline::TunnelLog,
+    pub logger: crate::observe::AccessLogger,
 }
 
 impl Tunnel {
@@ -262,6 +265,7 @@ impl Tunnel {
     }
 
     async fn run(self, client: ClientUpgrade, upstream: UpstreamSide) {
+        let started = std::time::Instant::now();
         let metrics = self.metrics;
         let activity = Activity::default();
         let (client, upstream) = match upstream {
@@ -273,6 +277,9 @@ impl Tunnel {
         };
         let (Some(client), Some(upstream)) = (client, upstream) else {
             tracing::debug!("websocket upgrade did not complete");
+            if let Some(r) = crate::lock(&self.log).take() {
+                self.logger.log(r);
+            }
             return;
         };
         let open = OpenTunnel::new(&metrics, &self.stats);
@@ -305,6 +312,20 @@ impl Tunnel {
                 end = end.as_str(),
                 "websocket tunnel closed"
             );
+        }
+        // The handshake's line, with the tunnel's bytes each way and its whole life.
+        if let Some(mut r) = crate::lock(&self.log).take() {
+            r.bytes_in = up;
+            r.bytes_out = down;
+            // From the request's arrival, as for every line.
+            let life = std::time::SystemTime::now()
+                .duration_since(r.time)
+                .unwrap_or(started.elapsed());
+            r.duration_ms = crate::observe::access_log::millis(life);
+            if !matches!(end, relay::RelayEnd::Closed) {
+                r.error = Some(end.as_str());
+            }
+            self.logger.log(r);
         }
         drop(self.in_flight);
         drop(self.conn);
