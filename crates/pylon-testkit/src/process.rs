@@ -19,8 +19,19 @@ pub struct PylonProcess {
 impl PylonProcess {
     /// Starts `bin` with `args` and waits until it has printed its listening addresses.
     pub fn start(bin: &str, args: &[&str], cwd: Option<&std::path::Path>) -> PylonProcess {
+        Self::start_env(bin, args, cwd, &[])
+    }
+
+    /// The same, with `env` added to its environment.
+    pub fn start_env(
+        bin: &str,
+        args: &[&str],
+        cwd: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> PylonProcess {
         let mut cmd = Command::new(bin);
         cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.envs(env.iter().copied());
         if let Some(d) = cwd {
             cmd.current_dir(d);
         }

@@ -1,6 +1,8 @@
 //! The `pylon` binary: command line, logging, signals. It only wires: the engine is
 //! `pylon-proxy`, the config model `pylon-config`.
 
+mod systemd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -374,6 +376,10 @@ async fn serve(
     if let Some(hint) = start_hint(&config, &proxy.bound()) {
         tracing::info!("try: {hint}");
     }
+    if upgrade {
+        systemd::main_pid();
+    }
+    systemd::ready(proxy.bound().len());
     if let Some(p) = &path {
         tokio::spawn(watch_file(Arc::clone(&proxy), p.clone()));
     }
@@ -395,6 +401,7 @@ async fn serve(
         });
     }
     wait_for_stop(&proxy, signals, handed_over).await?;
+    systemd::stopping();
     let drain_timeout = proxy.runtime().config.server.drain_timeout;
     tracing::info!(
         drain_timeout = ?drain_timeout,
@@ -553,14 +560,16 @@ async fn wait_for_stop(
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                if proxy.has_source() {
+                systemd::reloading();
+                let ok = if proxy.has_source() {
                     // Certificates are re-read as part of the reload (a refused one is
                     // logged there, once).
-                    let _ = proxy.reload_from_source().await;
+                    proxy.reload_from_source().await.is_ok()
                 } else {
                     // Without a file (embedded config), certificates are still re-read.
-                    proxy.reload_certificates().await;
-                }
+                    proxy.reload_certificates().await.is_empty()
+                };
+                systemd::reloaded(ok);
             }
         }
     }

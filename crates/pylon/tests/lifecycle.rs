@@ -428,3 +428,51 @@ respond = {{ body = "{body}" }}
     assert_eq!(again.get("localhost", "/").await.unwrap().text(), "new");
     drop(new);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_and_stopping() {
+    let origin = Origin::named("o").await;
+    let dir = temp_dir();
+    let file = dir.join("pylon.toml");
+    std::fs::write(&file, config(origin.addr, &dir, "v1", "")).unwrap();
+    // systemd's side: a datagram socket named by NOTIFY_SOCKET.
+    let sock_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let received = |want: &str| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == want) {
+                    return msg;
+                }
+                seen.push(msg);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {want} in {seen:?}"
+            );
+        }
+    };
+    let mut p = PylonProcess::start_env(
+        PYLON,
+        &["run", "-c", file.to_str().unwrap()],
+        None,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let ready = received("READY=1");
+    assert!(ready.contains("STATUS=serving"), "{ready}");
+    p.signal(libc::SIGHUP);
+    let reloading = received("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let again = received("READY=1");
+    assert!(again.contains("STATUS=configuration reloaded"), "{again}");
+    p.signal(libc::SIGTERM);
+    received("STOPPING=1");
+    assert_eq!(p.wait_exit().code(), Some(0));
+}
