@@ -1091,6 +1091,7 @@ endpoints = ["{echo_addr}"]
         (Some(1000), Some(14))
     );
     assert_eq!(tcp["end"], "closed");
+    assert_eq!(tcp["closed_by"], "client", "our FIN went first");
 
     let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for _ in 0..3 {

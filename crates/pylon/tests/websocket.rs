@@ -360,5 +360,9 @@ async fn a_tunnels_access_log_line_is_written_when_it_ends_with_its_bytes() {
         assert!(v["bytes_in"].as_u64().unwrap() > 1000, "{v}");
         assert!(v["bytes_out"].as_u64().unwrap() > 1000, "{v}");
         assert!(v["error"].is_null(), "{v}");
+        assert_eq!(
+            v["closed_by"], "client",
+            "the client's Close went first: {v}"
+        );
     }
 }

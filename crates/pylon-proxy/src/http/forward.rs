@@ -433,6 +433,7 @@ fn tunnel(
             if !matches!(end, relay::RelayEnd::Closed) {
                 r.error = Some(end.as_str());
             }
+            r.closed_by = activity.closed_by(&end);
             shared.logger.log(r);
         }
         drop(held);

@@ -187,6 +187,7 @@ impl RequestLog {
             user_agent: self.user_agent.take(),
             referer: self.referer.take(),
             grpc_status: None,
+            closed_by: None,
         }
     }
 }

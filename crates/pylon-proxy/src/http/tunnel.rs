@@ -325,6 +325,7 @@ impl Tunnel {
             if !matches!(end, relay::RelayEnd::Closed) {
                 r.error = Some(end.as_str());
             }
+            r.closed_by = activity.closed_by(&end);
             self.logger.log(r);
         }
         drop(self.in_flight);

@@ -187,6 +187,10 @@ where
             return Ok(());
         }
         frames.feed(&buf[..n]);
+        if frames.close_seen {
+            // The first Close frame tells who closed the tunnel (for its log line).
+            activity.side_closed(if masked { 1 } else { 2 });
+        }
         to.write_all(&buf[..n]).await?;
         activity.moved(counter, n);
     };

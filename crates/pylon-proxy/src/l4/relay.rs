@@ -31,6 +31,8 @@ pub struct Activity {
     ended: std::sync::atomic::AtomicU8,
     /// The bytes went through splice(2), never through user space.
     pub spliced: std::sync::atomic::AtomicBool,
+    /// The side that finished sending first: 1 the client, 2 the upstream.
+    first_closed: std::sync::atomic::AtomicU8,
 }
 
 impl Default for Activity {
@@ -42,6 +44,7 @@ impl Default for Activity {
             last_ns: AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU8::new(0),
             spliced: std::sync::atomic::AtomicBool::new(false),
+            first_closed: std::sync::atomic::AtomicU8::new(0),
         }
     }
 }
@@ -51,6 +54,28 @@ impl Activity {
         counter.fetch_add(n as u64, Ordering::Relaxed);
         self.last_ns
             .store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Who closed the relay, for its log line: `proxy` when Pylon ended it (a limit, a
+    /// reload, a stop), else the side that finished first (`client`, `upstream`: its
+    /// end of stream, or for a WebSocket its Close frame); `None` when a side failed
+    /// before either finished.
+    pub fn closed_by(&self, end: &RelayEnd) -> Option<&'static str> {
+        if end.by_proxy() {
+            return Some("proxy");
+        }
+        match self.first_closed.load(Ordering::Relaxed) {
+            1 => Some("client"),
+            2 => Some("upstream"),
+            _ => None,
+        }
+    }
+
+    /// `side` (1 the client, 2 the upstream) finished first, unless another did before.
+    pub(crate) fn side_closed(&self, side: u8) {
+        let _ = self
+            .first_closed
+            .compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> Duration {
@@ -143,11 +168,17 @@ where
     let end = loop {
         tokio::select! {
             r = &mut up, if !up_done => match r {
-                Ok(()) => up_done = true,
+                Ok(()) => {
+                    up_done = true;
+                    activity.side_closed(1);
+                }
                 Err(e) => break RelayEnd::Error(e),
             },
             r = &mut down, if !down_done => match r {
-                Ok(()) => down_done = true,
+                Ok(()) => {
+                    down_done = true;
+                    activity.side_closed(2);
+                }
                 Err(e) => break RelayEnd::Error(e),
             },
             cause = &mut ended => break match cause {

@@ -287,6 +287,7 @@ impl Connection {
                     } else {
                         end.as_str()
                     },
+                    closed_by: activity.closed_by(&end),
                 }));
         }
         if end.by_proxy() {

@@ -274,6 +274,7 @@ impl SessionTask {
                 bytes_out,
                 duration_ms: millis(elapsed),
                 end: why,
+                closed_by: None,
             }));
         }
     }

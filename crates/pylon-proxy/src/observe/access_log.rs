@@ -46,6 +46,8 @@ pub struct AccessRecord {
     pub referer: Option<String>,
     /// A gRPC call's status, from the answer's head (trailers-only) or its trailers.
     pub grpc_status: Option<u16>,
+    /// A tunnel's: `client` or `upstream` (the side that finished first), or `proxy`.
+    pub closed_by: Option<&'static str>,
 }
 
 /// One TURN allocation, logged when it ends.
@@ -94,6 +96,8 @@ pub struct SessionRecord {
     /// How it ended: `closed` (by the two sides), `idle_timeout`, `max_lifetime`,
     /// `route_removed`, `drain_timeout`, `error`.
     pub end: &'static str,
+    /// TCP: `client` or `upstream` (the side that finished first), or `proxy`.
+    pub closed_by: Option<&'static str>,
 }
 
 impl SessionRecord {
