@@ -2,7 +2,8 @@
 //! (`[server] upgrade_socket`); a new Pylon started with `--upgrade` connects, receives
 //! every listening socket (SCM_RIGHTS) with a manifest naming the listener and the
 //! configured address of each, starts serving on them, and says `ready`. Only then
-//! does the old process stop accepting and drain. Both accept on the same sockets
+//! does the old process stop accepting (and says `gone`, which the new one waits for
+//! before it reports itself ready) and drain. Both accept on the same sockets
 //! meanwhile, so no connection is refused. QUIC is the exception: its connections
 //! live in the process that holds them and cannot move, so the old process closes
 //! them at once and leaves the UDP socket to the new one (`H3Listener::release`);
@@ -51,11 +52,22 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// Tells the old process that this one serves: it stops accepting and drains.
+    /// Tells the old process that this one serves, and waits (briefly) until it has
+    /// stopped accepting: from then on every new connection reaches this process. An
+    /// old process that does not say so (an older Pylon) is waited for 5 s at most.
     pub fn ready(mut self) -> io::Result<()> {
-        self.stream.write_all(b"ready\n")
+        self.stream.write_all(b"ready\n")?;
+        self.stream.set_read_timeout(Some(GONE_WAIT))?;
+        let mut answer = [0u8; 5];
+        if self.stream.read_exact(&mut answer).is_err() || &answer != b"gone\n" {
+            tracing::warn!("the old process did not confirm it stopped accepting");
+        }
+        Ok(())
     }
 }
+
+/// How long a new process waits for the old one to confirm it stopped accepting.
+const GONE_WAIT: Duration = Duration::from_secs(5);
 
 /// Connects to the running Pylon at `path` and takes its listening sockets.
 pub fn take_over(path: &Path) -> io::Result<(Vec<PreboundSocket>, Handover)> {
@@ -117,8 +129,9 @@ pub fn take_over(path: &Path) -> io::Result<(Vec<PreboundSocket>, Handover)> {
     ))
 }
 
-/// Sends every listening socket of `proxy` and waits for the new process's `ready`.
-fn hand_over(mut stream: UnixStream, sockets: &[PreboundSocket]) -> io::Result<()> {
+/// Sends every listening socket of `proxy` and waits for the new process's `ready`;
+/// the stream back, for the answer that this process stopped accepting.
+fn hand_over(mut stream: UnixStream, sockets: &[PreboundSocket]) -> io::Result<UnixStream> {
     if sockets.len() > MAX_FDS {
         return Err(io::Error::other(format!(
             "{} sockets: more than one message carries ({MAX_FDS})",
@@ -159,7 +172,7 @@ fn hand_over(mut stream: UnixStream, sockets: &[PreboundSocket]) -> io::Result<(
             "the new process did not say ready",
         ));
     }
-    Ok(())
+    Ok(stream)
 }
 
 /// Serves handover requests on `path` (replacing a stale socket file) until one
@@ -179,8 +192,11 @@ pub async fn serve(path: PathBuf, proxy: Arc<Proxy>) -> io::Result<()> {
             .await
             .map_err(io::Error::other)?;
         match result {
-            Ok(()) => {
+            Ok(mut stream) => {
                 tracing::info!("listening sockets handed over to the new process");
+                // New connections go to the new process only, once it hears this.
+                proxy.stop_accepting().await;
+                let _ = tokio::task::spawn_blocking(move || stream.write_all(b"gone\n")).await;
                 proxy.release_quic().await;
                 return Ok(());
             }

@@ -365,6 +365,15 @@ impl Proxy {
         Ok(out)
     }
 
+    /// Stops accepting on every socket, connections left as they are (a binary
+    /// upgrade's new process accepts on the same sockets from now).
+    pub async fn stop_accepting(&self) {
+        let sockets = self.sockets.lock().await;
+        for r in &sockets.running {
+            let _ = r.stop.send(true);
+        }
+    }
+
     /// Stops accepting (readiness turns false first), asks every connection to
     /// finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and waits up
     /// to `drain` for all of them, long-lived ones included (WebSockets, CONNECT and
