@@ -597,3 +597,148 @@ fn finish(
     m.add_fingerprint().ok()?;
     Some(Bytes::from(m.finish()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use turn_types::stun::message::{Message, MessageWrite, MessageWriteExt, MessageWriteVec};
+
+    use super::*;
+    use crate::observe::{AccessLogger, Metrics, StatsRegistry};
+    use crate::shared::{RequestIds, Shared};
+
+    /// A TURN service with a user, as a listener on 127.0.0.1 would have it.
+    fn service() -> Arc<TurnService> {
+        let text = r#"
+[[listeners]]
+name = "t"
+bind = "127.0.0.1:3478"
+protocol = "turn"
+transports = ["udp"]
+[listeners.turn]
+realm = "r"
+secret = "s"
+allowed_peers = ["127.0.0.0/8"]
+"#;
+        let config = pylon_config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(Metrics::default());
+        let logger = AccessLogger::start(
+            &pylon_config::model::AccessLogTarget::Off,
+            Arc::clone(&metrics),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shared = Arc::new(Shared {
+            metrics,
+            stats: Arc::new(StatsRegistry::default()),
+            logger,
+            request_ids: RequestIds::default(),
+            stop: crate::life::Stop::default(),
+            turn: Default::default(),
+            own_addrs: Default::default(),
+        });
+        shared
+            .turn
+            .service(&config.listeners[0], &shared)
+            .unwrap_or_else(|| panic!("a TURN listener"))
+    }
+
+    /// Requests of every method the service knows, signed with a valid `nonce`, as
+    /// seeds (their integrity breaks with the first changed byte, but the unchanged
+    /// ones reach allocation, permissions and channels).
+    fn seeds(nonce: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for method in [BINDING, ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND] {
+            let mut m = Message::builder_request(method, MessageWriteVec::new());
+            let id = m.transaction_id();
+            let peer: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|e| panic!("{e}"));
+            let _ = m.add_attribute(&RequestedTransport::new(UDP));
+            let _ = m.add_attribute(&XorPeerAddress::new(peer, id));
+            let _ = m.add_attribute(&ChannelNumber::new(0x4001));
+            let _ = m.add_attribute(&Lifetime::new(600));
+            let _ =
+                m.add_attribute(&Username::new("4102444800:u").unwrap_or_else(|e| panic!("{e}")));
+            let _ = m.add_attribute(&Realm::new("r").unwrap_or_else(|e| panic!("{e}")));
+            let _ = m.add_attribute(&Nonce::new(nonce).unwrap_or_else(|e| panic!("{e}")));
+            let key: MessageIntegrityCredentials = LongTermKeyCredentials::new(
+                "4102444800:u".into(),
+                crate::turn::rest_password("s", "4102444800:u"),
+                "r".into(),
+            )
+            .into();
+            let _ = m.add_message_integrity(&key, IntegrityAlgorithm::Sha1);
+            let _ = m.add_fingerprint();
+            out.push(m.finish());
+        }
+        out.push(vec![0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4]);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever arrives (a known message with bytes changed, cut or added, or
+        /// noise), the handler answers or drops it, never panics, and any answer is a
+        /// STUN message.
+        #[test]
+        fn any_input_is_answered_or_dropped(
+            seed in 0usize..6,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+            use_noise in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            rt.block_on(async {
+                let s = service();
+                let ip = "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
+                let nonce = s.credentials.as_ref().map(|c| c.nonce(ip)).unwrap_or_default();
+                // The Allocate first (unchanged), so that the others find an allocation.
+                let all = seeds(&nonce);
+                let socket0 = Arc::new(
+                    tokio::net::UdpSocket::bind("127.0.0.1:0")
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+                let five0 = FiveTuple {
+                    client: "127.0.0.1:40000".parse().unwrap_or_else(|e| panic!("{e}")),
+                    server: "127.0.0.1:3478".parse().unwrap_or_else(|e| panic!("{e}")),
+                    tcp: false,
+                };
+                let c0 = five0.client;
+                let allocated = s.handle(&all[1], five0, || ClientLink::Udp(socket0, c0));
+                let allocated = allocated.map(|a| Message::from_bytes(&a).map(|m| m.class()).ok());
+                prop_assert_eq!(allocated, Some(Some(MessageClass::Success)));
+                let mut data = if use_noise { noise } else { all[seed].clone() };
+                if !data.is_empty() {
+                    for (at, b) in &flips {
+                        let i = at % data.len();
+                        data[i] ^= b;
+                    }
+                    data.truncate(cut % (data.len() + 1));
+                }
+                data.extend_from_slice(&tail);
+                let socket = Arc::new(
+                    tokio::net::UdpSocket::bind("127.0.0.1:0")
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+                let five = FiveTuple {
+                    client: "127.0.0.1:40000".parse().unwrap_or_else(|e| panic!("{e}")),
+                    server: "127.0.0.1:3478".parse().unwrap_or_else(|e| panic!("{e}")),
+                    tcp: false,
+                };
+                let client = five.client;
+                if let Some(answer) = s.handle(&data, five, || ClientLink::Udp(socket, client)) {
+                    prop_assert!(Message::from_bytes(&answer).is_ok(), "an answer is STUN");
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
