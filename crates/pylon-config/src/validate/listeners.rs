@@ -112,7 +112,7 @@ pub(super) fn listener(
     let l4 = l4::l4_listener(&r, protocol, &name_span, dropped, cluster_refs, p);
     let proxy_protocol = l4::proxy_protocol_in(&r.proxy_protocol, protocol, p);
     let forward = l4::forward(&r.forward, protocol, &declared_names(ctx.root, "caches"), p);
-    let stun = super::turn::stun_listener(&r, protocol, &binds, &ctx.base, p);
+    let stun = super::turn::stun_listener(&r, protocol, &binds, ctx, p);
     let tls = match (protocol, r.tls) {
         (ListenerProtocol::Https, Some(t)) => listener_tls(t, dropped, ctx, p),
         (ListenerProtocol::Tcp, Some(t))

@@ -3,12 +3,11 @@
 //! file's line number).
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{Problems, duration, size};
+use super::{Ctx, Problems, duration, size};
 use crate::model::{IpNet, ListenerProtocol, StunListener, TurnRelay, TurnTransport};
 use crate::raw::{RawListener, RawTurn, StrList};
 
@@ -22,7 +21,7 @@ pub(super) fn stun_listener(
     r: &RawListener,
     protocol: ListenerProtocol,
     binds: &[std::net::SocketAddr],
-    base: &Path,
+    ctx: &Ctx<'_, '_>,
     p: &mut Problems,
 ) -> Option<StunListener> {
     let stun = matches!(protocol, ListenerProtocol::Stun | ListenerProtocol::Turn);
@@ -38,7 +37,7 @@ pub(super) fn stun_listener(
     let transports = transports(r.transports.as_ref(), r.tls.is_some(), p);
     let relay = match (&r.turn, protocol) {
         (Some(t), ListenerProtocol::Turn) => {
-            let relay = relay(t, base, p)?;
+            let relay = relay(t, ctx, p)?;
             if relay.relay_ip.is_none() && binds.iter().any(|a| a.ip().is_unspecified()) {
                 p.at(
                     t,
@@ -117,7 +116,7 @@ fn transports(v: Option<&Spanned<StrList>>, has_tls: bool, p: &mut Problems) -> 
     out
 }
 
-fn relay(t: &Spanned<RawTurn>, base: &Path, p: &mut Problems) -> Option<TurnRelay> {
+fn relay(t: &Spanned<RawTurn>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> Option<TurnRelay> {
     let raw = t.get_ref();
     let realm = match &raw.realm {
         Some(r) if !r.get_ref().is_empty() && r.get_ref().len() < 128 => r.get_ref().clone(),
@@ -168,7 +167,7 @@ fn relay(t: &Spanned<RawTurn>, base: &Path, p: &mut Problems) -> Option<TurnRela
             None
         }
         (Some(s), None) => Some(s.get_ref().clone()),
-        (None, Some(f)) => read_secret(f, base, p),
+        (None, Some(f)) => read_secret(f, ctx, p),
         (Some(s), Some(_)) => {
             p.at(s, "`secret` and `secret_file` are one or the other");
             None
@@ -176,11 +175,11 @@ fn relay(t: &Spanned<RawTurn>, base: &Path, p: &mut Problems) -> Option<TurnRela
         (None, None) => None,
     };
     let users = match &raw.users_file {
-        Some(f) => read_users(f, base, p),
+        Some(f) => read_users(f, ctx, p),
         None => Vec::new(),
     };
-    let secret_file = raw.secret_file.as_ref().map(|f| resolve(f, base));
-    let users_file = raw.users_file.as_ref().map(|f| resolve(f, base));
+    let secret_file = raw.secret_file.as_ref().map(|f| ctx.file_ref(f).path);
+    let users_file = raw.users_file.as_ref().map(|f| ctx.file_ref(f).path);
     if secret.is_none() && users.is_empty() && raw.secret.is_none() && raw.users_file.is_none() {
         p.at(
             t,
@@ -253,18 +252,9 @@ fn ports(s: &str) -> Option<(u16, u16)> {
     (1024 <= a && a <= b).then_some((a, b))
 }
 
-fn resolve(f: &Spanned<String>, base: &Path) -> std::path::PathBuf {
-    let path = Path::new(f.get_ref());
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
-}
-
 /// A secret file: its first line, trimmed.
-fn read_secret(f: &Spanned<String>, base: &Path, p: &mut Problems) -> Option<String> {
-    let path = resolve(f, base);
+fn read_secret(f: &Spanned<String>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> Option<String> {
+    let path = ctx.file_ref(f).path;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let secret = text.lines().next().unwrap_or("").trim().to_owned();
@@ -282,8 +272,8 @@ fn read_secret(f: &Spanned<String>, base: &Path, p: &mut Problems) -> Option<Str
 }
 
 /// A users file: `name:password` per line (`#` comments, blank lines ignored).
-fn read_users(f: &Spanned<String>, base: &Path, p: &mut Problems) -> Vec<(String, String)> {
-    let path = resolve(f, base);
+fn read_users(f: &Spanned<String>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> Vec<(String, String)> {
+    let path = ctx.file_ref(f).path;
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {

@@ -636,29 +636,32 @@ impl Exposition {
             "Datagrams relayed between clients and peers, by listener and direction.",
             relayed(|s| &s.packets_to_peers, |s| &s.packets_from_peers),
         )?;
-        let auth: Vec<(&String, Vec<(&'static str, u64)>)> = self
-            .turn
-            .iter()
-            .map(|(n, s)| (n, s.auth_failures()))
-            .collect();
-        f.counters(
-            "pylon_turn_auth_failures",
-            "TURN requests refused for their credentials, by listener and reason (challenge: the first, unsigned request every client makes).",
-            auth.iter().flat_map(|(n, rows)| {
-                rows.iter()
-                    .map(move |(r, v)| (vec![("listener", n.as_str()), ("reason", *r)], *v))
-            }),
-        )?;
-        let drops: Vec<(&String, Vec<(&'static str, u64)>)> =
-            self.turn.iter().map(|(n, s)| (n, s.drops())).collect();
-        f.counters(
-            "pylon_turn_dropped",
-            "STUN and TURN messages and relayed datagrams dropped, by listener and reason.",
-            drops.iter().flat_map(|(n, rows)| {
-                rows.iter()
-                    .map(move |(r, v)| (vec![("listener", n.as_str()), ("reason", *r)], *v))
-            }),
-        )
+        type Reasons = fn(&crate::turn::TurnStats) -> Vec<(&'static str, u64)>;
+        let by_reason: [(&str, &str, Reasons); 2] = [
+            (
+                "pylon_turn_auth_failures",
+                "TURN requests refused for their credentials, by listener and reason (challenge: the first, unsigned request every client makes).",
+                |s| s.auth_failures(),
+            ),
+            (
+                "pylon_turn_dropped",
+                "STUN and TURN messages and relayed datagrams dropped, by listener and reason.",
+                |s| s.drops(),
+            ),
+        ];
+        for (name, help, reasons) in by_reason {
+            let rows: Vec<(&String, Vec<(&'static str, u64)>)> =
+                self.turn.iter().map(|(n, s)| (n, reasons(s))).collect();
+            f.counters(
+                name,
+                help,
+                rows.iter().flat_map(|(n, rows)| {
+                    rows.iter()
+                        .map(move |(r, v)| (vec![("listener", n.as_str()), ("reason", *r)], *v))
+                }),
+            )?;
+        }
+        Ok(())
     }
 
     fn encode_rate_limits(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
