@@ -33,12 +33,17 @@ async function run() {
   await b.setLocalDescription(await b.createAnswer());
   await a.setRemoteDescription(b.localDescription);
   const got = await atB, back = await atA;
-  let pair = null;
-  (await a.getStats()).forEach((s) => {
-    if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
-  });
+  // The selected pair as the transport reports it; stats can lag the first message,
+  // so ask again (up to five seconds) until the transport names one.
   let local = null;
-  if (pair) (await a.getStats()).forEach((s) => { if (s.id === pair.localCandidateId) local = s.candidateType; });
+  for (let i = 0; i < 50 && local === null; i++) {
+    const stats = await a.getStats();
+    let pairId = null;
+    stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
+    const pair = pairId && stats.get(pairId);
+    if (pair) local = stats.get(pair.localCandidateId)?.candidateType ?? null;
+    if (local === null) await new Promise((ok) => setTimeout(ok, 100));
+  }
   await report({ got, back, types, local });
 }
 run().catch((e) => report({ error: String(e) }));
