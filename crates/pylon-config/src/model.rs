@@ -779,6 +779,8 @@ pub struct ProxyAction {
     /// A client that ends its sending side (HTTP/1.1 half-close) before the upstream's
     /// answer arrives aborts the upstream exchange (else it gets the answer).
     pub abort_on_client_close: bool,
+    /// Answers carry the request's timing breakdown in a `Server-Timing` header.
+    pub server_timing: bool,
     /// The cache zone its answers are stored in and served from.
     pub cache: Option<String>,
     /// Authentication: the request must satisfy one of these policies.

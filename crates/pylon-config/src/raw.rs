@@ -250,6 +250,7 @@ pub struct RawRoute {
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub tunnel_max_lifetime: Option<Spanned<String>>,
     pub abort_on_client_close: Option<Spanned<bool>>,
+    pub server_timing: Option<Spanned<bool>>,
     pub cache: Option<Spanned<String>>,
     pub auth: Option<Spanned<StrList>>,
     pub auth_skip: Option<Spanned<StrList>>,

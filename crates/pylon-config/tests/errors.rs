@@ -1577,3 +1577,22 @@ protocol = "turn"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn server_timing_needs_a_cluster() {
+    let text = r#"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[routes]]
+respond = { body = "x" }
+server_timing = true
+"#;
+    assert_errors(
+        text,
+        &[
+            "test.toml:8:17: routes[0].server_timing: `server_timing` only applies to a route with `cluster`",
+        ],
+    );
+}

@@ -90,6 +90,7 @@ impl H1Harness {
                 stats: Arc::clone(&lr.stats),
                 guard: None,
                 client_socket: None,
+                handshake_ns: Default::default(),
             });
             let (_drain, drain_rx) = tokio::sync::watch::channel(false);
             let server = tokio::spawn(server_h1h2::serve_connection(

@@ -176,10 +176,13 @@ async fn handshake(
     ctx: &mut ConnCtx,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let metrics = &ctx.shared.metrics;
+    let started = std::time::Instant::now();
     let accept = tls.acceptor().accept(stream);
     match tokio::time::timeout(tls.settings.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
             metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            ctx.handshake_ns =
+                std::sync::atomic::AtomicU64::new(crate::observe::timing::nanos(started.elapsed()));
             ctx.client_cert = stream
                 .get_ref()
                 .1
@@ -323,6 +326,7 @@ impl AcceptLoop {
                     .then(|| socket2::SockRef::from(&stream).try_clone().ok())
                     .flatten()
                     .map(|s| Arc::new(std::net::TcpStream::from(s))),
+                handshake_ns: Default::default(),
             };
             let builders = Arc::clone(&builders);
             let limits = limits.clone();

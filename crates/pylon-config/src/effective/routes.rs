@@ -157,6 +157,7 @@ pub(super) fn route(index: usize, r: &Route) -> Value {
                 .put("grpc_web", p.grpc_web)
                 .list("cors_allow_origins", texts(&p.cors_allow_origins))
                 .put("abort_on_client_close", p.abort_on_client_close)
+                .put("server_timing", p.server_timing)
                 .opt("cache", p.cache.as_deref())
                 .list("auth", texts(&p.auth))
                 .list("auth_skip", texts(&p.auth_skip))

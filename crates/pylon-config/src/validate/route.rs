@@ -274,6 +274,9 @@ pub(super) fn route(
                 "`abort_on_client_close` only applies to a route with `cluster`",
             );
         }
+        if let Some(s) = &r.server_timing {
+            p.at(s, "`server_timing` only applies to a route with `cluster`");
+        }
         if let Some(c) = &r.cache {
             p.at(c, "`cache` only applies to a route with `cluster`");
         }
@@ -414,6 +417,7 @@ pub(super) fn route(
                 .abort_on_client_close
                 .as_ref()
                 .is_some_and(|a| *a.get_ref()),
+            server_timing: r.server_timing.as_ref().is_some_and(|s| *s.get_ref()),
         })
     } else if let Some(resp) = r.respond {
         let resp = resp.into_inner();

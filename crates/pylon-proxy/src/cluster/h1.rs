@@ -256,12 +256,14 @@ pub(super) enum Failure {
 
 /// Sends `req` on `io` and reads the answer's head; `reused`: the connection carried
 /// requests before. `home`: where the connection goes back after the answer (`None`:
-/// closed after it).
+/// closed after it). `sent_at`: when the head and body were written (if before the
+/// answer's head).
 pub(super) async fn exchange(
     mut io: UpstreamIo,
     req: Request<RequestBody>,
     home: Option<Lent>,
     reused: bool,
+    sent_at: &mut Option<Instant>,
 ) -> Result<Response<H1Body>, Failure> {
     let (mut parts, mut body) = req.into_parts();
     let mut encoding = encoding(&mut parts, &body).map_err(Failure::Failed)?;
@@ -308,7 +310,10 @@ pub(super) async fn exchange(
             let polled = w.poll(&mut io, cx).map_err(SendError::from);
             wrote |= w.started;
             match polled {
-                Poll::Ready(Ok(())) => writer = None,
+                Poll::Ready(Ok(())) => {
+                    writer = None;
+                    *sent_at = Some(Instant::now());
+                }
                 // The client's body failed: the request cannot be completed.
                 Poll::Ready(Err(e @ (SendError::Body(_) | SendError::Length))) => {
                     return Poll::Ready(Err(e));

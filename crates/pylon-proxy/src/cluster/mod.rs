@@ -9,6 +9,7 @@ mod h3;
 mod pool;
 mod sticky;
 pub mod subrequest;
+mod timing;
 pub mod warm;
 
 pub use body::UpstreamBody;
@@ -19,6 +20,7 @@ pub use h3::{
 pub use pool::{ClientAddresses, EndpointPool, Pooled, UpstreamError};
 pub use pylon_lb::hash_key;
 pub use sticky::StickyCookie;
+pub use timing::TryTiming;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::client::conn::http2;
@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use super::body::UpstreamBody;
 use super::h1::{self as client, Failure, H1Idle, SendError};
 use super::h2::{self, Choice, H2Conn, H2Set, H2Stream, SettingsWatch};
+use super::timing::TryTiming;
 use super::warm::{WarmConnections, WarmIo};
 use crate::cluster::body::RequestBody;
 use crate::tls::upstream::{TlsConnector, UpstreamIo};
@@ -231,7 +232,9 @@ impl EndpointPool {
         if self.live_idle() > 0 {
             return Ok(());
         }
-        let io = self.connect_io(&[], true).await?;
+        let io = self
+            .connect_io(&[], true, &mut TryTiming::default())
+            .await?;
         self.h1.put(io);
         Ok(())
     }
@@ -270,7 +273,8 @@ impl EndpointPool {
         if self.warm_h2() {
             let _one = self.h2.connecting.lock().await;
             if self.h2.live() == 0 {
-                self.h2.add(self.open_h2(false).await?);
+                self.h2
+                    .add(self.open_h2(false, &mut TryTiming::default()).await?);
             }
             return Ok(());
         }
@@ -339,7 +343,8 @@ impl EndpointPool {
     /// TCP connect, then the TLS handshake for TLS clusters, all within the connect
     /// timeout.
     pub(crate) async fn connect(&self) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
-        self.connect_with(&[], true).await
+        self.connect_with(&[], true, &mut TryTiming::default())
+            .await
     }
 
     /// The TCP connection itself, with `TCP_NODELAY` and the cluster's TCP options.
@@ -359,16 +364,19 @@ impl EndpointPool {
         &self,
         preface: &[u8],
         for_request: bool,
+        timing: &mut TryTiming,
     ) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
-        self.connect_io(preface, for_request)
+        self.connect_io(preface, for_request, timing)
             .await
             .map(TokioIo::new)
     }
 
+    /// A new connection, its TCP connect and TLS handshake times in `timing`.
     async fn connect_io(
         &self,
         preface: &[u8],
         for_request: bool,
+        timing: &mut TryTiming,
     ) -> Result<UpstreamIo, UpstreamError> {
         let connection = Slot::take(&self.limits.open, self.limits.max_open)
             .ok_or(UpstreamError::Overloaded("max_connections"))?;
@@ -381,7 +389,10 @@ impl EndpointPool {
             None
         };
         let connect = async {
+            let started = Instant::now();
             let mut stream = self.tcp_connect().await?;
+            let connected = Instant::now();
+            timing.connect = Some(connected - started);
             if !preface.is_empty() {
                 tokio::io::AsyncWriteExt::write_all(&mut stream, preface)
                     .await
@@ -389,10 +400,14 @@ impl EndpointPool {
             }
             match &self.tls {
                 None => Ok(UpstreamIo::plain(stream)),
-                Some(tls) => tls
-                    .connect(self.address, self.server_name.as_ref(), stream)
-                    .await
-                    .map_err(|e| UpstreamError::Tls(self.address, e)),
+                Some(tls) => {
+                    let io = tls
+                        .connect(self.address, self.server_name.as_ref(), stream)
+                        .await
+                        .map_err(|e| UpstreamError::Tls(self.address, e))?;
+                    timing.tls = Some(connected.elapsed());
+                    Ok(io)
+                }
             }
         };
         let mut io = tokio::time::timeout(self.connect_timeout, connect)
@@ -403,28 +418,32 @@ impl EndpointPool {
         Ok(io)
     }
 
-    /// Sends `req` and waits (up to `response_timeout`) for the response head.
+    /// Sends `req` and waits (up to `response_timeout`) for the response head; where
+    /// the time went in `timing`.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
+        timing: &mut TryTiming,
     ) -> Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError> {
         if let Some(version) = self.proxy_protocol {
             return self
-                .send_dedicated(version, req, response_timeout)
+                .send_dedicated(version, req, response_timeout, timing)
                 .await
                 .map(|r| (r, None));
         }
         match self.protocol {
             UpstreamProtocol::Http1 => self
-                .send_h1(req, response_timeout)
+                .send_h1(req, response_timeout, timing)
                 .await
                 .map(|r| (r.map(UpstreamBody::H1), None)),
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => self
-                .send_h2(req, response_timeout)
+                .send_h2(req, response_timeout, timing)
                 .await
                 .map(|(r, p)| (r.map(UpstreamBody::H2), Some(p))),
-            UpstreamProtocol::H3 => Box::pin(self.send_h3_or_fallback(req, response_timeout)).await,
+            UpstreamProtocol::H3 => {
+                Box::pin(self.send_h3_or_fallback(req, response_timeout, timing)).await
+            }
         }
     }
 
@@ -440,6 +459,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
+        timing: &mut TryTiming,
     ) -> Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError> {
         use std::sync::atomic::Ordering::Relaxed;
         let fallback = self.h3_fallback.get();
@@ -447,7 +467,9 @@ impl EndpointPool {
             crate::lock(&self.quic_broken_until).is_some_and(|t| std::time::Instant::now() < t);
         if let (Some(tcp), true) = (fallback, broken) {
             super::h3::FALLBACKS.fetch_add(1, Relaxed);
-            return tcp.send(for_tcp(req, tcp.protocol), response_timeout).await;
+            return tcp
+                .send(for_tcp(req, tcp.protocol), response_timeout, timing)
+                .await;
         }
         let h3 = self.quic()?;
         let sender = match h3.sender(self.address, self.connect_timeout).await {
@@ -465,7 +487,9 @@ impl EndpointPool {
                 tracing::info!(endpoint = %self.address, error = %e, "QUIC unreachable; HTTP/3 requests go over TCP for a while");
                 *crate::lock(&self.quic_broken_until) =
                     Some(std::time::Instant::now() + QUIC_RETRY_AFTER);
-                return tcp.send(for_tcp(req, tcp.protocol), response_timeout).await;
+                return tcp
+                    .send(for_tcp(req, tcp.protocol), response_timeout, timing)
+                    .await;
             }
         };
         self.send_h3_on(sender, req, response_timeout)
@@ -524,6 +548,7 @@ impl EndpointPool {
         version: model::ProxyProtocolVersion,
         req: Request<RequestBody>,
         response_timeout: Duration,
+        timing: &mut TryTiming,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let preface = match req.extensions().get::<ClientAddresses>() {
             Some(a) => {
@@ -531,10 +556,12 @@ impl EndpointPool {
             }
             None => Vec::new(),
         };
-        let io = self.connect_io(&preface, true).await?;
+        let io = self.connect_io(&preface, true, timing).await?;
+        timing.queued = Some(Duration::ZERO);
+        let sent_at = &mut timing.sent_at;
         let sent = async {
             if self.protocol == UpstreamProtocol::Http1 {
-                client::exchange(io, req, None, false)
+                client::exchange(io, req, None, false, sent_at)
                     .await
                     .map(|r| r.map(UpstreamBody::H1))
                     .map_err(|f| match f {
@@ -563,14 +590,17 @@ impl EndpointPool {
 
     /// An idle connection, else a warm one, else a new one. The flag tells one that
     /// waited open (the endpoint may have closed it meanwhile).
-    async fn ready_h1(&self) -> Result<(UpstreamIo, bool), UpstreamError> {
+    /// Nothing waits for a connection: one is taken or opened at once, or the
+    /// request is refused by the limits.
+    async fn ready_h1(&self, timing: &mut TryTiming) -> Result<(UpstreamIo, bool), UpstreamError> {
+        timing.queued = Some(Duration::ZERO);
         if let Some(io) = self.h1.take() {
             return Ok((io, true));
         }
         if let Some(io) = self.take_warm()? {
             return Ok((io, true));
         }
-        Ok((self.connect_io(&[], true).await?, false))
+        Ok((self.connect_io(&[], true, timing).await?, false))
     }
 
     /// A warm connection for an HTTP/1.1 request, counted against `max_connections`
@@ -593,16 +623,23 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
+        timing: &mut TryTiming,
     ) -> Result<Response<client::H1Body>, UpstreamError> {
         let mut req = req;
         loop {
             // Counted before an idle or warm connection is taken, so that the warm
             // count never sees the connection missing.
             let lent = client::Lent::new(&self.h1);
-            let (io, reused) = self.ready_h1().await?;
+            let (io, reused) = self.ready_h1(timing).await?;
             // Pinned where it is made: the timer wraps a pointer, not a copy of the
             // exchange's state.
-            let exchange = std::pin::pin!(client::exchange(io, req, Some(lent), reused));
+            let exchange = std::pin::pin!(client::exchange(
+                io,
+                req,
+                Some(lent),
+                reused,
+                &mut timing.sent_at
+            ));
             let sent = tokio::time::timeout(response_timeout, exchange).await;
             match sent {
                 Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
@@ -631,8 +668,12 @@ impl EndpointPool {
     }
 
     /// A new HTTP/2 connection, its server's SETTINGS watched for the stream limit.
-    async fn open_h2(&self, for_request: bool) -> Result<H2Conn, UpstreamError> {
-        let io = self.connect_with(&[], for_request).await?;
+    async fn open_h2(
+        &self,
+        for_request: bool,
+        timing: &mut TryTiming,
+    ) -> Result<H2Conn, UpstreamError> {
+        let io = self.connect_with(&[], for_request, timing).await?;
         let peer = h2::peer_limit();
         let io = TokioIo::new(SettingsWatch::new(io.into_inner(), Arc::clone(&peer)));
         let (sender, conn) = self
@@ -653,9 +694,27 @@ impl EndpointPool {
     }
 
     /// A stream on the least-loaded connection with room, opening another connection
-    /// (one opener at a time) when all are full and the cap allows.
+    /// (one opener at a time) when all are full and the cap allows. The time spent
+    /// waiting for room or for another request's connect is `timing.queued`.
     async fn h2_sender(
         &self,
+        timing: &mut TryTiming,
+    ) -> Result<(http2::SendRequest<RequestBody>, H2Stream), UpstreamError> {
+        if let Choice::Use(sender, stream) = self.h2.choose() {
+            timing.queued = Some(Duration::ZERO);
+            return Ok((sender, stream));
+        }
+        let started = Instant::now();
+        let lent = self.h2_sender_slow(timing).await;
+        let waited = started.elapsed();
+        let connecting = timing.connect.unwrap_or_default() + timing.tls.unwrap_or_default();
+        timing.queued = Some(waited.saturating_sub(connecting));
+        lent
+    }
+
+    async fn h2_sender_slow(
+        &self,
+        timing: &mut TryTiming,
     ) -> Result<(http2::SendRequest<RequestBody>, H2Stream), UpstreamError> {
         loop {
             match self.h2.choose() {
@@ -668,7 +727,7 @@ impl EndpointPool {
                         Choice::Use(sender, stream) => return Ok((sender, stream)),
                         Choice::Wait(_) => continue,
                         Choice::Open => {
-                            let conn = self.open_h2(true).await?;
+                            let conn = self.open_h2(true, timing).await?;
                             let lent = conn.lend();
                             self.h2.add(conn);
                             return Ok(lent);
@@ -683,8 +742,9 @@ impl EndpointPool {
         &self,
         req: Request<RequestBody>,
         response_timeout: Duration,
+        timing: &mut TryTiming,
     ) -> Result<(Response<hyper::body::Incoming>, Pooled), UpstreamError> {
-        let (mut sender, stream) = self.h2_sender().await?;
+        let (mut sender, stream) = self.h2_sender(timing).await?;
         let sent = tokio::time::timeout(response_timeout, async {
             sender.ready().await?;
             sender.send_request(req).await

@@ -119,6 +119,13 @@ impl ConnState {
         }
     }
 
+    /// How long the request head about to be dispatched took from its first byte
+    /// (HTTP/1.x; asked before [`request_started`](Self::request_started)).
+    pub fn head_read_time(&self) -> Option<Duration> {
+        let began = self.head_started.load(Ordering::Relaxed);
+        (began != 0).then(|| Duration::from_nanos(self.now().saturating_sub(began - 1)))
+    }
+
     /// Marks a request as dispatched; the guard ends it.
     pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
         if h2 {

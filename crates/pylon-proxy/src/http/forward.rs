@@ -30,8 +30,8 @@ use super::forward_auth::Credentials;
 pub use super::forward_auth::hash_password;
 use super::headers::strip_hop_by_hop;
 use super::pipeline::{ConnCtx, Exchange, TunnelLog};
-use crate::cluster::EndpointPool;
 use crate::cluster::destinations::DestinationPools;
+use crate::cluster::{EndpointPool, TryTiming};
 use crate::l4::relay::{self, Activity, RelayLimits};
 use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
@@ -281,7 +281,12 @@ pub(super) async fn serve(
         ex.log.error = Some(ErrorKind::Denied);
         return Ok(denied(&rule.name));
     }
-    let addrs = match resolve(fwd, &dest).await {
+    let resolving = Instant::now();
+    let resolved = resolve(fwd, &dest).await;
+    if dest.host.parse::<IpAddr>().is_err() {
+        ex.log.timing.dns_ms = Some(resolving.elapsed());
+    }
+    let addrs = match resolved {
         Ok(a) => a,
         Err(reason) => {
             tracing::info!(client = %ctx.client, destination = %format!("{}:{}", dest.host, dest.port), reason = %reason, "forward proxy: destination unresolved");
@@ -505,11 +510,18 @@ async fn forward_request(
     };
     ex.log.upstream = Some(pool.address);
     let sent_at = Instant::now();
-    let (resp, pooled) = pool
-        .send(Request::from_parts(parts, body), cfg.response_timeout)
-        .await
+    let mut timing = TryTiming::default();
+    let sent = pool
+        .send(
+            Request::from_parts(parts, body),
+            cfg.response_timeout,
+            &mut timing,
+        )
+        .await;
+    ex.log.timing.upstream(&timing, timing.sent(sent_at));
+    let (resp, pooled) = sent
         .map_err(|e| super::proxy::classify(&e, ex.held.meter.as_deref(), "forward", ctx, None))?;
-    ex.log.upstream_ms = Some(millis(sent_at.elapsed()));
+    ex.log.upstream_time = Some(sent_at.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Nothing asked for a switch (the upgrade headers are hop-by-hop).
         return Err(ErrorKind::UpgradeInvalid);

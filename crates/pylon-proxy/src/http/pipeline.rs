@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::conn::ClientBody;
 use arc_swap::ArcSwap;
@@ -32,6 +32,7 @@ use crate::cluster::{EndpointLease, Pooled};
 use crate::conn::{ConnState, InFlight};
 use crate::observe::access_log::millis;
 use crate::observe::stats::{ListenerStats, RouteStats};
+use crate::observe::timing::Timing;
 use crate::observe::{AccessLogger, AccessRecord};
 use crate::runtime::{ListenerRuntime, Runtime};
 use crate::shared::Shared;
@@ -71,6 +72,9 @@ pub struct ConnCtx {
     /// route that has `abort_on_client_close`: watched for the client's FIN while its
     /// request waits for the upstream (the HTTP/1.1 parser reads nothing then).
     pub client_socket: Option<Arc<std::net::TcpStream>>,
+    /// The TLS (or QUIC) handshake's time in nanoseconds, until the connection's first
+    /// request takes it for its timing breakdown; 0 then, or without TLS.
+    pub handshake_ns: std::sync::atomic::AtomicU64,
 }
 
 impl ConnCtx {
@@ -78,6 +82,15 @@ impl ConnCtx {
     pub fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
         HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+
+    /// The handshake's time, for the connection's first request only.
+    fn take_handshake(&self) -> Option<Duration> {
+        if self.handshake_ns.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let ns = self.handshake_ns.swap(0, Ordering::Relaxed);
+        (ns != 0).then(|| Duration::from_nanos(ns))
     }
 
     /// Resolves once the client has ended its sending side (a FIN before any further
@@ -122,7 +135,8 @@ pub(super) struct RequestLog {
     pub(super) route: Option<Arc<str>>,
     pub(super) cluster: Option<Arc<str>>,
     pub(super) upstream: Option<SocketAddr>,
-    pub(super) upstream_ms: Option<f64>,
+    /// From the last try's start to the upstream's response head.
+    pub(super) upstream_time: Option<Duration>,
     /// As a header value: sent upstream and back to the client as it is.
     pub(super) request_id: Option<HeaderValue>,
     pub(super) error: Option<ErrorKind>,
@@ -132,6 +146,8 @@ pub(super) struct RequestLog {
     pub(super) referer: Option<String>,
     /// A CONNECT tunnel takes the record, to write it when the tunnel ends.
     pub(super) tunnel: Option<TunnelLog>,
+    /// Where its time went.
+    pub(super) timing: Timing,
 }
 
 /// Where a tunnel finds its request's access-log record when it ends.
@@ -149,13 +165,14 @@ impl RequestLog {
             route: None,
             cluster: None,
             upstream: None,
-            upstream_ms: None,
+            upstream_time: None,
             request_id: None,
             error: None,
             user: None,
             user_agent: None,
             referer: None,
             tunnel: None,
+            timing: Timing::default(),
         }
     }
 
@@ -176,7 +193,7 @@ impl RequestLog {
             route: self.route.take(),
             cluster: self.cluster.take(),
             upstream: self.upstream,
-            upstream_ms: self.upstream_ms,
+            upstream_ms: self.upstream_time.map(millis),
             request_id: self
                 .request_id
                 .take()
@@ -188,6 +205,7 @@ impl RequestLog {
             referer: self.referer.take(),
             grpc_status: None,
             closed_by: None,
+            timing: self.timing,
         }
     }
 }
@@ -224,16 +242,22 @@ pub(super) struct UpstreamHold {
 pub(super) struct Routed {
     /// The route's stats.
     pub(super) stats: Option<Arc<RouteStats>>,
+    /// The answer carries the timing breakdown in `Server-Timing`.
+    pub(super) server_timing: bool,
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
 pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
-    let inflight = ctx
-        .state
-        .request_started(super::headers::multiplexed(req.version()));
+    let multiplexed = super::headers::multiplexed(req.version());
+    let mut log = RequestLog::new(req.version());
+    if !multiplexed {
+        log.timing.request_head_ms = ctx.state.head_read_time();
+    }
+    log.timing.client_tls_ms = ctx.take_handshake();
+    let inflight = ctx.state.request_started(multiplexed);
     let rt = ctx.runtime.load_full();
     let mut ex = Exchange {
-        log: RequestLog::new(req.version()),
+        log,
         held: UpstreamHold::default(),
         routed: Routed::default(),
         active: None,
@@ -456,6 +480,10 @@ async fn serve(
     ex.log.route = Some(Arc::clone(&route.name));
     ex.routed.stats = Some(Arc::clone(&route.stats));
     match route.action() {
+        Action::Proxy(p) if p.server_timing => ex.routed.server_timing = true,
+        _ => {}
+    }
+    match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => {
             let fx = super::filters::FilterCtx {
@@ -551,6 +579,14 @@ fn finish(
             h.insert(name.clone(), id.clone());
         }
     }
+    let answered = ex.log.start.elapsed();
+    if ex.routed.server_timing {
+        let steps = ex.log.timing.server_timing(ex.log.upstream_time, answered);
+        if let Ok(v) = HeaderValue::try_from(steps) {
+            resp.headers_mut()
+                .append(header::HeaderName::from_static("server-timing"), v);
+        }
+    }
     // The listener's HTTP/3, advertised on its TCP answers (the client reaches Pylon,
     // so an upstream's own Alt-Svc would point it elsewhere).
     if let Some(alt_svc) = &ctx.alt_svc {
@@ -569,6 +605,7 @@ fn finish(
     }
     resp.body_mut().set_completion(Box::new(ExchangeEnd {
         start: ex.log.start,
+        answered,
         _lease: ex.held.lease.take(),
         pooled: ex.held.pooled.take(),
         meter: ex.held.meter.take(),
@@ -588,6 +625,8 @@ fn finish(
 /// Runs when the response body is done: pool return, access-log line, in-flight count.
 struct ExchangeEnd {
     start: Instant,
+    /// When the answer's head was handed to the client (since `start`).
+    answered: Duration,
     /// The endpoint stays counted in flight until the response body is done.
     _lease: Option<EndpointLease>,
     pooled: Option<Pooled>,
@@ -653,7 +692,9 @@ impl Completion for ExchangeEnd {
                 record.grpc_status = grpc_status;
             }
             record.bytes_in = this.meter.map_or(0, |m| m.bytes.load(Ordering::Relaxed));
-            record.duration_ms = millis(this.start.elapsed());
+            let total = this.start.elapsed();
+            record.duration_ms = millis(total);
+            record.timing.response_ms = Some(total.saturating_sub(this.answered));
             if !complete && record.error.is_none() {
                 record.error = Some(if stalled {
                     "send_timeout"

@@ -27,10 +27,9 @@ use super::headers::{append_via, strip_hop_by_hop};
 use super::pipeline::{ConnCtx, Exchange};
 use super::router::RouteRuntime;
 use crate::cluster::{
-    ClientAddresses, ClusterRuntime, EndpointLease, EndpointPool, EndpointSet, Pooled,
+    ClientAddresses, ClusterRuntime, EndpointLease, EndpointPool, EndpointSet, Pooled, TryTiming,
     UpstreamBody, UpstreamError, hash_key,
 };
-use crate::observe::access_log::millis;
 use crate::runtime::ListenerRuntime;
 
 /// One proxied request's upstream side, decided before the first try.
@@ -226,10 +225,11 @@ async fn send_with_retries(
         let (request, timeout) = try_request(call, &lease, try_parts, body.for_try())?;
         let endpoint = Arc::clone(lease.endpoint());
         let sent_at = Instant::now();
+        let mut timing = TryTiming::default();
         // The send, aborted when the route watches for a client that ends its side.
         let result = if call.action.abort_on_client_close {
             tokio::select! {
-                r = endpoint.send(request, timeout) => r,
+                r = endpoint.send(request, timeout, &mut timing) => r,
                 () = call.conn.client_closed() => {
                     ex.log.upstream = Some(endpoint.address);
                     lease.report(true);
@@ -238,9 +238,9 @@ async fn send_with_retries(
                 }
             }
         } else {
-            endpoint.send(request, timeout).await
+            endpoint.send(request, timeout, &mut timing).await
         };
-        record_try(call, &mut lease, sent_at.elapsed(), result.is_ok(), ex);
+        record_try(call, &mut lease, sent_at, &timing, result.is_ok(), ex);
         let client_caused = ex.held.meter.as_deref().is_some_and(|m| {
             m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
         });
@@ -353,19 +353,28 @@ fn try_request(
     Ok((Request::from_parts(head, body), timeout))
 }
 
-/// One try sent: its endpoint and time in the log, its latency for the balancer.
+/// One try sent: its endpoint and timing breakdown in the log, its latency for the
+/// balancer and the histograms.
 fn record_try(
     call: &Call<'_>,
     lease: &mut EndpointLease,
-    took: Duration,
+    sent_at: Instant,
+    timing: &TryTiming,
     ok: bool,
     ex: &mut Exchange,
 ) {
+    let took = sent_at.elapsed();
     ex.log.upstream = Some(lease.endpoint().address);
-    ex.log.upstream_ms = Some(millis(took));
+    ex.log.upstream_time = Some(took);
+    ex.log.timing.upstream(timing, timing.sent(sent_at));
+    let route = &call.route.stats;
+    if let Some(connect) = timing.connect {
+        route.upstream_connect.observe(connect);
+    }
     if ok {
         lease.record_latency(took);
         call.cluster.stats.upstream_latency.observe(took);
+        route.upstream_first_byte.observe(took);
     }
 }
 

@@ -293,6 +293,7 @@ impl H3Listener {
                 stats: Arc::clone(&lr.stats),
                 guard: Some(Arc::new(guard)),
                 client_socket: None,
+                handshake_ns: Default::default(),
             };
             let open = Open::new(&self.live);
             tokio::spawn(connection(connecting, ctx, s, self.drain.subscribe(), open));
@@ -367,6 +368,7 @@ async fn connection(
     // 1-RTT stream can arrive, so a stream taken up while it is pending is early).
     let mut handshaking = None;
     let handshake_deadline = tokio::time::Instant::now() + handshake;
+    let started = std::time::Instant::now();
     let conn = if s.http3.early_data {
         let Ok((conn, done)) = connecting.into_0rtt() else {
             return;
@@ -377,6 +379,9 @@ async fn connection(
         match tokio::time::timeout(handshake, connecting).await {
             Ok(Ok(c)) => {
                 metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+                ctx.handshake_ns = std::sync::atomic::AtomicU64::new(
+                    crate::observe::timing::nanos(started.elapsed()),
+                );
                 c
             }
             Ok(Err(e)) => {

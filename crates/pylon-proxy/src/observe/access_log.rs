@@ -48,6 +48,10 @@ pub struct AccessRecord {
     pub grpc_status: Option<u16>,
     /// A tunnel's: `client` or `upstream` (the side that finished first), or `proxy`.
     pub closed_by: Option<&'static str>,
+    /// Where the request's time went (`client_tls_ms`, `request_head_ms`, `dns_ms`,
+    /// `queue_ms`, `connect_ms`, `upstream_tls_ms`, `request_sent_ms`, `response_ms`).
+    #[serde(flatten)]
+    pub timing: super::timing::Timing,
 }
 
 /// One TURN allocation, logged when it ends.

@@ -16,7 +16,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::registry::Registry;
 
 use super::Metrics;
-use super::stats::{Histogram, StatsRegistry};
+use super::stats::{Histogram, RouteStats, StatsRegistry};
 use crate::runtime::Runtime;
 
 /// The media type of what [`render`] returns.
@@ -409,19 +409,32 @@ impl Collector for Exposition {
                 )
             }),
         )?;
-        f.histograms(
-            "pylon_request_duration_seconds",
-            "Time from a request's arrival to the end of its response body, by route.",
-            routes.iter().map(|r| {
+        let by_route = |h: fn(&RouteStats) -> &Histogram| {
+            routes.iter().map(move |r| {
                 (
                     vec![
                         ("listener", &*r.listener),
                         ("route", &*r.route),
                         ("cluster", &*r.cluster),
                     ],
-                    &r.latency,
+                    h(r),
                 )
-            }),
+            })
+        };
+        f.histograms(
+            "pylon_request_duration_seconds",
+            "Time from a request's arrival to the end of its response body, by route.",
+            by_route(|r| &r.latency),
+        )?;
+        f.histograms(
+            "pylon_route_upstream_connect_seconds",
+            "TCP connect time of new upstream connections, by route.",
+            by_route(|r| &r.upstream_connect),
+        )?;
+        f.histograms(
+            "pylon_route_upstream_first_byte_seconds",
+            "Time from sending a request upstream to its response head, by route.",
+            by_route(|r| &r.upstream_first_byte),
         )?;
         let clusters = self.stats.clusters();
         f.histograms(

@@ -87,6 +87,10 @@ pub struct RouteStats {
     pub cluster: Arc<str>,
     responses: [AtomicU64; 6],
     pub latency: Histogram,
+    /// The TCP connect of new upstream connections.
+    pub upstream_connect: Histogram,
+    /// From a try's start to the upstream's response head.
+    pub upstream_first_byte: Histogram,
     /// Responses whose body did not reach the client whole (upstream died mid-body,
     /// client went away, upload cut).
     pub incomplete: AtomicU64,
@@ -137,6 +141,8 @@ impl StatsRegistry {
                 cluster: Arc::from(cluster),
                 responses: Default::default(),
                 latency: Histogram::default(),
+                upstream_connect: Histogram::default(),
+                upstream_first_byte: Histogram::default(),
                 incomplete: AtomicU64::new(0),
             })
         }))
