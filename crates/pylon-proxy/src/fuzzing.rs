@@ -38,6 +38,7 @@ impl H1Harness {
             let logger = AccessLogger::start(
                 &pylon_config::model::AccessLogTarget::Off,
                 Arc::clone(&metrics),
+                Default::default(),
             )
             .unwrap_or_else(|e| panic!("access log: {e}"));
             let plan = pylon_config::diff(&pylon_config::Config::empty(), config);
@@ -51,6 +52,7 @@ impl H1Harness {
                 stop: crate::life::Stop::default(),
                 turn: Default::default(),
                 own_addrs: Default::default(),
+                recent: Default::default(),
             });
             (Arc::new(ArcSwap::from_pointee(built)), shared)
         });

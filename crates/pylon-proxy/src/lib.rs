@@ -156,8 +156,13 @@ impl Proxy {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         observe::exposition::process_start_time();
         let metrics = Arc::new(Metrics::default());
-        let logger = AccessLogger::start(&config.access_log.target, Arc::clone(&metrics))
-            .map_err(StartError::AccessLog)?;
+        let recent = Arc::new(observe::recent::Recent::default());
+        let logger = AccessLogger::start(
+            &config.access_log.target,
+            Arc::clone(&metrics),
+            Arc::clone(&recent),
+        )
+        .map_err(StartError::AccessLog)?;
         let shared = Arc::new(Shared {
             metrics,
             stats: Arc::new(StatsRegistry::default()),
@@ -166,6 +171,7 @@ impl Proxy {
             stop: life::Stop::default(),
             turn: Default::default(),
             own_addrs: Default::default(),
+            recent,
         });
         let proxy = Arc::new_cyclic(|this| Proxy {
             shared,
@@ -202,13 +208,25 @@ impl Proxy {
                 for c in &report.changes {
                     tracing::info!("reload: {c}");
                 }
+                self.shared.recent.reload(true, report.changes.clone());
             }
-            Err(e) => {
-                metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("reload refused, the running configuration keeps serving: {e}");
-            }
+            Err(e) => self.reload_refused(e),
         }
         result
+    }
+
+    /// A reload that did not take effect: counted, logged and listed (the dashboard's
+    /// recent reloads).
+    pub(crate) fn reload_refused(&self, e: &dyn std::fmt::Display) {
+        self.shared
+            .metrics
+            .reloads_failed
+            .fetch_add(1, Ordering::Relaxed);
+        let text = e.to_string();
+        tracing::error!("reload refused, the running configuration keeps serving:\n{text}");
+        self.shared
+            .recent
+            .reload(false, text.lines().map(str::to_owned).collect());
     }
 
     /// Sets the file that [`Proxy::reload_from_source`] reads.
@@ -225,26 +243,20 @@ impl Proxy {
     pub async fn reload_from_source(&self) -> Result<ReloadReport, StartError> {
         let path = lock(&self.source).clone();
         let Some(path) = path else {
-            self.shared
-                .metrics
-                .reloads_failed
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(StartError::Config(ConfigErrors(vec![ConfigError {
+            let e = ConfigErrors(vec![ConfigError {
                 file: String::new(),
                 line: 0,
                 column: 0,
                 key: String::new(),
                 message: "this Pylon was not started from a config file; send the config in the request body".into(),
-            }])));
+            }]);
+            self.reload_refused(&e);
+            return Err(StartError::Config(e));
         };
         match pylon_config::load_file(&path) {
             Ok(c) => self.reload(&c).await,
             Err(e) => {
-                self.shared
-                    .metrics
-                    .reloads_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!("reload refused, the running configuration keeps serving:\n{e}");
+                self.reload_refused(&e);
                 Err(StartError::Config(e))
             }
         }

@@ -181,6 +181,8 @@ async fn handshake(
     match tokio::time::timeout(tls.settings.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
             metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            ctx.stats
+                .tls_handshake(stream.get_ref().1.protocol_version());
             ctx.handshake_ns =
                 std::sync::atomic::AtomicU64::new(crate::observe::timing::nanos(started.elapsed()));
             ctx.client_cert = stream

@@ -21,6 +21,8 @@ pub struct Shared {
     pub turn: crate::turn::TurnRegistry,
     /// Every address Pylon serves now (TURN never relays to them).
     pub own_addrs: arc_swap::ArcSwap<Vec<std::net::SocketAddr>>,
+    /// The slowest recent requests and the recent reloads (the dashboard's).
+    pub recent: Arc<crate::observe::recent::Recent>,
 }
 
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod client;
 pub mod dns;
 pub mod grpc;
@@ -17,6 +18,7 @@ pub mod tls;
 pub mod turn;
 pub mod ws;
 
+pub use browser::*;
 pub use client::*;
 pub use dns::*;
 pub use grpc::*;

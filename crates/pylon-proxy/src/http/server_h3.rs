@@ -379,6 +379,7 @@ async fn connection(
         match tokio::time::timeout(handshake, connecting).await {
             Ok(Ok(c)) => {
                 metrics.quic_connections.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.tls_handshake(None);
                 ctx.handshake_ns = std::sync::atomic::AtomicU64::new(
                     crate::observe::timing::nanos(started.elapsed()),
                 );

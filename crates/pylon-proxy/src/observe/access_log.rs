@@ -122,7 +122,7 @@ enum Line {
     Session(Box<SessionRecord>),
 }
 
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
@@ -137,11 +137,17 @@ pub struct AccessLogger {
     metrics: Arc<Metrics>,
     /// Asks the writer to reopen its file before the next line.
     reopen: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the slowest requests are kept (the dashboard's list).
+    recent: Arc<super::recent::Recent>,
 }
 
 impl AccessLogger {
     /// Starts the writer thread for `target` (none for `Off`).
-    pub fn start(target: &AccessLogTarget, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn start(
+        target: &AccessLogTarget,
+        metrics: Arc<Metrics>,
+        recent: Arc<super::recent::Recent>,
+    ) -> std::io::Result<Self> {
         let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => {
@@ -149,6 +155,7 @@ impl AccessLogger {
                     tx: None,
                     metrics,
                     reopen,
+                    recent,
                 });
             }
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
@@ -168,6 +175,7 @@ impl AccessLogger {
             tx: Some(tx),
             metrics,
             reopen,
+            recent,
         })
     }
 
@@ -183,8 +191,10 @@ impl AccessLogger {
     }
 
     /// Queues a line (boxed: the queue's 65,536 slots are then a pointer each, not a
-    /// record each, which would be 24 MiB held from the start).
+    /// record each, which would be 24 MiB held from the start), and offers it to the
+    /// slowest-requests list.
     pub fn log(&self, record: Box<AccessRecord>) {
+        self.recent.offer(&record);
         self.send(Line::Request(record));
     }
 

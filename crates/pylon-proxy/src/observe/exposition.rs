@@ -375,6 +375,16 @@ impl Collector for Exposition {
             "Bytes written to clients, by listener (HTTP listeners, TLS included).",
             by_listener(|s| &s.sent_bytes),
         )?;
+        f.counters(
+            "pylon_listener_tls_handshakes",
+            "TLS and QUIC handshakes completed, by listener and TLS version.",
+            listeners.iter().flat_map(|(n, s)| {
+                ["1.2", "1.3"]
+                    .into_iter()
+                    .zip(&s.tls_versions)
+                    .map(|(v, c)| (vec![("listener", n.as_str()), ("version", v)], load(c)))
+            }),
+        )?;
 
         let routes = self.stats.routes();
         let classes = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod exposition;
 pub mod metrics;
+pub mod recent;
 pub mod stats;
 pub mod timing;
 

@@ -76,6 +76,16 @@ pub struct ListenerStats {
     pub tunnels_active: AtomicU64,
     pub received_bytes: AtomicU64,
     pub sent_bytes: AtomicU64,
+    /// TLS (and QUIC) handshakes completed, by version: TLS 1.2, TLS 1.3.
+    pub tls_versions: [AtomicU64; 2],
+}
+
+impl ListenerStats {
+    /// A handshake completed with this protocol version.
+    pub fn tls_handshake(&self, version: Option<rustls::ProtocolVersion>) {
+        let i = usize::from(version != Some(rustls::ProtocolVersion::TLSv1_2));
+        self.tls_versions[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One route's answers: by status class (index 1..=5; 0 for anything else) and the

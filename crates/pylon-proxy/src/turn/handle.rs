@@ -627,6 +627,7 @@ allowed_peers = ["127.0.0.0/8"]
         let logger = AccessLogger::start(
             &pylon_config::model::AccessLogTarget::Off,
             Arc::clone(&metrics),
+            Default::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let shared = Arc::new(Shared {
@@ -637,6 +638,7 @@ allowed_peers = ["127.0.0.0/8"]
             stop: crate::life::Stop::default(),
             turn: Default::default(),
             own_addrs: Default::default(),
+            recent: Default::default(),
         });
         shared
             .turn

@@ -1,19 +1,22 @@
 //! The admin API: its own HTTP/1.1 listener (`[admin]`, 127.0.0.1:9901 by default),
 //! JSON answers. Health and readiness probes, Prometheus metrics, the effective config
 //! (as TOML in the file's own keys, or JSON with the same keys; secrets redacted),
-//! clusters and endpoints, reloads, endpoint drain and undrain, the log level. With a
-//! `token`, every path but the probes needs `Authorization: Bearer <token>`. A wrong
-//! method gets `405` with `Allow`.
+//! clusters and endpoints, reloads, endpoint drain and undrain, the log level, and the
+//! live dashboard (`dashboard.rs`). With a `token`, every path but the probes needs
+//! `Authorization: Bearer <token>` (or HTTP Basic with the token as the password, which
+//! a browser asks for on the dashboard). A wrong method gets `405` with `Allow`.
+
+mod dashboard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::http::filters::split::SplitState;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pylon_config::{Config, ConfigError};
@@ -119,6 +122,8 @@ async fn serve(
     proxy: Weak<Proxy>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let board = dashboard::Dashboard::new();
+    tokio::spawn(Arc::clone(&board).run(proxy.clone(), stop.clone()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -133,10 +138,25 @@ async fn serve(
             }
         };
         let proxy = proxy.clone();
+        let board = Arc::clone(&board);
+        let stop = stop.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(handle(req, proxy).await) }
+                let board = Arc::clone(&board);
+                let stop = stop.clone();
+                async move {
+                    let events = req.method() == Method::GET
+                        && req.uri().path().trim_end_matches('/') == "/dashboard/events";
+                    let resp = match (events, proxy.upgrade()) {
+                        (true, Some(p)) => match denied(&req, &p) {
+                            Some(r) => r.map(Either::Left),
+                            None => board.events(proxy, stop).map(Either::Right),
+                        },
+                        _ => handle(req, proxy, &board).await.map(Either::Left),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -180,25 +200,64 @@ fn config_errors(errors: Vec<ConfigError>) -> Value {
     json!({ "status": "refused", "errors": list })
 }
 
-/// Constant-time comparison of the bearer token.
+/// The token, as a bearer token or the password of HTTP Basic (any user name: what a
+/// browser sends once asked), compared in constant time.
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(given) = req
+    use base64::Engine as _;
+    let Some(value) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
     else {
         return false;
     };
+    let given = match value.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.as_bytes().to_vec(),
+        Some((scheme, b)) if scheme.eq_ignore_ascii_case("basic") => {
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else {
+                return false;
+            };
+            match decoded.iter().position(|&c| c == b':') {
+                Some(i) => decoded[i + 1..].to_vec(),
+                None => return false,
+            }
+        }
+        _ => return false,
+    };
     given.len() == token.len()
         && given
-            .bytes()
+            .iter()
             .zip(token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
 }
 
-async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Bytes>> {
+/// The answer to a request without the admin token, when one is configured: `401`,
+/// asking a browser for it on the dashboard's paths.
+fn denied(req: &Request<Incoming>, proxy: &Proxy) -> Option<Response<Full<Bytes>>> {
+    let rt = proxy.runtime();
+    let token = rt.config.admin.as_ref().and_then(|a| a.token.as_deref())?;
+    if authorized(req, token) {
+        return None;
+    }
+    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    let challenge = if req.uri().path().starts_with("/dashboard") {
+        "Basic realm=\"Pylon admin\", charset=\"UTF-8\""
+    } else {
+        "Bearer"
+    };
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
+    Some(r)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    proxy: Weak<Proxy>,
+    board: &Arc<dashboard::Dashboard>,
+) -> Response<Full<Bytes>> {
     let Some(proxy) = proxy.upgrade() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "stopping");
     };
@@ -224,17 +283,10 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
         }
         _ => {}
     }
-    let rt = proxy.runtime();
-    if let Some(token) = rt.config.admin.as_ref().and_then(|a| a.token.as_deref())
-        && !authorized(&req, token)
-    {
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
+    if let Some(r) = denied(&req, &proxy) {
         return r;
     }
+    let rt = proxy.runtime();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
@@ -246,6 +298,8 @@ async fn handle(req: Request<Incoming>, proxy: Weak<Proxy>) -> Response<Full<Byt
             r
         }
         (&Method::GET, ["config"]) => effective_config(&rt, wants_json(&req)),
+        (&Method::GET, ["dashboard"]) => dashboard::page(),
+        (&Method::GET, ["dashboard", "data"]) => reply(StatusCode::OK, &board.data(&proxy)),
         (&Method::GET, ["clusters"]) => reply(StatusCode::OK, &clusters(&rt)),
         (&Method::GET, ["caches"]) => reply(StatusCode::OK, &caches(&rt)),
         (&Method::GET, ["caches", zone]) => match rt.caches.get(*zone) {
@@ -355,6 +409,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         ["splits", _, "shift"] => Some("POST, DELETE"),
         ["reload"] | ["clusters", _, "endpoints", _, "drain" | "undrain"] => Some("POST"),
         ["log-level"] => Some("PUT"),
+        ["dashboard"] | ["dashboard", "data" | "events"] => Some("GET"),
         _ => None,
     }
 }
@@ -599,12 +654,7 @@ async fn reload(req: Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> 
         match pylon_config::parse(&text, "<POST /reload>") {
             Ok(c) => proxy.reload(&c).await,
             Err(e) => {
-                proxy
-                    .shared
-                    .metrics
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("reload refused, the running configuration keeps serving:\n{e}");
+                proxy.reload_refused(&e);
                 Err(StartError::Config(e))
             }
         }
