@@ -105,7 +105,43 @@ pub fn document(config: &Config) -> Table {
             .collect();
         doc.insert("rate_limits".into(), limits.into());
     }
+    if let Some(t) = &config.tracing {
+        doc.insert("tracing".into(), tracing(t).into());
+    }
     doc
+}
+
+fn tracing(t: &Tracing) -> Table {
+    let mut headers = T::default();
+    for (k, _) in &t.headers {
+        headers.put(k, REDACTED_SECRET);
+    }
+    T::default()
+        .put("enabled", true)
+        .put("endpoint", t.endpoint.as_str())
+        .put(
+            "protocol",
+            match t.protocol {
+                OtlpProtocol::Grpc => "grpc",
+                OtlpProtocol::HttpProtobuf => "http/protobuf",
+            },
+        )
+        .put("service_name", t.service_name.as_str())
+        .put(
+            "sampler",
+            match t.sampler {
+                Sampler::ParentBased => "parent_based",
+                Sampler::Ratio => "ratio",
+            },
+        )
+        .put("ratio", Value::Float(t.ratio))
+        .put("always_sample_errors", t.always_sample_errors)
+        .put("headers", headers.done())
+        .put("max_queue", int(t.max_queue))
+        .put("max_batch", int(t.max_batch))
+        .put("flush_interval", dur(t.flush_interval))
+        .put("export_timeout", dur(t.export_timeout))
+        .done()
 }
 
 /// The TOML text of [`document`], opening with `# hash: HASH` (when given) and a
@@ -158,6 +194,9 @@ pub fn redacted_keys(config: &Config) -> Vec<String> {
             keys.push(format!("clusters[{i}].sticky.secret"));
         }
     }
+    for (k, _) in config.tracing.iter().flat_map(|t| t.headers.iter()) {
+        keys.push(format!("tracing.headers.{k}"));
+    }
     for (i, l) in config.listeners.iter().enumerate() {
         let relay = l.stun.as_ref().and_then(|s| s.relay.as_ref());
         if relay.is_some_and(|r| r.secret_file.is_none() && r.secret.is_some()) {
@@ -199,6 +238,9 @@ pub fn redact(config: &Config) -> Config {
         if let (None, Some(secret)) = (&r.secret_file, r.secret.as_mut()) {
             *secret = REDACTED_SECRET.to_owned();
         }
+    }
+    for (_, v) in c.tracing.iter_mut().flat_map(|t| t.headers.iter_mut()) {
+        *v = REDACTED_SECRET.to_owned();
     }
     c
 }

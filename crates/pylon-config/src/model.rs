@@ -12,10 +12,12 @@ use crate::error::ConfigError;
 mod cache;
 mod cluster;
 mod gateway;
+mod tracing;
 mod turn;
 pub use cache::*;
 pub use cluster::*;
 pub use gateway::*;
+pub use tracing::*;
 pub use turn::*;
 
 /// A whole, validated configuration.
@@ -35,6 +37,8 @@ pub struct Config {
     pub auth: Vec<AuthPolicy>,
     /// Rate-limit policies (`[[rate_limits]]`), used by routes with `rate_limit`.
     pub rate_limits: Vec<RateLimit>,
+    /// OpenTelemetry traces (`[tracing]`), when enabled.
+    pub tracing: Option<Tracing>,
 }
 
 impl Config {
@@ -51,6 +55,7 @@ impl Config {
             caches: Vec::new(),
             auth: Vec::new(),
             rate_limits: Vec::new(),
+            tracing: None,
         }
     }
 

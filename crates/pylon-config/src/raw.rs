@@ -37,6 +37,24 @@ pub struct RawAccessLog {
     pub path: Option<Spanned<String>>,
 }
 
+/// `[tracing]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub enabled: Option<bool>,
+    pub endpoint: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
+    pub sampler: Option<Spanned<String>>,
+    pub ratio: Option<Spanned<f64>>,
+    pub always_sample_errors: Option<bool>,
+    pub headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub max_queue: Option<Spanned<usize>>,
+    pub max_batch: Option<Spanned<usize>>,
+    pub flush_interval: Option<Spanned<String>>,
+    pub export_timeout: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {

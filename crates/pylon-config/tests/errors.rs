@@ -1596,3 +1596,46 @@ server_timing = true
         ],
     );
 }
+
+#[test]
+fn tracing_settings_are_checked() {
+    let text = r#"[tracing]
+protocol = "zipkin"
+ratio = 1.5
+sampler = "always"
+endpoint = "ftp://x"
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+"#;
+    assert_errors(
+        text,
+        &[
+            "test.toml:2:12: tracing.protocol: unknown protocol \"zipkin\": use \"grpc\" or \"http/protobuf\"",
+            "test.toml:3:9: tracing.ratio: `ratio` must be between 0 and 1",
+            "test.toml:4:11: tracing.sampler: unknown sampler \"always\": use \"parent_based\" or \"ratio\"",
+            "test.toml:5:12: tracing.endpoint: `endpoint` must be an http:// or https:// URL with a host",
+        ],
+    );
+    assert_errors(
+        "[tracing]\nservice_name = \"x\"\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n",
+        &["test.toml:1:1: tracing: [tracing] needs `endpoint`"],
+    );
+    let ok = pylon_config::parse(
+        "[tracing]\nendpoint = \"http://collector:4318\"\nprotocol = \"http/protobuf\"\nheaders = { \"x-api-key\" = \"k\" }\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let t = ok.tracing.as_ref().unwrap();
+    assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+    // The effective config hides the key and parses back to the same settings.
+    let text = pylon_config::effective::to_toml(&ok, None).unwrap();
+    assert!(!text.contains("\"k\""), "{text}");
+    let back = pylon_config::parse(&text, "effective.toml").unwrap();
+    assert_eq!(back.tracing.as_ref().unwrap().endpoint, t.endpoint);
+    assert_eq!(
+        back.tracing.as_ref().unwrap().headers,
+        [("x-api-key".to_owned(), "<redacted>".to_owned())]
+    );
+}

@@ -4,6 +4,7 @@
 //! [`Proxy::reload`] swaps in a new config without closing what did not change;
 //! [`Proxy::shutdown`] stops accepting and drains.
 
+pub mod activation;
 pub mod admin;
 pub mod cluster;
 mod conn;

@@ -58,6 +58,13 @@ impl Proxy {
         // them listening.
         let planned = plan_sockets(&sockets.running, config, &mut prebound)?;
         let admin_socket = admin::prepare(sockets.admin.as_ref(), config, &mut prebound)?;
+        for p in &prebound {
+            tracing::warn!(
+                address = ?p.socket.local_addr().ok(),
+                listener = p.listener.as_deref().unwrap_or("-"),
+                "a socket handed to Pylon matches no listener of the configuration; closed"
+            );
+        }
         let previous = (!first).then_some(&*previous);
         let (built, retired) = self
             .build_runtime(config, &plan, previous, first, &mut changes)
@@ -90,8 +97,29 @@ impl Proxy {
         first: bool,
         changes: &mut Vec<String>,
     ) -> Result<(Runtime, Retired), StartError> {
-        let (built, retired) = Runtime::build(config, &self.shared.stats, previous, plan)
+        let (mut built, retired) = Runtime::build(config, &self.shared.stats, previous, plan)
             .map_err(|e| StartError::Config(ConfigErrors(e)))?;
+        built.tracer = match (&config.tracing, previous.and_then(|p| p.tracer.as_ref())) {
+            (Some(t), Some(old)) if old.serves(t) => Some(Arc::clone(old)),
+            (Some(t), _) => {
+                let tracer =
+                    crate::observe::trace::Tracer::start(t, Arc::clone(&self.shared.metrics))
+                        .map_err(|e| {
+                            StartError::Config(ConfigErrors(vec![pylon_config::ConfigError {
+                                file: String::new(),
+                                line: 0,
+                                column: 0,
+                                key: "tracing".into(),
+                                message: e.to_string(),
+                            }]))
+                        })?;
+                if !first {
+                    changes.push(format!("tracing: exporting to {}", t.endpoint));
+                }
+                Some(tracer)
+            }
+            (None, _) => None,
+        };
         for c in &config.clusters {
             if plan.clusters.is_kept(&c.name) {
                 continue;

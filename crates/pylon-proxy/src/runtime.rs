@@ -59,6 +59,9 @@ pub struct Runtime {
     /// Whether TLS connections keep what their handshake negotiated: for clusters that
     /// send it in PROXY v2 headers, and for templates that name it (`{tls_version}`).
     pub keeps_tls_info: bool,
+    /// OpenTelemetry traces (`[tracing]`): set by the reload that builds the runtime,
+    /// kept from the previous runtime when its settings did not change.
+    pub tracer: Option<Arc<crate::observe::trace::Tracer>>,
     /// The validated config this runtime was built from, and its hash.
     pub config: Arc<Config>,
     pub config_hash: String,
@@ -96,6 +99,7 @@ impl Runtime {
             mirrors: HashMap::new(),
             sends_proxy_protocol: false,
             keeps_tls_info: false,
+            tracer: None,
             config_hash: config_hash(&config),
             config: Arc::new(config),
         }
@@ -180,6 +184,7 @@ impl Runtime {
                                     rate_limits: &rate_limits,
                                     splits: &splits,
                                     mirrors: &mirrors,
+                                    tracing: config.tracing.is_some(),
                                 },
                             ),
                             route: r.clone(),
@@ -201,7 +206,11 @@ impl Runtime {
                     l4: l.l4.clone().map(Arc::new),
                     proxy_in: l.proxy_protocol.clone().map(Arc::new),
                     forward: l.forward.clone().map(|f| {
-                        let filters = crate::http::filters::FilterChain::for_forward(&f, &caches);
+                        let filters = crate::http::filters::FilterChain::for_forward(
+                            &f,
+                            &caches,
+                            config.tracing.is_some(),
+                        );
                         crate::http::forward::ForwardRuntime::new(f, filters)
                     }),
                     config: l.clone(),
@@ -229,6 +238,7 @@ impl Runtime {
             mirrors,
             config: Arc::new(config.clone()),
             config_hash: config_hash(config),
+            tracer: None,
         };
         let retired = previous.map(|p| p.retired(plan)).unwrap_or_default();
         Ok((runtime, retired))

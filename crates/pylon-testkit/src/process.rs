@@ -30,11 +30,18 @@ impl PylonProcess {
         env: &[(&str, &str)],
     ) -> PylonProcess {
         let mut cmd = Command::new(bin);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args);
         cmd.envs(env.iter().copied());
         if let Some(d) = cwd {
             cmd.current_dir(d);
         }
+        Self::start_command(cmd)
+    }
+
+    /// Starts a command made by the test (one that runs Pylon, with its own file
+    /// descriptors or wrapper) and waits as [`start`](Self::start) does.
+    pub fn start_command(mut cmd: Command) -> PylonProcess {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::clone(&stderr);

@@ -355,7 +355,8 @@ async fn serve(
         handover.ready()?;
         proxy
     } else {
-        Proxy::start(&config).await?
+        let activated = systemd::activated_sockets(&config)?;
+        Proxy::start_inherited(&config, activated).await?
     };
     if let Some(p) = &path {
         proxy.set_source(p.clone());

@@ -1,7 +1,8 @@
 //! systemd's service notifications (`Type=notify`, `sd_notify(3)`) through the
 //! `sd-notify` crate: ready once every listener is bound, reloading and ready again
 //! around a SIGHUP reload, stopping when a stop begins, and the new main PID after a
-//! binary upgrade. Nothing is sent outside systemd (no `NOTIFY_SOCKET`).
+//! binary upgrade. Nothing is sent outside systemd (no `NOTIFY_SOCKET`). Also the
+//! sockets of socket activation (`LISTEN_FDS`).
 
 use sd_notify::NotifyState;
 
@@ -42,4 +43,13 @@ pub fn stopping() {
 /// This process took over from the one systemd started (`NotifyAccess=all`).
 pub fn main_pid() {
     send(&[NotifyState::MainPid(std::process::id())]);
+}
+
+/// The listening sockets the service manager passed (socket activation: `LISTEN_FDS`
+/// for this PID), for the listeners of `config`; none outside socket activation.
+pub fn activated_sockets(
+    config: &pylon_config::Config,
+) -> anyhow::Result<Vec<pylon_proxy::sockets::PreboundSocket>> {
+    let fds: Vec<_> = sd_notify::listen_fds_with_names(true)?.collect();
+    Ok(pylon_proxy::activation::adopt(fds, config)?)
 }

@@ -476,3 +476,90 @@ async fn systemd_hears_ready_reloading_and_stopping() {
     received("STOPPING=1");
     assert_eq!(p.wait_exit().code(), Some(0));
 }
+
+/// Socket activation as systemd does it (sd_listen_fds(3)): the sockets are opened by
+/// the service manager (here the test) and passed as descriptors 3 and 4 with
+/// `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`. Pylon serves them without binding:
+/// one named after its listener (whose configured address it replaces), one matched by
+/// its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_serves_the_sockets_it_is_given() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let origin = Origin::named("o").await;
+    let named = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let by_address = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (named_addr, side_addr) = (
+        named.local_addr().unwrap(),
+        by_address.local_addr().unwrap(),
+    );
+    let dir = temp_dir();
+    let file = dir.join("pylon.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+access_log = {{ enabled = false }}
+[[listeners]]
+name = "front"
+# Never bound: the socket named "front" stands for it.
+bind = "127.0.0.1:1"
+[[listeners]]
+name = "side"
+bind = "{side_addr}"
+[[routes]]
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = ["{}"]
+"#,
+            origin.addr
+        ),
+    )
+    .unwrap();
+    // `LISTEN_PID` is the shell's PID, which `exec` gives to Pylon.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "exec env LISTEN_PID=$$ \"$0\" \"$@\"",
+        PYLON,
+        "run",
+        "-c",
+        file.to_str().unwrap(),
+    ])
+    .env("LISTEN_FDS", "2")
+    .env("LISTEN_FDNAMES", "front:unknown");
+    let fds = [named.as_raw_fd(), by_address.as_raw_fd()];
+    // SAFETY: between fork and exec only fcntl(2) and dup2(2), which are
+    // async-signal-safe; the descriptors stay open in the parent until the child has
+    // started. Copied out of the way first, so that placing one at 3 cannot close the
+    // other.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0; 2];
+            for (slot, fd) in high.iter_mut().zip(fds) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD, 100);
+                if *slot < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.into_iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let p = PylonProcess::start_command(cmd);
+    // The test's own handles go: only Pylon holds the sockets now.
+    drop((named, by_address));
+    assert_eq!(p.addr("front"), named_addr);
+    assert_eq!(p.addr("side"), side_addr);
+    assert_eq!(get(named_addr, "/").await.text(), "o");
+    assert_eq!(get(side_addr, "/").await.text(), "o");
+    let log = p.stderr.lock().unwrap().join("\n");
+    assert!(log.contains("socket from the service manager"), "{log}");
+    assert!(!log.contains("127.0.0.1:1 "), "{log}");
+}

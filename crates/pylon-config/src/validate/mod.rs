@@ -23,6 +23,7 @@ mod l4;
 mod listeners;
 mod route;
 mod tcp;
+mod tracing;
 mod turn;
 use cluster::cluster;
 use entry::{Dropped, declared_names, entry};
@@ -38,6 +39,7 @@ const SECTIONS: &[&str] = &[
     "caches",
     "auth",
     "rate_limits",
+    "tracing",
 ];
 
 /// Problems found so far, by byte span in the source.
@@ -246,6 +248,10 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         .and_then(|v| entry::<RawAccessLog>(v, p))
         .map(|(r, _)| access_log(r, p))
         .unwrap_or_default();
+    let tracing = root
+        .get("tracing")
+        .and_then(|v| entry::<crate::raw::RawTracing>(v, p).map(|(r, _)| (v.span(), r)))
+        .and_then(|(span, r)| tracing::tracing(r, span, p));
 
     // Every entry is read, whatever is wrong with the others or with some of its keys;
     // references are checked against the names written in the file, so an entry with
@@ -382,6 +388,7 @@ fn build(ctx: &Ctx<'_, '_>, p: &mut Problems) -> Config {
         caches,
         auth,
         rate_limits,
+        tracing,
     }
 }
 

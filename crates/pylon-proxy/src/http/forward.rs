@@ -320,6 +320,7 @@ pub(super) async fn serve(
         state: filter_state,
         user: None,
         endpoint: None,
+        trace: ex.log.trace.clone(),
     };
     if let Some(answer) = fwd.filters.request(&mut req, &mut fx).await? {
         return Ok(answer);

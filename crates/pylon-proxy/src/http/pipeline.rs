@@ -148,6 +148,12 @@ pub(super) struct RequestLog {
     pub(super) tunnel: Option<TunnelLog>,
     /// Where its time went.
     pub(super) timing: Timing,
+    /// From its arrival to its last upstream try's start.
+    pub(super) upstream_start: Option<Duration>,
+    /// Its place in its trace, and the tracer that makes its spans, when the
+    /// configuration traces.
+    pub(super) trace: Option<crate::observe::trace::TraceCtx>,
+    tracer: Option<Arc<crate::observe::trace::Tracer>>,
 }
 
 /// Where a tunnel finds its request's access-log record when it ends.
@@ -173,6 +179,9 @@ impl RequestLog {
             referer: None,
             tunnel: None,
             timing: Timing::default(),
+            upstream_start: None,
+            trace: None,
+            tracer: None,
         }
     }
 
@@ -267,8 +276,12 @@ pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<Res
         return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
     };
     ex.active = Some(ActiveRequest::new(&listener.stats));
-    let logging = ctx.shared.logger.enabled();
-    if logging {
+    if let Some(t) = &rt.tracer {
+        ex.log.trace = Some(t.begin(req.headers()));
+        ex.log.tracer = Some(Arc::clone(t));
+    }
+    // The record's fields, for the access log and the trace span.
+    if ctx.shared.logger.enabled() || ex.log.trace.is_some() {
         ex.log.method = req.method().as_str().to_owned();
         ex.log.authority = authority_of(&req).unwrap_or_default().to_owned();
         ex.log.path = req
@@ -495,6 +508,7 @@ async fn serve(
                 state: filter_state,
                 user: None,
                 endpoint: None,
+                trace: ex.log.trace.clone(),
             };
             let location =
                 super::filters::rules::render_request(&r.location, &req, &fx, &route.name);
@@ -514,6 +528,7 @@ async fn serve(
                 state: filter_state,
                 user: None,
                 endpoint: None,
+                trace: ex.log.trace.clone(),
             };
             super::proxy::proxy(req, route, &mut fx, ex).await
         }
@@ -579,7 +594,18 @@ fn finish(
             h.insert(name.clone(), id.clone());
         }
     }
-    let answered = ex.log.start.elapsed();
+    let logger = ctx
+        .shared
+        .logger
+        .enabled()
+        .then(|| ctx.shared.logger.clone());
+    let traced = ex.log.tracer.is_some();
+    // Read from the clock only for what reports it.
+    let answered = if ex.routed.server_timing || logger.is_some() || traced {
+        ex.log.start.elapsed()
+    } else {
+        Duration::ZERO
+    };
     if ex.routed.server_timing {
         let steps = ex.log.timing.server_timing(ex.log.upstream_time, answered);
         if let Ok(v) = HeaderValue::try_from(steps) {
@@ -592,16 +618,27 @@ fn finish(
     if let Some(alt_svc) = &ctx.alt_svc {
         resp.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
     }
-    let mut log = ctx.shared.logger.enabled().then(|| {
+    let trace = match (ex.log.tracer.take(), ex.log.trace.take()) {
+        (Some(tracer), Some(t)) => Some(Box::new(Traced {
+            tracer,
+            ctx: t,
+            upstream_start: ex.log.upstream_start,
+            upstream_time: ex.log.upstream_time,
+        })),
+        _ => None,
+    };
+    let mut record = (logger.is_some() || trace.is_some()).then(|| {
         let mut record = Box::new(ex.log.record(ctx, status));
         record.grpc_status = super::body::grpc_status(resp.headers());
-        (ctx.shared.logger.clone(), record)
+        record
     });
-    // A tunnel writes its line when it ends.
+    // A tunnel writes its line when it ends (tunnels are not traced: the record is
+    // taken either way).
     if let Some(tunnel) = &ex.log.tunnel
-        && let Some((_, record)) = log.take()
+        && let Some(r) = record.take()
+        && logger.is_some()
     {
-        *crate::lock(tunnel) = Some(record);
+        *crate::lock(tunnel) = Some(r);
     }
     resp.body_mut().set_completion(Box::new(ExchangeEnd {
         start: ex.log.start,
@@ -609,7 +646,9 @@ fn finish(
         _lease: ex.held.lease.take(),
         pooled: ex.held.pooled.take(),
         meter: ex.held.meter.take(),
-        log,
+        record,
+        logger,
+        trace,
         stats,
         ended_by: ex
             .held
@@ -631,7 +670,10 @@ struct ExchangeEnd {
     _lease: Option<EndpointLease>,
     pooled: Option<Pooled>,
     meter: Option<Arc<RequestMeter>>,
-    log: Option<(AccessLogger, Box<AccessRecord>)>,
+    /// The request's record, for its access-log line and its trace span.
+    record: Option<Box<AccessRecord>>,
+    logger: Option<AccessLogger>,
+    trace: Option<Box<Traced>>,
     stats: Option<Arc<RouteStats>>,
     /// A gRPC call Pylon may end itself, and where to count it.
     ended_by: Option<(
@@ -640,6 +682,14 @@ struct ExchangeEnd {
     )>,
     _active: Option<ActiveRequest>,
     _inflight: InFlight,
+}
+
+/// A traced request's span, made when it ends.
+struct Traced {
+    tracer: Arc<crate::observe::trace::Tracer>,
+    ctx: crate::observe::trace::TraceCtx,
+    upstream_start: Option<Duration>,
+    upstream_time: Option<Duration>,
 }
 
 /// A request counted in its listener's active requests until dropped.
@@ -683,7 +733,7 @@ impl Completion for ExchangeEnd {
             metrics.error(kind);
             Some(kind)
         });
-        if let Some((logger, mut record)) = this.log {
+        if let Some(mut record) = this.record {
             if let Some(kind) = ended_by {
                 record.error = Some(kind.as_str());
             }
@@ -702,7 +752,20 @@ impl Completion for ExchangeEnd {
                     "response_incomplete"
                 });
             }
-            logger.log(record);
+            if let Some(t) = this.trace {
+                t.tracer.finish(
+                    &t.ctx,
+                    &record,
+                    &crate::observe::trace::SpanFacts {
+                        answered: this.answered,
+                        upstream_start: t.upstream_start,
+                        upstream_time: t.upstream_time,
+                    },
+                );
+            }
+            if let Some(logger) = this.logger {
+                logger.log(record);
+            }
         }
     }
 }

@@ -364,6 +364,7 @@ fn record_try(
     ex: &mut Exchange,
 ) {
     let took = sent_at.elapsed();
+    ex.log.upstream_start = Some(sent_at.saturating_duration_since(ex.log.start));
     ex.log.upstream = Some(lease.endpoint().address);
     ex.log.upstream_time = Some(took);
     ex.log.timing.upstream(timing, timing.sent(sent_at));

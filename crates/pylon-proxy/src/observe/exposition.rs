@@ -279,9 +279,28 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 "Configuration reloads refused (the old configuration kept serving).",
                 &m.reloads_failed,
             ),
+            (
+                "pylon_trace_spans_exported",
+                "Trace spans the collector accepted.",
+                &m.spans.exported,
+            ),
         ] {
             f.counter(name, help, load(v))?;
         }
+        f.counters(
+            "pylon_trace_spans_dropped",
+            "Trace spans dropped: the export queue was full, or their export failed or timed out.",
+            [
+                (
+                    vec![("reason", "queue_full")],
+                    load(&m.spans.dropped_queue_full),
+                ),
+                (
+                    vec![("reason", "export_failed")],
+                    load(&m.spans.dropped_export_failed),
+                ),
+            ],
+        )?;
         f.counters(
             "pylon_connections_refused",
             "Connections closed at once for a limit: max_connections (all listeners), max_connections_per_ip.",

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub config_loaded_at: AtomicU64,
+    /// Trace spans exported, and dropped (queue full, export failed).
+    pub spans: super::trace::SpanCounts,
 }
 
 impl Metrics {

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod recent;
 pub mod stats;
 pub mod timing;
+pub mod trace;
 
 pub use access_log::{AccessLogger, AccessRecord};
 pub use metrics::Metrics;

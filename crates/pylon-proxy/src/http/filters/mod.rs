@@ -44,6 +44,7 @@ mod rate_limit_redis;
 mod request_id;
 pub(crate) mod rules;
 pub(crate) mod split;
+mod trace_context;
 
 /// What a filter sees besides the request and the answer.
 pub struct FilterCtx<'a> {
@@ -64,6 +65,8 @@ pub struct FilterCtx<'a> {
     pub user: Option<Arc<str>>,
     /// The endpoint that answered (phase 5).
     pub endpoint: Option<std::net::SocketAddr>,
+    /// The request's place in its trace, when the configuration traces.
+    pub trace: Option<crate::observe::trace::TraceCtx>,
 }
 
 /// What a waiting filter's phase 3 comes to: an answer of its own, or `None` to go on.
@@ -142,6 +145,8 @@ pub struct FilterSite<'a> {
     pub(crate) rate_limits: &'a rate_limit::Limiters,
     pub(crate) splits: &'a split::Splits,
     pub(crate) mirrors: &'a mirror::Mirrors,
+    /// The configuration exports traces (`[tracing]`).
+    pub tracing: bool,
 }
 
 /// The cluster a filter chose for this request in phase 3 (a traffic split), left in
@@ -155,6 +160,7 @@ type Factory = fn(&FilterSite<'_>) -> Option<Arc<dyn Filter>>;
 /// Every filter, in the order its phases run.
 const REGISTRY: &[Factory] = &[
     forwarding::build,
+    trace_context::build,
     request_id::build,
     path_rewrite::build,
     // After the prefix rewrite: the regex rewrite applies to its result.
@@ -190,18 +196,23 @@ impl FilterChain {
         FilterChain(filters.into())
     }
 
-    /// The filters of a forward proxy's absolute-form requests (it has no routes): its
-    /// cache, when it names one.
+    /// The filters of a forward proxy's absolute-form requests (it has no routes): the
+    /// trace context when the configuration traces, and its cache, when it names one.
     pub fn for_forward(
         forward: &pylon_config::model::ForwardProxy,
         caches: &cache::Zones,
+        tracing: bool,
     ) -> FilterChain {
-        let filters: Vec<Arc<dyn Filter>> = forward
-            .cache
-            .as_deref()
-            .and_then(|name| caches.get(name))
-            .map(|z| cache::for_zone(z))
+        let trace = tracing.then(|| Arc::new(trace_context::TraceContext) as Arc<dyn Filter>);
+        let filters: Vec<Arc<dyn Filter>> = trace
             .into_iter()
+            .chain(
+                forward
+                    .cache
+                    .as_deref()
+                    .and_then(|name| caches.get(name))
+                    .map(|z| cache::for_zone(z)),
+            )
             .collect();
         FilterChain(filters.into())
     }
