@@ -427,8 +427,8 @@ impl EndpointPool {
         timing: &mut TryTiming,
     ) -> Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError> {
         if let Some(version) = self.proxy_protocol {
-            return self
-                .send_dedicated(version, req, response_timeout, timing)
+            // Boxed: a connection per request (PROXY headers) is the rare setup.
+            return Box::pin(self.send_dedicated(version, req, response_timeout, timing))
                 .await
                 .map(|r| (r, None));
         }
@@ -556,7 +556,7 @@ impl EndpointPool {
             }
             None => Vec::new(),
         };
-        let io = self.connect_io(&preface, true, timing).await?;
+        let io = Box::pin(self.connect_io(&preface, true, timing)).await?;
         timing.queued = Some(Duration::ZERO);
         let sent_at = &mut timing.sent_at;
         let sent = async {
@@ -600,7 +600,9 @@ impl EndpointPool {
         if let Some(io) = self.take_warm()? {
             return Ok((io, true));
         }
-        Ok((self.connect_io(&[], true, timing).await?, false))
+        // Boxed: a connect (TCP, TLS) is rare on a pooled endpoint, and its state would
+        // otherwise make every request's future as large as a TLS handshake.
+        Ok((Box::pin(self.connect_io(&[], true, timing)).await?, false))
     }
 
     /// A warm connection for an HTTP/1.1 request, counted against `max_connections`
@@ -727,7 +729,7 @@ impl EndpointPool {
                         Choice::Use(sender, stream) => return Ok((sender, stream)),
                         Choice::Wait(_) => continue,
                         Choice::Open => {
-                            let conn = self.open_h2(true, timing).await?;
+                            let conn = Box::pin(self.open_h2(true, timing)).await?;
                             let lent = conn.lend();
                             self.h2.add(conn);
                             return Ok(lent);

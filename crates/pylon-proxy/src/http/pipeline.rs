@@ -460,7 +460,15 @@ async fn serve(
     }
     check_limits(&req, listener)?;
     if let Some(fwd) = &listener.forward {
-        return super::forward::serve(req, fwd, listener, ctx, ex, filter_state).await;
+        return Box::pin(super::forward::serve(
+            req,
+            fwd,
+            listener,
+            ctx,
+            ex,
+            filter_state,
+        ))
+        .await;
     }
     // A tunnel is only a forward proxy's to open; an extended CONNECT (RFC 8441,
     // `:protocol`) is a WebSocket handshake and goes to its route.
@@ -473,7 +481,7 @@ async fn serve(
     // route's auth filter reuses the verdict).
     let claims = match listener.router.claim_policies() {
         [] => None,
-        policies => Some(super::filters::auth::routing_claims(policies, &req).await),
+        policies => Some(Box::pin(super::filters::auth::routing_claims(policies, &req)).await),
     };
     let host = normalize_host(authority_of(&req).unwrap_or(""));
     let route = listener

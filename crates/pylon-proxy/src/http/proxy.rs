@@ -226,11 +226,20 @@ async fn send_with_retries(
         let endpoint = Arc::clone(lease.endpoint());
         let sent_at = Instant::now();
         let mut timing = TryTiming::default();
-        // The send, aborted when the route watches for a client that ends its side.
+        // The send, aborted when the route watches for a client that ends its side
+        // (boxed: the watch is the rare setup, and its state would otherwise sit in
+        // every request's future beside the plain send's).
         let result = if call.action.abort_on_client_close {
-            tokio::select! {
-                r = endpoint.send(request, timeout, &mut timing) => r,
-                () = call.conn.client_closed() => {
+            let raced = Box::pin(async {
+                tokio::select! {
+                    r = endpoint.send(request, timeout, &mut timing) => Some(r),
+                    () = call.conn.client_closed() => None,
+                }
+            })
+            .await;
+            match raced {
+                Some(r) => r,
+                None => {
                     ex.log.upstream = Some(endpoint.address);
                     lease.report(true);
                     tracing::debug!(client = %call.conn.client, "client closed its side; upstream exchange aborted");
