@@ -301,3 +301,64 @@ async fn every_way_out_of_the_root_is_refused() {
     );
     assert!(!link.text().contains("outside the root"));
 }
+
+/// Small files are kept in memory for a second after they are read: a file changed,
+/// removed or replaced by a link out of the root is answered as it is now once that
+/// second has passed, and never from another path's entry.
+#[tokio::test]
+async fn small_files_kept_in_memory_follow_the_disk_within_a_second() {
+    let s = site("kept");
+    let p = start(&s).await;
+    let page = s.root.join("page.txt");
+    std::fs::write(&page, "first").unwrap();
+    assert_eq!(get(&p, "/page.txt", &[]).await.text(), "first");
+    let etag = get(&p, "/page.txt", &[])
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    // The same bytes under another path stay its own.
+    std::fs::write(s.root.join("other.txt"), "other").unwrap();
+    assert_eq!(get(&p, "/other.txt", &[]).await.text(), "other");
+    // Changed: the new content and validators within the second.
+    std::fs::write(&page, "second, longer").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let a = get(&p, "/page.txt", &[]).await;
+        if a.text() == "second, longer" {
+            assert_ne!(a.header("etag").unwrap(), etag);
+            assert_eq!(a.header("content-length"), Some("14"));
+            break;
+        }
+        assert_eq!(a.text(), "first", "old or new, never a mix");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A conditional request against the kept entry gets its 304.
+    let now = get(&p, "/page.txt", &[])
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    let cond = get(&p, "/page.txt", &[("if-none-match", now.as_str())]).await;
+    assert_eq!(cond.status, StatusCode::NOT_MODIFIED);
+    // Replaced by a link out of the root: refused again once the second has passed.
+    std::fs::remove_file(&page).unwrap();
+    std::os::unix::fs::symlink(s.dir.join("secret.txt"), &page).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let a = get(&p, "/page.txt", &[]).await;
+        if a.status == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert_ne!(a.text(), "outside the root");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the link was not refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,5 +1,6 @@
 //! Static files (`files = { root = ... }`, a route action): a directory served for
-//! `GET` and `HEAD` (files up to 64 KiB read whole, larger ones sent with `sendfile(2)`
+//! `GET` and `HEAD` (files up to 64 KiB read whole and kept for a second per worker
+//! thread, larger ones sent with `sendfile(2)`
 //! to cleartext HTTP/1.1 clients and in 256 KiB reads as the others take them; from the
 //! worker thread, as NGINX does), with `ETag` and
 //! `Last-Modified` validators (304 for `If-None-Match` and `If-Modified-Since`), a
@@ -60,16 +61,19 @@ enum Found {
 }
 
 /// A file to serve: the one asked for (or a precompressed sibling chosen for this
-/// client), its metadata, and its bytes when it is small.
+/// client), its validators, and its bytes when it is small (else the open file).
+#[derive(Clone)]
 struct FoundFile {
-    /// The file asked for (its name gives the type, its metadata the validators).
+    /// The file asked for (its name gives the type).
     path: PathBuf,
-    meta: std::fs::Metadata,
+    /// `"MTIME-LEN"` of the file asked for, and its modification time.
+    etag: String,
+    mtime: SystemTime,
     /// Precompressed siblings exist (the answer varies by `Accept-Encoding`).
     varies: bool,
     /// The sibling chosen for this client: its coding, and the file.
     coding: Option<&'static str>,
-    file: std::fs::File,
+    file: Option<std::sync::Arc<std::fs::File>>,
     len: u64,
     content: Option<Bytes>,
 }
@@ -152,15 +156,98 @@ fn find(
     } else {
         None
     };
+    let (etag, mtime) = validators(&meta);
     Ok(Found::File(Box::new(FoundFile {
         path: f.root.join(&rel),
-        meta,
+        etag,
+        mtime,
         varies,
         coding,
-        file,
+        // A small file's bytes are all it needs.
+        file: content.is_none().then(|| std::sync::Arc::new(file)),
         len,
         content,
     })))
+}
+
+/// Small files found lately, per worker thread: a file (up to [`SMALL`]) served again
+/// within [`KEEP_FOUND`] is answered from memory, without opening it (the open, stat,
+/// read and close were a quarter of a small file's cost). A file changed on disk is
+/// served within that second, as a root directory renamed is. At most
+/// [`FOUND_BYTES`] per thread; past it the oldest half goes.
+mod found_cache {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use super::FoundFile;
+
+    pub(super) const KEEP_FOUND: Duration = Duration::from_secs(1);
+    pub(super) const FOUND_BYTES: usize = 4 << 20;
+
+    /// Root, the request's path as sent, whether it asks for a range (a range is served
+    /// from the file itself), and the client's `Accept-Encoding` when a precompressed
+    /// sibling may be chosen by it.
+    pub(super) type Key = (std::path::PathBuf, String, bool, Vec<u8>);
+
+    #[derive(Default)]
+    struct Cache {
+        map: HashMap<Key, (FoundFile, Instant)>,
+        bytes: usize,
+    }
+
+    thread_local! {
+        static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    }
+
+    /// The bytes a kept file holds.
+    fn size(f: &FoundFile) -> usize {
+        f.content.as_ref().map_or(0, bytes::Bytes::len)
+    }
+
+    /// The file kept for `key`, while fresh; an expired one is dropped.
+    pub(super) fn get(key: &Key) -> Option<FoundFile> {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let (found, at) = c.map.get(key)?;
+            if at.elapsed() < KEEP_FOUND {
+                return Some(found.clone());
+            }
+            if let Some((old, _)) = c.map.remove(key) {
+                c.bytes = c.bytes.saturating_sub(size(&old));
+            }
+            None
+        })
+    }
+
+    pub(super) fn put(key: Key, found: &FoundFile) {
+        let Some(content) = &found.content else {
+            return;
+        };
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let now = Instant::now();
+            if c.bytes + content.len() > FOUND_BYTES {
+                // Expired first; then, if still full, everything older than the newest
+                // half second.
+                c.map
+                    .retain(|_, (_, at)| now.duration_since(*at) < KEEP_FOUND);
+                if c.map.values().map(|(f, _)| size(f)).sum::<usize>() + content.len() > FOUND_BYTES
+                {
+                    c.map
+                        .retain(|_, (_, at)| now.duration_since(*at) < KEEP_FOUND / 2);
+                }
+                c.bytes = c.map.values().map(|(f, _)| size(f)).sum();
+                if c.bytes + content.len() > FOUND_BYTES {
+                    return;
+                }
+            }
+            c.bytes += content.len();
+            if let Some((old, _)) = c.map.insert(key, (found.clone(), now)) {
+                c.bytes = c.bytes.saturating_sub(size(&old));
+            }
+        })
+    }
 }
 
 /// A small file's bytes, read whole (`len` of them at most: a file that grew is served
@@ -262,7 +349,26 @@ pub(super) async fn serve<B>(
     // small read from the page cache take microseconds, and a trip to the blocking pool
     // cost more than they do (see docs/performance.md). A slow disk (a network file
     // system) stalls this worker's other connections while it answers.
+    let key: found_cache::Key = (
+        f.root.clone(),
+        req.uri().path().to_owned(),
+        ranged,
+        if f.precompressed {
+            req.headers()
+                .get(header::ACCEPT_ENCODING)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+    );
+    if let Some(found) = found_cache::get(&key) {
+        return file(req, found);
+    }
     let found = find(f, &segments, trailing_slash, req.headers(), ranged)?;
+    if let Found::File(ff) = &found {
+        found_cache::put(key, ff);
+    }
     match found {
         Found::Slash => {
             // `/docs` → `/docs/`, so that relative links in its index resolve.
@@ -343,7 +449,7 @@ fn range(value: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
 /// precompressed sibling) with its validators.
 fn file<B>(req: &Request<B>, found: FoundFile) -> Result<Response<ResponseBody>, ErrorKind> {
     let h = req.headers();
-    let (etag, mtime) = validators(&found.meta);
+    let (etag, mtime) = (found.etag.clone(), found.mtime);
     let last_modified = httpdate::fmt_http_date(mtime);
     let mime = mime_guess::from_path(&found.path)
         .first_raw()
@@ -428,7 +534,13 @@ fn file<B>(req: &Request<B>, found: FoundFile) -> Result<Response<ResponseBody>,
         *resp.body_mut() = ResponseBody::full(all.slice(from..to));
         return Ok(resp);
     }
-    *resp.body_mut() = ResponseBody::file(found.file, start, count);
+    let Some(file) = found.file else {
+        return Err(ErrorKind::FileNotFound);
+    };
+    let file = std::sync::Arc::try_unwrap(file)
+        .or_else(|shared| shared.try_clone())
+        .map_err(not_found)?;
+    *resp.body_mut() = ResponseBody::file(file, start, count);
     Ok(resp)
 }
 
