@@ -255,6 +255,10 @@ impl RunningSocket {
                     crate::turn::TurnTcpLoop {
                         listener: tokio::net::TcpListener::from_std(t)?,
                         service,
+                        name: Arc::from(self.listener.as_str()),
+                        runtime: Arc::clone(&ctx.runtime),
+                        shared: Arc::clone(&ctx.shared),
+                        tracker: Arc::clone(&ctx.tracker),
                         tls: self.tls.clone(),
                         idle_timeout: self.config.limits.idle_timeout,
                         shutdown: stop,

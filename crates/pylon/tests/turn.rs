@@ -767,3 +767,45 @@ async fn the_listener_wide_allocation_quota_holds() {
     assert!(held[0].refresh(0).await.success);
     assert!(third.allocate().await.success);
 }
+
+/// TURN over TCP counts its connections like every listener: the process-wide
+/// `max_connections` refuses one more (closed at once, counted), the listener's gauge
+/// shows the one open, and its place is free again once it closes.
+#[tokio::test]
+async fn tcp_connections_count_against_the_connection_limits() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir();
+    let p = TestProxy::start(&config(&dir, "[server]\nmax_connections = 1", "")).await;
+    let server = p.addr("turn");
+    let mut first = TurnClient::tcp(server, "alice", "wonderland").await;
+    assert!(first.binding().await.unwrap().success);
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(&m, "pylon_listener_connections_active{listener=\"turn\"}"),
+        1,
+        "{m}"
+    );
+    let mut second = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), second.read(&mut byte))
+        .await
+        .expect("the refused connection is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        metric(
+            &p.metrics().await,
+            "pylon_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        1
+    );
+    drop(first);
+    eventually_async("the slot is free again", || async {
+        metric(
+            &p.metrics().await,
+            "pylon_listener_connections_active{listener=\"turn\"}",
+        ) == 0
+    })
+    .await;
+    let mut again = TurnClient::tcp(server, "alice", "wonderland").await;
+    assert!(again.binding().await.unwrap().success);
+}

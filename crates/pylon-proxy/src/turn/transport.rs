@@ -65,6 +65,13 @@ impl TurnUdpLoop {
 pub struct TurnTcpLoop {
     pub listener: TcpListener,
     pub service: Arc<TurnService>,
+    /// The listener's name, runtime, services and connection tracker: each connection
+    /// is counted (`[server] max_connections`, `max_connections_per_ip`, the listener's
+    /// connection metrics, a graceful stop's wait) as HTTP and Layer 4 ones are.
+    pub name: Arc<str>,
+    pub runtime: Arc<arc_swap::ArcSwap<crate::runtime::Runtime>>,
+    pub shared: Arc<crate::shared::Shared>,
+    pub tracker: Arc<crate::listener::ConnTracker>,
     pub tls: Option<Arc<ServerTls>>,
     /// A connection with no allocation and nothing received for this long is closed.
     pub idle_timeout: Duration,
@@ -88,6 +95,15 @@ impl TurnTcpLoop {
                     continue;
                 }
             };
+            let runtime = self.runtime.load();
+            let guard = runtime
+                .listener(&self.name)
+                .and_then(|lr| self.tracker.admit(&self.shared, &runtime, &lr, client.ip()));
+            let Some(guard) = guard else {
+                // Closed at once: a limit refused it (counted).
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(client);
             let five = FiveTuple {
@@ -99,14 +115,26 @@ impl TurnTcpLoop {
             let tls = self.tls.clone();
             let idle = self.idle_timeout;
             let drain = self.drain.clone();
+            let metrics = Arc::clone(&self.shared.metrics);
             tokio::spawn(async move {
+                let _guard = guard;
                 match tls {
                     None => connection(stream, five, service, idle, drain).await,
                     Some(tls) => {
                         let accept = tls.acceptor().accept(stream);
                         match tokio::time::timeout(tls.settings.handshake_timeout, accept).await {
-                            Ok(Ok(s)) => connection(s, five, service, idle, drain).await,
-                            _ => tracing::debug!(%client, "TURN TLS handshake failed"),
+                            Ok(Ok(s)) => {
+                                metrics
+                                    .tls_handshakes
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                connection(s, five, service, idle, drain).await
+                            }
+                            _ => {
+                                metrics
+                                    .tls_handshake_failures
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::debug!(%client, "TURN TLS handshake failed");
+                            }
                         }
                     }
                 }
