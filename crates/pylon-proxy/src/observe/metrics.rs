@@ -1,5 +1,5 @@
 //! Process-wide counters: responses by status class, proxy-made errors by reason,
-//! connections, reloads. Plain atomics on the request path; `exposition.rs` renders
+//! connections, reloads. Plain atomics on the request path; `exposition/` renders
 //! them for the admin API.
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! tunnels, bytes), per route (responses by status class, latency) and per cluster
 //! (upstream latency). Plain atomics updated without locks; the handles live in a
 //! registry keyed by name, so a reload that keeps a listener, route or cluster keeps
-//! its counters. `exposition.rs` renders them.
+//! its counters. `exposition/` renders them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
