@@ -12,9 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::conn::ConnState;
 use crate::http::pipeline::ConnCtx;
 use crate::http::server_h1h2;
-use crate::observe::{AccessLogger, Metrics, StatsRegistry};
+use crate::observe::{Metrics, StatsRegistry};
 use crate::runtime::Runtime;
-use crate::shared::{RequestIds, Shared};
+use crate::shared::Shared;
 
 /// A listener's request path without sockets.
 pub struct H1Harness {
@@ -35,25 +35,15 @@ impl H1Harness {
         let metrics = Arc::new(Metrics::default());
         let stats = Arc::new(StatsRegistry::default());
         let (runtime, shared) = rt.block_on(async {
-            let logger = AccessLogger::start(
-                &pylon_config::model::AccessLogTarget::Off,
-                Arc::clone(&metrics),
-                Default::default(),
-            )
-            .unwrap_or_else(|e| panic!("access log: {e}"));
             let plan = pylon_config::diff(&pylon_config::Config::empty(), config);
             let (built, _) = Runtime::build(config, &stats, None, &plan)
                 .unwrap_or_else(|e| panic!("fuzz config: {e:?}"));
-            let shared = Arc::new(Shared {
-                metrics,
-                stats,
-                logger,
-                request_ids: RequestIds::default(),
-                stop: crate::life::Stop::default(),
-                turn: Default::default(),
-                own_addrs: Default::default(),
-                recent: Default::default(),
-            });
+            let shared = Shared::start(
+                &pylon_config::model::AccessLogTarget::Off,
+                Arc::clone(&metrics),
+                Arc::clone(&stats),
+            )
+            .unwrap_or_else(|e| panic!("access log: {e}"));
             (Arc::new(ArcSwap::from_pointee(built)), shared)
         });
         H1Harness {

@@ -39,9 +39,9 @@ use arc_swap::ArcSwap;
 use pylon_config::{Config, ConfigError, ConfigErrors};
 
 use crate::listener::ConnTracker;
-use crate::observe::{AccessLogger, Metrics, StatsRegistry};
+use crate::observe::{Metrics, StatsRegistry};
 use crate::runtime::Runtime;
-use crate::shared::{RequestIds, Shared};
+use crate::shared::Shared;
 use crate::sockets::{PreboundSocket, RunningSocket, Socket};
 use crate::tls::server::ServerTls;
 
@@ -156,24 +156,12 @@ impl Proxy {
         // aws-lc-rs is the only crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         observe::exposition::process_start_time();
-        let metrics = Arc::new(Metrics::default());
-        let recent = Arc::new(observe::recent::Recent::default());
-        let logger = AccessLogger::start(
+        let shared = Shared::start(
             &config.access_log.target,
-            Arc::clone(&metrics),
-            Arc::clone(&recent),
+            Arc::new(Metrics::default()),
+            Arc::new(StatsRegistry::default()),
         )
         .map_err(StartError::AccessLog)?;
-        let shared = Arc::new(Shared {
-            metrics,
-            stats: Arc::new(StatsRegistry::default()),
-            logger,
-            request_ids: RequestIds::default(),
-            stop: life::Stop::default(),
-            turn: Default::default(),
-            own_addrs: Default::default(),
-            recent,
-        });
         let proxy = Arc::new_cyclic(|this| Proxy {
             shared,
             tracker: Arc::new(ConnTracker::default()),

@@ -25,6 +25,29 @@ pub struct Shared {
     pub recent: Arc<crate::observe::recent::Recent>,
 }
 
+impl Shared {
+    /// The services of a process: its counters in `stats` and `metrics`, and the
+    /// access log (its writer started for `target`) feeding the recent-requests list.
+    pub fn start(
+        target: &pylon_config::model::AccessLogTarget,
+        metrics: Arc<Metrics>,
+        stats: Arc<StatsRegistry>,
+    ) -> std::io::Result<Arc<Shared>> {
+        let recent = Arc::new(crate::observe::recent::Recent::default());
+        let logger = AccessLogger::start(target, Arc::clone(&metrics), Arc::clone(&recent))?;
+        Ok(Arc::new(Shared {
+            metrics,
+            stats,
+            logger,
+            request_ids: RequestIds::default(),
+            stop: crate::life::Stop::default(),
+            turn: Default::default(),
+            own_addrs: Default::default(),
+            recent,
+        }))
+    }
+}
+
 /// Generates request ids: a random per-process prefix and a counter, 32 hex digits.
 pub struct RequestIds {
     prefix: u64,

@@ -606,8 +606,8 @@ mod tests {
     use turn_types::stun::message::{Message, MessageWrite, MessageWriteExt, MessageWriteVec};
 
     use super::*;
-    use crate::observe::{AccessLogger, Metrics, StatsRegistry};
-    use crate::shared::{RequestIds, Shared};
+    use crate::observe::{Metrics, StatsRegistry};
+    use crate::shared::Shared;
 
     /// A TURN service with a user, as a listener on 127.0.0.1 would have it.
     fn service() -> Arc<TurnService> {
@@ -623,23 +623,12 @@ secret = "s"
 allowed_peers = ["127.0.0.0/8"]
 "#;
         let config = pylon_config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
-        let metrics = Arc::new(Metrics::default());
-        let logger = AccessLogger::start(
+        let shared = Shared::start(
             &pylon_config::model::AccessLogTarget::Off,
-            Arc::clone(&metrics),
-            Default::default(),
+            Arc::new(Metrics::default()),
+            Arc::new(StatsRegistry::default()),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let shared = Arc::new(Shared {
-            metrics,
-            stats: Arc::new(StatsRegistry::default()),
-            logger,
-            request_ids: RequestIds::default(),
-            stop: crate::life::Stop::default(),
-            turn: Default::default(),
-            own_addrs: Default::default(),
-            recent: Default::default(),
-        });
         shared
             .turn
             .service(&config.listeners[0], &shared)
