@@ -342,13 +342,8 @@ pub(super) async fn serve<B>(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ErrorKind::MethodNotAllowed);
     }
-    let segments = normalize(req.uri().path()).ok_or(ErrorKind::PathRefused)?;
-    let trailing_slash = req.uri().path().ends_with('/');
     let ranged = req.headers().contains_key(header::RANGE);
-    // The file system is asked from the worker itself, as NGINX does: open, stat and a
-    // small read from the page cache take microseconds, and a trip to the blocking pool
-    // cost more than they do (see docs/performance.md). A slow disk (a network file
-    // system) stalls this worker's other connections while it answers.
+    // A path kept was normalized when it was found: the same path answers the same.
     let key: found_cache::Key = (
         f.root.clone(),
         req.uri().path().to_owned(),
@@ -365,6 +360,12 @@ pub(super) async fn serve<B>(
     if let Some(found) = found_cache::get(&key) {
         return file(req, found);
     }
+    let segments = normalize(req.uri().path()).ok_or(ErrorKind::PathRefused)?;
+    let trailing_slash = req.uri().path().ends_with('/');
+    // The file system is asked from the worker itself, as NGINX does: open, stat and a
+    // small read from the page cache take microseconds, and a trip to the blocking pool
+    // cost more than they do (see docs/performance.md). A slow disk (a network file
+    // system) stalls this worker's other connections while it answers.
     let found = find(f, &segments, trailing_slash, req.headers(), ranged)?;
     if let Found::File(ff) = &found {
         found_cache::put(key, ff);
