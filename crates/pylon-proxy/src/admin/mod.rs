@@ -326,17 +326,11 @@ async fn handle(
         }
         (&Method::GET, ["splits", route]) => match rt.splits.get(*route) {
             Some(s) => reply(StatusCode::OK, &split_json(s)),
-            None => error(
-                StatusCode::NOT_FOUND,
-                &format!("no split route \"{route}\""),
-            ),
+            None => no_split(route),
         },
         (&Method::PUT, ["splits", route]) => {
             let Some(s) = rt.splits.get(*route).cloned() else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no split route \"{route}\""),
-                );
+                return no_split(route);
             };
             let body = match read_body(req).await {
                 Ok(b) => b,
@@ -346,10 +340,7 @@ async fn handle(
         }
         (&Method::POST, ["splits", route, "shift"]) => {
             let Some(s) = rt.splits.get(*route).cloned() else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no split route \"{route}\""),
-                );
+                return no_split(route);
             };
             let body = match read_body(req).await {
                 Ok(b) => b,
@@ -360,10 +351,7 @@ async fn handle(
         (&Method::DELETE, ["splits", route, "shift"]) => match rt.splits.get(*route) {
             Some(s) if s.abort_shift() => reply(StatusCode::OK, &split_json(s)),
             Some(_) => error(StatusCode::CONFLICT, "no shift in progress"),
-            None => error(
-                StatusCode::NOT_FOUND,
-                &format!("no split route \"{route}\""),
-            ),
+            None => no_split(route),
         },
         (&Method::POST, ["reload"]) => reload(req, &proxy).await,
         (&Method::POST, ["clusters", cluster, "endpoints", endpoint, action])
@@ -395,6 +383,14 @@ async fn handle(
             None => error(StatusCode::NOT_FOUND, "no such admin path"),
         },
     }
+}
+
+/// `404` for a route without `backends`.
+fn no_split(route: &str) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("no split route \"{route}\""),
+    )
 }
 
 /// The methods an admin path takes (the `Allow` of its `405`); `None`: no such path.
