@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs Pylon's whole test suite, installing first what the tests need: from apt curl,
 # openssl, redis-server (the global rate-limit tests start their own servers), coturn
-# (its STUN and TURN test clients drive Pylon's TURN listeners; its server never runs)
-# and chromium (headless: two WebRTC peers relay through Pylon's TURN listener); and
-# from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio), the
-# Prometheus client's exposition parser (prometheus-client), an HTTP/3 client
-# (aioquic), and brotli and zstandard decoders for the compression tests.
+# (its STUN and TURN test clients drive Pylon's TURN listeners; its server never runs),
+# pebble (Let's Encrypt's test ACME server, started by the ACME tests) and chromium
+# (headless: two WebRTC peers relay through Pylon's TURN listener); and from PyPI, in a
+# virtualenv under target/: the Python gRPC client (grpcio), the Prometheus client's
+# exposition parser (prometheus-client), an HTTP/3 client (aioquic), and brotli and
+# zstandard decoders for the compression tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

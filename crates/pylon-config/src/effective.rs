@@ -31,6 +31,9 @@ pub const REDACTED_TOKEN: &str = "<redacted-admin-token>";
 pub const REDACTED_PASSWORD_HASH: &str = "$argon2id$<redacted>";
 /// Placeholder for `clusters.sticky.secret`.
 pub const REDACTED_SECRET: &str = "<redacted>";
+/// What an ACME External Account Binding's MAC key becomes: base64url, as the key must
+/// be (it decodes to `redacted`).
+pub const REDACTED_MAC_KEY: &str = "cmVkYWN0ZWQ";
 
 /// The configuration as a document in the file's keys (secrets as placeholders). It
 /// serializes with any serde serializer: TOML through [`to_toml`], JSON with the same
@@ -198,6 +201,12 @@ pub fn redacted_keys(config: &Config) -> Vec<String> {
         keys.push(format!("tracing.headers.{k}"));
     }
     for (i, l) in config.listeners.iter().enumerate() {
+        let acme = l.tls.as_ref().and_then(|t| t.acme.as_ref());
+        if acme.is_some_and(|a| a.external_account.is_some()) {
+            keys.push(format!("listeners[{i}].tls.acme.external_account.hmac_key"));
+        }
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
         let relay = l.stun.as_ref().and_then(|s| s.relay.as_ref());
         if relay.is_some_and(|r| r.secret_file.is_none() && r.secret.is_some()) {
             keys.push(format!("listeners[{i}].turn.secret"));
@@ -241,6 +250,13 @@ pub fn redact(config: &Config) -> Config {
     }
     for (_, v) in c.tracing.iter_mut().flat_map(|t| t.headers.iter_mut()) {
         *v = REDACTED_SECRET.to_owned();
+    }
+    for e in c
+        .listeners
+        .iter_mut()
+        .filter_map(|l| l.tls.as_mut()?.acme.as_mut()?.external_account.as_mut())
+    {
+        e.hmac_key = REDACTED_MAC_KEY.to_owned();
     }
     c
 }
@@ -539,6 +555,35 @@ fn listener_tls(tls: &ListenerTls) -> Table {
         .opt("client_ca", tls.client_ca.as_ref().map(|f| path(&f.path)))
         .put("forward_client_cert", tls.forward_client_cert)
         .put("certificates", certificates)
+        .opt("acme", tls.acme.as_ref().map(acme))
+        .done()
+}
+
+fn acme(a: &Acme) -> Table {
+    let mut t = T::default();
+    t.put("directory", a.directory.as_str())
+        .list("contact", texts(&a.contact))
+        .list("names", texts(&a.names))
+        .put("storage", path(&a.storage.path))
+        .put(
+            "challenge",
+            match a.challenge {
+                AcmeChallenge::Http01 => "http-01",
+                AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            },
+        )
+        .opt("ca", a.ca.as_ref().map(|f| path(&f.path)));
+    if let Some(e) = &a.external_account {
+        t.put(
+            "external_account",
+            T::default()
+                .put("key_id", e.key_id.as_str())
+                .put("hmac_key", REDACTED_MAC_KEY)
+                .done(),
+        );
+    }
+    t.put("retry_backoff", dur(a.retry_backoff))
+        .put("retry_max", dur(a.retry_max))
         .done()
 }
 

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+mod acme;
 mod cache;
 mod cluster;
 mod gateway;
 mod tracing;
 mod turn;
+pub use acme::*;
 pub use cache::*;
 pub use cluster::*;
 pub use gateway::*;
@@ -287,6 +289,9 @@ pub enum ClientAuth {
 pub struct ListenerTls {
     /// The first one is the default, for clients without SNI or with an unknown name.
     pub certificates: Vec<CertificateFiles>,
+    /// A certificate ordered and renewed over ACME, for its names (before the files');
+    /// the default when there are no files.
+    pub acme: Option<Acme>,
     pub min_version: TlsVersion,
     /// ALPN protocols offered, in preference order.
     pub alpn: Vec<String>,

@@ -179,7 +179,8 @@ pub struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
-    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
+    pub acme: Option<Spanned<RawAcme>>,
     pub min_version: Option<Spanned<String>>,
     pub alpn: Option<Spanned<StrList>>,
     pub handshake_timeout: Option<Spanned<String>>,
@@ -187,6 +188,29 @@ pub struct RawListenerTls {
     pub client_ca: Option<Spanned<String>>,
     pub forward_client_cert: Option<bool>,
     pub unknown_sni: Option<Spanned<String>>,
+}
+
+/// `[listeners.tls.acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<Spanned<String>>,
+    pub staging: Option<Spanned<bool>>,
+    pub contact: Option<Spanned<StrList>>,
+    pub names: Option<Spanned<StrList>>,
+    pub storage: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
+    pub external_account: Option<Spanned<RawExternalAccount>>,
+    pub retry_backoff: Option<Spanned<String>>,
+    pub retry_max: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExternalAccount {
+    pub key_id: Spanned<String>,
+    pub hmac_key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1639,3 +1639,78 @@ bind = "127.0.0.1:0"
         [("x-api-key".to_owned(), "<redacted>".to_owned())]
     );
 }
+
+#[test]
+fn acme_settings_are_checked() {
+    let text = r#"[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls.acme]
+directory = "http://ca.example/dir"
+names = ["*.example.com", "bad_name", "a.example.com", "a.example.com"]
+contact = ["not-an-email"]
+challenge = "dns-01"
+external_account = { key_id = "", hmac_key = "not base64!" }
+retry_backoff = "10m"
+retry_max = "1m"
+
+[[listeners]]
+name = "l4"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+tls = { acme = { names = ["b.example.com"] } }
+
+[[listeners]]
+name = "empty"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = { min_version = "1.3" }
+
+[[listeners]]
+name = "staging"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = { acme = { staging = true, directory = "https://ca.example/dir" } }
+
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+"#;
+    assert_errors(
+        text,
+        &[
+            "test.toml:6:13: listeners[0].tls.acme.directory: `directory` must be an https:// URL",
+            "test.toml:7:9: listeners[0].tls.acme.names: \"*.example.com\": wildcard names need the DNS-01 challenge",
+            "test.toml:7:9: listeners[0].tls.acme.names: \"bad_name\" is not a DNS name",
+            "test.toml:7:9: listeners[0].tls.acme.names: \"a.example.com\" is named twice",
+            "test.toml:8:11: listeners[0].tls.acme.contact: \"not-an-email\" is not an email address",
+            "test.toml:9:13: listeners[0].tls.acme.challenge: unknown challenge \"dns-01\": use \"tls-alpn-01\" or \"http-01\"",
+            "test.toml:10:31: listeners[0].tls.acme.external_account.key_id: `key_id` must not be empty",
+            "test.toml:10:46: listeners[0].tls.acme.external_account.hmac_key: `hmac_key` must be the base64url MAC key",
+            "test.toml:12:13: listeners[0].tls.acme.retry_max: `retry_max` cannot be shorter than `retry_backoff`",
+            "test.toml:19:16: listeners[1].tls.acme: acme certificates are for https listeners",
+            "test.toml:25:7: listeners[2].tls: tls needs `certificates` (files) or `acme` (ordered automatically)",
+            "test.toml:31:16: listeners[3].tls.acme: acme needs `names`",
+            "test.toml:31:46: listeners[3].tls.acme.directory: `staging = true` picks Let's Encrypt's staging directory",
+        ],
+    );
+    // Defaults: Let's Encrypt, staging on request, TLS-ALPN-01, `acme` beside the file.
+    let ok = pylon_config::parse(
+        "[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\ntls = { acme = { names = [\"Example.com\"], contact = [\"ops@example.com\"], staging = true, external_account = { key_id = \"k\", hmac_key = \"c2VjcmV0\" } } }\n",
+        "/etc/pylon/test.toml",
+    )
+    .unwrap();
+    let a = ok.listeners[0].tls.as_ref().unwrap().acme.as_ref().unwrap();
+    assert_eq!(a.directory, pylon_config::model::LETSENCRYPT_STAGING);
+    assert_eq!(a.names, ["example.com"]);
+    assert_eq!(a.contact, ["mailto:ops@example.com"]);
+    assert_eq!(a.challenge, pylon_config::model::AcmeChallenge::TlsAlpn01);
+    assert_eq!(a.storage.path, std::path::Path::new("/etc/pylon/acme"));
+    // The effective config hides the MAC key and parses back.
+    let text = pylon_config::effective::to_toml(&ok, None).unwrap();
+    assert!(!text.contains("c2VjcmV0"), "{text}");
+    let back = pylon_config::parse(&text, "/etc/pylon/effective.toml").unwrap();
+    assert_eq!(back, pylon_config::effective::redact(&ok));
+}

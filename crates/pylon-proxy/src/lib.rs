@@ -8,6 +8,7 @@ pub mod activation;
 pub mod admin;
 pub mod cluster;
 mod conn;
+mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1_io;
@@ -296,6 +297,8 @@ impl Proxy {
             stats: Arc::clone(&self.shared.stats),
             runtime: Arc::clone(&self.runtime),
             turn: self.shared.turn.stats(),
+            acme: self.shared.acme.live(),
+            acme_challenges: Arc::clone(&self.shared.acme.challenges),
         })
     }
 

@@ -179,6 +179,14 @@ async fn handshake(
     let started = std::time::Instant::now();
     let accept = tls.acceptor().accept(stream);
     match tokio::time::timeout(tls.settings.handshake_timeout, accept).await {
+        Ok(Ok(stream))
+            if stream.get_ref().1.alpn_protocol()
+                == Some(crate::tls::acme::challenge::ACME_TLS_ALPN) =>
+        {
+            // A CA validating a TLS-ALPN-01 challenge: the handshake was the answer.
+            tracing::debug!(client = %ctx.client, "TLS-ALPN-01 challenge answered");
+            None
+        }
         Ok(Ok(stream)) => {
             metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             ctx.stats

@@ -69,7 +69,14 @@ impl Proxy {
         let (built, retired) = self
             .build_runtime(config, &plan, previous, first, &mut changes)
             .await?;
-        let tls = prepare_tls(&sockets.tls, config, &plan, first, &mut changes)?;
+        let tls = prepare_tls(
+            &sockets.tls,
+            &self.shared.acme,
+            config,
+            &plan,
+            first,
+            &mut changes,
+        )?;
 
         // Commit: the new runtime, then the loops.
         let hash = built.config_hash.clone();
@@ -395,6 +402,7 @@ fn bind_socket(udp: bool, addr: SocketAddr) -> std::io::Result<Socket> {
 /// reload), the others are built. Fails with every file problem.
 fn prepare_tls(
     current: &Acceptors,
+    acme: &crate::tls::acme::AcmeRegistry,
     config: &Config,
     plan: &ReloadPlan,
     first: bool,
@@ -422,7 +430,7 @@ fn prepare_tls(
                 }
                 tls.push((l.name.clone(), s));
             }
-            None => match ServerTls::new(t.clone()) {
+            None => match ServerTls::new(t.clone(), acme) {
                 Ok(s) => tls.push((l.name.clone(), Arc::new(s))),
                 Err(e) => errors.extend(e),
             },

@@ -1,6 +1,6 @@
 //! Process-wide services every listener reports to (HTTP and Layer 4 alike): metrics,
 //! per-listener/route/cluster stats, the access log, request ids, the process's stop,
-//! and STUN/TURN listeners' state.
+//! STUN/TURN listeners' state, and ACME certificates with their challenge answers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +23,8 @@ pub struct Shared {
     pub own_addrs: arc_swap::ArcSwap<Vec<std::net::SocketAddr>>,
     /// The slowest recent requests and the recent reloads (the dashboard's).
     pub recent: Arc<crate::observe::recent::Recent>,
+    /// ACME certificates and the challenge answers their orders publish.
+    pub acme: crate::tls::acme::AcmeRegistry,
 }
 
 impl Shared {
@@ -44,6 +46,7 @@ impl Shared {
             turn: Default::default(),
             own_addrs: Default::default(),
             recent,
+            acme: Default::default(),
         }))
     }
 }

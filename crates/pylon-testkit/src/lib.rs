@@ -11,6 +11,7 @@ pub mod dns;
 pub mod grpc;
 pub mod h3;
 pub mod origin;
+pub mod pebble;
 pub mod process;
 pub mod redis;
 pub mod smuggling;

@@ -223,6 +223,7 @@ fn every_readme_and_example_command_works_as_written() {
         "cdn.toml",
         "gateway.toml",
         "turn.toml",
+        "acme.toml",
     ] {
         let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
         let found = commands(&text);

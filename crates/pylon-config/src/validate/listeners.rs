@@ -114,15 +114,15 @@ pub(super) fn listener(
     let forward = l4::forward(&r.forward, protocol, &declared_names(ctx.root, "caches"), p);
     let stun = super::turn::stun_listener(&r, protocol, &binds, ctx, p);
     let tls = match (protocol, r.tls) {
-        (ListenerProtocol::Https, Some(t)) => listener_tls(t, dropped, ctx, p),
+        (ListenerProtocol::Https, Some(t)) => listener_tls(t, true, dropped, ctx, p),
         (ListenerProtocol::Tcp, Some(t))
             if l4.as_ref().is_some_and(|l| l.sni_routes.is_empty()) =>
         {
-            listener_tls(t, dropped, ctx, p)
+            listener_tls(t, false, dropped, ctx, p)
         }
         (ListenerProtocol::Tcp | ListenerProtocol::Udp, Some(_)) => None,
         (ListenerProtocol::Stun | ListenerProtocol::Turn, Some(t)) => {
-            listener_tls(t, dropped, ctx, p)
+            listener_tls(t, false, dropped, ctx, p)
         }
         (ListenerProtocol::Https, None) => {
             if !dropped.has("tls") {
@@ -336,23 +336,40 @@ fn certificate(
 }
 
 /// A listener's `tls` table; `dropped` is the listener's (paths start with `tls.`).
+/// `https` listeners may take their certificate from ACME.
 fn listener_tls(
     t: Spanned<RawListenerTls>,
+    https: bool,
     dropped: &Dropped,
     ctx: &Ctx<'_, '_>,
     p: &mut Problems,
 ) -> Option<ListenerTls> {
     let span = t.span();
     let t = t.into_inner();
-    if t.certificates.get_ref().is_empty() && !dropped.has("tls.certificates") {
-        p.at(&t.certificates, "at least one certificate is needed");
+    let acme_named = t.acme.is_some();
+    let acme = match t.acme {
+        Some(a) if !https => {
+            p.at(&a, "acme certificates are for https listeners");
+            None
+        }
+        Some(a) => super::acme::acme(a, ctx, p),
+        None => None,
+    };
+    let files = t.certificates.as_ref().map_or(&[][..], |c| c.get_ref());
+    if files.is_empty()
+        && !acme_named
+        && !dropped.has("tls.certificates")
+        && !dropped.has("tls.acme")
+    {
+        match &t.certificates {
+            Some(c) => p.at(c, "at least one certificate is needed"),
+            None => p.span(
+                span.clone(),
+                "tls needs `certificates` (files) or `acme` (ordered automatically)",
+            ),
+        }
     }
-    let certificates = t
-        .certificates
-        .get_ref()
-        .iter()
-        .map(|c| certificate(c, ctx, p))
-        .collect();
+    let certificates = files.iter().map(|c| certificate(c, ctx, p)).collect();
     let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
         None | Some("1.2") => TlsVersion::Tls12,
         Some("1.3") => TlsVersion::Tls13,
@@ -423,6 +440,7 @@ fn listener_tls(
     Some(ListenerTls {
         unknown_sni,
         certificates,
+        acme,
         min_version,
         alpn,
         handshake_timeout: duration(&t.handshake_timeout, Duration::from_secs(10), p),

@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::{parse_duration, parse_size};
 
+mod acme;
 mod auth;
 mod cache;
 mod cluster;

@@ -459,6 +459,10 @@ async fn serve(
         return Err(violation_kind(v));
     }
     check_limits(&req, listener)?;
+    // An ACME HTTP-01 challenge an order of this process is waiting on, before routing.
+    if let Some(answer) = ctx.shared.acme.challenges.http01_answer(&req) {
+        return Ok(answer);
+    }
     if let Some(fwd) = &listener.forward {
         return Box::pin(super::forward::serve(
             req,

@@ -3,6 +3,7 @@
 //!
 //! Every error names where the file was configured (file, line, key) and why it failed.
 
+pub mod acme;
 pub mod server;
 pub mod upstream;
 
@@ -144,9 +145,14 @@ pub fn check(config: &pylon_config::Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for l in &config.listeners {
         if let Some(t) = &l.tls
-            && let Err(e) = server::build(t)
+            && let Err(e) = server::build(t, None)
         {
             errors.extend(e);
+        }
+        if let Some(ca) = l.tls.as_ref().and_then(|t| t.acme.as_ref()?.ca.as_ref())
+            && let Err(e) = load_roots(ca)
+        {
+            errors.push(e);
         }
     }
     for c in &config.clusters {

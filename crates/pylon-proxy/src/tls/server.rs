@@ -1,37 +1,69 @@
 //! TLS termination on listeners: certificates chosen by SNI (exact names and
 //! `*.example.com` wildcards, then the default), ALPN, minimum version, session
-//! resumption (tickets and a cache), client certificates, and reload from disk.
+//! resumption (tickets and a cache), client certificates, and reload from disk. A
+//! listener with `acme` serves its managed certificate for its names (the one in force
+//! at each handshake, so renewals need no reload) and answers TLS-ALPN-01 challenges.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pylon_config::ConfigError;
-use pylon_config::model::{ClientAuth, ListenerTls, TlsVersion, UnknownSni};
+use pylon_config::model::{AcmeChallenge, ClientAuth, ListenerTls, TlsVersion, UnknownSni};
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
+use super::acme::challenge::{ACME_TLS_ALPN, Challenges};
+use super::acme::{AcmeRegistry, ManagedCert};
 use super::{leaf_info, load_certified_key, load_roots, provider};
 
+/// A listener's ACME certificate and where challenge answers are.
+#[derive(Clone)]
+pub struct AcmeSource {
+    pub cert: Arc<ManagedCert>,
+    pub challenges: Arc<Challenges>,
+}
+
 /// Picks a certificate by SNI.
-#[derive(Debug)]
 struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `(".example.com", key)` for `*.example.com`, in configuration order.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
-    default: Arc<CertifiedKey>,
+    /// The first certificate file's.
+    default: Option<Arc<CertifiedKey>>,
+    acme: Option<AcmeSource>,
     /// Refuse handshakes for names no certificate covers (and without SNI).
     reject_unknown: bool,
 }
 
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys())
+            .field("acme", &self.acme.as_ref().map(|a| &a.cert.settings.names))
+            .finish()
+    }
+}
+
 impl SniResolver {
     fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let fallback = || (!self.reject_unknown).then(|| Arc::clone(&self.default));
+        let acme = || self.acme.as_ref().and_then(|a| a.cert.current());
+        let fallback = || {
+            if self.reject_unknown {
+                return None;
+            }
+            self.default.clone().or_else(acme)
+        };
         let Some(name) = name.map(str::to_ascii_lowercase) else {
             return fallback();
         };
+        if self.acme.as_ref().is_some_and(|a| a.cert.covers(&name))
+            && let Some(k) = acme()
+        {
+            return Some(k);
+        }
         if let Some(k) = self.exact.get(&name) {
             return Some(Arc::clone(k));
         }
@@ -48,12 +80,24 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A CA validating a TLS-ALPN-01 challenge offers `acme-tls/1` alone (RFC 8737).
+        if let Some(acme) = &self.acme
+            && hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            return acme.challenges.tls_alpn01_cert(hello.server_name());
+        }
         self.pick(hello.server_name())
     }
 }
 
 /// Builds a rustls server config from the listener's TLS settings, reading every file.
-pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
+/// `acme` is the listener's managed certificate (`None` when only checking files).
+pub fn build(
+    t: &ListenerTls,
+    acme: Option<&AcmeSource>,
+) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
@@ -103,9 +147,9 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
             }
         },
     };
-    let Some(default) = default else {
+    if default.is_none() && t.acme.is_none() {
         return Err(errors);
-    };
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -124,9 +168,16 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
         exact,
         wildcard,
         default,
+        acme: acme.cloned(),
         reject_unknown: t.unknown_sni == UnknownSni::Reject,
     }));
     config.alpn_protocols = t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    if t.acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01)
+    {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
         config.ticketer = ticketer;
@@ -137,6 +188,7 @@ pub fn build(t: &ListenerTls) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
 /// A listener's TLS settings and its current server config, replaceable on reload.
 pub struct ServerTls {
     pub settings: ListenerTls,
+    acme: Option<AcmeSource>,
     current: ArcSwap<ServerConfig>,
     /// SHA-256 of the certificate, key and client CA files the config was built from.
     files: std::sync::Mutex<Option<Vec<u8>>>,
@@ -160,11 +212,21 @@ fn files_digest(t: &ListenerTls) -> Option<Vec<u8>> {
 }
 
 impl ServerTls {
-    pub fn new(settings: ListenerTls) -> Result<Self, Vec<ConfigError>> {
+    /// Reads the files; a listener with `acme` gets its managed certificate from
+    /// `registry` (the running one when the settings are the same).
+    pub fn new(settings: ListenerTls, registry: &AcmeRegistry) -> Result<Self, Vec<ConfigError>> {
         let files = files_digest(&settings);
-        let config = build(&settings)?;
+        let acme = match &settings.acme {
+            Some(a) => Some(AcmeSource {
+                cert: registry.certificate(a).map_err(|e| vec![e])?,
+                challenges: Arc::clone(&registry.challenges),
+            }),
+            None => None,
+        };
+        let config = build(&settings, acme.as_ref())?;
         Ok(ServerTls {
             settings,
+            acme,
             current: ArcSwap::new(config),
             files: std::sync::Mutex::new(files),
         })
@@ -187,7 +249,7 @@ impl ServerTls {
         if files.is_some() && *crate::lock(&self.files) == files {
             return Ok(false);
         }
-        let config = build(&self.settings)?;
+        let config = build(&self.settings, self.acme.as_ref())?;
         self.current.store(config);
         *crate::lock(&self.files) = files;
         Ok(true)
@@ -236,7 +298,8 @@ mod tests {
         let mut r = SniResolver {
             exact: HashMap::from([("a.example.com".to_owned(), Arc::clone(&a))]),
             wildcard: vec![(".example.org".to_owned(), Arc::clone(&w))],
-            default: Arc::clone(&d),
+            default: Some(Arc::clone(&d)),
+            acme: None,
             reject_unknown: false,
         };
         let pick = |r: &SniResolver, n| r.pick(n).unwrap();

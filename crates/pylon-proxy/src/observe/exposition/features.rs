@@ -1,6 +1,6 @@
-//! The gateway features' and TURN's series in `/metrics`: mirroring, traffic splits,
-//! authentication, TURN listeners, rate limits and cache zones, each read from the
-//! runtime in force at scrape time.
+//! The gateway features', TURN's and ACME's series in `/metrics`: mirroring, traffic
+//! splits, authentication, TURN listeners, rate limits, cache zones and managed
+//! certificates, each read from the runtime in force at scrape time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +115,79 @@ impl Exposition {
 
     /// The rate-limit policies' decisions, and their Redis round trips when global.
     /// STUN and TURN listeners' counters, labelled by listener.
+    /// ACME: orders issued and failed (by reason), unusable stored certificates, each
+    /// certificate's expiry; challenges answered.
+    pub(super) fn encode_acme(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        use crate::tls::acme::FailureReason;
+        if self.acme.is_empty() {
+            return Ok(());
+        }
+        let mut certs: Vec<_> = self
+            .acme
+            .iter()
+            .map(|c| (c.settings.names.join(","), c))
+            .collect();
+        certs.sort_by(|a, b| a.0.cmp(&b.0));
+        f.counters(
+            "pylon_acme_certificates_issued",
+            "Certificates the ACME CA issued (first orders and renewals), by certificate (its names).",
+            certs
+                .iter()
+                .map(|(n, c)| (vec![("certificate", n.as_str())], load(&c.stats.issued))),
+        )?;
+        f.counters(
+            "pylon_acme_order_failures",
+            "ACME orders that failed, by certificate and reason: unreachable (the directory did not answer), rejected (the CA refused the account or a name), challenge (a name was not validated), storage (the storage directory), protocol (anything else).",
+            certs.iter().flat_map(|(n, c)| {
+                FailureReason::ALL.iter().zip(&c.stats.failures).map(|(r, v)| {
+                    (
+                        vec![("certificate", n.as_str()), ("reason", r.as_str())],
+                        load(v),
+                    )
+                })
+            }),
+        )?;
+        f.counters(
+            "pylon_acme_stored_certificates_unusable",
+            "Stored ACME certificates that could not be used (corrupt, expired, not covering the names, key mismatch), by certificate.",
+            certs.iter().map(|(n, c)| {
+                (
+                    vec![("certificate", n.as_str())],
+                    load(&c.stats.stored_invalid),
+                )
+            }),
+        )?;
+        f.counters(
+            "pylon_acme_certificates_not_yet_valid",
+            "ACME certificates put in force while not yet valid by this machine's clock (is it behind?), by certificate.",
+            certs.iter().map(|(n, c)| {
+                (
+                    vec![("certificate", n.as_str())],
+                    load(&c.stats.not_yet_valid),
+                )
+            }),
+        )?;
+        f.gauges(
+            "pylon_acme_certificate_expiry_timestamp_seconds",
+            "When the ACME certificate in force expires (Unix time; 0 while there is none), by certificate.",
+            certs.iter().map(|(n, c)| {
+                (
+                    vec![("certificate", n.as_str())],
+                    c.not_after.load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        let ch = &self.acme_challenges;
+        f.counters(
+            "pylon_acme_challenges_answered",
+            "ACME challenges answered, by type (http-01 on plain-HTTP listeners, tls-alpn-01 in handshakes).",
+            [
+                (vec![("type", "http-01")], load(&ch.answered_http01)),
+                (vec![("type", "tls-alpn-01")], load(&ch.answered_tls_alpn01)),
+            ],
+        )
+    }
+
     pub(super) fn encode_turn(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         if self.turn.is_empty() {
             return Ok(());

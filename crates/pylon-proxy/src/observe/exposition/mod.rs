@@ -348,6 +348,9 @@ pub struct Exposition {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// STUN and TURN listeners' counters, by listener.
     pub turn: Vec<(String, Arc<crate::turn::TurnStats>)>,
+    /// The ACME certificates listeners use now, and the challenges answered.
+    pub acme: Vec<Arc<crate::tls::acme::ManagedCert>>,
+    pub acme_challenges: Arc<crate::tls::acme::challenge::Challenges>,
 }
 
 impl std::fmt::Debug for Exposition {
@@ -483,6 +486,7 @@ impl Collector for Exposition {
         self.encode_splits(&mut f)?;
         self.encode_mirrors(&mut f)?;
         self.encode_turn(&mut f)?;
+        self.encode_acme(&mut f)?;
         encode_process(&mut f)
     }
 }

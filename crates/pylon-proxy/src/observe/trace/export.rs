@@ -3,16 +3,14 @@
 //! collector in batches with `opentelemetry-otlp`'s exporter, over gRPC (tonic) or HTTP
 //! with protobuf bodies. An export that fails or takes longer than `export_timeout`
 //! drops its batch (counted); the next batch tries again. The HTTP client is Pylon's
-//! own small one on hyper, TLS through rustls with aws-lc-rs: the exporter's bundled
-//! clients (reqwest) would bring a second TLS stack.
+//! own (`fetch.rs`): the exporter's bundled clients (reqwest) would bring a second TLS
+//! stack.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
@@ -147,91 +145,20 @@ pub(super) fn ids() -> (u128, u64, u64) {
 
 /// OTLP/HTTP's client: one connection per export (a batch a second at most), HTTP/1.1,
 /// TLS for `https://` collectors with the system's roots.
-#[derive(Clone)]
-struct HttpClient {
-    timeout: Duration,
-    tls: Option<tokio_rustls::TlsConnector>,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient")
-            .field("timeout", &self.timeout)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
+#[derive(Clone, Debug)]
+struct HttpClient(crate::fetch::Fetcher);
 
 /// Largest collector answer read.
 const MAX_ANSWER: usize = 1 << 20;
 
 impl HttpClient {
     fn new(timeout: Duration) -> HttpClient {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
+        HttpClient(crate::fetch::Fetcher::new(
+            timeout,
+            MAX_ANSWER,
+            crate::fetch::system_roots(),
         ))
-        .with_safe_default_protocol_versions()
-        .ok()
-        .map(|b| {
-            let mut c = b.with_root_certificates(roots).with_no_client_auth();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            tokio_rustls::TlsConnector::from(Arc::new(c))
-        });
-        HttpClient { timeout, tls }
     }
-
-    async fn send(
-        &self,
-        req: Request<Bytes>,
-    ) -> Result<Response<Bytes>, opentelemetry_http::HttpError> {
-        let uri = req.uri().clone();
-        let host = uri.host().ok_or("collector URL without a host")?.to_owned();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
-        let _ = tcp.set_nodelay(true);
-        let (mut parts, body) = req.into_parts();
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or(host.clone());
-        parts.headers.insert(http::header::HOST, authority.parse()?);
-        parts.uri = uri
-            .path_and_query()
-            .map_or_else(|| "/".parse(), |p| p.as_str().parse())?;
-        let req = Request::from_parts(parts, Full::new(body));
-        let resp = if https {
-            let tls = self.tls.as_ref().ok_or("no TLS configuration")?;
-            let name =
-                rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())?;
-            let stream = tls.connect(name, tcp).await?;
-            exchange(TokioIo::new(stream), req).await?
-        } else {
-            exchange(TokioIo::new(tcp), req).await?
-        };
-        Ok(resp)
-    }
-}
-
-async fn exchange<T>(
-    io: T,
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Bytes>, opentelemetry_http::HttpError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender.send_request(req).await?;
-    let (parts, body) = resp.into_parts();
-    let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
-    Ok(Response::from_parts(parts, body))
 }
 
 #[async_trait::async_trait]
@@ -240,8 +167,6 @@ impl opentelemetry_http::HttpClient for HttpClient {
         &self,
         request: Request<Bytes>,
     ) -> Result<Response<Bytes>, opentelemetry_http::HttpError> {
-        tokio::time::timeout(self.timeout, self.send(request))
-            .await
-            .map_err(|_| "collector did not answer in time")?
+        Ok(self.0.send(request).await?)
     }
 }

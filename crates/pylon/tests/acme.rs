@@ -1,0 +1,404 @@
+//! Automatic certificates against a real ACME server (Debian's pebble, with its DNS
+//! test server answering 127.0.0.1): TLS-ALPN-01 and HTTP-01 orders, the account and
+//! certificate stored and served again at start without the CA, External Account
+//! Binding, a corrupt stored certificate, renewal without a reload, a CA that goes
+//! down (the last good certificate keeps serving), refused names and failed challenges
+//! (logged, counted, retried), and two instances sharing one storage directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pylon_testkit::pebble::{Pebble, PebbleOptions};
+use pylon_testkit::*;
+
+/// Orders take a few round trips; renewals wait for two thirds of a short lifetime.
+const ACME_DEADLINE: Duration = Duration::from_secs(60);
+
+async fn within<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + ACME_DEADLINE;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Site<'a> {
+    pebble: &'a Pebble,
+    storage: &'a Path,
+    names: &'a [&'a str],
+    challenge: &'a str,
+    extra: &'a str,
+}
+
+/// A config with an http listener `web` and an https listener `tls` whose certificate
+/// comes from pebble.
+fn config(http: SocketAddr, https: SocketAddr, s: &Site<'_>) -> String {
+    let names: Vec<String> = s.names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!(
+        r#"
+access_log = {{ enabled = false }}
+[admin]
+bind = "127.0.0.1:0"
+
+[[listeners]]
+name = "web"
+bind = "{http}"
+
+[[listeners]]
+name = "tls"
+bind = "{https}"
+protocol = "https"
+[listeners.tls.acme]
+directory = "{directory}"
+ca = "{ca}"
+contact = ["ops@pylon.test"]
+names = [{names}]
+storage = "{storage}"
+challenge = "{challenge}"
+retry_backoff = "1s"
+retry_max = "2s"
+{extra}
+
+[[routes]]
+respond = {{ body = "served" }}
+"#,
+        directory = s.pebble.directory(),
+        ca = s.pebble.api_ca.display(),
+        names = names.join(", "),
+        storage = s.storage.display(),
+        challenge = s.challenge,
+        extra = s.extra,
+    )
+}
+
+/// The certificate `addr` serves for `name`, verified against pebble's root; `None`
+/// while the handshake fails.
+async fn served(addr: SocketAddr, name: &str, root_pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tls_connect(
+        &tokio_rustls::TlsConnector::from(Arc::new(config)),
+        addr,
+        name,
+    )
+    .await
+    .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+/// curl, a real HTTPS client, fetching `/` from `name` at `addr` with pebble's root.
+async fn curl_body(addr: SocketAddr, name: &str, root: &Path) -> String {
+    let out = curl(&[
+        "--cacert",
+        root.to_str().unwrap(),
+        "--resolve",
+        &format!("{name}:{}:127.0.0.1", addr.port()),
+        &format!("https://{name}:{}/", addr.port()),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn write_root(pebble: &Pebble) -> (String, PathBuf) {
+    let pem = pebble.root_pem();
+    let path = temp_dir().join("pebble-root.pem");
+    std::fs::write(&path, &pem).unwrap();
+    (pem, path)
+}
+
+/// The storage folder Pylon keeps this pebble's account and certificates in.
+fn folder(storage: &Path, pebble: &Pebble) -> PathBuf {
+    storage.join(format!("127.0.0.1_{}_dir", pebble.addr.port()))
+}
+
+fn issued(metrics: &str, names: &str) -> u64 {
+    metric(
+        metrics,
+        &format!("pylon_acme_certificates_issued_total{{certificate=\"{names}\"}}"),
+    )
+}
+
+fn failures(metrics: &str, names: &str, reason: &str) -> u64 {
+    metric(
+        metrics,
+        &format!("pylon_acme_order_failures_total{{certificate=\"{names}\",reason=\"{reason}\"}}"),
+    )
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_certificate_is_ordered_stored_and_served_again_without_the_ca() {
+    let (addrs, prebound) = prebind(2);
+    let mut pebble = Pebble::start(PebbleOptions {
+        http_port: addrs[0].port(),
+        tls_port: addrs[1].port(),
+        ..Default::default()
+    });
+    let storage = temp_dir().join("acme");
+    let site = Site {
+        pebble: &pebble,
+        storage: &storage,
+        names: &["a.pylon.test", "www.a.pylon.test"],
+        challenge: "tls-alpn-01",
+        extra: "",
+    };
+    let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
+    let (root_pem, root) = write_root(&pebble);
+    within("the certificate is issued and served", || async {
+        served(addrs[1], "www.a.pylon.test", &root_pem)
+            .await
+            .is_some()
+    })
+    .await;
+    assert_eq!(curl_body(addrs[1], "a.pylon.test", &root).await, "served");
+    let m = proxy.metrics().await;
+    assert_eq!(issued(&m, "a.pylon.test,www.a.pylon.test"), 1, "{m}");
+    assert!(
+        metric(
+            &m,
+            "pylon_acme_challenges_answered_total{type=\"tls-alpn-01\"}"
+        ) >= 2
+    );
+    assert!(
+        metric(
+            &m,
+            "pylon_acme_certificate_expiry_timestamp_seconds{certificate=\"a.pylon.test,www.a.pylon.test\"}"
+        ) > 0
+    );
+    let f = folder(&storage, &pebble);
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&f.join("account.json")), 0o600);
+        assert_eq!(mode(&f.join("a.pylon.test.pem")), 0o600);
+    }
+    assert!(
+        !f.join("challenges/tls-alpn-01/a.pylon.test").exists(),
+        "answers are taken back after the order"
+    );
+    let first = served(addrs[1], "a.pylon.test", &root_pem).await.unwrap();
+    proxy.proxy.shutdown(Duration::from_secs(1)).await;
+    drop(proxy);
+
+    // A restart with the CA down serves the stored certificate from the first handshake.
+    let (again, prebound) = prebind(2);
+    let text = config(again[0], again[1], &site);
+    pebble.stop();
+    let proxy = TestProxy::start_prebound(&text, prebound).await;
+    assert_eq!(
+        served(again[1], "a.pylon.test", &root_pem).await.as_deref(),
+        Some(&first[..])
+    );
+    assert_eq!(
+        curl_body(again[1], "www.a.pylon.test", &root).await,
+        "served"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(issued(&m, "a.pylon.test,www.a.pylon.test"), 0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_with_external_account_binding_replaces_a_corrupt_stored_certificate() {
+    let (addrs, prebound) = prebind(2);
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: addrs[0].port(),
+        tls_port: addrs[1].port(),
+        eab: vec![(
+            "kid-1".to_owned(),
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W".to_owned(),
+        )],
+        ..Default::default()
+    });
+    let storage = temp_dir().join("acme");
+    let f = folder(&storage, &pebble);
+    std::fs::create_dir_all(&f).unwrap();
+    std::fs::write(f.join("b.pylon.test.pem"), "not a certificate").unwrap();
+    let site = Site {
+        pebble: &pebble,
+        storage: &storage,
+        names: &["b.pylon.test"],
+        challenge: "http-01",
+        extra: r#"external_account = { key_id = "kid-1", hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W" }"#,
+    };
+    let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
+    let (root_pem, root) = write_root(&pebble);
+    within("the certificate is issued", || async {
+        served(addrs[1], "b.pylon.test", &root_pem).await.is_some()
+    })
+    .await;
+    assert_eq!(curl_body(addrs[1], "b.pylon.test", &root).await, "served");
+    let m = proxy.metrics().await;
+    assert_eq!(issued(&m, "b.pylon.test"), 1, "{m}");
+    assert!(metric(&m, "pylon_acme_challenges_answered_total{type=\"http-01\"}") >= 1);
+    assert_eq!(
+        metric(
+            &m,
+            "pylon_acme_stored_certificates_unusable_total{certificate=\"b.pylon.test\"}"
+        ),
+        1
+    );
+    // Other paths under the challenge prefix go on to routing.
+    let out = curl(&[&format!(
+        "http://{}/.well-known/acme-challenge/unknown",
+        addrs[0]
+    )])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_takes_effect_without_a_reload_and_a_down_ca_keeps_the_last_good_certificate() {
+    let (addrs, prebound) = prebind(2);
+    let mut pebble = Pebble::start(PebbleOptions {
+        http_port: addrs[0].port(),
+        tls_port: addrs[1].port(),
+        // Renewal is due after two thirds: about 8 s.
+        validity: Duration::from_secs(12),
+        ..Default::default()
+    });
+    let storage = temp_dir().join("acme");
+    let site = Site {
+        pebble: &pebble,
+        storage: &storage,
+        names: &["r.pylon.test"],
+        challenge: "tls-alpn-01",
+        extra: "",
+    };
+    let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
+    let (root_pem, _) = write_root(&pebble);
+    within("the first certificate", || async {
+        served(addrs[1], "r.pylon.test", &root_pem).await.is_some()
+    })
+    .await;
+    let first = served(addrs[1], "r.pylon.test", &root_pem).await.unwrap();
+    within("a renewed certificate is served", || async {
+        served(addrs[1], "r.pylon.test", &root_pem)
+            .await
+            .is_some_and(|c| c != first)
+    })
+    .await;
+    assert!(issued(&proxy.metrics().await, "r.pylon.test") >= 2);
+
+    // The CA goes away: the next renewal fails (counted), the last good one serves.
+    pebble.stop();
+    within("a failed renewal is counted", || async {
+        failures(&proxy.metrics().await, "r.pylon.test", "unreachable") >= 1
+    })
+    .await;
+    assert!(served(addrs[1], "r.pylon.test", &root_pem).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_and_failed_challenges_are_counted_and_retried() {
+    let (addrs, prebound) = prebind(2);
+    // HTTP-01 validations go to a port where nothing listens.
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = nothing.local_addr().unwrap().port();
+    drop(nothing);
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: closed_port,
+        tls_port: addrs[1].port(),
+        blocklist: vec!["blocked.pylon.test".to_owned()],
+        ..Default::default()
+    });
+    let storage = temp_dir().join("acme");
+    let site = Site {
+        pebble: &pebble,
+        storage: &storage,
+        names: &["blocked.pylon.test"],
+        challenge: "tls-alpn-01",
+        extra: "",
+    };
+    let mut text = config(addrs[0], addrs[1], &site);
+    text.push_str(&format!(
+        r#"
+[[listeners]]
+name = "unvalidated"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls.acme]
+directory = "{}"
+ca = "{}"
+names = ["c.pylon.test"]
+storage = "{}"
+challenge = "http-01"
+retry_backoff = "1s"
+retry_max = "2s"
+"#,
+        pebble.directory(),
+        pebble.api_ca.display(),
+        storage.display()
+    ));
+    let proxy = TestProxy::start_prebound(&text, prebound).await;
+    within("refusals and failed challenges, each retried", || async {
+        let m = proxy.metrics().await;
+        failures(&m, "blocked.pylon.test", "rejected") >= 2
+            && failures(&m, "c.pylon.test", "challenge") >= 2
+    })
+    .await;
+    let m = proxy.metrics().await;
+    assert_eq!(issued(&m, "blocked.pylon.test"), 0);
+    assert_eq!(issued(&m, "c.pylon.test"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_storage_order_once_and_answer_each_others_challenges() {
+    let (a, prebound_a) = prebind(2);
+    let (b, prebound_b) = prebind(2);
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: a[0].port(),
+        tls_port: a[1].port(),
+        ..Default::default()
+    });
+    let storage = temp_dir().join("acme");
+    let site = Site {
+        pebble: &pebble,
+        storage: &storage,
+        names: &["shared.pylon.test"],
+        challenge: "http-01",
+        extra: "",
+    };
+    // Both start at once; either may take the order lock.
+    let (text_a, text_b) = (config(a[0], a[1], &site), config(b[0], b[1], &site));
+    let (pa, pb) = tokio::join!(
+        TestProxy::start_prebound(&text_a, prebound_a),
+        TestProxy::start_prebound(&text_b, prebound_b),
+    );
+    let (root_pem, _) = write_root(&pebble);
+    within("both instances serve the certificate", || async {
+        served(a[1], "shared.pylon.test", &root_pem).await.is_some()
+            && served(b[1], "shared.pylon.test", &root_pem).await.is_some()
+    })
+    .await;
+    assert_eq!(
+        served(a[1], "shared.pylon.test", &root_pem).await,
+        served(b[1], "shared.pylon.test", &root_pem).await,
+        "one certificate"
+    );
+    let total = issued(&pa.metrics().await, "shared.pylon.test")
+        + issued(&pb.metrics().await, "shared.pylon.test");
+    assert_eq!(total, 1, "one order");
+}
