@@ -555,6 +555,8 @@ fn listener_tls(tls: &ListenerTls) -> Table {
         .opt("client_ca", tls.client_ca.as_ref().map(|f| path(&f.path)))
         .put("forward_client_cert", tls.forward_client_cert)
         .put("certificates", certificates)
+        .put("ocsp_stapling", tls.ocsp_stapling)
+        .opt("ocsp_cache", tls.ocsp_cache.as_ref().map(|f| path(&f.path)))
         .opt("acme", tls.acme.as_ref().map(acme))
         .done()
 }

@@ -303,6 +303,10 @@ pub struct ListenerTls {
     pub forward_client_cert: bool,
     /// What a handshake for a name no certificate covers (or without SNI) gets.
     pub unknown_sni: UnknownSni,
+    /// Staple OCSP responses to handshakes, for certificates that name a responder.
+    pub ocsp_stapling: bool,
+    /// Where OCSP responses are cached (ACME certificates' go to their storage).
+    pub ocsp_cache: Option<FileRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

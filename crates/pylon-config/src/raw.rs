@@ -188,6 +188,8 @@ pub struct RawListenerTls {
     pub client_ca: Option<Spanned<String>>,
     pub forward_client_cert: Option<bool>,
     pub unknown_sni: Option<Spanned<String>>,
+    pub ocsp_stapling: Option<bool>,
+    pub ocsp_cache: Option<Spanned<String>>,
 }
 
 /// `[listeners.tls.acme]`.

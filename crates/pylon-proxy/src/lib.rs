@@ -299,6 +299,7 @@ impl Proxy {
             turn: self.shared.turn.stats(),
             acme: self.shared.acme.live(),
             acme_challenges: Arc::clone(&self.shared.acme.challenges),
+            ocsp: Arc::clone(&self.shared.ocsp),
         })
     }
 

@@ -72,6 +72,7 @@ impl Proxy {
         let tls = prepare_tls(
             &sockets.tls,
             &self.shared.acme,
+            &self.shared.ocsp,
             config,
             &plan,
             first,
@@ -403,6 +404,7 @@ fn bind_socket(udp: bool, addr: SocketAddr) -> std::io::Result<Socket> {
 fn prepare_tls(
     current: &Acceptors,
     acme: &crate::tls::acme::AcmeRegistry,
+    ocsp: &Arc<crate::tls::ocsp::OcspRegistry>,
     config: &Config,
     plan: &ReloadPlan,
     first: bool,
@@ -430,7 +432,7 @@ fn prepare_tls(
                 }
                 tls.push((l.name.clone(), s));
             }
-            None => match ServerTls::new(t.clone(), acme) {
+            None => match ServerTls::new(t.clone(), acme, ocsp) {
                 Ok(s) => tls.push((l.name.clone(), Arc::new(s))),
                 Err(e) => errors.extend(e),
             },

@@ -1,6 +1,7 @@
 //! Process-wide services every listener reports to (HTTP and Layer 4 alike): metrics,
 //! per-listener/route/cluster stats, the access log, request ids, the process's stop,
-//! STUN/TURN listeners' state, and ACME certificates with their challenge answers.
+//! STUN/TURN listeners' state, ACME certificates with their challenge answers, and OCSP
+//! staplers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,8 @@ pub struct Shared {
     pub recent: Arc<crate::observe::recent::Recent>,
     /// ACME certificates and the challenge answers their orders publish.
     pub acme: crate::tls::acme::AcmeRegistry,
+    /// OCSP staplers of served certificates.
+    pub ocsp: Arc<crate::tls::ocsp::OcspRegistry>,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
             own_addrs: Default::default(),
             recent,
             acme: Default::default(),
+            ocsp: Default::default(),
         }))
     }
 }

@@ -54,12 +54,22 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
 }
 
 /// Like [`eventually`], for conditions that must do I/O to be checked.
-pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+pub async fn eventually_async<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_async_within(DEADLINE, what, cond).await
+}
+
+/// [`eventually_async`] with a deadline of its own, for what takes longer by design
+/// (a retry after a backoff, a certificate's renewal).
+pub async fn eventually_async_within<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     while !cond().await {
         assert!(

@@ -18,12 +18,8 @@ use pylon_testkit::*;
 /// Orders take a few round trips; renewals wait for two thirds of a short lifetime.
 const ACME_DEADLINE: Duration = Duration::from_secs(60);
 
-async fn within<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut cond: F) {
-    let deadline = tokio::time::Instant::now() + ACME_DEADLINE;
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn within<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, cond: F) {
+    eventually_async_within(ACME_DEADLINE, what, cond).await
 }
 
 struct Site<'a> {

@@ -439,6 +439,8 @@ fn listener_tls(
     };
     Some(ListenerTls {
         unknown_sni,
+        ocsp_stapling: t.ocsp_stapling.unwrap_or(true),
+        ocsp_cache: t.ocsp_cache.as_ref().map(|c| ctx.file_ref(c)),
         certificates,
         acme,
         min_version,

@@ -4,6 +4,7 @@
 //! Every error names where the file was configured (file, line, key) and why it failed.
 
 pub mod acme;
+pub mod ocsp;
 pub mod server;
 pub mod upstream;
 
@@ -145,7 +146,7 @@ pub fn check(config: &pylon_config::Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for l in &config.listeners {
         if let Some(t) = &l.tls
-            && let Err(e) = server::build(t, None)
+            && let Err(e) = server::build(t, None, None)
         {
             errors.extend(e);
         }

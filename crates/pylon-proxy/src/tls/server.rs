@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::acme::challenge::{ACME_TLS_ALPN, Challenges};
 use super::acme::{AcmeRegistry, ManagedCert};
+use super::ocsp::{OcspRegistry, Stapler};
 use super::{leaf_info, load_certified_key, load_roots, provider};
 
 /// A listener's ACME certificate and where challenge answers are.
@@ -26,13 +27,29 @@ pub struct AcmeSource {
     pub challenges: Arc<Challenges>,
 }
 
+/// A certificate as served: as loaded, or with its OCSP staple in force.
+#[derive(Clone)]
+enum Served {
+    Plain(Arc<CertifiedKey>),
+    Stapled(Arc<Stapler>),
+}
+
+impl Served {
+    fn get(&self) -> Option<Arc<CertifiedKey>> {
+        match self {
+            Served::Plain(k) => Some(Arc::clone(k)),
+            Served::Stapled(s) => s.current(),
+        }
+    }
+}
+
 /// Picks a certificate by SNI.
 struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, Served>,
     /// `(".example.com", key)` for `*.example.com`, in configuration order.
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    wildcard: Vec<(String, Served)>,
     /// The first certificate file's.
-    default: Option<Arc<CertifiedKey>>,
+    default: Option<Served>,
     acme: Option<AcmeSource>,
     /// Refuse handshakes for names no certificate covers (and without SNI).
     reject_unknown: bool,
@@ -54,7 +71,10 @@ impl SniResolver {
             if self.reject_unknown {
                 return None;
             }
-            self.default.clone().or_else(acme)
+            match &self.default {
+                Some(d) => d.get(),
+                None => acme(),
+            }
         };
         let Some(name) = name.map(str::to_ascii_lowercase) else {
             return fallback();
@@ -65,13 +85,13 @@ impl SniResolver {
             return Some(k);
         }
         if let Some(k) = self.exact.get(&name) {
-            return Some(Arc::clone(k));
+            return k.get();
         }
         // `*.example.com` covers one label, as in certificates.
         if let Some((_, rest)) = name.split_once('.') {
             let suffix = format!(".{rest}");
             if let Some((_, k)) = self.wildcard.iter().find(|(s, _)| *s == suffix) {
-                return Some(Arc::clone(k));
+                return k.get();
             }
         }
         fallback()
@@ -93,10 +113,12 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Builds a rustls server config from the listener's TLS settings, reading every file.
-/// `acme` is the listener's managed certificate (`None` when only checking files).
+/// `acme` is the listener's managed certificate and `ocsp` staples certificates (both
+/// `None` when only checking files).
 pub fn build(
     t: &ListenerTls,
     acme: Option<&AcmeSource>,
+    ocsp: Option<&Arc<OcspRegistry>>,
 ) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut exact = HashMap::new();
@@ -105,6 +127,13 @@ pub fn build(
     for files in &t.certificates {
         match load_certified_key(files) {
             Ok((key, info)) => {
+                let stapler = ocsp
+                    .filter(|_| t.ocsp_stapling)
+                    .and_then(|o| o.stapler(&key, t.ocsp_cache.as_ref().map(|c| c.path.as_path())));
+                let key = match stapler {
+                    Some(s) => Served::Stapled(s),
+                    None => Served::Plain(key),
+                };
                 let names = if files.server_names.is_empty() {
                     info.dns_names.clone()
                 } else {
@@ -112,9 +141,9 @@ pub fn build(
                 };
                 for n in names {
                     match n.strip_prefix('*') {
-                        Some(suffix) => wildcard.push((suffix.to_owned(), Arc::clone(&key))),
+                        Some(suffix) => wildcard.push((suffix.to_owned(), key.clone())),
                         None => {
-                            exact.entry(n).or_insert_with(|| Arc::clone(&key));
+                            exact.entry(n).or_insert_with(|| key.clone());
                         }
                     }
                 }
@@ -189,6 +218,7 @@ pub fn build(
 pub struct ServerTls {
     pub settings: ListenerTls,
     acme: Option<AcmeSource>,
+    ocsp: Arc<OcspRegistry>,
     current: ArcSwap<ServerConfig>,
     /// SHA-256 of the certificate, key and client CA files the config was built from.
     files: std::sync::Mutex<Option<Vec<u8>>>,
@@ -214,19 +244,25 @@ fn files_digest(t: &ListenerTls) -> Option<Vec<u8>> {
 impl ServerTls {
     /// Reads the files; a listener with `acme` gets its managed certificate from
     /// `registry` (the running one when the settings are the same).
-    pub fn new(settings: ListenerTls, registry: &AcmeRegistry) -> Result<Self, Vec<ConfigError>> {
+    pub fn new(
+        settings: ListenerTls,
+        registry: &AcmeRegistry,
+        ocsp: &Arc<OcspRegistry>,
+    ) -> Result<Self, Vec<ConfigError>> {
         let files = files_digest(&settings);
+        let stapling = settings.ocsp_stapling.then_some(ocsp);
         let acme = match &settings.acme {
             Some(a) => Some(AcmeSource {
-                cert: registry.certificate(a).map_err(|e| vec![e])?,
+                cert: registry.certificate(a, stapling).map_err(|e| vec![e])?,
                 challenges: Arc::clone(&registry.challenges),
             }),
             None => None,
         };
-        let config = build(&settings, acme.as_ref())?;
+        let config = build(&settings, acme.as_ref(), Some(ocsp))?;
         Ok(ServerTls {
             settings,
             acme,
+            ocsp: Arc::clone(ocsp),
             current: ArcSwap::new(config),
             files: std::sync::Mutex::new(files),
         })
@@ -249,7 +285,7 @@ impl ServerTls {
         if files.is_some() && *crate::lock(&self.files) == files {
             return Ok(false);
         }
-        let config = build(&self.settings, self.acme.as_ref())?;
+        let config = build(&self.settings, self.acme.as_ref(), Some(&self.ocsp))?;
         self.current.store(config);
         *crate::lock(&self.files) = files;
         Ok(true)
@@ -296,9 +332,9 @@ mod tests {
             key("default.test"),
         );
         let mut r = SniResolver {
-            exact: HashMap::from([("a.example.com".to_owned(), Arc::clone(&a))]),
-            wildcard: vec![(".example.org".to_owned(), Arc::clone(&w))],
-            default: Some(Arc::clone(&d)),
+            exact: HashMap::from([("a.example.com".to_owned(), Served::Plain(Arc::clone(&a)))]),
+            wildcard: vec![(".example.org".to_owned(), Served::Plain(Arc::clone(&w)))],
+            default: Some(Served::Plain(Arc::clone(&d))),
             acme: None,
             reject_unknown: false,
         };

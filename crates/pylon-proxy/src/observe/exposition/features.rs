@@ -188,6 +188,36 @@ impl Exposition {
         )
     }
 
+    /// OCSP stapling: fetches by result, and each stapled certificate's staple expiry.
+    pub(super) fn encode_ocsp(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
+        let staplers = self.ocsp.live();
+        if staplers.is_empty() {
+            return Ok(());
+        }
+        let c = &self.ocsp.counts;
+        f.counters(
+            "pylon_ocsp_fetches",
+            "OCSP responses fetched for stapling, by result: good, revoked (stapled, and logged as an error), unknown (not stapled), failed (no usable answer; the last good response stays until it expires).",
+            [
+                (vec![("result", "good")], load(&c.good)),
+                (vec![("result", "revoked")], load(&c.revoked)),
+                (vec![("result", "unknown")], load(&c.unknown)),
+                (vec![("result", "failed")], load(&c.failed)),
+            ],
+        )?;
+        let mut rows: Vec<_> = staplers
+            .iter()
+            .map(|s| (s.name().to_owned(), s.valid_until.load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        f.gauges(
+            "pylon_ocsp_staple_expiry_timestamp_seconds",
+            "When the OCSP response stapled for a certificate expires (its nextUpdate, Unix time; 0 while there is none), by certificate.",
+            rows.iter()
+                .map(|(n, v)| (vec![("certificate", n.as_str())], *v)),
+        )
+    }
+
     pub(super) fn encode_turn(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         if self.turn.is_empty() {
             return Ok(());

@@ -351,6 +351,8 @@ pub struct Exposition {
     /// The ACME certificates listeners use now, and the challenges answered.
     pub acme: Vec<Arc<crate::tls::acme::ManagedCert>>,
     pub acme_challenges: Arc<crate::tls::acme::challenge::Challenges>,
+    /// OCSP staplers and their fetches.
+    pub ocsp: Arc<crate::tls::ocsp::OcspRegistry>,
 }
 
 impl std::fmt::Debug for Exposition {
@@ -487,6 +489,7 @@ impl Collector for Exposition {
         self.encode_mirrors(&mut f)?;
         self.encode_turn(&mut f)?;
         self.encode_acme(&mut f)?;
+        self.encode_ocsp(&mut f)?;
         encode_process(&mut f)
     }
 }

@@ -31,6 +31,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use order::FailureReason;
 
+use super::ocsp::{OcspRegistry, Stapler};
 use challenge::Challenges;
 use store::Store;
 
@@ -54,7 +55,13 @@ pub struct AcmeRegistry {
 impl AcmeRegistry {
     /// The managed certificate for `settings`: the running one when a listener already
     /// names the same settings, else a new one whose task starts now (inside tokio).
-    pub fn certificate(&self, settings: &Acme) -> Result<Arc<ManagedCert>, ConfigError> {
+    /// With `ocsp`, the certificate's OCSP responses are stapled (and cached in the
+    /// storage folder).
+    pub fn certificate(
+        &self,
+        settings: &Acme,
+        ocsp: Option<&Arc<OcspRegistry>>,
+    ) -> Result<Arc<ManagedCert>, ConfigError> {
         let mut certs = crate::lock(&self.certs);
         certs.retain(|w| w.strong_count() > 0);
         if let Some(c) = certs
@@ -69,15 +76,17 @@ impl AcmeRegistry {
             None => crate::fetch::system_roots(),
         };
         let http = crate::fetch::Fetcher::new(REQUEST_TIMEOUT, MAX_ANSWER, roots);
+        let store = Store::new(settings);
         let cert = Arc::new(ManagedCert {
             settings: settings.clone(),
+            ocsp: ocsp.cloned(),
+            ocsp_cache: store.folder().join("ocsp"),
             current: ArcSwapOption::empty(),
             renew_at: AtomicI64::new(0),
             not_after: AtomicI64::new(0),
             stats: AcmeStats::default(),
             task: Mutex::new(None),
         });
-        let store = Store::new(settings);
         self.challenges.watch_folder(store.folder());
         // Installed before the task runs: a listener starting with a stored certificate
         // serves it from its first handshake.
@@ -121,7 +130,10 @@ pub struct AcmeStats {
 /// One ACME certificate: the one in force, and the task keeping it fresh.
 pub struct ManagedCert {
     pub settings: Acme,
-    current: ArcSwapOption<CertifiedKey>,
+    ocsp: Option<Arc<OcspRegistry>>,
+    ocsp_cache: std::path::PathBuf,
+    /// The certificate in force, stapled when its CA runs an OCSP responder.
+    current: ArcSwapOption<Served>,
     /// When the certificate in force is due for renewal (Unix seconds).
     renew_at: AtomicI64,
     /// When it expires (Unix seconds); 0 while there is none.
@@ -139,9 +151,16 @@ impl Drop for ManagedCert {
 }
 
 impl ManagedCert {
-    /// The certificate in force; `None` until the first one is issued.
+    /// The certificate in force; `None` until the first one is issued (or while a
+    /// Must-Staple certificate has no current staple).
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.load_full()
+        match &*self.current.load() {
+            Some(s) => match &s.stapler {
+                Some(st) => st.current(),
+                None => Some(Arc::clone(&s.key)),
+            },
+            None => None,
+        }
     }
 
     /// Whether this certificate is the one for `name`.
@@ -195,7 +214,12 @@ impl ManagedCert {
         self.renew_at
             .store(not_before + lifetime * 2 / 3 - jitter, Ordering::Relaxed);
         self.not_after.store(not_after, Ordering::Relaxed);
-        self.current.store(Some(Arc::new(certified)));
+        let key = Arc::new(certified);
+        let stapler = self
+            .ocsp
+            .as_ref()
+            .and_then(|o| o.stapler(&key, Some(&self.ocsp_cache)));
+        self.current.store(Some(Arc::new(Served { key, stapler })));
         Ok(())
     }
 
@@ -215,6 +239,12 @@ impl ManagedCert {
             .unwrap_or(0);
         self.stats.failures[i].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A certificate in force and its stapler.
+struct Served {
+    key: Arc<CertifiedKey>,
+    stapler: Option<Arc<Stapler>>,
 }
 
 fn unix_now() -> i64 {
