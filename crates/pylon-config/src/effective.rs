@@ -584,6 +584,11 @@ fn acme(a: &Acme) -> Table {
                 .done(),
         );
     }
+    if let Some(o) = &a.on_demand {
+        t.put("on_demand", true)
+            .put("ask", o.ask.as_str())
+            .put("on_demand_per_minute", int(o.per_minute));
+    }
     t.put("retry_backoff", dur(a.retry_backoff))
         .put("retry_max", dur(a.retry_max))
         .done()

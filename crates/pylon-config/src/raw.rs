@@ -206,6 +206,9 @@ pub struct RawAcme {
     pub external_account: Option<Spanned<RawExternalAccount>>,
     pub retry_backoff: Option<Spanned<String>>,
     pub retry_max: Option<Spanned<String>>,
+    pub on_demand: Option<Spanned<bool>>,
+    pub ask: Option<Spanned<String>>,
+    pub on_demand_per_minute: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1696,6 +1696,13 @@ endpoints = ["127.0.0.1:1"]
             "test.toml:31:46: listeners[3].tls.acme.directory: `staging = true` picks Let's Encrypt's staging directory",
         ],
     );
+    assert_errors(
+        "[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\ntls = { acme = { on_demand = true, on_demand_per_minute = 0 } }\n[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\ntls = { acme = { names = [\"b.example.com\"], ask = \"ftp://x\" } }\n",
+        &[
+            "test.toml:5:30: listeners[0].tls.acme.on_demand: on_demand needs `ask`",
+            "test.toml:10:51: listeners[1].tls.acme.ask: `ask` is for `on_demand = true`",
+        ],
+    );
     // Defaults: Let's Encrypt, staging on request, TLS-ALPN-01, `acme` beside the file.
     let ok = pylon_config::parse(
         "[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\ntls = { acme = { names = [\"Example.com\"], contact = [\"ops@example.com\"], staging = true, external_account = { key_id = \"k\", hmac_key = \"c2VjcmV0\" } } }\n",

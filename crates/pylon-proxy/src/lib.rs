@@ -297,8 +297,7 @@ impl Proxy {
             stats: Arc::clone(&self.shared.stats),
             runtime: Arc::clone(&self.runtime),
             turn: self.shared.turn.stats(),
-            acme: self.shared.acme.live(),
-            acme_challenges: Arc::clone(&self.shared.acme.challenges),
+            acme: Arc::clone(&self.shared.acme),
             ocsp: Arc::clone(&self.shared.ocsp),
         })
     }

@@ -177,8 +177,26 @@ async fn handshake(
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let metrics = &ctx.shared.metrics;
     let started = std::time::Instant::now();
-    let accept = tls.acceptor().accept(stream);
-    match tokio::time::timeout(tls.settings.handshake_timeout, accept).await {
+    let limit = tls.settings.handshake_timeout;
+    let accept = async {
+        let Some(on_demand) = tls.on_demand() else {
+            return tls.acceptor().accept(stream).await;
+        };
+        // On-demand certificates: the ClientHello first, so that a new name can get
+        // its certificate before the handshake goes on.
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        let hello = start.client_hello();
+        let challenge = hello.alpn().is_some_and(|mut offered| {
+            offered.any(|p| p == crate::tls::acme::challenge::ACME_TLS_ALPN)
+        });
+        if let (Some(name), false) = (hello.server_name().map(str::to_owned), challenge) {
+            on_demand.prepare(&name, limit).await;
+        }
+        start.into_stream(tls.current()).await
+    };
+    match tokio::time::timeout(limit, accept).await {
         Ok(Ok(stream))
             if stream.get_ref().1.alpn_protocol()
                 == Some(crate::tls::acme::challenge::ACME_TLS_ALPN) =>

@@ -403,7 +403,7 @@ fn bind_socket(udp: bool, addr: SocketAddr) -> std::io::Result<Socket> {
 /// reload), the others are built. Fails with every file problem.
 fn prepare_tls(
     current: &Acceptors,
-    acme: &crate::tls::acme::AcmeRegistry,
+    acme: &Arc<crate::tls::acme::AcmeRegistry>,
     ocsp: &Arc<crate::tls::ocsp::OcspRegistry>,
     config: &Config,
     plan: &ReloadPlan,

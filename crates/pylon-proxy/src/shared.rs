@@ -25,7 +25,7 @@ pub struct Shared {
     /// The slowest recent requests and the recent reloads (the dashboard's).
     pub recent: Arc<crate::observe::recent::Recent>,
     /// ACME certificates and the challenge answers their orders publish.
-    pub acme: crate::tls::acme::AcmeRegistry,
+    pub acme: Arc<crate::tls::acme::AcmeRegistry>,
     /// OCSP staplers of served certificates.
     pub ocsp: Arc<crate::tls::ocsp::OcspRegistry>,
 }

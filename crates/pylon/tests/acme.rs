@@ -398,3 +398,80 @@ async fn instances_sharing_storage_order_once_and_answer_each_others_challenges(
         + issued(&pb.metrics().await, "shared.pylon.test");
     assert_eq!(total, 1, "one order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_names_get_a_certificate_at_their_first_handshake_when_the_ask_url_approves() {
+    let (addrs, prebound) = prebind(2);
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: addrs[0].port(),
+        tls_port: addrs[1].port(),
+        ..Default::default()
+    });
+    // Approves names that start with "yes".
+    let ask = Origin::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let approved = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.starts_with("domain=yes"));
+        let mut resp = http::Response::new(full(""));
+        *resp.status_mut() = if approved {
+            http::StatusCode::OK
+        } else {
+            http::StatusCode::FORBIDDEN
+        };
+        resp
+    })
+    .await;
+    let storage = temp_dir().join("acme");
+    let site = Site {
+        pebble: &pebble,
+        storage: &storage,
+        names: &[],
+        challenge: "tls-alpn-01",
+        extra: &format!(
+            "on_demand = true\nask = \"http://{}/check\"\non_demand_per_minute = 2",
+            ask.addr
+        ),
+    };
+    let text = config(addrs[0], addrs[1], &site).replace("names = []\n", "");
+    let proxy = TestProxy::start_prebound(&text, prebound).await;
+    let (root_pem, root) = write_root(&pebble);
+    // The first handshake waits for the order, then completes with the new certificate.
+    assert_eq!(
+        curl_body(addrs[1], "yes1.pylon.test", &root).await,
+        "served"
+    );
+    assert!(
+        served(addrs[1], "yes1.pylon.test", &root_pem)
+            .await
+            .is_some()
+    );
+    // A name the ask URL refuses gets nothing.
+    assert!(served(addrs[1], "no.pylon.test", &root_pem).await.is_none());
+    // At most two new names a minute.
+    assert!(
+        served(addrs[1], "yes2.pylon.test", &root_pem)
+            .await
+            .is_some()
+    );
+    assert!(
+        served(addrs[1], "yes3.pylon.test", &root_pem)
+            .await
+            .is_none()
+    );
+    let m = proxy.metrics().await;
+    let names = |r: &str| {
+        metric(
+            &m,
+            &format!("pylon_acme_on_demand_names_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(names("approved"), 2, "{m}");
+    assert_eq!(names("denied"), 1, "{m}");
+    assert_eq!(names("rate_limited"), 1, "{m}");
+    assert_eq!(issued(&m, "yes1.pylon.test"), 1);
+    // A refused name is remembered: asked once however often it comes.
+    let asked = ask.request_count();
+    assert!(served(addrs[1], "no.pylon.test", &root_pem).await.is_none());
+    assert_eq!(ask.request_count(), asked);
+}

@@ -18,7 +18,8 @@ pub struct Acme {
     pub directory: String,
     /// Account contacts, `mailto:` URLs.
     pub contact: Vec<String>,
-    /// The DNS names the certificate covers (the first is its file name on disk).
+    /// The DNS names the certificate covers (the first is its file name on disk); may
+    /// be empty with `on_demand`.
     pub names: Vec<String>,
     /// The directory holding the account, the certificates and the order lock; shared
     /// by instances that serve the same names.
@@ -33,6 +34,19 @@ pub struct Acme {
     /// `retry_max`.
     pub retry_backoff: Duration,
     pub retry_max: Duration,
+    /// Certificates for names not known in advance, ordered at their first handshake.
+    pub on_demand: Option<OnDemand>,
+}
+
+/// On-demand certificates (`on_demand = true`): a name the listener has no certificate
+/// for gets one at its first handshake, when the `ask` URL approves it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OnDemand {
+    /// Asked `GET ask?domain=NAME` before a certificate is ordered; a 2xx approves.
+    pub ask: String,
+    /// New certificates ordered per minute at most (names asked for beyond wait for the
+    /// next minute: their handshakes fail meanwhile).
+    pub per_minute: u32,
 }
 
 /// How the CA checks that Pylon controls a name.
@@ -53,4 +67,17 @@ pub struct ExternalAccount {
     pub key_id: String,
     #[serde(skip)]
     pub hmac_key: String,
+}
+
+/// A DNS name a public CA could issue for: labels of letters, digits and hyphens.
+pub fn is_dns_name(n: &str) -> bool {
+    n.len() <= 253
+        && n.contains('.')
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

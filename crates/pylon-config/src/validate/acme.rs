@@ -6,7 +6,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 use super::{Ctx, Problems, duration};
-use crate::model::{Acme, AcmeChallenge, ExternalAccount, LETSENCRYPT, LETSENCRYPT_STAGING};
+use crate::model::{
+    Acme, AcmeChallenge, ExternalAccount, LETSENCRYPT, LETSENCRYPT_STAGING, OnDemand,
+};
 use crate::raw::RawAcme;
 use toml::Spanned;
 
@@ -38,13 +40,17 @@ pub(super) fn acme(r: Spanned<RawAcme>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> 
         None if staging => LETSENCRYPT_STAGING.to_owned(),
         None => LETSENCRYPT.to_owned(),
     };
+    let on_demand_asked = r.on_demand.as_ref().is_some_and(|o| *o.get_ref());
     let mut names = Vec::new();
     match &r.names {
+        None if on_demand_asked => {}
         None => p.span(
             span.clone(),
             "acme needs `names`: the DNS names the certificate is ordered for",
         ),
-        Some(list) if list.get_ref().0.is_empty() => p.at(list, "`names` must not be empty"),
+        Some(list) if list.get_ref().0.is_empty() && !on_demand_asked => {
+            p.at(list, "`names` must not be empty")
+        }
         Some(list) => {
             for n in &list.get_ref().0 {
                 let n = n.trim().to_ascii_lowercase();
@@ -53,7 +59,7 @@ pub(super) fn acme(r: Spanned<RawAcme>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> 
                         list,
                         format!("\"{n}\": wildcard names need the DNS-01 challenge, which Pylon does not answer; name each host"),
                     );
-                } else if !dns_name_ok(&n) {
+                } else if !crate::model::is_dns_name(&n) {
                     p.at(list, format!("\"{n}\" is not a DNS name"));
                 } else if names.contains(&n) {
                     p.at(list, format!("\"{n}\" is named twice"));
@@ -134,7 +140,40 @@ pub(super) fn acme(r: Spanned<RawAcme>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> 
     {
         p.at(m, "`retry_max` cannot be shorter than `retry_backoff`");
     }
+    let on_demand = match (&r.on_demand, &r.ask) {
+        (Some(o), None) if *o.get_ref() => {
+            p.at(
+                o,
+                "on_demand needs `ask`: the URL that approves each name before a certificate is ordered",
+            );
+            None
+        }
+        (Some(o), Some(ask)) if *o.get_ref() => {
+            let url = ask.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.at(ask, "`ask` must be an http:// or https:// URL");
+            }
+            let per_minute = match &r.on_demand_per_minute {
+                Some(n) if *n.get_ref() == 0 => {
+                    p.at(n, "must be at least 1");
+                    10
+                }
+                Some(n) => *n.get_ref(),
+                None => 10,
+            };
+            Some(OnDemand {
+                ask: url.clone(),
+                per_minute,
+            })
+        }
+        (_, Some(ask)) => {
+            p.at(ask, "`ask` is for `on_demand = true`");
+            None
+        }
+        _ => None,
+    };
     Some(Acme {
+        on_demand,
         directory,
         contact,
         names,
@@ -145,17 +184,4 @@ pub(super) fn acme(r: Spanned<RawAcme>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> 
         retry_backoff,
         retry_max,
     })
-}
-
-/// A DNS name a public CA could issue for: labels of letters, digits and hyphens.
-fn dns_name_ok(n: &str) -> bool {
-    n.len() <= 253
-        && n.contains('.')
-        && n.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }

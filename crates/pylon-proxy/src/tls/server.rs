@@ -16,14 +16,17 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
 use super::acme::challenge::{ACME_TLS_ALPN, Challenges};
+use super::acme::on_demand::OnDemandCerts;
 use super::acme::{AcmeRegistry, ManagedCert};
 use super::ocsp::{OcspRegistry, Stapler};
 use super::{leaf_info, load_certified_key, load_roots, provider};
 
-/// A listener's ACME certificate and where challenge answers are.
+/// A listener's ACME certificates and where challenge answers are.
 #[derive(Clone)]
 pub struct AcmeSource {
-    pub cert: Arc<ManagedCert>,
+    /// The certificate for the configured names (none with only `on_demand`).
+    pub cert: Option<Arc<ManagedCert>>,
+    pub on_demand: Option<Arc<OnDemandCerts>>,
     pub challenges: Arc<Challenges>,
 }
 
@@ -59,14 +62,20 @@ impl std::fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SniResolver")
             .field("exact", &self.exact.keys())
-            .field("acme", &self.acme.as_ref().map(|a| &a.cert.settings.names))
+            .field(
+                "acme",
+                &self
+                    .acme
+                    .as_ref()
+                    .and_then(|a| Some(&a.cert.as_ref()?.settings.names)),
+            )
             .finish()
     }
 }
 
 impl SniResolver {
     fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let acme = || self.acme.as_ref().and_then(|a| a.cert.current());
+        let acme = || self.acme.as_ref()?.cert.as_ref()?.current();
         let fallback = || {
             if self.reject_unknown {
                 return None;
@@ -79,10 +88,15 @@ impl SniResolver {
         let Some(name) = name.map(str::to_ascii_lowercase) else {
             return fallback();
         };
-        if self.acme.as_ref().is_some_and(|a| a.cert.covers(&name))
-            && let Some(k) = acme()
-        {
-            return Some(k);
+        if let Some(a) = &self.acme {
+            if a.cert.as_ref().is_some_and(|c| c.covers(&name))
+                && let Some(k) = acme()
+            {
+                return Some(k);
+            }
+            if let Some(k) = a.on_demand.as_ref().and_then(|o| o.cert_for(&name)) {
+                return Some(k);
+            }
         }
         if let Some(k) = self.exact.get(&name) {
             return k.get();
@@ -246,14 +260,19 @@ impl ServerTls {
     /// `registry` (the running one when the settings are the same).
     pub fn new(
         settings: ListenerTls,
-        registry: &AcmeRegistry,
+        registry: &Arc<AcmeRegistry>,
         ocsp: &Arc<OcspRegistry>,
     ) -> Result<Self, Vec<ConfigError>> {
         let files = files_digest(&settings);
         let stapling = settings.ocsp_stapling.then_some(ocsp);
         let acme = match &settings.acme {
             Some(a) => Some(AcmeSource {
-                cert: registry.certificate(a, stapling).map_err(|e| vec![e])?,
+                cert: if a.names.is_empty() {
+                    None
+                } else {
+                    Some(registry.certificate(a, stapling).map_err(|e| vec![e])?)
+                },
+                on_demand: OnDemandCerts::new(a, registry, stapling).map(Arc::new),
                 challenges: Arc::clone(&registry.challenges),
             }),
             None => None,
@@ -271,6 +290,11 @@ impl ServerTls {
     /// The server config in force (HTTP/3 makes its QUIC config from it).
     pub fn current(&self) -> Arc<ServerConfig> {
         self.current.load_full()
+    }
+
+    /// The listener's on-demand certificates, whose handshakes may wait for an order.
+    pub fn on_demand(&self) -> Option<&Arc<OnDemandCerts>> {
+        self.acme.as_ref()?.on_demand.as_ref()
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {

@@ -119,11 +119,26 @@ impl Exposition {
     /// certificate's expiry; challenges answered.
     pub(super) fn encode_acme(&self, f: &mut Family<'_, '_>) -> std::fmt::Result {
         use crate::tls::acme::FailureReason;
-        if self.acme.is_empty() {
+        let live = self.acme.live();
+        let od = &self.acme.on_demand;
+        let asked = [&od.approved, &od.denied, &od.ask_failed, &od.rate_limited];
+        if live.is_empty() && asked.iter().all(|c| load(c) == 0) {
             return Ok(());
         }
-        let mut certs: Vec<_> = self
-            .acme
+        f.counters(
+            "pylon_acme_on_demand_names",
+            "Names without a certificate seen in handshakes of on-demand listeners, by outcome: approved (the ask URL said yes; a certificate was started), denied (it said no), ask_failed (it did not answer), rate_limited (over on_demand_per_minute).",
+            [
+                (vec![("result", "approved")], load(&od.approved)),
+                (vec![("result", "denied")], load(&od.denied)),
+                (vec![("result", "ask_failed")], load(&od.ask_failed)),
+                (vec![("result", "rate_limited")], load(&od.rate_limited)),
+            ],
+        )?;
+        if live.is_empty() {
+            return Ok(());
+        }
+        let mut certs: Vec<_> = live
             .iter()
             .map(|c| (c.settings.names.join(","), c))
             .collect();
@@ -177,7 +192,7 @@ impl Exposition {
                 )
             }),
         )?;
-        let ch = &self.acme_challenges;
+        let ch = &self.acme.challenges;
         f.counters(
             "pylon_acme_challenges_answered",
             "ACME challenges answered, by type (http-01 on plain-HTTP listeners, tls-alpn-01 in handshakes).",

@@ -348,9 +348,8 @@ pub struct Exposition {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// STUN and TURN listeners' counters, by listener.
     pub turn: Vec<(String, Arc<crate::turn::TurnStats>)>,
-    /// The ACME certificates listeners use now, and the challenges answered.
-    pub acme: Vec<Arc<crate::tls::acme::ManagedCert>>,
-    pub acme_challenges: Arc<crate::tls::acme::challenge::Challenges>,
+    /// The ACME certificates listeners use now, challenges and on-demand names.
+    pub acme: Arc<crate::tls::acme::AcmeRegistry>,
     /// OCSP staplers and their fetches.
     pub ocsp: Arc<crate::tls::ocsp::OcspRegistry>,
 }

@@ -15,6 +15,7 @@
 //! Challenges are answered from [`challenge::Challenges`], process-wide.
 
 pub mod challenge;
+pub mod on_demand;
 mod order;
 mod store;
 
@@ -50,6 +51,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AcmeRegistry {
     pub challenges: Arc<Challenges>,
     certs: Mutex<Vec<Weak<ManagedCert>>>,
+    /// What on-demand listeners' asking came to.
+    pub on_demand: on_demand::OnDemandStats,
 }
 
 impl AcmeRegistry {
@@ -163,7 +166,7 @@ impl ManagedCert {
         }
     }
 
-    /// Whether this certificate is the one for `name`.
+    /// Whether this certificate is the one for `name` (`name` in lower case).
     pub fn covers(&self, name: &str) -> bool {
         self.settings.names.iter().any(|n| n == name)
     }
