@@ -591,6 +591,7 @@ fn acme(a: &Acme) -> Table {
     }
     t.put("retry_backoff", dur(a.retry_backoff))
         .put("retry_max", dur(a.retry_max))
+        .put("start_without_certificate", a.start_without_certificate)
         .done()
 }
 

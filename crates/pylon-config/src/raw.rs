@@ -209,6 +209,7 @@ pub struct RawAcme {
     pub on_demand: Option<Spanned<bool>>,
     pub ask: Option<Spanned<String>>,
     pub on_demand_per_minute: Option<Spanned<u32>>,
+    pub start_without_certificate: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

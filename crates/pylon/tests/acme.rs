@@ -24,6 +24,8 @@ async fn within<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, cond:
 
 struct Site<'a> {
     pebble: &'a Pebble,
+    /// Keys of the https listener.
+    listener: &'a str,
     storage: &'a Path,
     names: &'a [&'a str],
     challenge: &'a str,
@@ -48,6 +50,7 @@ bind = "{http}"
 name = "tls"
 bind = "{https}"
 protocol = "https"
+{listener}
 [listeners.tls.acme]
 directory = "{directory}"
 ca = "{ca}"
@@ -63,6 +66,7 @@ retry_max = "2s"
 respond = {{ body = "served" }}
 "#,
         directory = s.pebble.directory(),
+        listener = s.listener,
         ca = s.pebble.api_ca.display(),
         names = names.join(", "),
         storage = s.storage.display(),
@@ -94,6 +98,24 @@ async fn served(addr: SocketAddr, name: &str, root_pem: &str) -> Option<Vec<u8>>
     .await
     .ok()?;
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+/// A QUIC client config trusting pebble's root, offering `h3`.
+fn h3_config(root_pem: &str) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"h3".to_vec()];
+    c
 }
 
 /// curl, a real HTTPS client, fetching `/` from `name` at `addr` with pebble's root.
@@ -157,6 +179,7 @@ async fn tls_alpn01_certificate_is_ordered_stored_and_served_again_without_the_c
     let storage = temp_dir().join("acme");
     let site = Site {
         pebble: &pebble,
+        listener: "http3 = true",
         storage: &storage,
         names: &["a.pylon.test", "www.a.pylon.test"],
         challenge: "tls-alpn-01",
@@ -171,6 +194,21 @@ async fn tls_alpn01_certificate_is_ordered_stored_and_served_again_without_the_c
     })
     .await;
     assert_eq!(curl_body(addrs[1], "a.pylon.test", &root).await, "served");
+    // HTTP/3 on the same port serves the same certificate.
+    let h3 = H3Client::connect_with(h3_config(&root_pem), addrs[1], "a.pylon.test")
+        .await
+        .expect("an HTTP/3 connection verified against pebble's root");
+    let answer = h3
+        .send(
+            http::Request::get("https://a.pylon.test/")
+                .body(())
+                .unwrap(),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.text(), "served");
     let m = proxy.metrics().await;
     assert_eq!(issued(&m, "a.pylon.test,www.a.pylon.test"), 1, "{m}");
     assert!(
@@ -234,6 +272,7 @@ async fn http01_with_external_account_binding_replaces_a_corrupt_stored_certific
     std::fs::write(f.join("b.pylon.test.pem"), "not a certificate").unwrap();
     let site = Site {
         pebble: &pebble,
+        listener: "",
         storage: &storage,
         names: &["b.pylon.test"],
         challenge: "http-01",
@@ -278,6 +317,7 @@ async fn renewal_takes_effect_without_a_reload_and_a_down_ca_keeps_the_last_good
     let storage = temp_dir().join("acme");
     let site = Site {
         pebble: &pebble,
+        listener: "",
         storage: &storage,
         names: &["r.pylon.test"],
         challenge: "tls-alpn-01",
@@ -323,6 +363,7 @@ async fn refused_names_and_failed_challenges_are_counted_and_retried() {
     let storage = temp_dir().join("acme");
     let site = Site {
         pebble: &pebble,
+        listener: "",
         storage: &storage,
         names: &["blocked.pylon.test"],
         challenge: "tls-alpn-01",
@@ -372,6 +413,7 @@ async fn instances_sharing_storage_order_once_and_answer_each_others_challenges(
     let storage = temp_dir().join("acme");
     let site = Site {
         pebble: &pebble,
+        listener: "",
         storage: &storage,
         names: &["shared.pylon.test"],
         challenge: "http-01",
@@ -425,6 +467,7 @@ async fn on_demand_names_get_a_certificate_at_their_first_handshake_when_the_ask
     let storage = temp_dir().join("acme");
     let site = Site {
         pebble: &pebble,
+        listener: "",
         storage: &storage,
         names: &[],
         challenge: "tls-alpn-01",
@@ -474,4 +517,80 @@ async fn on_demand_names_get_a_certificate_at_their_first_handshake_when_the_ask
     let asked = ask.request_count();
     assert!(served(addrs[1], "no.pylon.test", &root_pem).await.is_none());
     assert_eq!(ask.request_count(), asked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_certificate_start_is_refused_when_asked_and_a_future_one_is_counted() {
+    let storage = temp_dir().join("acme");
+    // A directory nobody answers at: nothing can be ordered.
+    let text = format!(
+        r#"
+access_log = {{ enabled = false }}
+[admin]
+bind = "127.0.0.1:0"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls.acme]
+directory = "https://127.0.0.1:9/dir"
+names = ["skew.pylon.test"]
+storage = "{}"
+start_without_certificate = false
+[[routes]]
+respond = {{ body = "served" }}
+"#,
+        storage.display()
+    );
+    let config = pylon_config::parse(&text, "acme.toml").unwrap();
+    let err = match pylon_proxy::Proxy::start(&config).await {
+        Ok(_) => panic!("started without a certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("listeners[0].tls.acme")
+            && err.contains("no usable certificate for skew.pylon.test")
+            && err.contains("start_without_certificate = false"),
+        "{err}"
+    );
+
+    // A stored certificate that is not valid yet by this clock: served, and counted.
+    let mut params = rcgen::CertificateParams::new(vec!["skew.pylon.test".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 4, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let folder = storage.join("127.0.0.1_9_dir");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("skew.pylon.test.pem"),
+        format!("{}{}", key.serialize_pem(), cert.pem()),
+    )
+    .unwrap();
+    let proxy = TestProxy::start(&text).await;
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "pylon_acme_certificates_not_yet_valid_total{certificate=\"skew.pylon.test\"}"
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "pylon_acme_certificate_expiry_timestamp_seconds{certificate=\"skew.pylon.test\"}"
+        ),
+        4_078_684_800,
+        "2099-04-01"
+    );
+    let out = curl(&[
+        "-k",
+        "--resolve",
+        &format!("skew.pylon.test:{}:127.0.0.1", proxy.addr("tls").port()),
+        &format!("https://skew.pylon.test:{}/", proxy.addr("tls").port()),
+    ])
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "served", "{out:?}");
 }

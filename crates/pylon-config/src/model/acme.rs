@@ -36,6 +36,9 @@ pub struct Acme {
     pub retry_max: Duration,
     /// Certificates for names not known in advance, ordered at their first handshake.
     pub on_demand: Option<OnDemand>,
+    /// Start (and reload) without a usable stored certificate, ordering one meanwhile;
+    /// `false` refuses to, with an error naming the storage.
+    pub start_without_certificate: bool,
 }
 
 /// On-demand certificates (`on_demand = true`): a name the listener has no certificate

@@ -174,6 +174,7 @@ pub(super) fn acme(r: Spanned<RawAcme>, ctx: &Ctx<'_, '_>, p: &mut Problems) -> 
     };
     Some(Acme {
         on_demand,
+        start_without_certificate: r.start_without_certificate.unwrap_or(true),
         directory,
         contact,
         names,

@@ -479,3 +479,69 @@ async fn run(weak: Weak<Stapler>, registry: Arc<OcspRegistry>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stapler(must_staple: bool) -> Stapler {
+        let c = rcgen::generate_simple_self_signed(vec!["a.example.com".to_owned()]).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::try_from(c.signing_key.serialize_der()).unwrap();
+        let key =
+            CertifiedKey::from_der(vec![c.cert.der().clone()], der, &super::super::provider())
+                .unwrap();
+        Stapler {
+            base: Arc::new(key),
+            target: StapleTarget {
+                responder: "http://127.0.0.1:9/".to_owned(),
+                request: Vec::new(),
+                cert_id: x509_ocsp::CertId {
+                    hash_algorithm: spki_sha1(),
+                    issuer_name_hash: der::asn1::OctetString::new(vec![0; 20]).unwrap(),
+                    issuer_key_hash: der::asn1::OctetString::new(vec![0; 20]).unwrap(),
+                    serial_number: x509_cert::serial_number::SerialNumber::new(&[1]).unwrap(),
+                },
+                must_staple,
+                name: "a.example.com".to_owned(),
+                fingerprint: "00".to_owned(),
+            },
+            cache: None,
+            staple: ArcSwapOption::empty(),
+            valid_until: AtomicI64::new(0),
+            task: Mutex::new(None),
+        }
+    }
+
+    fn checked(this_update: i64, next_update: i64) -> Checked {
+        Checked {
+            status: Status::Good,
+            this_update,
+            next_update,
+        }
+    }
+
+    #[test]
+    fn a_staple_is_served_until_its_next_update_then_dropped_or_must_staple_refused() {
+        let now = unix_now();
+        for must_staple in [false, true] {
+            let s = stapler(must_staple);
+            // Nothing fetched yet.
+            assert_eq!(s.current().is_some(), !must_staple);
+            assert_eq!(s.refresh_at(), 0, "fetch at once");
+            s.install(b"response".to_vec(), &checked(now - 100, now + 100), false);
+            let served = s.current().expect("stapled");
+            assert_eq!(served.ocsp.as_deref(), Some(&b"response"[..]));
+            assert_eq!(s.refresh_at(), now, "halfway to nextUpdate");
+            // Past nextUpdate: no staple; a Must-Staple certificate is not served.
+            s.install(b"old".to_vec(), &checked(now - 200, now - 1), false);
+            match s.current() {
+                Some(k) => {
+                    assert!(!must_staple);
+                    assert!(k.ocsp.is_none(), "an expired response is never stapled");
+                }
+                None => assert!(must_staple),
+            }
+            assert_eq!(s.refresh_at(), 0);
+        }
+    }
+}

@@ -270,7 +270,15 @@ impl ServerTls {
                 cert: if a.names.is_empty() {
                     None
                 } else {
-                    Some(registry.certificate(a, stapling).map_err(|e| vec![e])?)
+                    let cert = registry.certificate(a, stapling).map_err(|e| vec![e])?;
+                    if !a.start_without_certificate && cert.current().is_none() {
+                        return Err(vec![a.storage.at.error(format!(
+                            "no usable certificate for {} in {} and start_without_certificate = false: not starting without one (let an instance with it true order it, or copy it there)",
+                            a.names.join(", "),
+                            a.storage.path.display()
+                        ))]);
+                    }
+                    Some(cert)
                 },
                 on_demand: OnDemandCerts::new(a, registry, stapling).map(Arc::new),
                 challenges: Arc::clone(&registry.challenges),
