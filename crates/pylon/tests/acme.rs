@@ -234,6 +234,43 @@ async fn tls_alpn01_certificate_is_ordered_stored_and_served_again_without_the_c
         "answers are taken back after the order"
     );
     let first = served(addrs[1], "a.pylon.test", &root_pem).await.unwrap();
+
+    // A reload that leaves the acme table as it was keeps the certificate: no new order.
+    let text =
+        config(addrs[0], addrs[1], &site).replace("body = \"served\"", "body = \"reloaded\"");
+    let reloaded = pylon_config::parse(&text, "acme.toml").unwrap();
+    proxy.proxy.reload(&reloaded).await.expect("reload");
+    assert_eq!(curl_body(addrs[1], "a.pylon.test", &root).await, "reloaded");
+    assert_eq!(
+        served(addrs[1], "a.pylon.test", &root_pem).await.as_deref(),
+        Some(&first[..])
+    );
+    let account = std::fs::read(f.join("account.json")).unwrap();
+    // One that changes the names orders a certificate for them, with the same account.
+    let text = text.replace(
+        "\"www.a.pylon.test\"",
+        "\"www.a.pylon.test\", \"api.a.pylon.test\"",
+    );
+    let reloaded = pylon_config::parse(&text, "acme.toml").unwrap();
+    proxy.proxy.reload(&reloaded).await.expect("reload");
+    within("the new names' certificate", || async {
+        served(addrs[1], "api.a.pylon.test", &root_pem)
+            .await
+            .is_some()
+    })
+    .await;
+    let m = proxy.metrics().await;
+    assert_eq!(
+        issued(&m, "a.pylon.test,www.a.pylon.test,api.a.pylon.test"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        std::fs::read(f.join("account.json")).unwrap(),
+        account,
+        "the account is reused"
+    );
+    let first = served(addrs[1], "a.pylon.test", &root_pem).await.unwrap();
     proxy.proxy.shutdown(Duration::from_secs(1)).await;
     drop(proxy);
 
