@@ -23,6 +23,8 @@ pub struct PebbleOptions {
     pub validity: Duration,
     /// External Account Binding keys (key id → base64url MAC key); required when set.
     pub eab: Vec<(String, String)>,
+    /// The OCSP responder URL put in issued certificates (pebble runs none itself).
+    pub ocsp_responder: String,
 }
 
 impl Default for PebbleOptions {
@@ -33,6 +35,7 @@ impl Default for PebbleOptions {
             blocklist: Vec::new(),
             validity: Duration::from_secs(90 * 24 * 3600),
             eab: Vec::new(),
+            ocsp_responder: String::new(),
         }
     }
 }
@@ -81,7 +84,7 @@ impl Pebble {
                 "privateKey": key,
                 "httpPort": o.http_port,
                 "tlsPort": o.tls_port,
-                "ocspResponderURL": "",
+                "ocspResponderURL": o.ocsp_responder,
                 "externalAccountBindingRequired": !o.eab.is_empty(),
                 "externalAccountMACKeys": eab,
                 "domainBlocklist": o.blocklist,
@@ -154,16 +157,25 @@ impl Pebble {
 
     /// The root that pebble's certificates chain to (random per run), PEM.
     pub fn root_pem(&self) -> String {
+        self.management_get("roots/0")
+    }
+
+    /// The intermediate that issues pebble's certificates, PEM.
+    pub fn intermediate_pem(&self) -> String {
+        self.management_get("intermediates/0")
+    }
+
+    fn management_get(&self, path: &str) -> String {
         let out = Command::new("curl")
             .args([
                 "-sf",
                 "--cacert",
                 self.api_ca.to_str().unwrap(),
-                &format!("https://{}/roots/0", self.management),
+                &format!("https://{}/{path}", self.management),
             ])
             .output()
             .expect("curl runs");
-        assert!(out.status.success(), "pebble's root: {out:?}");
+        assert!(out.status.success(), "pebble's {path}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     }
 

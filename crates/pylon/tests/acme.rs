@@ -631,3 +631,114 @@ respond = {{ body = "served" }}
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "served", "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_certificates_get_their_ocsp_response_stapled() {
+    let (addrs, prebound) = prebind(2);
+    let ocsp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: addrs[0].port(),
+        tls_port: addrs[1].port(),
+        ocsp_responder: format!("http://127.0.0.1:{ocsp_port}/"),
+        ..Default::default()
+    });
+    let storage = temp_dir().join("acme");
+    let site = Site {
+        pebble: &pebble,
+        listener: "",
+        storage: &storage,
+        names: &["s.pylon.test"],
+        challenge: "tls-alpn-01",
+        extra: "",
+    };
+    let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
+    let (root_pem, _) = write_root(&pebble);
+    within("the certificate", || async {
+        served(addrs[1], "s.pylon.test", &root_pem).await.is_some()
+    })
+    .await;
+    // Pebble names a responder but runs none: `openssl ocsp` answers for its
+    // intermediate, with the issued serial good in its database. It signs with a key of
+    // the test's own; Pylon checks what the response is for and when, and leaves the
+    // signature to clients.
+    let leaf = served(addrs[1], "s.pylon.test", &root_pem).await.unwrap();
+    let (_, x509) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let serial: String = x509
+        .raw_serial()
+        .iter()
+        .skip_while(|b| **b == 0)
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let dir = temp_dir();
+    std::fs::write(dir.join("intermediate.pem"), pebble.intermediate_pem()).unwrap();
+    std::fs::write(
+        dir.join("index.txt"),
+        format!("V\t301231235959Z\t\t{serial}\tunknown\t/CN=s.pylon.test\n"),
+    )
+    .unwrap();
+    let signer = TestCa::new("ocsp signer").server(&["ocsp.signer.test"]);
+    let (signer_cert, signer_key) = signer.write(&dir, "signer");
+    let mut responder = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-port",
+            &ocsp_port.to_string(),
+            "-rsigner",
+            signer_cert.to_str().unwrap(),
+            "-rkey",
+            signer_key.to_str().unwrap(),
+            "-CA",
+            "intermediate.pem",
+            "-nmin",
+            "5",
+            "-ignore_err",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl ocsp runs");
+    eventually_async_within(
+        Duration::from_secs(30),
+        "the ACME certificate stapled",
+        || async {
+            let out = tokio::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &addrs[1].to_string(),
+                    "-servername",
+                    "s.pylon.test",
+                    "-status",
+                ])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("Cert Status: good")
+        },
+    )
+    .await;
+    let m = proxy.metrics().await;
+    assert!(
+        metric(&m, "pylon_ocsp_fetches_total{result=\"good\"}") >= 1,
+        "{m}"
+    );
+    assert!(
+        folder(&storage, &pebble)
+            .join("ocsp")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1,
+        "cached in the ACME storage"
+    );
+    let _ = responder.kill();
+    let _ = responder.wait();
+}
