@@ -2,9 +2,9 @@
 # Runs Pylon's whole test suite, installing first what the tests need: from apt curl,
 # openssl, redis-server (the global rate-limit tests start their own servers), coturn
 # (its STUN and TURN test clients drive Pylon's TURN listeners; its server never runs),
-# pebble (Let's Encrypt's test ACME server, started by the ACME tests) and chromium
-# (headless: two WebRTC peers relay through Pylon's TURN listener); and from PyPI, in a
-# virtualenv under target/: the Python gRPC client (grpcio), the Prometheus client's
+# pebble (Let's Encrypt's test ACME server, started by the ACME tests), etcd (the
+# fleet tests start their own) and chromium (headless: two WebRTC peers relay through
+# Pylon's TURN listener); and from PyPI, in a virtualenv under target/: the Python gRPC client (grpcio), the Prometheus client's
 # exposition parser (prometheus-client), an HTTP/3 client (aioquic), and brotli and
 # zstandard decoders for the compression tests.
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

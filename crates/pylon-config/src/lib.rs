@@ -62,7 +62,15 @@ fn utf8<'a>(bytes: &'a [u8], file: &str) -> Result<&'a str, ConfigError> {
     })
 }
 
-/// Validates configuration text; `file` is the name used in error messages.
+/// Validates configuration text; `file` is the name used in error messages, and
+/// relative paths in it are resolved against its directory.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
-    validate::parse(text, file)
+    let base = Path::new(file).parent().unwrap_or(Path::new(""));
+    validate::parse(text, file, base)
+}
+
+/// Validates configuration text that comes from somewhere other than a file (etcd):
+/// `origin` names it in error messages, relative paths are resolved against `base`.
+pub fn parse_in(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    validate::parse(text, origin, base)
 }

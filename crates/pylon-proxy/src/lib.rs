@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cluster;
 mod conn;
 mod fetch;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1_io;
@@ -120,6 +121,8 @@ pub struct Proxy {
     draining: AtomicBool,
     /// The file reloads read, when the config came from one.
     source: Mutex<Option<PathBuf>>,
+    /// Where the config in force came from when not from a file (etcd) and its revision.
+    config_origin: Mutex<Option<(String, i64)>>,
     log_level: Mutex<Option<LogLevelHook>>,
     this: Weak<Proxy>,
 }
@@ -171,6 +174,7 @@ impl Proxy {
             bound: ArcSwap::from_pointee(Vec::new()),
             draining: AtomicBool::new(false),
             source: Mutex::new(None),
+            config_origin: Mutex::new(None),
             log_level: Mutex::new(None),
             this: this.clone(),
         });
@@ -207,7 +211,7 @@ impl Proxy {
 
     /// A reload that did not take effect: counted, logged and listed (the dashboard's
     /// recent reloads).
-    pub(crate) fn reload_refused(&self, e: &dyn std::fmt::Display) {
+    pub fn reload_refused(&self, e: &dyn std::fmt::Display) {
         self.shared
             .metrics
             .reloads_failed
@@ -217,6 +221,16 @@ impl Proxy {
         self.shared
             .recent
             .reload(false, text.lines().map(str::to_owned).collect());
+    }
+
+    /// Records that the config in force is `revision` of `source` (etcd).
+    pub fn set_config_origin(&self, source: &str, revision: i64) {
+        *lock(&self.config_origin) = Some((source.to_owned(), revision));
+    }
+
+    /// Where the config in force came from when not from a file, and its revision.
+    pub fn config_origin(&self) -> Option<(String, i64)> {
+        lock(&self.config_origin).clone()
     }
 
     /// Sets the file that [`Proxy::reload_from_source`] reads.

@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod client;
 pub mod dns;
+pub mod etcd;
 pub mod grpc;
 pub mod h3;
 pub mod origin;

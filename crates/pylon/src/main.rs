@@ -51,8 +51,16 @@ enum Command {
     /// Run the proxy. Without -c, uses ./pylon.toml, else the embedded quickstart config.
     Run {
         /// Configuration file (TOML).
-        #[arg(short, long, value_name = "FILE")]
+        #[arg(short, long, value_name = "FILE", conflicts_with = "config_source")]
         config: Option<PathBuf>,
+        /// Read the configuration from etcd instead of a file, and follow its changes:
+        /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX (the document at PREFIX/config).
+        #[arg(long, value_name = "URL")]
+        config_source: Option<String>,
+        /// Where the configuration from etcd is cached, so that a restart while etcd is
+        /// unreachable still starts.
+        #[arg(long, value_name = "FILE", default_value = "pylon-config-cache.toml")]
+        config_cache: PathBuf,
         /// Take over the listening sockets of the Pylon running on the config's
         /// `[server] upgrade_socket`, then let it drain and exit (zero-downtime upgrade).
         #[arg(long)]
@@ -68,6 +76,9 @@ enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Read a password from standard input and print its argon2id hash, for
     /// `[listeners.forward] users` and `[[auth]] basic` users.
     Passwd,
@@ -77,6 +88,24 @@ enum Command {
         /// The key's name (written to the access log as the user).
         #[arg(value_name = "NAME")]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file as `pylon check` does and write it to etcd, where
+    /// instances run with `--config-source` pick it up. Written only if the key has not
+    /// changed since it was read (or is at --expect-revision).
+    Push {
+        /// Configuration file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX
+        #[arg(value_name = "URL")]
+        url: String,
+        /// Write only if the configuration in etcd is at this revision (0: none yet).
+        #[arg(long, value_name = "REVISION")]
+        expect_revision: Option<i64>,
     },
 }
 
@@ -125,8 +154,32 @@ fn main() -> ExitCode {
     let log = init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, upgrade } => run(config, upgrade, log),
+        Command::Run {
+            config,
+            config_source,
+            config_cache,
+            upgrade,
+        } => {
+            let source = match config_source
+                .map(|url| {
+                    pylon_proxy::fleet::config_source::ConfigSource::parse(&url, config_cache)
+                })
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("pylon: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            run(config, source, upgrade, log)
+        }
         Command::Cert(CertCommand::Selfsigned { names, out }) => selfsigned(&names, &out),
+        Command::Config(ConfigCommand::Push {
+            file,
+            url,
+            expect_revision,
+        }) => push(&file, &url, expect_revision),
         Command::Passwd => passwd(),
         Command::Apikey { name } => apikey(&name),
     }
@@ -246,8 +299,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(contents.as_bytes())
 }
 
-fn check(path: &Path) -> ExitCode {
-    let result = pylon_config::load_file(path).and_then(|c| {
+/// A configuration file validated as `pylon check` does: its files included.
+fn checked(path: &Path) -> Result<Config, pylon_config::ConfigErrors> {
+    pylon_config::load_file(path).and_then(|c| {
         let mut tls = pylon_proxy::tls::check(&c);
         tls.extend(pylon_proxy::http::filters::auth::check(&c));
         if tls.is_empty() {
@@ -255,7 +309,56 @@ fn check(path: &Path) -> ExitCode {
         } else {
             Err(pylon_config::ConfigErrors(tls))
         }
-    });
+    })
+}
+
+fn push(path: &Path, url: &str, expect_revision: Option<i64>) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("pylon: {e}");
+        ExitCode::FAILURE
+    };
+    let source = match pylon_proxy::fleet::config_source::ConfigSource::parse(url, PathBuf::new()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let Err(errors) = checked(path) {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        eprintln!(
+            "{}: {} error(s); nothing pushed",
+            path.display(),
+            errors.0.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("{}: {e}", path.display())),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match rt.block_on(source.push(&text, expect_revision)) {
+        Ok(revision) => {
+            println!(
+                "{}: pushed to {} ({}), revision {revision}",
+                path.display(),
+                url,
+                source.key
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let result = checked(path);
     match result {
         Ok(c) => {
             println!("{}: OK: {}", path.display(), c.summary());
@@ -295,8 +398,30 @@ fn load(config: Option<PathBuf>) -> Result<(Config, Option<PathBuf>), String> {
     }
 }
 
-fn run(config: Option<PathBuf>, upgrade: bool, log: LogHandle) -> ExitCode {
-    let (config, path) = match load(config) {
+/// Where the configuration came from: a file (or the embedded quickstart), or etcd at
+/// a revision.
+enum Origin {
+    File(Option<PathBuf>),
+    Etcd(pylon_proxy::fleet::config_source::ConfigSource, i64),
+}
+
+fn run(
+    config: Option<PathBuf>,
+    source: Option<pylon_proxy::fleet::config_source::ConfigSource>,
+    upgrade: bool,
+    log: LogHandle,
+) -> ExitCode {
+    let loaded = match source {
+        None => load(config).map(|(c, path)| (c, Origin::File(path))),
+        // A small runtime of its own: the main one is sized by the configuration.
+        Some(source) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(source.initial()))
+            .map(|(c, revision)| (c, Origin::Etcd(source, revision))),
+    };
+    let (config, origin) = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -320,7 +445,7 @@ fn run(config: Option<PathBuf>, upgrade: bool, log: LogHandle) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(config, path, upgrade, log)) {
+    match rt.block_on(serve(config, origin, upgrade, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pylon: {e}");
@@ -331,10 +456,14 @@ fn run(config: Option<PathBuf>, upgrade: bool, log: LogHandle) -> ExitCode {
 
 async fn serve(
     config: Config,
-    path: Option<PathBuf>,
+    origin: Origin,
     upgrade: bool,
     log: LogHandle,
 ) -> anyhow::Result<()> {
+    let path = match &origin {
+        Origin::File(path) => path.clone(),
+        Origin::Etcd(..) => None,
+    };
     let upgrade_socket = config.server.upgrade_socket.clone().map(PathBuf::from);
     // Before anything listens: a SIGHUP sent as soon as the first listener answers
     // would otherwise find no handler and end the process.
@@ -381,8 +510,15 @@ async fn serve(
         systemd::main_pid();
     }
     systemd::ready(proxy.bound().len());
-    if let Some(p) = &path {
-        tokio::spawn(watch_file(Arc::clone(&proxy), p.clone()));
+    match origin {
+        Origin::File(Some(p)) => {
+            tokio::spawn(watch_file(Arc::clone(&proxy), p));
+        }
+        Origin::File(None) => {}
+        Origin::Etcd(source, revision) => {
+            proxy.set_config_origin(&source.url, revision);
+            tokio::spawn(source.follow(Arc::clone(&proxy), revision));
+        }
     }
     tokio::spawn(pylon_proxy::memory::give_back_after_floods(
         proxy.connections(),

@@ -56,7 +56,7 @@ impl Problems {
     }
 }
 
-pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+pub fn parse(text: &str, file: &str, base: &std::path::Path) -> Result<Config, ConfigErrors> {
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         let problems = Problems(
@@ -72,10 +72,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         text,
         file,
         root: doc.get_ref(),
-        base: std::path::Path::new(file)
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default(),
+        base: base.to_path_buf(),
     };
     let config = build(&ctx, &mut p);
     if p.0.is_empty() {

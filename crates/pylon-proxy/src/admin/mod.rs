@@ -298,6 +298,17 @@ async fn handle(
             r
         }
         (&Method::GET, ["config"]) => effective_config(&rt, wants_json(&req)),
+        (&Method::GET, ["fleet"]) => {
+            let origin = proxy.config_origin();
+            reply(
+                StatusCode::OK,
+                &json!({
+                    "config_source": origin.as_ref().map(|o| o.0.as_str()),
+                    "config_revision": origin.as_ref().map(|o| o.1),
+                    "config_hash": rt.config_hash,
+                }),
+            )
+        }
         (&Method::GET, ["dashboard"]) => dashboard::page(),
         (&Method::GET, ["dashboard", "data"]) => reply(StatusCode::OK, &board.data(&proxy)),
         (&Method::GET, ["clusters"]) => reply(StatusCode::OK, &clusters(&rt)),
@@ -396,9 +407,8 @@ fn no_split(route: &str) -> Response<Full<Bytes>> {
 /// The methods an admin path takes (the `Allow` of its `405`); `None`: no such path.
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["healthz" | "readyz" | "metrics" | "config" | "clusters" | "caches"] | ["caches", _] => {
-            Some("GET")
-        }
+        ["healthz" | "readyz" | "metrics" | "config" | "fleet" | "clusters" | "caches"]
+        | ["caches", _] => Some("GET"),
         ["caches", _, "purge"] => Some("POST"),
         ["splits"] => Some("GET"),
         ["splits", _] => Some("GET, PUT"),

@@ -1,0 +1,7 @@
+//! Fleet mode: many Pylon instances sharing one configuration on etcd. `etcd.rs` talks
+//! to etcd; `config_source.rs` reads the configuration from it at start (or from the
+//! local cache when etcd is down), applies each new revision with the same hot reload
+//! as SIGHUP, and writes it (`pylon config push`).
+
+pub mod config_source;
+pub mod etcd;

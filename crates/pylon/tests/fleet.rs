@@ -1,0 +1,210 @@
+//! Fleet mode against a real etcd (Debian's `etcd-server`): `pylon config push`
+//! validates and writes a configuration with compare-and-swap; three instances run with
+//! `--config-source` start from it, apply every new revision with a hot reload, refuse
+//! an invalid one (the last good one keeps serving), keep serving while etcd is down,
+//! start from their cache without etcd, and catch up when it returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pylon_testkit::etcd::EtcdServer;
+use pylon_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pylon");
+
+/// A document: an admin API and a `front` listener answering `body`.
+fn write_doc(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[access_log]
+enabled = false
+[admin]
+bind = "127.0.0.1:0"
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+respond = {{ body = "{body}" }}
+"#
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn push(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["config", "push"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn start(url: &str, cache: &Path) -> PylonProcess {
+    PylonProcess::start(
+        BIN,
+        &[
+            "run",
+            "--config-source",
+            url,
+            "--config-cache",
+            cache.to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
+/// The admin API's address, from the log.
+fn admin(p: &PylonProcess) -> SocketAddr {
+    let lines = p.stderr.lock().unwrap().clone();
+    lines
+        .iter()
+        .find_map(|l| {
+            l.split("admin API on http://")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no admin address in {lines:#?}"))
+}
+
+async fn body(addr: SocketAddr) -> Option<String> {
+    let out = curl(&["-sf", "--max-time", "2", &format!("http://{addr}/")]).await;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn revision(p: &PylonProcess) -> i64 {
+    let out = curl(&["-sf", &format!("http://{}/fleet", admin(p))]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["config_revision"].as_i64().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
+    let mut etcd = EtcdServer::start();
+    let url = etcd.url("edge");
+    let dir = temp_dir();
+
+    // Pushed once, validated first: a broken file is refused and nothing is written.
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "[[listeners]]\nname = \"x\"\nbind = \"nowhere\"\n").unwrap();
+    let out = push(&[broken.to_str().unwrap(), &url]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing pushed"),
+        "{out:?}"
+    );
+    assert_eq!(
+        etcd.ctl(&["get", "/edge/config", "--print-value-only"])
+            .unwrap()
+            .trim(),
+        ""
+    );
+    let out = push(&[&write_doc(&dir, "v1.toml", "v1"), &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revision"),
+        "{out:?}"
+    );
+
+    let instances: Vec<PylonProcess> = (0..3)
+        .map(|i| start(&url, &dir.join(format!("cache-{i}.toml"))))
+        .collect();
+    for p in &instances {
+        assert_eq!(body(p.addr("front")).await.as_deref(), Some("v1"));
+    }
+    let v1 = revision(&instances[0]).await;
+    assert!(v1 > 0);
+
+    // A new revision reaches every instance with a hot reload (same sockets).
+    assert!(
+        push(&[&write_doc(&dir, "v2.toml", "v2"), &url])
+            .status
+            .success()
+    );
+    for p in &instances {
+        eventually_async_within(Duration::from_secs(20), "v2 everywhere", || async {
+            body(p.addr("front")).await.as_deref() == Some("v2")
+        })
+        .await;
+    }
+    let v2 = revision(&instances[1]).await;
+    assert!(v2 > v1);
+
+    // Compare-and-swap: a push expecting an old revision writes nothing.
+    let out = push(&[
+        "--expect-revision",
+        &v1.to_string(),
+        &write_doc(&dir, "v3.toml", "v3"),
+        &url,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("changed meanwhile"),
+        "{out:?}"
+    );
+
+    // An invalid revision written behind Pylon's back is refused; v2 keeps serving.
+    etcd.ctl(&["put", "/edge/config", "[[listeners]]\nname = 1\n"])
+        .unwrap();
+    let p = &instances[2];
+    eventually_async_within(
+        Duration::from_secs(20),
+        "the bad revision refused",
+        || async {
+            p.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("from etcd is invalid"))
+        },
+    )
+    .await;
+    assert_eq!(body(p.addr("front")).await.as_deref(), Some("v2"));
+
+    // etcd goes down: everyone keeps serving; a restart starts from its cache.
+    etcd.stop();
+    for p in &instances {
+        assert_eq!(body(p.addr("front")).await.as_deref(), Some("v2"));
+    }
+    let mut instances = instances;
+    drop(instances.pop());
+    let restarted = start(&url, &dir.join("cache-2.toml"));
+    assert_eq!(body(restarted.addr("front")).await.as_deref(), Some("v2"));
+    assert!(
+        restarted
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("starting on the cached configuration")),
+        "{:#?}",
+        restarted.stderr.lock().unwrap()
+    );
+    instances.push(restarted);
+
+    // etcd returns: the instances reconnect and take what is pushed next.
+    etcd.resume();
+    assert!(
+        push(&[&write_doc(&dir, "v4.toml", "v4"), &url])
+            .status
+            .success()
+    );
+    for p in &instances {
+        eventually_async_within(Duration::from_secs(60), "v4 after the outage", || async {
+            body(p.addr("front")).await.as_deref() == Some("v4")
+        })
+        .await;
+    }
+}
