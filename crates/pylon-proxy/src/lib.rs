@@ -123,6 +123,8 @@ pub struct Proxy {
     source: Mutex<Option<PathBuf>>,
     /// Where the config in force came from when not from a file (etcd) and its revision.
     config_origin: Mutex<Option<(String, i64)>>,
+    /// The fleet's members as etcd lists them (`GET /fleet`), when this instance is one.
+    members: Mutex<Vec<serde_json::Value>>,
     log_level: Mutex<Option<LogLevelHook>>,
     this: Weak<Proxy>,
 }
@@ -175,6 +177,7 @@ impl Proxy {
             draining: AtomicBool::new(false),
             source: Mutex::new(None),
             config_origin: Mutex::new(None),
+            members: Mutex::new(Vec::new()),
             log_level: Mutex::new(None),
             this: this.clone(),
         });
@@ -231,6 +234,15 @@ impl Proxy {
     /// Where the config in force came from when not from a file, and its revision.
     pub fn config_origin(&self) -> Option<(String, i64)> {
         lock(&self.config_origin).clone()
+    }
+
+    /// The fleet's members, as the membership task last saw them.
+    pub fn members(&self) -> Vec<serde_json::Value> {
+        lock(&self.members).clone()
+    }
+
+    pub fn set_members(&self, members: Vec<serde_json::Value>) {
+        *lock(&self.members) = members;
     }
 
     /// Sets the file that [`Proxy::reload_from_source`] reads.

@@ -61,6 +61,17 @@ enum Command {
         /// unreachable still starts.
         #[arg(long, value_name = "FILE", default_value = "pylon-config-cache.toml")]
         config_cache: PathBuf,
+        /// With --config-source: this instance's name in the fleet (default: the host
+        /// name and process id).
+        #[arg(long, value_name = "NAME", requires = "config_source")]
+        instance_name: Option<String>,
+        /// With --config-source: the address the fleet lists for this instance (default:
+        /// its first listener's).
+        #[arg(long, value_name = "HOST:PORT", requires = "config_source")]
+        advertise: Option<String>,
+        /// With --config-source: how long this instance's fleet entry outlives it.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        member_ttl: std::time::Duration,
         /// Take over the listening sockets of the Pylon running on the config's
         /// `[server] upgrade_socket`, then let it drain and exit (zero-downtime upgrade).
         #[arg(long)]
@@ -158,6 +169,9 @@ fn main() -> ExitCode {
             config,
             config_source,
             config_cache,
+            instance_name,
+            advertise,
+            member_ttl,
             upgrade,
         } => {
             let source = match config_source
@@ -172,7 +186,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run(config, source, upgrade, log)
+            let member = Membership {
+                name: instance_name,
+                address: advertise,
+                ttl: member_ttl,
+            };
+            run(config, source.map(|s| (s, member)), upgrade, log)
         }
         Command::Cert(CertCommand::Selfsigned { names, out }) => selfsigned(&names, &out),
         Command::Config(ConfigCommand::Push {
@@ -398,28 +417,39 @@ fn load(config: Option<PathBuf>) -> Result<(Config, Option<PathBuf>), String> {
     }
 }
 
+/// This instance in the fleet, as the command line gives it.
+struct Membership {
+    name: Option<String>,
+    address: Option<String>,
+    ttl: std::time::Duration,
+}
+
 /// Where the configuration came from: a file (or the embedded quickstart), or etcd at
 /// a revision.
 enum Origin {
     File(Option<PathBuf>),
-    Etcd(pylon_proxy::fleet::config_source::ConfigSource, i64),
+    Etcd(
+        pylon_proxy::fleet::config_source::ConfigSource,
+        i64,
+        Membership,
+    ),
 }
 
 fn run(
     config: Option<PathBuf>,
-    source: Option<pylon_proxy::fleet::config_source::ConfigSource>,
+    source: Option<(pylon_proxy::fleet::config_source::ConfigSource, Membership)>,
     upgrade: bool,
     log: LogHandle,
 ) -> ExitCode {
     let loaded = match source {
         None => load(config).map(|(c, path)| (c, Origin::File(path))),
         // A small runtime of its own: the main one is sized by the configuration.
-        Some(source) => tokio::runtime::Builder::new_current_thread()
+        Some((source, member)) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(source.initial()))
-            .map(|(c, revision)| (c, Origin::Etcd(source, revision))),
+            .map(|(c, revision)| (c, Origin::Etcd(source, revision, member))),
     };
     let (config, origin) = match loaded {
         Ok(c) => c,
@@ -515,8 +545,24 @@ async fn serve(
             tokio::spawn(watch_file(Arc::clone(&proxy), p));
         }
         Origin::File(None) => {}
-        Origin::Etcd(source, revision) => {
+        Origin::Etcd(source, revision, member) => {
             proxy.set_config_origin(&source.url, revision);
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "pylon".to_owned());
+            let member = pylon_proxy::fleet::membership::Member {
+                name: member
+                    .name
+                    .unwrap_or_else(|| format!("{hostname}-{}", std::process::id())),
+                address: member.address.unwrap_or_else(|| {
+                    proxy
+                        .bound()
+                        .first()
+                        .map_or_else(String::new, |b| b.addr.to_string())
+                }),
+                ttl: member.ttl,
+            };
+            tokio::spawn(member.run(source.clone(), Arc::clone(&proxy)));
             tokio::spawn(source.follow(Arc::clone(&proxy), revision));
         }
     }

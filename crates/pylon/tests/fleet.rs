@@ -47,7 +47,7 @@ fn push(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn start(url: &str, cache: &Path) -> PylonProcess {
+fn start(url: &str, cache: &Path, name: &str) -> PylonProcess {
     PylonProcess::start(
         BIN,
         &[
@@ -56,6 +56,10 @@ fn start(url: &str, cache: &Path) -> PylonProcess {
             url,
             "--config-cache",
             cache.to_str().unwrap(),
+            "--instance-name",
+            name,
+            "--member-ttl",
+            "3s",
         ],
         None,
     )
@@ -84,10 +88,30 @@ async fn body(addr: SocketAddr) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn revision(p: &PylonProcess) -> i64 {
+async fn fleet(p: &PylonProcess) -> serde_json::Value {
     let out = curl(&["-sf", &format!("http://{}/fleet", admin(p))]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["config_revision"].as_i64().unwrap_or(-1)
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn revision(p: &PylonProcess) -> i64 {
+    fleet(p).await["config_revision"].as_i64().unwrap_or(-1)
+}
+
+/// The members `p` lists: (name, config revision) pairs.
+async fn members(p: &PylonProcess) -> Vec<(String, i64)> {
+    fleet(p).await["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("").to_owned(),
+                        m["config_revision"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +143,7 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
     );
 
     let instances: Vec<PylonProcess> = (0..3)
-        .map(|i| start(&url, &dir.join(format!("cache-{i}.toml"))))
+        .map(|i| start(&url, &dir.join(format!("cache-{i}.toml")), &format!("i{i}")))
         .collect();
     for p in &instances {
         assert_eq!(body(p.addr("front")).await.as_deref(), Some("v1"));
@@ -142,6 +166,27 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
     let v2 = revision(&instances[1]).await;
     assert!(v2 > v1);
 
+    // Membership: every instance lists the three, each at the revision it runs.
+    let all_at_v2: Vec<(String, i64)> = (0..3).map(|i| (format!("i{i}"), v2)).collect();
+    for p in &instances {
+        eventually_async_within(Duration::from_secs(20), "three members at v2", || async {
+            members(p).await == all_at_v2
+        })
+        .await;
+    }
+    let address = fleet(&instances[0]).await["members"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(address, instances[0].addr("front").to_string());
+    // An instance that dies leaves the list when its lease expires.
+    let mut instances = instances;
+    drop(instances.remove(1));
+    eventually_async_within(Duration::from_secs(20), "the dead member gone", || async {
+        members(&instances[0]).await.len() == 2
+    })
+    .await;
+
     // Compare-and-swap: a push expecting an old revision writes nothing.
     let out = push(&[
         "--expect-revision",
@@ -158,7 +203,7 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
     // An invalid revision written behind Pylon's back is refused; v2 keeps serving.
     etcd.ctl(&["put", "/edge/config", "[[listeners]]\nname = 1\n"])
         .unwrap();
-    let p = &instances[2];
+    let p = &instances[1];
     eventually_async_within(
         Duration::from_secs(20),
         "the bad revision refused",
@@ -178,9 +223,9 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
     for p in &instances {
         assert_eq!(body(p.addr("front")).await.as_deref(), Some("v2"));
     }
-    let mut instances = instances;
+
     drop(instances.pop());
-    let restarted = start(&url, &dir.join("cache-2.toml"));
+    let restarted = start(&url, &dir.join("cache-2.toml"), "i2");
     assert_eq!(body(restarted.addr("front")).await.as_deref(), Some("v2"));
     assert!(
         restarted

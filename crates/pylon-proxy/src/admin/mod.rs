@@ -306,6 +306,7 @@ async fn handle(
                     "config_source": origin.as_ref().map(|o| o.0.as_str()),
                     "config_revision": origin.as_ref().map(|o| o.1),
                     "config_hash": rt.config_hash,
+                    "members": proxy.members(),
                 }),
             )
         }

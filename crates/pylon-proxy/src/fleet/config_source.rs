@@ -32,6 +32,8 @@ pub struct ConfigSource {
     /// As given on the command line.
     pub url: String,
     endpoints: Vec<String>,
+    /// `/PREFIX`: the fleet's keys are under it.
+    pub prefix: String,
     /// The key holding the document.
     pub key: String,
     cache: PathBuf,
@@ -65,6 +67,7 @@ impl ConfigSource {
         Ok(ConfigSource {
             url: url.to_owned(),
             endpoints,
+            prefix: format!("/{prefix}"),
             key: format!("/{prefix}/config"),
             cache,
             base: std::env::current_dir().unwrap_or_default(),
@@ -96,7 +99,7 @@ impl ConfigSource {
         }
     }
 
-    async fn connect(&self) -> Result<Etcd, EtcdError> {
+    pub async fn connect(&self) -> Result<Etcd, EtcdError> {
         Etcd::connect(&self.endpoints, TIMEOUT).await
     }
 

@@ -1,5 +1,6 @@
-//! A small etcd v3 client on tonic: read a key, write it only if its revision is the
-//! one expected (a transaction), and watch it. The API is generated at build time from
+//! A small etcd v3 client on tonic: read a key or a prefix, write a key only if its
+//! revision is the one expected (a transaction) or under a lease, keep a lease alive,
+//! and watch a key or a prefix. The API is generated at build time from
 //! etcd's own protocol files (`proto/etcd/`, see `build.rs`). Not the `etcd-client`
 //! crate: its build script needs `protoc` on the machine, and a fresh clone of Pylon
 //! must build with Rust alone.
@@ -25,11 +26,13 @@ pub mod api {
 
 use api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use api::etcdserverpb::kv_client::KvClient;
+use api::etcdserverpb::lease_client::LeaseClient;
 use api::etcdserverpb::request_op::Request as Op;
 use api::etcdserverpb::watch_client::WatchClient;
 use api::etcdserverpb::watch_request::RequestUnion;
 use api::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 
 /// Why etcd could not be used.
@@ -62,6 +65,26 @@ pub struct Versioned {
 pub enum Change {
     Put(Versioned),
     Deleted(i64),
+}
+
+/// A change under a watched prefix: which key, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    pub key: String,
+    pub change: Change,
+}
+
+/// The end of the key range of every key starting with `prefix` (etcd's convention:
+/// the prefix with its last byte incremented).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 impl Etcd {
@@ -107,6 +130,88 @@ impl Etcd {
         Ok(resp.kvs.into_iter().next().map(|kv| Versioned {
             value: kv.value,
             mod_revision: kv.mod_revision,
+        }))
+    }
+
+    /// Every key under `prefix` with its value, and the store's revision then.
+    pub async fn get_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(String, Versioned)>, i64), EtcdError> {
+        let mut kv = KvClient::new(self.channel.clone());
+        let resp = self
+            .bounded(kv.range(RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix.as_bytes()),
+                ..Default::default()
+            }))
+            .await?;
+        let revision = resp.header.map_or(0, |h| h.revision);
+        let kvs = resp
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    Versioned {
+                        value: kv.value,
+                        mod_revision: kv.mod_revision,
+                    },
+                )
+            })
+            .collect();
+        Ok((kvs, revision))
+    }
+
+    /// A lease of `ttl` seconds: its id.
+    pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let mut lease = LeaseClient::new(self.channel.clone());
+        let resp = self
+            .bounded(lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }))
+            .await?;
+        if !resp.error.is_empty() {
+            return Err(EtcdError::Status(tonic::Status::unavailable(resp.error)));
+        }
+        Ok(resp.id)
+    }
+
+    /// Writes `value` under `lease` (0: none): the key goes when the lease does.
+    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let mut kv = KvClient::new(self.channel.clone());
+        let resp = self
+            .bounded(kv.put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.to_vec(),
+                lease,
+                ..Default::default()
+            }))
+            .await?;
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// Keeps `lease` alive: refreshes it every `every` for as long as the stream is
+    /// polled; an item per refresh, `Err` when the lease has expired or the stream broke.
+    pub async fn keep_alive(
+        &self,
+        lease: i64,
+        every: Duration,
+    ) -> Result<impl futures_util::Stream<Item = Result<(), EtcdError>> + use<>, EtcdError> {
+        let mut client = LeaseClient::new(self.channel.clone());
+        let ticks = tokio::time::interval(every);
+        let requests = futures_util::stream::unfold(ticks, move |mut ticks| async move {
+            ticks.tick().await;
+            Some((LeaseKeepAliveRequest { id: lease }, ticks))
+        });
+        let responses = tokio::time::timeout(self.timeout, client.lease_keep_alive(requests))
+            .await
+            .map_err(|_| EtcdError::Timeout(self.timeout))??
+            .into_inner();
+        Ok(responses.map(|r| match r {
+            Ok(r) if r.ttl > 0 => Ok(()),
+            Ok(_) => Err(EtcdError::Status(tonic::Status::not_found(
+                "the lease expired",
+            ))),
+            Err(e) => Err(e.into()),
         }))
     }
 
@@ -170,10 +275,43 @@ impl Etcd {
         start_revision: i64,
     ) -> Result<impl futures_util::Stream<Item = Result<Vec<Change>, EtcdError>> + use<>, EtcdError>
     {
+        let changes = self
+            .watch_range(key.as_bytes(), Vec::new(), start_revision)
+            .await?;
+        Ok(changes.map(|batch| Ok(batch?.into_iter().map(|c| c.change).collect())))
+    }
+
+    /// Watches every key under `prefix` from `start_revision` on.
+    pub async fn watch_prefix(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<KeyChange>, EtcdError>> + use<>,
+        EtcdError,
+    > {
+        self.watch_range(
+            prefix.as_bytes(),
+            prefix_end(prefix.as_bytes()),
+            start_revision,
+        )
+        .await
+    }
+
+    async fn watch_range(
+        &self,
+        key: &[u8],
+        range_end: Vec<u8>,
+        start_revision: i64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<KeyChange>, EtcdError>> + use<>,
+        EtcdError,
+    > {
         let mut client = WatchClient::new(self.channel.clone());
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: key.as_bytes().to_vec(),
+                key: key.to_vec(),
+                range_end,
                 start_revision,
                 ..Default::default()
             })),
@@ -196,18 +334,30 @@ impl Etcd {
                 .into_iter()
                 .filter_map(|e| {
                     let kv = e.kv?;
-                    Some(
-                        if e.r#type == api::mvccpb::event::EventType::Delete as i32 {
-                            Change::Deleted(kv.mod_revision)
-                        } else {
-                            Change::Put(Versioned {
-                                value: kv.value,
-                                mod_revision: kv.mod_revision,
-                            })
-                        },
-                    )
+                    let change = if e.r#type == api::mvccpb::event::EventType::Delete as i32 {
+                        Change::Deleted(kv.mod_revision)
+                    } else {
+                        Change::Put(Versioned {
+                            value: kv.value,
+                            mod_revision: kv.mod_revision,
+                        })
+                    };
+                    Some(KeyChange {
+                        key: String::from_utf8_lossy(&kv.key).into_owned(),
+                        change,
+                    })
                 })
                 .collect())
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefix_ends_increment_the_last_byte() {
+        assert_eq!(super::prefix_end(b"/a/"), b"/a0");
+        assert_eq!(super::prefix_end(b"a\xff"), b"b");
+        assert_eq!(super::prefix_end(b"\xff"), [0]);
     }
 }
