@@ -798,6 +798,7 @@ fn cluster(c: &Cluster) -> Value {
     let mut t = T::default();
     t.put("name", c.name.as_str())
         .put("endpoints", endpoints)
+        .opt("discovery", c.discovery.as_ref().map(|d| d.url.as_str()))
         .put("protocol", upstream_protocol(c.protocol))
         .put("lb", lb_name(c.lb));
     if c.lb.uses_key() {

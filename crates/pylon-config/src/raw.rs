@@ -551,6 +551,7 @@ pub struct RawCluster {
     pub sticky: Option<RawSticky>,
     pub panic_threshold: Option<Spanned<u32>>,
     pub dns: Option<Spanned<RawDns>>,
+    pub discovery: Option<Spanned<String>>,
     pub proxy_protocol: Option<Spanned<String>>,
     pub h3_fallback: Option<Spanned<String>>,
 }

@@ -1721,3 +1721,38 @@ endpoints = ["127.0.0.1:1"]
     let back = pylon_config::parse(&text, "/etc/pylon/effective.toml").unwrap();
     assert_eq!(back, pylon_config::effective::redact(&ok));
 }
+
+#[test]
+fn etcd_discovery_is_checked() {
+    let text = r#"[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "a"
+discovery = "http://127.0.0.1:2379/services"
+
+[[clusters]]
+name = "b"
+endpoints = ["api.internal:80"]
+discovery = "etcd://127.0.0.1:2379/services/b"
+"#;
+    assert_errors(
+        text,
+        &[
+            "test.toml:7:13: clusters[0].discovery: `discovery` must be etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+            "test.toml:12:13: clusters[1].discovery: `discovery` takes endpoints from etcd beside fixed IP addresses, not beside DNS names",
+        ],
+    );
+    // Without `endpoints`, and in the effective config.
+    let ok = pylon_config::parse(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n[[clusters]]\nname = \"a\"\ndiscovery = \"etcd://10.0.0.1:2379,10.0.0.2:2379/services/a/\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let d = ok.clusters[0].discovery.as_ref().unwrap();
+    assert_eq!(d.etcd, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+    assert_eq!(d.prefix, "/services/a/");
+    let text = pylon_config::effective::to_toml(&ok, None).unwrap();
+    assert_eq!(pylon_config::parse(&text, "effective.toml").unwrap(), ok);
+}

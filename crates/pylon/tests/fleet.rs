@@ -253,3 +253,65 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_take_their_endpoints_from_an_etcd_prefix() {
+    let mut etcd = EtcdServer::start();
+    let (a, b) = (Origin::named("a").await, Origin::named("b").await);
+    etcd.ctl(&["put", "/services/api/a", &a.addr.to_string()])
+        .unwrap();
+    let proxy = TestProxy::start(&format!(
+        r#"
+[access_log]
+enabled = false
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+cluster = "api"
+[[clusters]]
+name = "api"
+discovery = "etcd://{}/services/api"
+"#,
+        etcd.client
+    ))
+    .await;
+    let front = proxy.addr("front");
+    // Read at start: the first request already has an endpoint.
+    assert_eq!(get(front, "/").await.text(), "a");
+    // A new key joins the cluster...
+    etcd.ctl(&[
+        "put",
+        "/services/api/b",
+        &format!(r#"{{"address": "{}", "weight": 3}}"#, b.addr),
+    ])
+    .unwrap();
+    eventually_async("b in rotation", || async {
+        get(front, "/").await.text() == "b"
+    })
+    .await;
+    // ...a deleted one leaves it, and a value that is no endpoint is skipped.
+    etcd.ctl(&["del", "/services/api/a"]).unwrap();
+    etcd.ctl(&["put", "/services/api/junk", "not an address"])
+        .unwrap();
+    eventually_async("only b", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..6 {
+            seen.insert(get(front, "/").await.text());
+        }
+        seen.len() == 1 && seen.contains("b")
+    })
+    .await;
+    // etcd goes away: the last known endpoints keep serving; back, it is followed again.
+    etcd.stop();
+    assert_eq!(get(front, "/").await.text(), "b");
+    etcd.resume();
+    etcd.ctl(&["put", "/services/api/a", &a.addr.to_string()])
+        .unwrap();
+    eventually_async_within(
+        Duration::from_secs(40),
+        "a back after the outage",
+        || async { get(front, "/").await.text() == "a" },
+    )
+    .await;
+}

@@ -269,6 +269,20 @@ pub struct Cluster {
     /// `h3` clusters: the protocol over TCP (and the same TLS settings) to use while QUIC
     /// cannot reach an endpoint (UDP blocked, handshake timing out); `None`: no fallback.
     pub h3_fallback: Option<UpstreamProtocol>,
+    /// More endpoints, listed under a prefix in etcd and followed by watch.
+    pub discovery: Option<EtcdDiscovery>,
+}
+
+/// Endpoints kept in etcd (`discovery = "etcd://HOST:PORT/PREFIX"`): each key under the
+/// prefix is one endpoint, its value `IP:PORT` or `{"address": "IP:PORT", "weight": N}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EtcdDiscovery {
+    /// As written.
+    pub url: String,
+    /// etcd's client addresses, `host:port`.
+    pub etcd: Vec<String>,
+    /// The key prefix, ending with `/`.
+    pub prefix: String,
 }
 
 /// Sticky sessions (`[clusters.sticky]`).

@@ -222,7 +222,9 @@ pub(super) fn cluster(
         }
     };
     let mut endpoints = Vec::new();
+    let discovery = r.discovery.as_ref().and_then(|d| etcd_discovery(d, p));
     match &r.endpoints {
+        _ if r.discovery.is_some() => {}
         Some(e) if e.get_ref().is_empty() && !dropped.has("endpoints") => {
             p.at(e, "a cluster needs at least one endpoint");
         }
@@ -253,6 +255,14 @@ pub(super) fn cluster(
             }
             Err(msg) => p.at(e, msg),
         }
+    }
+    if let Some(d) = &r.discovery
+        && endpoints.iter().any(|e| e.address.is_dns())
+    {
+        p.at(
+            d,
+            "`discovery` takes endpoints from etcd beside fixed IP addresses, not beside DNS names",
+        );
     }
     let dns = r.dns.map(|d| dns(d, p)).unwrap_or_default();
     let protocol = match r.protocol.as_ref() {
@@ -493,6 +503,7 @@ pub(super) fn cluster(
             None => 0,
         },
         dns,
+        discovery,
         proxy_protocol: super::l4::proxy_protocol_out(&r.proxy_protocol, p),
         h3_fallback: match &r.h3_fallback {
             None => None,
@@ -674,4 +685,34 @@ fn hex(s: &str) -> Option<Vec<u8>> {
         .chunks(2)
         .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
         .collect()
+}
+
+/// `discovery = "etcd://HOST:PORT[,HOST:PORT...]/PREFIX"`.
+fn etcd_discovery(d: &Spanned<String>, p: &mut Problems) -> Option<EtcdDiscovery> {
+    let url = d.get_ref();
+    let parsed = url.strip_prefix("etcd://").and_then(|rest| {
+        let (hosts, prefix) = rest.split_once('/')?;
+        let etcd: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let prefix = prefix.trim_matches('/');
+        (!etcd.is_empty() && etcd.iter().all(|h| h.contains(':')) && !prefix.is_empty())
+            .then(|| (etcd, format!("/{prefix}/")))
+    });
+    match parsed {
+        Some((etcd, prefix)) => Some(EtcdDiscovery {
+            url: url.clone(),
+            etcd,
+            prefix,
+        }),
+        None => {
+            p.at(
+                d,
+                "`discovery` must be etcd://HOST:PORT[,HOST:PORT...]/PREFIX, e.g. etcd://127.0.0.1:2379/services/api",
+            );
+            None
+        }
+    }
 }

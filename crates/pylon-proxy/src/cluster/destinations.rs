@@ -56,6 +56,7 @@ impl DestinationPools {
             dns: model::Dns::default(),
             proxy_protocol: None,
             h3_fallback: None,
+            discovery: None,
         };
         let pools = Arc::new(DestinationPools {
             template,

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod destinations;
 pub(crate) mod discovery;
+mod etcd_discovery;
 mod h1;
 mod h2;
 mod h3;
@@ -306,13 +307,16 @@ impl ClusterRuntime {
             pending,
             dns_updates: AtomicU64::new(0),
             dns_failures: AtomicU64::new(0),
-            dns_ready: tokio::sync::watch::Sender::new(!uses_dns),
+            dns_ready: tokio::sync::watch::Sender::new(!uses_dns && c.discovery.is_none()),
             stats,
         });
         // Fixed addresses now; DNS names join when first resolved.
         cluster.replace_endpoints(&fixed_endpoints(c));
         if uses_dns {
             discovery::spawn(&cluster)?;
+        }
+        if let Some(d) = &c.discovery {
+            etcd_discovery::spawn(&cluster, d.clone());
         }
         spawn_sweeper(Arc::downgrade(&cluster), c.pool.idle_timeout);
         Ok(cluster)
