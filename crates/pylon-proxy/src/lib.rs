@@ -236,6 +236,11 @@ impl Proxy {
         lock(&self.config_origin).clone()
     }
 
+    /// The session ticket producer of every TLS listener.
+    pub fn tickets(&self) -> Arc<tls::tickets::Tickets> {
+        Arc::clone(&self.shared.tls.tickets)
+    }
+
     /// The fleet's members, as the membership task last saw them.
     pub fn members(&self) -> Vec<serde_json::Value> {
         lock(&self.members).clone()
@@ -323,8 +328,8 @@ impl Proxy {
             stats: Arc::clone(&self.shared.stats),
             runtime: Arc::clone(&self.runtime),
             turn: self.shared.turn.stats(),
-            acme: Arc::clone(&self.shared.acme),
-            ocsp: Arc::clone(&self.shared.ocsp),
+            acme: Arc::clone(&self.shared.tls.acme),
+            ocsp: Arc::clone(&self.shared.tls.ocsp),
         })
     }
 

@@ -71,8 +71,7 @@ impl Proxy {
             .await?;
         let tls = prepare_tls(
             &sockets.tls,
-            &self.shared.acme,
-            &self.shared.ocsp,
+            &self.shared.tls,
             config,
             &plan,
             first,
@@ -403,8 +402,7 @@ fn bind_socket(udp: bool, addr: SocketAddr) -> std::io::Result<Socket> {
 /// reload), the others are built. Fails with every file problem.
 fn prepare_tls(
     current: &Acceptors,
-    acme: &Arc<crate::tls::acme::AcmeRegistry>,
-    ocsp: &Arc<crate::tls::ocsp::OcspRegistry>,
+    services: &crate::tls::TlsServices,
     config: &Config,
     plan: &ReloadPlan,
     first: bool,
@@ -432,7 +430,7 @@ fn prepare_tls(
                 }
                 tls.push((l.name.clone(), s));
             }
-            None => match ServerTls::new(t.clone(), acme, ocsp) {
+            None => match ServerTls::new(t.clone(), services) {
                 Ok(s) => tls.push((l.name.clone(), Arc::new(s))),
                 Err(e) => errors.extend(e),
             },

@@ -1,7 +1,7 @@
 //! Process-wide services every listener reports to (HTTP and Layer 4 alike): metrics,
 //! per-listener/route/cluster stats, the access log, request ids, the process's stop,
-//! STUN/TURN listeners' state, ACME certificates with their challenge answers, and OCSP
-//! staplers.
+//! STUN/TURN listeners' state, ACME certificates with their challenge answers, OCSP
+//! staplers, and session tickets.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,10 +24,8 @@ pub struct Shared {
     pub own_addrs: arc_swap::ArcSwap<Vec<std::net::SocketAddr>>,
     /// The slowest recent requests and the recent reloads (the dashboard's).
     pub recent: Arc<crate::observe::recent::Recent>,
-    /// ACME certificates and the challenge answers their orders publish.
-    pub acme: Arc<crate::tls::acme::AcmeRegistry>,
-    /// OCSP staplers of served certificates.
-    pub ocsp: Arc<crate::tls::ocsp::OcspRegistry>,
+    /// ACME certificates and their challenge answers, OCSP staplers, session tickets.
+    pub tls: crate::tls::TlsServices,
 }
 
 impl Shared {
@@ -49,8 +47,7 @@ impl Shared {
             turn: Default::default(),
             own_addrs: Default::default(),
             recent,
-            acme: Default::default(),
-            ocsp: Default::default(),
+            tls: Default::default(),
         }))
     }
 }

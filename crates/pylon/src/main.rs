@@ -72,6 +72,10 @@ enum Command {
         /// With --config-source: how long this instance's fleet entry outlives it.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
         member_ttl: std::time::Duration,
+        /// With --config-source: how often the fleet's shared session ticket keys
+        /// rotate (a ticket resumes for two rotations).
+        #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = humantime::parse_duration)]
+        ticket_key_rotation: std::time::Duration,
         /// Take over the listening sockets of the Pylon running on the config's
         /// `[server] upgrade_socket`, then let it drain and exit (zero-downtime upgrade).
         #[arg(long)]
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
             instance_name,
             advertise,
             member_ttl,
+            ticket_key_rotation,
             upgrade,
         } => {
             let source = match config_source
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
                 name: instance_name,
                 address: advertise,
                 ttl: member_ttl,
+                ticket_key_rotation,
             };
             run(config, source.map(|s| (s, member)), upgrade, log)
         }
@@ -422,6 +428,7 @@ struct Membership {
     name: Option<String>,
     address: Option<String>,
     ttl: std::time::Duration,
+    ticket_key_rotation: std::time::Duration,
 }
 
 /// Where the configuration came from: a file (or the embedded quickstart), or etcd at
@@ -429,7 +436,7 @@ struct Membership {
 enum Origin {
     File(Option<PathBuf>),
     Etcd(
-        pylon_proxy::fleet::config_source::ConfigSource,
+        Box<pylon_proxy::fleet::config_source::ConfigSource>,
         i64,
         Membership,
     ),
@@ -449,7 +456,7 @@ fn run(
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(source.initial()))
-            .map(|(c, revision)| (c, Origin::Etcd(source, revision, member))),
+            .map(|(c, revision)| (c, Origin::Etcd(Box::new(source), revision, member))),
     };
     let (config, origin) = match loaded {
         Ok(c) => c,
@@ -550,6 +557,11 @@ async fn serve(
             let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "pylon".to_owned());
+            tokio::spawn(pylon_proxy::fleet::tickets::run(
+                (*source).clone(),
+                proxy.tickets(),
+                member.ticket_key_rotation,
+            ));
             let member = pylon_proxy::fleet::membership::Member {
                 name: member
                     .name
@@ -562,7 +574,7 @@ async fn serve(
                 }),
                 ttl: member.ttl,
             };
-            tokio::spawn(member.run(source.clone(), Arc::clone(&proxy)));
+            tokio::spawn(member.run((*source).clone(), Arc::clone(&proxy)));
             tokio::spawn(source.follow(Arc::clone(&proxy), revision));
         }
     }

@@ -315,3 +315,126 @@ discovery = "etcd://{}/services/api"
     )
     .await;
 }
+
+/// A TLS document: `front` serving `fleet.test` with the given certificate files.
+fn write_tls_doc(dir: &Path, cert: &Path, key: &Path) -> String {
+    let path = dir.join("tls.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[access_log]
+enabled = false
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls = {{ certificates = [{{ cert = "{}", key = "{}" }}] }}
+[[routes]]
+respond = {{ body = "ok" }}
+"#,
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// One HTTPS request with `config` (whose session store carries tickets from one
+/// connection to the next): how its handshake went.
+async fn visit(
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("fleet.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: fleet.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.ends_with(b"ok"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    kind
+}
+
+/// Whether a client that got its ticket from `a` resumes on `b`.
+async fn resumes_across(ca: &TestCa, a: SocketAddr, b: SocketAddr) -> bool {
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth(),
+    );
+    assert_eq!(visit(&config, a).await, rustls::HandshakeKind::Full);
+    visit(&config, b).await == rustls::HandshakeKind::Resumed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_on_any_instance_through_key_rotations() {
+    let etcd = EtcdServer::start();
+    let url = etcd.url("tickets");
+    let dir = temp_dir();
+    let ca = TestCa::new("fleet ca");
+    let (cert, key) = ca.server(&["fleet.test"]).write(&dir, "fleet");
+    let doc = write_tls_doc(&dir, &cert, &key);
+
+    // Alone, each instance has keys of its own: no resumption across them.
+    let (p, q) = (
+        PylonProcess::start(BIN, &["run", "-c", &doc], None),
+        PylonProcess::start(BIN, &["run", "-c", &doc], None),
+    );
+    assert!(!resumes_across(&ca, p.addr("front"), q.addr("front")).await);
+    drop((p, q));
+
+    assert!(push(&[&doc, &url]).status.success());
+    let start = |name: &str| {
+        PylonProcess::start(
+            BIN,
+            &[
+                "run",
+                "--config-source",
+                &url,
+                "--config-cache",
+                dir.join(format!("{name}.cache")).to_str().unwrap(),
+                "--instance-name",
+                name,
+                "--ticket-key-rotation",
+                "2s",
+            ],
+            None,
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let (a, b) = (a.addr("front"), b.addr("front"));
+    eventually_async("shared ticket keys", || resumes_across(&ca, a, b)).await;
+    // Through three rotations, every ticket from one instance resumes on the other,
+    // both ways.
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut tries = 0;
+    while tokio::time::Instant::now() < until {
+        assert!(resumes_across(&ca, a, b).await, "a to b, try {tries}");
+        assert!(resumes_across(&ca, b, a).await, "b to a, try {tries}");
+        tries += 1;
+    }
+    let stored = etcd
+        .ctl(&["get", "/tickets/ticket-keys", "-w", "json"])
+        .unwrap();
+    let version = serde_json::from_str::<serde_json::Value>(&stored).unwrap()["kvs"][0]["version"]
+        .as_i64()
+        .unwrap();
+    assert!(version >= 3, "rotated at least twice: {stored}");
+}

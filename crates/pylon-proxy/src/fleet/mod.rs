@@ -7,3 +7,4 @@
 pub mod config_source;
 pub mod etcd;
 pub mod membership;
+pub mod tickets;

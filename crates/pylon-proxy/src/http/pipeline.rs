@@ -460,7 +460,7 @@ async fn serve(
     }
     check_limits(&req, listener)?;
     // An ACME HTTP-01 challenge an order of this process is waiting on, before routing.
-    if let Some(answer) = ctx.shared.acme.challenges.http01_answer(&req) {
+    if let Some(answer) = ctx.shared.tls.acme.challenges.http01_answer(&req) {
         return Ok(answer);
     }
     if let Some(fwd) = &listener.forward {

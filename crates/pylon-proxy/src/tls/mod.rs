@@ -6,6 +6,7 @@
 pub mod acme;
 pub mod ocsp;
 pub mod server;
+pub mod tickets;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -16,6 +17,15 @@ use rustls::RootCertStore;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// What every TLS listener of the process shares: ACME certificates and their challenge
+/// answers, OCSP staplers, the session ticket producer.
+#[derive(Default)]
+pub struct TlsServices {
+    pub acme: Arc<acme::AcmeRegistry>,
+    pub ocsp: Arc<ocsp::OcspRegistry>,
+    pub tickets: Arc<tickets::Tickets>,
+}
 
 /// The crypto provider every TLS config in Pylon uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -146,7 +156,7 @@ pub fn check(config: &pylon_config::Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for l in &config.listeners {
         if let Some(t) = &l.tls
-            && let Err(e) = server::build(t, None, None)
+            && let Err(e) = server::build(t, None, None, None)
         {
             errors.extend(e);
         }

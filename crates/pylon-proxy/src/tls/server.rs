@@ -15,10 +15,12 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
+use super::TlsServices;
+use super::acme::ManagedCert;
 use super::acme::challenge::{ACME_TLS_ALPN, Challenges};
 use super::acme::on_demand::OnDemandCerts;
-use super::acme::{AcmeRegistry, ManagedCert};
 use super::ocsp::{OcspRegistry, Stapler};
+use super::tickets::Tickets;
 use super::{leaf_info, load_certified_key, load_roots, provider};
 
 /// A listener's ACME certificates and where challenge answers are.
@@ -127,12 +129,13 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Builds a rustls server config from the listener's TLS settings, reading every file.
-/// `acme` is the listener's managed certificate and `ocsp` staples certificates (both
-/// `None` when only checking files).
+/// `acme` is the listener's managed certificate, `ocsp` staples certificates and
+/// `tickets` is the process's ticket producer (all `None` when only checking files).
 pub fn build(
     t: &ListenerTls,
     acme: Option<&AcmeSource>,
     ocsp: Option<&Arc<OcspRegistry>>,
+    tickets: Option<&Arc<Tickets>>,
 ) -> Result<Arc<ServerConfig>, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut exact = HashMap::new();
@@ -222,9 +225,13 @@ pub fn build(
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
-    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
-        config.ticketer = ticketer;
-    }
+    config.ticketer = match tickets {
+        Some(t) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
+        None => match rustls::crypto::aws_lc_rs::Ticketer::new() {
+            Ok(t) => t,
+            Err(_) => config.ticketer,
+        },
+    };
     Ok(Arc::new(config))
 }
 
@@ -233,6 +240,7 @@ pub struct ServerTls {
     pub settings: ListenerTls,
     acme: Option<AcmeSource>,
     ocsp: Arc<OcspRegistry>,
+    tickets: Arc<Tickets>,
     current: ArcSwap<ServerConfig>,
     /// SHA-256 of the certificate, key and client CA files the config was built from.
     files: std::sync::Mutex<Option<Vec<u8>>>,
@@ -258,11 +266,8 @@ fn files_digest(t: &ListenerTls) -> Option<Vec<u8>> {
 impl ServerTls {
     /// Reads the files; a listener with `acme` gets its managed certificate from
     /// `registry` (the running one when the settings are the same).
-    pub fn new(
-        settings: ListenerTls,
-        registry: &Arc<AcmeRegistry>,
-        ocsp: &Arc<OcspRegistry>,
-    ) -> Result<Self, Vec<ConfigError>> {
+    pub fn new(settings: ListenerTls, services: &TlsServices) -> Result<Self, Vec<ConfigError>> {
+        let (registry, ocsp, tickets) = (&services.acme, &services.ocsp, &services.tickets);
         let files = files_digest(&settings);
         let stapling = settings.ocsp_stapling.then_some(ocsp);
         let acme = match &settings.acme {
@@ -285,11 +290,12 @@ impl ServerTls {
             }),
             None => None,
         };
-        let config = build(&settings, acme.as_ref(), Some(ocsp))?;
+        let config = build(&settings, acme.as_ref(), Some(ocsp), Some(tickets))?;
         Ok(ServerTls {
             settings,
             acme,
             ocsp: Arc::clone(ocsp),
+            tickets: Arc::clone(tickets),
             current: ArcSwap::new(config),
             files: std::sync::Mutex::new(files),
         })
@@ -317,7 +323,12 @@ impl ServerTls {
         if files.is_some() && *crate::lock(&self.files) == files {
             return Ok(false);
         }
-        let config = build(&self.settings, self.acme.as_ref(), Some(&self.ocsp))?;
+        let config = build(
+            &self.settings,
+            self.acme.as_ref(),
+            Some(&self.ocsp),
+            Some(&self.tickets),
+        )?;
         self.current.store(config);
         *crate::lock(&self.files) = files;
         Ok(true)
