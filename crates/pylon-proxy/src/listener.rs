@@ -192,7 +192,11 @@ async fn handshake(
             offered.any(|p| p == crate::tls::acme::challenge::ACME_TLS_ALPN)
         });
         if let (Some(name), false) = (hello.server_name().map(str::to_owned), challenge) {
-            on_demand.prepare(&name, limit).await;
+            // What is left of the handshake's time, less a margin for the handshake.
+            let left = limit
+                .saturating_sub(started.elapsed())
+                .saturating_sub(std::time::Duration::from_millis(500));
+            on_demand.prepare(&name, left).await;
         }
         start.into_stream(tls.current()).await
     };

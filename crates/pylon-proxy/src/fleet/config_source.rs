@@ -151,37 +151,43 @@ impl ConfigSource {
     }
 
     /// Follows the key for as long as the process runs: see the module comment.
-    pub async fn follow(self, proxy: Arc<Proxy>, mut applied: i64) {
+    /// `seen` is the last revision looked at (applied or refused); the one in force is
+    /// the proxy's `config_origin`.
+    pub async fn follow(self, proxy: Arc<Proxy>, mut seen: i64) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let mut connected = false;
-            let e = self.session(&proxy, &mut applied, &mut connected).await;
+            let e = self.session(&proxy, &mut seen, &mut connected).await;
             if connected {
                 backoff = Duration::from_secs(1);
             }
-            tracing::warn!(source = %self.url, error = %e, retry_in = ?backoff, "etcd: watch lost; serving the configuration in force (revision {applied}) meanwhile");
+            let in_force = proxy.config_origin().map_or(0, |o| o.1);
+            tracing::warn!(source = %self.url, error = %e, retry_in = ?backoff, "etcd: watch lost; serving the configuration in force (revision {in_force}) meanwhile");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
     /// One connection: catch up, then watch until the stream breaks.
-    async fn session(&self, proxy: &Proxy, applied: &mut i64, connected: &mut bool) -> EtcdError {
+    async fn session(&self, proxy: &Proxy, seen: &mut i64, connected: &mut bool) -> EtcdError {
         let etcd = match self.connect().await {
             Ok(e) => e,
             Err(e) => return e,
         };
-        match etcd.get(&self.key).await {
-            Ok(Some(v)) if v.mod_revision > *applied => self.apply(proxy, v, applied).await,
-            Ok(_) => {}
+        let store_revision = match etcd.get_at(&self.key).await {
+            Ok((Some(v), rev)) if v.mod_revision > *seen => {
+                self.apply(proxy, v, seen).await;
+                rev
+            }
+            Ok((_, rev)) => rev,
             Err(e) => return e,
-        }
-        let mut changes = match etcd.watch(&self.key, *applied + 1).await {
+        };
+        let mut changes = match etcd.watch(&self.key, store_revision.max(*seen) + 1).await {
             Ok(s) => s,
             Err(e) => return e,
         };
         *connected = true;
-        proxy.set_config_origin(&self.url, *applied);
+        let applied = seen;
         while let Some(batch) = changes.next().await {
             let batch = match batch {
                 Ok(b) => b,
@@ -204,11 +210,12 @@ impl ConfigSource {
         EtcdError::Unreachable("the watch ended".to_owned())
     }
 
-    /// Validates and applies one revision (an invalid one is not tried again).
-    async fn apply(&self, proxy: &Proxy, v: Versioned, applied: &mut i64) {
+    /// Validates and applies one revision (an invalid one is not tried again); the
+    /// proxy's `config_origin` names it once it is in force.
+    async fn apply(&self, proxy: &Proxy, v: Versioned, seen: &mut i64) {
         let revision = v.mod_revision;
-        let in_force = *applied;
-        *applied = revision;
+        let in_force = proxy.config_origin().map_or(0, |o| o.1);
+        *seen = revision;
         let config = match self.validate(&v.value, revision) {
             Ok(c) => c,
             Err(errors) => {

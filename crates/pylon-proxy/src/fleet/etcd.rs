@@ -93,7 +93,14 @@ impl Etcd {
         let mut errors = Vec::new();
         for e in endpoints {
             let endpoint = match Endpoint::from_shared(format!("http://{e}")) {
-                Ok(ep) => ep.connect_timeout(timeout).tcp_nodelay(true),
+                // HTTP/2 pings find a node that vanished without closing (powered off,
+                // partitioned): watches would otherwise wait on it forever.
+                Ok(ep) => ep
+                    .connect_timeout(timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true),
                 Err(err) => {
                     errors.push(format!("{e}: {err}"));
                     continue;
@@ -120,6 +127,12 @@ impl Etcd {
 
     /// The key's value, if it exists.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>, EtcdError> {
+        Ok(self.get_at(key).await?.0)
+    }
+
+    /// The key's value, if it exists, and the store's revision then: a watch of the
+    /// key starts after it (a key's own revision may be compacted away long since).
+    pub async fn get_at(&self, key: &str) -> Result<(Option<Versioned>, i64), EtcdError> {
         let mut kv = KvClient::new(self.channel.clone());
         let resp = self
             .bounded(kv.range(RangeRequest {
@@ -127,10 +140,12 @@ impl Etcd {
                 ..Default::default()
             }))
             .await?;
-        Ok(resp.kvs.into_iter().next().map(|kv| Versioned {
+        let revision = resp.header.map_or(0, |h| h.revision);
+        let value = resp.kvs.into_iter().next().map(|kv| Versioned {
             value: kv.value,
             mod_revision: kv.mod_revision,
-        }))
+        });
+        Ok((value, revision))
     }
 
     /// Every key under `prefix` with its value, and the store's revision then.

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::config_source::ConfigSource;
-use super::etcd::{Change, EtcdError, Versioned};
+use super::etcd::{Change, Etcd, EtcdError, Versioned};
 use crate::tls::tickets::Tickets;
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -177,6 +177,23 @@ pub async fn run(source: ConfigSource, tickets: Arc<Tickets>, rotation: Duration
     }
 }
 
+/// The stored keys, written first when there are none (the first instance to try does).
+async fn current_or_create(etcd: &Etcd, key: &str) -> Result<Versioned, EtcdError> {
+    loop {
+        if let Some(v) = etcd.get(key).await? {
+            return Ok(v);
+        }
+        let first = document(vec![new_key(), new_key(), new_key()]);
+        if let Ok(revision) = etcd.put_if(key, &first, 0).await? {
+            return Ok(Versioned {
+                value: first,
+                mod_revision: revision,
+            });
+        }
+        // Another instance made them meanwhile: read theirs.
+    }
+}
+
 async fn session(
     source: &ConfigSource,
     key: &str,
@@ -189,27 +206,16 @@ async fn session(
         Ok(e) => e,
         Err(e) => return e,
     };
-    let mut stored = match etcd.get(key).await {
-        Ok(Some(v)) => v,
-        Ok(None) => {
-            let first = document(vec![new_key(), new_key(), new_key()]);
-            match etcd.put_if(key, &first, 0).await {
-                Ok(Ok(revision)) => Versioned {
-                    value: first,
-                    mod_revision: revision,
-                },
-                // Another instance made them first: read theirs.
-                Ok(Err(_)) => match etcd.get(key).await {
-                    Ok(Some(v)) => v,
-                    Ok(None) => return EtcdError::Unreachable("ticket keys vanished".to_owned()),
-                    Err(e) => return e,
-                },
-                Err(e) => return e,
-            }
-        }
+    let mut stored = match current_or_create(&etcd, key).await {
+        Ok(v) => v,
         Err(e) => return e,
     };
-    let mut changes = match etcd.watch(key, stored.mod_revision + 1).await {
+    // From the store's revision now: the keys' own may be compacted away.
+    let from = match etcd.get_at(key).await {
+        Ok((_, revision)) => revision.max(stored.mod_revision),
+        Err(e) => return e,
+    };
+    let mut changes = match etcd.watch(key, from + 1).await {
         Ok(s) => Box::pin(s),
         Err(e) => return e,
     };
@@ -231,8 +237,13 @@ async fn session(
             c = changes.next() => match c {
                 Some(Ok(batch)) => {
                     for c in batch {
-                        if let Change::Put(v) = c {
-                            stored = v;
+                        match c {
+                            Change::Put(v) => stored = v,
+                            // Deleted by hand: written again (by whichever instance is first).
+                            Change::Deleted(_) => match current_or_create(&etcd, key).await {
+                                Ok(v) => stored = v,
+                                Err(e) => return e,
+                            },
                         }
                     }
                 }
@@ -255,20 +266,11 @@ async fn session(
                         tracing::info!(revision, "fleet ticket keys rotated");
                         stored = Versioned { value: next, mod_revision: revision };
                     }
-                    // Another instance rotated: its keys arrive through the watch.
-                    Ok(Err(_)) => {
-                        match changes.next().await {
-                            Some(Ok(batch)) => {
-                                for c in batch {
-                                    if let Change::Put(v) = c {
-                                        stored = v;
-                                    }
-                                }
-                            }
-                            Some(Err(e)) => return e,
-                            None => return EtcdError::Unreachable("the ticket keys watch ended".to_owned()),
-                        }
-                    }
+                    // Another instance rotated (or the key went): read what is there now.
+                    Ok(Err(_)) => match current_or_create(&etcd, key).await {
+                        Ok(v) => stored = v,
+                        Err(e) => return e,
+                    },
                     Err(e) => return e,
                 }
             }

@@ -34,6 +34,8 @@ const OID_TLS_FEATURE: &str = "1.3.6.1.5.5.7.1.24";
 /// The first retry after a failed fetch; doubled per failure up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// The least time between two successful fetches for one certificate.
+const MIN_REFETCH: u64 = 60;
 /// A response without `nextUpdate` is fetched again after this long, and stapled as
 /// long.
 const NO_NEXT_UPDATE: i64 = 3600;
@@ -442,10 +444,21 @@ async fn run(weak: Weak<Stapler>, registry: Arc<OcspRegistry>) {
                         tracing::warn!(certificate = %s.target.name, responder = %s.target.responder, "OCSP: the responder does not know this certificate; not stapled");
                     }
                 }
-                if c.status == Status::Unknown {
-                    drop(s);
-                    tokio::time::sleep(RETRY_MAX).await;
-                }
+                // A response already past its midpoint (a responder's stale cache)
+                // would be due again at once: the next fetch waits at least a minute,
+                // or half its remaining life when that is shorter.
+                let now = unix_now();
+                let wait = match c.status {
+                    Status::Unknown => RETRY_MAX.as_secs(),
+                    _ => {
+                        let left = u64::try_from(c.next_update - now).unwrap_or(0);
+                        u64::try_from(s.refresh_at() - now)
+                            .unwrap_or(0)
+                            .max(MIN_REFETCH.min(left / 2))
+                    }
+                };
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
             }
             Err(e) => {
                 failures += 1;

@@ -94,7 +94,7 @@ impl AcmeRegistry {
         // Installed before the task runs: a listener starting with a stored certificate
         // serves it from its first handshake.
         if let Ok(Some(s)) = store.load_certificate()
-            && let Err(e) = cert.install_pem(&s)
+            && let Err(e) = cert.install_pem(&s, false)
         {
             tracing::warn!(file = %store.certificate_path().display(), error = %e, "ACME: the stored certificate is unusable; ordering a new one");
             cert.stats.stored_invalid.fetch_add(1, Ordering::Relaxed);
@@ -171,9 +171,10 @@ impl ManagedCert {
         self.settings.names.iter().any(|n| n == name)
     }
 
-    /// Makes a stored or issued key and chain the one in force, unless the one in force
-    /// lasts longer.
-    fn install_pem(&self, pem: &[u8]) -> Result<(), String> {
+    /// Makes a stored or issued key and chain the one in force. A stored one that lasts
+    /// no longer than the one in force is left aside; a just-issued one (`issued`) always
+    /// goes in, so that its renewal time replaces the one that made it due.
+    fn install_pem(&self, pem: &[u8], issued: bool) -> Result<(), String> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("invalid PEM: {e}"))?;
@@ -196,7 +197,7 @@ impl ManagedCert {
         }
         let certified = CertifiedKey::from_der(chain, key, &super::provider())
             .map_err(|e| format!("the key does not match the certificate: {e}"))?;
-        if self.not_after.load(Ordering::Relaxed) >= not_after {
+        if !issued && self.not_after.load(Ordering::Relaxed) >= not_after {
             return Ok(());
         }
         let now = unix_now();
@@ -283,7 +284,7 @@ async fn run(
             seen = modified;
             match store.load_certificate() {
                 Ok(Some(s)) => {
-                    if let Err(e) = cert.install_pem(&s) {
+                    if let Err(e) = cert.install_pem(&s, false) {
                         tracing::warn!(file = %store.certificate_path().display(), error = %e, "ACME: the stored certificate is unusable");
                         cert.stats.stored_invalid.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -333,7 +334,7 @@ async fn run(
                 }
                 seen = store.certificate_modified();
                 let pem = format!("{}\n{}", issued.key_pem, issued.chain_pem);
-                match cert.install_pem(pem.as_bytes()) {
+                match cert.install_pem(pem.as_bytes(), true) {
                     Ok(()) => {
                         failures = 0;
                         cert.stats.issued.fetch_add(1, Ordering::Relaxed);
@@ -346,7 +347,12 @@ async fn run(
                     Err(e) => {
                         failures += 1;
                         cert.failed(FailureReason::Protocol);
-                        tracing::error!(names, error = %e, "ACME: the CA issued an unusable certificate");
+                        let retry = backoff(&cert.settings, failures);
+                        tracing::error!(names, error = %e, retry_in = ?retry, "ACME: the CA issued an unusable certificate");
+                        drop(lock);
+                        drop(cert);
+                        tokio::time::sleep(retry).await;
+                        continue;
                     }
                 }
             }

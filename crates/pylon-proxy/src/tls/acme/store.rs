@@ -5,6 +5,8 @@
 //!   order and every instance sharing the folder;
 //! - `NAME.pem`: the certificate's private key and chain in one file (mode 0600),
 //!   replaced by an atomic rename so that a reader never sees a key without its chain;
+//!   NAME is the certificate's name when it has one, else its first name and a hash of
+//!   all of them (`example.com+1a2b3c4d`), so that two certificates never share files;
 //! - `NAME.lock`: held by the one instance ordering for NAME now, with the time it
 //!   expires (an instance that died holding it does not block the others for longer).
 
@@ -28,7 +30,7 @@ impl Store {
                 .storage
                 .path
                 .join(directory_folder(&settings.directory)),
-            name: settings.names.first().cloned().unwrap_or_default(),
+            name: file_stem(&settings.names),
         }
     }
 
@@ -106,8 +108,24 @@ impl Store {
                     if held_until.is_some_and(|t| t > unix(SystemTime::now())) {
                         return Ok(None);
                     }
+                    // Moved aside, then looked at again: another instance may have
+                    // taken the lock over between the read above and the move, and then
+                    // the move took its fresh lock, which goes back.
+                    let aside = path.with_extension(format!("lock.stale-{}", std::process::id()));
+                    if std::fs::rename(&path, &aside).is_err() {
+                        continue;
+                    }
+                    let fresh = std::fs::read_to_string(&aside)
+                        .ok()
+                        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                        .is_some_and(|t| t > unix(SystemTime::now()));
+                    if fresh {
+                        let _ = std::fs::hard_link(&aside, &path);
+                        let _ = std::fs::remove_file(&aside);
+                        return Ok(None);
+                    }
+                    let _ = std::fs::remove_file(&aside);
                     tracing::warn!(lock = %path.display(), "ACME order lock expired; taking it over");
-                    let _ = std::fs::remove_file(&path);
                 }
                 Err(e) => return Err(e),
             }
@@ -128,6 +146,22 @@ impl Drop for OrderLock {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// A certificate's file name, without extension: see the module comment.
+fn file_stem(names: &[String]) -> String {
+    let first = names.first().cloned().unwrap_or_default();
+    if names.len() <= 1 {
+        return first;
+    }
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
+    let hash: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{first}+{hash}")
 }
 
 /// `https://acme-v02.api.letsencrypt.org/directory` → `acme-v02.api.letsencrypt.org_directory`.
@@ -189,6 +223,22 @@ mod tests {
             folder: dir.join(directory_folder("https://127.0.0.1:14000/dir")),
             name: "a.example.com".to_owned(),
         }
+    }
+
+    #[test]
+    fn certificates_with_the_same_first_name_get_files_of_their_own() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(file_stem(&names(&["a.example.com"])), "a.example.com");
+        let two = file_stem(&names(&["a.example.com", "www.a.example.com"]));
+        assert!(two.starts_with("a.example.com+"), "{two}");
+        assert_ne!(
+            two,
+            file_stem(&names(&["a.example.com", "api.a.example.com"]))
+        );
+        assert_eq!(
+            two,
+            file_stem(&names(&["a.example.com", "www.a.example.com"]))
+        );
     }
 
     #[test]
