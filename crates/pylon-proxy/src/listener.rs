@@ -178,27 +178,12 @@ async fn handshake(
     let metrics = &ctx.shared.metrics;
     let started = std::time::Instant::now();
     let limit = tls.settings.handshake_timeout;
-    let accept = async {
-        let Some(on_demand) = tls.on_demand() else {
-            return tls.acceptor().accept(stream).await;
-        };
-        // On-demand certificates: the ClientHello first, so that a new name can get
-        // its certificate before the handshake goes on.
-        let start =
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
-                .await?;
-        let hello = start.client_hello();
-        let challenge = hello.alpn().is_some_and(|mut offered| {
-            offered.any(|p| p == crate::tls::acme::challenge::ACME_TLS_ALPN)
-        });
-        if let (Some(name), false) = (hello.server_name().map(str::to_owned), challenge) {
-            // What is left of the handshake's time, less a margin for the handshake.
-            let left = limit
-                .saturating_sub(started.elapsed())
-                .saturating_sub(std::time::Duration::from_millis(500));
-            on_demand.prepare(&name, left).await;
-        }
-        start.into_stream(tls.current()).await
+    // The common handshake keeps its future small; the on-demand one is boxed apart.
+    let accept = match tls.on_demand() {
+        None => futures_util::future::Either::Left(tls.acceptor().accept(stream)),
+        Some(on_demand) => futures_util::future::Either::Right(Box::pin(accept_on_demand(
+            tls, on_demand, stream, limit, started,
+        ))),
     };
     match tokio::time::timeout(limit, accept).await {
         Ok(Ok(stream))
@@ -245,6 +230,31 @@ async fn handshake(
             None
         }
     }
+}
+
+/// A handshake on a listener with on-demand certificates: the ClientHello first, so
+/// that a new name can get its certificate before the handshake goes on.
+async fn accept_on_demand(
+    tls: &ServerTls,
+    on_demand: &Arc<crate::tls::acme::on_demand::OnDemandCerts>,
+    stream: tokio::net::TcpStream,
+    limit: std::time::Duration,
+    started: std::time::Instant,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let hello = start.client_hello();
+    let challenge = hello.alpn().is_some_and(|mut offered| {
+        offered.any(|p| p == crate::tls::acme::challenge::ACME_TLS_ALPN)
+    });
+    if let (Some(name), false) = (hello.server_name().map(str::to_owned), challenge) {
+        // What is left of the handshake's time, less a margin for the handshake.
+        let left = limit
+            .saturating_sub(started.elapsed())
+            .saturating_sub(std::time::Duration::from_millis(500));
+        on_demand.prepare(&name, left).await;
+    }
+    start.into_stream(tls.current()).await
 }
 
 /// Tells the listener's parking lot that its accept loop has ended.

@@ -6,53 +6,54 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::server::ProducesTickets;
 
 /// The process's ticket producer; what it delegates to can be replaced at any time.
-#[derive(Debug)]
+/// rustls's own is made at the first handshake that needs it (a process without TLS
+/// listeners never starts its crypto).
+#[derive(Debug, Default)]
 pub struct Tickets {
-    inner: ArcSwap<Arc<dyn ProducesTickets>>,
-}
-
-impl Default for Tickets {
-    fn default() -> Self {
-        let own: Arc<dyn ProducesTickets> = match rustls::crypto::aws_lc_rs::Ticketer::new() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "no session ticket keys; TLS resumption by ticket is off");
-                Arc::new(Off)
-            }
-        };
-        Tickets {
-            inner: ArcSwap::from_pointee(own),
-        }
-    }
+    fleet: arc_swap::ArcSwapOption<Arc<dyn ProducesTickets>>,
+    own: std::sync::OnceLock<Arc<dyn ProducesTickets>>,
 }
 
 impl Tickets {
     /// Hands tickets to `producer` from now on (tickets issued before decrypt only if it
     /// knows their key).
     pub fn replace(&self, producer: Arc<dyn ProducesTickets>) {
-        self.inner.store(Arc::new(producer));
+        self.fleet.store(Some(Arc::new(producer)));
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&dyn ProducesTickets) -> T) -> T {
+        if let Some(p) = &*self.fleet.load() {
+            return f(p.as_ref().as_ref());
+        }
+        let own = self.own.get_or_init(|| match rustls::crypto::aws_lc_rs::Ticketer::new() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "no session ticket keys; TLS resumption by ticket is off");
+                Arc::new(Off)
+            }
+        });
+        f(own.as_ref())
     }
 }
 
 impl ProducesTickets for Tickets {
     fn enabled(&self) -> bool {
-        self.inner.load().enabled()
+        self.with(|t| t.enabled())
     }
 
     fn lifetime(&self) -> u32 {
-        self.inner.load().lifetime()
+        self.with(|t| t.lifetime())
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.inner.load().encrypt(plain)
+        self.with(|t| t.encrypt(plain))
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        self.inner.load().decrypt(cipher)
+        self.with(|t| t.decrypt(cipher))
     }
 }
 

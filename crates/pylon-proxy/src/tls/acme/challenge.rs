@@ -30,8 +30,8 @@ const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 pub struct Challenges {
     http01: Mutex<HashMap<String, String>>,
     tls_alpn01: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-    /// How many answers are published: the request path looks no further when none
-    /// (and no storage folder is known).
+    /// How many answers are published, plus one per storage folder known: the request
+    /// path looks no further (and takes no lock) while it is zero.
     published: AtomicUsize,
     /// The storage folders of the process's ACME certificates, where other instances
     /// publish too.
@@ -95,7 +95,7 @@ impl Challenges {
     /// Answers `GET /.well-known/acme-challenge/TOKEN` for a token an order published;
     /// `None` for every other request (which goes on to routing).
     pub fn http01_answer<B>(&self, req: &Request<B>) -> Option<Response<ResponseBody>> {
-        if self.published.load(Ordering::Relaxed) == 0 && crate::lock(&self.folders).is_empty() {
+        if self.published.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let token = req.uri().path().strip_prefix(HTTP01_PREFIX)?;
@@ -147,6 +147,7 @@ impl Challenges {
         let mut folders = crate::lock(&self.folders);
         if !folders.iter().any(|f| f == folder) {
             folders.push(folder.to_path_buf());
+            self.published.fetch_add(1, Ordering::Relaxed);
         }
     }
 
