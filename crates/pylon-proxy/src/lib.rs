@@ -8,6 +8,7 @@ pub mod activation;
 pub mod admin;
 pub mod cluster;
 mod conn;
+mod disk;
 mod fetch;
 pub mod fleet;
 #[doc(hidden)]
@@ -127,6 +128,14 @@ pub struct Proxy {
     members: Mutex<Vec<serde_json::Value>>,
     log_level: Mutex<Option<LogLevelHook>>,
     this: Weak<Proxy>,
+}
+
+/// What `pylon check` finds beyond the configuration text: certificate, key and CA
+/// files that cannot be used, and authentication files (users, API keys) likewise.
+pub fn check_files(config: &Config) -> Vec<ConfigError> {
+    let mut errors = tls::check(config);
+    errors.extend(http::filters::auth::check(config));
+    errors
 }
 
 /// Locks a mutex; a panic elsewhere while it was held does not poison our counters.

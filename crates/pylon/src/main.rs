@@ -327,12 +327,11 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// A configuration file validated as `pylon check` does: its files included.
 fn checked(path: &Path) -> Result<Config, pylon_config::ConfigErrors> {
     pylon_config::load_file(path).and_then(|c| {
-        let mut tls = pylon_proxy::tls::check(&c);
-        tls.extend(pylon_proxy::http::filters::auth::check(&c));
-        if tls.is_empty() {
+        let errors = pylon_proxy::check_files(&c);
+        if errors.is_empty() {
             Ok(c)
         } else {
-            Err(pylon_config::ConfigErrors(tls))
+            Err(pylon_config::ConfigErrors(errors))
         }
     })
 }

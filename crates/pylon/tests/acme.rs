@@ -100,6 +100,16 @@ async fn served(addr: SocketAddr, name: &str, root_pem: &str) -> Option<Vec<u8>>
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }
 
+/// The certificate `addr` serves for `name` once one is issued (within the ACME
+/// deadline).
+async fn issued_certificate(addr: SocketAddr, name: &str, root_pem: &str) -> Vec<u8> {
+    within(&format!("a certificate for {name}"), || async {
+        served(addr, name, root_pem).await.is_some()
+    })
+    .await;
+    served(addr, name, root_pem).await.expect("still served")
+}
+
 /// A QUIC client config trusting pebble's root, offering `h3`.
 fn h3_config(root_pem: &str) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject;
@@ -325,10 +335,7 @@ async fn http01_with_external_account_binding_replaces_a_corrupt_stored_certific
     };
     let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
     let (root_pem, root) = write_root(&pebble);
-    within("the certificate is issued", || async {
-        served(addrs[1], "b.pylon.test", &root_pem).await.is_some()
-    })
-    .await;
+    issued_certificate(addrs[1], "b.pylon.test", &root_pem).await;
     assert_eq!(curl_body(addrs[1], "b.pylon.test", &root).await, "served");
     let m = proxy.metrics().await;
     assert_eq!(issued(&m, "b.pylon.test"), 1, "{m}");
@@ -370,11 +377,7 @@ async fn renewal_takes_effect_without_a_reload_and_a_down_ca_keeps_the_last_good
     };
     let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
     let (root_pem, _) = write_root(&pebble);
-    within("the first certificate", || async {
-        served(addrs[1], "r.pylon.test", &root_pem).await.is_some()
-    })
-    .await;
-    let first = served(addrs[1], "r.pylon.test", &root_pem).await.unwrap();
+    let first = issued_certificate(addrs[1], "r.pylon.test", &root_pem).await;
     within("a renewed certificate is served", || async {
         served(addrs[1], "r.pylon.test", &root_pem)
             .await
@@ -665,15 +668,11 @@ async fn acme_certificates_get_their_ocsp_response_stapled() {
     };
     let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
     let (root_pem, _) = write_root(&pebble);
-    within("the certificate", || async {
-        served(addrs[1], "s.pylon.test", &root_pem).await.is_some()
-    })
-    .await;
+    let leaf = issued_certificate(addrs[1], "s.pylon.test", &root_pem).await;
     // Pebble names a responder but runs none: `openssl ocsp` answers for its
     // intermediate, with the issued serial good in its database. It signs with a key of
     // the test's own; Pylon checks what the response is for and when, and leaves the
     // signature to clients.
-    let leaf = served(addrs[1], "s.pylon.test", &root_pem).await.unwrap();
     let (_, x509) = x509_parser::parse_x509_certificate(&leaf).unwrap();
     let serial: String = x509
         .raw_serial()

@@ -12,7 +12,7 @@
 //! - `pylon config push` writes a document, only if the key is still at the revision
 //!   it read (compare-and-swap).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,8 +90,7 @@ impl ConfigSource {
             .map_err(|e| format!("{origin}: the configuration is not UTF-8 text ({e})"))?;
         let config =
             pylon_config::parse_in(text, &origin, &self.base).map_err(|e| e.to_string())?;
-        let mut errors = crate::tls::check(&config);
-        errors.extend(crate::http::filters::auth::check(&config));
+        let errors = crate::check_files(&config);
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -258,7 +257,7 @@ impl ConfigSource {
     fn write_cache(&self, v: &Versioned) {
         let mut text = format!("# pylon config cache: revision {}\n", v.mod_revision).into_bytes();
         text.extend_from_slice(&v.value);
-        if let Err(e) = write_atomically(&self.cache, &text) {
+        if let Err(e) = crate::disk::replace_file(&self.cache, &text, false) {
             tracing::warn!(cache = %self.cache.display(), error = %e, "cannot write the configuration cache; a restart without etcd will not start");
         }
     }
@@ -284,23 +283,6 @@ impl ConfigSource {
             Err(e) => Err(e.to_string()),
         }
     }
-}
-
-/// Replaces `path` with `bytes` in one rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("pylon-config-cache")
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -120,14 +120,11 @@ impl Stapler {
 
     /// Puts a checked response in force (and in the cache when `store`).
     fn install(&self, der: Vec<u8>, checked: &Checked, store: bool) {
-        if store && let Some(path) = &self.cache {
-            let written = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(path, &der));
-            if let Err(e) = written {
-                tracing::warn!(file = %path.display(), error = %e, "OCSP: cannot cache the response");
-            }
+        if store
+            && let Some(path) = &self.cache
+            && let Err(e) = crate::disk::replace_file(path, &der, false)
+        {
+            tracing::warn!(file = %path.display(), error = %e, "OCSP: cannot cache the response");
         }
         let mut key = (*self.base).clone();
         key.ocsp = Some(der);

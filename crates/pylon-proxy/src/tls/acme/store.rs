@@ -56,7 +56,7 @@ impl Store {
     }
 
     pub fn save_account(&self, json: &[u8]) -> std::io::Result<()> {
-        write_private(&self.account_path(), json)
+        crate::disk::replace_file(&self.account_path(), json, true)
     }
 
     /// The stored key and certificate chain (PEM), if any.
@@ -76,7 +76,7 @@ impl Store {
         pem.push_str(key_pem.trim_end());
         pem.push('\n');
         pem.push_str(chain_pem);
-        write_private(&self.certificate_path(), pem.as_bytes())
+        crate::disk::replace_file(&self.certificate_path(), pem.as_bytes(), true)
     }
 
     /// Takes the order lock for `ttl`; `Ok(None)` while another instance holds it.
@@ -192,26 +192,6 @@ fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Writes a file only its owner can read, replacing any old one atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("acme"),
-        std::process::id()
-    ));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
