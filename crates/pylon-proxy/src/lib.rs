@@ -124,6 +124,9 @@ pub struct Proxy {
     source: Mutex<Option<PathBuf>>,
     /// Where the config in force came from when not from a file (etcd) and its revision.
     config_origin: Mutex<Option<(String, i64)>>,
+    /// Marked when readiness turns off for the drain or the configuration in force
+    /// changes: the fleet entry follows at once.
+    state_changes: tokio::sync::watch::Sender<()>,
     /// The fleet's members as etcd lists them (`GET /fleet`), when this instance is one.
     members: Mutex<Vec<serde_json::Value>>,
     log_level: Mutex<Option<LogLevelHook>>,
@@ -186,6 +189,7 @@ impl Proxy {
             draining: AtomicBool::new(false),
             source: Mutex::new(None),
             config_origin: Mutex::new(None),
+            state_changes: tokio::sync::watch::Sender::new(()),
             members: Mutex::new(Vec::new()),
             log_level: Mutex::new(None),
             this: this.clone(),
@@ -238,6 +242,13 @@ impl Proxy {
     /// Records that the config in force is `revision` of `source` (etcd).
     pub fn set_config_origin(&self, source: &str, revision: i64) {
         *lock(&self.config_origin) = Some((source.to_owned(), revision));
+        self.state_changes.send_replace(());
+    }
+
+    /// Changes when readiness turns off for the drain or the configuration in force
+    /// changes (readiness from health checks is polled by the watcher).
+    pub fn watch_state(&self) -> tokio::sync::watch::Receiver<()> {
+        self.state_changes.subscribe()
     }
 
     /// Where the config in force came from when not from a file, and its revision.
@@ -426,6 +437,7 @@ impl Proxy {
     /// and a log line. True if all finished within `drain`.
     pub async fn shutdown(&self, drain: Duration) -> bool {
         self.draining.store(true, Ordering::Relaxed);
+        self.state_changes.send_replace(());
         {
             let mut sockets = self.sockets.lock().await;
             // Closing our handles too: the kernel refuses new connections from now

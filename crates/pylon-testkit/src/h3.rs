@@ -74,7 +74,20 @@ impl H3Client {
         sni: &str,
         zero_rtt: bool,
     ) -> std::io::Result<(H3Client, bool)> {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))?;
+        let from = "127.0.0.1:0".parse().expect("address");
+        Self::connect_quic_from(config, from, addr, sni, zero_rtt).await
+    }
+
+    /// As [`H3Client::connect_quic`], from the local address `from` (a loopback address
+    /// of the test's choosing: distinct clients for a balancer hashing on the source).
+    pub async fn connect_quic_from(
+        config: &quinn::ClientConfig,
+        from: SocketAddr,
+        addr: SocketAddr,
+        sni: &str,
+        zero_rtt: bool,
+    ) -> std::io::Result<(H3Client, bool)> {
+        let mut endpoint = quinn::Endpoint::client(from)?;
         endpoint.set_default_client_config(config.clone());
         let connecting = endpoint.connect(addr, sni).map_err(std::io::Error::other)?;
         let (connection, early) = if zero_rtt {
@@ -97,10 +110,11 @@ impl H3Client {
         Ok((client, early))
     }
 
-    /// Moves the client to a new UDP socket (another source port), as a client whose
+    /// Moves the client to a new UDP socket (another source port, the same address), as a client whose
     /// address changes does: QUIC's connection migration.
     pub fn rebind(&self) -> std::io::Result<SocketAddr> {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let ip = self.endpoint.local_addr()?.ip();
+        let socket = std::net::UdpSocket::bind((ip, 0))?;
         let addr = socket.local_addr()?;
         self.endpoint.rebind(socket)?;
         Ok(addr)
@@ -188,7 +202,9 @@ impl H3Client {
                 .await
                 .map_err(std::io::Error::other)?;
         }
-        stream.finish().await.map_err(std::io::Error::other)?;
+        // A server that answers without the rest of the request may decline it
+        // (STOP_SENDING); the answer is still to be read (RFC 9114 §4.1.1).
+        let _ = stream.finish().await;
         let resp = stream
             .recv_response()
             .await

@@ -84,6 +84,18 @@ impl PylonProcess {
         self.addrs.iter().find(|(n, _)| n == name).unwrap().1
     }
 
+    /// The admin API's address, from the log line that announces it.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let lines = self.stderr.lock().unwrap().clone();
+        lines
+            .iter()
+            .find_map(|l| {
+                let rest = l.split("admin API on http://").nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no admin address in {lines:#?}"))
+    }
+
     pub fn signal(&self, sig: i32) {
         // Sending a signal to our own child process.
         #[allow(unsafe_code)]

@@ -546,6 +546,7 @@ async fn serve(
         systemd::main_pid();
     }
     systemd::ready(proxy.bound().len());
+    let mut leaving = None;
     match origin {
         Origin::File(Some(p)) => {
             tokio::spawn(watch_file(Arc::clone(&proxy), p));
@@ -572,7 +573,9 @@ async fn serve(
                         .map_or_else(String::new, |b| b.addr.to_string())
                 }),
                 ttl: member.ttl,
+                lease: Arc::default(),
             };
+            leaving = Some((member.clone(), (*source).clone()));
             tokio::spawn(member.run((*source).clone(), Arc::clone(&proxy)));
             tokio::spawn(source.follow(Arc::clone(&proxy), revision));
         }
@@ -606,6 +609,9 @@ async fn serve(
         tracing::info!("drained; bye");
     } else {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    if let Some((member, source)) = leaving {
+        member.leave(&source).await;
     }
     Ok(())
 }

@@ -150,20 +150,7 @@ async fn a_listener_bound_by_host_name_serves_and_is_shown_as_written() {
     let front = p.addr("front");
     assert!(front.ip().is_loopback(), "{front}");
     assert_eq!(get(front, "/").await.text(), "o");
-    let admin: SocketAddr = p
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.split("admin API on http://")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let admin: SocketAddr = p.admin_addr();
     let config = get(admin, "/config").await.text();
     assert!(config.contains("bind = \"localhost:0\""), "{config}");
 }

@@ -65,22 +65,6 @@ fn start(url: &str, cache: &Path, name: &str) -> PylonProcess {
     )
 }
 
-/// The admin API's address, from the log.
-fn admin(p: &PylonProcess) -> SocketAddr {
-    let lines = p.stderr.lock().unwrap().clone();
-    lines
-        .iter()
-        .find_map(|l| {
-            l.split("admin API on http://")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no admin address in {lines:#?}"))
-}
-
 async fn body(addr: SocketAddr) -> Option<String> {
     let out = curl(&["-sf", "--max-time", "2", &format!("http://{addr}/")]).await;
     out.status
@@ -89,7 +73,7 @@ async fn body(addr: SocketAddr) -> Option<String> {
 }
 
 async fn fleet(p: &PylonProcess) -> serde_json::Value {
-    let out = curl(&["-sf", &format!("http://{}/fleet", admin(p))]).await;
+    let out = curl(&["-sf", &format!("http://{}/fleet", p.admin_addr())]).await;
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -264,6 +248,8 @@ async fn clusters_take_their_endpoints_from_an_etcd_prefix() {
         r#"
 [access_log]
 enabled = false
+[admin]
+bind = "127.0.0.1:0"
 [[listeners]]
 name = "front"
 bind = "127.0.0.1:0"
@@ -287,6 +273,45 @@ discovery = "etcd://{}/services/api"
     ])
     .unwrap();
     eventually_async("b in rotation", || async {
+        get(front, "/").await.text() == "b"
+    })
+    .await;
+    // An entry saying `"ready": false` (as a fleet member writes while draining) keeps
+    // its place but takes nothing new; `true` again puts it back.
+    etcd.ctl(&[
+        "put",
+        "/services/api/b",
+        &format!(
+            r#"{{"address": "{}", "weight": 3, "ready": false}}"#,
+            b.addr
+        ),
+    ])
+    .unwrap();
+    eventually_async("b drained", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(front, "/").await.text());
+        }
+        seen.len() == 1 && seen.contains("a")
+    })
+    .await;
+    let clusters = proxy.admin(http::Method::GET, "/clusters", "").await.text();
+    let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let drained: Vec<&serde_json::Value> = clusters["clusters"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["drained"] == true)
+        .collect();
+    assert_eq!(drained.len(), 1, "{clusters}");
+    assert_eq!(drained[0]["address"], b.addr.to_string());
+    etcd.ctl(&[
+        "put",
+        "/services/api/b",
+        &format!(r#"{{"address": "{}", "weight": 3, "ready": true}}"#, b.addr),
+    ])
+    .unwrap();
+    eventually_async("b ready again", || async {
         get(front, "/").await.text() == "b"
     })
     .await;

@@ -17,17 +17,6 @@ use pylon_testkit::*;
 const PYLON: &str = env!("CARGO_BIN_EXE_pylon");
 
 /// The admin API's address, from the process's log.
-fn admin_addr(p: &PylonProcess) -> SocketAddr {
-    let lines = p.stderr.lock().unwrap().clone();
-    lines
-        .iter()
-        .find_map(|l| {
-            let rest = l.split("admin API on http://").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no admin address in {lines:#?}"))
-}
-
 async fn admin(addr: SocketAddr, method: Method, path: &str, text: &str) -> Answer {
     let req = Request::builder()
         .method(method)
@@ -143,7 +132,7 @@ async fn sighup_and_the_file_watch_reload_and_a_broken_file_is_refused() {
     }
 
     // POST /reload with no body re-reads the file.
-    let a = admin_addr(&p);
+    let a = p.admin_addr();
     std::fs::write(&file, config(origin.addr, &dir, "v5", "")).unwrap();
     let r = admin(a, Method::POST, "/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -176,7 +165,7 @@ async fn sigterm_turns_readiness_off_sends_goaway_and_lets_requests_finish() {
     std::fs::write(&file, config(origin.addr, &dir, "v1", "")).unwrap();
     let mut p = PylonProcess::start(PYLON, &["run", "-c", file.to_str().unwrap()], None);
     let front = p.addr("front");
-    let a = admin_addr(&p);
+    let a = p.admin_addr();
     assert_eq!(admin(a, Method::GET, "/readyz", "").await.status, 200);
 
     // An HTTP/2 client with a request in flight.
@@ -330,7 +319,7 @@ async fn twenty_reloads_and_a_binary_upgrade_under_load_lose_nothing() {
     std::fs::write(&file, config(origin.addr, &dir, "v0", "")).unwrap();
     let mut old = PylonProcess::start(PYLON, &["run", "-c", file.to_str().unwrap()], None);
     let front = old.addr("front");
-    let a = admin_addr(&old);
+    let a = old.admin_addr();
     let load = Load::start(front);
     load.progress(200).await;
 

@@ -131,20 +131,7 @@ async fn five_thousand_slow_clients_leave_a_normal_client_served_and_memory_boun
     );
     let front = p.addr("front");
     let pid = p.child.id();
-    let admin: std::net::SocketAddr = p
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.split("admin API on http://")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let admin: std::net::SocketAddr = p.admin_addr();
     let active = || async move {
         let text = get(admin, "/metrics").await.text();
         text.lines()

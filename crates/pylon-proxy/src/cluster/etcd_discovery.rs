@@ -1,8 +1,12 @@
 //! etcd discovery (`discovery = "etcd://HOST:PORT/PREFIX"`): the cluster's endpoints are
 //! its fixed ones plus one per key under the prefix (value `IP:PORT`, or
-//! `{"address": "IP:PORT", "weight": N}`), read at start and followed by watch. A lost
-//! connection keeps the last known set and is retried with backoff; a value that is not
-//! an endpoint is logged and skipped. Endpoints that stay keep their pools and health.
+//! `{"address": "IP:PORT", "weight": N, "ready": BOOL}`, which is what fleet members
+//! write under `PREFIX/members/`), read at start and followed by watch. `"ready": false`
+//! drains the endpoint: it keeps its place (and, with `maglev` or `ring_hash`, every
+//! other endpoint keeps its keys) but takes no new requests or connections while the
+//! ones it has go on. A lost connection keeps the last known set and is retried with
+//! backoff; a value that is not an endpoint is logged and skipped. Endpoints that stay
+//! keep their pools and health.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,13 +27,26 @@ pub(super) fn spawn(cluster: &Arc<ClusterRuntime>, d: EtcdDiscovery) {
     tokio::spawn(run(Arc::downgrade(cluster), d));
 }
 
-/// An endpoint from a key's value.
-fn parse(value: &[u8]) -> Result<EndpointSpec, String> {
+/// One key's endpoint, and its readiness when the value says.
+struct Discovered {
+    spec: EndpointSpec,
+    ready: Option<bool>,
+    /// Written since its readiness was last put in force.
+    fresh: bool,
+}
+
+/// An endpoint from a key's value, and its readiness when the value says.
+fn parse(value: &[u8]) -> Result<(EndpointSpec, Option<bool>), String> {
     let text = std::str::from_utf8(value)
         .map_err(|_| "not UTF-8".to_owned())?
         .trim();
+    let mut ready = None;
     let (address, weight) = if text.starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        ready = match &v["ready"] {
+            serde_json::Value::Null => None,
+            r => Some(r.as_bool().ok_or("\"ready\" must be true or false")?),
+        };
         let address = v["address"].as_str().ok_or("no \"address\"")?.to_owned();
         let weight = match &v["weight"] {
             serde_json::Value::Null => 1,
@@ -46,15 +63,18 @@ fn parse(value: &[u8]) -> Result<EndpointSpec, String> {
     let address: SocketAddr = address
         .parse()
         .map_err(|_| format!("\"{address}\" is not IP:PORT"))?;
-    Ok(EndpointSpec {
-        address,
-        weight,
-        host: None,
-    })
+    Ok((
+        EndpointSpec {
+            address,
+            weight,
+            host: None,
+        },
+        ready,
+    ))
 }
 
 async fn run(cluster: Weak<ClusterRuntime>, d: EtcdDiscovery) {
-    let mut known: BTreeMap<String, EndpointSpec> = BTreeMap::new();
+    let mut known: BTreeMap<String, Discovered> = BTreeMap::new();
     let mut backoff = Duration::from_secs(1);
     loop {
         let mut watching = false;
@@ -74,28 +94,52 @@ async fn run(cluster: Weak<ClusterRuntime>, d: EtcdDiscovery) {
     }
 }
 
-/// Puts the fixed and discovered endpoints in force; `false` when the cluster is gone.
-fn apply(cluster: &Weak<ClusterRuntime>, known: &BTreeMap<String, EndpointSpec>) -> bool {
+/// Puts the fixed and discovered endpoints in force, and the readiness of those written
+/// since; `false` when the cluster is gone.
+fn apply(cluster: &Weak<ClusterRuntime>, known: &mut BTreeMap<String, Discovered>) -> bool {
     let Some(c) = cluster.upgrade() else {
         return false;
     };
     let mut specs = super::fixed_endpoints(c.config());
-    for s in known.values() {
-        if !specs.iter().any(|x| x.address == s.address) {
-            specs.push(s.clone());
+    for d in known.values() {
+        if !specs.iter().any(|x| x.address == d.spec.address) {
+            specs.push(d.spec.clone());
         }
     }
     if c.replace_endpoints(&specs) {
         tracing::info!(cluster = %c.name, endpoints = specs.len(), "endpoints from etcd updated");
     }
+    // Only entries written since: an operator's drain through the admin API stands
+    // until the entry itself changes.
+    let set = c.endpoints();
+    for d in known.values_mut().filter(|d| d.fresh) {
+        d.fresh = false;
+        let Some(ready) = d.ready else { continue };
+        let state = set
+            .position(d.spec.address)
+            .and_then(|i| set.state.state(i));
+        if let Some(state) = state
+            && state.is_drained() == ready
+        {
+            state.set_drained(!ready);
+            tracing::info!(cluster = %c.name, endpoint = %d.spec.address, ready, "endpoint readiness from etcd");
+        }
+    }
     c.dns_ready.send_replace(true);
     true
 }
 
-fn learn(name: &str, key: String, value: &[u8], known: &mut BTreeMap<String, EndpointSpec>) {
+fn learn(name: &str, key: String, value: &[u8], known: &mut BTreeMap<String, Discovered>) {
     match parse(value) {
-        Ok(s) => {
-            known.insert(key, s);
+        Ok((spec, ready)) => {
+            known.insert(
+                key,
+                Discovered {
+                    spec,
+                    ready,
+                    fresh: true,
+                },
+            );
         }
         Err(e) => {
             tracing::warn!(cluster = name, key, error = %e, "etcd discovery: not an endpoint; skipped");
@@ -108,7 +152,7 @@ fn learn(name: &str, key: String, value: &[u8], known: &mut BTreeMap<String, End
 async fn session(
     cluster: &Weak<ClusterRuntime>,
     d: &EtcdDiscovery,
-    known: &mut BTreeMap<String, EndpointSpec>,
+    known: &mut BTreeMap<String, Discovered>,
     watching: &mut bool,
 ) -> Option<EtcdError> {
     let name = cluster.upgrade()?.name.clone();
@@ -124,7 +168,7 @@ async fn session(
     for (key, v) in listed {
         learn(&name, key, &v.value, known);
     }
-    if !apply(cluster, known) {
+    if !apply(cluster, &mut *known) {
         return None;
     }
     let mut changes = match etcd.watch_prefix(&d.prefix, revision + 1).await {
@@ -145,7 +189,7 @@ async fn session(
                 }
             }
         }
-        if !apply(cluster, known) {
+        if !apply(cluster, &mut *known) {
             return None;
         }
     }
@@ -158,17 +202,24 @@ mod tests {
 
     #[test]
     fn values_are_addresses_or_json_with_a_weight() {
-        let s = parse(b" 10.0.0.1:80\n").unwrap();
+        let (s, ready) = parse(b" 10.0.0.1:80\n").unwrap();
+        assert_eq!(ready, None);
         assert_eq!(
             (s.address.to_string(), s.weight),
             ("10.0.0.1:80".to_owned(), 1)
         );
-        let s = parse(br#"{"address": "[::1]:8080", "weight": 5}"#).unwrap();
+        let (s, _) = parse(br#"{"address": "[::1]:8080", "weight": 5}"#).unwrap();
         assert_eq!(
             (s.address.to_string(), s.weight),
             ("[::1]:8080".to_owned(), 5)
         );
+        // A fleet member's entry: its readiness comes along.
+        let member =
+            br#"{"name": "i1", "address": "127.0.0.1:8443", "ready": false, "config_revision": 7}"#;
+        let (s, ready) = parse(member).unwrap();
+        assert_eq!((s.address.port(), ready), (8443, Some(false)));
         for bad in [
+            &br#"{"address": "10.0.0.1:80", "ready": "no"}"#[..],
             &b"api.internal:80"[..],
             b"{\"weight\": 2}",
             br#"{"address": "10.0.0.1:80", "weight": 0}"#,

@@ -151,6 +151,9 @@ pub struct ClusterRuntime {
     pub dns_failures: AtomicU64,
     /// Set once the first DNS round is done (at once without DNS endpoints).
     dns_ready: tokio::sync::watch::Sender<bool>,
+    /// Bumped whenever a new endpoint set goes in force (discovery), for sessions that
+    /// must end when their endpoint leaves (UDP).
+    set_changes: tokio::sync::watch::Sender<()>,
     /// Upstream latency, kept across reloads.
     pub stats: Arc<crate::observe::stats::ClusterStats>,
 }
@@ -308,6 +311,7 @@ impl ClusterRuntime {
             dns_updates: AtomicU64::new(0),
             dns_failures: AtomicU64::new(0),
             dns_ready: tokio::sync::watch::Sender::new(!uses_dns && c.discovery.is_none()),
+            set_changes: tokio::sync::watch::Sender::new(()),
             stats,
         });
         // Fixed addresses now; DNS names join when first resolved.
@@ -389,12 +393,18 @@ impl ClusterRuntime {
         }
         self.set
             .store(Arc::new(EndpointSet::new(self, pools, states)));
+        self.set_changes.send_replace(());
         if let Some(hc) = &self.config.health_check {
             for (pool, state) in fresh {
                 crate::health::spawn(self, pool, state, hc);
             }
         }
         !same
+    }
+
+    /// Changes whenever a new endpoint set goes in force.
+    pub(crate) fn watch_endpoints(&self) -> tokio::sync::watch::Receiver<()> {
+        self.set_changes.subscribe()
     }
 
     /// Whether `pool` is still one of the cluster's endpoints.

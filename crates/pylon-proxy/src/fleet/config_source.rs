@@ -274,7 +274,7 @@ impl ConfigSource {
                 .map_err(|e| e.to_string())?
                 .map_or(0, |v| v.mod_revision),
         };
-        match etcd.put_if(&self.key, text, expected).await {
+        match etcd.put_if(&self.key, text, expected, 0).await {
             Ok(Ok(revision)) => Ok(revision),
             Ok(Err(current)) => Err(format!(
                 "{} changed meanwhile (now at revision {current}, expected {expected}): nothing written; push again",

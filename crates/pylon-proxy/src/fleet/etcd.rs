@@ -31,8 +31,8 @@ use api::etcdserverpb::request_op::Request as Op;
 use api::etcdserverpb::watch_client::WatchClient;
 use api::etcdserverpb::watch_request::RequestUnion;
 use api::etcdserverpb::{
-    Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchRequest,
+    Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 
 /// Why etcd could not be used.
@@ -190,6 +190,14 @@ impl Etcd {
         Ok(resp.id)
     }
 
+    /// Ends `lease` now: the keys written under it go at once.
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        let mut client = LeaseClient::new(self.channel.clone());
+        self.bounded(client.lease_revoke(LeaseRevokeRequest { id: lease }))
+            .await?;
+        Ok(())
+    }
+
     /// Writes `value` under `lease` (0: none): the key goes when the lease does.
     pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let mut kv = KvClient::new(self.channel.clone());
@@ -230,14 +238,15 @@ impl Etcd {
         }))
     }
 
-    /// Writes `value` if the key was last changed at `expected` (0: if it does not
-    /// exist). `Ok(Ok(revision))` when written, `Ok(Err(current))` when the key has
-    /// changed meanwhile (its revision now; 0 when deleted).
+    /// Writes `value` under `lease` (0: none) if the key was last changed at `expected`
+    /// (0: if it does not exist). `Ok(Ok(revision))` when written, `Ok(Err(current))`
+    /// when the key has changed meanwhile (its revision now; 0 when deleted).
     pub async fn put_if(
         &self,
         key: &str,
         value: &[u8],
         expected: i64,
+        lease: i64,
     ) -> Result<Result<i64, i64>, EtcdError> {
         let mut kv = KvClient::new(self.channel.clone());
         let key = key.as_bytes().to_vec();
@@ -254,6 +263,7 @@ impl Etcd {
                     request: Some(Op::RequestPut(PutRequest {
                         key: key.clone(),
                         value: value.to_vec(),
+                        lease,
                         ..Default::default()
                     })),
                 }],

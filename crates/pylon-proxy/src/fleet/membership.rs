@@ -3,9 +3,12 @@
 //! lease expires) and keeps its entry current: address, version, the configuration
 //! revision it runs, readiness. It watches the other entries, which `GET /fleet` lists.
 //! A lost connection or lease is retried with backoff, and the entry written again.
+//! When the process stops, the entry says `"ready": false` as the drain begins (an edge
+//! tier sends no new flows, the ones there go on) and goes when the drain is over.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -25,6 +28,8 @@ pub struct Member {
     pub address: String,
     /// How long an entry outlives its instance.
     pub ttl: Duration,
+    /// The lease the entry is written under now (0: none yet).
+    pub lease: Arc<AtomicI64>,
 }
 
 impl Member {
@@ -43,6 +48,25 @@ impl Member {
         })
         .to_string()
         .into_bytes()
+    }
+
+    /// Takes the entry out of the fleet at once (its lease revoked), at the end of a
+    /// graceful stop; otherwise it would linger until its lease expired.
+    pub async fn leave(&self, source: &ConfigSource) {
+        let lease = self.lease.swap(0, Ordering::Relaxed);
+        if lease == 0 {
+            return;
+        }
+        let left = match source.connect().await {
+            Ok(etcd) => etcd.revoke(lease).await,
+            Err(e) => Err(e),
+        };
+        match left {
+            Ok(()) => tracing::info!(member = %self.name, "left the fleet"),
+            Err(e) => {
+                tracing::warn!(member = %self.name, error = %e, "could not leave the fleet; the entry goes when its lease expires")
+            }
+        }
     }
 
     /// Registers and follows the fleet for as long as the process runs.
@@ -81,11 +105,16 @@ impl Member {
             Ok(l) => l,
             Err(e) => return e,
         };
+        self.lease.store(lease, Ordering::Relaxed);
         let key = self.key(source);
+        let mut state = proxy.watch_state();
         let mut written = self.record(proxy, started);
-        if let Err(e) = etcd.put(&key, &written, lease).await {
-            return e;
-        }
+        // Registering takes the name, from a predecessor too (a binary upgrade that
+        // keeps `--instance-name`); later writes only while the entry is still ours.
+        let mut at = match etcd.put(&key, &written, lease).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
         let refresh = Duration::from_secs((ttl / 3).max(1) as u64);
         let mut alive = match etcd.keep_alive(lease, refresh).await {
             Ok(s) => Box::pin(s),
@@ -109,9 +138,9 @@ impl Member {
         tracing::info!(member = %self.name, address = %self.address, "registered in the fleet");
         let mut tick = tokio::time::interval(refresh);
         loop {
-            tokio::select! {
+            let wrote = tokio::select! {
                 a = alive.next() => match a {
-                    Some(Ok(())) => {}
+                    Some(Ok(())) => None,
                     Some(Err(e)) => return e,
                     None => return EtcdError::Unreachable("the lease keep-alive ended".to_owned()),
                 },
@@ -130,20 +159,31 @@ impl Member {
                             }
                         }
                         proxy.set_members(members.values().cloned().collect());
+                        None
                     }
                     Some(Err(e)) => return e,
                     None => return EtcdError::Unreachable("the members watch ended".to_owned()),
                 },
-                _ = tick.tick() => {
-                    // The revision in force or readiness changed: the entry says so.
-                    let now = self.record(proxy, started);
-                    if now != written {
-                        if let Err(e) = etcd.put(&key, &now, lease).await {
-                            return e;
-                        }
-                        written = now;
+                // The revision in force or readiness changed: the entry says so (at
+                // once for a drain or a new revision; health-check readiness is polled).
+                _ = tick.tick() => Some(self.record(proxy, started)),
+                Ok(()) = state.changed() => Some(self.record(proxy, started)),
+            };
+            if let Some(wrote) = wrote
+                && wrote != written
+            {
+                match etcd.put_if(&key, &wrote, at, lease).await {
+                    Ok(Ok(r)) => at = r,
+                    Ok(Err(_)) => {
+                        // Another process took the name: its entry stands, this one's
+                        // lease has nothing left to take away.
+                        self.lease.store(0, Ordering::Relaxed);
+                        tracing::info!(member = %self.name, "another process registered under this name; this one leaves the entry to it");
+                        return std::future::pending().await;
                     }
+                    Err(e) => return e,
                 }
+                written = wrote;
             }
         }
     }

@@ -184,7 +184,7 @@ async fn current_or_create(etcd: &Etcd, key: &str) -> Result<Versioned, EtcdErro
             return Ok(v);
         }
         let first = document(vec![new_key(), new_key(), new_key()]);
-        if let Ok(revision) = etcd.put_if(key, &first, 0).await? {
+        if let Ok(revision) = etcd.put_if(key, &first, 0, 0).await? {
             return Ok(Versioned {
                 value: first,
                 mod_revision: revision,
@@ -261,7 +261,7 @@ async fn session(
                     None => vec![new_key(), new_key(), new_key()],
                 };
                 let next = document(rotated);
-                match etcd.put_if(key, &next, stored.mod_revision).await {
+                match etcd.put_if(key, &next, stored.mod_revision, 0).await {
                     Ok(Ok(revision)) => {
                         tracing::info!(revision, "fleet ticket keys rotated");
                         stored = Versioned { value: next, mod_revision: revision };

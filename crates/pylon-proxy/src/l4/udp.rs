@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::cluster::EndpointLease;
+use crate::cluster::{ClusterRuntime, EndpointLease, EndpointPool};
 use crate::lock;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
@@ -162,6 +162,8 @@ impl UdpProxyLoop {
                 last_sent,
                 sessions: Arc::clone(sessions),
                 idle: l4.idle_timeout,
+                endpoints: cluster.watch_endpoints(),
+                cluster: Arc::downgrade(&cluster),
                 lease,
                 shared: Arc::clone(&self.shared),
                 end: crate::life::Ending::new(Some(&lr.life), &self.shared.stop),
@@ -177,6 +179,25 @@ impl UdpProxyLoop {
     }
 }
 
+/// Resolves when `pool` is no longer one of the cluster's endpoints; never while the
+/// cluster is gone (a reload: the listener's life decides then).
+async fn endpoint_left(
+    cluster: &std::sync::Weak<ClusterRuntime>,
+    changes: &mut watch::Receiver<()>,
+    pool: &Arc<EndpointPool>,
+) {
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        match cluster.upgrade() {
+            Some(c) if !c.has_endpoint(pool) => return,
+            Some(_) => {}
+            None => return std::future::pending().await,
+        }
+    }
+}
+
 /// One session's reply side.
 struct SessionTask {
     upstream: Arc<UdpSocket>,
@@ -185,6 +206,11 @@ struct SessionTask {
     last_sent: Arc<AtomicU64>,
     sessions: Sessions,
     idle: Duration,
+    /// The cluster and its endpoint set changes: a session whose endpoint leaves the
+    /// cluster (an instance gone from etcd, a name no longer resolving to it) ends, so
+    /// that the client's next datagram goes to an endpoint that is there.
+    cluster: std::sync::Weak<ClusterRuntime>,
+    endpoints: watch::Receiver<()>,
     lease: EndpointLease,
     shared: Arc<Shared>,
     /// The listener's life: a reload that removes or changes the listener ends the
@@ -210,6 +236,8 @@ impl SessionTask {
             last_sent,
             sessions,
             idle,
+            cluster,
+            mut endpoints,
             lease,
             shared,
             mut end,
@@ -233,6 +261,11 @@ impl SessionTask {
                 cause = end.ended() => {
                     tracing::info!(%client, endpoint = %lease.endpoint().address, reason = cause.as_str(), "udp session closed by the proxy");
                     why = cause.as_str();
+                    break;
+                }
+                () = endpoint_left(&cluster, &mut endpoints, lease.endpoint()) => {
+                    tracing::info!(%client, endpoint = %lease.endpoint().address, "udp session closed: its endpoint left the cluster");
+                    why = "endpoint_removed";
                     break;
                 }
             };
