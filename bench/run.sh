@@ -11,7 +11,9 @@
 # against NGINX proxy_cache and Varnish); with --gateway first, bench/gateway.py (what JWT
 # checks and local and Redis rate limits cost per request, NGINX limit_req beside them);
 # with --turn first, bench/turn.py (TURN relaying against coturn: packets/s, Mbit/s and
-# CPU per relayed packet at 200 and 1,200 bytes, allocations per second).
+# CPU per relayed packet at 200 and 1,200 bytes, allocations per second); with --fleet
+# first, bench/fleet.py (what N instances ask of etcd idle and per configuration push,
+# and Redis's cost per global rate-limit round trip).
 # Never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,7 @@ command -v caddy >/dev/null 2>&1 || need+=(caddy)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -65,6 +68,10 @@ fi
 if [ "${1:-}" = "--cache" ]; then
   shift
   exec python3 bench/cache.py --pylon target/release/pylon "$@"
+fi
+if [ "${1:-}" = "--fleet" ]; then
+  shift
+  exec python3 bench/fleet.py --pylon target/release/pylon "$@"
 fi
 if [ "${1:-}" = "--gateway" ]; then
   shift

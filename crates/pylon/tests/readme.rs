@@ -224,6 +224,9 @@ fn every_readme_and_example_command_works_as_written() {
         "gateway.toml",
         "turn.toml",
         "acme.toml",
+        "fleet/fleet.toml",
+        "fleet/edge.toml",
+        "fleet/backend.toml",
     ] {
         let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
         let found = commands(&text);
