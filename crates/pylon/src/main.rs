@@ -76,6 +76,8 @@ enum Command {
         /// rotate (a ticket resumes for two rotations).
         #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = humantime::parse_duration)]
         ticket_key_rotation: std::time::Duration,
+        #[command(flatten)]
+        etcd: EtcdFlags,
         /// Take over the listening sockets of the Pylon running on the config's
         /// `[server] upgrade_socket`, then let it drain and exit (zero-downtime upgrade).
         #[arg(long)]
@@ -121,7 +123,62 @@ enum ConfigCommand {
         /// Write only if the configuration in etcd is at this revision (0: none yet).
         #[arg(long, value_name = "REVISION")]
         expect_revision: Option<i64>,
+        #[command(flatten)]
+        etcd: EtcdFlags,
     },
+}
+
+/// How etcd is reached beyond plain text: by `--config-source`, `config push` and the
+/// clusters' `discovery`.
+#[derive(clap::Args)]
+struct EtcdFlags {
+    /// Reach etcd over TLS, trusting this CA certificate (PEM) for etcd's.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// The client certificate (PEM) to show etcd (its --client-cert-auth); with
+    /// --etcd-key and --etcd-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Sign in to etcd as this user (etcd's authentication); the password is read from
+    /// the PYLON_ETCD_PASSWORD environment variable.
+    #[arg(long, value_name = "USER")]
+    etcd_user: Option<String>,
+}
+
+impl EtcdFlags {
+    /// Reads the files and the password; the error names what is missing.
+    fn apply(&self) -> Result<(), String> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+        };
+        let ca = self
+            .etcd_ca
+            .as_deref()
+            .map(|p| read(p, "--etcd-ca"))
+            .transpose()?;
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(c), Some(k)) => Some((read(c, "--etcd-cert")?, read(k, "--etcd-key")?)),
+            _ => None,
+        };
+        let user = match &self.etcd_user {
+            Some(name) => {
+                let password = std::env::var("PYLON_ETCD_PASSWORD").map_err(|_| {
+                    format!("--etcd-user {name}: set its password in PYLON_ETCD_PASSWORD")
+                })?;
+                Some((name.clone(), password))
+            }
+            None => None,
+        };
+        pylon_proxy::fleet::etcd::set_access(pylon_proxy::fleet::etcd::EtcdAccess {
+            ca,
+            identity,
+            user,
+        });
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -177,8 +234,13 @@ fn main() -> ExitCode {
             advertise,
             member_ttl,
             ticket_key_rotation,
+            etcd,
             upgrade,
         } => {
+            if let Err(e) = etcd.apply() {
+                eprintln!("pylon: {e}");
+                return ExitCode::FAILURE;
+            }
             let source = match config_source
                 .map(|url| {
                     pylon_proxy::fleet::config_source::ConfigSource::parse(&url, config_cache)
@@ -204,7 +266,14 @@ fn main() -> ExitCode {
             file,
             url,
             expect_revision,
-        }) => push(&file, &url, expect_revision),
+            etcd,
+        }) => match etcd.apply() {
+            Ok(()) => push(&file, &url, expect_revision),
+            Err(e) => {
+                eprintln!("pylon: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Passwd => passwd(),
         Command::Apikey { name } => apikey(&name),
     }

@@ -466,3 +466,93 @@ async fn tls_sessions_resume_on_any_instance_through_key_rotations() {
         .unwrap();
     assert!(version >= 3, "rotated at least twice: {stored}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_reach_etcd_over_tls_with_a_client_certificate_and_a_user() {
+    let ca = TestCa::new("etcd ca");
+    let mut etcd = EtcdServer::start_secure(&ca);
+    etcd.enable_auth("root-secret", "pylon", "pylon-secret", "/secure/");
+    let url = etcd.url("secure");
+    let dir = temp_dir();
+    let doc = write_doc(&dir, "secure.toml", "over tls");
+    let t = etcd.tls.clone().unwrap();
+    let tls_flags = [
+        "--etcd-ca",
+        t.ca.to_str().unwrap(),
+        "--etcd-cert",
+        t.client_cert.to_str().unwrap(),
+        "--etcd-key",
+        t.client_key.to_str().unwrap(),
+        "--etcd-user",
+        "pylon",
+    ];
+    let push_with = |password: &str, flags: &[&str]| {
+        Command::new(BIN)
+            .args(["config", "push", &doc, &url])
+            .args(flags)
+            .env("PYLON_ETCD_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+
+    // Plain text to a TLS-only etcd, or a wrong password: nothing is written, and the
+    // error says why.
+    let out = push_with("pylon-secret", &[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--etcd-ca"),
+        "{out:?}"
+    );
+    let out = push_with("wrong", &tls_flags);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication failed"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["config", "push", &doc, &url])
+        .args(tls_flags)
+        .env_remove("PYLON_ETCD_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PYLON_ETCD_PASSWORD"),
+        "{out:?}"
+    );
+    assert_eq!(
+        etcd.ctl(&["get", "/secure/config", "--print-value-only"])
+            .unwrap()
+            .trim(),
+        ""
+    );
+
+    // With TLS, the certificate and the user: pushed, served, and the instance is a
+    // member (its entry written under a lease with the user's rights).
+    let out = push_with("pylon-secret", &tls_flags);
+    assert!(out.status.success(), "{out:?}");
+    let cache = dir.join("secure.cache");
+    let mut args = vec![
+        "run",
+        "--config-source",
+        &url,
+        "--config-cache",
+        cache.to_str().unwrap(),
+        "--instance-name",
+        "s1",
+    ];
+    args.extend(tls_flags);
+    let p = PylonProcess::start_env(BIN, &args, None, &[("PYLON_ETCD_PASSWORD", "pylon-secret")]);
+    assert_eq!(body(p.addr("front")).await.as_deref(), Some("over tls"));
+    eventually_async("registered over TLS", || async {
+        members(&p).await.len() == 1
+    })
+    .await;
+    assert!(
+        !p.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("starting on the cached configuration")),
+        "read from etcd, not the cache"
+    );
+}

@@ -1,14 +1,18 @@
 //! A small etcd v3 client on tonic: read a key or a prefix, write a key only if its
 //! revision is the one expected (a transaction) or under a lease, keep a lease alive,
-//! and watch a key or a prefix. The API is generated at build time from
+//! and watch a key or a prefix; over TLS (with a client certificate) and as an etcd user
+//! when the command line says so ([`set_access`]). The API is generated at build time from
 //! etcd's own protocol files (`proto/etcd/`, see `build.rs`). Not the `etcd-client`
 //! crate: its build script needs `protoc` on the machine, and a fresh clone of Pylon
 //! must build with Rust alone.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// etcd's generated API.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
@@ -24,6 +28,7 @@ pub mod api {
     }
 }
 
+use api::etcdserverpb::auth_client::AuthClient;
 use api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use api::etcdserverpb::kv_client::KvClient;
 use api::etcdserverpb::lease_client::LeaseClient;
@@ -31,8 +36,8 @@ use api::etcdserverpb::request_op::Request as Op;
 use api::etcdserverpb::watch_client::WatchClient;
 use api::etcdserverpb::watch_request::RequestUnion;
 use api::etcdserverpb::{
-    Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    AuthenticateRequest, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 
 /// Why etcd could not be used.
@@ -40,7 +45,7 @@ use api::etcdserverpb::{
 pub enum EtcdError {
     #[error("no etcd endpoint answered ({0})")]
     Unreachable(String),
-    #[error("etcd: {0}")]
+    #[error("etcd: {}", status_text(.0))]
     Status(#[from] tonic::Status),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
@@ -51,6 +56,40 @@ pub enum EtcdError {
 pub struct Etcd {
     channel: Channel,
     timeout: Duration,
+    /// The user's token, sent with every request, when a user is set.
+    token: Option<AsciiMetadataValue>,
+}
+
+/// How every etcd connection of the process is made beyond plain text: TLS, trusting
+/// `ca` (PEM) and showing a client certificate when given, and as an etcd user.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+}
+
+static ACCESS: OnceLock<EtcdAccess> = OnceLock::new();
+
+/// Sets how etcd is reached, once at start (configuration source, membership, ticket
+/// keys and `discovery` clusters alike); plain text without a user when never called.
+pub fn set_access(access: EtcdAccess) {
+    let _ = ACCESS.set(access);
+}
+
+/// Adds the user's token to a request.
+#[derive(Clone)]
+pub struct WithToken(Option<AsciiMetadataValue>);
+
+impl Interceptor for WithToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// A key's value and the revision that last changed it.
@@ -74,6 +113,33 @@ pub struct KeyChange {
     pub change: Change,
 }
 
+/// etcd's message; for a broken connection, its causes and what to check.
+fn status_text(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    if status.code() != tonic::Code::Unknown || status.source().is_none() {
+        return status.message().to_owned();
+    }
+    let causes = status.source().map(describe).unwrap_or_default();
+    let hint = if ACCESS.get().is_none_or(|a| a.ca.is_none()) {
+        " (does etcd serve TLS only? then give --etcd-ca)"
+    } else {
+        ""
+    };
+    format!("{}: {causes}{hint}", status.message())
+}
+
+/// A connection error with its causes (tonic's own says only "transport error").
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The end of the key range of every key starting with `prefix` (etcd's convention:
 /// the prefix with its last byte incremented).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -88,11 +154,24 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Etcd {
-    /// Connects to the first of `endpoints` (`host:port`) that answers.
+    /// Connects to the first of `endpoints` (`host:port`) that answers, over TLS and
+    /// signed in as the user when [`set_access`] said so.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd, EtcdError> {
+        let access = ACCESS.get().cloned().unwrap_or_default();
+        let tls = (access.ca.is_some() || access.identity.is_some()).then(|| {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &access.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &access.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            tls
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut errors = Vec::new();
         for e in endpoints {
-            let endpoint = match Endpoint::from_shared(format!("http://{e}")) {
+            let endpoint = match Endpoint::from_shared(format!("{scheme}://{e}")) {
                 // HTTP/2 pings find a node that vanished without closing (powered off,
                 // partitioned): watches would otherwise wait on it forever.
                 Ok(ep) => ep
@@ -106,13 +185,62 @@ impl Etcd {
                     continue;
                 }
             };
-            match tokio::time::timeout(timeout, endpoint.connect()).await {
-                Ok(Ok(channel)) => return Ok(Etcd { channel, timeout }),
-                Ok(Err(err)) => errors.push(format!("{e}: {err}")),
-                Err(_) => errors.push(format!("{e}: timed out")),
+            let endpoint = match &tls {
+                Some(t) => match endpoint.tls_config(t.clone()) {
+                    Ok(ep) => ep,
+                    Err(err) => {
+                        errors.push(format!("{e}: TLS: {err}"));
+                        continue;
+                    }
+                },
+                None => endpoint,
+            };
+            let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(err)) => {
+                    errors.push(format!("{e}: {}", describe(&err)));
+                    continue;
+                }
+                Err(_) => {
+                    errors.push(format!("{e}: timed out"));
+                    continue;
+                }
+            };
+            let mut etcd = Etcd {
+                channel,
+                timeout,
+                token: None,
+            };
+            if let Some((name, password)) = &access.user {
+                etcd.token = Some(etcd.authenticate(name, password).await?);
             }
+            return Ok(etcd);
         }
         Err(EtcdError::Unreachable(errors.join("; ")))
+    }
+
+    /// Signs in as `name`: the token every later request carries.
+    async fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<AsciiMetadataValue, EtcdError> {
+        let mut auth = AuthClient::new(self.channel.clone());
+        let resp = self
+            .bounded(auth.authenticate(AuthenticateRequest {
+                name: name.to_owned(),
+                password: password.to_owned(),
+            }))
+            .await?;
+        MetadataValue::try_from(resp.token.as_str()).map_err(|_| {
+            EtcdError::Status(tonic::Status::unauthenticated(
+                "etcd answered a token that is not ASCII",
+            ))
+        })
+    }
+
+    fn auth(&self) -> WithToken {
+        WithToken(self.token.clone())
     }
 
     async fn bounded<T>(
@@ -133,7 +261,7 @@ impl Etcd {
     /// The key's value, if it exists, and the store's revision then: a watch of the
     /// key starts after it (a key's own revision may be compacted away long since).
     pub async fn get_at(&self, key: &str) -> Result<(Option<Versioned>, i64), EtcdError> {
-        let mut kv = KvClient::new(self.channel.clone());
+        let mut kv = KvClient::with_interceptor(self.channel.clone(), self.auth());
         let resp = self
             .bounded(kv.range(RangeRequest {
                 key: key.as_bytes().to_vec(),
@@ -153,7 +281,7 @@ impl Etcd {
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, Versioned)>, i64), EtcdError> {
-        let mut kv = KvClient::new(self.channel.clone());
+        let mut kv = KvClient::with_interceptor(self.channel.clone(), self.auth());
         let resp = self
             .bounded(kv.range(RangeRequest {
                 key: prefix.as_bytes().to_vec(),
@@ -180,7 +308,7 @@ impl Etcd {
 
     /// A lease of `ttl` seconds: its id.
     pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
-        let mut lease = LeaseClient::new(self.channel.clone());
+        let mut lease = LeaseClient::with_interceptor(self.channel.clone(), self.auth());
         let resp = self
             .bounded(lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }))
             .await?;
@@ -192,7 +320,7 @@ impl Etcd {
 
     /// Ends `lease` now: the keys written under it go at once.
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        let mut client = LeaseClient::new(self.channel.clone());
+        let mut client = LeaseClient::with_interceptor(self.channel.clone(), self.auth());
         self.bounded(client.lease_revoke(LeaseRevokeRequest { id: lease }))
             .await?;
         Ok(())
@@ -200,7 +328,7 @@ impl Etcd {
 
     /// Writes `value` under `lease` (0: none): the key goes when the lease does.
     pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
-        let mut kv = KvClient::new(self.channel.clone());
+        let mut kv = KvClient::with_interceptor(self.channel.clone(), self.auth());
         let resp = self
             .bounded(kv.put(PutRequest {
                 key: key.as_bytes().to_vec(),
@@ -219,7 +347,7 @@ impl Etcd {
         lease: i64,
         every: Duration,
     ) -> Result<impl futures_util::Stream<Item = Result<(), EtcdError>> + use<>, EtcdError> {
-        let mut client = LeaseClient::new(self.channel.clone());
+        let mut client = LeaseClient::with_interceptor(self.channel.clone(), self.auth());
         let ticks = tokio::time::interval(every);
         let requests = futures_util::stream::unfold(ticks, move |mut ticks| async move {
             ticks.tick().await;
@@ -248,7 +376,7 @@ impl Etcd {
         expected: i64,
         lease: i64,
     ) -> Result<Result<i64, i64>, EtcdError> {
-        let mut kv = KvClient::new(self.channel.clone());
+        let mut kv = KvClient::with_interceptor(self.channel.clone(), self.auth());
         let key = key.as_bytes().to_vec();
         let resp = self
             .bounded(kv.txn(TxnRequest {
@@ -332,7 +460,7 @@ impl Etcd {
         impl futures_util::Stream<Item = Result<Vec<KeyChange>, EtcdError>> + use<>,
         EtcdError,
     > {
-        let mut client = WatchClient::new(self.channel.clone());
+        let mut client = WatchClient::with_interceptor(self.channel.clone(), self.auth());
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                 key: key.to_vec(),
