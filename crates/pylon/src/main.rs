@@ -111,11 +111,13 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file as `pylon check` does and write it to etcd, where
-    /// instances run with `--config-source` pick it up. Written only if the key has not
-    /// changed since it was read (or is at --expect-revision).
+    /// instances run with `--config-source` pick it up; or a directory of *.toml files,
+    /// written as sections (PREFIX/config/NAME) joined in name order. It replaces what
+    /// etcd held, only if that has not changed since it was read (or is at
+    /// --expect-revision).
     Push {
-        /// Configuration file (TOML).
-        #[arg(value_name = "FILE")]
+        /// Configuration file (TOML), or a directory of sections (*.toml).
+        #[arg(value_name = "FILE|DIR")]
         file: PathBuf,
         /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX
         #[arg(value_name = "URL")]
@@ -414,20 +416,19 @@ fn push(path: &Path, url: &str, expect_revision: Option<i64>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    if let Err(errors) = checked(path) {
-        for e in &errors.0 {
-            eprintln!("{e}");
+    let sections = match pushed_sections(path) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} error(s); nothing pushed",
+                path.display(),
+                errors.0.len()
+            );
+            return ExitCode::FAILURE;
         }
-        eprintln!(
-            "{}: {} error(s); nothing pushed",
-            path.display(),
-            errors.0.len()
-        );
-        return ExitCode::FAILURE;
-    }
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) => return fail(&format!("{}: {e}", path.display())),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -436,18 +437,76 @@ fn push(path: &Path, url: &str, expect_revision: Option<i64>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(source.push(&text, expect_revision)) {
+    match rt.block_on(source.push(&sections, expect_revision)) {
         Ok(revision) => {
+            let wrote = if sections.len() == 1 && sections[0].0.is_empty() {
+                source.key.clone()
+            } else {
+                format!("{} section(s) under {}/", sections.len(), source.key)
+            };
             println!(
-                "{}: pushed to {} ({}), revision {revision}",
-                path.display(),
-                url,
-                source.key
+                "{}: pushed to {url} ({wrote}), revision {revision}",
+                path.display()
             );
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
     }
+}
+
+/// What `config push` writes, validated as `pylon check` does: a file as the document
+/// (`("", text)`), or a directory's `*.toml` files as sections named by their file
+/// names, joined in name order.
+fn pushed_sections(path: &Path) -> Result<Vec<(String, Vec<u8>)>, pylon_config::ConfigErrors> {
+    use pylon_proxy::fleet::sections::{Section, join};
+    let unreadable = |p: &Path, e: std::io::Error| {
+        pylon_config::ConfigErrors(vec![pylon_config::ConfigError::general(format!(
+            "{}: {e}",
+            p.display()
+        ))])
+    };
+    if !path.is_dir() {
+        checked(path)?;
+        let text = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+        return Ok(vec![(String::new(), text)]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| unreadable(path, e))?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(pylon_config::ConfigErrors(vec![
+            pylon_config::ConfigError::general(format!(
+                "{}: no *.toml files to push",
+                path.display()
+            )),
+        ]));
+    }
+    let mut sections = Vec::new();
+    let mut parts = Vec::new();
+    for f in &files {
+        let text = std::fs::read(f).map_err(|e| unreadable(f, e))?;
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        parts.push(Section {
+            name: f.display().to_string(),
+            text: text.clone(),
+        });
+        sections.push((name, text));
+    }
+    let joined = join(&parts);
+    let origin = path.display().to_string();
+    let text = String::from_utf8(joined).map_err(|_| {
+        pylon_config::ConfigErrors(vec![pylon_config::ConfigError::general(format!(
+            "{origin}: the sections are not UTF-8 text"
+        ))])
+    })?;
+    pylon_proxy::fleet::config_source::validate_text(&text, &origin, path)?;
+    Ok(sections)
 }
 
 fn check(path: &Path) -> ExitCode {

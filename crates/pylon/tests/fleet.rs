@@ -556,3 +556,110 @@ async fn instances_reach_etcd_over_tls_with_a_client_certificate_and_a_user() {
         "read from etcd, not the cache"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_kept_as_sections_is_joined_checked_and_followed() {
+    let etcd = EtcdServer::start();
+    let url = etcd.url("sec");
+    let dir = temp_dir();
+    let sections = dir.join("sections");
+    std::fs::create_dir(&sections).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(sections.join(name), text).unwrap();
+    write(
+        "10-base.toml",
+        "[access_log]\nenabled = false\n[admin]\nbind = \"127.0.0.1:0\"\n",
+    );
+    write(
+        "20-front.toml",
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    write(
+        "30-routes.toml",
+        "[[routes]]\nrespond = { body = \"s1\" }\n",
+    );
+    std::fs::write(sections.join("notes.txt"), "not a section").unwrap();
+
+    // A directory is checked as one document; an error names its file and line.
+    write("30-routes.toml", "[[routes]]\ncluster = 7\n");
+    let out = push(&[sections.to_str().unwrap(), &url]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("30-routes.toml:2:"), "{said}");
+    assert!(said.contains("nothing pushed"), "{said}");
+    write(
+        "30-routes.toml",
+        "[[routes]]\nrespond = { body = \"s1\" }\n",
+    );
+    let out = push(&[sections.to_str().unwrap(), &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 section(s)"),
+        "{out:?}"
+    );
+    assert_eq!(
+        etcd.ctl(&["get", "--prefix", "/sec/config/", "--keys-only"])
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "/sec/config/10-base",
+            "/sec/config/20-front",
+            "/sec/config/30-routes"
+        ]
+    );
+
+    let p = start(&url, &dir.join("sec.cache"), "s1");
+    assert_eq!(body(p.addr("front")).await.as_deref(), Some("s1"));
+
+    // One section changed by itself: applied.
+    etcd.ctl(&[
+        "put",
+        "/sec/config/30-routes",
+        "[[routes]]\nrespond = { body = \"s2\" }\n",
+    ])
+    .unwrap();
+    eventually_async("s2", || async {
+        body(p.addr("front")).await.as_deref() == Some("s2")
+    })
+    .await;
+    let good = revision(&p).await;
+
+    // A bad section is refused with its key, revision and line; s2 keeps serving.
+    etcd.ctl(&["put", "/sec/config/30-routes", "[[routes]]\ncluster = 7\n"])
+        .unwrap();
+    eventually("the bad section refused", || {
+        p.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("/sec/config/30-routes@") && l.contains(":2:"))
+    })
+    .await;
+    // A section that starts with a bare key is refused too.
+    etcd.ctl(&["put", "/sec/config/40-more", "worker_threads = 2\n"])
+        .unwrap();
+    eventually("the bare key refused", || {
+        p.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("must start with a table header"))
+    })
+    .await;
+    assert_eq!(body(p.addr("front")).await.as_deref(), Some("s2"));
+    assert_eq!(revision(&p).await, good);
+
+    // A file pushed replaces the sections in one transaction.
+    let out = push(&[&write_doc(&dir, "whole.toml", "whole"), &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        etcd.ctl(&["get", "--prefix", "/sec/config/", "--keys-only"])
+            .unwrap()
+            .trim(),
+        ""
+    );
+    eventually_async("the whole document", || async {
+        body(p.addr("front")).await.as_deref() == Some("whole")
+    })
+    .await;
+}

@@ -1,6 +1,6 @@
 //! The configuration from etcd (`pylon run --config-source etcd://HOST:PORT/PREFIX`):
-//! one TOML document at `PREFIX/config`, validated exactly as `pylon check` validates a
-//! file.
+//! one TOML document at `PREFIX/config`, or sections at `PREFIX/config/NAME` joined in
+//! name order (`sections.rs`), validated exactly as `pylon check` validates a file.
 //!
 //! - At start it is read from etcd and written to a local cache; while etcd cannot be
 //!   reached, the cache is used, so that a restart without etcd still starts.
@@ -9,9 +9,11 @@
 //!   its revision; the one in force keeps serving.
 //! - A lost connection is retried with backoff (1 s, doubling to 30 s); on reconnect,
 //!   what changed meanwhile is applied first.
-//! - `pylon config push` writes a document, only if the key is still at the revision
-//!   it read (compare-and-swap).
+//! - `pylon config push` writes a document or a directory of sections in one
+//!   transaction that replaces what the prefix held, only if none of its keys changed
+//!   since they were read (compare-and-swap).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use futures_util::StreamExt;
 use pylon_config::Config;
 
 use super::etcd::{Change, Etcd, EtcdError, Versioned};
+use super::sections::{self, Section};
 use crate::Proxy;
 
 /// How long one etcd request may take.
@@ -34,7 +37,7 @@ pub struct ConfigSource {
     endpoints: Vec<String>,
     /// `/PREFIX`: the fleet's keys are under it.
     pub prefix: String,
-    /// The key holding the document.
+    /// The key holding the document (sections are under `key/`).
     pub key: String,
     cache: PathBuf,
     /// Relative paths in the document are resolved against this (the working directory).
@@ -83,18 +86,57 @@ impl ConfigSource {
         )
     }
 
-    /// Validates a revision as `pylon check` would (its files included).
+    /// Validates a revision as `pylon check` would (its files included); errors in a
+    /// document made of sections name their section.
     pub fn validate(&self, text: &[u8], revision: i64) -> Result<Config, String> {
         let origin = self.origin(revision);
         let text = std::str::from_utf8(text)
             .map_err(|e| format!("{origin}: the configuration is not UTF-8 text ({e})"))?;
-        let config =
-            pylon_config::parse_in(text, &origin, &self.base).map_err(|e| e.to_string())?;
-        let errors = crate::check_files(&config);
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(pylon_config::ConfigErrors(errors).to_string())
+        validate_text(text, &origin, &self.base).map_err(|e| e.to_string())
+    }
+
+    /// Whether `key` is one of the configuration's: the document's or a section's.
+    fn is_config_key(&self, key: &str) -> bool {
+        key == self.key
+            || key
+                .strip_prefix(self.key.as_str())
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+    }
+
+    /// The configuration's keys as etcd lists them under the prefix.
+    fn config_keys(&self, listed: Vec<(String, Versioned)>) -> BTreeMap<String, Versioned> {
+        listed
+            .into_iter()
+            .filter(|(k, _)| self.is_config_key(k))
+            .collect()
+    }
+
+    /// The document the keys make: the one at `key`, or its sections joined (its
+    /// revision the latest of theirs); `None` when there is neither.
+    fn assemble(&self, keys: &BTreeMap<String, Versioned>) -> Result<Option<Versioned>, String> {
+        let host = self.endpoints.first().map_or("", String::as_str);
+        let parts: Vec<(&String, &Versioned)> =
+            keys.iter().filter(|(k, _)| **k != self.key).collect();
+        match (keys.get(&self.key), parts.is_empty()) {
+            (None, true) => Ok(None),
+            (Some(doc), true) => Ok(Some(doc.clone())),
+            (Some(_), false) => Err(format!(
+                "etcd holds both a document at {key} and sections under {key}/: keep one (pylon config push replaces both)",
+                key = self.key
+            )),
+            (None, false) => {
+                let sections: Vec<Section> = parts
+                    .iter()
+                    .map(|(k, v)| Section {
+                        name: format!("etcd://{host}{k}@{}", v.mod_revision),
+                        text: v.value.clone(),
+                    })
+                    .collect();
+                Ok(Some(Versioned {
+                    value: sections::join(&sections),
+                    mod_revision: parts.iter().map(|(_, v)| v.mod_revision).max().unwrap_or(0),
+                }))
+            }
         }
     }
 
@@ -105,11 +147,15 @@ impl ConfigSource {
     /// The configuration to start with and its revision: etcd's, else the cache's.
     pub async fn initial(&self) -> Result<(Config, i64), String> {
         let fetched = match self.connect().await {
-            Ok(etcd) => etcd.get(&self.key).await,
+            Ok(etcd) => etcd
+                .get_prefix(&self.key)
+                .await
+                .map(|(listed, _)| self.assemble(&self.config_keys(listed))),
             Err(e) => Err(e),
         };
         let why = match fetched {
-            Ok(Some(v)) => match self.validate(&v.value, v.mod_revision) {
+            Ok(Err(e)) => e,
+            Ok(Ok(Some(v))) => match self.validate(&v.value, v.mod_revision) {
                 Ok(config) => {
                     self.write_cache(&v);
                     tracing::info!(source = %self.url, revision = v.mod_revision, "configuration read from etcd");
@@ -120,7 +166,7 @@ impl ConfigSource {
                     v.mod_revision
                 ),
             },
-            Ok(None) => format!(
+            Ok(Ok(None)) => format!(
                 "etcd has no configuration at {} (write one with `pylon config push FILE {}`)",
                 self.key, self.url
             ),
@@ -149,10 +195,14 @@ impl ConfigSource {
         Ok((config, cached.mod_revision))
     }
 
-    /// Follows the key for as long as the process runs: see the module comment.
-    /// `seen` is the last revision looked at (applied or refused); the one in force is
-    /// the proxy's `config_origin`.
-    pub async fn follow(self, proxy: Arc<Proxy>, mut seen: i64) {
+    /// Follows the configuration's keys for as long as the process runs: see the
+    /// module comment. `revision` is the one started with.
+    pub async fn follow(self, proxy: Arc<Proxy>, revision: i64) {
+        let mut seen = Seen {
+            revision,
+            digest: None,
+            missing: false,
+        };
         let mut backoff = Duration::from_secs(1);
         loop {
             let mut connected = false;
@@ -168,53 +218,80 @@ impl ConfigSource {
     }
 
     /// One connection: catch up, then watch until the stream breaks.
-    async fn session(&self, proxy: &Proxy, seen: &mut i64, connected: &mut bool) -> EtcdError {
+    async fn session(&self, proxy: &Proxy, seen: &mut Seen, connected: &mut bool) -> EtcdError {
         let etcd = match self.connect().await {
             Ok(e) => e,
             Err(e) => return e,
         };
-        let store_revision = match etcd.get_at(&self.key).await {
-            Ok((Some(v), rev)) if v.mod_revision > *seen => {
-                self.apply(proxy, v, seen).await;
-                rev
-            }
-            Ok((_, rev)) => rev,
+        let (listed, store_revision) = match etcd.get_prefix(&self.key).await {
+            Ok(l) => l,
             Err(e) => return e,
         };
-        let mut changes = match etcd.watch(&self.key, store_revision.max(*seen) + 1).await {
-            Ok(s) => s,
+        let mut keys = self.config_keys(listed);
+        self.consider(proxy, &keys, seen).await;
+        let mut changes = match etcd.watch_prefix(&self.key, store_revision + 1).await {
+            Ok(s) => Box::pin(s),
             Err(e) => return e,
         };
         *connected = true;
-        let applied = seen;
         while let Some(batch) = changes.next().await {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => return e,
             };
-            for change in batch {
-                match change {
-                    Change::Put(v) if v.mod_revision > *applied => {
-                        self.apply(proxy, v, applied).await
-                    }
-                    Change::Put(_) => {}
-                    Change::Deleted(revision) => tracing::warn!(
-                        key = %self.key,
-                        revision,
-                        "etcd: the configuration was deleted; the one in force keeps serving"
-                    ),
+            let mut touched = false;
+            for c in batch {
+                if !self.is_config_key(&c.key) {
+                    continue;
                 }
+                touched = true;
+                match c.change {
+                    Change::Put(v) => {
+                        keys.insert(c.key, v);
+                    }
+                    Change::Deleted(_) => {
+                        keys.remove(&c.key);
+                    }
+                }
+            }
+            if touched {
+                self.consider(proxy, &keys, seen).await;
             }
         }
         EtcdError::Unreachable("the watch ended".to_owned())
     }
 
+    /// Applies the document the keys make now, unless it is the one last looked at.
+    async fn consider(&self, proxy: &Proxy, keys: &BTreeMap<String, Versioned>, seen: &mut Seen) {
+        match self.assemble(keys) {
+            Ok(Some(doc)) => {
+                seen.missing = false;
+                let digest = digest(&doc.value);
+                if doc.mod_revision != seen.revision || seen.digest.is_some_and(|d| d != digest) {
+                    seen.digest = Some(digest);
+                    self.apply(proxy, doc, seen).await;
+                }
+            }
+            Ok(None) if !seen.missing => {
+                seen.missing = true;
+                tracing::warn!(key = %self.key, "etcd: the configuration was deleted; the one in force keeps serving");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let in_force = proxy.config_origin().map_or(0, |o| o.1);
+                proxy.reload_refused(&format!(
+                    "the configuration in etcd is invalid; revision {in_force} keeps serving:\n{e}"
+                ));
+            }
+        }
+    }
+
     /// Validates and applies one revision (an invalid one is not tried again); the
     /// proxy's `config_origin` names it once it is in force.
-    async fn apply(&self, proxy: &Proxy, v: Versioned, seen: &mut i64) {
+    async fn apply(&self, proxy: &Proxy, v: Versioned, seen: &mut Seen) {
         let revision = v.mod_revision;
         let in_force = proxy.config_origin().map_or(0, |o| o.1);
-        *seen = revision;
+        seen.revision = revision;
         let config = match self.validate(&v.value, revision) {
             Ok(c) => c,
             Err(errors) => {
@@ -262,27 +339,113 @@ impl ConfigSource {
         }
     }
 
-    /// Writes `text` (already validated by the caller) if the key is still at the
-    /// revision read first, or at `expected` when given. Returns the new revision.
-    pub async fn push(&self, text: &[u8], expected: Option<i64>) -> Result<i64, String> {
+    /// Replaces what etcd holds (a document, or sections) with `sections`, each
+    /// `(name, text)`: one section named `""` is the document at `key`, others go to
+    /// `key/NAME`. Already validated by the caller. Written in one transaction, only if
+    /// none of the keys read changed meanwhile, and only if the configuration's revision
+    /// is `expected` when given (0: none yet). Returns the new revision.
+    pub async fn push(
+        &self,
+        sections: &[(String, Vec<u8>)],
+        expected: Option<i64>,
+    ) -> Result<i64, String> {
         let etcd = self.connect().await.map_err(|e| e.to_string())?;
-        let expected = match expected {
-            Some(r) => r,
-            None => etcd
-                .get(&self.key)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_or(0, |v| v.mod_revision),
-        };
-        match etcd.put_if(&self.key, text, expected, 0).await {
-            Ok(Ok(revision)) => Ok(revision),
-            Ok(Err(current)) => Err(format!(
+        let (listed, _) = etcd
+            .get_prefix(&self.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = self.config_keys(listed);
+        let current = now.values().map(|v| v.mod_revision).max().unwrap_or(0);
+        if let Some(expected) = expected
+            && expected != current
+        {
+            return Err(format!(
                 "{} changed meanwhile (now at revision {current}, expected {expected}): nothing written; push again",
+                self.key
+            ));
+        }
+        let puts: Vec<(String, Vec<u8>)> = sections
+            .iter()
+            .map(|(name, text)| {
+                let key = if name.is_empty() {
+                    self.key.clone()
+                } else {
+                    format!("{}/{name}", self.key)
+                };
+                (key, text.clone())
+            })
+            .collect();
+        let mut unchanged: Vec<(String, i64)> = now
+            .iter()
+            .map(|(k, v)| (k.clone(), v.mod_revision))
+            .collect();
+        for (key, _) in &puts {
+            if !now.contains_key(key) {
+                unchanged.push((key.clone(), 0));
+            }
+        }
+        let deletes: Vec<String> = now
+            .keys()
+            .filter(|k| !puts.iter().any(|(p, _)| p == *k))
+            .cloned()
+            .collect();
+        match etcd.replace(&unchanged, &puts, &deletes).await {
+            Ok(true) => {
+                let (listed, _) = etcd
+                    .get_prefix(&self.key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let keys = self.config_keys(listed);
+                Ok(keys.values().map(|v| v.mod_revision).max().unwrap_or(0))
+            }
+            Ok(false) => Err(format!(
+                "{} changed meanwhile (expected revision {current}): nothing written; push again",
                 self.key
             )),
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// A document (perhaps joined from sections) validated as `pylon check` validates a
+/// file, its files included, relative paths resolved against `base`; errors name their
+/// section.
+pub fn validate_text(
+    text: &str,
+    origin: &str,
+    base: &std::path::Path,
+) -> Result<Config, pylon_config::ConfigErrors> {
+    let starts = sections::check_starts(text, origin);
+    let errors = match pylon_config::parse_in(text, origin, base) {
+        Ok(config) if starts.is_empty() => {
+            let errors = crate::check_files(&config);
+            if errors.is_empty() {
+                return Ok(config);
+            }
+            errors
+        }
+        Ok(_) => starts,
+        Err(e) => starts.into_iter().chain(e.0).collect(),
+    };
+    Err(pylon_config::ConfigErrors(sections::place(
+        text, origin, errors,
+    )))
+}
+
+/// The document last looked at (applied or refused).
+struct Seen {
+    revision: i64,
+    /// Unknown for the one started with (from etcd or the cache): the revision decides.
+    digest: Option<u64>,
+    /// The configuration's keys are gone (logged once).
+    missing: bool,
+}
+
+fn digest(text: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

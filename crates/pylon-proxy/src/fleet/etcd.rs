@@ -36,8 +36,9 @@ use api::etcdserverpb::request_op::Request as Op;
 use api::etcdserverpb::watch_client::WatchClient;
 use api::etcdserverpb::watch_request::RequestUnion;
 use api::etcdserverpb::{
-    AuthenticateRequest, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest,
 };
 
 /// Why etcd could not be used.
@@ -418,6 +419,48 @@ impl Etcd {
             })
             .unwrap_or(0);
         Ok(Err(current))
+    }
+
+    /// In one transaction: if every key of `unchanged` is still at its revision (0: it
+    /// does not exist), deletes `deletes` and writes `puts`. Whether it was done.
+    pub async fn replace(
+        &self,
+        unchanged: &[(String, i64)],
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<bool, EtcdError> {
+        let mut kv = KvClient::with_interceptor(self.channel.clone(), self.auth());
+        let compare = unchanged
+            .iter()
+            .map(|(key, revision)| Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Mod as i32,
+                key: key.as_bytes().to_vec(),
+                target_union: Some(TargetUnion::ModRevision(*revision)),
+                ..Default::default()
+            })
+            .collect();
+        let deletions = deletes.iter().map(|key| RequestOp {
+            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        });
+        let writes = puts.iter().map(|(key, value)| RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.clone(),
+                ..Default::default()
+            })),
+        });
+        let resp = self
+            .bounded(kv.txn(TxnRequest {
+                compare,
+                success: deletions.chain(writes).collect(),
+                failure: Vec::new(),
+            }))
+            .await?;
+        Ok(resp.succeeded)
     }
 
     /// Watches `key` from `start_revision` on: its changes, in order, until the stream
