@@ -2,7 +2,7 @@
 # The demo fleet on one machine, on loopback: etcd (127.0.0.1:12379), Redis
 # (127.0.0.1:16379), the demo backends (backend.toml: 9081, 9082), three Pylon
 # instances that take their configuration (fleet.toml) from etcd and register there, and
-# the edge tier (edge.toml) on 127.0.0.1:9000, TCP and UDP. Ctrl-C stops everything.
+# the edge tier (edge.toml) on 127.0.0.1:9000. Ctrl-C stops everything.
 #
 #   sudo apt install etcd-server etcd-client redis-server    # once
 #   examples/fleet/run.sh

@@ -429,6 +429,15 @@ impl Proxy {
         }
     }
 
+    /// Turns readiness false (`/readyz`, the fleet entry) while still accepting: what a
+    /// stop does first, so that load balancers can stop sending before the listeners
+    /// close.
+    pub fn begin_drain(&self) {
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            self.state_changes.send_replace(());
+        }
+    }
+
     /// Stops accepting (readiness turns false first), asks every connection to
     /// finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and waits up
     /// to `drain` for all of them, long-lived ones included (WebSockets, CONNECT and
@@ -436,8 +445,7 @@ impl Proxy {
     /// with its protocol's goodbye (WebSocket Close 1001 both ways, gRPC UNAVAILABLE)
     /// and a log line. True if all finished within `drain`.
     pub async fn shutdown(&self, drain: Duration) -> bool {
-        self.draining.store(true, Ordering::Relaxed);
-        self.state_changes.send_replace(());
+        self.begin_drain();
         {
             let mut sockets = self.sockets.lock().await;
             // Closing our handles too: the kernel refuses new connections from now

@@ -475,7 +475,8 @@ fn pushed_sections(path: &Path) -> Result<Vec<(String, Vec<u8>)>, pylon_config::
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
-    files.sort();
+    // In key order (the file stem), as instances join them.
+    files.sort_by_key(|f| f.file_stem().map(std::ffi::OsStr::to_os_string));
     if files.is_empty() {
         return Err(pylon_config::ConfigErrors(vec![
             pylon_config::ConfigError::general(format!(
@@ -564,7 +565,7 @@ enum Origin {
     File(Option<PathBuf>),
     Etcd(
         Box<pylon_proxy::fleet::config_source::ConfigSource>,
-        i64,
+        pylon_proxy::fleet::config_source::Started,
         Membership,
     ),
 }
@@ -583,7 +584,7 @@ fn run(
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(source.initial()))
-            .map(|(c, revision)| (c, Origin::Etcd(Box::new(source), revision, member))),
+            .map(|(c, started)| (c, Origin::Etcd(Box::new(source), started, member))),
     };
     let (config, origin) = match loaded {
         Ok(c) => c,
@@ -680,8 +681,8 @@ async fn serve(
             tokio::spawn(watch_file(Arc::clone(&proxy), p));
         }
         Origin::File(None) => {}
-        Origin::Etcd(source, revision, member) => {
-            proxy.set_config_origin(&source.url, revision);
+        Origin::Etcd(source, started, member) => {
+            proxy.set_config_origin(&source.url, started.revision);
             let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "pylon".to_owned());
@@ -702,10 +703,18 @@ async fn serve(
                 }),
                 ttl: member.ttl,
                 lease: Arc::default(),
+                announced_drain: tokio::sync::watch::Sender::new(false),
             };
-            leaving = Some((member.clone(), (*source).clone()));
-            tokio::spawn(member.run((*source).clone(), Arc::clone(&proxy)));
-            tokio::spawn(source.follow(Arc::clone(&proxy), revision));
+            if member
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+            {
+                tracing::warn!(address = %member.address, "the fleet entry names an unspecified address, which edge tiers cannot connect to; give --advertise HOST:PORT");
+            }
+            let task = tokio::spawn(member.clone().run((*source).clone(), Arc::clone(&proxy)));
+            leaving = Some((member, (*source).clone(), task));
+            tokio::spawn(source.follow(Arc::clone(&proxy), started));
         }
     }
     tokio::spawn(pylon_proxy::memory::give_back_after_floods(
@@ -727,6 +736,13 @@ async fn serve(
     }
     wait_for_stop(&proxy, signals, handed_over).await?;
     systemd::stopping();
+    if let Some((member, _, _)) = &leaving {
+        // Edge tiers learn of the drain from the fleet entry before the listeners close.
+        proxy.begin_drain();
+        member
+            .announce_drain(std::time::Duration::from_secs(2))
+            .await;
+    }
     let drain_timeout = proxy.runtime().config.server.drain_timeout;
     tracing::info!(
         drain_timeout = ?drain_timeout,
@@ -738,7 +754,8 @@ async fn serve(
     } else {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
-    if let Some((member, source)) = leaving {
+    if let Some((member, source, task)) = leaving {
+        task.abort();
         member.leave(&source).await;
     }
     Ok(())

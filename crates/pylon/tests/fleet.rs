@@ -318,6 +318,42 @@ discovery = "etcd://{}/services/api"
         get(front, "/").await.text() == "b"
     })
     .await;
+    // Two keys for one address (a process and its successor): drained only while both
+    // say so; a plain address counts as ready.
+    etcd.ctl(&[
+        "put",
+        "/services/api/b",
+        &format!(
+            r#"{{"address": "{}", "weight": 3, "ready": false}}"#,
+            b.addr
+        ),
+    ])
+    .unwrap();
+    etcd.ctl(&["put", "/services/api/b-next", &b.addr.to_string()])
+        .unwrap();
+    let only = |name: &'static str| async move {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(front, "/").await.text());
+        }
+        seen.len() == 1 && seen.contains(name)
+    };
+    eventually_async("b served while one key says ready", || async {
+        get(front, "/").await.text() == "b"
+    })
+    .await;
+    etcd.ctl(&["del", "/services/api/b-next"]).unwrap();
+    eventually_async("b drained when the ready key goes", || only("a")).await;
+    etcd.ctl(&[
+        "put",
+        "/services/api/b",
+        &format!(r#"{{"address": "{}", "weight": 3}}"#, b.addr),
+    ])
+    .unwrap();
+    eventually_async("b back without a ready field", || async {
+        get(front, "/").await.text() == "b"
+    })
+    .await;
     // ...a deleted one leaves it, and a value that is no endpoint is skipped.
     etcd.ctl(&["del", "/services/api/a"]).unwrap();
     etcd.ctl(&["put", "/services/api/junk", "not an address"])
@@ -619,6 +655,28 @@ async fn a_configuration_kept_as_sections_is_joined_checked_and_followed() {
     ])
     .unwrap();
     eventually_async("s2", || async {
+        body(p.addr("front")).await.as_deref() == Some("s2")
+    })
+    .await;
+    // A section deleted by hand is applied, though it is not the latest one.
+    etcd.ctl(&[
+        "put",
+        "/sec/config/25-first",
+        "[[routes]]\nrespond = { body = \"first\" }\n",
+    ])
+    .unwrap();
+    eventually_async("first", || async {
+        body(p.addr("front")).await.as_deref() == Some("first")
+    })
+    .await;
+    etcd.ctl(&[
+        "put",
+        "/sec/config/30-routes",
+        "[[routes]]\nrespond = { body = \"s2\" }\n# touched\n",
+    ])
+    .unwrap();
+    etcd.ctl(&["del", "/sec/config/25-first"]).unwrap();
+    eventually_async("s2 again", || async {
         body(p.addr("front")).await.as_deref() == Some("s2")
     })
     .await;

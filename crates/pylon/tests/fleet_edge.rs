@@ -420,5 +420,13 @@ async fn the_edge_tier_keeps_flows_on_their_instance_as_instances_come_and_go() 
         ended.is_some()
     })
     .await;
-    assert_eq!(ended.unwrap(), (gone, "endpoint_removed".to_owned()));
+    assert_eq!(
+        ended.unwrap(),
+        (gone.clone(), "endpoint_removed".to_owned())
+    );
+    // The instance writes its entry again, and the edge takes it back.
+    eventually_async("the deleted entry written again", || async {
+        edge_endpoints(&edge).await.iter().any(|(a, _)| *a == gone)
+    })
+    .await;
 }

@@ -8,7 +8,7 @@
 //! backoff; a value that is not an endpoint is logged and skipped. Endpoints that stay
 //! keep their pools and health.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,8 +31,14 @@ pub(super) fn spawn(cluster: &Arc<ClusterRuntime>, d: EtcdDiscovery) {
 struct Discovered {
     spec: EndpointSpec,
     ready: Option<bool>,
-    /// Written since its readiness was last put in force.
-    fresh: bool,
+}
+
+/// The state of the discovery task across connections: the keys known, and the drain
+/// put in force for each address (with the endpoint state it was put on).
+#[derive(Default)]
+struct Known {
+    keys: BTreeMap<String, Discovered>,
+    drained: HashMap<SocketAddr, (bool, usize)>,
 }
 
 /// An endpoint from a key's value, and its readiness when the value says.
@@ -63,6 +69,10 @@ fn parse(value: &[u8]) -> Result<(EndpointSpec, Option<bool>), String> {
     let address: SocketAddr = address
         .parse()
         .map_err(|_| format!("\"{address}\" is not IP:PORT"))?;
+    if address.ip().is_unspecified() || address.port() == 0 {
+        // An instance bound to 0.0.0.0 that was not given --advertise.
+        return Err(format!("{address} is not an address to connect to"));
+    }
     Ok((
         EndpointSpec {
             address,
@@ -74,7 +84,7 @@ fn parse(value: &[u8]) -> Result<(EndpointSpec, Option<bool>), String> {
 }
 
 async fn run(cluster: Weak<ClusterRuntime>, d: EtcdDiscovery) {
-    let mut known: BTreeMap<String, Discovered> = BTreeMap::new();
+    let mut known = Known::default();
     let mut backoff = Duration::from_secs(1);
     loop {
         let mut watching = false;
@@ -87,21 +97,21 @@ async fn run(cluster: Weak<ClusterRuntime>, d: EtcdDiscovery) {
         let Some(c) = cluster.upgrade() else { return };
         // The first round is over, answered or not: a reload waiting for it goes on.
         c.dns_ready.send_replace(true);
-        tracing::warn!(cluster = %c.name, discovery = %d.url, error = %e, endpoints = known.len(), retry_in = ?backoff, "etcd discovery lost; keeping the last known endpoints");
+        tracing::warn!(cluster = %c.name, discovery = %d.url, error = %e, endpoints = known.keys.len(), retry_in = ?backoff, "etcd discovery lost; keeping the last known endpoints");
         drop(c);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-/// Puts the fixed and discovered endpoints in force, and the readiness of those written
-/// since; `false` when the cluster is gone.
-fn apply(cluster: &Weak<ClusterRuntime>, known: &mut BTreeMap<String, Discovered>) -> bool {
+/// Puts the fixed and discovered endpoints in force, and their readiness; `false` when
+/// the cluster is gone.
+fn apply(cluster: &Weak<ClusterRuntime>, known: &mut Known) -> bool {
     let Some(c) = cluster.upgrade() else {
         return false;
     };
     let mut specs = super::fixed_endpoints(c.config());
-    for d in known.values() {
+    for d in known.keys.values() {
         if !specs.iter().any(|x| x.address == d.spec.address) {
             specs.push(d.spec.clone());
         }
@@ -109,22 +119,27 @@ fn apply(cluster: &Weak<ClusterRuntime>, known: &mut BTreeMap<String, Discovered
     if c.replace_endpoints(&specs) {
         tracing::info!(cluster = %c.name, endpoints = specs.len(), "endpoints from etcd updated");
     }
-    // Only entries written since: an operator's drain through the admin API stands
-    // until the entry itself changes.
+    // An address is drained when every key naming it says `"ready": false` (two
+    // entries for one address: a process and its successor). Only a change is put in
+    // force, so an operator's drain through the admin API stands until the entries
+    // say otherwise.
+    let mut wanted: HashMap<SocketAddr, bool> = HashMap::new();
+    for d in known.keys.values() {
+        *wanted.entry(d.spec.address).or_insert(true) &= d.ready == Some(false);
+    }
     let set = c.endpoints();
-    for d in known.values_mut().filter(|d| d.fresh) {
-        d.fresh = false;
-        let Some(ready) = d.ready else { continue };
-        let state = set
-            .position(d.spec.address)
-            .and_then(|i| set.state.state(i));
-        if let Some(state) = state
-            && state.is_drained() == ready
-        {
-            state.set_drained(!ready);
-            tracing::info!(cluster = %c.name, endpoint = %d.spec.address, ready, "endpoint readiness from etcd");
+    for (address, drained) in &wanted {
+        let Some(state) = set.position(*address).and_then(|i| set.state.state(i)) else {
+            continue;
+        };
+        let id = Arc::as_ptr(state) as usize;
+        let changed = known.drained.insert(*address, (*drained, id)) != Some((*drained, id));
+        if changed && state.is_drained() != *drained {
+            state.set_drained(*drained);
+            tracing::info!(cluster = %c.name, endpoint = %address, ready = !*drained, "endpoint readiness from etcd");
         }
     }
+    known.drained.retain(|a, _| wanted.contains_key(a));
     c.dns_ready.send_replace(true);
     true
 }
@@ -132,14 +147,7 @@ fn apply(cluster: &Weak<ClusterRuntime>, known: &mut BTreeMap<String, Discovered
 fn learn(name: &str, key: String, value: &[u8], known: &mut BTreeMap<String, Discovered>) {
     match parse(value) {
         Ok((spec, ready)) => {
-            known.insert(
-                key,
-                Discovered {
-                    spec,
-                    ready,
-                    fresh: true,
-                },
-            );
+            known.insert(key, Discovered { spec, ready });
         }
         Err(e) => {
             tracing::warn!(cluster = name, key, error = %e, "etcd discovery: not an endpoint; skipped");
@@ -152,7 +160,7 @@ fn learn(name: &str, key: String, value: &[u8], known: &mut BTreeMap<String, Dis
 async fn session(
     cluster: &Weak<ClusterRuntime>,
     d: &EtcdDiscovery,
-    known: &mut BTreeMap<String, Discovered>,
+    known: &mut Known,
     watching: &mut bool,
 ) -> Option<EtcdError> {
     let name = cluster.upgrade()?.name.clone();
@@ -164,11 +172,11 @@ async fn session(
         Ok(l) => l,
         Err(e) => return Some(e),
     };
-    known.clear();
+    known.keys.clear();
     for (key, v) in listed {
-        learn(&name, key, &v.value, known);
+        learn(&name, key, &v.value, &mut known.keys);
     }
-    if !apply(cluster, &mut *known) {
+    if !apply(cluster, known) {
         return None;
     }
     let mut changes = match etcd.watch_prefix(&d.prefix, revision + 1).await {
@@ -183,13 +191,13 @@ async fn session(
         };
         for c in batch {
             match c.change {
-                Change::Put(v) => learn(&name, c.key, &v.value, known),
+                Change::Put(v) => learn(&name, c.key, &v.value, &mut known.keys),
                 Change::Deleted(_) => {
-                    known.remove(&c.key);
+                    known.keys.remove(&c.key);
                 }
             }
         }
-        if !apply(cluster, &mut *known) {
+        if !apply(cluster, known) {
             return None;
         }
     }
@@ -221,6 +229,8 @@ mod tests {
         for bad in [
             &br#"{"address": "10.0.0.1:80", "ready": "no"}"#[..],
             &b"api.internal:80"[..],
+            b"0.0.0.0:443",
+            b"10.0.0.1:0",
             b"{\"weight\": 2}",
             br#"{"address": "10.0.0.1:80", "weight": 0}"#,
             b"\xff",

@@ -145,7 +145,7 @@ impl ConfigSource {
     }
 
     /// The configuration to start with and its revision: etcd's, else the cache's.
-    pub async fn initial(&self) -> Result<(Config, i64), String> {
+    pub async fn initial(&self) -> Result<(Config, Started), String> {
         let fetched = match self.connect().await {
             Ok(etcd) => etcd
                 .get_prefix(&self.key)
@@ -159,7 +159,7 @@ impl ConfigSource {
                 Ok(config) => {
                     self.write_cache(&v);
                     tracing::info!(source = %self.url, revision = v.mod_revision, "configuration read from etcd");
-                    return Ok((config, v.mod_revision));
+                    return Ok((config, Started::of(&v)));
                 }
                 Err(errors) => format!(
                     "the configuration in etcd (revision {}) is invalid:\n{errors}",
@@ -192,15 +192,15 @@ impl ConfigSource {
             revision = cached.mod_revision,
             "{why}; starting on the cached configuration"
         );
-        Ok((config, cached.mod_revision))
+        Ok((config, Started::of(&cached)))
     }
 
     /// Follows the configuration's keys for as long as the process runs: see the
-    /// module comment. `revision` is the one started with.
-    pub async fn follow(self, proxy: Arc<Proxy>, revision: i64) {
+    /// module comment.
+    pub async fn follow(self, proxy: Arc<Proxy>, started: Started) {
         let mut seen = Seen {
-            revision,
-            digest: None,
+            revision: started.revision,
+            digest: started.digest,
             missing: false,
         };
         let mut backoff = Duration::from_secs(1);
@@ -267,8 +267,10 @@ impl ConfigSource {
             Ok(Some(doc)) => {
                 seen.missing = false;
                 let digest = digest(&doc.value);
-                if doc.mod_revision != seen.revision || seen.digest.is_some_and(|d| d != digest) {
-                    seen.digest = Some(digest);
+                // A section deleted by hand leaves the revision (its latest section's)
+                // as it was: the text tells.
+                if doc.mod_revision != seen.revision || digest != seen.digest {
+                    seen.digest = digest;
                     self.apply(proxy, doc, seen).await;
                 }
             }
@@ -432,11 +434,26 @@ pub fn validate_text(
     )))
 }
 
+/// The document a process started with (from etcd or its cache).
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub revision: i64,
+    digest: u64,
+}
+
+impl Started {
+    fn of(v: &Versioned) -> Started {
+        Started {
+            revision: v.mod_revision,
+            digest: digest(&v.value),
+        }
+    }
+}
+
 /// The document last looked at (applied or refused).
 struct Seen {
     revision: i64,
-    /// Unknown for the one started with (from etcd or the cache): the revision decides.
-    digest: Option<u64>,
+    digest: u64,
     /// The configuration's keys are gone (logged once).
     missing: bool,
 }

@@ -6,7 +6,7 @@
 //! crate: its build script needs `protoc` on the machine, and a fresh clone of Pylon
 //! must build with Rust alone.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -57,9 +57,13 @@ pub enum EtcdError {
 pub struct Etcd {
     channel: Channel,
     timeout: Duration,
-    /// The user's token, sent with every request, when a user is set.
-    token: Option<AsciiMetadataValue>,
+    /// The user's token, sent with every request, when a user is set; signed in for
+    /// again every minute (etcd's tokens expire, 5 minutes by default).
+    token: Arc<RwLock<Option<AsciiMetadataValue>>>,
 }
+
+/// How often a user's token is renewed.
+const TOKEN_RENEWAL: Duration = Duration::from_secs(60);
 
 /// How every etcd connection of the process is made beyond plain text: TLS, trusting
 /// `ca` (PEM) and showing a client certificate when given, and as an etcd user.
@@ -82,12 +86,13 @@ pub fn set_access(access: EtcdAccess) {
 
 /// Adds the user's token to a request.
 #[derive(Clone)]
-pub struct WithToken(Option<AsciiMetadataValue>);
+pub struct WithToken(Arc<RwLock<Option<AsciiMetadataValue>>>);
 
 impl Interceptor for WithToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            req.metadata_mut().insert("token", t.clone());
+        let token = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(t) = token {
+            req.metadata_mut().insert("token", t);
         }
         Ok(req)
     }
@@ -127,6 +132,49 @@ fn status_text(status: &tonic::Status) -> String {
         ""
     };
     format!("{}: {causes}{hint}", status.message())
+}
+
+/// Signs in as `name`: the token every later request carries.
+async fn sign_in(
+    channel: &Channel,
+    timeout: Duration,
+    name: &str,
+    password: &str,
+) -> Result<AsciiMetadataValue, EtcdError> {
+    let mut auth = AuthClient::new(channel.clone());
+    let request = auth.authenticate(AuthenticateRequest {
+        name: name.to_owned(),
+        password: password.to_owned(),
+    });
+    let resp = match tokio::time::timeout(timeout, request).await {
+        Ok(r) => r?.into_inner(),
+        Err(_) => return Err(EtcdError::Timeout(timeout)),
+    };
+    MetadataValue::try_from(resp.token.as_str()).map_err(|_| {
+        EtcdError::Status(tonic::Status::unauthenticated(
+            "etcd answered a token that is not ASCII",
+        ))
+    })
+}
+
+/// Signs in again every [`TOKEN_RENEWAL`] for as long as the connection is used.
+async fn renew_token(
+    token: std::sync::Weak<RwLock<Option<AsciiMetadataValue>>>,
+    channel: Channel,
+    timeout: Duration,
+    name: String,
+    password: String,
+) {
+    loop {
+        tokio::time::sleep(TOKEN_RENEWAL).await;
+        let Some(slot) = token.upgrade() else { return };
+        match sign_in(&channel, timeout, &name, &password).await {
+            Ok(t) => *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(t),
+            Err(e) => {
+                tracing::warn!(user = %name, error = %e, "etcd: renewing the sign-in failed; retrying in a minute")
+            }
+        }
+    }
 }
 
 /// A connection error with its causes (tonic's own says only "transport error").
@@ -207,37 +255,25 @@ impl Etcd {
                     continue;
                 }
             };
-            let mut etcd = Etcd {
+            let etcd = Etcd {
                 channel,
                 timeout,
-                token: None,
+                token: Arc::default(),
             };
-            if let Some((name, password)) = &access.user {
-                etcd.token = Some(etcd.authenticate(name, password).await?);
+            if let Some((name, password)) = access.user {
+                let token = sign_in(&etcd.channel, timeout, &name, &password).await?;
+                *etcd.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+                tokio::spawn(renew_token(
+                    Arc::downgrade(&etcd.token),
+                    etcd.channel.clone(),
+                    timeout,
+                    name,
+                    password,
+                ));
             }
             return Ok(etcd);
         }
         Err(EtcdError::Unreachable(errors.join("; ")))
-    }
-
-    /// Signs in as `name`: the token every later request carries.
-    async fn authenticate(
-        &self,
-        name: &str,
-        password: &str,
-    ) -> Result<AsciiMetadataValue, EtcdError> {
-        let mut auth = AuthClient::new(self.channel.clone());
-        let resp = self
-            .bounded(auth.authenticate(AuthenticateRequest {
-                name: name.to_owned(),
-                password: password.to_owned(),
-            }))
-            .await?;
-        MetadataValue::try_from(resp.token.as_str()).map_err(|_| {
-            EtcdError::Status(tonic::Status::unauthenticated(
-                "etcd answered a token that is not ASCII",
-            ))
-        })
     }
 
     fn auth(&self) -> WithToken {

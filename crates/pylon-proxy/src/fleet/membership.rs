@@ -30,6 +30,8 @@ pub struct Member {
     pub ttl: Duration,
     /// The lease the entry is written under now (0: none yet).
     pub lease: Arc<AtomicI64>,
+    /// Set once the entry says `"ready": false` in etcd (the drain is announced).
+    pub announced_drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl Member {
@@ -50,8 +52,21 @@ impl Member {
         .into_bytes()
     }
 
+    /// Waits (up to `limit`) until etcd holds the entry with `"ready": false`, so that
+    /// edge tiers stop sending new flows before the listeners close.
+    pub async fn announce_drain(&self, limit: Duration) {
+        let mut rx = self.announced_drain.subscribe();
+        if tokio::time::timeout(limit, rx.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            tracing::warn!(member = %self.name, "the drain could not be announced in etcd in time; closing the listeners anyway");
+        }
+    }
+
     /// Takes the entry out of the fleet at once (its lease revoked), at the end of a
-    /// graceful stop; otherwise it would linger until its lease expired.
+    /// graceful stop; otherwise it would linger until its lease expired. The task
+    /// running [`Member::run`] must have been stopped first.
     pub async fn leave(&self, source: &ConfigSource) {
         let lease = self.lease.swap(0, Ordering::Relaxed);
         if lease == 0 {
@@ -96,6 +111,11 @@ impl Member {
         started: u64,
         registered: &mut bool,
     ) -> EtcdError {
+        if proxy.is_draining() {
+            // A process that stops does not register again: after a binary upgrade its
+            // successor holds the name.
+            return std::future::pending().await;
+        }
         let ttl = self.ttl.as_secs().max(2) as i64;
         let etcd = match source.connect().await {
             Ok(e) => e,
@@ -153,6 +173,10 @@ impl Member {
                                         members.insert(c.key, value);
                                     }
                                 }
+                                Change::Deleted(_) if c.key == key => {
+                                    // Deleted by hand, or its lease expired: written again.
+                                    return EtcdError::Unreachable("this instance's entry was deleted".to_owned());
+                                }
                                 Change::Deleted(_) => {
                                     members.remove(&c.key);
                                 }
@@ -169,21 +193,29 @@ impl Member {
                 _ = tick.tick() => Some(self.record(proxy, started)),
                 Ok(()) = state.changed() => Some(self.record(proxy, started)),
             };
-            if let Some(wrote) = wrote
-                && wrote != written
-            {
+            let Some(wrote) = wrote else { continue };
+            if wrote != written {
                 match etcd.put_if(&key, &wrote, at, lease).await {
                     Ok(Ok(r)) => at = r,
+                    Ok(Err(0)) => {
+                        return EtcdError::Unreachable(
+                            "this instance's entry was deleted".to_owned(),
+                        );
+                    }
                     Ok(Err(_)) => {
                         // Another process took the name: its entry stands, this one's
                         // lease has nothing left to take away.
                         self.lease.store(0, Ordering::Relaxed);
-                        tracing::info!(member = %self.name, "another process registered under this name; this one leaves the entry to it");
+                        self.announced_drain.send_replace(true);
+                        tracing::warn!(member = %self.name, "another process registered under this name; this one leaves the entry to it");
                         return std::future::pending().await;
                     }
                     Err(e) => return e,
                 }
                 written = wrote;
+            }
+            if proxy.is_draining() {
+                self.announced_drain.send_replace(true);
             }
         }
     }

@@ -119,6 +119,8 @@ impl UdpProxyLoop {
         let cluster = Arc::clone(runtime.clusters.get(l4.cluster.as_deref()?)?);
         drop(runtime);
         let key = crate::cluster::hash_key(client.ip().to_string().as_bytes());
+        // Subscribed first: a change while the session opens is not missed.
+        let endpoints = cluster.watch_endpoints();
         let lease = cluster.pick(Some(key))?;
         let endpoint = lease.endpoint().address;
         let bind: SocketAddr = if endpoint.is_ipv4() {
@@ -162,7 +164,7 @@ impl UdpProxyLoop {
                 last_sent,
                 sessions: Arc::clone(sessions),
                 idle: l4.idle_timeout,
-                endpoints: cluster.watch_endpoints(),
+                endpoints,
                 cluster: Arc::downgrade(&cluster),
                 lease,
                 shared: Arc::clone(&self.shared),
@@ -179,8 +181,9 @@ impl UdpProxyLoop {
     }
 }
 
-/// Resolves when `pool` is no longer one of the cluster's endpoints; never while the
-/// cluster is gone (a reload: the listener's life decides then).
+/// Resolves when `pool`'s address is no longer one of the cluster's endpoints (a new
+/// weight is the same endpoint); never while the cluster is gone (a reload: the
+/// listener's life decides then).
 async fn endpoint_left(
     cluster: &std::sync::Weak<ClusterRuntime>,
     changes: &mut watch::Receiver<()>,
@@ -191,7 +194,7 @@ async fn endpoint_left(
             return std::future::pending().await;
         }
         match cluster.upgrade() {
-            Some(c) if !c.has_endpoint(pool) => return,
+            Some(c) if c.endpoints().position(pool.address).is_none() => return,
             Some(_) => {}
             None => return std::future::pending().await,
         }
