@@ -412,6 +412,30 @@ async fn the_edge_tier_keeps_flows_on_their_instance_as_instances_come_and_go() 
             .await
             .unwrap();
     assert!(h3_ok(&c).await);
+    // A reload builds the cluster anew (a changed setting) while the listeners stay:
+    // the session goes on, and follows the new cluster.
+    let edge_file = dir.join("edge.toml");
+    let changed = std::fs::read_to_string(&edge_file).unwrap().replace(
+        "lb = \"maglev\"",
+        "lb = \"maglev\"\nconnect_timeout = \"3s\"",
+    );
+    std::fs::write(&edge_file, changed).unwrap();
+    let before_reload = log_len(&edge);
+    edge.signal(libc::SIGHUP);
+    eventually("the edge reloaded", || {
+        edge.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(before_reload)
+            .any(|l| l.contains("configuration reloaded"))
+    })
+    .await;
+    eventually_async("the new cluster found the members", || async {
+        edge_endpoints(&edge).await.len() == 3
+    })
+    .await;
+    assert!(h3_ok(&c).await, "the session outlives the reload");
     let since = log_len(&edge);
     etcd.ctl(&["del", "/edge/members/i0"]).unwrap();
     let mut ended = None;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -164,8 +164,12 @@ impl UdpProxyLoop {
                 last_sent,
                 sessions: Arc::clone(sessions),
                 idle: l4.idle_timeout,
-                endpoints,
-                cluster: Arc::downgrade(&cluster),
+                cluster: Following {
+                    runtime: Arc::clone(&self.runtime),
+                    name: Arc::clone(&cluster.name),
+                    cluster: Arc::downgrade(&cluster),
+                    changes: endpoints,
+                },
                 lease,
                 shared: Arc::clone(&self.shared),
                 end: crate::life::Ending::new(Some(&lr.life), &self.shared.stop),
@@ -181,22 +185,46 @@ impl UdpProxyLoop {
     }
 }
 
-/// Resolves when `pool`'s address is no longer one of the cluster's endpoints (a new
-/// weight is the same endpoint); never while the cluster is gone (a reload: the
-/// listener's life decides then).
-async fn endpoint_left(
-    cluster: &std::sync::Weak<ClusterRuntime>,
-    changes: &mut watch::Receiver<()>,
-    pool: &Arc<EndpointPool>,
-) {
-    loop {
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        match cluster.upgrade() {
-            Some(c) if c.endpoints().position(pool.address).is_none() => return,
-            Some(_) => {}
-            None => return std::future::pending().await,
+/// The cluster a session's endpoint belongs to, followed by name across reloads that
+/// build it anew.
+struct Following {
+    runtime: Arc<ArcSwap<Runtime>>,
+    name: Arc<str>,
+    /// The cluster `changes` come from.
+    cluster: Weak<ClusterRuntime>,
+    changes: watch::Receiver<()>,
+}
+
+impl Following {
+    /// Resolves when `pool`'s address is no longer one of the cluster's endpoints (a
+    /// new weight is the same endpoint); never once the cluster is gone from the
+    /// configuration (the listener's life decides then).
+    async fn endpoint_left(&mut self, pool: &Arc<EndpointPool>) {
+        loop {
+            // Woken by a change of the cluster followed, or by its end. Either that
+            // cluster no longer has the endpoint (a connection still holding a
+            // cluster a reload replaced keeps it following discovery too)...
+            let gone = self.changes.changed().await.is_err();
+            if !gone
+                && let Some(c) = self.cluster.upgrade()
+                && c.endpoints().position(pool.address).is_none()
+            {
+                return;
+            }
+            // ...or the cluster in force, if a reload built it anew, does not.
+            let runtime = self.runtime.load();
+            let Some(c) = runtime.clusters.get(&*self.name) else {
+                return std::future::pending().await;
+            };
+            if !std::ptr::eq(self.cluster.as_ptr(), Arc::as_ptr(c)) {
+                self.cluster = Arc::downgrade(c);
+                self.changes = c.watch_endpoints();
+                if c.endpoints().position(pool.address).is_none() {
+                    return;
+                }
+            } else if gone {
+                return std::future::pending().await;
+            }
         }
     }
 }
@@ -209,11 +237,10 @@ struct SessionTask {
     last_sent: Arc<AtomicU64>,
     sessions: Sessions,
     idle: Duration,
-    /// The cluster and its endpoint set changes: a session whose endpoint leaves the
+    /// The cluster's endpoint set changes: a session whose endpoint leaves the
     /// cluster (an instance gone from etcd, a name no longer resolving to it) ends, so
     /// that the client's next datagram goes to an endpoint that is there.
-    cluster: std::sync::Weak<ClusterRuntime>,
-    endpoints: watch::Receiver<()>,
+    cluster: Following,
     lease: EndpointLease,
     shared: Arc<Shared>,
     /// The listener's life: a reload that removes or changes the listener ends the
@@ -239,8 +266,7 @@ impl SessionTask {
             last_sent,
             sessions,
             idle,
-            cluster,
-            mut endpoints,
+            mut cluster,
             lease,
             shared,
             mut end,
@@ -266,7 +292,7 @@ impl SessionTask {
                     why = cause.as_str();
                     break;
                 }
-                () = endpoint_left(&cluster, &mut endpoints, lease.endpoint()) => {
+                () = cluster.endpoint_left(lease.endpoint()) => {
                     tracing::info!(%client, endpoint = %lease.endpoint().address, "udp session closed: its endpoint left the cluster");
                     why = "endpoint_removed";
                     break;
