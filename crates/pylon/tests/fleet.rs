@@ -268,36 +268,23 @@ discovery = "etcd://{}/services/api"
     let front = proxy.addr("front");
     // Read at start: the first request already has an endpoint.
     assert_eq!(get(front, "/").await.text(), "a");
+    // Writes b's entry: its address, weight 3, and `extra` JSON fields.
+    let put_b = |extra: &str| {
+        etcd.ctl(&[
+            "put",
+            "/services/api/b",
+            &format!(r#"{{"address": "{}", "weight": 3{extra}}}"#, b.addr),
+        ])
+        .unwrap();
+    };
+    let b_answers = || async { get(front, "/").await.text() == "b" };
     // A new key joins the cluster...
-    etcd.ctl(&[
-        "put",
-        "/services/api/b",
-        &format!(r#"{{"address": "{}", "weight": 3}}"#, b.addr),
-    ])
-    .unwrap();
-    eventually_async("b in rotation", || async {
-        get(front, "/").await.text() == "b"
-    })
-    .await;
+    put_b("");
+    eventually_async("b in rotation", b_answers).await;
     // An entry saying `"ready": false` (as a fleet member writes while draining) keeps
     // its place but takes nothing new; `true` again puts it back.
-    etcd.ctl(&[
-        "put",
-        "/services/api/b",
-        &format!(
-            r#"{{"address": "{}", "weight": 3, "ready": false}}"#,
-            b.addr
-        ),
-    ])
-    .unwrap();
-    eventually_async("b drained", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(front, "/").await.text());
-        }
-        seen.len() == 1 && seen.contains("a")
-    })
-    .await;
+    put_b(r#", "ready": false"#);
+    eventually_async("b drained", || answers_only(front, "a", 8)).await;
     let clusters = proxy.admin(http::Method::GET, "/clusters", "").await.text();
     let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
     let drained: Vec<&serde_json::Value> = clusters["clusters"][0]["endpoints"]
@@ -308,64 +295,26 @@ discovery = "etcd://{}/services/api"
         .collect();
     assert_eq!(drained.len(), 1, "{clusters}");
     assert_eq!(drained[0]["address"], b.addr.to_string());
-    etcd.ctl(&[
-        "put",
-        "/services/api/b",
-        &format!(r#"{{"address": "{}", "weight": 3, "ready": true}}"#, b.addr),
-    ])
-    .unwrap();
-    eventually_async("b ready again", || async {
-        get(front, "/").await.text() == "b"
-    })
-    .await;
+    put_b(r#", "ready": true"#);
+    eventually_async("b ready again", b_answers).await;
     // Two keys for one address (a process and its successor): drained only while both
     // say so; a plain address counts as ready.
-    etcd.ctl(&[
-        "put",
-        "/services/api/b",
-        &format!(
-            r#"{{"address": "{}", "weight": 3, "ready": false}}"#,
-            b.addr
-        ),
-    ])
-    .unwrap();
+    put_b(r#", "ready": false"#);
     etcd.ctl(&["put", "/services/api/b-next", &b.addr.to_string()])
         .unwrap();
-    let only = |name: &'static str| async move {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(front, "/").await.text());
-        }
-        seen.len() == 1 && seen.contains(name)
-    };
-    eventually_async("b served while one key says ready", || async {
-        get(front, "/").await.text() == "b"
-    })
-    .await;
+    eventually_async("b served while one key says ready", b_answers).await;
     etcd.ctl(&["del", "/services/api/b-next"]).unwrap();
-    eventually_async("b drained when the ready key goes", || only("a")).await;
-    etcd.ctl(&[
-        "put",
-        "/services/api/b",
-        &format!(r#"{{"address": "{}", "weight": 3}}"#, b.addr),
-    ])
-    .unwrap();
-    eventually_async("b back without a ready field", || async {
-        get(front, "/").await.text() == "b"
+    eventually_async("b drained when the ready key goes", || {
+        answers_only(front, "a", 8)
     })
     .await;
+    put_b("");
+    eventually_async("b back without a ready field", b_answers).await;
     // ...a deleted one leaves it, and a value that is no endpoint is skipped.
     etcd.ctl(&["del", "/services/api/a"]).unwrap();
     etcd.ctl(&["put", "/services/api/junk", "not an address"])
         .unwrap();
-    eventually_async("only b", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..6 {
-            seen.insert(get(front, "/").await.text());
-        }
-        seen.len() == 1 && seen.contains("b")
-    })
-    .await;
+    eventually_async("only b", || answers_only(front, "b", 6)).await;
     // etcd goes away: the last known endpoints keep serving; back, it is followed again.
     etcd.stop();
     assert_eq!(get(front, "/").await.text(), "b");
@@ -378,6 +327,15 @@ discovery = "etcd://{}/services/api"
         || async { get(front, "/").await.text() == "a" },
     )
     .await;
+}
+
+/// Whether `n` requests to `front` are all answered by `name`.
+async fn answers_only(front: SocketAddr, name: &str, n: usize) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        seen.insert(get(front, "/").await.text());
+    }
+    seen.len() == 1 && seen.contains(name)
 }
 
 /// A TLS document: `front` serving `fleet.test` with the given certificate files.
@@ -405,19 +363,11 @@ respond = {{ body = "ok" }}
     path.to_str().unwrap().to_owned()
 }
 
-/// One HTTPS request with `config` (whose session store carries tickets from one
+/// One HTTPS request through `client` (whose session store carries tickets from one
 /// connection to the next): how its handshake went.
-async fn visit(
-    config: &std::sync::Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
-) -> rustls::HandshakeKind {
+async fn visit(client: &tokio_rustls::TlsConnector, addr: SocketAddr) -> rustls::HandshakeKind {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("fleet.test").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_connect(client, addr, "fleet.test").await.unwrap();
     let kind = tls.get_ref().1.handshake_kind().unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: fleet.test\r\nConnection: close\r\n\r\n")
         .await
@@ -434,17 +384,9 @@ async fn visit(
 
 /// Whether a client that got its ticket from `a` resumes on `b`.
 async fn resumes_across(ca: &TestCa, a: SocketAddr, b: SocketAddr) -> bool {
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots())
-        .with_no_client_auth(),
-    );
-    assert_eq!(visit(&config, a).await, rustls::HandshakeKind::Full);
-    visit(&config, b).await == rustls::HandshakeKind::Resumed
+    let client = tls_client(ca, &[], None);
+    assert_eq!(visit(&client, a).await, rustls::HandshakeKind::Full);
+    visit(&client, b).await == rustls::HandshakeKind::Resumed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,40 +588,27 @@ async fn a_configuration_kept_as_sections_is_joined_checked_and_followed() {
 
     let p = start(&url, &dir.join("sec.cache"), "s1");
     assert_eq!(body(p.addr("front")).await.as_deref(), Some("s1"));
+    let front = p.addr("front");
+    let serves = |want: &'static str| async move { body(front).await.as_deref() == Some(want) };
+    // A section at `key` with one route answering `text` (then `tail`).
+    let put_route = |key: &str, text: &str, tail: &str| {
+        etcd.ctl(&[
+            "put",
+            key,
+            &format!("[[routes]]\nrespond = {{ body = \"{text}\" }}\n{tail}"),
+        ])
+        .unwrap();
+    };
 
     // One section changed by itself: applied.
-    etcd.ctl(&[
-        "put",
-        "/sec/config/30-routes",
-        "[[routes]]\nrespond = { body = \"s2\" }\n",
-    ])
-    .unwrap();
-    eventually_async("s2", || async {
-        body(p.addr("front")).await.as_deref() == Some("s2")
-    })
-    .await;
+    put_route("/sec/config/30-routes", "s2", "");
+    eventually_async("s2", || serves("s2")).await;
     // A section deleted by hand is applied, though it is not the latest one.
-    etcd.ctl(&[
-        "put",
-        "/sec/config/25-first",
-        "[[routes]]\nrespond = { body = \"first\" }\n",
-    ])
-    .unwrap();
-    eventually_async("first", || async {
-        body(p.addr("front")).await.as_deref() == Some("first")
-    })
-    .await;
-    etcd.ctl(&[
-        "put",
-        "/sec/config/30-routes",
-        "[[routes]]\nrespond = { body = \"s2\" }\n# touched\n",
-    ])
-    .unwrap();
+    put_route("/sec/config/25-first", "first", "");
+    eventually_async("first", || serves("first")).await;
+    put_route("/sec/config/30-routes", "s2", "# touched\n");
     etcd.ctl(&["del", "/sec/config/25-first"]).unwrap();
-    eventually_async("s2 again", || async {
-        body(p.addr("front")).await.as_deref() == Some("s2")
-    })
-    .await;
+    eventually_async("s2 again", || serves("s2")).await;
     let good = revision(&p).await;
 
     // A bad section is refused with its key, revision and line; s2 keeps serving.
@@ -716,8 +645,5 @@ async fn a_configuration_kept_as_sections_is_joined_checked_and_followed() {
             .trim(),
         ""
     );
-    eventually_async("the whole document", || async {
-        body(p.addr("front")).await.as_deref() == Some("whole")
-    })
-    .await;
+    eventually_async("the whole document", || serves("whole")).await;
 }

@@ -105,24 +105,12 @@ fn client_ip(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + n))
 }
 
-fn tls_config(ca: &TestCa) -> Arc<rustls::ClientConfig> {
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots())
-        .with_no_client_auth(),
-    )
-}
-
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection through the edge from `from`, and its local address.
 async fn connect(
     edge: SocketAddr,
-    tls: &Arc<rustls::ClientConfig>,
+    tls: &tokio_rustls::TlsConnector,
     from: IpAddr,
 ) -> (Tls, SocketAddr) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -130,10 +118,7 @@ async fn connect(
     let local = socket.local_addr().unwrap();
     let tcp = socket.connect(edge).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("fleet.test").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let stream = tls.connect(name, tcp).await.unwrap();
     (stream, local)
 }
 
@@ -185,7 +170,7 @@ fn log_len(p: &PylonProcess) -> usize {
 }
 
 /// One new flow from each client: which instance each went to.
-async fn map_flows(edge: &PylonProcess, tls: &Arc<rustls::ClientConfig>) -> BTreeMap<u8, String> {
+async fn map_flows(edge: &PylonProcess, tls: &tokio_rustls::TlsConnector) -> BTreeMap<u8, String> {
     let mut map = BTreeMap::new();
     for n in 0..CLIENTS {
         let since = log_len(edge);
@@ -274,7 +259,7 @@ async fn the_edge_tier_keeps_flows_on_their_instance_as_instances_come_and_go() 
         edge_endpoints(&edge).await.len() == 3
     })
     .await;
-    let tls = tls_config(&ca);
+    let tls = tls_client(&ca, &[], None);
 
     // Every client's flows go to one instance, and the three share them.
     let first = map_flows(&edge, &tls).await;
