@@ -277,6 +277,10 @@ impl SessionTask {
         let started = std::time::Instant::now();
         let mut bytes_out = 0u64;
         let mut why = "idle_timeout";
+        // Made once: polled again only when the cluster changes, not per datagram.
+        let endpoint = Arc::clone(lease.endpoint());
+        let left_cluster = cluster.endpoint_left(&endpoint);
+        tokio::pin!(left_cluster);
         loop {
             // Wake when the session would expire if nothing moves either way.
             let last = last_reply.max(last_sent.load(Ordering::Relaxed));
@@ -292,7 +296,7 @@ impl SessionTask {
                     why = cause.as_str();
                     break;
                 }
-                () = cluster.endpoint_left(lease.endpoint()) => {
+                () = &mut left_cluster => {
                     tracing::info!(%client, endpoint = %lease.endpoint().address, "udp session closed: its endpoint left the cluster");
                     why = "endpoint_removed";
                     break;
