@@ -9,6 +9,7 @@ pub mod forward_addr;
 pub(crate) mod forward_auth;
 pub mod grpc;
 mod h1;
+pub mod h2_streams;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
+use super::h2_streams::{NewStreams, WithStreams};
 use super::pipeline::{self, ConnCtx};
 use super::stall::{StallExecutor, StreamHandoff};
 use crate::conn::parking::{LotTask, PARK_AFTER, Parking};
@@ -73,12 +74,18 @@ struct H2Settings {
 }
 
 impl H2Settings {
-    fn builder(&self, handoff: Arc<StreamHandoff>) -> http2::Builder<StallExecutor> {
-        // HTTP/2 streams run under the send stall guard (`send_timeout` per stream).
+    fn builder(
+        &self,
+        handoff: Arc<StreamHandoff>,
+        streams: Arc<NewStreams>,
+    ) -> http2::Builder<StallExecutor> {
+        // HTTP/2 streams run under the send stall guard (`send_timeout` per stream), in
+        // the connection's task.
         let mut h2 = http2::Builder::new(StallExecutor::new(
             self.send_timeout,
             Arc::clone(&self.metrics),
             handoff,
+            streams,
         ));
         h2.timer(TokioTimer::new())
             // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
@@ -344,10 +351,14 @@ async fn serve_h2<S>(
         Box::pin(respond(req, Arc::clone(&svc_ctx), progress))
     });
     let mut shutdown = shutdown;
-    let conn = builders.h2.builder(handoff).serve_connection(io, svc);
+    let streams = Arc::new(NewStreams::default());
+    let conn = builders
+        .h2
+        .builder(handoff, Arc::clone(&streams))
+        .serve_connection(io, svc);
     drive(
-        conn,
-        |c| c.graceful_shutdown(),
+        WithStreams::new(conn, streams),
+        |c| c.get_mut().conn().graceful_shutdown(),
         (None, |_: Pin<&mut _>| {}),
         &ctx,
         &limits,

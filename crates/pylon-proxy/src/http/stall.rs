@@ -4,10 +4,10 @@
 //! RST_STREAM, freeing the stream and its upstream, while the connection's other
 //! streams go on.
 //!
-//! hyper drives each HTTP/2 stream as a task given to the connection's executor and
+//! hyper drives each HTTP/2 stream as a future given to the connection's executor and
 //! only polls the response body once the window has room, so a stalled body is never
-//! polled and cannot time itself out. [`StallExecutor`] wraps each stream task in a
-//! [`StallGuard`]. The two meet through a [`StreamProgress`] per stream: the
+//! polled and cannot time itself out. [`StallExecutor`] wraps each stream's future in a
+//! [`StallGuard`] and hands it to the connection's own task (`h2_streams`). The two meet through a [`StreamProgress`] per stream: the
 //! connection's service makes it when hyper calls it with the stream's request
 //! ([`StreamHandoff::begin`]), and the executor takes it for the stream's task, which
 //! hyper hands over right after, in the same poll of the connection. The response
@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use super::error::ErrorKind;
+use super::h2_streams::NewStreams;
 use crate::observe::Metrics;
 
 use super::body::{NONE, RESPONDED, StreamProgress, WAITING};
@@ -57,20 +58,28 @@ impl StreamHandoff {
     }
 }
 
-/// Runs each HTTP/2 stream of a connection under a [`StallGuard`].
+/// Runs each HTTP/2 stream of a connection under a [`StallGuard`], in the connection's
+/// own task (its [`NewStreams`]).
 #[derive(Clone)]
 pub struct StallExecutor {
     timeout: Duration,
     metrics: Arc<Metrics>,
     handoff: Arc<StreamHandoff>,
+    streams: Arc<NewStreams>,
 }
 
 impl StallExecutor {
-    pub fn new(timeout: Duration, metrics: Arc<Metrics>, handoff: Arc<StreamHandoff>) -> Self {
+    pub fn new(
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        handoff: Arc<StreamHandoff>,
+        streams: Arc<NewStreams>,
+    ) -> Self {
         StallExecutor {
             timeout,
             metrics,
             handoff,
+            streams,
         }
     }
 }
@@ -82,15 +91,14 @@ where
 {
     fn execute(&self, fut: F) {
         match self.handoff.take() {
-            Some(progress) => {
-                tokio::spawn(StallGuard::new(
-                    fut,
-                    self.timeout,
-                    Arc::clone(&self.metrics),
-                    progress,
-                ));
-            }
-            // Not a stream's task (an upgraded stream's relay has its own timeouts).
+            Some(progress) => self.streams.push(Box::pin(StallGuard::new(
+                fut,
+                self.timeout,
+                Arc::clone(&self.metrics),
+                progress,
+            ))),
+            // Not a stream's task (an upgraded stream's relay has its own timeouts): a
+            // task of its own, since it may be handed over from another thread.
             None => {
                 tokio::spawn(fut);
             }
