@@ -9,7 +9,9 @@
 //!
 //! Streams still open when the connection's future ends (or is dropped by its timer)
 //! go to the runtime as tasks of their own, as they would have run before: they then
-//! see their connection gone and end with their log line.
+//! see their connection gone and end with their log line. A stream that panics (a
+//! bug) is dropped alone, as its own task would have been: h2 resets it and the
+//! connection's other streams go on.
 //!
 //! [`StallExecutor`]: super::stall::StallExecutor
 
@@ -25,13 +27,36 @@ use futures_util::stream::FuturesUnordered;
 /// under its stall guard.
 pub type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+pin_project_lite::pin_project! {
+    /// A stream whose panic ends the stream, not its connection.
+    struct Isolated<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Isolated<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = self.project().inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(polled) => polled,
+            Err(_) => {
+                tracing::error!("an HTTP/2 stream's task panicked; the stream was reset");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
 /// Streams hyper accepted on a connection and not yet taken up by its [`WithStreams`].
 #[derive(Default)]
 pub struct NewStreams(Mutex<Vec<StreamTask>>);
 
 impl NewStreams {
-    pub fn push(&self, task: StreamTask) {
-        crate::lock(&self.0).push(task);
+    pub fn push(&self, task: impl Future<Output = ()> + Send + 'static) {
+        crate::lock(&self.0).push(Box::pin(Isolated { inner: task }));
     }
 
     fn take(&self, into: &FuturesUnordered<StreamTask>) {
@@ -118,10 +143,10 @@ mod tests {
             if self.left > 0 {
                 self.left -= 1;
                 let finished = Arc::clone(&self.finished);
-                self.new.push(Box::pin(async move {
+                self.new.push(async move {
                     tokio::task::yield_now().await;
                     finished.fetch_add(1, Ordering::SeqCst);
-                }));
+                });
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
@@ -151,13 +176,32 @@ mod tests {
     async fn streams_left_when_the_connection_is_dropped_run_on_as_tasks() {
         let new = Arc::new(NewStreams::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        new.push(Box::pin(async move {
+        new.push(async move {
             let _ = tx.send(());
-        }));
+        });
         drop(WithStreams::new(std::future::pending::<()>(), new));
         assert!(
             rx.await.is_ok(),
             "the stream ran after its connection was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_panics_ends_alone() {
+        let new = Arc::new(NewStreams::default());
+        let finished = Arc::new(AtomicUsize::new(0));
+        new.push(async { panic!("a bug in one stream") });
+        let conn = FakeConn {
+            new: Arc::clone(&new),
+            left: 3,
+            finished: Arc::clone(&finished),
+            total: 3,
+        };
+        WithStreams::new(conn, new).await;
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            3,
+            "the connection's other streams finished"
         );
     }
 }

@@ -91,12 +91,12 @@ where
 {
     fn execute(&self, fut: F) {
         match self.handoff.take() {
-            Some(progress) => self.streams.push(Box::pin(StallGuard::new(
+            Some(progress) => self.streams.push(StallGuard::new(
                 fut,
                 self.timeout,
                 Arc::clone(&self.metrics),
                 progress,
-            ))),
+            )),
             // Not a stream's task (an upgraded stream's relay has its own timeouts): a
             // task of its own, since it may be handed over from another thread.
             None => {
