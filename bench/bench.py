@@ -167,6 +167,13 @@ class Server:
         self.name, self.argv, self.port = name, argv, port
 
     def __enter__(self):
+        # Something else on the port would answer in this server's place.
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            sys.exit(f"bench: 127.0.0.1:{self.port} is taken by another process; "
+                     f"stop it before running the benchmark ({self.name} listens there)")
+        except OSError:
+            pass
         self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         wait_port(self.port)
