@@ -33,9 +33,11 @@ use super::body::{NONE, RESPONDED, StreamProgress, WAITING};
 
 /// One connection's hand-over of each new stream's [`StreamProgress`] from its service
 /// to its executor. hyper calls the service for a stream's request and gives the
-/// stream's task to the executor right after, synchronously, on the same thread; a task
-/// another thread gives the executor meanwhile (an upgraded stream's) is told apart by
-/// its thread and gets none.
+/// stream's future to the executor right after, synchronously, in the same poll of the
+/// connection, so the slot is empty whenever anything else reaches the executor: an
+/// upgraded stream's relay, which hyper hands over from the stream's own poll, finds it
+/// empty and gets none. The thread check is a safety net should a future ever be handed
+/// over from another thread between the two.
 #[derive(Debug, Default)]
 pub struct StreamHandoff(Mutex<Option<(ThreadId, Arc<StreamProgress>)>>);
 
@@ -97,8 +99,8 @@ where
                 Arc::clone(&self.metrics),
                 progress,
             )),
-            // Not a stream's task (an upgraded stream's relay has its own timeouts): a
-            // task of its own, since it may be handed over from another thread.
+            // Not a stream (an upgraded stream's relay, with its own timeouts): a task of
+            // its own, since it lives on after the stream's answer.
             None => {
                 tokio::spawn(fut);
             }
