@@ -93,23 +93,61 @@ const SPELLINGS: [&str; 7] = [
     "X-UA-Compatible",
 ];
 
+/// The usual spelling of a common field name (lower case, as a `HeaderName` holds it):
+/// one of [`SPELLINGS`], or the Title-Case of the names most messages carry, written
+/// without a pass over the name's bytes.
+fn known_spelling(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "etag" => SPELLINGS[0],
+        "te" => SPELLINGS[1],
+        "www-authenticate" => SPELLINGS[2],
+        "content-md5" => SPELLINGS[3],
+        "dnt" => SPELLINGS[4],
+        "x-xss-protection" => SPELLINGS[5],
+        "x-ua-compatible" => SPELLINGS[6],
+        "host" => "Host",
+        "date" => "Date",
+        "server" => "Server",
+        "content-type" => "Content-Type",
+        "content-length" => "Content-Length",
+        "connection" => "Connection",
+        "user-agent" => "User-Agent",
+        "accept" => "Accept",
+        "accept-encoding" => "Accept-Encoding",
+        "accept-language" => "Accept-Language",
+        "cache-control" => "Cache-Control",
+        "transfer-encoding" => "Transfer-Encoding",
+        "x-forwarded-for" => "X-Forwarded-For",
+        "x-forwarded-proto" => "X-Forwarded-Proto",
+        "x-forwarded-host" => "X-Forwarded-Host",
+        "forwarded" => "Forwarded",
+        "via" => "Via",
+        "x-request-id" => "X-Request-Id",
+        "last-modified" => "Last-Modified",
+        "vary" => "Vary",
+        "location" => "Location",
+        "set-cookie" => "Set-Cookie",
+        "cookie" => "Cookie",
+        "authorization" => "Authorization",
+        "referer" => "Referer",
+        "content-encoding" => "Content-Encoding",
+        "expires" => "Expires",
+        "age" => "Age",
+        _ => return None,
+    })
+}
+
 /// Writes `name` (lower case, as a `HeaderName` holds it) as it is usually spelled:
 /// one of [`SPELLINGS`], else each word (split at `-`) with its first letter upper case.
 fn canonical(out: &mut BytesMut, name: &str) {
-    let known = match name {
-        "etag" => Some(0),
-        "te" => Some(1),
-        "www-authenticate" => Some(2),
-        "content-md5" => Some(3),
-        "dnt" => Some(4),
-        "x-xss-protection" => Some(5),
-        "x-ua-compatible" => Some(6),
-        _ => None,
-    };
-    if let Some(i) = known {
-        out.put_slice(SPELLINGS[i].as_bytes());
+    if let Some(s) = known_spelling(name) {
+        out.put_slice(s.as_bytes());
         return;
     }
+    title_case(out, name);
+}
+
+fn title_case(out: &mut BytesMut, name: &str) {
     let at = out.len();
     out.put_slice(name.as_bytes());
     let mut start = true;
@@ -197,4 +235,69 @@ pub fn write_chunk_size(out: &mut BytesMut, size: u64) {
     }
     out.put_slice(&digits[i..]);
     out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every spelling in the table is the Title-Case rule's, or one of [`SPELLINGS`]
+    /// (which the rule would spell otherwise).
+    #[test]
+    fn known_spellings_agree_with_the_title_case_rule() {
+        let names = [
+            "etag",
+            "te",
+            "www-authenticate",
+            "content-md5",
+            "dnt",
+            "x-xss-protection",
+            "x-ua-compatible",
+            "host",
+            "date",
+            "server",
+            "content-type",
+            "content-length",
+            "connection",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "cache-control",
+            "transfer-encoding",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "via",
+            "x-request-id",
+            "last-modified",
+            "vary",
+            "location",
+            "set-cookie",
+            "cookie",
+            "authorization",
+            "referer",
+            "content-encoding",
+            "expires",
+            "age",
+        ];
+        for name in names {
+            let known = known_spelling(name).expect(name);
+            assert!(known.eq_ignore_ascii_case(name), "{name}: {known}");
+            let mut ruled = BytesMut::new();
+            title_case(&mut ruled, name);
+            assert!(
+                known.as_bytes() == &ruled[..] || SPELLINGS.contains(&known),
+                "{name}: {known}"
+            );
+            assert!(
+                is_canonical(known.as_bytes()),
+                "{known} is read back as canonical"
+            );
+        }
+        let mut out = BytesMut::new();
+        canonical(&mut out, "x-custom-name");
+        assert_eq!(&out[..], b"X-Custom-Name");
+    }
 }
