@@ -161,6 +161,35 @@ fn title_case(out: &mut BytesMut, name: &str) {
 
 /// `name` is as [`canonical`] writes it.
 fn is_canonical(name: &[u8]) -> bool {
+    // The names most messages carry, spelled as [`known_spelling`] writes them: one
+    // match instead of a pass over the bytes.
+    if matches!(
+        name,
+        b"Host"
+            | b"Date"
+            | b"Server"
+            | b"Content-Type"
+            | b"Content-Length"
+            | b"Connection"
+            | b"User-Agent"
+            | b"Accept"
+            | b"Accept-Encoding"
+            | b"Accept-Language"
+            | b"Cache-Control"
+            | b"Transfer-Encoding"
+            | b"Last-Modified"
+            | b"Vary"
+            | b"Location"
+            | b"Set-Cookie"
+            | b"Cookie"
+            | b"Authorization"
+            | b"Referer"
+            | b"Content-Encoding"
+            | b"Expires"
+            | b"ETag"
+    ) {
+        return true;
+    }
     let mut start = true;
     for &b in name {
         if (start && b.is_ascii_lowercase()) || (!start && b.is_ascii_uppercase()) {
@@ -295,6 +324,37 @@ mod tests {
                 is_canonical(known.as_bytes()),
                 "{known} is read back as canonical"
             );
+        }
+        for spelled in [
+            "Host",
+            "Date",
+            "Server",
+            "Content-Type",
+            "Content-Length",
+            "Connection",
+            "User-Agent",
+            "Accept",
+            "Accept-Encoding",
+            "Accept-Language",
+            "Cache-Control",
+            "Transfer-Encoding",
+            "Last-Modified",
+            "Vary",
+            "Location",
+            "Set-Cookie",
+            "Cookie",
+            "Authorization",
+            "Referer",
+            "Content-Encoding",
+            "Expires",
+            "ETag",
+        ] {
+            assert!(is_canonical(spelled.as_bytes()), "{spelled}");
+            let lower = spelled.to_ascii_lowercase();
+            assert_eq!(known_spelling(&lower), Some(spelled), "the two lists agree");
+        }
+        for not in ["host", "content-length", "CONTENT-TYPE", "x-Lower"] {
+            assert!(!is_canonical(not.as_bytes()), "{not}");
         }
         let mut out = BytesMut::new();
         canonical(&mut out, "x-custom-name");
