@@ -158,18 +158,28 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn streams_run_in_the_connections_task_until_they_end() {
-        let new = Arc::new(NewStreams::default());
+    /// Serves a connection that accepts `streams` streams (besides any already in
+    /// `new`) until they have all finished, within a deadline: how many finished.
+    async fn serve(new: Arc<NewStreams>, streams: usize) -> usize {
         let finished = Arc::new(AtomicUsize::new(0));
         let conn = FakeConn {
             new: Arc::clone(&new),
-            left: 5,
+            left: streams,
             finished: Arc::clone(&finished),
-            total: 5,
+            total: streams,
         };
-        WithStreams::new(conn, new).await;
-        assert_eq!(finished.load(Ordering::SeqCst), 5);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            WithStreams::new(conn, new),
+        )
+        .await
+        .expect("the connection's streams were polled to their end");
+        finished.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn streams_run_in_the_connections_task_until_they_end() {
+        assert_eq!(serve(Arc::new(NewStreams::default()), 5).await, 5);
     }
 
     #[tokio::test]
@@ -189,17 +199,9 @@ mod tests {
     #[tokio::test]
     async fn a_stream_that_panics_ends_alone() {
         let new = Arc::new(NewStreams::default());
-        let finished = Arc::new(AtomicUsize::new(0));
         new.push(async { panic!("a bug in one stream") });
-        let conn = FakeConn {
-            new: Arc::clone(&new),
-            left: 3,
-            finished: Arc::clone(&finished),
-            total: 3,
-        };
-        WithStreams::new(conn, new).await;
         assert_eq!(
-            finished.load(Ordering::SeqCst),
+            serve(new, 3).await,
             3,
             "the connection's other streams finished"
         );
