@@ -84,6 +84,11 @@ impl PylonProcess {
         self.addrs.iter().find(|(n, _)| n == name).unwrap().1
     }
 
+    /// Whether some line Pylon wrote to stderr so far matches.
+    pub fn logged(&self, matches: impl Fn(&str) -> bool) -> bool {
+        self.stderr.lock().unwrap().iter().any(|l| matches(l))
+    }
+
     /// The admin API's address, from the log line that announces it.
     pub fn admin_addr(&self) -> SocketAddr {
         let lines = self.stderr.lock().unwrap().clone();

@@ -132,6 +132,13 @@ pub fn temp_dir() -> PathBuf {
     d
 }
 
+/// Writes `text` to `dir/name` (a configuration, usually) and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// This process's directory of temporary files, made on first use.

@@ -18,10 +18,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_pylon");
 
 /// A document: an admin API and a `front` listener answering `body`.
 fn write_doc(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!(
+    write_file(
+        dir,
+        name,
+        &format!(
             r#"
 [access_log]
 enabled = false
@@ -35,8 +35,6 @@ respond = {{ body = "{body}" }}
 "#
         ),
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 fn push(args: &[&str]) -> std::process::Output {
@@ -171,13 +169,7 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
         eventually_async_within(
             Duration::from_secs(20),
             "the bad revision refused",
-            || async {
-                p.stderr
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l.contains("from etcd is invalid"))
-            },
+            || async { p.logged(|l| l.contains("from etcd is invalid")) },
         )
         .await;
         assert_eq!(body(p.addr("front")).await.as_deref(), Some("v2"));
@@ -215,12 +207,7 @@ async fn instances_follow_the_configuration_in_etcd_and_survive_its_outage() {
     let restarted = start(&url, &dir.join("cache-2.toml"), "i2");
     assert_eq!(body(restarted.addr("front")).await.as_deref(), Some("v2"));
     assert!(
-        restarted
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("starting on the cached configuration")),
+        restarted.logged(|l| l.contains("starting on the cached configuration")),
         "{:#?}",
         restarted.stderr.lock().unwrap()
     );
@@ -340,10 +327,10 @@ async fn answers_only(front: SocketAddr, name: &str, n: usize) -> bool {
 
 /// A TLS document: `front` serving `fleet.test` with the given certificate files.
 fn write_tls_doc(dir: &Path, cert: &Path, key: &Path) -> String {
-    let path = dir.join("tls.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_file(
+        dir,
+        "tls.toml",
+        &format!(
             r#"
 [access_log]
 enabled = false
@@ -359,8 +346,6 @@ respond = {{ body = "ok" }}
             key.display()
         ),
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 /// One HTTPS request through `client` (whose session store carries tickets from one
@@ -526,11 +511,7 @@ async fn instances_reach_etcd_over_tls_with_a_client_certificate_and_a_user() {
     })
     .await;
     assert!(
-        !p.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("starting on the cached configuration")),
+        !p.logged(|l| l.contains("starting on the cached configuration")),
         "read from etcd, not the cache"
     );
 }
@@ -615,22 +596,14 @@ async fn a_configuration_kept_as_sections_is_joined_checked_and_followed() {
     etcd.ctl(&["put", "/sec/config/30-routes", "[[routes]]\ncluster = 7\n"])
         .unwrap();
     eventually("the bad section refused", || {
-        p.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("/sec/config/30-routes@") && l.contains(":2:"))
+        p.logged(|l| l.contains("/sec/config/30-routes@") && l.contains(":2:"))
     })
     .await;
     // A section that starts with a bare key is refused too.
     etcd.ctl(&["put", "/sec/config/40-more", "worker_threads = 2\n"])
         .unwrap();
     eventually("the bare key refused", || {
-        p.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("must start with a table header"))
+        p.logged(|l| l.contains("must start with a table header"))
     })
     .await;
     assert_eq!(body(p.addr("front")).await.as_deref(), Some("s2"));

@@ -25,10 +25,10 @@ const CLIENTS: u8 = 60;
 
 /// The fleet's document: an https listener with HTTP/3 on the same port.
 fn write_doc(dir: &Path, cert: &Path, key: &Path) -> String {
-    let path = dir.join("fleet.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_file(
+        dir,
+        "fleet.toml",
+        &format!(
             r#"
 [access_log]
 enabled = false
@@ -47,16 +47,14 @@ respond = {{ body = "ok" }}
             key.display()
         ),
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 /// The edge tier: its own file, its endpoints the fleet's members.
 fn write_edge(dir: &Path, members: &str) -> String {
-    let path = dir.join("edge.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_file(
+        dir,
+        "edge.toml",
+        &format!(
             r#"
 [access_log]
 path = "stderr"
@@ -79,8 +77,6 @@ discovery = "{members}"
 "#
         ),
     )
-    .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 fn start_instance(url: &str, dir: &Path, name: &str) -> PylonProcess {
@@ -355,11 +351,7 @@ async fn the_edge_tier_keeps_flows_on_their_instance_as_instances_come_and_go() 
     .await;
     let drained = format!("endpoint={leaver} ready=false");
     assert!(
-        edge.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("endpoint readiness from etcd") && l.contains(&drained)),
+        edge.logged(|l| l.contains("endpoint readiness from etcd") && l.contains(&drained)),
         "the edge drained the instance first"
     );
     let third = map_flows(&edge, &tls).await;

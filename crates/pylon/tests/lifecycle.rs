@@ -82,11 +82,7 @@ async fn sighup_and_the_file_watch_reload_and_a_broken_file_is_refused() {
     std::fs::write(&file, "[[listeners]]\nname = 1\n").unwrap();
     p.signal(libc::SIGHUP);
     eventually("the broken file was refused", || {
-        p.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("reload refused"))
+        p.logged(|l| l.contains("reload refused"))
     })
     .await;
     assert_eq!(
