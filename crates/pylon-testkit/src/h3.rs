@@ -1,14 +1,17 @@
 //! An HTTP/3 client on quinn and h3 for tests: one QUIC connection, many requests
-//! (concurrent ones too), request bodies sent in pieces with trailers, and answers
-//! read whole with their trailers.
+//! (concurrent ones too), request bodies sent in pieces with trailers, answers read
+//! whole with their trailers, and WebSockets over extended CONNECT (RFC 9220).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::tls::TestCa;
+use crate::ws::WsClient;
 
 /// An answer over HTTP/3.
 #[derive(Debug)]
@@ -218,6 +221,60 @@ impl H3Client {
             .body(())
             .expect("request");
         self.send(req, &[], None).await
+    }
+
+    /// A WebSocket over HTTP/3 (RFC 9220): an extended CONNECT (`:protocol` =
+    /// `websocket`) for `path` on `authority`, on a new stream of this connection. On a
+    /// 200 the WebSocket runs in the stream's DATA frames (bridged here to an in-memory
+    /// pipe for tungstenite); `Err` carries any other status.
+    pub async fn websocket(
+        &self,
+        authority: &str,
+        path: &str,
+    ) -> std::io::Result<Result<WsClient<DuplexStream>, StatusCode>> {
+        let mut req = http::Request::connect(format!("https://{authority}{path}"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .expect("request");
+        req.extensions_mut().insert(h3::ext::Protocol::WEBSOCKET);
+        let mut send = self.send.clone();
+        let mut stream = send
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let resp = stream
+            .recv_response()
+            .await
+            .map_err(std::io::Error::other)?;
+        if resp.status() != StatusCode::OK {
+            return Ok(Err(resp.status()));
+        }
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (mut from_pipe, mut to_pipe) = tokio::io::split(theirs);
+        let (mut up, mut down) = stream.split();
+        tokio::spawn(async move {
+            while let Ok(Some(mut data)) = down.recv_data().await {
+                let data = data.copy_to_bytes(data.remaining());
+                if to_pipe.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to_pipe.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = from_pipe.read(&mut buf).await {
+                if up
+                    .send_data(Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = up.finish().await;
+        });
+        Ok(Ok(WsClient::from_raw_socket(ours, Role::Client, None).await))
     }
 }
 

@@ -110,6 +110,8 @@ async fn serve<S>(
             }
             Message::Close(frame) => {
                 *lc.lock().unwrap() = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                // tungstenite queued the answering Close: it goes out with the flush.
+                let _ = ws.flush().await;
                 return;
             }
             _ => {}

@@ -457,9 +457,7 @@ async fn aioquic_as_the_client() {
     let origin = Origin::echo().await;
     let ca = TestCa::new("h3");
     let (_proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "protocol = \"h2c\"")).await;
-    let ca_file = temp_dir().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-    let ca_file = ca_file.to_string_lossy().into_owned();
+    let ca_file = write_file(&temp_dir(), "ca.pem", &ca.cert_pem());
     let url = format!("https://localhost:{}/aioquic?x=1", udp.port());
     let connect = udp.ip().to_string();
     let out = aioquic_client(&["--cacert", &ca_file, "--connect", &connect, &url]).await;
@@ -491,6 +489,40 @@ async fn aioquic_as_the_client() {
     assert_eq!(post["method"], "POST");
     assert_eq!(post["body_len"], 1 << 20);
     assert_eq!(post["trailers"][0], "x-sum=42");
+}
+
+/// aioquic's extended CONNECT, through the README's example client: Pylon offers it
+/// (SETTINGS_ENABLE_CONNECT_PROTOCOL), and the WebSocket over HTTP/3 (RFC 9220)
+/// reaches an HTTP/1.1 WebSocket origin, messages and close code included.
+#[tokio::test]
+async fn aioquic_opens_a_websocket_over_http3() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let ca = TestCa::new("h3");
+    let (_proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let ca_file = write_file(&temp_dir(), "ca.pem", &ca.cert_pem());
+    let url = format!("https://localhost:{}/chat", udp.port());
+    let connect = udp.ip().to_string();
+    let out = aioquic_client(&[
+        "--cacert",
+        &ca_file,
+        "--connect",
+        &connect,
+        "--websocket",
+        "hello",
+        "--websocket",
+        "über drei",
+        &url,
+    ])
+    .await;
+    assert!(out.starts_with("HTTP/3 200\n"), "{out}");
+    assert!(
+        out.ends_with("\nmessage: hello\nmessage: über drei\nclose: 1000\n"),
+        "{out}"
+    );
+    eventually("the origin saw the client's close", || {
+        origin.last_close.lock().unwrap().clone() == Some((1000, "bye".to_string()))
+    })
+    .await;
 }
 
 #[tokio::test]

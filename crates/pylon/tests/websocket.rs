@@ -1,6 +1,7 @@
-//! WebSocket through Pylon: HTTP/1.1 Upgrade and HTTP/2 extended CONNECT (RFC 8441)
-//! clients, tokio-tungstenite origins; messages of every kind, close codes, refusals,
-//! an origin dying mid-tunnel, idle tunnels, and 1,000 tunnels at once.
+//! WebSocket through Pylon: HTTP/1.1 Upgrade, HTTP/2 extended CONNECT (RFC 8441) and
+//! HTTP/3 extended CONNECT (RFC 9220) clients, tokio-tungstenite origins; messages of
+//! every kind, close codes, refusals, an origin dying mid-tunnel, idle tunnels, and
+//! 1,000 tunnels at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -365,4 +366,191 @@ async fn a_tunnels_access_log_line_is_written_when_it_ends_with_its_bytes() {
             "the client's Close went first: {v}"
         );
     }
+}
+
+/// An https listener with HTTP/3 (`listener_extra` in its table): `/h2` goes to
+/// `h2_origin` (an h2c cluster), `/plain` is answered by Pylon, the rest goes to
+/// `origin` (HTTP/1.1).
+fn h3_config(
+    ca: &TestCa,
+    origin: SocketAddr,
+    h2_origin: SocketAddr,
+    listener_extra: &str,
+) -> String {
+    let dir = temp_dir();
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "leaf");
+    format!(
+        r#"
+[access_log]
+enabled = false
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+protocol = "https"
+http3 = true
+{listener_extra}
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+
+[[routes]]
+path_prefix = "/h2"
+cluster = "ws-h2"
+
+[[routes]]
+path_prefix = "/plain"
+respond = {{ body = "plain" }}
+
+[[routes]]
+cluster = "ws"
+
+[[clusters]]
+name = "ws"
+endpoints = ["{origin}"]
+
+[[clusters]]
+name = "ws-h2"
+protocol = "h2c"
+endpoints = ["{h2_origin}"]
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Pylon on `h3_config`, and an HTTP/3 client connected to it.
+async fn h3_front(ca: &TestCa, config: &str) -> (TestProxy, H3Client) {
+    let p = TestProxy::start(config).await;
+    let udp = p.proxy.h3_addr("front").expect("an HTTP/3 address");
+    let client = H3Client::connect(ca, udp, "localhost").await.unwrap();
+    (p, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http3_extended_connect_reaches_http1_and_http2_origins() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let h2_origin = WsOrigin::start_h2(WsBehaviour::Echo).await;
+    let ca = TestCa::new("ws-h3");
+    let (p, client) = h3_front(&ca, &h3_config(&ca, origin.addr, h2_origin.addr, "")).await;
+    // To an HTTP/1.1 origin: every kind of message and close codes both ways, two
+    // tunnels on one QUIC connection.
+    let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
+    exchange_everything(&mut ws).await;
+    drop(ws);
+    let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
+    origin_closes_with_a_code(&mut ws).await;
+    drop(ws);
+    eventually("the origin saw the client's close code", || {
+        origin.last_close.lock().unwrap().clone() == Some((4000, "done here".to_string()))
+    })
+    .await;
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    // To an HTTP/2 origin: an extended CONNECT there too.
+    let mut ws = client.websocket("localhost", "/h2").await.unwrap().unwrap();
+    ws.send(Message::text("over h3 then h2")).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Some(Message::text("over h3 then h2"))
+    );
+    assert_eq!(
+        h2_origin
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // Ordinary requests go on beside the tunnel, on the same connection.
+    assert_eq!(
+        client.get("localhost", "/plain").await.unwrap().text(),
+        "plain"
+    );
+    ws.close(None).await.unwrap();
+    while next_message(&mut ws).await.is_some() {}
+    drop(ws);
+    let m = p.proxy.metrics();
+    assert_eq!(
+        m.tunnels_total.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    eventually("tunnels closed", || {
+        m.tunnels_active.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_websockets_over_http3_get_an_ordinary_answer() {
+    let plain = Origin::named("not a websocket").await;
+    let ca = TestCa::new("ws-h3");
+    let (_p, client) = h3_front(&ca, &h3_config(&ca, plain.addr, plain.addr, "")).await;
+    // A 200 would mean "tunnel open": the origin's refusal becomes a 502.
+    assert_eq!(
+        client.websocket("localhost", "/").await.unwrap().err(),
+        Some(http::StatusCode::BAD_GATEWAY)
+    );
+    // The connection and its other requests are unaffected.
+    assert_eq!(
+        client.get("localhost", "/").await.unwrap().text(),
+        "not a websocket"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_over_http3_outlives_the_listeners_idle_timeout() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let ca = TestCa::new("ws-h3");
+    let cfg = h3_config(&ca, origin.addr, origin.addr, "idle_timeout = \"1s\"");
+    let (_p, client) = h3_front(&ca, &cfg).await;
+    let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("before")));
+    // Nothing either way for well past the idle timeout (which is also QUIC's): the
+    // tunnel is a request in progress, and QUIC keep-alives hold the connection.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("after")));
+    assert!(client.connection.close_reason().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_keeps_websockets_over_http3_until_the_drain_timeout_then_says_1001() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let ca = TestCa::new("ws-h3");
+    let (p, client) = h3_front(&ca, &h3_config(&ca, origin.addr, origin.addr, "")).await;
+    let tcp = p.addr("front");
+    let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
+    let stop = tokio::spawn(async move {
+        p.proxy
+            .shutdown(std::time::Duration::from_millis(1500))
+            .await
+    });
+    // Draining: the tunnel goes on until the drain timeout.
+    eventually("the stop has begun (the listener is closed)", || {
+        std::net::TcpStream::connect(tcp).is_err()
+    })
+    .await;
+    ws.send(Message::text("two")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("two")));
+    assert!(!stop.is_finished());
+    // Then Close 1001, which the QUIC connection lingers for.
+    match next_message(&mut ws).await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("expected a close frame 1001, got {other:?}"),
+    }
+    assert!(
+        !stop.await.unwrap(),
+        "the tunnel was open at the drain timeout"
+    );
+    eventually("the QUIC connection is closed", || {
+        client.connection.close_reason().is_some()
+    })
+    .await;
+    eventually("the origin got Pylon's 1001", || {
+        origin.last_close.lock().unwrap().as_ref().map(|c| c.0) == Some(1001)
+    })
+    .await;
 }

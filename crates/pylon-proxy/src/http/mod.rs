@@ -10,6 +10,7 @@ pub(crate) mod forward_auth;
 pub mod grpc;
 mod h1;
 pub mod h2_streams;
+mod h3_tunnel;
 pub mod headers;
 pub mod pipeline;
 pub mod proxy;

@@ -1,11 +1,13 @@
-//! HTTP/3 over QUIC (RFC 9114) on quinn and h3: the only QUIC-aware server file.
+//! HTTP/3 over QUIC (RFC 9114) on quinn and h3: the QUIC-aware server (with
+//! `h3_tunnel.rs`, a WebSocket's request stream as a tunnel).
 //!
 //! An https listener with `http3` has a UDP socket beside each TCP one, on the same
 //! address, served by one quinn endpoint ([`H3Listener`]) with the listener's own
 //! certificates, SNI selection and client-certificate settings (ALPN `h3`, TLS 1.3,
 //! no 0-RTT). Each request goes to the one request path (`pipeline::handle`) exactly
 //! as HTTP/1.1 and HTTP/2 requests do; bodies stream both ways under QUIC flow control
-//! ([`H3Body`] reads the client's, the response's is written frame by frame).
+//! ([`H3Body`] reads the client's, the response's is written frame by frame). A
+//! WebSocket's extended CONNECT (RFC 9220) becomes a tunnel over its stream.
 //!
 //! What is QUIC's own stays here: address validation (a Retry once handshakes come
 //! faster than `validation_above` per second, or always), the listener's connection
@@ -28,13 +30,16 @@ use http::{HeaderMap, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pylon_config::model::{AddressValidation, Http3, Limits, Listener};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::body::{BoxError, StreamProgress};
 use super::error::ErrorKind;
+use super::h3_tunnel::{H3Tunnel, RecvStream, SendStream};
 use super::pipeline::{self, ConnCtx, EarlyData};
-use crate::conn::{ClientBody, ConnState};
+use crate::conn::{ClientBody, ConnState, OwnUpgrade, Upgraded};
+use crate::h1_io::Prefixed;
+use crate::l4::relay::CLOSE_LINGER;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::tls::server::{ClientIdentity, ServerTls};
@@ -132,6 +137,11 @@ fn quic_config(
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS))
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
+        // QUIC closes a connection that hears nothing for the idle timeout; pings at
+        // half of it keep a quiet one with a request or a tunnel in progress (a
+        // WebSocket) open. The connection's own loop closes it once it has nothing in
+        // progress for `idle_timeout`.
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
         .stream_receive_window(var(h3.initial_stream_window))
         .receive_window(var(h3.initial_connection_window));
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -430,8 +440,11 @@ async fn connection(
     let backstop = (s.limits.max_header_bytes as u64)
         .saturating_mul(2)
         .max(8192);
+    // Extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL) is offered for WebSockets
+    // (RFC 9220).
     let mut h3 = match h3::server::builder()
         .max_field_section_size(backstop)
+        .enable_extended_connect(true)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
         .await
     {
@@ -447,6 +460,7 @@ async fn connection(
     let mut resets = PerSecond::default();
     let mut last_busy = Instant::now();
     let mut stop = Some(ctx.shared.stop.watch());
+    let mut cut_at = None;
     let mut finishing = *drain.borrow();
     if finishing {
         let _ = h3.shutdown(1).await;
@@ -516,7 +530,16 @@ async fn connection(
                 let _ = h3.shutdown(1).await;
             }
             () = crate::life::retired(&mut stop) => {
-                // The process's drain deadline: what is still open is cut.
+                // The process's drain deadline: what is still open (a WebSocket, a gRPC
+                // stream) gets CLOSE_LINGER to say goodbye in its protocol, then is cut.
+                stop = None;
+                cut_at = Some(lingered());
+                if !finishing {
+                    finishing = true;
+                    let _ = h3.shutdown(1).await;
+                }
+            }
+            () = until(cut_at) => {
                 conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"shutting down");
                 return;
             }
@@ -526,10 +549,28 @@ async fn connection(
     loop {
         tokio::select! {
             next = requests.join_next() => if next.is_none() { break },
-            () = crate::life::retired(&mut stop) => break,
+            () = crate::life::retired(&mut stop) => {
+                stop = None;
+                cut_at = Some(lingered());
+            }
+            () = until(cut_at) => break,
         }
     }
     conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+}
+
+/// When what is still open at the drain deadline is cut: after [`CLOSE_LINGER`] for
+/// its goodbye, and a moment for that to go out.
+fn lingered() -> tokio::time::Instant {
+    tokio::time::Instant::now() + CLOSE_LINGER + Duration::from_millis(500)
+}
+
+/// Resolves at `at`; never without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a request stream ended.
@@ -540,8 +581,6 @@ enum Ended {
 }
 
 type RequestResolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
-type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// One request stream: its head (within the header-read timeout), the request path,
 /// and the answer streamed back.
@@ -562,15 +601,69 @@ async fn request(
         }
     };
     let (mut send, recv) = stream.split();
-    let body = H3Body::new(recv, req.headers()).await;
-    let mut req = req.map(|()| body.into_client_body());
+    // A WebSocket's extended CONNECT (RFC 9220): its stream carries no body but the
+    // tunnel's bytes, once the answer is 2xx.
+    let (mut req, websocket) = if is_websocket_connect(&req) {
+        let (tx, rx) = oneshot::channel();
+        let mut req = req.map(|()| ClientBody::Empty);
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req.extensions_mut().insert(OwnUpgrade::new(rx));
+        (req, Some((recv, tx)))
+    } else {
+        let body = H3Body::new(recv, req.headers()).await;
+        (req.map(|()| body.into_client_body()), None)
+    };
     if early {
         req.extensions_mut().insert(EarlyData);
         req.headers_mut()
             .insert("early-data", http::HeaderValue::from_static("1"));
     }
     let resp = pipeline::handle(req, Arc::clone(&ctx)).await;
-    respond(&mut send, resp, &limits).await
+    match websocket {
+        Some((recv, tx)) if resp.status().is_success() => {
+            switch(send, recv, resp, tx, &limits).await
+        }
+        _ => respond(&mut send, resp, &limits).await,
+    }
+}
+
+/// An extended CONNECT for a WebSocket (`:protocol` = `websocket`, RFC 9220).
+fn is_websocket_connect(req: &http::Request<()>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEBSOCKET)
+}
+
+/// Sends the 2xx that opens a WebSocket's tunnel, then hands the stream to the tunnel
+/// waiting for it and lasts as long as the tunnel does (the connection counts it as a
+/// request in progress).
+async fn switch(
+    mut send: SendStream,
+    recv: RecvStream,
+    resp: Response<super::body::ResponseBody>,
+    tx: oneshot::Sender<Upgraded>,
+    limits: &Limits,
+) -> Ended {
+    let (mut parts, _) = resp.into_parts();
+    strip_connection_fields(&mut parts.headers);
+    let head = Response::from_parts(parts, ());
+    match tokio::time::timeout(limits.send_timeout, send.send_response(head)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Ended::ClientReset,
+        Err(_) => {
+            send.stop_stream(h3::error::Code::from(u64::from(H3_REQUEST_CANCELLED)));
+            return Ended::Done;
+        }
+    }
+    let (open, ended) = oneshot::channel();
+    let tunnel = H3Tunnel::new(send, recv, open);
+    if tx
+        .send(Upgraded::Own(Prefixed::new(Bytes::new(), Box::new(tunnel))))
+        .is_ok()
+    {
+        let _ = ended.await;
+    }
+    Ended::Done
 }
 
 /// A request stream whose head never became a request: counted and logged like the

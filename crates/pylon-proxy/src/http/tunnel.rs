@@ -1,6 +1,6 @@
-//! WebSocket tunnels. A client's HTTP/1.1 `Upgrade: websocket` or HTTP/2 extended
-//! CONNECT (RFC 8441, `:protocol = websocket`) is forwarded as the handshake the
-//! cluster speaks: an HTTP/1.1 Upgrade to `http1` clusters, an extended CONNECT to
+//! WebSocket tunnels. A client's HTTP/1.1 `Upgrade: websocket`, or HTTP/2 or HTTP/3
+//! extended CONNECT (RFC 8441, RFC 9220, `:protocol = websocket`), is forwarded as the
+//! handshake the cluster speaks: an HTTP/1.1 Upgrade to `http1` clusters, an extended CONNECT to
 //! `h2c`/`h2` ones. Only a successful answer (101, or 2xx to a CONNECT) turns the two
 //! streams into a byte tunnel, relayed by `ws_relay` (frame-aware, so that Pylon can
 //! close it with 1001 "going away") with the route's tunnel idle timeout and lifetime;
@@ -175,7 +175,8 @@ impl WebSocket {
                 };
                 (parts, UpstreamSide::Raw(io))
             }
-            // WebSockets over HTTP/3 (RFC 9220) are not spoken yet: no tunnel.
+            // WebSockets to HTTP/3 upstreams (RFC 9220 from Pylon's side) are not
+            // spoken: no tunnel. (From HTTP/3 clients they are: `server_h3`.)
             UpstreamProtocol::H3 => return Outcome::Failed(ErrorKind::UpgradeRefused),
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 let upgrade = hyper::upgrade::on(&mut resp);
