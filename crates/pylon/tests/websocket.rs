@@ -369,8 +369,8 @@ async fn a_tunnels_access_log_line_is_written_when_it_ends_with_its_bytes() {
 }
 
 /// An https listener with HTTP/3 (`listener_extra` in its table): `/h2` goes to
-/// `h2_origin` (an h2c cluster), `/plain` is answered by Pylon, the rest goes to
-/// `origin` (HTTP/1.1).
+/// `h2_origin` (an h2c cluster), `/plain` is answered by Pylon, `/off` goes to `origin`
+/// with WebSockets turned off, the rest goes to `origin` (HTTP/1.1).
 fn h3_config(
     ca: &TestCa,
     origin: SocketAddr,
@@ -400,6 +400,11 @@ cluster = "ws-h2"
 [[routes]]
 path_prefix = "/plain"
 respond = {{ body = "plain" }}
+
+[[routes]]
+path_prefix = "/off"
+cluster = "ws"
+websocket = false
 
 [[routes]]
 cluster = "ws"
@@ -490,11 +495,40 @@ async fn refused_websockets_over_http3_get_an_ordinary_answer() {
         client.websocket("localhost", "/").await.unwrap().err(),
         Some(http::StatusCode::BAD_GATEWAY)
     );
+    // A route without WebSockets: an extended CONNECT has no plain form.
+    assert_eq!(
+        client.websocket("localhost", "/off").await.unwrap().err(),
+        Some(http::StatusCode::FORBIDDEN)
+    );
     // The connection and its other requests are unaffected.
     assert_eq!(
         client.get("localhost", "/").await.unwrap().text(),
         "not a websocket"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_gone_mid_tunnel_ends_the_tunnel() {
+    let origin = WsOrigin::start(WsBehaviour::Echo).await;
+    let ca = TestCa::new("ws-h3");
+    let (p, client) = h3_front(&ca, &h3_config(&ca, origin.addr, origin.addr, "")).await;
+    let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
+    // The client's QUIC connection goes away without a WebSocket close.
+    client.connection.close(0u32.into(), b"gone");
+    let m = p.proxy.metrics();
+    eventually("the tunnel is closed", || {
+        m.tunnels_active.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+    // New clients are served.
+    let again = H3Client::connect(&ca, p.proxy.h3_addr("front").unwrap(), "localhost")
+        .await
+        .unwrap();
+    let mut ws = again.websocket("localhost", "/").await.unwrap().unwrap();
+    ws.send(Message::text("two")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Some(Message::text("two")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
