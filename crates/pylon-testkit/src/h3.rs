@@ -144,21 +144,19 @@ impl H3Client {
         body: &[Bytes],
         trailers: Option<HeaderMap>,
     ) -> std::io::Result<H3Answer> {
-        let (resp, mut stream) = self.exchange(req, body, trailers).await?;
-        let mut data = BytesMut::new();
-        while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
-            data.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-        }
-        let trailers = stream
-            .recv_trailers()
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok(H3Answer {
-            status: resp.status(),
-            headers: resp.headers().clone(),
-            body: data.freeze(),
-            trailers,
-        })
+        let (resp, stream) = self.exchange(req, body, trailers, true).await?;
+        read_answer(resp, stream).await
+    }
+
+    /// Sends `req` with `body` without ending the request stream (a client whose body
+    /// is still to come) and reads the answer whole.
+    pub async fn send_unended(
+        &self,
+        req: http::Request<()>,
+        body: &[Bytes],
+    ) -> std::io::Result<H3Answer> {
+        let (resp, stream) = self.exchange(req, body, None, false).await?;
+        read_answer(resp, stream).await
     }
 
     /// Sends `req` with `body` and reads the answer's body without keeping it: its
@@ -168,7 +166,7 @@ impl H3Client {
         req: http::Request<()>,
         body: &[Bytes],
     ) -> std::io::Result<(StatusCode, u64)> {
-        let (resp, mut stream) = self.exchange(req, body, None).await?;
+        let (resp, mut stream) = self.exchange(req, body, None, true).await?;
         let mut n = 0u64;
         while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
             n += chunk.remaining() as u64;
@@ -177,13 +175,14 @@ impl H3Client {
         Ok((resp.status(), n))
     }
 
-    /// Sends a request whole (head, body pieces, trailers) and reads its answer's head;
-    /// the stream, for the answer's body.
+    /// Sends a request (head, body pieces, trailers; its end with `end`) and reads its
+    /// answer's head; the stream, for the answer's body.
     async fn exchange(
         &self,
         req: http::Request<()>,
         body: &[Bytes],
         trailers: Option<HeaderMap>,
+        end: bool,
     ) -> std::io::Result<(
         http::Response<()>,
         h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
@@ -207,7 +206,9 @@ impl H3Client {
         }
         // A server that answers without the rest of the request may decline it
         // (STOP_SENDING); the answer is still to be read (RFC 9114 §4.1.1).
-        let _ = stream.finish().await;
+        if end {
+            let _ = stream.finish().await;
+        }
         let resp = stream
             .recv_response()
             .await
@@ -278,9 +279,31 @@ impl H3Client {
     }
 }
 
+/// An answer's body and trailers read whole from its stream.
+async fn read_answer(
+    resp: http::Response<()>,
+    mut stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) -> std::io::Result<H3Answer> {
+    let mut data = BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await.map_err(std::io::Error::other)? {
+        data.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    let trailers = stream
+        .recv_trailers()
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(H3Answer {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        body: data.freeze(),
+        trailers,
+    })
+}
+
 /// An HTTP/3 origin (quinn + h3) on 127.0.0.1:0 (UDP) answering like the echo origin:
 /// a JSON description of the request (method, URI, version, headers, body length,
-/// trailers), with `grpc-status: 0` trailers when asked for (`te: trailers`).
+/// trailers), with `grpc-status: 0` trailers when asked for (`te: trailers`); at
+/// `/endless`, followed by a body that never ends.
 pub struct H3Origin {
     pub addr: SocketAddr,
     /// QUIC connections accepted so far.
@@ -364,6 +387,14 @@ impl H3Origin {
                                 return;
                             }
                             let _ = stream.send_data(Bytes::from(j.to_string())).await;
+                            // `/endless`: 16 KiB pieces after the description, until the
+                            // reader gives up.
+                            while req.uri().path() == "/endless" {
+                                let piece = Bytes::from(vec![b'e'; 16 * 1024]);
+                                if stream.send_data(piece).await.is_err() {
+                                    return;
+                                }
+                            }
                             if req.headers().get("te").is_some() {
                                 let mut t = HeaderMap::new();
                                 t.insert("grpc-status", http::HeaderValue::from_static("0"));

@@ -222,6 +222,17 @@ async fn proxy_made_errors_carry_their_reason_over_http3() {
         .unwrap();
     assert_eq!(a.status, 400, "{a:?}");
     assert!(a.header("x-pylon-error").is_some());
+    // The same with the request's end still to come: Pylon stops reading it (while a
+    // read of the stream is under way) and answers.
+    let req = Request::post("https://localhost/")
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let a = client
+        .send_unended(req, &[Bytes::from_static(b"more than five")])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400, "{a:?}");
     let a = client.get("localhost", "/after").await.unwrap();
     assert_eq!(a.status, 200);
 }
@@ -1078,6 +1089,55 @@ async fn requests_go_to_an_http3_upstream_on_one_pooled_connection() {
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["body_len"], 1 << 20);
     assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+}
+
+/// A client that leaves in the middle of an HTTP/3 upstream's answer: the upstream's
+/// stream is stopped without a panic (h3-quinn's own `stop_sending` panics while a read
+/// is under way), and the pooled connection serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_answer_stops_the_http3_upstreams_stream() {
+    let panics = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&panics);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info
+            .location()
+            .is_some_and(|l| l.file().contains("h3-quinn"))
+        {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let ca = TestCa::new("upstream");
+    let origin = H3Origin::echo(&ca.server(&["localhost"])).await;
+    let proxy = TestProxy::start(&h3_upstream_config(origin.addr, &ca, "")).await;
+    let front = proxy.addr("front");
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(front).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(b"GET /endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        while n < got.len() {
+            let r = tokio::time::timeout(DEADLINE, tcp.read(&mut got[n..]))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(r > 0, "the answer goes on");
+            n += r;
+        }
+        drop(tcp);
+    }
+    let a = get(front, "/after").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(panics.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the pooled QUIC connection served on"
+    );
 }
 
 #[tokio::test]

@@ -535,14 +535,14 @@ async fn an_http3_client_gone_mid_tunnel_ends_the_tunnel() {
 async fn a_quiet_websocket_over_http3_outlives_the_listeners_idle_timeout() {
     let origin = WsOrigin::start(WsBehaviour::Echo).await;
     let ca = TestCa::new("ws-h3");
-    let cfg = h3_config(&ca, origin.addr, origin.addr, "idle_timeout = \"1s\"");
+    let cfg = h3_config(&ca, origin.addr, origin.addr, "idle_timeout = \"2s\"");
     let (_p, client) = h3_front(&ca, &cfg).await;
     let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
     ws.send(Message::text("before")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Some(Message::text("before")));
     // Nothing either way for well past the idle timeout (which is also QUIC's): the
     // tunnel is a request in progress, and QUIC keep-alives hold the connection.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Some(Message::text("after")));
     assert!(client.connection.close_reason().is_none());
@@ -552,16 +552,18 @@ async fn a_quiet_websocket_over_http3_outlives_the_listeners_idle_timeout() {
 async fn a_stop_keeps_websockets_over_http3_until_the_drain_timeout_then_says_1001() {
     let origin = WsOrigin::start(WsBehaviour::Echo).await;
     let ca = TestCa::new("ws-h3");
-    let (p, client) = h3_front(&ca, &h3_config(&ca, origin.addr, origin.addr, "")).await;
+    let log = temp_dir().join("ws-h3-access.log");
+    let cfg = h3_config(&ca, origin.addr, origin.addr, "").replace(
+        "[access_log]\nenabled = false",
+        &format!("[access_log]\npath = \"{}\"", log.display()),
+    );
+    let (p, client) = h3_front(&ca, &cfg).await;
     let tcp = p.addr("front");
     let mut ws = client.websocket("localhost", "/").await.unwrap().unwrap();
     ws.send(Message::text("one")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Some(Message::text("one")));
-    let stop = tokio::spawn(async move {
-        p.proxy
-            .shutdown(std::time::Duration::from_millis(1500))
-            .await
-    });
+    let stop =
+        tokio::spawn(async move { p.proxy.shutdown(std::time::Duration::from_secs(3)).await });
     // Draining: the tunnel goes on until the drain timeout.
     eventually("the stop has begun (the listener is closed)", || {
         std::net::TcpStream::connect(tcp).is_err()
@@ -587,4 +589,13 @@ async fn a_stop_keeps_websockets_over_http3_until_the_drain_timeout_then_says_10
         origin.last_close.lock().unwrap().as_ref().map(|c| c.0) == Some(1001)
     })
     .await;
+    // The tunnel's access-log line, written as it ended, says why.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|v: &serde_json::Value| v["method"] == "CONNECT")
+        .unwrap_or_else(|| panic!("no CONNECT line in {text}"));
+    assert_eq!(line["error"], "drain_timeout", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
 }

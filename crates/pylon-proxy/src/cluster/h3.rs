@@ -195,7 +195,10 @@ impl Drop for H3Pool {
     }
 }
 
-/// An HTTP/3 upstream's answer body: DATA frames, then trailers.
+/// An HTTP/3 upstream's answer body: DATA frames, then trailers. Dropped before its
+/// end, its stream tells the upstream to stop sending (quinn's STOP_SENDING as it
+/// drops; h3-quinn's own `stop_sending` panics while a read is under way, and h3
+/// leaves one under way after each DATA frame).
 pub struct H3Body {
     /// `None` once everything was read.
     recv: Option<RecvStream>,
@@ -241,14 +244,5 @@ impl Body for H3Body {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-impl Drop for H3Body {
-    fn drop(&mut self) {
-        // Not read to its end: the upstream can stop sending.
-        if let Some(recv) = &mut self.recv {
-            recv.stop_sending(h3::error::Code::from(H3_REQUEST_CANCELLED));
-        }
     }
 }

@@ -38,15 +38,17 @@ enum Out {
     End,
 }
 
-/// A WebSocket's request stream after its 2xx answer.
+/// A WebSocket's request stream after its 2xx answer. Dropped before the client ended
+/// its side, the receiving half stops it (quinn's STOP_SENDING as the stream drops;
+/// h3-quinn's own `stop_sending` panics while a read is under way, and h3 leaves one
+/// under way after each DATA frame), and the writer resets the sending half unless it
+/// was ended cleanly.
 pub(super) struct H3Tunnel {
     recv: RecvStream,
     /// What the last DATA frame brought beyond the reads so far.
     read_ahead: Bytes,
     /// The client finished its side.
     read_done: bool,
-    /// A read is waiting for data (h3-quinn holds the stream meanwhile).
-    reading: bool,
     out: PollSender<Out>,
     /// The stream's end was asked for.
     ending: bool,
@@ -72,7 +74,6 @@ impl H3Tunnel {
             recv,
             read_ahead: Bytes::new(),
             read_done: false,
-            reading: false,
             out: PollSender::new(out),
             ending: false,
             written: Some(written),
@@ -105,7 +106,11 @@ async fn write_out(
                 sent = send.send_data(data) => sent.map_err(broken),
                 () = stop.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
             },
-            Some(Out::End) => break send.finish().await.map_err(broken),
+            // (h3 may send a GREASE frame first, which waits on flow control too.)
+            Some(Out::End) => tokio::select! {
+                sent = send.finish() => break sent.map_err(broken),
+                () = stop.cancelled() => Err(io::ErrorKind::BrokenPipe.into()),
+            },
             // The tunnel is gone without its end.
             None => Err(io::ErrorKind::BrokenPipe.into()),
         };
@@ -140,9 +145,7 @@ impl AsyncRead for H3Tunnel {
             if this.read_done {
                 return Poll::Ready(Ok(()));
             }
-            let polled = this.recv.poll_recv_data(cx);
-            this.reading = polled.is_pending();
-            match ready!(polled) {
+            match ready!(this.recv.poll_recv_data(cx)) {
                 Ok(Some(mut data)) => this.read_ahead = data.copy_to_bytes(data.remaining()),
                 Ok(None) => this.read_done = true,
                 Err(e) => return Poll::Ready(Err(broken(e))),
@@ -183,17 +186,6 @@ impl AsyncWrite for H3Tunnel {
                 Poll::Ready(result.unwrap_or(Err(io::ErrorKind::BrokenPipe.into())))
             }
             None => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl Drop for H3Tunnel {
-    /// The client's side is stopped if it has not ended (with a read waiting,
-    /// h3-quinn's stream is inside it, and quinn stops it as it is dropped); the writer
-    /// resets the sending side unless it was ended cleanly.
-    fn drop(&mut self) {
-        if !self.read_done && !self.reading {
-            self.recv.stop_sending(Code::H3_REQUEST_CANCELLED);
         }
     }
 }

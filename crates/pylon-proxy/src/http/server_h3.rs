@@ -52,6 +52,9 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 /// Unidirectional streams a client may open at once: HTTP/3 needs three (control,
 /// QPACK encoder and decoder); the rest leaves room for reserved (grease) types.
 const MAX_UNI_STREAMS: u32 = 16;
+/// QUIC keep-alive pings go out at least this often (clients' own idle timeouts are
+/// often 30 s).
+const KEEP_ALIVE_MAX: Duration = Duration::from_secs(10);
 /// After a handover, how long the closing connections get to send their close on the
 /// shared socket.
 const RELEASE_FLUSH: Duration = Duration::from_millis(100);
@@ -137,11 +140,12 @@ fn quic_config(
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS))
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
-        // QUIC closes a connection that hears nothing for the idle timeout; pings at
-        // half of it keep a quiet one with a request or a tunnel in progress (a
-        // WebSocket) open. The connection's own loop closes it once it has nothing in
+        // QUIC closes a connection that hears nothing for the idle timeout (the lower
+        // of the two sides'); pings at half of ours, and at least every
+        // `KEEP_ALIVE_MAX` for a client with a shorter one, keep a quiet one with a
+        // request or a tunnel in progress (a WebSocket) open. The connection's own loop closes it once it has nothing in
         // progress for `idle_timeout`.
-        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_interval(Some((limits.idle_timeout / 2).min(KEEP_ALIVE_MAX)))
         .stream_receive_window(var(h3.initial_stream_window))
         .receive_window(var(h3.initial_connection_window));
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -606,6 +610,9 @@ async fn request(
     let (mut req, websocket) = if is_websocket_connect(&req) {
         let (tx, rx) = oneshot::channel();
         let mut req = req.map(|()| ClientBody::Empty);
+        // As the other protocols' servers say it (h3's own must not reach an HTTP/3
+        // upstream, whose client would send it on).
+        req.extensions_mut().remove::<h3::ext::Protocol>();
         req.extensions_mut()
             .insert(hyper::ext::Protocol::from_static("websocket"));
         req.extensions_mut().insert(OwnUpgrade::new(rx));
@@ -621,7 +628,9 @@ async fn request(
     }
     let resp = pipeline::handle(req, Arc::clone(&ctx)).await;
     match websocket {
-        Some((recv, tx)) if resp.status().is_success() => {
+        // A 2xx from the tunnel (one that holds the other end); any other 2xx (a route
+        // that answers itself) is an ordinary answer.
+        Some((recv, tx)) if resp.status().is_success() && !tx.is_closed() => {
             switch(send, recv, resp, tx, &limits).await
         }
         _ => respond(&mut send, resp, &limits).await,
@@ -752,7 +761,10 @@ fn strip_connection_fields(h: &mut HeaderMap) {
 /// A request body as an HTTP/3 client sends it: DATA frames, then trailers, checked
 /// against a declared `Content-Length` (RFC 9114 §4.1.2).
 pub struct H3Body {
-    recv: RecvStream,
+    /// `None` once refused: dropping it stops the client's sending (quinn's
+    /// STOP_SENDING). h3-quinn's own `stop_sending` panics while a read is under way,
+    /// which h3 always leaves one of after a DATA frame.
+    recv: Option<RecvStream>,
     /// What was read before the request went on its way.
     ahead: Option<Result<Frame<Bytes>, BoxError>>,
     /// The DATA frames have ended (trailers may follow).
@@ -772,7 +784,7 @@ impl H3Body {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let mut body = H3Body {
-            recv,
+            recv: Some(recv),
             ahead: None,
             data_done: false,
             done: false,
@@ -801,8 +813,7 @@ impl H3Body {
 
     fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
-        self.recv
-            .stop_sending(h3::error::Code::from(u64::from(H3_REQUEST_CANCELLED)));
+        self.recv = None;
         Poll::Ready(Some(Err(why.into())))
     }
 }
@@ -819,11 +830,11 @@ impl Body for H3Body {
         if let Some(f) = this.ahead.take() {
             return Poll::Ready(Some(f));
         }
-        if this.done {
+        let Some(recv) = this.recv.as_mut().filter(|_| !this.done) else {
             return Poll::Ready(None);
-        }
+        };
         if !this.data_done {
-            match ready!(this.recv.poll_recv_data(cx)) {
+            match ready!(recv.poll_recv_data(cx)) {
                 Ok(Some(mut buf)) => {
                     let data = buf.copy_to_bytes(buf.remaining());
                     this.received += data.len() as u64;
@@ -842,7 +853,7 @@ impl Body for H3Body {
         if this.declared.is_some_and(|n| this.received != n) {
             return this.fail("request body shorter than its Content-Length");
         }
-        let trailers = ready!(this.recv.poll_recv_trailers(cx));
+        let trailers = ready!(recv.poll_recv_trailers(cx));
         this.done = true;
         match trailers {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
