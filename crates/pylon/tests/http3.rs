@@ -689,6 +689,36 @@ async fn a_stop_lets_requests_in_flight_finish_then_closes() {
     );
 }
 
+/// A large answer in flight when a stop begins reaches the client whole: the QUIC
+/// connection closes only once what was written of it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_delivers_a_large_answer_whole_before_closing() {
+    const SIZE: usize = 16 << 20;
+    let origin = Origin::start(|_req: Request<hyper::body::Incoming>| async move {
+        http::Response::new(full(vec![b'x'; SIZE]))
+    })
+    .await;
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = std::sync::Arc::new(H3Client::connect(&ca, udp, "localhost").await.unwrap());
+    let c = std::sync::Arc::clone(&client);
+    let download = tokio::spawn(async move {
+        let req = Request::get("https://localhost/big").body(()).unwrap();
+        c.send_counting(req, &[]).await
+    });
+    eventually("the request reached the origin", || {
+        origin.request_count() == 1
+    })
+    .await;
+    let drained = proxy
+        .proxy
+        .shutdown(std::time::Duration::from_secs(10))
+        .await;
+    let (status, n) = download.await.unwrap().unwrap();
+    assert_eq!((status.as_u16(), n), (200, SIZE as u64));
+    assert!(drained);
+}
+
 #[tokio::test]
 async fn connection_limits_and_address_validation() {
     let ca = TestCa::new("h3");

@@ -52,6 +52,10 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 /// Unidirectional streams a client may open at once: HTTP/3 needs three (control,
 /// QPACK encoder and decoder); the rest leaves room for reserved (grease) types.
 const MAX_UNI_STREAMS: u32 = 16;
+/// Before a graceful close, how many looks without sending or credit tell that what was
+/// written is delivered ([`delivered`]), and the least time between looks.
+const QUIET_POLLS: u32 = 3;
+const QUIET_POLL_MIN: Duration = Duration::from_millis(100);
 /// QUIC keep-alive pings go out at least this often (clients' own idle timeouts are
 /// often 30 s).
 const KEEP_ALIVE_MAX: Duration = Duration::from_secs(10);
@@ -549,10 +553,15 @@ async fn connection(
             }
         }
     }
-    // Requests already taken up are answered before the connection closes.
+    // Requests already taken up are answered, and what they wrote is delivered, before
+    // the connection closes.
+    let delivering = delivered(&conn);
+    let mut delivering = std::pin::pin!(delivering);
+    let mut answered = false;
     loop {
         tokio::select! {
-            next = requests.join_next() => if next.is_none() { break },
+            next = requests.join_next(), if !answered => answered = next.is_none(),
+            () = &mut delivering, if answered => break,
             () = crate::life::retired(&mut stop) => {
                 stop = None;
                 cut_at = Some(lingered());
@@ -561,6 +570,39 @@ async fn connection(
         }
     }
     conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+}
+
+/// Resolves once what the connection has written is most likely delivered, or the
+/// client has closed it: quinn's `close` drops what is unsent or unacknowledged, and
+/// h3 does not give the per-stream acknowledgement (quinn's `SendStream::stopped`). So
+/// it waits for a quiet spell: no STREAM frame sent (first sends and retransmissions)
+/// and no flow-control credit from the client, over [`QUIET_POLLS`] looks a round trip
+/// apart (at least [`QUIET_POLL_MIN`]). A client that reads nothing for that long has
+/// the rest of its answer cut.
+async fn delivered(conn: &quinn::Connection) {
+    let activity = || {
+        let s = conn.stats();
+        (
+            s.frame_tx.stream,
+            s.frame_rx.max_data + s.frame_rx.max_stream_data,
+        )
+    };
+    let mut last = activity();
+    let mut quiet = 0;
+    while quiet < QUIET_POLLS {
+        let wait = (conn.rtt() * 2).max(QUIET_POLL_MIN);
+        tokio::select! {
+            _ = conn.closed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let now = activity();
+        if now == last {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            last = now;
+        }
+    }
 }
 
 /// When what is still open at the drain deadline is cut: after [`CLOSE_LINGER`] for
