@@ -145,8 +145,9 @@ impl Fields {
         let mut map = HeaderMap::with_capacity(self.list.len() + 6);
         for f in &self.list {
             // httparse let through only token names and field-value bytes.
+            let name = &self.raw[f.name.clone()];
             if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(&self.raw[f.name.clone()]),
+                crate::names::known_name(name).map_or_else(|| HeaderName::from_bytes(name), Ok),
                 HeaderValue::from_maybe_shared(self.raw.slice(f.value.clone())),
             ) {
                 map.append(n, v);

@@ -14,6 +14,7 @@
 mod chunked;
 mod encode;
 mod head;
+mod names;
 mod rules;
 
 pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder, Handover};
