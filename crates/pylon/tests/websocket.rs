@@ -207,6 +207,32 @@ async fn a_route_can_turn_websockets_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_connect_to_a_route_that_answers_itself_is_refused() {
+    let p = TestProxy::start(
+        r#"
+[access_log]
+enabled = false
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+[[routes]]
+respond = { body = "not a tunnel" }
+"#,
+    )
+    .await;
+    // A 200 would tell the client its tunnel is open.
+    assert_eq!(
+        ws_connect_h2(p.addr("front"), "/").await.err(),
+        Some(http::StatusCode::FORBIDDEN)
+    );
+    // An HTTP/1.1 Upgrade gets the plain answer, which is no switch.
+    match ws_connect(p.addr("front"), "/").await {
+        Err(pylon_testkit::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 200),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_dying_mid_tunnel_closes_the_client_without_a_hang() {
     let origin = WsOrigin::start(WsBehaviour::DieAfterFirst).await;
     let p = TestProxy::start(&config(origin.addr, "")).await;
@@ -495,11 +521,15 @@ async fn refused_websockets_over_http3_get_an_ordinary_answer() {
         client.websocket("localhost", "/").await.unwrap().err(),
         Some(http::StatusCode::BAD_GATEWAY)
     );
-    // A route without WebSockets: an extended CONNECT has no plain form.
-    assert_eq!(
-        client.websocket("localhost", "/off").await.unwrap().err(),
-        Some(http::StatusCode::FORBIDDEN)
-    );
+    // A route without WebSockets, or one that answers itself: an extended CONNECT has
+    // no plain form (a 2xx would say the tunnel is open).
+    for path in ["/off", "/plain"] {
+        assert_eq!(
+            client.websocket("localhost", path).await.unwrap().err(),
+            Some(http::StatusCode::FORBIDDEN),
+            "{path}"
+        );
+    }
     // The connection and its other requests are unaffected.
     assert_eq!(
         client.get("localhost", "/").await.unwrap().text(),

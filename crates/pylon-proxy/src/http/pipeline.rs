@@ -508,6 +508,12 @@ async fn serve(
         Action::Proxy(p) if p.server_timing => ex.routed.server_timing = true,
         _ => {}
     }
+    // An extended CONNECT here is a WebSocket over HTTP/2 or HTTP/3: it opens a tunnel
+    // or is refused. A route that answers itself would send a 2xx, which the client
+    // takes for an open tunnel.
+    if req.method() == http::Method::CONNECT && !matches!(route.action(), Action::Proxy(_)) {
+        return Err(ErrorKind::WebSocketDisabled);
+    }
     match route.action() {
         Action::Respond(r) => Ok(respond(r)),
         Action::Redirect(r) => {
