@@ -258,146 +258,156 @@ pub(super) enum Failure {
 /// requests before. `home`: where the connection goes back after the answer (`None`:
 /// closed after it). `sent_at`: when the head and body were written (if before the
 /// answer's head).
-pub(super) async fn exchange(
+/// (Not an `async fn`, which would keep its arguments twice in its state, captured
+/// and moved into its body: the state is copied into every request's future. The
+/// request comes in parts so that none is held whole beside them.)
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+pub(super) fn exchange<'a>(
     mut io: UpstreamIo,
-    req: Request<RequestBody>,
+    mut parts: http::request::Parts,
+    mut body: RequestBody,
     home: Option<Lent>,
     reused: bool,
-    sent_at: &mut Option<Instant>,
-) -> Result<Response<H1Body>, Failure> {
-    let (mut parts, mut body) = req.into_parts();
-    let mut encoding = encoding(&mut parts, &body).map_err(Failure::Failed)?;
-    // A client's chunked body goes on with its framing as it came.
-    let passed = match encoding {
-        Encoding::Chunked => body.pass_chunked(),
-        _ => None,
-    };
-    if passed.is_some() {
-        encoding = Encoding::ChunkedPassed;
-    }
-    let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .as_bytes();
-    pylon_h1::write_request_head(
-        &mut head,
-        &parts.method,
-        target,
-        pylon_h1::Spelled {
-            fields: &parts.headers,
-            case: parts.extensions.get(),
-        },
-    );
-    // A body that can be sent again, should a reused connection turn out closed.
-    let replay: Option<Option<Bytes>> = match &body {
-        RequestBody::Empty => Some(None),
-        RequestBody::Full(b) => Some(b.clone()),
-        _ => None,
-    };
-    let mut writer = Writer::new(head.freeze(), body, encoding);
-    if let Some(first) = passed {
-        writer.push(first);
-    }
-    let mut writer = Some(Box::new(writer));
-    let mut write_error = None;
-    let mut wrote = false;
-    let mut reader = Reader::default();
-    let mut interim = 0;
-    let answer = std::future::poll_fn(|cx| {
-        if let Some(w) = &mut writer {
-            let polled = w.poll(&mut io, cx).map_err(SendError::from);
-            wrote |= w.started;
-            match polled {
-                Poll::Ready(Ok(())) => {
-                    writer = None;
-                    *sent_at = Some(Instant::now());
-                }
-                // The client's body failed: the request cannot be completed.
-                Poll::Ready(Err(e @ (SendError::Body(_) | SendError::Length))) => {
-                    return Poll::Ready(Err(e));
-                }
-                // The upstream may have answered already (and closed its side); read it.
-                Poll::Ready(Err(e)) => {
-                    writer = None;
-                    write_error = Some(e);
-                }
-                Poll::Pending => {}
-            }
+    sent_at: &'a mut Option<Instant>,
+) -> impl Future<Output = Result<Response<H1Body>, Failure>> + 'a {
+    async move {
+        let mut encoding = encoding(&mut parts, &body).map_err(Failure::Failed)?;
+        // A client's chunked body goes on with its framing as it came.
+        let passed = match encoding {
+            Encoding::Chunked => body.pass_chunked(),
+            _ => None,
+        };
+        if passed.is_some() {
+            encoding = Encoding::ChunkedPassed;
         }
-        loop {
-            match pylon_h1::parse_response(&mut reader.buf, &parts.method, &RESPONSE_HEAD) {
-                Ok(Some(h)) if h.status.is_informational() && h.status != 101 => {
-                    interim += 1;
-                    if interim > MAX_INTERIM {
-                        return Poll::Ready(Err(SendError::Invalid("too many 1xx answers".into())));
+        let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 32);
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes();
+        pylon_h1::write_request_head(
+            &mut head,
+            &parts.method,
+            target,
+            pylon_h1::Spelled {
+                fields: &parts.headers,
+                case: parts.extensions.get(),
+            },
+        );
+        // A body that can be sent again, should a reused connection turn out closed.
+        let replay: Option<Option<Bytes>> = match &body {
+            RequestBody::Empty => Some(None),
+            RequestBody::Full(b) => Some(b.clone()),
+            _ => None,
+        };
+        let mut writer = Writer::new(head.freeze(), body, encoding);
+        if let Some(first) = passed {
+            writer.push(first);
+        }
+        let mut writer = Some(Box::new(writer));
+        let mut write_error = None;
+        let mut wrote = false;
+        let mut reader = Reader::default();
+        let mut interim = 0;
+        let answer = std::future::poll_fn(|cx| {
+            if let Some(w) = &mut writer {
+                let polled = w.poll(&mut io, cx).map_err(SendError::from);
+                wrote |= w.started;
+                match polled {
+                    Poll::Ready(Ok(())) => {
+                        writer = None;
+                        *sent_at = Some(Instant::now());
                     }
-                    continue;
+                    // The client's body failed: the request cannot be completed.
+                    Poll::Ready(Err(e @ (SendError::Body(_) | SendError::Length))) => {
+                        return Poll::Ready(Err(e));
+                    }
+                    // The upstream may have answered already (and closed its side); read it.
+                    Poll::Ready(Err(e)) => {
+                        writer = None;
+                        write_error = Some(e);
+                    }
+                    Poll::Pending => {}
                 }
-                Ok(Some(h)) => return Poll::Ready(Ok(h)),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(SendError::Invalid(e.to_string()))),
             }
-            match ready!(reader.poll_fill(&mut io, cx)) {
-                Ok(0) => {
-                    return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Closed)));
+            loop {
+                match pylon_h1::parse_response(&mut reader.buf, &parts.method, &RESPONSE_HEAD) {
+                    Ok(Some(h)) if h.status.is_informational() && h.status != 101 => {
+                        interim += 1;
+                        if interim > MAX_INTERIM {
+                            return Poll::Ready(Err(SendError::Invalid(
+                                "too many 1xx answers".into(),
+                            )));
+                        }
+                        continue;
+                    }
+                    Ok(Some(h)) => return Poll::Ready(Ok(h)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(SendError::Invalid(e.to_string()))),
                 }
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Io(e)))),
+                match ready!(reader.poll_fill(&mut io, cx)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Closed)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Io(e))));
+                    }
+                }
             }
+        })
+        .await;
+        let head = match answer {
+            Ok(h) => h,
+            Err(e) => {
+                // Nothing written at all, or an idempotent request that a connection closed
+                // without a byte of answer (it was closing as the request went out).
+                let unsent = reused
+                    && reader.read == 0
+                    && (!wrote
+                        || (idempotent(&parts.method)
+                            && matches!(e, SendError::Closed | SendError::Io(_))));
+                return Err(match replay {
+                    Some(b) if unsent => {
+                        let body = b.map_or(RequestBody::Empty, |b| RequestBody::Full(Some(b)));
+                        Failure::Unsent(Box::new(Request::from_parts(parts, body)), e)
+                    }
+                    _ => Failure::Failed(e),
+                });
+            }
+        };
+        let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
+        let decoder = match head.framing {
+            _ if upgraded => BodyDecoder::Done,
+            BodyFraming::None | BodyFraming::Length(0) => BodyDecoder::Done,
+            BodyFraming::Length(n) => BodyDecoder::Length(n),
+            BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new(u64::MAX)),
+            BodyFraming::UntilClose => BodyDecoder::UntilClose,
+        };
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = if head.version == Version::HTTP_10 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        *resp.headers_mut() = head.fields.to_header_map();
+        if let Some(case) = pylon_h1::HeaderCase::of(head.fields) {
+            resp.extensions_mut().insert(case);
         }
-    })
-    .await;
-    let head = match answer {
-        Ok(h) => h,
-        Err(e) => {
-            // Nothing written at all, or an idempotent request that a connection closed
-            // without a byte of answer (it was closing as the request went out).
-            let unsent = reused
-                && reader.read == 0
-                && (!wrote
-                    || (idempotent(&parts.method)
-                        && matches!(e, SendError::Closed | SendError::Io(_))));
-            return Err(match replay {
-                Some(b) if unsent => {
-                    let body = b.map_or(RequestBody::Empty, |b| RequestBody::Full(Some(b)));
-                    Failure::Unsent(Box::new(Request::from_parts(parts, body)), e)
-                }
-                _ => Failure::Failed(e),
-            });
+        let mut body = H1Body {
+            conn: Some(Conn { io, reader, writer }),
+            decoder,
+            // A failed write leaves the request cut: the connection cannot be reused.
+            keep_alive: head.keep_alive && !upgraded && write_error.is_none(),
+            home,
+        };
+        if !upgraded && body.decoder.is_done() {
+            body.finish();
         }
-    };
-    let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
-    let decoder = match head.framing {
-        _ if upgraded => BodyDecoder::Done,
-        BodyFraming::None | BodyFraming::Length(0) => BodyDecoder::Done,
-        BodyFraming::Length(n) => BodyDecoder::Length(n),
-        BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new(u64::MAX)),
-        BodyFraming::UntilClose => BodyDecoder::UntilClose,
-    };
-    let mut resp = Response::new(());
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = if head.version == Version::HTTP_10 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    *resp.headers_mut() = head.fields.to_header_map();
-    if let Some(case) = pylon_h1::HeaderCase::of(head.fields) {
-        resp.extensions_mut().insert(case);
+        Ok(resp.map(|()| body))
     }
-    let mut body = H1Body {
-        conn: Some(Conn { io, reader, writer }),
-        decoder,
-        // A failed write leaves the request cut: the connection cannot be reused.
-        keep_alive: head.keep_alive && !upgraded && write_error.is_none(),
-        home,
-    };
-    if !upgraded && body.decoder.is_done() {
-        body.finish();
-    }
-    Ok(resp.map(|()| body))
 }
 
 fn idempotent(m: &Method) -> bool {

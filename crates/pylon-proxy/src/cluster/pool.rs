@@ -420,29 +420,33 @@ impl EndpointPool {
 
     /// Sends `req` and waits (up to `response_timeout`) for the response head; where
     /// the time went in `timing`.
-    pub async fn send(
-        self: &Arc<Self>,
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
-        timing: &mut TryTiming,
-    ) -> Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError> {
-        if let Some(version) = self.proxy_protocol {
-            // Boxed: a connection per request (PROXY headers) is the rare setup.
-            return Box::pin(self.send_dedicated(version, req, response_timeout, timing))
-                .await
-                .map(|r| (r, None));
-        }
-        match self.protocol {
-            UpstreamProtocol::Http1 => self
-                .send_h1(req, response_timeout, timing)
-                .await
-                .map(|r| (r.map(UpstreamBody::H1), None)),
-            UpstreamProtocol::H2c | UpstreamProtocol::H2 => self
-                .send_h2(req, response_timeout, timing)
-                .await
-                .map(|(r, p)| (r.map(UpstreamBody::H2), Some(p))),
-            UpstreamProtocol::H3 => {
-                Box::pin(self.send_h3_or_fallback(req, response_timeout, timing)).await
+        timing: &'a mut TryTiming,
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError>> + 'a
+    {
+        async move {
+            if let Some(version) = self.proxy_protocol {
+                // Boxed: a connection per request (PROXY headers) is the rare setup.
+                return Box::pin(self.send_dedicated(version, req, response_timeout, timing))
+                    .await
+                    .map(|r| (r, None));
+            }
+            match self.protocol {
+                UpstreamProtocol::Http1 => self
+                    .send_h1(req, response_timeout, timing)
+                    .await
+                    .map(|r| (r.map(UpstreamBody::H1), None)),
+                UpstreamProtocol::H2c | UpstreamProtocol::H2 => self
+                    .send_h2(req, response_timeout, timing)
+                    .await
+                    .map(|(r, p)| (r.map(UpstreamBody::H2), Some(p))),
+                UpstreamProtocol::H3 => {
+                    Box::pin(self.send_h3_or_fallback(req, response_timeout, timing)).await
+                }
             }
         }
     }
@@ -561,7 +565,8 @@ impl EndpointPool {
         let sent_at = &mut timing.sent_at;
         let sent = async {
             if self.protocol == UpstreamProtocol::Http1 {
-                client::exchange(io, req, None, false, sent_at)
+                let (parts, body) = req.into_parts();
+                client::exchange(io, parts, body, None, false, sent_at)
                     .await
                     .map(|r| r.map(UpstreamBody::H1))
                     .map_err(|f| match f {
@@ -621,38 +626,45 @@ impl EndpointPool {
         }))
     }
 
-    async fn send_h1(
-        self: &Arc<Self>,
-        req: Request<RequestBody>,
+    /// (Not an `async fn`: one of those keeps its arguments twice in its state, as
+    /// captured and as moved into its body, and this state is copied into every
+    /// request's future.)
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    fn send_h1<'a>(
+        self: &'a Arc<Self>,
+        mut req: Request<RequestBody>,
         response_timeout: Duration,
-        timing: &mut TryTiming,
-    ) -> Result<Response<client::H1Body>, UpstreamError> {
-        let mut req = req;
-        loop {
-            // Counted before an idle or warm connection is taken, so that the warm
-            // count never sees the connection missing.
-            let lent = client::Lent::new(&self.h1);
-            let (io, reused) = self.ready_h1(timing).await?;
-            // Pinned where it is made: the timer wraps a pointer, not a copy of the
-            // exchange's state.
-            let exchange = std::pin::pin!(client::exchange(
-                io,
-                req,
-                Some(lent),
-                reused,
-                &mut timing.sent_at
-            ));
-            let sent = tokio::time::timeout(response_timeout, exchange).await;
-            match sent {
-                Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
-                Ok(Ok(resp)) => return Ok(resp),
-                // The connection was closed under the request: a fresh one.
-                Ok(Err(Failure::Unsent(unsent, e))) if reused => {
-                    tracing::debug!(endpoint = %self.address, error = %e, "pooled connection closed; request sent on a new one");
-                    req = *unsent;
-                }
-                Ok(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
-                    return Err(UpstreamError::Send(self.address, e));
+        timing: &'a mut TryTiming,
+    ) -> impl Future<Output = Result<Response<client::H1Body>, UpstreamError>> + 'a {
+        async move {
+            loop {
+                // Counted before an idle or warm connection is taken, so that the warm
+                // count never sees the connection missing.
+                let lent = client::Lent::new(&self.h1);
+                let (io, reused) = self.ready_h1(timing).await?;
+                // Pinned where it is made: the timer wraps a pointer, not a copy of the
+                // exchange's state.
+                let (parts, body) = req.into_parts();
+                let exchange = std::pin::pin!(client::exchange(
+                    io,
+                    parts,
+                    body,
+                    Some(lent),
+                    reused,
+                    &mut timing.sent_at
+                ));
+                let sent = tokio::time::timeout(response_timeout, exchange).await;
+                match sent {
+                    Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
+                    Ok(Ok(resp)) => return Ok(resp),
+                    // The connection was closed under the request: a fresh one.
+                    Ok(Err(Failure::Unsent(unsent, e))) if reused => {
+                        tracing::debug!(endpoint = %self.address, error = %e, "pooled connection closed; request sent on a new one");
+                        req = *unsent;
+                    }
+                    Ok(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
+                        return Err(UpstreamError::Send(self.address, e));
+                    }
                 }
             }
         }

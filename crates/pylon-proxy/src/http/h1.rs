@@ -392,71 +392,78 @@ impl Served {
     }
 
     /// One request through the request path, and its answer back.
-    async fn exchange(&self, head: RequestHead) -> io::Result<Next> {
-        // A request came before the park: the connection is busy again.
-        self.graceful.park.store(false, Ordering::Relaxed);
-        let version = head.version;
-        let method = head.method.clone();
-        let body = {
-            let mut w = lock(&self.wire);
-            w.body = match head.framing {
-                BodyFraming::Length(n) if n > 0 => BodyDecoder::Length(n),
-                BodyFraming::Chunked => BodyDecoder::Chunked(ChunkedDecoder::new(self.body_limit)),
-                _ => BodyDecoder::Done,
+    /// (Not an `async fn`, which would keep `head` twice in its state, captured and
+    /// moved into its body: the state is part of every request's future.)
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    fn exchange(&self, head: RequestHead) -> impl Future<Output = io::Result<Next>> + '_ {
+        async move {
+            // A request came before the park: the connection is busy again.
+            self.graceful.park.store(false, Ordering::Relaxed);
+            let version = head.version;
+            let method = head.method.clone();
+            let body = {
+                let mut w = lock(&self.wire);
+                w.body = match head.framing {
+                    BodyFraming::Length(n) if n > 0 => BodyDecoder::Length(n),
+                    BodyFraming::Chunked => {
+                        BodyDecoder::Chunked(ChunkedDecoder::new(self.body_limit))
+                    }
+                    _ => BodyDecoder::Done,
+                };
+                w.failed = false;
+                w.check_buffered();
+                let has_body = !w.body.is_done();
+                w.continue_at = (head.expect_continue && has_body).then_some(0);
+                if has_body {
+                    ClientBody::H1(H1Body::new(Arc::clone(&self.wire)))
+                } else {
+                    ClientBody::Empty
+                }
             };
-            w.failed = false;
-            w.check_buffered();
-            let has_body = !w.body.is_done();
-            w.continue_at = (head.expect_continue && has_body).then_some(0);
-            if has_body {
-                ClientBody::H1(H1Body::new(Arc::clone(&self.wire)))
-            } else {
-                ClientBody::Empty
+            let mut req = Request::new(body);
+            *req.method_mut() = head.method;
+            *req.uri_mut() = head.uri;
+            *req.version_mut() = version;
+            *req.headers_mut() = head.fields.to_header_map();
+            if let Some(case) = HeaderCase::of(head.fields) {
+                req.extensions_mut().insert(case);
             }
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = head.method;
-        *req.uri_mut() = head.uri;
-        *req.version_mut() = version;
-        *req.headers_mut() = head.fields.to_header_map();
-        if let Some(case) = HeaderCase::of(head.fields) {
-            req.extensions_mut().insert(case);
-        }
-        let switch = (head.upgrade || method == Method::CONNECT).then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut().insert(OwnUpgrade::new(rx));
-            tx
-        });
-        let resp = pipeline::handle(req, Arc::clone(&self.ctx)).await;
-        let (mut parts, body) = resp.into_parts();
-        let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS
-            || (method == Method::CONNECT && parts.status.is_success());
-        if let (true, Some(tx)) = (switched, switch) {
-            return self.switch(parts.status, &mut parts, body, tx).await;
-        }
-        let mut keep_alive = head.keep_alive
-            && !self.graceful.on.load(Ordering::Relaxed)
-            && !asks_close(&parts.headers);
-        let bodyless = method == Method::HEAD
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
-        let (writer, file) =
-            self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
-        self.send(writer, file).await?;
-        if !keep_alive {
-            return Ok(Next::Close);
-        }
-        Ok(if self.drain().await {
-            if self.graceful.on.load(Ordering::Relaxed) {
-                // The close began after this answer said keep-alive.
-                Next::KeptPromise
-            } else {
-                Next::KeepAlive
+            let switch = (head.upgrade || method == Method::CONNECT).then(|| {
+                let (tx, rx) = oneshot::channel();
+                req.extensions_mut().insert(OwnUpgrade::new(rx));
+                tx
+            });
+            let resp = pipeline::handle(req, Arc::clone(&self.ctx)).await;
+            let (mut parts, body) = resp.into_parts();
+            let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS
+                || (method == Method::CONNECT && parts.status.is_success());
+            if let (true, Some(tx)) = (switched, switch) {
+                return self.switch(parts.status, &mut parts, body, tx).await;
             }
-        } else {
-            Next::Close
-        })
+            let mut keep_alive = head.keep_alive
+                && !self.graceful.on.load(Ordering::Relaxed)
+                && !asks_close(&parts.headers);
+            let bodyless = method == Method::HEAD
+                || parts.status.is_informational()
+                || parts.status == StatusCode::NO_CONTENT
+                || parts.status == StatusCode::NOT_MODIFIED;
+            let (writer, file) =
+                self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
+            self.send(writer, file).await?;
+            if !keep_alive {
+                return Ok(Next::Close);
+            }
+            Ok(if self.drain().await {
+                if self.graceful.on.load(Ordering::Relaxed) {
+                    // The close began after this answer said keep-alive.
+                    Next::KeptPromise
+                } else {
+                    Next::KeepAlive
+                }
+            } else {
+                Next::Close
+            })
+        }
     }
 
     /// Sends the head of an answer that switches protocols, then hands the connection

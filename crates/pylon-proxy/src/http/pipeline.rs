@@ -256,81 +256,89 @@ pub(super) struct Routed {
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
-pub async fn handle(req: Request<ClientBody>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
-    let multiplexed = super::headers::multiplexed(req.version());
-    let mut log = RequestLog::new(req.version());
-    if !multiplexed {
-        log.timing.request_head_ms = ctx.state.head_read_time();
-    }
-    log.timing.client_tls_ms = ctx.take_handshake();
-    let inflight = ctx.state.request_started(multiplexed);
-    let rt = ctx.runtime.load_full();
-    let mut ex = Exchange {
-        log,
-        held: UpstreamHold::default(),
-        routed: Routed::default(),
-        active: None,
-    };
-    let Some(listener) = rt.listener(&ctx.listener) else {
-        ex.log.error = Some(ErrorKind::NoRoute);
-        return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
-    };
-    ex.active = Some(ActiveRequest::new(&listener.stats));
-    if let Some(t) = &rt.tracer {
-        ex.log.trace = Some(t.begin(req.headers()));
-        ex.log.tracer = Some(Arc::clone(t));
-    }
-    // The record's fields, for the access log and the trace span.
-    if ctx.shared.logger.enabled() || ex.log.trace.is_some() {
-        ex.log.method = req.method().as_str().to_owned();
-        ex.log.authority = authority_of(&req).unwrap_or_default().to_owned();
-        ex.log.path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let text = |name| {
-            req.headers()
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        ex.log.user_agent = text(header::USER_AGENT);
-        ex.log.referer = text(header::REFERER);
-    }
-    // A gRPC client gets proxy-made errors as gRPC statuses (a browser's gRPC-Web call
-    // with the CORS headers that let its page read them).
-    let grpc = super::grpc::is_grpc(req.headers())
-        .then(|| req.headers().get(header::CONTENT_TYPE).cloned())
-        .flatten();
-    // What the route's filters leave, for their part of an error answer.
-    let mut filter_state = http::Extensions::new();
-    let resp = match serve(req, &listener, &ctx, &mut ex, &mut filter_state).await {
-        Ok(resp) => resp,
-        Err(kind) => {
-            ex.log.error = Some(kind);
-            let mut resp = match &grpc {
-                Some(ct) => super::grpc::error_response(kind, Some(ct)),
-                None => error_response(kind),
-            };
-            // The route's filters add their part (a gRPC-Web call's CORS headers, a
-            // stale answer); a forward proxy's, theirs.
-            let route = ex
-                .log
-                .route
-                .as_deref()
-                .and_then(|r| listener.router.route_named(r));
-            let filters = match (&listener.forward, route) {
-                (Some(fwd), _) => Some(fwd.filters()),
-                (None, Some(route)) => Some(&route.filters),
-                (None, None) => None,
-            };
-            if let Some(filters) = filters {
-                filters.error_answer(&mut resp, &filter_state);
-            }
-            resp
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+pub fn handle(
+    req: Request<ClientBody>,
+    ctx: Arc<ConnCtx>,
+) -> impl Future<Output = Response<ResponseBody>> {
+    // (Not an `async fn`, which would keep `req` twice in its state, captured and moved
+    // into its body: the state is copied into every request's future.)
+    async move {
+        let multiplexed = super::headers::multiplexed(req.version());
+        let mut log = RequestLog::new(req.version());
+        if !multiplexed {
+            log.timing.request_head_ms = ctx.state.head_read_time();
         }
-    };
-    finish(resp, ex, &ctx, Some(&listener), inflight)
+        log.timing.client_tls_ms = ctx.take_handshake();
+        let inflight = ctx.state.request_started(multiplexed);
+        let rt = ctx.runtime.load_full();
+        let mut ex = Exchange {
+            log,
+            held: UpstreamHold::default(),
+            routed: Routed::default(),
+            active: None,
+        };
+        let Some(listener) = rt.listener(&ctx.listener) else {
+            ex.log.error = Some(ErrorKind::NoRoute);
+            return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
+        };
+        ex.active = Some(ActiveRequest::new(&listener.stats));
+        if let Some(t) = &rt.tracer {
+            ex.log.trace = Some(t.begin(req.headers()));
+            ex.log.tracer = Some(Arc::clone(t));
+        }
+        // The record's fields, for the access log and the trace span.
+        if ctx.shared.logger.enabled() || ex.log.trace.is_some() {
+            ex.log.method = req.method().as_str().to_owned();
+            ex.log.authority = authority_of(&req).unwrap_or_default().to_owned();
+            ex.log.path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let text = |name| {
+                req.headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            ex.log.user_agent = text(header::USER_AGENT);
+            ex.log.referer = text(header::REFERER);
+        }
+        // A gRPC client gets proxy-made errors as gRPC statuses (a browser's gRPC-Web call
+        // with the CORS headers that let its page read them).
+        let grpc = super::grpc::is_grpc(req.headers())
+            .then(|| req.headers().get(header::CONTENT_TYPE).cloned())
+            .flatten();
+        // What the route's filters leave, for their part of an error answer.
+        let mut filter_state = http::Extensions::new();
+        let resp = match serve(req, &listener, &ctx, &mut ex, &mut filter_state).await {
+            Ok(resp) => resp,
+            Err(kind) => {
+                ex.log.error = Some(kind);
+                let mut resp = match &grpc {
+                    Some(ct) => super::grpc::error_response(kind, Some(ct)),
+                    None => error_response(kind),
+                };
+                // The route's filters add their part (a gRPC-Web call's CORS headers, a
+                // stale answer); a forward proxy's, theirs.
+                let route = ex
+                    .log
+                    .route
+                    .as_deref()
+                    .and_then(|r| listener.router.route_named(r));
+                let filters = match (&listener.forward, route) {
+                    (Some(fwd), _) => Some(fwd.filters()),
+                    (None, Some(route)) => Some(&route.filters),
+                    (None, None) => None,
+                };
+                if let Some(filters) = filters {
+                    filters.error_answer(&mut resp, &filter_state);
+                }
+                resp
+            }
+        };
+        finish(resp, ex, &ctx, Some(&listener), inflight)
+    }
 }
 
 /// The request's authority: `:authority` / absolute-form, else `Host`.
@@ -440,115 +448,120 @@ fn check_h1_framing<B>(req: &Request<B>) -> Result<(), ErrorKind> {
     Ok(())
 }
 
-async fn serve(
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+fn serve<'a>(
     mut req: Request<ClientBody>,
-    listener: &ListenerRuntime,
-    ctx: &Arc<ConnCtx>,
-    ex: &mut Exchange,
-    filter_state: &mut http::Extensions,
-) -> Result<Response<ResponseBody>, ErrorKind> {
-    if let Some(name) = &listener.request_id {
-        ex.log.request_id = match req.headers().get(name) {
-            Some(id) if !id.is_empty() && id.to_str().is_ok() => Some(id.clone()),
-            _ => HeaderValue::try_from(ctx.shared.request_ids.next()).ok(),
-        };
-    }
-    // A chunked body that broke its framing (or its limit) in the bytes read with its
-    // head (`conn::Wire::check_buffered`): refused before anything is forwarded.
-    if let Some(v) = ctx.state.chunk_violation() {
-        return Err(violation_kind(v));
-    }
-    check_limits(&req, listener)?;
-    // An ACME HTTP-01 challenge an order of this process is waiting on, before routing.
-    if let Some(answer) = ctx.shared.tls.acme.challenges.http01_answer(&req) {
-        return Ok(answer);
-    }
-    if let Some(fwd) = &listener.forward {
-        return Box::pin(super::forward::serve(
-            req,
-            fwd,
-            listener,
-            ctx,
-            ex,
-            filter_state,
-        ))
-        .await;
-    }
-    // A tunnel is only a forward proxy's to open; an extended CONNECT (RFC 8441,
-    // `:protocol`) is a WebSocket handshake and goes to its route.
-    if req.method() == http::Method::CONNECT
-        && req.extensions().get::<hyper::ext::Protocol>().is_none()
-    {
-        return Err(ErrorKind::ConnectNotAllowed);
-    }
-    // Routes that match on a token's claims: the token is verified first (once; the
-    // route's auth filter reuses the verdict).
-    let claims = match listener.router.claim_policies() {
-        [] => None,
-        policies => Some(Box::pin(super::filters::auth::routing_claims(policies, &req)).await),
-    };
-    let host = normalize_host(authority_of(&req).unwrap_or(""));
-    let route = listener
-        .router
-        .find_claimed(
-            &host,
-            req.uri().path(),
-            req.method(),
-            req.headers(),
-            ctx.client_cert.as_deref(),
-            claims.as_ref(),
-        )
-        .ok_or(ErrorKind::NoRoute)?;
-    if let Some(c) = claims {
-        req.extensions_mut().insert(c);
-    }
-    ex.log.route = Some(Arc::clone(&route.name));
-    ex.routed.stats = Some(Arc::clone(&route.stats));
-    match route.action() {
-        Action::Proxy(p) if p.server_timing => ex.routed.server_timing = true,
-        _ => {}
-    }
-    // An extended CONNECT here is a WebSocket over HTTP/2 or HTTP/3: it opens a tunnel
-    // or is refused. A route that answers itself would send a 2xx, which the client
-    // takes for an open tunnel.
-    if req.method() == http::Method::CONNECT && !matches!(route.action(), Action::Proxy(_)) {
-        return Err(ErrorKind::WebSocketDisabled);
-    }
-    match route.action() {
-        Action::Respond(r) => Ok(respond(r)),
-        Action::Redirect(r) => {
-            let fx = super::filters::FilterCtx {
-                conn: ctx,
-                conn_arc: ctx,
-                listener,
-                request_id: ex.log.request_id.clone(),
-                client_authority: authority_of(&req).and_then(|a| HeaderValue::from_str(a).ok()),
-                state: filter_state,
-                user: None,
-                endpoint: None,
-                trace: ex.log.trace.clone(),
+    listener: &'a ListenerRuntime,
+    ctx: &'a Arc<ConnCtx>,
+    ex: &'a mut Exchange,
+    filter_state: &'a mut http::Extensions,
+) -> impl Future<Output = Result<Response<ResponseBody>, ErrorKind>> + 'a {
+    // (Not an `async fn`: see `handle`.)
+    async move {
+        if let Some(name) = &listener.request_id {
+            ex.log.request_id = match req.headers().get(name) {
+                Some(id) if !id.is_empty() && id.to_str().is_ok() => Some(id.clone()),
+                _ => HeaderValue::try_from(ctx.shared.request_ids.next()).ok(),
             };
-            let location =
-                super::filters::rules::render_request(&r.location, &req, &fx, &route.name);
-            redirect(r.status, &location)
         }
-        Action::Files(f) => super::files::serve(f, &req).await,
-        Action::Proxy(_) => {
-            let mut fx = super::filters::FilterCtx {
-                conn: ctx,
-                conn_arc: ctx,
+        // A chunked body that broke its framing (or its limit) in the bytes read with its
+        // head (`conn::Wire::check_buffered`): refused before anything is forwarded.
+        if let Some(v) = ctx.state.chunk_violation() {
+            return Err(violation_kind(v));
+        }
+        check_limits(&req, listener)?;
+        // An ACME HTTP-01 challenge an order of this process is waiting on, before routing.
+        if let Some(answer) = ctx.shared.tls.acme.challenges.http01_answer(&req) {
+            return Ok(answer);
+        }
+        if let Some(fwd) = &listener.forward {
+            return Box::pin(super::forward::serve(
+                req,
+                fwd,
                 listener,
-                request_id: ex.log.request_id.clone(),
-                client_authority: match req.uri().authority() {
-                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                    None => req.headers().get(header::HOST).cloned(),
-                },
-                state: filter_state,
-                user: None,
-                endpoint: None,
-                trace: ex.log.trace.clone(),
-            };
-            super::proxy::proxy(req, route, &mut fx, ex).await
+                ctx,
+                ex,
+                filter_state,
+            ))
+            .await;
+        }
+        // A tunnel is only a forward proxy's to open; an extended CONNECT (RFC 8441,
+        // `:protocol`) is a WebSocket handshake and goes to its route.
+        if req.method() == http::Method::CONNECT
+            && req.extensions().get::<hyper::ext::Protocol>().is_none()
+        {
+            return Err(ErrorKind::ConnectNotAllowed);
+        }
+        // Routes that match on a token's claims: the token is verified first (once; the
+        // route's auth filter reuses the verdict).
+        let claims = match listener.router.claim_policies() {
+            [] => None,
+            policies => Some(Box::pin(super::filters::auth::routing_claims(policies, &req)).await),
+        };
+        let host = normalize_host(authority_of(&req).unwrap_or(""));
+        let route = listener
+            .router
+            .find_claimed(
+                &host,
+                req.uri().path(),
+                req.method(),
+                req.headers(),
+                ctx.client_cert.as_deref(),
+                claims.as_ref(),
+            )
+            .ok_or(ErrorKind::NoRoute)?;
+        if let Some(c) = claims {
+            req.extensions_mut().insert(c);
+        }
+        ex.log.route = Some(Arc::clone(&route.name));
+        ex.routed.stats = Some(Arc::clone(&route.stats));
+        match route.action() {
+            Action::Proxy(p) if p.server_timing => ex.routed.server_timing = true,
+            _ => {}
+        }
+        // An extended CONNECT here is a WebSocket over HTTP/2 or HTTP/3: it opens a tunnel
+        // or is refused. A route that answers itself would send a 2xx, which the client
+        // takes for an open tunnel.
+        if req.method() == http::Method::CONNECT && !matches!(route.action(), Action::Proxy(_)) {
+            return Err(ErrorKind::WebSocketDisabled);
+        }
+        match route.action() {
+            Action::Respond(r) => Ok(respond(r)),
+            Action::Redirect(r) => {
+                let fx = super::filters::FilterCtx {
+                    conn: ctx,
+                    conn_arc: ctx,
+                    listener,
+                    request_id: ex.log.request_id.clone(),
+                    client_authority: authority_of(&req)
+                        .and_then(|a| HeaderValue::from_str(a).ok()),
+                    state: filter_state,
+                    user: None,
+                    endpoint: None,
+                    trace: ex.log.trace.clone(),
+                };
+                let location =
+                    super::filters::rules::render_request(&r.location, &req, &fx, &route.name);
+                redirect(r.status, &location)
+            }
+            Action::Files(f) => super::files::serve(f, &req).await,
+            Action::Proxy(_) => {
+                let mut fx = super::filters::FilterCtx {
+                    conn: ctx,
+                    conn_arc: ctx,
+                    listener,
+                    request_id: ex.log.request_id.clone(),
+                    client_authority: match req.uri().authority() {
+                        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                        None => req.headers().get(header::HOST).cloned(),
+                    },
+                    state: filter_state,
+                    user: None,
+                    endpoint: None,
+                    trace: ex.log.trace.clone(),
+                };
+                super::proxy::proxy(req, route, &mut fx, ex).await
+            }
         }
     }
 }

@@ -55,81 +55,86 @@ struct Call<'a> {
     websocket: Option<super::tunnel::WebSocket>,
 }
 
-/// Phases 3 to 5 for a proxy route.
-pub(super) async fn proxy(
+/// Phases 3 to 5 for a proxy route. (Not an `async fn`, which would keep `req` twice in
+/// its state, captured and moved into its body; the state is copied into every
+/// request's future.)
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+pub(super) fn proxy<'a>(
     mut req: Request<ClientBody>,
-    route: &RouteRuntime,
-    fx: &mut FilterCtx<'_>,
-    ex: &mut Exchange,
-) -> Result<Response<ResponseBody>, ErrorKind> {
-    let (Some(route_cluster), Action::Proxy(action)) = (&route.cluster, route.action()) else {
-        return Err(ErrorKind::NoEndpoint);
-    };
-    ex.log.cluster = Some(Arc::clone(&route_cluster.name));
-    // Phase 3: the route's filters may answer by themselves, or choose the cluster.
-    let answered = route.filters.request(&mut req, fx).await;
-    if let Some(user) = fx.user.take() {
-        ex.log.user = Some(user);
+    route: &'a RouteRuntime,
+    fx: &'a mut FilterCtx<'_>,
+    ex: &'a mut Exchange,
+) -> impl Future<Output = Result<Response<ResponseBody>, ErrorKind>> + 'a {
+    async move {
+        let (Some(route_cluster), Action::Proxy(action)) = (&route.cluster, route.action()) else {
+            return Err(ErrorKind::NoEndpoint);
+        };
+        ex.log.cluster = Some(Arc::clone(&route_cluster.name));
+        // Phase 3: the route's filters may answer by themselves, or choose the cluster.
+        let answered = route.filters.request(&mut req, fx).await;
+        if let Some(user) = fx.user.take() {
+            ex.log.user = Some(user);
+        }
+        if let Some(answer) = answered? {
+            return Ok(answer);
+        }
+        let chosen = fx
+            .state
+            .get::<super::filters::ChosenCluster>()
+            .map(|c| Arc::clone(&c.0));
+        let cluster = chosen.as_ref().unwrap_or(route_cluster);
+        ex.log.cluster = Some(Arc::clone(&cluster.name));
+        let websocket = websocket_step(&mut req, action)?;
+        if websocket.is_some() && req.version() <= Version::HTTP_11 {
+            fx.conn.state.upgrade_requested();
+        }
+        let grpc = super::grpc::is_grpc(req.headers());
+        let endpoints = cluster.current_endpoints();
+        let mut call = Call {
+            conn: fx.conn,
+            route,
+            action,
+            cluster,
+            key: cluster
+                .hash_key
+                .as_ref()
+                .and_then(|k| request_key(k, &req, fx)),
+            deadline: grpc
+                .then(|| super::grpc::timeout(req.headers()))
+                .flatten()
+                .map(|t| Instant::now() + t),
+            grpc,
+            sticky_to: cluster
+                .sticky
+                .as_ref()
+                .and_then(|s| s.lookup(req.headers(), &endpoints.ids)),
+            endpoints,
+            downstream_version: req.version(),
+            client_host: fx.client_authority.clone(),
+            // Set from the head once the filters have seen it (a rewrite may change it).
+            path: PathAndQuery::from_static("/"),
+            websocket,
+        };
+        // Phase 4: the head every try shares, and the body.
+        let (mut parts, incoming) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        super::headers::normalize_content_length(&mut parts.headers);
+        parts.headers.remove(header::EXPECT);
+        route.filters.upstream_head(&mut parts, fx);
+        if let Some(p) = parts.uri.path_and_query() {
+            call.path = p.clone();
+        }
+        let body = request_payload(incoming, cluster, fx, ex).await?;
+        let body = route.filters.request_body(body, fx)?;
+        let _active = if cluster.counts_requests() {
+            Some(cluster.request_started().ok_or(ErrorKind::Overloaded)?)
+        } else {
+            None
+        };
+        let (result, lease) = send_with_retries(&call, parts, body, ex).await?;
+        // Phase 5.
+        answer(call, result, lease, fx, ex)
     }
-    if let Some(answer) = answered? {
-        return Ok(answer);
-    }
-    let chosen = fx
-        .state
-        .get::<super::filters::ChosenCluster>()
-        .map(|c| Arc::clone(&c.0));
-    let cluster = chosen.as_ref().unwrap_or(route_cluster);
-    ex.log.cluster = Some(Arc::clone(&cluster.name));
-    let websocket = websocket_step(&mut req, action)?;
-    if websocket.is_some() && req.version() <= Version::HTTP_11 {
-        fx.conn.state.upgrade_requested();
-    }
-    let grpc = super::grpc::is_grpc(req.headers());
-    let endpoints = cluster.current_endpoints();
-    let mut call = Call {
-        conn: fx.conn,
-        route,
-        action,
-        cluster,
-        key: cluster
-            .hash_key
-            .as_ref()
-            .and_then(|k| request_key(k, &req, fx)),
-        deadline: grpc
-            .then(|| super::grpc::timeout(req.headers()))
-            .flatten()
-            .map(|t| Instant::now() + t),
-        grpc,
-        sticky_to: cluster
-            .sticky
-            .as_ref()
-            .and_then(|s| s.lookup(req.headers(), &endpoints.ids)),
-        endpoints,
-        downstream_version: req.version(),
-        client_host: fx.client_authority.clone(),
-        // Set from the head once the filters have seen it (a rewrite may change it).
-        path: PathAndQuery::from_static("/"),
-        websocket,
-    };
-    // Phase 4: the head every try shares, and the body.
-    let (mut parts, incoming) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    super::headers::normalize_content_length(&mut parts.headers);
-    parts.headers.remove(header::EXPECT);
-    route.filters.upstream_head(&mut parts, fx);
-    if let Some(p) = parts.uri.path_and_query() {
-        call.path = p.clone();
-    }
-    let body = request_payload(incoming, cluster, fx, ex).await?;
-    let body = route.filters.request_body(body, fx)?;
-    let _active = if cluster.counts_requests() {
-        Some(cluster.request_started().ok_or(ErrorKind::Overloaded)?)
-    } else {
-        None
-    };
-    let (result, lease) = send_with_retries(&call, parts, body, ex).await?;
-    // Phase 5.
-    answer(call, result, lease, fx, ex)
 }
 
 /// A WebSocket handshake (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT), when the
@@ -195,87 +200,90 @@ type Sent = Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError>;
 
 /// Sends the request, trying again as the cluster's retry policy and budget allow;
 /// the last try's outcome and the endpoint it went to.
-async fn send_with_retries(
-    call: &Call<'_>,
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+fn send_with_retries<'a>(
+    call: &'a Call<'_>,
     mut parts: Parts,
     mut body: RequestPayload,
-    ex: &mut Exchange,
-) -> Result<(Sent, EndpointLease), ErrorKind> {
-    let cluster = call.cluster;
-    let idempotent = idempotent(&parts.method);
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut attempt: u32 = 0;
-    let mut retry_slot = None;
-    loop {
-        let more = cluster
-            .retry
-            .as_ref()
-            .is_some_and(|r| attempt < r.max_retries && body.replayable());
-        let mut lease = pick(call, attempt, &tried)?;
-        if more {
-            // Only a request that may be retried remembers where it went.
-            tried.push(lease.endpoint().address);
-        }
-        let try_parts = if more {
-            clone_parts(&parts)
-        } else {
-            // The last try takes the head itself.
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        let (request, timeout) = try_request(call, &lease, try_parts, body.for_try())?;
-        let endpoint = Arc::clone(lease.endpoint());
-        let sent_at = Instant::now();
-        let mut timing = TryTiming::default();
-        // The send, aborted when the route watches for a client that ends its side
-        // (boxed: the watch is the rare setup, and its state would otherwise sit in
-        // every request's future beside the plain send's).
-        let result = if call.action.abort_on_client_close {
-            let raced = Box::pin(async {
-                tokio::select! {
-                    r = endpoint.send(request, timeout, &mut timing) => Some(r),
-                    () = call.conn.client_closed() => None,
-                }
-            })
-            .await;
-            match raced {
-                Some(r) => r,
-                None => {
-                    ex.log.upstream = Some(endpoint.address);
-                    lease.report(true);
-                    tracing::debug!(client = %call.conn.client, "client closed its side; upstream exchange aborted");
-                    return Err(ErrorKind::ClientAborted);
-                }
+    ex: &'a mut Exchange,
+) -> impl Future<Output = Result<(Sent, EndpointLease), ErrorKind>> + 'a {
+    async move {
+        let cluster = call.cluster;
+        let idempotent = idempotent(&parts.method);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt: u32 = 0;
+        let mut retry_slot = None;
+        loop {
+            let more = cluster
+                .retry
+                .as_ref()
+                .is_some_and(|r| attempt < r.max_retries && body.replayable());
+            let mut lease = pick(call, attempt, &tried)?;
+            if more {
+                // Only a request that may be retried remembers where it went.
+                tried.push(lease.endpoint().address);
             }
-        } else {
-            endpoint.send(request, timeout, &mut timing).await
-        };
-        record_try(call, &mut lease, sent_at, &timing, result.is_ok(), ex);
-        let client_caused = ex.held.meter.as_deref().is_some_and(|m| {
-            m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
-        });
-        match &result {
-            Ok((resp, _)) => lease.report(!resp.status().is_server_error()),
-            Err(_) if !client_caused => lease.report(false),
-            Err(_) => {}
-        }
-        let wanted =
-            more && retry_wanted(cluster.retry.as_ref(), &result, idempotent, client_caused);
-        if wanted {
-            // One budget slot per retrying request, held across its retries.
-            if retry_slot.is_none() {
-                retry_slot = cluster.try_retry();
-            }
-            if retry_slot.is_some() {
-                cluster.retries.fetch_add(1, Ordering::Relaxed);
-                if let Some(policy) = &cluster.retry {
-                    tokio::time::sleep(backoff(policy, attempt)).await;
+            let try_parts = if more {
+                clone_parts(&parts)
+            } else {
+                // The last try takes the head itself.
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            let (request, timeout) = try_request(call, &lease, try_parts, body.for_try())?;
+            let endpoint = Arc::clone(lease.endpoint());
+            let sent_at = Instant::now();
+            let mut timing = TryTiming::default();
+            // The send, aborted when the route watches for a client that ends its side
+            // (boxed: the watch is the rare setup, and its state would otherwise sit in
+            // every request's future beside the plain send's).
+            let result = if call.action.abort_on_client_close {
+                let raced = Box::pin(async {
+                    tokio::select! {
+                        r = endpoint.send(request, timeout, &mut timing) => Some(r),
+                        () = call.conn.client_closed() => None,
+                    }
+                })
+                .await;
+                match raced {
+                    Some(r) => r,
+                    None => {
+                        ex.log.upstream = Some(endpoint.address);
+                        lease.report(true);
+                        tracing::debug!(client = %call.conn.client, "client closed its side; upstream exchange aborted");
+                        return Err(ErrorKind::ClientAborted);
+                    }
                 }
-                attempt += 1;
-                continue;
+            } else {
+                endpoint.send(request, timeout, &mut timing).await
+            };
+            record_try(call, &mut lease, sent_at, &timing, result.is_ok(), ex);
+            let client_caused = ex.held.meter.as_deref().is_some_and(|m| {
+                m.too_large.load(Ordering::Relaxed) || m.client_error.load(Ordering::Relaxed)
+            });
+            match &result {
+                Ok((resp, _)) => lease.report(!resp.status().is_server_error()),
+                Err(_) if !client_caused => lease.report(false),
+                Err(_) => {}
             }
-            tracing::debug!(cluster = %cluster.name, "retry budget exhausted; answering with the last try");
+            let wanted =
+                more && retry_wanted(cluster.retry.as_ref(), &result, idempotent, client_caused);
+            if wanted {
+                // One budget slot per retrying request, held across its retries.
+                if retry_slot.is_none() {
+                    retry_slot = cluster.try_retry();
+                }
+                if retry_slot.is_some() {
+                    cluster.retries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(policy) = &cluster.retry {
+                        tokio::time::sleep(backoff(policy, attempt)).await;
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                tracing::debug!(cluster = %cluster.name, "retry budget exhausted; answering with the last try");
+            }
+            return Ok((result, lease));
         }
-        return Ok((result, lease));
     }
 }
 

@@ -369,15 +369,19 @@ async fn serve_h2<S>(
 
 /// One HTTP/2 stream's request through the request path; its body then reports
 /// progress to the stream's stall guard.
-async fn respond(
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+fn respond(
     req: http::Request<hyper::body::Incoming>,
     ctx: Arc<ConnCtx>,
     progress: Arc<super::body::StreamProgress>,
-) -> Result<http::Response<super::body::ResponseBody>, Infallible> {
-    let mut response = pipeline::handle(req.map(crate::conn::ClientBody::Hyper), ctx).await;
-    progress.response_ready();
-    response.body_mut().set_progress(progress);
-    Ok(response)
+) -> impl Future<Output = Result<http::Response<super::body::ResponseBody>, Infallible>> {
+    // (Not an `async fn`, which would keep `req` twice in the stream's state.)
+    async move {
+        let mut response = pipeline::handle(req.map(crate::conn::ClientBody::Hyper), ctx).await;
+        progress.response_ready();
+        response.body_mut().set_progress(progress);
+        Ok(response)
+    }
 }
 
 /// Runs a connection under the connection timer: idle, header-read and send timeouts,
