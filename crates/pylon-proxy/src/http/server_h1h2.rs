@@ -24,7 +24,7 @@ use super::stall::{StallExecutor, StreamHandoff};
 use crate::conn::parking::{LotTask, PARK_AFTER, Parking};
 use crate::conn::{ClientIo, ConnState, TrackedIo, Verdict};
 use crate::h1_io::Prefixed;
-use crate::l4::relay::CLOSE_LINGER;
+use crate::l4::relay::CONNECTION_LINGER;
 use crate::observe::Metrics;
 
 /// A draining idle HTTP/1.1 connection closes once it has been idle this long (or
@@ -405,7 +405,7 @@ where
     tokio::pin!(conn);
     let mut closing = Closing::default();
     // The process's stop: once the drain timeout has passed, what is still open closes
-    // (streams and tunnels get [`CLOSE_LINGER`] to say goodbye in their protocol).
+    // (streams and tunnels get [`CONNECTION_LINGER`] to say goodbye in their protocol).
     let mut stop = Some(ctx.shared.stop.watch());
     // The listening socket may have closed already (while the first bytes were read).
     if (shutdown.has_changed().is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
@@ -551,11 +551,11 @@ impl Closing {
         false
     }
 
-    /// The process's drain timeout passed: close within [`CLOSE_LINGER`]; true when a
+    /// The process's drain timeout passed: close within [`CONNECTION_LINGER`]; true when a
     /// graceful close starts now.
     fn process_stopped(&mut self) -> bool {
         self.stopping = true;
-        self.hard_stop = Some(Instant::now() + CLOSE_LINGER + Duration::from_millis(500));
+        self.hard_stop = Some(Instant::now() + CONNECTION_LINGER);
         !std::mem::replace(&mut self.draining, true)
     }
 

@@ -39,7 +39,7 @@ use super::h3_tunnel::{H3Tunnel, RecvStream, SendStream};
 use super::pipeline::{self, ConnCtx, EarlyData};
 use crate::conn::{ClientBody, ConnState, OwnUpgrade, Upgraded};
 use crate::h1_io::Prefixed;
-use crate::l4::relay::CLOSE_LINGER;
+use crate::l4::relay::CONNECTION_LINGER;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::tls::server::{ClientIdentity, ServerTls};
@@ -539,7 +539,7 @@ async fn connection(
             }
             () = crate::life::retired(&mut stop) => {
                 // The process's drain deadline: what is still open (a WebSocket, a gRPC
-                // stream) gets CLOSE_LINGER to say goodbye in its protocol, then is cut.
+                // stream) gets time to say goodbye in its protocol, then is cut.
                 stop = None;
                 cut_at = Some(lingered());
                 if !finishing {
@@ -605,10 +605,10 @@ async fn delivered(conn: &quinn::Connection) {
     }
 }
 
-/// When what is still open at the drain deadline is cut: after [`CLOSE_LINGER`] for
-/// its goodbye, and a moment for that to go out.
+/// When what is still open at the drain deadline is cut ([`CONNECTION_LINGER`], as for
+/// HTTP/1.1 and HTTP/2 connections).
 fn lingered() -> tokio::time::Instant {
-    tokio::time::Instant::now() + CLOSE_LINGER + Duration::from_millis(500)
+    tokio::time::Instant::now() + CONNECTION_LINGER
 }
 
 /// Resolves at `at`; never without one.

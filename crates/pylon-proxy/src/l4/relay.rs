@@ -136,6 +136,10 @@ pub struct RelayLimits {
 /// Close frames both ways and their answers) before both sockets are closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// How long an HTTP connection still open at the process's drain deadline stays: its
+/// streams' and tunnels' [`CLOSE_LINGER`], and a moment for their goodbyes to go out.
+pub const CONNECTION_LINGER: Duration = CLOSE_LINGER.saturating_add(Duration::from_millis(500));
+
 /// Tells a relay's pumps that Pylon is ending it, with the reason
 /// ([`RelayEnd::as_str`]).
 pub type Closer = tokio::sync::watch::Sender<Option<&'static str>>;
