@@ -139,7 +139,7 @@ fn known_spelling(name: &str) -> Option<&'static str> {
 
 /// Writes `name` (lower case, as a `HeaderName` holds it) as it is usually spelled:
 /// one of [`SPELLINGS`], else each word (split at `-`) with its first letter upper case.
-fn canonical(out: &mut BytesMut, name: &str) {
+pub(crate) fn canonical(out: &mut BytesMut, name: &str) {
     if let Some(s) = known_spelling(name) {
         out.put_slice(s.as_bytes());
         return;
