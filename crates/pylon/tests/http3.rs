@@ -651,14 +651,14 @@ async fn requests_cancelled_in_a_loop_stay_bounded_and_close_the_connection() {
     );
 }
 
-#[tokio::test]
-async fn a_stop_lets_requests_in_flight_finish_then_closes() {
-    let (origin, _) = slow_origin(std::time::Duration::from_millis(500)).await;
-    let ca = TestCa::new("h3");
-    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
-    let client = std::sync::Arc::new(H3Client::connect(&ca, udp, "localhost").await.unwrap());
-    let c = std::sync::Arc::clone(&client);
-    let in_flight = tokio::spawn(async move { c.get("localhost", "/slow").await });
+/// Sends `request` and, once `origin` has it, stops Pylon (a 10 s drain): what the
+/// request got, and whether the stop drained within its timeout.
+async fn stop_with_a_request_in_flight<T: Send + 'static>(
+    proxy: TestProxy,
+    origin: &Origin,
+    request: impl std::future::Future<Output = T> + Send + 'static,
+) -> (T, bool) {
+    let in_flight = tokio::spawn(request);
     eventually("the request reached the origin", || {
         origin.request_count() == 1
     })
@@ -667,7 +667,24 @@ async fn a_stop_lets_requests_in_flight_finish_then_closes() {
         .proxy
         .shutdown(std::time::Duration::from_secs(10))
         .await;
-    let a = in_flight.await.unwrap().unwrap();
+    (in_flight.await.unwrap(), drained)
+}
+
+#[tokio::test]
+async fn a_stop_lets_requests_in_flight_finish_then_closes() {
+    let (origin, _) = slow_origin(std::time::Duration::from_millis(500)).await;
+    let ca = TestCa::new("h3");
+    let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
+    let client = std::sync::Arc::new(H3Client::connect(&ca, udp, "localhost").await.unwrap());
+    let c = std::sync::Arc::clone(&client);
+    let (a, drained) =
+        stop_with_a_request_in_flight(
+            proxy,
+            &origin,
+            async move { c.get("localhost", "/slow").await },
+        )
+        .await;
+    let a = a.unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), "slow answer");
     assert!(
@@ -700,21 +717,13 @@ async fn a_stop_delivers_a_large_answer_whole_before_closing() {
     .await;
     let ca = TestCa::new("h3");
     let (proxy, udp) = start(&ca, "true", &proxy_to(origin.addr, "")).await;
-    let client = std::sync::Arc::new(H3Client::connect(&ca, udp, "localhost").await.unwrap());
-    let c = std::sync::Arc::clone(&client);
-    let download = tokio::spawn(async move {
+    let client = H3Client::connect(&ca, udp, "localhost").await.unwrap();
+    let download = async move {
         let req = Request::get("https://localhost/big").body(()).unwrap();
-        c.send_counting(req, &[]).await
-    });
-    eventually("the request reached the origin", || {
-        origin.request_count() == 1
-    })
-    .await;
-    let drained = proxy
-        .proxy
-        .shutdown(std::time::Duration::from_secs(10))
-        .await;
-    let (status, n) = download.await.unwrap().unwrap();
+        client.send_counting(req, &[]).await
+    };
+    let (got, drained) = stop_with_a_request_in_flight(proxy, &origin, download).await;
+    let (status, n) = got.unwrap();
     assert_eq!((status.as_u16(), n), (200, SIZE as u64));
     assert!(drained);
 }

@@ -571,8 +571,13 @@ async fn a_quiet_websocket_over_http3_outlives_the_listeners_idle_timeout() {
     ws.send(Message::text("before")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Some(Message::text("before")));
     // Nothing either way for well past the idle timeout (which is also QUIC's): the
-    // tunnel is a request in progress, and QUIC keep-alives hold the connection.
-    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    // tunnel is a request in progress, and QUIC keep-alives (a PING every second here)
+    // hold the connection. Four of them span twice the idle timeout.
+    let pings = client.connection.stats().frame_rx.ping;
+    eventually("four keep-alive pings from Pylon, the tunnel quiet", || {
+        client.connection.stats().frame_rx.ping >= pings + 4
+    })
+    .await;
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Some(Message::text("after")));
     assert!(client.connection.close_reason().is_none());
