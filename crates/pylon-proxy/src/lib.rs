@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod admin;
+pub mod allocator;
 pub mod cluster;
 mod conn;
 mod disk;

@@ -15,9 +15,9 @@ use pylon_proxy::Proxy;
 /// what a connection keeps while idle does not pin the pages of what it used while
 /// busy (with glibc's malloc, 8,000 parked connections kept 1.8 KiB each, mostly freed
 /// fragments; with mimalloc 0.45 KiB). `pylon_proxy::memory` asks it to give emptied
-/// pages back.
+/// pages back; `pylon_proxy::allocator` says how it is called.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: pylon_proxy::allocator::Allocator = pylon_proxy::allocator::Allocator;
 
 #[derive(Parser)]
 #[command(

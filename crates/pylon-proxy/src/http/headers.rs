@@ -72,27 +72,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if present == 0 && !te {
         return;
     }
-    if present & 1 != 0 {
-        // Names listed in `Connection` (index 0) beyond the usual keep-alive/close.
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("keep-alive")
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("te")
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
+    if present & 1 != 0
+        && let http::header::Entry::Occupied(connection) = h.entry(header::CONNECTION)
+    {
+        // `Connection` (index 0) taken out with its values in one lookup; the names it
+        // lists beyond the usual keep-alive/close go too.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in connection.remove_entry_mult().1 {
+            for t in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"te")
+                    && let Ok(n) = HeaderName::from_bytes(t)
+                {
+                    named.push(n);
+                }
+            }
+        }
         for n in named {
             h.remove(&n);
         }
     }
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+    for (i, n) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             h.remove(n);
         }
@@ -133,21 +135,6 @@ pub fn normalize_content_length(h: &mut HeaderMap) {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
-}
-
-/// The HTTP/1.x framing a message's `Transfer-Encoding` asks for: `None` without one,
-/// `Some(true)` for exactly one `chunked` (the only coding Pylon accepts), `Some(false)`
-/// for anything else (other codings, lists, several header lines).
-pub fn chunked_only(h: &HeaderMap) -> Option<bool> {
-    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
-    let first = te.next()?;
-    Some(
-        first
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked")
-            && te.next().is_none(),
-    )
 }
 
 /// Appends `Via: <version> pylon`.

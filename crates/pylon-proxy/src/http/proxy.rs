@@ -625,12 +625,9 @@ pub(super) fn response_head(
     listener: &ListenerRuntime,
     downstream_version: Version,
 ) -> Result<(), ErrorKind> {
-    if rparts.version <= Version::HTTP_11
-        && let Some(chunked) = super::headers::chunked_only(&rparts.headers)
-        && (!chunked || rparts.headers.contains_key(header::CONTENT_LENGTH))
-    {
-        return Err(ErrorKind::UpstreamInvalid);
-    }
+    // An HTTP/1.x answer's framing (`Transfer-Encoding` exactly one `chunked`, never
+    // with `Content-Length`) was checked as its head was read (`pylon_h1::parse_response`,
+    // the only reader of HTTP/1.x answers): one that broke it never became a response.
     strip_hop_by_hop(&mut rparts.headers);
     super::headers::normalize_content_length(&mut rparts.headers);
     if listener.config.headers.via {
