@@ -34,6 +34,8 @@ class Client(QuicConnectionProtocol):
         self.h3 = H3Connection(self._quic)
         self.answers = {}
         self.tunnels = {}
+        # Set once the server's SETTINGS have arrived.
+        self.settings = asyncio.Event()
 
     def quic_event_received(self, event):
         for e in self.h3.handle_event(event):
@@ -49,6 +51,8 @@ class Client(QuicConnectionProtocol):
                 answer["body"] += e.data
             if e.stream_ended and not fut.done():
                 fut.set_result(answer)
+        if self.h3.received_settings is not None:
+            self.settings.set()
 
     async def request(self, fields, body=b"", pieces=1, trailers=()):
         sid = self._quic.get_next_available_stream_id()
@@ -69,10 +73,10 @@ class Client(QuicConnectionProtocol):
 
     async def websocket(self, fields, messages):
         """A WebSocket over HTTP/3: the answer's fields, and the lines to print."""
-        for _ in range(200):
-            if self.h3.received_settings is not None:
-                break
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(self.settings.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
         if not (self.h3.received_settings or {}).get(Setting.ENABLE_CONNECT_PROTOCOL):
             raise SystemExit("the server does not offer extended CONNECT (RFC 9220)")
         sid = self._quic.get_next_available_stream_id()
