@@ -143,6 +143,7 @@ impl Fields {
         // Room for what a proxy adds (forwarding fields, `Via`, `Date`, framing), so
         // that adding them does not grow the map (a rehash of every field).
         let mut map = HeaderMap::with_capacity(self.list.len() + 6);
+        let mut length_seen = false;
         for f in &self.list {
             // httparse let through only token names and field-value bytes.
             let name = &self.raw[f.name.clone()];
@@ -151,6 +152,11 @@ impl Fields {
             else {
                 continue;
             };
+            // Several `Content-Length` lines passed the framing rules only if they agree:
+            // one is kept (RFC 9110 §8.6), so that one goes on, as hyper reads them too.
+            if n == http::header::CONTENT_LENGTH && std::mem::replace(&mut length_seen, true) {
+                continue;
+            }
             let value = self.raw.slice(f.value.clone());
             // SAFETY: httparse admits in a field value only HTAB, SP, VCHAR and obs-text
             // (0x80-0xFF), all of them bytes a `HeaderValue` may hold (it refuses only

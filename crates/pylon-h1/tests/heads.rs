@@ -104,6 +104,20 @@ fn a_request_head_keeps_its_names_order_and_framing() {
 }
 
 #[test]
+fn agreeing_content_length_lines_go_on_as_one() {
+    let mut buf = BytesMut::from(
+        &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n"[..],
+    );
+    let head = parse_request(&mut buf, &HeadLimits::default())
+        .expect("agreeing lengths are accepted")
+        .expect("a whole head");
+    assert_eq!(head.framing, BodyFraming::Length(5));
+    let map = head.fields.to_header_map();
+    let lengths: Vec<_> = map.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["5"], "one Content-Length goes on");
+}
+
+#[test]
 fn keep_alive_expect_and_upgrade_follow_rfc_9112() {
     for (raw, keep_alive) in [
         (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], true),
