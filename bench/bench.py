@@ -411,10 +411,11 @@ def main():
                 continue
             keys = runs[0].keys()
             table[sid][name] = {k: median([r.get(k) for r in runs]) for k in keys}
+    print(f"Pylon build: {build()}")
     print_table(scen, table)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%MZ")
     meta = {"date": stamp, "machine": machine(), "rounds": rounds, "seconds": secs,
-            "quick": args.quick}
+            "quick": args.quick, "pylon_build": build()}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", f"{stamp}.json"), "w") as f:
         json.dump({"meta": meta, "results": table}, f, indent=2)
@@ -432,6 +433,13 @@ def machine():
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+
+
+def build():
+    """Which Pylon build was measured: "pgo" (scripts/build-pgo.sh, what bench/run.sh
+    measures by default) or "release" (plain `cargo build --release`), as bench/run.sh
+    says in PYLON_BUILD; "unknown" when bench.py was started by hand."""
+    return os.environ.get("PYLON_BUILD", "unknown")
 
 
 def ratio(table_row, key, higher_better):
@@ -474,7 +482,7 @@ def svg(scen, table, meta, path):
     w, bar, gap = 900, 14, 18
     h = 80 + len(rows) * (4 * bar + gap)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-           f'<text x="10" y="20" font-size="15">Requests/s by scenario (median) — {meta["date"]}, {meta["machine"]}</text>']
+           f'<text x="10" y="20" font-size="15">Requests/s by scenario (median) — {meta["date"]}, {meta["machine"]}, Pylon build: {meta.get("pylon_build", "unknown")}</text>']
     y = 45
     for sid, title in rows:
         vals = {n: r["rps"] for n, r in table[sid].items()}

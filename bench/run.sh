@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: Pylon, NGINX and HAProxy on the same machine, in one run.
-# Installs its peers from Debian's packages, builds Pylon in release mode, then runs
+# Installs its peers from Debian's packages, builds Pylon (profile-guided, see below), then runs
 # bench/bench.py (pass --quick for one short round); with --l4 first, bench/l4.py (TCP
 # throughput with iperf3 and connections per second); with --tunnel first, bench/tunnel.py
 # (WebSocket echo messages per second, CONNECT throughput); with --grpc first, bench/grpc.py
@@ -38,47 +38,58 @@ fi
 # Debian starts services on install; the benchmark runs its own instances.
 systemctl stop nginx haproxy caddy varnish redis-server coturn >/dev/null 2>&1 || true
 
-cargo build --release -p pylon
+# The Pylon measured is the profile-guided build that scripts/build-pgo.sh makes (what
+# docs/performance.md recommends deploying); with --no-pgo first, the plain
+# `cargo build --release` binary instead.
+if [ "${1:-}" = "--no-pgo" ]; then
+  shift
+  cargo build --release -p pylon
+  pylon=target/release/pylon
+  export PYLON_BUILD=release
+else
+  pylon=$(scripts/build-pgo.sh | tail -n 1)
+  export PYLON_BUILD=pgo
+fi
 ulimit -n "$(ulimit -Hn)" || true
 if [ "${1:-}" = "--tunnel" ]; then
   shift
   cargo build --release -p pylon-bench-load
-  exec python3 bench/tunnel.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+  exec python3 bench/tunnel.py --pylon "$pylon" --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--soak" ]; then
   shift
   cargo build --release -p pylon-bench-load
-  exec python3 bench/soak.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+  exec python3 bench/soak.py --pylon "$pylon" --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--grpc" ]; then
   shift
   cargo build --release -p pylon-bench-load
-  exec python3 bench/grpc.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+  exec python3 bench/grpc.py --pylon "$pylon" --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--h3" ]; then
   shift
   cargo build --release -p pylon-bench-load
-  exec python3 bench/h3.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+  exec python3 bench/h3.py --pylon "$pylon" --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--turn" ]; then
   shift
   cargo build --release -p pylon-bench-load
-  exec python3 bench/turn.py --pylon target/release/pylon --load target/release/pylon-bench-load "$@"
+  exec python3 bench/turn.py --pylon "$pylon" --load target/release/pylon-bench-load "$@"
 fi
 if [ "${1:-}" = "--cache" ]; then
   shift
-  exec python3 bench/cache.py --pylon target/release/pylon "$@"
+  exec python3 bench/cache.py --pylon "$pylon" "$@"
 fi
 if [ "${1:-}" = "--fleet" ]; then
   shift
-  exec python3 bench/fleet.py --pylon target/release/pylon "$@"
+  exec python3 bench/fleet.py --pylon "$pylon" "$@"
 fi
 if [ "${1:-}" = "--gateway" ]; then
   shift
-  exec python3 bench/gateway.py --pylon target/release/pylon "$@"
+  exec python3 bench/gateway.py --pylon "$pylon" "$@"
 fi
 if [ "${1:-}" = "--l4" ]; then
   shift
-  exec python3 bench/l4.py --pylon target/release/pylon "$@"
+  exec python3 bench/l4.py --pylon "$pylon" "$@"
 fi
-exec python3 bench/bench.py --pylon target/release/pylon "$@"
+exec python3 bench/bench.py --pylon "$pylon" "$@"
