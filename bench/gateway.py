@@ -223,6 +223,34 @@ def run(srv, path, secs, headers=()):
     return r
 
 
+def setup(d):
+    """Writes what the gateway's routes and the origin need into `d` (the HS256 secret,
+    an ES256 key pair, the JSON document, the static files, the origin's configuration);
+    returns the two `Authorization` headers and the origin's configuration file."""
+    os.chmod(d, 0o755)
+    open(os.path.join(d, "hs.key"), "wb").write(SECRET)
+    subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout",
+                    "-out", f"{d}/es.key"], check=True)
+    subprocess.run(["openssl", "ec", "-in", f"{d}/es.key", "-pubout", "-out", f"{d}/es.pub"],
+                   check=True, capture_output=True)
+    hs = f"Authorization: Bearer {hs256_token()}"
+    es = f"Authorization: Bearer {es256_token(f'{d}/es.key')}"
+    origin_conf = os.path.join(d, "origin.conf")
+    os.makedirs(os.path.join(d, "static"), exist_ok=True)
+    items = ",".join(f'{{"id": {i}, "name": "item {i}", "price": {i * 7 % 1000}, "tags": ["a", "b"]}}'
+                     for i in range(1600))
+    doc = ("[" + items + "]").encode()[:100 * 1024]
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    open(os.path.join(d, "www", "data.json"), "wb").write(doc)
+    open(os.path.join(d, "static", "1k.txt"), "wb").write(b"x" * 1024)
+    open(os.path.join(d, "static", "1m.bin"), "wb").write(os.urandom(1 << 20))
+    conf = bench.origin_conf(d).replace(
+        "location = /1m {",
+        f"location = /data.json {{ root {d}/www; default_type application/json; }}\n    location = /1m {{")
+    open(origin_conf, "w").write(conf)
+    return hs, es, origin_conf
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pylon", required=True)
@@ -232,14 +260,7 @@ def main():
     ap.add_argument("--only", help="comma-separated scenario ids (plain, json_gzip, static_1m, ...)")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="pylon-gateway-bench-")
-    os.chmod(d, 0o755)
-    open(os.path.join(d, "hs.key"), "wb").write(SECRET)
-    subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout",
-                    "-out", f"{d}/es.key"], check=True)
-    subprocess.run(["openssl", "ec", "-in", f"{d}/es.key", "-pubout", "-out", f"{d}/es.pub"],
-                   check=True, capture_output=True)
-    hs = f"Authorization: Bearer {hs256_token()}"
-    es = f"Authorization: Bearer {es256_token(f'{d}/es.key')}"
+    hs, es, origin_conf = setup(d)
     scenarios = {
         "pylon": [("plain", "/plain", ()), ("jwt_hs256", "/hs256", (hs,)),
                   ("jwt_es256", "/es256", (es,)), ("local_limit", "/local", ()),
@@ -260,19 +281,6 @@ def main():
         scenarios = {n: [s for s in sc if s[0] in keep] for n, sc in scenarios.items()}
     results = {n: {s[0]: [] for s in sc} for n, sc in scenarios.items()}
     redis_rows = []
-    origin_conf = os.path.join(d, "origin.conf")
-    os.makedirs(os.path.join(d, "static"), exist_ok=True)
-    items = ",".join(f'{{"id": {i}, "name": "item {i}", "price": {i * 7 % 1000}, "tags": ["a", "b"]}}'
-                     for i in range(1600))
-    doc = ("[" + items + "]").encode()[:100 * 1024]
-    os.makedirs(os.path.join(d, "www"), exist_ok=True)
-    open(os.path.join(d, "www", "data.json"), "wb").write(doc)
-    open(os.path.join(d, "static", "1k.txt"), "wb").write(b"x" * 1024)
-    open(os.path.join(d, "static", "1m.bin"), "wb").write(os.urandom(1 << 20))
-    conf = bench.origin_conf(d).replace(
-        "location = /1m {",
-        f"location = /data.json {{ root {d}/www; default_type application/json; }}\n    location = /1m {{")
-    open(origin_conf, "w").write(conf)
     started = time.time()
     origin = Server("origin", ["taskset", "-c", "0", "nginx", "-c", origin_conf,
                                "-e", os.path.join(d, "origin.err")], ORIGIN)

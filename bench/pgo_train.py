@@ -4,18 +4,21 @@ instrumented Pylon through the work its benchmarks measure, a few seconds each, 
 compiler learns which code is hot. It uses the benchmark's own configurations and load
 clients (HTTP/1.1 keep-alive, new connections and 1,000 connections, 1 MiB bodies,
 idle keep-alive connections, h2c, TLS handshakes, HTTPS HTTP/1.1 and HTTP/2, HTTP/3,
-Layer 4 with and without splice, WebSocket echo, CONNECT, cache hits, gRPC unary and
-streaming). Pylon alone runs here, never a peer. Each Pylon is stopped with SIGTERM, so it
+Layer 4 with and without splice, the gateway's routes (JWT HS256 and ES256, local and
+Redis rate limits, gzip and brotli, static files, a weighted split), TURN relaying and
+allocations, WebSocket echo, CONNECT, cache hits, gRPC unary and streaming). Pylon alone runs here, never a peer. Each Pylon is stopped with SIGTERM, so it
 exits normally and writes its profile (to LLVM_PROFILE_FILE, set by the caller)."""
 
 import argparse, asyncio, os, signal, subprocess, sys, tempfile, threading, time
 
 import bench
 import cache as cache_bench
+import gateway as gateway_bench
 import grpc as grpc_bench
 import h3 as h3_bench
 import l4 as l4_bench
 import tunnel as tunnel_bench
+import turn as turn_bench
 from bench import Server, ORIGIN, PROXY
 
 
@@ -54,6 +57,19 @@ def hold_idle(port, n, tls):
     loop.close()
 
 
+def wrk(port, conns, secs, **kw):
+    """A wrk run that must succeed, every answer a 2xx or 3xx: a training run whose
+    requests failed would teach the compiler the error paths."""
+    r = bench.run_wrk(port, conns, secs, **kw)
+    if not r or r["errors"]:
+        sys.exit(f"pgo_train: wrk through port {port} {kw} failed: {r}")
+
+
+def need(result, what):
+    if not result:
+        sys.exit(f"pgo_train: {what} failed")
+
+
 def load(argv):
     out = subprocess.run(argv, capture_output=True, text=True)
     if out.returncode != 0:
@@ -79,32 +95,54 @@ def main():
     with Server("origin", ["nginx", "-c", os.path.join(d, "origin.conf")], ORIGIN):
         step(started, "HTTP/1.1")
         with pylon(binary, d, "h1", bench.pylon_conf(d, "h1")):
-            bench.run_wrk(PROXY, 50, s)
-            bench.run_wrk(PROXY, 50, s, new_conn=True)
-            bench.run_wrk(PROXY, 1000, s)
-            bench.run_wrk(PROXY, 10, s, path="/1m")
+            wrk(PROXY, 50, s)
+            wrk(PROXY, 50, s, new_conn=True)
+            wrk(PROXY, 1000, s)
+            wrk(PROXY, 10, s, path="/1m")
             hold_idle(PROXY, 500, tls=False)
         step(started, "h2c")
         with pylon(binary, d, "h2c", bench.pylon_conf(d, "h2c")):
             bench.run_h2load(PROXY, s)
         step(started, "TLS")
         with pylon(binary, d, "tls", bench.pylon_conf(d, "tls")):
-            bench.run_wrk(PROXY, 50, s, new_conn=True, scheme="https")
-            bench.run_wrk(PROXY, 50, s, scheme="https")
+            wrk(PROXY, 50, s, new_conn=True, scheme="https")
+            wrk(PROXY, 50, s, scheme="https")
             bench.run_h2load(PROXY, s, scheme="https")
             hold_idle(PROXY, 200, tls=True)
         step(started, "HTTP/3")
         with pylon(binary, d, "h3", h3_bench.pylon_conf(d), port=h3_bench.PORT) as srv:
-            h3_bench.h3_load(ld, d, "/", 10, 10, s, srv)
-            h3_bench.h3_load(ld, d, "/1m", 10, 1, s, srv)
+            need(h3_bench.h3_load(ld, d, "/", 10, 10, s, srv), "HTTP/3 load")
+            need(h3_bench.h3_load(ld, d, "/1m", 10, 1, s, srv), "HTTP/3 1 MiB load")
         step(started, "Layer 4")
         with Server("iperf3", ["iperf3", "-s", "-p", str(l4_bench.IPERF)], l4_bench.IPERF):
             for name, splice in (("l4-splice", True), ("l4-copy", False)):
                 conf = l4_bench.pylon_tcp(d, l4_bench.IPERF, splice=splice)
                 with pylon(binary, d, name, conf):
-                    l4_bench.iperf(PROXY, s)
+                    need(l4_bench.iperf(PROXY, s), f"iperf3 through {name}")
         with pylon(binary, d, "l4-origin", l4_bench.pylon_tcp(d, ORIGIN)):
-            bench.run_wrk(PROXY, 50, s, new_conn=True)
+            wrk(PROXY, 50, s, new_conn=True)
+
+    step(started, "gateway")
+    g = os.path.join(d, "gateway")
+    os.makedirs(g)
+    hs, es, origin_conf = gateway_bench.setup(g)
+    redis = Server("redis", ["redis-server", "--port", str(gateway_bench.REDIS), "--bind",
+                             "127.0.0.1", "--save", "", "--appendonly", "no"], gateway_bench.REDIS)
+    with Server("origin", ["nginx", "-c", origin_conf], ORIGIN), redis:
+        with pylon(binary, d, "gateway", gateway_bench.pylon_conf(g)):
+            for path, headers in (("/hs256", (hs,)), ("/es256", (es,)), ("/local", ()),
+                                  ("/redis", ()), ("/data.json", ("Accept-Encoding: gzip",)),
+                                  ("/br/data.json", ("Accept-Encoding: br",)),
+                                  ("/static/1k.txt", ()), ("/static/1m.bin", ()),
+                                  ("/split", ())):
+                wrk(PROXY, 50, s, path=path, headers=headers)
+
+    step(started, "TURN")
+    turn = f"127.0.0.1:{turn_bench.PORT}"
+    user, password = turn_bench.USER, turn_bench.PASSWORD
+    with pylon(binary, d, "turn", turn_bench.pylon_conf(d), port=turn_bench.ADMIN):
+        load([ld, "turn", turn, user, password, "50", "200", str(s), "8"])
+        load([ld, "turn-alloc", turn, user, password, str(s), "16"])
 
     ws = Server("ws-origin", [ld, "ws-echo-server", str(tunnel_bench.WS_ORIGIN)], tunnel_bench.WS_ORIGIN)
     sink = Server("sink", [ld, "sink-server", str(tunnel_bench.SINK)], tunnel_bench.SINK)
@@ -122,7 +160,7 @@ def main():
     bench.wait_port(cache_bench.ORIGIN)
     with pylon(binary, d, "cache", cache_bench.pylon_conf(d), port=cache_bench.PROXY):
         for path in cache_bench.SIZES:
-            bench.run_wrk(cache_bench.PROXY, 50, s, path=path)
+            wrk(cache_bench.PROXY, 50, s, path=path)
 
     origin = grpc_bench.ORIGIN
     with Server("grpc-origin", [ld, "grpc-server", str(origin)], origin):
