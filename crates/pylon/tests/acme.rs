@@ -666,6 +666,12 @@ async fn acme_certificates_get_their_ocsp_response_stapled() {
         challenge: "tls-alpn-01",
         extra: "",
     };
+    // The responder's signer is made first: Pylon's first fetch follows the issuance at
+    // once and fails (no responder yet), its retries come after 5, then 15, then 35 s,
+    // so the responder must be up soon after the certificate is.
+    let dir = temp_dir();
+    let signer = TestCa::new("ocsp signer").server(&["ocsp.signer.test"]);
+    let (signer_cert, signer_key) = signer.write(&dir, "signer");
     let proxy = TestProxy::start_prebound(&config(addrs[0], addrs[1], &site), prebound).await;
     let (root_pem, _) = write_root(&pebble);
     let leaf = issued_certificate(addrs[1], "s.pylon.test", &root_pem).await;
@@ -680,15 +686,12 @@ async fn acme_certificates_get_their_ocsp_response_stapled() {
         .skip_while(|b| **b == 0)
         .map(|b| format!("{b:02X}"))
         .collect();
-    let dir = temp_dir();
     std::fs::write(dir.join("intermediate.pem"), pebble.intermediate_pem()).unwrap();
     std::fs::write(
         dir.join("index.txt"),
         format!("V\t301231235959Z\t\t{serial}\tunknown\t/CN=s.pylon.test\n"),
     )
     .unwrap();
-    let signer = TestCa::new("ocsp signer").server(&["ocsp.signer.test"]);
-    let (signer_cert, signer_key) = signer.write(&dir, "signer");
     let mut responder = std::process::Command::new("openssl")
         .current_dir(&dir)
         .args([
@@ -712,7 +715,7 @@ async fn acme_certificates_get_their_ocsp_response_stapled() {
         .spawn()
         .expect("openssl ocsp runs");
     eventually_async_within(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the ACME certificate stapled",
         || async {
             let out = tokio::process::Command::new("openssl")
