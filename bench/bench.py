@@ -176,7 +176,13 @@ class Server:
             pass
         self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
-        wait_port(self.port)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            # Never came up: stopped here, since the block (and __exit__) will not run.
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+            raise
         return self
 
     def pids(self):

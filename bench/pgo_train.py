@@ -9,7 +9,7 @@ Redis rate limits, gzip and brotli, static files, a weighted split), TURN relayi
 allocations, WebSocket echo, CONNECT, cache hits, gRPC unary and streaming). Pylon alone runs here, never a peer. Each Pylon is stopped with SIGTERM, so it
 exits normally and writes its profile (to LLVM_PROFILE_FILE, set by the caller)."""
 
-import argparse, asyncio, os, signal, subprocess, sys, tempfile, threading, time
+import argparse, asyncio, os, re, signal, subprocess, sys, tempfile, threading, time
 
 import bench
 import cache as cache_bench
@@ -28,11 +28,14 @@ class Pylon(Server):
     def __exit__(self, *a):
         try:
             os.killpg(self.p.pid, signal.SIGTERM)
-            self.p.wait(timeout=30)
+            # Longer than a drain can take (drain_timeout is 30 s by default).
+            self.p.wait(timeout=45)
         except ProcessLookupError:
             pass
         except subprocess.TimeoutExpired:
-            sys.exit("pgo_train: Pylon did not stop within 30 s of SIGTERM; its profile is lost")
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+            sys.exit("pgo_train: Pylon did not stop within 45 s of SIGTERM; its profile is lost")
         if self.p.returncode != 0:
             sys.exit(f"pgo_train: Pylon exited with status {self.p.returncode}")
         bench.wait_closed(self.port)
@@ -65,15 +68,30 @@ def wrk(port, conns, secs, **kw):
         sys.exit(f"pgo_train: wrk through port {port} {kw} failed: {r}")
 
 
-def need(result, what):
-    if not result:
+def h2(port, secs, scheme="http"):
+    """An h2load run (10 connections x 10 streams) in which every request succeeds."""
+    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs),
+            f"{scheme}://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
+    m = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and codes and int(m.group(1)) > 0 and m.group(2) == m.group(3) == "0"
+            and codes.group(3) == codes.group(4) == "0"):
+        sys.exit(f"pgo_train: h2load through port {port} failed:\n{out}")
+
+
+def need(ok, what):
+    if not ok:
         sys.exit(f"pgo_train: {what} failed")
 
 
-def load(argv):
+def load(argv, done):
+    """A pylon-bench-load run that exits normally and whose printed count `done` (a
+    regular expression with one number) is above zero."""
     out = subprocess.run(argv, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"pgo_train: {' '.join(argv)} failed: {out.stderr.strip()}")
+    m = re.search(done, out.stdout)
+    if out.returncode != 0 or not m or float(m.group(1)) <= 0:
+        sys.exit(f"pgo_train: {' '.join(argv)} failed: {out.stdout.strip()} {out.stderr.strip()}")
 
 
 def main():
@@ -102,17 +120,18 @@ def main():
             hold_idle(PROXY, 500, tls=False)
         step(started, "h2c")
         with pylon(binary, d, "h2c", bench.pylon_conf(d, "h2c")):
-            bench.run_h2load(PROXY, s)
+            h2(PROXY, s)
         step(started, "TLS")
         with pylon(binary, d, "tls", bench.pylon_conf(d, "tls")):
             wrk(PROXY, 50, s, new_conn=True, scheme="https")
             wrk(PROXY, 50, s, scheme="https")
-            bench.run_h2load(PROXY, s, scheme="https")
+            h2(PROXY, s, scheme="https")
             hold_idle(PROXY, 200, tls=True)
         step(started, "HTTP/3")
         with pylon(binary, d, "h3", h3_bench.pylon_conf(d), port=h3_bench.PORT) as srv:
-            need(h3_bench.h3_load(ld, d, "/", 10, 10, s, srv), "HTTP/3 load")
-            need(h3_bench.h3_load(ld, d, "/1m", 10, 1, s, srv), "HTTP/3 1 MiB load")
+            for path, streams in (("/", 10), ("/1m", 1)):
+                r = h3_bench.h3_load(ld, d, path, 10, streams, s, srv)
+                need(r and r["requests"] and not r.get("errors"), f"HTTP/3 load of {path}")
         step(started, "Layer 4")
         with Server("iperf3", ["iperf3", "-s", "-p", str(l4_bench.IPERF)], l4_bench.IPERF):
             for name, splice in (("l4-splice", True), ("l4-copy", False)):
@@ -141,18 +160,19 @@ def main():
     turn = f"127.0.0.1:{turn_bench.PORT}"
     user, password = turn_bench.USER, turn_bench.PASSWORD
     with pylon(binary, d, "turn", turn_bench.pylon_conf(d), port=turn_bench.ADMIN):
-        load([ld, "turn", turn, user, password, "50", "200", str(s), "8"])
-        load([ld, "turn-alloc", turn, user, password, str(s), "16"])
+        load([ld, "turn", turn, user, password, "50", "200", str(s), "8"], r"echoed=(\d+)")
+        load([ld, "turn-alloc", turn, user, password, str(s), "16"], r"allocations_per_s=(\d+)")
 
     ws = Server("ws-origin", [ld, "ws-echo-server", str(tunnel_bench.WS_ORIGIN)], tunnel_bench.WS_ORIGIN)
     sink = Server("sink", [ld, "sink-server", str(tunnel_bench.SINK)], tunnel_bench.SINK)
     with ws, sink:
         step(started, "WebSocket")
         with pylon(binary, d, "ws", tunnel_bench.pylon_ws(d)):
-            load([ld, "ws", f"ws://127.0.0.1:{PROXY}/", "50", str(s)])
+            load([ld, "ws", f"ws://127.0.0.1:{PROXY}/", "50", str(s)], r'"messages": (\d+)')
         step(started, "CONNECT")
         with pylon(binary, d, "forward", tunnel_bench.pylon_forward(d)):
-            load([ld, "connect", f"127.0.0.1:{PROXY}", f"127.0.0.1:{tunnel_bench.SINK}", str(s)])
+            load([ld, "connect", f"127.0.0.1:{PROXY}", f"127.0.0.1:{tunnel_bench.SINK}", str(s)],
+                 r'"bytes": (\d+)')
 
     step(started, "cache")
     threading.Thread(target=asyncio.run, args=(cache_bench.serve_origin(cache_bench.ORIGIN),),
@@ -166,8 +186,8 @@ def main():
     with Server("grpc-origin", [ld, "grpc-server", str(origin)], origin):
         step(started, "gRPC")
         with pylon(binary, d, "grpc", grpc_bench.pylon_grpc(d)):
-            load([ld, "grpc-unary", f"http://127.0.0.1:{PROXY}", "10", str(s)])
-            load([ld, "grpc-stream", f"http://127.0.0.1:{PROXY}", str(s)])
+            load([ld, "grpc-unary", f"http://127.0.0.1:{PROXY}", "10", str(s)], r'"calls": (\d+)')
+            load([ld, "grpc-stream", f"http://127.0.0.1:{PROXY}", str(s)], r'"bytes": (\d+)')
     step(started, "done")
 
 

@@ -32,7 +32,10 @@ done
 if [ -z "$profdata" ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "build-pgo: installing llvm-$llvm for llvm-profdata (rustc uses LLVM $llvm)" >&2
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "llvm-$llvm" >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "llvm-$llvm" >/dev/null \
+    || { echo "build-pgo: no llvm-$llvm package here; install rustup's llvm-tools" \
+              "(rustup component add llvm-tools) or an llvm-profdata $llvm" >&2; exit 1; }
   profdata=/usr/lib/llvm-$llvm/bin/llvm-profdata
 fi
 
