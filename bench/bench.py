@@ -254,9 +254,13 @@ def run_h2load(port, secs, scheme="http", path="/"):
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    # Requests that failed or errored, and 4xx/5xx answers (wrk's "Non-2xx or 3xx").
+    failed = re.search(r"\d+ succeeded, (\d+) failed, (\d+) errored", out)
+    codes = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = sum(int(g) for m in (failed, codes) if m for g in m.groups())
     # h2load gives min, max, mean; report the mean as p50 and the max as p99 bound.
     return {"rps": rps, "requests": done, "p50_ms": parse_latency(lat.group(3)),
-            "p99_ms": parse_latency(lat.group(2)), "errors": 0}
+            "p99_ms": parse_latency(lat.group(2)), "errors": errors}
 
 
 async def hold_idle(port, n, tls=False):

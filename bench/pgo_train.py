@@ -70,14 +70,8 @@ def wrk(port, conns, secs, **kw):
 
 def h2(port, secs, scheme="http"):
     """An h2load run (10 connections x 10 streams) in which every request succeeds."""
-    argv = ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(secs),
-            f"{scheme}://127.0.0.1:{port}/"]
-    out = subprocess.run(argv, capture_output=True, text=True).stdout
-    m = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    if not (m and codes and int(m.group(1)) > 0 and m.group(2) == m.group(3) == "0"
-            and codes.group(3) == codes.group(4) == "0"):
-        sys.exit(f"pgo_train: h2load through port {port} failed:\n{out}")
+    r = bench.run_h2load(port, secs, scheme=scheme)
+    need(r["requests"] and not r["errors"], f"h2load through port {port} ({r})")
 
 
 def need(ok, what):
