@@ -123,11 +123,12 @@ impl Body for RequestBody {
 }
 
 /// An upstream's answer body: read inline from an HTTP/1.1 connection, or a stream of
-/// an HTTP/2 one.
+/// an HTTP/2 one. (Kept small: it is moved with its response through every layer of
+/// the request path, so the rare HTTP/3 body is boxed.)
 pub enum UpstreamBody {
     H1(super::h1::H1Body),
     H2(Incoming),
-    H3(super::h3::H3Body),
+    H3(Box<super::h3::H3Body>),
 }
 
 impl UpstreamBody {
@@ -163,7 +164,7 @@ impl Body for UpstreamBody {
             UpstreamBody::H2(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
-            UpstreamBody::H3(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H3(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 

@@ -237,12 +237,15 @@ fn encoding(parts: &mut http::request::Parts, body: &RequestBody) -> Result<Enco
     Ok(Encoding::Chunked)
 }
 
-/// One open connection in an exchange.
+/// One open connection in an exchange, boxed once for it: the exchange's future and
+/// the answer's body (moved with its response through every layer of the request
+/// path) hold a pointer to it, not its bytes.
 struct Conn {
     io: UpstreamIo,
     reader: Reader,
-    /// The request's body still going out (the upstream answered before its end).
-    writer: Option<Box<Writer<RequestBody>>>,
+    /// The request still going out; after the answer's head, its body's rest (the
+    /// upstream answered before its end).
+    writer: Option<Writer<RequestBody>>,
 }
 
 /// What stops an exchange before it has an answer.
@@ -263,7 +266,7 @@ pub(super) enum Failure {
 /// request comes in parts so that none is held whole beside them.)
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 pub(super) fn exchange<'a>(
-    mut io: UpstreamIo,
+    io: UpstreamIo,
     mut parts: http::request::Parts,
     mut body: RequestBody,
     home: Option<Lent>,
@@ -301,22 +304,25 @@ pub(super) fn exchange<'a>(
             RequestBody::Full(b) => Some(b.clone()),
             _ => None,
         };
-        let mut writer = Writer::new(head.freeze(), body, encoding);
-        if let Some(first) = passed {
-            writer.push(first);
+        let mut conn = Box::new(Conn {
+            io,
+            reader: Reader::default(),
+            writer: Some(Writer::new(head.freeze(), body, encoding)),
+        });
+        if let (Some(first), Some(w)) = (passed, &mut conn.writer) {
+            w.push(first);
         }
-        let mut writer = Some(Box::new(writer));
         let mut write_error = None;
         let mut wrote = false;
-        let mut reader = Reader::default();
         let mut interim = 0;
         let answer = std::future::poll_fn(|cx| {
-            if let Some(w) = &mut writer {
-                let polled = w.poll(&mut io, cx).map_err(SendError::from);
+            let Conn { io, reader, writer } = &mut *conn;
+            if let Some(w) = writer {
+                let polled = w.poll(io, cx).map_err(SendError::from);
                 wrote |= w.started;
                 match polled {
                     Poll::Ready(Ok(())) => {
-                        writer = None;
+                        *writer = None;
                         *sent_at = Some(Instant::now());
                     }
                     // The client's body failed: the request cannot be completed.
@@ -325,7 +331,7 @@ pub(super) fn exchange<'a>(
                     }
                     // The upstream may have answered already (and closed its side); read it.
                     Poll::Ready(Err(e)) => {
-                        writer = None;
+                        *writer = None;
                         write_error = Some(e);
                     }
                     Poll::Pending => {}
@@ -346,7 +352,7 @@ pub(super) fn exchange<'a>(
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err(SendError::Invalid(e.to_string()))),
                 }
-                match ready!(reader.poll_fill(&mut io, cx)) {
+                match ready!(reader.poll_fill(io, cx)) {
                     Ok(0) => {
                         return Poll::Ready(Err(write_error.take().unwrap_or(SendError::Closed)));
                     }
@@ -364,7 +370,7 @@ pub(super) fn exchange<'a>(
                 // Nothing written at all, or an idempotent request that a connection closed
                 // without a byte of answer (it was closing as the request went out).
                 let unsent = reused
-                    && reader.read == 0
+                    && conn.reader.read == 0
                     && (!wrote
                         || (idempotent(&parts.method)
                             && matches!(e, SendError::Closed | SendError::Io(_))));
@@ -397,7 +403,7 @@ pub(super) fn exchange<'a>(
             resp.extensions_mut().insert(case);
         }
         let mut body = H1Body {
-            conn: Some(Conn { io, reader, writer }),
+            conn: Some(conn),
             decoder,
             // A failed write leaves the request cut: the connection cannot be reused.
             keep_alive: head.keep_alive && !upgraded && write_error.is_none(),
@@ -419,7 +425,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// An upstream answer's body, read from its connection as the client takes it.
 pub struct H1Body {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     decoder: BodyDecoder,
     keep_alive: bool,
     home: Option<Lent>,
@@ -435,15 +441,16 @@ impl H1Body {
             && conn.writer.is_none()
             && conn.reader.buf.is_empty()
         {
-            home.0.put(conn.io);
+            let Conn { io, .. } = *conn;
+            home.0.put(io);
         }
     }
 
     /// After a 101 answer: the connection and the bytes the upstream sent after the
     /// head, for a tunnel.
     pub fn into_upgraded(mut self) -> Option<Prefixed<UpstreamIo>> {
-        let conn = self.conn.take()?;
-        Some(Prefixed::new(conn.reader.buf.freeze(), conn.io))
+        let Conn { io, reader, .. } = *self.conn.take()?;
+        Some(Prefixed::new(reader.buf.freeze(), io))
     }
 
     /// Takes what the buffered bytes hold: a data frame, or trailers; the connection
@@ -481,8 +488,9 @@ impl Body for H1Body {
             let Some(conn) = &mut this.conn else {
                 return Poll::Ready(None);
             };
-            if let Some(w) = &mut conn.writer {
-                match w.poll(&mut conn.io, cx) {
+            let Conn { io, writer, .. } = &mut **conn;
+            if let Some(w) = writer {
+                match w.poll(io, cx) {
                     Poll::Ready(Ok(())) => conn.writer = None,
                     Poll::Ready(Err(e)) => {
                         // The request cannot be completed; the answer stops here too.

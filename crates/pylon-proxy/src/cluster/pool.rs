@@ -498,7 +498,7 @@ impl EndpointPool {
         };
         self.send_h3_on(sender, req, response_timeout)
             .await
-            .map(|r| (r.map(UpstreamBody::H3), None))
+            .map(|r| (r.map(|b| UpstreamBody::H3(Box::new(b))), None))
     }
 
     /// The endpoint's QUIC side (an `h3` cluster's endpoints always have one).

@@ -318,16 +318,17 @@ impl Served {
     /// Answers a head that never became a request, and closes.
     async fn refuse(&self, kind: ErrorKind) -> io::Result<()> {
         let (mut parts, body) = error_response(kind).into_parts();
-        let (writer, file) =
+        let (mut writer, file) =
             self.response_writer(Version::HTTP_11, &mut parts, body, false, &mut false);
-        self.send(writer, file).await
+        self.send(&mut writer, file).await
     }
 
     /// Writes an answer: its head and body, then a file body taken out of it with
-    /// `sendfile(2)`.
+    /// `sendfile(2)`. (The writer is borrowed, not moved into this future: it is
+    /// large, and the caller drops it, ending the answer's body, once this is done.)
     async fn send(
         &self,
-        mut writer: Writer<ResponseBody>,
+        writer: &mut Writer<ResponseBody>,
         file: Option<FileOut>,
     ) -> io::Result<()> {
         // The head waits for the file's first bytes (as NGINX's `tcp_nopush`): sent
@@ -343,7 +344,6 @@ impl Served {
         let head = std::future::poll_fn(|cx| writer.poll(&mut WireWrite(&self.wire), cx))
             .await
             .map_err(io::Error::other);
-        drop(writer);
         if let Err(e) = head {
             if file.is_some() {
                 cork(false);
@@ -447,9 +447,14 @@ impl Served {
                 || parts.status.is_informational()
                 || parts.status == StatusCode::NO_CONTENT
                 || parts.status == StatusCode::NOT_MODIFIED;
-            let (writer, file) =
-                self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
-            self.send(writer, file).await?;
+            // The answer's body ends with the writer, at this block's end (its
+            // completion: the upstream connection back to its pool, the access-log
+            // line), before the request body is drained.
+            {
+                let (mut writer, file) =
+                    self.response_writer(version, &mut parts, body, bodyless, &mut keep_alive);
+                self.send(&mut writer, file).await?;
+            }
             if !keep_alive {
                 return Ok(Next::Close);
             }

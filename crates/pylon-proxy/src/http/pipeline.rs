@@ -280,7 +280,13 @@ pub fn handle(
         };
         let Some(listener) = rt.listener(&ctx.listener) else {
             ex.log.error = Some(ErrorKind::NoRoute);
-            return finish(error_response(ErrorKind::NoRoute), ex, &ctx, None, inflight);
+            return finish(
+                error_response(ErrorKind::NoRoute),
+                &mut ex,
+                &ctx,
+                None,
+                inflight,
+            );
         };
         ex.active = Some(ActiveRequest::new(&listener.stats));
         if let Some(t) = &rt.tracer {
@@ -337,7 +343,7 @@ pub fn handle(
                 resp
             }
         };
-        finish(resp, ex, &ctx, Some(&listener), inflight)
+        finish(resp, &mut ex, &ctx, Some(&listener), inflight)
     }
 }
 
@@ -561,10 +567,11 @@ fn redirect(status: u16, location: &str) -> Result<Response<ResponseBody>, Error
     Ok(resp)
 }
 
-/// Phase 5 and 6: response headers, metrics, and what runs at the body's end.
+/// Phase 5 and 6: response headers, metrics, and what runs at the body's end. (The
+/// exchange is borrowed, not moved in: it is large, and copied on every move.)
 fn finish(
     mut resp: Response<ResponseBody>,
-    mut ex: Exchange,
+    ex: &mut Exchange,
     ctx: &ConnCtx,
     listener: Option<&ListenerRuntime>,
     inflight: InFlight,

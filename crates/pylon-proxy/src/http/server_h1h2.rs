@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http2;
@@ -22,7 +23,7 @@ use super::h2_streams::{NewStreams, WithStreams};
 use super::pipeline::{self, ConnCtx};
 use super::stall::{StallExecutor, StreamHandoff};
 use crate::conn::parking::{LotTask, PARK_AFTER, Parking};
-use crate::conn::{ClientIo, ConnState, TrackedIo, Verdict};
+use crate::conn::{ClientIo, ConnState, TrackedIo, Verdict, Watchers};
 use crate::h1_io::Prefixed;
 use crate::l4::relay::CONNECTION_LINGER;
 use crate::observe::Metrics;
@@ -407,6 +408,7 @@ where
     // The process's stop: once the drain timeout has passed, what is still open closes
     // (streams and tunnels get [`CONNECTION_LINGER`] to say goodbye in their protocol).
     let mut stop = Some(ctx.shared.stop.watch());
+    let watchers = Watchers::default();
     // The listening socket may have closed already (while the first bytes were read).
     if (shutdown.has_changed().is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
         graceful(conn.as_mut());
@@ -433,8 +435,36 @@ where
             }
             wake = wake.min(Instant::now() + after.saturating_sub(quiet).max(after / 4));
         }
-        tokio::select! {
-            r = conn.as_mut() => {
+        // The watchers are polled only when one of them woke (`conn::Watchers`); new
+        // ones each turn, polled once to register.
+        watchers.renew();
+        let (listens, stopping) = (closing.listens(), closing.stopping);
+        let woke = {
+            let mut changed = std::pin::pin!(shutdown.changed());
+            let mut retired = std::pin::pin!(crate::life::retired(&mut stop));
+            let mut timer = std::pin::pin!(tokio::time::sleep_until(wake.into()));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Woke::Conn(r));
+                }
+                let Some(mut wcx) = watchers.woken(cx) else {
+                    return Poll::Pending;
+                };
+                if listens && let Poll::Ready(changed) = changed.as_mut().poll(&mut wcx) {
+                    return Poll::Ready(Woke::Shutdown(changed.is_err()));
+                }
+                if !stopping && retired.as_mut().poll(&mut wcx).is_ready() {
+                    return Poll::Ready(Woke::Stop);
+                }
+                if timer.as_mut().poll(&mut wcx).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match woke {
+            Woke::Conn(r) => {
                 return match r {
                     Ok(done) => Some(done),
                     Err(e) => {
@@ -443,17 +473,17 @@ where
                     }
                 };
             }
-            changed = shutdown.changed(), if closing.listens() => {
-                if (changed.is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
+            Woke::Shutdown(sender_gone) => {
+                if (sender_gone || *shutdown.borrow()) && closing.socket_closed(state) {
                     graceful(conn.as_mut());
                 }
             }
-            () = crate::life::retired(&mut stop), if !closing.stopping => {
+            Woke::Stop => {
                 if closing.process_stopped() {
                     graceful(conn.as_mut());
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => {
+            Woke::Timer => {
                 if closing.past_hard_stop() {
                     if closing.stopping {
                         tracing::info!(
@@ -470,6 +500,18 @@ where
             }
         }
     }
+}
+
+/// What ended one turn of a connection's timer loop.
+enum Woke<R> {
+    /// The connection ended.
+    Conn(R),
+    /// The listening socket's close was signalled (true: its sender is gone).
+    Shutdown(bool),
+    /// The process's stop reached its drain timeout.
+    Stop,
+    /// The timer's instant came.
+    Timer,
 }
 
 /// Where a connection is on its way out.
