@@ -404,6 +404,22 @@ impl Reader {
         io: &mut R,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            // No buffer yet (a new message, or a connection idle until now): the first
+            // bytes go through the stack, then into a buffer of their size. Most heads
+            // and small bodies come in one read, and a small block costs the allocator
+            // a fraction of what a first read's large one does.
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_FIRST];
+            let mut rb = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            self.buf = BytesMut::from(rb.filled());
+            if n == READ_FIRST {
+                self.next = (self.next.max(READ_FIRST) * 2).min(READ_MAX);
+            }
+            self.read += n as u64;
+            return Poll::Ready(Ok(n));
+        }
         if self.buf.capacity() - self.buf.len() == 0 {
             self.next = self.next.clamp(READ_FIRST, READ_MAX);
             self.buf.reserve(self.next);

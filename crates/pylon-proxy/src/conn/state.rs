@@ -121,9 +121,11 @@ impl ConnState {
 
     /// How long the request head about to be dispatched took from its first byte
     /// (HTTP/1.x; asked before [`request_started`](Self::request_started)).
-    pub fn head_read_time(&self) -> Option<Duration> {
+    /// (`now`: the request's arrival, read once for it.)
+    pub fn head_read_time(&self, now: Instant) -> Option<Duration> {
         let began = self.head_started.load(Ordering::Relaxed);
-        (began != 0).then(|| Duration::from_nanos(self.now().saturating_sub(began - 1)))
+        (began != 0)
+            .then(|| now.saturating_duration_since(self.epoch + Duration::from_nanos(began - 1)))
     }
 
     /// Marks a request as dispatched; the guard ends it.

@@ -31,7 +31,7 @@ use pylon_config::model::Limits;
 use pylon_h1::{
     BodyFraming, ChunkedDecoder, HeadError, HeadLimits, HeaderCase, RequestHead, Spelled,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::body::{FileRegion, ResponseBody};
@@ -41,8 +41,6 @@ use crate::conn::{ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
 use crate::h1_io::{BodyDecoder, Encoding, Prefixed, Writer};
 use crate::lock;
 
-/// A head's first bytes are read into the stack, this many at most per read.
-const FIRST_READ: usize = 4096;
 /// What is left of a request body the request path did not read is read and dropped,
 /// up to this much, to keep the connection; a larger rest closes it.
 const DRAIN_MAX: u64 = 64 * 1024;
@@ -283,19 +281,9 @@ impl Served {
             let Some(io) = w.io.as_mut() else {
                 return Poll::Ready(Ok(Head::Closed));
             };
-            let read = if w.reader.buf.capacity() == 0 {
-                // Idle until now: the first bytes go through the stack, then into a
-                // buffer of their size.
-                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
-                let mut rb = ReadBuf::uninit(&mut stack);
-                Pin::new(io).poll_read(cx, &mut rb).map_ok(|()| {
-                    w.reader.buf.extend_from_slice(rb.filled());
-                    rb.filled().len()
-                })
-            } else {
-                w.reader.poll_fill(io, cx)
-            };
-            let n = match read {
+            // (Idle until now: the first bytes go through the stack, then into a
+            // buffer of their size.)
+            let n = match w.reader.poll_fill(io, cx) {
                 Poll::Ready(r) => r?,
                 // Asked to park, with nothing read and nothing to read.
                 Poll::Pending

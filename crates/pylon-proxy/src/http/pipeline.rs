@@ -127,7 +127,6 @@ pub(super) struct Exchange {
 /// The fields of a request's access-log line, gathered along the path.
 pub(super) struct RequestLog {
     pub(super) start: Instant,
-    pub(super) time: SystemTime,
     pub(super) method: String,
     pub(super) authority: String,
     pub(super) path: String,
@@ -163,7 +162,6 @@ impl RequestLog {
     fn new(version: Version) -> RequestLog {
         RequestLog {
             start: Instant::now(),
-            time: SystemTime::now(),
             method: String::new(),
             authority: String::new(),
             path: String::new(),
@@ -185,10 +183,14 @@ impl RequestLog {
         }
     }
 
-    /// The access-log record: the one place a record is made.
+    /// The access-log record: the one place a record is made. (Its wall-clock time is
+    /// read here, for the requests that are logged or traced, not for every request.)
     pub(super) fn record(&mut self, ctx: &ConnCtx, status: u16) -> AccessRecord {
+        let since = self.start.elapsed();
         AccessRecord {
-            time: self.time,
+            time: SystemTime::now()
+                .checked_sub(since)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
             listener: Arc::clone(&ctx.listener),
             client: ctx.client,
             method: std::mem::take(&mut self.method),
@@ -267,7 +269,7 @@ pub fn handle(
         let multiplexed = super::headers::multiplexed(req.version());
         let mut log = RequestLog::new(req.version());
         if !multiplexed {
-            log.timing.request_head_ms = ctx.state.head_read_time();
+            log.timing.request_head_ms = ctx.state.head_read_time(log.start);
         }
         log.timing.client_tls_ms = ctx.take_handshake();
         let inflight = ctx.state.request_started(multiplexed);
