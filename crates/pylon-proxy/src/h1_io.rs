@@ -398,25 +398,35 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// Between messages, with nothing buffered: no buffer held, and the next message's
+    /// first read goes through the stack again.
+    pub fn release(&mut self) {
+        self.buf = BytesMut::new();
+        self.next = 0;
+    }
+
     /// Reads more; `Ok(0)` at EOF.
     pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
         &mut self,
         io: &mut R,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() == 0 {
-            // No buffer yet (a new message, or a connection idle until now): the first
-            // bytes go through the stack, then into a buffer of their size. Most heads
-            // and small bodies come in one read, and a small block costs the allocator
-            // a fraction of what a first read's large one does.
+        if self.next == 0 && self.buf.capacity() == 0 {
+            // A message's first read, with no buffer yet (a new exchange, or a
+            // connection idle until now, [`Reader::release`]): the bytes go through the
+            // stack, then into a buffer of their size. Most heads and small bodies come
+            // in one read, and a small block costs the allocator a fraction of what a
+            // first read's large one does. Later reads (a large body) grow as below.
             let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_FIRST];
             let mut rb = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
             self.buf = BytesMut::from(rb.filled());
-            if n == READ_FIRST {
-                self.next = (self.next.max(READ_FIRST) * 2).min(READ_MAX);
-            }
+            self.next = if n == READ_FIRST {
+                READ_FIRST * 2
+            } else {
+                READ_FIRST
+            };
             self.read += n as u64;
             return Poll::Ready(Ok(n));
         }

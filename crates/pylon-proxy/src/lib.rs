@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod admin;
 pub mod allocator;
+mod clock;
 pub mod cluster;
 mod conn;
 mod disk;

@@ -83,14 +83,21 @@ impl SendError {
     }
 }
 
-/// An endpoint's idle HTTP/1.1 connections, most recent last, and how many are lent to
-/// requests now.
+/// An endpoint's idle HTTP/1.1 connections, most recent last, each with when it went
+/// idle ([`coarse_ms`]), and how many are lent to requests now.
 pub(super) struct H1Idle {
-    conns: Mutex<Vec<(Instant, UpstreamIo)>>,
+    conns: Mutex<Vec<(u64, UpstreamIo)>>,
     lent: AtomicUsize,
     max_idle: usize,
-    idle_timeout: Duration,
+    /// In milliseconds.
+    idle_timeout: u64,
     warm: Option<Arc<WarmConnections>>,
+}
+
+/// Milliseconds on the coarse clock (`crate::clock`): an idle connection's age is
+/// measured in seconds, and it is read twice per proxied request.
+fn coarse_ms() -> u64 {
+    crate::clock::coarse_ns() / 1_000_000
 }
 
 impl H1Idle {
@@ -103,7 +110,7 @@ impl H1Idle {
             conns: Mutex::new(Vec::new()),
             lent: AtomicUsize::new(0),
             max_idle,
-            idle_timeout,
+            idle_timeout: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
             warm,
         }
     }
@@ -127,18 +134,18 @@ impl H1Idle {
     pub(super) fn put(&self, io: UpstreamIo) {
         let mut conns = lock(&self.conns);
         if conns.len() < self.max_idle {
-            conns.push((Instant::now(), io));
+            conns.push((coarse_ms(), io));
         }
     }
 
     /// The most recently used idle connection that is still open and young enough.
     pub(super) fn take(&self) -> Option<UpstreamIo> {
-        let now = Instant::now();
+        let now = coarse_ms();
         let mut conns = lock(&self.conns);
         let mut dropped = false;
         let mut found = None;
         while let Some((since, io)) = conns.pop() {
-            if now.duration_since(since) < self.idle_timeout && reusable(&io) {
+            if now.saturating_sub(since) < self.idle_timeout && reusable(&io) {
                 found = Some(io);
                 break;
             }
@@ -153,10 +160,10 @@ impl H1Idle {
 
     /// Drops connections idle past the timeout and closed ones; whether any went.
     pub(super) fn sweep(&self) -> bool {
-        let now = Instant::now();
+        let now = coarse_ms();
         let mut conns = lock(&self.conns);
         let before = conns.len();
-        conns.retain(|(since, io)| now.duration_since(*since) < self.idle_timeout && reusable(io));
+        conns.retain(|(since, io)| now.saturating_sub(*since) < self.idle_timeout && reusable(io));
         conns.len() != before
     }
 

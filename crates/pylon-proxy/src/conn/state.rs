@@ -19,6 +19,8 @@ pub enum ChunkViolation {
 #[derive(Debug)]
 pub struct ConnState {
     epoch: Instant,
+    /// `epoch` on `crate::clock`'s timeline (the one `Instant` reads), in nanoseconds.
+    epoch_ns: u64,
     /// Nanoseconds since `epoch` of the last byte read or written.
     last_activity: AtomicU64,
     /// Nanoseconds since `epoch` + 1 when a request head began arriving on an idle
@@ -56,6 +58,7 @@ impl Default for ConnState {
     fn default() -> Self {
         ConnState {
             epoch: Instant::now(),
+            epoch_ns: crate::clock::precise_ns(),
             last_activity: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -70,7 +73,13 @@ impl Default for ConnState {
 
 impl ConnState {
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        crate::clock::precise_ns().saturating_sub(self.epoch_ns)
+    }
+
+    /// Now to the kernel's tick: enough for activity, which only the idle and send
+    /// timeouts (seconds) read, and cheaper on every read and write.
+    fn now_coarse(&self) -> u64 {
+        crate::clock::coarse_ns().saturating_sub(self.epoch_ns)
     }
 
     /// Records bytes read; true when they begin a new request head.
@@ -78,14 +87,17 @@ impl ConnState {
         if self.first_read.swap(false, Ordering::Relaxed) && data.starts_with(b"PRI * HTTP/2.0") {
             self.h2.store(true, Ordering::Relaxed);
         }
-        let now = self.now();
-        self.last_activity.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
         {
+            // A head's start is timed precisely (the access log's `request_head_ms`).
+            let now = self.now();
+            self.last_activity.store(now, Ordering::Relaxed);
             self.head_started.store(now + 1, Ordering::Relaxed);
             return true;
         }
+        self.last_activity
+            .store(self.now_coarse(), Ordering::Relaxed);
         false
     }
 
@@ -107,7 +119,8 @@ impl ConnState {
     }
 
     pub(super) fn write_activity(&self) {
-        self.last_activity.store(self.now(), Ordering::Relaxed);
+        self.last_activity
+            .store(self.now_coarse(), Ordering::Relaxed);
         if self.write_blocked.load(Ordering::Relaxed) != 0 {
             self.write_blocked.store(0, Ordering::Relaxed);
         }
@@ -115,7 +128,8 @@ impl ConnState {
 
     pub(super) fn write_pending(&self) {
         if self.write_blocked.load(Ordering::Relaxed) == 0 {
-            self.write_blocked.store(self.now() + 1, Ordering::Relaxed);
+            self.write_blocked
+                .store(self.now_coarse() + 1, Ordering::Relaxed);
         }
     }
 

@@ -238,7 +238,7 @@ impl Served {
                     let mut w = lock(&self.wire);
                     if w.reader.buf.is_empty() {
                         // Idle: no buffer.
-                        w.reader.buf = BytesMut::new();
+                        w.reader.release();
                     }
                 }
                 Next::Close => return self.close().await.map(|()| None),

@@ -154,20 +154,23 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Appends `value` to a comma-separated list header, merging earlier lines into one.
+/// (One lookup: the usual request has no earlier line.)
 fn append_list(h: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    let mut earlier = h.get_all(name).iter().peekable();
-    if earlier.peek().is_none() {
-        h.insert(name.clone(), value.clone());
-        return;
-    }
+    let mut earlier = match h.entry(name) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(value.clone());
+            return;
+        }
+        http::header::Entry::Occupied(e) => e,
+    };
     let mut joined = Vec::with_capacity(64);
-    for v in earlier {
+    for v in earlier.iter() {
         joined.extend_from_slice(v.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(value.as_bytes());
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        h.insert(name.clone(), v);
+        earlier.insert(v);
     }
 }
 
