@@ -202,42 +202,20 @@ where
         }
     }
 
-    /// Writes from the front of the queue. A queue of one buffer, or of small ones
-    /// (a head and a short body: the usual answer), goes out as one plain write, which
-    /// on a TCP socket is `send(2)`; `writev(2)` takes the file layer's path in the
-    /// kernel, a measurable share of the system time per request. Larger ones are
-    /// written vectored, without a copy.
+    /// Writes from the front of the queue, shaped for the socket
+    /// ([`crate::coalesce`]: a head and a short body leave in one plain write).
     fn poll_write_queue<W: AsyncWrite + Unpin + ?Sized>(
         &self,
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        const COALESCE_MAX: usize = 4096;
-        if let Some(only) = self.queue.front()
-            && self.queue.len() == 1
-        {
-            return Pin::new(&mut *io).poll_write(cx, only);
-        }
-        if self.queued <= COALESCE_MAX {
-            let mut one = [0u8; COALESCE_MAX];
-            let mut len = 0;
-            for b in &self.queue {
-                // (A prefix is a correct write too, should the count ever be off.)
-                let Some(to) = one.get_mut(len..len + b.len()) else {
-                    break;
-                };
-                to.copy_from_slice(b);
-                len += b.len();
-            }
-            return Pin::new(&mut *io).poll_write(cx, &one[..len]);
-        }
         let mut slices = [IoSlice::new(&[]); 8];
         let mut k = 0;
         for b in self.queue.iter().take(slices.len()) {
             slices[k] = IoSlice::new(b);
             k += 1;
         }
-        Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k])
+        crate::coalesce::poll_write(io, cx, &slices[..k])
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -561,67 +539,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coalesce::test_io::Recording;
     use http_body_util::BodyExt as _;
-
-    /// A socket that takes at most `cap` bytes a call and notes how each write came.
-    struct Recording {
-        cap: usize,
-        out: Vec<u8>,
-        plain: usize,
-        vectored: usize,
-    }
-
-    impl AsyncWrite for Recording {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            b: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            let n = b.len().min(this.cap);
-            this.out.extend_from_slice(&b[..n]);
-            this.plain += 1;
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(this.cap - n);
-                this.out.extend_from_slice(&b[..take]);
-                n += take;
-            }
-            this.vectored += 1;
-            Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
 
     fn write(head: &str, body: Vec<u8>, encoding: Encoding, cap: usize) -> Recording {
         let body = http_body_util::Full::new(Bytes::from(body)).map_err(|e| match e {});
         let mut writer = Writer::new(Bytes::from(head.to_owned()), body, encoding);
-        let mut io = Recording {
-            cap,
-            out: Vec::new(),
-            plain: 0,
-            vectored: 0,
-        };
+        let mut io = Recording::new(cap);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match writer.poll(&mut io, &mut cx) {
             Poll::Ready(r) => r.expect("written"),

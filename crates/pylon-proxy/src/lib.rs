@@ -9,6 +9,7 @@ pub mod admin;
 pub mod allocator;
 mod clock;
 pub mod cluster;
+mod coalesce;
 mod conn;
 mod disk;
 mod fetch;

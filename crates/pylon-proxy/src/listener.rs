@@ -12,6 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::coalesce::Coalescing;
 use crate::conn::ConnState;
 use crate::conn::parking::Parking;
 use crate::http::pipeline::ConnCtx;
@@ -168,19 +169,23 @@ impl Drop for ConnGuard {
     }
 }
 
+/// A client's TLS connection: its records written through [`Coalescing`], so that a
+/// record goes out as `send(2)`, not `writev(2)`.
+pub type TlsClientStream = tokio_rustls::server::TlsStream<Coalescing<tokio::net::TcpStream>>;
+
 /// The TLS handshake, bounded by the handshake timeout; records the client's
 /// certificate in `ctx`. `None` (counted and logged) when it fails.
 async fn handshake(
     tls: &ServerTls,
     stream: tokio::net::TcpStream,
     ctx: &mut ConnCtx,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+) -> Option<TlsClientStream> {
     let metrics = &ctx.shared.metrics;
     let started = std::time::Instant::now();
     let limit = tls.settings.handshake_timeout;
     // The common handshake keeps its future small; the on-demand one is boxed apart.
     let accept = match tls.on_demand() {
-        None => futures_util::future::Either::Left(tls.acceptor().accept(stream)),
+        None => futures_util::future::Either::Left(tls.acceptor().accept(Coalescing::new(stream))),
         Some(on_demand) => futures_util::future::Either::Right(Box::pin(accept_on_demand(
             tls, on_demand, stream, limit, started,
         ))),
@@ -240,9 +245,12 @@ async fn accept_on_demand(
     stream: tokio::net::TcpStream,
     limit: std::time::Duration,
     started: std::time::Instant,
-) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-    let start =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+) -> std::io::Result<TlsClientStream> {
+    let start = tokio_rustls::LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        Coalescing::new(stream),
+    )
+    .await?;
     let hello = start.client_hello();
     let challenge = hello.alpn().is_some_and(|mut offered| {
         offered.any(|p| p == crate::tls::acme::challenge::ACME_TLS_ALPN)

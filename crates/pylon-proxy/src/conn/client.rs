@@ -78,7 +78,7 @@ impl ClientIo for TrackedIo<TcpStream> {
     }
 }
 
-impl ClientIo for TrackedIo<tokio_rustls::server::TlsStream<TcpStream>> {
+impl ClientIo for TrackedIo<crate::listener::TlsClientStream> {
     fn into_tcp(self: Box<Self>) -> Result<TcpStream, Box<dyn ClientIo>> {
         Err(self)
     }
