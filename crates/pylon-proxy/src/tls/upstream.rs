@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{load_roots, provider};
+use crate::coalesce::Coalescing;
 
 /// Accepts any server certificate: `insecure_skip_verify = true`, for lab use only.
 #[derive(Debug)]
@@ -188,7 +189,7 @@ impl TlsConnector {
         tcp: TcpStream,
     ) -> io::Result<UpstreamIo> {
         let name = self.name_for(addr, endpoint_name);
-        let tls = self.connector.connect(name, tcp).await?;
+        let tls = self.connector.connect(name, Coalescing::new(tcp)).await?;
         Ok(UpstreamIo {
             stream: Stream::Tls(Box::new(tls)),
             _held: None,
@@ -205,7 +206,8 @@ pub struct UpstreamIo {
 
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Its records written through [`Coalescing`] (`send(2)`, not `writev(2)`).
+    Tls(Box<tokio_rustls::client::TlsStream<Coalescing<TcpStream>>>),
 }
 
 impl UpstreamIo {
@@ -231,7 +233,7 @@ impl UpstreamIo {
     pub fn tcp(&self) -> &TcpStream {
         match &self.stream {
             Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Tls(s) => s.get_ref().0.get_ref(),
         }
     }
 
@@ -272,7 +274,8 @@ impl AsyncWrite for UpstreamIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            // An HTTP/2 connection's frames: shaped for the socket as a TLS record is.
+            Stream::Plain(s) => crate::coalesce::poll_write(s, cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
