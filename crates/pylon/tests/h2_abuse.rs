@@ -516,3 +516,126 @@ async fn window_stall(settings: &[u8], window: usize) {
     assert_eq!(received, 1 << 20);
     still_served(front).await;
 }
+
+/// The requests in flight on the listener `front`, from the metrics.
+fn requests_active(p: &TestProxy) -> u64 {
+    metric(
+        &p.proxy.render_metrics(),
+        "pylon_listener_requests_active{listener=\"front\"}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_ends_the_request_waiting_on_its_upstream() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // `/slow` never answers; anything else does at once.
+    let arrived = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&arrived);
+    let origin = Origin::start(move |req| {
+        let flag = Arc::clone(&flag);
+        async move {
+            if req.uri().path() == "/slow" {
+                flag.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+
+    let slow_block: &[u8] = &[
+        0x82, 0x86, 0x41, 0x01, b'a', 0x04, 0x05, b'/', b's', b'l', b'o', b'w',
+    ];
+    let mut s = TcpStream::connect(front).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, slow_block));
+    s.write_all(&hello).await.unwrap();
+    eventually("the request reaches the origin", || {
+        arrived.load(Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(requests_active(&p), 1);
+
+    // The client gives up on it: the request ends in Pylon, its upstream exchange
+    // with it, and the connection goes on.
+    s.write_all(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
+        .await
+        .unwrap();
+    eventually("the reset request is no longer in flight", || {
+        requests_active(&p) == 0
+    })
+    .await;
+    let mut next = frame(HEADERS, END_STREAM | END_HEADERS, 3, GET_BLOCK);
+    next.extend(frame(SETTINGS, ACK, 0, &[]));
+    s.write_all(&next).await.unwrap();
+    let mut reader = FrameReader { buf: Vec::new() };
+    loop {
+        let Some((kind, flags, stream, payload)) = reader.next(&mut s).await else {
+            panic!("the connection closed after the reset");
+        };
+        match (kind, stream) {
+            (DATA, 3) if flags & END_STREAM != 0 => {
+                assert_eq!(payload, b"ok");
+                break;
+            }
+            (RST_STREAM, 3) | (GOAWAY, _) => panic!("stream 3 was not answered"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_answer_waits_for_a_shut_window_and_then_arrives_whole() {
+    let origin = Origin::named("short").await;
+    let p = TestProxy::start(&config(origin.addr, "")).await;
+    let front = p.addr("front");
+
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may carry data until its window
+    // opens.
+    let mut s = TcpStream::connect(front).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, GET_BLOCK));
+    s.write_all(&hello).await.unwrap();
+    let mut reader = FrameReader { buf: Vec::new() };
+    loop {
+        let Some((kind, flags, stream, _)) = reader.next(&mut s).await else {
+            panic!("the connection closed before the answer's head");
+        };
+        match (kind, stream) {
+            (SETTINGS, 0) if flags & ACK == 0 => {
+                s.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+            }
+            (HEADERS, 1) => break,
+            (DATA, 1) => panic!("data sent into a shut window"),
+            (RST_STREAM, 1) | (GOAWAY, _) => panic!("stream 1 was cut"),
+            _ => {}
+        }
+    }
+    // The window opens: the whole body follows, and the stream ends.
+    s.write_all(&frame(WINDOW_UPDATE, 0, 1, &(1u32 << 16).to_be_bytes()))
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    loop {
+        let Some((kind, flags, stream, payload)) = reader.next(&mut s).await else {
+            panic!("the connection closed after {} bytes", body.len());
+        };
+        match (kind, stream) {
+            (DATA, 1) => {
+                body.extend_from_slice(&payload);
+                if flags & END_STREAM != 0 {
+                    break;
+                }
+            }
+            (RST_STREAM, 1) | (GOAWAY, _) => panic!("stream 1 was cut"),
+            _ => {}
+        }
+    }
+    assert_eq!(body, b"short");
+}

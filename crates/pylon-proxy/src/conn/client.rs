@@ -16,7 +16,6 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pylon_h1::{ChunkError, ChunkStep};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -253,8 +252,8 @@ impl H1Body {
 pub enum ClientBody {
     /// Nothing (a request without a body).
     Empty,
-    /// An HTTP/2 stream's body.
-    Hyper(Incoming),
+    /// An HTTP/2 stream's body (`http/server_h2.rs`).
+    H2(crate::http::server_h2::H2Body),
     /// An HTTP/1.1 body, read from the connection as it is asked for.
     H1(H1Body),
     /// A body another server reads itself (an HTTP/3 stream's, `http/server_h3.rs`).
@@ -271,9 +270,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
             ClientBody::H1(b) => lock(&b.wire).poll_body(cx),
             ClientBody::Other(b) => Pin::new(&mut **b).poll_frame(cx),
         }
@@ -282,7 +279,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Empty => true,
-            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
             ClientBody::H1(b) => lock(&b.wire).body.is_done(),
             ClientBody::Other(b) => b.is_end_stream(),
         }
@@ -291,7 +288,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
             ClientBody::H1(b) => lock(&b.wire).body.size_hint(),
             ClientBody::Other(b) => b.size_hint(),
         }
@@ -300,7 +297,6 @@ impl Body for ClientBody {
 
 /// The client's side of a tunnel, once the answer that opened it has gone out.
 pub enum Upgraded {
-    Hyper(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>),
     Own(Prefixed<Box<dyn ClientIo>>),
 }
 
@@ -316,7 +312,6 @@ impl Upgraded {
                     Err(io) => Err(Upgraded::Own(Prefixed::new(ahead, io))),
                 }
             }
-            hyper => Err(hyper),
         }
     }
 }
@@ -328,7 +323,6 @@ impl AsyncRead for Upgraded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Upgraded::Hyper(u) => Pin::new(u).poll_read(cx, buf),
             Upgraded::Own(p) => Pin::new(p).poll_read(cx, buf),
         }
     }
@@ -337,7 +331,6 @@ impl AsyncRead for Upgraded {
 impl AsyncWrite for Upgraded {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Upgraded::Hyper(u) => Pin::new(u).poll_write(cx, b),
             Upgraded::Own(p) => Pin::new(p).poll_write(cx, b),
         }
     }
@@ -348,28 +341,24 @@ impl AsyncWrite for Upgraded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Upgraded::Hyper(u) => Pin::new(u).poll_write_vectored(cx, bufs),
             Upgraded::Own(p) => Pin::new(p).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Upgraded::Hyper(u) => u.is_write_vectored(),
             Upgraded::Own(p) => p.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Upgraded::Hyper(u) => Pin::new(u).poll_flush(cx),
             Upgraded::Own(p) => Pin::new(p).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Upgraded::Hyper(u) => Pin::new(u).poll_shutdown(cx),
             Upgraded::Own(p) => Pin::new(p).poll_shutdown(cx),
         }
     }
@@ -388,27 +377,23 @@ impl OwnUpgrade {
 
 /// A request's way to its client connection after a protocol switch.
 pub enum ClientUpgrade {
-    Hyper(hyper::upgrade::OnUpgrade),
     Own(Option<tokio::sync::oneshot::Receiver<Upgraded>>),
 }
 
 impl ClientUpgrade {
     /// Takes the request's upgrade handle out of it.
     pub fn on<B>(req: &mut http::Request<B>) -> ClientUpgrade {
-        match req.extensions_mut().remove::<OwnUpgrade>() {
-            Some(own) => ClientUpgrade::Own(lock(&own.0).take()),
-            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
-        }
+        ClientUpgrade::Own(
+            req.extensions_mut()
+                .remove::<OwnUpgrade>()
+                .and_then(|own| lock(&own.0).take()),
+        )
     }
 
     /// The client's side once the answer has gone out; `None` if the switch never
     /// happened.
     pub async fn wait(self) -> Option<Upgraded> {
         match self {
-            ClientUpgrade::Hyper(on) => on
-                .await
-                .ok()
-                .map(|u| Upgraded::Hyper(hyper_util::rt::TokioIo::new(u))),
             ClientUpgrade::Own(rx) => rx?.await.ok(),
         }
     }

@@ -4,8 +4,6 @@
 //! connection to its pool and writes the access-log line.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use crate::cluster::UpstreamBody;
@@ -14,54 +12,6 @@ use http_body::{Body, Frame, SizeHint};
 
 pub use crate::cluster::body::{BodyTooLarge, BoxError, RequestBody, RequestMeter};
 
-/// Nothing reported since the guard last looked.
-pub(super) const NONE: u8 = 0;
-/// The response head is ready: from now on the stream waits on the client.
-pub(super) const RESPONDED: u8 = 1;
-/// The body handed out a frame: the next poll of it waits on the client's window.
-const HANDED: u8 = 2;
-/// The body is waiting for its upstream (or finished): no stall to time.
-pub(super) const WAITING: u8 = 4;
-
-/// One HTTP/2 stream's progress: written by its response (in the stream's task),
-/// read by the stream's stall guard (`http/stall.rs`) after each poll of that task.
-#[derive(Debug, Default)]
-pub struct StreamProgress {
-    events: AtomicU8,
-    stalled: AtomicBool,
-}
-
-impl StreamProgress {
-    /// The response for this stream is ready to be sent.
-    pub fn response_ready(&self) {
-        self.events.store(RESPONDED | HANDED, Ordering::Relaxed);
-    }
-
-    /// The response body was polled: `handed` when it gave out a frame, otherwise it
-    /// is waiting for its upstream or has ended.
-    pub fn body_polled(&self, handed: bool) {
-        let responded = self.events.load(Ordering::Relaxed) & RESPONDED;
-        let moved = if handed { HANDED } else { WAITING };
-        self.events.store(responded | moved, Ordering::Relaxed);
-    }
-
-    /// True once the guard is dropping this stream for a stall: what finishes then
-    /// was cut by the send timeout.
-    pub fn stalled(&self) -> bool {
-        self.stalled.load(Ordering::Relaxed)
-    }
-
-    /// The guard is dropping this stream for a stall.
-    pub(super) fn mark_stalled(&self) {
-        self.stalled.store(true, Ordering::Relaxed);
-    }
-
-    /// What was reported since the last call (for the stall guard).
-    pub(super) fn take(&self) -> u8 {
-        self.events.swap(NONE, Ordering::Relaxed)
-    }
-}
-
 /// How a response body ended.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyEnd {
@@ -69,7 +19,7 @@ pub struct BodyEnd {
     pub complete: bool,
     /// Bytes sent.
     pub bytes: u64,
-    /// Cut by the HTTP/2 send stall guard (`send_timeout`).
+    /// Cut by its stream's send timeout (HTTP/2, HTTP/3).
     pub stalled: bool,
     /// The `grpc-status` of its trailers.
     pub grpc_status: Option<u16>,
@@ -179,8 +129,9 @@ pub struct ResponseBody {
     sent: u64,
     ended: bool,
     completion: Option<Box<dyn Completion>>,
-    /// On HTTP/2: where the stream's stall guard learns of this body's progress.
-    progress: Option<Arc<StreamProgress>>,
+    /// Cut by its stream's send timeout (HTTP/2, HTTP/3): the client left its window
+    /// shut.
+    stalled: bool,
     /// Kept as long as the body (a concurrency limit's slot).
     held: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// The `grpc-status` its trailers carried.
@@ -198,7 +149,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
-            progress: None,
+            stalled: false,
             held: None,
             grpc_status: None,
         }
@@ -219,7 +170,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
-            progress: None,
+            stalled: false,
             held: None,
             grpc_status: None,
         })
@@ -234,7 +185,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
-            progress: None,
+            stalled: false,
             held: None,
             grpc_status: None,
         }
@@ -247,7 +198,7 @@ impl ResponseBody {
             sent: 0,
             ended: false,
             completion: None,
-            progress: None,
+            stalled: false,
             held: None,
             grpc_status: None,
         }
@@ -309,15 +260,10 @@ impl ResponseBody {
         Some(out.freeze())
     }
 
-    /// Reports this body's progress to its HTTP/2 stream's stall guard.
-    pub fn set_progress(&mut self, p: Arc<StreamProgress>) {
-        self.progress = Some(p);
-    }
-
-    fn report(&self, handed: bool) {
-        if let Some(p) = &self.progress {
-            p.body_polled(handed);
-        }
+    /// Its stream is being reset for a stall (the send timeout passed with no room in
+    /// the client's window): what ends the body now was cut by that.
+    pub fn cut_by_stall(&mut self) {
+        self.stalled = true;
     }
 
     /// Keeps `value` until this body is dropped.
@@ -336,7 +282,7 @@ impl ResponseBody {
             c.finish(BodyEnd {
                 complete,
                 bytes: self.sent,
-                stalled: self.progress.as_ref().is_some_and(|p| p.stalled()),
+                stalled: self.stalled,
                 grpc_status: self.grpc_status,
             });
         }
@@ -361,9 +307,6 @@ impl Body for ResponseBody {
             Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
             Kind::File(region) => Poll::Ready(region.read().map(|r| r.map(Frame::data))),
         };
-        // Tells the HTTP/2 send stall guard that the body moved, or waits for its
-        // upstream (a body waiting upstream is not stalled by the client).
-        this.report(matches!(polled, Poll::Ready(Some(Ok(_)))));
         let polled = ready!(polled);
         match polled {
             Some(Ok(frame)) => {

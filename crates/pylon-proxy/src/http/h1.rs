@@ -468,7 +468,7 @@ impl Served {
         body: ResponseBody,
         tx: oneshot::Sender<Upgraded>,
     ) -> io::Result<Next> {
-        add_date(&mut parts.headers);
+        super::headers::add_date(&mut parts.headers);
         let mut out = BytesMut::with_capacity(256);
         pylon_h1::write_response_head(
             &mut out,
@@ -545,7 +545,7 @@ impl Served {
         } else if *keep_alive && version == Version::HTTP_10 {
             headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
-        add_date(headers);
+        super::headers::add_date(headers);
         let mut out = BytesMut::with_capacity(128 + headers.len() * 48);
         pylon_h1::write_response_head(
             &mut out,
@@ -629,32 +629,6 @@ fn asks_close(h: &HeaderMap) -> bool {
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
     })
-}
-
-/// `Date`, as every HTTP/1.1 origin server sends it (RFC 9110 §6.6.1), formatted once a
-/// second.
-fn add_date(h: &mut HeaderMap) {
-    if h.contains_key(header::DATE) {
-        return;
-    }
-    thread_local! {
-        static DATE: std::cell::RefCell<(u64, HeaderValue)> =
-            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
-    }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let value = DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs
-            && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-        {
-            *d = (secs, v);
-        }
-        d.1.clone()
-    });
-    h.insert(header::DATE, value);
 }
 
 /// The connection as a writer for one call at a time (the lock is held only inside

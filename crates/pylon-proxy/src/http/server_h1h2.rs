@@ -3,28 +3,23 @@
 //! serves exactly the protocol ALPN chose (RFC 7301; `h2`, else HTTP/1.1), so that a
 //! connection that chose `h2` and then sends something else gets an HTTP/2 connection
 //! error, not an HTTP/1.1 answer. Owns the connection's life: idle and header-read
-//! timeouts, graceful shutdown, and the log line for requests hyper itself rejected.
+//! timeouts and graceful shutdown. HTTP/1.1 is Pylon's own engine (`h1.rs`), HTTP/2 its
+//! server on the h2 crate (`server_h2.rs`).
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use pylon_config::model::Limits;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
-use super::h2_streams::{NewStreams, WithStreams};
 use super::pipeline::{self, ConnCtx};
-use super::stall::{StallExecutor, StreamHandoff};
+use super::server_h2::H2Settings;
 use crate::conn::parking::{LotTask, PARK_AFTER, Parking};
 use crate::conn::{ClientIo, ConnState, TrackedIo, Verdict, Watchers};
-use crate::h1_io::Prefixed;
 use crate::l4::relay::CONNECTION_LINGER;
 use crate::observe::Metrics;
 
@@ -58,51 +53,16 @@ impl Protocol {
 /// A listener's HTTP/2 connection settings, from its limits (HTTP/1.1 is Pylon's own
 /// server, `h1.rs`).
 pub struct Builders {
-    /// HTTP/2 settings; each connection gets a builder of its own, whose executor
-    /// hands its streams their progress reports (see `stall`).
+    /// HTTP/2 settings (`server_h2`).
     h2: H2Settings,
     /// Where idle plain HTTP/1.1 connections wait without a task (cleartext listeners).
     parking: Option<Parking<Arc<ConnCtx>>>,
 }
 
-struct H2Settings {
-    send_timeout: std::time::Duration,
-    metrics: Arc<Metrics>,
-    max_concurrent_streams: u32,
-    max_reset_streams: usize,
-    max_error_resets: usize,
-    max_header_list: u32,
-}
-
-impl H2Settings {
-    fn builder(
-        &self,
-        handoff: Arc<StreamHandoff>,
-        streams: Arc<NewStreams>,
-    ) -> http2::Builder<StallExecutor> {
-        // HTTP/2 streams run under the send stall guard (`send_timeout` per stream), in
-        // the connection's task.
-        let mut h2 = http2::Builder::new(StallExecutor::new(
-            self.send_timeout,
-            Arc::clone(&self.metrics),
-            handoff,
-            streams,
-        ));
-        h2.timer(TokioTimer::new())
-            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
-            .enable_connect_protocol()
-            .max_concurrent_streams(self.max_concurrent_streams)
-            .max_pending_accept_reset_streams(self.max_reset_streams)
-            .max_local_error_reset_streams(self.max_error_resets)
-            .max_header_list_size(self.max_header_list);
-        h2
-    }
-}
-
 impl Builders {
     pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Builders {
-        // hyper's own limits are a backstop at twice ours, so that the request path
-        // can give the precise answer (with x-pylon-error) for anything in between.
+        // h2's own header-list limit is a backstop at twice ours, so that the request
+        // path can give the precise answer (with x-pylon-error) for anything between.
         let backstop_bytes = (limits.max_header_bytes.saturating_mul(2)).max(8192);
         let h2 = H2Settings {
             send_timeout: limits.send_timeout,
@@ -268,7 +228,7 @@ async fn serve_tracked<S>(
         serve_h1(builders, io, ahead, ctx, limits, shutdown).await;
         return;
     }
-    // Boxed: hyper's HTTP/2 connection is kilobytes, and a future holds its largest
+    // Boxed: an HTTP/2 connection is kilobytes, and a future holds its largest
     // branch inline, so every HTTP/1.1 connection's task would carry it too.
     Box::pin(serve_h2(builders, *io, ahead, ctx, limits, shutdown)).await;
 }
@@ -328,7 +288,7 @@ async fn serve_h1(
     }
 }
 
-/// Serves an HTTP/2 connection (its preface read already, `ahead`) with hyper.
+/// Serves an HTTP/2 connection (its preface read already, `ahead`).
 async fn serve_h2<S>(
     builders: Arc<Builders>,
     io: TrackedIo<S>,
@@ -339,50 +299,21 @@ async fn serve_h2<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // The preface read to recognise the protocol goes back before the socket's own bytes.
-    let io = TokioIo::new(Prefixed::new(bytes::Bytes::from(ahead), io));
-    // Each stream's response reports its progress to the stream's stall guard.
-    let handoff = Arc::new(StreamHandoff::default());
-    let (svc_ctx, svc_handoff) = (Arc::clone(&ctx), Arc::clone(&handoff));
-    let svc = service_fn(move |req| {
-        let progress = svc_handoff.begin();
-        // Boxed: the request path's future is several kilobytes, and hyper moves the
-        // service future into every stream's task by value; a pointer moves instead
-        // (10% fewer instructions per h2c request).
-        Box::pin(respond(req, Arc::clone(&svc_ctx), progress))
-    });
     let mut shutdown = shutdown;
-    let streams = Arc::new(NewStreams::default());
+    // Frames leave as one plain write when they are small (`coalesce`).
+    let io = crate::coalesce::Coalescing::new(io);
     let conn = builders
         .h2
-        .builder(handoff, Arc::clone(&streams))
-        .serve_connection(io, svc);
+        .connection(io, bytes::Bytes::from(ahead), Arc::clone(&ctx));
     drive(
-        WithStreams::new(conn, streams),
-        |c| c.get_mut().conn().graceful_shutdown(),
+        conn,
+        |c| c.get_mut().graceful_shutdown(),
         (None, |_: Pin<&mut _>| {}),
         &ctx,
         &limits,
         &mut shutdown,
     )
     .await;
-}
-
-/// One HTTP/2 stream's request through the request path; its body then reports
-/// progress to the stream's stall guard.
-#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
-fn respond(
-    req: http::Request<hyper::body::Incoming>,
-    ctx: Arc<ConnCtx>,
-    progress: Arc<super::body::StreamProgress>,
-) -> impl Future<Output = Result<http::Response<super::body::ResponseBody>, Infallible>> {
-    // (Not an `async fn`, which would keep `req` twice in the stream's state.)
-    async move {
-        let mut response = pipeline::handle(req.map(crate::conn::ClientBody::Hyper), ctx).await;
-        progress.response_ready();
-        response.body_mut().set_progress(progress);
-        Ok(response)
-    }
 }
 
 /// Runs a connection under the connection timer: idle, header-read and send timeouts,
@@ -606,20 +537,10 @@ impl Closing {
     }
 }
 
-/// Connection-level errors: hyper answered a malformed request itself (400/431/414),
-/// or the socket failed. Counted, and logged like a request.
+/// Connection-level errors: the socket failed, or an HTTP/2 client broke the protocol
+/// (h2 told it why with GOAWAY; the flood limits count their own).
 fn connection_error(ctx: &ConnCtx, e: &(dyn std::error::Error + 'static)) {
-    let Some(h) = e.downcast_ref::<hyper::Error>() else {
-        tracing::debug!(client = %ctx.client, error = %e, "connection error");
-        return;
-    };
-    if h.is_parse_too_large() {
-        pipeline::log_rejected(ctx, ErrorKind::HeadersTooLarge);
-    } else if h.is_parse() {
-        pipeline::log_rejected(ctx, ErrorKind::MalformedRequest);
-    } else {
-        tracing::debug!(client = %ctx.client, error = %e, "connection error");
-    }
+    tracing::debug!(client = %ctx.client, error = %e, "connection error");
 }
 
 #[cfg(test)]

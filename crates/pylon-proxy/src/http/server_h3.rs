@@ -33,7 +33,7 @@ use pylon_config::model::{AddressValidation, Http3, Limits, Listener};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::body::{BoxError, StreamProgress};
+use super::body::BoxError;
 use super::error::ErrorKind;
 use super::h3_tunnel::{H3Tunnel, RecvStream, SendStream};
 use super::pipeline::{self, ConnCtx, EarlyData};
@@ -696,7 +696,7 @@ async fn switch(
     limits: &Limits,
 ) -> Ended {
     let (mut parts, _) = resp.into_parts();
-    strip_connection_fields(&mut parts.headers);
+    super::headers::strip_connection_fields(&mut parts.headers);
     let head = Response::from_parts(parts, ());
     match tokio::time::timeout(limits.send_timeout, send.send_response(head)).await {
         Ok(Ok(())) => {}
@@ -746,9 +746,7 @@ async fn respond(
     limits: &Limits,
 ) -> Ended {
     let (mut parts, mut body) = resp.into_parts();
-    let progress = Arc::new(StreamProgress::default());
-    body.set_progress(Arc::clone(&progress));
-    strip_connection_fields(&mut parts.headers);
+    super::headers::strip_connection_fields(&mut parts.headers);
     let head = Response::from_parts(parts, ());
     if send.send_response(head).await.is_err() {
         return Ended::ClientReset;
@@ -777,7 +775,7 @@ async fn respond(
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Ended::ClientReset,
             Err(_) => {
-                progress.mark_stalled();
+                body.cut_by_stall();
                 send.stop_stream(h3::error::Code::from(u64::from(H3_REQUEST_CANCELLED)));
                 return Ended::Done;
             }
@@ -785,19 +783,6 @@ async fn respond(
     }
     let _ = tokio::time::timeout(limits.send_timeout, send.finish()).await;
     Ended::Done
-}
-
-/// Connection-specific fields have no place in HTTP/3 (RFC 9114 §4.2).
-fn strip_connection_fields(h: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
-        h.remove(name);
-    }
 }
 
 /// A request body as an HTTP/3 client sends it: DATA frames, then trailers, checked
