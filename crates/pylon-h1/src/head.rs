@@ -140,6 +140,21 @@ impl Fields {
 
     /// The fields as a `HeaderMap`; values share the head's bytes.
     pub fn to_header_map(&self) -> HeaderMap {
+        self.header_map(false)
+    }
+
+    /// The fields as a proxy passes them on: as [`Fields::to_header_map`], less the
+    /// fields that only spoke of this hop's persistence, which the head has read
+    /// already ([`RequestHead::keep_alive`], [`ResponseHead::keep_alive`]) and a proxy
+    /// strips (RFC 9110 §7.6.1): `Keep-Alive`, and a `Connection` whose every option is
+    /// `keep-alive` or `close`. A `Connection` naming anything else stays, for the
+    /// proxy to strip what it names. (Most heads carry `Connection: keep-alive`; left
+    /// in, it costs a removal from the map on every message.)
+    pub fn to_forwarded_header_map(&self) -> HeaderMap {
+        self.header_map(true)
+    }
+
+    fn header_map(&self, forwarded: bool) -> HeaderMap {
         // Room for what a proxy adds (forwarding fields, `Via`, `Date`, framing), so
         // that adding them does not grow the map (a rehash of every field).
         let mut map = HeaderMap::with_capacity(self.list.len() + 6);
@@ -157,6 +172,13 @@ impl Fields {
             if n == http::header::CONTENT_LENGTH && std::mem::replace(&mut length_seen, true) {
                 continue;
             }
+            let value = &self.raw[f.value.clone()];
+            if forwarded
+                && ((n == http::header::CONNECTION && only_persistence(value))
+                    || n.as_str() == "keep-alive")
+            {
+                continue;
+            }
             let value = self.raw.slice(f.value.clone());
             // SAFETY: httparse admits in a field value only HTAB, SP, VCHAR and obs-text
             // (0x80-0xFF), all of them bytes a `HeaderValue` may hold (it refuses only
@@ -169,6 +191,14 @@ impl Fields {
         }
         map
     }
+}
+
+/// A `Connection` value whose every option is `keep-alive` or `close`.
+fn only_persistence(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
 }
 
 /// A request head that passed every rule.

@@ -118,6 +118,45 @@ fn agreeing_content_length_lines_go_on_as_one() {
 }
 
 #[test]
+fn forwarded_fields_leave_out_only_what_spoke_of_persistence() {
+    for (raw, connection) in [
+        // Persistence alone: read into the head, left out of what goes on.
+        (
+            &b"GET / HTTP/1.0\r\nHost: a\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\n"[..],
+            None,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, keep-alive\r\nX-A: 1\r\n\r\n",
+            None,
+        ),
+        // Options naming other fields stay, for the proxy to strip those too.
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\n",
+            Some("keep-alive, X-A"),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n",
+            Some("Upgrade"),
+        ),
+    ] {
+        let head = request(raw);
+        let forwarded = head.fields.to_forwarded_header_map();
+        assert_eq!(
+            forwarded.get("connection").map(|v| v.to_str().unwrap()),
+            connection,
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+        assert!(!forwarded.contains_key("keep-alive"));
+        assert_eq!(forwarded.get("x-a").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        // The plain map keeps every field.
+        let all = head.fields.to_header_map();
+        assert!(all.contains_key("connection"));
+        assert_eq!(all.len(), forwarded.len() + usize::from(connection.is_none()) + usize::from(all.contains_key("keep-alive")));
+    }
+}
+
+#[test]
 fn keep_alive_expect_and_upgrade_follow_rfc_9112() {
     for (raw, keep_alive) in [
         (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], true),

@@ -405,7 +405,7 @@ pub(super) fn exchange<'a>(
         } else {
             Version::HTTP_11
         };
-        *resp.headers_mut() = head.fields.to_header_map();
+        *resp.headers_mut() = head.fields.to_forwarded_header_map();
         if let Some(case) = pylon_h1::HeaderCase::of(head.fields) {
             resp.extensions_mut().insert(case);
         }

@@ -412,7 +412,7 @@ impl Served {
             *req.method_mut() = head.method;
             *req.uri_mut() = head.uri;
             *req.version_mut() = version;
-            *req.headers_mut() = head.fields.to_header_map();
+            *req.headers_mut() = head.fields.to_forwarded_header_map();
             if let Some(case) = HeaderCase::of(head.fields) {
                 req.extensions_mut().insert(case);
             }
