@@ -4,9 +4,9 @@
 //! which takes the kernel's file layer (`vfs_writev`) before the socket's: about 1 to 4
 //! µs more system time per proxied request at 50 to 1,000 connections (`/proc`, wrk,
 //! 2026-12-05). A head and a short body, and a TLS record or two, are the usual writes.
-//! Used by the HTTP/1.1 writer (both sides), under client and upstream TLS, and for an
-//! upstream HTTP/2 connection's frames. `sendmsg(2)` would avoid the copy, but tokio's
-//! sockets have no vectored `send`.
+//! Used by the HTTP/1.1 writer (both sides), under client and upstream TLS, and for
+//! HTTP/2 connections' frames (a client's and an upstream's). `sendmsg(2)` would avoid
+//! the copy, but tokio's sockets have no vectored `send`.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
