@@ -244,6 +244,67 @@ pub fn protocol_name(v: Version) -> &'static str {
     }
 }
 
+/// `Date`, as every origin server with a clock sends it (RFC 9110 §6.6.1), unless the
+/// answer has one; formatted once a second.
+pub fn add_date(h: &mut HeaderMap) {
+    if h.contains_key(header::DATE) {
+        return;
+    }
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let value = DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs
+            && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+        {
+            *d = (secs, v);
+        }
+        d.1.clone()
+    });
+    h.insert(header::DATE, value);
+}
+
+/// Removes the fields that are connection-specific and have no place in HTTP/2 or
+/// HTTP/3 (RFC 9113 §8.2.2, RFC 9114 §4.2): `Connection`, `Keep-Alive`,
+/// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and a `TE` other than
+/// `trailers`. One pass over the names finds whether any is present, so an answer
+/// without them (the usual case: the request path strips them already) costs no
+/// lookups.
+pub fn strip_connection_fields(h: &mut HeaderMap) {
+    let present = h.keys().any(|k| {
+        matches!(
+            k.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+        )
+    });
+    if !present {
+        return;
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        h.remove(name);
+    }
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,66 +370,5 @@ mod tests {
             "for=1.1.1.1, for=\"[::1]\";proto=http;host=\"a.com\""
         );
         assert_eq!(h["via"], "2 pylon");
-    }
-}
-
-/// `Date`, as every origin server with a clock sends it (RFC 9110 §6.6.1), unless the
-/// answer has one; formatted once a second.
-pub fn add_date(h: &mut HeaderMap) {
-    if h.contains_key(header::DATE) {
-        return;
-    }
-    thread_local! {
-        static DATE: std::cell::RefCell<(u64, HeaderValue)> =
-            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
-    }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let value = DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs
-            && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-        {
-            *d = (secs, v);
-        }
-        d.1.clone()
-    });
-    h.insert(header::DATE, value);
-}
-
-/// Removes the fields that are connection-specific and have no place in HTTP/2 or
-/// HTTP/3 (RFC 9113 §8.2.2, RFC 9114 §4.2): `Connection`, `Keep-Alive`,
-/// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and a `TE` other than
-/// `trailers`. One pass over the names finds whether any is present, so an answer
-/// without them (the usual case: the request path strips them already) costs no
-/// lookups.
-pub fn strip_connection_fields(h: &mut HeaderMap) {
-    let present = h.keys().any(|k| {
-        matches!(
-            k.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-        )
-    });
-    if !present {
-        return;
-    }
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        h.remove(name);
-    }
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(header::TE);
     }
 }
