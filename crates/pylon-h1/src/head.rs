@@ -96,6 +96,8 @@ struct Field {
 pub struct Fields {
     raw: Bytes,
     list: Vec<Field>,
+    /// Every `Connection` option is `keep-alive` or `close` (read by the parse).
+    persistence_only: bool,
 }
 
 impl Fields {
@@ -146,8 +148,8 @@ impl Fields {
     /// The fields as a proxy passes them on: as [`Fields::to_header_map`], less the
     /// fields that only spoke of this hop's persistence, which the head has read
     /// already ([`RequestHead::keep_alive`], [`ResponseHead::keep_alive`]) and a proxy
-    /// strips (RFC 9110 §7.6.1): `Keep-Alive`, and a `Connection` whose every option is
-    /// `keep-alive` or `close`. A `Connection` naming anything else stays, for the
+    /// strips (RFC 9110 §7.6.1): `Keep-Alive`, and `Connection` when its every option
+    /// is `keep-alive` or `close`. `Connection` naming anything else stays, for the
     /// proxy to strip what it names. (Most heads carry `Connection: keep-alive`; left
     /// in, it costs a removal from the map on every message.)
     pub fn to_forwarded_header_map(&self) -> HeaderMap {
@@ -172,9 +174,8 @@ impl Fields {
             if n == http::header::CONTENT_LENGTH && std::mem::replace(&mut length_seen, true) {
                 continue;
             }
-            let value = &self.raw[f.value.clone()];
             if forwarded
-                && ((n == http::header::CONNECTION && only_persistence(value))
+                && ((n == http::header::CONNECTION && self.persistence_only)
                     || n.as_str() == "keep-alive")
             {
                 continue;
@@ -191,14 +192,6 @@ impl Fields {
         }
         map
     }
-}
-
-/// A `Connection` value whose every option is `keep-alive` or `close`.
-fn only_persistence(value: &[u8]) -> bool {
-    value.split(|&b| b == b',').all(|t| {
-        let t = t.trim_ascii();
-        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-    })
 }
 
 /// A request head that passed every rule.
@@ -280,7 +273,7 @@ pub fn parse_request(
     let version = version(req.version)?;
     let target = span(base, req.path.unwrap_or_default().as_bytes());
     let list = field_spans(base, req.headers);
-    let (raw, fields) = split_head(buf, len, list);
+    let (raw, mut fields) = split_head(buf, len, list);
     let uri = Uri::from_maybe_shared(raw.slice(target.clone()))
         .map_err(|_| HeadError::Invalid("target"))?;
     let form = target_form(&method, &uri)?;
@@ -290,6 +283,7 @@ pub fn parse_request(
         return Err(HeadError::Invalid("transfer-encoding in HTTP/1.0"));
     }
     let options = rules::connection(&fields);
+    fields.persistence_only = !options.other;
     let expect_continue = version == Version::HTTP_11
         && fields
             .get("expect")
@@ -337,7 +331,7 @@ pub fn parse_response(
         .ok_or(HeadError::Invalid("status"))?;
     let reason = span(base, resp.reason.unwrap_or_default().as_bytes());
     let list = field_spans(base, resp.headers);
-    let (raw, fields) = split_head(buf, len, list);
+    let (raw, mut fields) = split_head(buf, len, list);
     let framing = rules::framing(&fields)?;
     let bodyless = *method == Method::HEAD
         || status.is_informational()
@@ -350,6 +344,7 @@ pub fn parse_response(
         framing.body(BodyFraming::UntilClose)
     };
     let options = rules::connection(&fields);
+    fields.persistence_only = !options.other;
     Ok(Some(ResponseHead {
         status,
         version,
@@ -382,6 +377,7 @@ fn split_head(buf: &mut BytesMut, len: usize, list: Vec<Field>) -> (Bytes, Field
     let fields = Fields {
         raw: raw.clone(),
         list,
+        persistence_only: false,
     };
     (raw, fields)
 }

@@ -65,9 +65,12 @@ pub(crate) struct ConnectionOptions {
     pub(crate) close: bool,
     pub(crate) keep_alive: bool,
     pub(crate) upgrade: bool,
+    /// An option other than `close` and `keep-alive` (`upgrade`, or a field's name).
+    pub(crate) other: bool,
 }
 
-/// The `close`, `keep-alive` and `upgrade` tokens of every `Connection` line.
+/// The `close`, `keep-alive` and `upgrade` tokens of every `Connection` line, and
+/// whether any other option is there.
 pub(crate) fn connection(fields: &Fields) -> ConnectionOptions {
     let mut o = ConnectionOptions::default();
     for v in fields.get_all("connection") {
@@ -78,6 +81,9 @@ pub(crate) fn connection(fields: &Fields) -> ConnectionOptions {
                 o.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 o.upgrade = true;
+                o.other = true;
+            } else if !token.is_empty() {
+                o.other = true;
             }
         }
     }
