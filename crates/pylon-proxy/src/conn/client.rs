@@ -295,23 +295,22 @@ impl Body for ClientBody {
     }
 }
 
-/// The client's side of a tunnel, once the answer that opened it has gone out.
-pub enum Upgraded {
-    Own(Prefixed<Box<dyn ClientIo>>),
-}
+/// The client's side of a tunnel, once the answer that opened it has gone out: the
+/// connection or stream, with what was read of it beyond the switch's head.
+pub struct Upgraded(Prefixed<Box<dyn ClientIo>>);
 
 impl Upgraded {
+    pub fn new(ahead: Bytes, io: Box<dyn ClientIo>) -> Upgraded {
+        Upgraded(Prefixed::new(ahead, io))
+    }
+
     /// The plain TCP socket and the bytes already read from it, for splice; the
-    /// upgrade as it was when it is TLS or an HTTP/2 stream.
+    /// upgrade as it was when it is TLS or an HTTP/2 or HTTP/3 stream.
     pub fn into_tcp(self) -> Result<(TcpStream, Bytes), Upgraded> {
-        match self {
-            Upgraded::Own(p) => {
-                let (ahead, io) = p.into_parts();
-                match io.into_tcp() {
-                    Ok(tcp) => Ok((tcp, ahead)),
-                    Err(io) => Err(Upgraded::Own(Prefixed::new(ahead, io))),
-                }
-            }
+        let (ahead, io) = self.0.into_parts();
+        match io.into_tcp() {
+            Ok(tcp) => Ok((tcp, ahead)),
+            Err(io) => Err(Upgraded::new(ahead, io)),
         }
     }
 }
@@ -322,17 +321,13 @@ impl AsyncRead for Upgraded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upgraded::Own(p) => Pin::new(p).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Upgraded {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upgraded::Own(p) => Pin::new(p).poll_write(cx, b),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write(cx, b)
     }
 
     fn poll_write_vectored(
@@ -340,27 +335,19 @@ impl AsyncWrite for Upgraded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upgraded::Own(p) => Pin::new(p).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Upgraded::Own(p) => p.is_write_vectored(),
-        }
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upgraded::Own(p) => Pin::new(p).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upgraded::Own(p) => Pin::new(p).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -375,15 +362,14 @@ impl OwnUpgrade {
     }
 }
 
-/// A request's way to its client connection after a protocol switch.
-pub enum ClientUpgrade {
-    Own(Option<tokio::sync::oneshot::Receiver<Upgraded>>),
-}
+/// A request's way to its client connection after a protocol switch (none when the
+/// request carried no [`OwnUpgrade`]).
+pub struct ClientUpgrade(Option<tokio::sync::oneshot::Receiver<Upgraded>>);
 
 impl ClientUpgrade {
     /// Takes the request's upgrade handle out of it.
     pub fn on<B>(req: &mut http::Request<B>) -> ClientUpgrade {
-        ClientUpgrade::Own(
+        ClientUpgrade(
             req.extensions_mut()
                 .remove::<OwnUpgrade>()
                 .and_then(|own| lock(&own.0).take()),
@@ -393,8 +379,6 @@ impl ClientUpgrade {
     /// The client's side once the answer has gone out; `None` if the switch never
     /// happened.
     pub async fn wait(self) -> Option<Upgraded> {
-        match self {
-            ClientUpgrade::Own(rx) => rx?.await.ok(),
-        }
+        self.0?.await.ok()
     }
 }

@@ -38,7 +38,7 @@ use super::body::{FileRegion, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::pipeline::{self, ConnCtx};
 use crate::conn::{ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
-use crate::h1_io::{BodyDecoder, Encoding, Prefixed, Writer};
+use crate::h1_io::{BodyDecoder, Encoding, Writer};
 use crate::lock;
 
 /// What is left of a request body the request path did not read is read and dropped,
@@ -491,7 +491,7 @@ impl Served {
             (w.io.take(), ahead)
         };
         if let Some(io) = io {
-            let _ = tx.send(Upgraded::Own(Prefixed::new(ahead, io)));
+            let _ = tx.send(Upgraded::new(ahead, io));
         }
         Ok(Next::Switched)
     }

@@ -366,7 +366,7 @@ fn switch(
                 read_done: false,
                 ended: false,
             };
-            let _ = tx.send(Upgraded::Own(Prefixed::new(Bytes::new(), Box::new(tunnel))));
+            let _ = tx.send(Upgraded::new(Bytes::new(), Box::new(tunnel)));
         }
         Err(e) => tracing::debug!(error = %e, "HTTP/2 tunnel's answer refused"),
     }

@@ -38,7 +38,6 @@ use super::error::ErrorKind;
 use super::h3_tunnel::{H3Tunnel, RecvStream, SendStream};
 use super::pipeline::{self, ConnCtx, EarlyData};
 use crate::conn::{ClientBody, ConnState, OwnUpgrade, Upgraded};
-use crate::h1_io::Prefixed;
 use crate::l4::relay::CONNECTION_LINGER;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
@@ -709,7 +708,7 @@ async fn switch(
     let (open, ended) = oneshot::channel();
     let tunnel = H3Tunnel::new(send, recv, open);
     if tx
-        .send(Upgraded::Own(Prefixed::new(Bytes::new(), Box::new(tunnel))))
+        .send(Upgraded::new(Bytes::new(), Box::new(tunnel)))
         .is_ok()
     {
         let _ = ended.await;
