@@ -133,14 +133,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Connection<T> {
     }
 
     fn start(&mut self, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
-        let stream = serve_stream(
-            req,
-            respond,
-            Arc::clone(&self.ctx),
-            self.send_timeout,
-            Arc::clone(&self.metrics),
+        // The allocation first, then the stream's future made in it: `Box::pin` of a
+        // future made beforehand copies all of its kilobytes once more.
+        let slot = Box::new_uninit();
+        let task = Box::write(
+            slot,
+            Isolated {
+                inner: serve_stream(
+                    req,
+                    respond,
+                    Arc::clone(&self.ctx),
+                    self.send_timeout,
+                    Arc::clone(&self.metrics),
+                ),
+            },
         );
-        self.streams.push(Box::pin(Isolated { inner: stream }));
+        self.streams.push(Box::into_pin(task));
     }
 }
 
