@@ -87,6 +87,8 @@ def h2_load(secs, srv):
     pids = srv.pids()
     t0 = cpu_ticks(pids)
     r = bench.run_h2load(PORT, secs, scheme="https")
+    if r is None:
+        sys.exit("h3 bench: h2load gave no figures")
     cpu = (cpu_ticks(pids) - t0) / TICK
     r["cpu_us_per_req"] = cpu * 1e6 / r["requests"] if r["requests"] else None
     return r

@@ -71,7 +71,7 @@ def wrk(port, conns, secs, **kw):
 def h2(port, secs, scheme="http"):
     """An h2load run (10 connections x 10 streams) in which every request succeeds."""
     r = bench.run_h2load(port, secs, scheme=scheme)
-    need(r["requests"] and not r["errors"], f"h2load through port {port} ({r})")
+    need(r and r["requests"] and not r["errors"], f"h2load through port {port} ({r})")
 
 
 def need(ok, what):
