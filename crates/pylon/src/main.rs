@@ -33,7 +33,7 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
-    /// Log level or filter (e.g. `debug`, `pylon_proxy=trace`); overrides RUST_LOG.
+    /// Log level or filter (e.g. `debug`, `info,pylon_proxy=debug`); overrides RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
     #[command(subcommand)]
