@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::cluster::body::BoxError;
 
 /// The first read of a message; later reads of a large body grow up to the maximum.
-const READ_FIRST: usize = 8 * 1024;
+pub(crate) const READ_FIRST: usize = 8 * 1024;
 const READ_MAX: usize = 256 * 1024;
 /// Body bytes queued for one vectored write, at most.
 const WRITE_QUEUE: usize = 64 * 1024;

@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use pylon_config::model::Limits;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
 use super::error::ErrorKind;
@@ -119,7 +119,9 @@ impl Builders {
 }
 
 /// Reads a cleartext connection's first bytes until they are, or cannot be, the HTTP/2
-/// preface (an HTTP/1.1 request differs from its first byte). `None` when the client
+/// preface (an HTTP/1.1 request differs from its first byte). Each read takes what has
+/// arrived, as an HTTP/1.1 head's first read does (not only the preface's 24 bytes):
+/// a first request usually comes whole, and is then read with one call, not two. `None` when the client
 /// sent nothing in time or closed. When the listening socket closes meanwhile (a
 /// reload, an upgrade, a stop), a connection accepted just before it may have its
 /// first request on the way: it waits [`DRAIN_IDLE`] more for the first bytes, no
@@ -129,15 +131,13 @@ async fn detect<T: AsyncRead + Unpin>(
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<(Protocol, Vec<u8>)> {
-    let mut ahead = Vec::with_capacity(PREFACE.len());
-    let mut buf = [0u8; 24];
+    let mut ahead = Vec::new();
     let idle = tokio::time::Instant::now() + limits.idle_timeout;
     let mut deadline = idle;
     let mut closed = false;
     loop {
-        let want = PREFACE.len() - ahead.len();
         let n = tokio::select! {
-            r = io.read(&mut buf[..want]) => r.ok()?,
+            r = read_onto(io, &mut ahead) => r.ok()?,
             _ = tokio::time::sleep_until(deadline) => return None,
             changed = shutdown.changed(), if !closed => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -156,14 +156,29 @@ async fn detect<T: AsyncRead + Unpin>(
             // Bytes arrived: the head must be whole within the header-read timeout.
             deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         }
-        ahead.extend_from_slice(&buf[..n]);
-        if !PREFACE.starts_with(&ahead) {
+        let compared = ahead.len().min(PREFACE.len());
+        if ahead[..compared] != PREFACE[..compared] {
             return Some((Protocol::Http1, ahead));
         }
-        if ahead.len() == PREFACE.len() {
+        if ahead.len() >= PREFACE.len() {
             return Some((Protocol::Http2, ahead));
         }
     }
+}
+
+/// One read of what has arrived, appended to `ahead`, through the stack (so that no
+/// buffer of a first read's size lives in the connection's future).
+fn read_onto<'a, T: AsyncRead + Unpin>(
+    io: &'a mut T,
+    ahead: &'a mut Vec<u8>,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); crate::h1_io::READ_FIRST];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+        std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+        ahead.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
+    })
 }
 
 /// Serves one accepted connection until it closes, times out or is drained.
@@ -585,5 +600,56 @@ mod closing_tests {
         let _next = state.request_started(false);
         let mut c = soft_draining(&Arc::new(ConnState::default()));
         assert!(matches!(c.next(&state, &limits), Next::Graceful));
+    }
+}
+
+#[cfg(test)]
+mod detect_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// What `detect` finds when the client's bytes come in the writes given.
+    async fn detected(writes: &[&[u8]]) -> (Protocol, Vec<u8>) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_tx, mut shutdown) = watch::channel(false);
+        let limits = Limits::default();
+        let detecting = tokio::spawn(async move {
+            detect(&mut server, &limits, &mut shutdown)
+                .await
+                .expect("detected")
+        });
+        for w in writes {
+            client.write_all(w).await.expect("write");
+            tokio::task::yield_now().await;
+        }
+        detecting.await.expect("detect task")
+    }
+
+    #[tokio::test]
+    async fn a_whole_first_request_is_read_at_once_not_cut_at_the_preface_length() {
+        let request: &[u8] = b"GET /a/longer/path HTTP/1.1\r\nHost: example.test\r\n\r\n";
+        let (protocol, ahead) = detected(&[request]).await;
+        assert!(matches!(protocol, Protocol::Http1));
+        assert_eq!(ahead, request, "the whole request, in one read");
+    }
+
+    #[tokio::test]
+    async fn the_preface_with_frames_after_it_is_http2_and_keeps_every_byte() {
+        // The preface and an empty SETTINGS frame, in one write.
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let (protocol, ahead) = detected(&[&bytes]).await;
+        assert!(matches!(protocol, Protocol::Http2));
+        assert_eq!(ahead, bytes);
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_pieces_is_waited_for_and_a_lookalike_is_http1() {
+        let (protocol, ahead) = detected(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]).await;
+        assert!(matches!(protocol, Protocol::Http2));
+        assert_eq!(ahead, PREFACE);
+        let (protocol, ahead) = detected(&[b"PRI * HT", b"TP/1.1\r\n"]).await;
+        assert!(matches!(protocol, Protocol::Http1));
+        assert_eq!(ahead, b"PRI * HTTP/1.1\r\n");
     }
 }
