@@ -298,7 +298,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
+        let polled = ready!(match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(_, first @ Some(_)) => {
                 Poll::Ready(first.take().map(|f| Ok(f.into_frame())))
@@ -306,8 +306,7 @@ impl Body for ResponseBody {
             Kind::Stream(inner, None) => Pin::new(inner).poll_frame(cx),
             Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
             Kind::File(region) => Poll::Ready(region.read().map(|r| r.map(Frame::data))),
-        };
-        let polled = ready!(polled);
+        });
         match polled {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {

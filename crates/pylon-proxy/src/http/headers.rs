@@ -137,6 +137,12 @@ pub fn normalize_content_length(h: &mut HeaderMap) {
     }
 }
 
+/// The `Content-Length` a request declares, when it is a number (HTTP/2 and HTTP/3
+/// bodies are held to it).
+pub fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Appends `Via: <version> pylon`.
 pub fn append_via(h: &mut HeaderMap, received: Version) {
     let via = match received {

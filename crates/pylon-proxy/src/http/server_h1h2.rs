@@ -120,9 +120,9 @@ impl Builders {
 
 /// Reads a cleartext connection's first bytes until they are, or cannot be, the HTTP/2
 /// preface (an HTTP/1.1 request differs from its first byte). Each read takes what has
-/// arrived, as an HTTP/1.1 head's first read does (not only the preface's 24 bytes):
-/// a first request usually comes whole, and is then read with one call, not two. `None` when the client
-/// sent nothing in time or closed. When the listening socket closes meanwhile (a
+/// arrived, as an HTTP/1.1 head's first read does (not only the preface's 24 bytes): a
+/// first request usually comes whole, and is then read with one call, not two. `None`
+/// when the client sent nothing in time or closed. When the listening socket closes meanwhile (a
 /// reload, an upgrade, a stop), a connection accepted just before it may have its
 /// first request on the way: it waits [`DRAIN_IDLE`] more for the first bytes, no
 /// longer.

@@ -39,7 +39,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use h2::server::{Connection, Handshake, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, Method, Request, Response, header};
+use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -300,7 +300,7 @@ fn client_request(
     }
     if parts.method == Method::CONNECT {
         // A CONNECT's stream carries the tunnel's bytes, not a body.
-        if declared_length(&parts.headers).is_some_and(|n| n != 0) {
+        if super::headers::declared_length(&parts.headers).is_some_and(|n| n != 0) {
             respond.send_reset(Reason::PROTOCOL_ERROR);
             return None;
         }
@@ -314,7 +314,7 @@ fn client_request(
     let body = if recv.is_end_stream() {
         ClientBody::Empty
     } else {
-        let declared = declared_length(&parts.headers);
+        let declared = super::headers::declared_length(&parts.headers);
         ClientBody::H2(H2Body {
             recv,
             data_done: false,
@@ -323,10 +323,6 @@ fn client_request(
         })
     };
     Some((Request::from_parts(parts, body), None))
-}
-
-fn declared_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 pin_project_lite::pin_project! {
@@ -532,6 +528,23 @@ fn reason_of(e: &(dyn std::error::Error + 'static)) -> Reason {
     Reason::INTERNAL_ERROR
 }
 
+/// The client's next DATA frame on a stream, its window given back; `None` at the
+/// stream's end, a reset with `NO_ERROR` included (RFC 9113 §8.1: the client stops
+/// sending, the answer already under way; not a failure).
+fn poll_client_data(
+    recv: &mut RecvStream,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Bytes, h2::Error>>> {
+    match ready!(recv.poll_data(cx)) {
+        Some(Ok(data)) => {
+            let _ = recv.flow_control().release_capacity(data.len());
+            Poll::Ready(Some(Ok(data)))
+        }
+        Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
+        other => Poll::Ready(other),
+    }
+}
+
 /// A request body as an HTTP/2 client sends it: its DATA frames (their window given
 /// back as each is handed on), then trailers. h2 holds the frames to a declared
 /// `Content-Length` (a stream error otherwise).
@@ -552,16 +565,10 @@ impl Body for H2Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(poll_client_data(&mut this.recv, cx)) {
                 Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
                     this.received += data.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM(NO_ERROR): the client stops sending, the answer already
-                // under way (RFC 9113 §8.1); not a failure.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => {
-                    return Poll::Ready(None);
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
                 None => this.data_done = true,
@@ -623,12 +630,8 @@ impl AsyncRead for H2Tunnel {
             if this.read_done {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.read_ahead = data;
-                }
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => this.read_done = true,
+            match ready!(poll_client_data(&mut this.recv, cx)) {
+                Some(Ok(data)) => this.read_ahead = data,
                 Some(Err(e)) => return Poll::Ready(Err(broken(e))),
                 None => this.read_done = true,
             }

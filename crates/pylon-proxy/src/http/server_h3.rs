@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
-use http::{HeaderMap, Response, header};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pylon_config::model::{AddressValidation, Http3, Limits, Listener};
@@ -805,10 +805,7 @@ impl H3Body {
     /// Reads what has already arrived of the body: a request whose stream ended with
     /// its head (a GET) then has an empty body, so that it goes upstream without one.
     async fn new(recv: RecvStream, headers: &HeaderMap) -> H3Body {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let declared = super::headers::declared_length(headers);
         let mut body = H3Body {
             recv: Some(recv),
             ahead: None,
