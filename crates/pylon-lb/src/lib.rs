@@ -5,6 +5,7 @@
 //! Pure logic over endpoint indices and their live state ([`Endpoints`]), no sockets, so
 //! it is tested exhaustively here and shared by L7 routes and (later) L4 listeners.
 
+pub mod clock;
 mod hash;
 mod least;
 mod retry_budget;

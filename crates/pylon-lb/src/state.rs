@@ -3,17 +3,19 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Times kept in endpoint state count nanoseconds from this process-wide instant, so a
-/// state keeps its meaning when it moves into a new endpoint set (DNS updates).
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// Times kept in endpoint state count nanoseconds from the process's first reading
+/// (so that a state keeps its meaning when it moves into a new endpoint set, on DNS
+/// updates), on the coarse clock: these times are seconds (ejections, slow start, the
+/// latency average's decay), and the request path reads it with every response.
+fn epoch() -> u64 {
+    static EPOCH: OnceLock<u64> = OnceLock::new();
+    *EPOCH.get_or_init(crate::clock::coarse_ns)
 }
 
 fn now_ns() -> u64 {
-    (epoch().elapsed().as_nanos() as u64).max(1)
+    crate::clock::coarse_ns().saturating_sub(epoch()).max(1)
 }
 
 /// Decay time of the latency average.

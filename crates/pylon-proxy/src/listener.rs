@@ -292,7 +292,7 @@ pub struct AcceptLoop {
 }
 
 impl AcceptLoop {
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         let Some(lr) = self.runtime.load().listener(&self.name) else {
             return;
         };
@@ -328,10 +328,18 @@ impl AcceptLoop {
         // wildcard one asks the socket, and only when a PROXY header will need it.
         let bound = self.listener.local_addr().ok();
         let inherited = crate::tcp_options::inherit_from_listener(&self.listener, &lr.config.tcp);
+        // One wait for the stop, kept across accepts (made anew for each, its waiter
+        // was registered and removed again on every connection), and looked at only
+        // when no connection is waiting (tokio's budget makes an accept wait at least
+        // every 128 connections).
+        let mut stop = self.stop.clone();
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
         loop {
             let accepted = tokio::select! {
+                biased;
                 a = self.listener.accept() => a,
-                _ = self.stop.changed() => return,
+                _ = &mut stopped => return,
             };
             let (mut stream, client) = match accepted {
                 Ok(a) => a,

@@ -137,6 +137,8 @@ async fn detect<T: AsyncRead + Unpin>(
     let mut closed = false;
     loop {
         let n = tokio::select! {
+            // What has arrived first: then neither the timer nor the watch is set.
+            biased;
             r = read_onto(io, &mut ahead) => r.ok()?,
             _ = tokio::time::sleep_until(deadline) => return None,
             changed = shutdown.changed(), if !closed => {
