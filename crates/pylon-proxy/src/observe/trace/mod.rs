@@ -35,7 +35,9 @@ pub use export::ExportError;
 /// One request's place in its trace, decided when it arrives.
 #[derive(Debug, Clone)]
 pub struct TraceCtx {
-    trace_id: TraceId,
+    /// As bytes: a `TraceId` is a `u128`, whose 16-byte alignment would pass to every
+    /// request's state (and make each allocation of it an aligned one).
+    trace_id: [u8; 16],
     /// The client's span, when it sent a valid `traceparent`.
     parent: Option<SpanId>,
     /// This request's server span.
@@ -57,7 +59,7 @@ impl TraceCtx {
             TraceFlags::default()
         };
         let sc = SpanContext::new(
-            self.trace_id,
+            TraceId::from_bytes(self.trace_id),
             self.client_span_id,
             flags,
             true,
@@ -132,7 +134,7 @@ impl Tracer {
             _ => by_ratio,
         };
         TraceCtx {
-            trace_id,
+            trace_id: trace_id.to_bytes(),
             parent: parent_id,
             span_id: SpanId::from_bytes(ids.1.to_be_bytes()),
             client_span_id: SpanId::from_bytes(ids.2.to_be_bytes()),
@@ -158,8 +160,15 @@ impl Tracer {
         }
         let start = r.time;
         let end = start + Duration::from_secs_f64(r.duration_ms / 1000.0);
-        let ctx =
-            |id| SpanContext::new(t.trace_id, id, TraceFlags::SAMPLED, false, t.state.clone());
+        let ctx = |id| {
+            SpanContext::new(
+                TraceId::from_bytes(t.trace_id),
+                id,
+                TraceFlags::SAMPLED,
+                false,
+                t.state.clone(),
+            )
+        };
         let status = if failed {
             Status::error(r.error.unwrap_or("server_error"))
         } else {
@@ -366,7 +375,9 @@ mod tests {
     #[test]
     fn the_client_span_is_the_upstreams_parent() {
         let t = TraceCtx {
-            trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736")
+                .unwrap()
+                .to_bytes(),
             parent: None,
             span_id: SpanId::from_hex("00f067aa0ba902b7").unwrap(),
             client_span_id: SpanId::from_hex("00f067aa0ba902b8").unwrap(),
