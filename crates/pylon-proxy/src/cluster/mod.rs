@@ -1,7 +1,6 @@
 //! Upstream clusters at run time: endpoints, their connection pools and the balancer.
 
 pub mod body;
-mod deadline;
 pub mod destinations;
 pub(crate) mod discovery;
 mod etcd_discovery;

@@ -653,16 +653,16 @@ impl EndpointPool {
                     reused,
                     &mut timing.sent_at
                 ));
-                let sent = super::deadline::within(response_timeout, exchange).await;
+                let sent = tokio::time::timeout(response_timeout, exchange).await;
                 match sent {
-                    None => return Err(UpstreamError::ResponseTimeout(self.address)),
-                    Some(Ok(resp)) => return Ok(resp),
+                    Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
+                    Ok(Ok(resp)) => return Ok(resp),
                     // The connection was closed under the request: a fresh one.
-                    Some(Err(Failure::Unsent(unsent, e))) if reused => {
+                    Ok(Err(Failure::Unsent(unsent, e))) if reused => {
                         tracing::debug!(endpoint = %self.address, error = %e, "pooled connection closed; request sent on a new one");
                         req = *unsent;
                     }
-                    Some(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
+                    Ok(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
                         return Err(UpstreamError::Send(self.address, e));
                     }
                 }
@@ -759,14 +759,15 @@ impl EndpointPool {
         timing: &mut TryTiming,
     ) -> Result<(Response<hyper::body::Incoming>, Pooled), UpstreamError> {
         let (mut sender, stream) = self.h2_sender(timing).await?;
-        let answer = std::pin::pin!(async {
+        let sent = tokio::time::timeout(response_timeout, async {
             sender.ready().await?;
             sender.send_request(req).await
-        });
-        match super::deadline::within(response_timeout, answer).await {
-            None => Err(UpstreamError::ResponseTimeout(self.address)),
-            Some(Ok(resp)) => Ok((resp, Pooled { _stream: stream })),
-            Some(Err(e)) => Err(UpstreamError::Send(self.address, e.into())),
+        })
+        .await;
+        match sent {
+            Err(_) => Err(UpstreamError::ResponseTimeout(self.address)),
+            Ok(Ok(resp)) => Ok((resp, Pooled { _stream: stream })),
+            Ok(Err(e)) => Err(UpstreamError::Send(self.address, e.into())),
         }
     }
 }
