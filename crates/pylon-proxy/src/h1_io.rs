@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::cluster::body::BoxError;
 
 /// The first read of a message; later reads of a large body grow up to the maximum.
-pub(crate) const READ_FIRST: usize = 8 * 1024;
+const READ_FIRST: usize = 8 * 1024;
 const READ_MAX: usize = 256 * 1024;
 /// Body bytes queued for one vectored write, at most.
 const WRITE_QUEUE: usize = 64 * 1024;
@@ -407,6 +407,20 @@ pub struct Reader {
     pub read: u64,
 }
 
+/// One read of up to [`READ_FIRST`] bytes through the stack, handed to `take`: what
+/// has arrived, without a buffer of a first read's size held anywhere.
+pub(crate) fn poll_read_first<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_FIRST];
+    let mut rb = ReadBuf::uninit(&mut stack);
+    ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+    take(rb.filled());
+    Poll::Ready(Ok(rb.filled().len()))
+}
+
 impl Reader {
     /// Between messages, with nothing buffered: no buffer held, and the next message's
     /// first read goes through the stack again.
@@ -427,11 +441,7 @@ impl Reader {
             // stack, then into a buffer of their size. Most heads and small bodies come
             // in one read, and a small block costs the allocator a fraction of what a
             // first read's large one does. Later reads (a large body) grow as below.
-            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_FIRST];
-            let mut rb = ReadBuf::uninit(&mut stack);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            self.buf = BytesMut::from(rb.filled());
+            let n = ready!(poll_read_first(io, cx, |read| self.buf = BytesMut::from(read)))?;
             self.next = if n == READ_FIRST {
                 READ_FIRST * 2
             } else {

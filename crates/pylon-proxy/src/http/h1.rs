@@ -73,17 +73,6 @@ pub(super) struct Connection {
 /// How a connection's loop ended: closed, or with its socket when it parked.
 type Ended = io::Result<Option<Box<dyn ClientIo>>>;
 
-/// The allocation first, then the future made in it: `Box::pin` of a future made
-/// beforehand copies its kilobytes (a parked connection's loop is 6 KiB) twice more.
-#[inline(always)]
-fn in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<dyn Future<Output = Ended> + Send>>
-where
-    F: Future<Output = Ended> + Send + 'static,
-{
-    let made: Box<F> = Box::write(Box::new_uninit(), make());
-    Box::into_pin(made)
-}
-
 impl Future for Connection {
     type Output = Ended;
 
@@ -121,10 +110,11 @@ impl Connection {
             sendfile,
         };
         Connection {
+            // Made in place: a parked connection's loop is 6 KiB.
             run: if parks {
-                in_place(|| served.run::<Inline>())
+                super::pinned_in_place(|| served.run::<Inline>())
             } else {
-                in_place(|| served.run::<Boxed>())
+                super::pinned_in_place(|| served.run::<Boxed>())
             },
             graceful,
         }

@@ -19,3 +19,11 @@ pub mod server_h2;
 pub mod server_h3;
 pub mod tunnel;
 pub mod ws_relay;
+
+/// `make()`'s value pinned in an allocation made first: `Box::pin` of a value made
+/// beforehand copies it once more (a connection's loop or a stream's request future is
+/// kilobytes).
+#[inline(always)]
+pub(crate) fn pinned_in_place<T>(make: impl FnOnce() -> T) -> std::pin::Pin<Box<T>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}

@@ -175,11 +175,7 @@ fn read_onto<'a, T: AsyncRead + Unpin>(
     ahead: &'a mut Vec<u8>,
 ) -> impl Future<Output = std::io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
-        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); crate::h1_io::READ_FIRST];
-        let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
-        std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
-        ahead.extend_from_slice(rb.filled());
-        Poll::Ready(Ok(rb.filled().len()))
+        crate::h1_io::poll_read_first(&mut *io, cx, |read| ahead.extend_from_slice(read))
     })
 }
 

@@ -133,22 +133,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Connection<T> {
     }
 
     fn start(&mut self, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
-        // The allocation first, then the stream's future made in it: `Box::pin` of a
-        // future made beforehand copies all of its kilobytes once more.
-        let slot = Box::new_uninit();
-        let task = Box::write(
-            slot,
-            Isolated {
-                inner: serve_stream(
-                    req,
-                    respond,
-                    Arc::clone(&self.ctx),
-                    self.send_timeout,
-                    Arc::clone(&self.metrics),
-                ),
-            },
-        );
-        self.streams.push(Box::into_pin(task));
+        // Made in its allocation: the stream's future is kilobytes.
+        let task = super::pinned_in_place(|| Isolated {
+            inner: serve_stream(
+                req,
+                respond,
+                Arc::clone(&self.ctx),
+                self.send_timeout,
+                Arc::clone(&self.metrics),
+            ),
+        });
+        self.streams.push(task);
     }
 }
 
