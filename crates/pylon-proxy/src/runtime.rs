@@ -273,6 +273,12 @@ impl Runtime {
     }
 
     pub fn listener(&self, name: &str) -> Option<Arc<ListenerRuntime>> {
-        self.listeners.get(name).cloned()
+        self.listener_ref(name).cloned()
+    }
+
+    /// [`Runtime::listener`] borrowed, for a request that holds the runtime anyway (a
+    /// clone and its drop are two atomic read-modify-writes).
+    pub fn listener_ref(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.get(name)
     }
 }

@@ -11,7 +11,9 @@ pub mod parking;
 mod state;
 mod watchers;
 
-pub use client::{ClientBody, ClientIo, ClientUpgrade, H1Body, OwnUpgrade, Upgraded, Wire};
+pub use client::{
+    ClientBody, ClientIo, ClientUpgrade, H1Body, OwnUpgrade, Upgraded, Wire, WireLock,
+};
 pub use io::TrackedIo;
 pub use state::{ChunkViolation, ConnState, InFlight, Verdict};
 pub use watchers::Watchers;

@@ -18,12 +18,11 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body;
@@ -37,9 +36,8 @@ use tokio::sync::oneshot;
 use super::body::{FileRegion, ResponseBody};
 use super::error::{ErrorKind, error_response};
 use super::pipeline::{self, ConnCtx};
-use crate::conn::{ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire};
+use crate::conn::{ClientBody, ClientIo, H1Body, OwnUpgrade, Upgraded, Wire, WireLock};
 use crate::h1_io::{BodyDecoder, Encoding, Writer};
-use crate::lock;
 
 /// What is left of a request body the request path did not read is read and dropped,
 /// up to this much, to keep the connection; a larger rest closes it.
@@ -54,13 +52,14 @@ const SENDFILE_MAX: u64 = 1 << 30;
 /// A graceful close asked for by the connection timer: an idle connection closes, a
 /// busy one after its answer (with `Connection: close`). And parking: a connection
 /// that waits for a head with nothing read gives its socket back (see
-/// `conn::parking`).
+/// `conn::parking`). Both are asked by the connection timer, which runs in the
+/// connection's task and polls the connection right after asking: a loop waiting for a
+/// head finds them on that poll, so nothing wakes it (a waker registered on each poll
+/// for this cost two atomic read-modify-writes per poll, four per request).
 #[derive(Default)]
 struct Graceful {
     on: AtomicBool,
     park: AtomicBool,
-    /// The connection's task while it waits for a head.
-    waiting: AtomicWaker,
 }
 
 /// The connection's future, for the connection timer. It ends with the socket when
@@ -94,7 +93,7 @@ impl Connection {
     ) -> Connection {
         let graceful = Arc::new(Graceful::default());
         let sendfile = io.can_sendfile();
-        let wire = Arc::new(Mutex::new(Wire::new(io, ahead, Arc::clone(&ctx.state))));
+        let wire = Arc::new(WireLock::new(Wire::new(io, ahead, Arc::clone(&ctx.state))));
         let head_limits = HeadLimits {
             // A backstop at twice the listener's limits, so that the request path
             // gives the precise answer for anything in between.
@@ -120,16 +119,15 @@ impl Connection {
         }
     }
 
+    /// (The caller polls the connection next: see [`Graceful`].)
     pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
         self.graceful.on.store(true, Ordering::Relaxed);
-        self.graceful.waiting.wake();
     }
 
     /// Asks the connection to give its socket back if it waits for a head with
     /// nothing read; one that is busy goes on (and may be asked again).
     pub(super) fn park(self: Pin<&mut Self>) {
         self.graceful.park.store(true, Ordering::Relaxed);
-        self.graceful.waiting.wake();
     }
 }
 
@@ -169,7 +167,7 @@ impl Exchanging for Boxed {
 
 /// What a connection's loop keeps between requests.
 struct Served {
-    wire: Arc<Mutex<Wire>>,
+    wire: Arc<WireLock>,
     ctx: Arc<ConnCtx>,
     graceful: Arc<Graceful>,
     head_limits: HeadLimits,
@@ -224,7 +222,7 @@ impl Served {
             let head = match next? {
                 Head::Ready(head) => head,
                 Head::Closed => return Ok(None),
-                Head::Park => return Ok(lock(&self.wire).io.take()),
+                Head::Park => return Ok(self.wire.lock().io.take()),
                 Head::Refused(kind) => {
                     pipeline::log_rejected(&self.ctx, kind);
                     // Boxed: its writer would otherwise widen every connection's state.
@@ -236,7 +234,7 @@ impl Served {
             promised = matches!(next, Next::KeptPromise);
             match next {
                 Next::KeepAlive | Next::KeptPromise => {
-                    let mut w = lock(&self.wire);
+                    let mut w = self.wire.lock();
                     if w.reader.buf.is_empty() {
                         // Idle: no buffer.
                         w.reader.release();
@@ -250,7 +248,7 @@ impl Served {
 
     /// Sends the FIN (TLS: close_notify too) after the last answer.
     async fn close(&self) -> io::Result<()> {
-        let io = lock(&self.wire).io.take();
+        let io = self.wire.lock().io.take();
         if let Some(mut io) = io {
             let _ = io.shutdown().await;
         }
@@ -266,8 +264,7 @@ impl Served {
     /// A graceful close between requests closes at once (unless `promised`); one asked
     /// for while a head is arriving waits for that request.
     fn poll_head(&self, cx: &mut Context<'_>, promised: bool) -> Poll<io::Result<Head>> {
-        self.graceful.waiting.register(cx.waker());
-        let mut w = lock(&self.wire);
+        let mut w = self.wire.lock();
         loop {
             if !w.reader.buf.is_empty() {
                 match pylon_h1::parse_request(&mut w.reader.buf, &self.head_limits) {
@@ -323,7 +320,7 @@ impl Served {
         // The head waits for the file's first bytes (as NGINX's `tcp_nopush`): sent
         // alone, it would hold the file back a round trip.
         let cork = |on: bool| {
-            if let Some(io) = lock(&self.wire).io.as_ref() {
+            if let Some(io) = self.wire.lock().io.as_ref() {
                 io.cork(on);
             }
         };
@@ -349,7 +346,7 @@ impl Served {
         let total = region.left;
         let sent = std::future::poll_fn(|cx| {
             while region.left > 0 {
-                let mut w = lock(&self.wire);
+                let mut w = self.wire.lock();
                 let Some(io) = w.io.as_mut() else {
                     return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
                 };
@@ -391,7 +388,7 @@ impl Served {
             let version = head.version;
             let method = head.method.clone();
             let body = {
-                let mut w = lock(&self.wire);
+                let mut w = self.wire.lock();
                 w.body = match head.framing {
                     BodyFraming::Length(n) if n > 0 => BodyDecoder::Length(n),
                     BodyFraming::Chunked => {
@@ -487,7 +484,7 @@ impl Served {
             .map_err(io::Error::other)?;
         drop(body);
         let (io, ahead) = {
-            let mut w = lock(&self.wire);
+            let mut w = self.wire.lock();
             let ahead = std::mem::take(&mut w.reader.buf).freeze();
             (w.io.take(), ahead)
         };
@@ -588,7 +585,7 @@ impl Served {
     /// never told to send it).
     async fn drain(&self) -> bool {
         {
-            let w = lock(&self.wire);
+            let w = self.wire.lock();
             if w.failed || (!w.body.is_done() && w.continue_at == Some(0)) {
                 return false;
             }
@@ -598,7 +595,7 @@ impl Served {
         }
         let mut drained = 0u64;
         loop {
-            let frame = std::future::poll_fn(|cx| lock(&self.wire).poll_body(cx)).await;
+            let frame = std::future::poll_fn(|cx| self.wire.lock().poll_body(cx)).await;
             match frame {
                 None => return true,
                 Some(Ok(f)) => {
@@ -634,14 +631,14 @@ fn asks_close(h: &HeaderMap) -> bool {
 
 /// The connection as a writer for one call at a time (the lock is held only inside
 /// each call, never while the body is polled).
-struct WireWrite<'a>(&'a Arc<Mutex<Wire>>);
+struct WireWrite<'a>(&'a Arc<WireLock>);
 
 impl WireWrite<'_> {
     fn with<R>(
         &mut self,
         f: impl FnOnce(Pin<&mut dyn ClientIo>) -> Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
-        let mut w = lock(self.0);
+        let mut w = self.0.lock();
         match w.io.as_mut() {
             Some(io) => f(Pin::new(io.as_mut())),
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),

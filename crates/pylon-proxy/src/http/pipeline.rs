@@ -157,7 +157,11 @@ pub(super) struct RequestLog {
     pub(super) path: String,
     pub(super) version: Version,
     pub(super) route: Option<Arc<str>>,
+    /// Kept only when [`RequestLog::recorded`] (a clone and its drop of a shared name
+    /// are two atomic read-modify-writes).
     pub(super) cluster: Option<Arc<str>>,
+    /// A record will be made of the request: an access-log line or a trace span.
+    pub(super) recorded: bool,
     pub(super) upstream: Option<SocketAddr>,
     /// From the last try's start to the upstream's response head.
     pub(super) upstream_time: Option<Duration>,
@@ -193,6 +197,7 @@ impl RequestLog {
             version,
             route: None,
             cluster: None,
+            recorded: false,
             upstream: None,
             upstream_time: None,
             request_id: None,
@@ -305,7 +310,7 @@ pub fn handle(
             routed: Routed::default(),
             active: None,
         };
-        let Some(listener) = rt.listener(&ctx.listener) else {
+        let Some(listener) = rt.listener_ref(&ctx.listener) else {
             ex.log.error = Some(ErrorKind::NoRoute);
             return finish(
                 error_response(ErrorKind::NoRoute),
@@ -322,6 +327,7 @@ pub fn handle(
         }
         // The record's fields, for the access log and the trace span.
         if ctx.shared.logger.enabled() || ex.log.trace.is_some() {
+            ex.log.recorded = true;
             ex.log.method = req.method().as_str().to_owned();
             ex.log.authority = authority_of(&req).unwrap_or_default().to_owned();
             ex.log.path = req
@@ -344,7 +350,7 @@ pub fn handle(
             .flatten();
         // What the route's filters leave, for their part of an error answer.
         let mut filter_state = http::Extensions::new();
-        let resp = match serve(req, &listener, &ctx, &mut ex, &mut filter_state).await {
+        let resp = match serve(req, listener, &ctx, &mut ex, &mut filter_state).await {
             Ok(resp) => resp,
             Err(kind) => {
                 ex.log.error = Some(kind);
@@ -370,7 +376,7 @@ pub fn handle(
                 resp
             }
         };
-        finish(resp, &mut ex, &ctx, Some(&listener), inflight)
+        finish(resp, &mut ex, &ctx, Some(listener), inflight)
     }
 }
 

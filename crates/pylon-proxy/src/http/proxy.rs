@@ -69,7 +69,9 @@ pub(super) fn proxy<'a>(
         let (Some(route_cluster), Action::Proxy(action)) = (&route.cluster, route.action()) else {
             return Err(ErrorKind::NoEndpoint);
         };
-        ex.log.cluster = Some(Arc::clone(&route_cluster.name));
+        if ex.log.recorded {
+            ex.log.cluster = Some(Arc::clone(&route_cluster.name));
+        }
         // Phase 3: the route's filters may answer by themselves, or choose the cluster.
         let answered = route.filters.request(&mut req, fx).await;
         if let Some(user) = fx.user.take() {
@@ -83,7 +85,9 @@ pub(super) fn proxy<'a>(
             .get::<super::filters::ChosenCluster>()
             .map(|c| Arc::clone(&c.0));
         let cluster = chosen.as_ref().unwrap_or(route_cluster);
-        ex.log.cluster = Some(Arc::clone(&cluster.name));
+        if ex.log.recorded && chosen.is_some() {
+            ex.log.cluster = Some(Arc::clone(&cluster.name));
+        }
         let websocket = websocket_step(&mut req, action)?;
         if websocket.is_some() && req.version() <= Version::HTTP_11 {
             fx.conn.state.upgrade_requested();
@@ -230,7 +234,7 @@ fn send_with_retries<'a>(
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
             let (request, timeout) = try_request(call, &lease, try_parts, body.for_try())?;
-            let endpoint = Arc::clone(lease.endpoint());
+            let endpoint = lease.endpoint();
             let sent_at = Instant::now();
             let mut timing = TryTiming::default();
             // The send, aborted when the route watches for a client that ends its side

@@ -352,7 +352,7 @@ where
     // The process's stop: once the drain timeout has passed, what is still open closes
     // (streams and tunnels get [`CONNECTION_LINGER`] to say goodbye in their protocol).
     let mut stop = Some(ctx.shared.stop.watch());
-    let watchers = Watchers::default();
+    let mut watchers = Watchers::default();
     // The listening socket may have closed already (while the first bytes were read).
     if (shutdown.has_changed().is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
         graceful(conn.as_mut());

@@ -20,7 +20,7 @@ impl Default for ErrorCounts {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Index 1..=5 for 1xx..5xx; 0 for anything else.
-    responses: [AtomicU64; 6],
+    responses: super::shard::Sharded<6>,
     errors: ErrorCounts,
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
@@ -78,7 +78,7 @@ impl Metrics {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100);
         let i = if (1..=5).contains(&class) { class } else { 0 };
-        self.responses[i].fetch_add(1, Ordering::Relaxed);
+        self.responses.add(i, 1);
     }
 
     pub fn error(&self, kind: ErrorKind) {
@@ -90,7 +90,7 @@ impl Metrics {
     }
 
     pub fn responses(&self, class: u16) -> u64 {
-        self.responses[usize::from(class).min(5)].load(Ordering::Relaxed)
+        self.responses.get(usize::from(class).min(5))
     }
 
     /// Layer 4 bytes relayed with splice(2) so far, both directions. Counted by the

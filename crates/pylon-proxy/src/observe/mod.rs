@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod exposition;
 pub mod metrics;
 pub mod recent;
+pub mod shard;
 pub mod stats;
 pub mod timing;
 pub mod trace;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::shard::Sharded;
 use crate::lock;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -26,41 +27,34 @@ const BOUNDS_NS: [u64; 14] = {
     out
 };
 
-/// A latency histogram with fixed buckets, lock-free.
+/// A latency histogram with fixed buckets, lock-free: one count per bound, the
+/// overflow bucket (+Inf), the sum in nanoseconds and the count.
 #[derive(Debug, Default)]
-pub struct Histogram {
-    /// One count per bound, plus the overflow bucket (+Inf).
-    buckets: [AtomicU64; 15],
-    sum_ns: AtomicU64,
-    count: AtomicU64,
-}
+pub struct Histogram(Sharded<17>);
+
+/// Where a [`Histogram`] keeps its sum and its count.
+const SUM: usize = 15;
+const COUNT: usize = 16;
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(14);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.0.add(i, 1);
+        self.0.add(SUM, ns);
+        self.0.add(COUNT, 1);
     }
 
     /// Sum in seconds, count, and per-bucket (not cumulative) counts with their bounds
     /// (the last one `f64::MAX`, written `+Inf`).
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let buckets = self
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
+        let buckets = (0..15)
+            .map(|i| {
                 let bound = LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::MAX);
-                (bound, b.load(Ordering::Relaxed))
+                (bound, self.0.get(i))
             })
             .collect();
-        (
-            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-            self.count.load(Ordering::Relaxed),
-            buckets,
-        )
+        (self.0.get(SUM) as f64 / 1e9, self.0.get(COUNT), buckets)
     }
 }
 
@@ -95,7 +89,7 @@ pub struct RouteStats {
     pub listener: Arc<str>,
     pub route: Arc<str>,
     pub cluster: Arc<str>,
-    responses: [AtomicU64; 6],
+    responses: Sharded<6>,
     pub latency: Histogram,
     /// The TCP connect of new upstream connections.
     pub upstream_connect: Histogram,
@@ -110,14 +104,16 @@ impl RouteStats {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100);
         let i = if (1..=5).contains(&class) { class } else { 0 };
-        self.responses[i].fetch_add(1, Ordering::Relaxed);
+        self.responses.add(i, 1);
     }
 
     /// Responses of class `class` (1 to 5; 0 for other statuses).
     pub fn responses(&self, class: usize) -> u64 {
-        self.responses
-            .get(class)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        if class < 6 {
+            self.responses.get(class)
+        } else {
+            0
+        }
     }
 }
 
