@@ -364,7 +364,7 @@ fn heads_written_out_parse_back_the_same() {
     );
     let mut out = BytesMut::new();
     write_request_head(&mut out, &h.method, h.target(), &h.fields);
-    assert_eq!(&out[..], &h.raw[..]);
+    assert_eq!(&out[..], &h.raw()[..]);
     let again = request(&out);
     assert_eq!(
         (again.method, again.framing),
@@ -377,7 +377,7 @@ fn heads_written_out_parse_back_the_same() {
     .unwrap();
     let mut out = BytesMut::new();
     write_response_head(&mut out, r.version, r.status, Some(r.reason()), &r.fields);
-    assert_eq!(&out[..], &r.raw[..]);
+    assert_eq!(&out[..], &r.raw()[..]);
     let mut out = BytesMut::new();
     write_response_head(
         &mut out,
@@ -428,5 +428,5 @@ fn a_header_map_goes_out_with_the_names_spelled_as_they_arrived() {
             case: None,
         },
     );
-    assert_eq!(&out[..], &t.raw[..]);
+    assert_eq!(&out[..], &t.raw()[..]);
 }

@@ -419,7 +419,7 @@ impl Served {
                 req.extensions_mut().insert(OwnUpgrade::new(rx));
                 tx
             });
-            let resp = pipeline::handle(req, Arc::clone(&self.ctx)).await;
+            let resp = pipeline::handle(req, &self.ctx).await;
             let (mut parts, body) = resp.into_parts();
             let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS
                 || (method == Method::CONNECT && parts.status.is_success());

@@ -288,11 +288,13 @@ pub(super) struct Routed {
 }
 
 /// Serves one request. Never fails: every problem becomes a proxy-made answer.
+/// (`ctx` borrowed: a clone for each request and its drop were two atomic
+/// read-modify-writes.)
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 pub fn handle(
     req: Request<ClientBody>,
-    ctx: Arc<ConnCtx>,
-) -> impl Future<Output = Response<ResponseBody>> {
+    ctx: &Arc<ConnCtx>,
+) -> impl Future<Output = Response<ResponseBody>> + '_ {
     // (Not an `async fn`, which would keep `req` twice in its state, captured and moved
     // into its body: the state is copied into every request's future.)
     async move {
@@ -315,7 +317,7 @@ pub fn handle(
             return finish(
                 error_response(ErrorKind::NoRoute),
                 &mut ex,
-                &ctx,
+                ctx,
                 None,
                 inflight,
             );
@@ -350,7 +352,7 @@ pub fn handle(
             .flatten();
         // What the route's filters leave, for their part of an error answer.
         let mut filter_state = http::Extensions::new();
-        let resp = match serve(req, listener, &ctx, &mut ex, &mut filter_state).await {
+        let resp = match serve(req, listener, ctx, &mut ex, &mut filter_state).await {
             Ok(resp) => resp,
             Err(kind) => {
                 ex.log.error = Some(kind);
@@ -376,7 +378,7 @@ pub fn handle(
                 resp
             }
         };
-        finish(resp, &mut ex, &ctx, Some(listener), inflight)
+        finish(resp, &mut ex, ctx, Some(listener), inflight)
     }
 }
 

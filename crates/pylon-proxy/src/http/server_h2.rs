@@ -232,7 +232,7 @@ fn serve_stream(
             return;
         };
         let handled = UntilReset {
-            fut: pipeline::handle(req, ctx),
+            fut: pipeline::handle(req, &ctx),
             respond: &mut respond,
         };
         let Some(resp) = handled.await else {

@@ -667,7 +667,7 @@ async fn request(
         req.headers_mut()
             .insert("early-data", http::HeaderValue::from_static("1"));
     }
-    let resp = pipeline::handle(req, Arc::clone(&ctx)).await;
+    let resp = pipeline::handle(req, &ctx).await;
     match websocket {
         // A 2xx from the tunnel (one that holds the other end); any other 2xx (a route
         // that answers itself) is an ordinary answer.

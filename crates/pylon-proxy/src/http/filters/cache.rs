@@ -488,7 +488,7 @@ fn revalidate_in_background(req: &Request<ClientBody>, cx: &FilterCtx<'_>, key: 
     again.extensions_mut().insert(BackgroundRevalidation);
     let conn = Arc::clone(cx.conn_arc);
     tokio::spawn(async move {
-        let resp = crate::http::pipeline::handle(again, conn).await;
+        let resp = crate::http::pipeline::handle(again, &conn).await;
         // Read to its end: the fill stores it as it goes.
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
     });
