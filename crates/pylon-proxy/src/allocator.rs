@@ -6,11 +6,12 @@
 //! proxied request. Here an alignment that mimalloc gives every block anyway (a word:
 //! its blocks are sized and placed in whole words) goes to `mi_malloc`, and only larger
 //! alignments to the aligned entry points. Sixteen bytes, which any type holding a
-//! `u128` needs (a trace context does, so the request path's futures do), is what
-//! mimalloc's blocks of 16, 32, 48 and of every size class above 64 bytes have as well
-//! (their pages start on 16 bytes and the classes are whole multiples of it); the
-//! aligned entry took its over-allocating fallback for each HTTP/2 stream's boxed
-//! request future (5 KiB, about 500 instructions). Such a block is now asked of
+//! `u128` needs (`opentelemetry`'s trace ids do, and so did the request path's futures
+//! until a trace context kept its id as bytes), is what mimalloc's blocks of 16, 32,
+//! 48 and of every size class above 64 bytes have as well (their pages start on 16
+//! bytes and the classes are whole multiples of it); the aligned entry took its
+//! over-allocating fallback for each HTTP/2 stream's boxed request future (5 KiB,
+//! about 500 instructions). Such a block is now asked of
 //! `mi_malloc` and its address checked; one that is not aligned (a class this reading
 //! of mimalloc missed) is given back and asked of the aligned entry.
 

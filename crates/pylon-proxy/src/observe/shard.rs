@@ -77,19 +77,30 @@ impl<const K: usize> Sharded<K> {
     /// Adds `v` to counter `i` (which must be below `K`).
     #[inline]
     pub fn add(&self, i: usize, v: u64) {
+        self.add_each(&[(i, v)]);
+    }
+
+    /// Adds each `(i, v)`: `v` to counter `i`, the thread's shard looked up once.
+    #[inline]
+    pub fn add_each(&self, adds: &[(usize, u64)]) {
         let slot = slot();
-        let Some(c) = self.shards.get(slot).and_then(|s| s.0.get(i)) else {
+        let Some(shard) = self.shards.get(slot) else {
             return;
         };
-        if slot == 0 {
-            c.fetch_add(v, Ordering::Relaxed);
-        } else {
-            // Only this thread writes this shard.
-            c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+        for &(i, v) in adds {
+            let Some(c) = shard.0.get(i) else {
+                continue;
+            };
+            if slot == 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            } else {
+                // Only this thread writes this shard.
+                c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+            }
         }
     }
 
-    /// Counter `i`, summed over the shards.
+    /// Counter `i`, summed over the shards (0 for an `i` past the last).
     pub fn get(&self, i: usize) -> u64 {
         self.shards.iter().fold(0u64, |sum, s| {
             sum.wrapping_add(s.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
