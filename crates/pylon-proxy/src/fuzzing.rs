@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::conn::ConnState;
-use crate::http::pipeline::ConnCtx;
+use crate::http::pipeline::{ConnCtx, ListenerCtx};
 use crate::http::server_h1h2;
 use crate::observe::{Metrics, StatsRegistry};
 use crate::runtime::Runtime;
@@ -67,19 +67,22 @@ impl H1Harness {
                 Arc::clone(&self.shared.metrics),
             ));
             let (mut client, server) = tokio::io::duplex(64 * 1024);
-            let ctx = Arc::new(ConnCtx {
+            let on = Arc::new(ListenerCtx {
                 runtime: Arc::clone(&self.runtime),
                 listener: Arc::clone(&self.listener),
+                scheme: "http",
+                alt_svc: None,
+                shared: Arc::clone(&self.shared),
+                stats: Arc::clone(&lr.stats),
+            });
+            let ctx = Arc::new(ConnCtx {
+                on,
                 client: "192.0.2.1:40000".parse().unwrap_or_else(|_| unreachable!()),
                 local: "192.0.2.2:80".parse().unwrap_or_else(|_| unreachable!()),
                 client_ip: http::HeaderValue::from_static("192.0.2.1"),
                 client_cert: None,
                 tls: None,
-                scheme: "http",
-                alt_svc: None,
                 state: Arc::new(ConnState::default()),
-                shared: Arc::clone(&self.shared),
-                stats: Arc::clone(&lr.stats),
                 guard: None,
                 client_socket: None,
                 handshake_ns: Default::default(),

@@ -183,9 +183,10 @@ impl Proxy {
             Arc::new(StatsRegistry::default()),
         )
         .map_err(StartError::AccessLog)?;
+        let tracker = Arc::new(ConnTracker::new(Arc::clone(&shared.metrics)));
         let proxy = Arc::new_cyclic(|this| Proxy {
             shared,
-            tracker: Arc::new(ConnTracker::default()),
+            tracker,
             runtime: Arc::new(ArcSwap::from_pointee(Runtime::empty())),
             sockets: tokio::sync::Mutex::new(Sockets::default()),
             bound: ArcSwap::from_pointee(Vec::new()),

@@ -15,8 +15,9 @@ use tokio::sync::{Notify, watch};
 use crate::coalesce::Coalescing;
 use crate::conn::ConnState;
 use crate::conn::parking::Parking;
-use crate::http::pipeline::ConnCtx;
+use crate::http::pipeline::{ConnCtx, ListenerCtx};
 use crate::http::server_h1h2;
+use crate::observe::Metrics;
 use crate::observe::stats::ListenerStats;
 use crate::runtime::{ListenerRuntime, Runtime};
 use crate::shared::Shared;
@@ -49,28 +50,42 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Live connections, so that shutdown can wait for them to finish.
-#[derive(Default)]
+/// Live connections, so that shutdown can wait for them to finish, and the process's
+/// connection counters.
 pub struct ConnTracker {
     live: AtomicUsize,
+    /// Tasks in [`ConnTracker::wait_idle`]: a connection's end tells `changed` only
+    /// while some wait (telling it takes a lock, once per connection otherwise).
+    waiting: AtomicUsize,
     changed: Notify,
+    metrics: Arc<Metrics>,
 }
 
+/// Counts a connection open (live, and in its listener's and the process's counters)
+/// until dropped.
 pub struct ConnGuard(
     Arc<ConnTracker>,
-    Arc<Shared>,
     Arc<ListenerStats>,
     /// The client IP, when counted per IP.
     Option<std::net::IpAddr>,
 );
 
 impl ConnTracker {
+    /// A tracker that counts connections in `metrics` too.
+    pub fn new(metrics: Arc<Metrics>) -> ConnTracker {
+        ConnTracker {
+            live: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            changed: Notify::new(),
+            metrics,
+        }
+    }
+
     /// Counts a new connection in, unless a limit refuses it (counted in metrics): the
     /// process-wide `[server] max_connections` of the runtime in force, the listener's
     /// `max_connections_per_ip` for `client`.
     pub fn admit(
         self: &Arc<Self>,
-        shared: &Arc<Shared>,
         runtime: &Runtime,
         listener: &ListenerRuntime,
         client: std::net::IpAddr,
@@ -79,8 +94,7 @@ impl ConnTracker {
         let per_ip = listener.config.max_connections_per_ip;
         let stats = &listener.stats;
         if self.live() as u64 >= max_connections {
-            shared
-                .metrics
+            self.metrics
                 .refused_max_connections
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%client, limit = max_connections, "connection refused: max_connections");
@@ -93,10 +107,7 @@ impl ConnTracker {
                 let n = map.entry(client).or_insert(0);
                 if *n >= limit {
                     drop(map);
-                    shared
-                        .metrics
-                        .refused_per_ip
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.refused_per_ip.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%client, limit, "connection refused: max_connections_per_ip");
                     return None;
                 }
@@ -104,29 +115,10 @@ impl ConnTracker {
                 Some(client)
             }
         };
-        let mut guard = self.enter(shared, stats);
-        guard.3 = counted_ip;
-        Some(guard)
-    }
-
-    pub fn enter(self: &Arc<Self>, shared: &Arc<Shared>, stats: &Arc<ListenerStats>) -> ConnGuard {
         self.live.fetch_add(1, Ordering::SeqCst);
-        stats.connections_active.fetch_add(1, Ordering::Relaxed);
-        stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        shared
-            .metrics
-            .connections_accepted
-            .fetch_add(1, Ordering::Relaxed);
-        shared
-            .metrics
-            .connections_active
-            .fetch_add(1, Ordering::Relaxed);
-        ConnGuard(
-            Arc::clone(self),
-            Arc::clone(shared),
-            Arc::clone(stats),
-            None,
-        )
+        stats.connection_opened();
+        self.metrics.connection_opened();
+        Some(ConnGuard(Arc::clone(self), Arc::clone(stats), counted_ip))
     }
 
     pub fn live(&self) -> usize {
@@ -135,25 +127,42 @@ impl ConnTracker {
 
     /// Waits until no connection is left, or `limit` passes; true if none is left.
     pub async fn wait_idle(&self, limit: Duration) -> bool {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         let deadline = tokio::time::Instant::now() + limit;
+        let notified = self.changed.notified();
+        // Counted after the first wait is made and before the count is read: a
+        // connection that ends after the read sees the waiter and tells it; one that
+        // ended before, the read sees.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        let mut notified = Box::pin(notified);
         loop {
-            let notified = self.changed.notified();
             if self.live() == 0 {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if tokio::time::timeout_at(deadline, notified.as_mut())
+                .await
+                .is_err()
+            {
                 return self.live() == 0;
             }
+            notified.set(self.changed.notified());
         }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::SeqCst);
-        self.2.connections_active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(ip) = self.3 {
-            let mut map = crate::lock(&self.2.per_ip);
+        let tracker = &self.0;
+        tracker.live.fetch_sub(1, Ordering::SeqCst);
+        self.1.connection_closed();
+        if let Some(ip) = self.2 {
+            let mut map = crate::lock(&self.1.per_ip);
             if let Some(n) = map.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -161,11 +170,10 @@ impl Drop for ConnGuard {
                 }
             }
         }
-        self.1
-            .metrics
-            .connections_active
-            .fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_waiters();
+        tracker.metrics.connection_closed();
+        if tracker.waiting.load(Ordering::SeqCst) > 0 {
+            tracker.changed.notify_waiters();
+        }
     }
 }
 
@@ -324,6 +332,14 @@ impl AcceptLoop {
         }
         // When this loop ends (a restart or a close), the lot ends once empty.
         let _orphan = OrphanParking(Arc::clone(&builders));
+        let on = Arc::new(ListenerCtx {
+            runtime: Arc::clone(&self.runtime),
+            listener: Arc::clone(&self.name),
+            scheme: if self.tls.is_some() { "https" } else { "http" },
+            alt_svc: self.alt_svc.clone(),
+            shared: Arc::clone(&self.shared),
+            stats: Arc::clone(&lr.stats),
+        });
         // A listener bound to one address knows every connection's local address; a
         // wildcard one asks the socket, and only when a PROXY header will need it.
         let bound = self.listener.local_addr().ok();
@@ -350,35 +366,26 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            let Some(guard) =
-                self.tracker
-                    .admit(&self.shared, &self.runtime.load(), &lr, client.ip())
-            else {
+            let runtime = self.runtime.load();
+            let Some(guard) = self.tracker.admit(&runtime, &lr, client.ip()) else {
                 // Closed at once: the client sees the connection end.
                 drop(stream);
                 continue;
             };
             crate::tcp_options::accepted(&stream, &lr.config.tcp, inherited);
             let mut ctx = ConnCtx {
-                runtime: Arc::clone(&self.runtime),
-                listener: Arc::clone(&self.name),
+                on: Arc::clone(&on),
                 client,
                 local: match bound {
                     Some(b) if !b.ip().is_unspecified() => b,
-                    _ if self.runtime.load().sends_proxy_protocol => {
-                        stream.local_addr().unwrap_or(client)
-                    }
+                    _ if runtime.sends_proxy_protocol => stream.local_addr().unwrap_or(client),
                     Some(b) => b,
                     None => client,
                 },
                 client_ip: ConnCtx::ip_value(client.ip()),
                 client_cert: None,
                 tls: None,
-                scheme: if self.tls.is_some() { "https" } else { "http" },
-                alt_svc: self.alt_svc.clone(),
                 state: Arc::new(ConnState::default()),
-                shared: Arc::clone(&self.shared),
-                stats: Arc::clone(&lr.stats),
                 guard: Some(Arc::new(guard)),
                 client_socket: (lr.watches_client_close && self.tls.is_none())
                     .then(|| socket2::SockRef::from(&stream).try_clone().ok())
@@ -386,12 +393,15 @@ impl AcceptLoop {
                     .map(|s| Arc::new(std::net::TcpStream::from(s))),
                 handshake_ns: Default::default(),
             };
+            drop(runtime);
             let builders = Arc::clone(&builders);
             let limits = limits.clone();
             let shutdown = self.drain.clone();
             let tls = self.tls.clone();
             let proxy_in = proxy_in.clone();
-            let fut = async move {
+            // Made in its own allocation, so that the task holds a pointer: tokio moves
+            // a task's future in whole when it spawns it and again when it ends.
+            let fut = crate::http::pinned_in_place(move || async move {
                 if let Some(pp) = &proxy_in {
                     let limit = limits.header_read_timeout;
                     // Boxed: its read buffer would stay in the task for the connection's life.
@@ -456,7 +466,7 @@ impl AcceptLoop {
                         serve.await;
                     }
                 }
-            };
+            });
             tokio::spawn(fut);
         }
     }

@@ -192,9 +192,9 @@ impl Dashboard {
                         .filter(|b| b.listener == l.name)
                         .map(|b| format!("{} {}", b.scheme, b.addr))
                         .collect::<Vec<_>>(),
-                    "connections_active": n(|s| s.connections_active.load(Ordering::Relaxed)),
-                    "connections_total": n(|s| s.connections_total.load(Ordering::Relaxed)),
-                    "requests_active": n(|s| s.requests_active.load(Ordering::Relaxed)),
+                    "connections_active": n(|s| s.connections_active()),
+                    "connections_total": n(|s| s.connections()),
+                    "requests_active": n(|s| s.requests_active()),
                     "tunnels_active": n(|s| s.tunnels_active.load(Ordering::Relaxed)),
                     "tls_versions": {
                         "1.2": n(|s| s.tls_versions[0].load(Ordering::Relaxed)),

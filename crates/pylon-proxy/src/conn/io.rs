@@ -3,7 +3,6 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,7 +64,7 @@ impl TrackedIo<tokio::net::TcpStream> {
                     *offset += n as u64;
                     if n > 0 {
                         self.state.write_activity();
-                        self.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        self.stats.sent(n as u64);
                     }
                     return Poll::Ready(Ok(n));
                 }
@@ -88,9 +87,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         if matches!(r, Poll::Ready(Ok(()))) {
             let read = buf.filled().len() - before;
             if read > 0 {
-                this.stats
-                    .received_bytes
-                    .fetch_add(read as u64, Ordering::Relaxed);
+                this.stats.received(read as u64);
                 this.state.read_activity(&buf.filled()[before..]);
             }
         }
@@ -105,7 +102,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         match r {
             Poll::Ready(Ok(n)) if n > 0 => {
                 this.state.write_activity();
-                this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                this.stats.sent(n as u64);
             }
             Poll::Pending => this.state.write_pending(),
             _ => {}
@@ -123,7 +120,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         match r {
             Poll::Ready(Ok(n)) if n > 0 => {
                 this.state.write_activity();
-                this.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                this.stats.sent(n as u64);
             }
             Poll::Pending => this.state.write_pending(),
             _ => {}

@@ -412,12 +412,8 @@ fn tunnel(
                     Err(e) => relay::RelayEnd::Error(e),
                 };
                 // The listener's byte counters, which the socket wrapper kept before.
-                stats
-                    .received_bytes
-                    .fetch_add(activity.up.load(Ordering::Relaxed), Ordering::Relaxed);
-                stats
-                    .sent_bytes
-                    .fetch_add(activity.down.load(Ordering::Relaxed), Ordering::Relaxed);
+                stats.received(activity.up.load(Ordering::Relaxed));
+                stats.sent(activity.down.load(Ordering::Relaxed));
                 if activity.spliced.load(Ordering::Relaxed) {
                     shared
                         .metrics

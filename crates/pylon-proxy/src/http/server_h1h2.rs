@@ -137,10 +137,11 @@ async fn detect<T: AsyncRead + Unpin>(
     let mut closed = false;
     loop {
         let n = tokio::select! {
-            // What has arrived first: then neither the timer nor the watch is set.
+            // What has arrived first: then neither the timer nor the watch is set (the
+            // timer is made when first polled: making one takes the runtime's handle).
             biased;
             r = read_onto(io, &mut ahead) => r.ok()?,
-            _ = tokio::time::sleep_until(deadline) => return None,
+            () = async { tokio::time::sleep_until(deadline).await } => return None,
             changed = shutdown.changed(), if !closed => {
                 if changed.is_err() || *shutdown.borrow() {
                     closed = true;
@@ -201,7 +202,7 @@ where
         Arc::clone(&ctx.state),
         Arc::clone(&ctx.stats),
     ));
-    Box::pin(serve_tracked(builders, io, ctx, limits, shutdown, protocol))
+    super::pinned_in_place(|| serve_tracked(builders, io, ctx, limits, shutdown, protocol))
 }
 
 async fn serve_tracked<S>(
@@ -351,7 +352,11 @@ where
     let mut closing = Closing::default();
     // The process's stop: once the drain timeout has passed, what is still open closes
     // (streams and tunnels get [`CONNECTION_LINGER`] to say goodbye in their protocol).
-    let mut stop = Some(ctx.shared.stop.watch());
+    // Watched from when the connection drains: a stop closes the listening sockets
+    // first, which drains every connection, so one that has not begun to drain has no
+    // stop to see (a watch taken, polled and given back is some ten atomic
+    // read-modify-writes for each connection).
+    let mut stop = None;
     let mut watchers = Watchers::default();
     // The listening socket may have closed already (while the first bytes were read).
     if (shutdown.has_changed().is_err() || *shutdown.borrow()) && closing.socket_closed(state) {
@@ -378,6 +383,9 @@ where
                 ask_to_park(conn.as_mut());
             }
             wake = wake.min(Instant::now() + after.saturating_sub(quiet).max(after / 4));
+        }
+        if stop.is_none() && !closing.listens() {
+            stop = Some(ctx.shared.stop.watch());
         }
         // The watchers are polled only when one of them woke (`conn::Watchers`); new
         // ones each turn, polled once to register.

@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use super::body::BoxError;
 use super::error::ErrorKind;
 use super::h3_tunnel::{H3Tunnel, RecvStream, SendStream};
-use super::pipeline::{self, ConnCtx, EarlyData};
+use super::pipeline::{self, ConnCtx, EarlyData, ListenerCtx};
 use crate::conn::{ClientBody, ConnState, OwnUpgrade, Upgraded};
 use crate::l4::relay::CONNECTION_LINGER;
 use crate::runtime::Runtime;
@@ -272,7 +272,7 @@ impl H3Listener {
                 continue;
             };
             let client = incoming.remote_address();
-            let Some(guard) = deps.tracker.admit(&deps.shared, &runtime, &lr, client.ip()) else {
+            let Some(guard) = deps.tracker.admit(&runtime, &lr, client.ip()) else {
                 metrics.quic_refused.fetch_add(1, Ordering::Relaxed);
                 incoming.refuse();
                 continue;
@@ -295,19 +295,23 @@ impl H3Listener {
                     continue;
                 }
             };
-            let ctx = ConnCtx {
+            // The listener's settings may change with any connection (a reload).
+            let on = Arc::new(ListenerCtx {
                 runtime: Arc::clone(&deps.runtime),
                 listener: Arc::clone(&s.name),
+                scheme: "https",
+                alt_svc: None,
+                shared: Arc::clone(&deps.shared),
+                stats: Arc::clone(&lr.stats),
+            });
+            let ctx = ConnCtx {
+                on,
                 client,
                 local: self.local,
                 client_ip: ConnCtx::ip_value(client.ip()),
                 client_cert: None,
                 tls: None,
-                scheme: "https",
-                alt_svc: None,
                 state: Arc::new(ConnState::default()),
-                shared: Arc::clone(&deps.shared),
-                stats: Arc::clone(&lr.stats),
                 guard: Some(Arc::new(guard)),
                 client_socket: None,
                 handshake_ns: Default::default(),

@@ -65,7 +65,7 @@ impl TcpProxyLoop {
             };
             // The listener's open connections, counted in its stats, which outlive this
             // accept loop: a reload that restarts the loop keeps the count.
-            if lr.stats.connections_active.load(Ordering::Relaxed) >= l4.max_connections {
+            if lr.stats.connections_active() >= l4.max_connections {
                 self.shared
                     .metrics
                     .l4_refused
@@ -74,7 +74,7 @@ impl TcpProxyLoop {
                 continue;
             }
             crate::tcp_options::accepted(&stream, &lr.config.tcp, inherited);
-            let Some(guard) = self.tracker.admit(&self.shared, &runtime, &lr, client.ip()) else {
+            let Some(guard) = self.tracker.admit(&runtime, &lr, client.ip()) else {
                 drop(stream);
                 continue;
             };

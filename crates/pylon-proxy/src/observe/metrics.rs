@@ -22,8 +22,8 @@ pub struct Metrics {
     /// Index 1..=5 for 1xx..5xx; 0 for anything else.
     responses: super::shard::Sharded<6>,
     errors: ErrorCounts,
-    pub connections_accepted: AtomicU64,
-    pub connections_active: AtomicU64,
+    /// Client connections: open now, accepted in all (sharded: counted for each).
+    connections: super::shard::Sharded<2>,
     /// Idle HTTP/1.1 keep-alive connections parked (no task, no buffers) now.
     pub connections_parked: Arc<AtomicU64>,
     /// Connections closed at once: over `[server] max_connections`, over a listener's
@@ -79,6 +79,23 @@ impl Metrics {
         let class = usize::from(status / 100);
         let i = if (1..=5).contains(&class) { class } else { 0 };
         self.responses.add(i, 1);
+    }
+
+    /// A client connection opened (counted active until [`Self::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.connections.add_each(&[(0, 1), (1, 1)]);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.sub(0, 1);
+    }
+
+    pub fn connections_active(&self) -> u64 {
+        self.connections.gauge(0)
+    }
+
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections.get(1)
     }
 
     pub fn error(&self, kind: ErrorKind) {

@@ -100,6 +100,20 @@ impl<const K: usize> Sharded<K> {
         }
     }
 
+    /// Takes `v` from counter `i` (a gauge's: see [`Self::gauge`]).
+    #[inline]
+    pub fn sub(&self, i: usize, v: u64) {
+        self.add_each(&[(i, v.wrapping_neg())]);
+    }
+
+    /// Gauge `i`, summed over the shards: what was added less what was taken, 0 when
+    /// the sum is below it (a reader may see a shard's take before another shard's
+    /// add that came first).
+    pub fn gauge(&self, i: usize) -> u64 {
+        let sum = self.get(i);
+        if sum > u64::MAX / 2 { 0 } else { sum }
+    }
+
     /// Counter `i`, summed over the shards (0 for an `i` past the last).
     pub fn get(&self, i: usize) -> u64 {
         self.shards.iter().fold(0u64, |sum, s| {
@@ -135,5 +149,33 @@ mod tests {
         assert_eq!(c.get(0), 0);
         assert_eq!(c.get(1), n);
         assert_eq!(c.get(2), 3 * n);
+    }
+
+    #[test]
+    fn a_gauge_taken_on_other_threads_adds_up_and_never_reads_negative() {
+        let g = Arc::new(Sharded::<1>::default());
+        // Added here, taken on threads of their own (each on its own shard or on
+        // shard 0).
+        for _ in 0..MAX_OWNED * 2 {
+            g.add(0, 5);
+        }
+        let threads: Vec<_> = (0..MAX_OWNED * 2)
+            .map(|_| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || g.sub(0, 3))
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("the taking thread ended");
+        }
+        assert_eq!(g.gauge(0), (MAX_OWNED as u64 * 2) * 2);
+        // Taken before it is added (as a reader may see shards): 0, not a wrapped sum.
+        let h = Sharded::<1>::default();
+        h.sub(0, 1);
+        assert_eq!(h.gauge(0), 0);
+        h.add(0, 1);
+        assert_eq!(h.gauge(0), 0);
+        h.add(0, 1);
+        assert_eq!(h.gauge(0), 1);
     }
 }

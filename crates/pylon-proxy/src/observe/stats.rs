@@ -62,17 +62,72 @@ pub struct ListenerStats {
     /// Connections open per client IP, kept only for listeners with
     /// `max_connections_per_ip`.
     pub per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, u64>>,
-    pub connections_active: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub requests_active: AtomicU64,
+    /// Connections and requests, open and in all, and bytes: counted once or more per
+    /// connection and request, sharded by thread (indices [`CONNECTIONS_ACTIVE`]...).
+    counts: Sharded<5>,
     pub tunnels_active: AtomicU64,
-    pub received_bytes: AtomicU64,
-    pub sent_bytes: AtomicU64,
     /// TLS (and QUIC) handshakes completed, by version: TLS 1.2, TLS 1.3.
     pub tls_versions: [AtomicU64; 2],
 }
 
+/// Where [`ListenerStats`] keeps each count.
+const CONNECTIONS_ACTIVE: usize = 0;
+const CONNECTIONS: usize = 1;
+const REQUESTS_ACTIVE: usize = 2;
+const RECEIVED_BYTES: usize = 3;
+const SENT_BYTES: usize = 4;
+
 impl ListenerStats {
+    /// A client connection opened (counted active until [`Self::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.counts
+            .add_each(&[(CONNECTIONS_ACTIVE, 1), (CONNECTIONS, 1)]);
+    }
+
+    pub fn connection_closed(&self) {
+        self.counts.sub(CONNECTIONS_ACTIVE, 1);
+    }
+
+    pub fn connections_active(&self) -> u64 {
+        self.counts.gauge(CONNECTIONS_ACTIVE)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.counts.get(CONNECTIONS)
+    }
+
+    /// A request started (counted active until [`Self::request_ended`]).
+    pub fn request_started(&self) {
+        self.counts.add(REQUESTS_ACTIVE, 1);
+    }
+
+    pub fn request_ended(&self) {
+        self.counts.sub(REQUESTS_ACTIVE, 1);
+    }
+
+    pub fn requests_active(&self) -> u64 {
+        self.counts.gauge(REQUESTS_ACTIVE)
+    }
+
+    /// Bytes read from a client.
+    pub fn received(&self, n: u64) {
+        self.counts.add(RECEIVED_BYTES, n);
+    }
+
+    /// Bytes written to a client.
+    pub fn sent(&self, n: u64) {
+        self.counts.add(SENT_BYTES, n);
+    }
+
+    pub fn received_bytes(&self) -> u64 {
+        self.counts.get(RECEIVED_BYTES)
+    }
+
+    pub fn sent_bytes(&self) -> u64 {
+        self.counts.get(SENT_BYTES)
+    }
+
     /// A handshake completed with this protocol version.
     pub fn tls_handshake(&self, version: Option<rustls::ProtocolVersion>) {
         let i = usize::from(version != Some(rustls::ProtocolVersion::TLSv1_2));

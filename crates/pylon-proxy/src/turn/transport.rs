@@ -98,7 +98,7 @@ impl TurnTcpLoop {
             let runtime = self.runtime.load();
             let guard = runtime
                 .listener(&self.name)
-                .and_then(|lr| self.tracker.admit(&self.shared, &runtime, &lr, client.ip()));
+                .and_then(|lr| self.tracker.admit(&runtime, &lr, client.ip()));
             let Some(guard) = guard else {
                 // Closed at once: a limit refused it (counted).
                 drop(stream);

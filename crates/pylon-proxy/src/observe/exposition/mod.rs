@@ -144,12 +144,12 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
                 .iter()
                 .map(|k| (vec![("reason", k.as_str())], m.errors(*k))),
         )?;
+        f.counter(
+            "pylon_connections_accepted",
+            "Client connections accepted (all listeners).",
+            m.connections_accepted(),
+        )?;
         for (name, help, v) in [
-            (
-                "pylon_connections_accepted",
-                "Client connections accepted (all listeners).",
-                &m.connections_accepted,
-            ),
             (
                 "pylon_access_log_dropped",
                 "Access-log lines dropped because the writer fell behind.",
@@ -320,7 +320,7 @@ fn encode_global(m: &Metrics, f: &mut Family<'_, '_>) -> std::fmt::Result {
         f.gauge(
             "pylon_connections_active",
             "Client connections open now (all listeners).",
-            load(&m.connections_active),
+            m.connections_active(),
         )?;
         f.gauge(
             "pylon_connections_parked",
@@ -365,40 +365,40 @@ impl Collector for Exposition {
         let mut f = Family { enc: &mut enc };
         encode_global(&self.metrics, &mut f)?;
         let listeners = self.stats.listeners();
-        let by_listener = |pick: fn(&super::stats::ListenerStats) -> &AtomicU64| {
+        let by_listener = |pick: fn(&super::stats::ListenerStats) -> u64| {
             listeners
                 .iter()
-                .map(move |(n, s)| (vec![("listener", n.as_str())], load(pick(s))))
+                .map(move |(n, s)| (vec![("listener", n.as_str())], pick(s)))
         };
         f.gauges(
             "pylon_listener_connections_active",
             "Client connections open now, by listener.",
-            by_listener(|s| &s.connections_active),
+            by_listener(|s| s.connections_active()),
         )?;
         f.counters(
             "pylon_listener_connections",
             "Client connections accepted, by listener.",
-            by_listener(|s| &s.connections_total),
+            by_listener(|s| s.connections()),
         )?;
         f.gauges(
             "pylon_listener_requests_active",
             "Requests in flight, by listener.",
-            by_listener(|s| &s.requests_active),
+            by_listener(|s| s.requests_active()),
         )?;
         f.gauges(
             "pylon_listener_tunnels_active",
             "WebSocket and CONNECT tunnels open now, by listener.",
-            by_listener(|s| &s.tunnels_active),
+            by_listener(|s| load(&s.tunnels_active)),
         )?;
         f.counters(
             "pylon_listener_received_bytes",
             "Bytes read from clients, by listener (HTTP listeners, TLS included).",
-            by_listener(|s| &s.received_bytes),
+            by_listener(|s| s.received_bytes()),
         )?;
         f.counters(
             "pylon_listener_sent_bytes",
             "Bytes written to clients, by listener (HTTP listeners, TLS included).",
-            by_listener(|s| &s.sent_bytes),
+            by_listener(|s| s.sent_bytes()),
         )?;
         f.counters(
             "pylon_listener_tls_handshakes",
