@@ -83,6 +83,7 @@ impl H1Harness {
                 client_cert: None,
                 tls: None,
                 state: Arc::new(ConnState::default()),
+                response_timer: Default::default(),
                 guard: None,
                 client_socket: None,
                 handshake_ns: Default::default(),

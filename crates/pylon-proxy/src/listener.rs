@@ -386,6 +386,7 @@ impl AcceptLoop {
                 client_cert: None,
                 tls: None,
                 state: Arc::new(ConnState::default()),
+                response_timer: Default::default(),
                 guard: Some(Arc::new(guard)),
                 client_socket: (lr.watches_client_close && self.tls.is_none())
                     .then(|| socket2::SockRef::from(&stream).try_clone().ok())

@@ -200,6 +200,81 @@ async fn upstream_that_never_answers_is_504() {
     assert_eq!(p.proxy.metrics().errors(ErrorKind::ResponseTimeout), 1);
 }
 
+/// One client connection's requests share its timer for their response timeouts
+/// (`conn::ResponseTimer`): a request answered, then one the upstream never answers
+/// (504 at its own deadline, not a later or earlier one), then one answered again,
+/// all on one keep-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connections_requests_each_get_their_response_timeout() {
+    let (hold_tx, _hold_rx) = tokio::sync::broadcast::channel::<()>(1);
+    let tx = hold_tx.clone();
+    // Answers each request on the connection, except one for `/silent`, which it holds.
+    let origin = RawOrigin::start(move |mut s: TcpStream| {
+        let mut rx = tx.subscribe();
+        async move {
+            let mut buf = Vec::new();
+            loop {
+                let mut chunk = [0u8; 1024];
+                let n = match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                buf.drain(..end + 4);
+                if head.starts_with("GET /silent ") {
+                    let _ = rx.recv().await;
+                    return;
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let p = TestProxy::start(&simple_config(
+        &[origin.addr],
+        "",
+        "response_timeout = \"400ms\"",
+    ))
+    .await;
+    let mut conn = h1_conn(p.addr("front")).await;
+    let ask = |path: &str| {
+        Request::get(path)
+            .header("host", "x")
+            .body(empty())
+            .unwrap()
+    };
+    for round in 0..2 {
+        conn.ready().await.unwrap();
+        let ok = collect(conn.send_request(ask("/a")).await.unwrap()).await;
+        assert_eq!(ok.status, StatusCode::OK, "round {round}: {ok:?}");
+        conn.ready().await.unwrap();
+        let started = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), conn.send_request(ask("/silent")))
+                .await
+                .expect("answered within 10 s")
+                .unwrap();
+        let timed_out = collect(answer).await;
+        let took = started.elapsed();
+        assert_error(&timed_out, 504, "upstream_response_timeout");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+            "round {round}: answered after {took:?}, the timeout is 400 ms"
+        );
+    }
+    conn.ready().await.unwrap();
+    let ok = collect(conn.send_request(ask("/b")).await.unwrap()).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    assert_eq!(p.proxy.metrics().errors(ErrorKind::ResponseTimeout), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_is_504() {
     // A listener with a full accept backlog that never accepts: new connects hang.

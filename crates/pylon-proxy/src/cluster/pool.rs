@@ -27,6 +27,7 @@ use super::h2::{self, Choice, H2Conn, H2Set, H2Stream, SettingsWatch};
 use super::timing::TryTiming;
 use super::warm::{WarmConnections, WarmIo};
 use crate::cluster::body::RequestBody;
+use crate::conn::ResponseTimer;
 use crate::tls::upstream::{TlsConnector, UpstreamIo};
 
 #[derive(Debug, thiserror::Error)]
@@ -419,12 +420,14 @@ impl EndpointPool {
     }
 
     /// Sends `req` and waits (up to `response_timeout`) for the response head; where
-    /// the time went in `timing`.
+    /// the time went in `timing`. An HTTP/1.1 exchange waits on `timer`, the client
+    /// connection's, when it has one (`conn::ResponseTimer`).
     #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
     pub fn send<'a>(
         self: &'a Arc<Self>,
         req: Request<RequestBody>,
         response_timeout: Duration,
+        timer: Option<&'a ResponseTimer>,
         timing: &'a mut TryTiming,
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, Option<Pooled>), UpstreamError>> + 'a
     {
@@ -437,7 +440,7 @@ impl EndpointPool {
             }
             match self.protocol {
                 UpstreamProtocol::Http1 => self
-                    .send_h1(req, response_timeout, timing)
+                    .send_h1(req, response_timeout, timer, timing)
                     .await
                     .map(|r| (r.map(UpstreamBody::H1), None)),
                 UpstreamProtocol::H2c | UpstreamProtocol::H2 => self
@@ -472,7 +475,7 @@ impl EndpointPool {
         if let (Some(tcp), true) = (fallback, broken) {
             super::h3::FALLBACKS.fetch_add(1, Relaxed);
             return tcp
-                .send(for_tcp(req, tcp.protocol), response_timeout, timing)
+                .send(for_tcp(req, tcp.protocol), response_timeout, None, timing)
                 .await;
         }
         let h3 = self.quic()?;
@@ -492,7 +495,7 @@ impl EndpointPool {
                 *crate::lock(&self.quic_broken_until) =
                     Some(std::time::Instant::now() + QUIC_RETRY_AFTER);
                 return tcp
-                    .send(for_tcp(req, tcp.protocol), response_timeout, timing)
+                    .send(for_tcp(req, tcp.protocol), response_timeout, None, timing)
                     .await;
             }
         };
@@ -634,6 +637,7 @@ impl EndpointPool {
         self: &'a Arc<Self>,
         mut req: Request<RequestBody>,
         response_timeout: Duration,
+        timer: Option<&'a ResponseTimer>,
         timing: &'a mut TryTiming,
     ) -> impl Future<Output = Result<Response<client::H1Body>, UpstreamError>> + 'a {
         async move {
@@ -653,16 +657,19 @@ impl EndpointPool {
                     reused,
                     &mut timing.sent_at
                 ));
-                let sent = tokio::time::timeout(response_timeout, exchange).await;
+                let sent = match timer {
+                    Some(timer) => timer.within(response_timeout, exchange).await,
+                    None => tokio::time::timeout(response_timeout, exchange).await.ok(),
+                };
                 match sent {
-                    Err(_) => return Err(UpstreamError::ResponseTimeout(self.address)),
-                    Ok(Ok(resp)) => return Ok(resp),
+                    None => return Err(UpstreamError::ResponseTimeout(self.address)),
+                    Some(Ok(resp)) => return Ok(resp),
                     // The connection was closed under the request: a fresh one.
-                    Ok(Err(Failure::Unsent(unsent, e))) if reused => {
+                    Some(Err(Failure::Unsent(unsent, e))) if reused => {
                         tracing::debug!(endpoint = %self.address, error = %e, "pooled connection closed; request sent on a new one");
                         req = *unsent;
                     }
-                    Ok(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
+                    Some(Err(Failure::Unsent(_, e) | Failure::Failed(e))) => {
                         return Err(UpstreamError::Send(self.address, e));
                     }
                 }

@@ -103,7 +103,7 @@ pub async fn fetch(
     }
     let exchange = async {
         let (resp, _pooled) = endpoint
-            .send(req, timeout, &mut super::TryTiming::default())
+            .send(req, timeout, None, &mut super::TryTiming::default())
             .await
             .map_err(|e| SubrequestError::Upstream(e.to_string()))?;
         lease.record_latency(started.elapsed());

@@ -8,6 +8,7 @@
 mod client;
 mod io;
 pub mod parking;
+mod response_timer;
 mod state;
 mod watchers;
 
@@ -15,5 +16,6 @@ pub use client::{
     ClientBody, ClientIo, ClientUpgrade, H1Body, OwnUpgrade, Upgraded, Wire, WireLock,
 };
 pub use io::TrackedIo;
+pub use response_timer::ResponseTimer;
 pub use state::{ChunkViolation, ConnState, InFlight, Verdict};
 pub use watchers::Watchers;

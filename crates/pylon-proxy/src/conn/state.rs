@@ -39,6 +39,12 @@ pub struct ConnState {
     /// Nanoseconds since `epoch` + 1 since when a write has been waiting for the
     /// client to take data (its socket full); 0 when writes go through.
     write_blocked: AtomicU64,
+    /// HTTP/1.1: a graceful close asked for by the connection timer (an idle
+    /// connection closes, a busy one after its answer, with `Connection: close`).
+    graceful: AtomicBool,
+    /// HTTP/1.1: parking asked for by the connection timer (a connection that waits
+    /// for a head with nothing read gives its socket back, `conn::parking`).
+    park: AtomicBool,
 }
 
 /// What the connection timer should do now.
@@ -67,6 +73,8 @@ impl Default for ConnState {
             first_read: AtomicBool::new(true),
             body_violation: std::sync::atomic::AtomicU8::new(0),
             write_blocked: AtomicU64::new(0),
+            graceful: AtomicBool::new(false),
+            park: AtomicBool::new(false),
         }
     }
 }
@@ -163,6 +171,35 @@ impl ConnState {
     }
 
     /// The request in flight is a protocol switch (see `upgrading`).
+    /// Asks the HTTP/1.1 connection to close gracefully. Both this and
+    /// [`ConnState::ask_park`] are asked by the connection timer, which runs in the
+    /// connection's task and polls the connection right after asking: a loop waiting
+    /// for a head finds them on that poll, so nothing wakes it (a waker registered on
+    /// each poll for this cost two atomic read-modify-writes per poll, four per
+    /// request).
+    pub fn ask_graceful(&self) {
+        self.graceful.store(true, Ordering::Relaxed);
+    }
+
+    pub fn graceful_asked(&self) -> bool {
+        self.graceful.load(Ordering::Relaxed)
+    }
+
+    /// Asks the HTTP/1.1 connection to give its socket back if it waits for a head
+    /// with nothing read; one that is busy goes on (and may be asked again).
+    pub fn ask_park(&self) {
+        self.park.store(true, Ordering::Relaxed);
+    }
+
+    pub fn park_asked(&self) -> bool {
+        self.park.load(Ordering::Relaxed)
+    }
+
+    /// A request came (or the connection came back from its park): not asked to park.
+    pub fn park_withdrawn(&self) {
+        self.park.store(false, Ordering::Relaxed);
+    }
+
     pub fn upgrade_requested(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
     }

@@ -512,6 +512,7 @@ async fn forward_request(
         .send(
             Request::from_parts(parts, body),
             cfg.response_timeout,
+            None,
             &mut timing,
         )
         .await;

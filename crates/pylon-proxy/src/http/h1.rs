@@ -19,7 +19,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -49,24 +49,10 @@ const PROMISED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// less; the kernel's own cap is 2 GiB).
 const SENDFILE_MAX: u64 = 1 << 30;
 
-/// A graceful close asked for by the connection timer: an idle connection closes, a
-/// busy one after its answer (with `Connection: close`). And parking: a connection
-/// that waits for a head with nothing read gives its socket back (see
-/// `conn::parking`). Both are asked by the connection timer, which runs in the
-/// connection's task and polls the connection right after asking: a loop waiting for a
-/// head finds them on that poll, so nothing wakes it (a waker registered on each poll
-/// for this cost two atomic read-modify-writes per poll, four per request).
-#[derive(Default)]
-struct Graceful {
-    on: AtomicBool,
-    park: AtomicBool,
-}
-
 /// The connection's future, for the connection timer. It ends with the socket when
 /// it parked (idle, nothing read), to be parked by the caller.
 pub(super) struct Connection {
     run: Pin<Box<dyn Future<Output = Ended> + Send>>,
-    graceful: Arc<Graceful>,
 }
 
 /// How a connection's loop ended: closed, or with its socket when it parked.
@@ -91,7 +77,9 @@ impl Connection {
         ctx: Arc<ConnCtx>,
         limits: &Limits,
     ) -> Connection {
-        let graceful = Arc::new(Graceful::default());
+        // Back from a park, or new: not asked to park (a graceful close is never asked
+        // of a connection that parks).
+        ctx.state.park_withdrawn();
         let sendfile = io.can_sendfile();
         let wire = Arc::new(WireLock::new(Wire::new(io, ahead, Arc::clone(&ctx.state))));
         let head_limits = HeadLimits {
@@ -103,7 +91,6 @@ impl Connection {
         let served = Served {
             wire,
             ctx,
-            graceful: Arc::clone(&graceful),
             head_limits,
             body_limit: limits.max_request_body,
             sendfile,
@@ -115,19 +102,7 @@ impl Connection {
             } else {
                 super::pinned_in_place(|| served.run::<Boxed>())
             },
-            graceful,
         }
-    }
-
-    /// (The caller polls the connection next: see [`Graceful`].)
-    pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
-        self.graceful.on.store(true, Ordering::Relaxed);
-    }
-
-    /// Asks the connection to give its socket back if it waits for a head with
-    /// nothing read; one that is busy goes on (and may be asked again).
-    pub(super) fn park(self: Pin<&mut Self>) {
-        self.graceful.park.store(true, Ordering::Relaxed);
     }
 }
 
@@ -169,7 +144,6 @@ impl Exchanging for Boxed {
 struct Served {
     wire: Arc<WireLock>,
     ctx: Arc<ConnCtx>,
-    graceful: Arc<Graceful>,
     head_limits: HeadLimits,
     body_limit: u64,
     /// The socket is plain TCP: file bodies go out with `sendfile(2)`.
@@ -272,7 +246,7 @@ impl Served {
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Ok(Head::Refused(refusal(e)))),
                 }
-            } else if self.graceful.on.load(Ordering::Relaxed) && !promised {
+            } else if self.ctx.state.graceful_asked() && !promised {
                 return Poll::Ready(Ok(Head::Closed));
             }
             let w = &mut *w;
@@ -285,9 +259,7 @@ impl Served {
                 Poll::Ready(r) => r?,
                 // Asked to park, with nothing read and nothing to read.
                 Poll::Pending
-                    if w.reader.buf.is_empty()
-                        && !promised
-                        && self.graceful.park.load(Ordering::Relaxed) =>
+                    if w.reader.buf.is_empty() && !promised && self.ctx.state.park_asked() =>
                 {
                     return Poll::Ready(Ok(Head::Park));
                 }
@@ -384,7 +356,7 @@ impl Served {
     fn exchange(&self, head: RequestHead) -> impl Future<Output = io::Result<Next>> + '_ {
         async move {
             // A request came before the park: the connection is busy again.
-            self.graceful.park.store(false, Ordering::Relaxed);
+            self.ctx.state.park_withdrawn();
             let version = head.version;
             let method = head.method.clone();
             let body = {
@@ -426,9 +398,8 @@ impl Served {
             if let (true, Some(tx)) = (switched, switch) {
                 return self.switch(parts.status, &mut parts, body, tx).await;
             }
-            let mut keep_alive = head.keep_alive
-                && !self.graceful.on.load(Ordering::Relaxed)
-                && !asks_close(&parts.headers);
+            let mut keep_alive =
+                head.keep_alive && !self.ctx.state.graceful_asked() && !asks_close(&parts.headers);
             let bodyless = method == Method::HEAD
                 || parts.status.is_informational()
                 || parts.status == StatusCode::NO_CONTENT
@@ -445,7 +416,7 @@ impl Served {
                 return Ok(Next::Close);
             }
             Ok(if self.drain().await {
-                if self.graceful.on.load(Ordering::Relaxed) {
+                if self.ctx.state.graceful_asked() {
                     // The close began after this answer said keep-alive.
                     Next::KeptPromise
                 } else {

@@ -73,6 +73,9 @@ pub struct ConnCtx {
     /// What TLS negotiated, on TLS listeners with clusters that send PROXY v2 headers.
     pub tls: Option<Arc<crate::l4::proxy_protocol::TlsInfo>>,
     pub state: Arc<ConnState>,
+    /// The response timeouts of an HTTP/1.1 connection's requests, on one timer
+    /// (`conn::ResponseTimer`); let go when the connection's task ends.
+    pub response_timer: crate::conn::ResponseTimer,
     /// Counts the client connection as open (graceful stop waits for it, the
     /// connection limits count it) for as long as anything holds it: the connection's
     /// task, and a tunnel that outlives the HTTP/1.1 connection it was upgraded from.

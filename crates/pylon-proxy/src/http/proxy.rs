@@ -235,6 +235,10 @@ fn send_with_retries<'a>(
             };
             let (request, timeout) = try_request(call, &lease, try_parts, body.for_try())?;
             let endpoint = lease.endpoint();
+            // An HTTP/1.1 client's requests come one after another: they wait on the
+            // connection's timer.
+            let timer = (call.downstream_version <= http::Version::HTTP_11)
+                .then_some(&call.conn.response_timer);
             let sent_at = Instant::now();
             let mut timing = TryTiming::default();
             // The send, aborted when the route watches for a client that ends its side
@@ -243,7 +247,7 @@ fn send_with_retries<'a>(
             let result = if call.action.abort_on_client_close {
                 let raced = Box::pin(async {
                     tokio::select! {
-                        r = endpoint.send(request, timeout, &mut timing) => Some(r),
+                        r = endpoint.send(request, timeout, timer, &mut timing) => Some(r),
                         () = call.conn.client_closed() => None,
                     }
                 })
@@ -258,7 +262,7 @@ fn send_with_retries<'a>(
                     }
                 }
             } else {
-                endpoint.send(request, timeout, &mut timing).await
+                endpoint.send(request, timeout, timer, &mut timing).await
             };
             record_try(call, &mut lease, sent_at, &timing, result.is_ok(), ex);
             let client_caused = ex.held.meter.as_deref().is_some_and(|m| {

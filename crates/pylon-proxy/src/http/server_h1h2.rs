@@ -268,16 +268,21 @@ async fn serve_h1(
             &limits,
         );
         let parks = builders.parking.as_ref().map(|_| PARK_AFTER);
-        let Some(Some(idle)) = drive(
+        let idle = drive(
             conn,
-            |c| c.graceful_shutdown(),
-            (parks, |c: Pin<&mut super::h1::Connection>| c.park()),
+            |_| ctx.state.ask_graceful(),
+            (parks, |_: Pin<&mut super::h1::Connection>| {
+                ctx.state.ask_park()
+            }),
             &ctx,
             &limits,
             &mut shutdown,
         )
-        .await
-        else {
+        .await;
+        // The connection's task ends here, or its socket parks: its timer goes (the
+        // waker it holds would keep the task's memory).
+        ctx.response_timer.clear();
+        let Some(Some(idle)) = idle else {
             return;
         };
         let Some(parking) = &builders.parking else {

@@ -312,6 +312,7 @@ impl H3Listener {
                 client_cert: None,
                 tls: None,
                 state: Arc::new(ConnState::default()),
+                response_timer: Default::default(),
                 guard: Some(Arc::new(guard)),
                 client_socket: None,
                 handshake_ns: Default::default(),
