@@ -375,8 +375,7 @@ fn field_slots<'s, 'b>(
     }
 }
 
-/// Takes the head's `len` bytes off `buf`: its bytes, and its fields over them.
-/// The head split off `buf`, its fields over its bytes. (One handle on the bytes: a
+/// The head's `len` bytes split off `buf`, its fields over its bytes. (One handle on the bytes: a
 /// second, cloned, cost two atomic read-modify-writes per head.)
 fn split_head(buf: &mut BytesMut, len: usize, list: Vec<Field>) -> Fields {
     Fields {

@@ -170,7 +170,6 @@ impl ConnState {
         self.h2.load(Ordering::Relaxed)
     }
 
-    /// The request in flight is a protocol switch (see `upgrading`).
     /// Asks the HTTP/1.1 connection to close gracefully. Both this and
     /// [`ConnState::ask_park`] are asked by the connection timer, which runs in the
     /// connection's task and polls the connection right after asking: a loop waiting
@@ -200,6 +199,7 @@ impl ConnState {
         self.park.store(false, Ordering::Relaxed);
     }
 
+    /// The request in flight is a protocol switch (see `upgrading`).
     pub fn upgrade_requested(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
     }

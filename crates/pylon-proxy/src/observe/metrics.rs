@@ -1,6 +1,6 @@
 //! Process-wide counters: responses by status class, proxy-made errors by reason,
-//! connections, reloads. Plain atomics on the request path; `exposition/` renders
-//! them for the admin API.
+//! connections, reloads. Atomics, those counted on every request or connection
+//! sharded by thread (`observe::shard`); `exposition/` renders them for the admin API.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +74,10 @@ pub struct Metrics {
     pub spans: super::trace::SpanCounts,
 }
 
+/// Where [`Metrics`] keeps its connection counts.
+const CONNECTIONS_ACTIVE: usize = 0;
+const CONNECTIONS_ACCEPTED: usize = 1;
+
 impl Metrics {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100);
@@ -83,19 +87,20 @@ impl Metrics {
 
     /// A client connection opened (counted active until [`Self::connection_closed`]).
     pub fn connection_opened(&self) {
-        self.connections.add_each(&[(0, 1), (1, 1)]);
+        self.connections
+            .add_each(&[(CONNECTIONS_ACTIVE, 1), (CONNECTIONS_ACCEPTED, 1)]);
     }
 
     pub fn connection_closed(&self) {
-        self.connections.sub(0, 1);
+        self.connections.sub(CONNECTIONS_ACTIVE, 1);
     }
 
     pub fn connections_active(&self) -> u64 {
-        self.connections.gauge(0)
+        self.connections.gauge(CONNECTIONS_ACTIVE)
     }
 
     pub fn connections_accepted(&self) -> u64 {
-        self.connections.get(1)
+        self.connections.get(CONNECTIONS_ACCEPTED)
     }
 
     pub fn error(&self, kind: ErrorKind) {

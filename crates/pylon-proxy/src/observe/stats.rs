@@ -1,6 +1,7 @@
 //! Labelled statistics kept on the request path: per listener (connections, requests,
 //! tunnels, bytes), per route (responses by status class, latency) and per cluster
-//! (upstream latency). Plain atomics updated without locks; the handles live in a
+//! (upstream latency). Atomics updated without locks, those counted on every request
+//! or connection sharded by thread (`observe::shard`); the handles live in a
 //! registry keyed by name, so a reload that keeps a listener, route or cluster keeps
 //! its counters. `exposition/` renders them.
 
