@@ -93,7 +93,8 @@ http {{
 
 
 def nginx_conf(d, mode):
-    listen = f"127.0.0.1:{PROXY} backlog=4096" + {"h1": "", "h2c": " http2", "tls": " ssl http2"}[mode]
+    # `deferred`: TCP_DEFER_ACCEPT, as Pylon's listeners have by default (`defer_accept`).
+    listen = f"127.0.0.1:{PROXY} backlog=4096 deferred" + {"h1": "", "h2c": " http2", "tls": " ssl http2"}[mode]
     tls = (f"ssl_certificate {d}/certs/cert.pem; ssl_certificate_key {d}/certs/key.pem; "
            "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;") if mode == "tls" else ""
     return f"""
@@ -131,7 +132,7 @@ defaults
   option forwardfor
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{PROXY}{proto}
+  bind 127.0.0.1:{PROXY}{proto} defer-accept
   default_backend be
 backend be
   server origin 127.0.0.1:{ORIGIN}

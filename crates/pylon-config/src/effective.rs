@@ -455,6 +455,12 @@ fn listener(l: &Listener) -> Value {
     if !l.main_is_udp() {
         tcp_options(&mut t, &l.tcp);
     }
+    if matches!(
+        l.protocol,
+        ListenerProtocol::Http | ListenerProtocol::Https | ListenerProtocol::Tcp
+    ) {
+        t.put("defer_accept", l.defer_accept);
+    }
     if let Some(pp) = &l.proxy_protocol {
         let trusted = texts(pp.trusted.iter().map(network));
         t.put(

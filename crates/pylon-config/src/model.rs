@@ -393,6 +393,12 @@ pub struct Listener {
     /// Dead-peer detection on accepted connections (`tcp_keepalive`,
     /// `tcp_user_timeout`); not for `udp` listeners.
     pub tcp: TcpOptions,
+    /// `TCP_DEFER_ACCEPT` (Linux) on its TCP sockets: a connection is handed to Pylon
+    /// when its first bytes arrive rather than when its handshake completes. On by
+    /// default for `http` and `https` listeners (their clients speak first), off for
+    /// `tcp` ones (a server-first protocol's client would wait); STUN and TURN
+    /// listeners never.
+    pub defer_accept: bool,
     pub headers: ForwardingHeaders,
     /// Present when `protocol` is `https` (always) or `tcp` (TLS termination at L4).
     pub tls: Option<ListenerTls>,

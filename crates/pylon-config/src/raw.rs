@@ -76,6 +76,7 @@ pub struct RawListener {
     pub max_connections_per_ip: Option<Spanned<u64>>,
     pub tcp_keepalive: Option<Spanned<RawTcpKeepalive>>,
     pub tcp_user_timeout: Option<Spanned<DurationOrBool>>,
+    pub defer_accept: Option<Spanned<bool>>,
     pub x_forwarded: Option<bool>,
     pub forwarded: Option<bool>,
     pub via: Option<bool>,

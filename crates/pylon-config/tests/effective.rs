@@ -177,6 +177,7 @@ h2_max_error_resets = 100
 max_connections_per_ip = 200
 tcp_keepalive = { idle = "2m", interval = "15s", probes = 4 }
 tcp_user_timeout = "30s"
+defer_accept = false
 x_forwarded = false
 forwarded = true
 via = false
@@ -239,6 +240,7 @@ splice = false
 max_connections_per_ip = 20
 tcp_keepalive = "30s"
 tcp_user_timeout = false
+defer_accept = true
 proxy_protocol = { trusted = "127.0.0.1" }
 
 [[listeners]]
@@ -539,6 +541,7 @@ fn a_minimal_config_gets_every_default_written_out() {
         "max_concurrent_streams = 256",
         "x_forwarded = true",
         "request_id = \"x-request-id\"",
+        "defer_accept = true",
     ] {
         assert!(out.contains(line), "{line:?} in\n{out}");
     }

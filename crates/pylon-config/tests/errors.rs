@@ -475,6 +475,7 @@ name = "pass"
 bind = "127.0.0.1:9443"
 protocol = "tcp"
 sni_routes = [{ server_names = ["*.example.com"], alpn = "h2", cluster = "c" }]
+defer_accept = true
 
 [[listeners]]
 name = "udp"
@@ -502,6 +503,11 @@ health_check = { kind = "udp", send_hex = "01 ff", expect = "ok" }
             .len(),
         2
     );
+    assert!(
+        !c.listeners[0].defer_accept,
+        "off by default on tcp listeners: a server-first protocol's client would wait"
+    );
+    assert!(c.listeners[1].defer_accept);
     let pass = c.listeners[1].l4.as_ref().unwrap();
     assert_eq!(pass.sni_routes[0].alpn, vec!["h2".to_string()]);
     assert_eq!(
@@ -536,6 +542,7 @@ name = "u"
 bind = "127.0.0.1:53"
 protocol = "udp"
 cluster = "nope"
+defer_accept = false
 
 [[routes]]
 listeners = ["tcp"]
@@ -554,6 +561,7 @@ health_check = { kind = "tcp", send_hex = "abc" }
         "listeners[0].proxy_protocol.trusted: invalid network \"10.0.0.0/33\"",
         "listeners[1].cluster: `cluster` applies only to tcp and udp listeners",
         "listeners[2].cluster: unknown cluster \"nope\"",
+        "listeners[2].defer_accept: `defer_accept` applies to http, https and tcp listeners",
         "routes[0].listeners: listener \"tcp\" is a tcp/udp listener",
         "clusters[0].proxy_protocol: unknown proxy_protocol \"v3\"",
         "clusters[0].health_check.send_hex: send, send_hex and expect need kind = \"udp\"",

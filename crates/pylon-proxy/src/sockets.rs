@@ -188,6 +188,8 @@ impl RunningSocket {
             }
             Socket::Tcp(t) => {
                 t.set_nonblocking(true)?;
+                // Set or cleared on every start: a reload may change it.
+                crate::tcp_options::defer_accept(&t, self.config.defer_accept);
                 let listener = tokio::net::TcpListener::from_std(t)?;
                 if self.protocol == ListenerProtocol::Tcp {
                     tokio::spawn(

@@ -1,7 +1,8 @@
 //! Dead-peer detection on TCP sockets: keepalive probes and `TCP_USER_TIMEOUT`, set on
 //! accepted client connections (HTTP and Layer 4 listeners) and on upstream
 //! connections (HTTP pools, warm connections, Layer 4 relays) from the listener's or
-//! the cluster's `tcp_keepalive` / `tcp_user_timeout`.
+//! the cluster's `tcp_keepalive` / `tcp_user_timeout`; and `TCP_DEFER_ACCEPT` on
+//! listening sockets (a listener's `defer_accept`).
 
 use std::os::fd::AsFd;
 
@@ -42,6 +43,52 @@ pub fn accepted(stream: &tokio::net::TcpStream, options: &TcpOptions, inherited:
         let _ = stream.set_nodelay(true);
         apply(stream, options);
     }
+}
+
+/// How long the kernel holds a connection that has sent nothing before handing it
+/// over anyway, in seconds. NGINX's choice: Pylon cannot know how long a connection
+/// waited in the kernel, so its own `header_read_timeout` starts at most this much
+/// late.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// `TCP_DEFER_ACCEPT` (Linux) on a listening socket, set or cleared: with it, a
+/// connection is handed over when its first bytes arrive rather than when its
+/// handshake completes, so accepting it and reading its request take one wake-up
+/// instead of two, and the client's `connect` wakes no one. A connection that sends
+/// nothing is handed over after about [`DEFER_ACCEPT_SECS`]. A failure (another
+/// system) is logged; the listener works either way.
+pub fn defer_accept<S: AsFd>(listener: &S, on: bool) {
+    if let Err(e) = set_defer_accept(listener, if on { DEFER_ACCEPT_SECS } else { 0 }) {
+        tracing::debug!(error = %e, "TCP_DEFER_ACCEPT not set");
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_defer_accept<S: AsFd>(listener: &S, secs: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Neither socket2 nor nix offers this option; the call is the one line below.
+    // SAFETY: the descriptor is open for the borrow's life, and the pointer and length
+    // describe `secs`, a live `c_int` the kernel only reads.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_defer_accept<S: AsFd>(_: &S, _: libc::c_int) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Like [`apply`], with the error.

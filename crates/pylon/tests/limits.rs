@@ -32,6 +32,69 @@ async fn refused(addr: std::net::SocketAddr) -> bool {
     )
 }
 
+/// `defer_accept`, on by default for HTTP listeners: a connection that has sent nothing
+/// stays in the kernel, so one opened after it that sends its request is accepted and
+/// answered while the silent one is not yet Pylon's; once it speaks it is served as
+/// any other. With `defer_accept = false` the silent one is accepted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_accepted_once_it_sends_its_request() {
+    let origin = Origin::named("o").await;
+    let deferred = TestProxy::start(&simple_config(&[origin.addr], "", "")).await;
+    let at_once =
+        TestProxy::start(&simple_config(&[origin.addr], "defer_accept = false", "")).await;
+
+    // The kernel hands a silent connection over after about a second (its first
+    // SYN-ACK retransmission); a look taken later than that proves nothing, so it is
+    // taken again on fresh connections.
+    let front = deferred.addr("front");
+    let mut looks = 0;
+    let (mut silent, talker) = loop {
+        looks += 1;
+        assert!(
+            looks <= 5,
+            "no look within the kernel's deferral in five tries"
+        );
+        let opened = std::time::Instant::now();
+        let silent = TcpStream::connect(front).await.unwrap();
+        let talker = idle_connection(front).await;
+        let live = deferred.proxy.live_connections();
+        if opened.elapsed() < std::time::Duration::from_millis(800) {
+            assert_eq!(
+                live, 1,
+                "only the connection that sent its request is accepted"
+            );
+            break (silent, talker);
+        }
+        drop((silent, talker));
+        eventually("the connections are counted out", || {
+            deferred.proxy.live_connections() == 0
+        })
+        .await;
+    };
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(DEADLINE, silent.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(deferred.proxy.live_connections(), 2);
+    drop(talker);
+
+    // Off: accepted when the handshake completes, before the one opened after it.
+    let front = at_once.addr("front");
+    let _silent = TcpStream::connect(front).await.unwrap();
+    let _talker = idle_connection(front).await;
+    assert_eq!(at_once.proxy.live_connections(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_and_process_wide_connection_limits_close_the_excess() {
     let origin = Origin::named("o").await;

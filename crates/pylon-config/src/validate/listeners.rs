@@ -206,6 +206,19 @@ pub(super) fn listener(
         n => n.as_ref().map(|n| *n.get_ref()),
     };
     let tcp = tcp::tcp_options(&r.tcp_keepalive, &r.tcp_user_timeout, p);
+    let defer_accept = match &r.defer_accept {
+        Some(d)
+            if !matches!(
+                protocol,
+                ListenerProtocol::Http | ListenerProtocol::Https | ListenerProtocol::Tcp
+            ) =>
+        {
+            p.at(d, "`defer_accept` applies to http, https and tcp listeners");
+            false
+        }
+        Some(d) => *d.get_ref(),
+        None => matches!(protocol, ListenerProtocol::Http | ListenerProtocol::Https),
+    };
     let http3 = http3::http3(&r.http3, protocol, p);
     if http3.as_ref().is_some_and(|h| h.early_data)
         && tls
@@ -299,6 +312,7 @@ pub(super) fn listener(
         } else {
             tcp
         },
+        defer_accept,
         headers,
         tls,
         http3,
