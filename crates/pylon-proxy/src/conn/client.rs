@@ -36,6 +36,14 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         false
     }
 
+    /// Whether dropping it closes the connection as a `shutdown` would, so that an
+    /// orderly close needs no `shutdown` first: a plain TCP socket, whose FIN the
+    /// kernel sends when its last descriptor closes. (TLS sends its close_notify
+    /// first.)
+    fn closes_on_drop(&self) -> bool {
+        false
+    }
+
     /// Holds partial segments back (`TCP_CORK`) while an answer's head and its file
     /// go out, so that they leave in full segments; released with `false`.
     fn cork(&self, _on: bool) {}
@@ -59,6 +67,10 @@ impl ClientIo for TrackedIo<TcpStream> {
     }
 
     fn can_sendfile(&self) -> bool {
+        true
+    }
+
+    fn closes_on_drop(&self) -> bool {
         true
     }
 

@@ -222,8 +222,20 @@ impl Served {
 
     /// Sends the FIN (TLS: close_notify too) after the last answer.
     async fn close(&self) -> io::Result<()> {
-        let io = self.wire.lock().io.take();
+        let (io, all_read) = {
+            let mut w = self.wire.lock();
+            let all_read = !w.failed && w.body.is_done() && w.reader.buf.is_empty();
+            (w.io.take(), all_read)
+        };
         if let Some(mut io) = io {
+            // A plain socket whose request was read to its end sends its FIN as it is
+            // dropped here, without a system call of its own (NGINX closes so too);
+            // unless the client-close watch holds another descriptor of it, which
+            // would keep it open. With bytes of the client's left unread, the FIN goes
+            // out first, ahead of the reset that closing such a socket sends.
+            if all_read && io.closes_on_drop() && self.ctx.client_socket.is_none() {
+                return Ok(());
+            }
             let _ = io.shutdown().await;
         }
         Ok(())
