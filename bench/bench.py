@@ -237,7 +237,8 @@ def run_wrk_once(port, conns, secs, path, new_conn, scheme, headers=()):
         argv += ["-H", h]
     argv.append(f"{scheme}://127.0.0.1:{port}{path}")
     out = subprocess.run(argv, capture_output=True, text=True).stdout
-    if not re.search(r"^\s+99%\s+[\d.]+(us|ms|s)$", out, re.M) or "Requests/sec" not in out:
+    # (wrk pads a figure in seconds with a space: "1.46s ".)
+    if not re.search(r"^\s+99%\s+[\d.]+(us|ms|s)\s*$", out, re.M) or "Requests/sec" not in out:
         print(f"wrk gave no usable figures:\n{out}", file=sys.stderr)
         return None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
