@@ -22,18 +22,22 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {out:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A free port, held until the responder is started on it: the certificates name it
+/// before then, and a port given back at once could be taken by another test's socket
+/// meanwhile (the responder then fails to start). Bound, not listening: until the
+/// responder starts, a connection to it is refused, as to a responder that is down.
+fn reserve_port() -> (u16, tokio::net::TcpSocket) {
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (held.local_addr().unwrap().port(), held)
 }
 
 /// A test CA, its certificates and its OCSP responder's database.
 struct Pki {
     dir: PathBuf,
     port: u16,
+    /// The port's socket, closed just before the responder starts.
+    held: std::sync::Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 impl Pki {
@@ -60,9 +64,11 @@ impl Pki {
             ],
         );
         std::fs::write(dir.join("index.txt"), "").unwrap();
+        let (port, held) = reserve_port();
         Pki {
             dir,
-            port: free_port(),
+            port,
+            held: std::sync::Mutex::new(Some(held)),
         }
     }
 
@@ -140,6 +146,7 @@ impl Pki {
     /// Starts `openssl ocsp` on the port the certificates name; responses are valid for
     /// five minutes.
     fn responder(&self) -> Responder {
+        drop(self.held.lock().unwrap().take());
         let child = Command::new("openssl")
             .current_dir(&self.dir)
             .args([
