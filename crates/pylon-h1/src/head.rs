@@ -375,8 +375,8 @@ fn field_slots<'s, 'b>(
     }
 }
 
-/// The head's `len` bytes split off `buf`, its fields over its bytes. (One handle on the bytes: a
-/// second, cloned, cost two atomic read-modify-writes per head.)
+/// The head's `len` bytes split off `buf`, its fields over its bytes. (One handle on
+/// the bytes: a second, cloned, cost two atomic read-modify-writes per head.)
 fn split_head(buf: &mut BytesMut, len: usize, list: Vec<Field>) -> Fields {
     Fields {
         raw: buf.split_to(len).freeze(),
